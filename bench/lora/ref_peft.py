@@ -1,0 +1,74 @@
+"""PyTorch + PEFT reference for bench_lora: LoRA training tokens/s and peak
+memory of the same shapes in fp32 on the CPU, with the same number of
+threads. Hugging Face transformers models with SDPA attention (PyTorch's
+fastest CPU path), random weights, PEFT LoRA r=16, alpha=32 on
+target_modules="all-linear" (every linear layer of the blocks), and one
+training step as a PEFT user writes it: forward with labels, backward,
+torch.optim.AdamW.step, zero_grad. Peak memory is the process's ru_maxrss.
+
+    python3 bench/lora/ref_peft.py --arch gpt2 --preset 124m --batch 4 --seq 256 --threads 2
+"""
+import argparse
+import resource
+import time
+
+import peft
+import torch
+import transformers
+
+PRESETS = {
+    # Must match model_config_preset() in model/config.c.
+    ("gpt2", "124m"): lambda: transformers.GPT2Config(
+        vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024),
+    ("llama", "100m"): lambda: transformers.LlamaConfig(
+        vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+        num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048,
+        tie_word_embeddings=True),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="gpt2")
+    ap.add_argument("--preset", default="124m")
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    cfg = PRESETS[(a.arch, a.preset)]()
+    cls = transformers.GPT2LMHeadModel if a.arch == "gpt2" else transformers.LlamaForCausalLM
+    base = cls._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+    base.config.use_cache = False
+    lcfg = peft.LoraConfig(r=a.rank, lora_alpha=2 * a.rank, target_modules="all-linear",
+                           lora_dropout=0.0, task_type="CAUSAL_LM")
+    model = peft.get_peft_model(base, lcfg)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4)
+    tokens = torch.randint(0, cfg.vocab_size, (a.batch, a.seq))
+    best = float("inf")
+    for it in range(a.steps + 1):
+        t0 = time.perf_counter()
+        out = model(input_ids=tokens, labels=tokens)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+        dt = time.perf_counter() - t0
+        if it > 0:
+            best = min(best, dt)
+    n = sum(p.numel() for p in trainable)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"pytorch+peft {a.arch}-{a.preset} threads={a.threads} B={a.batch} T={a.seq} "
+          f"r={a.rank} trainable={n} loss={out.loss.item():.4f} "
+          f"tokens/s={a.batch * a.seq / best:.1f} peak_rss_mib={rss:.0f} "
+          f"torch={torch.__version__} transformers={transformers.__version__} "
+          f"peft={peft.__version__}")
+
+
+if __name__ == "__main__":
+    main()

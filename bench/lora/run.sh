@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# LoRA training (r=16, all linear layers) tokens/s and peak memory, fedlora's
+# CPU backend vs PyTorch + PEFT, same shapes, same threads, one run.
+# Usage: bench/lora/run.sh [BUILD_DIR] [THREADS]
+set -euo pipefail
+build=${1:-build}
+threads=${2:-2}
+here=$(dirname "$0")
+export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads
+field() { sed -n "s|.*$1=\([0-9.]*\).*|\1|p" <<<"$2"; }
+for spec in "gpt2 124m" "llama 100m"; do
+  set -- $spec
+  f=$("$build/bench/lora/bench_lora" --arch "$1" --preset "$2" --rank 16 --batch 4 --seq 256)
+  echo "$f"
+  p=$(python3 "$here/ref_peft.py" --arch "$1" --preset "$2" --rank 16 --batch 4 --seq 256 \
+        --threads "$threads" 2>/dev/null)
+  echo "$p"
+  awk -v a="$(field tokens/s "$f")" -v b="$(field tokens/s "$p")" \
+      -v c="$(field peak_rss_mib "$f")" -v d="$(field peak_rss_mib "$p")" -v n="$1-$2" \
+      'BEGIN { printf "%s: speed fedlora/pytorch+peft = %.2fx, memory = %.2fx\n", n, a / b, c / d }'
+done

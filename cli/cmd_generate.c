@@ -1,0 +1,206 @@
+/* fedlora generate — text from a model, with or without a LoRA adapter.
+ *
+ * Decoding: greedy (argmax, the lowest id on ties) when the temperature is
+ * 0; otherwise softmax(logits / temperature), cut to the nucleus (Holtzman
+ * et al. 2020: the smallest set of most likely tokens whose probability
+ * reaches top_p), renormalised and sampled with a SplitMix64 stream from the
+ * seed. Generation stops at the model's eos_token_id, after max_tokens, or
+ * when the context is full.
+ *
+ * model/ has no incremental (KV-cache) decoding yet, so every new token
+ * runs a forward over the whole sequence so far: the activations are sized
+ * in steps of 64 positions and the sequence is padded with ignored tokens,
+ * which causal attention never lets an earlier position see. */
+#include "cli/commands.h"
+#include "cli/opts.h"
+#include "lora/dataset.h"
+#include "lora/lora.h"
+#include "lora/peft.h"
+#include "model/checkpoint.h"
+#include "model/model.h"
+#include "model/tokenizer/tokenizer.h"
+#include "util/err.h"
+#include "util/fio.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char *usage_text =
+    "usage: fedlora generate --model DIR --prompt TEXT [--adapter DIR] [options]\n"
+    "\n"
+    "Continues TEXT with the model (and the PEFT LoRA adapter in --adapter DIR) and prints\n"
+    "the continuation on stdout.\n"
+    "\n"
+    "  --tokenizer FILE   tokenizer.json (default: DIR/tokenizer.json)\n"
+    "  --max-tokens N     tokens to generate at most (128)\n"
+    "  --temperature T    0 for greedy decoding (default), else sample from softmax(logits/T)\n"
+    "  --top-p P          nucleus sampling: sample among the most likely tokens whose\n"
+    "                     probability adds up to P (1.0: all)\n"
+    "  --seed S           the sampler's seed (0)\n"
+    "  --threads N        OpenMP threads\n";
+
+#define GEN_BUCKET 64 /* activations grow in steps of this many positions */
+
+typedef struct {
+    double p;
+    int id;
+} cand;
+
+static int by_prob_desc(const void *a, const void *b) {
+    const cand *x = a, *y = b;
+    if (x->p != y->p) return x->p < y->p ? 1 : -1;
+    return x->id - y->id;
+}
+
+/* The next token from one row of logits (V). cands is (V) scratch. */
+static int sample(const real *logits, int V, double temperature, double top_p, uint64_t *rng,
+                  cand *cands) {
+    int best = 0;
+    for (int v = 1; v < V; v++)
+        if (logits[v] > logits[best]) best = v;
+    if (temperature <= 0) return best;
+    double mx = logits[best], total = 0;
+    for (int v = 0; v < V; v++) {
+        cands[v].id = v;
+        cands[v].p = exp(((double)logits[v] - mx) / temperature);
+        total += cands[v].p;
+    }
+    int n = V;
+    if (top_p < 1) {
+        qsort(cands, (size_t)V, sizeof *cands, by_prob_desc);
+        double mass = 0;
+        for (n = 0; n < V && mass < top_p * total;) mass += cands[n++].p;
+        total = mass;
+    }
+    double u = (double)(dataset_splitmix64(rng) >> 11) * (1.0 / 9007199254740992.0) * total;
+    for (int i = 0; i < n; i++) {
+        u -= cands[i].p;
+        if (u < 0) return cands[i].id;
+    }
+    return cands[n - 1].id; /* rounding left u at about 0 */
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int cmd_generate(int argc, char **argv) {
+    const char *dir = NULL, *adapter = NULL, *prompt = NULL, *tok_path = NULL, *max_s = "128",
+               *temp_s = "0", *top_p_s = "1.0", *seed_s = "0", *threads_s = NULL;
+    opts_spec spec[] = {{"model", &dir},          {"adapter", &adapter},  {"prompt", &prompt},
+                        {"tokenizer", &tok_path}, {"max-tokens", &max_s}, {"temperature", &temp_s},
+                        {"top-p", &top_p_s},      {"seed", &seed_s},      {"threads", &threads_s}};
+    int rc = opts_parse(argc, argv, spec, sizeof spec / sizeof spec[0], usage_text);
+    if (rc >= 0) return rc;
+    if (!dir || !prompt) return opts_missing(usage_text, "--model and --prompt");
+    long long max_tokens, seed, threads;
+    double temperature, top_p;
+    if (opts_int(max_s, "--max-tokens", 0, 1 << 24, &max_tokens) != 0 ||
+        opts_double(temp_s, "--temperature", 0, 100, &temperature) != 0 ||
+        opts_double(top_p_s, "--top-p", 1e-9, 1, &top_p) != 0 ||
+        opts_int(seed_s, "--seed", 0, (long long)1 << 62, &seed) != 0 ||
+        (threads_s && opts_int(threads_s, "--threads", 1, 4096, &threads) != 0))
+        return opts_fail();
+    if (threads_s) omp_set_num_threads((int)threads);
+
+    model *m = NULL;
+    lora_set *s = NULL;
+    tokenizer *tok = NULL;
+    tokenizer_ids ids = {0};
+    model_acts *acts = NULL;
+    int32_t *seq = NULL;
+    cand *cands = NULL;
+    char *text = NULL;
+    rc = 1;
+    if (checkpoint_load(&m, dir) != 0) {
+        err_context("loading model %s", dir);
+        goto done;
+    }
+    if (adapter && (peft_load(&s, m, adapter) != 0 || lora_attach(s, m) != 0)) {
+        err_context("loading adapter %s for model %s", adapter, dir);
+        goto done;
+    }
+    char tok_default[4096];
+    if (!tok_path) {
+        if (fio_join(tok_default, sizeof tok_default, dir, "tokenizer.json") != 0) goto done;
+        tok_path = tok_default;
+    }
+    if (tokenizer_load(tok_path, &tok) != 0 ||
+        tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids) != 0)
+        goto done;
+    int V = m->cfg.vocab_size, ctx = m->cfg.max_position;
+    size_t n_prompt = ids.n;
+    if (n_prompt == 0) {
+        err_set("the prompt gives no tokens; give some text with --prompt");
+        goto done;
+    }
+    if (n_prompt >= (size_t)ctx) {
+        err_set("the prompt has %zu tokens and the model's context is %d: shorten it", n_prompt,
+                ctx);
+        goto done;
+    }
+    size_t cap =
+        n_prompt + (size_t)max_tokens < (size_t)ctx ? n_prompt + (size_t)max_tokens : (size_t)ctx;
+    seq = malloc(sizeof *seq * (cap + GEN_BUCKET));
+    cands = malloc(sizeof *cands * (size_t)V);
+    if (!seq || !cands) {
+        err_set("out of memory for generation");
+        goto done;
+    }
+    for (size_t i = 0; i < n_prompt; i++) {
+        if (ids.ids[i] >= (uint32_t)V) {
+            err_set("the tokenizer gives id %u but the model has %d token embeddings; use the "
+                    "base model's own tokenizer",
+                    ids.ids[i], V);
+            goto done;
+        }
+        seq[i] = (int32_t)ids.ids[i];
+    }
+    uint64_t rng = (uint64_t)seed;
+    size_t len = n_prompt;
+    int acts_T = 0;
+    double t0 = now();
+    while (len < cap) {
+        int want = (int)((len + GEN_BUCKET - 1) / GEN_BUCKET * GEN_BUCKET);
+        if (want > ctx) want = ctx;
+        if (want != acts_T) {
+            model_acts_free(acts);
+            acts = NULL;
+            if (model_acts_create(&acts, m, 1, want) != 0) goto done;
+            acts_T = want;
+        }
+        for (int t = (int)len; t < acts_T; t++) seq[t] = 0;
+        if (model_forward(m, acts, seq, NULL, NULL, NULL) != 0) goto done;
+        const real *row = model_acts_logits(acts) + (len - 1) * (size_t)V;
+        int next = sample(row, V, temperature, top_p, &rng, cands);
+        if (next == m->cfg.eos_token_id) break;
+        seq[len++] = next;
+    }
+    double dt = now() - t0;
+    size_t n_new = len - n_prompt, text_len;
+    uint32_t *out_ids = (uint32_t *)seq + n_prompt; /* ids are < V, so the bits are the same */
+    if (tokenizer_decode(tok, out_ids, n_new, 1, &text, &text_len) != 0) goto done;
+    fwrite(text, 1, text_len, stdout);
+    printf("\n");
+    fprintf(stderr, "%zu tokens in %.2f s (%.1f tokens/s)%s\n", n_new, dt,
+            dt > 0 ? (double)n_new / dt : 0.0,
+            len == (size_t)ctx ? "; stopped at the model's context length" : "");
+    rc = 0;
+done:
+    if (rc != 0) opts_fail();
+    free(text);
+    free(cands);
+    free(seq);
+    model_acts_free(acts);
+    tokenizer_ids_free(&ids);
+    tokenizer_free(tok);
+    lora_free(s);
+    model_free(m);
+    return rc;
+}

@@ -1,0 +1,223 @@
+/* fedlora train — LoRA fine-tuning of a Hugging Face model on a data file
+ * (lora/trainer.h does the work; docs/training.md describes it all). */
+#include "cli/commands.h"
+#include "cli/opts.h"
+#include "lora/dataset.h"
+#include "lora/lora.h"
+#include "lora/trainer.h"
+#include "model/checkpoint.h"
+#include "util/err.h"
+#include "util/fio.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *usage_text =
+    "usage: fedlora train --model DIR --data FILE --out ADAPTER_DIR [options]\n"
+    "\n"
+    "Trains a LoRA adapter on FILE and writes it to ADAPTER_DIR as a PEFT adapter\n"
+    "(adapter_config.json + adapter_model.safetensors), with metrics.jsonl and\n"
+    "checkpoint/ beside it. FILE is text (one document per non-empty line), JSON Lines\n"
+    "({\"text\"}, {\"instruction\", \"input\", \"output\"} or {\"messages\"} records) or a\n"
+    "corpus from `fedlora tokenize` (docs/training.md).\n"
+    "\n"
+    "  --tokenizer FILE     tokenizer.json (default: DIR/tokenizer.json)\n"
+    "  --rank R             LoRA rank (8)\n"
+    "  --alpha A            LoRA alpha (twice the rank); scale alpha/R\n"
+    "  --rslora             scale alpha/sqrt(R) (rank-stabilized LoRA)\n"
+    "  --targets LIST       modules to adapt, comma-separated, or all-linear\n"
+    "                       (PEFT's defaults: q_proj,v_proj for Llama, c_attn for GPT-2)\n"
+    "  --dropout P          LoRA dropout (0)\n"
+    "  --steps N            optimizer steps (100)\n"
+    "  --lr X               peak learning rate (2e-4)\n"
+    "  --warmup W           linear warmup steps before the cosine decay (0)\n"
+    "  --weight-decay WD    AdamW's decoupled weight decay (0)\n"
+    "  --clip C             global gradient-norm clipping, 0 for none (1.0)\n"
+    "  --batch B            rows per micro-batch (4)\n"
+    "  --seq T              tokens per row (256, at most the model's context)\n"
+    "  --grad-accum K       micro-batches per step (1)\n"
+    "  --seed S             adapter initialisation, dropout, data order, held-out split (0)\n"
+    "  --eval-fraction F    share of documents held out for the final eval loss (0.05)\n"
+    "  --eval-every N       held-out loss also before step 1 and every N steps (0: end only)\n"
+    "  --save-every N       checkpoint every N steps and at the end, 0 for none (100)\n"
+    "  --log-every N        progress line every N steps when not on a terminal (10)\n"
+    "  --resume CKPT        go on from OUT/checkpoint (its latest) or a step-N directory\n"
+    "  --device cpu|cuda    where to train (cpu)\n"
+    "  --threads N          OpenMP threads (default: OMP_NUM_THREADS or all cores)\n";
+
+typedef struct {
+    const char *model, *data, *tokenizer, *out, *rank, *alpha, *targets, *dropout, *steps, *lr,
+        *warmup, *wd, *clip, *batch, *seq, *accum, *seed, *eval_fraction, *eval_every, *save_every,
+        *log_every, *resume, *device, *threads;
+    int rslora;
+} train_args;
+
+/* Numbers from the options into the trainer's and the adapter's settings. */
+static int parse_numbers(const train_args *a, trainer_options *t, lora_config *lc, long long *T,
+                         double *eval_fraction) {
+    long long rank, steps, warmup, batch, accum, seed, ev, save, logn;
+    double alpha = 0, dropout, lr, wd, clip;
+    if (opts_int(a->rank, "--rank", 0, 1 << 20, &rank) != 0 ||
+        (a->alpha && opts_double(a->alpha, "--alpha", -1e9, 1e9, &alpha) != 0) ||
+        opts_double(a->dropout, "--dropout", 0, 1, &dropout) != 0 ||
+        opts_int(a->steps, "--steps", 0, 1LL << 40, &steps) != 0 ||
+        opts_double(a->lr, "--lr", 0, 1e3, &lr) != 0 ||
+        opts_int(a->warmup, "--warmup", 0, 1LL << 40, &warmup) != 0 ||
+        opts_double(a->wd, "--weight-decay", 0, 1e3, &wd) != 0 ||
+        opts_double(a->clip, "--clip", 0, 1e30, &clip) != 0 ||
+        opts_int(a->batch, "--batch", 1, 1 << 16, &batch) != 0 ||
+        opts_int(a->seq, "--seq", 1, 1 << 20, T) != 0 ||
+        opts_int(a->accum, "--grad-accum", 1, 1 << 16, &accum) != 0 ||
+        opts_int(a->seed, "--seed", 0, (long long)1 << 62, &seed) != 0 ||
+        opts_double(a->eval_fraction, "--eval-fraction", 0, 0.99, eval_fraction) != 0 ||
+        opts_int(a->eval_every, "--eval-every", 0, 1LL << 40, &ev) != 0 ||
+        opts_int(a->save_every, "--save-every", 0, 1LL << 40, &save) != 0 ||
+        opts_int(a->log_every, "--log-every", 1, 1LL << 40, &logn) != 0)
+        return -1;
+    lc->rank = (int)rank;
+    lc->alpha = a->alpha ? alpha : 2.0 * (double)rank;
+    lc->use_rslora = a->rslora;
+    lc->dropout = dropout;
+    lc->seed = (uint64_t)seed;
+    t->steps = steps;
+    t->opt.lr = lr;
+    t->opt.warmup_steps = warmup;
+    t->opt.weight_decay = wd;
+    t->opt.max_grad_norm = clip;
+    t->batch = (int)batch;
+    t->grad_accum = (int)accum;
+    t->seed = (uint64_t)seed;
+    t->eval_every = ev;
+    t->save_every = save;
+    t->log_every = logn;
+    return 0;
+}
+
+int cmd_train(int argc, char **argv) {
+    train_args a = {.rank = "8",
+                    .dropout = "0",
+                    .steps = "100",
+                    .lr = "2e-4",
+                    .warmup = "0",
+                    .wd = "0",
+                    .clip = "1.0",
+                    .batch = "4",
+                    .seq = NULL,
+                    .accum = "1",
+                    .seed = "0",
+                    .eval_fraction = "0.05",
+                    .eval_every = "0",
+                    .save_every = "100",
+                    .log_every = "10",
+                    .device = "cpu"};
+    opts_spec spec[] = {
+        {"model", &a.model},
+        {"data", &a.data},
+        {"tokenizer", &a.tokenizer},
+        {"out", &a.out},
+        {"rank", &a.rank},
+        {"alpha", &a.alpha},
+        {"rslora", NULL, &a.rslora},
+        {"targets", &a.targets},
+        {"dropout", &a.dropout},
+        {"steps", &a.steps},
+        {"lr", &a.lr},
+        {"warmup", &a.warmup},
+        {"weight-decay", &a.wd},
+        {"clip", &a.clip},
+        {"batch", &a.batch},
+        {"seq", &a.seq},
+        {"grad-accum", &a.accum},
+        {"seed", &a.seed},
+        {"eval-fraction", &a.eval_fraction},
+        {"eval-every", &a.eval_every},
+        {"save-every", &a.save_every},
+        {"log-every", &a.log_every},
+        {"resume", &a.resume},
+        {"device", &a.device},
+        {"threads", &a.threads},
+    };
+    int rc = opts_parse(argc, argv, spec, sizeof spec / sizeof spec[0], usage_text);
+    if (rc >= 0) return rc;
+    if (!a.model || !a.data || !a.out) return opts_missing(usage_text, "--model, --data and --out");
+    if (strcmp(a.device, "cpu") != 0) {
+        if (strcmp(a.device, "cuda") == 0)
+            err_set("--device cuda: this build has no CUDA backend; use --device cpu");
+        else
+            err_set("--device must be cpu or cuda, got '%s'", a.device);
+        return opts_fail();
+    }
+    if (a.threads) {
+        long long nt;
+        if (opts_int(a.threads, "--threads", 1, 4096, &nt) != 0) return opts_fail();
+        omp_set_num_threads((int)nt);
+    }
+
+    trainer_options t;
+    trainer_options_init(&t);
+    lora_config lc;
+    lora_config_init(&lc);
+    long long T = 256;
+    double eval_fraction;
+    int seq_given = a.seq != NULL;
+    if (!seq_given) a.seq = "256";
+    model *m = NULL;
+    lora_set *s = NULL;
+    dataset *d = NULL;
+    rc = 1;
+    if (parse_numbers(&a, &t, &lc, &T, &eval_fraction) != 0) goto done;
+    if (checkpoint_load(&m, a.model) != 0) {
+        err_context("loading model %s", a.model);
+        goto done;
+    }
+    /* The default row length fits the model; one asked for is taken as is. */
+    if (!seq_given && T > m->cfg.max_position) T = m->cfg.max_position;
+    const char *targets = a.targets                        ? a.targets
+                          : m->cfg.arch == MODEL_ARCH_GPT2 ? "c_attn"
+                                                           : "q_proj,v_proj";
+    if (lora_config_set_targets(&lc, targets) != 0 ||
+        lora_config_set_base_model(&lc, a.model) != 0 || lora_create(&s, m, &lc) != 0)
+        goto done;
+
+    char tok_path[4096];
+    const char *tokenizer = a.tokenizer;
+    if (!tokenizer && fio_join(tok_path, sizeof tok_path, a.model, "tokenizer.json") == 0 &&
+        fio_exists(tok_path))
+        tokenizer = tok_path;
+    dataset_options dopt = {.path = a.data,
+                            .tokenizer = tokenizer,
+                            .seq = (int)T,
+                            .eos_id = m->cfg.eos_token_id,
+                            .vocab_size = m->cfg.vocab_size,
+                            .eval_fraction = eval_fraction,
+                            .seed = t.seed};
+    if (dataset_open(&d, &dopt) != 0) goto done;
+    printf("model %s: %d layers, hidden %d; LoRA on %d modules (%s), %lld trainable parameters\n",
+           a.model, m->cfg.num_layers, m->cfg.hidden_size, s->n_modules, targets,
+           (long long)lora_num_params(s));
+    printf("data %s (%s): %zu documents, %zu rows of %lld tokens for training, %zu held out\n",
+           a.data, dataset_format(d), dataset_num_docs(d, DATASET_TRAIN),
+           dataset_num_rows(d, DATASET_TRAIN), T, dataset_num_rows(d, DATASET_EVAL));
+    fflush(stdout);
+
+    t.out_dir = a.out;
+    t.resume = a.resume;
+    trainer_result res;
+    if (trainer_run(m, s, d, &t, &res) != 0) goto done;
+    printf("wrote adapter %s after %lld steps", a.out, (long long)res.steps);
+    if (isfinite(res.loss)) printf(", last loss %.4f", res.loss);
+    if (res.eval_tokens > 0)
+        printf("; held-out loss %.4f, perplexity %.3f over %lld tokens", res.eval_loss,
+               exp(res.eval_loss), (long long)res.eval_tokens);
+    printf("\n");
+    rc = 0;
+done:
+    if (rc != 0) opts_fail();
+    dataset_free(d);
+    lora_free(s);
+    lora_config_free(&lc);
+    model_free(m);
+    return rc;
+}

@@ -1,0 +1,45 @@
+/* fedlora — one binary, git-style subcommands (DESIGN.md §5). */
+#include "cli/commands.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#ifndef FEDLORA_VERSION
+#define FEDLORA_VERSION "dev"
+#endif
+
+static const cli_command commands[] = {
+    {"init-model", cmd_init_model, "write a randomly initialised Hugging Face model directory"},
+    {"eval", cmd_eval, "mean loss and perplexity of a model on a text or JSONL file"},
+    {"tokenize", cmd_tokenize, "encode a text or JSONL corpus into a pre-tokenized token file"},
+#ifdef FEDLORA_NET
+    {"keygen", cmd_keygen, "make a member identity (Ed25519 + X25519 keys), print its fingerprint"},
+#endif
+    {"train", cmd_train, "fine-tune a LoRA adapter (PEFT format) on a data file"},
+    {"generate", cmd_generate, "continue a prompt with a model and optional adapter"},
+    {"merge-adapter", cmd_merge_adapter, "fold a LoRA adapter into its base model"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: fedlora <command> [options]   (fedlora <command> --help for its options)\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+        !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("fedlora %s\n", FEDLORA_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "fedlora: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,95 @@
+/* trainer — the LoRA training loop, its checkpoints and its metrics
+ * (docs/training.md).
+ *
+ * One optimizer step takes K = grad_accum micro-batches of B rows of T
+ * tokens from the data order (dataset_order: positions step·K·B onwards).
+ * Each micro-batch's backward is scaled by 1 / (targets of all K
+ * micro-batches), so the accumulated gradient is that of the mean loss over
+ * every target token of the step, as if the K·B rows were one batch. Then
+ * AdamW (lora/adamw.h: clipping, warmup + cosine over `steps` updates) moves
+ * the adapter. The reported loss is that same mean.
+ *
+ * Output, under out_dir:
+ *   metrics.jsonl   one JSON object per line, flushed as it is written:
+ *                   {"step", "loss", "lr", "grad_norm", "tokens",
+ *                    "tokens_per_s", "elapsed_s"} after every step, and
+ *                   {"step", "eval_loss", "eval_tokens"} after an evaluation
+ *   checkpoint/     every save_every steps: step-NNNNNNNN/ holding
+ *                   adapter_config.json + adapter_model.safetensors (PEFT),
+ *                   optimizer.safetensors (AdamW's moments and step) and
+ *                   trainer_state.json (step, data position, dropout
+ *                   counter, tokens, elapsed time, thread count, and the
+ *                   configuration with its fingerprint); built as
+ *                   step-NNNNNNNN.tmp/, every file fsynced, then renamed
+ *                   into place; then checkpoint/latest names it (written
+ *                   atomically) and older step directories are removed
+ *   adapter_config.json + adapter_model.safetensors   the final adapter
+ *
+ * Resume: every input of a step's arithmetic is either in the checkpoint
+ * (adapter values, AdamW moments and step, data position, dropout counter)
+ * or a function of the configuration, which must be the same (a different
+ * one is an error naming the first field that differs). Reductions in the
+ * CPU backend have fixed orders for a given thread count, so a resumed run
+ * repeats the uninterrupted run's losses and final adapter bit for bit with
+ * the same build and thread count; with another thread count OpenMP splits
+ * GEMMs differently and the last bits may differ (a warning says so).
+ *
+ * Progress: on a terminal, one line rewritten in place (\r) with step, loss,
+ * lr, tokens/s and ETA; otherwise a plain line every log_every steps. */
+#ifndef FL_LORA_TRAINER_H
+#define FL_LORA_TRAINER_H
+
+#include "lora/adamw.h"
+#include "lora/dataset.h"
+#include "lora/lora.h"
+#include "model/model.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+#define TRAINER_METRICS_FILE "metrics.jsonl"
+#define TRAINER_CHECKPOINT_DIR "checkpoint"
+#define TRAINER_STATE_FILE "trainer_state.json"
+#define TRAINER_OPTIMIZER_FILE "optimizer.safetensors"
+#define TRAINER_LATEST_FILE "latest"
+
+typedef struct {
+    int batch;           /* B: rows per micro-batch */
+    int grad_accum;      /* K: micro-batches per optimizer step */
+    int64_t steps;       /* optimizer steps of the whole run */
+    adamw_config opt;    /* lr, betas, eps, weight decay, warmup, clipping;
+                            total_steps is taken from steps */
+    uint64_t seed;       /* the data order's seed */
+    int64_t save_every;  /* checkpoint every N steps (and at the end); 0: never */
+    int64_t eval_every;  /* held-out loss every N steps and before the first; 0: at the end only */
+    int64_t log_every;   /* plain progress lines every N steps (not on a terminal) */
+    const char *out_dir; /* created if needed */
+    const char *resume; /* a checkpoint directory, or a checkpoint/ holding `latest`; NULL: fresh */
+    FILE *progress;     /* where progress goes (stderr); NULL: nowhere */
+} trainer_options;
+
+/* Fills B 4, K 1, steps 100, AdamW defaults with lr 2e-4 and weight decay 0,
+ * seed 0, save_every 100, eval_every 0, log_every 10, progress stderr. */
+void trainer_options_init(trainer_options *o);
+
+typedef struct {
+    int64_t steps;       /* steps done, including those of a resumed checkpoint */
+    double loss;         /* the last step's loss (NAN if no step ran here) */
+    double eval_loss;    /* held-out mean loss at the end (NAN without held-out rows) */
+    int64_t eval_tokens; /* targets it averaged */
+} trainer_result;
+
+/* Trains the adapter s (created for m by lora_create; attached here and
+ * detached on return) on d's training rows. The rows' length is the
+ * dataset's T. On failure nothing already checkpointed is touched. */
+int trainer_run(model *m, lora_set *s, const dataset *d, const trainer_options *o,
+                trainer_result *res);
+
+/* Mean loss over every row of a split, in order, in batches of acts' B rows
+ * (the last one padded with rows that carry no loss). *n_targets = 0 and
+ * *loss = NAN when the split is empty. When progress is a terminal, a line
+ * there shows how far it is. */
+int trainer_eval(const model *m, model_acts *acts, int B, const dataset *d, dataset_split split,
+                 FILE *progress, double *loss, int64_t *n_targets);
+
+#endif

@@ -1,0 +1,274 @@
+/* checkpoint.c — Hugging Face model directories <-> model parameters. Compiled
+ * once per `real` (fp32 product, fp64 gradient checks). */
+#include "model/checkpoint.h"
+
+#include "model/safetensors.h"
+#include "util/err.h"
+#include "util/fio.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef FL_REAL_F64
+#define to_real safetensors_to_double
+#else
+#define to_real safetensors_to_float
+#endif
+
+#define GPT2_PREFIX "transformer."
+#define SAVE_CHUNK 65536 /* elements converted per write when saving */
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+static int has_gpt2_prefix(const char *name) {
+    return strncmp(name, GPT2_PREFIX, strlen(GPT2_PREFIX)) == 0;
+}
+
+/* Shape on disk: Conv1D weights are stored (in, out), in memory (out, in). */
+static void disk_shape(const model_param *p, int64_t shape[2]) {
+    shape[0] = p->conv1d ? p->shape[1] : p->shape[0];
+    shape[1] = p->conv1d ? p->shape[0] : p->shape[1];
+}
+
+static void format_shape(char *buf, size_t n, const int64_t *shape, int ndim) {
+    size_t used = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && used < n; i++)
+        used +=
+            (size_t)snprintf(buf + used, n - used, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (used < n) snprintf(buf + used, n - used, "]");
+}
+
+/* dst (cols, rows) = src (rows, cols)ᵀ, in 32x32 tiles so that both sides
+ * stay in cache. */
+static void transpose(real *dst, const real *src, int64_t rows, int64_t cols) {
+    enum { TILE = 32 };
+    for (int64_t r0 = 0; r0 < rows; r0 += TILE)
+        for (int64_t c0 = 0; c0 < cols; c0 += TILE) {
+            int64_t r1 = r0 + TILE < rows ? r0 + TILE : rows;
+            int64_t c1 = c0 + TILE < cols ? c0 + TILE : cols;
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
+        }
+}
+
+static int grow(real **buf, int64_t *cap, int64_t n) {
+    if (n <= *cap) return 0;
+    real *b = realloc(*buf, (size_t)n * sizeof(real));
+    if (!b) return err_set("out of memory for a %lld-element conversion buffer", (long long)n);
+    *buf = b;
+    *cap = n;
+    return 0;
+}
+
+/* ---- loading ------------------------------------------------------------------------ */
+
+/* The parameter a file tensor holds, or NULL. GPT-2 names may lack the
+ * "transformer." prefix. */
+static model_param *param_for(const model *m, const char *name) {
+    model_param *p = model_find_param(m, name);
+    if (p || m->cfg.arch != MODEL_ARCH_GPT2 || has_gpt2_prefix(name)) return p;
+    char full[MODEL_NAME_MAX];
+    if (snprintf(full, sizeof full, GPT2_PREFIX "%s", name) >= (int)sizeof full) return NULL;
+    return model_find_param(m, full);
+}
+
+/* Tensors a checkpoint may carry that are not parameters: GPT-2's causal-mask
+ * buffers (attn.bias, attn.masked_bias, saved by transformers < 4.36), Llama's
+ * rotary_emb.inv_freq (saved by some old conversions), and lm_head.weight
+ * when it is tied to the embedding (transformers then uses the embedding). */
+static int skippable(const model *m, const char *name) {
+    if (m->cfg.tie_embeddings && strcmp(name, "lm_head.weight") == 0) return 1;
+    if (m->cfg.arch == MODEL_ARCH_GPT2)
+        return ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias");
+    return ends_with(name, ".rotary_emb.inv_freq");
+}
+
+static int find_tensor(const model *m, const safetensors_dir *d, const model_param *p,
+                       const char *dir, const safetensors_tensor **out) {
+    const safetensors_tensor *t = safetensors_dir_find(d, p->name), *bare = NULL;
+    if (m->cfg.arch == MODEL_ARCH_GPT2 && has_gpt2_prefix(p->name))
+        bare = safetensors_dir_find(d, p->name + strlen(GPT2_PREFIX));
+    if (t && bare)
+        return err_set("%s: both '%s' and '%s' are present; keep one of them", dir, t->name,
+                       bare->name);
+    *out = t ? t : bare;
+    if (!*out)
+        return err_set("%s: tensor '%s' is missing from the weights (config.json says the model "
+                       "has it)",
+                       dir, p->name);
+    return 0;
+}
+
+static int check_shape(const model_param *p, const safetensors_tensor *t) {
+    int64_t want[2];
+    disk_shape(p, want);
+    int ok = t->ndim == p->ndim;
+    for (int i = 0; ok && i < p->ndim; i++) ok = t->shape[i] == want[i];
+    if (ok) return 0;
+    char got[256], exp[64];
+    format_shape(got, sizeof got, t->shape, t->ndim);
+    format_shape(exp, sizeof exp, want, p->ndim);
+    return err_set("%s: tensor '%s' has shape %s, but config.json implies %s", t->file, t->name,
+                   got, exp);
+}
+
+static int load_param(model_param *p, const safetensors_tensor *t, real **scratch, int64_t *cap) {
+    if (!p->conv1d) return to_real(t, p->data);
+    if (grow(scratch, cap, p->numel) != 0 || to_real(t, *scratch) != 0) return -1;
+    transpose(p->data, *scratch, p->shape[1], p->shape[0]); /* (in, out) -> (out, in) */
+    return 0;
+}
+
+int checkpoint_load_weights(model *m, const char *dir) {
+    safetensors_dir *d;
+    if (safetensors_dir_open(&d, dir) != 0) return -1;
+    int rc = -1;
+    real *scratch = NULL;
+    int64_t cap = 0;
+    /* A tensor that matches no parameter usually means config.json and the
+     * weights disagree (attention_bias, tie_word_embeddings, …): refuse it
+     * rather than run a different network than the one saved. */
+    for (int i = 0; i < safetensors_dir_count(d); i++) {
+        const char *name = safetensors_dir_tensor_at(d, i)->name;
+        if (!param_for(m, name) && !skippable(m, name)) {
+            err_set("%s: tensor '%s' is not a parameter of the model config.json describes "
+                    "(config and weights disagree?)",
+                    safetensors_dir_tensor_at(d, i)->file, name);
+            goto out;
+        }
+    }
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        const safetensors_tensor *t;
+        if (find_tensor(m, d, p, dir, &t) != 0 || check_shape(p, t) != 0 ||
+            load_param(p, t, &scratch, &cap) != 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    free(scratch);
+    safetensors_dir_close(d);
+    return rc;
+}
+
+int checkpoint_load(model **out, const char *dir) {
+    *out = NULL;
+    char path[4096];
+    model_config cfg;
+    if (fio_join(path, sizeof path, dir, "config.json") != 0 || model_config_load(&cfg, path) != 0)
+        return err_context("loading model directory %s", dir);
+    model *m;
+    if (model_create(&m, &cfg) != 0) return err_context("loading model directory %s", dir);
+    if (checkpoint_load_weights(m, dir) != 0) {
+        model_free(m);
+        return err_context("loading model directory %s", dir);
+    }
+    *out = m;
+    return 0;
+}
+
+/* ---- saving -------------------------------------------------------------------------- */
+
+static int dtype_from_name(const char *s, safetensors_dtype *out) {
+    if (strcmp(s, "float32") == 0)
+        *out = SAFETENSORS_F32;
+    else if (strcmp(s, "bfloat16") == 0)
+        *out = SAFETENSORS_BF16;
+    else if (strcmp(s, "float16") == 0)
+        *out = SAFETENSORS_F16;
+    else
+        return err_set("unknown dtype '%s' for saving (float32, bfloat16, float16)", s);
+    return 0;
+}
+
+/* Streams n values as dtype dt, SAVE_CHUNK at a time. (With real = double,
+ * narrowing goes through fp32 first; that double rounding only matters for
+ * the fp64 test build.) */
+static int put_values(safetensors_writer *w, const real *v, int64_t n, safetensors_dtype dt,
+                      unsigned char *buf) {
+    size_t es = safetensors_dtype_size(dt);
+    if (dt == SAFETENSORS_F32 && sizeof(real) == 4)
+        return safetensors_writer_put(w, v, (size_t)n * 4);
+    for (int64_t i = 0; i < n; i += SAVE_CHUNK) {
+        int64_t k = n - i < SAVE_CHUNK ? n - i : SAVE_CHUNK;
+        for (int64_t j = 0; j < k; j++) {
+            float f = (float)v[i + j];
+            if (dt == SAFETENSORS_F32) {
+                memcpy(buf + 4 * j, &f, 4);
+            } else {
+                uint16_t h =
+                    dt == SAFETENSORS_BF16 ? safetensors_f32_to_bf16(f) : safetensors_f32_to_f16(f);
+                buf[2 * j] = (unsigned char)h;
+                buf[2 * j + 1] = (unsigned char)(h >> 8);
+            }
+        }
+        if (safetensors_writer_put(w, buf, (size_t)k * es) != 0) return -1;
+    }
+    return 0;
+}
+
+static int save_weights(const model *m, const char *path, safetensors_dtype dt) {
+    safetensors_entry *e = calloc((size_t)m->n_params, sizeof *e);
+    unsigned char *buf = malloc(SAVE_CHUNK * 4);
+    real *scratch = NULL;
+    int64_t cap = 0;
+    int rc = -1;
+    if (!e || !buf) {
+        err_set("out of memory saving %s", path);
+        goto out;
+    }
+    /* The tied lm_head is not in the table (it is wte), so it is not
+     * written, as save_pretrained leaves it out. */
+    for (int i = 0; i < m->n_params; i++) {
+        const model_param *p = &m->params[i];
+        e[i].name = p->name;
+        e[i].dtype = dt;
+        e[i].ndim = p->ndim;
+        disk_shape(p, e[i].shape);
+    }
+    static const char *const meta[] = {"format", "pt", NULL};
+    safetensors_writer *w;
+    if (safetensors_writer_open(&w, path, e, m->n_params, meta) != 0) goto out;
+    for (int i = 0; i < m->n_params; i++) {
+        const model_param *p = &m->params[i];
+        const real *v = p->data;
+        if (p->conv1d) {
+            if (grow(&scratch, &cap, p->numel) != 0) {
+                safetensors_writer_abort(w);
+                goto out;
+            }
+            transpose(scratch, p->data, p->shape[0], p->shape[1]); /* (out, in) -> (in, out) */
+            v = scratch;
+        }
+        if (put_values(w, v, p->numel, dt, buf) != 0) {
+            safetensors_writer_abort(w);
+            goto out;
+        }
+    }
+    rc = safetensors_writer_finish(w);
+out:
+    free(scratch);
+    free(buf);
+    free(e);
+    return rc;
+}
+
+int checkpoint_save(const model *m, const char *dir, const char *dtype) {
+    safetensors_dtype dt = SAFETENSORS_F32;
+    char weights[4096], config[4096];
+    if (dtype_from_name(dtype, &dt) != 0 || fio_mkdirs(dir, 0755) != 0 ||
+        fio_join(weights, sizeof weights, dir, "model.safetensors") != 0 ||
+        fio_join(config, sizeof config, dir, "config.json") != 0)
+        return err_context("saving model to %s", dir);
+    model_config cfg = m->cfg;
+    snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "%s", dtype);
+    /* Each file is replaced atomically; the weights go first so that a new
+     * directory without config.json is visibly unfinished. */
+    if (save_weights(m, weights, dt) != 0 || model_config_save(&cfg, config) != 0)
+        return err_context("saving model to %s", dir);
+    return 0;
+}

@@ -1,0 +1,196 @@
+/* cpu — the kernels of the CPU backend (internal to model/).
+ *
+ * Threading: every kernel is parallel through OpenMP, and OpenBLAS is put in
+ * single-threaded mode (cpu_init). On the 2-core machines this targets,
+ * OpenBLAS's own pthread pool and OpenMP's team fight over the cores: measured
+ * with 2048x768x768 sgemms, OpenMP loops next to a 2-thread OpenBLAS ran at
+ * 60% speed, and several heads' attention GEMMs issued from OpenMP threads at
+ * 10%. With one team, cpu_gemm splits each large GEMM over the OpenMP threads
+ * and attention issues one single-threaded GEMM per (batch, head) block.
+ *
+ * Layouts are row-major; a "row" is one token (N = B·T rows). */
+#ifndef FL_MODEL_CPU_CPU_H
+#define FL_MODEL_CPU_CPU_H
+
+#include "model/model.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* The kernels' inner loops carry `#pragma omp simd`. GCC if-converts (and so
+ * vectorizes) a loop holding a float comparison only when it may assume that
+ * comparisons do not trap; nothing here enables FP traps, so say so. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+/* clang reports an `omp simd` loop it did not vectorize (it does not, under
+ * the sanitizers) as a warning; vectorizing is a hint, not a requirement. */
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wpass-failed"
+#endif
+
+/* The hot elementwise loops (activations, softmax, cross-entropy) are built
+ * twice, for baseline x86-64 (SSE2) and for x86-64-v3 (AVX2), and the loader
+ * picks one per CPU (GNU ifunc). On the AVX-512 development machine the SSE2
+ * code of exp-based loops ran ~4x slower than the AVX2 code; GPT-2 124M's
+ * forward +7%. Only the fp32 product build. Cloned functions are static
+ * (clang 14 cannot call a clone set defined in another file) with names
+ * unique across files (clang exports their resolvers). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(FL_REAL_F64)
+#define CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CPU_CLONES
+#endif
+
+/* Elementary functions at the backend's precision. The fp64 build (gradient
+ * checks) uses libm. The fp32 build uses an exp that vectorizes, Cephes'
+ * expf (Moshier): n = round(x / ln 2), r = x − n ln 2 (in two parts), a
+ * degree-6 polynomial for e^r, times 2^n built in the exponent bits; within
+ * 2 ulp of libm over the clamped range [−87.3, 88.3] (beyond it the result
+ * saturates near 0 or FLT_MAX, close enough for every use here). */
+#ifdef FL_REAL_F64
+static inline real cpu_exp(real x) {
+    return exp(x);
+}
+static inline real cpu_tanh(real x) {
+    return tanh(x);
+}
+#else
+static inline real cpu_exp(real x) {
+    x = x < -87.33654f ? -87.33654f : x;
+    x = x > 88.3762626f ? 88.3762626f : x; /* n <= 127: no overflow to inf */
+    /* round to nearest with the 1.5·2^23 trick (no SSE4.1 roundps needed) */
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+/* tanh y = 1 − 2 / (e^{2y} + 1): absolute error ~1e-7, which is what GELU
+ * (its only user, through 0.5·x·(1 + tanh)) needs. */
+static inline real cpu_tanh(real x) {
+    return 1 - 2 / (cpu_exp(2 * x) + 1);
+}
+#endif
+
+/* Makes OpenBLAS single-threaded (see above). Idempotent. */
+void cpu_init(void);
+
+/* This thread's share [*lo, *hi) of n items, inside an OpenMP team. */
+void cpu_thread_range(int64_t n, int64_t *lo, int64_t *hi);
+
+/* C (M, N) = alpha · op(A) · op(B) + beta · C, row-major; op transposes when
+ * trans is set. Split over the OpenMP threads along the larger of M and N
+ * (one plain GEMM when already inside a parallel region or when small). */
+void cpu_gemm(int transA, int transB, int M, int N, int K, real alpha, const real *A, int lda,
+              const real *B, int ldb, real beta, real *C, int ldc);
+
+/* ---- linear layers (linear.c): the only place a model_linear is applied ---- */
+
+/* y (N, out) = x (N, in) · Wᵀ + b, or y += that when accumulate is set; then
+ * the adapter's y += f(x). */
+void cpu_linear_forward(const model_linear *l, const real *x, real *y, int N, int accumulate);
+/* dx (N, in) = dy (N, out) · W (or += when accumulate_dx), plus the adapter's
+ * term; W.grad += dyᵀ x and b.grad += Σ_rows dy only for params whose grad is
+ * non-NULL. x is the forward's input. */
+void cpu_linear_backward(const model_linear *l, const real *x, const real *dy, real *dx, int N,
+                         int accumulate_dx);
+/* Does the backward of l need its forward input x (weight grad or adapter)? */
+int cpu_linear_needs_input(const model_linear *l);
+
+/* ---- norms (norm.c). Statistics are kept per row; the normalized output is
+ * recomputed from them when backward needs it. dx is accumulated (+=); dw
+ * and db are accumulated when non-NULL. ---- */
+
+/* RMSNorm (Zhang & Sennrich 2019; HF LlamaRMSNorm): y = w · x / sqrt(mean(x²) + eps). */
+void cpu_rmsnorm_forward(real *y, real *rstd, const real *x, const real *w, int N, int C,
+                         double eps);
+void cpu_rmsnorm_apply(real *y, const real *x, const real *w, const real *rstd, int N, int C);
+void cpu_rmsnorm_backward(real *dx, real *dw, const real *dy, const real *x, const real *w,
+                          const real *rstd, int N, int C);
+/* LayerNorm (Ba et al. 2016; biased variance as torch.nn.LayerNorm):
+ * y = w · (x − mean) / sqrt(var + eps) + b. */
+void cpu_layernorm_forward(real *y, real *mean, real *rstd, const real *x, const real *w,
+                           const real *b, int N, int C, double eps);
+void cpu_layernorm_apply(real *y, const real *x, const real *w, const real *b, const real *mean,
+                         const real *rstd, int N, int C);
+void cpu_layernorm_backward(real *dx, real *dw, real *db, const real *dy, const real *x,
+                            const real *w, const real *mean, const real *rstd, int N, int C);
+
+/* ---- elementwise and lookups (ops.c) ---- */
+
+/* SwiGLU (Shazeer 2020): act = silu(g) · u, silu(g) = g · sigmoid(g). n values. */
+void cpu_swiglu_forward(real *act, const real *g, const real *u, int64_t n);
+/* dg may be dact (in place). */
+void cpu_swiglu_backward(real *dg, real *du, const real *dact, const real *g, const real *u,
+                         int64_t n);
+/* GPT-2's gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³))). */
+void cpu_gelu_forward(real *y, const real *x, int64_t n);
+/* dx = dy · gelu'(x); dx may be dy. */
+void cpu_gelu_backward(real *dx, const real *dy, const real *x, int64_t n);
+/* max_i x[i] (n >= 1). */
+real cpu_row_max(const real *x, int n);
+/* Σ_i exp(x[i] − shift), also stored into y[i] when y is not NULL (y may be x). */
+double cpu_row_sum_exp(real *y, const real *x, int n, real shift);
+/* In place: x[i] = scale · exp(x[i] − shift). */
+void cpu_row_exp(real *x, int n, real shift, real scale);
+/* x (N, C) = wte[tokens] (+ wpe[t] when wpe, t = row % T). */
+void cpu_embed_forward(real *x, const int32_t *tokens, const real *wte, const real *wpe, int N,
+                       int T, int C);
+/* dwte[tokens] += dx, dwpe[t] += dx (each when non-NULL). */
+void cpu_embed_backward(real *dwte, real *dwpe, const real *dx, const int32_t *tokens, int N, int T,
+                        int C);
+/* Per-row log-sum-exp of logits (N, V) into lse, and the cross-entropy
+ * lse − logit[target] into row_loss (0 for MODEL_IGNORE_INDEX). Targets must
+ * already be valid. */
+void cpu_xent_forward(double *lse, double *row_loss, const real *logits, const int32_t *targets,
+                      int N, int V);
+/* In place: logits become d(scale · Σ loss)/d logits = scale (softmax − onehot),
+ * and 0 on ignored rows. */
+void cpu_xent_backward(real *logits, const double *lse, const int32_t *targets, int N, int V,
+                       double scale);
+
+/* ---- rotary position embedding (rope.c) ---- */
+
+/* cos, sin (T, D/2): angle t · inv_freq[i], inv_freq[i] = theta^(−2i/D), with
+ * transformers' llama3 rescaling of inv_freq when cfg->rope_llama3. */
+void cpu_rope_table(real *cos_t, real *sin_t, const model_config *cfg, int T);
+/* In place on x (N rows of stride ld, nheads heads of D at column h·D),
+ * HF rotate_half convention: pairs (i, i + D/2). inverse applies the transpose
+ * (the backward). */
+void cpu_rope_apply(real *x, int ld, int N, int T, int nheads, int D, const real *cos_t,
+                    const real *sin_t, int inverse);
+
+/* ---- causal self-attention (attention.c) ---- */
+
+typedef struct {
+    int B, T, H, KV, D;
+    int window; /* sliding window (0 = none): key j is visible to query i iff i − window < j ≤ i */
+    real scale;    /* 1/sqrt(D) */
+    int threads;   /* scratch was sized for this many threads */
+    real *scratch; /* threads · CPU_ATTN_SCRATCH(T) values */
+} cpu_attn;
+
+#define CPU_ATTN_BLOCK 64
+#define CPU_ATTN_SCRATCH(T) ((int64_t)2 * CPU_ATTN_BLOCK * (T))
+
+/* q (N, H·D) of row stride ldq, k and v (N, KV·D) of strides ldk, ldv; query
+ * head h reads kv head h / (H / KV). out (N, H·D) contiguous; lse (B, H, T)
+ * keeps each softmax row's log-sum-exp so backward can recompute it. */
+void cpu_attention_forward(const cpu_attn *at, const real *q, int ldq, const real *k, int ldk,
+                           const real *v, int ldv, real *out, real *lse);
+/* dq, dk, dv (same layouts as q, k, v) are overwritten. */
+void cpu_attention_backward(const cpu_attn *at, const real *q, int ldq, const real *k, int ldk,
+                            const real *v, int ldv, const real *out, const real *dout,
+                            const real *lse, real *dq, real *dk, real *dv);
+
+#endif

@@ -1,0 +1,213 @@
+/* model.c — the parameter table: names, shapes and storage for a config. */
+#include "model/model.h"
+
+#include "util/err.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    model *m;
+} table;
+
+static model_param *add(table *t, int conv1d, int64_t d0, int64_t d1, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* Adds a param (d1 == 0 for a vector). Storage is assigned later, once the
+ * total size is known. */
+static model_param *add(table *t, int conv1d, int64_t d0, int64_t d1, const char *fmt, ...) {
+    model_param *p = &t->m->params[t->m->n_params++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->name, sizeof p->name, fmt, ap);
+    va_end(ap);
+    p->ndim = d1 ? 2 : 1;
+    p->shape[0] = d0;
+    p->shape[1] = d1;
+    p->numel = d1 ? d0 * d1 : d0;
+    p->conv1d = conv1d;
+    return p;
+}
+
+static model_linear linear(table *t, int conv1d, int in, int out, int bias, const char *prefix) {
+    model_linear l = {0};
+    l.in = in;
+    l.out = out;
+    l.w = add(t, conv1d, out, in, "%s.weight", prefix);
+    if (bias) l.b = add(t, 0, out, 0, "%s.bias", prefix);
+    return l;
+}
+
+static void build_llama(table *t) {
+    model *m = t->m;
+    const model_config *c = &m->cfg;
+    int C = c->hidden_size, F = c->intermediate_size, D = c->head_dim;
+    m->wte = add(t, 0, c->vocab_size, C, "model.embed_tokens.weight");
+    for (int l = 0; l < c->num_layers; l++) {
+        model_layer *L = &m->layers[l];
+        char pre[96];
+        L->norm1_w = add(t, 0, C, 0, "model.layers.%d.input_layernorm.weight", l);
+        snprintf(pre, sizeof pre, "model.layers.%d.self_attn.q_proj", l);
+        L->q = linear(t, 0, C, c->num_heads * D, c->qkv_bias, pre);
+        snprintf(pre, sizeof pre, "model.layers.%d.self_attn.k_proj", l);
+        L->k = linear(t, 0, C, c->num_kv_heads * D, c->qkv_bias, pre);
+        snprintf(pre, sizeof pre, "model.layers.%d.self_attn.v_proj", l);
+        L->v = linear(t, 0, C, c->num_kv_heads * D, c->qkv_bias, pre);
+        snprintf(pre, sizeof pre, "model.layers.%d.self_attn.o_proj", l);
+        L->o = linear(t, 0, c->num_heads * D, C, c->o_bias, pre);
+        L->norm2_w = add(t, 0, C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        snprintf(pre, sizeof pre, "model.layers.%d.mlp.gate_proj", l);
+        L->gate = linear(t, 0, C, F, c->mlp_bias, pre);
+        snprintf(pre, sizeof pre, "model.layers.%d.mlp.up_proj", l);
+        L->up = linear(t, 0, C, F, c->mlp_bias, pre);
+        snprintf(pre, sizeof pre, "model.layers.%d.mlp.down_proj", l);
+        L->down = linear(t, 0, F, C, c->mlp_bias, pre);
+    }
+    m->norm_f_w = add(t, 0, C, 0, "model.norm.weight");
+    m->lm_head = c->tie_embeddings ? m->wte : add(t, 0, c->vocab_size, C, "lm_head.weight");
+}
+
+static void build_gpt2(table *t) {
+    model *m = t->m;
+    const model_config *c = &m->cfg;
+    int C = c->hidden_size, F = c->intermediate_size;
+    m->wte = add(t, 0, c->vocab_size, C, "transformer.wte.weight");
+    m->wpe = add(t, 0, c->max_position, C, "transformer.wpe.weight");
+    for (int l = 0; l < c->num_layers; l++) {
+        model_layer *L = &m->layers[l];
+        char pre[96];
+        L->norm1_w = add(t, 0, C, 0, "transformer.h.%d.ln_1.weight", l);
+        L->norm1_b = add(t, 0, C, 0, "transformer.h.%d.ln_1.bias", l);
+        snprintf(pre, sizeof pre, "transformer.h.%d.attn.c_attn", l);
+        L->qkv = linear(t, 1, C, 3 * C, 1, pre);
+        snprintf(pre, sizeof pre, "transformer.h.%d.attn.c_proj", l);
+        L->o = linear(t, 1, C, C, 1, pre);
+        L->norm2_w = add(t, 0, C, 0, "transformer.h.%d.ln_2.weight", l);
+        L->norm2_b = add(t, 0, C, 0, "transformer.h.%d.ln_2.bias", l);
+        snprintf(pre, sizeof pre, "transformer.h.%d.mlp.c_fc", l);
+        L->up = linear(t, 1, C, F, 1, pre);
+        snprintf(pre, sizeof pre, "transformer.h.%d.mlp.c_proj", l);
+        L->down = linear(t, 1, F, C, 1, pre);
+    }
+    m->norm_f_w = add(t, 0, C, 0, "transformer.ln_f.weight");
+    m->norm_f_b = add(t, 0, C, 0, "transformer.ln_f.bias");
+    /* GPT2LMHeadModel always ties lm_head to wte. */
+    m->lm_head = m->wte;
+}
+
+int model_create(model **out, const model_config *cfg) {
+    *out = NULL;
+    if (model_config_check(cfg, "model") != 0) return -1;
+    model *m = calloc(1, sizeof *m);
+    if (!m) return err_set("out of memory creating the model");
+    m->cfg = *cfg;
+    int cap = 8 + cfg->num_layers * 20;
+    m->params = calloc((size_t)cap, sizeof *m->params);
+    m->layers = calloc((size_t)cfg->num_layers, sizeof *m->layers);
+    if (!m->params || !m->layers) {
+        model_free(m);
+        return err_set("out of memory creating the model");
+    }
+    table t = {m};
+    if (cfg->arch == MODEL_ARCH_GPT2)
+        build_gpt2(&t);
+    else
+        build_llama(&t);
+    int64_t total = 0;
+    for (int i = 0; i < m->n_params; i++) total += m->params[i].numel;
+    m->storage = calloc((size_t)total, sizeof(real));
+    if (!m->storage) {
+        model_free(m);
+        return err_set("out of memory: the model needs %lld values (%.1f GB)", (long long)total,
+                       (double)total * sizeof(real) / 1e9);
+    }
+    real *p = m->storage;
+    for (int i = 0; i < m->n_params; i++) {
+        m->params[i].data = p;
+        p += m->params[i].numel;
+    }
+    *out = m;
+    return 0;
+}
+
+void model_free(model *m) {
+    if (!m) return;
+    if (m->params)
+        for (int i = 0; i < m->n_params; i++) free(m->params[i].grad);
+    free(m->params);
+    free(m->layers);
+    free(m->storage);
+    free(m);
+}
+
+model_param *model_find_param(const model *m, const char *name) {
+    for (int i = 0; i < m->n_params; i++)
+        if (strcmp(m->params[i].name, name) == 0) return &m->params[i];
+    return NULL;
+}
+
+/* splitmix64 (Steele et al. 2014): small, fast, and good enough for weight
+ * init; nothing secret is drawn from it. */
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static double uniform01(uint64_t *s) {
+    return ((splitmix64(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+/* Box–Muller. */
+static double normal(uint64_t *s) {
+    double u1 = uniform01(s), u2 = uniform01(s);
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+void model_init_random(model *m, uint64_t seed) {
+    uint64_t s = seed ^ 0x66656c6f7261ull; /* "fedlora" */
+    double std = m->cfg.initializer_range > 0 ? m->cfg.initializer_range : 0.02;
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        int is_norm = strstr(p->name, "norm") || strstr(p->name, "ln_");
+        if (ends_with(p->name, ".bias")) {
+            memset(p->data, 0, (size_t)p->numel * sizeof(real));
+        } else if (is_norm) {
+            for (int64_t j = 0; j < p->numel; j++) p->data[j] = 1;
+        } else {
+            double sd = std;
+            /* GPT-2 paper §2.3: residual projections scaled by 1/sqrt(2L). */
+            if (m->cfg.arch == MODEL_ARCH_GPT2 && ends_with(p->name, "c_proj.weight"))
+                sd = std / sqrt(2.0 * m->cfg.num_layers);
+            for (int64_t j = 0; j < p->numel; j++) p->data[j] = (real)(sd * normal(&s));
+        }
+    }
+}
+
+int model_param_want_grad(model_param *p) {
+    if (p->grad) return 0;
+    p->grad = calloc((size_t)p->numel, sizeof(real));
+    if (!p->grad) return err_set("out of memory for the gradient of %s", p->name);
+    return 0;
+}
+
+int model_want_all_grads(model *m) {
+    for (int i = 0; i < m->n_params; i++)
+        if (model_param_want_grad(&m->params[i]) != 0) return -1;
+    return 0;
+}
+
+void model_zero_grads(model *m) {
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i].grad)
+            memset(m->params[i].grad, 0, (size_t)m->params[i].numel * sizeof(real));
+}

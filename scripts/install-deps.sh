@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs everything fedlora needs to build, test and run on Debian 12, as root.
+# The CUDA toolkit is optional: where nvcc is on PATH, the CUDA backend is built too.
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config git ca-certificates
+      libzmq3-dev libmsgpack-dev libssl-dev openssl libopenblas-dev libjansson-dev libconfig-dev libpcre2-dev
+      clang libclang-rt-dev)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

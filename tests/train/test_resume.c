@@ -1,0 +1,128 @@
+/* test_resume — a training process killed with SIGKILL mid-run and resumed
+ * from its last checkpoint ends with the uninterrupted run's final adapter,
+ * byte for byte (adapter_model.safetensors and adapter_config.json), and its
+ * metrics.jsonl has the uninterrupted run's records (every field but the
+ * timing ones, loss to 17 digits, so bit for bit).
+ *
+ * The run uses what a resume must carry: LoRA dropout (its RNG position),
+ * gradient accumulation, warmup + cosine, held-out evaluations, and more
+ * steps than the data has rows (a second epoch, reshuffled). The killed run
+ * is started as a real `fedlora train`; the test polls for its first
+ * checkpoint and kills it at once, while ~110 of its 120 steps remain. */
+#include "tests/train/train_util.h"
+
+#include <time.h>
+
+static char base[TU_PATH], data[TU_PATH];
+
+#define STEPS "120"
+
+static void train_args(const char **args, const char *out, const char *resume) {
+    const char *a[] = {tu_bin(),       "train", "--model",      base,  "--data",    data,
+                       "--out",        out,     "--steps",      STEPS, "--seq",     "32",
+                       "--batch",      "2",     "--grad-accum", "2",   "--lr",      "5e-3",
+                       "--warmup",     "10",    "--dropout",    "0.1", "--targets", "all-linear",
+                       "--save-every", "10",    "--eval-every", "50",  "--seed",    "9"};
+    int n = (int)(sizeof a / sizeof a[0]);
+    memcpy(args, a, sizeof a);
+    if (resume) {
+        args[n++] = "--resume";
+        args[n++] = resume;
+    }
+    args[n] = NULL;
+}
+
+/* metrics.jsonl without the fields that measure time. */
+static char *metrics_untimed(const char *out) {
+    char path[TU_PATH];
+    char *text = tu_read(tu_in(path, out, "metrics.jsonl"), NULL);
+    if (!text) return NULL;
+    /* Each step line ends with "tokens_per_s": …, "elapsed_s": …}: cut there. */
+    char *w = text;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        char *cut = strstr(line, ", \"tokens_per_s\"");
+        size_t n = cut ? (size_t)(cut - line) : strlen(line);
+        memmove(w, line, n);
+        w += n;
+        *w++ = '\n';
+    }
+    *w = '\0';
+    return text;
+}
+
+int main(void) {
+    CHECK_OK(tu_init());
+    CHECK_OK(tu_make_model(tu_path(base, "base"), "llama", 0.1, 4, NULL));
+    char path[TU_PATH];
+    char *text = tu_read(tu_corpus(path, "mixed.txt"), NULL);
+    CHECK_MSG(text != NULL, "cannot read %s", path);
+    CHECK_OK(tu_write(tu_path(data, "mixed.txt"), text ? text : ""));
+    free(text);
+
+    /* The uninterrupted run. */
+    char whole[TU_PATH], killed[TU_PATH];
+    const char *args[64];
+    train_args(args, tu_path(whole, "whole"), NULL);
+    CHECK_RUN_OK(tu_run_v("whole", args), "whole");
+
+    /* The same run, killed once its first checkpoint is complete. */
+    tu_path(killed, "killed");
+    char latest[TU_PATH];
+    tu_in(latest, killed, "checkpoint/latest");
+    train_args(args, killed, NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        if (null < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0) _exit(126);
+        execv(tu_bin(), (char *const *)args);
+        _exit(127);
+    }
+    CHECK(pid > 0);
+    int status = 0, exited = 0;
+    for (int i = 0; pid > 0 && i < 600000 && !fio_exists(latest); i++) {
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            exited = 1;
+            break;
+        }
+        struct timespec ts = {0, 100000}; /* 0.1 ms */
+        nanosleep(&ts, NULL);
+    }
+    if (pid > 0 && !exited) {
+        CHECK(kill(pid, SIGKILL) == 0);
+        CHECK(waitpid(pid, &status, 0) == pid);
+    }
+    CHECK_MSG(!exited && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+              "the run was to be killed mid-way, it ended with status %d", status);
+    char *at = tu_read(latest, NULL);
+    CHECK_MSG(at && strcmp(at, "step-00000120\n") != 0, "killed at checkpoint %s",
+              at ? at : "(none)");
+    if (at) printf("killed after checkpoint %s", at);
+    free(at);
+    char final_path[TU_PATH];
+    CHECK(!fio_exists(tu_in(final_path, killed, "adapter_model.safetensors")));
+
+    /* Resumed from the last checkpoint (via checkpoint/latest). */
+    char ckpt[TU_PATH];
+    train_args(args, killed, tu_in(ckpt, killed, "checkpoint"));
+    CHECK_RUN_OK(tu_run_v("resumed", args), "resumed");
+    char *log = tu_output("resumed", "err");
+    CHECK(log && strstr(log, "resuming from"));
+    free(log);
+
+    const char *files[] = {"adapter_model.safetensors", "adapter_config.json"};
+    for (int i = 0; i < 2; i++) {
+        char a[TU_PATH], b[TU_PATH];
+        CHECK_MSG(tu_same_file(tu_in(a, whole, files[i]), tu_in(b, killed, files[i])),
+                  "%s differs between the uninterrupted and the resumed run", files[i]);
+    }
+    char *ma = metrics_untimed(whole), *mb = metrics_untimed(killed);
+    CHECK(ma && mb && strlen(ma) > 1000);
+    CHECK_MSG(ma && mb && !strcmp(ma, mb),
+              "metrics differ:\n--- uninterrupted\n%.600s\n--- "
+              "resumed\n%.600s",
+              ma ? ma : "", mb ? mb : "");
+    free(ma);
+    free(mb);
+    tu_cleanup();
+    return check_finish();
+}

@@ -1,0 +1,405 @@
+/* transport — ZeroMQ helpers; the frame layout is described in transport.h.
+ *
+ * Socket options follow zmq_setsockopt(3) of libzmq 4.3: ZMQ_MAXMSGSIZE is an
+ * int64_t in bytes and applies per frame on connection-oriented transports
+ * (inproc never checks it, so transport_recv checks again); the heartbeat
+ * options need libzmq >= 4.2; ZMQ_HEARTBEAT_TTL is kept in deciseconds on the
+ * wire, so it must lie in [100, 6553599] ms to mean anything. */
+#include "wire/transport.h"
+
+#include "util/err.h"
+#include "wire/msg.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void transport_opts_default(struct transport_opts *o) {
+    /* Peer identity (<= 255 bytes) + request id + one message frame. */
+    o->lim.max_frames = 4;
+    o->lim.max_frame = MSG_FRAME_MAX;
+    o->lim.max_total = MSG_FRAME_MAX + 1024;
+    o->linger_ms = 1000;
+    o->send_timeout_ms = 5000;
+    o->recv_timeout_ms = 5000;
+    o->heartbeat_ivl_ms = 5000;
+    o->heartbeat_timeout_ms = 15000;
+    o->heartbeat_ttl_ms = 15000;
+    o->hwm = 64;
+}
+
+void transport_retry_default(struct transport_retry *rt) {
+    rt->timeout_ms = 5000;
+    rt->attempts = 5;
+    rt->backoff_ms = 200;
+    rt->backoff_max_ms = 10000;
+}
+
+static int zerr(const char *what) {
+    return err_set("%s: %s", what, zmq_strerror(zmq_errno()));
+}
+
+static int check_limits(const struct transport_limits *lim) {
+    if (lim->max_frames < 1 || lim->max_frames > TRANSPORT_FRAMES_MAX || lim->max_frame < 1 ||
+        lim->max_frame > INT64_MAX || lim->max_total < lim->max_frame)
+        return err_set("transport limits: need 1 <= max_frames <= %d and 1 <= max_frame <= "
+                       "max_total (got %zu, %zu, %zu)",
+                       TRANSPORT_FRAMES_MAX, lim->max_frames, lim->max_frame, lim->max_total);
+    return 0;
+}
+
+static int set_int(void *s, int opt, const char *name, int v) {
+    if (zmq_setsockopt(s, opt, &v, sizeof v) != 0) {
+        char what[64];
+        snprintf(what, sizeof what, "zmq_setsockopt(%s=%d)", name, v);
+        return zerr(what);
+    }
+    return 0;
+}
+#define SET_INT(s, opt, v) set_int(s, opt, #opt, v)
+
+static int configure(void *s, const struct transport_opts *o) {
+    if (check_limits(&o->lim) < 0) return -1;
+    if (o->heartbeat_ttl_ms != 0 && (o->heartbeat_ttl_ms < 100 || o->heartbeat_ttl_ms > 6553599))
+        return err_set("transport: heartbeat TTL %d ms is outside [100, 6553599]",
+                       o->heartbeat_ttl_ms);
+    int64_t maxmsg = (int64_t)o->lim.max_frame;
+    if (zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0)
+        return zerr("zmq_setsockopt(ZMQ_MAXMSGSIZE)");
+    if (SET_INT(s, ZMQ_LINGER, o->linger_ms) < 0 ||
+        SET_INT(s, ZMQ_SNDTIMEO, o->send_timeout_ms) < 0 ||
+        SET_INT(s, ZMQ_RCVTIMEO, o->recv_timeout_ms) < 0 || SET_INT(s, ZMQ_SNDHWM, o->hwm) < 0 ||
+        SET_INT(s, ZMQ_RCVHWM, o->hwm) < 0 ||
+        SET_INT(s, ZMQ_HEARTBEAT_IVL, o->heartbeat_ivl_ms) < 0 ||
+        SET_INT(s, ZMQ_HEARTBEAT_TIMEOUT, o->heartbeat_timeout_ms) < 0 ||
+        SET_INT(s, ZMQ_HEARTBEAT_TTL, o->heartbeat_ttl_ms) < 0)
+        return -1;
+    return 0;
+}
+
+/* Creates a socket of `type`, configures it, then binds or connects: options
+ * other than a few (see zmq_setsockopt(3)) only apply to later binds and
+ * connects. On failure the socket is closed again. */
+static int open_socket(void *ctx, int type, const char *endpoint, const struct transport_opts *o,
+                       void **out) {
+    *out = NULL;
+    void *s = zmq_socket(ctx, type);
+    if (!s) return zerr("zmq_socket");
+    int rc = configure(s, o);
+    if (rc == 0 && type == ZMQ_ROUTER) rc = SET_INT(s, ZMQ_ROUTER_MANDATORY, 1);
+    if (rc == 0 && type == ZMQ_DEALER) rc = SET_INT(s, ZMQ_IMMEDIATE, 1);
+    if (rc == 0) {
+        rc = type == ZMQ_ROUTER ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint);
+        if (rc != 0)
+            err_set("%s %s: %s", type == ZMQ_ROUTER ? "binding" : "connecting to", endpoint,
+                    zmq_strerror(zmq_errno()));
+    }
+    if (rc != 0) {
+        zmq_close(s); /* the error above is the one worth reporting */
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+int transport_router(void *ctx, const char *endpoint, const struct transport_opts *o, void **sock) {
+    return open_socket(ctx, ZMQ_ROUTER, endpoint, o, sock);
+}
+
+int transport_dealer(void *ctx, const char *endpoint, const struct transport_opts *o, void **sock) {
+    return open_socket(ctx, ZMQ_DEALER, endpoint, o, sock);
+}
+
+int transport_endpoint(void *sock, char *buf, size_t n) {
+    size_t len = n;
+    if (zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, buf, &len) != 0)
+        return zerr("zmq_getsockopt(ZMQ_LAST_ENDPOINT)");
+    return 0;
+}
+
+int transport_close(void *sock) {
+    if (zmq_close(sock) != 0) return zerr("zmq_close");
+    return 0;
+}
+
+const uint8_t *transport_data(struct transport_msg *m, size_t i) {
+    return zmq_msg_data(&m->f[i]);
+}
+
+size_t transport_size(struct transport_msg *m, size_t i) {
+    return zmq_msg_size(&m->f[i]);
+}
+
+void transport_msg_close(struct transport_msg *m) {
+    /* zmq_msg_close only fails (EFAULT) on a message that was never
+     * initialised; these all were. */
+    for (size_t i = 0; i < m->n; i++) zmq_msg_close(&m->f[i]);
+    m->n = 0;
+    m->total = 0;
+}
+
+static void free_given(void *data, void *hint) {
+    free(data);
+}
+
+/* One frame; a given frame's data is freed whatever happens. */
+static int send_frame(void *sock, const struct transport_frame *f, int flags, bool give) {
+    int rc;
+    if (!give) {
+        const void *data = f->len ? f->data : "";
+        do rc = zmq_send(sock, data, f->len, flags);
+        while (rc < 0 && zmq_errno() == EINTR);
+        return rc < 0 ? -1 : 0;
+    }
+    zmq_msg_t m;
+    if (zmq_msg_init_data(&m, (void *)f->data, f->len, free_given, NULL) != 0) {
+        int e = zmq_errno();
+        free((void *)f->data);
+        errno = e;
+        return -1;
+    }
+    do rc = zmq_msg_send(&m, sock, flags);
+    while (rc < 0 && zmq_errno() == EINTR);
+    if (rc < 0) {
+        int e = zmq_errno();
+        zmq_msg_close(&m); /* frees the data */
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
+static int send_frames(void *sock, const struct transport_frame *f, size_t n, bool give_last) {
+    if (n == 0 || n > TRANSPORT_FRAMES_MAX) {
+        if (give_last && n > 0) free((void *)f[n - 1].data);
+        return err_set("transport_send: %zu frames (1 to %d allowed)", n, TRANSPORT_FRAMES_MAX);
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool last = i + 1 == n;
+        if (send_frame(sock, &f[i], last ? 0 : ZMQ_SNDMORE, last && give_last) == 0) continue;
+        int e = zmq_errno();
+        if (give_last && !last) free((void *)f[n - 1].data); /* never reached libzmq */
+        if (e == EAGAIN)
+            return err_set("sending frame %zu of %zu: timed out (peer not connected, or its "
+                           "queue is full)",
+                           i + 1, n);
+        if (e == EHOSTUNREACH)
+            return err_set("sending frame %zu of %zu: that peer is not connected", i + 1, n);
+        return err_set("sending frame %zu of %zu: %s", i + 1, n, zmq_strerror(e));
+    }
+    return 0;
+}
+
+int transport_send(void *sock, const struct transport_frame *f, size_t n) {
+    return send_frames(sock, f, n, false);
+}
+
+int transport_send_give(void *sock, const struct transport_frame *f, size_t n) {
+    return send_frames(sock, f, n, true);
+}
+
+int transport_recv(void *sock, const struct transport_limits *lim, struct transport_msg *m) {
+    m->n = 0;
+    m->total = 0;
+    if (check_limits(lim) < 0) return -1;
+    /* Once the first frame is in, libzmq has the whole message (multipart
+     * delivery is atomic), so the later receives do not wait. Frames beyond
+     * a limit are received and dropped at once: the socket stays in step and
+     * nothing piles up here. */
+    const char *refusal = NULL;
+    size_t frames = 0, bytes = 0;
+    for (;;) {
+        bool keep = !refusal && m->n < lim->max_frames;
+        zmq_msg_t scratch;
+        zmq_msg_t *f = keep ? &m->f[m->n] : &scratch;
+        if (zmq_msg_init(f) != 0) {
+            transport_msg_close(m);
+            return zerr("zmq_msg_init");
+        }
+        int rc;
+        do rc = zmq_msg_recv(f, sock, 0);
+        while (rc < 0 && zmq_errno() == EINTR);
+        if (rc < 0) {
+            int e = zmq_errno();
+            zmq_msg_close(f);
+            transport_msg_close(m);
+            if (e == EAGAIN && frames == 0) return 1;
+            return err_set("receiving frame %zu: %s", frames + 1, zmq_strerror(e));
+        }
+        size_t len = zmq_msg_size(f);
+        int more = zmq_msg_more(f);
+        frames++;
+        bytes += len;
+        if (keep) {
+            m->n++;
+            m->total = bytes;
+            if (len > lim->max_frame)
+                refusal = "a frame over the size limit";
+            else if (bytes > lim->max_total)
+                refusal = "too many bytes";
+        } else {
+            zmq_msg_close(f);
+            if (!refusal) refusal = "too many frames";
+        }
+        if (refusal) transport_msg_close(m);
+        if (!more) break;
+    }
+    if (refusal)
+        return err_set("refused a message with %s: %zu frames, %zu bytes (limits: %zu frames, "
+                       "%zu bytes per frame, %zu in all)",
+                       refusal, frames, bytes, lim->max_frames, lim->max_frame, lim->max_total);
+    return 0;
+}
+
+/* ---- request/reply --------------------------------------------------------- */
+
+/* xorshift64 (Marsaglia 2003): jitter and request ids need spread, not
+ * secrecy. */
+static uint64_t xorshift(uint64_t *s) {
+    uint64_t x = *s ? *s : 0x9e3779b97f4a7c15ull;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *s = x;
+    return x;
+}
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+int transport_backoff_ms(const struct transport_retry *rt, int attempt, uint64_t *rng) {
+    int64_t d = rt->backoff_ms;
+    for (int i = 0; i < attempt && d < rt->backoff_max_ms; i++) d *= 2;
+    if (d > rt->backoff_max_ms) d = rt->backoff_max_ms;
+    if (d <= 0) return 0;
+    int64_t half = d / 2;
+    return (int)(d - half + (int64_t)(xorshift(rng) % (uint64_t)(half + 1)));
+}
+
+static void put_be64(uint8_t *p, uint64_t v) {
+    for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+/* Waits up to ms for the reply carrying id. 0: got it (id frame stripped);
+ * 1: timed out; -1: a socket error. Dropped replies leave their reason in
+ * `dropped` for the final error message. */
+static int await_reply(void *dealer, const struct transport_limits *lim, const uint8_t *id, int ms,
+                       struct transport_msg *reply, char *dropped, size_t dn) {
+    int64_t deadline = now_ms() + ms;
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        if (left <= 0) return 1;
+        zmq_pollitem_t item = {.socket = dealer, .events = ZMQ_POLLIN};
+        int rc = zmq_poll(&item, 1, (long)left);
+        if (rc < 0 && zmq_errno() == EINTR) continue;
+        if (rc < 0) return zerr("zmq_poll");
+        if (rc == 0) return 1;
+        rc = transport_recv(dealer, lim, reply);
+        if (rc < 0) {
+            snprintf(dropped, dn, "%s", err_msg());
+            continue;
+        }
+        if (rc == 1) continue;
+        if (reply->n < 2 || transport_size(reply, 0) != TRANSPORT_ID_LEN) {
+            snprintf(dropped, dn, "dropped a reply without a request id frame");
+            transport_msg_close(reply);
+            continue;
+        }
+        if (memcmp(transport_data(reply, 0), id, TRANSPORT_ID_LEN) != 0) {
+            snprintf(dropped, dn, "dropped a late reply to an earlier request");
+            transport_msg_close(reply);
+            continue;
+        }
+        /* Strip the id frame: move the payload frames down by one. A move
+         * releases the destination's content and leaves the source empty
+         * but valid, so every slot stays closable. */
+        for (size_t i = 1; i < reply->n; i++) {
+            if (zmq_msg_move(&reply->f[i - 1], &reply->f[i]) != 0) {
+                transport_msg_close(reply);
+                return zerr("zmq_msg_move");
+            }
+        }
+        zmq_msg_close(&reply->f[reply->n - 1]); /* emptied by the last move */
+        reply->n--;
+        reply->total -= TRANSPORT_ID_LEN;
+        return 0;
+    }
+}
+
+int transport_request(void *dealer, const struct transport_limits *lim,
+                      const struct transport_retry *rt, const struct transport_frame *f, size_t n,
+                      struct transport_msg *reply) {
+    reply->n = 0;
+    reply->total = 0;
+    if (n == 0 || n > TRANSPORT_FRAMES_MAX - 1)
+        return err_set("transport_request: %zu payload frames (1 to %d allowed)", n,
+                       TRANSPORT_FRAMES_MAX - 1);
+    if (rt->attempts < 1 || rt->timeout_ms < 1)
+        return err_set("transport_request: need at least 1 attempt of at least 1 ms");
+    static _Thread_local uint64_t rng;
+    if (rng == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        rng = ((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec) ^
+              (uint64_t)(uintptr_t)&rng;
+    }
+    uint8_t id[TRANSPORT_ID_LEN];
+    put_be64(id, xorshift(&rng));
+    struct transport_frame frames[TRANSPORT_FRAMES_MAX];
+    frames[0] = (struct transport_frame){id, sizeof id};
+    memcpy(frames + 1, f, n * sizeof *f);
+
+    char last[ERR_MSG_MAX] = "";
+    char dropped[ERR_MSG_MAX] = "";
+    for (int attempt = 0; attempt < rt->attempts; attempt++) {
+        if (attempt > 0) sleep_ms(transport_backoff_ms(rt, attempt - 1, &rng));
+        if (transport_send(dealer, frames, n + 1) < 0) {
+            snprintf(last, sizeof last, "%s", err_msg());
+            continue;
+        }
+        int rc = await_reply(dealer, lim, id, rt->timeout_ms, reply, dropped, sizeof dropped);
+        if (rc <= 0) return rc;
+        snprintf(last, sizeof last, "no reply within %d ms", rt->timeout_ms);
+    }
+    return err_set("no reply after %d attempts (last: %s%s%s)", rt->attempts, last,
+                   *dropped ? "; " : "", dropped);
+}
+
+int transport_serve_recv(void *router, const struct transport_limits *lim,
+                         struct transport_msg *req) {
+    int rc = transport_recv(router, lim, req);
+    if (rc != 0) return rc;
+    if (req->n < TRANSPORT_PAYLOAD + 1 || transport_size(req, 1) != TRANSPORT_ID_LEN) {
+        size_t n = req->n;
+        transport_msg_close(req);
+        return err_set("refused a request of %zu frames: want [peer][%d-byte id][payload...]", n,
+                       TRANSPORT_ID_LEN);
+    }
+    return 0;
+}
+
+int transport_serve_reply(void *router, struct transport_msg *req, const struct transport_frame *f,
+                          size_t n) {
+    if (n == 0 || n > TRANSPORT_FRAMES_MAX - TRANSPORT_PAYLOAD)
+        return err_set("transport_serve_reply: %zu payload frames (1 to %d allowed)", n,
+                       TRANSPORT_FRAMES_MAX - TRANSPORT_PAYLOAD);
+    if (req->n < TRANSPORT_PAYLOAD)
+        return err_set("transport_serve_reply: the request has no peer and id frames");
+    struct transport_frame frames[TRANSPORT_FRAMES_MAX];
+    frames[0] = (struct transport_frame){transport_data(req, 0), transport_size(req, 0)};
+    frames[1] = (struct transport_frame){transport_data(req, 1), transport_size(req, 1)};
+    memcpy(frames + TRANSPORT_PAYLOAD, f, n * sizeof *f);
+    return transport_send(router, frames, n + TRANSPORT_PAYLOAD);
+}

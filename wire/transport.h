@@ -1,0 +1,129 @@
+/* transport — ZeroMQ ROUTER/DEALER helpers with bounds on what comes in.
+ *
+ * The aggregator binds a ROUTER, each node connects a DEALER. Inbound data is
+ * bounded twice: ZMQ_MAXMSGSIZE makes libzmq drop a TCP peer that sends one
+ * frame over max_frame (the frame is never buffered whole), and
+ * transport_recv() counts frames and bytes of every multipart message and
+ * refuses (draining it, so the socket stays in step) one with too many frames
+ * or too many bytes: libzmq itself has no limit on frames per message.
+ *
+ * Requests carry an 8-byte request id frame in front of the payload so that a
+ * reply that arrives after its request timed out is recognised and dropped:
+ *
+ *   DEALER sends        [id][payload 1]...[payload k]
+ *   ROUTER receives     [peer][id][payload 1]...[payload k]
+ *   ROUTER replies      [peer][id][reply 1]...[reply j]
+ *   DEALER receives     [id][reply 1]...[reply j]   (transport_request strips id)
+ *
+ * A retried request keeps its id, so a late reply to an earlier attempt is an
+ * answer to the same question and is accepted. Every zmq call is checked. */
+#ifndef FL_WIRE_TRANSPORT_H
+#define FL_WIRE_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <zmq.h>
+
+#define TRANSPORT_FRAMES_MAX 8 /* hard ceiling on transport_limits.max_frames */
+#define TRANSPORT_ID_LEN 8     /* request id frame, big-endian u64 */
+#define TRANSPORT_PAYLOAD 2    /* index of the first payload frame at the ROUTER */
+
+struct transport_limits {
+    size_t max_frames; /* frames in one multipart message, <= TRANSPORT_FRAMES_MAX */
+    size_t max_frame;  /* bytes of one frame; also set as ZMQ_MAXMSGSIZE */
+    size_t max_total;  /* bytes of all frames of one message */
+};
+
+struct transport_opts {
+    struct transport_limits lim;
+    int linger_ms;            /* ZMQ_LINGER: how long close waits to flush */
+    int send_timeout_ms;      /* ZMQ_SNDTIMEO: -1 blocks, 0 never waits */
+    int recv_timeout_ms;      /* ZMQ_RCVTIMEO */
+    int heartbeat_ivl_ms;     /* ZMQ_HEARTBEAT_IVL: PING every ivl (0: off) */
+    int heartbeat_timeout_ms; /* ZMQ_HEARTBEAT_TIMEOUT: drop a peer silent this long after a PING */
+    int heartbeat_ttl_ms;     /* ZMQ_HEARTBEAT_TTL: asks the peer to drop us after this */
+    int hwm;                  /* ZMQ_SNDHWM and ZMQ_RCVHWM, messages per peer */
+};
+
+/* Defaults sized for MSG_FRAME_MAX frames: 4 frames, 64 queued messages per
+ * peer (so at most ~64 MiB queued per peer and direction), heartbeats every
+ * 5 s with a 15 s timeout, 5 s send/receive timeouts, 1 s linger. */
+void transport_opts_default(struct transport_opts *o);
+
+/* A ROUTER bound to endpoint ("tcp://127.0.0.1:*" picks a free port; see
+ * transport_endpoint), with ZMQ_ROUTER_MANDATORY so that sending to a peer
+ * that is gone fails instead of vanishing. */
+int transport_router(void *ctx, const char *endpoint, const struct transport_opts *o, void **sock);
+/* A DEALER connected to endpoint, with ZMQ_IMMEDIATE so that messages are not
+ * queued for a connection that is not up (a send then times out instead). */
+int transport_dealer(void *ctx, const char *endpoint, const struct transport_opts *o, void **sock);
+/* The endpoint a socket last bound to, with the real port. */
+int transport_endpoint(void *sock, char *buf, size_t n);
+int transport_close(void *sock);
+
+struct transport_frame {
+    const void *data;
+    size_t len;
+};
+
+/* A received multipart message; frames are owned until transport_msg_close. */
+struct transport_msg {
+    size_t n;     /* frames */
+    size_t total; /* bytes in all frames */
+    zmq_msg_t f[TRANSPORT_FRAMES_MAX];
+};
+
+const uint8_t *transport_data(struct transport_msg *m, size_t i);
+size_t transport_size(struct transport_msg *m, size_t i);
+void transport_msg_close(struct transport_msg *m);
+
+/* Sends n frames as one multipart message, copying them. A send that cannot
+ * be queued within ZMQ_SNDTIMEO fails (libzmq decides on the first frame; the
+ * rest of an accepted message always follows). */
+int transport_send(void *sock, const struct transport_frame *f, size_t n);
+/* As transport_send, but the last frame's data, malloc'd by the caller, is
+ * handed to libzmq, which sends it without a copy and free()s it once sent.
+ * It is freed whatever happens, also when the send fails. */
+int transport_send_give(void *sock, const struct transport_frame *f, size_t n);
+/* Receives one message within lim. Returns 0 with a message in *m, 1 when
+ * ZMQ_RCVTIMEO passed with none (nothing to close), -1 on error or refusal
+ * (the refused message has been drained and freed). */
+int transport_recv(void *sock, const struct transport_limits *lim, struct transport_msg *m);
+
+/* ---- request/reply with retries ------------------------------------------ */
+
+struct transport_retry {
+    int timeout_ms;     /* wait for the reply to one attempt */
+    int attempts;       /* attempts in all, >= 1 */
+    int backoff_ms;     /* pause before the 2nd attempt; doubles for each next one */
+    int backoff_max_ms; /* ceiling on the pause */
+};
+
+/* 5 s per attempt, 5 attempts, pauses 0.2, 0.4, 0.8, 1.6 s (before jitter). */
+void transport_retry_default(struct transport_retry *rt);
+/* The pause after failed attempt `attempt` (0-based): d = min(backoff_max,
+ * backoff << attempt), then "equal jitter", uniform in [d/2, d], so that nodes
+ * cut off together do not all come back in the same millisecond. rng is
+ * xorshift state (any non-zero seed). */
+int transport_backoff_ms(const struct transport_retry *rt, int attempt, uint64_t *rng);
+
+/* Sends payload frames f (n <= TRANSPORT_FRAMES_MAX - 1) on a DEALER and
+ * waits for the reply with the same request id, retrying as rt says. The
+ * reply in *reply holds the payload frames only. Replies to other requests
+ * are dropped; a reply over lim is refused and waiting goes on. Fails with
+ * "no reply ... after N attempts" when all attempts time out. */
+int transport_request(void *dealer, const struct transport_limits *lim,
+                      const struct transport_retry *rt, const struct transport_frame *f, size_t n,
+                      struct transport_msg *reply);
+
+/* ROUTER side: receives one request (0, 1 on timeout, -1 as transport_recv)
+ * and checks its layout: a peer frame, an id frame of TRANSPORT_ID_LEN bytes,
+ * at least one payload frame from index TRANSPORT_PAYLOAD on. */
+int transport_serve_recv(void *router, const struct transport_limits *lim,
+                         struct transport_msg *req);
+/* Replies to req (which stays owned by the caller) with n payload frames,
+ * n <= TRANSPORT_FRAMES_MAX - 2. */
+int transport_serve_reply(void *router, struct transport_msg *req, const struct transport_frame *f,
+                          size_t n);
+
+#endif
