@@ -90,6 +90,10 @@ void model_zero_grads(model *m);
 
 typedef struct model_acts model_acts; /* activations saved for backward, sized (B, T) */
 
+/* Allocates every buffer forward and backward use, once, for batches of B
+ * sequences of T tokens (GPT-2: T <= n_positions) of model m; attention
+ * scratch is sized for the OpenMP thread count of the moment (later calls use
+ * at most that many threads there). */
 int model_acts_create(model_acts **out, const model *m, int B, int T);
 void model_acts_free(model_acts *a);
 

@@ -1,4 +1,5 @@
-/* cpu — the kernels of the CPU backend (internal to model/).
+/* cpu — the kernels of the CPU backend. model/ uses all of them; other
+ * modules use cpu_gemm for their GEMMs, to stay in the same threading model.
  *
  * Threading: every kernel is parallel through OpenMP, and OpenBLAS is put in
  * single-threaded mode (cpu_init). On the 2-core machines this targets,
@@ -58,11 +59,14 @@ static inline real cpu_tanh(real x) {
 }
 #else
 static inline real cpu_exp(real x) {
-    x = x < -87.33654f ? -87.33654f : x;
-    x = x > 88.3762626f ? 88.3762626f : x; /* n <= 127: no overflow to inf */
+    /* Clamped so that n fits the exponent (n <= 127: no overflow to inf); a
+     * NaN becomes the lower bound, which keeps the int conversion defined,
+     * and is returned as it came. */
+    float xc = x > -87.33654f ? x : -87.33654f;
+    xc = xc < 88.3762626f ? xc : 88.3762626f;
     /* round to nearest with the 1.5·2^23 trick (no SSE4.1 roundps needed) */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
@@ -73,7 +77,7 @@ static inline real cpu_exp(real x) {
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return x == x ? p * scale : x;
 }
 /* tanh y = 1 − 2 / (e^{2y} + 1): absolute error ~1e-7, which is what GELU
  * (its only user, through 0.5·x·(1 + tanh)) needs. */

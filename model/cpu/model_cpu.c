@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* What the activations hold: nothing yet, a forward's, or a finished backward's. */
 enum { ACTS_FRESH, ACTS_FORWARD, ACTS_BACKWARD };
 
 struct model_acts {
@@ -120,6 +121,7 @@ int model_acts_create(model_acts **out, const model *m, int B, int T) {
     a->T = T;
     a->N = B * T;
     a->W = (c->num_heads + 2 * c->num_kv_heads) * c->head_dim;
+    a->state = ACTS_FRESH;
     a->probe_point = -1;
     a->attn = (cpu_attn){.B = B,
                          .T = T,

@@ -5,7 +5,8 @@
  * SIMD loop (in a CPU_CLONES function, so it gets AVX2 where there is some). */
 #define ELEMS_PARALLEL(n) if ((n) > 32768)
 
-/* Runs `call` on each OpenMP thread with its span [lo_, hi_) of n items. */
+/* Runs `call` on each OpenMP thread with its span [lo_, hi_) of n items
+ * (parallel above the same size as ELEMS_PARALLEL). */
 #define FOR_SPANS(n, call)                                                                         \
     do {                                                                                           \
         int64_t n_ = (n);                                                                          \
