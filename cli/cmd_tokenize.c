@@ -2,9 +2,9 @@
  * that fedlora train reads for large corpora (docs/tokenizer.md).
  *
  * Input, streamed line by line so that its size does not matter:
- *   text   documents are separated by blank lines (empty, or only spaces and
- *          tabs); a document is its lines joined with "\n" (a line's final
- *          "\r" is dropped, so CRLF files read the same as LF files).
+ *   text   each non-blank line is one document, as fedlora train and eval
+ *          read text files (lib lora/dataset.h); a line's final "\r" is
+ *          dropped, so CRLF files read the same as LF files.
  *   jsonl  one JSON object per line with a "text" string; blank lines are
  *          skipped; each record is one document.
  * Format auto (the default) picks jsonl for *.jsonl and *.json, text otherwise. */
@@ -31,7 +31,7 @@ static void usage(FILE *f) {
             "Encodes a corpus with a Hugging Face tokenizer.json into fedlora's pre-tokenized\n"
             "format (docs/tokenizer.md), which fedlora train reads for large corpora.\n\n"
             "  --tokenizer FILE   the base model's tokenizer.json\n"
-            "  --data FILE        text (documents separated by blank lines) or JSONL\n"
+            "  --data FILE        text (one document per non-blank line) or JSONL\n"
             "                     ({\"text\": ...} per line)\n"
             "  --out FILE         the token file to write (replaced atomically)\n"
             "  --format F         auto (default: jsonl for .jsonl/.json, else text), text, jsonl\n"
@@ -104,8 +104,8 @@ static int is_blank(const char *line, size_t n) {
 }
 
 static int read_text(run_state *s, FILE *f) {
-    char *line = NULL, *doc = NULL;
-    size_t cap = 0, doc_len = 0, doc_cap = 0, lineno = 0, doc_line = 0;
+    char *line = NULL;
+    size_t cap = 0, lineno = 0;
     ssize_t n;
     int rc = 0;
     while (!rc && (n = getline(&line, &cap, f)) >= 0) {
@@ -115,46 +115,19 @@ static int read_text(run_state *s, FILE *f) {
         if (len && line[len - 1] == '\n') len--;
         if (len && line[len - 1] == '\r') len--;
         if (is_blank(line, len)) {
-            if (doc_len) {
-                char where[64];
-                snprintf(where, sizeof where, "document starting at line %zu", doc_line);
-                rc = add_document(s, doc, doc_len, where);
-                doc_len = 0;
-            }
             progress(s, 0);
             continue;
         }
-        if (!doc_len) doc_line = lineno;
-        size_t need = doc_len + len + 1;
-        if (need > DOC_MAX) {
-            rc = err_set("%s: the document starting at line %zu is larger than %zu MiB; separate "
-                         "documents with blank lines",
-                         s->data, doc_line, DOC_MAX >> 20);
+        if (len > DOC_MAX) {
+            rc = err_set("%s:%zu: line longer than %zu MiB", s->data, lineno, DOC_MAX >> 20);
             break;
         }
-        if (need > doc_cap) {
-            size_t c = doc_cap ? doc_cap : 4096;
-            while (c < need) c *= 2;
-            char *p = realloc(doc, c);
-            if (!p) {
-                rc = err_set("%s: out of memory for a %zu-byte document", s->data, need);
-                break;
-            }
-            doc = p;
-            doc_cap = c;
-        }
-        if (doc_len) doc[doc_len++] = '\n';
-        memcpy(doc + doc_len, line, len);
-        doc_len += len;
+        char where[64];
+        snprintf(where, sizeof where, "line %zu", lineno);
+        rc = add_document(s, line, len, where);
     }
     if (!rc && ferror(f)) rc = err_errno("cannot read %s", s->data);
-    if (!rc && doc_len) {
-        char where[64];
-        snprintf(where, sizeof where, "document starting at line %zu", doc_line);
-        rc = add_document(s, doc, doc_len, where);
-    }
     free(line);
-    free(doc);
     return rc;
 }
 

@@ -11,6 +11,7 @@
  * 6·N for the weight matmuls (forward 2N, backward 4N; N counts the LM head
  * but not the embedding lookups) plus 12·L·T·H·D for attention (q·kᵀ and
  * p·v, 4·T·H·D per layer forward, three times that with backward). */
+#include "model/cpu/cpu.h"
 #include "model/model.h"
 #include "util/err.h"
 
@@ -27,7 +28,8 @@ static double now(void) {
 }
 
 /* sgemm peak: the best of a few square products large enough to be
- * compute-bound (n = 2048: 17 GFLOP each). */
+ * compute-bound (n = 2048: 17 GFLOP each), through cpu_gemm, i.e. with the
+ * same OpenBLAS kernels and the same OpenMP threads as the model's GEMMs. */
 static double sgemm_peak(void) {
     int n = 2048;
     float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n),
@@ -37,7 +39,7 @@ static double sgemm_peak(void) {
     double best = 0;
     for (int r = 0; r < 4; r++) {
         double t0 = now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+        cpu_gemm(0, 1, n, n, n, 1, a, n, b, n, 0, c, n);
         double dt = now() - t0;
         double f = 2.0 * n * n * n / dt;
         if (f > best) best = f;
@@ -102,6 +104,7 @@ int main(int argc, char **argv) {
         loss = ls / nt;
     }
     double tps = B * T / best;
+    cpu_init();
     double peak = sgemm_peak();
     printf("fedlora %s-%s threads=%d B=%d T=%d params=%lld loss=%.4f tokens/s=%.1f "
            "GFLOP/s=%.1f sgemm_peak=%.1f fraction=%.3f\n",

@@ -72,18 +72,18 @@ int main(void) {
     char data[600], out[600], tmp[700];
     path_of(out, "out.tok");
 
-    /* text: blank lines (also with spaces, and CRLF) separate documents */
+    /* text: each non-blank line (CRLF too) is one document */
     path_of(data, "corpus.txt");
     write_file(data, "First line.\nsecond line of doc one.\n\n\n  \t\nDoc two: Grüße 😀\r\n"
                      "\r\nDoc three\nends without newline");
     CHECK(run(data, out, NULL, NULL) == 0);
-    const char *text_docs[] = {"First line.\nsecond line of doc one.", "Doc two: Grüße 😀",
-                               "Doc three\nends without newline"};
-    expect_docs(out, text_docs, 3, 1);
+    const char *text_docs[] = {"First line.", "second line of doc one.", "Doc two: Grüße 😀",
+                               "Doc three", "ends without newline"};
+    expect_docs(out, text_docs, 5, 1);
     snprintf(tmp, sizeof tmp, "%s.tmp", out);
     CHECK(!fio_exists(tmp));
     CHECK(run(data, out, "--no-special", NULL) == 0);
-    expect_docs(out, text_docs, 3, 0);
+    expect_docs(out, text_docs, 5, 0);
 
     /* JSONL: one record per line, blank lines skipped, empty text allowed */
     path_of(data, "corpus.jsonl");
@@ -108,8 +108,7 @@ int main(void) {
     path_of(data, "bad.txt");
     write_file(data, "good document\n\nbad \xFF byte\n");
     CHECK(run(data, out, NULL, NULL) == 1);
-    CHECK_MSG(strstr(err_msg(), "document starting at line 3: invalid UTF-8 at byte 4") != NULL,
-              "%s", err_msg());
+    CHECK_MSG(strstr(err_msg(), "line 3: invalid UTF-8 at byte 4") != NULL, "%s", err_msg());
     CHECK(run(data, out, "--invalid-utf8", "replace") == 0);
     const char *fixed_docs[] = {"good document", "bad \xEF\xBF\xBD byte"};
     expect_docs(out, fixed_docs, 2, 1);
