@@ -7,10 +7,10 @@
  * seed. Generation stops at the model's eos_token_id, after max_tokens, or
  * when the context is full.
  *
- * model/ has no incremental (KV-cache) decoding yet, so every new token
- * runs a forward over the whole sequence so far: the activations are sized
- * in steps of 64 positions and the sequence is padded with ignored tokens,
- * which causal attention never lets an earlier position see. */
+ * The prompt goes through the model once (model_decode's prefill), then each
+ * new token once: a KV cache (model/model.h) keeps every earlier position's
+ * keys and values, sized for the prompt plus --max-tokens (at most the
+ * context). The adapter applies at every step, with its dropout off. */
 #include "cli/commands.h"
 #include "cli/opts.h"
 #include "lora/dataset.h"
@@ -42,8 +42,6 @@ static const char *usage_text =
     "                     probability adds up to P (1.0: all)\n"
     "  --seed S           the sampler's seed (0)\n"
     "  --threads N        OpenMP threads\n";
-
-#define GEN_BUCKET 64 /* activations grow in steps of this many positions */
 
 typedef struct {
     double p;
@@ -113,7 +111,8 @@ int cmd_generate(int argc, char **argv) {
     lora_set *s = NULL;
     tokenizer *tok = NULL;
     tokenizer_ids ids = {0};
-    model_acts *acts = NULL;
+    model_kv_cache *cache = NULL;
+    real *logits = NULL;
     int32_t *seq = NULL;
     cand *cands = NULL;
     char *text = NULL;
@@ -126,6 +125,7 @@ int cmd_generate(int argc, char **argv) {
         err_context("loading adapter %s for model %s", adapter, dir);
         goto done;
     }
+    if (s) lora_set_training(s, 0); /* generation is evaluation: no dropout */
     char tok_default[4096];
     if (!tok_path) {
         if (fio_join(tok_default, sizeof tok_default, dir, "tokenizer.json") != 0) goto done;
@@ -147,9 +147,10 @@ int cmd_generate(int argc, char **argv) {
     }
     size_t cap =
         n_prompt + (size_t)max_tokens < (size_t)ctx ? n_prompt + (size_t)max_tokens : (size_t)ctx;
-    seq = malloc(sizeof *seq * (cap + GEN_BUCKET));
+    seq = malloc(sizeof *seq * cap);
+    logits = malloc(sizeof *logits * (size_t)V);
     cands = malloc(sizeof *cands * (size_t)V);
-    if (!seq || !cands) {
+    if (!seq || !logits || !cands) {
         err_set("out of memory for generation");
         goto done;
     }
@@ -164,23 +165,16 @@ int cmd_generate(int argc, char **argv) {
     }
     uint64_t rng = (uint64_t)seed;
     size_t len = n_prompt;
-    int acts_T = 0;
     double t0 = now();
+    /* logits always holds the next-token distribution after seq[len − 1]. */
+    if (len < cap && (model_kv_cache_create(&cache, m, (int)cap) != 0 ||
+                      model_decode(m, cache, seq, (int)len, logits) != 0))
+        goto done;
     while (len < cap) {
-        int want = (int)((len + GEN_BUCKET - 1) / GEN_BUCKET * GEN_BUCKET);
-        if (want > ctx) want = ctx;
-        if (want != acts_T) {
-            model_acts_free(acts);
-            acts = NULL;
-            if (model_acts_create(&acts, m, 1, want) != 0) goto done;
-            acts_T = want;
-        }
-        for (int t = (int)len; t < acts_T; t++) seq[t] = 0;
-        if (model_forward(m, acts, seq, NULL, NULL, NULL) != 0) goto done;
-        const real *row = model_acts_logits(acts) + (len - 1) * (size_t)V;
-        int next = sample(row, V, temperature, top_p, &rng, cands);
+        int next = sample(logits, V, temperature, top_p, &rng, cands);
         if (next == m->cfg.eos_token_id) break;
         seq[len++] = next;
+        if (len < cap && model_decode(m, cache, &seq[len - 1], 1, logits) != 0) goto done;
     }
     double dt = now() - t0;
     size_t n_new = len - n_prompt, text_len;
@@ -197,7 +191,8 @@ done:
     free(text);
     free(cands);
     free(seq);
-    model_acts_free(acts);
+    model_kv_cache_free(cache);
+    free(logits);
     tokenizer_ids_free(&ids);
     tokenizer_free(tok);
     lora_free(s);

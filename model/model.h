@@ -129,4 +129,34 @@ const real *model_acts_resid_grad(const model_acts *a, int point);
  * A finite-difference probe of model_acts_resid_grad. */
 int model_acts_set_probe(model_acts *a, int point, int64_t index, double delta);
 
+/* ---- incremental decoding (model/cpu/decode.c) -----------------------------------
+ * Generation appends tokens one step at a time. model_decode runs only the new
+ * tokens through the layers; attention reads every earlier position's keys and
+ * values from a cache: per layer, keys (after RoPE) and values of (max_T,
+ * KV·D), for one sequence (batch 1). Its logits are model_forward's logits at
+ * the same positions, up to rounding. Adapters attached to the model's linears
+ * apply as in model_forward (turn a LoRA set's dropout off first:
+ * lora_set_training(s, 0)). */
+
+typedef struct model_kv_cache model_kv_cache;
+
+/* A cache for up to max_T positions of model m (GPT-2: max_T <= n_positions),
+ * empty. Memory: 2·L·max_T·KV·D values, plus scratch for 64 rows at a time
+ * and the attention's (64, max_T) probabilities per OpenMP thread of the
+ * moment (later calls use at most that many threads there). */
+int model_kv_cache_create(model_kv_cache **out, const model *m, int max_T);
+void model_kv_cache_free(model_kv_cache *c);
+/* Empties the cache (a new sequence starts at position 0). */
+void model_kv_cache_reset(model_kv_cache *c);
+/* Positions held, and the most it can hold. */
+int model_kv_cache_len(const model_kv_cache *c);
+int model_kv_cache_capacity(const model_kv_cache *c);
+
+/* Appends tokens (n >= 1) at positions len … len + n − 1 of the cache (a
+ * prompt's prefill when n > 1, one generation step when n == 1) and writes
+ * the logits (V) of the last of them to logits_out. Refused, with the cache
+ * unchanged, when the n tokens do not fit in max_T or an id is outside the
+ * vocabulary. */
+int model_decode(const model *m, model_kv_cache *c, const int32_t *tokens, int n, real *logits_out);
+
 #endif

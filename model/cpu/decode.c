@@ -1,0 +1,293 @@
+/* decode.c — incremental decoding with a key/value cache, as Hugging Face
+ * transformers' generate() does with past_key_values.
+ *
+ * model_forward recomputes every position of a sequence; generating T tokens
+ * that way costs O(T²) layer passes. Here each new token goes through the
+ * layers once: every row of the transformer is computed independently of the
+ * others except in attention, and attention of a query at position p only
+ * needs the keys and values of positions ≤ p. So a step keeps, per layer,
+ * the keys (after RoPE) and values of every earlier position, and computes
+ * for its n new rows exactly the graph of model_cpu.c:
+ *
+ *   x = embed[tok] (+ wpe[p] for GPT-2, p = len … len + n − 1)
+ *   per layer: k, v of the new rows → cache rows [len, len + n);
+ *              x += o(attn(q, cache keys and values [0, len + n)))
+ *              x += mlp(norm2(x))
+ *   logits = lm_head(norm_f(x of the last row))
+ *
+ * with the same kernels (model/cpu/cpu.h), so that its logits equal
+ * model_forward's at every position up to rounding (tests/decode/).
+ *
+ * Positions: RoPE rotates each key once, at its own position, before it is
+ * cached (the cache holds rotated keys, as transformers' DynamicCache);
+ * GPT-2's learned positions are added at the embedding. Sliding window:
+ * query p sees keys (p − window, p], the mask of attention.c; the cache still
+ * keeps all positions (a ring buffer would bound it to the window, but batch-1
+ * generation of at most max_T tokens does not need it). Adapters: every
+ * linear goes through cpu_linear_forward, so a LoRA set attached to the
+ * model applies here as in model_forward; whoever attaches it turns its
+ * dropout off for generation (lora_set_training(s, 0)).
+ *
+ * A step of many tokens (a prompt's prefill) runs in chunks of DECODE_CHUNK
+ * rows: each chunk appends its keys and values before the next one attends
+ * to them, so scratch memory does not grow with the prompt. */
+#include "model/cpu/cpu.h"
+
+#include "util/err.h"
+
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DECODE_CHUNK 64 /* rows per pass through the layers */
+
+struct model_kv_cache {
+    const model *m;
+    int max_T, len;
+    int KVD;           /* KV·D: one cached row of one layer */
+    int threads;       /* the attention scratch was sized for this many */
+    real *k, *v;       /* (L, max_T, KV·D): keys after RoPE, values */
+    real *block;       /* one allocation holding every buffer below */
+    real *rope_cos;    /* (max_T, D/2), Llama family */
+    real *rope_sin;    /* (max_T, D/2) */
+    real *x;           /* (CHUNK, C) the residual stream of the chunk's rows */
+    real *nbuf;        /* (CHUNK, C) a norm's output */
+    real *qkv;         /* (CHUNK, H·D) Llama q; GPT-2 (CHUNK, 3C) c_attn's q | k | v */
+    real *att;         /* (CHUNK, H·D) attention output, o's input */
+    real *fa, *fb;     /* (CHUNK, F) gate/c_fc output, then down's input in place; up */
+    real *mean, *rstd; /* (CHUNK) norm row statistics */
+    real *scores;      /* threads · CHUNK · max_T attention probabilities */
+};
+
+/* ---- buffers ------------------------------------------------------------------ */
+
+/* As model_cpu.c's carve: n values from the block, or counted when the block
+ * is not there yet; 64-byte aligned. */
+static real *decode_carve(model_kv_cache *c, size_t *used, size_t n) {
+    real *p = c->block ? c->block + *used : NULL;
+    *used += (n + 15) / 16 * 16;
+    return p;
+}
+
+static size_t decode_layout(model_kv_cache *c) {
+    const model_config *g = &c->m->cfg;
+    size_t R = DECODE_CHUNK, C = (size_t)g->hidden_size, F = (size_t)g->intermediate_size;
+    size_t HD = (size_t)g->num_heads * g->head_dim, T = (size_t)c->max_T;
+    size_t LTK = (size_t)g->num_layers * T * c->KVD;
+    int llama = g->arch == MODEL_ARCH_LLAMA;
+    size_t used = 0;
+    c->k = decode_carve(c, &used, LTK);
+    c->v = decode_carve(c, &used, LTK);
+    c->rope_cos = llama ? decode_carve(c, &used, T * g->head_dim / 2) : NULL;
+    c->rope_sin = llama ? decode_carve(c, &used, T * g->head_dim / 2) : NULL;
+    c->x = decode_carve(c, &used, R * C);
+    c->nbuf = decode_carve(c, &used, R * C);
+    c->qkv = decode_carve(c, &used, R * (llama ? HD : 3 * C));
+    c->att = decode_carve(c, &used, R * HD);
+    c->fa = decode_carve(c, &used, R * F);
+    c->fb = llama ? decode_carve(c, &used, R * F) : NULL;
+    c->mean = decode_carve(c, &used, R);
+    c->rstd = decode_carve(c, &used, R);
+    c->scores = decode_carve(c, &used, (size_t)c->threads * R * T);
+    return used;
+}
+
+int model_kv_cache_create(model_kv_cache **out, const model *m, int max_T) {
+    *out = NULL;
+    const model_config *g = &m->cfg;
+    if (max_T <= 0) return err_set("KV cache for %d positions: it must hold at least one", max_T);
+    if (g->arch == MODEL_ARCH_GPT2 && max_T > g->max_position)
+        return err_set("KV cache for %d positions: the model has only %d learned positions "
+                       "(n_positions); ask for %d or fewer",
+                       max_T, g->max_position, g->max_position);
+    cpu_init();
+    model_kv_cache *c = calloc(1, sizeof *c);
+    if (!c) return err_set("out of memory for the KV cache");
+    c->m = m;
+    c->max_T = max_T;
+    c->KVD = g->num_kv_heads * g->head_dim;
+    c->threads = omp_get_max_threads();
+    /* The large buffers grow with max_T: keys and values, 2·L·max_T·KV·D, and
+     * the attention scratch; the others are CHUNK rows of sizes that the
+     * model's own weights already hold. Counted in double, so that an absurd
+     * max_T is refused rather than wrapping size_t. */
+    double big = 2.0 * g->num_layers * max_T * c->KVD + (double)c->threads * DECODE_CHUNK * max_T;
+    if (big > (double)(SIZE_MAX / sizeof(real) / 4)) {
+        free(c);
+        return err_set("KV cache for %d positions: size overflows", max_T);
+    }
+    size_t n = decode_layout(c);
+    if (posix_memalign((void **)&c->block, 64, n * sizeof(real)) != 0) {
+        free(c);
+        return err_set("out of memory: a KV cache for %d positions needs %.2f GB; "
+                       "generate fewer tokens",
+                       max_T, (double)n * sizeof(real) / 1e9);
+    }
+    decode_layout(c);
+    if (c->rope_cos) cpu_rope_table(c->rope_cos, c->rope_sin, g, max_T);
+    *out = c;
+    return 0;
+}
+
+void model_kv_cache_free(model_kv_cache *c) {
+    if (!c) return;
+    free(c->block);
+    free(c);
+}
+
+void model_kv_cache_reset(model_kv_cache *c) {
+    c->len = 0;
+}
+
+int model_kv_cache_len(const model_kv_cache *c) {
+    return c->len;
+}
+
+int model_kv_cache_capacity(const model_kv_cache *c) {
+    return c->max_T;
+}
+
+/* ---- one chunk of rows ----------------------------------------------------------- */
+
+/* First key visible to the query at position p (attention.c's mask). */
+static int decode_first_key(int window, int p) {
+    return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+}
+
+/* out (n, H·D) = attention of the n queries q (row stride ldq) at positions
+ * p0 … p0 + n − 1 over the layer's cached keys K and values V (rows
+ * [0, p0 + n), stride KV·D). As attention.c's forward for one block of rows:
+ * S = scale · Q Kᵀ over the keys any of the rows may see, masked row softmax,
+ * O = P V; threads take heads. */
+static void decode_attention(const model_kv_cache *c, const real *q, int ldq, const real *K,
+                             const real *V, int p0, int n, real *out) {
+    const model_config *g = &c->m->cfg;
+    int H = g->num_heads, D = g->head_dim, group = g->num_heads / g->num_kv_heads;
+    int window = g->sliding_window, ldo = H * D, ldkv = c->KVD;
+    int c0 = decode_first_key(window, p0), c1 = p0 + n, nc = c1 - c0;
+    real scale = (real)(1.0 / sqrt((double)D));
+    int nt = omp_get_max_threads() < c->threads ? omp_get_max_threads() : c->threads;
+    if ((int64_t)H * n * nc * D <= 1 << 16) nt = 1; /* too small for a parallel region */
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int h = 0; h < H; h++) {
+        int kvh = h / group;
+        real *S = c->scores + (int64_t)omp_get_thread_num() * DECODE_CHUNK * c->max_T;
+        const real *Kh = K + (int64_t)c0 * ldkv + (int64_t)kvh * D;
+        const real *Vh = V + (int64_t)c0 * ldkv + (int64_t)kvh * D;
+        real_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nc, D, scale, q + (int64_t)h * D, ldq,
+                  Kh, ldkv, 0, S, nc);
+        for (int i = 0; i < n; i++) {
+            real *row = S + (int64_t)i * nc;
+            int p = p0 + i, lo = decode_first_key(window, p) - c0, hi = p - c0 + 1;
+            for (int j = 0; j < lo; j++) row[j] = 0;
+            for (int j = hi; j < nc; j++) row[j] = 0;
+            real mx = cpu_row_max(row + lo, hi - lo);
+            double sum = cpu_row_sum_exp(row + lo, row + lo, hi - lo, mx);
+            real inv = (real)(1.0 / sum);
+#pragma omp simd
+            for (int j = lo; j < hi; j++) row[j] *= inv;
+        }
+        real_gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, D, nc, 1, S, nc, Vh, ldkv, 0,
+                  out + (int64_t)h * D, ldo);
+    }
+}
+
+/* y (n, C) = norm of the stream's n rows. */
+static void decode_norm(model_kv_cache *c, const model_param *w, const model_param *b, real *y,
+                        const real *x, int n) {
+    const model_config *g = &c->m->cfg;
+    if (g->arch == MODEL_ARCH_GPT2)
+        cpu_layernorm_forward(y, c->mean, c->rstd, x, w->data, b->data, n, g->hidden_size,
+                              g->norm_eps);
+    else
+        cpu_rmsnorm_forward(y, c->rstd, x, w->data, n, g->hidden_size, g->norm_eps);
+}
+
+/* Layer l for the n rows in c->x, at positions p0 …; appends their keys and
+ * values to the layer's cache rows [p0, p0 + n). */
+static void decode_layer(model_kv_cache *c, int l, int p0, int n) {
+    const model_config *g = &c->m->cfg;
+    const model_layer *L = &c->m->layers[l];
+    int C = g->hidden_size, F = g->intermediate_size, D = g->head_dim, half = D / 2;
+    int HD = g->num_heads * D, KVD = c->KVD;
+    size_t layer = (size_t)l * c->max_T * KVD;
+    real *K = c->k + layer, *V = c->v + layer;
+    real *Kn = K + (size_t)p0 * KVD, *Vn = V + (size_t)p0 * KVD; /* the new rows */
+    const real *q;
+    int ldq;
+
+    /* attention block */
+    decode_norm(c, L->norm1_w, L->norm1_b, c->nbuf, c->x, n);
+    if (g->arch == MODEL_ARCH_LLAMA) {
+        cpu_linear_forward(&L->q, c->nbuf, c->qkv, n, 0);
+        cpu_linear_forward(&L->k, c->nbuf, Kn, n, 0);
+        cpu_linear_forward(&L->v, c->nbuf, Vn, n, 0);
+        /* The tables from position p0 on: row i of these n rows is at p0 + i. */
+        const real *cs = c->rope_cos + (size_t)p0 * half, *sn = c->rope_sin + (size_t)p0 * half;
+        cpu_rope_apply(c->qkv, HD, n, n, g->num_heads, D, cs, sn, 0);
+        cpu_rope_apply(Kn, KVD, n, n, g->num_kv_heads, D, cs, sn, 0);
+        q = c->qkv;
+        ldq = HD;
+    } else {
+        /* c_attn (n, 3C): column thirds q | k | v; k and v move to the cache. */
+        cpu_linear_forward(&L->qkv, c->nbuf, c->qkv, n, 0);
+        for (int i = 0; i < n; i++) {
+            const real *row = c->qkv + (size_t)i * 3 * C;
+            memcpy(Kn + (size_t)i * KVD, row + C, (size_t)C * sizeof(real));
+            memcpy(Vn + (size_t)i * KVD, row + 2 * C, (size_t)C * sizeof(real));
+        }
+        q = c->qkv;
+        ldq = 3 * C;
+    }
+    decode_attention(c, q, ldq, K, V, p0, n, c->att);
+    cpu_linear_forward(&L->o, c->att, c->x, n, 1);
+
+    /* MLP block */
+    decode_norm(c, L->norm2_w, L->norm2_b, c->nbuf, c->x, n);
+    if (g->arch == MODEL_ARCH_LLAMA) {
+        cpu_linear_forward(&L->gate, c->nbuf, c->fa, n, 0);
+        cpu_linear_forward(&L->up, c->nbuf, c->fb, n, 0);
+        cpu_swiglu_forward(c->fa, c->fa, c->fb, (int64_t)n * F);
+    } else {
+        cpu_linear_forward(&L->up, c->nbuf, c->fa, n, 0);
+        cpu_gelu_forward(c->fa, c->fa, (int64_t)n * F);
+    }
+    cpu_linear_forward(&L->down, c->fa, c->x, n, 1);
+}
+
+/* ---- the step ---------------------------------------------------------------------- */
+
+int model_decode(const model *m, model_kv_cache *c, const int32_t *tokens, int n,
+                 real *logits_out) {
+    const model_config *g = &m->cfg;
+    int C = g->hidden_size, V = g->vocab_size;
+    if (c->m != m) return err_set("model_decode: the KV cache was created for another model");
+    if (n <= 0) return err_set("model_decode: %d tokens to append; give at least one", n);
+    if (n > c->max_T - c->len)
+        return err_set("KV cache full: it holds %d of its %d positions and %d more tokens do not "
+                       "fit; create it with a larger max_T, or reset it",
+                       c->len, c->max_T, n);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return err_set("token id %d at position %d is outside the vocabulary [0, %d): it was "
+                           "tokenized for another model",
+                           tokens[i], c->len + i, V);
+
+    int rows = 0;
+    for (int s = 0; s < n; s += rows) {
+        rows = n - s < DECODE_CHUNK ? n - s : DECODE_CHUNK;
+        int p0 = c->len;
+        /* wpe from row p0 on, so that row i gets position p0 + i. */
+        const real *wpe = m->wpe ? m->wpe->data + (size_t)p0 * C : NULL;
+        cpu_embed_forward(c->x, tokens + s, m->wte->data, wpe, rows, rows, C);
+        for (int l = 0; l < g->num_layers; l++) decode_layer(c, l, p0, rows);
+        c->len += rows;
+    }
+
+    /* The head on the last row only: one (1, C) norm and one (1, C)·(C, V). */
+    const real *last = c->x + (size_t)(rows - 1) * C;
+    decode_norm(c, m->norm_f_w, m->norm_f_b, c->nbuf, last, 1);
+    model_linear head = {.w = m->lm_head, .in = C, .out = V};
+    cpu_linear_forward(&head, c->nbuf, logits_out, 1, 0);
+    return 0;
+}
