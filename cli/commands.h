@@ -15,9 +15,13 @@ int cmd_eval(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 #ifdef FEDLORA_NET
 int cmd_keygen(int argc, char **argv);
+int cmd_node(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
+int cmd_aggregator(int argc, char **argv);
 #endif
 int cmd_train(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_merge_adapter(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 
 #endif

@@ -14,10 +14,14 @@ static const cli_command commands[] = {
     {"tokenize", cmd_tokenize, "encode a text or JSONL corpus into a pre-tokenized token file"},
 #ifdef FEDLORA_NET
     {"keygen", cmd_keygen, "make a member identity (Ed25519 + X25519 keys), print its fingerprint"},
+    {"node", cmd_node, "take part in federated rounds as a university (node --config FILE)"},
+    {"demo", cmd_demo, "run a whole federation on loopback: aggregator, 3 universities, 3 rounds"},
+    {"aggregator", cmd_aggregator, "run the consortium's aggregator (aggregator --config FILE)"},
 #endif
     {"train", cmd_train, "fine-tune a LoRA adapter (PEFT format) on a data file"},
     {"generate", cmd_generate, "continue a prompt with a model and optional adapter"},
     {"merge-adapter", cmd_merge_adapter, "fold a LoRA adapter into its base model"},
+    {"merge", cmd_merge, "merge adapters into the base model: linear, task arithmetic, TIES, DARE"},
 };
 
 static void usage(FILE *f) {

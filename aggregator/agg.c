@@ -1,0 +1,1528 @@
+/* agg — round state machine, journal replay, request handling, serving loop.
+ *
+ * Journal records (journal.h adds the checksum), in the order they happen:
+ *
+ *   init <consortium hex> <version hex>          the first round's base, imported
+ *   open <r> <version hex> <deadline>            round r trains on that version
+ *   accept <r> <member> <msgid hex> <digest hex> <bytes> <time>
+ *                                                a delta is in the inbox, durably
+ *   close <r> <n>                                no more submissions; n accepted
+ *   publish <r> <version hex>                    round r's model is in the store
+ *   fail <r> <reason>                            round r ends with no new version
+ *
+ * Each is written (and fsync'd) before the step that depends on it becomes
+ * visible: a RECEIPT after its accept, the next open after its publish. A
+ * crash between a step and its record repeats the step after the restart,
+ * and every step is idempotent or deterministic (an inbox file renamed again
+ * over itself, a version published again under the same hash). */
+#include "aggregator/agg.h"
+
+#include "aggregator/journal.h"
+#include "aggregator/store.h"
+#include "model/checkpoint.h"
+#include "util/err.h"
+#include "util/fio.h"
+#include "wire/crypto.h"
+#include "wire/envelope.h"
+#include "wire/transport.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#define UPLOAD_IDLE_S 600      /* an upload silent this long is dropped */
+#define RETRY_AGGREGATING 1000 /* ms a node waits while a round is merged */
+#define METRICS_MAX (64u << 20)
+#define FINISH_GRACE_S 2 /* seconds served after every member heard "finished" */
+
+typedef struct {
+    uint64_t round;
+    char member[KEYS_NAME_MAX + 1];
+    uint8_t msgid[MSG_ID_LEN];
+    uint8_t digest[MSG_HASH_LEN];
+    uint64_t size;
+    uint64_t time;
+} accept_rec;
+
+typedef struct {
+    int used;
+    uint8_t msgid[MSG_ID_LEN];
+    uint64_t round;
+    uint64_t size, received;
+    uint32_t chunks, next;
+    int fd;                     /* -1 when discarding (already accepted) */
+    const accept_rec *accepted; /* the earlier acceptance of this msgid, or NULL */
+    crypto_sha256_ctx *sha;
+    uint64_t last_seen;
+    char part[AGG_PATH_MAX];
+} upload;
+
+struct agg {
+    agg_config cfg; /* members borrowed from the caller's config */
+    keys_secret keys;
+    agg_roster *roster;
+    agg_journal *journal;
+    const agg_policy *policy;
+    int lock_fd;
+
+    /* Replayed state. */
+    int initialized;
+    agg_state state;
+    uint64_t round;
+    uint8_t base[32];    /* the current round's base version */
+    uint8_t version[32]; /* the newest version (= base while a round is open) */
+    uint64_t deadline;
+    accept_rec *acc; /* every acceptance of every round, in journal order */
+    size_t nacc, capacc;
+
+    model *model; /* the model of version model_version, loaded on demand */
+    uint8_t model_version[32];
+
+    upload *up;
+    int nup;
+
+    /* Metrics of the current round as this process saw it. */
+    uint64_t bytes_received, bytes_served;
+    int refused;
+    int below_quorum_logged;
+    uint64_t metrics_round; /* newest round with a line in metrics.jsonl */
+
+    /* After the last round: members told "finished", and since when. */
+    char (*told)[KEYS_NAME_MAX + 1];
+    int ntold;
+    uint64_t finished_at, all_told_at;
+
+    /* agg_recompute: the base of this round, as its open record says. */
+    uint64_t want_round;
+    uint8_t want_base[32];
+    int want_found;
+
+    /* Test hook FEDLORA_CRASH_AT=<point>[:<n>]: SIGKILL at the n-th time. */
+    char crash_point[32];
+    long crash_left;
+};
+
+static volatile sig_atomic_t stop_requested;
+
+static int advance(agg *a, uint64_t now);
+static void upload_drop(upload *u);
+
+void agg_request_stop(void) {
+    stop_requested = 1;
+}
+
+const char *agg_state_name(agg_state s) {
+    switch (s) {
+        case AGG_OPEN:
+            return "OPEN";
+        case AGG_COLLECTING:
+            return "COLLECTING";
+        case AGG_AGGREGATING:
+            return "AGGREGATING";
+        case AGG_PUBLISHED:
+            return "PUBLISHED";
+        case AGG_FINISHED:
+            return "FINISHED";
+    }
+    return "?";
+}
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...) {
+    char when[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s aggregator: %s\n", when, msg);
+}
+
+static double mono(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void crash_point(agg *a, const char *point) {
+    if (!a->crash_point[0] || strcmp(a->crash_point, point) != 0) return;
+    if (--a->crash_left > 0) return;
+    say("FEDLORA_CRASH_AT=%s: killing myself (test hook)", point);
+    kill(getpid(), SIGKILL);
+}
+
+static void short_hex(const uint8_t *h, char out[17]) {
+    char full[STORE_HEX_LEN + 1];
+    store_hex(h, 32, full);
+    memcpy(out, full, 16);
+    out[16] = '\0';
+}
+
+static int state_path(const agg *a, const char *name, char *out, size_t n) {
+    return fio_join(out, n, a->cfg.state, name);
+}
+
+static int inbox_path(const agg_config *c, uint64_t round, const char *member, char *out,
+                      size_t n) {
+    if (snprintf(out, n, "%s/inbox/r%llu-%s.env", c->state, (unsigned long long)round, member) >=
+        (int)n)
+        return err_set("state path %s is too long", c->state);
+    return 0;
+}
+
+static int add_accept(agg *a, const accept_rec *r) {
+    if (a->nacc == a->capacc) {
+        size_t cap = a->capacc ? 2 * a->capacc : 64;
+        accept_rec *p = realloc(a->acc, cap * sizeof *p);
+        if (!p) return err_set("out of memory for the acceptance list");
+        a->acc = p;
+        a->capacc = cap;
+    }
+    a->acc[a->nacc++] = *r;
+    return 0;
+}
+
+static const accept_rec *find_msgid(const agg *a, const uint8_t id[MSG_ID_LEN]) {
+    for (size_t i = 0; i < a->nacc; i++)
+        if (memcmp(a->acc[i].msgid, id, MSG_ID_LEN) == 0) return &a->acc[i];
+    return NULL;
+}
+
+static const accept_rec *find_member(const agg *a, uint64_t round, const char *member) {
+    for (size_t i = 0; i < a->nacc; i++)
+        if (a->acc[i].round == round && strcmp(a->acc[i].member, member) == 0) return &a->acc[i];
+    return NULL;
+}
+
+int agg_accepted_count(const agg *a) {
+    int n = 0;
+    for (size_t i = 0; i < a->nacc; i++) n += a->acc[i].round == a->round;
+    return n;
+}
+
+agg_state agg_get_state(const agg *a) {
+    return a->state;
+}
+
+uint64_t agg_current_round(const agg *a) {
+    return a->round;
+}
+
+void agg_current_base(const agg *a, uint8_t hash[32]) {
+    memcpy(hash, a->state == AGG_FINISHED ? a->version : a->base, 32);
+}
+
+void agg_set_policy(agg *a, const agg_policy *p) {
+    a->policy = p ? p : agg_policy_default();
+}
+
+/* ---- journal replay ------------------------------------------------------ */
+
+static int parse_u64(const char *s, uint64_t *v) {
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-') return -1;
+    *v = x;
+    return 0;
+}
+
+/* Splits rec in place into at most max words. */
+static int words(char *rec, char **w, int max) {
+    int n = 0;
+    for (char *p = strtok(rec, " "); p; p = strtok(NULL, " ")) {
+        if (n == max) return max + 1;
+        w[n++] = p;
+    }
+    return n;
+}
+
+static int replay_record(void *arg, const char *text, size_t line) {
+    agg *a = arg;
+    (void)line; /* journal_open names the line in the error's context */
+    char rec[JOURNAL_RECORD_MAX + 1];
+    snprintf(rec, sizeof rec, "%s", text);
+    char *w[8];
+    int n = words(rec, w, 8);
+    uint64_t r = 0;
+    if (n < 1) return err_set("empty record");
+    if (n >= 2 && strcmp(w[0], "init") != 0 && parse_u64(w[1], &r) < 0)
+        return err_set("record '%s': bad round number", text);
+    if (!strcmp(w[0], "init") && n == 3) {
+        uint8_t cons[32];
+        if (a->initialized) return err_set("a second 'init' record");
+        if (store_unhex(w[1], cons, 32) < 0 || store_unhex(w[2], a->version, 32) < 0)
+            return err_set("record '%s': bad hex", text);
+        if (memcmp(cons, a->cfg.consortium, 32) != 0)
+            return err_set("this state directory belongs to another consortium than '%s' "
+                           "(its id differs); use a new state directory",
+                           a->cfg.consortium_name);
+        a->initialized = 1;
+        a->state = AGG_PUBLISHED;
+        a->round = 0;
+        return 0;
+    }
+    if (!a->initialized) return err_set("record '%s' before 'init'", text);
+    if (!strcmp(w[0], "open") && n == 4) {
+        if (a->state != AGG_PUBLISHED || r != a->round + 1)
+            return err_set("'open %llu' in state %s of round %llu", (unsigned long long)r,
+                           agg_state_name(a->state), (unsigned long long)a->round);
+        if (store_unhex(w[2], a->base, 32) < 0 || parse_u64(w[3], &a->deadline) < 0)
+            return err_set("record '%s': bad fields", text);
+        a->round = r;
+        a->state = AGG_OPEN;
+        if (r == a->want_round) {
+            memcpy(a->want_base, a->base, 32);
+            a->want_found = 1;
+        }
+        return 0;
+    }
+    if (!strcmp(w[0], "accept") && n == 7) {
+        accept_rec ar = {.round = r};
+        if (r != a->round || (a->state != AGG_OPEN && a->state != AGG_COLLECTING))
+            return err_set("'accept' for round %llu in state %s of round %llu",
+                           (unsigned long long)r, agg_state_name(a->state),
+                           (unsigned long long)a->round);
+        if (keys_name_check(w[2]) < 0 || store_unhex(w[3], ar.msgid, MSG_ID_LEN) < 0 ||
+            store_unhex(w[4], ar.digest, MSG_HASH_LEN) < 0 || parse_u64(w[5], &ar.size) < 0 ||
+            parse_u64(w[6], &ar.time) < 0)
+            return err_set("record '%s': bad fields", text);
+        snprintf(ar.member, sizeof ar.member, "%s", w[2]);
+        if (find_member(a, r, ar.member) || find_msgid(a, ar.msgid))
+            return err_set("record '%s': accepted twice", text);
+        a->state = AGG_COLLECTING;
+        return add_accept(a, &ar);
+    }
+    if (!strcmp(w[0], "close") && n == 3) {
+        if (r != a->round || (a->state != AGG_OPEN && a->state != AGG_COLLECTING))
+            return err_set("'close %llu' in state %s of round %llu", (unsigned long long)r,
+                           agg_state_name(a->state), (unsigned long long)a->round);
+        a->state = AGG_AGGREGATING;
+        return 0;
+    }
+    if (!strcmp(w[0], "publish") && n == 3) {
+        if (r != a->round || a->state != AGG_AGGREGATING)
+            return err_set("'publish %llu' in state %s of round %llu", (unsigned long long)r,
+                           agg_state_name(a->state), (unsigned long long)a->round);
+        if (store_unhex(w[2], a->version, 32) < 0) return err_set("record '%s': bad hex", text);
+        a->state = AGG_PUBLISHED;
+        return 0;
+    }
+    if (!strcmp(w[0], "fail") && n == 3) {
+        if (r != a->round || a->state == AGG_PUBLISHED)
+            return err_set("'fail %llu' in state %s of round %llu", (unsigned long long)r,
+                           agg_state_name(a->state), (unsigned long long)a->round);
+        a->state = AGG_PUBLISHED; /* no new version: the next round reuses the base */
+        return 0;
+    }
+    return err_set("unknown record '%s'", text);
+}
+
+/* ---- models ---------------------------------------------------------------- */
+
+static int load_version(const agg_config *c, const uint8_t hash[32], model **out) {
+    char dir[AGG_PATH_MAX];
+    if (store_version_dir(c->state, hash, dir, sizeof dir) < 0) return -1;
+    if (checkpoint_load(out, dir) < 0) return err_context("loading model version %s", dir);
+    return 0;
+}
+
+/* The model of version hash in a->model (loaded unless it already is). */
+static int ensure_model(agg *a, const uint8_t hash[32]) {
+    if (a->model && memcmp(a->model_version, hash, 32) == 0) return 0;
+    model_free(a->model);
+    a->model = NULL;
+    if (load_version(&a->cfg, hash, &a->model) < 0) return -1;
+    memcpy(a->model_version, hash, 32);
+    return 0;
+}
+
+/* Writes m as a new version: STATE/tmp/<name>, then into the store. */
+static int publish_model(const agg_config *c, const model *m, const char *name, uint8_t hash[32]) {
+    char tmp[AGG_PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s/tmp/%s", c->state, name) >= (int)sizeof tmp)
+        return err_set("state path too long");
+    if (store_remove_dir(tmp) < 0 || checkpoint_save(m, tmp, "float32") < 0 ||
+        store_publish(c->state, tmp, hash) < 0)
+        return err_context("publishing a model version");
+    return 0;
+}
+
+/* ---- opening the state directory ---------------------------------------- */
+
+static int clean_dir(const char *dir, const char *suffix, int dirs) {
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? 0 : err_errno("opening %s", dir);
+    struct dirent *e;
+    char p[AGG_PATH_MAX];
+    int rc = 0;
+    while (rc == 0 && (e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name), s = strlen(suffix);
+        if (e->d_name[0] == '.' || n < s || strcmp(e->d_name + n - s, suffix) != 0) continue;
+        if (fio_join(p, sizeof p, dir, e->d_name) < 0)
+            rc = -1;
+        else if (dirs)
+            rc = store_remove_dir(p);
+        else if (unlink(p) != 0 && errno != ENOENT)
+            rc = err_errno("removing %s", p);
+    }
+    closedir(d);
+    return rc;
+}
+
+/* The newest round that has a line in metrics.jsonl; a torn last line (a
+ * crash while appending) is cut off. */
+static int metrics_scan(agg *a) {
+    char p[AGG_PATH_MAX];
+    if (state_path(a, "metrics.jsonl", p, sizeof p) < 0) return -1;
+    if (!fio_exists(p)) return 0;
+    char *data;
+    size_t len;
+    if (fio_read_all(p, METRICS_MAX, &data, &len) < 0) return err_context("reading metrics");
+    size_t good = 0;
+    for (size_t pos = 0; pos < len;) {
+        char *nl = memchr(data + pos, '\n', len - pos);
+        if (!nl) break;
+        *nl = '\0';
+        json_t *j = json_loads(data + pos, 0, NULL);
+        json_t *r = j ? json_object_get(j, "round") : NULL;
+        if (r && json_is_integer(r) && (uint64_t)json_integer_value(r) > a->metrics_round)
+            a->metrics_round = (uint64_t)json_integer_value(r);
+        json_decref(j);
+        pos = (size_t)(nl - data) + 1;
+        good = pos;
+    }
+    free(data);
+    if (good < len && truncate(p, (off_t)good) != 0)
+        return err_errno("cutting the torn last line of %s", p);
+    return 0;
+}
+
+static int open_round(agg *a, uint64_t now) {
+    uint64_t r = a->round + 1;
+    uint64_t deadline = now + a->cfg.deadline_s;
+    char hex[STORE_HEX_LEN + 1], sh[17];
+    store_hex(a->version, 32, hex);
+    if (journal_append(a->journal, "open %llu %s %llu", (unsigned long long)r, hex,
+                       (unsigned long long)deadline) < 0)
+        return -1;
+    a->round = r;
+    memcpy(a->base, a->version, 32);
+    a->deadline = deadline;
+    a->state = AGG_OPEN;
+    a->bytes_received = a->bytes_served = 0;
+    a->refused = 0;
+    a->below_quorum_logged = 0;
+    short_hex(a->base, sh);
+    say("round %llu open: base %s..., deadline in %u s, quorum %u of %d", (unsigned long long)r, sh,
+        a->cfg.deadline_s, a->cfg.quorum, agg_roster_count(a->roster));
+    return 0;
+}
+
+int agg_open(agg **out, const agg_config *c, uint64_t now) {
+    agg *a = calloc(1, sizeof *a);
+    if (!a) return err_set("out of memory");
+    a->cfg = *c;
+    a->policy = agg_policy_default();
+    a->lock_fd = -1;
+    char p[AGG_PATH_MAX];
+    static const char *const dirs[] = {"", "inbox", "versions", "tmp"};
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++)
+        if ((i == 0 ? snprintf(p, sizeof p, "%s", c->state) >= (int)sizeof p
+                    : state_path(a, dirs[i], p, sizeof p) < 0) ||
+            fio_mkdirs(p, 0700) < 0)
+            goto fail;
+    if (state_path(a, "lock", p, sizeof p) < 0) goto fail;
+    a->lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (a->lock_fd < 0) {
+        err_errno("opening %s", p);
+        goto fail;
+    }
+    if (flock(a->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        err_set("state directory %s is in use by another aggregator (lock %s held)", c->state, p);
+        goto fail;
+    }
+    if (keys_load_secret(c->keys_dir, c->keys_name, &a->keys) < 0 ||
+        agg_roster_load(&a->roster, c) < 0)
+        goto fail;
+    a->told = calloc((size_t)agg_roster_count(a->roster), sizeof *a->told);
+    /* Uploads in progress: bounded, a few per member (a node that restarts
+     * mid-upload starts a new one before the old one expires). */
+    a->nup = 2 * agg_roster_count(a->roster) + 8;
+    a->up = calloc((size_t)a->nup, sizeof *a->up);
+    for (int i = 0; a->up && i < a->nup; i++) a->up[i].fd = -1;
+    if (!a->told || !a->up) {
+        err_set("out of memory");
+        goto fail;
+    }
+    if (state_path(a, "journal", p, sizeof p) < 0 ||
+        journal_open(&a->journal, p, 0, replay_record, a) < 0)
+        goto fail;
+    /* Leftovers of a crash: half-uploaded envelopes (their nodes had no
+     * receipt and send them again) and half-written versions. */
+    char dir[AGG_PATH_MAX];
+    if (state_path(a, "inbox", dir, sizeof dir) < 0 || clean_dir(dir, ".part", 0) < 0 ||
+        state_path(a, "tmp", dir, sizeof dir) < 0 || clean_dir(dir, "", 1) < 0 ||
+        metrics_scan(a) < 0)
+        goto fail;
+
+    const char *hook = getenv("FEDLORA_CRASH_AT");
+    if (hook && *hook) {
+        snprintf(a->crash_point, sizeof a->crash_point, "%s", hook);
+        char *colon = strchr(a->crash_point, ':');
+        a->crash_left = 1;
+        if (colon) {
+            *colon = '\0';
+            a->crash_left = strtol(colon + 1, NULL, 10);
+            if (a->crash_left < 1) a->crash_left = 1;
+        }
+    }
+
+    if (!a->initialized) {
+        /* A new federation: the base model goes into the store as version 0
+         * (float32, one file) and round 1 opens on it. */
+        char hex[STORE_HEX_LEN + 1], chex[STORE_HEX_LEN + 1];
+        if (checkpoint_load(&a->model, c->base_model) < 0) {
+            err_context("base_model %s", c->base_model);
+            goto fail;
+        }
+        if (publish_model(c, a->model, "import", a->version) < 0) goto fail;
+        memcpy(a->model_version, a->version, 32);
+        store_hex(a->version, 32, hex);
+        store_hex(c->consortium, 32, chex);
+        if (journal_append(a->journal, "init %s %s", chex, hex) < 0) goto fail;
+        a->initialized = 1;
+        a->state = AGG_PUBLISHED;
+        say("new federation '%s' in %s: base model %s imported as version %.16s...",
+            c->consortium_name, c->state, c->base_model, hex);
+    } else {
+        char sh[17];
+        short_hex(a->state == AGG_PUBLISHED ? a->version : a->base, sh);
+        say("resuming from the journal: round %llu, %s, %d delta(s) accepted, version %s...",
+            (unsigned long long)a->round, agg_state_name(a->state), agg_accepted_count(a), sh);
+    }
+    if (advance(a, now) < 0) goto fail;
+    *out = a;
+    return 0;
+fail:
+    agg_close(a);
+    return -1;
+}
+
+void agg_close(agg *a) {
+    if (!a) return;
+    for (int i = 0; a->up && i < a->nup; i++) upload_drop(&a->up[i]);
+    free(a->up);
+    journal_close(a->journal);
+    agg_roster_free(a->roster);
+    keys_secret_wipe(&a->keys);
+    model_free(a->model);
+    free(a->acc);
+    free(a->told);
+    if (a->lock_fd >= 0) close(a->lock_fd);
+    free(a);
+}
+
+/* ---- replies --------------------------------------------------------------- */
+
+static int encode(const struct msg *m, uint8_t **out, size_t *len) {
+    if (msg_encode(m, out, len) < 0) return err_context("encoding the reply");
+    return 0;
+}
+
+/* An ERROR reply, logged. The reason is cut to MSG_REASON_MAX and stripped
+ * of anything but printable ASCII (it may quote a peer's bytes). */
+static int reply_error(agg *a, enum msg_error_code code, int retry_ms, uint8_t **out, size_t *len,
+                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static int reply_error(agg *a, enum msg_error_code code, int retry_ms, uint8_t **out, size_t *len,
+                       const char *fmt, ...) {
+    struct msg m = {.type = MSG_ERROR};
+    m.error.code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m.error.reason, sizeof m.error.reason, fmt, ap);
+    va_end(ap);
+    for (char *p = m.error.reason; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f) *p = '?';
+    if (!m.error.reason[0]) snprintf(m.error.reason, sizeof m.error.reason, "error");
+    m.error.has_retry_after = retry_ms >= 0;
+    m.error.retry_after_ms = retry_ms >= 0 ? (uint32_t)retry_ms : 0;
+    if (code != MSG_ERR_BUSY && !(code == MSG_ERR_WRONG_ROUND && retry_ms >= 0)) {
+        say("refused: %s", m.error.reason);
+        if (code != MSG_ERR_BAD_MESSAGE) a->refused++;
+    }
+    return encode(&m, out, len);
+}
+
+static int reply_receipt(const accept_rec *r, uint8_t **out, size_t *len) {
+    struct msg m = {.type = MSG_RECEIPT};
+    m.receipt.round = r->round;
+    memcpy(m.receipt.id, r->msgid, MSG_ID_LEN);
+    memcpy(m.receipt.digest, r->digest, MSG_HASH_LEN);
+    m.receipt.time = r->time;
+    return encode(&m, out, len);
+}
+
+/* SUBMIT_BEGIN and SUBMIT_CHUNK are answered with a progress acknowledgement:
+ * a RECEIPT whose digest is all zeros and whose time is 0. It only says "go
+ * on"; the one receipt that means "stored" is the answer to SUBMIT_END,
+ * carrying the envelope's real digest. */
+static int reply_progress(uint64_t round, const uint8_t id[MSG_ID_LEN], uint8_t **out,
+                          size_t *len) {
+    struct msg m = {.type = MSG_RECEIPT};
+    m.receipt.round = round;
+    memcpy(m.receipt.id, id, MSG_ID_LEN);
+    return encode(&m, out, len);
+}
+
+/* ---- HELLO / GET_MODEL ----------------------------------------------------- */
+
+static void mark_told(agg *a, const char *name) {
+    for (int i = 0; i < a->ntold; i++)
+        if (strcmp(a->told[i], name) == 0) return;
+    if (a->ntold < agg_roster_count(a->roster)) {
+        snprintf(a->told[a->ntold++], sizeof a->told[0], "%s", name);
+        say("told %s that the federation is finished (%d of %d members)", name, a->ntold,
+            agg_roster_count(a->roster));
+        if (a->ntold == agg_roster_count(a->roster)) a->all_told_at = (uint64_t)time(NULL);
+    }
+}
+
+static int on_hello(agg *a, const struct msg_hello *h, uint8_t **out, size_t *len) {
+    agg_member m;
+    int found = agg_roster_find(a->roster, h->fingerprint, &m);
+    if (found < 0) return -1;
+    char fp[17];
+    short_hex(h->fingerprint, fp);
+    if (!found)
+        return reply_error(a, MSG_ERR_NOT_MEMBER, -1, out, len,
+                           "unknown node: '%s' (identity %s...) is not a member of consortium '%s'",
+                           h->name, fp, a->cfg.consortium_name);
+    if (strcmp(m.name, h->name) != 0)
+        return reply_error(a, MSG_ERR_NOT_MEMBER, -1, out, len,
+                           "unknown node: name '%s' does not match the identity's name '%s'",
+                           h->name, m.name);
+    if (a->state == AGG_FINISHED) {
+        /* No retry_after: the node is done and exits 0. */
+        char hex[STORE_HEX_LEN + 1];
+        store_hex(a->version, 32, hex);
+        mark_told(a, m.name);
+        struct msg e = {.type = MSG_ERROR};
+        e.error.code = MSG_ERR_WRONG_ROUND;
+        snprintf(e.error.reason, sizeof e.error.reason,
+                 "finished: all %llu rounds are done; final version %s",
+                 (unsigned long long)a->cfg.rounds, hex);
+        return encode(&e, out, len);
+    }
+    if (a->state != AGG_OPEN && a->state != AGG_COLLECTING)
+        return reply_error(a, MSG_ERR_WRONG_ROUND, RETRY_AGGREGATING, out, len,
+                           "round %llu is being aggregated; ask again",
+                           (unsigned long long)a->round);
+    struct msg r = {.type = MSG_ROUND};
+    r.round.round = a->round;
+    memcpy(r.round.base, a->base, 32);
+    r.round.train = a->cfg.train;
+    r.round.deadline = a->deadline;
+    return encode(&r, out, len);
+}
+
+static int on_get_model(agg *a, const struct msg_get_model *g, uint8_t **out, size_t *len) {
+    char sh[17];
+    short_hex(g->version, sh);
+    if (!store_has(a->cfg.state, g->version))
+        return reply_error(a, MSG_ERR_NOT_FOUND, -1, out, len, "unknown model version %s...", sh);
+    uint8_t *buf = malloc(g->length);
+    if (!buf) return err_set("out of memory for a %llu-byte chunk", (unsigned long long)g->length);
+    size_t got;
+    uint64_t total;
+    if (store_read(a->cfg.state, g->version, g->offset, buf, g->length, &got, &total) < 0) {
+        free(buf);
+        if (g->offset > total)
+            return reply_error(a, MSG_ERR_BAD_MESSAGE, -1, out, len,
+                               "GET_MODEL: offset %llu is past the end of version %s... (%llu "
+                               "bytes)",
+                               (unsigned long long)g->offset, sh, (unsigned long long)total);
+        return -1;
+    }
+    struct msg m = {.type = MSG_MODEL_CHUNK};
+    memcpy(m.model_chunk.version, g->version, 32);
+    m.model_chunk.offset = g->offset;
+    m.model_chunk.total = total;
+    m.model_chunk.data = buf;
+    m.model_chunk.data_len = (uint32_t)got;
+    m.model_chunk.final = g->offset + got == total;
+    a->bytes_served += got;
+    int rc = encode(&m, out, len);
+    free(buf);
+    return rc;
+}
+
+/* ---- SUBMIT_BEGIN / SUBMIT_CHUNK / SUBMIT_END ------------------------------- */
+
+static void upload_drop(upload *u) {
+    if (!u->used) return;
+    if (u->fd >= 0) {
+        close(u->fd);
+        unlink(u->part);
+    }
+    crypto_sha256_free(u->sha);
+    memset(u, 0, sizeof *u);
+    u->fd = -1;
+}
+
+static upload *upload_find(agg *a, const uint8_t id[MSG_ID_LEN]) {
+    for (int i = 0; i < a->nup; i++)
+        if (a->up[i].used && memcmp(a->up[i].msgid, id, MSG_ID_LEN) == 0) return &a->up[i];
+    return NULL;
+}
+
+static upload *upload_slot(agg *a) {
+    for (int i = 0; i < a->nup; i++)
+        if (!a->up[i].used) return &a->up[i];
+    return NULL;
+}
+
+/* Why a round number is not the one open now, for WRONG_ROUND replies. */
+static void round_problem(const agg *a, uint64_t r, char *why, size_t n) {
+    if (r < a->round)
+        snprintf(why, n, "stale round: round %llu is over, round %llu is open",
+                 (unsigned long long)r, (unsigned long long)a->round);
+    else if (r > a->round)
+        snprintf(why, n, "round %llu is not open (round %llu is)", (unsigned long long)r,
+                 (unsigned long long)a->round);
+    else if (a->state == AGG_FINISHED)
+        snprintf(why, n, "finished: no round is open");
+    else
+        snprintf(why, n, "round %llu is closed: late submission refused", (unsigned long long)r);
+}
+
+static int open_state(const agg *a) {
+    return a->state == AGG_OPEN || a->state == AGG_COLLECTING;
+}
+
+static int on_submit_begin(agg *a, const struct msg_submit_begin *b, uint64_t now, uint8_t **out,
+                           size_t *len) {
+    char idhex[2 * MSG_ID_LEN + 1];
+    store_hex(b->id, MSG_ID_LEN, idhex);
+    const accept_rec *prev = find_msgid(a, b->id);
+    if (!prev) {
+        char why[160];
+        if (b->round != a->round || !open_state(a)) {
+            round_problem(a, b->round, why, sizeof why);
+            return reply_error(a, MSG_ERR_WRONG_ROUND, -1, out, len, "%s", why);
+        }
+        if (b->size > a->cfg.max_submission)
+            return reply_error(a, MSG_ERR_TOO_LARGE, -1, out, len,
+                               "oversized submission: %llu bytes, the limit is %llu",
+                               (unsigned long long)b->size,
+                               (unsigned long long)a->cfg.max_submission);
+    }
+    upload *u = upload_find(a, b->id);
+    if (u) upload_drop(u); /* the node starts over (it restarted, or gave up on a chunk) */
+    if (!(u = upload_slot(a)))
+        return reply_error(a, MSG_ERR_BUSY, 2000, out, len,
+                           "too many uploads in progress (%d); try again", a->nup);
+    u->used = 1;
+    u->fd = -1;
+    memcpy(u->msgid, b->id, MSG_ID_LEN);
+    u->round = b->round;
+    u->size = b->size;
+    u->chunks = b->chunks;
+    u->accepted = prev;
+    u->last_seen = now;
+    if (crypto_sha256_new(&u->sha) < 0) {
+        upload_drop(u);
+        return -1;
+    }
+    /* An already accepted msgid (prev) is only hashed, to answer END with the
+     * same receipt when it is the same envelope; nothing is written. */
+    if (!prev) {
+        if (snprintf(u->part, sizeof u->part, "%s/inbox/%s.part", a->cfg.state, idhex) >=
+            (int)sizeof u->part) {
+            upload_drop(u);
+            return err_set("state path too long");
+        }
+        u->fd = open(u->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (u->fd < 0) {
+            err_errno("creating %s", u->part);
+            upload_drop(u);
+            return -1;
+        }
+    }
+    return reply_progress(b->round, b->id, out, len);
+}
+
+static int on_submit_chunk(agg *a, const struct msg_submit_chunk *c, uint64_t now, uint8_t **out,
+                           size_t *len) {
+    upload *u = upload_find(a, c->id);
+    if (!u)
+        return reply_error(a, MSG_ERR_NOT_FOUND, -1, out, len,
+                           "no upload in progress for this msgid; start with SUBMIT_BEGIN");
+    u->last_seen = now;
+    if (c->index + 1 == u->next) /* a retried chunk whose answer was lost */
+        return reply_progress(u->round, c->id, out, len);
+    if (c->index != u->next) {
+        uint32_t want = u->next;
+        upload_drop(u);
+        return reply_error(a, MSG_ERR_BAD_MESSAGE, -1, out, len,
+                           "SUBMIT_CHUNK %u out of order: expected chunk %u; start over with "
+                           "SUBMIT_BEGIN",
+                           c->index, want);
+    }
+    if (c->index >= u->chunks || c->data_len > u->size - u->received) {
+        uint64_t size = u->size;
+        upload_drop(u);
+        return reply_error(
+            a, MSG_ERR_TOO_LARGE, -1, out, len,
+            "oversized submission: more bytes or chunks than the %llu bytes SUBMIT_BEGIN "
+            "declared",
+            (unsigned long long)size);
+    }
+    if (crypto_sha256_update(u->sha, c->data, c->data_len) < 0) return -1;
+    if (u->fd >= 0 && fio_write_full(u->fd, c->data, c->data_len, u->part) < 0) {
+        upload_drop(u);
+        return -1;
+    }
+    u->received += c->data_len;
+    u->next++;
+    a->bytes_received += c->data_len;
+    crash_point(a, "collect");
+    return reply_progress(u->round, c->id, out, len);
+}
+
+static int lookup_member(void *arg, const uint8_t fp[KEYS_FP_LEN], keys_public *out) {
+    agg_member m;
+    int r = agg_roster_find(arg, fp, &m);
+    if (r == 1) *out = m.pub;
+    return r;
+}
+
+static int seen_msgid(void *arg, const uint8_t id[ENVELOPE_MSGID_LEN]) {
+    return find_msgid(arg, id) != NULL;
+}
+
+static void expect_for(const agg_config *c, agg_roster *roster, uint64_t round,
+                       envelope_expect *x) {
+    memset(x, 0, sizeof *x);
+    memcpy(x->consortium, c->consortium, 32);
+    x->round_min = x->round_max = round;
+    x->check_payload_type = 1;
+    x->payload_type = PAYLOAD_TYPE_DELTA;
+    x->max_payload = c->max_submission;
+    x->lookup = lookup_member;
+    x->lookup_arg = roster;
+}
+
+/* The envelope refusal as an ERROR code and a reason prefix. */
+static enum msg_error_code refusal(envelope_status st, const char **what) {
+    switch (st) {
+        case ENVELOPE_ECONSORTIUM:
+            *what = "wrong consortium";
+            return MSG_ERR_REJECTED;
+        case ENVELOPE_EROUND:
+            *what = "stale round";
+            return MSG_ERR_WRONG_ROUND;
+        case ENVELOPE_EUNKNOWN_SENDER:
+            *what = "unknown node";
+            return MSG_ERR_NOT_MEMBER;
+        case ENVELOPE_EREPLAY:
+            *what = "replay";
+            return MSG_ERR_REJECTED;
+        case ENVELOPE_ETOOBIG:
+            *what = "oversized submission";
+            return MSG_ERR_TOO_LARGE;
+        case ENVELOPE_ERECIPIENT:
+            *what = "sealed for another aggregator";
+            return MSG_ERR_REJECTED;
+        case ENVELOPE_ETYPE:
+            *what = "not a DELTA envelope";
+            return MSG_ERR_REJECTED;
+        case ENVELOPE_EIO:
+        case ENVELOPE_OK:
+            *what = "internal error";
+            return MSG_ERR_INTERNAL;
+        default:
+            *what = "tampered envelope";
+            return MSG_ERR_REJECTED;
+    }
+}
+
+/* Opens and checks a sealed envelope of the open round held in memory:
+ * returns 0 with the payload (malloc'd) and the sender, 1 after replying with
+ * the refusal, -1 on an internal failure. */
+static int open_envelope(agg *a, const uint8_t *env, size_t env_len, uint8_t **payload,
+                         size_t *plen, agg_member *sender, uint8_t **out, size_t *len) {
+    envelope_expect x;
+    expect_for(&a->cfg, a->roster, a->round, &x);
+    x.seen = seen_msgid;
+    x.seen_arg = a;
+    envelope_status st = ENVELOPE_OK;
+    keys_public pub;
+    envelope_header hdr;
+    if (envelope_open_mem(&x, &a->keys, env, env_len, payload, plen, &hdr, &pub, &st) < 0) {
+        const char *what;
+        enum msg_error_code code = refusal(st, &what);
+        if (code == MSG_ERR_INTERNAL) return -1;
+        if (reply_error(a, code, -1, out, len, "%s: %s", what, err_msg()) < 0) return -1;
+        return 1;
+    }
+    uint8_t fp[KEYS_FP_LEN];
+    if (keys_fingerprint(&pub, fp) < 0 || agg_roster_find(a->roster, fp, sender) != 1) {
+        free(*payload);
+        return err_set("sender of a verified envelope is not on the member list");
+    }
+    return 0;
+}
+
+static int on_submit_end(agg *a, const struct msg_submit_end *e, uint64_t now, uint8_t **out,
+                         size_t *len) {
+    upload *u = upload_find(a, e->id);
+    if (!u)
+        return reply_error(a, MSG_ERR_NOT_FOUND, -1, out, len,
+                           "no upload in progress for this msgid; start with SUBMIT_BEGIN");
+    if (u->received != u->size || u->next != u->chunks) {
+        uint64_t got = u->received, size = u->size;
+        upload_drop(u);
+        return reply_error(a, MSG_ERR_BAD_MESSAGE, -1, out, len,
+                           "SUBMIT_END before the whole envelope arrived: %llu of %llu bytes; "
+                           "start over with SUBMIT_BEGIN",
+                           (unsigned long long)got, (unsigned long long)size);
+    }
+    uint8_t digest[32];
+    if (crypto_sha256_final(u->sha, digest) < 0) return -1;
+    crypto_sha256_free(u->sha);
+    u->sha = NULL;
+    if (!crypto_equal(digest, e->digest, 32)) {
+        upload_drop(u);
+        return reply_error(a, MSG_ERR_REJECTED, -1, out, len,
+                           "digest mismatch: the bytes received do not hash to SUBMIT_END's "
+                           "digest; submit again");
+    }
+    if (u->accepted) {
+        /* The same msgid once more: the same receipt when it is the same
+         * envelope (a node that lost the first answer), else a replay. */
+        const accept_rec *prev = u->accepted;
+        upload_drop(u);
+        if (memcmp(prev->digest, digest, 32) == 0) return reply_receipt(prev, out, len);
+        return reply_error(a, MSG_ERR_REJECTED, -1, out, len,
+                           "replay: message id already accepted in round %llu (from %s) with "
+                           "other bytes",
+                           (unsigned long long)prev->round, prev->member);
+    }
+    uint64_t round = u->round, size = u->size;
+    char part[AGG_PATH_MAX];
+    snprintf(part, sizeof part, "%s", u->part);
+    int synced = fsync(u->fd) == 0;
+    if (!synced) err_errno("fsync of %s", part);
+    if (close(u->fd) != 0 && synced) synced = 0, err_errno("closing %s", part);
+    u->fd = -1; /* closed here; the file is ours now */
+    upload_drop(u);
+    if (!synced) {
+        unlink(part);
+        return -1;
+    }
+    if (round != a->round || !open_state(a)) {
+        char why[160];
+        unlink(part);
+        round_problem(a, round, why, sizeof why);
+        return reply_error(a, MSG_ERR_WRONG_ROUND, -1, out, len, "%s", why);
+    }
+
+    /* Check everything now, so that the node hears about a bad delta while
+     * it can still do something about it: the envelope (header, signature,
+     * segments), then the DELTA against the round's base. */
+    char *env = NULL;
+    size_t env_len = 0;
+    uint8_t *payload = NULL;
+    size_t plen = 0;
+    agg_member m;
+    int rc = -1;
+    if (fio_read_all(part, (size_t)size, &env, &env_len) < 0) goto done;
+    rc = open_envelope(a, (const uint8_t *)env, env_len, &payload, &plen, &m, out, len);
+    if (rc != 0) goto done;
+    rc = -1;
+    const accept_rec *mine = find_member(a, round, m.name);
+    if (mine) {
+        rc = reply_error(a, MSG_ERR_REJECTED, -1, out, len,
+                         "already submitted: %s's delta for round %llu was accepted (another "
+                         "message id); one delta per member and round",
+                         m.name, (unsigned long long)round);
+        goto done;
+    }
+    if (ensure_model(a, a->base) < 0) goto done;
+    agg_update up;
+    char why[AGG_WHY_MAX];
+    int b =
+        agg_update_build(a->model, a->base, round, m.name, m.max_weight, payload, plen, &up, why);
+    if (b < 0) goto done;
+    if (b > 0) {
+        rc = reply_error(a, MSG_ERR_REJECTED, -1, out, len, "%s's delta: %s", m.name, why);
+        goto done;
+    }
+    uint64_t tokens = up.tokens;
+    agg_update_free(&up);
+
+    /* Durable before the receipt: rename into place, fsync the directory,
+     * journal it. */
+    char final[AGG_PATH_MAX], idhex[2 * MSG_ID_LEN + 1], dhex[STORE_HEX_LEN + 1];
+    if (inbox_path(&a->cfg, round, m.name, final, sizeof final) < 0) goto done;
+    if (rename(part, final) != 0) {
+        err_errno("renaming %s to %s", part, final);
+        goto done;
+    }
+    if (fio_fsync_dir_of(final) < 0) goto done;
+    accept_rec ar = {.round = round, .size = size, .time = now};
+    snprintf(ar.member, sizeof ar.member, "%s", m.name);
+    memcpy(ar.msgid, e->id, MSG_ID_LEN);
+    memcpy(ar.digest, digest, 32);
+    store_hex(ar.msgid, MSG_ID_LEN, idhex);
+    store_hex(ar.digest, 32, dhex);
+    if (journal_append(a->journal, "accept %llu %s %s %s %llu %llu", (unsigned long long)round,
+                       ar.member, idhex, dhex, (unsigned long long)size,
+                       (unsigned long long)now) < 0 ||
+        add_accept(a, &ar) < 0)
+        goto done;
+    a->state = AGG_COLLECTING;
+    say("round %llu: accepted %s's delta (%llu bytes, %llu tokens), %d of %d members in",
+        (unsigned long long)round, ar.member, (unsigned long long)size, (unsigned long long)tokens,
+        agg_accepted_count(a), agg_roster_count(a->roster));
+    crash_point(a, "receipt");
+    rc = reply_receipt(&a->acc[a->nacc - 1], out, len);
+done:
+    unlink(part); /* gone already when accepted (renamed) */
+    free(env);
+    free(payload);
+    return rc;
+}
+
+/* ---- the request handler -------------------------------------------------- */
+
+int agg_handle(agg *a, const void *req, size_t len, uint64_t now, uint8_t **reply,
+               size_t *reply_len) {
+    struct msg m;
+    if (msg_decode(req, len, NULL, &m) < 0)
+        return reply_error(a, MSG_ERR_BAD_MESSAGE, -1, reply, reply_len, "%s", err_msg());
+    int rc;
+    switch (m.type) {
+        case MSG_HELLO:
+            rc = on_hello(a, &m.hello, reply, reply_len);
+            break;
+        case MSG_GET_MODEL:
+            rc = on_get_model(a, &m.get_model, reply, reply_len);
+            break;
+        case MSG_SUBMIT_BEGIN:
+            rc = on_submit_begin(a, &m.submit_begin, now, reply, reply_len);
+            break;
+        case MSG_SUBMIT_CHUNK:
+            rc = on_submit_chunk(a, &m.submit_chunk, now, reply, reply_len);
+            break;
+        case MSG_SUBMIT_END:
+            rc = on_submit_end(a, &m.submit_end, now, reply, reply_len);
+            break;
+        default:
+            return reply_error(a, MSG_ERR_BAD_MESSAGE, -1, reply, reply_len,
+                               "%s is not a request the aggregator answers", msg_type_name(m.type));
+    }
+    return rc;
+}
+
+/* ---- aggregation ------------------------------------------------------------- */
+
+typedef struct {
+    char member[KEYS_NAME_MAX + 1];
+    char why[AGG_WHY_MAX];
+} dropped;
+
+typedef struct {
+    agg_update *u; /* kept, in member name order */
+    int n;
+    double *w;
+    dropped *drop;
+    int ndrop;
+    uint64_t tokens, examples, bytes;
+} round_result;
+
+static void result_free(round_result *r) {
+    for (int i = 0; i < r->n; i++) agg_update_free(&r->u[i]);
+    free(r->u);
+    free(r->w);
+    free(r->drop);
+    memset(r, 0, sizeof *r);
+}
+
+static int by_member(const void *x, const void *y) {
+    return strcmp((*(const accept_rec *const *)x)->member, (*(const accept_rec *const *)y)->member);
+}
+
+static void drop(round_result *r, uint64_t round, const char *member, const char *why) {
+    dropped *d = &r->drop[r->ndrop++];
+    snprintf(d->member, sizeof d->member, "%s", member);
+    snprintf(d->why, sizeof d->why, "%s", why);
+    say("round %llu: dropped %s's delta: %s", (unsigned long long)round, member, why);
+}
+
+/* The heart of a round, shared by the live aggregator and agg_recompute:
+ * reads the n accepted envelopes in member name order, checks each again
+ * (the same checks as at submission, so a delta that passed then passes
+ * now), lets the policy validate and weigh them, and merges them into m.
+ * On return r->n == 0 means nothing was merged (m is untouched). */
+static int aggregate(const agg_config *c, agg_roster *roster, const keys_secret *keys,
+                     const agg_policy *pol, model *m, const uint8_t base[32], uint64_t round,
+                     const accept_rec *const *acc, int n, round_result *r, agg *crash) {
+    memset(r, 0, sizeof *r);
+    const accept_rec **order = malloc((size_t)(n ? n : 1) * sizeof *order);
+    r->u = calloc((size_t)(n ? n : 1), sizeof *r->u);
+    r->w = calloc((size_t)(n ? n : 1), sizeof *r->w);
+    r->drop = calloc((size_t)(n ? n : 1), sizeof *r->drop);
+    if (!order || !r->u || !r->w || !r->drop) {
+        free(order);
+        result_free(r);
+        return err_set("out of memory aggregating %d deltas", n);
+    }
+    memcpy(order, acc, (size_t)n * sizeof *order);
+    qsort(order, (size_t)n, sizeof *order, by_member);
+    envelope_expect x;
+    expect_for(c, roster, round, &x);
+    int rc = -1;
+    for (int i = 0; i < n; i++) {
+        const accept_rec *a = order[i];
+        char path[AGG_PATH_MAX], why[AGG_WHY_MAX];
+        char *env = NULL;
+        size_t env_len;
+        uint8_t digest[32], *payload = NULL;
+        size_t plen;
+        if (inbox_path(c, round, a->member, path, sizeof path) < 0) goto done;
+        /* The journal says this file was stored durably: not finding it, or
+         * finding other bytes, means the state directory was damaged. */
+        if (fio_read_all(path, (size_t)a->size, &env, &env_len) < 0 ||
+            crypto_sha256(env, env_len, digest) < 0) {
+            err_context("round %llu: the accepted delta of %s is gone (%s); the state directory "
+                        "was damaged",
+                        (unsigned long long)round, a->member, path);
+            free(env);
+            goto done;
+        }
+        if (env_len != a->size || memcmp(digest, a->digest, 32) != 0) {
+            free(env);
+            err_set("round %llu: %s no longer has the bytes that were receipted (digest "
+                    "differs); the state directory was damaged",
+                    (unsigned long long)round, path);
+            goto done;
+        }
+        envelope_status st;
+        keys_public pub;
+        agg_member mem;
+        int ok = envelope_open_mem(&x, keys, env, env_len, &payload, &plen, NULL, &pub, &st) == 0;
+        free(env);
+        uint8_t fp[KEYS_FP_LEN];
+        if (!ok || keys_fingerprint(&pub, fp) < 0 || agg_roster_find(roster, fp, &mem) != 1 ||
+            strcmp(mem.name, a->member) != 0) {
+            snprintf(why, sizeof why, "envelope no longer opens for this member: %s", err_msg());
+            drop(r, round, a->member, why);
+            free(payload);
+            continue;
+        }
+        int b = agg_update_build(m, base, round, a->member, mem.max_weight, payload, plen,
+                                 &r->u[r->n], why);
+        free(payload);
+        if (b < 0) goto done;
+        if (b > 0) {
+            drop(r, round, a->member, why);
+            continue;
+        }
+        if (pol->validate) {
+            int v = pol->validate(pol->arg, m, &r->u[r->n], why);
+            if (v < 0) goto done;
+            if (v > 0) {
+                drop(r, round, a->member, why);
+                agg_update_free(&r->u[r->n]);
+                continue;
+            }
+        }
+        r->tokens += r->u[r->n].tokens;
+        r->examples += r->u[r->n].examples;
+        r->bytes += a->size;
+        r->n++;
+        if (crash) crash_point(crash, "aggregate");
+    }
+    if (r->n > 0) {
+        if (pol->weights(pol->arg, r->u, r->n, r->w) < 0 ||
+            pol->merge(pol->arg, m, r->u, r->n, r->w) < 0)
+            goto done;
+    }
+    rc = 0;
+done:
+    free(order);
+    if (rc < 0) result_free(r);
+    return rc;
+}
+
+/* ---- metrics ------------------------------------------------------------------ */
+
+static int metrics_write(agg *a, json_t *j) {
+    char p[AGG_PATH_MAX];
+    char *line = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (!line) return err_set("out of memory formatting metrics");
+    int rc = -1;
+    if (state_path(a, "metrics.jsonl", p, sizeof p) < 0) goto done;
+    int fd = open(p, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        err_errno("opening %s", p);
+        goto done;
+    }
+    size_t n = strlen(line);
+    line[n] = '\n'; /* json_dumps leaves room for the NUL, which becomes the newline */
+    rc = fio_write_full(fd, line, n + 1, p);
+    if (rc == 0 && fsync(fd) != 0) rc = err_errno("fsync of %s", p);
+    close(fd);
+done:
+    free(line);
+    return rc;
+}
+
+static json_t *hex_json(const uint8_t *h) {
+    char hex[STORE_HEX_LEN + 1];
+    store_hex(h, 32, hex);
+    return json_string(hex);
+}
+
+/* One line per round, written once: a round repeated after a crash finds its
+ * line there already (metrics_round) and keeps the first. */
+static int metrics_round(agg *a, const char *status, const uint8_t *version, const round_result *r,
+                         double collect_s, double aggregate_s, double publish_s) {
+    if (a->round <= a->metrics_round) return 0;
+    json_t *j = json_object(), *acc = json_array(), *rej = json_array(), *w = json_object(),
+           *lb = json_object(), *la = json_object(), *tok = json_object();
+    if (!j || !acc || !rej || !w || !lb || !la || !tok) {
+        json_decref(j), json_decref(acc), json_decref(rej), json_decref(w), json_decref(lb);
+        json_decref(la), json_decref(tok);
+        return err_set("out of memory for metrics");
+    }
+    for (int i = 0; r && i < r->n; i++) {
+        const agg_update *u = &r->u[i];
+        json_array_append_new(acc, json_string(u->member));
+        json_object_set_new(w, u->member, json_real(r->w[i]));
+        json_object_set_new(tok, u->member, json_integer((json_int_t)u->tokens));
+        json_object_set_new(lb, u->member, json_real(u->loss_before));
+        json_object_set_new(la, u->member, json_real(u->loss_after));
+    }
+    for (int i = 0; r && i < r->ndrop; i++) {
+        json_t *d = json_object();
+        json_object_set_new(d, "member", json_string(r->drop[i].member));
+        json_object_set_new(d, "reason", json_string(r->drop[i].why));
+        json_array_append_new(rej, d);
+    }
+    json_object_set_new(j, "round", json_integer((json_int_t)a->round));
+    json_object_set_new(j, "status", json_string(status));
+    json_object_set_new(j, "base", hex_json(a->base));
+    json_object_set_new(j, "version", version ? hex_json(version) : json_null());
+    json_object_set_new(j, "members_accepted", acc);
+    json_object_set_new(j, "members_rejected", rej);
+    json_object_set_new(j, "submissions_refused", json_integer(a->refused));
+    json_object_set_new(j, "tokens", json_integer(r ? (json_int_t)r->tokens : 0));
+    json_object_set_new(j, "examples", json_integer(r ? (json_int_t)r->examples : 0));
+    json_object_set_new(j, "member_tokens", tok);
+    json_object_set_new(j, "weights", w);
+    json_object_set_new(j, "bytes_in", json_integer(r ? (json_int_t)r->bytes : 0));
+    json_object_set_new(j, "bytes_received", json_integer((json_int_t)a->bytes_received));
+    json_object_set_new(j, "bytes_served", json_integer((json_int_t)a->bytes_served));
+    json_object_set_new(j, "collect_s", json_real(collect_s));
+    json_object_set_new(j, "aggregate_s", json_real(aggregate_s));
+    json_object_set_new(j, "publish_s", json_real(publish_s));
+    json_object_set_new(j, "loss_before", lb);
+    json_object_set_new(j, "loss_after", la);
+    json_object_set_new(j, "time", json_integer((json_int_t)time(NULL)));
+    int rc = metrics_write(a, j);
+    json_decref(j);
+    if (rc == 0) a->metrics_round = a->round;
+    return rc;
+}
+
+/* ---- the state machine ------------------------------------------------------- */
+
+static int round_accepts(const agg *a, uint64_t round, const accept_rec ***out, int *n) {
+    *n = 0;
+    *out = malloc((a->nacc ? a->nacc : 1) * sizeof **out);
+    if (!*out) return err_set("out of memory");
+    for (size_t i = 0; i < a->nacc; i++)
+        if (a->acc[i].round == round) (*out)[(*n)++] = &a->acc[i];
+    return 0;
+}
+
+static int fail_round(agg *a, const char *reason, uint64_t now) {
+    if (journal_append(a->journal, "fail %llu %s", (unsigned long long)a->round, reason) < 0)
+        return -1;
+    say("round %llu failed (%s): no new version; the next round trains on the same base",
+        (unsigned long long)a->round, reason);
+    a->state = AGG_PUBLISHED;
+    double open_t = (double)(a->deadline - a->cfg.deadline_s);
+    return metrics_round(a, reason, NULL, NULL, (double)now - open_t, 0, 0);
+}
+
+static int close_round(agg *a, const char *why) {
+    int n = agg_accepted_count(a);
+    if (journal_append(a->journal, "close %llu %d", (unsigned long long)a->round, n) < 0) return -1;
+    a->state = AGG_AGGREGATING;
+    for (int i = 0; i < a->nup; i++)
+        if (a->up[i].used && a->up[i].round == a->round && !a->up[i].accepted)
+            upload_drop(&a->up[i]);
+    say("round %llu closed (%s) with %d delta(s); aggregating", (unsigned long long)a->round, why,
+        n);
+    return 0;
+}
+
+static int aggregate_and_publish(agg *a, uint64_t now) {
+    const accept_rec **acc;
+    int n;
+    if (round_accepts(a, a->round, &acc, &n) < 0) return -1;
+    double t0 = mono();
+    round_result r;
+    int rc = ensure_model(a, a->base);
+    if (rc == 0)
+        rc = aggregate(&a->cfg, a->roster, &a->keys, a->policy, a->model, a->base, a->round, acc, n,
+                       &r, a);
+    free(acc);
+    if (rc < 0) {
+        /* The model may be half merged: forget it, a restart reloads it. */
+        model_free(a->model);
+        a->model = NULL;
+        return -1;
+    }
+    double t1 = mono(), open_t = (double)(a->deadline - a->cfg.deadline_s);
+    if (r.n == 0) {
+        result_free(&r);
+        return fail_round(a, "no-valid-delta", now);
+    }
+    char name[64], hex[STORE_HEX_LEN + 1];
+    snprintf(name, sizeof name, "r%llu", (unsigned long long)a->round);
+    uint8_t v[32];
+    if (publish_model(&a->cfg, a->model, name, v) < 0) {
+        model_free(a->model);
+        a->model = NULL;
+        result_free(&r);
+        return -1;
+    }
+    memcpy(a->model_version, v, 32);
+    crash_point(a, "publish");
+    double t2 = mono();
+    store_hex(v, 32, hex);
+    if (metrics_round(a, "published", v, &r, (double)now - open_t, t1 - t0, t2 - t1) < 0 ||
+        journal_append(a->journal, "publish %llu %s", (unsigned long long)a->round, hex) < 0) {
+        result_free(&r);
+        return -1;
+    }
+    memcpy(a->version, v, 32);
+    a->state = AGG_PUBLISHED;
+    say("round %llu published version %.16s... from %d delta(s) (%d dropped, %llu tokens): "
+        "aggregate %.2f s, publish %.2f s",
+        (unsigned long long)a->round, hex, r.n, r.ndrop, (unsigned long long)r.tokens, t1 - t0,
+        t2 - t1);
+    result_free(&r);
+    return 0;
+}
+
+/* PUBLISHED → OPEN of the next round, or FINISHED after the last one. */
+static int advance(agg *a, uint64_t now) {
+    if (a->state != AGG_PUBLISHED) return 0;
+    if (a->round >= a->cfg.rounds) {
+        a->state = AGG_FINISHED;
+        a->finished_at = now;
+        char hex[STORE_HEX_LEN + 1];
+        store_hex(a->version, 32, hex);
+        say("finished: %llu round(s) done; final version %s", (unsigned long long)a->round, hex);
+        return 0;
+    }
+    crash_point(a, "open");
+    return open_round(a, now);
+}
+
+int agg_tick(agg *a, uint64_t now) {
+    for (int i = 0; i < a->nup; i++)
+        if (a->up[i].used && now > a->up[i].last_seen + UPLOAD_IDLE_S) {
+            say("dropping an upload idle for %d s", UPLOAD_IDLE_S);
+            upload_drop(&a->up[i]);
+        }
+    if (open_state(a)) {
+        int n = agg_accepted_count(a), members = agg_roster_count(a->roster);
+        if (n >= members) {
+            if (close_round(a, "every member submitted") < 0) return -1;
+        } else if (now >= a->deadline) {
+            if (n >= (int)a->cfg.quorum) {
+                if (close_round(a, "deadline") < 0) return -1;
+            } else if (a->cfg.fail_below_quorum) {
+                if (fail_round(a, "below-quorum", now) < 0) return -1;
+            } else if (!a->below_quorum_logged) {
+                say("round %llu: deadline passed with %d of %u deltas needed; waiting for the "
+                    "quorum (below_quorum = \"wait\")",
+                    (unsigned long long)a->round, n, a->cfg.quorum);
+                a->below_quorum_logged = 1;
+            }
+        }
+    }
+    if (a->state == AGG_AGGREGATING && aggregate_and_publish(a, now) < 0) return -1;
+    return advance(a, now);
+}
+
+/* ---- serving ------------------------------------------------------------------ */
+
+static void on_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
+
+static int done_serving(const agg *a, uint64_t now) {
+    if (a->state != AGG_FINISHED || a->cfg.linger_s < 0) return 0;
+    /* After the last member heard "finished", wait a moment before closing
+     * the socket: a DEALER with ZMQ_IMMEDIATE drops a reply still in flight
+     * when the connection goes away, so leaving at once could cost that
+     * member its answer. */
+    return (a->all_told_at && now >= a->all_told_at + FINISH_GRACE_S) ||
+           now >= a->finished_at + (uint64_t)a->cfg.linger_s;
+}
+
+int agg_run(agg *a) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGINT, &sa, NULL) != 0)
+        return err_errno("installing signal handlers");
+    signal(SIGPIPE, SIG_IGN);
+
+    struct transport_opts o;
+    transport_opts_default(&o);
+    o.recv_timeout_ms = 200; /* how often deadlines and signals are looked at */
+    void *ctx = zmq_ctx_new(), *sock = NULL;
+    if (!ctx) return err_set("zmq_ctx_new failed");
+    int rc = -1;
+    char endpoint[AGG_ENDPOINT_MAX + 32], p[AGG_PATH_MAX];
+    if (transport_router(ctx, a->cfg.bind, &o, &sock) < 0 ||
+        transport_endpoint(sock, endpoint, sizeof endpoint) < 0)
+        goto out;
+    size_t el = strlen(endpoint);
+    endpoint[el] = '\n';
+    if (state_path(a, "endpoint", p, sizeof p) < 0 ||
+        fio_write_atomic(p, endpoint, el + 1, 0644) < 0)
+        goto out;
+    endpoint[el] = '\0';
+    say("listening on %s (consortium '%s', %d members, %llu rounds)", endpoint,
+        a->cfg.consortium_name, agg_roster_count(a->roster), (unsigned long long)a->cfg.rounds);
+
+    while (!stop_requested) {
+        uint64_t now = (uint64_t)time(NULL);
+        if (agg_tick(a, now) < 0) goto out;
+        if (done_serving(a, now)) break;
+        struct transport_msg req;
+        int r = transport_serve_recv(sock, &o.lim, &req);
+        if (r == 1) continue;
+        if (r < 0) {
+            say("dropped a message: %s", err_msg());
+            continue;
+        }
+        uint8_t *reply = NULL;
+        size_t rlen = 0;
+        int h =
+            req.n == TRANSPORT_PAYLOAD + 1
+                ? agg_handle(a, transport_data(&req, TRANSPORT_PAYLOAD),
+                             transport_size(&req, TRANSPORT_PAYLOAD), (uint64_t)time(NULL), &reply,
+                             &rlen)
+                : reply_error(a, MSG_ERR_BAD_MESSAGE, -1, &reply, &rlen,
+                              "a request is one message frame, got %zu", req.n - TRANSPORT_PAYLOAD);
+        if (h < 0) {
+            /* Tell the node it is not its fault, then stop: the journal has
+             * everything a restart needs. */
+            char why[MSG_REASON_MAX + 1];
+            snprintf(why, sizeof why, "%s", err_msg());
+            free(reply);
+            reply = NULL;
+            if (reply_error(a, MSG_ERR_INTERNAL, 5000, &reply, &rlen,
+                            "aggregator failure; retry later") == 0) {
+                struct transport_frame f = {reply, rlen};
+                transport_serve_reply(sock, &req, &f, 1);
+            }
+            free(reply);
+            transport_msg_close(&req);
+            err_set("%s", why);
+            goto out;
+        }
+        struct transport_frame f = {reply, rlen};
+        if (transport_serve_reply(sock, &req, &f, 1) < 0)
+            say("could not answer a node (it went away?): %s", err_msg());
+        free(reply);
+        transport_msg_close(&req);
+    }
+    if (stop_requested) say("stopping on a signal; the journal holds the state for a restart");
+    rc = 0;
+out:
+    if (sock) transport_close(sock);
+    zmq_ctx_term(ctx);
+    return rc;
+}
+
+/* ---- offline recomputation -------------------------------------------------- */
+
+int agg_recompute(const agg_config *c, uint64_t round, const char *out_dir, uint8_t hash[32]) {
+    agg *a = calloc(1, sizeof *a);
+    if (!a) return err_set("out of memory");
+    a->cfg = *c;
+    a->lock_fd = -1;
+    int rc = -1;
+    const accept_rec **acc = NULL;
+    model *m = NULL;
+    round_result r = {0};
+    char p[AGG_PATH_MAX];
+    a->want_round = round;
+    if (keys_load_secret(c->keys_dir, c->keys_name, &a->keys) < 0 ||
+        agg_roster_load(&a->roster, c) < 0 || state_path(a, "journal", p, sizeof p) < 0 ||
+        journal_open(NULL, p, 1, replay_record, a) < 0)
+        goto done;
+    /* The whole journal was replayed (read-only): the round's accepts are in
+     * a->acc, its base was noted when its open record went by. */
+    if (!a->want_found || round < 1 || round > a->round ||
+        (round == a->round && (a->state == AGG_OPEN || a->state == AGG_COLLECTING))) {
+        err_set("round %llu was not closed in %s (the journal reaches round %llu, %s)",
+                (unsigned long long)round, c->state, (unsigned long long)a->round,
+                agg_state_name(a->state));
+        goto done;
+    }
+    int n;
+    if (round_accepts(a, round, &acc, &n) < 0) goto done;
+    if (load_version(c, a->want_base, &m) < 0) goto done;
+    if (aggregate(c, a->roster, &a->keys, agg_policy_default(), m, a->want_base, round, acc, n, &r,
+                  NULL) < 0)
+        goto done;
+    if (r.n == 0) {
+        err_set("round %llu merged no delta (every one was dropped): it published no version",
+                (unsigned long long)round);
+        goto done;
+    }
+    if (checkpoint_save(m, out_dir, "float32") < 0 ||
+        fio_join(p, sizeof p, out_dir, "model.safetensors") < 0 ||
+        store_hash_file(p, hash, NULL) < 0)
+        goto done;
+    rc = 0;
+done:
+    result_free(&r);
+    free(acc);
+    model_free(m);
+    agg_roster_free(a->roster);
+    keys_secret_wipe(&a->keys);
+    free(a->acc);
+    free(a);
+    return rc;
+}

@@ -1,0 +1,89 @@
+/* agg — the consortium side of the federation: `fedlora aggregator`.
+ *
+ * One process, one thread, one ZeroMQ ROUTER. Each request from a node gets
+ * exactly one reply (docs/protocol.md, "Federation flow"). Rounds move
+ * through a state machine, every transition of which is a journal record
+ * written (fsync'd) before anything depends on it:
+ *
+ *   OPEN ──first accepted delta──▶ COLLECTING ──quorum and (all members, or
+ *   the deadline)──▶ AGGREGATING ──new version in the store──▶ PUBLISHED ──▶
+ *   OPEN (round r+1), or FINISHED after the last round.
+ *
+ * Durability: a submission is assembled in STATE/inbox/<msgid>.part, checked
+ * (digest, envelope header and signature, then opened and its DELTA checked
+ * against the base: round, base version, shapes, finite values), renamed to
+ * STATE/inbox/r<round>-<member>.env, the directory fsync'd, and journaled
+ * ("accept") BEFORE the RECEIPT goes out; the envelope stays sealed at rest.
+ * On restart the journal is replayed and the round goes on where it was.
+ * Aggregation reads the accepted envelopes in member name order and merges
+ * deterministically (merge.h), so a crash anywhere ends in the same bytes.
+ *
+ * Memory: the round's base model (O(model)) plus the accepted adapters
+ * (rank r each, small next to the model); never a dense delta per member. */
+#ifndef FL_AGGREGATOR_AGG_H
+#define FL_AGGREGATOR_AGG_H
+
+#include "aggregator/config.h"
+#include "aggregator/merge.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    AGG_OPEN = 1,    /* round r open, nothing accepted yet */
+    AGG_COLLECTING,  /* at least one delta accepted */
+    AGG_AGGREGATING, /* closed: no more submissions; merging */
+    AGG_PUBLISHED,   /* version of round r in the store; next round not open yet */
+    AGG_FINISHED,    /* the last configured round is published */
+} agg_state;
+
+const char *agg_state_name(agg_state s);
+
+typedef struct agg agg;
+
+/* Loads keys and members, takes the state directory's lock, replays the
+ * journal (or starts a new one: the base model is imported into the store and
+ * round 1 opens). `now` is unix time in seconds (deadlines are set from it). */
+int agg_open(agg **out, const agg_config *c, uint64_t now);
+void agg_close(agg *a);
+
+/* Replaces the aggregation policy (default: agg_policy_default()). */
+void agg_set_policy(agg *a, const agg_policy *p);
+
+/* Handles one request (an encoded message) and makes the encoded reply
+ * (*reply malloc'd). Bad input from a node never fails this call: it gets an
+ * ERROR reply and a log line. -1 only when the aggregator cannot go on (a
+ * journal or disk failure): the caller stops. */
+int agg_handle(agg *a, const void *req, size_t len, uint64_t now, uint8_t **reply,
+               size_t *reply_len);
+
+/* Moves the state machine on at time now: closes a round that is due,
+ * aggregates, publishes, opens the next round. -1 on a failure that stops
+ * the aggregator (the journal keeps the state for a restart). */
+int agg_tick(agg *a, uint64_t now);
+
+agg_state agg_get_state(const agg *a);
+uint64_t agg_current_round(const agg *a);
+/* The version the current round trains on (in FINISHED: the final one). */
+void agg_current_base(const agg *a, uint8_t hash[32]);
+/* Deltas accepted for the current round. */
+int agg_accepted_count(const agg *a);
+
+/* Serves on the config's bind address until the federation is finished (and
+ * its linger time has passed, or 2 s after every member was told), or SIGTERM/SIGINT
+ * arrive: then the current request is finished, sockets are closed, and it
+ * returns 0. The bound endpoint (with the real port) is written to
+ * STATE/endpoint. */
+int agg_run(agg *a);
+/* Async-signal-safe: asks agg_run to stop after the current request. */
+void agg_request_stop(void);
+
+/* Re-derives round `round`'s model offline from the stored base version and
+ * the sealed deltas the journal accepted for it, exactly as the live
+ * aggregation did (with agg_policy_default(), the live aggregator's policy
+ * unless agg_set_policy replaced it), into out_dir (config.json +
+ * model.safetensors); hash gets the SHA-256 of the model file. Reads the
+ * state directory only. */
+int agg_recompute(const agg_config *c, uint64_t round, const char *out_dir, uint8_t hash[32]);
+
+#endif

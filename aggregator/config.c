@@ -1,0 +1,394 @@
+/* config — the aggregator's libconfig file and its member list. */
+#include "aggregator/config.h"
+
+#include "util/err.h"
+#include "util/fio.h"
+
+#include <libconfig.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const top_keys[] = {"bind",  "keys",   "consortium", "members", "base_model",
+                                       "state", "rounds", "train",      "limits",  "policy"};
+static const char *const keys_keys[] = {"dir", "name"};
+static const char *const rounds_keys[] = {"count", "quorum", "deadline", "below_quorum", "linger"};
+static const char *const train_keys[] = {"steps", "lr", "rank", "alpha", "targets", "batch", "seq"};
+static const char *const limits_keys[] = {"max_submission"};
+static const char *const member_keys[] = {"id", "max_weight"};
+#define N(a) (sizeof a / sizeof a[0])
+
+struct cfg_ctx {
+    config_t cf;
+    const char *file;
+    char dir[AGG_PATH_MAX];
+};
+
+static int check_keys(const struct cfg_ctx *x, const config_setting_t *group,
+                      const char *const *known, size_t n, const char *where) {
+    for (int i = 0; i < config_setting_length(group); i++) {
+        const char *name = config_setting_name(config_setting_get_elem(group, (unsigned)i));
+        size_t k = 0;
+        while (k < n && strcmp(known[k], name) != 0) k++;
+        if (k == n)
+            return err_set("%s: unknown key '%s%s' (docs/protocol.md, \"Aggregator config\", "
+                           "lists the keys)",
+                           x->file, where, name ? name : "?");
+    }
+    return 0;
+}
+
+static int group(const struct cfg_ctx *x, const char *key, const char *const *known, size_t n,
+                 int required, config_setting_t **out) {
+    *out = config_lookup(&x->cf, key);
+    if (!*out) return required ? err_set("%s: missing required group '%s'", x->file, key) : 0;
+    if (!config_setting_is_group(*out))
+        return err_set("%s: '%s' must be a group { ... }", x->file, key);
+    char where[64];
+    snprintf(where, sizeof where, "%s.", key);
+    return check_keys(x, *out, known, n, where);
+}
+
+static int get_string(const struct cfg_ctx *x, const config_setting_t *s, const char *key,
+                      char *out, size_t n) {
+    const char *v = config_setting_get_string(s);
+    if (!v) return err_set("%s: '%s' must be a string", x->file, key);
+    if (!*v) return err_set("%s: '%s' must not be empty", x->file, key);
+    if (strlen(v) >= n) return err_set("%s: '%s' is longer than %zu bytes", x->file, key, n - 1);
+    memcpy(out, v, strlen(v) + 1);
+    return 0;
+}
+
+static int lookup_string(const struct cfg_ctx *x, const char *key, int required, char *out,
+                         size_t n) {
+    config_setting_t *s = config_lookup(&x->cf, key);
+    if (!s) return required ? err_set("%s: missing required key '%s'", x->file, key) : 0;
+    return get_string(x, s, key, out, n);
+}
+
+/* A path; a relative one is taken from the config file's directory. */
+static int resolve(const struct cfg_ctx *x, const char *key, const char *v, char *out, size_t n) {
+    if (v[0] == '/' || !x->dir[0]) {
+        if (snprintf(out, n, "%s", v) >= (int)n)
+            return err_set("%s: '%s' is too long", x->file, key);
+        return 0;
+    }
+    if (fio_join(out, n, x->dir, v) != 0) return err_context("%s: '%s'", x->file, key);
+    return 0;
+}
+
+static int lookup_path(const struct cfg_ctx *x, const char *key, char *out, size_t n) {
+    char v[AGG_PATH_MAX];
+    if (lookup_string(x, key, 1, v, sizeof v) < 0) return -1;
+    return resolve(x, key, v, out, n);
+}
+
+static int lookup_int(const struct cfg_ctx *x, const char *key, int required, long long lo,
+                      long long hi, long long *v) {
+    config_setting_t *s = config_lookup(&x->cf, key);
+    if (!s) return required ? err_set("%s: missing required key '%s'", x->file, key) : 0;
+    int t = config_setting_type(s);
+    if (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64)
+        return err_set("%s: '%s' must be an integer", x->file, key);
+    long long y = config_setting_get_int64(s);
+    if (y < lo || y > hi)
+        return err_set("%s: '%s' must be from %lld to %lld, got %lld", x->file, key, lo, hi, y);
+    *v = y;
+    return 0;
+}
+
+static int get_number(const struct cfg_ctx *x, const config_setting_t *s, const char *key,
+                      double *v) {
+    int t = config_setting_type(s);
+    if (t == CONFIG_TYPE_FLOAT)
+        *v = config_setting_get_float(s);
+    else if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64)
+        *v = (double)config_setting_get_int64(s);
+    else
+        return err_set("%s: '%s' must be a number", x->file, key);
+    return 0;
+}
+
+static int lookup_number(const struct cfg_ctx *x, const char *key, double *v) {
+    config_setting_t *s = config_lookup(&x->cf, key);
+    if (!s) return err_set("%s: missing required key '%s'", x->file, key);
+    return get_number(x, s, key, v);
+}
+
+static int load_members(const struct cfg_ctx *x, agg_config *c) {
+    config_setting_t *list = config_lookup(&x->cf, "members");
+    if (!list)
+        return err_set("%s: missing required key 'members' = ( { id = \"uni-a.id\"; }, ... )",
+                       x->file);
+    if (!config_setting_is_list(list) && !config_setting_is_array(list))
+        return err_set("%s: 'members' must be a list ( { id = \"FILE.id\"; max_weight = 1.0; }, "
+                       "... ) or an array [ \"FILE.id\", ... ]",
+                       x->file);
+    int n = config_setting_length(list);
+    if (n < 1 || n > AGG_MEMBERS_MAX)
+        return err_set("%s: 'members' must list 1 to %d members, got %d", x->file, AGG_MEMBERS_MAX,
+                       n);
+    c->members = calloc((size_t)n, sizeof *c->members);
+    if (!c->members) return err_set("out of memory for %d members", n);
+    c->n_members = n;
+    for (int i = 0; i < n; i++) {
+        config_setting_t *e = config_setting_get_elem(list, (unsigned)i);
+        agg_member_config *m = &c->members[i];
+        char key[64], v[AGG_PATH_MAX];
+        m->max_weight = 1.0;
+        snprintf(key, sizeof key, "members[%d]", i);
+        if (config_setting_type(e) == CONFIG_TYPE_STRING) {
+            if (get_string(x, e, key, v, sizeof v) < 0) return -1;
+        } else if (config_setting_is_group(e)) {
+            if (check_keys(x, e, member_keys, N(member_keys), "members[].") < 0) return -1;
+            config_setting_t *id = config_setting_get_member(e, "id");
+            if (!id) return err_set("%s: %s has no 'id' (the member's .id file)", x->file, key);
+            snprintf(key, sizeof key, "members[%d].id", i);
+            if (get_string(x, id, key, v, sizeof v) < 0) return -1;
+            config_setting_t *w = config_setting_get_member(e, "max_weight");
+            if (w) {
+                snprintf(key, sizeof key, "members[%d].max_weight", i);
+                if (get_number(x, w, key, &m->max_weight) < 0) return -1;
+                if (!(m->max_weight > 0 && m->max_weight <= 1))
+                    return err_set("%s: '%s' must be in (0, 1], got %g", x->file, key,
+                                   m->max_weight);
+            }
+        } else {
+            return err_set("%s: %s must be a string or a group { id = ...; }", x->file, key);
+        }
+        if (resolve(x, key, v, m->id_path, sizeof m->id_path) < 0) return -1;
+    }
+    return 0;
+}
+
+static int load_train(const struct cfg_ctx *x, agg_config *c) {
+    config_setting_t *g;
+    if (group(x, "train", train_keys, N(train_keys), 1, &g) < 0) return -1;
+    struct msg_train *t = &c->train;
+    long long steps, rank, batch, seq;
+    if (lookup_int(x, "train.steps", 1, 1, 10000000, &steps) < 0 ||
+        lookup_number(x, "train.lr", &t->lr) < 0 ||
+        lookup_int(x, "train.rank", 1, 1, 4096, &rank) < 0 ||
+        lookup_number(x, "train.alpha", &t->alpha) < 0 ||
+        lookup_int(x, "train.batch", 1, 1, 65536, &batch) < 0 ||
+        lookup_int(x, "train.seq", 1, 1, 1 << 20, &seq) < 0)
+        return -1;
+    t->steps = (uint32_t)steps;
+    t->rank = (uint32_t)rank;
+    t->batch = (uint32_t)batch;
+    t->seq = (uint32_t)seq;
+    config_setting_t *tg = config_lookup(&x->cf, "train.targets");
+    if (!tg) return err_set("%s: missing required key 'train.targets'", x->file);
+    if (!config_setting_is_array(tg) && !config_setting_is_list(tg))
+        return err_set("%s: 'train.targets' must be an array of module names [\"q_proj\", ...]",
+                       x->file);
+    int n = config_setting_length(tg);
+    if (n < 1 || n > MSG_TARGETS_MAX)
+        return err_set("%s: 'train.targets' must hold 1 to %d names, got %d", x->file,
+                       MSG_TARGETS_MAX, n);
+    for (int i = 0; i < n; i++) {
+        char key[48];
+        snprintf(key, sizeof key, "train.targets[%d]", i);
+        if (get_string(x, config_setting_get_elem(tg, (unsigned)i), key, t->targets[i],
+                       sizeof t->targets[i]) < 0)
+            return -1;
+    }
+    t->ntargets = (uint32_t)n;
+    /* The ROUND decoder is the one statement of the train config's rules (lr
+     * in (0, 1], identifiers, ...): a config that could not be sent is
+     * refused here, at start, rather than when the first node says HELLO. */
+    struct msg m = {.type = MSG_ROUND};
+    m.round.train = *t;
+    uint8_t *buf;
+    size_t len;
+    if (msg_encode(&m, &buf, &len) < 0) return err_context("%s: group 'train'", x->file);
+    free(buf);
+    return 0;
+}
+
+/* The policy file and what it takes over from this config (config.h). */
+static int load_policy(const struct cfg_ctx *x, agg_config *c) {
+    static const char *const owned[] = {"rounds.quorum", "rounds.deadline", "rounds.below_quorum"};
+    for (size_t i = 0; i < N(owned); i++)
+        if (config_lookup(&x->cf, owned[i]))
+            return err_set("%s: '%s' is set, but a policy file is given: its 'rounds' group "
+                           "decides quorum, deadline and below_quorum; remove '%s' here",
+                           x->file, owned[i], owned[i]);
+    for (int i = 0; i < c->n_members; i++)
+        if (c->members[i].max_weight != 1.0)
+            return err_set("%s: members[%d].max_weight is set, but a policy file is given: its "
+                           "'weighting.cap' caps every member; remove max_weight",
+                           x->file, i);
+    if (lookup_path(x, "policy", c->policy_path, sizeof c->policy_path) < 0) return -1;
+    if (policy_load(&c->policy, c->policy_path) < 0)
+        return err_context("%s: 'policy'", x->file);
+    const policy *p = &c->policy;
+    if (p->rounds.quorum > c->n_members)
+        return err_set("%s: rounds.quorum = %d is above the %d members of %s", c->policy_path,
+                       p->rounds.quorum, c->n_members, x->file);
+    if (p->rounds.deadline_s > 10000000)
+        return err_set("%s: rounds.deadline_s = %g is above 10^7 s", c->policy_path,
+                       p->rounds.deadline_s);
+    /* Member sampling would need a "not asked this round" answer to HELLO,
+     * which the protocol does not have: every member is asked every round. */
+    if (p->rounds.fraction != 1.0)
+        return err_set("%s: rounds.fraction = %g: the aggregator asks every member every round "
+                       "(q = 1); member sampling is not supported, set rounds.fraction = 1",
+                       c->policy_path, p->rounds.fraction);
+    c->quorum = (uint32_t)p->rounds.quorum;
+    c->deadline_s = (uint32_t)ceil(p->rounds.deadline_s);
+    c->fail_below_quorum = p->rounds.below_quorum == POLICY_BELOW_QUORUM_FAIL;
+    if (p->rounds.max_rounds > 0 && (uint64_t)p->rounds.max_rounds < c->rounds)
+        c->rounds = (uint64_t)p->rounds.max_rounds;
+    c->has_policy = 1;
+    return 0;
+}
+
+int agg_config_load(agg_config *c, const char *path) {
+    memset(c, 0, sizeof *c);
+    struct cfg_ctx x = {.file = path};
+    if (snprintf(c->file, sizeof c->file, "%s", path) >= (int)sizeof c->file)
+        return err_set("config path %s is too long", path);
+    const char *slash = strrchr(path, '/');
+    if (slash) {
+        size_t n = slash == path ? 1 : (size_t)(slash - path);
+        memcpy(x.dir, path, n);
+        x.dir[n] = '\0';
+    }
+    config_init(&x.cf);
+    int rc = -1;
+    if (!config_read_file(&x.cf, path)) {
+        if (config_error_type(&x.cf) == CONFIG_ERR_FILE_IO)
+            err_errno("cannot read aggregator config %s", path);
+        else
+            err_set("%s:%d: %s", config_error_file(&x.cf) ? config_error_file(&x.cf) : path,
+                    config_error_line(&x.cf), config_error_text(&x.cf));
+        goto done;
+    }
+    config_setting_t *g;
+    if (check_keys(&x, config_root_setting(&x.cf), top_keys, N(top_keys), "") < 0 ||
+        lookup_string(&x, "bind", 1, c->bind, sizeof c->bind) < 0 ||
+        group(&x, "keys", keys_keys, N(keys_keys), 1, &g) < 0 ||
+        lookup_path(&x, "keys.dir", c->keys_dir, sizeof c->keys_dir) < 0 ||
+        lookup_string(&x, "keys.name", 1, c->keys_name, sizeof c->keys_name) < 0 ||
+        lookup_string(&x, "consortium", 1, c->consortium_name, sizeof c->consortium_name) < 0 ||
+        lookup_path(&x, "base_model", c->base_model, sizeof c->base_model) < 0 ||
+        lookup_path(&x, "state", c->state, sizeof c->state) < 0 || load_members(&x, c) < 0 ||
+        load_train(&x, c) < 0)
+        goto done;
+    if (keys_name_check(c->keys_name) < 0) {
+        err_context("%s: 'keys.name'", path);
+        goto done;
+    }
+    if (payload_consortium_id(c->consortium_name, c->consortium) < 0) {
+        err_context("%s: 'consortium'", path);
+        goto done;
+    }
+    if (strncmp(c->bind, "tcp://", 6) != 0 && strncmp(c->bind, "ipc://", 6) != 0) {
+        err_set("%s: 'bind' must be tcp://HOST:PORT (or ipc://PATH), got \"%s\"", path, c->bind);
+        goto done;
+    }
+
+    long long count = 1, quorum = c->n_members, deadline = 600, linger = 30;
+    char below[16] = "wait";
+    if (group(&x, "rounds", rounds_keys, N(rounds_keys), 1, &g) < 0 ||
+        lookup_int(&x, "rounds.count", 1, 1, 1000000, &count) < 0 ||
+        lookup_int(&x, "rounds.quorum", 0, 1, c->n_members, &quorum) < 0 ||
+        lookup_int(&x, "rounds.deadline", 0, 1, 10000000, &deadline) < 0 ||
+        lookup_int(&x, "rounds.linger", 0, -1, 1000000, &linger) < 0 ||
+        lookup_string(&x, "rounds.below_quorum", 0, below, sizeof below) < 0)
+        goto done;
+    if (strcmp(below, "wait") != 0 && strcmp(below, "fail") != 0) {
+        err_set("%s: 'rounds.below_quorum' must be \"wait\" or \"fail\", got \"%s\"", path, below);
+        goto done;
+    }
+    c->rounds = (uint64_t)count;
+    c->quorum = (uint32_t)quorum;
+    c->deadline_s = (uint32_t)deadline;
+    c->linger_s = (int)linger;
+    c->fail_below_quorum = strcmp(below, "fail") == 0;
+
+    long long max_sub = 1ll << 30;
+    if (group(&x, "limits", limits_keys, N(limits_keys), 0, &g) < 0 ||
+        lookup_int(&x, "limits.max_submission", 0, 1024, (long long)PAYLOAD_DELTA_MAX, &max_sub) <
+            0)
+        goto done;
+    c->max_submission = (uint64_t)max_sub;
+    if (config_lookup(&x.cf, "policy") && load_policy(&x, c) < 0) goto done;
+    rc = 0;
+done:
+    config_destroy(&x.cf);
+    if (rc < 0) agg_config_free(c);
+    return rc;
+}
+
+void agg_config_free(agg_config *c) {
+    free(c->members);
+    c->members = NULL;
+    c->n_members = 0;
+}
+
+/* ---- members ------------------------------------------------------------- */
+
+struct agg_roster {
+    int n;
+    agg_member *m;
+};
+
+int agg_roster_load(agg_roster **out, const agg_config *c) {
+    agg_roster *r = calloc(1, sizeof *r);
+    if (!r || !(r->m = calloc((size_t)c->n_members, sizeof *r->m))) {
+        free(r);
+        return err_set("out of memory for the member list");
+    }
+    for (int i = 0; i < c->n_members; i++) {
+        agg_member *m = &r->m[i];
+        if (keys_load_public(c->members[i].id_path, &m->pub) < 0 ||
+            keys_fingerprint(&m->pub, m->fp) < 0) {
+            agg_roster_free(r);
+            return err_context("%s: members[%d]", c->file, i);
+        }
+        memcpy(m->name, m->pub.name, sizeof m->name);
+        m->max_weight = c->members[i].max_weight;
+        for (int j = 0; j < i; j++)
+            if (strcmp(r->m[j].name, m->name) == 0 || memcmp(r->m[j].fp, m->fp, KEYS_FP_LEN) == 0) {
+                err_set("%s: members[%d] (%s) and members[%d] (%s) have the same %s", c->file, j,
+                        r->m[j].name, i, m->name,
+                        strcmp(r->m[j].name, m->name) == 0 ? "name" : "keys");
+                agg_roster_free(r);
+                return -1;
+            }
+        r->n++;
+    }
+    *out = r;
+    return 0;
+}
+
+void agg_roster_free(agg_roster *r) {
+    if (!r) return;
+    free(r->m);
+    free(r);
+}
+
+int agg_roster_find(const agg_roster *r, const uint8_t fp[KEYS_FP_LEN], agg_member *m) {
+    for (int i = 0; i < r->n; i++)
+        if (memcmp(r->m[i].fp, fp, KEYS_FP_LEN) == 0) {
+            *m = r->m[i];
+            return 1;
+        }
+    return 0;
+}
+
+int agg_roster_find_name(const agg_roster *r, const char *name, agg_member *m) {
+    for (int i = 0; i < r->n; i++)
+        if (strcmp(r->m[i].name, name) == 0) {
+            *m = r->m[i];
+            return 1;
+        }
+    return 0;
+}
+
+int agg_roster_count(const agg_roster *r) {
+    return r->n;
+}

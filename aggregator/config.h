@@ -1,0 +1,85 @@
+/* config — what `fedlora aggregator --config FILE` reads, and the member list.
+ *
+ * A libconfig file (docs/protocol.md, "Federation flow", lists every key with
+ * an example). Relative paths are taken from the file's directory, so a
+ * config works from any working directory. Unknown keys are errors: a typo
+ * in "quorum" must not silently run with the default. */
+#ifndef FL_AGGREGATOR_CONFIG_H
+#define FL_AGGREGATOR_CONFIG_H
+
+#include "policies/policy.h"
+#include "wire/keys.h"
+#include "wire/msg.h"
+#include "wire/payload.h"
+
+#include <stdint.h>
+
+#define AGG_PATH_MAX 4096
+#define AGG_ENDPOINT_MAX 256
+#define AGG_MEMBERS_MAX 4096
+
+typedef struct {
+    char id_path[AGG_PATH_MAX]; /* the member's public identity file (fedlora keygen's NAME.id) */
+    double max_weight;          /* cap on its aggregation weight p_i, in (0, 1]; 1: none */
+} agg_member_config;
+
+typedef struct {
+    char file[AGG_PATH_MAX];           /* the config file, for messages */
+    char bind[AGG_ENDPOINT_MAX];       /* "bind": tcp://HOST:PORT (port * picks one) */
+    char keys_dir[AGG_PATH_MAX];       /* "keys.dir" */
+    char keys_name[KEYS_NAME_MAX + 1]; /* "keys.name": DIR/NAME.{sign.pem,kx.pem,id} */
+    char consortium_name[PAYLOAD_CONSORTIUM_NAME_MAX + 1]; /* "consortium" */
+    uint8_t consortium[32];                                /* payload_consortium_id of it */
+    int n_members;                                         /* "members": list of groups */
+    agg_member_config *members;
+    char base_model[AGG_PATH_MAX]; /* "base_model": HF model dir of the first round's base */
+    char state[AGG_PATH_MAX];      /* "state": journal, inbox, versions, metrics */
+    uint64_t rounds;               /* "rounds.count": 1..10^6 */
+    uint32_t quorum;               /* "rounds.quorum": 1..members, accepted deltas to close */
+    uint32_t deadline_s;           /* "rounds.deadline": seconds a round collects (1..10^7) */
+    int fail_below_quorum;         /* "rounds.below_quorum": "wait" (0) or "fail" (1) */
+    int linger_s; /* "rounds.linger": serve this long after the last round; -1: until signalled */
+    struct msg_train train;  /* "train": steps, lr, rank, alpha, targets, batch, seq */
+    uint64_t max_submission; /* "limits.max_submission": bytes of one sealed delta */
+    /* "policy": the consortium's policy file (docs/policies.md), or none
+     * (has_policy 0: exact product merge, p_i ∝ tokens, members' max_weight).
+     * With a file, its rounds group decides quorum, deadline and
+     * below_quorum (copied into the fields above; the config's own
+     * rounds.quorum/deadline/below_quorum must then be absent), its
+     * rounds.max_rounds (when > 0) caps rounds.count, and its weighting.cap
+     * replaces the members' max_weight (which must then be absent). */
+    int has_policy;
+    char policy_path[AGG_PATH_MAX];
+    policy policy;
+} agg_config;
+
+/* Reads and checks the file (every key, types, ranges); on failure the
+ * message names the file, the key and the rule. */
+int agg_config_load(agg_config *c, const char *path);
+void agg_config_free(agg_config *c);
+
+/* ---- members --------------------------------------------------------------
+ * Who may submit. Today the member list is the config's list of identity
+ * files; the signed, versioned roster (onboarding, issue #7) replaces it
+ * behind agg_roster_find / agg_roster_count, which is all the aggregator
+ * asks of it. */
+typedef struct {
+    char name[KEYS_NAME_MAX + 1];
+    keys_public pub;
+    uint8_t fp[KEYS_FP_LEN];
+    double max_weight;
+} agg_member;
+
+typedef struct agg_roster agg_roster;
+
+/* Loads every identity file of the config; duplicate names or keys are errors. */
+int agg_roster_load(agg_roster **out, const agg_config *c);
+void agg_roster_free(agg_roster *r);
+/* 1 and *m when fp names an active member, 0 when it does not, -1 on failure. */
+int agg_roster_find(const agg_roster *r, const uint8_t fp[KEYS_FP_LEN], agg_member *m);
+/* The same by name (for the journal, which names members). */
+int agg_roster_find_name(const agg_roster *r, const char *name, agg_member *m);
+/* Active members: the "all members submitted" condition of a round. */
+int agg_roster_count(const agg_roster *r);
+
+#endif

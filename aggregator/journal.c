@@ -1,0 +1,169 @@
+/* journal — append-only, checksummed, fsync'd lines (see journal.h). */
+#include "aggregator/journal.h"
+
+#include "util/err.h"
+#include "util/fio.h"
+#include "wire/crypto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CHECK_HEX 8
+#define LINE_MAX_BYTES (JOURNAL_RECORD_MAX + 3 + CHECK_HEX) /* " #" + hex + '\n' */
+
+struct agg_journal {
+    int fd;
+    off_t size; /* bytes of good records */
+    int broken; /* a failed append could not be cut back: refuse further appends */
+    char path[4096];
+};
+
+static int checksum(const char *rec, size_t n, char hex[CHECK_HEX + 1]) {
+    uint8_t h[CRYPTO_SHA256_LEN];
+    if (crypto_sha256(rec, n, h) < 0) return -1;
+    for (int i = 0; i < CHECK_HEX / 2; i++) snprintf(hex + 2 * i, 3, "%02x", h[i]);
+    return 0;
+}
+
+int journal_format(const char *rec, char *out, size_t cap) {
+    size_t n = strlen(rec);
+    if (n == 0 || n > JOURNAL_RECORD_MAX)
+        return err_set("journal record of %zu bytes (must be 1 to %d)", n, JOURNAL_RECORD_MAX);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)rec[i] < 0x20 || (unsigned char)rec[i] >= 0x7f || rec[i] == '#')
+            return err_set("journal record has byte 0x%02x at %zu (printable ASCII without '#')",
+                           (unsigned char)rec[i], i);
+    char hex[CHECK_HEX + 1];
+    if (checksum(rec, n, hex) < 0) return -1;
+    int len = snprintf(out, cap, "%s #%s\n", rec, hex);
+    if (len < 0 || (size_t)len >= cap) return err_set("journal line buffer too small");
+    return len;
+}
+
+/* 1 when line (n bytes, without '\n') is "<rec> #<hex>" with a matching
+ * checksum; rec is copied out NUL-terminated. */
+static int line_ok(const char *line, size_t n, char *rec) {
+    if (n < CHECK_HEX + 3 || n > LINE_MAX_BYTES - 1) return 0;
+    size_t rl = n - CHECK_HEX - 2;
+    if (line[rl] != ' ' || line[rl + 1] != '#') return 0;
+    for (size_t i = 0; i < rl; i++)
+        if ((unsigned char)line[i] < 0x20 || (unsigned char)line[i] >= 0x7f || line[i] == '#')
+            return 0;
+    char hex[CHECK_HEX + 1];
+    if (checksum(line, rl, hex) < 0) return -1;
+    if (memcmp(hex, line + rl + 2, CHECK_HEX) != 0) return 0;
+    memcpy(rec, line, rl);
+    rec[rl] = '\0';
+    return 1;
+}
+
+int journal_open(agg_journal **out, const char *path, int readonly, journal_record_fn fn,
+                 void *arg) {
+    if (out) *out = NULL;
+    char *data = NULL;
+    size_t len = 0;
+    if (fio_exists(path)) {
+        if (fio_read_all(path, JOURNAL_FILE_MAX, &data, &len) < 0)
+            return err_context("reading journal");
+    } else if (readonly) {
+        return err_set("journal %s does not exist (no round was ever run in this state dir)", path);
+    }
+    size_t pos = 0, good_end = 0, line = 0;
+    char rec[LINE_MAX_BYTES];
+    while (pos < len) {
+        line++;
+        const char *nl = memchr(data + pos, '\n', len - pos);
+        size_t n = nl ? (size_t)(nl - (data + pos)) : len - pos;
+        int ok = nl ? line_ok(data + pos, n, rec) : 0;
+        if (ok < 0) goto fail;
+        if (!ok) {
+            size_t after = nl ? (size_t)(nl - data) + 1 : len;
+            if (after < len) {
+                err_set("journal %s is corrupt at line %zu (byte offset %zu): a damaged record "
+                        "followed by others cannot come from a crash; restore the state "
+                        "directory from a backup",
+                        path, line, pos);
+                goto fail;
+            }
+            /* A torn last record: the crash came before its fsync returned,
+             * so no receipt or publication depended on it. */
+            break;
+        }
+        if (fn && fn(arg, rec, line) < 0) {
+            err_context("journal %s, line %zu", path, line);
+            goto fail;
+        }
+        pos = (size_t)(nl - data) + 1;
+        good_end = pos;
+    }
+    free(data);
+    data = NULL;
+    if (readonly) return 0;
+
+    agg_journal *j = calloc(1, sizeof *j);
+    if (!j) return err_set("out of memory");
+    snprintf(j->path, sizeof j->path, "%s", path);
+    j->fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (j->fd < 0) {
+        free(j);
+        return err_errno("opening journal %s", path);
+    }
+    if (good_end < len) {
+        if (ftruncate(j->fd, (off_t)good_end) != 0) {
+            err_errno("cutting the torn last record of journal %s", path);
+            journal_close(j);
+            return -1;
+        }
+    }
+    if (lseek(j->fd, (off_t)good_end, SEEK_SET) < 0 || fsync(j->fd) != 0 ||
+        fio_fsync_dir_of(path) < 0) {
+        err_errno("preparing journal %s for appends", path);
+        journal_close(j);
+        return -1;
+    }
+    j->size = (off_t)good_end;
+    *out = j;
+    return 0;
+fail:
+    free(data);
+    return -1;
+}
+
+int journal_append(agg_journal *j, const char *fmt, ...) {
+    char rec[JOURNAL_RECORD_MAX + 2], buf[LINE_MAX_BYTES + 1];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(rec, sizeof rec, fmt, ap);
+    va_end(ap);
+    if (n < 0 || n > JOURNAL_RECORD_MAX)
+        return err_set("journal record too long (over %d bytes)", JOURNAL_RECORD_MAX);
+    if (j->broken)
+        return err_set("journal %s: an earlier append failed and could not be undone; restart "
+                       "the aggregator",
+                       j->path);
+    int len = journal_format(rec, buf, sizeof buf);
+    if (len < 0) return err_context("journal %s", j->path);
+    /* One write: a crash leaves this line whole or torn at its end, and
+     * either way the lines before it intact. */
+    if (fio_write_full(j->fd, buf, (size_t)len, j->path) < 0 || fsync(j->fd) != 0) {
+        /* A half-written line must not stay in front of later records
+         * (that would read as corruption): cut back to the good records. */
+        int e = errno;
+        if (ftruncate(j->fd, j->size) != 0 || lseek(j->fd, j->size, SEEK_SET) < 0) j->broken = 1;
+        errno = e;
+        return err_errno("appending to journal %s", j->path);
+    }
+    j->size += len;
+    return 0;
+}
+
+void journal_close(agg_journal *j) {
+    if (!j) return;
+    if (j->fd >= 0) close(j->fd);
+    free(j);
+}

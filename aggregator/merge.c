@@ -1,0 +1,197 @@
+/* merge — checked updates and the default (exact product) policy. */
+#include "aggregator/merge.h"
+
+#include "aggregator/store.h"
+#include "lora/delta.h"
+#include "util/err.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int refuse(char why[AGG_WHY_MAX], const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int refuse(char why[AGG_WHY_MAX], const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, AGG_WHY_MAX, fmt, ap);
+    va_end(ap);
+    return 1;
+}
+
+static const struct msg_tensor *find_tensor(const struct payload_delta *d, const char *name) {
+    size_t lo = 0, hi = d->ntensors; /* sorted by name (msg_tensors_decode checks) */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(d->tensors[mid].name, name);
+        if (c == 0) return &d->tensors[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+/* Copies a (rows, cols) F32 tensor into p after checking its shape and that
+ * every value is finite. 0, or 1 with why. */
+static int take(const struct msg_tensor *t, model_param *p, char why[AGG_WHY_MAX]) {
+    if (t->shape[0] != (uint64_t)p->shape[0] || t->shape[1] != (uint64_t)p->shape[1])
+        return refuse(why,
+                      "shapes do not match the base: '%s' is (%llu, %llu), the base needs "
+                      "(%lld, %lld)",
+                      t->name, (unsigned long long)t->shape[0], (unsigned long long)t->shape[1],
+                      (long long)p->shape[0], (long long)p->shape[1]);
+    for (int64_t i = 0; i < p->numel; i++) {
+        float v;
+        memcpy(&v, t->data + 4 * i, 4); /* unaligned, little-endian (the hosts we build for) */
+        if (!isfinite(v))
+            return refuse(why, "NaN or Inf in the delta: '%s' element %lld is %g", t->name,
+                          (long long)i, (double)v);
+        p->data[i] = (real)v;
+    }
+    return 0;
+}
+
+int agg_update_build(const model *base, const uint8_t base_hash[32], uint64_t round,
+                     const char *member, double max_weight, const void *payload, size_t len,
+                     agg_update *u, char why[AGG_WHY_MAX]) {
+    memset(u, 0, sizeof *u);
+    why[0] = '\0';
+    struct payload_delta d;
+    if (payload_delta_decode(payload, len, 0, &d) < 0)
+        return refuse(why, "bad DELTA payload: %s", err_msg());
+    int rc = 1;
+    lora_config cfg;
+    lora_config_init(&cfg);
+    char hex_got[STORE_HEX_LEN + 1], hex_want[STORE_HEX_LEN + 1];
+    if (d.round != round) {
+        refuse(why, "stale round: the delta says round %llu, this is round %llu",
+               (unsigned long long)d.round, (unsigned long long)round);
+        goto done;
+    }
+    if (memcmp(d.base, base_hash, 32) != 0) {
+        store_hex(d.base, 32, hex_got);
+        store_hex(base_hash, 32, hex_want);
+        refuse(why, "wrong base version: trained on %.16s..., round %llu's base is %.16s...",
+               hex_got, (unsigned long long)round, hex_want);
+        goto done;
+    }
+    /* The adapter the node trained, rebuilt on our base: lora_create resolves
+     * the targets exactly as the trainer did and fixes every shape. */
+    char targets[MSG_TARGETS_MAX * (MSG_TARGET_MAX + 1) + 1] = "";
+    for (uint32_t i = 0; i < d.ntargets; i++) {
+        if (i) strcat(targets, ",");
+        strcat(targets, d.targets[i]);
+    }
+    cfg.rank = (int)d.rank;
+    cfg.alpha = d.alpha;
+    cfg.use_rslora = d.rslora;
+    if (lora_config_set_targets(&cfg, targets) < 0 || lora_create(&u->set, base, &cfg) < 0) {
+        refuse(why, "shapes do not match the base: %s", err_msg());
+        goto done;
+    }
+    size_t matched = 0;
+    for (int i = 0; i < u->set->n_modules; i++) {
+        lora_module *m = &u->set->modules[i];
+        const struct msg_tensor *a = find_tensor(&d, m->A.name), *b = find_tensor(&d, m->B.name);
+        if (!a || !b) {
+            refuse(why, "shapes do not match the base: no '%s' in the delta",
+                   !a ? m->A.name : m->B.name);
+            goto done;
+        }
+        if (take(a, &m->A, why) || take(b, &m->B, why)) goto done;
+        matched += 2;
+    }
+    if (matched != d.ntensors) {
+        for (size_t i = 0; i < d.ntensors; i++) {
+            char path[MSG_TENSOR_NAME_MAX + 1];
+            int is_b;
+            if (payload_tensor_path(d.tensors[i].name, path, sizeof path, &is_b) < 0 ||
+                !lora_find(u->set, path)) {
+                refuse(why,
+                       "shapes do not match the base: '%s' is not an adapted module of the "
+                       "base for targets %s",
+                       d.tensors[i].name, targets);
+                goto done;
+            }
+        }
+        refuse(why, "shapes do not match the base: %zu tensors for %d modules", d.ntensors,
+               u->set->n_modules);
+        goto done;
+    }
+    snprintf(u->member, sizeof u->member, "%s", member);
+    u->max_weight = max_weight;
+    u->tokens = d.tokens;
+    u->examples = d.examples;
+    u->loss_before = d.loss_before;
+    u->loss_after = d.loss_after;
+    u->rank = d.rank;
+    rc = 0;
+done:
+    payload_delta_free(&d);
+    lora_config_free(&cfg);
+    if (rc != 0) {
+        lora_free(u->set);
+        u->set = NULL;
+    }
+    return rc;
+}
+
+void agg_update_free(agg_update *u) {
+    lora_free(u->set);
+    u->set = NULL;
+}
+
+/* Water-filling: give every uncapped member its token share of what the
+ * capped ones left; whoever then exceeds its cap is capped; repeat (at most
+ * n times, since each pass caps at least one more member or stops). */
+int agg_weights_tokens(void *arg, const agg_update *u, int n, double *w) {
+    (void)arg;
+    char *capped = calloc((size_t)n, 1);
+    if (!capped) return err_set("out of memory weighing %d updates", n);
+    for (;;) {
+        double left = 1.0, tokens = 0;
+        for (int i = 0; i < n; i++) {
+            if (capped[i])
+                left -= u[i].max_weight;
+            else
+                tokens += (double)u[i].tokens;
+        }
+        int more = 0;
+        for (int i = 0; i < n; i++) {
+            if (capped[i]) {
+                w[i] = u[i].max_weight;
+                continue;
+            }
+            w[i] = left > 0 && tokens > 0 ? left * (double)u[i].tokens / tokens : 0;
+            if (w[i] > u[i].max_weight) capped[i] = 1, more = 1;
+        }
+        if (!more) break;
+    }
+    free(capped);
+    return 0;
+}
+
+int agg_merge_exact(void *arg, model *base, const agg_update *u, int n, const double *w) {
+    (void)arg;
+    lora_set **sets = malloc((size_t)n * sizeof *sets);
+    if (!sets) return err_set("out of memory merging %d updates", n);
+    for (int i = 0; i < n; i++) sets[i] = u[i].set;
+    int rc = delta_merge_product(base, sets, w, n);
+    free(sets);
+    return rc;
+}
+
+static const agg_policy default_policy = {
+    .validate = NULL,
+    .weights = agg_weights_tokens,
+    .merge = agg_merge_exact,
+    .arg = NULL,
+};
+
+const agg_policy *agg_policy_default(void) {
+    return &default_policy;
+}

@@ -1,0 +1,69 @@
+/* merge — from decoded DELTA payloads to the next model version.
+ *
+ * A member's update is checked against the round's base and turned into a
+ * LoRA set on that base (agg_update_build): the payload's round and base
+ * version must be the round's, its targets must resolve on the base, every
+ * lora_A / lora_B tensor must have exactly the shape the base needs, and no
+ * value may be NaN or infinite. Then the round's updates are combined by a
+ * policy (agg_policy): validate each, weigh them, merge. The default policy
+ * is the exact product merge of DESIGN.md §4,
+ *
+ *   W' = W + Σ_i p_i · s_i · B_i · A_i,   p_i ∝ tokens_i (Σ p_i = 1),
+ *
+ * one GEMM per module over the concatenated factors (delta_merge_product),
+ * with each member's p_i capped at its max_weight (the excess goes to the
+ * others in proportion to their tokens). Updates are always given in member
+ * name order and every step is deterministic, so the same updates give the
+ * same bytes. The policies module (issue #8) plugs its weighting,
+ * validation and robust rules in through agg_policy. */
+#ifndef FL_AGGREGATOR_MERGE_H
+#define FL_AGGREGATOR_MERGE_H
+
+#include "lora/lora.h"
+#include "wire/keys.h"
+#include "wire/payload.h"
+
+#include <stddef.h>
+
+#define AGG_WHY_MAX 256
+
+typedef struct {
+    char member[KEYS_NAME_MAX + 1];
+    double max_weight; /* (0, 1] */
+    uint64_t tokens, examples;
+    double loss_before, loss_after;
+    uint32_t rank;
+    lora_set *set; /* on the round's base; values copied from the payload */
+} agg_update;
+
+/* Decodes payload (len bytes, a DELTA) for `member` and builds its update on
+ * base (the round's model, whose version hash is base_hash). Returns 0 with
+ * *u filled, 1 when the delta is refused (why says what, for the member and
+ * the log), -1 on an internal failure (err_msg). */
+int agg_update_build(const model *base, const uint8_t base_hash[32], uint64_t round,
+                     const char *member, double max_weight, const void *payload, size_t len,
+                     agg_update *u, char why[AGG_WHY_MAX]);
+void agg_update_free(agg_update *u);
+
+/* The pluggable steps of a round's aggregation. Each gets the updates in
+ * member name order. */
+typedef struct agg_policy {
+    /* 0 keep, 1 drop (why says why), -1 failure. NULL: keep all. */
+    int (*validate)(void *arg, const model *base, const agg_update *u, char why[AGG_WHY_MAX]);
+    /* w[i] >= 0 for each of n updates. */
+    int (*weights)(void *arg, const agg_update *u, int n, double *w);
+    /* W += the combination of the updates with weights w (in place on base). */
+    int (*merge)(void *arg, model *base, const agg_update *u, int n, const double *w);
+    void *arg;
+} agg_policy;
+
+/* The default policy described above. */
+const agg_policy *agg_policy_default(void);
+
+/* p_i ∝ tokens_i with caps max_weight_i, Σ p_i = 1 (when the caps allow:
+ * if they sum to less than 1, each gets its cap). */
+int agg_weights_tokens(void *arg, const agg_update *u, int n, double *w);
+/* delta_merge_product over the updates' sets. */
+int agg_merge_exact(void *arg, model *base, const agg_update *u, int n, const double *w);
+
+#endif

@@ -1,0 +1,170 @@
+/* store — content-addressed model versions (see store.h). */
+#include "aggregator/store.h"
+
+#include "util/err.h"
+#include "util/fio.h"
+#include "wire/crypto.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+void store_hex(const uint8_t *b, size_t n, char *out) {
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[b[i] >> 4];
+        out[2 * i + 1] = digits[b[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+static int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+int store_unhex(const char *s, uint8_t *b, size_t n) {
+    if (strlen(s) != 2 * n) return -1;
+    for (size_t i = 0; i < n; i++) {
+        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+        if (hi < 0 || lo < 0) return -1;
+        b[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+int store_hash_file(const char *path, uint8_t hash[STORE_HASH_LEN], uint64_t *size) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return err_errno("opening %s", path);
+    crypto_sha256_ctx *ctx = NULL;
+    size_t cap = 1u << 20;
+    uint8_t *buf = malloc(cap);
+    uint64_t total = 0;
+    int rc = -1;
+    if (!buf) {
+        err_set("out of memory hashing %s", path);
+        goto done;
+    }
+    if (crypto_sha256_new(&ctx) < 0) goto done;
+    for (;;) {
+        ssize_t n = read(fd, buf, cap);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            err_errno("reading %s", path);
+            goto done;
+        }
+        if (n == 0) break;
+        if (crypto_sha256_update(ctx, buf, (size_t)n) < 0) goto done;
+        total += (uint64_t)n;
+    }
+    if (crypto_sha256_final(ctx, hash) < 0) goto done;
+    if (size) *size = total;
+    rc = 0;
+done:
+    crypto_sha256_free(ctx);
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+int store_version_dir(const char *state, const uint8_t hash[STORE_HASH_LEN], char *out, size_t n) {
+    char hex[STORE_HEX_LEN + 1];
+    store_hex(hash, STORE_HASH_LEN, hex);
+    if (snprintf(out, n, "%s/versions/%s", state, hex) >= (int)n)
+        return err_set("state path %s is too long", state);
+    return 0;
+}
+
+int store_model_path(const char *state, const uint8_t hash[STORE_HASH_LEN], char *out, size_t n) {
+    char hex[STORE_HEX_LEN + 1];
+    store_hex(hash, STORE_HASH_LEN, hex);
+    if (snprintf(out, n, "%s/versions/%s/model.safetensors", state, hex) >= (int)n)
+        return err_set("state path %s is too long", state);
+    return 0;
+}
+
+int store_has(const char *state, const uint8_t hash[STORE_HASH_LEN]) {
+    char p[4096];
+    if (store_model_path(state, hash, p, sizeof p) < 0) return 0;
+    return fio_exists(p);
+}
+
+int store_remove_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno == ENOENT) return 0;
+        return err_errno("opening directory %s", dir);
+    }
+    struct dirent *e;
+    char p[4096];
+    int rc = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        if (fio_join(p, sizeof p, dir, e->d_name) < 0 || (unlink(p) != 0 && errno != ENOENT)) {
+            rc = err_errno("removing %s", p);
+            break;
+        }
+    }
+    closedir(d);
+    if (rc == 0 && rmdir(dir) != 0 && errno != ENOENT) rc = err_errno("removing %s", dir);
+    return rc;
+}
+
+int store_publish(const char *state, const char *tmpdir, uint8_t hash[STORE_HASH_LEN]) {
+    char model[4096], vdir[4096], versions[4096];
+    if (fio_join(model, sizeof model, tmpdir, "model.safetensors") < 0 ||
+        fio_join(versions, sizeof versions, state, "versions") < 0)
+        return -1;
+    if (store_hash_file(model, hash, NULL) < 0 ||
+        store_version_dir(state, hash, vdir, sizeof vdir) < 0)
+        return err_context("publishing %s", tmpdir);
+    if (fio_mkdirs(versions, 0755) < 0) return -1;
+    if (store_has(state, hash)) {
+        /* Same bytes, published before a crash: keep what is there. */
+        return store_remove_dir(tmpdir);
+    }
+    if (rename(tmpdir, vdir) != 0) return err_errno("renaming %s to %s", tmpdir, vdir);
+    if (fio_fsync_dir_of(vdir) < 0) return err_context("publishing %s", vdir);
+    return 0;
+}
+
+int store_read(const char *state, const uint8_t hash[STORE_HASH_LEN], uint64_t offset, void *buf,
+               size_t cap, size_t *got, uint64_t *total) {
+    char p[4096];
+    if (store_model_path(state, hash, p, sizeof p) < 0) return -1;
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return err_errno("opening %s", p);
+    struct stat st;
+    int rc = -1;
+    if (fstat(fd, &st) != 0) {
+        err_errno("stat of %s", p);
+        goto done;
+    }
+    *total = (uint64_t)st.st_size;
+    *got = 0;
+    if (offset > *total) {
+        err_set("offset %llu is past the end of the %llu-byte model", (unsigned long long)offset,
+                (unsigned long long)*total);
+        goto done;
+    }
+    uint64_t want = *total - offset < cap ? *total - offset : cap;
+    while (*got < want) {
+        ssize_t n = pread(fd, (uint8_t *)buf + *got, want - *got, (off_t)(offset + *got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            err_errno("reading %s at %llu", p, (unsigned long long)(offset + *got));
+            goto done;
+        }
+        *got += (size_t)n;
+    }
+    rc = 0;
+done:
+    close(fd);
+    return rc;
+}

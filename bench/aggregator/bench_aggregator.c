@@ -1,0 +1,393 @@
+/* bench_aggregator — a federated round's cost outside training, and the
+ * aggregator's memory against the number of nodes.
+ *
+ * A real `fedlora aggregator` process (--fedlora BIN) on tcp://127.0.0.1
+ * serves one round on a randomly initialised model (default: preset
+ * llama/100m, float32). This program plays N nodes one after another, each
+ * with a random rank-R adapter (B filled too, so B·A != 0; no training):
+ *
+ *   sync      GET_MODEL of the whole base version (1 MiB chunks) by the first
+ *             node, SHA-256 checked: the full-weights model sync
+ *   seal      payload_delta_encode + envelope_seal_mem, per node
+ *   submit    SUBMIT_BEGIN, 1 MiB SUBMIT_CHUNKs, SUBMIT_END until the RECEIPT:
+ *             transfer plus the aggregator's checks (digest, envelope open
+ *             and signature, DELTA decode, shapes, finite values) and its
+ *             durable store (fsync, rename, journal) before the receipt
+ *   aggregate the aggregator's merge of the N deltas (metrics.jsonl aggregate_s)
+ *   publish   writing and hashing the new version (metrics.jsonl publish_s)
+ *
+ * The aggregator's peak resident memory is its ru_maxrss (wait4) over the
+ * whole run (start-up's import of the base included); round_rss is the
+ * largest VmRSS sampled from the moment it listens to the end of the round:
+ * N verifications, the merge and the publish.
+ * Prints one RESULT line of key=value pairs. */
+#include "lora/lora.h"
+#include "model/checkpoint.h"
+#include "util/err.h"
+#include "util/fio.h"
+#include "wire/crypto.h"
+#include "wire/envelope.h"
+#include "wire/keys.h"
+#include "wire/msg.h"
+#include "wire/payload.h"
+#include "wire/transport.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *what) {
+    fprintf(stderr, "bench_aggregator: %s: %s\n", what, err_msg());
+    exit(1);
+}
+
+/* snprintf that refuses to truncate a path. */
+static void path(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void path(char *out, size_t n, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(out, n, fmt, ap);
+    va_end(ap);
+    if (k < 0 || (size_t)k >= n) {
+        err_set("path too long");
+        die(fmt);
+    }
+}
+
+static void *sock;
+
+/* Samples the aggregator's VmRSS every 5 ms while the round runs: the
+ * memory of the round itself, apart from the start-up's import of the base
+ * (which ru_maxrss, the whole process's peak, includes). */
+static volatile int sampling = 1;
+static long round_rss_kib;
+
+static void *sampler(void *arg) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)(intptr_t)arg);
+    while (sampling) {
+        FILE *f = fopen(path, "r");
+        while (f && fgets(line, sizeof line, f))
+            if (!strncmp(line, "VmRSS:", 6) && atol(line + 6) > round_rss_kib)
+                round_rss_kib = atol(line + 6);
+        if (f) fclose(f);
+        usleep(5000);
+    }
+    return NULL;
+}
+
+static void request(const struct msg *m, struct msg *r, uint8_t **buf) {
+    uint8_t *req;
+    size_t len;
+    if (msg_encode(m, &req, &len) < 0) die("msg_encode");
+    struct transport_limits lim = {4, MSG_FRAME_MAX, MSG_FRAME_MAX + 1024};
+    struct transport_retry rt = {.timeout_ms = 600000,
+                                 .attempts = 1}; /* a merge of 16 may take long */
+    struct transport_frame f = {req, len};
+    struct transport_msg reply;
+    if (transport_request(sock, &lim, &rt, &f, 1, &reply) < 0) die("request");
+    free(req);
+    size_t n = transport_size(&reply, 0);
+    *buf = malloc(n);
+    memcpy(*buf, transport_data(&reply, 0), n);
+    transport_msg_close(&reply);
+    if (msg_decode(*buf, n, NULL, r) < 0) die("decoding a reply");
+}
+
+static void hello(const keys_secret *k, struct msg *r) {
+    struct msg m = {.type = MSG_HELLO};
+    uint8_t *buf;
+    snprintf(m.hello.name, sizeof m.hello.name, "%s", k->pub.name);
+    keys_fingerprint(&k->pub, m.hello.fingerprint);
+    request(&m, r, &buf);
+    free(buf);
+}
+
+/* A random rank-r adapter on m's shapes, as a DELTA payload. */
+static uint8_t *make_delta(const model *m, const uint8_t base[32], int rank, const char *targets,
+                           uint64_t seed, size_t *len, size_t *adapter_bytes) {
+    lora_config cfg;
+    lora_config_init(&cfg);
+    cfg.rank = rank;
+    cfg.alpha = 2.0 * rank;
+    cfg.seed = seed;
+    lora_set *s = NULL;
+    if (lora_config_set_targets(&cfg, targets) < 0 || lora_create(&s, m, &cfg) < 0)
+        die("lora_create");
+    struct msg_tensor *t = calloc((size_t)(2 * s->n_modules), sizeof *t);
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    *adapter_bytes = 0;
+    for (int i = 0; i < s->n_modules; i++) {
+        lora_module *mod = &s->modules[i];
+        for (int64_t k = 0; k < mod->B.numel; k++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            mod->B.data[k] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5) * 1e-3f;
+        }
+        model_param *p[2] = {&mod->A, &mod->B};
+        for (int j = 0; j < 2; j++) {
+            struct msg_tensor *e = &t[2 * i + j];
+            snprintf(e->name, sizeof e->name, "%s", p[j]->name);
+            e->dtype = MSG_F32;
+            e->ndim = 2;
+            e->shape[0] = (uint64_t)p[j]->shape[0];
+            e->shape[1] = (uint64_t)p[j]->shape[1];
+            e->data = (const uint8_t *)p[j]->data;
+            e->size = (uint64_t)p[j]->numel * 4;
+            *adapter_bytes += e->size;
+        }
+    }
+    struct payload_delta d = {.round = 1,
+                              .tokens = 10000 + seed,
+                              .examples = 100,
+                              .loss_before = 10.0,
+                              .loss_after = 9.0,
+                              .rank = (uint32_t)rank,
+                              .alpha = cfg.alpha,
+                              .tensors = t,
+                              .ntensors = (size_t)(2 * s->n_modules)};
+    memcpy(d.base, base, 32);
+    d.ntargets = (uint32_t)cfg.n_targets;
+    for (int i = 0; i < cfg.n_targets; i++)
+        snprintf(d.targets[i], sizeof d.targets[i], "%s", cfg.targets[i]);
+    uint8_t *out;
+    if (payload_delta_encode(&d, &out, len) < 0) die("payload_delta_encode");
+    free(t);
+    lora_free(s);
+    lora_config_free(&cfg);
+    return out;
+}
+
+int main(int argc, char **argv) {
+    const char *bin = NULL, *dir = "/tmp/fedlora-bench-aggregator", *preset = "100m";
+    const char *targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+    int nodes = 3, rank = 16;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--fedlora"))
+            bin = argv[i + 1];
+        else if (!strcmp(argv[i], "--nodes"))
+            nodes = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--rank"))
+            rank = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--preset"))
+            preset = argv[i + 1];
+        else if (!strcmp(argv[i], "--targets"))
+            targets = argv[i + 1];
+        else if (!strcmp(argv[i], "--dir"))
+            dir = argv[i + 1];
+        else {
+            fprintf(stderr, "unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!bin || nodes < 1 || nodes > 64 || rank < 1) {
+        fprintf(stderr, "usage: bench_aggregator --fedlora BIN [--nodes N] [--rank R] [--preset "
+                        "P] [--targets LIST] [--dir DIR]\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    char p[4096], run[4096], keys[4096], base_dir[4096];
+    path(base_dir, sizeof base_dir, "%s/base-%s", dir, preset);
+    path(run, sizeof run, "%s/run-%d", dir, nodes);
+    path(keys, sizeof keys, "%s/keys", run);
+    path(p, sizeof p, "rm -rf '%s'", run);
+    if (system(p) != 0 || fio_mkdirs(run, 0700) < 0) die("preparing the run directory");
+
+    /* The base model, made once per preset (random weights, float32). */
+    model_config mc;
+    model *m;
+    if (model_config_preset(&mc, "llama", preset) < 0 || model_create(&m, &mc) < 0) die("model");
+    path(p, sizeof p, "%s/model.safetensors", base_dir);
+    if (!fio_exists(p)) {
+        model_init_random(m, 1);
+        if (checkpoint_save(m, base_dir, "float32") < 0) die("saving the base");
+    }
+
+    keys_secret agg, *mem = calloc((size_t)nodes, sizeof *mem);
+    if (keys_generate("agg", &agg) < 0 || keys_write(&agg, keys) < 0) die("keys");
+    char cfg[1 << 16];
+    int n = snprintf(cfg, sizeof cfg,
+                     "bind = \"tcp://127.0.0.1:*\";\nkeys = { dir = \"%s\"; name = \"agg\"; };\n"
+                     "consortium = \"bench\";\nbase_model = \"%s\";\nstate = \"%s/state\";\n"
+                     "rounds = { count = 1; deadline = 86400; linger = 600; };\n"
+                     "train = { steps = 1; lr = 0.001; rank = %d; alpha = %d; targets = "
+                     "[\"q_proj\"]; batch = 1; seq = 16; };\n"
+                     "limits = { max_submission = 1073741824; };\nmembers = (",
+                     keys, base_dir, run, rank, 2 * rank);
+    for (int i = 0; i < nodes; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "uni-%02d", i);
+        if (keys_generate(name, &mem[i]) < 0 || keys_write(&mem[i], keys) < 0) die("keys");
+        n += snprintf(cfg + n, sizeof cfg - (size_t)n, "%s\"%s/%s.id\"", i ? ", " : "", keys, name);
+    }
+    n += snprintf(cfg + n, sizeof cfg - (size_t)n, ");\n");
+    char cfg_path[4200], log_path[4200], ep_path[4200];
+    path(cfg_path, sizeof cfg_path, "%s/aggregator.cfg", run);
+    path(log_path, sizeof log_path, "%s/aggregator.log", run);
+    path(ep_path, sizeof ep_path, "%s/state/endpoint", run);
+    if (fio_write_atomic(cfg_path, cfg, (size_t)n, 0644) < 0) die("config");
+
+    double t_start = now_s();
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) dup2(fd, 2);
+        execl(bin, "fedlora", "aggregator", "--config", cfg_path, (char *)NULL);
+        _exit(127);
+    }
+    char *ep = NULL;
+    size_t len;
+    while (!fio_exists(ep_path) || fio_read_all(ep_path, 1024, &ep, &len) < 0) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            fprintf(stderr, "aggregator exited; see %s\n", log_path);
+            return 1;
+        }
+        usleep(20000);
+    }
+    double t_listen = now_s();
+    pthread_t th;
+    pthread_create(&th, NULL, sampler, (void *)(intptr_t)pid);
+    ep[len - 1] = '\0';
+    void *ctx = zmq_ctx_new();
+    struct transport_opts o;
+    transport_opts_default(&o);
+    if (transport_dealer(ctx, ep, &o, &sock) < 0) die("connect");
+
+    /* Full-weights sync by the first node. */
+    struct msg r;
+    uint8_t *buf, base[32];
+    hello(&mem[0], &r);
+    if (r.type != MSG_ROUND) die("HELLO");
+    memcpy(base, r.round.base, 32);
+    double t0 = now_s();
+    uint64_t off = 0, total = 0;
+    crypto_sha256_ctx *sha;
+    crypto_sha256_new(&sha);
+    for (;;) {
+        struct msg g = {.type = MSG_GET_MODEL};
+        memcpy(g.get_model.version, base, 32);
+        g.get_model.offset = off;
+        g.get_model.length = MSG_CHUNK_MAX;
+        request(&g, &r, &buf);
+        if (r.type != MSG_MODEL_CHUNK) die("GET_MODEL");
+        crypto_sha256_update(sha, r.model_chunk.data, r.model_chunk.data_len);
+        off += r.model_chunk.data_len;
+        total = r.model_chunk.total;
+        int fin = r.model_chunk.final;
+        free(buf);
+        if (fin) break;
+    }
+    uint8_t h[32];
+    crypto_sha256_final(sha, h);
+    crypto_sha256_free(sha);
+    if (memcmp(h, base, 32) != 0) die("synced model hash");
+    double sync_s = now_s() - t0;
+
+    double seal_s = 0, submit_s = 0;
+    size_t adapter = 0, env_total = 0;
+    for (int i = 0; i < nodes; i++) {
+        size_t plen, elen;
+        uint8_t *pl = make_delta(m, base, rank, targets, (uint64_t)i + 1, &plen, &adapter);
+        double a = now_s();
+        envelope_params ep_ = {
+            .round = 1, .payload_type = PAYLOAD_TYPE_DELTA, .payload_size = plen};
+        payload_consortium_id("bench", ep_.consortium);
+        envelope_header hdr;
+        uint8_t *env;
+        if (envelope_seal_mem(&ep_, &mem[i], agg.pub.kx_pub, pl, &env, &elen, &hdr) < 0)
+            die("seal");
+        double b = now_s();
+        seal_s += b - a;
+        env_total += elen;
+        struct msg s = {.type = MSG_SUBMIT_BEGIN};
+        s.submit_begin.round = 1;
+        memcpy(s.submit_begin.id, hdr.message_id, 16);
+        s.submit_begin.size = elen;
+        s.submit_begin.chunks = (uint32_t)((elen + MSG_CHUNK_MAX - 1) / MSG_CHUNK_MAX);
+        request(&s, &r, &buf);
+        free(buf);
+        for (uint32_t c = 0; c < s.submit_begin.chunks; c++) {
+            struct msg k = {.type = MSG_SUBMIT_CHUNK};
+            memcpy(k.submit_chunk.id, hdr.message_id, 16);
+            k.submit_chunk.index = c;
+            k.submit_chunk.data = env + (size_t)c * MSG_CHUNK_MAX;
+            k.submit_chunk.data_len = (uint32_t)(elen - (size_t)c * MSG_CHUNK_MAX < MSG_CHUNK_MAX
+                                                     ? elen - (size_t)c * MSG_CHUNK_MAX
+                                                     : MSG_CHUNK_MAX);
+            request(&k, &r, &buf);
+            free(buf);
+        }
+        struct msg e = {.type = MSG_SUBMIT_END};
+        memcpy(e.submit_end.id, hdr.message_id, 16);
+        crypto_sha256(env, elen, e.submit_end.digest);
+        request(&e, &r, &buf);
+        free(buf);
+        if (r.type != MSG_RECEIPT) {
+            fprintf(stderr, "no receipt: %s\n", r.type == MSG_ERROR ? r.error.reason : "?");
+            return 1;
+        }
+        submit_s += now_s() - b;
+        free(env);
+        free(pl);
+    }
+    /* The last receipt closes the round; asking again waits for the merge
+     * and the publish (one thread: the reply comes after them). */
+    double t1 = now_s();
+    for (;;) {
+        hello(&mem[0], &r);
+        if (r.type == MSG_ERROR && strstr(r.error.reason, "finished")) break;
+        usleep(50000);
+    }
+    double close_s = now_s() - t1;
+    sampling = 0;
+    pthread_join(th, NULL);
+    for (int i = 1; i < nodes; i++) hello(&mem[i], &r);
+    transport_close(sock);
+    int status;
+    struct rusage ru;
+    if (wait4(pid, &status, 0, &ru) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "aggregator failed; see %s\n", log_path);
+        return 1;
+    }
+    zmq_ctx_term(ctx);
+
+    /* aggregate_s and publish_s from the aggregator's own metrics line. */
+    double agg_s = -1, pub_s = -1;
+    char mp[4200], *metrics;
+    path(mp, sizeof mp, "%s/state/metrics.jsonl", run);
+    if (fio_read_all(mp, 1 << 20, &metrics, &len) == 0) {
+        char *a = strstr(metrics, "\"aggregate_s\":"), *b = strstr(metrics, "\"publish_s\":");
+        if (a) agg_s = atof(a + 14);
+        if (b) pub_s = atof(b + 12);
+        free(metrics);
+    }
+    /* What a low-rank sync would move instead of the full weights: the
+     * merged update's factors, [p_i s_i B_i] and [A_i] of every node. */
+    printf("RESULT nodes=%d rank=%d params=%lld model_bytes=%llu adapter_bytes=%zu "
+           "envelope_bytes=%zu start_s=%.2f sync_s=%.2f seal_s=%.3f submit_s=%.3f "
+           "close_s=%.2f aggregate_s=%.3f publish_s=%.2f lowrank_bytes=%zu peak_rss_mib=%.0f "
+           "round_rss_mib=%.0f\n",
+           nodes, rank, model_config_num_params(&mc), (unsigned long long)total, adapter,
+           env_total / (size_t)nodes, t_listen - t_start, sync_s, seal_s, submit_s, close_s, agg_s,
+           pub_s, adapter * (size_t)nodes, (double)ru.ru_maxrss / 1024.0,
+           (double)round_rss_kib / 1024.0);
+    free(ep);
+    free(mem);
+    model_free(m);
+    return 0;
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# A federated round's non-training overhead (seal, transfer + checks, merge,
+# publish) and the aggregator's peak memory for 1, 3 and 16 nodes with
+# rank-16 deltas on all seven linear layers of a ~100M-parameter Llama
+# (preset 100m, float32, random weights and adapters: no training).
+# Usage: bench/aggregator/run.sh [BUILD_DIR] [SCRATCH_DIR]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+build=${1:-$here/../../build}
+scratch=${2:-${TMPDIR:-/tmp}/fedlora-bench-aggregator}
+cmake --build "$build" --target bench_aggregator fedlora -j2 >/dev/null
+echo "# $(date -u +%Y-%m-%d) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+for n in 1 3 16; do
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$build/bench/aggregator/bench_aggregator" \
+    --fedlora "$build/cli/fedlora" --nodes "$n" --rank 16 --preset 100m --dir "$scratch"
+done
+rm -rf "$scratch"

@@ -1,0 +1,106 @@
+/* node internals shared by node.c (loop, requests, submission), sync.c (model
+ * versions), round.c (local training, sealing) and state.c (durable records).
+ *
+ * STATE layout (docs/federation.md):
+ *   versions/<hex>/config.json, model.safetensors   a verified model version
+ *   versions/<hex>/model.safetensors.part           a download in progress
+ *   current.json                                    {"round", "version"} last synced
+ *   rounds/<r>/train/                               the round's trainer output
+ *   outbox/round-<r>.json, round-<r>.env            a sealed, not yet receipted delta
+ *   receipts/round-<r>.json                         the aggregator's receipt
+ *   metrics.jsonl                                   one line per receipted round */
+#ifndef FL_NODE_INTERNAL_H
+#define FL_NODE_INTERNAL_H
+
+#include "node/node.h"
+#include "wire/msg.h"
+#include "wire/transport.h"
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* What a round's sealed delta carries beside the envelope, and what the
+ * receipt adds (the metrics of one round; docs/federation.md). */
+typedef struct {
+    uint64_t round;
+    uint8_t base[MSG_HASH_LEN];
+    uint8_t msgid[MSG_ID_LEN];
+    uint8_t digest[MSG_HASH_LEN]; /* SHA-256 of the envelope file */
+    uint64_t envelope_bytes;
+    double loss_before, loss_after; /* local held-out loss */
+    uint64_t tokens, examples;
+    double train_s;
+    uint64_t download_bytes; /* model bytes fetched for this round */
+    uint64_t upload_bytes;   /* envelope bytes sent (all attempts) */
+    uint64_t receipt_time;   /* RECEIPT "time", 0 until then */
+} node_round_record;
+
+typedef struct {
+    const node_config *c;
+    keys_secret me;
+    keys_public agg;
+    uint8_t fp[KEYS_FP_LEN]; /* our identity's fingerprint */
+    void *ctx, *sock;
+    struct transport_opts topts;
+    uint64_t rng;
+    /* The newest version held (HELLO's have_round / have_version). */
+    int have_model;
+    uint64_t have_round;
+    uint8_t have_version[MSG_HASH_LEN];
+    /* The round whose download counter below is running. */
+    uint64_t counting_round;
+    uint64_t download_bytes;
+} node_ctx;
+
+/* Set by node_request_stop; checked at every safe point. */
+extern volatile sig_atomic_t node_stop_signal;
+/* Non-zero while the trainer runs (a stop then exits at once). */
+extern volatile sig_atomic_t node_in_training;
+
+/* "<UTC time> node NAME: " + the message, a line on stderr. */
+void node_log(const node_ctx *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Sleeps ms milliseconds in short slices; returns 1 when a stop was asked. */
+int node_sleep(int ms);
+
+/* One request, one reply: encodes req, sends it, retries with jittered
+ * backoff until a reply comes, and decodes it into *rep (its blobs point
+ * into *raw: transport_msg_close(raw) when done). Returns 0 with a reply, 1
+ * when a stop was asked, -1 on failure (also after give_up_s without any
+ * reply). Adds the bytes of every sent and received frame to nothing: the
+ * callers count what they move. */
+int node_call(node_ctx *n, const struct msg *req, struct msg *rep, struct transport_msg *raw);
+
+/* Lowercase hex of n bytes into out (2n + 1). */
+void node_hex(const uint8_t *b, size_t n, char *out);
+int node_unhex(const char *s, uint8_t *b, size_t n);
+
+/* ---- sync.c ---------------------------------------------------------------- */
+/* STATE/versions/<hex of version> into dir (NODE_PATH_MAX). */
+int node_version_dir(const node_ctx *n, const uint8_t version[MSG_HASH_LEN], char *dir);
+/* Makes version (the base of round r) a verified directory under
+ * STATE/versions: downloads what is missing, resuming a .part file, checks the
+ * SHA-256, copies config.json from the base model dir. 0 ok, 1 stop, -1 error. */
+int node_sync(node_ctx *n, uint64_t round, const uint8_t version[MSG_HASH_LEN]);
+/* Reads current.json (if any) into have_*. */
+int node_load_current(node_ctx *n);
+
+/* ---- round.c --------------------------------------------------------------- */
+/* Trains round r's adapter on its base (already synced), builds and seals the
+ * DELTA, and writes outbox/round-<r>.json then outbox/round-<r>.env.
+ * 0 ok, -1 error. */
+int node_train_and_seal(node_ctx *n, const struct msg_round *r);
+
+/* ---- state.c --------------------------------------------------------------- */
+/* Paths of a round's records, into out (NODE_PATH_MAX). */
+int node_path(const node_ctx *n, char *out, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Writes / reads a round record as JSON, atomically. */
+int node_record_write(const char *path, const node_round_record *r);
+int node_record_read(const char *path, node_round_record *r);
+/* Appends one line to STATE/metrics.jsonl and fsyncs it. */
+int node_metrics_append(const node_ctx *n, const node_round_record *r);
+/* rm -r of a directory tree (a missing one is fine). */
+int node_remove_tree(const char *path);
+
+#endif

@@ -1,0 +1,243 @@
+/* node model sync: a model version is the bytes of one model.safetensors, named
+ * by their SHA-256 (content-addressed), fetched with GET_MODEL in chunks of
+ * MSG_CHUNK_MAX bytes into a .part file. The .part file's size is where a
+ * download goes on after a restart; the hash is checked over the whole file
+ * before it is renamed into place, so a version directory only ever holds
+ * verified bytes. config.json never changes within a federation and comes
+ * from the node's base model directory. */
+#include "node/internal.h"
+
+#include "util/err.h"
+#include "util/fio.h"
+#include "wire/crypto.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MODEL_FILE "model.safetensors"
+#define PART_FILE "model.safetensors.part"
+#define CONFIG_FILE "config.json"
+#define CONFIG_MAX (16u << 20)
+
+int node_version_dir(const node_ctx *n, const uint8_t version[MSG_HASH_LEN], char *dir) {
+    char hex[2 * MSG_HASH_LEN + 1];
+    node_hex(version, MSG_HASH_LEN, hex);
+    return node_path(n, dir, "versions/%s", hex);
+}
+
+/* SHA-256 of a whole file, read in chunks (bounded memory). */
+static int hash_file(const char *path, uint8_t out[MSG_HASH_LEN]) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return err_errno("cannot open %s", path);
+    crypto_sha256_ctx *h = NULL;
+    size_t cap = 1u << 20;
+    uint8_t *buf = malloc(cap);
+    int rc = -1;
+    if (!buf) {
+        err_set("out of memory hashing %s", path);
+        goto done;
+    }
+    if (crypto_sha256_new(&h) != 0) goto done;
+    for (;;) {
+        ssize_t got = read(fd, buf, cap);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            err_errno("cannot read %s", path);
+            goto done;
+        }
+        if (got == 0) break;
+        if (crypto_sha256_update(h, buf, (size_t)got) != 0) goto done;
+    }
+    rc = crypto_sha256_final(h, out);
+done:
+    crypto_sha256_free(h);
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+/* Only one version is kept: the newest. Older ones (and abandoned .part
+ * downloads of other versions) are removed once a new one is verified. */
+static int remove_other_versions(const node_ctx *n, const char *keep_dir) {
+    char root[NODE_PATH_MAX], path[NODE_PATH_MAX];
+    if (node_path(n, root, "versions") != 0) return -1;
+    DIR *d = opendir(root);
+    if (!d) return err_errno("cannot list %s", root);
+    int rc = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        if (fio_join(path, sizeof path, root, e->d_name) != 0) {
+            rc = -1;
+            break;
+        }
+        if (strcmp(path, keep_dir) != 0 && node_remove_tree(path) != 0) {
+            rc = -1;
+            break;
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+static int write_current(node_ctx *n, uint64_t round, const uint8_t version[MSG_HASH_LEN]) {
+    char path[NODE_PATH_MAX], hex[2 * MSG_HASH_LEN + 1];
+    if (node_path(n, path, "current.json") != 0) return -1;
+    node_hex(version, MSG_HASH_LEN, hex);
+    char text[256];
+    int len = snprintf(text, sizeof text, "{\"round\": %llu, \"version\": \"%s\"}\n",
+                       (unsigned long long)round, hex);
+    if (fio_write_atomic(path, text, (size_t)len, 0644) != 0) return -1;
+    n->have_model = 1;
+    n->have_round = round;
+    memcpy(n->have_version, version, MSG_HASH_LEN);
+    return 0;
+}
+
+int node_load_current(node_ctx *n) {
+    char path[NODE_PATH_MAX];
+    if (node_path(n, path, "current.json") != 0) return -1;
+    if (!fio_exists(path)) return 0;
+    char *text;
+    size_t len;
+    if (fio_read_all(path, 4096, &text, &len) != 0) return -1;
+    json_error_t e;
+    json_t *j = json_loadb(text, len, 0, &e);
+    free(text);
+    json_t *r = j ? json_object_get(j, "round") : NULL,
+           *v = j ? json_object_get(j, "version") : NULL;
+    int rc = 0;
+    if (!json_is_integer(r) || json_integer_value(r) < 0 || !json_is_string(v) ||
+        node_unhex(json_string_value(v), n->have_version, MSG_HASH_LEN) != 0) {
+        rc = err_set("%s: want {\"round\": N, \"version\": \"<64 hex digits>\"}; remove it to "
+                     "start the sync afresh",
+                     path);
+    } else {
+        n->have_model = 1;
+        n->have_round = (uint64_t)json_integer_value(r);
+    }
+    json_decref(j);
+    return rc;
+}
+
+/* Appends the missing bytes of the version to the .part file. 0 complete,
+ * 1 stop asked, -1 error. */
+static int download(node_ctx *n, const uint8_t version[MSG_HASH_LEN], const char *part) {
+    int fd = open(part, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) return err_errno("cannot open %s", part);
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return err_errno("cannot stat %s", part);
+    }
+    uint64_t offset = (uint64_t)st.st_size, total = UINT64_MAX;
+    if (offset > 0) node_log(n, "resuming the download at byte %llu", (unsigned long long)offset);
+    int rc = -1;
+    for (;;) {
+        struct msg req = {.type = MSG_GET_MODEL}, rep;
+        memcpy(req.get_model.version, version, MSG_HASH_LEN);
+        req.get_model.offset = offset;
+        req.get_model.length = MSG_CHUNK_MAX;
+        struct transport_msg raw;
+        int k = node_call(n, &req, &rep, &raw);
+        if (k != 0) {
+            rc = k;
+            break;
+        }
+        if (rep.type == MSG_ERROR) {
+            err_set("the aggregator refused GET_MODEL at byte %llu: %s (code %d)",
+                    (unsigned long long)offset, rep.error.reason, rep.error.code);
+            transport_msg_close(&raw);
+            break;
+        }
+        const struct msg_model_chunk *ch = &rep.model_chunk;
+        if (rep.type != MSG_MODEL_CHUNK || memcmp(ch->version, version, MSG_HASH_LEN) != 0 ||
+            ch->offset != offset || (total != UINT64_MAX && ch->total != total)) {
+            err_set("the aggregator answered GET_MODEL(offset %llu) with %s that does not match "
+                    "the request",
+                    (unsigned long long)offset, msg_type_name(rep.type));
+            transport_msg_close(&raw);
+            break;
+        }
+        total = ch->total;
+        if (total > n->c->max_model_bytes || offset > total) {
+            err_set("model version of %llu bytes (have %llu): over max_model_bytes %llu or "
+                    "shorter than what is already here",
+                    (unsigned long long)total, (unsigned long long)offset,
+                    (unsigned long long)n->c->max_model_bytes);
+            transport_msg_close(&raw);
+            break;
+        }
+        int w = ch->data_len ? fio_write_full(fd, ch->data, ch->data_len, part) : 0;
+        offset += ch->data_len;
+        n->download_bytes += ch->data_len;
+        int final = ch->final;
+        transport_msg_close(&raw);
+        if (w != 0) break;
+        if (final) {
+            rc = 0;
+            break;
+        }
+        if (node_stop_signal) {
+            rc = 1;
+            break;
+        }
+    }
+    if (rc == 0 && fsync(fd) != 0) rc = err_errno("cannot fsync %s", part);
+    if (close(fd) != 0 && rc == 0) rc = err_errno("cannot close %s", part);
+    return rc;
+}
+
+int node_sync(node_ctx *n, uint64_t round, const uint8_t version[MSG_HASH_LEN]) {
+    char dir[NODE_PATH_MAX], model[NODE_PATH_MAX], part[NODE_PATH_MAX], cfg[NODE_PATH_MAX],
+        src[NODE_PATH_MAX], hex[2 * MSG_HASH_LEN + 1];
+    node_hex(version, MSG_HASH_LEN, hex);
+    if (node_version_dir(n, version, dir) != 0 || fio_join(model, sizeof model, dir, MODEL_FILE) ||
+        fio_join(part, sizeof part, dir, PART_FILE) ||
+        fio_join(cfg, sizeof cfg, dir, CONFIG_FILE) ||
+        fio_join(src, sizeof src, n->c->base_model, CONFIG_FILE))
+        return -1;
+    if (fio_exists(model) && fio_exists(cfg)) {
+        if (!n->have_model || memcmp(n->have_version, version, MSG_HASH_LEN) != 0 ||
+            n->have_round != round)
+            return write_current(n, round, version);
+        return 0;
+    }
+    if (fio_mkdirs(dir, 0755) != 0) return -1;
+    /* Two tries: a .part left by an earlier run may hold bytes of a version
+     * that failed its check; it is removed and fetched again once. */
+    for (int attempt = 0;; attempt++) {
+        node_log(n, "round %llu: syncing model version %.16s…", (unsigned long long)round, hex);
+        int k = download(n, version, part);
+        if (k != 0) return k;
+        uint8_t got[MSG_HASH_LEN];
+        if (hash_file(part, got) != 0) return -1;
+        if (memcmp(got, version, MSG_HASH_LEN) == 0) break;
+        if (unlink(part) != 0) return err_errno("cannot remove %s", part);
+        if (attempt == 1)
+            return err_set("model version %s: the downloaded bytes hash to something else twice; "
+                           "the aggregator serves corrupt data",
+                           hex);
+        node_log(n, "the downloaded bytes do not match version %.16s…; fetching again", hex);
+    }
+    char *text;
+    size_t len;
+    if (fio_read_all(src, CONFIG_MAX, &text, &len) != 0)
+        return err_context("the base model directory (base_model) must hold config.json");
+    int rc = fio_write_atomic(cfg, text, len, 0644);
+    free(text);
+    if (rc != 0) return -1;
+    if (rename(part, model) != 0) return err_errno("cannot rename %s to %s", part, model);
+    if (fio_fsync_dir_of(model) != 0) return -1;
+    struct stat st;
+    node_log(n, "round %llu: model version %.16s… verified (%lld bytes)", (unsigned long long)round,
+             hex, stat(model, &st) == 0 ? (long long)st.st_size : -1LL);
+    if (write_current(n, round, version) != 0) return -1;
+    return remove_other_versions(n, dir);
+}

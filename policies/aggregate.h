@@ -1,0 +1,78 @@
+/* aggregate — one round's aggregation under a policy: W' = W + ΔW.
+ *
+ * Input: the base model (updated in place) and the K accepted members'
+ * adapters (validate_build), all over the same modules. Per member i, with
+ * Δ_i = s_i·B_i·A_i its dense update (out, in) per module:
+ *
+ *   norms      n_i = ‖Δ_i‖_F over all modules (from r×r Gram products,
+ *              never forming Δ_i);
+ *   clipping   c_i = min(1, C / n_i): C = dp.clip with DP, robust.clip_norm
+ *              otherwise (0: c_i = 1);
+ *   weights    p_i (weights.h; capped, Σ p = 1), or with DP w_i / E;
+ *   rule       mean:          ΔW = Σ p_i c_i Δ_i
+ *              krum:          the same over the multi-Krum selection, p
+ *                             renormalised over it (distances from Gram
+ *                             products of the factors, whole update)
+ *              median, trimmed_mean: coordinate-wise over the c_i Δ_i,
+ *                             unweighted (robust.h)
+ *              DP-FedAvg:     ΔW = Σ w_i c_i Δ_i / E + N(0, σ²), σ = z·C / E
+ *                             (McMahan et al. 2018, fixed denominator)
+ *   merge      exact: the mean/krum sum as one GEMM per module over the
+ *              concatenated factors (lora/delta.h), added to W;
+ *              fedit: ΔW = s·(Σ p_i B_i)(Σ p_i A_i) — FedIT's factor
+ *              average, NOT the average of the products (kept to measure
+ *              that error); needs one rank and one scale;
+ *              svd: the rule's ΔW replaced by its rank-r truncated SVD
+ *              (svd.h), which is also returned as a PEFT-shaped adapter.
+ *
+ * Memory stays bounded: modules are processed one at a time; the factored
+ * rules need (out + in)·Σr_i values, the coordinate rules K·rows·in for a
+ * block of rows sized by merge.block_bytes, svd and DP+svd one dense
+ * (out, in) module. Nothing here depends on the number of modules. */
+#ifndef FL_POLICIES_AGGREGATE_H
+#define FL_POLICIES_AGGREGATE_H
+
+#include "lora/lora.h"
+#include "policies/noise.h"
+#include "policies/policy.h"
+
+#include <stdint.h>
+
+typedef struct {
+    const char *name;    /* for messages */
+    const lora_set *set; /* the member's validated adapter */
+    uint64_t tokens;     /* trained-on tokens (weighting "tokens") */
+    uint64_t examples;   /* examples (weighting "examples") */
+} aggregate_member;
+
+typedef struct {
+    uint64_t round;  /* seeds the randomized SVD, so a replay gives the same bytes */
+    int roster_size; /* DP: E = rounds.fraction × roster_size when dp.expected_weight is 0 */
+} aggregate_round_info;
+
+typedef struct {
+    int K;
+    double *coef;       /* K: the member's factor in the sum (p_i; DP: w_i / E; 0 when
+                           not selected); the coordinate rules report p_i but do not use it */
+    double *norm;       /* K: ‖Δ_i‖_F before clipping */
+    double *clip;       /* K: clipping factor c_i */
+    int *selected;      /* K: 1 when the member's update entered the aggregate */
+    double *krum_score; /* K: multi-Krum scores (0 for other rules) */
+    double noise_sigma; /* per-coordinate noise std (DP), else 0 */
+    int n_modules;
+    int64_t n_coords; /* base weights changed */
+    int64_t bytes_in; /* bytes of factors (A and B of every member) aggregated */
+} aggregate_report;
+
+/* Aggregates into m. noise: the DP noise source (noise_open) when dp is
+ * enabled, else unused (may be NULL). global: with merge.mode "svd", if
+ * non-NULL, receives the rank-r global adapter (alpha = r, so s = 1) whose
+ * B·A is exactly what was added to each module. rep (may be NULL): filled;
+ * free with aggregate_report_free. On failure m may be partly updated:
+ * aggregate on a copy of the base, as the aggregator's version store does. */
+int aggregate_round(const policy *pol, model *m, const aggregate_member *members, int K,
+                    const aggregate_round_info *info, noise_source *noise, lora_set **global,
+                    aggregate_report *rep);
+void aggregate_report_free(aggregate_report *rep);
+
+#endif

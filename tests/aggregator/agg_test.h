@@ -1,0 +1,198 @@
+/* agg_test.h — a small federation for the aggregator's tests: a tiny Llama
+ * base model, identities for the aggregator and three universities (plus an
+ * outsider), a config file, and helpers that make DELTA payloads, seal them
+ * and drive the SUBMIT exchange. Everything lives under one scratch
+ * directory removed at exit. */
+#ifndef FL_TESTS_AGGREGATOR_AGG_TEST_H
+#define FL_TESTS_AGGREGATOR_AGG_TEST_H
+
+#include "lora/lora.h"
+#include "model/checkpoint.h"
+#include "tests/check.h"
+#include "util/err.h"
+#include "util/fio.h"
+#include "wire/envelope.h"
+#include "wire/keys.h"
+#include "wire/msg.h"
+#include "wire/payload.h"
+
+#include <ftw.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define FED_MEMBERS 3
+#define FED_RANK 4
+
+static const char *const fed_names[FED_MEMBERS + 1] = {"uni-a", "uni-b", "uni-c", "mallory"};
+
+struct fed {
+    char dir[512];
+    keys_secret agg;
+    keys_secret m[FED_MEMBERS + 1]; /* the three members, then the outsider */
+    model *base;                    /* the base model as built (its shapes) */
+};
+
+static char fed_root[512];
+
+static inline int fed_rm(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static inline void fed_cleanup(void) {
+    if (fed_root[0] && !getenv("FEDLORA_KEEP_TMP"))
+        nftw(fed_root, fed_rm, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static inline void fed_die(const char *what) {
+    fprintf(stderr, "test setup failed: %s: %s\n", what, err_msg());
+    exit(2);
+}
+
+/* root/<sub>/... in a scratch directory made once per process. */
+static inline void fed_path(char *out, size_t n, const char *fmt, ...) {
+    if (!fed_root[0]) {
+        const char *t = getenv("TMPDIR");
+        snprintf(fed_root, sizeof fed_root, "%s/fedlora-agg-XXXXXX", t && *t ? t : "/tmp");
+        if (!mkdtemp(fed_root)) fed_die("mkdtemp");
+        atexit(fed_cleanup);
+    }
+    char rel[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(rel, sizeof rel, fmt, ap);
+    va_end(ap);
+    if (snprintf(out, n, "%s/%s", fed_root, rel) >= (int)n) fed_die("path too long");
+}
+
+/* Keys and the tiny base model, made once in fed_root/common. */
+static inline void fed_init(struct fed *f) {
+    memset(f, 0, sizeof *f);
+    char keys[600], base[600];
+    fed_path(f->dir, sizeof f->dir, "common");
+    snprintf(keys, sizeof keys, "%s/keys", f->dir);
+    snprintf(base, sizeof base, "%s/base", f->dir);
+    if (keys_generate("agg", &f->agg) < 0 || keys_write(&f->agg, keys) < 0) fed_die("keys");
+    for (int i = 0; i <= FED_MEMBERS; i++)
+        if (keys_generate(fed_names[i], &f->m[i]) < 0 || keys_write(&f->m[i], keys) < 0)
+            fed_die("keys");
+    model_config cfg;
+    if (model_config_preset(&cfg, "llama", "tiny") < 0 || model_create(&f->base, &cfg) < 0)
+        fed_die("model");
+    model_init_random(f->base, 7);
+    if (checkpoint_save(f->base, base, "float32") < 0) fed_die("saving the base model");
+}
+
+/* Writes <sub>/aggregator.cfg for a state directory <sub>/state. */
+static inline void fed_config(const struct fed *f, const char *sub, char *cfg_path, size_t n,
+                              const char *rounds_extra, const char *more) {
+    char dir[600];
+    fed_path(dir, sizeof dir, "%s", sub);
+    if (fio_mkdirs(dir, 0700) < 0) fed_die("mkdir");
+    if (snprintf(cfg_path, n, "%s/aggregator.cfg", dir) >= (int)n) fed_die("path too long");
+    char text[4096];
+    snprintf(text, sizeof text,
+             "bind = \"tcp://127.0.0.1:*\";\n"
+             "keys = { dir = \"%s/keys\"; name = \"agg\"; };\n"
+             "consortium = \"test-consortium\";\n"
+             "members = ( { id = \"%s/keys/uni-a.id\"; }, \"%s/keys/uni-b.id\",\n"
+             "            { id = \"%s/keys/uni-c.id\"; max_weight = 1.0; } );\n"
+             "base_model = \"%s/base\";\n"
+             "state = \"state\";\n"
+             "rounds = { %s };\n"
+             "train = { steps = 2; lr = 0.001; rank = %d; alpha = 8; targets = [\"q_proj\", "
+             "\"v_proj\"];\n"
+             "          batch = 2; seq = 16; };\n"
+             "%s",
+             f->dir, f->dir, f->dir, f->dir, f->dir, rounds_extra, FED_RANK, more ? more : "");
+    if (fio_write_atomic(cfg_path, text, strlen(text), 0644) < 0) fed_die("config");
+}
+
+/* Options of a test delta; zero values mean the defaults. */
+struct delta_opts {
+    const model *shapes; /* build for these shapes (default: the base) */
+    int rank;
+    uint64_t tokens;
+    float poison; /* when non-zero, written into one element of B */
+    const char *targets;
+};
+
+/* A DELTA payload for member i, round r, trained "on" base version hash:
+ * a fresh adapter (A as PEFT initialises it from seed) with B filled with
+ * deterministic values, so that B·A != 0. */
+static inline uint8_t *fed_delta(const struct fed *f, uint64_t round, const uint8_t base[32],
+                                 uint64_t seed, const struct delta_opts *o, size_t *len) {
+    const model *shapes = o && o->shapes ? o->shapes : f->base;
+    lora_config cfg;
+    lora_config_init(&cfg);
+    cfg.rank = o && o->rank ? o->rank : FED_RANK;
+    cfg.alpha = 8;
+    cfg.seed = seed;
+    lora_set *s = NULL;
+    if (lora_config_set_targets(&cfg, o && o->targets ? o->targets : "q_proj,v_proj") < 0 ||
+        lora_create(&s, shapes, &cfg) < 0)
+        fed_die("lora_create");
+    uint64_t x = seed * 2654435761u + 1;
+    struct msg_tensor *t = calloc((size_t)(2 * s->n_modules), sizeof *t);
+    for (int i = 0; i < s->n_modules; i++) {
+        lora_module *m = &s->modules[i];
+        for (int64_t k = 0; k < m->B.numel; k++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            m->B.data[k] = (float)((double)(x % 2001) / 1000.0 - 1.0) * 0.01f;
+        }
+        if (o && o->poison != 0 && i == s->n_modules - 1) m->B.data[m->B.numel / 2] = o->poison;
+        model_param *p[2] = {&m->A, &m->B};
+        for (int j = 0; j < 2; j++) {
+            struct msg_tensor *e = &t[2 * i + j];
+            snprintf(e->name, sizeof e->name, "%s", p[j]->name);
+            e->dtype = MSG_F32;
+            e->ndim = 2;
+            e->shape[0] = (uint64_t)p[j]->shape[0];
+            e->shape[1] = (uint64_t)p[j]->shape[1];
+            e->data = (const uint8_t *)p[j]->data;
+            e->size = (uint64_t)p[j]->numel * 4;
+        }
+    }
+    struct payload_delta d = {.round = round,
+                              .tokens = o && o->tokens ? o->tokens : 1000 + seed % 7 * 100,
+                              .examples = 10,
+                              .loss_before = 5.5,
+                              .loss_after = 5.0,
+                              .rank = (uint32_t)cfg.rank,
+                              .alpha = cfg.alpha,
+                              .rslora = false,
+                              .tensors = t,
+                              .ntensors = (size_t)(2 * s->n_modules)};
+    memcpy(d.base, base, 32);
+    d.ntargets = (uint32_t)cfg.n_targets;
+    for (int i = 0; i < cfg.n_targets; i++)
+        snprintf(d.targets[i], sizeof d.targets[i], "%s", cfg.targets[i]);
+    uint8_t *out;
+    if (payload_delta_encode(&d, &out, len) < 0) fed_die("payload_delta_encode");
+    free(t);
+    lora_free(s);
+    lora_config_free(&cfg);
+    return out;
+}
+
+/* Seals payload from sender for the aggregator; *msgid gets its id. */
+static inline uint8_t *fed_seal(const struct fed *f, const keys_secret *sender,
+                                const char *consortium, uint64_t round, const uint8_t *payload,
+                                size_t plen, size_t *len, uint8_t msgid[16]) {
+    envelope_params p = {.round = round,
+                         .payload_type = PAYLOAD_TYPE_DELTA,
+                         .segment_size = 4096,
+                         .payload_size = plen};
+    if (payload_consortium_id(consortium, p.consortium) < 0) fed_die("consortium id");
+    envelope_header h;
+    uint8_t *env;
+    if (envelope_seal_mem(&p, sender, f->agg.pub.kx_pub, payload, &env, len, &h) < 0)
+        fed_die("envelope_seal_mem");
+    memcpy(msgid, h.message_id, 16);
+    return env;
+}
+
+#endif

@@ -1,0 +1,799 @@
+/* The aggregator driven through its request handler (agg_handle) and state
+ * machine (agg_tick) with crafted sealed envelopes: the round's life, every
+ * refusal the protocol promises, quorum and deadline rules, restarts from
+ * the journal, determinism of the merge and the offline recomputation. */
+#include "aggregator/agg.h"
+#include "aggregator/journal.h"
+#include "aggregator/store.h"
+#include "lora/delta.h"
+#include "tests/aggregator/agg_test.h"
+#include "wire/crypto.h"
+
+#include <jansson.h>
+#include <sys/stat.h>
+
+static struct fed F;
+static const uint64_t T0 = 1800000000; /* "now" at the start of each scenario */
+
+/* ---- driving the handler ------------------------------------------------- */
+
+/* One request; the reply decoded into *r (no blob fields kept). */
+static int ask(agg *a, const struct msg *req, uint64_t now, struct msg *r) {
+    uint8_t *buf, *rep;
+    size_t len, rlen;
+    if (msg_encode(req, &buf, &len) < 0) fed_die("msg_encode");
+    int rc = agg_handle(a, buf, len, now, &rep, &rlen);
+    free(buf);
+    if (rc < 0) return -1;
+    if (msg_decode(rep, rlen, NULL, r) < 0) fed_die("decoding a reply");
+    if (r->type == MSG_MODEL_CHUNK) r->model_chunk.data = NULL;
+    free(rep);
+    return 0;
+}
+
+static struct msg hello(agg *a, int member, uint64_t now) {
+    struct msg m = {.type = MSG_HELLO}, r;
+    snprintf(m.hello.name, sizeof m.hello.name, "%s", fed_names[member]);
+    keys_fingerprint(&F.m[member].pub, m.hello.fingerprint);
+    CHECK_OK(ask(a, &m, now, &r));
+    return r;
+}
+
+/* SUBMIT_BEGIN (announcing `round`), chunks of `chunk` bytes, SUBMIT_END;
+ * returns the first ERROR, else END's reply. */
+static struct msg submit_as(agg *a, const uint8_t *env, size_t len, const uint8_t id[16],
+                            uint64_t round, size_t chunk, uint64_t now) {
+    struct msg m = {.type = MSG_SUBMIT_BEGIN}, r;
+    m.submit_begin.round = round;
+    memcpy(m.submit_begin.id, id, 16);
+    m.submit_begin.size = len;
+    m.submit_begin.chunks = (uint32_t)((len + chunk - 1) / chunk);
+    CHECK_OK(ask(a, &m, now, &r));
+    if (r.type == MSG_ERROR) return r;
+    for (size_t off = 0, i = 0; off < len; off += chunk, i++) {
+        m = (struct msg){.type = MSG_SUBMIT_CHUNK};
+        memcpy(m.submit_chunk.id, id, 16);
+        m.submit_chunk.index = (uint32_t)i;
+        m.submit_chunk.data = env + off;
+        m.submit_chunk.data_len = (uint32_t)(len - off < chunk ? len - off : chunk);
+        CHECK_OK(ask(a, &m, now, &r));
+        if (r.type == MSG_ERROR) return r;
+        CHECK(r.type == MSG_RECEIPT && r.receipt.time == 0); /* progress, not a receipt */
+    }
+    m = (struct msg){.type = MSG_SUBMIT_END};
+    memcpy(m.submit_end.id, id, 16);
+    crypto_sha256(env, len, m.submit_end.digest);
+    CHECK_OK(ask(a, &m, now, &r));
+    return r;
+}
+
+static struct msg submit(agg *a, const uint8_t *env, size_t len, const uint8_t id[16],
+                         uint64_t round, uint64_t now) {
+    return submit_as(a, env, len, id, round, 1000, now);
+}
+
+/* member's delta for round r on the aggregator's current base, sealed. */
+struct sealed {
+    uint8_t *env;
+    size_t len;
+    uint8_t id[16];
+};
+
+static struct sealed seal_delta(agg *a, int member, uint64_t round, uint64_t seed,
+                                const struct delta_opts *o) {
+    uint8_t base[32];
+    agg_current_base(a, base);
+    size_t plen;
+    uint8_t *p = fed_delta(&F, round, base, seed, o, &plen);
+    struct sealed s;
+    s.env = fed_seal(&F, &F.m[member], "test-consortium", round, p, plen, &s.len, s.id);
+    free(p);
+    return s;
+}
+
+static int is_error(const struct msg *r, enum msg_error_code code, const char *needle) {
+    int ok = r->type == MSG_ERROR && r->error.code == code && strstr(r->error.reason, needle);
+    if (!ok)
+        fprintf(stderr, "  wanted ERROR %d containing '%s', got %s%s%s\n", code, needle,
+                msg_type_name(r->type), r->type == MSG_ERROR ? ": " : "",
+                r->type == MSG_ERROR ? r->error.reason : "");
+    return ok;
+}
+
+static agg *open_agg(const char *sub, const char *rounds, const char *more, agg_config *c,
+                     uint64_t now) {
+    char path[600];
+    fed_config(&F, sub, path, sizeof path, rounds, more);
+    if (agg_config_load(c, path) < 0) fed_die("agg_config_load");
+    agg *a;
+    if (agg_open(&a, c, now) < 0) fed_die("agg_open");
+    return a;
+}
+
+/* The metrics line of a round, parsed (NULL when missing). */
+static json_t *metrics_of(const agg_config *c, uint64_t round) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", c->state);
+    FILE *f = fopen(p, "r");
+    if (!f) return NULL;
+    char line[65536];
+    json_t *found = NULL;
+    while (!found && fgets(line, sizeof line, f)) {
+        json_t *j = json_loads(line, 0, NULL);
+        if (j && json_integer_value(json_object_get(j, "round")) == (json_int_t)round)
+            found = j;
+        else
+            json_decref(j);
+    }
+    fclose(f);
+    return found;
+}
+
+/* ---- journal ------------------------------------------------------------- */
+
+struct recs {
+    int n;
+    char r[16][64];
+};
+
+static int collect(void *arg, const char *rec, size_t line) {
+    struct recs *x = arg;
+    (void)line;
+    snprintf(x->r[x->n++], sizeof x->r[0], "%s", rec);
+    return 0;
+}
+
+static void test_journal(void) {
+    char p[600];
+    fed_path(p, sizeof p, "journal-test");
+    agg_journal *j;
+    struct recs x = {0};
+    CHECK_OK(journal_open(&j, p, 0, collect, &x));
+    CHECK(x.n == 0);
+    CHECK_OK(journal_append(j, "open 1 abc %d", 5));
+    CHECK_OK(journal_append(j, "accept 1 uni-a"));
+    CHECK_FAILS_WITH(journal_append(j, "bad # record"), "without '#'");
+    journal_close(j);
+
+    memset(&x, 0, sizeof x);
+    CHECK_OK(journal_open(&j, p, 0, collect, &x));
+    CHECK(x.n == 2 && !strcmp(x.r[0], "open 1 abc 5") && !strcmp(x.r[1], "accept 1 uni-a"));
+    journal_close(j);
+
+    /* A torn last record (no newline: the crash came mid-write) is ignored
+     * and cut, and appends go on after the good records. */
+    FILE *f = fopen(p, "a");
+    fputs("close 1 #1234", f);
+    fclose(f);
+    memset(&x, 0, sizeof x);
+    CHECK_OK(journal_open(&j, p, 0, collect, &x));
+    CHECK(x.n == 2);
+    CHECK_OK(journal_append(j, "close 1 2"));
+    journal_close(j);
+    memset(&x, 0, sizeof x);
+    CHECK_OK(journal_open(&j, p, 0, collect, &x));
+    CHECK(x.n == 3 && !strcmp(x.r[2], "close 1 2"));
+    journal_close(j);
+
+    /* A complete last line with a wrong checksum is torn too. */
+    f = fopen(p, "a");
+    fputs("publish 1 ff #00000000\n", f);
+    fclose(f);
+    memset(&x, 0, sizeof x);
+    CHECK_OK(journal_open(&j, p, 1, collect, &x)); /* read-only: skipped, not cut */
+    CHECK(x.n == 3);
+    size_t len;
+    char *data;
+    CHECK_OK(fio_read_all(p, 1 << 20, &data, &len));
+    CHECK(strstr(data, "publish 1 ff") != NULL);
+    free(data);
+    CHECK_OK(journal_open(&j, p, 0, collect, &x));
+    journal_close(j);
+    CHECK_OK(fio_read_all(p, 1 << 20, &data, &len));
+    CHECK(strstr(data, "publish 1 ff") == NULL);
+
+    /* A damaged record in the middle is corruption, not a crash. */
+    data[2] ^= 1;
+    CHECK_OK(fio_write_atomic(p, data, len, 0644));
+    free(data);
+    CHECK_FAILS_WITH(journal_open(&j, p, 0, collect, &x), "corrupt at line 1");
+}
+
+/* ---- payload ------------------------------------------------------------- */
+
+static void test_payload(void) {
+    uint8_t base[32] = {1, 2, 3};
+    size_t len;
+    uint8_t *p = fed_delta(&F, 3, base, 11, NULL, &len);
+    struct payload_delta d;
+    CHECK_OK(payload_delta_decode(p, len, 0, &d));
+    CHECK(d.round == 3 && d.base[2] == 3 && d.rank == FED_RANK && d.ntargets == 2 &&
+          !strcmp(d.targets[0], "q_proj") && d.ntensors == 8 && d.tokens == 1000 + 11 % 7 * 100);
+    /* 2 layers x {q, v} x {A, B}, sorted: layer 0 q A, q B, v A, v B, ... */
+    CHECK(strstr(d.tensors[0].name, "layers.0.self_attn.q_proj.lora_A.weight") != NULL);
+    CHECK(d.tensors[0].shape[0] == FED_RANK && d.tensors[1].shape[1] == FED_RANK);
+    /* Re-encoding the decoded delta gives the same bytes (canonical). */
+    uint8_t *q;
+    size_t qlen;
+    CHECK_OK(payload_delta_encode(&d, &q, &qlen));
+    CHECK(qlen == len && memcmp(p, q, len) == 0);
+    free(q);
+
+    /* The encoder refuses what the decoder refuses. */
+    struct payload_delta bad = d;
+    bad.rank = FED_RANK + 1;
+    CHECK_FAILS_WITH(payload_delta_encode(&bad, &q, &qlen), "but rank is");
+    bad = d;
+    bad.ntensors = 3;
+    CHECK_FAILS_WITH(payload_delta_encode(&bad, &q, &qlen), "come in pairs");
+    bad = d;
+    bad.tokens = 0;
+    CHECK_FAILS_WITH(payload_delta_encode(&bad, &q, &qlen), "'tokens'");
+    bad = d;
+    bad.loss_after = NAN;
+    CHECK_FAILS_WITH(payload_delta_encode(&bad, &q, &qlen), "'loss_after'");
+    bad = d;
+    struct msg_tensor t[2] = {d.tensors[0], d.tensors[1]};
+    t[1].dtype = MSG_F16;
+    t[1].size /= 2;
+    bad.tensors = t;
+    bad.ntensors = 2;
+    CHECK_FAILS_WITH(payload_delta_encode(&bad, &q, &qlen), "2-D F32");
+    snprintf(t[1].name, sizeof t[1].name, "base_model.model.x.lora_C.weight");
+    t[1].dtype = MSG_F32;
+    t[1].size *= 2;
+    CHECK_FAILS_WITH(payload_delta_encode(&bad, &q, &qlen), "must be pairs");
+    payload_delta_free(&d);
+
+    /* Truncations and flipped bytes never decode into garbage silently. */
+    for (size_t cut = 0; cut < len; cut += len / 37 + 1)
+        CHECK(payload_delta_decode(p, cut, 0, &d) < 0);
+    CHECK_FAILS_WITH(payload_delta_decode(p, len, len - 1, &d), "over the limit");
+    uint8_t *z = malloc(len);
+    memcpy(z, p, len);
+    z[2] = 'x'; /* map header, fixstr header, then the key "v": now "x" */
+    CHECK_FAILS_WITH(payload_delta_decode(z, len, 0, &d), "missing required field 'v'");
+    free(z);
+    free(p);
+
+    /* Seeds of the fuzz target, made by an independent (Python) encoder. */
+    static const char *const seeds[] = {"valid_one_module",    "valid_two_modules",
+                                        "valid_unknown_field", "bad_rank_mismatch",
+                                        "bad_b_shape",         "bad_truncated"};
+    const char *fx = getenv("FEDLORA_FIXTURES");
+    for (size_t i = 0; fx && i < sizeof seeds / sizeof seeds[0]; i++) {
+        char sp[1024];
+        char *buf;
+        size_t n;
+        snprintf(sp, sizeof sp, "%s/../fuzz/corpus/fuzz_payload_decode/%s", fx, seeds[i]);
+        CHECK_OK(fio_read_all(sp, 1 << 20, &buf, &n));
+        int rc = payload_delta_decode(buf, n, 0, &d);
+        CHECK_MSG((rc == 0) == (seeds[i][0] == 'v'), "%s: %s", seeds[i], err_msg());
+        if (rc == 0) {
+            CHECK(d.round == 3 && d.tokens == 1234 && d.alpha == 16.0 && d.base[31] == 31);
+            payload_delta_free(&d);
+        }
+        free(buf);
+    }
+
+    uint8_t id1[32], id2[32];
+    CHECK_OK(payload_consortium_id("eu", id1));
+    CHECK_OK(payload_consortium_id("eu", id2));
+    CHECK(memcmp(id1, id2, 32) == 0);
+    CHECK_OK(payload_consortium_id("eu2", id2));
+    CHECK(memcmp(id1, id2, 32) != 0);
+    CHECK_FAILS_WITH(payload_consortium_id("", id1), "1 to 128");
+}
+
+/* ---- weights and the exact merge ----------------------------------------- */
+
+static void test_weights(void) {
+    agg_update u[3] = {{.tokens = 100, .max_weight = 1},
+                       {.tokens = 100, .max_weight = 1},
+                       {.tokens = 200, .max_weight = 1}};
+    double w[3];
+    CHECK_OK(agg_weights_tokens(NULL, u, 3, w));
+    CHECK_NEAR(w[0], 0.25, 1e-12);
+    CHECK_NEAR(w[2], 0.5, 1e-12);
+    u[2].max_weight = 0.3; /* capped: the excess 0.2 goes to the others by tokens */
+    CHECK_OK(agg_weights_tokens(NULL, u, 3, w));
+    CHECK_NEAR(w[0], 0.35, 1e-12);
+    CHECK_NEAR(w[1], 0.35, 1e-12);
+    CHECK_NEAR(w[2], 0.3, 1e-12);
+    u[0].max_weight = u[1].max_weight = 0.3; /* caps sum to 0.9: each gets its cap */
+    CHECK_OK(agg_weights_tokens(NULL, u, 3, w));
+    CHECK_NEAR(w[0] + w[1] + w[2], 0.9, 1e-12);
+}
+
+/* ---- a full round through the handler ------------------------------------ */
+
+static void test_round_and_refusals(void) {
+    agg_config c;
+    agg *a = open_agg("round", "count = 2; quorum = 3; deadline = 100;",
+                      "limits = { max_submission = 200000; };\n", &c, T0);
+    CHECK(agg_get_state(a) == AGG_OPEN && agg_current_round(a) == 1);
+    uint8_t base1[32];
+    agg_current_base(a, base1);
+    char mp[4300];
+    CHECK_OK(store_model_path(c.state, base1, mp, sizeof mp));
+    uint8_t h[32];
+    CHECK_OK(store_hash_file(mp, h, NULL));
+    CHECK(memcmp(h, base1, 32) == 0); /* content-addressed */
+
+    /* HELLO: a member gets the round; others are refused. */
+    struct msg r = hello(a, 0, T0);
+    CHECK(r.type == MSG_ROUND && r.round.round == 1 && !memcmp(r.round.base, base1, 32) &&
+          r.round.deadline == T0 + 100 && r.round.train.rank == FED_RANK &&
+          r.round.train.ntargets == 2);
+    r = hello(a, 3, T0);
+    CHECK(is_error(&r, MSG_ERR_NOT_MEMBER, "unknown node"));
+    struct msg m = {.type = MSG_HELLO};
+    snprintf(m.hello.name, sizeof m.hello.name, "uni-b"); /* uni-a's keys, uni-b's name */
+    keys_fingerprint(&F.m[0].pub, m.hello.fingerprint);
+    CHECK_OK(ask(a, &m, T0, &r));
+    CHECK(is_error(&r, MSG_ERR_NOT_MEMBER, "does not match"));
+
+    /* GET_MODEL: the whole version in chunks, resumable at any offset. */
+    uint64_t total = 0, off = 0;
+    crypto_sha256_ctx *sha;
+    crypto_sha256_new(&sha);
+    do {
+        uint8_t *buf, *rep;
+        size_t len, rlen;
+        m = (struct msg){.type = MSG_GET_MODEL};
+        memcpy(m.get_model.version, base1, 32);
+        m.get_model.offset = off;
+        m.get_model.length = 100000;
+        msg_encode(&m, &buf, &len);
+        CHECK_OK(agg_handle(a, buf, len, T0, &rep, &rlen));
+        free(buf);
+        CHECK_OK(msg_decode(rep, rlen, NULL, &r));
+        CHECK(r.type == MSG_MODEL_CHUNK);
+        if (r.type != MSG_MODEL_CHUNK) {
+            free(rep);
+            break;
+        }
+        crypto_sha256_update(sha, r.model_chunk.data, r.model_chunk.data_len);
+        off += r.model_chunk.data_len;
+        total = r.model_chunk.total;
+        int fin = r.model_chunk.final;
+        free(rep);
+        if (fin) break;
+    } while (off < 100000000);
+    crypto_sha256_final(sha, h);
+    crypto_sha256_free(sha);
+    CHECK(off == total && memcmp(h, base1, 32) == 0);
+    m = (struct msg){.type = MSG_GET_MODEL};
+    m.get_model.version[0] = 0xee;
+    m.get_model.length = 10;
+    CHECK_OK(ask(a, &m, T0, &r));
+    CHECK(is_error(&r, MSG_ERR_NOT_FOUND, "unknown model version"));
+
+    /* A good delta gets a receipt; the same envelope again (a node that
+     * lost the answer) gets the same receipt and counts once. */
+    struct sealed s = seal_delta(a, 0, 1, 1, NULL);
+    r = submit(a, s.env, s.len, s.id, 1, T0 + 1);
+    uint8_t digest[32];
+    crypto_sha256(s.env, s.len, digest);
+    CHECK(r.type == MSG_RECEIPT && r.receipt.round == 1 && !memcmp(r.receipt.id, s.id, 16) &&
+          !memcmp(r.receipt.digest, digest, 32) && r.receipt.time == T0 + 1);
+    CHECK(agg_get_state(a) == AGG_COLLECTING && agg_accepted_count(a) == 1);
+    r = submit_as(a, s.env, s.len, s.id, 1, 333, T0 + 5);
+    CHECK(r.type == MSG_RECEIPT && r.receipt.time == T0 + 1 && agg_accepted_count(a) == 1);
+
+    /* replay: the accepted message id with other bytes. */
+    uint8_t *t = malloc(s.len);
+    memcpy(t, s.env, s.len);
+    t[s.len / 2] ^= 0x40;
+    r = submit(a, t, s.len, s.id, 1, T0 + 2);
+    CHECK(is_error(&r, MSG_ERR_REJECTED, "replay"));
+    free(t);
+
+    /* A second, different delta from the same member for the same round. */
+    struct sealed s2 = seal_delta(a, 0, 1, 2, NULL);
+    r = submit(a, s2.env, s2.len, s2.id, 1, T0 + 2);
+    CHECK(is_error(&r, MSG_ERR_REJECTED, "already submitted"));
+
+    /* tampered envelope: a flipped ciphertext byte breaks the signature. */
+    struct sealed sb = seal_delta(a, 1, 1, 3, NULL);
+    sb.env[sb.len / 2] ^= 1;
+    r = submit(a, sb.env, sb.len, sb.id, 1, T0 + 2);
+    CHECK(is_error(&r, MSG_ERR_REJECTED, "tampered envelope"));
+    /* a flipped header byte (the round field lives at offset 40) */
+    free(sb.env);
+    sb = seal_delta(a, 1, 1, 3, NULL);
+    sb.env[44] ^= 1;
+    r = submit(a, sb.env, sb.len, sb.id, 1, T0 + 2);
+    CHECK(r.type == MSG_ERROR && r.error.code != MSG_ERR_INTERNAL);
+    free(sb.env);
+
+    /* unknown node: an envelope signed by someone not on the member list. */
+    struct sealed so = seal_delta(a, 3, 1, 4, NULL);
+    r = submit(a, so.env, so.len, so.id, 1, T0 + 2);
+    CHECK(is_error(&r, MSG_ERR_NOT_MEMBER, "unknown node"));
+    free(so.env);
+
+    /* wrong consortium */
+    uint8_t base[32];
+    agg_current_base(a, base);
+    size_t plen;
+    uint8_t *p = fed_delta(&F, 1, base, 5, NULL, &plen);
+    uint8_t id[16];
+    size_t elen;
+    uint8_t *e = fed_seal(&F, &F.m[1], "other-consortium", 1, p, plen, &elen, id);
+    r = submit(a, e, elen, id, 1, T0 + 2);
+    CHECK(is_error(&r, MSG_ERR_REJECTED, "wrong consortium"));
+    free(e);
+    /* stale round in the signed header while SUBMIT_BEGIN claims the open one */
+    e = fed_seal(&F, &F.m[1], "test-consortium", 0, p, plen, &elen, id);
+    r = submit(a, e, elen, id, 1, T0 + 2);
+    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
+    free(e);
+    free(p);
+
+    /* oversized submission: refused at SUBMIT_BEGIN, before any byte */
+    m = (struct msg){.type = MSG_SUBMIT_BEGIN};
+    m.submit_begin.round = 1;
+    m.submit_begin.id[0] = 9;
+    m.submit_begin.size = 200001;
+    m.submit_begin.chunks = 1;
+    CHECK_OK(ask(a, &m, T0 + 2, &r));
+    CHECK(is_error(&r, MSG_ERR_TOO_LARGE, "oversized submission"));
+    /* ... and more bytes than announced */
+    struct sealed sc = seal_delta(a, 1, 1, 6, NULL);
+    m.submit_begin.size = 10;
+    memcpy(m.submit_begin.id, sc.id, 16);
+    CHECK_OK(ask(a, &m, T0 + 2, &r));
+    m = (struct msg){.type = MSG_SUBMIT_CHUNK};
+    memcpy(m.submit_chunk.id, sc.id, 16);
+    m.submit_chunk.data = sc.env;
+    m.submit_chunk.data_len = 11;
+    CHECK_OK(ask(a, &m, T0 + 2, &r));
+    CHECK(is_error(&r, MSG_ERR_TOO_LARGE, "oversized submission"));
+
+    /* NaN / Inf in a delta */
+    struct delta_opts o = {.poison = NAN};
+    struct sealed sn = seal_delta(a, 1, 1, 7, &o);
+    r = submit(a, sn.env, sn.len, sn.id, 1, T0 + 2);
+    CHECK(is_error(&r, MSG_ERR_REJECTED, "NaN or Inf"));
+    free(sn.env);
+    o.poison = INFINITY;
+    sn = seal_delta(a, 1, 1, 7, &o);
+    r = submit(a, sn.env, sn.len, sn.id, 1, T0 + 2);
+    CHECK(is_error(&r, MSG_ERR_REJECTED, "NaN or Inf"));
+    free(sn.env);
+
+    /* shapes that do not match the base: an adapter made for a wider model */
+    model_config wide;
+    model *other;
+    model_config_preset(&wide, "llama", "tiny");
+    wide.hidden_size = 96;
+    wide.head_dim = 24;
+    CHECK_OK(model_create(&other, &wide));
+    o = (struct delta_opts){.shapes = other};
+    struct sealed sw = seal_delta(a, 1, 1, 8, &o);
+    r = submit(a, sw.env, sw.len, sw.id, 1, T0 + 2);
+    CHECK(is_error(&r, MSG_ERR_REJECTED, "shapes do not match the base"));
+    free(sw.env);
+    model_free(other);
+
+    /* wrong base version */
+    uint8_t wrong[32];
+    memset(wrong, 0x5a, 32);
+    p = fed_delta(&F, 1, wrong, 9, NULL, &plen);
+    e = fed_seal(&F, &F.m[1], "test-consortium", 1, p, plen, &elen, id);
+    r = submit(a, e, elen, id, 1, T0 + 2);
+    CHECK(is_error(&r, MSG_ERR_REJECTED, "wrong base version"));
+    free(e);
+    free(p);
+    CHECK(agg_accepted_count(a) == 1); /* none of the refusals counted */
+
+    /* The other two members; the round closes when all are in. */
+    struct sealed sB = seal_delta(a, 1, 1, 10, NULL), sC = seal_delta(a, 2, 1, 11, NULL);
+    r = submit(a, sB.env, sB.len, sB.id, 1, T0 + 3);
+    CHECK(r.type == MSG_RECEIPT);
+    CHECK_OK(agg_tick(a, T0 + 3));
+    CHECK(agg_get_state(a) == AGG_COLLECTING); /* 2 of 3, deadline not reached */
+    r = submit(a, sC.env, sC.len, sC.id, 1, T0 + 4);
+    CHECK(r.type == MSG_RECEIPT);
+    CHECK_OK(agg_tick(a, T0 + 4));
+    CHECK(agg_get_state(a) == AGG_OPEN && agg_current_round(a) == 2);
+    uint8_t base2[32];
+    agg_current_base(a, base2);
+    CHECK(memcmp(base1, base2, 32) != 0 && store_has(c.state, base2));
+
+    /* The published model is W + Σ p_i s_i B_i A_i over the three deltas. */
+    {
+        char dir[4300];
+        model *w0, *w1;
+        store_version_dir(c.state, base1, dir, sizeof dir);
+        CHECK_OK(checkpoint_load(&w0, dir));
+        store_version_dir(c.state, base2, dir, sizeof dir);
+        CHECK_OK(checkpoint_load(&w1, dir));
+        double tok[3], sum = 0, max_err = 0;
+        lora_set *sets[3];
+        for (int i = 0; i < 3; i++) {
+            uint8_t *pl;
+            size_t pll;
+            /* the same deltas as seal_delta made them (seeds 1, 10, 11) */
+            pl = fed_delta(&F, 1, base1, (uint64_t)(i == 0 ? 1 : 9 + i), NULL, &pll);
+            struct payload_delta d;
+            CHECK_OK(payload_delta_decode(pl, pll, 0, &d));
+            tok[i] = (double)d.tokens;
+            sum += tok[i];
+            agg_update u;
+            char why[AGG_WHY_MAX];
+            CHECK(agg_update_build(w0, base1, 1, fed_names[i], 1, pl, pll, &u, why) == 0);
+            sets[i] = u.set;
+            payload_delta_free(&d);
+            free(pl);
+        }
+        /* Reference in double: W + Σ (tok_i/Σtok) s B A, element by element. */
+        model_param *q0 = model_find_param(w0, "model.layers.1.self_attn.q_proj.weight");
+        model_param *q1 = model_find_param(w1, "model.layers.1.self_attn.q_proj.weight");
+        for (int64_t row = 0; row < q0->shape[0]; row++)
+            for (int64_t col = 0; col < q0->shape[1]; col++) {
+                double ref = q0->data[row * q0->shape[1] + col];
+                for (int i = 0; i < 3; i++) {
+                    lora_module *mod = lora_find(sets[i], "model.layers.1.self_attn.q_proj");
+                    double acc = 0;
+                    for (int k = 0; k < mod->rank; k++)
+                        acc += (double)mod->B.data[row * mod->rank + k] *
+                               mod->A.data[k * mod->in + col];
+                    ref += tok[i] / sum * mod->scale * acc;
+                }
+                double err = fabs(ref - q1->data[row * q1->shape[1] + col]);
+                if (err > max_err) max_err = err;
+            }
+        CHECK_MSG(max_err < 1e-6, "max error %g", max_err);
+        /* Untargeted weights are untouched. */
+        model_param *k0 = model_find_param(w0, "model.layers.0.self_attn.k_proj.weight");
+        model_param *k1 = model_find_param(w1, "model.layers.0.self_attn.k_proj.weight");
+        CHECK(memcmp(k0->data, k1->data, (size_t)k0->numel * sizeof(real)) == 0);
+        for (int i = 0; i < 3; i++) lora_free(sets[i]);
+        model_free(w0);
+        model_free(w1);
+    }
+
+    /* The metrics line of round 1. */
+    json_t *j = metrics_of(&c, 1);
+    CHECK(j != NULL);
+    if (j) {
+        CHECK(json_array_size(json_object_get(j, "members_accepted")) == 3);
+        CHECK(!strcmp(json_string_value(json_object_get(j, "status")), "published"));
+        char hex[65];
+        store_hex(base2, 32, hex);
+        CHECK(!strcmp(json_string_value(json_object_get(j, "version")), hex));
+        CHECK(json_object_get(json_object_get(j, "loss_after"), "uni-b") != NULL);
+        CHECK(json_integer_value(json_object_get(j, "submissions_refused")) >= 10);
+        json_decref(j);
+    }
+
+    /* stale round: round 1's envelope arrives in round 2 (never accepted). */
+    struct sealed late = seal_delta(a, 1, 1, 12, NULL);
+    r = submit(a, late.env, late.len, late.id, 1, T0 + 5);
+    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
+    free(late.env);
+    /* an accepted envelope of round 1 again: still the same receipt */
+    r = submit(a, s.env, s.len, s.id, 1, T0 + 5);
+    CHECK(r.type == MSG_RECEIPT && r.receipt.round == 1);
+
+    /* Round 2 with all three, then FINISHED. */
+    struct sealed r2[3];
+    for (int i = 0; i < 3; i++) {
+        r2[i] = seal_delta(a, i, 2, 20 + (uint64_t)i, NULL);
+        r = submit(a, r2[i].env, r2[i].len, r2[i].id, 2, T0 + 6);
+        CHECK(r.type == MSG_RECEIPT);
+    }
+    CHECK_OK(agg_tick(a, T0 + 6));
+    CHECK(agg_get_state(a) == AGG_FINISHED);
+    r = hello(a, 2, T0 + 7);
+    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "finished") && !r.error.has_retry_after);
+    uint8_t final[32];
+    agg_current_base(a, final);
+    agg_close(a);
+
+    /* Offline recomputation of both rounds gives the published bytes. */
+    for (uint64_t round = 1; round <= 2; round++) {
+        char out[600];
+        fed_path(out, sizeof out, "round/recompute-%llu", (unsigned long long)round);
+        uint8_t rh[32];
+        CHECK_OK(agg_recompute(&c, round, out, rh));
+        CHECK(memcmp(rh, round == 1 ? base2 : final, 32) == 0);
+    }
+    char out[600];
+    fed_path(out, sizeof out, "round/recompute-3");
+    uint8_t rh[32];
+    CHECK_FAILS_WITH(agg_recompute(&c, 3, out, rh), "was not closed");
+
+    /* Restart when finished: still finished, same final version. */
+    CHECK_OK(agg_open(&a, &c, T0 + 100));
+    CHECK(agg_get_state(a) == AGG_FINISHED);
+    agg_current_base(a, rh);
+    CHECK(memcmp(rh, final, 32) == 0);
+    /* Two aggregators on one state directory: the second is refused. */
+    agg *b;
+    CHECK_FAILS_WITH(agg_open(&b, &c, T0 + 100), "in use by another aggregator");
+    agg_close(a);
+
+    free(s.env), free(s2.env), free(sB.env), free(sC.env), free(sc.env);
+    for (int i = 0; i < 3; i++) free(r2[i].env);
+    agg_config_free(&c);
+}
+
+/* ---- quorum, deadline, below-quorum policy -------------------------------- */
+
+static void test_quorum_deadline(void) {
+    agg_config c;
+    agg *a = open_agg("quorum", "count = 2; quorum = 2; deadline = 50;", NULL, &c, T0);
+    struct sealed s0 = seal_delta(a, 0, 1, 1, NULL), s1 = seal_delta(a, 1, 1, 2, NULL),
+                  s2 = seal_delta(a, 2, 1, 3, NULL);
+    struct msg r = submit(a, s0.env, s0.len, s0.id, 1, T0 + 1);
+    CHECK(r.type == MSG_RECEIPT);
+    /* Below quorum at the deadline, policy "wait": the round stays open. */
+    CHECK_OK(agg_tick(a, T0 + 60));
+    CHECK(agg_get_state(a) == AGG_COLLECTING && agg_current_round(a) == 1);
+    r = submit(a, s1.env, s1.len, s1.id, 1, T0 + 61);
+    CHECK(r.type == MSG_RECEIPT);
+    /* Quorum met after the deadline: it closes at once. */
+    CHECK_OK(agg_tick(a, T0 + 61));
+    CHECK(agg_current_round(a) == 2);
+    /* The late member is refused with a clear reply. */
+    r = submit(a, s2.env, s2.len, s2.id, 1, T0 + 62);
+    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
+    json_t *j = metrics_of(&c, 1);
+    CHECK(j && json_array_size(json_object_get(j, "members_accepted")) == 2);
+    json_decref(j);
+
+    /* Round 2: quorum met before the deadline closes only at the deadline. */
+    free(s0.env), free(s1.env), free(s2.env);
+    s0 = seal_delta(a, 0, 2, 4, NULL);
+    s1 = seal_delta(a, 1, 2, 5, NULL);
+    s2 = seal_delta(a, 2, 2, 6, NULL);
+    CHECK(submit(a, s0.env, s0.len, s0.id, 2, T0 + 62).type == MSG_RECEIPT);
+    CHECK(submit(a, s1.env, s1.len, s1.id, 2, T0 + 63).type == MSG_RECEIPT);
+    CHECK_OK(agg_tick(a, T0 + 64));
+    CHECK(agg_get_state(a) == AGG_COLLECTING);
+    /* A node mid-upload when the deadline closes the round. */
+    struct msg m = {.type = MSG_SUBMIT_BEGIN};
+    m.submit_begin.round = 2;
+    memcpy(m.submit_begin.id, s2.id, 16);
+    m.submit_begin.size = s2.len;
+    m.submit_begin.chunks = 1;
+    CHECK_OK(ask(a, &m, T0 + 65, &r));
+    CHECK(r.type == MSG_RECEIPT);
+    CHECK_OK(agg_tick(a, T0 + 61 + 50));
+    CHECK(agg_get_state(a) == AGG_FINISHED);
+    m = (struct msg){.type = MSG_SUBMIT_CHUNK};
+    memcpy(m.submit_chunk.id, s2.id, 16);
+    m.submit_chunk.data = s2.env;
+    m.submit_chunk.data_len = (uint32_t)s2.len;
+    CHECK_OK(ask(a, &m, T0 + 112, &r));
+    CHECK(is_error(&r, MSG_ERR_NOT_FOUND, "no upload"));
+    r = submit(a, s2.env, s2.len, s2.id, 2, T0 + 112);
+    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "finished"));
+    agg_close(a);
+    free(s0.env), free(s1.env), free(s2.env);
+    agg_config_free(&c);
+
+    /* Policy "fail": the round fails, and the next trains on the same base. */
+    a = open_agg("quorum-fail", "count = 2; quorum = 2; deadline = 50; below_quorum = \"fail\";",
+                 NULL, &c, T0);
+    uint8_t b1[32], b2[32];
+    agg_current_base(a, b1);
+    s0 = seal_delta(a, 0, 1, 1, NULL);
+    CHECK(submit(a, s0.env, s0.len, s0.id, 1, T0 + 1).type == MSG_RECEIPT);
+    CHECK_OK(agg_tick(a, T0 + 51));
+    CHECK(agg_current_round(a) == 2 && agg_get_state(a) == AGG_OPEN);
+    agg_current_base(a, b2);
+    CHECK(memcmp(b1, b2, 32) == 0);
+    j = metrics_of(&c, 1);
+    CHECK(j && !strcmp(json_string_value(json_object_get(j, "status")), "below-quorum"));
+    json_decref(j);
+    agg_close(a);
+    free(s0.env);
+    agg_config_free(&c);
+}
+
+/* ---- restart from the journal and determinism ----------------------------- */
+
+static void run_rounds(const char *sub, int restart_each_step, uint8_t final[32]) {
+    agg_config c;
+    agg *a = open_agg(sub, "count = 2; quorum = 3; deadline = 1000;", NULL, &c, T0);
+    for (uint64_t round = 1; round <= 2; round++)
+        for (int i = 0; i < 3; i++) {
+            struct sealed s = seal_delta(a, i, round, 100 * round + (uint64_t)i, NULL);
+            struct msg r = submit(a, s.env, s.len, s.id, round, T0 + round);
+            CHECK(r.type == MSG_RECEIPT);
+            if (restart_each_step) {
+                agg_close(a);
+                CHECK_OK(agg_open(&a, &c, T0 + round));
+                CHECK(agg_accepted_count(a) == i + 1);
+                /* After the restart the same envelope is still known. */
+                r = submit(a, s.env, s.len, s.id, round, T0 + round);
+                CHECK(r.type == MSG_RECEIPT && r.receipt.time == T0 + round);
+            }
+            free(s.env);
+            CHECK_OK(agg_tick(a, T0 + round));
+        }
+    CHECK(agg_get_state(a) == AGG_FINISHED);
+    agg_current_base(a, final);
+    agg_close(a);
+    agg_config_free(&c);
+}
+
+static void test_restart_determinism(void) {
+    uint8_t f1[32], f2[32], f3[32];
+    run_rounds("det-1", 0, f1);
+    run_rounds("det-2", 0, f2);
+    run_rounds("det-3", 1, f3);
+    CHECK(memcmp(f1, f2, 32) == 0); /* fresh keys and msgids, same deltas: same bytes */
+    CHECK(memcmp(f1, f3, 32) == 0); /* restarts after every receipt change nothing */
+
+    /* A journal cut after "close" (crash during aggregation) resumes there. */
+    agg_config c;
+    agg *a = open_agg("det-4", "count = 1; quorum = 3; deadline = 1000;", NULL, &c, T0);
+    for (int i = 0; i < 3; i++) {
+        struct sealed s = seal_delta(a, i, 1, 100 + (uint64_t)i, NULL);
+        CHECK(submit(a, s.env, s.len, s.id, 1, T0 + 1).type == MSG_RECEIPT);
+        free(s.env);
+    }
+    agg_close(a);
+    char jp[4300];
+    snprintf(jp, sizeof jp, "%s/journal", c.state);
+    agg_journal *j;
+    CHECK_OK(journal_open(&j, jp, 0, NULL, NULL));
+    CHECK_OK(journal_append(j, "close 1 3"));
+    journal_close(j);
+    CHECK_OK(agg_open(&a, &c, T0 + 2));
+    CHECK(agg_get_state(a) == AGG_AGGREGATING);
+    CHECK_OK(agg_tick(a, T0 + 2));
+    CHECK(agg_get_state(a) == AGG_FINISHED);
+    uint8_t f4[32];
+    agg_current_base(a, f4);
+    agg_close(a);
+    agg_config_free(&c);
+
+    /* The same three round-1 deltas as det-1: its round-1 version. */
+    a = open_agg("det-1", "count = 2; quorum = 3; deadline = 1000;", NULL, &c, T0);
+    agg_close(a);
+    char out[600];
+    uint8_t r1[32];
+    fed_path(out, sizeof out, "det-1/recompute-1");
+    CHECK_OK(agg_recompute(&c, 1, out, r1));
+    CHECK(memcmp(r1, f4, 32) == 0);
+    agg_config_free(&c);
+}
+
+/* ---- config errors ----------------------------------------------------------- */
+
+static void test_config(void) {
+    char p[600];
+    agg_config c;
+    fed_config(&F, "cfg", p, sizeof p, "count = 2; quorum = 4;", NULL);
+    CHECK_FAILS_WITH(agg_config_load(&c, p), "'rounds.quorum' must be from 1 to 3");
+    fed_config(&F, "cfg", p, sizeof p, "count = 2; quorom = 2;", NULL);
+    CHECK_FAILS_WITH(agg_config_load(&c, p), "unknown key 'rounds.quorom'");
+    fed_config(&F, "cfg", p, sizeof p, "count = 2; below_quorum = \"maybe\";", NULL);
+    CHECK_FAILS_WITH(agg_config_load(&c, p), "\"wait\" or \"fail\"");
+    fed_config(&F, "cfg", p, sizeof p, "count = 2;", "limits = { max_submission = 10; };\n");
+    CHECK_FAILS_WITH(agg_config_load(&c, p), "'limits.max_submission' must be from 1024");
+    fed_config(&F, "cfg", p, sizeof p, "count = 2;", NULL);
+    CHECK_OK(agg_config_load(&c, p));
+    CHECK(c.quorum == 3 && c.deadline_s == 600 && c.n_members == 3 && c.train.rank == FED_RANK);
+    CHECK(strstr(c.state, "/cfg/state") != NULL); /* relative to the config file */
+    agg_config_free(&c);
+}
+
+int main(void) {
+    fed_init(&F);
+    test_journal();
+    test_payload();
+    test_weights();
+    test_config();
+    test_round_and_refusals();
+    test_quorum_deadline();
+    test_restart_determinism();
+    model_free(F.base);
+    return check_finish();
+}
