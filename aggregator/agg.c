@@ -10,6 +10,15 @@
  *   publish <r> <version hex>                    round r's model is in the store
  *   fail <r> <reason>                            round r ends with no new version
  *
+ * With a policy file (config "policy", hooks.h) that enables DP-FedAvg, the
+ * noise of round r comes from a ChaCha20 key written to STATE/noise/r<r>.key
+ * (mode 0600, fsync'd) before the aggregation starts: a crash and restart
+ * reopen the same key, add the same noise and publish the same bytes. The
+ * key is deleted once the round's publish (or fail) record is written; a
+ * restart deletes any key left by a crash after that record. The privacy
+ * accountant is rebuilt from the journal (one sampled Gaussian round per
+ * publish record) and no round opens that would take ε above the budget.
+ *
  * Each is written (and fsync'd) before the step that depends on it becomes
  * visible: a RECEIPT after its accept, the next open after its publish. A
  * crash between a step and its record repeats the step after the restart,
@@ -17,9 +26,11 @@
  * over itself, a version published again under the same hash). */
 #include "aggregator/agg.h"
 
+#include "aggregator/hooks.h"
 #include "aggregator/journal.h"
 #include "aggregator/store.h"
 #include "model/checkpoint.h"
+#include "policies/accountant.h"
 #include "util/err.h"
 #include "util/fio.h"
 #include "wire/crypto.h"
@@ -30,6 +41,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -72,6 +84,8 @@ struct agg {
     agg_roster *roster;
     agg_journal *journal;
     const agg_policy *policy;
+    agg_hooks hooks;  /* the policy file's hooks (cfg.has_policy) */
+    dp_accountant dp; /* DP: the rounds published so far */
     int lock_fd;
 
     /* Replayed state. */
@@ -81,7 +95,8 @@ struct agg {
     uint8_t base[32];    /* the current round's base version */
     uint8_t version[32]; /* the newest version (= base while a round is open) */
     uint64_t deadline;
-    accept_rec *acc; /* every acceptance of every round, in journal order */
+    uint64_t published; /* publish records replayed or written */
+    accept_rec *acc;    /* every acceptance of every round, in journal order */
     size_t nacc, capacc;
 
     model *model; /* the model of version model_version, loaded on demand */
@@ -321,6 +336,7 @@ static int replay_record(void *arg, const char *text, size_t line) {
                            agg_state_name(a->state), (unsigned long long)a->round);
         if (store_unhex(w[2], a->version, 32) < 0) return err_set("record '%s': bad hex", text);
         a->state = AGG_PUBLISHED;
+        a->published++;
         return 0;
     }
     if (!strcmp(w[0], "fail") && n == 3) {
@@ -361,6 +377,68 @@ static int publish_model(const agg_config *c, const model *m, const char *name, 
         store_publish(c->state, tmp, hash) < 0)
         return err_context("publishing a model version");
     return 0;
+}
+
+/* ---- DP noise keys ----------------------------------------------------------- */
+
+static int dp_on(const agg_config *c) {
+    return c->has_policy && c->policy.dp.enabled;
+}
+
+static int key_path(const agg_config *c, uint64_t round, char *out, size_t n) {
+    if (snprintf(out, n, "%s/noise/r%llu.key", c->state, (unsigned long long)round) >= (int)n)
+        return err_set("state path %s is too long", c->state);
+    return 0;
+}
+
+/* The noise source of round `round` under a DP policy. Production: the
+ * ChaCha20 key stored for the round, or (create, and none stored yet) a fresh
+ * one from the CSPRNG, written durably with mode 0600 before it is used.
+ * Test mode: the seeded generator at test_seed + round, no key. */
+static int round_noise(const agg_config *c, uint64_t round, int create, noise_source **out) {
+    const policy *pol = &c->policy;
+    if (pol->mode == POLICY_MODE_TEST) return noise_open_seeded(out, pol, pol->test_seed + round);
+    char p[AGG_PATH_MAX];
+    if (key_path(c, round, p, sizeof p) < 0) return -1;
+    if (fio_exists(p)) {
+        char *key;
+        size_t len;
+        if (fio_read_all(p, NOISE_KEY_LEN, &key, &len) < 0)
+            return err_context("reading round %llu's DP noise key", (unsigned long long)round);
+        int rc = len == NOISE_KEY_LEN
+                     ? noise_open(out, pol, (const unsigned char *)key)
+                     : err_set("%s: a DP noise key is %d bytes, this file has %zu; the state "
+                               "directory was damaged",
+                               p, NOISE_KEY_LEN, len);
+        OPENSSL_cleanse(key, len);
+        free(key);
+        return rc;
+    }
+    if (!create)
+        return err_set("round %llu's DP noise key %s is gone: it is deleted when the round's "
+                       "version is published (the noise protects members only while it stays "
+                       "secret), so this round cannot be recomputed",
+                       (unsigned long long)round, p);
+    unsigned char key[NOISE_KEY_LEN];
+    if (noise_open(out, pol, NULL) < 0) return -1;
+    int rc = noise_key(*out, key) < 0 || fio_write_atomic(p, key, sizeof key, 0600) < 0
+                 ? err_context("storing round %llu's DP noise key", (unsigned long long)round)
+                 : 0;
+    OPENSSL_cleanse(key, sizeof key);
+    if (rc < 0) {
+        noise_free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+/* Deletes round's key (once its publish or fail record is written). */
+static int forget_key(const agg_config *c, uint64_t round) {
+    char p[AGG_PATH_MAX];
+    if (!dp_on(c)) return 0;
+    if (key_path(c, round, p, sizeof p) < 0) return -1;
+    if (unlink(p) != 0) return errno == ENOENT ? 0 : err_errno("deleting %s", p);
+    return fio_fsync_dir_of(p);
 }
 
 /* ---- opening the state directory ---------------------------------------- */
@@ -439,9 +517,13 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
     if (!a) return err_set("out of memory");
     a->cfg = *c;
     a->policy = agg_policy_default();
+    if (c->has_policy) {
+        agg_hooks_init(&a->hooks, &a->cfg.policy, &a->cfg.train);
+        a->policy = &a->hooks.hooks;
+    }
     a->lock_fd = -1;
     char p[AGG_PATH_MAX];
-    static const char *const dirs[] = {"", "inbox", "versions", "tmp"};
+    static const char *const dirs[] = {"", "inbox", "versions", "tmp", "noise"};
     for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++)
         if ((i == 0 ? snprintf(p, sizeof p, "%s", c->state) >= (int)sizeof p
                     : state_path(a, dirs[i], p, sizeof p) < 0) ||
@@ -480,6 +562,22 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         state_path(a, "tmp", dir, sizeof dir) < 0 || clean_dir(dir, "", 1) < 0 ||
         metrics_scan(a) < 0)
         goto fail;
+    /* DP keys of rounds whose publish or fail record made it (a crash came
+     * before the key was deleted); an aggregating round keeps its own. */
+    if (a->state != AGG_AGGREGATING &&
+        (state_path(a, "noise", dir, sizeof dir) < 0 || clean_dir(dir, ".key", 0) < 0))
+        goto fail;
+    if (dp_on(c)) {
+        const policy *pol = &c->policy;
+        dp_accountant_init(&a->dp);
+        if (dp_accountant_add(&a->dp, pol->rounds.fraction, pol->dp.noise_multiplier,
+                              (int64_t)a->published) < 0)
+            goto fail;
+        if (a->published)
+            say("DP: %llu round(s) published so far, epsilon %.4g at delta %g (budget %g)",
+                (unsigned long long)a->published, dp_epsilon(&a->dp, pol->dp.delta, NULL),
+                pol->dp.delta, pol->dp.epsilon_budget);
+    }
 
     const char *hook = getenv("FEDLORA_CRASH_AT");
     if (hook && *hook) {
@@ -532,6 +630,7 @@ void agg_close(agg *a) {
     agg_roster_free(a->roster);
     keys_secret_wipe(&a->keys);
     model_free(a->model);
+    agg_hooks_free(&a->hooks);
     free(a->acc);
     free(a->told);
     if (a->lock_fd >= 0) close(a->lock_fd);
@@ -578,15 +677,13 @@ static int reply_receipt(const accept_rec *r, uint8_t **out, size_t *len) {
     return encode(&m, out, len);
 }
 
-/* SUBMIT_BEGIN and SUBMIT_CHUNK are answered with a progress acknowledgement:
- * a RECEIPT whose digest is all zeros and whose time is 0. It only says "go
- * on"; the one receipt that means "stored" is the answer to SUBMIT_END,
- * carrying the envelope's real digest. */
-static int reply_progress(uint64_t round, const uint8_t id[MSG_ID_LEN], uint8_t **out,
-                          size_t *len) {
-    struct msg m = {.type = MSG_RECEIPT};
-    m.receipt.round = round;
-    memcpy(m.receipt.id, id, MSG_ID_LEN);
+/* SUBMIT_BEGIN and SUBMIT_CHUNK are answered with an ACK: "go on", with the
+ * bytes of the upload held so far. The one answer that means "stored" is the
+ * RECEIPT of SUBMIT_END, carrying the envelope's digest. */
+static int reply_ack(const uint8_t id[MSG_ID_LEN], uint64_t stored, uint8_t **out, size_t *len) {
+    struct msg m = {.type = MSG_ACK};
+    memcpy(m.ack.id, id, MSG_ID_LEN);
+    m.ack.stored = stored;
     return encode(&m, out, len);
 }
 
@@ -626,7 +723,7 @@ static int on_hello(agg *a, const struct msg_hello *h, uint8_t **out, size_t *le
         e.error.code = MSG_ERR_WRONG_ROUND;
         snprintf(e.error.reason, sizeof e.error.reason,
                  "finished: all %llu rounds are done; final version %s",
-                 (unsigned long long)a->cfg.rounds, hex);
+                 (unsigned long long)a->round, hex);
         return encode(&e, out, len);
     }
     if (a->state != AGG_OPEN && a->state != AGG_COLLECTING)
@@ -764,7 +861,7 @@ static int on_submit_begin(agg *a, const struct msg_submit_begin *b, uint64_t no
             return -1;
         }
     }
-    return reply_progress(b->round, b->id, out, len);
+    return reply_ack(b->id, 0, out, len);
 }
 
 static int on_submit_chunk(agg *a, const struct msg_submit_chunk *c, uint64_t now, uint8_t **out,
@@ -775,7 +872,7 @@ static int on_submit_chunk(agg *a, const struct msg_submit_chunk *c, uint64_t no
                            "no upload in progress for this msgid; start with SUBMIT_BEGIN");
     u->last_seen = now;
     if (c->index + 1 == u->next) /* a retried chunk whose answer was lost */
-        return reply_progress(u->round, c->id, out, len);
+        return reply_ack(c->id, u->received, out, len);
     if (c->index != u->next) {
         uint32_t want = u->next;
         upload_drop(u);
@@ -802,7 +899,7 @@ static int on_submit_chunk(agg *a, const struct msg_submit_chunk *c, uint64_t no
     u->next++;
     a->bytes_received += c->data_len;
     crash_point(a, "collect");
-    return reply_progress(u->round, c->id, out, len);
+    return reply_ack(c->id, u->received, out, len);
 }
 
 static int lookup_member(void *arg, const uint8_t fp[KEYS_FP_LEN], keys_public *out) {
@@ -1054,6 +1151,7 @@ typedef struct {
     double *w;
     dropped *drop;
     int ndrop;
+    int merged; /* the n kept updates were merged (n >= the quorum) */
     uint64_t tokens, examples, bytes;
 } round_result;
 
@@ -1079,11 +1177,12 @@ static void drop(round_result *r, uint64_t round, const char *member, const char
 /* The heart of a round, shared by the live aggregator and agg_recompute:
  * reads the n accepted envelopes in member name order, checks each again
  * (the same checks as at submission, so a delta that passed then passes
- * now), lets the policy validate and weigh them, and merges them into m.
- * On return r->n == 0 means nothing was merged (m is untouched). */
+ * now), lets the policy validate and weigh them, and merges them into m
+ * when at least `quorum` (and one) are kept. r->merged == 0 means nothing
+ * was merged (m is untouched): the policy rejected too many. */
 static int aggregate(const agg_config *c, agg_roster *roster, const keys_secret *keys,
                      const agg_policy *pol, model *m, const uint8_t base[32], uint64_t round,
-                     const accept_rec *const *acc, int n, round_result *r, agg *crash) {
+                     int quorum, const accept_rec *const *acc, int n, round_result *r, agg *crash) {
     memset(r, 0, sizeof *r);
     const accept_rec **order = malloc((size_t)(n ? n : 1) * sizeof *order);
     r->u = calloc((size_t)(n ? n : 1), sizeof *r->u);
@@ -1160,10 +1259,11 @@ static int aggregate(const agg_config *c, agg_roster *roster, const keys_secret 
         r->n++;
         if (crash) crash_point(crash, "aggregate");
     }
-    if (r->n > 0) {
+    if (r->n > 0 && r->n >= quorum) {
         if (pol->weights(pol->arg, r->u, r->n, r->w) < 0 ||
             pol->merge(pol->arg, m, r->u, r->n, r->w) < 0)
             goto done;
+        r->merged = 1;
     }
     rc = 0;
 done:
@@ -1199,6 +1299,45 @@ static json_t *hex_json(const uint8_t *h) {
     char hex[STORE_HEX_LEN + 1];
     store_hex(h, 32, hex);
     return json_string(hex);
+}
+
+/* The policy's part of a round's metrics: the rule and merge mode, per
+ * member the update norm, clipping factor, coefficient and selection of the
+ * last merge (r merged), and with DP ε of this round and of all rounds
+ * released so far (including this one when `released`), at δ. */
+static void metrics_policy(const agg *a, json_t *j, const round_result *r, int released) {
+    const policy *pol = &a->cfg.policy;
+    json_object_set_new(j, "policy", json_string(a->cfg.policy_path));
+    json_object_set_new(j, "rule", json_string(policy_rule_name(pol->robust.rule)));
+    json_object_set_new(j, "merge", json_string(policy_merge_name(pol->merge.mode)));
+    const aggregate_report *rep = &a->hooks.rep;
+    if (r && r->merged && rep->K == r->n) {
+        json_t *norm = json_object(), *clip = json_object(), *coef = json_object(),
+               *sel = json_object();
+        for (int i = 0; i < r->n; i++) {
+            const char *name = r->u[i].member;
+            json_object_set_new(norm, name, json_real(rep->norm[i]));
+            json_object_set_new(clip, name, json_real(rep->clip[i]));
+            json_object_set_new(coef, name, json_real(rep->coef[i]));
+            json_object_set_new(sel, name, json_boolean(rep->selected[i]));
+        }
+        json_object_set_new(j, "update_norm", norm);
+        json_object_set_new(j, "clip", clip);
+        json_object_set_new(j, "coef", coef);
+        json_object_set_new(j, "selected", sel);
+        json_object_set_new(j, "noise_sigma", json_real(rep->noise_sigma));
+    }
+    if (!pol->dp.enabled) return;
+    dp_accountant acc = a->dp;
+    if (released) dp_accountant_add(&acc, pol->rounds.fraction, pol->dp.noise_multiplier, 1);
+    json_object_set_new(j, "epsilon_round",
+                        json_real(released
+                                      ? dp_epsilon_for(pol->rounds.fraction,
+                                                       pol->dp.noise_multiplier, 1, pol->dp.delta)
+                                      : 0));
+    json_object_set_new(j, "epsilon", json_real(dp_epsilon(&acc, pol->dp.delta, NULL)));
+    json_object_set_new(j, "delta", json_real(pol->dp.delta));
+    json_object_set_new(j, "epsilon_budget", json_real(pol->dp.epsilon_budget));
 }
 
 /* One line per round, written once: a round repeated after a crash finds its
@@ -1246,6 +1385,7 @@ static int metrics_round(agg *a, const char *status, const uint8_t *version, con
     json_object_set_new(j, "publish_s", json_real(publish_s));
     json_object_set_new(j, "loss_before", lb);
     json_object_set_new(j, "loss_after", la);
+    if (a->cfg.has_policy) metrics_policy(a, j, r, version != NULL);
     json_object_set_new(j, "time", json_integer((json_int_t)time(NULL)));
     int rc = metrics_write(a, j);
     json_decref(j);
@@ -1270,6 +1410,7 @@ static int fail_round(agg *a, const char *reason, uint64_t now) {
     say("round %llu failed (%s): no new version; the next round trains on the same base",
         (unsigned long long)a->round, reason);
     a->state = AGG_PUBLISHED;
+    if (forget_key(&a->cfg, a->round) < 0) return -1;
     double open_t = (double)(a->deadline - a->cfg.deadline_s);
     return metrics_round(a, reason, NULL, NULL, (double)now - open_t, 0, 0);
 }
@@ -1292,10 +1433,17 @@ static int aggregate_and_publish(agg *a, uint64_t now) {
     if (round_accepts(a, a->round, &acc, &n) < 0) return -1;
     double t0 = mono();
     round_result r;
+    noise_source *noise = NULL;
     int rc = ensure_model(a, a->base);
-    if (rc == 0)
-        rc = aggregate(&a->cfg, a->roster, &a->keys, a->policy, a->model, a->base, a->round, acc, n,
-                       &r, a);
+    if (rc == 0 && dp_on(&a->cfg)) rc = round_noise(&a->cfg, a->round, 1, &noise);
+    if (rc == 0) {
+        a->hooks.info = (aggregate_round_info){a->round, agg_roster_count(a->roster)};
+        a->hooks.noise = noise;
+        rc = aggregate(&a->cfg, a->roster, &a->keys, a->policy, a->model, a->base, a->round,
+                       (int)a->cfg.quorum, acc, n, &r, a);
+        a->hooks.noise = NULL;
+    }
+    noise_free(noise);
     free(acc);
     if (rc < 0) {
         /* The model may be half merged: forget it, a restart reloads it. */
@@ -1304,9 +1452,16 @@ static int aggregate_and_publish(agg *a, uint64_t now) {
         return -1;
     }
     double t1 = mono(), open_t = (double)(a->deadline - a->cfg.deadline_s);
-    if (r.n == 0) {
+    if (!r.merged) {
+        /* The policy rejected so many that the quorum is no longer met. */
+        int kept = r.n;
+        r.n = 0; /* nothing was merged: the metrics list the rejections only */
+        int f = metrics_round(a, kept ? "below-quorum-after-validation" : "no-valid-delta", NULL,
+                              &r, (double)now - open_t, t1 - t0, 0);
+        r.n = kept;
         result_free(&r);
-        return fail_round(a, "no-valid-delta", now);
+        if (f < 0) return -1;
+        return fail_round(a, kept ? "below-quorum-after-validation" : "no-valid-delta", now);
     }
     char name[64], hex[STORE_HEX_LEN + 1];
     snprintf(name, sizeof name, "r%llu", (unsigned long long)a->round);
@@ -1328,6 +1483,21 @@ static int aggregate_and_publish(agg *a, uint64_t now) {
     }
     memcpy(a->version, v, 32);
     a->state = AGG_PUBLISHED;
+    a->published++;
+    if (dp_on(&a->cfg)) {
+        const policy *pol = &a->cfg.policy;
+        if (dp_accountant_add(&a->dp, pol->rounds.fraction, pol->dp.noise_multiplier, 1) < 0 ||
+            forget_key(&a->cfg, a->round) < 0) {
+            result_free(&r);
+            return -1;
+        }
+        say("round %llu: DP epsilon %.4g this round, %.4g over %llu round(s) at delta %g "
+            "(budget %g)",
+            (unsigned long long)a->round,
+            dp_epsilon_for(pol->rounds.fraction, pol->dp.noise_multiplier, 1, pol->dp.delta),
+            dp_epsilon(&a->dp, pol->dp.delta, NULL), (unsigned long long)a->published,
+            pol->dp.delta, pol->dp.epsilon_budget);
+    }
     say("round %llu published version %.16s... from %d delta(s) (%d dropped, %llu tokens): "
         "aggregate %.2f s, publish %.2f s",
         (unsigned long long)a->round, hex, r.n, r.ndrop, (unsigned long long)r.tokens, t1 - t0,
@@ -1336,16 +1506,59 @@ static int aggregate_and_publish(agg *a, uint64_t now) {
     return 0;
 }
 
-/* PUBLISHED → OPEN of the next round, or FINISHED after the last one. */
+static void finish(agg *a, uint64_t now) {
+    a->state = AGG_FINISHED;
+    a->finished_at = now;
+    char hex[STORE_HEX_LEN + 1];
+    store_hex(a->version, 32, hex);
+    say("finished: %llu round(s) done; final version %s", (unsigned long long)a->round, hex);
+}
+
+/* DP: 1 when the next round would take ε above the budget; then it is not
+ * opened: a log line and a metrics line (once, under the round number it
+ * would have had) say so. */
+static int dp_budget_spent(agg *a) {
+    const policy *pol = &a->cfg.policy;
+    double eps_next = 0;
+    if (!dp_on(&a->cfg) || !dp_would_exceed(&a->dp, pol->rounds.fraction, pol->dp.noise_multiplier,
+                                            pol->dp.delta, pol->dp.epsilon_budget, &eps_next))
+        return 0;
+    double eps = dp_epsilon(&a->dp, pol->dp.delta, NULL);
+    uint64_t next = a->round + 1;
+    say("DP budget: round %llu not opened: it would take epsilon from %.4g to %.4g at delta %g, "
+        "above dp.epsilon_budget %g; the federation ends here",
+        (unsigned long long)next, eps, eps_next, pol->dp.delta, pol->dp.epsilon_budget);
+    if (next > a->metrics_round) {
+        json_t *j = json_object();
+        if (!j) return err_set("out of memory for metrics");
+        json_object_set_new(j, "round", json_integer((json_int_t)next));
+        json_object_set_new(j, "status", json_string("dp-budget-exhausted"));
+        json_object_set_new(j, "epsilon", json_real(eps));
+        json_object_set_new(j, "epsilon_next", json_real(eps_next));
+        json_object_set_new(j, "epsilon_budget", json_real(pol->dp.epsilon_budget));
+        json_object_set_new(j, "delta", json_real(pol->dp.delta));
+        json_object_set_new(j, "rounds_published", json_integer((json_int_t)a->published));
+        json_object_set_new(j, "time", json_integer((json_int_t)time(NULL)));
+        int rc = metrics_write(a, j);
+        json_decref(j);
+        if (rc < 0) return -1;
+        a->metrics_round = next;
+    }
+    return 1;
+}
+
+/* PUBLISHED → OPEN of the next round, or FINISHED after the last one (or
+ * when the DP budget allows no more). */
 static int advance(agg *a, uint64_t now) {
     if (a->state != AGG_PUBLISHED) return 0;
     if (a->round >= a->cfg.rounds) {
-        a->state = AGG_FINISHED;
-        a->finished_at = now;
-        char hex[STORE_HEX_LEN + 1];
-        store_hex(a->version, 32, hex);
-        say("finished: %llu round(s) done; final version %s", (unsigned long long)a->round, hex);
+        finish(a, now);
         return 0;
+    }
+    int spent = dp_budget_spent(a);
+    if (spent != 0) {
+        if (spent > 0) finish(a, now);
+        return spent < 0 ? -1 : 0;
     }
     crash_point(a, "open");
     return open_round(a, now);
@@ -1501,13 +1714,20 @@ int agg_recompute(const agg_config *c, uint64_t round, const char *out_dir, uint
         goto done;
     }
     int n;
+    const agg_policy *pol = agg_policy_default();
+    if (c->has_policy) {
+        agg_hooks_init(&a->hooks, &c->policy, &c->train);
+        a->hooks.info = (aggregate_round_info){round, agg_roster_count(a->roster)};
+        pol = &a->hooks.hooks;
+        if (dp_on(c) && round_noise(c, round, 0, &a->hooks.noise) < 0) goto done;
+    }
     if (round_accepts(a, round, &acc, &n) < 0) goto done;
     if (load_version(c, a->want_base, &m) < 0) goto done;
-    if (aggregate(c, a->roster, &a->keys, agg_policy_default(), m, a->want_base, round, acc, n, &r,
+    if (aggregate(c, a->roster, &a->keys, pol, m, a->want_base, round, (int)c->quorum, acc, n, &r,
                   NULL) < 0)
         goto done;
-    if (r.n == 0) {
-        err_set("round %llu merged no delta (every one was dropped): it published no version",
+    if (!r.merged) {
+        err_set("round %llu merged no delta (too many were dropped): it published no version",
                 (unsigned long long)round);
         goto done;
     }
@@ -1520,6 +1740,8 @@ done:
     result_free(&r);
     free(acc);
     model_free(m);
+    noise_free(a->hooks.noise);
+    agg_hooks_free(&a->hooks);
     agg_roster_free(a->roster);
     keys_secret_wipe(&a->keys);
     free(a->acc);

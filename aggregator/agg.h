@@ -47,7 +47,8 @@ typedef struct agg agg;
 int agg_open(agg **out, const agg_config *c, uint64_t now);
 void agg_close(agg *a);
 
-/* Replaces the aggregation policy (default: agg_policy_default()). */
+/* Replaces the aggregation policy (default: the config's policy file through
+ * hooks.h, or agg_policy_default() without one). */
 void agg_set_policy(agg *a, const agg_policy *p);
 
 /* Handles one request (an encoded message) and makes the encoded reply
@@ -80,10 +81,12 @@ void agg_request_stop(void);
 
 /* Re-derives round `round`'s model offline from the stored base version and
  * the sealed deltas the journal accepted for it, exactly as the live
- * aggregation did (with agg_policy_default(), the live aggregator's policy
- * unless agg_set_policy replaced it), into out_dir (config.json +
+ * aggregation did: under the config's policy file when it names one
+ * (hooks.h), else agg_policy_default(); into out_dir (config.json +
  * model.safetensors); hash gets the SHA-256 of the model file. Reads the
- * state directory only. */
+ * state directory only. With DP in production mode it needs the round's
+ * stored noise key, which exists only until the round is published: a
+ * published DP round is refused with a message that says so. */
 int agg_recompute(const agg_config *c, uint64_t round, const char *out_dir, uint8_t hash[32]);
 
 #endif

@@ -221,8 +221,7 @@ static int load_policy(const struct cfg_ctx *x, agg_config *c) {
                            "'weighting.cap' caps every member; remove max_weight",
                            x->file, i);
     if (lookup_path(x, "policy", c->policy_path, sizeof c->policy_path) < 0) return -1;
-    if (policy_load(&c->policy, c->policy_path) < 0)
-        return err_context("%s: 'policy'", x->file);
+    if (policy_load(&c->policy, c->policy_path) < 0) return err_context("%s: 'policy'", x->file);
     const policy *p = &c->policy;
     if (p->rounds.quorum > c->n_members)
         return err_set("%s: rounds.quorum = %d is above the %d members of %s", c->policy_path,

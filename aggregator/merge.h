@@ -14,8 +14,9 @@
  * with each member's p_i capped at its max_weight (the excess goes to the
  * others in proportion to their tokens). Updates are always given in member
  * name order and every step is deterministic, so the same updates give the
- * same bytes. The policies module (issue #8) plugs its weighting,
- * validation and robust rules in through agg_policy. */
+ * same bytes. A policy file plugs the policies library's weighting,
+ * validation, robust rules, merge modes and DP in through agg_policy
+ * (hooks.h). */
 #ifndef FL_AGGREGATOR_MERGE_H
 #define FL_AGGREGATOR_MERGE_H
 

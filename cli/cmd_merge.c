@@ -2,6 +2,7 @@
  * mergekit's methods (policies/mergekit.h) and writes a Hugging Face model
  * directory, in the base's dtype, with the base's tokenizer files. */
 #include "cli/commands.h"
+#include "cli/modeldir.h"
 #include "cli/opts.h"
 #include "lora/lora.h"
 #include "lora/peft.h"
@@ -15,8 +16,6 @@
 #include <string.h>
 
 #define MERGE_MAX_ADAPTERS 64
-#define COPY_MAX ((size_t)1 << 30) /* a tokenizer file copied along: 1 GiB at most */
-
 static const char *usage_text =
     "usage: fedlora merge --method linear|task_arithmetic|ties|dare_linear|dare_ties\n"
     "                     [--weights W1,W2,...] [--density D | D1,D2,...] [--lambda L]\n"
@@ -32,31 +31,6 @@ static const char *usage_text =
     "  dare_ties        DARE's drop, then TIES's sign election (sum, not mean)\n"
     "Defaults: weights 1 each, density 1 (ties, dare_*), lambda 1, seed 0. Writes\n"
     "config.json and model.safetensors (the base's dtype) and the base's tokenizer files.\n";
-
-static const char *companions[] = {"tokenizer.json",
-                                   "tokenizer_config.json",
-                                   "special_tokens_map.json",
-                                   "tokenizer.model",
-                                   "vocab.json",
-                                   "merges.txt",
-                                   "added_tokens.json",
-                                   "generation_config.json"};
-
-static int copy_companions(const char *from, const char *to) {
-    for (size_t i = 0; i < sizeof companions / sizeof companions[0]; i++) {
-        char src[4096], dst[4096], *buf;
-        size_t len;
-        if (fio_join(src, sizeof src, from, companions[i]) != 0 ||
-            fio_join(dst, sizeof dst, to, companions[i]) != 0)
-            return -1;
-        if (!fio_exists(src)) continue;
-        if (fio_read_all(src, COPY_MAX, &buf, &len) != 0) return -1;
-        int rc = fio_write_atomic(dst, buf, len, 0644);
-        free(buf);
-        if (rc != 0) return -1;
-    }
-    return 0;
-}
 
 /* "a,b,c" → K numbers in [lo, hi]; one number fills all K when broadcast is set. */
 static int parse_list(const char *s, const char *opt, int K, int broadcast, double lo, double hi,
@@ -143,7 +117,7 @@ int cmd_merge(int argc, char **argv) {
             goto done;
         }
     if (mergekit_merge(m, sets, K, &o) != 0 || checkpoint_save(m, out, m->cfg.torch_dtype) != 0 ||
-        copy_companions(dir, out) != 0)
+        modeldir_copy_companions(dir, out) != 0)
         goto done;
     printf("wrote %s: %s merged with %d adapters by %s, %s\n", out, dir, K, method_s,
            m->cfg.torch_dtype);

@@ -2,6 +2,7 @@
  * writes the result as a Hugging Face model directory (W' = W + s·B·A per
  * adapted module, lora/delta.h), in the base's dtype. */
 #include "cli/commands.h"
+#include "cli/modeldir.h"
 #include "cli/opts.h"
 #include "lora/delta.h"
 #include "lora/lora.h"
@@ -20,34 +21,6 @@ static const char *usage_text =
     "model.safetensors to --out in the base model's dtype (config.json's torch_dtype),\n"
     "with the base's tokenizer and generation files copied along: a model that\n"
     "transformers, vLLM and fedlora load without PEFT.\n";
-
-#define COPY_MAX ((size_t)1 << 30) /* a tokenizer file copied along: 1 GiB at most */
-
-/* Files of a Hugging Face directory that belong with the weights. */
-static const char *companions[] = {"tokenizer.json",
-                                   "tokenizer_config.json",
-                                   "special_tokens_map.json",
-                                   "tokenizer.model",
-                                   "vocab.json",
-                                   "merges.txt",
-                                   "added_tokens.json",
-                                   "generation_config.json"};
-
-static int copy_companions(const char *from, const char *to) {
-    for (size_t i = 0; i < sizeof companions / sizeof companions[0]; i++) {
-        char src[4096], dst[4096], *buf;
-        size_t len;
-        if (fio_join(src, sizeof src, from, companions[i]) != 0 ||
-            fio_join(dst, sizeof dst, to, companions[i]) != 0)
-            return -1;
-        if (!fio_exists(src)) continue;
-        if (fio_read_all(src, COPY_MAX, &buf, &len) != 0) return -1;
-        int rc = fio_write_atomic(dst, buf, len, 0644);
-        free(buf);
-        if (rc != 0) return -1;
-    }
-    return 0;
-}
 
 int cmd_merge_adapter(int argc, char **argv) {
     const char *dir = NULL, *adapter = NULL, *out = NULL;
@@ -73,7 +46,7 @@ int cmd_merge_adapter(int argc, char **argv) {
         goto done;
     }
     if (delta_merge(m, s) != 0 || checkpoint_save(m, out, m->cfg.torch_dtype) != 0 ||
-        copy_companions(dir, out) != 0)
+        modeldir_copy_companions(dir, out) != 0)
         goto done;
     printf("wrote %s: %s with %d adapted modules of %s folded in, %s\n", out, dir, s->n_modules,
            adapter, m->cfg.torch_dtype);

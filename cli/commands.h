@@ -18,6 +18,7 @@ int cmd_keygen(int argc, char **argv);
 int cmd_node(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_aggregator(int argc, char **argv);
+int cmd_roster(int argc, char **argv);
 #endif
 int cmd_train(int argc, char **argv);
 int cmd_generate(int argc, char **argv);

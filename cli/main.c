@@ -17,6 +17,7 @@ static const cli_command commands[] = {
     {"node", cmd_node, "take part in federated rounds as a university (node --config FILE)"},
     {"demo", cmd_demo, "run a whole federation on loopback: aggregator, 3 universities, 3 rounds"},
     {"aggregator", cmd_aggregator, "run the consortium's aggregator (aggregator --config FILE)"},
+    {"roster", cmd_roster, "the consortium's signed member list: init, add, revoke, rotate, list"},
 #endif
     {"train", cmd_train, "fine-tune a LoRA adapter (PEFT format) on a data file"},
     {"generate", cmd_generate, "continue a prompt with a model and optional adapter"},

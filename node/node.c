@@ -150,21 +150,38 @@ static int submit_refused(node_ctx *n, uint64_t round, const struct msg_error *e
     }
 }
 
-/* One request of the submission. 0 acknowledged (rep holds the reply, a
- * RECEIPT for this message id; raw must be closed), else a SUBMIT_* outcome
- * or -1. BEGIN and each CHUNK are acknowledged with a progress RECEIPT, END
- * with the real one (docs/protocol.md, "Federation flow"). */
+/* One request of the submission. 0 acknowledged (rep holds the reply; raw
+ * must be closed), else a SUBMIT_* outcome or -1. BEGIN and each CHUNK are
+ * answered with an ACK for this message id saying how many bytes the
+ * aggregator holds, which must be the `stored` bytes sent so far; END with
+ * the RECEIPT (docs/protocol.md, "Federation flow"). */
 static int submit_step(node_ctx *n, uint64_t round, const uint8_t msgid[MSG_ID_LEN],
-                       const struct msg *req, struct msg *rep, struct transport_msg *raw) {
+                       const struct msg *req, uint64_t stored, struct msg *rep,
+                       struct transport_msg *raw) {
     int k = node_call(n, req, rep, raw);
     if (k != 0) return k < 0 ? -1 : SUBMIT_STOP;
-    if (rep->type == MSG_RECEIPT && memcmp(rep->receipt.id, msgid, MSG_ID_LEN) == 0) return 0;
+    enum msg_type want = req->type == MSG_SUBMIT_END ? MSG_RECEIPT : MSG_ACK;
+    if (want == MSG_RECEIPT && rep->type == MSG_RECEIPT &&
+        memcmp(rep->receipt.id, msgid, MSG_ID_LEN) == 0)
+        return 0;
+    if (want == MSG_ACK && rep->type == MSG_ACK && memcmp(rep->ack.id, msgid, MSG_ID_LEN) == 0) {
+        if (rep->ack.stored == stored) return 0;
+        /* Out of step with the aggregator (it lost or doubled a chunk):
+         * the upload starts over. */
+        node_log(n,
+                 "round %llu: the aggregator holds %llu bytes of the envelope, %llu were sent; "
+                 "starting the submission again",
+                 (unsigned long long)round, (unsigned long long)rep->ack.stored,
+                 (unsigned long long)stored);
+        transport_msg_close(raw);
+        return SUBMIT_AGAIN;
+    }
     if (rep->type != MSG_ERROR) {
         transport_msg_close(raw);
-        return err_set("round %llu: the aggregator answered %s with %s, not a receipt for this "
+        return err_set("round %llu: the aggregator answered %s with %s, not %s %s for this "
                        "envelope",
                        (unsigned long long)round, msg_type_name(req->type),
-                       msg_type_name(rep->type));
+                       msg_type_name(rep->type), want == MSG_ACK ? "an" : "a", msg_type_name(want));
     }
     struct msg_error e = rep->error;
     transport_msg_close(raw);
@@ -201,7 +218,7 @@ static int submit_once(node_ctx *n, uint64_t round, node_round_record *rec, cons
     memcpy(req.submit_begin.id, rec->msgid, MSG_ID_LEN);
     req.submit_begin.size = size;
     req.submit_begin.chunks = chunks;
-    if ((rc = submit_step(n, round, rec->msgid, &req, &rep, &raw)) != 0) goto done;
+    if ((rc = submit_step(n, round, rec->msgid, &req, 0, &rep, &raw)) != 0) goto done;
     transport_msg_close(&raw);
     if (crypto_sha256_new(&h) != 0) {
         rc = -1;
@@ -224,7 +241,8 @@ static int submit_once(node_ctx *n, uint64_t round, node_round_record *rec, cons
         req.submit_chunk.index = i;
         req.submit_chunk.data = chunk;
         req.submit_chunk.data_len = (uint32_t)len;
-        if ((rc = submit_step(n, round, rec->msgid, &req, &rep, &raw)) != 0) break;
+        uint64_t sent = (uint64_t)i * MSG_CHUNK_MAX + len;
+        if ((rc = submit_step(n, round, rec->msgid, &req, sent, &rep, &raw)) != 0) break;
         transport_msg_close(&raw);
         rec->upload_bytes += len;
     }
@@ -240,7 +258,7 @@ static int submit_once(node_ctx *n, uint64_t round, node_round_record *rec, cons
     req = (struct msg){.type = MSG_SUBMIT_END};
     memcpy(req.submit_end.id, rec->msgid, MSG_ID_LEN);
     memcpy(req.submit_end.digest, digest, MSG_HASH_LEN);
-    if ((rc = submit_step(n, round, rec->msgid, &req, &rep, &raw)) != 0) goto done;
+    if ((rc = submit_step(n, round, rec->msgid, &req, 0, &rep, &raw)) != 0) goto done;
     if (rep.receipt.round != round || memcmp(rep.receipt.digest, digest, MSG_HASH_LEN) != 0) {
         rc = err_set("round %llu: the aggregator's receipt (for round %llu) does not carry this "
                      "envelope's round and digest",

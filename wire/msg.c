@@ -44,6 +44,7 @@ static const char *const type_names[] = {
     [MSG_SUBMIT_END] = "SUBMIT_END",
     [MSG_RECEIPT] = "RECEIPT",
     [MSG_ERROR] = "ERROR",
+    [MSG_ACK] = "ACK",
 };
 #define N_TYPES (sizeof type_names / sizeof type_names[0])
 
@@ -432,6 +433,13 @@ static int decode_receipt(const struct fields *fs, struct msg_receipt *m) {
     return 0;
 }
 
+static int decode_ack(const struct fields *fs, struct msg_ack *m) {
+    if (get_fixed(fs, "msgid", m->id, MSG_ID_LEN) < 0 ||
+        get_u64(fs, "stored", 0, MSG_SUBMIT_MAX, &m->stored) < 0)
+        return -1;
+    return 0;
+}
+
 static int decode_error(const struct fields *fs, struct msg_error *m) {
     uint32_t code;
     if (get_u32(fs, "code", 1, MSG_ERR_LAST, &code) < 0 ||
@@ -486,6 +494,8 @@ int msg_decode(const void *buf, size_t len, const struct mp_limits *lim, struct 
             return decode_receipt(&fs, &m->receipt);
         case MSG_ERROR:
             return decode_error(&fs, &m->error);
+        case MSG_ACK:
+            return decode_ack(&fs, &m->ack);
     }
     return err_set("message: unknown message type '%s'", t);
 }
@@ -646,6 +656,11 @@ static void encode_body(struct enc *e, const struct msg *m) {
             put_uint(e, "code", (uint64_t)m->error.code);
             put_str(e, "reason", m->error.reason, sizeof m->error.reason);
             if (m->error.has_retry_after) put_uint(e, "retry_after", m->error.retry_after_ms);
+            break;
+        case MSG_ACK:
+            put_header(e, m->type, 2);
+            put_bin(e, "msgid", m->ack.id, MSG_ID_LEN);
+            put_uint(e, "stored", m->ack.stored);
             break;
     }
 }

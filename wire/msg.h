@@ -57,6 +57,7 @@ enum msg_type {
     MSG_SUBMIT_END,   /* node → aggregator: done, SHA-256 of the whole envelope */
     MSG_RECEIPT,      /* aggregator → node: stored durably, the node may forget it */
     MSG_ERROR,        /* either way: a code, a reason, maybe when to retry */
+    MSG_ACK,          /* aggregator → node: SUBMIT_BEGIN/CHUNK taken, bytes stored so far */
 };
 
 enum msg_error_code {
@@ -141,6 +142,14 @@ struct msg_receipt {
     uint64_t time;                /* "time": unix seconds when it was stored */
 };
 
+/* The answer to SUBMIT_BEGIN and each SUBMIT_CHUNK: "go on". Not a receipt:
+ * only the RECEIPT answering SUBMIT_END means the envelope is stored. */
+struct msg_ack {
+    uint8_t id[MSG_ID_LEN]; /* "msgid": the upload's message id */
+    uint64_t stored;        /* "stored": bytes of it stored so far, 0..MSG_SUBMIT_MAX
+                               (where an interrupted upload could resume) */
+};
+
 struct msg_error {
     enum msg_error_code code;        /* "code": 1..MSG_ERR_LAST */
     char reason[MSG_REASON_MAX + 1]; /* "reason": no control characters */
@@ -160,6 +169,7 @@ struct msg {
         struct msg_submit_end submit_end;
         struct msg_receipt receipt;
         struct msg_error error;
+        struct msg_ack ack;
     };
 };
 

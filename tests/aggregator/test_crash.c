@@ -270,7 +270,7 @@ static void submit_until_receipt(struct run *R, int member, uint64_t round, cons
         int starts = R->p.starts;
         request(&R->p, &m, &r, &buf);
         free(buf);
-        int ok = r.type == MSG_RECEIPT;
+        int ok = r.type == MSG_ACK && r.ack.stored == 0;
         for (uint32_t i = 0; ok && i < m.submit_begin.chunks; i++) {
             struct msg c = {.type = MSG_SUBMIT_CHUNK};
             memcpy(c.submit_chunk.id, id, 16);
@@ -279,7 +279,9 @@ static void submit_until_receipt(struct run *R, int member, uint64_t round, cons
             c.submit_chunk.data_len = (uint32_t)(len - i * CHUNK < CHUNK ? len - i * CHUNK : CHUNK);
             request(&R->p, &c, &r, &buf);
             free(buf);
-            ok = r.type == MSG_RECEIPT && R->p.starts == starts;
+            ok = r.type == MSG_ACK &&
+                 r.ack.stored == (uint64_t)i * CHUNK + c.submit_chunk.data_len &&
+                 R->p.starts == starts;
         }
         if (ok) {
             struct msg e = {.type = MSG_SUBMIT_END};

@@ -2,7 +2,8 @@
  * bytes equal to an offline recomputation from the same sealed deltas
  * (agg_recompute: the stored base version and the inbox's envelopes, merged
  * again), and the nodes' durable records tell the same story: one receipt per
- * round, an empty outbox, the last version synced. */
+ * round, an empty outbox, the last version synced. A node that is not a
+ * member is turned away. */
 #include "aggregator/agg.h"
 #include "aggregator/config.h"
 #include "tests/federation/fed_test.h"
@@ -34,6 +35,24 @@ int main(void) {
     ft_fed f;
     CHECK_OK(ft_setup(&f, "exact", 3, &o));
     CHECK_OK(ft_start_aggregator(&f));
+    {
+        /* A node whose identity is not on the member list is turned away at
+         * its first HELLO and exits 1 saying so. */
+        char dir[FT_PATH], cfg[FT_PATH], log[FT_PATH], text[2048];
+        CHECK_OK(ft_keys(f.keys, "uni-outsider"));
+        ft_in(dir, f.root, "outsider");
+        CHECK_OK(fio_mkdirs(dir, 0700));
+        snprintf(text, sizeof text,
+                 "keys = { dir = \"../keys\"; name = \"uni-outsider\"; };\n"
+                 "consortium = \"fed-test\";\n"
+                 "aggregator = { endpoint = \"%s\"; identity = \"../keys/aggregator.id\"; };\n"
+                 "base_model = \"../base\"; data = \"none.txt\"; state = \"state\";\n",
+                 f.endpoint);
+        CHECK_OK(ft_write(ft_in(cfg, dir, "node.cfg"), text));
+        pid_t p = ft_spawn(ft_in(log, dir, "node.log"), "node", "--config", cfg, NULL);
+        CHECK(ft_wait(p, 30) == 1);
+        CHECK(ft_contains(log, "does not admit this node: unknown node"));
+    }
     for (int i = 0; i < f.n; i++) {
         /* The first node trains the round's batch of 4 as 2 micro-batches of
          * 2 (its local override): the same updates, less memory. */

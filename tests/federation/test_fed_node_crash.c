@@ -43,9 +43,8 @@ static int hook(ft_proxy *p, const char *name, int is_reply, const struct msg *m
             return FT_SWALLOW; /* A waits: round 2 must stay open for B */
         return FT_PASS;
     }
-    /* The aggregator's answer to A's first SUBMIT_CHUNK of round 1. */
-    if (i == 0 && !c->kill_a && c->last_req[i] == MSG_SUBMIT_CHUNK && m->type == MSG_RECEIPT &&
-        m->receipt.round == 1) {
+    /* The aggregator's answer (ACK) to A's first SUBMIT_CHUNK, in round 1. */
+    if (i == 0 && !c->kill_a && c->last_req[i] == MSG_SUBMIT_CHUNK && m->type == MSG_ACK) {
         c->kill_a = 1;
         return FT_SWALLOW;
     }

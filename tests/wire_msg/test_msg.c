@@ -199,6 +199,25 @@ static void test_round_trips(void) {
     CHECK(out.receipt.time == 1795000123 && out.receipt.round == 7);
     free(buf);
 
+    m = (struct msg){.type = MSG_ACK};
+    fill(m.ack.id, MSG_ID_LEN, 8);
+    m.ack.stored = 3 * MSG_CHUNK_MAX + 17;
+    CHECK_OK(round_trip(&m, &out, &buf));
+    CHECK(out.type == MSG_ACK && out.ack.stored == 3 * MSG_CHUNK_MAX + 17);
+    CHECK(memcmp(out.ack.id, m.ack.id, MSG_ID_LEN) == 0);
+    free(buf);
+    m.ack.stored = 0; /* SUBMIT_BEGIN's answer */
+    CHECK_OK(round_trip(&m, &out, &buf));
+    CHECK(out.ack.stored == 0);
+    free(buf);
+    m.ack.stored = MSG_SUBMIT_MAX;
+    CHECK_OK(round_trip(&m, &out, &buf));
+    CHECK(out.ack.stored == MSG_SUBMIT_MAX);
+    free(buf);
+    m.ack.stored = MSG_SUBMIT_MAX + 1; /* never sent: the decoder would refuse it */
+    size_t len;
+    CHECK_FAILS_WITH(msg_encode(&m, &buf, &len), "refusing to encode an invalid ACK");
+
     m = (struct msg){.type = MSG_ERROR};
     m.error.code = MSG_ERR_BUSY;
     strcpy(m.error.reason, "aggregating round 7; try again in a minute");
@@ -316,6 +335,35 @@ static void test_reader_matrix(void) {
 static void test_schema(void) {
     struct msg m;
     struct b b;
+
+    /* ACK: both fields required, msgid exactly 16 bytes, stored bounded. */
+    b_init(&b);
+    b_head(&b, "ACK", 1);
+    b_kbin(&b, "msgid", MSG_ID_LEN);
+    CHECK_FAILS_WITH(b_decode(&b, &m), "ACK: missing required field 'stored'");
+    b_init(&b);
+    b_head(&b, "ACK", 2);
+    b_kbin(&b, "msgid", MSG_ID_LEN - 1);
+    b_kuint(&b, "stored", 0);
+    CHECK_FAILS_WITH(b_decode(&b, &m),
+                     "ACK: field 'msgid' must be a blob of exactly 16 bytes, got 15 bytes");
+    b_init(&b);
+    b_head(&b, "ACK", 2);
+    b_kbin(&b, "msgid", MSG_ID_LEN);
+    b_kuint(&b, "stored", MSG_SUBMIT_MAX + 1);
+    CHECK_FAILS_WITH(b_decode(&b, &m), "ACK: field 'stored'");
+    b_init(&b);
+    b_head(&b, "ACK", 2);
+    b_kbin(&b, "msgid", MSG_ID_LEN);
+    b_kstr(&b, "stored", "12");
+    CHECK_FAILS_WITH(b_decode(&b, &m), "ACK: field 'stored'");
+    b_init(&b);
+    b_head(&b, "ACK", 3); /* an unknown field is skipped */
+    b_kbin(&b, "msgid", MSG_ID_LEN);
+    b_kuint(&b, "stored", 4096);
+    b_kuint(&b, "resume_hint", 1);
+    CHECK_OK(b_decode(&b, &m));
+    CHECK(m.type == MSG_ACK && m.ack.stored == 4096);
 
     /* Wrong types. */
     b_init(&b);
