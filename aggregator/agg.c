@@ -183,7 +183,7 @@ static void crash_point(agg *a, const char *point) {
 
 static void short_hex(const uint8_t *h, char out[17]) {
     char full[STORE_HEX_LEN + 1];
-    store_hex(h, 32, full);
+    hex_encode(h, 32, full);
     memcpy(out, full, 16);
     out[16] = '\0';
 }
@@ -281,7 +281,7 @@ static int replay_record(void *arg, const char *text, size_t line) {
     if (!strcmp(w[0], "init") && n == 3) {
         uint8_t cons[32];
         if (a->initialized) return err_set("a second 'init' record");
-        if (store_unhex(w[1], cons, 32) < 0 || store_unhex(w[2], a->version, 32) < 0)
+        if (hex_decode(w[1], cons, 32) < 0 || hex_decode(w[2], a->version, 32) < 0)
             return err_set("record '%s': bad hex", text);
         if (memcmp(cons, a->cfg.consortium, 32) != 0)
             return err_set("this state directory belongs to another consortium than '%s' "
@@ -297,7 +297,7 @@ static int replay_record(void *arg, const char *text, size_t line) {
         if (a->state != AGG_PUBLISHED || r != a->round + 1)
             return err_set("'open %llu' in state %s of round %llu", (unsigned long long)r,
                            agg_state_name(a->state), (unsigned long long)a->round);
-        if (store_unhex(w[2], a->base, 32) < 0 || parse_u64(w[3], &a->deadline) < 0)
+        if (hex_decode(w[2], a->base, 32) < 0 || parse_u64(w[3], &a->deadline) < 0)
             return err_set("record '%s': bad fields", text);
         a->round = r;
         a->state = AGG_OPEN;
@@ -313,8 +313,8 @@ static int replay_record(void *arg, const char *text, size_t line) {
             return err_set("'accept' for round %llu in state %s of round %llu",
                            (unsigned long long)r, agg_state_name(a->state),
                            (unsigned long long)a->round);
-        if (keys_name_check(w[2]) < 0 || store_unhex(w[3], ar.msgid, MSG_ID_LEN) < 0 ||
-            store_unhex(w[4], ar.digest, MSG_HASH_LEN) < 0 || parse_u64(w[5], &ar.size) < 0 ||
+        if (keys_name_check(w[2]) < 0 || hex_decode(w[3], ar.msgid, MSG_ID_LEN) < 0 ||
+            hex_decode(w[4], ar.digest, MSG_HASH_LEN) < 0 || parse_u64(w[5], &ar.size) < 0 ||
             parse_u64(w[6], &ar.time) < 0)
             return err_set("record '%s': bad fields", text);
         snprintf(ar.member, sizeof ar.member, "%s", w[2]);
@@ -334,7 +334,7 @@ static int replay_record(void *arg, const char *text, size_t line) {
         if (r != a->round || a->state != AGG_AGGREGATING)
             return err_set("'publish %llu' in state %s of round %llu", (unsigned long long)r,
                            agg_state_name(a->state), (unsigned long long)a->round);
-        if (store_unhex(w[2], a->version, 32) < 0) return err_set("record '%s': bad hex", text);
+        if (hex_decode(w[2], a->version, 32) < 0) return err_set("record '%s': bad hex", text);
         a->state = AGG_PUBLISHED;
         a->published++;
         return 0;
@@ -495,7 +495,7 @@ static int open_round(agg *a, uint64_t now) {
     uint64_t r = a->round + 1;
     uint64_t deadline = now + a->cfg.deadline_s;
     char hex[STORE_HEX_LEN + 1], sh[17];
-    store_hex(a->version, 32, hex);
+    hex_encode(a->version, 32, hex);
     if (journal_append(a->journal, "open %llu %s %llu", (unsigned long long)r, hex,
                        (unsigned long long)deadline) < 0)
         return -1;
@@ -601,8 +601,8 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         }
         if (publish_model(c, a->model, "import", a->version) < 0) goto fail;
         memcpy(a->model_version, a->version, 32);
-        store_hex(a->version, 32, hex);
-        store_hex(c->consortium, 32, chex);
+        hex_encode(a->version, 32, hex);
+        hex_encode(c->consortium, 32, chex);
         if (journal_append(a->journal, "init %s %s", chex, hex) < 0) goto fail;
         a->initialized = 1;
         a->state = AGG_PUBLISHED;
@@ -717,7 +717,7 @@ static int on_hello(agg *a, const struct msg_hello *h, uint8_t **out, size_t *le
     if (a->state == AGG_FINISHED) {
         /* No retry_after: the node is done and exits 0. */
         char hex[STORE_HEX_LEN + 1];
-        store_hex(a->version, 32, hex);
+        hex_encode(a->version, 32, hex);
         mark_told(a, m.name);
         struct msg e = {.type = MSG_ERROR};
         e.error.code = MSG_ERR_WRONG_ROUND;
@@ -815,7 +815,7 @@ static int open_state(const agg *a) {
 static int on_submit_begin(agg *a, const struct msg_submit_begin *b, uint64_t now, uint8_t **out,
                            size_t *len) {
     char idhex[2 * MSG_ID_LEN + 1];
-    store_hex(b->id, MSG_ID_LEN, idhex);
+    hex_encode(b->id, MSG_ID_LEN, idhex);
     const accept_rec *prev = find_msgid(a, b->id);
     if (!prev) {
         char why[160];
@@ -1087,8 +1087,8 @@ static int on_submit_end(agg *a, const struct msg_submit_end *e, uint64_t now, u
     snprintf(ar.member, sizeof ar.member, "%s", m.name);
     memcpy(ar.msgid, e->id, MSG_ID_LEN);
     memcpy(ar.digest, digest, 32);
-    store_hex(ar.msgid, MSG_ID_LEN, idhex);
-    store_hex(ar.digest, 32, dhex);
+    hex_encode(ar.msgid, MSG_ID_LEN, idhex);
+    hex_encode(ar.digest, 32, dhex);
     if (journal_append(a->journal, "accept %llu %s %s %s %llu %llu", (unsigned long long)round,
                        ar.member, idhex, dhex, (unsigned long long)size,
                        (unsigned long long)now) < 0 ||
@@ -1297,7 +1297,7 @@ done:
 
 static json_t *hex_json(const uint8_t *h) {
     char hex[STORE_HEX_LEN + 1];
-    store_hex(h, 32, hex);
+    hex_encode(h, 32, hex);
     return json_string(hex);
 }
 
@@ -1475,7 +1475,7 @@ static int aggregate_and_publish(agg *a, uint64_t now) {
     memcpy(a->model_version, v, 32);
     crash_point(a, "publish");
     double t2 = mono();
-    store_hex(v, 32, hex);
+    hex_encode(v, 32, hex);
     if (metrics_round(a, "published", v, &r, (double)now - open_t, t1 - t0, t2 - t1) < 0 ||
         journal_append(a->journal, "publish %llu %s", (unsigned long long)a->round, hex) < 0) {
         result_free(&r);
@@ -1510,7 +1510,7 @@ static void finish(agg *a, uint64_t now) {
     a->state = AGG_FINISHED;
     a->finished_at = now;
     char hex[STORE_HEX_LEN + 1];
-    store_hex(a->version, 32, hex);
+    hex_encode(a->version, 32, hex);
     say("finished: %llu round(s) done; final version %s", (unsigned long long)a->round, hex);
 }
 

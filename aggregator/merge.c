@@ -73,8 +73,8 @@ int agg_update_build(const model *base, const uint8_t base_hash[32], uint64_t ro
         goto done;
     }
     if (memcmp(d.base, base_hash, 32) != 0) {
-        store_hex(d.base, 32, hex_got);
-        store_hex(base_hash, 32, hex_want);
+        hex_encode(d.base, 32, hex_got);
+        hex_encode(base_hash, 32, hex_want);
         refuse(why, "wrong base version: trained on %.16s..., round %llu's base is %.16s...",
                hex_got, (unsigned long long)round, hex_want);
         goto done;

@@ -2,6 +2,7 @@
 #include "aggregator/store.h"
 
 #include "util/err.h"
+#include "util/hex.h"
 #include "util/fio.h"
 #include "wire/crypto.h"
 
@@ -13,31 +14,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-void store_hex(const uint8_t *b, size_t n, char *out) {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[b[i] >> 4];
-        out[2 * i + 1] = digits[b[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static int hexval(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-}
-
-int store_unhex(const char *s, uint8_t *b, size_t n) {
-    if (strlen(s) != 2 * n) return -1;
-    for (size_t i = 0; i < n; i++) {
-        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
-        if (hi < 0 || lo < 0) return -1;
-        b[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return 0;
-}
 
 int store_hash_file(const char *path, uint8_t hash[STORE_HASH_LEN], uint64_t *size) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -75,7 +51,7 @@ done:
 
 int store_version_dir(const char *state, const uint8_t hash[STORE_HASH_LEN], char *out, size_t n) {
     char hex[STORE_HEX_LEN + 1];
-    store_hex(hash, STORE_HASH_LEN, hex);
+    hex_encode(hash, STORE_HASH_LEN, hex);
     if (snprintf(out, n, "%s/versions/%s", state, hex) >= (int)n)
         return err_set("state path %s is too long", state);
     return 0;
@@ -83,7 +59,7 @@ int store_version_dir(const char *state, const uint8_t hash[STORE_HASH_LEN], cha
 
 int store_model_path(const char *state, const uint8_t hash[STORE_HASH_LEN], char *out, size_t n) {
     char hex[STORE_HEX_LEN + 1];
-    store_hex(hash, STORE_HASH_LEN, hex);
+    hex_encode(hash, STORE_HASH_LEN, hex);
     if (snprintf(out, n, "%s/versions/%s/model.safetensors", state, hex) >= (int)n)
         return err_set("state path %s is too long", state);
     return 0;

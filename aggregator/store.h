@@ -12,16 +12,14 @@
 #ifndef FL_AGGREGATOR_STORE_H
 #define FL_AGGREGATOR_STORE_H
 
+#include "util/hex.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
 #define STORE_HASH_LEN 32
 #define STORE_HEX_LEN 64
 
-/* Lowercase hex of n bytes into out (2n + 1 bytes). */
-void store_hex(const uint8_t *b, size_t n, char *out);
-/* Parses exactly 2n lowercase hex digits; -1 (no message) otherwise. */
-int store_unhex(const char *s, uint8_t *b, size_t n);
 
 /* SHA-256 and size of a file, streamed. */
 int store_hash_file(const char *path, uint8_t hash[STORE_HASH_LEN], uint64_t *size);

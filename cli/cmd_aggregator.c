@@ -49,7 +49,7 @@ int cmd_aggregator(int argc, char **argv) {
             err_set("%s already exists and is not empty; choose a new --out directory", out);
         } else if (opts_int(recompute, "--recompute", 1, 1000000, &round) == 0 &&
                    agg_recompute(&c, (uint64_t)round, out, hash) == 0) {
-            store_hex(hash, 32, hex);
+            hex_encode(hash, 32, hex);
             printf("round %lld recomputed into %s: version %s\n", round, out, hex);
             rc = 0;
         }

@@ -8,21 +8,22 @@
 #define FEDLORA_VERSION "dev"
 #endif
 
+/* In the order people meet them: local fine-tuning, then the federation. */
 static const cli_command commands[] = {
     {"init-model", cmd_init_model, "write a randomly initialised Hugging Face model directory"},
-    {"eval", cmd_eval, "mean loss and perplexity of a model on a text or JSONL file"},
     {"tokenize", cmd_tokenize, "encode a text or JSONL corpus into a pre-tokenized token file"},
-#ifdef FEDLORA_NET
-    {"keygen", cmd_keygen, "make a member identity (Ed25519 + X25519 keys), print its fingerprint"},
-    {"node", cmd_node, "take part in federated rounds as a university (node --config FILE)"},
-    {"demo", cmd_demo, "run a whole federation on loopback: aggregator, 3 universities, 3 rounds"},
-    {"aggregator", cmd_aggregator, "run the consortium's aggregator (aggregator --config FILE)"},
-    {"roster", cmd_roster, "the consortium's signed member list: init, add, revoke, rotate, list"},
-#endif
     {"train", cmd_train, "fine-tune a LoRA adapter (PEFT format) on a data file"},
+    {"eval", cmd_eval, "mean loss and perplexity of a model on a text or JSONL file"},
     {"generate", cmd_generate, "continue a prompt with a model and optional adapter"},
     {"merge-adapter", cmd_merge_adapter, "fold a LoRA adapter into its base model"},
     {"merge", cmd_merge, "merge adapters into the base model: linear, task arithmetic, TIES, DARE"},
+#ifdef FEDLORA_NET
+    {"keygen", cmd_keygen, "make a member identity (Ed25519 + X25519 keys), print its fingerprint"},
+    {"roster", cmd_roster, "the consortium's signed member list: init, add, revoke, rotate, list"},
+    {"aggregator", cmd_aggregator, "run the consortium's aggregator (aggregator --config FILE)"},
+    {"node", cmd_node, "take part in federated rounds as a university (node --config FILE)"},
+    {"demo", cmd_demo, "run a whole federation on loopback: aggregator, 3 universities, 3 rounds"},
+#endif
 };
 
 static void usage(FILE *f) {

@@ -8,10 +8,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
-# The binary is build/fedlora when the build puts executables at the top of
-# the build tree, build/cli/fedlora otherwise.
-bin=./build/fedlora
-[ -x "$bin" ] || bin=./build/cli/fedlora
 mkdir -p out
 rm -rf out/demo
-"$bin" demo --out out/demo
+./build/fedlora demo --out out/demo

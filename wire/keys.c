@@ -1,6 +1,7 @@
 #include "wire/keys.h"
 
 #include "util/err.h"
+#include "util/hex.h"
 #include "util/fio.h"
 #include "wire/crypto.h"
 
@@ -75,33 +76,17 @@ int keys_kx_fingerprint(const uint8_t kx_pub[32], uint8_t fp[KEYS_FP_LEN]) {
     return crypto_sha256(buf, sizeof buf, fp);
 }
 
-static const char HEX[] = "0123456789abcdef";
-
 void keys_fingerprint_text(const uint8_t fp[KEYS_FP_LEN], char out[KEYS_FP_TEXT_LEN]) {
     char *o = out;
     for (int i = 0; i < KEYS_FP_LEN; i++) {
         if (i > 0 && i % 2 == 0) *o++ = ' ';
-        *o++ = HEX[fp[i] >> 4];
-        *o++ = HEX[fp[i] & 15];
+        hex_encode(&fp[i], 1, o);
+        o += 2;
     }
     *o = '\0';
 }
 
 /* ---- the .id file ------------------------------------------------------------------ */
-
-static void hex_encode(const uint8_t *in, size_t n, char *out) {
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = HEX[in[i] >> 4];
-        out[2 * i + 1] = HEX[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static int hex_digit(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-}
 
 int keys_format_public(const keys_public *p, char *buf, size_t cap) {
     if (keys_name_check(p->name) != 0) return -1;
@@ -136,7 +121,7 @@ static int parse_hex_key(const char *val, size_t vlen, uint8_t out[32], const ch
         return err_set("%s: line %d: %s key must be 64 lowercase hex digits, found %zu characters",
                        what, lineno, field, vlen);
     for (size_t i = 0; i < 32; i++) {
-        int hi = hex_digit(val[2 * i]), lo = hex_digit(val[2 * i + 1]);
+        int hi = hex_value(val[2 * i], 0), lo = hex_value(val[2 * i + 1], 0);
         if (hi < 0 || lo < 0)
             return err_set("%s: line %d: %s key has a character that is not a lowercase hex "
                            "digit at column %zu",

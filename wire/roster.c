@@ -10,6 +10,7 @@
 #include "wire/roster.h"
 
 #include "util/err.h"
+#include "util/hex.h"
 #include "util/fio.h"
 
 #include <stdarg.h>
@@ -24,23 +25,6 @@
 /* "member: name=x role=member max-weight=1 status=active ed25519=<64> x25519=<64>
  *  added=<20> revoked=- rotated=-\n" */
 #define MEMBER_LINE_MIN 246
-
-static const char HEX[] = "0123456789abcdef";
-
-static void hex_encode(const uint8_t *in, size_t n, char *out) {
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = HEX[in[i] >> 4];
-        out[2 * i + 1] = HEX[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static int hex_value(char c, int upper_ok) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (upper_ok && c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
 
 /* Short form of a hash or fingerprint for messages: the first 8 bytes. */
 struct short_hex {

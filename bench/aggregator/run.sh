@@ -12,6 +12,6 @@ cmake --build "$build" --target bench_aggregator fedlora -j2 >/dev/null
 echo "# $(date -u +%Y-%m-%d) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 for n in 1 3 16; do
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$build/bench/aggregator/bench_aggregator" \
-    --fedlora "$build/cli/fedlora" --nodes "$n" --rank 16 --preset 100m --dir "$scratch"
+    --fedlora "$build/fedlora" --nodes "$n" --rank 16 --preset 100m --dir "$scratch"
 done
 rm -rf "$scratch"

@@ -564,7 +564,7 @@ static void test_round_and_refusals(void) {
         CHECK(json_array_size(json_object_get(j, "members_accepted")) == 3);
         CHECK(!strcmp(json_string_value(json_object_get(j, "status")), "published"));
         char hex[65];
-        store_hex(base2, 32, hex);
+        hex_encode(base2, 32, hex);
         CHECK(!strcmp(json_string_value(json_object_get(j, "version")), hex));
         CHECK(json_object_get(json_object_get(j, "loss_after"), "uni-b") != NULL);
         CHECK(json_integer_value(json_object_get(j, "submissions_refused")) >= 10);

@@ -350,7 +350,7 @@ static void run_federation(struct run *R, const char *sub) {
             if (r.type == MSG_ERROR && r.error.code == MSG_ERR_WRONG_ROUND &&
                 (v = strstr(r.error.reason, "final version ")) != NULL) {
                 CHECK(!r.error.has_retry_after);
-                CHECK(store_unhex(v + 14, R->final, 32) == 0);
+                CHECK(hex_decode(v + 14, R->final, 32) == 0);
                 break;
             }
             CHECK(r.type == MSG_ERROR && r.error.has_retry_after);
@@ -378,7 +378,7 @@ static void check_receipts(const struct run *R) {
     for (int k = 0; k < R->nrc; k++) {
         const struct receipt *x = &R->rc[k];
         char idhex[33], rec[200];
-        store_hex(x->id, 16, idhex);
+        hex_encode(x->id, 16, idhex);
         snprintf(rec, sizeof rec, "accept %llu %s %s ", (unsigned long long)x->round,
                  fed_names[x->member], idhex);
         CHECK_MSG(strstr(journal, rec) != NULL, "receipted delta missing from the journal: %s",
@@ -428,7 +428,7 @@ static void check_recompute(const struct run *R, const char *sub) {
         char vhex[65] = "";
         if (v) snprintf(vhex, sizeof vhex, "%.64s", v + 8);
         uint8_t h[32], h2[32];
-        CHECK(store_unhex(vhex, h, 32) == 0);
+        CHECK(hex_decode(vhex, h, 32) == 0);
         free(line);
         /* The recomputed file hashes to that, and is byte for byte the
          * version the live aggregator published for the round. */
@@ -489,7 +489,7 @@ int main(void) {
     check_receipts(&ref);
     check_recompute(&ref, "reference");
     char hex[65];
-    store_hex(ref.final, 32, hex);
+    hex_encode(ref.final, 32, hex);
     printf("reference run: final version %s\n", hex);
 
     /* SIGTERM in the middle of round 1 (and again in round 2): clean exits,
