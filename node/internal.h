@@ -13,6 +13,7 @@
 #define FL_NODE_INTERNAL_H
 
 #include "node/node.h"
+#include "util/hex.h"
 #include "wire/msg.h"
 #include "wire/transport.h"
 
@@ -70,10 +71,6 @@ int node_sleep(int ms);
  * reply). Adds the bytes of every sent and received frame to nothing: the
  * callers count what they move. */
 int node_call(node_ctx *n, const struct msg *req, struct msg *rep, struct transport_msg *raw);
-
-/* Lowercase hex of n bytes into out (2n + 1). */
-void node_hex(const uint8_t *b, size_t n, char *out);
-int node_unhex(const char *s, uint8_t *b, size_t n);
 
 /* ---- sync.c ---------------------------------------------------------------- */
 /* STATE/versions/<hex of version> into dir (NODE_PATH_MAX). */

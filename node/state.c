@@ -19,31 +19,6 @@
 
 #define RECORD_MAX 65536 /* bytes of one record file */
 
-void node_hex(const uint8_t *b, size_t n, char *out) {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[b[i] >> 4];
-        out[2 * i + 1] = digits[b[i] & 15];
-    }
-    out[2 * n] = 0;
-}
-
-static int hexval(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-}
-
-int node_unhex(const char *s, uint8_t *b, size_t n) {
-    if (strlen(s) != 2 * n) return -1;
-    for (size_t i = 0; i < n; i++) {
-        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
-        if (hi < 0 || lo < 0) return -1;
-        b[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return 0;
-}
-
 int node_path(const node_ctx *n, char *out, const char *fmt, ...) {
     char rel[NODE_PATH_MAX];
     va_list ap;
@@ -61,9 +36,9 @@ static json_t *json_loss(double v) {
 
 static json_t *record_json(const node_round_record *r) {
     char base[2 * MSG_HASH_LEN + 1], id[2 * MSG_ID_LEN + 1], digest[2 * MSG_HASH_LEN + 1];
-    node_hex(r->base, MSG_HASH_LEN, base);
-    node_hex(r->msgid, MSG_ID_LEN, id);
-    node_hex(r->digest, MSG_HASH_LEN, digest);
+    hex_encode(r->base, MSG_HASH_LEN, base);
+    hex_encode(r->msgid, MSG_ID_LEN, id);
+    hex_encode(r->digest, MSG_HASH_LEN, digest);
     return json_pack("{s:I, s:s, s:s, s:s, s:I, s:o, s:o, s:I, s:I, s:f, s:I, s:I, s:I}", "round",
                      (json_int_t)r->round, "base", base, "msgid", id, "digest", digest,
                      "envelope_bytes", (json_int_t)r->envelope_bytes, "loss_before",
@@ -95,7 +70,7 @@ static int get_u64(json_t *j, const char *key, uint64_t *v, const char *path) {
 
 static int get_hex(json_t *j, const char *key, uint8_t *b, size_t n, const char *path) {
     json_t *x = json_object_get(j, key);
-    if (!json_is_string(x) || node_unhex(json_string_value(x), b, n) != 0)
+    if (!json_is_string(x) || hex_decode(json_string_value(x), b, n) != 0)
         return err_set("%s: '%s' must be %zu lowercase hex digits", path, key, 2 * n);
     return 0;
 }

@@ -28,7 +28,7 @@
 
 int node_version_dir(const node_ctx *n, const uint8_t version[MSG_HASH_LEN], char *dir) {
     char hex[2 * MSG_HASH_LEN + 1];
-    node_hex(version, MSG_HASH_LEN, hex);
+    hex_encode(version, MSG_HASH_LEN, hex);
     return node_path(n, dir, "versions/%s", hex);
 }
 
@@ -89,7 +89,7 @@ static int remove_other_versions(const node_ctx *n, const char *keep_dir) {
 static int write_current(node_ctx *n, uint64_t round, const uint8_t version[MSG_HASH_LEN]) {
     char path[NODE_PATH_MAX], hex[2 * MSG_HASH_LEN + 1];
     if (node_path(n, path, "current.json") != 0) return -1;
-    node_hex(version, MSG_HASH_LEN, hex);
+    hex_encode(version, MSG_HASH_LEN, hex);
     char text[256];
     int len = snprintf(text, sizeof text, "{\"round\": %llu, \"version\": \"%s\"}\n",
                        (unsigned long long)round, hex);
@@ -114,7 +114,7 @@ int node_load_current(node_ctx *n) {
            *v = j ? json_object_get(j, "version") : NULL;
     int rc = 0;
     if (!json_is_integer(r) || json_integer_value(r) < 0 || !json_is_string(v) ||
-        node_unhex(json_string_value(v), n->have_version, MSG_HASH_LEN) != 0) {
+        hex_decode(json_string_value(v), n->have_version, MSG_HASH_LEN) != 0) {
         rc = err_set("%s: want {\"round\": N, \"version\": \"<64 hex digits>\"}; remove it to "
                      "start the sync afresh",
                      path);
@@ -197,7 +197,7 @@ static int download(node_ctx *n, const uint8_t version[MSG_HASH_LEN], const char
 int node_sync(node_ctx *n, uint64_t round, const uint8_t version[MSG_HASH_LEN]) {
     char dir[NODE_PATH_MAX], model[NODE_PATH_MAX], part[NODE_PATH_MAX], cfg[NODE_PATH_MAX],
         src[NODE_PATH_MAX], hex[2 * MSG_HASH_LEN + 1];
-    node_hex(version, MSG_HASH_LEN, hex);
+    hex_encode(version, MSG_HASH_LEN, hex);
     if (node_version_dir(n, version, dir) != 0 || fio_join(model, sizeof model, dir, MODEL_FILE) ||
         fio_join(part, sizeof part, dir, PART_FILE) ||
         fio_join(cfg, sizeof cfg, dir, CONFIG_FILE) ||

@@ -4,7 +4,8 @@
  * aggregator and node processes on loopback, waiting on them and on their
  * files, and a message-level proxy between nodes and the aggregator that can
  * hold or swallow chosen requests and replies (so a test can kill a node at
- * an exact point of its upload, or make a submission arrive late). */
+ * an exact point of its upload, or make a submission arrive late). With env
+ * FT_TRACE=FILE the proxy writes every message it sees to FILE. */
 #ifndef FL_TESTS_FED_TEST_H
 #define FL_TESTS_FED_TEST_H
 
@@ -386,6 +387,7 @@ struct ft_proxy {
     struct transport_opts o;
     ft_hook hook;
     void *arg;
+    FILE *trace;
 };
 
 static inline int ft_proxy_open(ft_proxy *p, const char *upstream, ft_hook hook, void *arg) {
@@ -393,6 +395,7 @@ static inline int ft_proxy_open(ft_proxy *p, const char *upstream, ft_hook hook,
     snprintf(p->upstream, sizeof p->upstream, "%s", upstream);
     p->hook = hook;
     p->arg = arg;
+    p->trace = getenv("FT_TRACE") ? fopen(getenv("FT_TRACE"), "w") : NULL;
     transport_opts_default(&p->o);
     p->o.recv_timeout_ms = 0;
     p->ctx = zmq_ctx_new();
@@ -407,6 +410,7 @@ static inline void ft_proxy_close(ft_proxy *p) {
     for (int i = 0; i < p->npeers; i++) transport_close(p->peer[i].back);
     if (p->front) transport_close(p->front);
     if (p->ctx) zmq_ctx_term(p->ctx);
+    if (p->trace) fclose(p->trace);
 }
 
 static inline ft_peer *ft_proxy_peer(ft_proxy *p, const void *id, size_t len) {
@@ -426,10 +430,11 @@ static inline ft_peer *ft_proxy_peer(ft_proxy *p, const void *id, size_t len) {
 static inline void ft_proxy_pump(ft_proxy *p, int ms) {
     for (double t0 = ft_now(); ft_now() - t0 < ms / 1000.0;) {
         zmq_pollitem_t items[17];
+        int npeers = p->npeers; /* a new peer below is polled from the next round on */
         items[0] = (zmq_pollitem_t){p->front, 0, ZMQ_POLLIN, 0};
-        for (int i = 0; i < p->npeers; i++)
+        for (int i = 0; i < npeers; i++)
             items[i + 1] = (zmq_pollitem_t){p->peer[i].back, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(items, p->npeers + 1, 10) <= 0) continue;
+        if (zmq_poll(items, npeers + 1, 10) <= 0) continue;
         struct transport_msg m;
         if ((items[0].revents & ZMQ_POLLIN) && transport_recv(p->front, &p->o.lim, &m) == 0) {
             ft_peer *q =
@@ -437,22 +442,29 @@ static inline void ft_proxy_pump(ft_proxy *p, int ms) {
             struct msg req;
             if (q && msg_decode(transport_data(&m, 2), transport_size(&m, 2), NULL, &req) == 0) {
                 if (req.type == MSG_HELLO) snprintf(q->name, sizeof q->name, "%s", req.hello.name);
+                if (p->trace)
+                    fprintf(p->trace, "%.3f req %s from %s\n", ft_now(), msg_type_name(req.type),
+                            q->name);
                 if (p->hook(p, q->name, 0, &req) == FT_PASS) {
                     struct transport_frame f[2] = {{transport_data(&m, 1), transport_size(&m, 1)},
                                                    {transport_data(&m, 2), transport_size(&m, 2)}};
-                    transport_send(q->back, f, 2);
+                    if (transport_send(q->back, f, 2) != 0 && p->trace)
+                        fprintf(p->trace, "%.3f send fail %s\n", ft_now(), err_msg());
                 }
             }
             transport_msg_close(&m);
         }
-        for (int i = 0; i < p->npeers; i++) {
+        for (int i = 0; i < npeers; i++) {
             if (!(items[i + 1].revents & ZMQ_POLLIN) ||
                 transport_recv(p->peer[i].back, &p->o.lim, &m) != 0)
                 continue;
             struct msg rep;
-            if (m.n == 2 &&
-                msg_decode(transport_data(&m, 1), transport_size(&m, 1), NULL, &rep) == 0 &&
-                p->hook(p, p->peer[i].name, 1, &rep) == FT_PASS) {
+            int ok = m.n == 2 &&
+                     msg_decode(transport_data(&m, 1), transport_size(&m, 1), NULL, &rep) == 0;
+            if (p->trace)
+                fprintf(p->trace, "%.3f reply %s to %s\n", ft_now(),
+                        ok ? msg_type_name(rep.type) : "(undecodable)", p->peer[i].name);
+            if (ok && p->hook(p, p->peer[i].name, 1, &rep) == FT_PASS) {
                 struct transport_frame f[3] = {{p->peer[i].id, p->peer[i].id_len},
                                                {transport_data(&m, 0), transport_size(&m, 0)},
                                                {transport_data(&m, 1), transport_size(&m, 1)}};
