@@ -1,0 +1,134 @@
+/* gpu_internal — the gpu_model's insides, shared by gpu_model.c, gpu_train.c
+ * and gpu_dist.c. Not part of the API (gpu.h). */
+#ifndef FL_MODEL_CUDA_GPU_INTERNAL_H
+#define FL_MODEL_CUDA_GPU_INTERNAL_H
+
+#include "model/cuda/gpu.h"
+#include "model/cuda/gpu_gemm.h"
+#include "model/cuda/gpu_kernels.h"
+
+#include <cuda_runtime_api.h>
+
+/* Turns a CUDA status into an err.h message naming the call and the place. */
+int gpu_cuda_fail(cudaError_t e, const char *call, const char *file, int line);
+
+/* Returns -1 from the calling function when a CUDA call fails. */
+#define CU(call)                                                                                   \
+    do {                                                                                           \
+        cudaError_t cu_e_ = (call);                                                                \
+        if (cu_e_ != cudaSuccess) return gpu_cuda_fail(cu_e_, #call, __FILE__, __LINE__);          \
+    } while (0)
+
+/* Returns -1 when a call returning an err.h status fails. */
+#define OK(call)                                                                                   \
+    do {                                                                                           \
+        if ((call) != 0) return -1;                                                                \
+    } while (0)
+
+typedef struct {
+    void *w;  /* (out, in), the weight type */
+    float *b; /* (out) or NULL */
+    int in, out;
+    int lora; /* index of its LoRA module, or −1 */
+} gpu_linear;
+
+/* The linears of a block in lora.c's order. */
+#define GPU_BLOCK_LINEARS 8
+
+typedef struct {
+    float *norm1_w, *norm1_b, *norm2_w, *norm2_b; /* (C); b: LayerNorm only */
+    gpu_linear q, k, v, qkv, o, gate, up, down;
+} gpu_layer;
+
+typedef struct {
+    char path[LORA_PATH_MAX];
+    int in, out, rank;
+    float scale;
+    int64_t off_a, off_b; /* A (rank, in) and B (out, rank) in the flat arrays */
+    void *u;              /* (N, rank): x̃ Aᵀ of the last forward, activation type */
+    int dropped;          /* the last forward applied dropout … */
+    uint64_t key;         /* … with this mask key */
+} gpu_lora;
+
+struct gpu_model {
+    model_config cfg;
+    gpu_options opt;
+    int B, T, N;
+    int W;        /* a layer's q|k|v block width: H·D + 2·KV·D */
+    gpu_dtype dt; /* weights and activations (GEMM operands): fp32 or bf16 */
+    int device;
+    cudaStream_t stream;
+    gpu_blas *blas;
+    void **allocs; /* every cudaMalloc, freed together */
+    int n_allocs, cap_allocs;
+    size_t bytes;
+
+    /* frozen base */
+    void *wte, *wpe, *lm_head; /* (V, C), (max_position, C) GPT-2 only, (V, C) maybe == wte */
+    float *normf_w, *normf_b;
+    gpu_layer *layers;
+    float *rope_cos, *rope_sin; /* (T, D/2), Llama family */
+
+    /* adapter: flat fp32 arrays in lora_tensor order (A0, B0, A1, B1, …) */
+    int n_lora;
+    gpu_lora *lora;
+    int64_t lora_numel;
+    int max_rank, max_in;
+    float *lp, *lg, *lm, *lv; /* values, gradients, exp_avg, exp_avg_sq */
+    void *lcast;              /* values in the GEMM type (bf16 copy, or lp itself) */
+    double dropout;
+    uint64_t lora_seed;
+    int training;
+    uint64_t counter; /* training forwards so far (lora_dropout_counter) */
+    void *lora_x;     /* (N, max_in) dropout scratch */
+    void *lora_du;    /* (N, max_rank) */
+
+    /* activations (see gpu_model.c) */
+    int32_t *d_tokens, *d_targets;
+    float *resid;      /* (2L+1, N, C) */
+    float *norm_mean;  /* (2L+1, N), GPT-2 only */
+    float *norm_rstd;  /* (2L+1, N) */
+    void *qkv;         /* (L, N·W) */
+    float *att_lse;    /* (L, B, H, T) */
+    float *att_delta;  /* (B, H, T) backward scratch */
+    void *att;         /* (L, N, H·D) */
+    void *fc_a, *fc_b; /* (L, N, F); fc_b Llama only */
+    void *act;         /* (N, F) down's input */
+    void *nbuf;        /* (N, C) a norm's output */
+    void *xf;          /* (N, C) the final norm's output */
+    int head_rows;
+    float *logits;             /* (head_rows, V) */
+    void *dlogits;             /* (head_rows, V), bf16 mode; == logits in fp32 mode */
+    float *row_loss, *row_lse; /* (N) */
+    float *dresid, *dnorm;     /* (N, C) */
+    void *dy;                  /* (N, C) dresid in the GEMM type (bf16 mode; else == dresid) */
+    void *datt;                /* (N, H·D) */
+    void *dqkv;                /* (N·W) */
+    void *dfa, *dfb;           /* (N, F) */
+    float *h_row_loss;         /* host (N) */
+
+    /* optimizer */
+    int adam_ready;
+    adamw_config ocfg;
+    int64_t step;
+    double last_lr, last_norm;
+    double *d_partials; /* (GPU_SUMSQ_BLOCKS) */
+    double *h_partials;
+
+    /* data parallelism */
+    void *nccl; /* ncclComm_t */
+    int rank, world;
+};
+
+/* Makes g's device current. */
+int gpu_use(gpu_model *g);
+/* cudaMalloc recorded in g (freed by gpu_model_free), bytes > 0. */
+int gpu_alloc(gpu_model *g, void **p, size_t bytes);
+
+/* gpu_dist.c: in-place sums over every rank on g's stream; no-ops when not
+ * distributed. */
+int gpu_dist_sum_f32(gpu_model *g, float *d, int64_t n);
+int gpu_dist_sum_host(gpu_model *g, double *v, int n); /* n <= GPU_SUMSQ_BLOCKS */
+void gpu_dist_free(gpu_model *g);
+
+#endif

@@ -1,0 +1,853 @@
+/* gpu_model.c — the model on the GPU: upload, forward, backward, LoRA.
+ *
+ * The same graph as model/cpu/model_cpu.c, step for step (see its header for
+ * the formulas), with the same buffers: the residual stream at every point,
+ * the norms' row statistics, q|k|v after RoPE, the attention's output and
+ * log-sum-exps, the MLP's pre-activations, per layer; the linears' normalized
+ * inputs and down's input recomputed in backward when an adapter needs them.
+ * Differences:
+ *   - GEMM operands (weights, activations, LoRA's copies) are bf16 in bf16
+ *     mode; the residual stream, statistics and dx sums stay fp32;
+ *   - the LM head and the cross-entropy run over chunks of head_rows rows:
+ *     logits (chunk) → loss, and in a training pass at once the chunk's
+ *     d logits and its share of d(final norm output), so the backward of
+ *     the head happens inside the forward's loop and the (N, V) logits never
+ *     exist;
+ *   - base weights are frozen: no weight gradient is ever computed, only the
+ *     activation gradients and the adapter's.
+ *
+ * LoRA (lora.c's formulas, per adapted linear; u is kept from forward):
+ *   forward   x̃ = dropout(x);  u = x̃ Aᵀ;  y += s · u Bᵀ
+ *   backward  du = s · dy B;  dB += s · dyᵀ u;  dA += duᵀ x̃;  dx += mask ⊙ du A */
+#include "model/cuda/gpu_internal.h"
+
+#include "model/cpu/cpu.h"
+#include "util/err.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+_Static_assert(sizeof(real) == sizeof(float), "the CUDA backend uploads the fp32 CPU model");
+
+int gpu_cuda_fail(cudaError_t e, const char *call, const char *file, int line) {
+    return err_set("CUDA error: %s (%s) in %s at %s:%d", cudaGetErrorString(e), cudaGetErrorName(e),
+                   call, file, line);
+}
+
+int gpu_available(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky "no driver" status */
+        return 0;
+    }
+    return n > 0 ? n : 0;
+}
+
+int gpu_device_info(int dev, char *name, size_t name_len, double *mem_gib, int *cc_major,
+                    int *cc_minor) {
+    struct cudaDeviceProp p;
+    CU(cudaGetDeviceProperties(&p, dev));
+    if (name && name_len) {
+        strncpy(name, p.name, name_len - 1);
+        name[name_len - 1] = '\0';
+    }
+    if (mem_gib) *mem_gib = (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0);
+    if (cc_major) *cc_major = p.major;
+    if (cc_minor) *cc_minor = p.minor;
+    return 0;
+}
+
+void gpu_options_init(gpu_options *o) {
+    memset(o, 0, sizeof *o);
+    o->precision = GPU_PRECISION_FP32;
+    o->batch = 1;
+    o->seq = 128;
+}
+
+int gpu_use(gpu_model *g) {
+    CU(cudaSetDevice(g->device));
+    return 0;
+}
+
+int gpu_alloc(gpu_model *g, void **p, size_t bytes) {
+    *p = NULL;
+    if (g->n_allocs == g->cap_allocs) {
+        int cap = g->cap_allocs ? 2 * g->cap_allocs : 256;
+        void **na = realloc(g->allocs, (size_t)cap * sizeof *na);
+        if (!na) return err_set("out of host memory tracking GPU buffers");
+        g->allocs = na;
+        g->cap_allocs = cap;
+    }
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e != cudaSuccess) {
+        *p = NULL;
+        cudaGetLastError();
+        return err_set("out of GPU memory: %.2f GiB more needed (%.2f GiB already held); use a "
+                       "smaller --batch or --seq (%s)",
+                       (double)bytes / (1 << 30), (double)g->bytes / (1 << 30),
+                       cudaGetErrorString(e));
+    }
+    g->allocs[g->n_allocs++] = *p;
+    g->bytes += bytes;
+    return 0;
+}
+
+size_t gpu_model_device_bytes(const gpu_model *g) {
+    return g->bytes;
+}
+
+/* ---- upload ------------------------------------------------------------------------ */
+
+/* A CPU param into a new device buffer of type t (fp32 → bf16 rounds to
+ * nearest even on the host, in chunks). */
+static int upload_param(gpu_model *g, void **dst, const model_param *p, gpu_dtype t) {
+    size_t n = (size_t)p->numel;
+    OK(gpu_alloc(g, dst, n * gpu_dtype_size(t)));
+    if (t == GPU_F32) {
+        CU(cudaMemcpyAsync(*dst, p->data, n * sizeof(float), cudaMemcpyHostToDevice, g->stream));
+        return 0;
+    }
+    enum { CHUNK = 1 << 22 };
+    uint16_t *h = malloc((n < CHUNK ? n : CHUNK) * sizeof *h);
+    if (!h) return err_set("out of host memory converting %s to bf16", p->name);
+    for (size_t i0 = 0; i0 < n; i0 += CHUNK) {
+        size_t m = n - i0 < CHUNK ? n - i0 : CHUNK;
+        for (size_t i = 0; i < m; i++) h[i] = gpu_f32_to_bf16(p->data[i0 + i]);
+        /* From pageable memory the copy is staged before it returns: h can be reused. */
+        cudaError_t e = cudaMemcpyAsync((uint16_t *)*dst + i0, h, m * sizeof *h,
+                                        cudaMemcpyHostToDevice, g->stream);
+        if (e != cudaSuccess) {
+            free(h);
+            return gpu_cuda_fail(e, "cudaMemcpyAsync(bf16 weights)", __FILE__, __LINE__);
+        }
+    }
+    free(h);
+    return 0;
+}
+
+static int upload_f32(gpu_model *g, float **dst, const model_param *p) {
+    *dst = NULL;
+    if (!p) return 0;
+    return upload_param(g, (void **)dst, p, GPU_F32);
+}
+
+static int upload_linear(gpu_model *g, gpu_linear *d, const model_linear *l) {
+    d->lora = -1;
+    if (!l->w) return 0;
+    d->in = l->in;
+    d->out = l->out;
+    OK(upload_param(g, &d->w, l->w, g->dt));
+    return upload_f32(g, &d->b, l->b);
+}
+
+/* Slot j of a block, in lora.c's block_linear order. */
+static const model_linear *cpu_slot(const model_layer *L, int j) {
+    const model_linear *all[] = {&L->q, &L->k, &L->v, &L->qkv, &L->o, &L->gate, &L->up, &L->down};
+    return all[j];
+}
+
+static gpu_linear *gpu_slot(gpu_layer *L, int j) {
+    gpu_linear *all[] = {&L->q, &L->k, &L->v, &L->qkv, &L->o, &L->gate, &L->up, &L->down};
+    return all[j];
+}
+
+/* The module path of a CPU linear: its weight's name without ".weight". */
+static int same_path(const model_linear *l, const char *path) {
+    size_t n = strlen(path);
+    return l->w && strncmp(l->w->name, path, n) == 0 && strcmp(l->w->name + n, ".weight") == 0;
+}
+
+static int upload_lora(gpu_model *g, const model *m, const lora_set *s) {
+    g->n_lora = s->n_modules;
+    g->lora = calloc((size_t)s->n_modules, sizeof *g->lora);
+    if (!g->lora) return err_set("out of memory for the GPU adapter");
+    g->dropout = s->cfg.dropout;
+    g->lora_seed = s->cfg.seed;
+    g->counter = lora_dropout_counter(s);
+    int64_t off = 0;
+    for (int i = 0; i < s->n_modules; i++) {
+        const lora_module *mod = &s->modules[i];
+        gpu_lora *gl = &g->lora[i];
+        memcpy(gl->path, mod->path, sizeof gl->path);
+        gl->in = mod->in;
+        gl->out = mod->out;
+        gl->rank = mod->rank;
+        gl->scale = (float)mod->scale;
+        gl->off_a = off;
+        off += mod->A.numel;
+        gl->off_b = off;
+        off += mod->B.numel;
+        if (mod->rank > g->max_rank) g->max_rank = mod->rank;
+        if (mod->in > g->max_in) g->max_in = mod->in;
+        int found = 0;
+        if (mod->layer >= 0 && mod->layer < m->cfg.num_layers)
+            for (int j = 0; j < GPU_BLOCK_LINEARS && !found; j++) {
+                const model_linear *l = cpu_slot(&m->layers[mod->layer], j);
+                if (!same_path(l, mod->path)) continue;
+                if (l->in != mod->in || l->out != mod->out) break;
+                gpu_slot(&g->layers[mod->layer], j)->lora = i;
+                found = 1;
+            }
+        if (!found)
+            return err_set("LoRA module %s (in %d, out %d) has no matching linear layer in this "
+                           "model: the adapter was made for another base",
+                           mod->path, mod->in, mod->out);
+    }
+    g->lora_numel = off;
+    size_t bytes = (size_t)off * sizeof(float);
+    OK(gpu_alloc(g, (void **)&g->lp, bytes));
+    OK(gpu_alloc(g, (void **)&g->lg, bytes));
+    OK(gpu_alloc(g, (void **)&g->lm, bytes));
+    OK(gpu_alloc(g, (void **)&g->lv, bytes));
+    CU(cudaMemsetAsync(g->lg, 0, bytes, g->stream));
+    CU(cudaMemsetAsync(g->lm, 0, bytes, g->stream));
+    CU(cudaMemsetAsync(g->lv, 0, bytes, g->stream));
+    if (g->dt == GPU_BF16)
+        OK(gpu_alloc(g, &g->lcast, (size_t)off * 2));
+    else
+        g->lcast = g->lp;
+    size_t N = (size_t)g->N, ts = gpu_dtype_size(g->dt);
+    for (int i = 0; i < g->n_lora; i++) OK(gpu_alloc(g, &g->lora[i].u, N * g->lora[i].rank * ts));
+    OK(gpu_alloc(g, &g->lora_du, N * g->max_rank * ts));
+    if (g->dropout > 0) OK(gpu_alloc(g, &g->lora_x, N * g->max_in * ts));
+    return gpu_lora_upload(g, s);
+}
+
+/* Every activation buffer (the layout of model_cpu.c's acts_layout). */
+static int alloc_acts(gpu_model *g) {
+    const model_config *c = &g->cfg;
+    size_t N = (size_t)g->N, C = (size_t)c->hidden_size, L = (size_t)c->num_layers;
+    size_t F = (size_t)c->intermediate_size, V = (size_t)c->vocab_size;
+    size_t HD = (size_t)c->num_heads * c->head_dim, W = (size_t)g->W, P = 2 * L + 1;
+    size_t ts = gpu_dtype_size(g->dt), f4 = sizeof(float);
+    size_t bht = (size_t)g->B * c->num_heads * g->T;
+    int llama = c->arch == MODEL_ARCH_LLAMA;
+    OK(gpu_alloc(g, (void **)&g->d_tokens, N * sizeof(int32_t)));
+    OK(gpu_alloc(g, (void **)&g->d_targets, N * sizeof(int32_t)));
+    OK(gpu_alloc(g, (void **)&g->resid, P * N * C * f4));
+    if (!llama) OK(gpu_alloc(g, (void **)&g->norm_mean, P * N * f4));
+    OK(gpu_alloc(g, (void **)&g->norm_rstd, P * N * f4));
+    OK(gpu_alloc(g, &g->qkv, L * N * W * ts));
+    OK(gpu_alloc(g, (void **)&g->att_lse, L * bht * f4));
+    OK(gpu_alloc(g, (void **)&g->att_delta, bht * f4));
+    OK(gpu_alloc(g, &g->att, L * N * HD * ts));
+    OK(gpu_alloc(g, &g->fc_a, L * N * F * ts));
+    if (llama) OK(gpu_alloc(g, &g->fc_b, L * N * F * ts));
+    OK(gpu_alloc(g, &g->act, N * F * ts));
+    OK(gpu_alloc(g, &g->nbuf, N * C * ts));
+    OK(gpu_alloc(g, &g->xf, N * C * ts));
+    int rows = g->opt.head_rows;
+    if (rows <= 0) {
+        /* about 256 MiB of fp32 logits, a multiple of 64 rows */
+        int64_t r = ((int64_t)256 << 20) / ((int64_t)V * 4);
+        rows = r < 64 ? 64 : (int)(r / 64 * 64);
+    }
+    if (rows > g->N) rows = g->N;
+    g->head_rows = rows;
+    OK(gpu_alloc(g, (void **)&g->logits, (size_t)rows * V * f4));
+    if (g->dt == GPU_BF16)
+        OK(gpu_alloc(g, &g->dlogits, (size_t)rows * V * ts));
+    else
+        g->dlogits = g->logits;
+    OK(gpu_alloc(g, (void **)&g->row_loss, N * f4));
+    OK(gpu_alloc(g, (void **)&g->row_lse, N * f4));
+    OK(gpu_alloc(g, (void **)&g->dresid, N * C * f4));
+    OK(gpu_alloc(g, (void **)&g->dnorm, N * C * f4));
+    if (g->dt == GPU_BF16)
+        OK(gpu_alloc(g, &g->dy, N * C * ts));
+    else
+        g->dy = g->dresid;
+    OK(gpu_alloc(g, &g->datt, N * HD * ts));
+    OK(gpu_alloc(g, &g->dqkv, N * W * ts));
+    OK(gpu_alloc(g, &g->dfa, N * F * ts));
+    if (llama) OK(gpu_alloc(g, &g->dfb, N * F * ts));
+    OK(gpu_alloc(g, (void **)&g->d_partials, GPU_SUMSQ_BLOCKS * sizeof(double)));
+    g->h_row_loss = malloc(N * sizeof *g->h_row_loss);
+    g->h_partials = malloc(GPU_SUMSQ_BLOCKS * sizeof *g->h_partials);
+    if (!g->h_row_loss || !g->h_partials) return err_set("out of host memory for the GPU model");
+    return 0;
+}
+
+static int upload(gpu_model *g, const model *m, const lora_set *s) {
+    const model_config *c = &m->cfg;
+    CU(cudaSetDevice(g->device));
+    CU(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking));
+    OK(gpu_blas_create(&g->blas, g->stream));
+    OK(upload_param(g, &g->wte, m->wte, g->dt));
+    if (m->wpe) OK(upload_param(g, &g->wpe, m->wpe, g->dt));
+    if (m->lm_head == m->wte)
+        g->lm_head = g->wte;
+    else
+        OK(upload_param(g, &g->lm_head, m->lm_head, g->dt));
+    OK(upload_f32(g, &g->normf_w, m->norm_f_w));
+    OK(upload_f32(g, &g->normf_b, m->norm_f_b));
+    g->layers = calloc((size_t)c->num_layers, sizeof *g->layers);
+    if (!g->layers) return err_set("out of memory for the GPU model's layers");
+    for (int l = 0; l < c->num_layers; l++) {
+        const model_layer *L = &m->layers[l];
+        gpu_layer *G = &g->layers[l];
+        OK(upload_f32(g, &G->norm1_w, L->norm1_w));
+        OK(upload_f32(g, &G->norm1_b, L->norm1_b));
+        OK(upload_f32(g, &G->norm2_w, L->norm2_w));
+        OK(upload_f32(g, &G->norm2_b, L->norm2_b));
+        for (int j = 0; j < GPU_BLOCK_LINEARS; j++)
+            OK(upload_linear(g, gpu_slot(G, j), cpu_slot(L, j)));
+    }
+    if (c->arch == MODEL_ARCH_LLAMA) {
+        size_t n = (size_t)g->T * (c->head_dim / 2);
+        float *ct = malloc(2 * n * sizeof *ct);
+        if (!ct) return err_set("out of memory for the RoPE table");
+        cpu_rope_table(ct, ct + n, c, g->T);
+        int rc = gpu_alloc(g, (void **)&g->rope_cos, 2 * n * sizeof *ct);
+        cudaError_t e = cudaSuccess;
+        if (rc == 0)
+            e = cudaMemcpyAsync(g->rope_cos, ct, 2 * n * sizeof *ct, cudaMemcpyHostToDevice,
+                                g->stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(g->stream);
+        free(ct);
+        if (rc != 0) return -1;
+        if (e != cudaSuccess) return gpu_cuda_fail(e, "cudaMemcpyAsync(rope)", __FILE__, __LINE__);
+        g->rope_sin = g->rope_cos + n;
+    }
+    OK(alloc_acts(g));
+    if (s) OK(upload_lora(g, m, s));
+    CU(cudaDeviceSynchronize());
+    return 0;
+}
+
+int gpu_model_upload(gpu_model **out, const model *m, const lora_set *s, const gpu_options *o) {
+    *out = NULL;
+    const model_config *c = &m->cfg;
+    int n_dev = gpu_available();
+    if (n_dev == 0) return err_set("no CUDA device is available (use --device cpu)");
+    if (o->device < 0 || o->device >= n_dev)
+        return err_set("CUDA device %d does not exist (this machine has %d)", o->device, n_dev);
+    if (o->batch < 1 || o->seq < 1 || (int64_t)o->batch * o->seq > INT32_MAX / 4)
+        return err_set("GPU batch %d x sequence %d: both must be positive and their product "
+                       "moderate",
+                       o->batch, o->seq);
+    if (c->arch == MODEL_ARCH_GPT2 && o->seq > c->max_position)
+        return err_set("sequence length %d exceeds the model's %d learned positions "
+                       "(n_positions); use --seq %d or less",
+                       o->seq, c->max_position, c->max_position);
+    if (c->head_dim > GPU_ATTN_MAX_D || c->head_dim % 2 != 0)
+        return err_set("head_dim %d: the CUDA attention supports even head dims up to %d",
+                       c->head_dim, GPU_ATTN_MAX_D);
+    if (s && s->arch != c->arch)
+        return err_set("the LoRA adapter was made for another architecture than this model");
+    gpu_model *g = calloc(1, sizeof *g);
+    if (!g) return err_set("out of memory creating the GPU model");
+    g->cfg = *c;
+    g->opt = *o;
+    g->B = o->batch;
+    g->T = o->seq;
+    g->N = o->batch * o->seq;
+    g->W = (c->num_heads + 2 * c->num_kv_heads) * c->head_dim;
+    g->dt = o->precision == GPU_PRECISION_BF16 ? GPU_BF16 : GPU_F32;
+    g->device = o->device;
+    g->world = 1;
+    if (upload(g, m, s) != 0) {
+        gpu_model_free(g);
+        return err_context("uploading the model to CUDA device %d", o->device);
+    }
+    *out = g;
+    return 0;
+}
+
+void gpu_model_free(gpu_model *g) {
+    if (!g) return;
+    cudaSetDevice(g->device);
+    if (g->stream) cudaStreamSynchronize(g->stream);
+    gpu_dist_free(g);
+    gpu_blas_free(g->blas);
+    for (int i = 0; i < g->n_allocs; i++) cudaFree(g->allocs[i]);
+    if (g->stream) cudaStreamDestroy(g->stream);
+    free(g->allocs);
+    free(g->layers);
+    free(g->lora);
+    free(g->h_row_loss);
+    free(g->h_partials);
+    free(g);
+}
+
+/* ---- the adapter ------------------------------------------------------------------------ */
+
+/* s's modules must be those of g (paths, ranks, shapes). */
+static int same_modules(const gpu_model *g, const lora_set *s) {
+    if (s->n_modules != g->n_lora)
+        return err_set("the LoRA adapter has %d modules, the GPU model's has %d", s->n_modules,
+                       g->n_lora);
+    for (int i = 0; i < g->n_lora; i++) {
+        const lora_module *m = &s->modules[i];
+        const gpu_lora *l = &g->lora[i];
+        if (strcmp(m->path, l->path) != 0 || m->rank != l->rank || m->in != l->in ||
+            m->out != l->out)
+            return err_set("LoRA module %d differs: %s (r %d, %dx%d) against the GPU's %s "
+                           "(r %d, %dx%d)",
+                           i, m->path, m->rank, m->out, m->in, l->path, l->rank, l->out, l->in);
+    }
+    return 0;
+}
+
+/* Refreshes the GEMMs' bf16 copy of A and B (bf16 mode). */
+static int lora_cast(gpu_model *g) {
+    if (g->dt == GPU_BF16)
+        CU(gpu_convert(g->lcast, GPU_BF16, g->lp, GPU_F32, g->lora_numel, g->stream));
+    return 0;
+}
+
+int gpu_lora_upload(gpu_model *g, const lora_set *s) {
+    OK(gpu_use(g));
+    OK(same_modules(g, s));
+    for (int i = 0; i < g->n_lora; i++) {
+        const lora_module *m = &s->modules[i];
+        CU(cudaMemcpyAsync(g->lp + g->lora[i].off_a, m->A.data, (size_t)m->A.numel * sizeof(float),
+                           cudaMemcpyHostToDevice, g->stream));
+        CU(cudaMemcpyAsync(g->lp + g->lora[i].off_b, m->B.data, (size_t)m->B.numel * sizeof(float),
+                           cudaMemcpyHostToDevice, g->stream));
+    }
+    OK(lora_cast(g));
+    CU(cudaStreamSynchronize(g->stream));
+    return 0;
+}
+
+static int download(gpu_model *g, lora_set *s, const float *src, int grads) {
+    OK(gpu_use(g));
+    OK(same_modules(g, s));
+    for (int i = 0; i < g->n_lora; i++) {
+        lora_module *m = &s->modules[i];
+        real *a = grads ? m->A.grad : m->A.data, *b = grads ? m->B.grad : m->B.data;
+        if (!a || !b)
+            return err_set("the LoRA set has no gradient buffers (call lora_want_grads first)");
+        CU(cudaMemcpyAsync(a, src + g->lora[i].off_a, (size_t)m->A.numel * sizeof(float),
+                           cudaMemcpyDeviceToHost, g->stream));
+        CU(cudaMemcpyAsync(b, src + g->lora[i].off_b, (size_t)m->B.numel * sizeof(float),
+                           cudaMemcpyDeviceToHost, g->stream));
+    }
+    CU(cudaStreamSynchronize(g->stream));
+    return 0;
+}
+
+int gpu_lora_download(gpu_model *g, lora_set *s) {
+    return download(g, s, g->lp, 0);
+}
+
+int gpu_lora_download_grads(gpu_model *g, lora_set *s) {
+    return download(g, s, g->lg, 1);
+}
+
+void gpu_lora_zero_grads(gpu_model *g) {
+    if (g->lg && gpu_use(g) == 0)
+        cudaMemsetAsync(g->lg, 0, (size_t)g->lora_numel * sizeof(float), g->stream);
+}
+
+void gpu_lora_set_training(gpu_model *g, int on) {
+    g->training = on != 0;
+}
+
+uint64_t gpu_lora_dropout_counter(const gpu_model *g) {
+    return g->counter;
+}
+
+void gpu_lora_set_dropout_counter(gpu_model *g, uint64_t counter) {
+    g->counter = counter;
+}
+
+/* lora.c's mix64 and dropout_key: the same masks from the same seed, module
+ * index and counter. */
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t dropout_key(uint64_t seed, int index, uint64_t counter) {
+    return mix64(mix64(seed ^ 0xD1B54A32D192ED03ull) ^ mix64(((uint64_t)index << 40) ^ counter));
+}
+
+static float keep_scale(const gpu_model *g) {
+    return (float)(1.0 / (1.0 - g->dropout));
+}
+
+static void *lora_a(const gpu_model *g, const gpu_lora *l) {
+    return (char *)g->lcast + (size_t)l->off_a * gpu_dtype_size(g->dt);
+}
+
+static void *lora_b(const gpu_model *g, const gpu_lora *l) {
+    return (char *)g->lcast + (size_t)l->off_b * gpu_dtype_size(g->dt);
+}
+
+/* y (N, out) of type yt += s · dropout(x) Aᵀ Bᵀ; keeps u. */
+static int lora_forward(gpu_model *g, gpu_lora *l, const void *x, void *y, gpu_dtype yt) {
+    gpu_dtype t = g->dt;
+    int N = g->N;
+    const void *xin = x;
+    if (l->dropped) {
+        CU(gpu_dropout(g->lora_x, t, x, t, N, l->in, 0, l->key, g->dropout, keep_scale(g), 0,
+                       g->stream));
+        xin = g->lora_x;
+    }
+    OK(gpu_gemm(g->blas, 0, 1, N, l->rank, l->in, 1, xin, l->in, lora_a(g, l), l->in, t, 0, l->u,
+                l->rank, t));
+    return gpu_gemm(g->blas, 0, 1, N, l->out, l->rank, l->scale, l->u, l->rank, lora_b(g, l),
+                    l->rank, t, 1, y, l->out, yt);
+}
+
+/* The adapter's backward: its gradients, and dx (N, in) of type dxt += its term. */
+static int lora_backward(gpu_model *g, gpu_lora *l, const void *x, const void *dy, void *dx,
+                         gpu_dtype dxt) {
+    gpu_dtype t = g->dt;
+    int N = g->N, r = l->rank;
+    const void *xin = x;
+    if (l->dropped) {
+        CU(gpu_dropout(g->lora_x, t, x, t, N, l->in, 0, l->key, g->dropout, keep_scale(g), 0,
+                       g->stream));
+        xin = g->lora_x;
+    }
+    /* du (N, r) = s · dy B;  dB += s · dyᵀ u;  dA += duᵀ x̃ */
+    OK(gpu_gemm(g->blas, 0, 0, N, r, l->out, l->scale, dy, l->out, lora_b(g, l), r, t, 0,
+                g->lora_du, r, t));
+    OK(gpu_gemm(g->blas, 1, 0, l->out, r, N, l->scale, dy, l->out, l->u, r, t, 1, g->lg + l->off_b,
+                r, GPU_F32));
+    OK(gpu_gemm(g->blas, 1, 0, r, l->in, N, 1, g->lora_du, r, xin, l->in, t, 1, g->lg + l->off_a,
+                l->in, GPU_F32));
+    /* dx += du A, through the dropout mask */
+    if (l->dropped) {
+        OK(gpu_gemm(g->blas, 0, 0, N, l->in, r, 1, g->lora_du, r, lora_a(g, l), l->in, t, 0,
+                    g->lora_x, l->in, t));
+        CU(gpu_dropout(dx, dxt, g->lora_x, t, N, l->in, 0, l->key, g->dropout, keep_scale(g), 1,
+                       g->stream));
+        return 0;
+    }
+    return gpu_gemm(g->blas, 0, 0, N, l->in, r, 1, g->lora_du, r, lora_a(g, l), l->in, t, 1, dx,
+                    l->in, dxt);
+}
+
+/* ---- linears -------------------------------------------------------------------------- */
+
+/* y (N, out) of type yt = x Wᵀ + b, or += when accumulate; then the adapter. */
+static int linear_forward(gpu_model *g, const gpu_linear *l, const void *x, void *y, gpu_dtype yt,
+                          int accumulate) {
+    float beta = accumulate ? 1 : 0;
+    if (l->b) {
+        CU(gpu_add_bias(y, yt, l->b, g->N, l->out, accumulate, g->stream));
+        beta = 1;
+    }
+    OK(gpu_gemm(g->blas, 0, 1, g->N, l->out, l->in, 1, x, l->in, l->w, l->in, g->dt, beta, y,
+                l->out, yt));
+    if (l->lora >= 0) OK(lora_forward(g, &g->lora[l->lora], x, y, yt));
+    return 0;
+}
+
+/* dx (N, in) of type dxt = dy W (+= when accumulate), plus the adapter's term
+ * and gradients. The base weight is frozen: no dW, no db. */
+static int linear_backward(gpu_model *g, const gpu_linear *l, const void *x, const void *dy,
+                           void *dx, gpu_dtype dxt, int accumulate) {
+    OK(gpu_gemm(g->blas, 0, 0, g->N, l->in, l->out, 1, dy, l->out, l->w, l->in, g->dt,
+                accumulate ? 1 : 0, dx, l->in, dxt));
+    if (l->lora >= 0) OK(lora_backward(g, &g->lora[l->lora], x, dy, dx, dxt));
+    return 0;
+}
+
+/* ---- views ------------------------------------------------------------------------------ */
+
+static float *resid_at(const gpu_model *g, int point) {
+    return g->resid + (size_t)point * g->N * g->cfg.hidden_size;
+}
+
+static void *elem(const gpu_model *g, void *base, size_t index) {
+    return (char *)base + index * gpu_dtype_size(g->dt);
+}
+
+/* A layer's q, k, v inside its N·W block: Llama three contiguous matrices,
+ * GPT-2 the column thirds of one (N, 3C) matrix (model_cpu.c's qkv_at). */
+typedef struct {
+    void *q, *k, *v;
+    int ldq, ldk, ldv;
+} qkv_view;
+
+static qkv_view qkv_at(const gpu_model *g, void *base) {
+    const model_config *c = &g->cfg;
+    int HD = c->num_heads * c->head_dim, KVD = c->num_kv_heads * c->head_dim;
+    if (c->arch == MODEL_ARCH_GPT2)
+        return (qkv_view){base, elem(g, base, HD), elem(g, base, 2 * (size_t)HD), g->W, g->W, g->W};
+    return (qkv_view){
+        base, elem(g, base, (size_t)g->N * HD), elem(g, base, (size_t)g->N * (HD + KVD)), HD, KVD,
+        KVD};
+}
+
+static size_t layer_off(const gpu_model *g, int l, size_t per_row) {
+    return (size_t)l * g->N * per_row;
+}
+
+static gpu_attn_shape attn_shape(const gpu_model *g) {
+    const model_config *c = &g->cfg;
+    return (gpu_attn_shape){.B = g->B,
+                            .T = g->T,
+                            .H = c->num_heads,
+                            .KV = c->num_kv_heads,
+                            .D = c->head_dim,
+                            .window = c->sliding_window,
+                            .scale = (float)(1.0 / sqrt((double)c->head_dim)),
+                            .impl = g->opt.simt_attention ? GPU_ATTN_SIMT : GPU_ATTN_AUTO};
+}
+
+/* ---- norms: norm index p normalizes resid point p ----------------------------------------- */
+
+static int norm_forward(gpu_model *g, int p, const float *w, const float *b, void *y) {
+    const model_config *c = &g->cfg;
+    float *rstd = g->norm_rstd + (size_t)p * g->N;
+    if (c->arch == MODEL_ARCH_GPT2)
+        CU(gpu_layernorm_forward(y, g->dt, g->norm_mean + (size_t)p * g->N, rstd, resid_at(g, p), w,
+                                 b, g->N, c->hidden_size, (float)c->norm_eps, g->stream));
+    else
+        CU(gpu_rmsnorm_forward(y, g->dt, rstd, resid_at(g, p), w, g->N, c->hidden_size,
+                               (float)c->norm_eps, g->stream));
+    return 0;
+}
+
+static int norm_apply(gpu_model *g, int p, const float *w, const float *b, void *y) {
+    const model_config *c = &g->cfg;
+    const float *rstd = g->norm_rstd + (size_t)p * g->N;
+    if (c->arch == MODEL_ARCH_GPT2)
+        CU(gpu_layernorm_apply(y, g->dt, resid_at(g, p), w, b, g->norm_mean + (size_t)p * g->N,
+                               rstd, g->N, c->hidden_size, g->stream));
+    else
+        CU(gpu_rmsnorm_apply(y, g->dt, resid_at(g, p), w, rstd, g->N, c->hidden_size, g->stream));
+    return 0;
+}
+
+/* dresid += d(norm)/dx · dy (fp32). */
+static int norm_backward(gpu_model *g, int p, const float *w, const float *dy) {
+    const model_config *c = &g->cfg;
+    const float *rstd = g->norm_rstd + (size_t)p * g->N;
+    if (c->arch == MODEL_ARCH_GPT2)
+        CU(gpu_layernorm_backward(g->dresid, dy, resid_at(g, p), w, g->norm_mean + (size_t)p * g->N,
+                                  rstd, g->N, c->hidden_size, g->stream));
+    else
+        CU(gpu_rmsnorm_backward(g->dresid, dy, resid_at(g, p), w, rstd, g->N, c->hidden_size,
+                                g->stream));
+    return 0;
+}
+
+/* ---- forward ---------------------------------------------------------------------------- */
+
+static int layer_forward(gpu_model *g, int l) {
+    const model_config *c = &g->cfg;
+    const gpu_layer *L = &g->layers[l];
+    int N = g->N, F = c->intermediate_size, HD = c->num_heads * c->head_dim;
+    int llama = c->arch == MODEL_ARCH_LLAMA;
+    size_t resid_bytes = (size_t)N * c->hidden_size * sizeof(float);
+    qkv_view qv = qkv_at(g, elem(g, g->qkv, layer_off(g, l, g->W)));
+    void *att = elem(g, g->att, layer_off(g, l, HD));
+    void *fa = elem(g, g->fc_a, layer_off(g, l, F));
+    gpu_attn_shape as = attn_shape(g);
+
+    /* attention block: point 2l → 2l+1 */
+    OK(norm_forward(g, 2 * l, L->norm1_w, L->norm1_b, g->nbuf));
+    if (llama) {
+        OK(linear_forward(g, &L->q, g->nbuf, qv.q, g->dt, 0));
+        OK(linear_forward(g, &L->k, g->nbuf, qv.k, g->dt, 0));
+        OK(linear_forward(g, &L->v, g->nbuf, qv.v, g->dt, 0));
+        CU(gpu_rope(qv.q, g->dt, qv.ldq, N, g->T, c->num_heads, c->head_dim, g->rope_cos,
+                    g->rope_sin, 0, g->stream));
+        CU(gpu_rope(qv.k, g->dt, qv.ldk, N, g->T, c->num_kv_heads, c->head_dim, g->rope_cos,
+                    g->rope_sin, 0, g->stream));
+    } else {
+        OK(linear_forward(g, &L->qkv, g->nbuf, qv.q, g->dt, 0));
+    }
+    CU(gpu_attention_forward(&as, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att,
+                             g->att_lse + layer_off(g, l, c->num_heads), g->dt, g->stream));
+    CU(cudaMemcpyAsync(resid_at(g, 2 * l + 1), resid_at(g, 2 * l), resid_bytes,
+                       cudaMemcpyDeviceToDevice, g->stream));
+    OK(linear_forward(g, &L->o, att, resid_at(g, 2 * l + 1), GPU_F32, 1));
+
+    /* MLP block: point 2l+1 → 2l+2 */
+    OK(norm_forward(g, 2 * l + 1, L->norm2_w, L->norm2_b, g->nbuf));
+    if (llama) {
+        void *fb = elem(g, g->fc_b, layer_off(g, l, F));
+        OK(linear_forward(g, &L->gate, g->nbuf, fa, g->dt, 0));
+        OK(linear_forward(g, &L->up, g->nbuf, fb, g->dt, 0));
+        CU(gpu_swiglu_forward(g->act, fa, fb, g->dt, (int64_t)N * F, g->stream));
+    } else {
+        OK(linear_forward(g, &L->up, g->nbuf, fa, g->dt, 0));
+        CU(gpu_gelu_forward(g->act, fa, g->dt, (int64_t)N * F, g->stream));
+    }
+    CU(cudaMemcpyAsync(resid_at(g, 2 * l + 2), resid_at(g, 2 * l + 1), resid_bytes,
+                       cudaMemcpyDeviceToDevice, g->stream));
+    return linear_forward(g, &L->down, g->act, resid_at(g, 2 * l + 2), GPU_F32, 1);
+}
+
+/* Every id in range (model_forward's checks and messages). */
+static int check_ids(const gpu_model *g, const int32_t *tokens, const int32_t *targets) {
+    int V = g->cfg.vocab_size;
+    for (int n = 0; n < g->N; n++) {
+        if (tokens[n] < 0 || tokens[n] >= V)
+            return err_set("token id %d at batch row %d, position %d is outside the vocabulary "
+                           "[0, %d): the data was tokenized for another model",
+                           tokens[n], n / g->T, n % g->T, V);
+        if (targets && targets[n] != MODEL_IGNORE_INDEX && (targets[n] < 0 || targets[n] >= V))
+            return err_set("target id %d at batch row %d, position %d is outside the vocabulary "
+                           "[0, %d) and is not the ignore index %d",
+                           targets[n], n / g->T, n % g->T, V, MODEL_IGNORE_INDEX);
+    }
+    return 0;
+}
+
+/* The LM head and the loss over chunks of rows; with backward, each chunk's
+ * d(final norm output) into dnorm. */
+static int head_pass(gpu_model *g, int has_targets, int backward, float scale, float *logits_out) {
+    const model_config *c = &g->cfg;
+    int V = c->vocab_size, C = c->hidden_size;
+    if (!has_targets && !logits_out) return 0; /* nothing wants the head */
+    for (int r0 = 0; r0 < g->N; r0 += g->head_rows) {
+        int n = g->N - r0 < g->head_rows ? g->N - r0 : g->head_rows;
+        OK(gpu_gemm(g->blas, 0, 1, n, V, C, 1, elem(g, g->xf, (size_t)r0 * C), C, g->lm_head, C,
+                    g->dt, 0, g->logits, V, GPU_F32));
+        if (logits_out)
+            CU(cudaMemcpyAsync(logits_out + (size_t)r0 * V, g->logits,
+                               (size_t)n * V * sizeof(float), cudaMemcpyDeviceToHost, g->stream));
+        if (!has_targets) continue;
+        CU(gpu_xent(g->logits, g->d_targets + r0, n, V, g->row_lse + r0, g->row_loss + r0,
+                    backward ? g->dlogits : NULL, g->dt, scale, g->stream));
+        if (backward)
+            OK(gpu_gemm(g->blas, 0, 0, n, C, V, 1, g->dlogits, V, g->lm_head, C, g->dt, 0,
+                        g->dnorm + (size_t)r0 * C, C, GPU_F32));
+    }
+    return 0;
+}
+
+/* ---- backward ------------------------------------------------------------------------------ */
+
+/* dresid in the GEMMs' type (bf16 mode converts; fp32 mode reads it as is). */
+static int dy_of_resid(gpu_model *g) {
+    if (g->dt == GPU_BF16)
+        CU(gpu_convert(g->dy, GPU_BF16, g->dresid, GPU_F32, (int64_t)g->N * g->cfg.hidden_size,
+                       g->stream));
+    return 0;
+}
+
+static int has_lora(const gpu_linear *l) {
+    return l->lora >= 0;
+}
+
+static int layer_backward(gpu_model *g, int l) {
+    const model_config *c = &g->cfg;
+    const gpu_layer *L = &g->layers[l];
+    int N = g->N, F = c->intermediate_size, HD = c->num_heads * c->head_dim;
+    int llama = c->arch == MODEL_ARCH_LLAMA;
+    qkv_view qv = qkv_at(g, elem(g, g->qkv, layer_off(g, l, g->W)));
+    qkv_view dqv = qkv_at(g, g->dqkv);
+    void *att = elem(g, g->att, layer_off(g, l, HD));
+    void *fa = elem(g, g->fc_a, layer_off(g, l, F));
+    void *fb = llama ? elem(g, g->fc_b, layer_off(g, l, F)) : NULL;
+    gpu_attn_shape as = attn_shape(g);
+    float *lse = g->att_lse + layer_off(g, l, c->num_heads); /* (B, H, T) of layer l */
+
+    /* MLP block: dresid holds d/d(point 2l+2) and becomes d/d(point 2l+1). */
+    OK(dy_of_resid(g));
+    if (has_lora(&L->down)) {
+        if (llama)
+            CU(gpu_swiglu_forward(g->act, fa, fb, g->dt, (int64_t)N * F, g->stream));
+        else
+            CU(gpu_gelu_forward(g->act, fa, g->dt, (int64_t)N * F, g->stream));
+    }
+    OK(linear_backward(g, &L->down, g->act, g->dy, g->dfa, g->dt, 0));
+    if (llama) {
+        CU(gpu_swiglu_backward(g->dfa, g->dfb, g->dfa, fa, fb, g->dt, (int64_t)N * F, g->stream));
+        if (has_lora(&L->gate) || has_lora(&L->up))
+            OK(norm_apply(g, 2 * l + 1, L->norm2_w, L->norm2_b, g->nbuf));
+        OK(linear_backward(g, &L->gate, g->nbuf, g->dfa, g->dnorm, GPU_F32, 0));
+        OK(linear_backward(g, &L->up, g->nbuf, g->dfb, g->dnorm, GPU_F32, 1));
+    } else {
+        CU(gpu_gelu_backward(g->dfa, g->dfa, fa, g->dt, (int64_t)N * F, g->stream));
+        if (has_lora(&L->up)) OK(norm_apply(g, 2 * l + 1, L->norm2_w, L->norm2_b, g->nbuf));
+        OK(linear_backward(g, &L->up, g->nbuf, g->dfa, g->dnorm, GPU_F32, 0));
+    }
+    OK(norm_backward(g, 2 * l + 1, L->norm2_w, g->dnorm));
+
+    /* attention block: d/d(point 2l+1) → d/d(point 2l) */
+    OK(dy_of_resid(g));
+    OK(linear_backward(g, &L->o, att, g->dy, g->datt, g->dt, 0));
+    CU(gpu_attention_backward(&as, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att, g->datt, lse,
+                              g->att_delta, dqv.q, dqv.k, dqv.v, g->dt, g->stream));
+    if (llama) {
+        CU(gpu_rope(dqv.q, g->dt, dqv.ldq, N, g->T, c->num_heads, c->head_dim, g->rope_cos,
+                    g->rope_sin, 1, g->stream));
+        CU(gpu_rope(dqv.k, g->dt, dqv.ldk, N, g->T, c->num_kv_heads, c->head_dim, g->rope_cos,
+                    g->rope_sin, 1, g->stream));
+        if (has_lora(&L->q) || has_lora(&L->k) || has_lora(&L->v))
+            OK(norm_apply(g, 2 * l, L->norm1_w, L->norm1_b, g->nbuf));
+        OK(linear_backward(g, &L->q, g->nbuf, dqv.q, g->dnorm, GPU_F32, 0));
+        OK(linear_backward(g, &L->k, g->nbuf, dqv.k, g->dnorm, GPU_F32, 1));
+        OK(linear_backward(g, &L->v, g->nbuf, dqv.v, g->dnorm, GPU_F32, 1));
+    } else {
+        if (has_lora(&L->qkv)) OK(norm_apply(g, 2 * l, L->norm1_w, L->norm1_b, g->nbuf));
+        OK(linear_backward(g, &L->qkv, g->nbuf, g->dqkv, g->dnorm, GPU_F32, 0));
+    }
+    return norm_backward(g, 2 * l, L->norm1_w, g->dnorm);
+}
+
+/* ---- one pass ----------------------------------------------------------------------------- */
+
+static int pass(gpu_model *g, const int32_t *tokens, const int32_t *targets, int backward,
+                double scale, double *loss_sum, int64_t *n_targets, float *logits_out) {
+    const model_config *c = &g->cfg;
+    int N = g->N, Lyr = c->num_layers;
+    if (loss_sum) *loss_sum = 0;
+    if (n_targets) *n_targets = 0;
+    if (backward && (!targets || g->n_lora == 0))
+        return err_set("a GPU backward needs targets and a LoRA adapter");
+    OK(gpu_use(g));
+    OK(check_ids(g, tokens, targets));
+    CU(cudaMemcpyAsync(g->d_tokens, tokens, (size_t)N * sizeof *tokens, cudaMemcpyHostToDevice,
+                       g->stream));
+    if (targets)
+        CU(cudaMemcpyAsync(g->d_targets, targets, (size_t)N * sizeof *targets,
+                           cudaMemcpyHostToDevice, g->stream));
+    /* Dropout masks of this forward (lora_forward's counter logic). */
+    for (int i = 0; i < g->n_lora; i++) {
+        g->lora[i].dropped = g->training && g->dropout > 0;
+        if (g->training) g->lora[i].key = dropout_key(g->lora_seed, i, g->counter);
+    }
+    if (g->training && g->n_lora) g->counter++;
+
+    CU(gpu_embed_forward(resid_at(g, 0), g->d_tokens, g->wte, g->wpe, g->dt, N, g->T,
+                         c->hidden_size, g->stream));
+    for (int l = 0; l < Lyr; l++) OK(layer_forward(g, l));
+    OK(norm_forward(g, 2 * Lyr, g->normf_w, g->normf_b, g->xf));
+    OK(head_pass(g, targets != NULL, backward, (float)scale, logits_out));
+    if (targets)
+        CU(cudaMemcpyAsync(g->h_row_loss, g->row_loss, (size_t)N * sizeof(float),
+                           cudaMemcpyDeviceToHost, g->stream));
+    if (backward) {
+        CU(cudaMemsetAsync(g->dresid, 0, (size_t)N * c->hidden_size * sizeof(float), g->stream));
+        OK(norm_backward(g, 2 * Lyr, g->normf_w, g->dnorm));
+        for (int l = Lyr - 1; l >= 0; l--) OK(layer_backward(g, l));
+    }
+    CU(cudaStreamSynchronize(g->stream));
+    if (targets) {
+        /* Summed in row order, in double, as the CPU does. */
+        double sum = 0;
+        int64_t count = 0;
+        for (int n = 0; n < N; n++) {
+            if (targets[n] == MODEL_IGNORE_INDEX) continue;
+            sum += g->h_row_loss[n];
+            count++;
+        }
+        if (loss_sum) *loss_sum = sum;
+        if (n_targets) *n_targets = count;
+    }
+    return 0;
+}
+
+int gpu_forward(gpu_model *g, const int32_t *tokens, const int32_t *targets, double *loss_sum,
+                int64_t *n_targets, float *logits_out) {
+    return pass(g, tokens, targets, 0, 0, loss_sum, n_targets, logits_out);
+}
+
+int gpu_forward_backward(gpu_model *g, const int32_t *tokens, const int32_t *targets, double scale,
+                         double *loss_sum, int64_t *n_targets) {
+    return pass(g, tokens, targets, 1, scale, loss_sum, n_targets, NULL);
+}

@@ -1,0 +1,525 @@
+/* test_gpu_kernels — every CUDA kernel against its CPU counterpart
+ * (model/cpu/cpu.h), in fp32 storage (tolerances at fp32 rounding) and bf16
+ * storage (inputs rounded to bf16 for the CPU reference; tolerances at bf16
+ * rounding of the outputs). Shapes are chosen to hit the kernels' edges:
+ * row widths that are not multiples of 32, several attention tiles with the
+ * causal mask and a sliding window across them, head dims of 4 to 128
+ * (including 80, not a multiple of 32), GQA, strided q/k/v. */
+#include "gpu_test.h"
+
+#include "model/cpu/cpu.h"
+#include "model/cuda/gpu_gemm.h"
+
+#include <omp.h>
+#include <string.h>
+
+static const char *tname(gpu_dtype t) {
+    return t == GPU_BF16 ? "bf16" : "fp32";
+}
+
+/* ---- GEMM --------------------------------------------------------------------------- */
+
+static void gemm_case(gpu_blas *b, int ta, int tb, int M, int N, int K, gpu_dtype ab, gpu_dtype ct,
+                      int offset) {
+    int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 2;
+    size_t na = (size_t)(ta ? K : M) * lda + offset, nb = (size_t)(tb ? N : K) * ldb;
+    size_t nc = (size_t)M * ldc;
+    float *A = gt_rand(na, 1 + M, 1), *B = gt_rand(nb, 2 + N, 1), *C = gt_rand(nc, 3 + K, 1);
+    if (ab == GPU_BF16) gt_round_bf16(A, na), gt_round_bf16(B, nb);
+    if (ct == GPU_BF16) gt_round_bf16(C, nc);
+    float alpha = 1.25f, beta = 0.5f;
+    float *ref = malloc(nc * sizeof *ref), *got = malloc(nc * sizeof *got);
+    memcpy(ref, C, nc * sizeof *ref);
+    cpu_gemm(ta, tb, M, N, K, alpha, A + offset, lda, B, ldb, beta, ref, ldc);
+    void *dA = gt_put(A, na, ab), *dB = gt_put(B, nb, ab), *dC = gt_put(C, nc, ct);
+    void *dA_off = (char *)dA + (size_t)offset * gpu_dtype_size(ab);
+    CHECK_OK(gpu_gemm(b, ta, tb, M, N, K, alpha, dA_off, lda, dB, ldb, ab, beta, dC, ldc, ct));
+    gt_get(got, dC, nc, ct);
+    char what[96];
+    snprintf(what, sizeof what, "gemm %s->%s %dx%dx%d t%d%d%s", tname(ab), tname(ct), M, N, K, ta,
+             tb, offset ? " misaligned" : "");
+    GT_CLOSE(what, got, ref, nc, ct == GPU_BF16 ? 1e-2 : ab == GPU_BF16 ? 1e-4 : 1e-5);
+    cudaFree(dA), cudaFree(dB), cudaFree(dC);
+    free(A), free(B), free(C), free(ref), free(got);
+}
+
+static void test_gemm(void) {
+    gpu_blas *b;
+    CHECK_OK(gpu_blas_create(&b, 0));
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            gemm_case(b, ta, tb, 37, 53, 29, GPU_F32, GPU_F32, 0);
+            gemm_case(b, ta, tb, 128, 96, 64, GPU_F32, GPU_F32, 0);
+            gemm_case(b, ta, tb, 37, 53, 29, GPU_BF16, GPU_F32, 0);
+            gemm_case(b, ta, tb, 128, 96, 64, GPU_BF16, GPU_BF16, 0);
+        }
+    gemm_case(b, 0, 1, 37, 53, 29, GPU_F32, GPU_F32, 1);
+    gemm_case(b, 1, 0, 64, 48, 40, GPU_BF16, GPU_F32, 1);
+    /* the same shape again: a cached plan */
+    gemm_case(b, 0, 1, 37, 53, 29, GPU_F32, GPU_F32, 0);
+    CHECK_FAILS_WITH(gpu_gemm(b, 0, 0, 4, 4, 0, 1, NULL, 1, NULL, 1, GPU_F32, 0, NULL, 4, GPU_F32),
+                     "K = 0");
+    gpu_blas_free(b);
+}
+
+/* ---- norms ---------------------------------------------------------------------------- */
+
+static void test_norms(gpu_dtype t) {
+    int N = 37, C = 200;
+    float eps = 1e-5f;
+    size_t n = (size_t)N * C;
+    float *x = gt_rand(n, 11, 2), *w = gt_rand(C, 12, 0.2f), *b = gt_rand(C, 13, 0.5f);
+    float *dy = gt_rand(n, 14, 1), *dx0 = gt_rand(n, 15, 0.1f);
+    for (int c = 0; c < C; c++) w[c] += 1;
+    float *y = malloc(n * 4), *got = malloc(n * 4), *rstd = malloc(N * 4), *mean = malloc(N * 4);
+    float *grstd = malloc(N * 4), *gmean = malloc(N * 4), *dx = malloc(n * 4);
+    float *dX = gt_put(x, n, GPU_F32), *dW = gt_put(w, C, GPU_F32), *dB = gt_put(b, C, GPU_F32);
+    float *dDY = gt_put(dy, n, GPU_F32), *dDX = gt_put(dx0, n, GPU_F32);
+    float *dR = gt_put(rstd, N, GPU_F32), *dM = gt_put(mean, N, GPU_F32);
+    void *dY = gt_put(x, n, t);
+    double ytol = t == GPU_BF16 ? 1e-2 : 1e-5;
+    char what[64];
+
+    /* RMSNorm */
+    cpu_rmsnorm_forward(y, rstd, x, w, N, C, eps);
+    CUDA_OK(gpu_rmsnorm_forward(dY, t, dR, dX, dW, N, C, eps, 0));
+    gt_get(got, dY, n, t);
+    gt_get(grstd, dR, N, GPU_F32);
+    snprintf(what, sizeof what, "rmsnorm forward y (%s)", tname(t));
+    GT_CLOSE(what, got, y, n, ytol);
+    GT_CLOSE("rmsnorm forward rstd", grstd, rstd, (size_t)N, 1e-6);
+    CUDA_OK(gpu_rmsnorm_apply(dY, t, dX, dW, dR, N, C, 0));
+    gt_get(got, dY, n, t);
+    snprintf(what, sizeof what, "rmsnorm apply (%s)", tname(t));
+    GT_CLOSE(what, got, y, n, ytol);
+    memcpy(dx, dx0, n * 4);
+    cpu_rmsnorm_backward(dx, NULL, dy, x, w, rstd, N, C);
+    CUDA_OK(cudaMemcpy(dR, rstd, N * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(gpu_rmsnorm_backward(dDX, dDY, dX, dW, dR, N, C, 0));
+    gt_get(got, dDX, n, GPU_F32);
+    GT_CLOSE("rmsnorm backward dx (+=)", got, dx, n, 1e-5);
+
+    /* LayerNorm */
+    cpu_layernorm_forward(y, mean, rstd, x, w, b, N, C, eps);
+    CUDA_OK(gpu_layernorm_forward(dY, t, dM, dR, dX, dW, dB, N, C, eps, 0));
+    gt_get(got, dY, n, t);
+    gt_get(grstd, dR, N, GPU_F32);
+    gt_get(gmean, dM, N, GPU_F32);
+    snprintf(what, sizeof what, "layernorm forward y (%s)", tname(t));
+    GT_CLOSE(what, got, y, n, ytol);
+    GT_CLOSE("layernorm forward mean", gmean, mean, (size_t)N, 1e-6);
+    GT_CLOSE("layernorm forward rstd", grstd, rstd, (size_t)N, 1e-6);
+    CUDA_OK(gpu_layernorm_apply(dY, t, dX, dW, dB, dM, dR, N, C, 0));
+    gt_get(got, dY, n, t);
+    snprintf(what, sizeof what, "layernorm apply (%s)", tname(t));
+    GT_CLOSE(what, got, y, n, ytol);
+    memcpy(dx, dx0, n * 4);
+    cpu_layernorm_backward(dx, NULL, NULL, dy, x, w, mean, rstd, N, C);
+    CUDA_OK(cudaMemcpy(dR, rstd, N * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dM, mean, N * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dDX, dx0, n * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(gpu_layernorm_backward(dDX, dDY, dX, dW, dM, dR, N, C, 0));
+    gt_get(got, dDX, n, GPU_F32);
+    GT_CLOSE("layernorm backward dx (+=)", got, dx, n, 1e-5);
+
+    cudaFree(dX), cudaFree(dW), cudaFree(dB), cudaFree(dDY), cudaFree(dDX), cudaFree(dR);
+    cudaFree(dM), cudaFree(dY);
+    free(x), free(w), free(b), free(dy), free(dx0), free(y), free(got), free(rstd), free(mean);
+    free(grstd), free(gmean), free(dx);
+}
+
+/* ---- RoPE ----------------------------------------------------------------------------- */
+
+static void test_rope(gpu_dtype t) {
+    model_config c;
+    memset(&c, 0, sizeof c);
+    c.head_dim = 8;
+    c.rope_theta = 100;
+    c.rope_llama3 = 1;
+    c.rope_factor = 8;
+    c.rope_low_freq_factor = 1;
+    c.rope_high_freq_factor = 4;
+    c.rope_original_max_position = 32;
+    int T = 5, B = 2, N = B * T, H = 3, D = 8, ld = H * D + 4;
+    float cs[5 * 4], sn[5 * 4];
+    cpu_rope_table(cs, sn, &c, T);
+    float *dcs = gt_put(cs, 20, GPU_F32), *dsn = gt_put(sn, 20, GPU_F32);
+    size_t n = (size_t)N * ld;
+    for (int inverse = 0; inverse < 2; inverse++) {
+        float *x = gt_rand(n, 21 + inverse, 2), *got = malloc(n * 4);
+        if (t == GPU_BF16) gt_round_bf16(x, n);
+        void *dx = gt_put(x, n, t);
+        cpu_rope_apply(x, ld, N, T, H, D, cs, sn, inverse);
+        CUDA_OK(gpu_rope(dx, t, ld, N, T, H, D, dcs, dsn, inverse, 0));
+        gt_get(got, dx, n, t);
+        char what[64];
+        snprintf(what, sizeof what, "rope llama3 %s (%s)", inverse ? "inverse" : "forward",
+                 tname(t));
+        GT_CLOSE(what, got, x, n, t == GPU_BF16 ? 1e-2 : 1e-6);
+        cudaFree(dx);
+        free(x), free(got);
+    }
+    cudaFree(dcs), cudaFree(dsn);
+}
+
+/* ---- activations ---------------------------------------------------------------------------- */
+
+static void test_activations(gpu_dtype t) {
+    size_t n = 1000;
+    float *g = gt_rand(n, 31, 4), *u = gt_rand(n, 32, 2), *d = gt_rand(n, 33, 1);
+    if (t == GPU_BF16) gt_round_bf16(g, n), gt_round_bf16(u, n), gt_round_bf16(d, n);
+    float *ref = malloc(n * 4), *ref2 = malloc(n * 4), *got = malloc(n * 4);
+    void *dg = gt_put(g, n, t), *du = gt_put(u, n, t), *dd = gt_put(d, n, t);
+    void *o1 = gt_put(g, n, t), *o2 = gt_put(g, n, t);
+    double tol = t == GPU_BF16 ? 1e-2 : 1e-5;
+    char what[64];
+
+    cpu_swiglu_forward(ref, g, u, (int64_t)n);
+    CUDA_OK(gpu_swiglu_forward(o1, dg, du, t, (int64_t)n, 0));
+    gt_get(got, o1, n, t);
+    snprintf(what, sizeof what, "swiglu forward (%s)", tname(t));
+    GT_CLOSE(what, got, ref, n, tol);
+    cpu_swiglu_backward(ref, ref2, d, g, u, (int64_t)n);
+    CUDA_OK(cudaMemcpy(o1, dd, n * gpu_dtype_size(t), cudaMemcpyDeviceToDevice));
+    CUDA_OK(gpu_swiglu_backward(o1, o2, o1, dg, du, t, (int64_t)n, 0)); /* dg in place of dact */
+    gt_get(got, o1, n, t);
+    snprintf(what, sizeof what, "swiglu backward dg (%s)", tname(t));
+    GT_CLOSE(what, got, ref, n, tol);
+    gt_get(got, o2, n, t);
+    snprintf(what, sizeof what, "swiglu backward du (%s)", tname(t));
+    GT_CLOSE(what, got, ref2, n, tol);
+
+    cpu_gelu_forward(ref, g, (int64_t)n);
+    CUDA_OK(gpu_gelu_forward(o1, dg, t, (int64_t)n, 0));
+    gt_get(got, o1, n, t);
+    snprintf(what, sizeof what, "gelu forward (%s)", tname(t));
+    GT_CLOSE(what, got, ref, n, tol);
+    cpu_gelu_backward(ref, d, g, (int64_t)n);
+    CUDA_OK(cudaMemcpy(o1, dd, n * gpu_dtype_size(t), cudaMemcpyDeviceToDevice));
+    CUDA_OK(gpu_gelu_backward(o1, o1, dg, t, (int64_t)n, 0));
+    gt_get(got, o1, n, t);
+    snprintf(what, sizeof what, "gelu backward (%s)", tname(t));
+    GT_CLOSE(what, got, ref, n, tol);
+
+    cudaFree(dg), cudaFree(du), cudaFree(dd), cudaFree(o1), cudaFree(o2);
+    free(g), free(u), free(d), free(ref), free(ref2), free(got);
+}
+
+/* ---- embedding and bias ------------------------------------------------------------------------
+ */
+
+static void test_embed_bias(gpu_dtype t) {
+    int V = 50, C = 24, T = 4, N = 12;
+    float *wte = gt_rand((size_t)V * C, 41, 1), *wpe = gt_rand((size_t)T * C, 42, 1);
+    if (t == GPU_BF16) gt_round_bf16(wte, (size_t)V * C), gt_round_bf16(wpe, (size_t)T * C);
+    int32_t tok[12];
+    uint64_t s = 43;
+    for (int i = 0; i < N; i++) tok[i] = (int32_t)(gt_rng(&s) % (uint64_t)V);
+    int32_t *dtok;
+    CUDA_OK(cudaMalloc((void **)&dtok, sizeof tok));
+    CUDA_OK(cudaMemcpy(dtok, tok, sizeof tok, cudaMemcpyHostToDevice));
+    void *dwte = gt_put(wte, (size_t)V * C, t), *dwpe = gt_put(wpe, (size_t)T * C, t);
+    size_t n = (size_t)N * C;
+    float *ref = malloc(n * 4), *got = malloc(n * 4);
+    float *dx = gt_put(ref, n, GPU_F32);
+    char what[64];
+    for (int pos = 0; pos < 2; pos++) {
+        cpu_embed_forward(ref, tok, wte, pos ? wpe : NULL, N, T, C);
+        CUDA_OK(gpu_embed_forward(dx, dtok, dwte, pos ? dwpe : NULL, t, N, T, C, 0));
+        gt_get(got, dx, n, GPU_F32);
+        snprintf(what, sizeof what, "embedding%s (%s)", pos ? " + positions" : "", tname(t));
+        GT_CLOSE(what, got, ref, n, 1e-7);
+    }
+    /* bias: y = b, then y += b */
+    int out = 24;
+    float *b = gt_rand((size_t)out, 44, 1), *y0 = gt_rand(n, 45, 1);
+    if (t == GPU_BF16) gt_round_bf16(y0, n);
+    void *dy = gt_put(y0, n, t);
+    float *db = gt_put(b, (size_t)out, GPU_F32);
+    for (int acc = 0; acc < 2; acc++) {
+        for (size_t i = 0; i < n; i++) ref[i] = acc ? ref[i] + b[i % out] : b[i % out];
+        CUDA_OK(gpu_add_bias(dy, t, db, N, out, acc, 0));
+        gt_get(got, dy, n, t);
+        snprintf(what, sizeof what, "bias %s (%s)", acc ? "+=" : "=", tname(t));
+        GT_CLOSE(what, got, ref, n, t == GPU_BF16 ? 1e-2 : 1e-7);
+    }
+    cudaFree(dtok), cudaFree(dwte), cudaFree(dwpe), cudaFree(dx), cudaFree(dy), cudaFree(db);
+    free(wte), free(wpe), free(ref), free(got), free(b), free(y0);
+}
+
+/* ---- cross-entropy -------------------------------------------------------------------------- */
+
+static void test_xent(gpu_dtype t) {
+    int N = 6, V = 1000;
+    size_t n = (size_t)N * V;
+    float *logits = gt_rand(n, 51, 5), *got = malloc(n * 4), *ref = malloc(n * 4);
+    int32_t tg[6] = {3, MODEL_IGNORE_INDEX, 999, 0, 517, MODEL_IGNORE_INDEX};
+    double lse[6], loss[6];
+    float lse_f[6], loss_f[6], glse[6], gloss[6];
+    float scale = 0.37f;
+    cpu_xent_forward(lse, loss, logits, tg, N, V);
+    for (int i = 0; i < N; i++) lse_f[i] = (float)lse[i], loss_f[i] = (float)loss[i];
+    memcpy(ref, logits, n * 4);
+    cpu_xent_backward(ref, lse, tg, N, V, scale);
+    float *dl = gt_put(logits, n, GPU_F32), *dlse = gt_put(lse_f, 6, GPU_F32);
+    float *dloss = gt_put(loss_f, 6, GPU_F32);
+    int32_t *dtg;
+    CUDA_OK(cudaMalloc((void **)&dtg, sizeof tg));
+    CUDA_OK(cudaMemcpy(dtg, tg, sizeof tg, cudaMemcpyHostToDevice));
+    void *dd = t == GPU_F32 ? (void *)dl : gt_put(logits, n, t); /* fp32: in place */
+    CUDA_OK(gpu_xent(dl, dtg, N, V, dlse, dloss, dd, t, scale, 0));
+    gt_get(glse, dlse, 6, GPU_F32);
+    gt_get(gloss, dloss, 6, GPU_F32);
+    gt_get(got, dd, n, t);
+    char what[64];
+    GT_CLOSE("xent lse", glse, lse_f, 6, 1e-6);
+    GT_CLOSE("xent row loss", gloss, loss_f, 6, 1e-6);
+    CHECK(gloss[1] == 0 && gloss[5] == 0);
+    snprintf(what, sizeof what, "xent d logits (%s%s)", tname(t), t == GPU_F32 ? ", in place" : "");
+    GT_CLOSE(what, got, ref, n, t == GPU_BF16 ? 1e-2 : 1e-5);
+    /* forward only: no gradient written */
+    CUDA_OK(gpu_xent(dl, dtg, N, V, dlse, dloss, NULL, t, scale, 0));
+    gt_get(gloss, dloss, 6, GPU_F32);
+    if (t == GPU_BF16) GT_CLOSE("xent row loss, no gradient", gloss, loss_f, 6, 1e-6);
+    if (t != GPU_F32) cudaFree(dd);
+    cudaFree(dl), cudaFree(dlse), cudaFree(dloss), cudaFree(dtg);
+    free(logits), free(got), free(ref);
+}
+
+/* ---- attention ------------------------------------------------------------------------------- */
+
+typedef struct {
+    int B, T, H, KV, D, window, pad;
+} attn_case;
+
+static const char *impl_name(gpu_dtype t, gpu_attn_impl impl) {
+    if (impl == GPU_ATTN_MMA) return "bf16, tensor cores";
+    return t == GPU_BF16 ? "bf16, CUDA cores" : "fp32";
+}
+
+static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl) {
+    int B = ac->B, T = ac->T, H = ac->H, KV = ac->KV, D = ac->D, N = B * T;
+    /* q | k | v packed in one matrix of row stride ld, as GPT-2's c_attn output */
+    int ld = (H + 2 * KV) * D + ac->pad, HD = H * D;
+    size_t nq = (size_t)N * ld, no = (size_t)N * HD, nl = (size_t)B * H * T;
+    float *qkv = gt_rand(nq, 61 + T, 1.5f), *dout = gt_rand(no, 62 + T, 1);
+    if (t == GPU_BF16) gt_round_bf16(qkv, nq), gt_round_bf16(dout, no);
+    float *out = calloc(no, 4), *lse = calloc(nl, 4), *gout = calloc(no, 4), *glse = calloc(nl, 4);
+    float *dqkv = calloc(nq, 4), *gdqkv = calloc(nq, 4);
+    int threads = omp_get_max_threads();
+    float *scratch = malloc((size_t)threads * CPU_ATTN_SCRATCH(T) * sizeof(float));
+    cpu_attn at = {.B = B,
+                   .T = T,
+                   .H = H,
+                   .KV = KV,
+                   .D = D,
+                   .window = ac->window,
+                   .scale = (float)(1.0 / sqrt((double)D)),
+                   .threads = threads,
+                   .scratch = scratch};
+    gpu_attn_shape gs = {.B = B,
+                         .T = T,
+                         .H = H,
+                         .KV = KV,
+                         .D = D,
+                         .window = ac->window,
+                         .scale = at.scale,
+                         .impl = impl};
+    const float *q = qkv, *k = qkv + HD, *v = qkv + HD + KV * D;
+    cpu_attention_forward(&at, q, ld, k, ld, v, ld, out, lse);
+    void *d_qkv = gt_put(qkv, nq, t), *d_out = gt_put(out, no, t), *d_dout = gt_put(dout, no, t);
+    void *d_dqkv = gt_put(dqkv, nq, t); /* zeros: the pad columns stay zero */
+    float *d_lse = gt_put(lse, nl, GPU_F32), *d_delta = gt_put(lse, nl, GPU_F32);
+    size_t ts = gpu_dtype_size(t);
+    char *bq = d_qkv, *bd = d_dqkv;
+    CUDA_OK(gpu_attention_forward(&gs, bq, ld, bq + HD * ts, ld, bq + (HD + KV * D) * ts, ld, d_out,
+                                  d_lse, t, 0));
+    gt_get(gout, d_out, no, t);
+    gt_get(glse, d_lse, nl, GPU_F32);
+    char what[96];
+    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d: out (%s)", B, T, H, KV, D,
+             ac->window, impl_name(t, impl));
+    GT_CLOSE(what, gout, out, no, t == GPU_BF16 ? 2e-2 : 1e-5);
+    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d: lse (%s)", B, T, H, KV, D,
+             ac->window, impl_name(t, impl));
+    GT_CLOSE(what, glse, lse, nl, 1e-5);
+    /* Backward from the GPU's forward output (what the GPU backward reads too). */
+    cpu_attention_backward(&at, q, ld, k, ld, v, ld, gout, dout, lse, dqkv, dqkv + HD,
+                           dqkv + HD + KV * D);
+    CUDA_OK(gpu_attention_backward(&gs, bq, ld, bq + HD * ts, ld, bq + (HD + KV * D) * ts, ld,
+                                   d_out, d_dout, d_lse, d_delta, bd, bd + HD * ts,
+                                   bd + (HD + KV * D) * ts, t, 0));
+    gt_get(gdqkv, d_dqkv, nq, t);
+    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d: dq|dk|dv (%s)", B, T, H, KV, D,
+             ac->window, impl_name(t, impl));
+    GT_CLOSE(what, gdqkv, dqkv, nq, t == GPU_BF16 ? 3e-2 : 1e-4);
+    cudaFree(d_qkv), cudaFree(d_out), cudaFree(d_dout), cudaFree(d_dqkv), cudaFree(d_lse);
+    cudaFree(d_delta);
+    free(qkv), free(dout), free(out), free(lse), free(gout), free(glse), free(dqkv), free(gdqkv);
+    free(scratch);
+}
+
+/* fp32 and bf16 on CUDA cores for every case; bf16 on tensor cores for the
+ * head dims they take (32, 64, 128; rows of a multiple of 8 elements). */
+static void test_attention(gpu_dtype t) {
+    attn_case cases[] = {
+        {2, 7, 4, 2, 4, 0, 0},     /* the tiny models' shape: one tile */
+        {1, 130, 2, 1, 64, 0, 0},  /* three query tiles, a partial one */
+        {2, 200, 4, 2, 128, 0, 8}, /* widest head dim, strided rows */
+        {1, 300, 3, 3, 80, 50, 0}, /* D not a multiple of 32, a window across tiles */
+        {2, 65, 2, 2, 8, 3, 8},    /* a short window */
+        {1, 96, 6, 2, 16, 33, 0},  /* GQA groups of 3, window just over a key tile */
+        {2, 150, 4, 1, 32, 70, 0}, /* GQA 4:1, a window over two key tiles */
+        {1, 257, 2, 2, 64, 0, 0},  /* a last tile of one row */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        attention_case(&cases[i], t, GPU_ATTN_SIMT);
+        int D = cases[i].D;
+        if (t == GPU_BF16 && (D == 32 || D == 64 || D == 128))
+            attention_case(&cases[i], t, GPU_ATTN_MMA);
+    }
+    gpu_attn_shape bad = {.B = 1, .T = 4, .H = 2, .KV = 1, .D = 130, .scale = 1};
+    CHECK(gpu_attention_forward(&bad, NULL, 0, NULL, 0, NULL, 0, NULL, NULL, t, 0) ==
+          cudaErrorInvalidValue);
+    /* tensor cores asked for where they do not apply: refused, not run */
+    gpu_attn_shape odd = {
+        .B = 1, .T = 4, .H = 2, .KV = 1, .D = 80, .scale = 1, .impl = GPU_ATTN_MMA};
+    CHECK(gpu_attention_forward(&odd, NULL, 0, NULL, 0, NULL, 0, NULL, NULL, t, 0) ==
+          cudaErrorInvalidValue);
+}
+
+/* ---- dropout ------------------------------------------------------------------------------------
+ */
+
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void test_dropout(void) {
+    int n = 7, in = 33;
+    int64_t row0 = 5;
+    uint64_t key = 0x0123456789abcdefull;
+    double p = 0.3;
+    float ks = (float)(1.0 / (1.0 - p));
+    size_t cnt = (size_t)n * in;
+    float *x = gt_rand(cnt, 71, 1), *o0 = gt_rand(cnt, 72, 1), *ref = malloc(cnt * 4);
+    float *acc = malloc(cnt * 4), *got = malloc(cnt * 4);
+    int kept = 0;
+    for (size_t i = 0; i < cnt; i++) {
+        uint64_t e = (uint64_t)(row0 * in) + i;
+        int keep =
+            (double)(mix64(key + e * 0x9E3779B97F4A7C15ull) >> 11) * (1.0 / 9007199254740992.0) >=
+            p;
+        kept += keep;
+        ref[i] = keep ? x[i] * ks : 0;
+        acc[i] = keep ? o0[i] + x[i] * ks : o0[i];
+    }
+    float *dx = gt_put(x, cnt, GPU_F32), *dout = gt_put(o0, cnt, GPU_F32);
+    CUDA_OK(gpu_dropout(dout, GPU_F32, dx, GPU_F32, n, in, row0, key, p, ks, 0, 0));
+    gt_get(got, dout, cnt, GPU_F32);
+    GT_CLOSE("dropout mask (lora.c's hash), apply", got, ref, cnt, 0);
+    CUDA_OK(cudaMemcpy(dout, o0, cnt * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(gpu_dropout(dout, GPU_F32, dx, GPU_F32, n, in, row0, key, p, ks, 1, 0));
+    gt_get(got, dout, cnt, GPU_F32);
+    GT_CLOSE("dropout mask, accumulate", got, acc, cnt, 0);
+    CHECK(kept > (int)cnt / 2 && kept < (int)cnt * 9 / 10);
+    cudaFree(dx), cudaFree(dout);
+    free(x), free(o0), free(ref), free(acc), free(got);
+}
+
+/* ---- optimizer
+ * ------------------------------------------------------------------------------------ */
+
+static void test_optimizer(void) {
+    int64_t n = 100003;
+    float *x = gt_rand((size_t)n, 81, 3);
+    double ref = 0;
+    for (int64_t i = 0; i < n; i++) ref += (double)x[i] * x[i];
+    double *dpart, part[GPU_SUMSQ_BLOCKS];
+    float *dx = gt_put(x, (size_t)n, GPU_F32);
+    CUDA_OK(cudaMalloc((void **)&dpart, sizeof part));
+    CUDA_OK(gpu_sumsq(dx, n, dpart, 0));
+    CUDA_OK(cudaMemcpy(part, dpart, sizeof part, cudaMemcpyDeviceToHost));
+    double sum = 0;
+    for (int i = 0; i < GPU_SUMSQ_BLOCKS; i++) sum += part[i];
+    printf("  sum of squares: rel err %.3e\n", fabs(sum - ref) / ref);
+    CHECK(fabs(sum - ref) <= 1e-12 * ref);
+
+    /* AdamW's update: adamw.c's loop with the same scalars, bit for bit. */
+    float *p = gt_rand((size_t)n, 82, 1), *g = gt_rand((size_t)n, 83, 0.01f);
+    float *m = gt_rand((size_t)n, 84, 0.001f), *v = gt_rand((size_t)n, 85, 1e-5f);
+    for (int64_t i = 0; i < n; i++) v[i] = fabsf(v[i]);
+    float *dp = gt_put(p, (size_t)n, GPU_F32), *dg = gt_put(g, (size_t)n, GPU_F32);
+    float *dm = gt_put(m, (size_t)n, GPU_F32), *dv = gt_put(v, (size_t)n, GPU_F32);
+    for (int lerp_low = 0; lerp_low < 2; lerp_low++) {
+        float w1 = lerp_low ? 0.1f : 0.6f;
+        gpu_adamw_scalars s = {.decay = 0.999f,
+                               .w1 = w1,
+                               .b1 = 1 - w1,
+                               .b2 = 0.999f,
+                               .w2 = 0.001f,
+                               .bc2s = 0.0447f,
+                               .eps = 1e-8f,
+                               .neg_step = -0.0123f,
+                               .lerp_low = lerp_low};
+        CUDA_OK(gpu_adamw_update(dp, dg, dm, dv, n, &s, 0));
+        for (int64_t j = 0; j < n; j++) {
+            p[j] = p[j] * s.decay;
+            m[j] = lerp_low ? m[j] + s.w1 * (g[j] - m[j]) : g[j] - (g[j] - m[j]) * s.b1;
+            v[j] = v[j] * s.b2;
+            v[j] = v[j] + s.w2 * g[j] * g[j];
+            float denom = sqrtf(v[j]) / s.bc2s + s.eps;
+            p[j] = p[j] + s.neg_step * m[j] / denom;
+        }
+        float *got = malloc((size_t)n * 4);
+        gt_get(got, dp, (size_t)n, GPU_F32);
+        GT_CLOSE(lerp_low ? "adamw update p (lerp low)" : "adamw update p (lerp high)", got, p,
+                 (size_t)n, 0);
+        gt_get(got, dm, (size_t)n, GPU_F32);
+        GT_CLOSE("adamw update exp_avg", got, m, (size_t)n, 0);
+        gt_get(got, dv, (size_t)n, GPU_F32);
+        GT_CLOSE("adamw update exp_avg_sq", got, v, (size_t)n, 0);
+        free(got);
+    }
+    /* clipping's scale */
+    CUDA_OK(gpu_scale_f32(dg, n, 0.37f, 0));
+    float *got = malloc((size_t)n * 4);
+    for (int64_t j = 0; j < n; j++) g[j] *= 0.37f;
+    gt_get(got, dg, (size_t)n, GPU_F32);
+    GT_CLOSE("gradient scale", got, g, (size_t)n, 0);
+    /* bf16 conversion rounds as gpu_f32_to_bf16 */
+    void *db;
+    CUDA_OK(cudaMalloc(&db, (size_t)n * 2));
+    CUDA_OK(gpu_convert(db, GPU_BF16, dx, GPU_F32, n, 0));
+    CUDA_OK(gpu_convert(dg, GPU_F32, db, GPU_BF16, n, 0));
+    gt_get(got, dg, (size_t)n, GPU_F32);
+    gt_round_bf16(x, (size_t)n);
+    GT_CLOSE("fp32 -> bf16 -> fp32 conversion", got, x, (size_t)n, 0);
+    cudaFree(db), cudaFree(dx), cudaFree(dpart), cudaFree(dp), cudaFree(dg), cudaFree(dm);
+    cudaFree(dv);
+    free(x), free(p), free(g), free(m), free(v), free(got);
+}
+
+int main(void) {
+    GPU_TEST_REQUIRE_DEVICE();
+    char name[256];
+    double mem;
+    int major, minor;
+    if (gpu_device_info(0, name, sizeof name, &mem, &major, &minor) == 0)
+        printf("device 0: %s, %.1f GiB, compute capability %d.%d\n", name, mem, major, minor);
+    test_gemm();
+    for (int t = 0; t < 2; t++) {
+        gpu_dtype dt = t ? GPU_BF16 : GPU_F32;
+        test_norms(dt);
+        test_rope(dt);
+        test_activations(dt);
+        test_embed_bias(dt);
+        test_xent(dt);
+        test_attention(dt);
+    }
+    test_dropout();
+    test_optimizer();
+    return check_finish();
+}

@@ -1,0 +1,410 @@
+/* test_gpu_parity — the CUDA backend against the CPU backend, whole models.
+ *
+ * Graphs: the CPU tests' five tiny ones (tests/cpu/tiny.h: Llama GQA with
+ * tied embeddings; every bias, one kv head, head_dim != C/H; llama3 RoPE
+ * scaling; a Mistral sliding window; GPT-2) and three larger ones whose
+ * sequences span several attention tiles and whose LM head runs in several
+ * chunks (one of them partial). LoRA on every linear (rank 4, B random so the
+ * adapter matters); one case with dropout, whose masks must be the CPU's.
+ *
+ * Compared, in fp32 mode and in bf16 mode (docs/gpu.md gives the bounds and
+ * why): logits, the loss, the LoRA gradients; one AdamW update of the same
+ * gradients (fp32, exact up to the clipping factor's last bit); and a
+ * 10-step training trajectory with 2 micro-batches per step (losses per step
+ * and the final adapter) against the CPU trainer's arithmetic (model_forward,
+ * model_backward, adamw_step). */
+#include "gpu_test.h"
+
+#include "tests/cpu/tiny.h"
+#include "util/err.h"
+
+#include <string.h>
+
+/* Tolerances (docs/gpu.md). fp32: rounding only. bf16: weights, activations
+ * and the GEMMs' inputs rounded to 8 significant bits, fp32 accumulation. */
+typedef struct {
+    double logits;     /* rel_max of the logits */
+    double loss;       /* relative error of the loss */
+    double grads;      /* rel_l2 of all LoRA gradients together */
+    double traj_loss;  /* relative error of each step's loss */
+    double traj_param; /* rel_l2 of the adapter after 10 steps */
+} tolerances;
+
+static const tolerances TOL_FP32 = {1e-4, 1e-4, 1e-4, 1e-4, 1e-4};
+static const tolerances TOL_BF16 = {3e-2, 1e-2, 5e-2, 2e-2, 5e-2};
+
+typedef struct {
+    const char *name;
+    model_config cfg;
+    int B, T;
+    int head_rows; /* 0: automatic */
+    double dropout;
+} pcase;
+
+static model_config mid_llama(void) {
+    model_config c = tiny_llama();
+    c.vocab_size = 300;
+    c.hidden_size = 64;
+    c.intermediate_size = 160;
+    c.num_heads = 2;
+    c.num_kv_heads = 1;
+    c.head_dim = 32; /* the tensor-core attention's smallest head dim */
+    c.max_position = 256;
+    c.family = MODEL_FAMILY_QWEN2;
+    c.qkv_bias = 1; /* Qwen2: q/k/v biases only */
+    c.tie_embeddings = 0;
+    c.initializer_range = 0.1;
+    return c;
+}
+
+static int parity_cases(pcase *out) {
+    tiny_case tc[TINY_MAX_CASES];
+    int nt = tiny_cases(tc), n = 0;
+    for (int i = 0; i < nt; i++) out[n++] = (pcase){tc[i].name, tc[i].cfg, tc[i].B, tc[i].T, 0, 0};
+    out[n++] = (pcase){"llama_gqa_dropout", tc[0].cfg, tc[0].B, tc[0].T, 0, 0.2};
+    out[n++] = (pcase){"qwen_mid", mid_llama(), 2, 150, 64, 0};
+    model_config w = mid_llama();
+    w.family = MODEL_FAMILY_MISTRAL;
+    w.qkv_bias = 0;
+    w.num_heads = 2;
+    w.num_kv_heads = 1;
+    w.head_dim = 32;
+    w.sliding_window = 40;
+    out[n++] = (pcase){"mistral_mid_window", w, 2, 150, 100, 0};
+    model_config g = tc[4].cfg; /* GPT-2 */
+    g.vocab_size = 300;
+    g.hidden_size = 64;
+    g.intermediate_size = 256;
+    g.num_heads = 2;
+    g.num_kv_heads = 2;
+    g.head_dim = 32;
+    g.max_position = 256;
+    g.initializer_range = 0.1;
+    out[n++] = (pcase){"gpt2_mid", g, 2, 150, 64, 0};
+    return n;
+}
+
+/* The adapter every case uses: all linears, rank 4, alpha 8, B random. */
+static lora_set *make_lora(model *m, double dropout) {
+    lora_config lc;
+    lora_config_init(&lc);
+    lc.rank = 4;
+    lc.alpha = 8;
+    lc.seed = 7;
+    lc.dropout = dropout;
+    lora_set *s = NULL;
+    if (lora_config_set_targets(&lc, "all-linear") != 0 || lora_create(&s, m, &lc) != 0) {
+        fprintf(stderr, "LoRA setup: %s\n", err_msg());
+        exit(1);
+    }
+    lora_config_free(&lc);
+    uint64_t seed = 99;
+    for (int i = 0; i < s->n_modules; i++) {
+        model_param *B = &s->modules[i].B;
+        for (int64_t j = 0; j < B->numel; j++) B->data[j] = (real)(0.2 * tiny_uniform(&seed));
+    }
+    return s;
+}
+
+static model *make_model(const model_config *cfg) {
+    model *m = NULL;
+    if (model_create(&m, cfg) != 0) {
+        fprintf(stderr, "model: %s\n", err_msg());
+        exit(1);
+    }
+    tiny_weights(m, 5);
+    return m;
+}
+
+/* All gradients (or values) of a set, in lora_tensor order. */
+static float *flat(lora_set *s, int grads) {
+    float *v = malloc((size_t)lora_num_params(s) * sizeof *v), *p = v;
+    for (int i = 0; i < lora_num_tensors(s); i++) {
+        model_param *t = lora_tensor(s, i);
+        memcpy(p, grads ? t->grad : t->data, (size_t)t->numel * sizeof *p);
+        p += t->numel;
+    }
+    return v;
+}
+
+/* What runs on the GPU: fp32, bf16 (attention on tensor cores where it
+ * can), bf16 with the attention on CUDA cores. */
+typedef struct {
+    const char *name;
+    gpu_precision prec;
+    int simt_attention;
+} gmode;
+
+static const gmode MODES[] = {{"fp32", GPU_PRECISION_FP32, 0},
+                              {"bf16", GPU_PRECISION_BF16, 0},
+                              {"bf16-simt", GPU_PRECISION_BF16, 1}};
+
+/* Logits, loss and gradients of one batch; in fp32 also one AdamW update. */
+static void check_pass(const pcase *pc, const gmode *md) {
+    gpu_precision prec = md->prec;
+    const tolerances *tol = prec == GPU_PRECISION_BF16 ? &TOL_BF16 : &TOL_FP32;
+    int N = pc->B * pc->T, V = pc->cfg.vocab_size;
+    model *m = make_model(&pc->cfg);
+    lora_set *s = make_lora(m, pc->dropout), *s2 = make_lora(m, pc->dropout);
+    model_acts *a = NULL;
+    int32_t *tok = malloc((size_t)N * 4), *tg = malloc((size_t)N * 4);
+    tiny_batch(tok, tg, N, V, 1234);
+    CHECK_OK(lora_attach(s, m));
+    CHECK_OK(lora_want_grads(s));
+    CHECK_OK(lora_want_grads(s2));
+    CHECK_OK(lora_reserve(s, N));
+    lora_set_training(s, pc->dropout > 0);
+    CHECK_OK(model_acts_create(&a, m, pc->B, pc->T));
+
+    gpu_options o;
+    gpu_options_init(&o);
+    o.precision = prec;
+    o.simt_attention = md->simt_attention;
+    o.batch = pc->B;
+    o.seq = pc->T;
+    o.head_rows = pc->head_rows;
+    gpu_model *g = NULL;
+    CHECK_OK(gpu_model_upload(&g, m, s, &o));
+    if (!g) exit(check_finish());
+    gpu_lora_set_training(g, pc->dropout > 0);
+    uint64_t counter0 = lora_dropout_counter(s);
+
+    /* CPU reference */
+    double loss = 0, gloss = 0;
+    int64_t nt = 0, gnt = 0;
+    CHECK_OK(model_forward(m, a, tok, tg, &loss, &nt));
+    float *logits = malloc((size_t)N * V * 4), *glogits = malloc((size_t)N * V * 4);
+    float *glogits2 = malloc((size_t)N * V * 4);
+    memcpy(logits, model_acts_logits(a), (size_t)N * V * 4);
+    CHECK_OK(model_backward(m, a, 1.0 / (double)nt));
+    float *grads = flat(s, 1);
+
+    /* GPU: forward (same dropout masks: same counter) */
+    gpu_lora_set_dropout_counter(g, counter0);
+    CHECK_OK(gpu_forward(g, tok, tg, &gloss, &gnt, glogits));
+    CHECK(gnt == nt);
+    double e_logits = gt_rel_max(glogits, logits, (size_t)N * V, 1e-30);
+    double e_loss = fabs(gloss - loss) / fabs(loss);
+    /* logits only (no targets): the same numbers */
+    gpu_lora_set_dropout_counter(g, counter0);
+    CHECK_OK(gpu_forward(g, tok, NULL, NULL, NULL, glogits2));
+    CHECK(memcmp(glogits, glogits2, (size_t)N * V * 4) == 0);
+
+    /* GPU: forward + backward */
+    gpu_lora_set_dropout_counter(g, counter0);
+    gpu_lora_zero_grads(g);
+    double bloss = 0;
+    int64_t bnt = 0;
+    CHECK_OK(gpu_forward_backward(g, tok, tg, 1.0 / (double)nt, &bloss, &bnt));
+    CHECK(bnt == nt);
+    CHECK(gpu_lora_dropout_counter(g) == lora_dropout_counter(s));
+    CHECK_OK(gpu_lora_download_grads(g, s2));
+    float *ggrads = flat(s2, 1);
+    int64_t np = lora_num_params(s);
+    double e_grads = gt_rel_l2(ggrads, grads, (size_t)np, 1e-30);
+    double e_bloss = fabs(bloss - loss) / fabs(loss);
+    printf("  %-20s %s: logits %.2e  loss %.2e (%.6f vs %.6f)  fwd+bwd loss %.2e  grads %.2e\n",
+           pc->name, md->name, e_logits, e_loss, gloss, loss, e_bloss, e_grads);
+    CHECK_MSG(e_logits <= tol->logits, "%s %s logits %.3e", pc->name, md->name, e_logits);
+    CHECK_MSG(e_loss <= tol->loss, "%s %s loss %.3e", pc->name, md->name, e_loss);
+    CHECK_MSG(e_bloss <= tol->loss, "%s %s fwd+bwd loss %.3e", pc->name, md->name, e_bloss);
+    CHECK_MSG(e_grads <= tol->grads, "%s %s grads %.3e", pc->name, md->name, e_grads);
+
+    if (prec == GPU_PRECISION_FP32) {
+        /* One AdamW update of the very same gradients: the GPU's, copied into
+         * the CPU set, with clipping active. */
+        CHECK_OK(gpu_lora_download_grads(g, s));
+        adamw_config oc;
+        adamw_config_init(&oc);
+        oc.lr = 1e-2;
+        oc.weight_decay = 0.1;
+        oc.max_grad_norm = 0.05;
+        model_param *params[256];
+        int n = lora_num_tensors(s);
+        for (int i = 0; i < n && i < 256; i++) params[i] = lora_tensor(s, i);
+        adamw *opt = NULL;
+        CHECK_OK(adamw_create(&opt, params, n, &oc));
+        CHECK_OK(gpu_adamw_init(g, &oc));
+        for (int step = 0; step < 2 && opt; step++) {
+            double lr = 0, norm = 0;
+            CHECK_OK(adamw_step(opt));
+            CHECK_OK(gpu_adamw_step(g, &lr, &norm));
+            CHECK(lr == opt->last_lr);
+            CHECK_NEAR(norm, opt->last_grad_norm, 1e-12 * opt->last_grad_norm);
+        }
+        CHECK_OK(gpu_lora_download(g, s2));
+        float *cv = flat(s, 0), *gv = flat(s2, 0);
+        char what[96];
+        snprintf(what, sizeof what, "%s: 2 AdamW updates of the same grads", pc->name);
+        GT_CLOSE(what, gv, cv, (size_t)np, 1e-6);
+        /* the optimizer state round-trips through a CPU adamw (checkpoints) */
+        adamw *copy = NULL;
+        CHECK_OK(adamw_create(&copy, params, n, &oc));
+        if (copy) {
+            CHECK_OK(gpu_adamw_download(g, copy));
+            CHECK(copy->step == 2);
+            double e_m = 0;
+            for (int64_t i = 0; i < copy->numel; i++)
+                e_m = fmax(e_m, fabs((double)copy->exp_avg[i] - opt->exp_avg[i]));
+            CHECK(e_m <= 1e-6);
+            CHECK_OK(gpu_adamw_upload(g, copy));
+        }
+        adamw_free(copy);
+        adamw_free(opt);
+        free(cv), free(gv);
+    }
+    gpu_model_free(g);
+    free(logits), free(glogits), free(glogits2), free(grads), free(ggrads), free(tok), free(tg);
+    model_acts_free(a);
+    lora_free(s), lora_free(s2);
+    model_free(m);
+}
+
+/* 10 optimizer steps of K = 2 micro-batches (the same two every step, so the
+ * loss falls), CPU trainer arithmetic against gpu_train_step. */
+static void check_trajectory(const pcase *pc, const gmode *md) {
+    enum { STEPS = 10, K = 2 };
+    gpu_precision prec = md->prec;
+    const tolerances *tol = prec == GPU_PRECISION_BF16 ? &TOL_BF16 : &TOL_FP32;
+    int N = pc->B * pc->T, V = pc->cfg.vocab_size;
+    model *m = make_model(&pc->cfg);
+    lora_set *s = make_lora(m, pc->dropout), *s2 = make_lora(m, pc->dropout);
+    int32_t *tok = malloc((size_t)K * N * 4), *tg = malloc((size_t)K * N * 4);
+    for (int k = 0; k < K; k++) tiny_batch(tok + k * N, tg + k * N, N, V, 77 + k);
+    int64_t count = 0;
+    for (int i = 0; i < K * N; i++) count += tg[i] != MODEL_IGNORE_INDEX;
+
+    adamw_config oc;
+    adamw_config_init(&oc);
+    oc.lr = 5e-3;
+    oc.weight_decay = 0.01;
+    oc.warmup_steps = 2;
+    oc.total_steps = STEPS;
+    oc.max_grad_norm = 1.0;
+
+    gpu_options o;
+    gpu_options_init(&o);
+    o.precision = prec;
+    o.simt_attention = md->simt_attention;
+    o.batch = pc->B;
+    o.seq = pc->T;
+    o.head_rows = pc->head_rows;
+    gpu_model *g = NULL;
+    CHECK_OK(gpu_model_upload(&g, m, s, &o));
+    if (!g) exit(check_finish());
+    CHECK_OK(gpu_adamw_init(g, &oc));
+    gpu_lora_set_training(g, 1);
+
+    model_acts *a = NULL;
+    CHECK_OK(lora_attach(s, m));
+    CHECK_OK(lora_want_grads(s));
+    CHECK_OK(lora_reserve(s, N));
+    lora_set_training(s, 1);
+    CHECK_OK(model_acts_create(&a, m, pc->B, pc->T));
+    model_param *params[256];
+    int n = lora_num_tensors(s);
+    for (int i = 0; i < n && i < 256; i++) params[i] = lora_tensor(s, i);
+    adamw *opt = NULL;
+    CHECK_OK(adamw_create(&opt, params, n, &oc));
+    if (!opt || !a) exit(check_finish());
+
+    double cpu_loss[STEPS], gpu_loss[STEPS], worst = 0;
+    for (int step = 0; step < STEPS; step++) {
+        lora_zero_grads(s);
+        double sum = 0;
+        for (int k = 0; k < K; k++) {
+            double ls;
+            int64_t nt;
+            CHECK_OK(model_forward(m, a, tok + k * N, tg + k * N, &ls, &nt));
+            CHECK_OK(model_backward(m, a, 1.0 / (double)count));
+            sum += ls;
+        }
+        CHECK_OK(adamw_step(opt));
+        cpu_loss[step] = sum / (double)count;
+        gpu_step_result r;
+        CHECK_OK(gpu_train_step(g, tok, tg, K, &r));
+        gpu_loss[step] = r.loss;
+        CHECK(r.n_targets == count);
+        CHECK(r.lr == opt->last_lr);
+        double e = fabs(gpu_loss[step] - cpu_loss[step]) / fabs(cpu_loss[step]);
+        worst = fmax(worst, e);
+    }
+    CHECK(gpu_lora_dropout_counter(g) == lora_dropout_counter(s));
+    CHECK_OK(gpu_lora_download(g, s2));
+    float *cv = flat(s, 0), *gv = flat(s2, 0);
+    double e_param = gt_rel_l2(gv, cv, (size_t)lora_num_params(s), 1e-30);
+    printf("  %-20s %s: 10 steps, loss %.4f -> %.4f (cpu %.4f -> %.4f), worst step loss %.2e, "
+           "adapter %.2e\n",
+           pc->name, md->name, gpu_loss[0], gpu_loss[STEPS - 1], cpu_loss[0], cpu_loss[STEPS - 1],
+           worst, e_param);
+    CHECK_MSG(worst <= tol->traj_loss, "%s %s trajectory loss %.3e", pc->name, md->name, worst);
+    CHECK_MSG(e_param <= tol->traj_param, "%s %s trajectory adapter %.3e", pc->name, md->name,
+              e_param);
+    CHECK(cpu_loss[STEPS - 1] < cpu_loss[0]);
+    CHECK(gpu_loss[STEPS - 1] < gpu_loss[0]);
+    adamw_free(opt);
+    model_acts_free(a);
+    gpu_model_free(g);
+    free(cv), free(gv), free(tok), free(tg);
+    lora_free(s), lora_free(s2);
+    model_free(m);
+}
+
+/* Errors are messages, not crashes. */
+static void check_errors(void) {
+    tiny_case tc[TINY_MAX_CASES];
+    tiny_cases(tc);
+    model *m = make_model(&tc[4].cfg); /* GPT-2, 16 positions */
+    gpu_options o;
+    gpu_options_init(&o);
+    o.batch = 1;
+    o.seq = 32;
+    gpu_model *g = NULL;
+    CHECK_FAILS_WITH(gpu_model_upload(&g, m, NULL, &o), "learned positions");
+    o.seq = 8;
+    o.device = 1 << 20;
+    CHECK_FAILS_WITH(gpu_model_upload(&g, m, NULL, &o), "does not exist");
+    o.device = 0;
+    CHECK_OK(gpu_model_upload(&g, m, NULL, &o));
+    if (g) {
+        int32_t tok[8] = {0, 1, 2, 3, 4, 5, 6, 32}, tg[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+        CHECK_FAILS_WITH(gpu_forward(g, tok, tg, NULL, NULL, NULL), "outside the vocabulary");
+        tok[7] = 7;
+        CHECK_FAILS_WITH(gpu_forward_backward(g, tok, tg, 1, NULL, NULL), "LoRA adapter");
+        double loss;
+        int64_t nt;
+        CHECK_OK(gpu_forward(g, tok, tg, &loss, &nt, NULL));
+        CHECK(nt == 8 && isfinite(loss));
+        lora_set *s = make_lora(m, 0);
+        CHECK_FAILS_WITH(gpu_lora_download(g, s), "modules");
+        adamw_config oc;
+        adamw_config_init(&oc);
+        CHECK_FAILS_WITH(gpu_adamw_init(g, &oc), "no LoRA adapter");
+        lora_free(s);
+        gpu_model_free(g);
+    }
+    model_free(m);
+}
+
+int main(void) {
+    GPU_TEST_REQUIRE_DEVICE();
+    pcase cases[16];
+    int n = parity_cases(cases);
+    for (int mi = 0; mi < 3; mi++) {
+        const gmode *md = &MODES[mi];
+        /* bf16 with CUDA-core attention: only the cases tensor cores would
+         * otherwise take (head_dim 32) */
+        int first = md->simt_attention ? 6 : 0;
+        printf("%s: one batch (rel_max logits, rel loss, rel_l2 gradients)\n", md->name);
+        for (int i = first; i < n; i++) check_pass(&cases[i], md);
+        printf("%s: training trajectory\n", md->name);
+        if (!md->simt_attention) {
+            check_trajectory(&cases[0], md); /* llama_gqa */
+            check_trajectory(&cases[4], md); /* gpt2 */
+        }
+        check_trajectory(&cases[6], md); /* qwen_mid: several tiles and head chunks */
+        if (md->prec == GPU_PRECISION_FP32) check_trajectory(&cases[5], md); /* dropout masks */
+    }
+    check_errors();
+    return check_finish();
+}
