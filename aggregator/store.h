@@ -20,7 +20,6 @@
 #define STORE_HASH_LEN 32
 #define STORE_HEX_LEN 64
 
-
 /* SHA-256 and size of a file, streamed. */
 int store_hash_file(const char *path, uint8_t hash[STORE_HASH_LEN], uint64_t *size);
 

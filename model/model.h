@@ -25,9 +25,9 @@ typedef struct {
     int ndim;                  /* 1 or 2 */
     int64_t shape[2];          /* in-memory shape; linear weights are (out, in) */
     int64_t numel;
-    int conv1d;                /* stored transposed, (in, out), on disk (GPT-2 Conv1D) */
+    int conv1d; /* stored transposed, (in, out), on disk (GPT-2 Conv1D) */
     real *data;
-    real *grad;                /* NULL: no gradient is computed for this tensor */
+    real *grad; /* NULL: no gradient is computed for this tensor */
 } model_param;
 
 /* An adapter adds a learned term to a linear layer's output, y += f(x): LoRA's
@@ -63,8 +63,8 @@ typedef struct model {
     model_config cfg;
     int n_params;
     model_param *params;
-    model_param *wte;     /* (V, C) token embedding */
-    model_param *wpe;     /* (max_position, C), GPT-2 only */
+    model_param *wte; /* (V, C) token embedding */
+    model_param *wpe; /* (max_position, C), GPT-2 only */
     model_param *norm_f_w, *norm_f_b;
     model_param *lm_head; /* (V, C); the same param as wte when tied */
     model_layer *layers;  /* L of them */
