@@ -43,10 +43,15 @@ done
 # The training core builds against OpenBLAS, jansson and PCRE2 (through
 # pkg-config). A GPU machine without them can use .debs carried from the
 # development machine (tests/gpu/fetch_deps.sh), unpacked into the build dir.
+any_exists() {
+  local f
+  for f in "$@"; do [ -e "$f" ] && return 0; done
+  return 1
+}
 have_system_libs() {
-  command -v pkg-config >/dev/null && pkg-config --exists jansson libpcre2-8 &&
-    { ldconfig -p 2>/dev/null | grep -q 'libopenblas'; } &&
-    { ls /usr/include/cblas.h /usr/include/*/cblas.h /usr/include/*/*/cblas.h /usr/include/openblas/cblas.h >/dev/null 2>&1; }
+  command -v pkg-config >/dev/null && pkg-config --exists jansson libpcre2-8 || return 1
+  ldconfig -p 2>/dev/null | grep -q 'libopenblas' || return 1
+  any_exists /usr/include/cblas.h /usr/include/*/cblas.h /usr/include/*/*/cblas.h
 }
 cmake_extra=()
 if have_system_libs; then
@@ -73,8 +78,8 @@ else
   finish 1
 fi
 # NCCL: the system's, else the one PyTorch's wheels bring.
-if [ -z "${NCCL_ROOT:-}" ] && ! ls /usr/include/nccl.h /usr/local/include/nccl.h \
-  /usr/local/cuda/include/nccl.h >/dev/null 2>&1; then
+if [ -z "${NCCL_ROOT:-}" ] && ! any_exists /usr/include/nccl.h /usr/local/include/nccl.h \
+  /usr/local/cuda/include/nccl.h; then
   NCCL_ROOT=$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null || true)
 fi
 if [ -n "${NCCL_ROOT:-}" ]; then
