@@ -7,8 +7,13 @@
  *   accept <r> <member> <msgid hex> <digest hex> <bytes> <time>
  *                                                a delta is in the inbox, durably
  *   close <r> <n>                                no more submissions; n accepted
- *   publish <r> <version hex>                    round r's model is in the store
+ *   publish <r> <version hex> [<update hex> <bytes>]
+ *                                                round r's model is in the store,
+ *                                                and its low-rank update (from
+ *                                                round r's base) when it has one
  *   fail <r> <reason>                            round r ends with no new version
+ *   roster <version> <sha256 hex>                a signed roster version is in force
+ *                                                from here on (members.h)
  *
  * With a policy file (config "policy", hooks.h) that enables DP-FedAvg, the
  * noise of round r comes from a ChaCha20 key written to STATE/noise/r<r>.key
@@ -28,7 +33,9 @@
 
 #include "aggregator/hooks.h"
 #include "aggregator/journal.h"
+#include "aggregator/members.h"
 #include "aggregator/store.h"
+#include "lora/update.h"
 #include "model/checkpoint.h"
 #include "policies/accountant.h"
 #include "util/err.h"
@@ -53,6 +60,7 @@
 
 #define UPLOAD_IDLE_S 600      /* an upload silent this long is dropped */
 #define RETRY_AGGREGATING 1000 /* ms a node waits while a round is merged */
+#define RETRY_JOINING 2000     /* ms a member added mid-round waits between HELLOs */
 #define METRICS_MAX (64u << 20)
 #define FINISH_GRACE_S 2 /* seconds served after every member heard "finished" */
 
@@ -102,6 +110,13 @@ struct agg {
     model *model; /* the model of version model_version, loaded on demand */
     uint8_t model_version[32];
 
+    /* The newest publish record's low-rank update, when it has one: the
+     * object update_hash (update_size bytes) makes update_to from
+     * update_from. ROUND offers it while update_to is the round's base. */
+    int has_update;
+    uint8_t update_from[32], update_to[32], update_hash[32];
+    uint64_t update_size;
+
     upload *up;
     int nup;
 
@@ -113,8 +128,15 @@ struct agg {
 
     /* After the last round: members told "finished", and since when. */
     char (*told)[KEYS_NAME_MAX + 1];
-    int ntold;
+    int ntold, told_cap;
     uint64_t finished_at, all_told_at;
+
+    /* Roster versions (0: the config's member list): the newest journaled,
+     * the one in force when the current round opened (rounds.join = next:
+     * who takes part), when it closed (whose deltas count), and when the
+     * round agg_recompute wants closed. */
+    uint64_t journal_roster, open_roster, close_roster, want_roster;
+    agg_roster *open_view; /* the roster of open_roster, when it is not the one in force */
 
     /* agg_recompute: the base of this round, as its open record says. */
     uint64_t want_round;
@@ -127,8 +149,10 @@ struct agg {
 };
 
 static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t reload_requested; /* SIGHUP: look at the roster file now */
 
 static int advance(agg *a, uint64_t now);
+static int roster_journal(agg *a);
 static void upload_drop(upload *u);
 
 void agg_request_stop(void) {
@@ -301,6 +325,7 @@ static int replay_record(void *arg, const char *text, size_t line) {
             return err_set("record '%s': bad fields", text);
         a->round = r;
         a->state = AGG_OPEN;
+        a->open_roster = a->journal_roster;
         if (r == a->want_round) {
             memcpy(a->want_base, a->base, 32);
             a->want_found = 1;
@@ -328,13 +353,30 @@ static int replay_record(void *arg, const char *text, size_t line) {
             return err_set("'close %llu' in state %s of round %llu", (unsigned long long)r,
                            agg_state_name(a->state), (unsigned long long)a->round);
         a->state = AGG_AGGREGATING;
+        a->close_roster = a->journal_roster;
+        if (r == a->want_round) a->want_roster = a->journal_roster;
         return 0;
     }
-    if (!strcmp(w[0], "publish") && n == 3) {
+    if (!strcmp(w[0], "roster") && n == 3) {
+        uint8_t h[32];
+        if (r <= a->journal_roster || hex_decode(w[2], h, 32) < 0)
+            return err_set("record '%s': versions only go up", text);
+        a->journal_roster = r;
+        return 0;
+    }
+    if (!strcmp(w[0], "publish") && (n == 3 || n == 5)) {
         if (r != a->round || a->state != AGG_AGGREGATING)
             return err_set("'publish %llu' in state %s of round %llu", (unsigned long long)r,
                            agg_state_name(a->state), (unsigned long long)a->round);
         if (hex_decode(w[2], a->version, 32) < 0) return err_set("record '%s': bad hex", text);
+        a->has_update = n == 5;
+        if (a->has_update) {
+            if (hex_decode(w[3], a->update_hash, 32) < 0 || parse_u64(w[4], &a->update_size) < 0 ||
+                a->update_size == 0)
+                return err_set("record '%s': bad update fields", text);
+            memcpy(a->update_from, a->base, 32);
+            memcpy(a->update_to, a->version, 32);
+        }
         a->state = AGG_PUBLISHED;
         a->published++;
         return 0;
@@ -376,6 +418,26 @@ static int publish_model(const agg_config *c, const model *m, const char *name, 
     if (store_remove_dir(tmp) < 0 || checkpoint_save(m, tmp, "float32") < 0 ||
         store_publish(c->state, tmp, hash) < 0)
         return err_context("publishing a model version");
+    return 0;
+}
+
+/* Writes round's update u (from → to) as an update file (lora/update.h) in
+ * STATE/tmp/update-r<round>/, durably, then moves it into the store as an
+ * object named by its SHA-256 (hash; *size its bytes). The same update gives
+ * the same bytes, so a repeat after a crash finds the object there. */
+static int publish_update(const agg_config *c, update *u, uint64_t round, const uint8_t from[32],
+                          const uint8_t to[32], uint8_t hash[32], uint64_t *size) {
+    char dir[AGG_PATH_MAX], file[AGG_PATH_MAX];
+    if (snprintf(dir, sizeof dir, "%s/tmp/update-r%llu", c->state, (unsigned long long)round) >=
+            (int)sizeof dir ||
+        fio_join(file, sizeof file, dir, "update.safetensors") < 0)
+        return err_set("state path too long");
+    memcpy(u->from, from, 32);
+    memcpy(u->to, to, 32);
+    u->round = round;
+    if (store_remove_dir(dir) < 0 || fio_mkdirs(dir, 0700) < 0 || update_write(u, file) < 0 ||
+        store_put_object(c->state, file, hash, size) < 0 || store_remove_dir(dir) < 0)
+        return err_context("publishing round %llu's low-rank update", (unsigned long long)round);
     return 0;
 }
 
@@ -503,6 +565,9 @@ static int open_round(agg *a, uint64_t now) {
     memcpy(a->base, a->version, 32);
     a->deadline = deadline;
     a->state = AGG_OPEN;
+    a->open_roster = a->journal_roster;
+    agg_roster_free(a->open_view);
+    a->open_view = NULL;
     a->bytes_received = a->bytes_served = 0;
     a->refused = 0;
     a->below_quorum_logged = 0;
@@ -540,9 +605,10 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         goto fail;
     }
     if (keys_load_secret(c->keys_dir, c->keys_name, &a->keys) < 0 ||
-        agg_roster_load(&a->roster, c) < 0)
+        agg_roster_load(&a->roster, c, 0) < 0)
         goto fail;
-    a->told = calloc((size_t)agg_roster_count(a->roster), sizeof *a->told);
+    a->told_cap = agg_roster_size(a->roster) + 1;
+    a->told = calloc((size_t)a->told_cap, sizeof *a->told);
     /* Uploads in progress: bounded, a few per member (a node that restarts
      * mid-upload starts a new one before the old one expires). */
     a->nup = 2 * agg_roster_count(a->roster) + 8;
@@ -614,6 +680,12 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         say("resuming from the journal: round %llu, %s, %d delta(s) accepted, version %s...",
             (unsigned long long)a->round, agg_state_name(a->state), agg_accepted_count(a), sh);
     }
+    if (roster_journal(a) < 0) goto fail;
+    if (agg_roster_version(a->roster))
+        say("roster version %llu in force: %d active members (admin-signed, reloaded when %s "
+            "changes or on SIGHUP)",
+            (unsigned long long)agg_roster_version(a->roster), agg_roster_count(a->roster),
+            c->roster_path);
     if (advance(a, now) < 0) goto fail;
     *out = a;
     return 0;
@@ -628,6 +700,7 @@ void agg_close(agg *a) {
     free(a->up);
     journal_close(a->journal);
     agg_roster_free(a->roster);
+    agg_roster_free(a->open_view);
     keys_secret_wipe(&a->keys);
     model_free(a->model);
     agg_hooks_free(&a->hooks);
@@ -687,16 +760,78 @@ static int reply_ack(const uint8_t id[MSG_ID_LEN], uint64_t stored, uint8_t **ou
     return encode(&m, out, len);
 }
 
+/* ---- the roster in force ---------------------------------------------------- */
+
+/* Journals the version in force when it is newer than the last journaled
+ * one: from here on (and after a restart) it decides who takes part. */
+static int roster_journal(agg *a) {
+    uint64_t v = agg_roster_version(a->roster), size;
+    uint8_t h[32];
+    if (v <= a->journal_roster || agg_roster_hash(a->roster, h, &size) != 1) return 0;
+    char hex[STORE_HEX_LEN + 1];
+    hex_encode(h, 32, hex);
+    if (journal_append(a->journal, "roster %llu %s", (unsigned long long)v, hex) < 0) return -1;
+    a->journal_roster = v;
+    if (agg_roster_size(a->roster) + 1 > a->told_cap) {
+        int cap = agg_roster_size(a->roster) + 1;
+        char(*t)[KEYS_NAME_MAX + 1] = realloc(a->told, (size_t)cap * sizeof *t);
+        if (!t) return err_set("out of memory for %d members", cap);
+        a->told = t;
+        a->told_cap = cap;
+    }
+    return 0;
+}
+
+/* Takes a newer roster file (a change seen, or SIGHUP). A refused file is
+ * logged and changes nothing; only a journal failure stops the aggregator. */
+static int roster_tick(agg *a) {
+    char summary[512];
+    int force = reload_requested;
+    reload_requested = 0;
+    int r = agg_roster_reload(a->roster, force, summary, sizeof summary);
+    if (r < 0) {
+        say("roster refused, version %llu stays in force: %s",
+            (unsigned long long)agg_roster_version(a->roster), err_msg());
+        return 0;
+    }
+    if (r == 0) return 0;
+    if (roster_journal(a) < 0) return -1;
+    say("roster %s (%d active members)", summary, agg_roster_count(a->roster));
+    return 0;
+}
+
+/* Whether member m takes part in the current round: an active submitter
+ * that was on the roster when the round opened, unless rounds.join =
+ * "current" lets members added since join at once. */
+static int takes_part(agg *a, const agg_member *m) {
+    if (m->observer || !m->active) return 0;
+    if (a->cfg.join_current || a->open_roster == agg_roster_version(a->roster)) return 1;
+    if (!a->open_view && agg_roster_at(a->roster, a->open_roster, &a->open_view) < 0) return -1;
+    agg_member then;
+    return agg_roster_find_name(a->open_view, m->name, &then) == 1 && !then.observer;
+}
+
+/* 1 when every member taking part has a delta accepted this round. */
+static int all_in(agg *a) {
+    for (int i = 0; i < agg_roster_size(a->roster); i++) {
+        const agg_member *m = agg_roster_entry(a->roster, i);
+        int t = takes_part(a, m);
+        if (t < 0) return -1;
+        if (t && !find_member(a, a->round, m->name)) return 0;
+    }
+    return 1;
+}
+
 /* ---- HELLO / GET_MODEL ----------------------------------------------------- */
 
 static void mark_told(agg *a, const char *name) {
     for (int i = 0; i < a->ntold; i++)
         if (strcmp(a->told[i], name) == 0) return;
-    if (a->ntold < agg_roster_count(a->roster)) {
+    if (a->ntold < a->told_cap) {
         snprintf(a->told[a->ntold++], sizeof a->told[0], "%s", name);
         say("told %s that the federation is finished (%d of %d members)", name, a->ntold,
             agg_roster_count(a->roster));
-        if (a->ntold == agg_roster_count(a->roster)) a->all_told_at = (uint64_t)time(NULL);
+        if (a->ntold >= agg_roster_count(a->roster)) a->all_told_at = (uint64_t)time(NULL);
     }
 }
 
@@ -706,10 +841,23 @@ static int on_hello(agg *a, const struct msg_hello *h, uint8_t **out, size_t *le
     if (found < 0) return -1;
     char fp[17];
     short_hex(h->fingerprint, fp);
-    if (!found)
+    if (!found) {
+        const char *st = agg_roster_key_status(a->roster, h->fingerprint);
+        if (!strcmp(st, "revoked"))
+            return reply_error(a, MSG_ERR_NOT_MEMBER, -1, out, len,
+                               "revoked: '%s' (identity %s...) was revoked from consortium '%s' "
+                               "(roster version %llu)",
+                               h->name, fp, a->cfg.consortium_name,
+                               (unsigned long long)agg_roster_version(a->roster));
+        if (!strcmp(st, "rotated"))
+            return reply_error(a, MSG_ERR_NOT_MEMBER, -1, out, len,
+                               "rotated: identity %s... is an old key of '%s'; the roster now "
+                               "lists new keys for it: run the node with the new keys",
+                               fp, h->name);
         return reply_error(a, MSG_ERR_NOT_MEMBER, -1, out, len,
                            "unknown node: '%s' (identity %s...) is not a member of consortium '%s'",
                            h->name, fp, a->cfg.consortium_name);
+    }
     if (strcmp(m.name, h->name) != 0)
         return reply_error(a, MSG_ERR_NOT_MEMBER, -1, out, len,
                            "unknown node: name '%s' does not match the identity's name '%s'",
@@ -730,19 +878,35 @@ static int on_hello(agg *a, const struct msg_hello *h, uint8_t **out, size_t *le
         return reply_error(a, MSG_ERR_WRONG_ROUND, RETRY_AGGREGATING, out, len,
                            "round %llu is being aggregated; ask again",
                            (unsigned long long)a->round);
+    int part = takes_part(a, &m);
+    if (part < 0) return -1;
+    if (!part && !m.observer)
+        return reply_error(a, MSG_ERR_WRONG_ROUND, RETRY_JOINING, out, len,
+                           "welcome: '%s' joined after round %llu opened and takes part from "
+                           "round %llu on (rounds.join = next); ask again",
+                           m.name, (unsigned long long)a->round, (unsigned long long)a->round + 1);
     struct msg r = {.type = MSG_ROUND};
     r.round.round = a->round;
     memcpy(r.round.base, a->base, 32);
     r.round.train = a->cfg.train;
     r.round.deadline = a->deadline;
+    /* Low-rank sync: a node that holds the previous version can make this
+     * base from it and the update object (docs/protocol.md). */
+    r.round.has_update = a->has_update && memcmp(a->update_to, a->base, 32) == 0;
+    if (r.round.has_update) {
+        memcpy(r.round.update_from, a->update_from, 32);
+        memcpy(r.round.update_hash, a->update_hash, 32);
+        r.round.update_size = a->update_size;
+    }
     return encode(&r, out, len);
 }
 
 static int on_get_model(agg *a, const struct msg_get_model *g, uint8_t **out, size_t *len) {
     char sh[17];
     short_hex(g->version, sh);
-    if (!store_has(a->cfg.state, g->version))
-        return reply_error(a, MSG_ERR_NOT_FOUND, -1, out, len, "unknown model version %s...", sh);
+    if (!store_has_any(a->cfg.state, g->version))
+        return reply_error(a, MSG_ERR_NOT_FOUND, -1, out, len,
+                           "unknown model version or object %s...", sh);
     uint8_t *buf = malloc(g->length);
     if (!buf) return err_set("out of memory for a %llu-byte chunk", (unsigned long long)g->length);
     size_t got;
@@ -902,9 +1066,20 @@ static int on_submit_chunk(agg *a, const struct msg_submit_chunk *c, uint64_t no
     return reply_ack(c->id, u->received, out, len);
 }
 
+/* A new submission must be signed with the member's current key. */
 static int lookup_member(void *arg, const uint8_t fp[KEYS_FP_LEN], keys_public *out) {
     agg_member m;
     int r = agg_roster_find(arg, fp, &m);
+    if (r == 1) *out = m.pub;
+    return r;
+}
+
+/* An accepted one opens under any key its member ever had (a rotation after
+ * the acceptance loses nothing); whether the member is still active is
+ * decided by the caller. */
+static int lookup_any_key(void *arg, const uint8_t fp[KEYS_FP_LEN], keys_public *out) {
+    agg_member m;
+    int r = agg_roster_key_owner(arg, fp, &m);
     if (r == 1) *out = m.pub;
     return r;
 }
@@ -914,14 +1089,14 @@ static int seen_msgid(void *arg, const uint8_t id[ENVELOPE_MSGID_LEN]) {
 }
 
 static void expect_for(const agg_config *c, agg_roster *roster, uint64_t round,
-                       envelope_expect *x) {
+                       envelope_lookup_fn lookup, envelope_expect *x) {
     memset(x, 0, sizeof *x);
     memcpy(x->consortium, c->consortium, 32);
     x->round_min = x->round_max = round;
     x->check_payload_type = 1;
     x->payload_type = PAYLOAD_TYPE_DELTA;
     x->max_payload = c->max_submission;
-    x->lookup = lookup_member;
+    x->lookup = lookup;
     x->lookup_arg = roster;
 }
 
@@ -965,7 +1140,7 @@ static enum msg_error_code refusal(envelope_status st, const char **what) {
 static int open_envelope(agg *a, const uint8_t *env, size_t env_len, uint8_t **payload,
                          size_t *plen, agg_member *sender, uint8_t **out, size_t *len) {
     envelope_expect x;
-    expect_for(&a->cfg, a->roster, a->round, &x);
+    expect_for(&a->cfg, a->roster, a->round, lookup_member, &x);
     x.seen = seen_msgid;
     x.seen_arg = a;
     envelope_status st = ENVELOPE_OK;
@@ -982,6 +1157,25 @@ static int open_envelope(agg *a, const uint8_t *env, size_t env_len, uint8_t **p
     if (keys_fingerprint(&pub, fp) < 0 || agg_roster_find(a->roster, fp, sender) != 1) {
         free(*payload);
         return err_set("sender of a verified envelope is not on the member list");
+    }
+    int part = sender->observer ? 0 : takes_part(a, sender);
+    if (part <= 0) {
+        free(*payload);
+        *payload = NULL;
+        if (part < 0) return -1;
+        if (sender->observer)
+            return reply_error(a, MSG_ERR_REJECTED, -1, out, len,
+                               "%s is an observer in the roster: observers do not submit",
+                               sender->name) < 0
+                       ? -1
+                       : 1;
+        return reply_error(a, MSG_ERR_WRONG_ROUND, -1, out, len,
+                           "%s joined after round %llu opened and takes part from round %llu on "
+                           "(rounds.join = next)",
+                           sender->name, (unsigned long long)a->round,
+                           (unsigned long long)a->round + 1) < 0
+                   ? -1
+                   : 1;
     }
     return 0;
 }
@@ -1095,9 +1289,9 @@ static int on_submit_end(agg *a, const struct msg_submit_end *e, uint64_t now, u
         add_accept(a, &ar) < 0)
         goto done;
     a->state = AGG_COLLECTING;
-    say("round %llu: accepted %s's delta (%llu bytes, %llu tokens), %d of %d members in",
+    say("round %llu: accepted %s's delta (%llu bytes, %llu tokens), %d accepted so far",
         (unsigned long long)round, ar.member, (unsigned long long)size, (unsigned long long)tokens,
-        agg_accepted_count(a), agg_roster_count(a->roster));
+        agg_accepted_count(a));
     crash_point(a, "receipt");
     rc = reply_receipt(&a->acc[a->nacc - 1], out, len);
 done:
@@ -1107,10 +1301,38 @@ done:
     return rc;
 }
 
+/* ---- STATUS ---------------------------------------------------------------- */
+
+/* What `fedlora doctor` needs to check a node's setup from the outside; no
+ * state changes. Everything in it is public: the clock, the round, and the
+ * roster, which holds names and public keys only (docs/threat-model.md). */
+static int on_status(agg *a, const struct msg_status *q, uint64_t now, uint8_t **out, size_t *len) {
+    struct msg m = {.type = MSG_STATUS_INFO};
+    struct msg_status_info *i = &m.status_info;
+    i->time = now;
+    snprintf(i->consortium, sizeof i->consortium, "%s", a->cfg.consortium_name);
+    i->round = a->round;
+    snprintf(i->state, sizeof i->state, "%s", agg_state_name(a->state));
+    memcpy(i->version, a->state == AGG_PUBLISHED || a->state == AGG_FINISHED ? a->version : a->base,
+           32);
+    agg_member mem;
+    const char *st = agg_roster_key_status(a->roster, q->fingerprint);
+    if (agg_roster_key_owner(a->roster, q->fingerprint, &mem) == 1 && strcmp(mem.name, q->name))
+        st = "unknown"; /* the key is someone else's */
+    snprintf(i->member, sizeof i->member, "%s", st);
+    i->has_roster = agg_roster_hash(a->roster, i->roster_hash, &i->roster_size) == 1;
+    i->roster_version = agg_roster_version(a->roster);
+    return encode(&m, out, len);
+}
+
 /* ---- the request handler -------------------------------------------------- */
 
 int agg_handle(agg *a, const void *req, size_t len, uint64_t now, uint8_t **reply,
                size_t *reply_len) {
+    /* A roster written a moment ago is in force for this request already
+     * (a stat when nothing changed): a member added is answered, a member
+     * revoked is refused, from the very next message on. */
+    if (roster_tick(a) < 0) return -1;
     struct msg m;
     if (msg_decode(req, len, NULL, &m) < 0)
         return reply_error(a, MSG_ERR_BAD_MESSAGE, -1, reply, reply_len, "%s", err_msg());
@@ -1130,6 +1352,9 @@ int agg_handle(agg *a, const void *req, size_t len, uint64_t now, uint8_t **repl
             break;
         case MSG_SUBMIT_END:
             rc = on_submit_end(a, &m.submit_end, now, reply, reply_len);
+            break;
+        case MSG_STATUS:
+            rc = on_status(a, &m.status, now, reply, reply_len);
             break;
         default:
             return reply_error(a, MSG_ERR_BAD_MESSAGE, -1, reply, reply_len,
@@ -1153,9 +1378,11 @@ typedef struct {
     int ndrop;
     int merged; /* the n kept updates were merged (n >= the quorum) */
     uint64_t tokens, examples, bytes;
+    update *factors; /* what was merged, as low-rank factors; NULL: a dense merge */
 } round_result;
 
 static void result_free(round_result *r) {
+    update_free(r->factors);
     for (int i = 0; i < r->n; i++) agg_update_free(&r->u[i]);
     free(r->u);
     free(r->w);
@@ -1174,12 +1401,33 @@ static void drop(round_result *r, uint64_t round, const char *member, const char
     say("round %llu: dropped %s's delta: %s", (unsigned long long)round, member, why);
 }
 
+/* W' = W + Σ_i w_i s_i B_i A_i as its factored update (lora/update.h): built
+ * from the kept updates, applied to m by the portable kernel, kept in
+ * r->factors for low-rank sync. */
+static int merge_factored(model *m, round_result *r) {
+    lora_set **sets = malloc((size_t)r->n * sizeof *sets);
+    if (!sets) return err_set("out of memory merging %d updates", r->n);
+    for (int i = 0; i < r->n; i++) sets[i] = r->u[i].set;
+    int rc = update_build(&r->factors, m, sets, r->w, r->n);
+    free(sets);
+    if (rc == 0) rc = update_apply(m, r->factors);
+    return rc;
+}
+
 /* The heart of a round, shared by the live aggregator and agg_recompute:
  * reads the n accepted envelopes in member name order, checks each again
  * (the same checks as at submission, so a delta that passed then passes
  * now), lets the policy validate and weigh them, and merges them into m
  * when at least `quorum` (and one) are kept. r->merged == 0 means nothing
- * was merged (m is untouched): the policy rejected too many. */
+ * was merged (m is untouched): the policy rejected too many.
+ *
+ * A policy whose merge is the exact product merge (agg_merge_exact: the
+ * default policy, and any with its own weights) is a weighted sum of
+ * products, so it is merged through its factored update instead of the
+ * BLAS GEMM: the same maths, in the portable kernel that a node repeats bit
+ * for bit, and r->factors is what low-rank sync serves. A policy file's
+ * merge (hooks.h) is the policies library's own (aggregate_round, fp32
+ * BLAS; median, trimmed mean and DP noise are dense anyway): no factors. */
 static int aggregate(const agg_config *c, agg_roster *roster, const keys_secret *keys,
                      const agg_policy *pol, model *m, const uint8_t base[32], uint64_t round,
                      int quorum, const accept_rec *const *acc, int n, round_result *r, agg *crash) {
@@ -1196,7 +1444,7 @@ static int aggregate(const agg_config *c, agg_roster *roster, const keys_secret 
     memcpy(order, acc, (size_t)n * sizeof *order);
     qsort(order, (size_t)n, sizeof *order, by_member);
     envelope_expect x;
-    expect_for(c, roster, round, &x);
+    expect_for(c, roster, round, lookup_any_key, &x);
     int rc = -1;
     for (int i = 0; i < n; i++) {
         const accept_rec *a = order[i];
@@ -1229,9 +1477,17 @@ static int aggregate(const agg_config *c, agg_roster *roster, const keys_secret 
         int ok = envelope_open_mem(&x, keys, env, env_len, &payload, &plen, NULL, &pub, &st) == 0;
         free(env);
         uint8_t fp[KEYS_FP_LEN];
-        if (!ok || keys_fingerprint(&pub, fp) < 0 || agg_roster_find(roster, fp, &mem) != 1 ||
+        if (!ok || keys_fingerprint(&pub, fp) < 0 || agg_roster_key_owner(roster, fp, &mem) != 1 ||
             strcmp(mem.name, a->member) != 0) {
             snprintf(why, sizeof why, "envelope no longer opens for this member: %s", err_msg());
+            drop(r, round, a->member, why);
+            free(payload);
+            continue;
+        }
+        if (!mem.active) {
+            snprintf(why, sizeof why,
+                     "revoked: %s was revoked (roster version %llu) before its delta was merged",
+                     a->member, (unsigned long long)agg_roster_version(roster));
             drop(r, round, a->member, why);
             free(payload);
             continue;
@@ -1261,7 +1517,8 @@ static int aggregate(const agg_config *c, agg_roster *roster, const keys_secret 
     }
     if (r->n > 0 && r->n >= quorum) {
         if (pol->weights(pol->arg, r->u, r->n, r->w) < 0 ||
-            pol->merge(pol->arg, m, r->u, r->n, r->w) < 0)
+            (pol->merge == agg_merge_exact ? merge_factored(m, r)
+                                           : pol->merge(pol->arg, m, r->u, r->n, r->w)) < 0)
             goto done;
         r->merged = 1;
     }
@@ -1419,6 +1676,7 @@ static int close_round(agg *a, const char *why) {
     int n = agg_accepted_count(a);
     if (journal_append(a->journal, "close %llu %d", (unsigned long long)a->round, n) < 0) return -1;
     a->state = AGG_AGGREGATING;
+    a->close_roster = a->journal_roster;
     for (int i = 0; i < a->nup; i++)
         if (a->up[i].used && a->up[i].round == a->round && !a->up[i].accepted)
             upload_drop(&a->up[i]);
@@ -1436,13 +1694,19 @@ static int aggregate_and_publish(agg *a, uint64_t now) {
     noise_source *noise = NULL;
     int rc = ensure_model(a, a->base);
     if (rc == 0 && dp_on(&a->cfg)) rc = round_noise(&a->cfg, a->round, 1, &noise);
+    /* The members as they were when the round closed (the journal says
+     * which version), so a restart, or a roster change since, merges the
+     * same deltas. */
+    agg_roster *closed = NULL;
+    if (rc == 0) rc = agg_roster_at(a->roster, a->close_roster, &closed);
     if (rc == 0) {
-        a->hooks.info = (aggregate_round_info){a->round, agg_roster_count(a->roster)};
+        a->hooks.info = (aggregate_round_info){a->round, agg_roster_count(closed)};
         a->hooks.noise = noise;
-        rc = aggregate(&a->cfg, a->roster, &a->keys, a->policy, a->model, a->base, a->round,
+        rc = aggregate(&a->cfg, closed, &a->keys, a->policy, a->model, a->base, a->round,
                        (int)a->cfg.quorum, acc, n, &r, a);
         a->hooks.noise = NULL;
     }
+    agg_roster_free(closed);
     noise_free(noise);
     free(acc);
     if (rc < 0) {
@@ -1465,8 +1729,12 @@ static int aggregate_and_publish(agg *a, uint64_t now) {
     }
     char name[64], hex[STORE_HEX_LEN + 1];
     snprintf(name, sizeof name, "r%llu", (unsigned long long)a->round);
-    uint8_t v[32];
-    if (publish_model(&a->cfg, a->model, name, v) < 0) {
+    uint8_t v[32], uh[32] = {0};
+    uint64_t usize = 0;
+    /* The version, then its update as an object: both in the store before
+     * the publish record names them. */
+    if (publish_model(&a->cfg, a->model, name, v) < 0 ||
+        (r.factors && publish_update(&a->cfg, r.factors, a->round, a->base, v, uh, &usize) < 0)) {
         model_free(a->model);
         a->model = NULL;
         result_free(&r);
@@ -1475,11 +1743,26 @@ static int aggregate_and_publish(agg *a, uint64_t now) {
     memcpy(a->model_version, v, 32);
     crash_point(a, "publish");
     double t2 = mono();
+    char uhex[STORE_HEX_LEN + 1];
     hex_encode(v, 32, hex);
+    hex_encode(uh, 32, uhex);
+    unsigned long long rn = (unsigned long long)a->round;
     if (metrics_round(a, "published", v, &r, (double)now - open_t, t1 - t0, t2 - t1) < 0 ||
-        journal_append(a->journal, "publish %llu %s", (unsigned long long)a->round, hex) < 0) {
+        (r.factors ? journal_append(a->journal, "publish %llu %s %s %llu", rn, hex, uhex,
+                                    (unsigned long long)usize)
+                   : journal_append(a->journal, "publish %llu %s", rn, hex)) < 0) {
         result_free(&r);
         return -1;
+    }
+    a->has_update = r.factors != NULL;
+    if (a->has_update) {
+        memcpy(a->update_from, a->base, 32);
+        memcpy(a->update_to, v, 32);
+        memcpy(a->update_hash, uh, 32);
+        a->update_size = usize;
+        say("round %llu: low-rank update %.16s... of %llu bytes (%d weights, rank %d) makes "
+            "this version from the round's base",
+            rn, uhex, (unsigned long long)usize, r.factors->n_modules, r.factors->modules[0].rank);
     }
     memcpy(a->version, v, 32);
     a->state = AGG_PUBLISHED;
@@ -1570,9 +1853,11 @@ int agg_tick(agg *a, uint64_t now) {
             say("dropping an upload idle for %d s", UPLOAD_IDLE_S);
             upload_drop(&a->up[i]);
         }
+    if (roster_tick(a) < 0) return -1;
     if (open_state(a)) {
-        int n = agg_accepted_count(a), members = agg_roster_count(a->roster);
-        if (n >= members) {
+        int n = agg_accepted_count(a), all = all_in(a);
+        if (all < 0) return -1;
+        if (all) {
             if (close_round(a, "every member submitted") < 0) return -1;
         } else if (now >= a->deadline) {
             if (n >= (int)a->cfg.quorum) {
@@ -1598,6 +1883,11 @@ static void on_signal(int sig) {
     stop_requested = 1;
 }
 
+static void on_hup(int sig) {
+    (void)sig;
+    reload_requested = 1;
+}
+
 static int done_serving(const agg *a, uint64_t now) {
     if (a->state != AGG_FINISHED || a->cfg.linger_s < 0) return 0;
     /* After the last member heard "finished", wait a moment before closing
@@ -1615,6 +1905,8 @@ int agg_run(agg *a) {
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGINT, &sa, NULL) != 0)
         return err_errno("installing signal handlers");
+    sa.sa_handler = on_hup;
+    if (sigaction(SIGHUP, &sa, NULL) != 0) return err_errno("installing the SIGHUP handler");
     signal(SIGPIPE, SIG_IGN);
 
     struct transport_opts o;
@@ -1701,9 +1993,13 @@ int agg_recompute(const agg_config *c, uint64_t round, const char *out_dir, uint
     char p[AGG_PATH_MAX];
     a->want_round = round;
     if (keys_load_secret(c->keys_dir, c->keys_name, &a->keys) < 0 ||
-        agg_roster_load(&a->roster, c) < 0 || state_path(a, "journal", p, sizeof p) < 0 ||
+        agg_roster_load(&a->roster, c, 1) < 0 || state_path(a, "journal", p, sizeof p) < 0 ||
         journal_open(NULL, p, 1, replay_record, a) < 0)
         goto done;
+    agg_roster *closed;
+    if (agg_roster_at(a->roster, a->want_roster, &closed) < 0) goto done;
+    agg_roster_free(a->roster);
+    a->roster = closed;
     /* The whole journal was replayed (read-only): the round's accepts are in
      * a->acc, its base was noted when its open record went by. */
     if (!a->want_found || round < 1 || round > a->round ||

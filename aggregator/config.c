@@ -3,6 +3,7 @@
 
 #include "util/err.h"
 #include "util/fio.h"
+#include "wire/roster.h"
 
 #include <libconfig.h>
 #include <math.h>
@@ -10,10 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const top_keys[] = {"bind",  "keys",   "consortium", "members", "base_model",
-                                       "state", "rounds", "train",      "limits",  "policy"};
+static const char *const top_keys[] = {"bind",       "keys",   "consortium", "members",
+                                       "base_model", "state",  "rounds",     "train",
+                                       "limits",     "policy", "roster"};
 static const char *const keys_keys[] = {"dir", "name"};
-static const char *const rounds_keys[] = {"count", "quorum", "deadline", "below_quorum", "linger"};
+static const char *const rounds_keys[] = {"count",        "quorum", "deadline",
+                                          "below_quorum", "linger", "join"};
+static const char *const roster_keys[] = {"file", "admin"};
 static const char *const train_keys[] = {"steps", "lr", "rank", "alpha", "targets", "batch", "seq"};
 static const char *const limits_keys[] = {"max_submission"};
 static const char *const member_keys[] = {"id", "max_weight"};
@@ -116,10 +120,34 @@ static int lookup_number(const struct cfg_ctx *x, const char *key, double *v) {
     return get_number(x, s, key, v);
 }
 
+/* "roster" = { file = "roster.txt"; admin = "<fingerprint>"; }: the signed
+ * roster and the admin identity it must be signed by (members.h). */
+static int load_roster(const struct cfg_ctx *x, agg_config *c) {
+    config_setting_t *g;
+    char admin[256];
+    if (group(x, "roster", roster_keys, N(roster_keys), 1, &g) < 0 ||
+        lookup_path(x, "roster.file", c->roster_path, sizeof c->roster_path) < 0 ||
+        lookup_string(x, "roster.admin", 1, admin, sizeof admin) < 0)
+        return -1;
+    if (roster_fingerprint_parse(admin, c->roster_admin) < 0)
+        return err_context("%s: 'roster.admin' (the admin's fingerprint, as `fedlora keygen` or "
+                           "`fedlora roster list` print it)",
+                           x->file);
+    c->has_roster = 1;
+    return 0;
+}
+
 static int load_members(const struct cfg_ctx *x, agg_config *c) {
     config_setting_t *list = config_lookup(&x->cf, "members");
+    int has_roster = config_lookup(&x->cf, "roster") != NULL;
+    if (list && has_roster)
+        return err_set("%s: both 'members' and 'roster' are set: give one (a signed roster "
+                       "replaces the member list)",
+                       x->file);
+    if (has_roster) return load_roster(x, c);
     if (!list)
-        return err_set("%s: missing required key 'members' = ( { id = \"uni-a.id\"; }, ... )",
+        return err_set("%s: missing 'roster' = { file = \"roster.txt\"; admin = \"FINGERPRINT\"; } "
+                       "or 'members' = ( { id = \"uni-a.id\"; }, ... )",
                        x->file);
     if (!config_setting_is_list(list) && !config_setting_is_array(list))
         return err_set("%s: 'members' must be a list ( { id = \"FILE.id\"; max_weight = 1.0; }, "
@@ -223,7 +251,7 @@ static int load_policy(const struct cfg_ctx *x, agg_config *c) {
     if (lookup_path(x, "policy", c->policy_path, sizeof c->policy_path) < 0) return -1;
     if (policy_load(&c->policy, c->policy_path) < 0) return err_context("%s: 'policy'", x->file);
     const policy *p = &c->policy;
-    if (p->rounds.quorum > c->n_members)
+    if (!c->has_roster && p->rounds.quorum > c->n_members)
         return err_set("%s: rounds.quorum = %d is above the %d members of %s", c->policy_path,
                        p->rounds.quorum, c->n_members, x->file);
     if (p->rounds.deadline_s > 10000000)
@@ -290,19 +318,32 @@ int agg_config_load(agg_config *c, const char *path) {
     }
 
     long long count = 1, quorum = c->n_members, deadline = 600, linger = 30;
-    char below[16] = "wait";
+    long long max_quorum = c->has_roster ? ROSTER_MEMBERS_MAX : c->n_members;
+    char below[16] = "wait", join[16] = "next";
     if (group(&x, "rounds", rounds_keys, N(rounds_keys), 1, &g) < 0 ||
         lookup_int(&x, "rounds.count", 1, 1, 1000000, &count) < 0 ||
-        lookup_int(&x, "rounds.quorum", 0, 1, c->n_members, &quorum) < 0 ||
+        lookup_int(&x, "rounds.quorum", 0, 1, max_quorum, &quorum) < 0 ||
         lookup_int(&x, "rounds.deadline", 0, 1, 10000000, &deadline) < 0 ||
         lookup_int(&x, "rounds.linger", 0, -1, 1000000, &linger) < 0 ||
-        lookup_string(&x, "rounds.below_quorum", 0, below, sizeof below) < 0)
+        lookup_string(&x, "rounds.below_quorum", 0, below, sizeof below) < 0 ||
+        lookup_string(&x, "rounds.join", 0, join, sizeof join) < 0)
         goto done;
+    if (strcmp(join, "next") != 0 && strcmp(join, "current") != 0) {
+        err_set("%s: 'rounds.join' must be \"next\" or \"current\", got \"%s\"", path, join);
+        goto done;
+    }
+    c->join_current = strcmp(join, "current") == 0;
     if (strcmp(below, "wait") != 0 && strcmp(below, "fail") != 0) {
         err_set("%s: 'rounds.below_quorum' must be \"wait\" or \"fail\", got \"%s\"", path, below);
         goto done;
     }
     c->rounds = (uint64_t)count;
+    if (c->has_roster && !config_lookup(&x.cf, "policy") && quorum == 0) {
+        err_set("%s: with a 'roster', set 'rounds.quorum' (deltas needed to close a round): the "
+                "membership changes while running, so \"every member\" is no fixed number",
+                path);
+        goto done;
+    }
     c->quorum = (uint32_t)quorum;
     c->deadline_s = (uint32_t)deadline;
     c->linger_s = (int)linger;
@@ -326,68 +367,4 @@ void agg_config_free(agg_config *c) {
     free(c->members);
     c->members = NULL;
     c->n_members = 0;
-}
-
-/* ---- members ------------------------------------------------------------- */
-
-struct agg_roster {
-    int n;
-    agg_member *m;
-};
-
-int agg_roster_load(agg_roster **out, const agg_config *c) {
-    agg_roster *r = calloc(1, sizeof *r);
-    if (!r || !(r->m = calloc((size_t)c->n_members, sizeof *r->m))) {
-        free(r);
-        return err_set("out of memory for the member list");
-    }
-    for (int i = 0; i < c->n_members; i++) {
-        agg_member *m = &r->m[i];
-        if (keys_load_public(c->members[i].id_path, &m->pub) < 0 ||
-            keys_fingerprint(&m->pub, m->fp) < 0) {
-            agg_roster_free(r);
-            return err_context("%s: members[%d]", c->file, i);
-        }
-        memcpy(m->name, m->pub.name, sizeof m->name);
-        m->max_weight = c->members[i].max_weight;
-        for (int j = 0; j < i; j++)
-            if (strcmp(r->m[j].name, m->name) == 0 || memcmp(r->m[j].fp, m->fp, KEYS_FP_LEN) == 0) {
-                err_set("%s: members[%d] (%s) and members[%d] (%s) have the same %s", c->file, j,
-                        r->m[j].name, i, m->name,
-                        strcmp(r->m[j].name, m->name) == 0 ? "name" : "keys");
-                agg_roster_free(r);
-                return -1;
-            }
-        r->n++;
-    }
-    *out = r;
-    return 0;
-}
-
-void agg_roster_free(agg_roster *r) {
-    if (!r) return;
-    free(r->m);
-    free(r);
-}
-
-int agg_roster_find(const agg_roster *r, const uint8_t fp[KEYS_FP_LEN], agg_member *m) {
-    for (int i = 0; i < r->n; i++)
-        if (memcmp(r->m[i].fp, fp, KEYS_FP_LEN) == 0) {
-            *m = r->m[i];
-            return 1;
-        }
-    return 0;
-}
-
-int agg_roster_find_name(const agg_roster *r, const char *name, agg_member *m) {
-    for (int i = 0; i < r->n; i++)
-        if (strcmp(r->m[i].name, name) == 0) {
-            *m = r->m[i];
-            return 1;
-        }
-    return 0;
-}
-
-int agg_roster_count(const agg_roster *r) {
-    return r->n;
 }

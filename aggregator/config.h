@@ -30,15 +30,24 @@ typedef struct {
     char keys_name[KEYS_NAME_MAX + 1]; /* "keys.name": DIR/NAME.{sign.pem,kx.pem,id} */
     char consortium_name[PAYLOAD_CONSORTIUM_NAME_MAX + 1]; /* "consortium" */
     uint8_t consortium[32];                                /* payload_consortium_id of it */
-    int n_members;                                         /* "members": list of groups */
+    /* Who may take part: either "members", a fixed list of identity files,
+     * or "roster" = { file; admin; }, the consortium's signed roster
+     * (members.h), reloaded while running. Exactly one of the two. */
+    int n_members; /* "members": list of groups */
     agg_member_config *members;
-    char base_model[AGG_PATH_MAX]; /* "base_model": HF model dir of the first round's base */
-    char state[AGG_PATH_MAX];      /* "state": journal, inbox, versions, metrics */
-    uint64_t rounds;               /* "rounds.count": 1..10^6 */
-    uint32_t quorum;               /* "rounds.quorum": 1..members, accepted deltas to close */
-    uint32_t deadline_s;           /* "rounds.deadline": seconds a round collects (1..10^7) */
-    int fail_below_quorum;         /* "rounds.below_quorum": "wait" (0) or "fail" (1) */
+    int has_roster;
+    char roster_path[AGG_PATH_MAX];    /* "roster.file" */
+    uint8_t roster_admin[KEYS_FP_LEN]; /* "roster.admin": the pinned admin fingerprint */
+    char base_model[AGG_PATH_MAX];     /* "base_model": HF model dir of the first round's base */
+    char state[AGG_PATH_MAX];          /* "state": journal, inbox, versions, metrics */
+    uint64_t rounds;                   /* "rounds.count": 1..10^6 */
+    uint32_t quorum;       /* "rounds.quorum": 1..members, accepted deltas to close; with a roster,
+                              0 (not set) means every active member when the aggregator starts */
+    uint32_t deadline_s;   /* "rounds.deadline": seconds a round collects (1..10^7) */
+    int fail_below_quorum; /* "rounds.below_quorum": "wait" (0) or "fail" (1) */
     int linger_s; /* "rounds.linger": serve this long after the last round; -1: until signalled */
+    int join_current;        /* "rounds.join": a member added while a round is open takes part in it
+                                ("current", 1) or from the next round on ("next", 0, the default) */
     struct msg_train train;  /* "train": steps, lr, rank, alpha, targets, batch, seq */
     uint64_t max_submission; /* "limits.max_submission": bytes of one sealed delta */
     /* "policy": the consortium's policy file (docs/policies.md), or none
@@ -57,29 +66,5 @@ typedef struct {
  * message names the file, the key and the rule. */
 int agg_config_load(agg_config *c, const char *path);
 void agg_config_free(agg_config *c);
-
-/* ---- members --------------------------------------------------------------
- * Who may submit. Today the member list is the config's list of identity
- * files; the signed, versioned roster (onboarding, issue #7) replaces it
- * behind agg_roster_find / agg_roster_count, which is all the aggregator
- * asks of it. */
-typedef struct {
-    char name[KEYS_NAME_MAX + 1];
-    keys_public pub;
-    uint8_t fp[KEYS_FP_LEN];
-    double max_weight;
-} agg_member;
-
-typedef struct agg_roster agg_roster;
-
-/* Loads every identity file of the config; duplicate names or keys are errors. */
-int agg_roster_load(agg_roster **out, const agg_config *c);
-void agg_roster_free(agg_roster *r);
-/* 1 and *m when fp names an active member, 0 when it does not, -1 on failure. */
-int agg_roster_find(const agg_roster *r, const uint8_t fp[KEYS_FP_LEN], agg_member *m);
-/* The same by name (for the journal, which names members). */
-int agg_roster_find_name(const agg_roster *r, const char *name, agg_member *m);
-/* Active members: the "all members submitted" condition of a round. */
-int agg_roster_count(const agg_roster *r);
 
 #endif

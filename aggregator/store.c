@@ -71,6 +71,36 @@ int store_has(const char *state, const uint8_t hash[STORE_HASH_LEN]) {
     return fio_exists(p);
 }
 
+int store_object_path(const char *state, const uint8_t hash[STORE_HASH_LEN], char *out, size_t n) {
+    char hex[STORE_HEX_LEN + 1];
+    hex_encode(hash, STORE_HASH_LEN, hex);
+    if (snprintf(out, n, "%s/objects/%s", state, hex) >= (int)n)
+        return err_set("state path %s is too long", state);
+    return 0;
+}
+
+int store_has_any(const char *state, const uint8_t hash[STORE_HASH_LEN]) {
+    char p[4096];
+    if (store_has(state, hash)) return 1;
+    if (store_object_path(state, hash, p, sizeof p) < 0) return 0;
+    return fio_exists(p);
+}
+
+int store_put_object(const char *state, const char *tmp, uint8_t hash[STORE_HASH_LEN],
+                     uint64_t *size) {
+    char dir[4096], p[4096];
+    if (fio_join(dir, sizeof dir, state, "objects") < 0 || fio_mkdirs(dir, 0755) < 0) return -1;
+    if (store_hash_file(tmp, hash, size) < 0 || store_object_path(state, hash, p, sizeof p) < 0)
+        return err_context("storing %s", tmp);
+    if (fio_exists(p)) {
+        if (unlink(tmp) != 0) return err_errno("removing %s", tmp);
+        return 0;
+    }
+    if (rename(tmp, p) != 0) return err_errno("renaming %s to %s", tmp, p);
+    if (fio_fsync_dir_of(p) < 0) return err_context("storing %s", p);
+    return 0;
+}
+
 int store_remove_dir(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) {
@@ -114,6 +144,7 @@ int store_read(const char *state, const uint8_t hash[STORE_HASH_LEN], uint64_t o
                size_t cap, size_t *got, uint64_t *total) {
     char p[4096];
     if (store_model_path(state, hash, p, sizeof p) < 0) return -1;
+    if (!fio_exists(p) && store_object_path(state, hash, p, sizeof p) < 0) return -1;
     int fd = open(p, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return err_errno("opening %s", p);
     struct stat st;

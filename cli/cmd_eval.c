@@ -18,7 +18,7 @@
 
 static const char *usage_text =
     "usage: fedlora eval --model DIR --data FILE [--adapter DIR] [--tokenizer FILE] [--seq T]\n"
-    "                    [--batch B]\n"
+    "                    [--batch B] [--device cpu|cuda] [--precision fp32|bf16]\n"
     "\n"
     "Prints the mean next-token cross-entropy (nats) and the perplexity of the model on\n"
     "FILE, with the PEFT LoRA adapter in --adapter DIR applied when given. FILE is what\n"
@@ -27,7 +27,8 @@ static const char *usage_text =
     "a pre-tokenized corpus. Documents are tokenized with DIR/tokenizer.json (or\n"
     "--tokenizer), each followed by the end-of-text token, joined, and cut into rows of T\n"
     "tokens (default 256, at most the model's context); every token after the first is\n"
-    "predicted once.\n";
+    "predicted once. --device cuda evaluates on a GPU (bf16 unless --precision fp32;\n"
+    "docs/gpu.md).\n";
 
 static double now(void) {
     struct timespec ts;
@@ -37,31 +38,29 @@ static double now(void) {
 
 int cmd_eval(int argc, char **argv) {
     const char *dir = NULL, *data = NULL, *tok_path = NULL, *adapter = NULL, *seq_s = NULL,
-               *batch_s = "4";
-    opts_spec spec[] = {{"model", &dir}, {"data", &data},     {"tokenizer", &tok_path},
-                        {"seq", &seq_s}, {"batch", &batch_s}, {"adapter", &adapter}};
+               *batch_s = "4", *device = "cpu", *precision = NULL;
+    opts_spec spec[] = {{"model", &dir},     {"data", &data},          {"tokenizer", &tok_path},
+                        {"seq", &seq_s},     {"batch", &batch_s},      {"adapter", &adapter},
+                        {"device", &device}, {"precision", &precision}};
     int rc = opts_parse(argc, argv, spec, sizeof spec / sizeof spec[0], usage_text);
     if (rc >= 0) return rc;
     if (!dir || !data) return opts_missing(usage_text, "--model and --data");
     long long T = 256, B;
     if ((seq_s && opts_int(seq_s, "--seq", 1, 1 << 20, &T) != 0) ||
-        opts_int(batch_s, "--batch", 1, 4096, &B))
+        opts_int(batch_s, "--batch", 1, 4096, &B) || trainer_device_check(device, precision) != 0)
         return opts_fail();
 
     model *m = NULL;
     lora_set *s = NULL;
     dataset *d = NULL;
-    model_acts *acts = NULL;
     rc = 1;
     if (checkpoint_load(&m, dir) != 0) {
         err_context("loading model %s", dir);
         goto done;
     }
-    if (adapter) {
-        if (peft_load(&s, m, adapter) != 0 || lora_attach(s, m) != 0) {
-            err_context("loading adapter %s for model %s", adapter, dir);
-            goto done;
-        }
+    if (adapter && peft_load(&s, m, adapter) != 0) {
+        err_context("loading adapter %s for model %s", adapter, dir);
+        goto done;
     }
     if (!seq_s && T > m->cfg.max_position) T = m->cfg.max_position;
     char tok_default[4096];
@@ -76,16 +75,16 @@ int cmd_eval(int argc, char **argv) {
     if (dataset_open(&d, &dopt) != 0) goto done;
     size_t rows = dataset_num_rows(d, DATASET_TRAIN);
     if ((size_t)B > rows) B = (long long)rows;
-    if (model_acts_create(&acts, m, (int)B, (int)T) != 0) goto done;
     double t0 = now(), loss;
     int64_t count;
-    if (trainer_eval(m, acts, (int)B, d, DATASET_TRAIN, stderr, &loss, &count) != 0) goto done;
+    int erc =
+        trainer_eval_on(m, s, (int)B, d, DATASET_TRAIN, device, precision, stderr, &loss, &count);
+    if (erc != 0) goto done;
     printf("loss %.6f  perplexity %.4f  (%lld tokens predicted, %zu rows of %lld, %.1f s)\n", loss,
            exp(loss), (long long)count, rows, T, now() - t0);
     rc = 0;
 done:
     if (rc != 0) opts_fail();
-    model_acts_free(acts);
     dataset_free(d);
     lora_free(s);
     model_free(m);

@@ -44,13 +44,16 @@ static const char *usage_text =
     "  --save-every N       checkpoint every N steps and at the end, 0 for none (100)\n"
     "  --log-every N        progress line every N steps when not on a terminal (10)\n"
     "  --resume CKPT        go on from OUT/checkpoint (its latest) or a step-N directory\n"
-    "  --device cpu|cuda    where to train (cpu)\n"
+    "  --device cpu|cuda    where to train (cpu); cuda needs a build with the CUDA backend\n"
+    "                       and a GPU (docs/gpu.md)\n"
+    "  --precision P        fp32 or bf16: the GPU's frozen weights and activations (bf16 on\n"
+    "                       cuda; the CPU computes in fp32)\n"
     "  --threads N          OpenMP threads (default: OMP_NUM_THREADS or all cores)\n";
 
 typedef struct {
     const char *model, *data, *tokenizer, *out, *rank, *alpha, *targets, *dropout, *steps, *lr,
         *warmup, *wd, *clip, *batch, *seq, *accum, *seed, *eval_fraction, *eval_every, *save_every,
-        *log_every, *resume, *device, *threads;
+        *log_every, *resume, *device, *precision, *threads;
     int rslora;
 } train_args;
 
@@ -137,18 +140,14 @@ int cmd_train(int argc, char **argv) {
         {"log-every", &a.log_every},
         {"resume", &a.resume},
         {"device", &a.device},
+        {"precision", &a.precision},
         {"threads", &a.threads},
     };
     int rc = opts_parse(argc, argv, spec, sizeof spec / sizeof spec[0], usage_text);
     if (rc >= 0) return rc;
     if (!a.model || !a.data || !a.out) return opts_missing(usage_text, "--model, --data and --out");
-    if (strcmp(a.device, "cpu") != 0) {
-        if (strcmp(a.device, "cuda") == 0)
-            err_set("--device cuda: this build has no CUDA backend; use --device cpu");
-        else
-            err_set("--device must be cpu or cuda, got '%s'", a.device);
-        return opts_fail();
-    }
+    /* Before anything is loaded: a missing GPU is known at once. */
+    if (trainer_device_check(a.device, a.precision) != 0) return opts_fail();
     if (a.threads) {
         long long nt;
         if (opts_int(a.threads, "--threads", 1, 4096, &nt) != 0) return opts_fail();
@@ -204,8 +203,15 @@ int cmd_train(int argc, char **argv) {
 
     t.out_dir = a.out;
     t.resume = a.resume;
+    t.device = a.device;
+    t.precision = a.precision;
     trainer_result res;
     if (trainer_run(m, s, d, &t, &res) != 0) goto done;
+    if (res.rank != 0) { /* data parallel: rank 0 reports and writes */
+        printf("rank %d: %lld steps done\n", res.rank, (long long)res.steps);
+        rc = 0;
+        goto done;
+    }
     printf("wrote adapter %s after %lld steps", a.out, (long long)res.steps);
     if (isfinite(res.loss)) printf(", last loss %.4f", res.loss);
     if (res.eval_tokens > 0)

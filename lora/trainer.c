@@ -1,10 +1,18 @@
 /* trainer.c — the LoRA training loop, checkpoints, resume and metrics
- * (the contract is in trainer.h; the file formats in docs/training.md). */
+ * (the contract is in trainer.h; the file formats in docs/training.md), on
+ * the CPU or, in builds with the CUDA backend (FEDLORA_HAVE_CUDA), on GPUs
+ * (docs/gpu.md). */
 #include "lora/trainer.h"
 
 #include "lora/peft.h"
 #include "util/err.h"
 #include "util/fio.h"
+
+#ifdef FEDLORA_HAVE_CUDA
+#include "model/cuda/gpu.h"
+
+#include <cuda_runtime_api.h>
+#endif
 
 #include <dirent.h>
 #include <errno.h>
@@ -24,6 +32,9 @@
 #define STATE_MAX ((size_t)64 << 20)  /* bytes of trainer_state.json we read */
 #define METRICS_MAX ((size_t)1 << 30) /* bytes of metrics.jsonl a resume rewrites */
 #define PATH_LEN 4096
+/* How long the ranks of a data-parallel run wait for each other to join:
+ * each loads the model first, which can take minutes for large ones. */
+#define DIST_TIMEOUT_S 600.0
 
 void trainer_options_init(trainer_options *o) {
     memset(o, 0, sizeof *o);
@@ -36,6 +47,60 @@ void trainer_options_init(trainer_options *o) {
     o->save_every = 100;
     o->log_every = 10;
     o->progress = stderr;
+    o->device = "cpu";
+}
+
+static int is_cuda(const char *device) {
+    return device && strcmp(device, "cuda") == 0;
+}
+
+/* The precision a run on `device` computes in: 1 for bf16. */
+static int is_bf16(const char *device, const char *precision) {
+    return is_cuda(device) && (!precision || strcmp(precision, "bf16") == 0);
+}
+
+static const char *precision_name(const char *device, const char *precision) {
+    return is_bf16(device, precision) ? "bf16" : "fp32";
+}
+
+int trainer_device_check(const char *device, const char *precision) {
+    if (device && strcmp(device, "cpu") != 0 && !is_cuda(device))
+        return err_set("--device must be cpu or cuda, got '%s'", device);
+    if (precision && strcmp(precision, "fp32") != 0 && strcmp(precision, "bf16") != 0)
+        return err_set("--precision must be fp32 or bf16, got '%s'", precision);
+    if (!is_cuda(device)) {
+        if (precision && strcmp(precision, "bf16") == 0)
+            return err_set("--precision bf16 needs --device cuda: the CPU backend computes in "
+                           "fp32");
+        return 0;
+    }
+#ifndef FEDLORA_HAVE_CUDA
+    return err_set("--device cuda: this build has no CUDA backend (it is built where nvcc is "
+                   "found, docs/gpu.md); use --device cpu");
+#else
+    if (gpu_available() > 0) return 0;
+    /* Why there is none, in the runtime's words; its "driver version is
+     * insufficient" also stands for no driver at all, so tell those apart. */
+    int n = 0, drv = 0, rt = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    cudaGetLastError(); /* clear the sticky status */
+    if (cudaDriverGetVersion(&drv) != cudaSuccess) drv = 0;
+    if (cudaRuntimeGetVersion(&rt) != cudaSuccess) rt = 0;
+    cudaGetLastError();
+    char why[256];
+    if (drv == 0)
+        snprintf(why, sizeof why, "no NVIDIA driver is loaded");
+    else if (e == cudaErrorInsufficientDriver)
+        snprintf(why, sizeof why, "the NVIDIA driver supports CUDA %d.%d, this build needs %d.%d",
+                 drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10);
+    else
+        snprintf(why, sizeof why, "CUDA runtime: %s",
+                 e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
+    const char *visible = getenv("CUDA_VISIBLE_DEVICES");
+    return err_set("no CUDA device found (%s%s%.64s%s) — use --device cpu", why,
+                   visible ? "; CUDA_VISIBLE_DEVICES is '" : "", visible ? visible : "",
+                   visible ? "'" : "");
+#endif
 }
 
 static double now(void) {
@@ -46,8 +111,12 @@ static double now(void) {
 
 /* ---- evaluation -------------------------------------------------------------------- */
 
-int trainer_eval(const model *m, model_acts *acts, int B, const dataset *d, dataset_split split,
-                 FILE *progress, double *loss, int64_t *n_targets) {
+/* The forward of one batch of B rows (model_forward's contract). */
+typedef int (*eval_forward)(void *ctx, const int32_t *in, const int32_t *tg, double *loss_sum,
+                            int64_t *n_targets);
+
+static int eval_rows(eval_forward forward, void *ctx, int B, const dataset *d, dataset_split split,
+                     FILE *progress, double *loss, int64_t *n_targets) {
     int T = dataset_seq(d);
     size_t rows = dataset_num_rows(d, split);
     *loss = NAN;
@@ -70,7 +139,7 @@ int trainer_eval(const model *m, model_acts *acts, int B, const dataset *d, data
         }
         double ls = 0;
         int64_t nt = 0;
-        if (rc == 0) rc = model_forward(m, acts, in, tg, &ls, &nt);
+        if (rc == 0) rc = forward(ctx, in, tg, &ls, &nt);
         sum += ls;
         count += nt;
         double t = now();
@@ -88,6 +157,66 @@ int trainer_eval(const model *m, model_acts *acts, int B, const dataset *d, data
     *loss = count ? sum / (double)count : NAN;
     *n_targets = count;
     return 0;
+}
+
+typedef struct {
+    const model *m;
+    model_acts *acts;
+} cpu_eval;
+
+static int cpu_forward(void *ctx, const int32_t *in, const int32_t *tg, double *loss_sum,
+                       int64_t *n_targets) {
+    cpu_eval *c = ctx;
+    return model_forward(c->m, c->acts, in, tg, loss_sum, n_targets);
+}
+
+int trainer_eval(const model *m, model_acts *acts, int B, const dataset *d, dataset_split split,
+                 FILE *progress, double *loss, int64_t *n_targets) {
+    cpu_eval c = {m, acts};
+    return eval_rows(cpu_forward, &c, B, d, split, progress, loss, n_targets);
+}
+
+#ifdef FEDLORA_HAVE_CUDA
+/* gpu_forward without logits: the LM head runs in chunks and only the loss
+ * comes back. */
+static int gpu_eval_forward(void *ctx, const int32_t *in, const int32_t *tg, double *loss_sum,
+                            int64_t *n_targets) {
+    return gpu_forward(ctx, in, tg, loss_sum, n_targets, NULL);
+}
+
+static int gpu_upload(gpu_model **g, const model *m, const lora_set *s, int B, int T, int bf16) {
+    gpu_options go;
+    gpu_options_init(&go);
+    go.precision = bf16 ? GPU_PRECISION_BF16 : GPU_PRECISION_FP32;
+    go.batch = B;
+    go.seq = T;
+    return gpu_model_upload(g, m, s, &go);
+}
+#endif
+
+int trainer_eval_on(model *m, lora_set *s, int B, const dataset *d, dataset_split split,
+                    const char *device, const char *precision, FILE *progress, double *loss,
+                    int64_t *n_targets) {
+    *loss = NAN;
+    *n_targets = 0;
+    if (trainer_device_check(device, precision) != 0) return -1;
+    int rc = -1;
+#ifdef FEDLORA_HAVE_CUDA
+    if (is_cuda(device)) {
+        gpu_model *g = NULL;
+        if (gpu_upload(&g, m, s, B, dataset_seq(d), is_bf16(device, precision)) == 0)
+            rc = eval_rows(gpu_eval_forward, g, B, d, split, progress, loss, n_targets);
+        gpu_model_free(g);
+        return rc;
+    }
+#endif
+    model_acts *acts = NULL;
+    if (s && lora_attach(s, m) != 0) return -1;
+    if (model_acts_create(&acts, m, B, dataset_seq(d)) == 0)
+        rc = trainer_eval(m, acts, B, d, split, progress, loss, n_targets);
+    model_acts_free(acts);
+    if (s) lora_detach(s);
+    return rc;
 }
 
 /* ---- the configuration a checkpoint belongs to ------------------------------------------ */
@@ -243,15 +372,20 @@ typedef struct {
     uint64_t dropout_counter;
     int64_t tokens;
     double elapsed;
+    const char *device;    /* where the run computes: "cpu" or "cuda" */
+    const char *precision; /* "fp32" or "bf16" */
 } train_state;
 
+/* device and precision are recorded, not part of the configuration: a
+ * checkpoint resumes on either device (with a warning, as for threads). */
 static int write_state(const char *path, const train_state *st, json_t *cfg) {
-    json_t *j = json_pack("{s:s, s:i, s:I, s:I, s:I, s:I, s:f, s:i, s:o, s:O}", "format",
-                          STATE_FORMAT, "version", STATE_VERSION, "step", (json_int_t)st->step,
-                          "data_position", (json_int_t)st->position, "dropout_counter",
-                          (json_int_t)st->dropout_counter, "tokens", (json_int_t)st->tokens,
-                          "elapsed_s", st->elapsed, "threads", omp_get_max_threads(), "fingerprint",
-                          hex64(config_fingerprint(cfg)), "config", cfg);
+    json_t *j =
+        json_pack("{s:s, s:i, s:I, s:I, s:I, s:I, s:f, s:i, s:s, s:s, s:o, s:O}", "format",
+                  STATE_FORMAT, "version", STATE_VERSION, "step", (json_int_t)st->step,
+                  "data_position", (json_int_t)st->position, "dropout_counter",
+                  (json_int_t)st->dropout_counter, "tokens", (json_int_t)st->tokens, "elapsed_s",
+                  st->elapsed, "threads", omp_get_max_threads(), "device", st->device, "precision",
+                  st->precision, "fingerprint", hex64(config_fingerprint(cfg)), "config", cfg);
     char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     json_decref(j);
     if (!text) return err_set("out of memory writing %s", path);
@@ -325,7 +459,14 @@ static int get_int(json_t *j, const char *key, const char *where, int64_t *out) 
     return 0;
 }
 
-/* Reads dir/trainer_state.json; checks it belongs to cfg. */
+static const char *get_name(json_t *j, const char *key, const char *absent) {
+    json_t *v = json_object_get(j, key);
+    return json_is_string(v) ? json_string_value(v) : absent;
+}
+
+/* Reads dir/trainer_state.json; checks it belongs to cfg. st->device and
+ * ->precision are this run's: a checkpoint of another device or thread count
+ * is used, with a warning that the last bits may differ. */
 static int read_state(const char *dir, json_t *cfg, train_state *st) {
     char path[PATH_LEN];
     if (join(path, dir, TRAINER_STATE_FILE) != 0) return -1;
@@ -358,7 +499,17 @@ static int read_state(const char *dir, json_t *cfg, train_state *st) {
         st->position = (uint64_t)pos;
         st->dropout_counter = (uint64_t)counter;
         st->elapsed = json_number_value(elapsed);
-        if (json_is_integer(threads) && json_integer_value(threads) != omp_get_max_threads())
+        /* Checkpoints from before devices existed were written on the CPU. */
+        const char *dev = get_name(j, "device", "cpu"), *prec = get_name(j, "precision", "fp32");
+        int cpu = strcmp(st->device, "cpu") == 0;
+        if (strcmp(dev, st->device) != 0 || strcmp(prec, st->precision) != 0)
+            fprintf(stderr,
+                    "warning: %s was written by a run on %s (%s) and this run computes on %s "
+                    "(%s): the run goes on correctly, but its numbers differ from an "
+                    "uninterrupted run's within that precision's rounding\n",
+                    dir, dev, prec, st->device, st->precision);
+        else if (cpu && json_is_integer(threads) &&
+                 json_integer_value(threads) != omp_get_max_threads())
             fprintf(stderr,
                     "warning: %s ran with %lld threads and this run has %d: the run goes on "
                     "correctly, but its last bits may differ from an uninterrupted run\n",
@@ -449,42 +600,55 @@ typedef struct {
     lora_set *s;
     const dataset *d;
     const trainer_options *o;
-    model_acts *acts;
-    adamw *opt;
+    model_acts *acts; /* CPU only */
+    adamw *opt;       /* on the GPU: the host copy checkpoints are written from */
     dataset_order order;
-    int32_t *in, *tg; /* (K·B, T) the step's rows */
+    int32_t *in, *tg; /* (K·B, T) the step's rows (this rank's share of them) */
     json_t *cfg;
-    FILE *metrics;
+    FILE *metrics;  /* rank 0 only */
+    FILE *progress; /* o->progress on rank 0, else NULL */
     char metrics_path[PATH_LEN];
     train_state st;
+    double lr, grad_norm; /* of the last step */
+    int rank, world;      /* data parallelism over GPUs; 0 and 1 otherwise */
     int tty;
+#ifdef FEDLORA_HAVE_CUDA
+    gpu_model *g; /* NULL: the CPU trains */
+#endif
 } run;
 
+/* Held-out loss, dropout off; rank 0 evaluates for every rank. */
 static int evaluate(run *r, trainer_result *res) {
-    lora_set_training(r->s, 0);
+    if (r->rank != 0) return 0;
     double loss;
     int64_t n;
-    int rc = trainer_eval(r->m, r->acts, r->o->batch, r->d, DATASET_EVAL, NULL, &loss, &n);
-    lora_set_training(r->s, 1);
+    int rc;
+#ifdef FEDLORA_HAVE_CUDA
+    if (r->g) {
+        gpu_lora_set_training(r->g, 0);
+        rc = eval_rows(gpu_eval_forward, r->g, r->o->batch, r->d, DATASET_EVAL, NULL, &loss, &n);
+        gpu_lora_set_training(r->g, 1);
+    } else
+#endif
+    {
+        lora_set_training(r->s, 0);
+        rc = trainer_eval(r->m, r->acts, r->o->batch, r->d, DATASET_EVAL, NULL, &loss, &n);
+        lora_set_training(r->s, 1);
+    }
     if (rc != 0 || n == 0) return rc;
     if (res) res->eval_loss = loss, res->eval_tokens = n;
-    if (r->o->progress)
-        fprintf(r->o->progress, "%sstep %lld: held-out loss %.4f over %lld tokens\n",
+    if (r->progress)
+        fprintf(r->progress, "%sstep %lld: held-out loss %.4f over %lld tokens\n",
                 r->tty ? "\r\033[K" : "", (long long)r->st.step, loss, (long long)n);
     return metrics_line(r->metrics, r->metrics_path,
                         "{\"step\": %lld, \"eval_loss\": %.17g, \"eval_tokens\": %lld}\n",
                         (long long)r->st.step, loss, (long long)n);
 }
 
-/* One optimizer step: K micro-batches, then AdamW. */
-static int step_once(run *r, double *loss) {
-    const trainer_options *o = r->o;
-    int B = o->batch, K = o->grad_accum, T = dataset_seq(r->d);
+/* The CPU's step: each micro-batch's forward and backward, then AdamW. */
+static int cpu_step(run *r, double *loss) {
+    int B = r->o->batch, K = r->o->grad_accum, T = dataset_seq(r->d);
     size_t rows = (size_t)B * K;
-    for (size_t i = 0; i < rows; i++) {
-        size_t row = dataset_order_row(&r->order, r->st.position + i);
-        if (dataset_row(r->d, DATASET_TRAIN, row, r->in + i * T, r->tg + i * T) != 0) return -1;
-    }
     /* The mean is over every target of the step, so scale by their count. */
     int64_t n_targets = 0;
     for (size_t i = 0; i < rows * T; i++) n_targets += r->tg[i] != MODEL_IGNORE_INDEX;
@@ -502,18 +666,60 @@ static int step_once(run *r, double *loss) {
     if (adamw_step(r->opt) != 0)
         return err_context("step %lld (loss %g; a lower --lr or --clip may help)",
                            (long long)r->st.step + 1, sum / (double)n_targets);
-    r->st.step++;
-    r->st.position += rows;
-    r->st.tokens += (int64_t)rows * T;
-    r->st.dropout_counter = lora_dropout_counter(r->s);
+    r->lr = r->opt->last_lr;
+    r->grad_norm = r->opt->last_grad_norm;
     *loss = sum / (double)n_targets;
+    return 0;
+}
+
+/* One optimizer step: K micro-batches, then AdamW. With `world` ranks, this
+ * one runs micro-batches rank·K/world … (rank+1)·K/world − 1 of the step. */
+static int step_once(run *r, double *loss) {
+    int B = r->o->batch, K = r->o->grad_accum, T = dataset_seq(r->d);
+    int k_share = K / r->world, k0 = r->rank * k_share;
+    size_t rows = (size_t)B * k_share, first = (size_t)B * k0;
+    for (size_t i = 0; i < rows; i++) {
+        size_t row = dataset_order_row(&r->order, r->st.position + first + i);
+        if (dataset_row(r->d, DATASET_TRAIN, row, r->in + i * T, r->tg + i * T) != 0) return -1;
+    }
+#ifdef FEDLORA_HAVE_CUDA
+    if (r->g) {
+        /* Dropout masks by the micro-batch's place in the step: those the
+         * CPU (or one GPU) would draw for it. */
+        gpu_lora_set_dropout_counter(r->g, r->st.dropout_counter + (uint64_t)k0);
+        gpu_step_result sr;
+        if (gpu_train_step(r->g, r->in, r->tg, k_share, &sr) != 0) return -1;
+        r->lr = sr.lr;
+        r->grad_norm = sr.grad_norm;
+        *loss = sr.loss;
+        r->st.dropout_counter += (uint64_t)K;
+    } else
+#endif
+    {
+        if (cpu_step(r, loss) != 0) return -1;
+        r->st.dropout_counter = lora_dropout_counter(r->s);
+    }
+    r->st.step++;
+    r->st.position += (uint64_t)B * K;
+    r->st.tokens += (int64_t)B * K * T;
+    return 0;
+}
+
+/* The GPU's adapter and AdamW state into r->s and r->opt (what checkpoints
+ * and the adapter files are written from). */
+static int sync_to_host(run *r) {
+#ifdef FEDLORA_HAVE_CUDA
+    if (r->g && (gpu_lora_download(r->g, r->s) != 0 || gpu_adamw_download(r->g, r->opt) != 0))
+        return err_context("copying the adapter from the GPU");
+#endif
+    (void)r;
     return 0;
 }
 
 static void progress(run *r, double loss, int64_t first_step, double t0, int64_t tokens0,
                      double *last_print) {
     const trainer_options *o = r->o;
-    if (!o->progress) return;
+    if (!r->progress) return;
     double t = now(), dt = t - t0;
     int last = r->st.step == o->steps;
     if (r->tty ? (t - *last_print < 0.1 && !last)
@@ -524,11 +730,11 @@ static void progress(run *r, double loss, int64_t first_step, double t0, int64_t
     char eta[32];
     fmt_duration(eta, sizeof eta,
                  dt / (double)(r->st.step - first_step) * (double)(o->steps - r->st.step));
-    fprintf(o->progress,
+    fprintf(r->progress,
             "%sstep %lld/%lld  loss %.4f  lr %.3e  grad_norm %.3f  %.0f tokens/s  ETA %s%s",
-            r->tty ? "\r\033[K" : "", (long long)r->st.step, (long long)o->steps, loss,
-            r->opt->last_lr, r->opt->last_grad_norm, tps, eta, r->tty && !last ? "" : "\n");
-    fflush(o->progress);
+            r->tty ? "\r\033[K" : "", (long long)r->st.step, (long long)o->steps, loss, r->lr,
+            r->grad_norm, tps, eta, r->tty && !last ? "" : "\n");
+    fflush(r->progress);
 }
 
 static int train_loop(run *r, trainer_result *res) {
@@ -543,11 +749,11 @@ static int train_loop(run *r, trainer_result *res) {
         r->st.elapsed = elapsed0 + (t - t0);
         res->steps = r->st.step;
         res->loss = loss;
-        if (metrics_line(r->metrics, r->metrics_path,
+        if (r->metrics &&
+            metrics_line(r->metrics, r->metrics_path,
                          "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.17g, \"grad_norm\": %.17g, "
                          "\"tokens\": %lld, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
-                         (long long)r->st.step, loss, r->opt->last_lr, r->opt->last_grad_norm,
-                         (long long)r->st.tokens,
+                         (long long)r->st.step, loss, r->lr, r->grad_norm, (long long)r->st.tokens,
                          t > t0 ? (double)(r->st.tokens - tokens0) / (t - t0) : 0.0,
                          r->st.elapsed) != 0)
             return -1;
@@ -555,8 +761,10 @@ static int train_loop(run *r, trainer_result *res) {
         if (o->eval_every > 0 && r->st.step % o->eval_every == 0 && r->st.step < o->steps &&
             evaluate(r, NULL) != 0)
             return -1;
-        if (o->save_every > 0 && (r->st.step % o->save_every == 0 || r->st.step == o->steps) &&
-            write_checkpoint(o->out_dir, r->s, r->opt, &r->st, r->cfg) != 0)
+        if (r->rank == 0 && o->save_every > 0 &&
+            (r->st.step % o->save_every == 0 || r->st.step == o->steps) &&
+            (sync_to_host(r) != 0 ||
+             write_checkpoint(o->out_dir, r->s, r->opt, &r->st, r->cfg) != 0))
             return err_context("saving the checkpoint of step %lld", (long long)r->st.step);
     }
     return 0;
@@ -571,7 +779,7 @@ static int check_options(const trainer_options *o, const dataset *d) {
     if ((int64_t)o->batch * o->grad_accum * dataset_seq(d) > INT32_MAX / 4)
         return err_set("batch %d x grad_accum %d x seq %d tokens per step is too many", o->batch,
                        o->grad_accum, dataset_seq(d));
-    return 0;
+    return trainer_device_check(o->device, o->precision);
 }
 
 /* A fresh run must not mix its files with an earlier run's. */
@@ -588,15 +796,53 @@ static int check_fresh(const char *out_dir) {
     return 0;
 }
 
+#ifdef FEDLORA_HAVE_CUDA
+/* Moves the run to the GPU: the model and the adapter as they are now (a
+ * resumed checkpoint's values and dropout counter included), AdamW with the
+ * same configuration and state, dropout on; then, when FEDLORA_WORLD_SIZE
+ * asks for it, joins the other ranks. */
+static int gpu_setup(run *r, const adamw_config *oc, char *device_line, size_t line_len) {
+    const trainer_options *o = r->o;
+    int bf16 = is_bf16(o->device, o->precision), dist = 0;
+    if (gpu_upload(&r->g, r->m, r->s, o->batch, dataset_seq(r->d), bf16) != 0 ||
+        gpu_adamw_init(r->g, oc) != 0 || (o->resume && gpu_adamw_upload(r->g, r->opt) != 0))
+        return -1;
+    if (gpu_dist_init_env(r->g, DIST_TIMEOUT_S, &dist) != 0)
+        return err_context("joining the other GPUs of this run (%s)", GPU_DIST_ENV_WORLD);
+    r->rank = gpu_dist_rank(r->g);
+    r->world = gpu_dist_world(r->g);
+    if (o->grad_accum % r->world != 0)
+        return err_set("--grad-accum %d is not a multiple of %s=%d: each GPU takes an equal share "
+                       "of every step's micro-batches",
+                       o->grad_accum, GPU_DIST_ENV_WORLD, r->world);
+    gpu_lora_set_training(r->g, 1);
+    char name[128] = "?";
+    double gib = 0;
+    int major = 0, minor = 0;
+    gpu_device_info(0, name, sizeof name, &gib, &major, &minor);
+    int n =
+        snprintf(device_line, line_len, "training on CUDA device 0 (%s, %.0f GiB, sm_%d%d) in %s",
+                 name, gib, major, minor, bf16 ? "bf16" : "fp32");
+    if (dist && n > 0 && (size_t)n < line_len)
+        snprintf(device_line + n, line_len - (size_t)n,
+                 ", rank %d of %d (%d of the %d micro-batches of each step)", r->rank, r->world,
+                 o->grad_accum / r->world, o->grad_accum);
+    return 0;
+}
+#endif
+
 int trainer_run(model *m, lora_set *s, const dataset *d, const trainer_options *o,
                 trainer_result *res) {
     memset(res, 0, sizeof *res);
     res->loss = res->eval_loss = NAN;
     if (check_options(o, d) != 0) return -1;
-    run r = {.m = m, .s = s, .d = d, .o = o};
-    r.tty = o->progress && isatty(fileno(o->progress));
-    int B = o->batch, K = o->grad_accum, T = dataset_seq(d), rc = -1;
+    int cuda = is_cuda(o->device);
+    run r = {.m = m, .s = s, .d = d, .o = o, .world = 1};
+    r.st.device = cuda ? "cuda" : "cpu";
+    r.st.precision = precision_name(o->device, o->precision);
+    int B = o->batch, K = o->grad_accum, T = dataset_seq(d), rc = -1, attached = 0;
     int n = lora_num_tensors(s);
+    char device_line[256] = "";
     model_param **params = malloc(sizeof *params * (size_t)(n ? n : 1));
     r.in = malloc(sizeof(int32_t) * (size_t)K * B * T);
     r.tg = malloc(sizeof(int32_t) * (size_t)K * B * T);
@@ -608,38 +854,64 @@ int trainer_run(model *m, lora_set *s, const dataset *d, const trainer_options *
     for (int i = 0; i < n; i++) params[i] = lora_tensor(s, i);
     adamw_config oc = o->opt;
     oc.total_steps = o->steps;
+    /* On the GPU the host keeps the adapter and an AdamW over it only as
+     * what checkpoints are read into and written from. */
     if (lora_want_grads(s) != 0 || adamw_create(&r.opt, params, n, &oc) != 0 ||
-        lora_reserve(s, B * T) != 0 || model_acts_create(&r.acts, m, B, T) != 0 ||
+        (!cuda && (lora_reserve(s, B * T) != 0 || model_acts_create(&r.acts, m, B, T) != 0)) ||
         dataset_order_init(&r.order, dataset_num_rows(d, DATASET_TRAIN), o->seed) != 0)
         goto done;
-    if (fio_mkdirs(o->out_dir, 0755) != 0 ||
-        join(r.metrics_path, o->out_dir, TRAINER_METRICS_FILE) != 0)
+    char ckpt[PATH_LEN];
+    if (o->resume && (resolve_checkpoint(o->resume, ckpt) != 0 ||
+                      load_checkpoint(ckpt, m, s, r.opt, &r.st, r.cfg) != 0))
         goto done;
-    if (o->resume) {
-        char dir[PATH_LEN];
-        if (resolve_checkpoint(o->resume, dir) != 0 ||
-            load_checkpoint(dir, m, s, r.opt, &r.st, r.cfg) != 0 ||
-            truncate_metrics(r.metrics_path, r.st.step, o->steps) != 0)
+#ifdef FEDLORA_HAVE_CUDA
+    if (cuda && gpu_setup(&r, &oc, device_line, sizeof device_line) != 0) goto done;
+#endif
+    /* Files: rank 0 writes them all; the other ranks only train. */
+    r.progress = r.rank == 0 ? o->progress : NULL;
+    r.tty = r.progress && isatty(fileno(r.progress));
+    if (r.rank == 0) {
+        if (fio_mkdirs(o->out_dir, 0755) != 0 ||
+            join(r.metrics_path, o->out_dir, TRAINER_METRICS_FILE) != 0)
             goto done;
-        if (o->progress)
-            fprintf(o->progress, "resuming from %s at step %lld\n", dir, (long long)r.st.step);
-    } else if (check_fresh(o->out_dir) != 0) {
-        goto done;
+        if (o->resume ? truncate_metrics(r.metrics_path, r.st.step, o->steps) != 0
+                      : check_fresh(o->out_dir) != 0)
+            goto done;
+        r.metrics = fopen(r.metrics_path, "a");
+        if (!r.metrics) {
+            err_errno("cannot open %s", r.metrics_path);
+            goto done;
+        }
     }
-    r.metrics = fopen(r.metrics_path, "a");
-    if (!r.metrics) {
-        err_errno("cannot open %s", r.metrics_path);
-        goto done;
-    }
+    if (r.progress && o->resume)
+        fprintf(r.progress, "resuming from %s at step %lld\n", ckpt, (long long)r.st.step);
+    if (r.progress && device_line[0]) fprintf(r.progress, "%s\n", device_line);
     res->steps = r.st.step;
-    if (lora_attach(s, m) != 0) goto done;
-    lora_set_training(s, 1);
+    if (!cuda) {
+        if (lora_attach(s, m) != 0) goto done;
+        attached = 1;
+        lora_set_training(s, 1);
+    }
+    res->rank = r.rank;
     rc = train_loop(&r, res);
     if (rc == 0) rc = evaluate(&r, res);
-    lora_set_training(s, 0);
-    lora_detach(s);
-    if (rc == 0 && peft_save(s, o->out_dir) != 0) rc = err_context("writing the adapter");
+    if (attached) {
+        lora_set_training(s, 0);
+        lora_detach(s);
+        attached = 0;
+    }
+    /* The caller's s ends with the trained adapter, on every rank. */
+    if (rc == 0 && sync_to_host(&r) != 0) rc = -1;
+    if (rc == 0 && r.rank == 0 && peft_save(s, o->out_dir) != 0)
+        rc = err_context("writing the adapter");
 done:
+    if (attached) {
+        lora_set_training(s, 0);
+        lora_detach(s);
+    }
+#ifdef FEDLORA_HAVE_CUDA
+    gpu_model_free(r.g);
+#endif
     if (r.metrics && fclose(r.metrics) != 0 && rc == 0)
         rc = err_errno("cannot close %s", r.metrics_path);
     dataset_order_free(&r.order);

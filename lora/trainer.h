@@ -35,7 +35,18 @@
  * GEMMs differently and the last bits may differ (a warning says so).
  *
  * Progress: on a terminal, one line rewritten in place (\r) with step, loss,
- * lr, tokens/s and ETA; otherwise a plain line every log_every steps. */
+ * lr, tokens/s and ETA; otherwise a plain line every log_every steps.
+ *
+ * Devices (docs/gpu.md): device "cuda" runs the same loop on the CUDA backend
+ * (model/cuda/gpu.h, in builds that have it): the model and adapter are
+ * uploaded once, each step is gpu_train_step over the same K micro-batches
+ * of the same rows, evaluations use gpu_forward, and the adapter and AdamW's
+ * state are copied back for every checkpoint and at the end, so the files
+ * are written by the same code in the same formats, and a checkpoint resumes
+ * on either device. With FEDLORA_WORLD_SIZE set (gpu.h: one process per GPU)
+ * each rank takes grad_accum / world of every step's micro-batches, the
+ * gradients are summed over the ranks, and only rank 0 evaluates and writes
+ * files. */
 #ifndef FL_LORA_TRAINER_H
 #define FL_LORA_TRAINER_H
 
@@ -66,17 +77,30 @@ typedef struct {
     const char *out_dir; /* created if needed */
     const char *resume; /* a checkpoint directory, or a checkpoint/ holding `latest`; NULL: fresh */
     FILE *progress;     /* where progress goes (stderr); NULL: nowhere */
+    const char *device; /* "cpu" (also NULL) or "cuda" */
+    const char *precision; /* "fp32" or "bf16"; NULL: the device's default (cpu fp32, cuda
+                              bf16); the CPU computes in fp32 only */
 } trainer_options;
 
 /* Fills B 4, K 1, steps 100, AdamW defaults with lr 2e-4 and weight decay 0,
- * seed 0, save_every 100, eval_every 0, log_every 10, progress stderr. */
+ * seed 0, save_every 100, eval_every 0, log_every 10, progress stderr,
+ * device cpu. */
 void trainer_options_init(trainer_options *o);
+
+/* Whether the device and precision (as in trainer_options) can run here:
+ * valid names, a backend this build has, and for "cuda" a CUDA device that
+ * the runtime sees. Errors say which and what to do (e.g. "no CUDA device
+ * found (...) — use --device cpu"). trainer_run checks this itself; callers
+ * may check before loading a model. */
+int trainer_device_check(const char *device, const char *precision);
 
 typedef struct {
     int64_t steps;       /* steps done, including those of a resumed checkpoint */
     double loss;         /* the last step's loss (NAN if no step ran here) */
     double eval_loss;    /* held-out mean loss at the end (NAN without held-out rows) */
     int64_t eval_tokens; /* targets it averaged */
+    int rank;            /* this process's rank in a data-parallel run, else 0: rank 0 alone
+                            evaluates and writes the files */
 } trainer_result;
 
 /* Trains the adapter s (created for m by lora_create; attached here and
@@ -91,5 +115,13 @@ int trainer_run(model *m, lora_set *s, const dataset *d, const trainer_options *
  * there shows how far it is. */
 int trainer_eval(const model *m, model_acts *acts, int B, const dataset *d, dataset_split split,
                  FILE *progress, double *loss, int64_t *n_targets);
+
+/* trainer_eval on a device (trainer_device_check's names): with the adapter
+ * s (not attached; NULL: the base alone) in batches of B rows of the
+ * dataset's T. On "cpu" s is attached for the evaluation and detached after;
+ * on "cuda" the model and s are uploaded to the GPU for it. */
+int trainer_eval_on(model *m, lora_set *s, int B, const dataset *d, dataset_split split,
+                    const char *device, const char *precision, FILE *progress, double *loss,
+                    int64_t *n_targets);
 
 #endif

@@ -4,6 +4,7 @@
 #include "util/err.h"
 #include "util/fio.h"
 #include "wire/payload.h"
+#include "wire/roster.h"
 
 #include <libconfig.h>
 #include <stdio.h>
@@ -30,6 +31,7 @@ static const char *const top_keys[] = {
     "state",      "save_every",
     "poll_ms",    "request_timeout_ms",
     "give_up_s",  "max_model_bytes",
+    "admin",
 };
 static const char *const keys_keys[] = {"dir", "name"};
 static const char *const aggregator_keys[] = {"endpoint", "identity"};
@@ -101,6 +103,22 @@ static int get_int32(const config_t *cf, const char *key, long long lo, long lon
     return 0;
 }
 
+int node_config_check_device(const char *device) {
+    if (strcmp(device, "cpu") == 0) return 0;
+    /* Whether a GPU is there is checked when training starts (and by
+     * `fedlora doctor`), not here: a config stays loadable on a machine
+     * whose GPU is busy or being serviced. */
+    if (strcmp(device, "cuda") == 0) {
+#ifdef FEDLORA_HAVE_CUDA
+        return 0;
+#else
+        return err_set("\"cuda\": this build of fedlora has no CUDA backend (configure with "
+                       "-DFEDLORA_CUDA=on where nvcc is installed), or use \"cpu\"");
+#endif
+    }
+    return err_set("must be \"cpu\" or \"cuda\", got \"%s\"", device);
+}
+
 int node_config_load(node_config *c, const char *path) {
     node_config_init(c);
     char dir[NODE_PATH_MAX] = "";
@@ -142,12 +160,13 @@ int node_config_load(node_config *c, const char *path) {
         check_keys(keys, keys_keys, 2, "keys.", path) != 0)
         goto done;
 
-    char consortium[PAYLOAD_CONSORTIUM_NAME_MAX + 1] = "";
+    char admin[KEYS_FP_TEXT_LEN + 64] = "";
     long long seed = 0, max_model = (long long)c->max_model_bytes;
     double ef = c->eval_fraction;
     if (get_string(&cf, "keys.name", c->name, sizeof c->name, 1, path) != 0 ||
         get_path(&cf, "keys.dir", dir, c->keys_dir, sizeof c->keys_dir, 1, path) != 0 ||
-        get_string(&cf, "consortium", consortium, sizeof consortium, 1, path) != 0 ||
+        get_string(&cf, "consortium", c->consortium_name, sizeof c->consortium_name, 1, path) !=
+            0 ||
         get_string(&cf, "aggregator.endpoint", c->endpoint, sizeof c->endpoint, 1, path) != 0 ||
         get_path(&cf, "aggregator.identity", dir, c->aggregator_id, sizeof c->aggregator_id, 1,
                  path) != 0 ||
@@ -162,7 +181,8 @@ int node_config_load(node_config *c, const char *path) {
         get_int32(&cf, "poll_ms", 10, 3600000, &c->poll_ms, path) != 0 ||
         get_int32(&cf, "request_timeout_ms", 10, 3600000, &c->request_timeout_ms, path) != 0 ||
         get_int32(&cf, "give_up_s", 1, 1 << 30, &c->give_up_s, path) != 0 ||
-        get_int(&cf, "max_model_bytes", 1, (long long)1 << 50, &max_model, path) != 0)
+        get_int(&cf, "max_model_bytes", 1, (long long)1 << 50, &max_model, path) != 0 ||
+        get_string(&cf, "admin", admin, sizeof admin, 0, path) != 0)
         goto done;
     config_setting_t *efs = config_lookup(&cf, "eval_fraction");
     if (efs) {
@@ -187,11 +207,8 @@ int node_config_load(node_config *c, const char *path) {
         err_context("%s: 'keys.name'", path);
         goto done;
     }
-    if (strcmp(c->device, "cpu") != 0) {
-        if (strcmp(c->device, "cuda") == 0)
-            err_set("%s: device \"cuda\": this build has no CUDA backend; use \"cpu\"", path);
-        else
-            err_set("%s: 'device' must be \"cpu\" or \"cuda\", got \"%s\"", path, c->device);
+    if (node_config_check_device(c->device) != 0) {
+        err_context("%s: 'device'", path);
         goto done;
     }
     if (strncmp(c->endpoint, "tcp://", 6) != 0 && strncmp(c->endpoint, "ipc://", 6) != 0) {
@@ -199,9 +216,18 @@ int node_config_load(node_config *c, const char *path) {
                 c->endpoint);
         goto done;
     }
-    if (payload_consortium_id(consortium, c->consortium) != 0) {
+    if (payload_consortium_id(c->consortium_name, c->consortium) != 0) {
         err_context("%s: 'consortium'", path);
         goto done;
+    }
+    if (config_lookup(&cf, "admin")) {
+        if (roster_fingerprint_parse(admin, c->admin_fp) != 0) {
+            err_context("%s: 'admin' (the consortium admin's fingerprint, as `fedlora roster "
+                        "init` printed it)",
+                        path);
+            goto done;
+        }
+        c->has_admin = 1;
     }
     rc = 0;
 done:

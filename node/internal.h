@@ -4,6 +4,8 @@
  * STATE layout (docs/federation.md):
  *   versions/<hex>/config.json, model.safetensors   a verified model version
  *   versions/<hex>/model.safetensors.part           a download in progress
+ *   versions/<hex>/update.safetensors.part          a low-rank update download in progress
+ *   versions/<hex>/lowrank.tmp/                     the version made from it, unchecked
  *   current.json                                    {"round", "version"} last synced
  *   rounds/<r>/train/                               the round's trainer output
  *   outbox/round-<r>.json, round-<r>.env            a sealed, not yet receipted delta
@@ -21,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define NODE_SYNC_MAX 8 /* bytes of a sync method name and its NUL */
+
 /* What a round's sealed delta carries beside the envelope, and what the
  * receipt adds (the metrics of one round; docs/federation.md). */
 typedef struct {
@@ -32,9 +36,10 @@ typedef struct {
     double loss_before, loss_after; /* local held-out loss */
     uint64_t tokens, examples;
     double train_s;
-    uint64_t download_bytes; /* model bytes fetched for this round */
-    uint64_t upload_bytes;   /* envelope bytes sent (all attempts) */
-    uint64_t receipt_time;   /* RECEIPT "time", 0 until then */
+    uint64_t download_bytes;  /* model bytes fetched for this round */
+    uint64_t upload_bytes;    /* envelope bytes sent (all attempts) */
+    uint64_t receipt_time;    /* RECEIPT "time", 0 until then */
+    char sync[NODE_SYNC_MAX]; /* how the base was synced (node_ctx.sync_method) */
 } node_round_record;
 
 typedef struct {
@@ -52,6 +57,11 @@ typedef struct {
     /* The round whose download counter below is running. */
     uint64_t counting_round;
     uint64_t download_bytes;
+    /* How round sync_round's base came (node_sync): "held" (it was here
+     * already), "lowrank" (made from the previous version and the round's
+     * low-rank update), "full" (downloaded). */
+    uint64_t sync_round;
+    char sync_method[NODE_SYNC_MAX];
 } node_ctx;
 
 /* Set by node_request_stop; checked at every safe point. */
@@ -75,10 +85,15 @@ int node_call(node_ctx *n, const struct msg *req, struct msg *rep, struct transp
 /* ---- sync.c ---------------------------------------------------------------- */
 /* STATE/versions/<hex of version> into dir (NODE_PATH_MAX). */
 int node_version_dir(const node_ctx *n, const uint8_t version[MSG_HASH_LEN], char *dir);
-/* Makes version (the base of round r) a verified directory under
- * STATE/versions: downloads what is missing, resuming a .part file, checks the
- * SHA-256, copies config.json from the base model dir. 0 ok, 1 stop, -1 error. */
-int node_sync(node_ctx *n, uint64_t round, const uint8_t version[MSG_HASH_LEN]);
+/* Makes round r's base version a verified directory under STATE/versions.
+ * When the ROUND offers a low-rank update and the node holds its
+ * update_from version, the base is made from that and the update (fetched
+ * into a resumable .part file, SHA-256 checked, applied with lora/update.h,
+ * saved as float32, its hash checked); otherwise, or when any of that fails
+ * (one log line says why), it is downloaded: GET_MODEL chunks into a .part
+ * file, resumed from its size, SHA-256 checked. config.json comes from the
+ * base model dir. 0 ok, 1 stop, -1 error. */
+int node_sync(node_ctx *n, const struct msg_round *r);
 /* Reads current.json (if any) into have_*. */
 int node_load_current(node_ctx *n);
 
@@ -87,6 +102,12 @@ int node_load_current(node_ctx *n);
  * DELTA, and writes outbox/round-<r>.json then outbox/round-<r>.env.
  * 0 ok, -1 error. */
 int node_train_and_seal(node_ctx *n, const struct msg_round *r);
+/* 1 when round r's outbox envelope is signed with this node's current
+ * keys, 0 when with other keys (a rotation since), -1 on failure. */
+int node_outbox_signed_by_me(node_ctx *n, uint64_t round);
+/* Seals round r's kept payload again with the current keys (a new message
+ * id) and rewrites its outbox files. */
+int node_reseal(node_ctx *n, uint64_t round);
 
 /* ---- state.c --------------------------------------------------------------- */
 /* Paths of a round's records, into out (NODE_PATH_MAX). */

@@ -276,14 +276,16 @@ done:
 
 /* Removes round r's outbox files (after its receipt, or when it is dropped). */
 static int clear_outbox(node_ctx *n, uint64_t round) {
-    char env[NODE_PATH_MAX], json[NODE_PATH_MAX];
+    char env[NODE_PATH_MAX], json[NODE_PATH_MAX], plain[NODE_PATH_MAX];
     unsigned long long r = (unsigned long long)round;
     if (node_path(n, env, "outbox/round-%llu.env", r) != 0 ||
-        node_path(n, json, "outbox/round-%llu.json", r) != 0)
+        node_path(n, json, "outbox/round-%llu.json", r) != 0 ||
+        node_path(n, plain, "outbox/round-%llu.payload", r) != 0)
         return -1;
     /* The envelope goes first: its presence is what means "to submit". */
     if (unlink(env) != 0 && errno != ENOENT) return err_errno("cannot remove %s", env);
     if (unlink(json) != 0 && errno != ENOENT) return err_errno("cannot remove %s", json);
+    if (unlink(plain) != 0 && errno != ENOENT) return err_errno("cannot remove %s", plain);
     return fio_fsync_dir_of(env);
 }
 
@@ -459,10 +461,14 @@ static int step(node_ctx *n, said *s) {
         node_log(n, "round %llu is open (deadline in %lld s)", rn,
                  (long long)r->deadline - (long long)time(NULL));
     if (fio_exists(env)) {
+        /* Sealed before a key rotation: the aggregator takes only the
+         * current keys' signature, so seal the same delta again. */
+        k = node_outbox_signed_by_me(n, r->round);
+        if (k < 0 || (k == 0 && node_reseal(n, r->round) != 0)) return -1;
         k = submit(n, r->round);
         return k == SUBMIT_STOP ? STEP_STOP : k < 0 ? -1 : STEP_GO;
     }
-    k = node_sync(n, r->round, r->base);
+    k = node_sync(n, r);
     if (k != 0) return k < 0 ? -1 : STEP_STOP;
     return node_train_and_seal(n, r);
 }

@@ -28,6 +28,7 @@
 
 #include "wire/envelope.h"
 #include "wire/keys.h"
+#include "wire/payload.h"
 
 #include <stdint.h>
 
@@ -55,6 +56,13 @@ typedef struct {
     int request_timeout_ms;        /* "request_timeout_ms": one attempt (5000) */
     int give_up_s;                 /* "give_up_s": no reply this long: fail (600) */
     uint64_t max_model_bytes;      /* "max_model_bytes": refuse larger versions (64 GiB) */
+    /* "consortium" as written (the id above is derived from it). */
+    char consortium_name[PAYLOAD_CONSORTIUM_NAME_MAX + 1];
+    /* "admin": the consortium admin's identity fingerprint (64 hex digits,
+     * spaces allowed), compared out of band: the only key this node trusts to
+     * sign rosters (wire/roster.h). Optional: without it nothing is pinned. */
+    int has_admin;
+    uint8_t admin_fp[KEYS_FP_LEN];
 } node_config;
 
 /* Defaults for everything optional (the required keys are left empty). */
@@ -62,6 +70,9 @@ void node_config_init(node_config *c);
 /* Reads a libconfig file; unknown keys, wrong types and missing required
  * keys are errors naming the key and the file. */
 int node_config_load(node_config *c, const char *path);
+/* 0 when `device` is one the node can train on ("cpu"), else -1 saying why;
+ * the rule node_config_load applies to "device". */
+int node_config_check_device(const char *device);
 
 enum {
     NODE_FINISHED = 0, /* the aggregator said all rounds are done */

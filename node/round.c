@@ -18,11 +18,13 @@
 #include "wire/crypto.h"
 #include "wire/payload.h"
 
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now_s(void) {
     struct timespec ts;
@@ -92,9 +94,12 @@ static int adapter_tensors(lora_set *s, struct msg_tensor **out, size_t *n) {
     return 0;
 }
 
-/* Seals the payload and writes the two outbox files: the record first, the
- * envelope second, each atomically, so an envelope in the outbox always has
- * its record (the envelope's presence is what a restart goes by). */
+/* Seals the payload and writes the outbox files: the record first, the
+ * envelope last, each atomically, so an envelope in the outbox always has
+ * its record (the envelope's presence is what a restart goes by). The
+ * payload itself is kept too (mode 0600; the same bytes as the adapter the
+ * trainer left in rounds/<r>/train): after a key rotation the delta is
+ * sealed again with the new keys instead of trained again (node_reseal). */
 static int seal_and_store(node_ctx *n, const uint8_t *payload, size_t len, node_round_record *rec) {
     envelope_params p = {
         .round = rec->round, .payload_type = PAYLOAD_TYPE_DELTA, .payload_size = len};
@@ -106,17 +111,70 @@ static int seal_and_store(node_ctx *n, const uint8_t *payload, size_t len, node_
         return err_context("sealing round %llu's delta", (unsigned long long)rec->round);
     memcpy(rec->msgid, hdr.message_id, MSG_ID_LEN);
     rec->envelope_bytes = env_len;
-    char outbox[NODE_PATH_MAX], json[NODE_PATH_MAX], path[NODE_PATH_MAX];
+    char outbox[NODE_PATH_MAX], json[NODE_PATH_MAX], path[NODE_PATH_MAX], plain[NODE_PATH_MAX];
     int rc = -1;
     if (crypto_sha256(env, env_len, rec->digest) != 0 || node_path(n, outbox, "outbox") != 0 ||
         fio_mkdirs(outbox, 0755) != 0 ||
         node_path(n, json, "outbox/round-%llu.json", (unsigned long long)rec->round) != 0 ||
+        node_path(n, plain, "outbox/round-%llu.payload", (unsigned long long)rec->round) != 0 ||
         node_path(n, path, "outbox/round-%llu.env", (unsigned long long)rec->round) != 0 ||
-        node_record_write(json, rec) != 0 || fio_write_atomic(path, env, env_len, 0600) != 0)
+        node_record_write(json, rec) != 0 || fio_write_atomic(plain, payload, len, 0600) != 0 ||
+        fio_write_atomic(path, env, env_len, 0600) != 0)
         goto done;
     rc = 0;
 done:
     free(env);
+    return rc;
+}
+
+/* Keys checked against an outbox envelope: ours, and nobody else's. */
+static int lookup_self(void *arg, const uint8_t fp[KEYS_FP_LEN], keys_public *out) {
+    const node_ctx *n = arg;
+    if (memcmp(fp, n->fp, KEYS_FP_LEN) != 0) return 0;
+    *out = n->me.pub;
+    return 1;
+}
+
+int node_outbox_signed_by_me(node_ctx *n, uint64_t round) {
+    char path[NODE_PATH_MAX];
+    if (node_path(n, path, "outbox/round-%llu.env", (unsigned long long)round) != 0) return -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return err_errno("cannot open %s", path);
+    envelope_expect x = {.lookup = lookup_self, .lookup_arg = n};
+    memcpy(x.consortium, n->c->consortium, sizeof x.consortium);
+    x.round_min = x.round_max = round;
+    x.max_payload = PAYLOAD_DELTA_MAX;
+    envelope_status st = ENVELOPE_OK;
+    envelope_header hdr;
+    int rc = envelope_verify(&x, n->agg.kx_pub, envelope_fd_read, &fd, &hdr, NULL, &st);
+    close(fd);
+    if (rc == 0) return 1;
+    if (st == ENVELOPE_EUNKNOWN_SENDER) return 0;
+    return err_context("checking the sealed delta %s", path);
+}
+
+int node_reseal(node_ctx *n, uint64_t round) {
+    char json[NODE_PATH_MAX], plain[NODE_PATH_MAX];
+    unsigned long long rn = (unsigned long long)round;
+    node_round_record rec;
+    char *payload = NULL;
+    size_t len = 0;
+    if (node_path(n, json, "outbox/round-%llu.json", rn) != 0 ||
+        node_path(n, plain, "outbox/round-%llu.payload", rn) != 0 ||
+        node_record_read(json, &rec) != 0)
+        return -1;
+    if (fio_read_all(plain, PAYLOAD_DELTA_MAX, &payload, &len) != 0)
+        return err_context("round %llu's delta was sealed with other keys and its payload is not "
+                           "kept, so it cannot be sealed again; remove STATE/outbox/round-%llu.* "
+                           "to train the round again",
+                           rn, rn);
+    int rc = seal_and_store(n, (const uint8_t *)payload, len, &rec);
+    free(payload);
+    if (rc == 0)
+        node_log(n,
+                 "round %llu: the delta was sealed with this node's previous keys; sealed it "
+                 "again with the current ones (%llu bytes)",
+                 rn, (unsigned long long)rec.envelope_bytes);
     return rc;
 }
 
@@ -200,6 +258,7 @@ int node_train_and_seal(node_ctx *n, const struct msg_round *r) {
     to.log_every = tr->steps >= 4 ? tr->steps / 4 : 1;
     to.out_dir = out;
     to.progress = stderr;
+    to.device = c->device;
     if (fio_exists(latest)) {
         to.resume = ckpt;
         node_log(n, "round %llu: resuming the training from its last checkpoint", rn);
@@ -228,6 +287,7 @@ int node_train_and_seal(node_ctx *n, const struct msg_round *r) {
                              .train_s = now_s() - t0,
                              .download_bytes = n->download_bytes};
     memcpy(rec.base, r->base, MSG_HASH_LEN);
+    snprintf(rec.sync, sizeof rec.sync, "%s", n->sync_method);
     if (count_tokens(d, seed, rec.examples, &rec.tokens) != 0) goto done;
     struct payload_delta pd = {.round = r->round,
                                .tokens = rec.tokens,

@@ -39,13 +39,14 @@ static json_t *record_json(const node_round_record *r) {
     hex_encode(r->base, MSG_HASH_LEN, base);
     hex_encode(r->msgid, MSG_ID_LEN, id);
     hex_encode(r->digest, MSG_HASH_LEN, digest);
-    return json_pack("{s:I, s:s, s:s, s:s, s:I, s:o, s:o, s:I, s:I, s:f, s:I, s:I, s:I}", "round",
-                     (json_int_t)r->round, "base", base, "msgid", id, "digest", digest,
+    return json_pack("{s:I, s:s, s:s, s:s, s:I, s:o, s:o, s:I, s:I, s:f, s:I, s:I, s:I, s:s}",
+                     "round", (json_int_t)r->round, "base", base, "msgid", id, "digest", digest,
                      "envelope_bytes", (json_int_t)r->envelope_bytes, "loss_before",
                      json_loss(r->loss_before), "loss_after", json_loss(r->loss_after), "tokens",
                      (json_int_t)r->tokens, "examples", (json_int_t)r->examples, "train_s",
                      r->train_s, "download_bytes", (json_int_t)r->download_bytes, "upload_bytes",
-                     (json_int_t)r->upload_bytes, "receipt_time", (json_int_t)r->receipt_time);
+                     (json_int_t)r->upload_bytes, "receipt_time", (json_int_t)r->receipt_time,
+                     "sync", r->sync);
 }
 
 int node_record_write(const char *path, const node_round_record *r) {
@@ -109,6 +110,9 @@ int node_record_read(const char *path, node_round_record *r) {
     r->loss_before = get_loss(j, "loss_before");
     r->loss_after = get_loss(j, "loss_after");
     r->train_s = json_is_number(ts) ? json_number_value(ts) : 0;
+    /* "sync" came later: an older record has none. */
+    json_t *sy = json_object_get(j, "sync");
+    snprintf(r->sync, sizeof r->sync, "%s", json_is_string(sy) ? json_string_value(sy) : "");
     rc = 0;
 done:
     json_decref(j);

@@ -4,9 +4,20 @@
  * download goes on after a restart; the hash is checked over the whole file
  * before it is renamed into place, so a version directory only ever holds
  * verified bytes. config.json never changes within a federation and comes
- * from the node's base model directory. */
+ * from the node's base model directory.
+ *
+ * Low-rank sync (docs/protocol.md): when the ROUND names the low-rank update
+ * that makes its base from version update_from, and that version is here,
+ * the node fetches the update object (another content-addressed download,
+ * into versions/<new>/update.safetensors.part), loads update_from, applies
+ * the update with the aggregator's own kernel (lora/update.h), saves it as
+ * the aggregator saves versions (checkpoint_save, float32) and takes the
+ * result as the .part file of the new version only when it hashes to the
+ * round's base. Anything else falls back to the full download. */
 #include "node/internal.h"
 
+#include "lora/update.h"
+#include "model/checkpoint.h"
 #include "util/err.h"
 #include "util/fio.h"
 #include "wire/crypto.h"
@@ -23,6 +34,8 @@
 
 #define MODEL_FILE "model.safetensors"
 #define PART_FILE "model.safetensors.part"
+#define UPDATE_PART "update.safetensors.part"
+#define LOWRANK_DIR "lowrank.tmp" /* where the made version is saved before its check */
 #define CONFIG_FILE "config.json"
 #define CONFIG_MAX (16u << 20)
 
@@ -126,9 +139,11 @@ int node_load_current(node_ctx *n) {
     return rc;
 }
 
-/* Appends the missing bytes of the version to the .part file. 0 complete,
- * 1 stop asked, -1 error. */
-static int download(node_ctx *n, const uint8_t version[MSG_HASH_LEN], const char *part) {
+/* Appends the missing bytes of the object named by its hash (a model
+ * version, or a low-rank update of `want_total` bytes; 0: any size up to
+ * max_model_bytes) to the .part file. 0 complete, 1 stop asked, -1 error. */
+static int download(node_ctx *n, const uint8_t version[MSG_HASH_LEN], const char *part,
+                    uint64_t want_total) {
     int fd = open(part, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) return err_errno("cannot open %s", part);
     struct stat st;
@@ -166,6 +181,12 @@ static int download(node_ctx *n, const uint8_t version[MSG_HASH_LEN], const char
             break;
         }
         total = ch->total;
+        if (want_total && total != want_total) {
+            err_set("the aggregator serves %llu bytes for an object the ROUND says is %llu bytes",
+                    (unsigned long long)total, (unsigned long long)want_total);
+            transport_msg_close(&raw);
+            break;
+        }
         if (total > n->c->max_model_bytes || offset > total) {
             err_set("model version of %llu bytes (have %llu): over max_model_bytes %llu or "
                     "shorter than what is already here",
@@ -194,15 +215,105 @@ static int download(node_ctx *n, const uint8_t version[MSG_HASH_LEN], const char
     return rc;
 }
 
-int node_sync(node_ctx *n, uint64_t round, const uint8_t version[MSG_HASH_LEN]) {
+static double mb(uint64_t bytes) {
+    return (double)bytes / 1e6;
+}
+
+/* Makes round r's base from version update_from and the round's low-rank
+ * update, into dir's PART_FILE, verified against the base's hash. 0 done, 1
+ * stop asked, 2 update_from is not here (nothing tried), -1 failed (err_msg
+ * says why; the caller falls back to the full download). A download that
+ * breaks off keeps its .part for the next try; an update or a result that
+ * fails its check is removed. */
+static int lowrank(node_ctx *n, const struct msg_round *r, const char *dir, const char *part) {
+    char from[NODE_PATH_MAX], from_model[NODE_PATH_MAX], from_cfg[NODE_PATH_MAX],
+        upart[NODE_PATH_MAX], tmp[NODE_PATH_MAX], made[NODE_PATH_MAX];
+    char from_hex[2 * MSG_HASH_LEN + 1], to_hex[2 * MSG_HASH_LEN + 1],
+        got_hex[2 * MSG_HASH_LEN + 1];
+    if (node_version_dir(n, r->update_from, from) != 0 ||
+        fio_join(from_model, sizeof from_model, from, MODEL_FILE) ||
+        fio_join(from_cfg, sizeof from_cfg, from, CONFIG_FILE) ||
+        fio_join(upart, sizeof upart, dir, UPDATE_PART) ||
+        fio_join(tmp, sizeof tmp, dir, LOWRANK_DIR) || fio_join(made, sizeof made, tmp, MODEL_FILE))
+        return -1;
+    if (!fio_exists(from_model) || !fio_exists(from_cfg)) return 2;
+    hex_encode(r->update_from, MSG_HASH_LEN, from_hex);
+    hex_encode(r->base, MSG_HASH_LEN, to_hex);
+    if (r->update_size > n->c->max_model_bytes)
+        return err_set("the update is %llu bytes, over max_model_bytes %llu",
+                       (unsigned long long)r->update_size,
+                       (unsigned long long)n->c->max_model_bytes);
+    node_log(n,
+             "round %llu: making model version %.16s… from %.16s… and its %.1f MB low-rank update",
+             (unsigned long long)r->round, to_hex, from_hex, mb(r->update_size));
+    int k = download(n, r->update_hash, upart, r->update_size);
+    if (k != 0) return k;
+    uint8_t got[MSG_HASH_LEN];
+    model *m = NULL;
+    update *u = NULL;
+    int rc = -1;
+    if (hash_file(upart, got) != 0) goto done;
+    if (memcmp(got, r->update_hash, MSG_HASH_LEN) != 0) {
+        err_set("the update's bytes do not hash to the ROUND's update_hash");
+        goto done;
+    }
+    if (checkpoint_load(&m, from) != 0) {
+        err_context("loading version %.16s…", from_hex);
+        goto done;
+    }
+    if (update_read(&u, upart, m) != 0) goto done;
+    if (memcmp(u->from, r->update_from, MSG_HASH_LEN) != 0 ||
+        memcmp(u->to, r->base, MSG_HASH_LEN) != 0) {
+        err_set("the update file is for another pair of versions than the ROUND's");
+        goto done;
+    }
+    /* The aggregator's own steps: its kernel, then its float32 writer. */
+    if (update_apply(m, u) != 0 || node_remove_tree(tmp) != 0 ||
+        checkpoint_save(m, tmp, "float32") != 0)
+        goto done;
+    model_free(m);
+    m = NULL;
+    if (hash_file(made, got) != 0) goto done;
+    if (memcmp(got, r->base, MSG_HASH_LEN) != 0) {
+        hex_encode(got, MSG_HASH_LEN, got_hex);
+        err_set("the version made from %.16s… and the update hashes to %.16s…, not to the "
+                "round's base",
+                from_hex, got_hex);
+        goto done;
+    }
+    if (rename(made, part) != 0) {
+        err_errno("cannot rename %s to %s", made, part);
+        goto done;
+    }
+    rc = fio_fsync_dir_of(part);
+done:
+    update_free(u);
+    model_free(m);
+    char why[ERR_MSG_MAX];
+    snprintf(why, sizeof why, "%s", err_msg()); /* the cleanup must not hide it */
+    if (node_remove_tree(tmp) != 0 || (unlink(upart) != 0 && errno != ENOENT))
+        node_log(n, "could not clean up after the low-rank sync: %s", err_msg());
+    if (rc != 0) err_set("%s", why);
+    return rc;
+}
+
+int node_sync(node_ctx *n, const struct msg_round *r) {
     char dir[NODE_PATH_MAX], model[NODE_PATH_MAX], part[NODE_PATH_MAX], cfg[NODE_PATH_MAX],
-        src[NODE_PATH_MAX], hex[2 * MSG_HASH_LEN + 1];
+        src[NODE_PATH_MAX], upart[NODE_PATH_MAX], tmp[NODE_PATH_MAX], hex[2 * MSG_HASH_LEN + 1];
+    const uint8_t *version = r->base;
+    uint64_t round = r->round, start = n->download_bytes;
     hex_encode(version, MSG_HASH_LEN, hex);
     if (node_version_dir(n, version, dir) != 0 || fio_join(model, sizeof model, dir, MODEL_FILE) ||
         fio_join(part, sizeof part, dir, PART_FILE) ||
         fio_join(cfg, sizeof cfg, dir, CONFIG_FILE) ||
-        fio_join(src, sizeof src, n->c->base_model, CONFIG_FILE))
+        fio_join(src, sizeof src, n->c->base_model, CONFIG_FILE) ||
+        fio_join(upart, sizeof upart, dir, UPDATE_PART) ||
+        fio_join(tmp, sizeof tmp, dir, LOWRANK_DIR))
         return -1;
+    if (n->sync_round != round) {
+        n->sync_round = round;
+        snprintf(n->sync_method, sizeof n->sync_method, "held");
+    }
     if (fio_exists(model) && fio_exists(cfg)) {
         if (!n->have_model || memcmp(n->have_version, version, MSG_HASH_LEN) != 0 ||
             n->have_round != round)
@@ -210,11 +321,21 @@ int node_sync(node_ctx *n, uint64_t round, const uint8_t version[MSG_HASH_LEN]) 
         return 0;
     }
     if (fio_mkdirs(dir, 0755) != 0) return -1;
+    /* A full download already under way (a .part) goes on as it is. */
+    int made = 0;
+    if (r->has_update && !fio_exists(part)) {
+        int k = lowrank(n, r, dir, part);
+        if (k == 1) return 1;
+        made = k == 0;
+        if (k < 0)
+            node_log(n, "round %llu: low-rank sync failed (%s); downloading the full version",
+                     (unsigned long long)round, err_msg());
+    }
     /* Two tries: a .part left by an earlier run may hold bytes of a version
      * that failed its check; it is removed and fetched again once. */
-    for (int attempt = 0;; attempt++) {
+    for (int attempt = 0; !made; attempt++) {
         node_log(n, "round %llu: syncing model version %.16s…", (unsigned long long)round, hex);
-        int k = download(n, version, part);
+        int k = download(n, version, part, 0);
         if (k != 0) return k;
         uint8_t got[MSG_HASH_LEN];
         if (hash_file(part, got) != 0) return -1;
@@ -235,9 +356,21 @@ int node_sync(node_ctx *n, uint64_t round, const uint8_t version[MSG_HASH_LEN]) 
     if (rc != 0) return -1;
     if (rename(part, model) != 0) return err_errno("cannot rename %s to %s", part, model);
     if (fio_fsync_dir_of(model) != 0) return -1;
+    /* What a low-rank try interrupted by a crash may have left. */
+    if (node_remove_tree(tmp) != 0 || (unlink(upart) != 0 && errno != ENOENT))
+        return err_errno("cannot clean up %s", dir);
     struct stat st;
-    node_log(n, "round %llu: model version %.16s… verified (%lld bytes)", (unsigned long long)round,
-             hex, stat(model, &st) == 0 ? (long long)st.st_size : -1LL);
+    uint64_t size = stat(model, &st) == 0 ? (uint64_t)st.st_size : 0,
+             moved = n->download_bytes - start;
+    snprintf(n->sync_method, sizeof n->sync_method, "%s", made ? "lowrank" : "full");
+    if (made)
+        node_log(n,
+                 "round %llu: model version %.16s… made and verified (%llu bytes); sync: "
+                 "low-rank update %.1f MB instead of %.1f MB",
+                 (unsigned long long)round, hex, (unsigned long long)size, mb(moved), mb(size));
+    else
+        node_log(n, "round %llu: model version %.16s… verified (%llu bytes); sync: %.1f MB",
+                 (unsigned long long)round, hex, (unsigned long long)size, mb(moved));
     if (write_current(n, round, version) != 0) return -1;
     return remove_other_versions(n, dir);
 }

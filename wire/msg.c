@@ -45,6 +45,8 @@ static const char *const type_names[] = {
     [MSG_RECEIPT] = "RECEIPT",
     [MSG_ERROR] = "ERROR",
     [MSG_ACK] = "ACK",
+    [MSG_STATUS] = "STATUS",
+    [MSG_STATUS_INFO] = "STATUS_INFO",
 };
 #define N_TYPES (sizeof type_names / sizeof type_names[0])
 
@@ -358,10 +360,58 @@ static int decode_train(const struct fields *top, struct msg_train *c) {
     return 0;
 }
 
+/* Optional fields that only mean something together: 1 when all are
+ * there, 0 when none is, -1 (naming the first missing one) otherwise. */
+static int all_or_none(const struct fields *fs, const char *const *keys, int n) {
+    int have = 0;
+    for (int i = 0; i < n; i++) have += find(fs, keys[i]) != NULL;
+    if (have == 0) return 0;
+    if (have == n) return 1;
+    for (int i = 0; i < n; i++)
+        if (!find(fs, keys[i]))
+            return err_set("%s: optional fields '%s' and '%s' go together, '%s' is missing",
+                           fs->msg, keys[0], keys[n - 1], keys[i]);
+    return -1;
+}
+
 static int decode_round(const struct fields *fs, struct msg_round *m) {
     if (get_u64(fs, "round", 0, UINT64_MAX, &m->round) < 0 ||
         get_fixed(fs, "base", m->base, MSG_HASH_LEN) < 0 || decode_train(fs, &m->train) < 0 ||
         get_u64(fs, "deadline", 0, UINT64_MAX, &m->deadline) < 0)
+        return -1;
+    static const char *const upd[] = {"update_from", "update_hash", "update_size"};
+    int has = all_or_none(fs, upd, 3);
+    if (has < 0) return -1;
+    m->has_update = has;
+    if (has && (get_fixed(fs, "update_from", m->update_from, MSG_HASH_LEN) < 0 ||
+                get_fixed(fs, "update_hash", m->update_hash, MSG_HASH_LEN) < 0 ||
+                get_u64(fs, "update_size", 1, MSG_SUBMIT_MAX, &m->update_size) < 0))
+        return -1;
+    return 0;
+}
+
+static int decode_status(const struct fields *fs, struct msg_status *m) {
+    if (get_str(fs, "name", IDENT, m->name, MSG_NAME_MAX) < 0 ||
+        get_fixed(fs, "id", m->fingerprint, MSG_HASH_LEN) < 0)
+        return -1;
+    return 0;
+}
+
+static int decode_status_info(const struct fields *fs, struct msg_status_info *m) {
+    if (get_u64(fs, "time", 0, UINT64_MAX, &m->time) < 0 ||
+        get_str(fs, "consortium", TEXT, m->consortium, MSG_REASON_MAX) < 0 ||
+        get_u64(fs, "round", 0, UINT64_MAX, &m->round) < 0 ||
+        get_str(fs, "state", IDENT, m->state, MSG_STATE_MAX) < 0 ||
+        get_fixed(fs, "version", m->version, MSG_HASH_LEN) < 0 ||
+        get_str(fs, "member", IDENT, m->member, MSG_STATE_MAX) < 0)
+        return -1;
+    static const char *const ros[] = {"roster_version", "roster_hash", "roster_size"};
+    int has = all_or_none(fs, ros, 3);
+    if (has < 0) return -1;
+    m->has_roster = has;
+    if (has && (get_u64(fs, "roster_version", 1, UINT64_MAX, &m->roster_version) < 0 ||
+                get_fixed(fs, "roster_hash", m->roster_hash, MSG_HASH_LEN) < 0 ||
+                get_u64(fs, "roster_size", 1, MSG_SUBMIT_MAX, &m->roster_size) < 0))
         return -1;
     return 0;
 }
@@ -496,6 +546,10 @@ int msg_decode(const void *buf, size_t len, const struct mp_limits *lim, struct 
             return decode_error(&fs, &m->error);
         case MSG_ACK:
             return decode_ack(&fs, &m->ack);
+        case MSG_STATUS:
+            return decode_status(&fs, &m->status);
+        case MSG_STATUS_INFO:
+            return decode_status_info(&fs, &m->status_info);
     }
     return err_set("message: unknown message type '%s'", t);
 }
@@ -595,7 +649,7 @@ static void encode_body(struct enc *e, const struct msg *m) {
         case MSG_ROUND: {
             const struct msg_round *r = &m->round;
             const struct msg_train *c = &r->train;
-            put_header(e, m->type, 4);
+            put_header(e, m->type, r->has_update ? 7 : 4);
             put_uint(e, "round", r->round);
             put_bin(e, "base", r->base, MSG_HASH_LEN);
             put_key(e, "train");
@@ -608,6 +662,11 @@ static void encode_body(struct enc *e, const struct msg *m) {
             put_uint(e, "batch", c->batch);
             put_uint(e, "seq", c->seq);
             put_uint(e, "deadline", r->deadline);
+            if (r->has_update) {
+                put_bin(e, "update_from", r->update_from, MSG_HASH_LEN);
+                put_bin(e, "update_hash", r->update_hash, MSG_HASH_LEN);
+                put_uint(e, "update_size", r->update_size);
+            }
             break;
         }
         case MSG_GET_MODEL:
@@ -662,6 +721,27 @@ static void encode_body(struct enc *e, const struct msg *m) {
             put_bin(e, "msgid", m->ack.id, MSG_ID_LEN);
             put_uint(e, "stored", m->ack.stored);
             break;
+        case MSG_STATUS:
+            put_header(e, m->type, 2);
+            put_str(e, "name", m->status.name, sizeof m->status.name);
+            put_bin(e, "id", m->status.fingerprint, MSG_HASH_LEN);
+            break;
+        case MSG_STATUS_INFO: {
+            const struct msg_status_info *i = &m->status_info;
+            put_header(e, m->type, i->has_roster ? 9 : 6);
+            put_uint(e, "time", i->time);
+            put_str(e, "consortium", i->consortium, sizeof i->consortium);
+            put_uint(e, "round", i->round);
+            put_str(e, "state", i->state, sizeof i->state);
+            put_bin(e, "version", i->version, MSG_HASH_LEN);
+            put_str(e, "member", i->member, sizeof i->member);
+            if (i->has_roster) {
+                put_uint(e, "roster_version", i->roster_version);
+                put_bin(e, "roster_hash", i->roster_hash, MSG_HASH_LEN);
+                put_uint(e, "roster_size", i->roster_size);
+            }
+            break;
+        }
     }
 }
 

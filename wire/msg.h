@@ -58,6 +58,8 @@ enum msg_type {
     MSG_RECEIPT,      /* aggregator → node: stored durably, the node may forget it */
     MSG_ERROR,        /* either way: a code, a reason, maybe when to retry */
     MSG_ACK,          /* aggregator → node: SUBMIT_BEGIN/CHUNK taken, bytes stored so far */
+    MSG_STATUS,       /* node → aggregator: how are things (fedlora doctor; no state change) */
+    MSG_STATUS_INFO,  /* aggregator → node: its clock, round, roster in force */
 };
 
 enum msg_error_code {
@@ -99,10 +101,20 @@ struct msg_round {
     uint8_t base[MSG_HASH_LEN]; /* "base": version hash of the base model */
     struct msg_train train;     /* "train": a map, see above */
     uint64_t deadline;          /* "deadline": unix seconds */
+    /* Optional, all three or none: base can also be made from the version
+     * update_from and the low-rank factor file update_hash (update_size
+     * bytes, fetched with GET_MODEL like any stored object; docs/protocol.md,
+     * "Low-rank model sync"). */
+    bool has_update;
+    uint8_t update_from[MSG_HASH_LEN]; /* "update_from": the previous version */
+    uint8_t update_hash[MSG_HASH_LEN]; /* "update_hash": SHA-256 of the factor file */
+    uint64_t update_size;              /* "update_size": 1..MSG_SUBMIT_MAX bytes */
 };
 
+/* GET_MODEL fetches any object the aggregator serves by its SHA-256: model
+ * versions, low-rank update files, roster files. */
 struct msg_get_model {
-    uint8_t version[MSG_HASH_LEN]; /* "version" */
+    uint8_t version[MSG_HASH_LEN]; /* "version": the object's SHA-256 */
     uint64_t offset;               /* "offset" */
     uint64_t length;               /* "length": 1..MSG_CHUNK_MAX */
 };
@@ -157,6 +169,30 @@ struct msg_error {
     uint32_t retry_after_ms;         /* 0..MSG_RETRY_AFTER_MAX */
 };
 
+/* STATUS asks, without changing any state, what `fedlora doctor` checks:
+ * the aggregator's clock, whether this identity is on its roster, and the
+ * roster itself (fetched with GET_MODEL by roster_hash, then verified by
+ * the asker against its pinned admin fingerprint). */
+struct msg_status {
+    char name[MSG_NAME_MAX + 1];       /* "name" */
+    uint8_t fingerprint[MSG_HASH_LEN]; /* "id" */
+};
+
+#define MSG_STATE_MAX 32 /* bytes of STATUS_INFO.state */
+
+struct msg_status_info {
+    uint64_t time;                       /* "time": the aggregator's clock, unix seconds */
+    char consortium[MSG_REASON_MAX + 1]; /* "consortium": its name */
+    uint64_t round;                      /* "round": current round */
+    char state[MSG_STATE_MAX + 1];       /* "state": OPEN, COLLECTING, ... (an identifier) */
+    uint8_t version[MSG_HASH_LEN];       /* "version": the current round's base */
+    char member[MSG_STATE_MAX + 1];      /* "member": active | revoked | unknown */
+    bool has_roster;                     /* "roster_version", "roster_hash", */
+    uint64_t roster_version;             /* "roster_size": all or none (none: the */
+    uint8_t roster_hash[MSG_HASH_LEN];   /* aggregator lists members in its config) */
+    uint64_t roster_size;
+};
+
 struct msg {
     enum msg_type type;
     union {
@@ -170,6 +206,8 @@ struct msg {
         struct msg_receipt receipt;
         struct msg_error error;
         struct msg_ack ack;
+        struct msg_status status;
+        struct msg_status_info status_info;
     };
 };
 

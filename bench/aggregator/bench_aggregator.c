@@ -2,19 +2,29 @@
  * aggregator's memory against the number of nodes.
  *
  * A real `fedlora aggregator` process (--fedlora BIN) on tcp://127.0.0.1
- * serves one round on a randomly initialised model (default: preset
+ * serves a round on a randomly initialised model (default: preset
  * llama/100m, float32). This program plays N nodes one after another, each
  * with a random rank-R adapter (B filled too, so B·A != 0; no training):
  *
  *   sync      GET_MODEL of the whole base version (1 MiB chunks) by the first
- *             node, SHA-256 checked: the full-weights model sync
+ *             node, written to disk (fsync) and SHA-256 checked: the
+ *             full-weights model sync
  *   seal      payload_delta_encode + envelope_seal_mem, per node
  *   submit    SUBMIT_BEGIN, 1 MiB SUBMIT_CHUNKs, SUBMIT_END until the RECEIPT:
  *             transfer plus the aggregator's checks (digest, envelope open
  *             and signature, DELTA decode, shapes, finite values) and its
  *             durable store (fsync, rename, journal) before the receipt
  *   aggregate the aggregator's merge of the N deltas (metrics.jsonl aggregate_s)
- *   publish   writing and hashing the new version (metrics.jsonl publish_s)
+ *   publish   writing and hashing the new version, and writing its low-rank
+ *             update file (metrics.jsonl publish_s)
+ *   lowrank   when round 2 opens, the second node reaches the new version
+ *             from the base it holds, as `fedlora node` does (node/sync.c):
+ *             GET_MODEL of the update object (to disk, SHA-256 checked),
+ *             then load the base, update_apply, checkpoint_save float32,
+ *             SHA-256 against the round's base (lowrank_fetch_s, then
+ *             lowrank_make_s)
+ *   full      the same node downloading that version in full instead
+ *             (full_s), for comparison
  *
  * The aggregator's peak resident memory is its ru_maxrss (wait4) over the
  * whole run (start-up's import of the base included); round_rss is the
@@ -22,6 +32,7 @@
  * N verifications, the merge and the publish.
  * Prints one RESULT line of key=value pairs. */
 #include "lora/lora.h"
+#include "lora/update.h"
 #include "model/checkpoint.h"
 #include "util/err.h"
 #include "util/fio.h"
@@ -116,6 +127,47 @@ static void hello(const keys_secret *k, struct msg *r) {
     keys_fingerprint(&k->pub, m.hello.fingerprint);
     request(&m, r, &buf);
     free(buf);
+}
+
+/* GET_MODEL of the whole object `hash` into path (written, fsync'd), its
+ * SHA-256 checked, as a node's download does; returns its size. */
+static uint64_t fetch(const uint8_t hash[32], const char *path) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) die(path);
+    crypto_sha256_ctx *sha;
+    if (crypto_sha256_new(&sha) < 0) die("sha256");
+    uint64_t off = 0, total = 0;
+    for (;;) {
+        struct msg g = {.type = MSG_GET_MODEL}, r;
+        uint8_t *buf;
+        memcpy(g.get_model.version, hash, 32);
+        g.get_model.offset = off;
+        g.get_model.length = MSG_CHUNK_MAX;
+        request(&g, &r, &buf);
+        if (r.type != MSG_MODEL_CHUNK) die("GET_MODEL");
+        if (crypto_sha256_update(sha, r.model_chunk.data, r.model_chunk.data_len) < 0 ||
+            fio_write_full(fd, r.model_chunk.data, r.model_chunk.data_len, path) < 0)
+            die(path);
+        off += r.model_chunk.data_len;
+        total = r.model_chunk.total;
+        int fin = r.model_chunk.final;
+        free(buf);
+        if (fin) break;
+    }
+    uint8_t h[32];
+    if (fsync(fd) != 0 || close(fd) != 0 || crypto_sha256_final(sha, h) < 0) die(path);
+    crypto_sha256_free(sha);
+    if (memcmp(h, hash, 32) != 0) die("fetched object hash");
+    return total;
+}
+
+/* SHA-256 of a file, as the node checks what it made. */
+static void hash_file(const char *path, uint8_t h[32]) {
+    char *data;
+    size_t len;
+    if (fio_read_all(path, (size_t)1 << 40, &data, &len) < 0 || crypto_sha256(data, len, h) < 0)
+        die(path);
+    free(data);
 }
 
 /* A random rank-r adapter on m's shapes, as a DELTA payload. */
@@ -223,7 +275,7 @@ int main(int argc, char **argv) {
     int n = snprintf(cfg, sizeof cfg,
                      "bind = \"tcp://127.0.0.1:*\";\nkeys = { dir = \"%s\"; name = \"agg\"; };\n"
                      "consortium = \"bench\";\nbase_model = \"%s\";\nstate = \"%s/state\";\n"
-                     "rounds = { count = 1; deadline = 86400; linger = 600; };\n"
+                     "rounds = { count = 2; deadline = 86400; linger = 600; };\n"
                      "train = { steps = 1; lr = 0.001; rank = %d; alpha = %d; targets = "
                      "[\"q_proj\"]; batch = 1; seq = 16; };\n"
                      "limits = { max_submission = 1073741824; };\nmembers = (",
@@ -268,34 +320,26 @@ int main(int argc, char **argv) {
     transport_opts_default(&o);
     if (transport_dealer(ctx, ep, &o, &sock) < 0) die("connect");
 
-    /* Full-weights sync by the first node. */
+    /* Full-weights sync by the first node, into the version directory the
+     * nodes hold (config.json is the federation's, from the base model). */
     struct msg r;
     uint8_t *buf, base[32];
     hello(&mem[0], &r);
     if (r.type != MSG_ROUND) die("HELLO");
     memcpy(base, r.round.base, 32);
+    char held[4096], held_model[4200], cfg_text_path[4200];
+    path(held, sizeof held, "%s/node/held", run);
+    path(held_model, sizeof held_model, "%s/model.safetensors", held);
+    path(cfg_text_path, sizeof cfg_text_path, "%s/config.json", base_dir);
+    char *cfg_text = NULL;
+    size_t cfg_len = 0;
+    if (fio_mkdirs(held, 0755) < 0 || fio_read_all(cfg_text_path, 1 << 20, &cfg_text, &cfg_len) < 0)
+        die("the node's version directory");
+    path(p, sizeof p, "%s/config.json", held);
+    if (fio_write_atomic(p, cfg_text, cfg_len, 0644) < 0) die("config.json");
+    free(cfg_text);
     double t0 = now_s();
-    uint64_t off = 0, total = 0;
-    crypto_sha256_ctx *sha;
-    crypto_sha256_new(&sha);
-    for (;;) {
-        struct msg g = {.type = MSG_GET_MODEL};
-        memcpy(g.get_model.version, base, 32);
-        g.get_model.offset = off;
-        g.get_model.length = MSG_CHUNK_MAX;
-        request(&g, &r, &buf);
-        if (r.type != MSG_MODEL_CHUNK) die("GET_MODEL");
-        crypto_sha256_update(sha, r.model_chunk.data, r.model_chunk.data_len);
-        off += r.model_chunk.data_len;
-        total = r.model_chunk.total;
-        int fin = r.model_chunk.final;
-        free(buf);
-        if (fin) break;
-    }
-    uint8_t h[32];
-    crypto_sha256_final(sha, h);
-    crypto_sha256_free(sha);
-    if (memcmp(h, base, 32) != 0) die("synced model hash");
+    uint64_t total = fetch(base, held_model);
     double sync_s = now_s() - t0;
 
     double seal_s = 0, submit_s = 0;
@@ -346,18 +390,47 @@ int main(int argc, char **argv) {
         free(pl);
     }
     /* The last receipt closes the round; asking again waits for the merge
-     * and the publish (one thread: the reply comes after them). */
+     * and the publish (one thread: the reply comes after them) and gets
+     * round 2, whose base the low-rank update makes from round 1's. */
     double t1 = now_s();
     for (;;) {
-        hello(&mem[0], &r);
-        if (r.type == MSG_ERROR && strstr(r.error.reason, "finished")) break;
+        hello(&mem[nodes > 1 ? 1 : 0], &r);
+        if (r.type == MSG_ROUND && r.round.round == 2) break;
         usleep(50000);
     }
     double close_s = now_s() - t1;
     sampling = 0;
     pthread_join(th, NULL);
-    for (int i = 1; i < nodes; i++) hello(&mem[i], &r);
+    if (!r.round.has_update) die("round 2's ROUND offers no low-rank update");
+    struct msg_round r2 = r.round;
+
+    /* The second node's low-rank sync, as node/sync.c does it. */
+    char made[4096], upath[4200], made_model[4200], full_model[4200];
+    path(made, sizeof made, "%s/node/lowrank", run);
+    path(upath, sizeof upath, "%s/node/update.safetensors", run);
+    path(made_model, sizeof made_model, "%s/model.safetensors", made);
+    path(full_model, sizeof full_model, "%s/node/full.safetensors", run);
+    double l0 = now_s();
+    uint64_t ubytes = fetch(r2.update_hash, upath);
+    double l1 = now_s();
+    model *held_m = NULL;
+    update *u = NULL;
+    uint8_t h[32];
+    if (checkpoint_load(&held_m, held) < 0 || update_read(&u, upath, held_m) < 0 ||
+        update_apply(held_m, u) < 0 || checkpoint_save(held_m, made, "float32") < 0)
+        die("low-rank sync");
+    model_free(held_m);
+    update_free(u);
+    hash_file(made_model, h);
+    if (memcmp(h, r2.base, 32) != 0) die("the version made from the update has another hash");
+    double l2 = now_s();
+    /* The same version downloaded in full. */
+    uint64_t full_bytes = fetch(r2.base, full_model);
+    double full_s = now_s() - l2;
+    if (ubytes != r2.update_size || full_bytes != total) die("object sizes");
+
     transport_close(sock);
+    kill(pid, SIGTERM); /* round 2 is not played: the aggregator exits 0 on SIGTERM */
     int status;
     struct rusage ru;
     if (wait4(pid, &status, 0, &ru) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
@@ -376,16 +449,16 @@ int main(int argc, char **argv) {
         if (b) pub_s = atof(b + 12);
         free(metrics);
     }
-    /* What a low-rank sync would move instead of the full weights: the
-     * merged update's factors, [p_i s_i B_i] and [A_i] of every node. */
+    /* update_bytes: the merged update's factors [p_i s_i B_i] and [A_i] of
+     * every node, as the file the aggregator serves. */
     printf("RESULT nodes=%d rank=%d params=%lld model_bytes=%llu adapter_bytes=%zu "
            "envelope_bytes=%zu start_s=%.2f sync_s=%.2f seal_s=%.3f submit_s=%.3f "
-           "close_s=%.2f aggregate_s=%.3f publish_s=%.2f lowrank_bytes=%zu peak_rss_mib=%.0f "
-           "round_rss_mib=%.0f\n",
+           "close_s=%.2f aggregate_s=%.3f publish_s=%.2f update_bytes=%llu lowrank_fetch_s=%.2f "
+           "lowrank_make_s=%.2f lowrank_s=%.2f full_s=%.2f peak_rss_mib=%.0f round_rss_mib=%.0f\n",
            nodes, rank, model_config_num_params(&mc), (unsigned long long)total, adapter,
            env_total / (size_t)nodes, t_listen - t_start, sync_s, seal_s, submit_s, close_s, agg_s,
-           pub_s, adapter * (size_t)nodes, (double)ru.ru_maxrss / 1024.0,
-           (double)round_rss_kib / 1024.0);
+           pub_s, (unsigned long long)ubytes, l1 - l0, l2 - l1, l2 - l0, full_s,
+           (double)ru.ru_maxrss / 1024.0, (double)round_rss_kib / 1024.0);
     free(ep);
     free(mem);
     model_free(m);

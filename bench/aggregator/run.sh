@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A federated round's non-training overhead (seal, transfer + checks, merge,
-# publish) and the aggregator's peak memory for 1, 3 and 16 nodes with
+# publish), the aggregator's peak memory, and the next version's model sync
+# (low-rank update against the full download) for 1, 3 and 16 nodes with
 # rank-16 deltas on all seven linear layers of a ~100M-parameter Llama
 # (preset 100m, float32, random weights and adapters: no training).
 # Usage: bench/aggregator/run.sh [BUILD_DIR] [SCRATCH_DIR]

@@ -780,9 +780,21 @@ static void test_config(void) {
     CHECK_FAILS_WITH(agg_config_load(&c, p), "\"wait\" or \"fail\"");
     fed_config(&F, "cfg", p, sizeof p, "count = 2;", "limits = { max_submission = 10; };\n");
     CHECK_FAILS_WITH(agg_config_load(&c, p), "'limits.max_submission' must be from 1024");
+    fed_config(&F, "cfg", p, sizeof p, "count = 2; join = \"later\";", NULL);
+    CHECK_FAILS_WITH(agg_config_load(&c, p), "'rounds.join' must be \"next\" or \"current\"");
+    /* A roster replaces the member list: not both; it needs a pinned admin
+     * and an explicit quorum. */
+    fed_config(&F, "cfg", p, sizeof p, "count = 2;",
+               "roster = { file = \"roster.txt\"; admin = \"00\"; };\n");
+    CHECK_FAILS_WITH(agg_config_load(&c, p), "both 'members' and 'roster' are set");
+    fed_config(&F, "cfg", p, sizeof p, "count = 2; join = \"current\";", NULL);
+    CHECK_OK(agg_config_load(&c, p));
+    CHECK(c.join_current == 1 && !c.has_roster);
+    agg_config_free(&c);
     fed_config(&F, "cfg", p, sizeof p, "count = 2;", NULL);
     CHECK_OK(agg_config_load(&c, p));
     CHECK(c.quorum == 3 && c.deadline_s == 600 && c.n_members == 3 && c.train.rank == FED_RANK);
+    CHECK(c.join_current == 0);
     CHECK(strstr(c.state, "/cfg/state") != NULL); /* relative to the config file */
     agg_config_free(&c);
 }

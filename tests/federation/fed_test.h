@@ -9,6 +9,8 @@
 #ifndef FL_TESTS_FED_TEST_H
 #define FL_TESTS_FED_TEST_H
 
+#include "aggregator/agg.h"
+#include "aggregator/config.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "model/tokenizer/tokenizer.h"
@@ -358,6 +360,40 @@ static inline int ft_hash_file(const char *path, char out[65]) {
     free(data);
     for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", h[i]);
     return rc;
+}
+
+/* Starts every node pointed at endpoint, waits for all of them and then the
+ * aggregator to exit 0 (each wait up to secs). */
+static inline void ft_run_nodes(ft_fed *f, const char *endpoint, double secs) {
+    for (int i = 0; i < f->n; i++) {
+        CHECK_OK(ft_node_config(f, i, endpoint, ""));
+        CHECK_OK(ft_start_node(f, i));
+    }
+    for (int i = 0; i < f->n; i++)
+        CHECK_MSG(ft_wait(f->node[i], secs) == 0, "%s (see %s)", f->name[i], f->node_log[i]);
+    CHECK_MSG(ft_wait(f->agg, secs) == 0, "aggregator (see %s)", f->agg_log);
+}
+
+/* Re-derives a round offline from the aggregator's state directory
+ * (agg_recompute) and checks that it gives the bytes the round published. */
+static inline void ft_check_recompute(ft_fed *f, int round) {
+    char version[65], out[FT_PATH], name[32], hex[65], model[FT_PATH];
+    ft_version(f, round, version);
+    CHECK_MSG(strlen(version) == 64, "round %d published no version", round);
+    agg_config c;
+    uint8_t h[32];
+    snprintf(name, sizeof name, "recompute-%d", round);
+    ft_in(out, f->root, name);
+    CHECK_OK(agg_config_load(&c, f->agg_config));
+    CHECK_OK(agg_recompute(&c, (uint64_t)round, out, h));
+    agg_config_free(&c);
+    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", h[i]);
+    CHECK_MSG(strcmp(hex, version) == 0, "round %d: recomputed %s, published %s", round, hex,
+              version);
+    /* The bytes themselves, not just what the function says they hash to. */
+    char got[65] = "";
+    CHECK_OK(ft_hash_file(ft_in(model, out, "model.safetensors"), got));
+    CHECK_MSG(strcmp(got, version) == 0, "round %d: recomputed file hashes to %s", round, got);
 }
 
 /* ---- a proxy between the nodes and the aggregator --------------------------------

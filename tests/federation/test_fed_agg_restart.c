@@ -86,14 +86,7 @@ static void run(const char *tag, const char *const *crash, int n, char v2[65]) {
         int retried = 0;
         for (int i = 0; i < 3; i++) retried += ft_contains(f.node_log[i], "no answer from");
         CHECK(retried > 0);
-        agg_config c;
-        uint8_t h[32];
-        char hex[65], out[FT_PATH];
-        CHECK_OK(agg_config_load(&c, f.agg_config));
-        CHECK_OK(agg_recompute(&c, 2, ft_in(out, f.root, "recompute-2"), h));
-        agg_config_free(&c);
-        for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", h[i]);
-        CHECK_MSG(strcmp(hex, v2) == 0, "recomputed %s, published %s", hex, v2);
+        ft_check_recompute(&f, 2);
     }
     ft_teardown(&f);
 }

@@ -8,26 +8,6 @@
 #include "aggregator/config.h"
 #include "tests/federation/fed_test.h"
 
-static void check_recompute(ft_fed *f, int round) {
-    char version[65], out[FT_PATH], name[32], hex[65], model[FT_PATH];
-    ft_version(f, round, version);
-    CHECK_MSG(strlen(version) == 64, "round %d published no version", round);
-    agg_config c;
-    uint8_t h[32];
-    snprintf(name, sizeof name, "recompute-%d", round);
-    ft_in(out, f->root, name);
-    CHECK_OK(agg_config_load(&c, f->agg_config));
-    CHECK_OK(agg_recompute(&c, (uint64_t)round, out, h));
-    agg_config_free(&c);
-    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", h[i]);
-    CHECK_MSG(strcmp(hex, version) == 0, "round %d: recomputed %s, published %s", round, hex,
-              version);
-    /* The bytes themselves, not just what the function says they hash to. */
-    char got[65] = "";
-    CHECK_OK(ft_hash_file(ft_in(model, out, "model.safetensors"), got));
-    CHECK_MSG(strcmp(got, version) == 0, "round %d: recomputed file hashes to %s", round, got);
-}
-
 int main(void) {
     ft_options o;
     ft_options_init(&o);
@@ -67,7 +47,7 @@ int main(void) {
     for (int r = 1; r <= 2; r++) {
         CHECK_MSG(ft_count_accepted(&f, r) == 3, "round %d: %d deltas accepted", r,
                   ft_count_accepted(&f, r));
-        check_recompute(&f, r);
+        ft_check_recompute(&f, r);
     }
     /* Round 2 trained on round 1's version. */
     json_t *m1 = ft_round_metrics(&f, 1), *m2 = ft_round_metrics(&f, 2);

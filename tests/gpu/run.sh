@@ -5,10 +5,16 @@
 #      CUDA backend for sm_90a plus sm_80 and its PTX (any later GPU);
 #   2. the kernel tests and the GPU-against-CPU parity tests (fp32, bf16);
 #   3. the NCCL path with one rank;
-#   4. the benchmark (GPT-2 124M and Qwen2.5-0.5B shapes) next to PyTorch +
+#   4. the product on the GPU: trainer_run on cuda against cpu with resume
+#      across devices (gpu_trainer), `fedlora train/eval --device` as
+#      processes (gpu_device_cli), and a `fedlora train --device cuda` smoke
+#      run (fp32 and bf16) next to the same run on the CPU;
+#   5. the benchmark (GPT-2 124M and Qwen2.5-0.5B shapes) next to PyTorch +
 #      PEFT (bf16, SDPA) when torch is importable;
-#   5. a short table, printed last.
-# Installs nothing. Full logs under OUT_DIR (at most 8 files).
+#   6. a short table, printed last.
+# Installs nothing. Full logs under OUT_DIR (at most 12 files). Without a GPU
+# (or driver) it still builds; the GPU tests then report SKIPPED, the device
+# test checks the "no CUDA device found" error, and the benchmark is skipped.
 #
 # Usage: tests/gpu/run.sh [OUT_DIR]     (default: $OUT, else ./gpu-out)
 # Environment: FEDLORA_GPU_BUILD (build dir, default build-gpu),
@@ -95,17 +101,20 @@ printf '#!/bin/sh\nexec "$@" -Wno-error\n' >"$launcher" && chmod +x "$launcher"
 log "configure + build ($jobs jobs)"
 if ! { cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFEDLORA_CUDA=on -DFEDLORA_NET=OFF \
   -DFEDLORA_CUDA_WERROR=OFF -DCMAKE_C_COMPILER_LAUNCHER="$launcher" "${cmake_extra[@]}" &&
-  cmake --build "$build" -j"$jobs" --target gpu_kernels gpu_parity gpu_nccl bench_gpu; } \
+  cmake --build "$build" -j"$jobs" --target gpu_kernels gpu_parity gpu_nccl gpu_trainer \
+    gpu_device_cli fedlora bench_gpu; } \
   >>"$out/build.log" 2>&1; then
   row build "FAIL (see build.log: $(grep -m1 -E 'error|Error' "$out/build.log" | cut -c1-150))"
   finish 1
 fi
 gencode=$(cuobjdump --list-elf "$build/tests/gpu/gpu_kernels" 2>/dev/null | grep -o 'sm_[0-9a-z]*' | sort -u | tr '\n' ' ')
-row build "ok in $(($(date +%s) - t0)) s (${gencode:-sm_90a sm_80 + PTX})"
+row build "ok in $(($(date +%s) - t0)) s (${gencode:-code for sm_90a, sm_80 + PTX asked; no cuobjdump to list it})"
 grep -q "NCCL not found" "$out/build.log" && row nccl "NOT BUILT: NCCL not found (set NCCL_ROOT)"
 
 # ---- tests ---------------------------------------------------------------------------
 export OMP_NUM_THREADS=$jobs OMP_WAIT_POLICY=passive
+# what the CLI tests run (as CTest would set them)
+export FEDLORA_BIN="$build/fedlora" FEDLORA_FIXTURES="$root/tests/fixtures"
 status=0
 run_test() {
   local name=$1 limit=$2 rc
@@ -121,10 +130,55 @@ run_test() {
   esac
 }
 run_test gpu_kernels 120
+have_gpu=1
+grep -q '^skipped: no CUDA device' "$out/gpu_kernels.log" && have_gpu=0
 run_test gpu_parity 180
 run_test gpu_nccl 60
+run_test gpu_trainer 120
+run_test gpu_device_cli 90
+
+# ---- fedlora train --device cuda: the product, as a user runs it ----------------------
+# A tiny Llama trained for 40 steps on the example corpus on the CPU, then on
+# the GPU in fp32 (the same numbers up to summation order: held-out losses
+# within 1e-3) and in bf16, then `fedlora eval --device cuda` of the bf16
+# adapter. Log: smoke.log.
+smoke() {
+  local dir="$build/smoke" fb="$build/fedlora" data="$root/examples/corpus/mixed.txt" run
+  rm -rf "$dir" && mkdir -p "$dir"
+  "$fb" init-model --arch llama --preset tiny --seed 1 --out "$dir/base" || return 1
+  for run in cpu:fp32 cuda:fp32 cuda:bf16; do
+    echo "== train ${run%:*} ${run#*:}"
+    "$fb" train --model "$dir/base" --data "$data" --out "$dir/${run/:/-}" --steps 40 --seq 64 \
+      --batch 8 --lr 1e-2 --rank 8 --targets all-linear --eval-fraction 0.1 --save-every 20 \
+      --log-every 10 --device "${run%:*}" --precision "${run#*:}" || return 1
+  done
+  echo "== eval cuda"
+  "$fb" eval --model "$dir/base" --adapter "$dir/cuda-bf16" --data "$data" --seq 64 --device cuda
+}
+# the held-out loss `fedlora train` printed after "== train DEVICE PRECISION"
+heldout() {
+  sed -n "/^== train $1\$/,/^==/p" "$out/smoke.log" | sed -n 's/.*held-out loss \([0-9.]*\),.*/\1/p' | head -1
+}
+if [ $have_gpu = 1 ]; then
+  log "fedlora train --device cuda"
+  export -f smoke
+  export build root
+  if timeout 120 bash -c smoke >"$out/smoke.log" 2>&1; then
+    c=$(heldout "cpu fp32") f=$(heldout "cuda fp32") b=$(heldout "cuda bf16")
+    ok=$(awk -v c="${c:-0}" -v f="${f:-0}" 'BEGIN { d = c - f; if (d < 0) d = -d; print (c > 0 && d <= 1e-3 * c) }')
+    verdict=PASS
+    [ "$ok" = 1 ] || { verdict="FAIL (fp32 differs from cpu)"; status=1; }
+    row "train smoke" "$verdict: held-out loss cpu $c, cuda fp32 $f, cuda bf16 $b"
+  else
+    row "train smoke" "FAIL ($(tail -1 "$out/smoke.log" | cut -c1-120); see smoke.log)"
+    status=1
+  fi
+else
+  row "train smoke" "SKIPPED (no CUDA device)"
+fi
 
 # ---- benchmark -----------------------------------------------------------------------
+[ $have_gpu = 1 ] || { row benchmark "SKIPPED (no CUDA device)"; finish $status; }
 have_torch=0
 python3 -c 'import torch, peft, transformers; assert torch.cuda.is_available()' 2>/dev/null && have_torch=1
 [ $have_torch = 1 ] || echo "# PyTorch + PEFT with CUDA not importable: no reference" >>"$out/bench.log"

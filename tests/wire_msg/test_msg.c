@@ -232,6 +232,55 @@ static void test_round_trips(void) {
     CHECK_OK(round_trip(&m, &out, &buf));
     CHECK(!out.error.has_retry_after);
     free(buf);
+
+    /* ROUND with the optional low-rank update of its base. */
+    m = sample_round();
+    m.round.has_update = true;
+    fill(m.round.update_from, MSG_HASH_LEN, 11);
+    fill(m.round.update_hash, MSG_HASH_LEN, 12);
+    m.round.update_size = 31300000;
+    CHECK_OK(round_trip(&m, &out, &buf));
+    CHECK(out.round.has_update && out.round.update_size == 31300000);
+    CHECK(memcmp(out.round.update_from, m.round.update_from, MSG_HASH_LEN) == 0);
+    CHECK(memcmp(out.round.update_hash, m.round.update_hash, MSG_HASH_LEN) == 0);
+    free(buf);
+    m = sample_round();
+    CHECK_OK(round_trip(&m, &out, &buf));
+    CHECK(!out.round.has_update);
+    free(buf);
+
+    /* STATUS and its answer, with and without a roster. */
+    m = (struct msg){.type = MSG_STATUS};
+    strcpy(m.status.name, "uni-d");
+    fill(m.status.fingerprint, MSG_HASH_LEN, 13);
+    CHECK_OK(round_trip(&m, &out, &buf));
+    CHECK(out.type == MSG_STATUS && strcmp(out.status.name, "uni-d") == 0);
+    CHECK(memcmp(out.status.fingerprint, m.status.fingerprint, MSG_HASH_LEN) == 0);
+    free(buf);
+    m = (struct msg){.type = MSG_STATUS_INFO};
+    m.status_info.time = 1795000000;
+    strcpy(m.status_info.consortium, "eu-open-llm");
+    m.status_info.round = 4;
+    strcpy(m.status_info.state, "COLLECTING");
+    fill(m.status_info.version, MSG_HASH_LEN, 14);
+    strcpy(m.status_info.member, "active");
+    m.status_info.has_roster = true;
+    m.status_info.roster_version = 5;
+    fill(m.status_info.roster_hash, MSG_HASH_LEN, 15);
+    m.status_info.roster_size = 2100;
+    CHECK_OK(round_trip(&m, &out, &buf));
+    CHECK(out.type == MSG_STATUS_INFO && out.status_info.time == 1795000000 &&
+          out.status_info.round == 4 && out.status_info.has_roster &&
+          out.status_info.roster_version == 5 && out.status_info.roster_size == 2100);
+    CHECK(!strcmp(out.status_info.consortium, "eu-open-llm") &&
+          !strcmp(out.status_info.state, "COLLECTING") &&
+          !strcmp(out.status_info.member, "active"));
+    CHECK(memcmp(out.status_info.roster_hash, m.status_info.roster_hash, MSG_HASH_LEN) == 0);
+    free(buf);
+    m.status_info.has_roster = false;
+    CHECK_OK(round_trip(&m, &out, &buf));
+    CHECK(!out.status_info.has_roster);
+    free(buf);
 }
 
 /* ---- the bounded reader -------------------------------------------------------- */
@@ -335,6 +384,25 @@ static void test_reader_matrix(void) {
 static void test_schema(void) {
     struct msg m;
     struct b b;
+
+    /* Optional fields that only mean something together. */
+    b_init(&b);
+    b_head(&b, "STATUS_INFO", 8);
+    b_kuint(&b, "time", 1);
+    b_kstr(&b, "consortium", "c");
+    b_kuint(&b, "round", 1);
+    b_kstr(&b, "state", "OPEN");
+    b_kbin(&b, "version", MSG_HASH_LEN);
+    b_kstr(&b, "member", "unknown");
+    b_kuint(&b, "roster_version", 3);
+    b_kbin(&b, "roster_hash", MSG_HASH_LEN);
+    CHECK_FAILS_WITH(b_decode(&b, &m), "STATUS_INFO: optional fields 'roster_version' and "
+                                       "'roster_size' go together, 'roster_size' is missing");
+    b_init(&b);
+    b_head(&b, "STATUS", 2);
+    b_kstr(&b, "name", "-x");
+    b_kbin(&b, "id", MSG_HASH_LEN);
+    CHECK_FAILS_WITH(b_decode(&b, &m), "STATUS: field 'name'");
 
     /* ACK: both fields required, msgid exactly 16 bytes, stored bounded. */
     b_init(&b);

@@ -1,0 +1,95 @@
+/* update — a round's merged model update as low-rank factors, the same bytes
+ * on every machine.
+ *
+ * The exact merge of K adapters (DESIGN.md §4, lora/delta.h) is, for each
+ * adapted base weight W (out, in) (in-memory layout, model/model.h),
+ *
+ *   W' = W + B · A,   B (out, R) = [c_1 B_1 | … | c_K B_K],   A (R, in) = [A_1; …; A_K],
+ *
+ * with c_k = p_k · s_k (the member's weight times its LoRA scale) and
+ * R = Σ r_k. Those two factors per weight are the "update" of a version:
+ * usually a few percent of the model's bytes, so a node that holds version v
+ * can reach v+1 by downloading them instead of the full weights
+ * (docs/protocol.md, "Low-rank model sync"), then checks the SHA-256 of what
+ * it made against v+1's hash.
+ *
+ * That check only passes when the node computes exactly the aggregator's
+ * bits, on another CPU, with another thread count. A BLAS GEMM cannot give
+ * that: OpenBLAS picks its kernel at run time (AVX2, AVX-512, …), and the
+ * kernels block and sum in different orders, and may fuse multiply-adds. So
+ * update_apply uses its own kernel, the one definition of W':
+ *
+ *   W'[i][j] = (float)((double)W[i][j] + Σ_{k=0..R-1} (double)B[i][k] · (double)A[k][j])
+ *
+ * the sum taken in that fixed order (W first, then k = 0, 1, …), every
+ * product and sum an IEEE double operation rounded once (update.c is compiled
+ * with -ffp-contract=off, so no fused multiply-add changes a bit), the result
+ * rounded once to float. Rows are shared among OpenMP threads, which never
+ * changes the order of any element's sum. The aggregator publishes
+ * exactly this W' (for the policies expressible as such factors), so the
+ * node's bytes hash to the published version.
+ *
+ * File format (docs/formats.md, "Low-rank updates"): a safetensors file with,
+ * per adapted weight "<name>" of the model (e.g.
+ * "model.layers.0.self_attn.q_proj.weight"), the F32 tensors
+ * "<name>.update_B" (out, R) and "<name>.update_A" (R, in), in model order,
+ * and __metadata__ {"format": "fedlora-update", "from": <64 hex>, "to": <64
+ * hex>, "round": "<decimal>"}: the version it applies to, the version it
+ * makes, the round that made it. */
+#ifndef FL_LORA_UPDATE_H
+#define FL_LORA_UPDATE_H
+
+#include "lora/lora.h"
+
+#include <stdint.h>
+
+#define UPDATE_HASH_LEN 32
+#define UPDATE_FORMAT "fedlora-update"
+
+/* One adapted weight's factors. */
+typedef struct {
+    char name[MODEL_NAME_MAX]; /* the base weight, as model_find_param knows it */
+    int out, in, rank;         /* W (out, in), R = rank >= 1 */
+    float *B;                  /* (out, rank), the coefficients already in */
+    float *A;                  /* (rank, in) */
+} update_module;
+
+typedef struct {
+    uint8_t from[UPDATE_HASH_LEN]; /* the version it applies to */
+    uint8_t to[UPDATE_HASH_LEN];   /* the version it makes (set once known) */
+    uint64_t round;                /* the round that made it */
+    int n_modules;
+    update_module *modules; /* in model parameter order */
+} update;
+
+/* The factored update W' = W + Σ_k coef[k] · s_k · B_k · A_k over K adapters
+ * made for m's shapes: per weight, B's column block k is
+ * (float)(coef[k] · s_k) · B_k (a float product, as delta_product forms
+ * it) and A's row block k is A_k, k in the order given. A weight adapted by
+ * only some of the sets takes only those. from, to and round are zero. */
+int update_build(update **out, const model *m, lora_set *const *sets, const double *coef, int K);
+void update_free(update *u);
+
+/* W' = W + B·A for every module of u, with the kernel described above. Every
+ * module is checked against m first (the weight exists, is 2-D, (out, in)):
+ * on a refusal m is unchanged. */
+int update_apply(model *m, const update *u);
+
+/* Bytes of tensor data (every B and A, F32). */
+uint64_t update_data_bytes(const update *u);
+
+/* Writes u to path as described above, durably (temporary file, fsync,
+ * rename, fsync of the directory). The same update gives the same bytes. */
+int update_write(const update *u, const char *path);
+
+/* Reads an update file and checks it against m, the model it will be
+ * applied to: safetensors rules (model/safetensors.h), the metadata (format,
+ * from and to as 64 lowercase hex digits, round as a decimal), every tensor
+ * named "<weight>.update_B" or ".update_A" of a 2-D weight of m, both of a
+ * pair there, F32, shapes (out, R) and (R, in) with one R >= 1 for the pair,
+ * every value finite. Refusals name the file, the tensor and the rule. */
+int update_read(update **out, const char *path, const model *m);
+/* The same on a file in memory; `where` names it in messages. */
+int update_parse(update **out, const void *buf, size_t len, const char *where, const model *m);
+
+#endif

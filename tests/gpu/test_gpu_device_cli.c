@@ -1,0 +1,140 @@
+/* test_gpu_device_cli — `fedlora train` and `fedlora eval` with --device and
+ * --precision, as real processes, in whatever this build and machine have.
+ * It runs everywhere and is never skipped:
+ *   - a build without the CUDA backend: --device cuda fails (exit 1) with
+ *     "this build has no CUDA backend ... use --device cpu";
+ *   - the backend built but no usable GPU (CI with nvcc, a laptop): exit 1
+ *     with "no CUDA device found (<why>) — use --device cpu", no crash, and
+ *     nothing written (the check comes before the model is loaded);
+ *   - a GPU: a few steps train and evaluate on it (fp32 and bf16) and write
+ *     the adapter; with CUDA_VISIBLE_DEVICES="" the GPU is hidden and the
+ *     error above names that variable;
+ * and in every build: bad --device / --precision values are errors, and
+ * --device cpu --precision fp32 trains as before. */
+#include "tests/train/train_util.h"
+
+#ifdef FEDLORA_HAVE_CUDA
+#include "model/cuda/gpu.h"
+#endif
+
+static char base[TU_PATH], data[TU_PATH];
+
+/* `fedlora train` of 2 tiny steps into OUT with the device options. */
+static int train(const char *tag, const char *out, const char *device, const char *precision) {
+    const char *args[TU_MAX_ARGS] = {tu_bin(), "train",        "--model", base,       "--data",
+                                     data,     "--out",        out,       "--steps",  "2",
+                                     "--seq",  "32",           "--batch", "2",        "--rank",
+                                     "4",      "--save-every", "0",       "--device", device};
+    int n = 0;
+    while (args[n]) n++; /* the rest of args is NULL */
+    if (precision) {
+        args[n++] = "--precision";
+        args[n++] = precision;
+    }
+    args[n] = NULL;
+    return tu_run_v(tag, args);
+}
+
+static int eval(const char *tag, const char *device, const char *precision) {
+    const char *args[TU_MAX_ARGS] = {tu_bin(), "eval",  "--model", base,       "--data",
+                                     data,     "--seq", "32",      "--device", device};
+    int n = 0;
+    while (args[n]) n++;
+    if (precision) {
+        args[n++] = "--precision";
+        args[n++] = precision;
+    }
+    args[n] = NULL;
+    return tu_run_v(tag, args);
+}
+
+/* The run failed with exit 1 (an error, not a crash) and said all of the
+ * NULL-terminated needles on stderr. */
+static void check_refused(int rc, const char *tag, ...) {
+    char *err = tu_output(tag, "err");
+    CHECK_MSG(rc == 1, "%s: exit %d (wanted 1), stderr '%s'", tag, rc, err ? err : "(none)");
+    va_list ap;
+    va_start(ap, tag);
+    for (const char *needle; (needle = va_arg(ap, const char *)) != NULL;)
+        CHECK_MSG(err && strstr(err, needle), "%s: stderr '%s' lacks '%s'", tag,
+                  err ? err : "(none)", needle);
+    va_end(ap);
+    free(err);
+}
+
+static void check_adapter(const char *out) {
+    char path[TU_PATH];
+    CHECK_MSG(fio_exists(tu_in(path, out, "adapter_model.safetensors")), "%s: no adapter", out);
+    CHECK_MSG(fio_exists(tu_in(path, out, "adapter_config.json")), "%s: no adapter config", out);
+}
+
+/* --device cuda where it cannot run: refused before anything is loaded or
+ * written, with what the build or the machine lacks. */
+static void check_cuda_refused(const char *why, const char *needle2) {
+    char out[TU_PATH], tag[64];
+    snprintf(tag, sizeof tag, "cuda_%s", why);
+    int rc = train(tag, tu_path(out, tag), "cuda", NULL);
+    printf("train --device cuda (%s): exit %d\n", why, rc);
+    check_refused(rc, tag, "use --device cpu", needle2, NULL);
+    CHECK_MSG(!fio_exists(out), "%s: %s was created", tag, out);
+    snprintf(tag, sizeof tag, "eval_cuda_%s", why);
+    rc = eval(tag, "cuda", "fp32");
+    check_refused(rc, tag, "use --device cpu", needle2, NULL);
+}
+
+int main(void) {
+    CHECK_OK(tu_init());
+    CHECK_OK(tu_make_model(tu_path(base, "base"), "llama", 0.1, 4, NULL));
+    char path[TU_PATH], out[TU_PATH];
+    char *text = tu_read(tu_corpus(path, "mixed.txt"), NULL);
+    CHECK_MSG(text != NULL, "cannot read %s", path);
+    CHECK_OK(tu_write(tu_path(data, "mixed.txt"), text ? text : ""));
+    free(text);
+
+    /* Every build: names checked, the CPU path unchanged. */
+    check_refused(train("tpu", tu_path(out, "tpu"), "tpu", NULL), "tpu",
+                  "--device must be cpu or cuda, got 'tpu'", NULL);
+    check_refused(train("fp16", tu_path(out, "fp16"), "cuda", "fp16"), "fp16",
+                  "--precision must be fp32 or bf16, got 'fp16'", NULL);
+    check_refused(train("cpu_bf16", tu_path(out, "cpu_bf16"), "cpu", "bf16"), "cpu_bf16",
+                  "--precision bf16 needs --device cuda", NULL);
+    check_refused(eval("eval_cpu_bf16", "cpu", "bf16"), "eval_cpu_bf16",
+                  "--precision bf16 needs --device cuda", NULL);
+    int rc = train("cpu", tu_path(out, "cpu"), "cpu", "fp32");
+    CHECK_RUN_OK(rc, "cpu");
+    check_adapter(out);
+
+#ifndef FEDLORA_HAVE_CUDA
+    printf("this build has no CUDA backend\n");
+    check_cuda_refused("no_backend", "this build has no CUDA backend");
+#else
+    int n_dev = gpu_available();
+    printf("CUDA backend built; %d device(s)\n", n_dev);
+    if (n_dev == 0) {
+        check_cuda_refused("no_device", "no CUDA device found (");
+    } else {
+        /* A GPU: it trains and evaluates there. */
+        rc = train("gpu_fp32", tu_path(out, "gpu_fp32"), "cuda", "fp32");
+        CHECK_RUN_OK(rc, "gpu_fp32");
+        check_adapter(out);
+        rc = train("gpu_bf16", tu_path(out, "gpu_bf16"), "cuda", NULL);
+        CHECK_RUN_OK(rc, "gpu_bf16");
+        check_adapter(out);
+        char *log = tu_output("gpu_bf16", "err");
+        CHECK_MSG(log && strstr(log, "training on CUDA device 0") && strstr(log, "in bf16"),
+                  "gpu_bf16: stderr '%s' does not say where it trains", log ? log : "(none)");
+        free(log);
+        rc = eval("gpu_eval", "cuda", NULL);
+        CHECK_RUN_OK(rc, "gpu_eval");
+        char *o = tu_output("gpu_eval", "out");
+        CHECK_MSG(o && strncmp(o, "loss ", 5) == 0, "gpu_eval printed '%s'", o ? o : "(none)");
+        free(o);
+        /* Hidden devices: the same error as on a machine without one. */
+        setenv("CUDA_VISIBLE_DEVICES", "", 1);
+        check_cuda_refused("hidden", "CUDA_VISIBLE_DEVICES is ''");
+        unsetenv("CUDA_VISIBLE_DEVICES");
+    }
+#endif
+    tu_cleanup();
+    return check_finish();
+}
