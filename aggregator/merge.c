@@ -2,7 +2,7 @@
 #include "aggregator/merge.h"
 
 #include "aggregator/store.h"
-#include "lora/delta.h"
+#include "lora/update.h"
 #include "util/err.h"
 
 #include <math.h>
@@ -175,13 +175,20 @@ int agg_weights_tokens(void *arg, const agg_update *u, int n, double *w) {
     return 0;
 }
 
+/* Through the factored update and its portable kernel (lora/update.h), not
+ * the BLAS GEMM of delta_merge_product: the same maths, and the same bytes
+ * on every CPU, which is what lets a node rebuild a version from its
+ * update. The aggregator's round does the same and keeps the factors. */
 int agg_merge_exact(void *arg, model *base, const agg_update *u, int n, const double *w) {
     (void)arg;
     lora_set **sets = malloc((size_t)n * sizeof *sets);
     if (!sets) return err_set("out of memory merging %d updates", n);
     for (int i = 0; i < n; i++) sets[i] = u[i].set;
-    int rc = delta_merge_product(base, sets, w, n);
+    update *f = NULL;
+    int rc = update_build(&f, base, sets, w, n);
     free(sets);
+    if (rc == 0) rc = update_apply(base, f);
+    update_free(f);
     return rc;
 }
 

@@ -10,7 +10,8 @@
  *
  *   W' = W + Σ_i p_i · s_i · B_i · A_i,   p_i ∝ tokens_i (Σ p_i = 1),
  *
- * one GEMM per module over the concatenated factors (delta_merge_product),
+ * over the concatenated factors (lora/update.h: the portable kernel every
+ * node can repeat bit for bit),
  * with each member's p_i capped at its max_weight (the excess goes to the
  * others in proportion to their tokens). Updates are always given in member
  * name order and every step is deterministic, so the same updates give the
@@ -64,7 +65,7 @@ const agg_policy *agg_policy_default(void);
 /* p_i ∝ tokens_i with caps max_weight_i, Σ p_i = 1 (when the caps allow:
  * if they sum to less than 1, each gets its cap). */
 int agg_weights_tokens(void *arg, const agg_update *u, int n, double *w);
-/* delta_merge_product over the updates' sets. */
+/* W += Σ_i w_i s_i B_i A_i through the factored update (lora/update.h). */
 int agg_merge_exact(void *arg, model *base, const agg_update *u, int n, const double *w);
 
 #endif

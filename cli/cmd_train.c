@@ -44,8 +44,8 @@ static const char *usage_text =
     "  --save-every N       checkpoint every N steps and at the end, 0 for none (100)\n"
     "  --log-every N        progress line every N steps when not on a terminal (10)\n"
     "  --resume CKPT        go on from OUT/checkpoint (its latest) or a step-N directory\n"
-    "  --device cpu|cuda    where to train (cpu); cuda needs a build with the CUDA backend\n"
-    "                       and a GPU (docs/gpu.md)\n"
+    "  --device cpu|cuda    where to train (cpu); cuda needs the CUDA backend module\n"
+    "                       (libfedlora_cuda.so, next to fedlora) and a GPU (docs/gpu.md)\n"
     "  --precision P        fp32 or bf16: the GPU's frozen weights and activations (bf16 on\n"
     "                       cuda; the CPU computes in fp32)\n"
     "  --threads N          OpenMP threads (default: OMP_NUM_THREADS or all cores)\n";

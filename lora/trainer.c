@@ -1,18 +1,13 @@
 /* trainer.c — the LoRA training loop, checkpoints, resume and metrics
  * (the contract is in trainer.h; the file formats in docs/training.md), on
- * the CPU or, in builds with the CUDA backend (FEDLORA_HAVE_CUDA), on GPUs
- * (docs/gpu.md). */
+ * the CPU or on GPUs, through the CUDA backend module that lora/gpu_load.h
+ * loads when --device cuda asks for it (docs/gpu.md). */
 #include "lora/trainer.h"
 
+#include "lora/gpu_load.h"
 #include "lora/peft.h"
 #include "util/err.h"
 #include "util/fio.h"
-
-#ifdef FEDLORA_HAVE_CUDA
-#include "model/cuda/gpu.h"
-
-#include <cuda_runtime_api.h>
-#endif
 
 #include <dirent.h>
 #include <errno.h>
@@ -74,33 +69,16 @@ int trainer_device_check(const char *device, const char *precision) {
                            "fp32");
         return 0;
     }
-#ifndef FEDLORA_HAVE_CUDA
-    return err_set("--device cuda: this build has no CUDA backend (it is built where nvcc is "
-                   "found, docs/gpu.md); use --device cpu");
-#else
-    if (gpu_available() > 0) return 0;
-    /* Why there is none, in the runtime's words; its "driver version is
-     * insufficient" also stands for no driver at all, so tell those apart. */
-    int n = 0, drv = 0, rt = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
-    cudaGetLastError(); /* clear the sticky status */
-    if (cudaDriverGetVersion(&drv) != cudaSuccess) drv = 0;
-    if (cudaRuntimeGetVersion(&rt) != cudaSuccess) rt = 0;
-    cudaGetLastError();
+    /* The backend is there when its module loads (it says why not). */
+    const gpu_api *gpu = gpu_load_api();
+    if (!gpu) return err_context("--device cuda");
+    if (gpu->available() > 0) return 0;
     char why[256];
-    if (drv == 0)
-        snprintf(why, sizeof why, "no NVIDIA driver is loaded");
-    else if (e == cudaErrorInsufficientDriver)
-        snprintf(why, sizeof why, "the NVIDIA driver supports CUDA %d.%d, this build needs %d.%d",
-                 drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10);
-    else
-        snprintf(why, sizeof why, "CUDA runtime: %s",
-                 e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
+    gpu->why_unavailable(why, sizeof why);
     const char *visible = getenv("CUDA_VISIBLE_DEVICES");
     return err_set("no CUDA device found (%s%s%.64s%s) — use --device cpu", why,
                    visible ? "; CUDA_VISIBLE_DEVICES is '" : "", visible ? visible : "",
                    visible ? "'" : "");
-#endif
 }
 
 static double now(void) {
@@ -176,23 +154,28 @@ int trainer_eval(const model *m, model_acts *acts, int B, const dataset *d, data
     return eval_rows(cpu_forward, &c, B, d, split, progress, loss, n_targets);
 }
 
-#ifdef FEDLORA_HAVE_CUDA
+typedef struct {
+    const gpu_api *gpu;
+    gpu_model *g;
+} gpu_eval;
+
 /* gpu_forward without logits: the LM head runs in chunks and only the loss
  * comes back. */
 static int gpu_eval_forward(void *ctx, const int32_t *in, const int32_t *tg, double *loss_sum,
                             int64_t *n_targets) {
-    return gpu_forward(ctx, in, tg, loss_sum, n_targets, NULL);
+    const gpu_eval *c = ctx;
+    return c->gpu->forward(c->g, in, tg, loss_sum, n_targets, NULL);
 }
 
-static int gpu_upload(gpu_model **g, const model *m, const lora_set *s, int B, int T, int bf16) {
+static int gpu_upload(const gpu_api *gpu, gpu_model **g, const model *m, const lora_set *s, int B,
+                      int T, int bf16) {
     gpu_options go;
-    gpu_options_init(&go);
+    gpu->options_init(&go);
     go.precision = bf16 ? GPU_PRECISION_BF16 : GPU_PRECISION_FP32;
     go.batch = B;
     go.seq = T;
-    return gpu_model_upload(g, m, s, &go);
+    return gpu->model_upload(g, m, s, &go);
 }
-#endif
 
 int trainer_eval_on(model *m, lora_set *s, int B, const dataset *d, dataset_split split,
                     const char *device, const char *precision, FILE *progress, double *loss,
@@ -201,15 +184,14 @@ int trainer_eval_on(model *m, lora_set *s, int B, const dataset *d, dataset_spli
     *n_targets = 0;
     if (trainer_device_check(device, precision) != 0) return -1;
     int rc = -1;
-#ifdef FEDLORA_HAVE_CUDA
     if (is_cuda(device)) {
-        gpu_model *g = NULL;
-        if (gpu_upload(&g, m, s, B, dataset_seq(d), is_bf16(device, precision)) == 0)
-            rc = eval_rows(gpu_eval_forward, g, B, d, split, progress, loss, n_targets);
-        gpu_model_free(g);
+        gpu_eval c = {gpu_load_api(), NULL}; /* loaded by trainer_device_check */
+        if (!c.gpu) return -1;
+        if (gpu_upload(c.gpu, &c.g, m, s, B, dataset_seq(d), is_bf16(device, precision)) == 0)
+            rc = eval_rows(gpu_eval_forward, &c, B, d, split, progress, loss, n_targets);
+        c.gpu->model_free(c.g);
         return rc;
     }
-#endif
     model_acts *acts = NULL;
     if (s && lora_attach(s, m) != 0) return -1;
     if (model_acts_create(&acts, m, B, dataset_seq(d)) == 0)
@@ -612,9 +594,8 @@ typedef struct {
     double lr, grad_norm; /* of the last step */
     int rank, world;      /* data parallelism over GPUs; 0 and 1 otherwise */
     int tty;
-#ifdef FEDLORA_HAVE_CUDA
-    gpu_model *g; /* NULL: the CPU trains */
-#endif
+    const gpu_api *gpu; /* the CUDA backend, when the run is on a GPU */
+    gpu_model *g;       /* NULL: the CPU trains */
 } run;
 
 /* Held-out loss, dropout off; rank 0 evaluates for every rank. */
@@ -623,14 +604,12 @@ static int evaluate(run *r, trainer_result *res) {
     double loss;
     int64_t n;
     int rc;
-#ifdef FEDLORA_HAVE_CUDA
     if (r->g) {
-        gpu_lora_set_training(r->g, 0);
-        rc = eval_rows(gpu_eval_forward, r->g, r->o->batch, r->d, DATASET_EVAL, NULL, &loss, &n);
-        gpu_lora_set_training(r->g, 1);
-    } else
-#endif
-    {
+        gpu_eval c = {r->gpu, r->g};
+        r->gpu->lora_set_training(r->g, 0);
+        rc = eval_rows(gpu_eval_forward, &c, r->o->batch, r->d, DATASET_EVAL, NULL, &loss, &n);
+        r->gpu->lora_set_training(r->g, 1);
+    } else {
         lora_set_training(r->s, 0);
         rc = trainer_eval(r->m, r->acts, r->o->batch, r->d, DATASET_EVAL, NULL, &loss, &n);
         lora_set_training(r->s, 1);
@@ -682,20 +661,17 @@ static int step_once(run *r, double *loss) {
         size_t row = dataset_order_row(&r->order, r->st.position + first + i);
         if (dataset_row(r->d, DATASET_TRAIN, row, r->in + i * T, r->tg + i * T) != 0) return -1;
     }
-#ifdef FEDLORA_HAVE_CUDA
     if (r->g) {
         /* Dropout masks by the micro-batch's place in the step: those the
          * CPU (or one GPU) would draw for it. */
-        gpu_lora_set_dropout_counter(r->g, r->st.dropout_counter + (uint64_t)k0);
+        r->gpu->lora_set_dropout_counter(r->g, r->st.dropout_counter + (uint64_t)k0);
         gpu_step_result sr;
-        if (gpu_train_step(r->g, r->in, r->tg, k_share, &sr) != 0) return -1;
+        if (r->gpu->train_step(r->g, r->in, r->tg, k_share, &sr) != 0) return -1;
         r->lr = sr.lr;
         r->grad_norm = sr.grad_norm;
         *loss = sr.loss;
         r->st.dropout_counter += (uint64_t)K;
-    } else
-#endif
-    {
+    } else {
         if (cpu_step(r, loss) != 0) return -1;
         r->st.dropout_counter = lora_dropout_counter(r->s);
     }
@@ -708,11 +684,9 @@ static int step_once(run *r, double *loss) {
 /* The GPU's adapter and AdamW state into r->s and r->opt (what checkpoints
  * and the adapter files are written from). */
 static int sync_to_host(run *r) {
-#ifdef FEDLORA_HAVE_CUDA
-    if (r->g && (gpu_lora_download(r->g, r->s) != 0 || gpu_adamw_download(r->g, r->opt) != 0))
+    if (r->g &&
+        (r->gpu->lora_download(r->g, r->s) != 0 || r->gpu->adamw_download(r->g, r->opt) != 0))
         return err_context("copying the adapter from the GPU");
-#endif
-    (void)r;
     return 0;
 }
 
@@ -796,7 +770,6 @@ static int check_fresh(const char *out_dir) {
     return 0;
 }
 
-#ifdef FEDLORA_HAVE_CUDA
 /* Moves the run to the GPU: the model and the adapter as they are now (a
  * resumed checkpoint's values and dropout counter included), AdamW with the
  * same configuration and state, dropout on; then, when FEDLORA_WORLD_SIZE
@@ -804,22 +777,23 @@ static int check_fresh(const char *out_dir) {
 static int gpu_setup(run *r, const adamw_config *oc, char *device_line, size_t line_len) {
     const trainer_options *o = r->o;
     int bf16 = is_bf16(o->device, o->precision), dist = 0;
-    if (gpu_upload(&r->g, r->m, r->s, o->batch, dataset_seq(r->d), bf16) != 0 ||
-        gpu_adamw_init(r->g, oc) != 0 || (o->resume && gpu_adamw_upload(r->g, r->opt) != 0))
+    const gpu_api *gpu = r->gpu = gpu_load_api(); /* loaded by trainer_device_check */
+    if (!gpu || gpu_upload(gpu, &r->g, r->m, r->s, o->batch, dataset_seq(r->d), bf16) != 0 ||
+        gpu->adamw_init(r->g, oc) != 0 || (o->resume && gpu->adamw_upload(r->g, r->opt) != 0))
         return -1;
-    if (gpu_dist_init_env(r->g, DIST_TIMEOUT_S, &dist) != 0)
+    if (gpu->dist_init_env(r->g, DIST_TIMEOUT_S, &dist) != 0)
         return err_context("joining the other GPUs of this run (%s)", GPU_DIST_ENV_WORLD);
-    r->rank = gpu_dist_rank(r->g);
-    r->world = gpu_dist_world(r->g);
+    r->rank = gpu->dist_rank(r->g);
+    r->world = gpu->dist_world(r->g);
     if (o->grad_accum % r->world != 0)
         return err_set("--grad-accum %d is not a multiple of %s=%d: each GPU takes an equal share "
                        "of every step's micro-batches",
                        o->grad_accum, GPU_DIST_ENV_WORLD, r->world);
-    gpu_lora_set_training(r->g, 1);
+    gpu->lora_set_training(r->g, 1);
     char name[128] = "?";
     double gib = 0;
     int major = 0, minor = 0;
-    gpu_device_info(0, name, sizeof name, &gib, &major, &minor);
+    gpu->device_info(0, name, sizeof name, &gib, &major, &minor);
     int n =
         snprintf(device_line, line_len, "training on CUDA device 0 (%s, %.0f GiB, sm_%d%d) in %s",
                  name, gib, major, minor, bf16 ? "bf16" : "fp32");
@@ -829,7 +803,6 @@ static int gpu_setup(run *r, const adamw_config *oc, char *device_line, size_t l
                  o->grad_accum / r->world, o->grad_accum);
     return 0;
 }
-#endif
 
 int trainer_run(model *m, lora_set *s, const dataset *d, const trainer_options *o,
                 trainer_result *res) {
@@ -864,9 +837,7 @@ int trainer_run(model *m, lora_set *s, const dataset *d, const trainer_options *
     if (o->resume && (resolve_checkpoint(o->resume, ckpt) != 0 ||
                       load_checkpoint(ckpt, m, s, r.opt, &r.st, r.cfg) != 0))
         goto done;
-#ifdef FEDLORA_HAVE_CUDA
     if (cuda && gpu_setup(&r, &oc, device_line, sizeof device_line) != 0) goto done;
-#endif
     /* Files: rank 0 writes them all; the other ranks only train. */
     r.progress = r.rank == 0 ? o->progress : NULL;
     r.tty = r.progress && isatty(fileno(r.progress));
@@ -909,9 +880,7 @@ done:
         lora_set_training(s, 0);
         lora_detach(s);
     }
-#ifdef FEDLORA_HAVE_CUDA
-    gpu_model_free(r.g);
-#endif
+    if (r.g) r.gpu->model_free(r.g);
     if (r.metrics && fclose(r.metrics) != 0 && rc == 0)
         rc = err_errno("cannot close %s", r.metrics_path);
     dataset_order_free(&r.order);

@@ -38,15 +38,15 @@
  * lr, tokens/s and ETA; otherwise a plain line every log_every steps.
  *
  * Devices (docs/gpu.md): device "cuda" runs the same loop on the CUDA backend
- * (model/cuda/gpu.h, in builds that have it): the model and adapter are
- * uploaded once, each step is gpu_train_step over the same K micro-batches
- * of the same rows, evaluations use gpu_forward, and the adapter and AdamW's
- * state are copied back for every checkpoint and at the end, so the files
- * are written by the same code in the same formats, and a checkpoint resumes
- * on either device. With FEDLORA_WORLD_SIZE set (gpu.h: one process per GPU)
- * each rank takes grad_accum / world of every step's micro-batches, the
- * gradients are summed over the ranks, and only rank 0 evaluates and writes
- * files. */
+ * (model/cuda/gpu.h, whose module lora/gpu_load.h loads at run time): the
+ * model and adapter are uploaded once, each step is gpu_train_step over the
+ * same K micro-batches of the same rows, evaluations use gpu_forward, and
+ * the adapter and AdamW's state are copied back for every checkpoint and at
+ * the end, so the files are written by the same code in the same formats,
+ * and a checkpoint resumes on either device. With FEDLORA_WORLD_SIZE set
+ * (gpu.h: one process per GPU) each rank takes grad_accum / world of every
+ * step's micro-batches, the gradients are summed over the ranks, and only
+ * rank 0 evaluates and writes files. */
 #ifndef FL_LORA_TRAINER_H
 #define FL_LORA_TRAINER_H
 
@@ -88,10 +88,10 @@ typedef struct {
 void trainer_options_init(trainer_options *o);
 
 /* Whether the device and precision (as in trainer_options) can run here:
- * valid names, a backend this build has, and for "cuda" a CUDA device that
- * the runtime sees. Errors say which and what to do (e.g. "no CUDA device
- * found (...) — use --device cpu"). trainer_run checks this itself; callers
- * may check before loading a model. */
+ * valid names, and for "cuda" the CUDA backend module (loaded here, on the
+ * first call) and a CUDA device that the runtime sees. Errors say which and
+ * what to do (e.g. "no CUDA device found (...) — use --device cpu").
+ * trainer_run checks this itself; callers may check before loading a model. */
 int trainer_device_check(const char *device, const char *precision);
 
 typedef struct {

@@ -1,6 +1,7 @@
 /* doctor: a node's setup, checked (node/doctor.h lists the checks). */
 #include "node/doctor.h"
 
+#include "lora/gpu_load.h"
 #include "model/config.h"
 #include "node/node.h"
 #include "util/err.h"
@@ -10,10 +11,6 @@
 #include "wire/msg.h"
 #include "wire/roster.h"
 #include "wire/transport.h"
-
-#ifdef FEDLORA_HAVE_CUDA
-#include "model/cuda/gpu.h"
-#endif
 
 #include <dirent.h>
 #include <errno.h>
@@ -390,41 +387,47 @@ static void check_disk(struct doc *d) {
              d->disk_path, DISK_FACTOR, m);
 }
 
-/* device "cuda" needs a build with the CUDA backend (FEDLORA_HAVE_CUDA) and
- * a GPU the runtime sees; with device "cpu", a GPU that sits unused is worth
- * a hint. (node_config_check_device decides which devices a config may name:
- * today "cpu" only, as the node's rounds train on the CPU.) */
+/* device "cuda" needs the CUDA backend module (lora/gpu_load.h: loading it
+ * here is the check) and a GPU the runtime sees; with device "cpu", a GPU
+ * that sits unused is worth a hint. (node_config_check_device decides which
+ * devices a config may name.) */
 static void check_gpu(struct doc *d) {
     int cuda = !strcmp(d->c.device, "cuda");
-#ifdef FEDLORA_HAVE_CUDA
-    int n = gpu_available();
+    const gpu_api *gpu = gpu_load_api();
+    if (!gpu) {
+        /* The loader's message without its advice, which is for the CLI. */
+        const char *msg = err_msg(), *dash = strstr(msg, " — ");
+        if (cuda)
+            note(d, DOCTOR_FAIL, "gpu",
+                 "the module is built with fedlora under -DFEDLORA_CUDA=on and needs the CUDA "
+                 "libraries (docs/gpu.md); or set device = \"cpu\"",
+                 "device cuda, but %.*s", dash ? (int)(dash - msg) : (int)strlen(msg), msg);
+        else
+            note(d, DOCTOR_OK, "gpu", NULL, "device cpu (no CUDA backend module here)");
+        return;
+    }
+    int n = gpu->available();
     char name[128] = "GPU 0";
     double gib = 0;
     int major = 0, minor = 0;
     if (n == 0) {
+        char why[256];
+        gpu->why_unavailable(why, sizeof why);
         if (cuda)
             note(d, DOCTOR_FAIL, "gpu",
                  "check the NVIDIA driver (nvidia-smi) and CUDA_VISIBLE_DEVICES, or set device "
                  "= \"cpu\"",
-                 "device cuda, but the CUDA runtime sees no GPU here");
+                 "device cuda, but the CUDA runtime sees no GPU here (%s)", why);
         else
             note(d, DOCTOR_OK, "gpu", NULL, "device cpu; no GPU here");
         return;
     }
-    if (gpu_device_info(0, name, sizeof name, &gib, &major, &minor) != 0)
+    if (gpu->device_info(0, name, sizeof name, &gib, &major, &minor) != 0)
         snprintf(name, sizeof name, "GPU 0 (%.100s)", err_msg());
     note(d, DOCTOR_OK, "gpu",
          cuda ? NULL : "the node trains on the CPU as configured (device = \"cpu\")",
-         "device %s; %d GPU%s here (0: %s, %.0f GiB, compute capability %d.%d)", d->c.device, n,
-         n == 1 ? "" : "s", name, gib, major, minor);
-#else
-    if (cuda)
-        note(d, DOCTOR_FAIL, "gpu",
-             "use a fedlora built where nvcc is found (docs/gpu.md), or set device = \"cpu\"",
-             "device cuda, but this build has no CUDA backend");
-    else
-        note(d, DOCTOR_OK, "gpu", NULL, "device cpu (this build has no CUDA backend)");
-#endif
+         "device %s; %d GPU%s here (0: %s, %.0f GiB, compute capability %d.%d; backend %s)",
+         d->c.device, n, n == 1 ? "" : "s", name, gib, major, minor, gpu_load_path());
 }
 
 /* ---- the aggregator ----------------------------------------------------------- */

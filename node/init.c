@@ -147,7 +147,7 @@ static void put(struct text *t, const char *fmt, ...) {
     for (;;) {
         va_list ap;
         va_start(ap, fmt);
-        int w = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
+        int w = vsnprintf(t->buf ? t->buf + t->len : NULL, t->cap - t->len, fmt, ap);
         va_end(ap);
         if (w < 0) {
             t->failed = 1;

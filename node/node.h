@@ -4,7 +4,10 @@
  * The loop, one request and one reply at a time over a ZeroMQ DEALER:
  *
  *   HELLO ──▶ ROUND r (base version, train config, deadline)
- *         ──▶ sync the base version: GET_MODEL chunks into
+ *         ──▶ sync the base version: when ROUND names a low-rank update
+ *             from the version held, fetch that (small) update file and
+ *             apply it (lora/update.h), keeping the result only if its
+ *             SHA-256 is the base's; otherwise GET_MODEL chunks into
  *             STATE/versions/<hex>/model.safetensors.part, resumed from its
  *             size, SHA-256 checked, then renamed
  *         ──▶ train a fresh adapter on the local data (lora/trainer.h; its
@@ -70,8 +73,9 @@ void node_config_init(node_config *c);
 /* Reads a libconfig file; unknown keys, wrong types and missing required
  * keys are errors naming the key and the file. */
 int node_config_load(node_config *c, const char *path);
-/* 0 when `device` is one the node can train on ("cpu"), else -1 saying why;
- * the rule node_config_load applies to "device". */
+/* 0 when `device` names one the node can train on ("cpu", "cuda"), else -1
+ * saying why; the rule node_config_load applies to "device". Whether the
+ * CUDA backend loads and sees a GPU is left to training and `fedlora doctor`. */
 int node_config_check_device(const char *device);
 
 enum {

@@ -7,8 +7,10 @@
 #   3. the NCCL path with one rank;
 #   4. the product on the GPU: trainer_run on cuda against cpu with resume
 #      across devices (gpu_trainer), `fedlora train/eval --device` as
-#      processes (gpu_device_cli), and a `fedlora train --device cuda` smoke
-#      run (fp32 and bf16) next to the same run on the CPU;
+#      processes (gpu_device_cli), the backend as a module that fedlora
+#      loads at run time and does not link (gpu_module), and a `fedlora train
+#      --device cuda` smoke run (fp32 and bf16) next to the same run on the
+#      CPU;
 #   5. the benchmark (GPT-2 124M and Qwen2.5-0.5B shapes) next to PyTorch +
 #      PEFT (bf16, SDPA) when torch is importable;
 #   6. a short table, printed last.
@@ -102,7 +104,7 @@ log "configure + build ($jobs jobs)"
 if ! { cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFEDLORA_CUDA=on -DFEDLORA_NET=OFF \
   -DFEDLORA_CUDA_WERROR=OFF -DCMAKE_C_COMPILER_LAUNCHER="$launcher" "${cmake_extra[@]}" &&
   cmake --build "$build" -j"$jobs" --target gpu_kernels gpu_parity gpu_nccl gpu_trainer \
-    gpu_device_cli fedlora bench_gpu; } \
+    gpu_device_cli gpu_module fedlora fedlora_cuda bench_gpu; } \
   >>"$out/build.log" 2>&1; then
   row build "FAIL (see build.log: $(grep -m1 -E 'error|Error' "$out/build.log" | cut -c1-150))"
   finish 1
@@ -136,6 +138,7 @@ run_test gpu_parity 180
 run_test gpu_nccl 60
 run_test gpu_trainer 120
 run_test gpu_device_cli 90
+run_test gpu_module 60
 
 # ---- fedlora train --device cuda: the product, as a user runs it ----------------------
 # A tiny Llama trained for 40 steps on the example corpus on the CPU, then on

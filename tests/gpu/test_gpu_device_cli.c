@@ -1,21 +1,21 @@
 /* test_gpu_device_cli — `fedlora train` and `fedlora eval` with --device and
  * --precision, as real processes, in whatever this build and machine have.
- * It runs everywhere and is never skipped:
- *   - a build without the CUDA backend: --device cuda fails (exit 1) with
- *     "this build has no CUDA backend ... use --device cpu";
- *   - the backend built but no usable GPU (CI with nvcc, a laptop): exit 1
- *     with "no CUDA device found (<why>) — use --device cpu", no crash, and
+ * It runs everywhere and is never skipped. What happens is decided at run
+ * time, by whether the CUDA backend module (libfedlora_cuda.so, next to the
+ * fedlora binary; lora/gpu_load.h) loads and what it sees:
+ *   - no module (a build without the CUDA backend): --device cuda fails
+ *     (exit 1) with "CUDA backend module ... not found ... use --device cpu";
+ *     a build that made the module must load it;
+ *   - the module but no usable GPU (CI with nvcc, a laptop): exit 1 with
+ *     "no CUDA device found (<why>) — use --device cpu", no crash, and
  *     nothing written (the check comes before the model is loaded);
  *   - a GPU: a few steps train and evaluate on it (fp32 and bf16) and write
  *     the adapter; with CUDA_VISIBLE_DEVICES="" the GPU is hidden and the
  *     error above names that variable;
  * and in every build: bad --device / --precision values are errors, and
  * --device cpu --precision fp32 trains as before. */
+#include "lora/gpu_load.h"
 #include "tests/train/train_util.h"
-
-#ifdef FEDLORA_HAVE_CUDA
-#include "model/cuda/gpu.h"
-#endif
 
 static char base[TU_PATH], data[TU_PATH];
 
@@ -104,16 +104,23 @@ int main(void) {
     CHECK_RUN_OK(rc, "cpu");
     check_adapter(out);
 
-#ifndef FEDLORA_HAVE_CUDA
-    printf("this build has no CUDA backend\n");
-    check_cuda_refused("no_backend", "this build has no CUDA backend");
-#else
-    int n_dev = gpu_available();
-    printf("CUDA backend built; %d device(s)\n", n_dev);
-    if (n_dev == 0) {
+    /* The module fedlora will find: the one next to it. */
+    char module[TU_PATH];
+    setenv(GPU_LOAD_ENV, tu_next_to_bin(module, GPU_MODULE_FILE), 1);
+    const gpu_api *gpu = gpu_load_api();
+    unsetenv(GPU_LOAD_ENV);
+    CHECK_MSG(gpu || !GPU_MODULE_BUILT, "this build made %s, but it does not load: %s", module,
+              err_msg());
+    int n_dev = gpu ? gpu->available() : 0;
+    if (!gpu) {
+        printf("no CUDA backend module: %s\n", err_msg());
+        check_cuda_refused("no_backend", "CUDA backend module");
+    } else if (n_dev == 0) {
+        printf("CUDA backend module %s; no device\n", gpu_load_path());
         check_cuda_refused("no_device", "no CUDA device found (");
     } else {
         /* A GPU: it trains and evaluates there. */
+        printf("CUDA backend module %s; %d device(s)\n", gpu_load_path(), n_dev);
         rc = train("gpu_fp32", tu_path(out, "gpu_fp32"), "cuda", "fp32");
         CHECK_RUN_OK(rc, "gpu_fp32");
         check_adapter(out);
@@ -134,7 +141,6 @@ int main(void) {
         check_cuda_refused("hidden", "CUDA_VISIBLE_DEVICES is ''");
         unsetenv("CUDA_VISIBLE_DEVICES");
     }
-#endif
     tu_cleanup();
     return check_finish();
 }

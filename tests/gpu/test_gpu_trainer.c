@@ -23,17 +23,24 @@
  * Each run is a child process (the parent never starts CUDA: a child of a
  * process that has cannot use it); "stopped" means the child exits from
  * inside the progress output of step 4, as if killed there. Skipped (77)
- * without a GPU. */
-#include "gpu_test.h"
-
+ * without a GPU.
+ *
+ * The backend is reached as the product reaches it: trainer_run loads the
+ * module (lora/gpu_load.h), here the libfedlora_cuda.so next to FEDLORA_BIN
+ * (named in FEDLORA_CUDA_MODULE unless that is set); this program links no
+ * CUDA library. */
 #include "lora/adamw.h"
 #include "lora/dataset.h"
+#include "lora/gpu_load.h"
 #include "lora/lora.h"
 #include "lora/peft.h"
 #include "lora/trainer.h"
 #include "tests/train/train_util.h"
 
 #include <jansson.h>
+#include <math.h>
+
+#define GPU_TEST_SKIP 77
 
 enum { STEPS = 6, SAVE_EVERY = 3, STOP_AT = 4, STOPPED = 42 };
 
@@ -145,17 +152,30 @@ static void run_ok(const job *j, const char *out, int want) {
               j->precision ? j->precision : "", j->resume ? " (resumed)" : "", rc, want);
 }
 
-/* In a child, so this process never starts CUDA. */
-static int have_gpu(void) {
+/* The module, loaded here (which starts nothing on a device); the device
+ * count in a child, so this process never starts CUDA. */
+static int have_gpu(const gpu_api *gpu) {
     fflush(stdout);
     pid_t pid = fork();
-    if (pid == 0) _exit(gpu_available() > 0 ? 0 : 1);
+    if (pid == 0) _exit(gpu->available() > 0 ? 0 : 1);
     int status;
     return pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
            WEXITSTATUS(status) == 0;
 }
 
 /* ---- what the runs left ------------------------------------------------------------- */
+
+/* ‖got − want‖₂ / max(‖want‖₂, floor) (tests/gpu/gpu_test.h's measure). */
+static double rel_l2(const float *got, const float *want, size_t n, double floor_) {
+    double d = 0, w = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)got[i] - want[i];
+        d += e * e;
+        w += (double)want[i] * want[i];
+    }
+    double den = sqrt(w) > floor_ ? sqrt(w) : floor_;
+    return isnan(d) ? INFINITY : sqrt(d) / den;
+}
 
 typedef struct {
     double loss[STEPS + 1], lr[STEPS + 1], norm[STEPS + 1], eval[STEPS + 1];
@@ -237,7 +257,7 @@ static void compare_adapters(const char *what, const model *m, const char *dir, 
                              double tol) {
     int64_t n = 0, nr = 0;
     float *a = adapter_values(m, dir, &n), *b = adapter_values(m, ref, &nr);
-    double e = a && b && n == nr ? gt_rel_l2(a, b, (size_t)n, 1e-30) : INFINITY;
+    double e = a && b && n == nr ? rel_l2(a, b, (size_t)n, 1e-30) : INFINITY;
     printf("  %-34s adapter rel_l2 %.2e (tol %.0e)\n", what, e, tol);
     CHECK_MSG(e <= tol, "%s: adapter rel_l2 %.3e > %.0e", what, e, tol);
     free(a);
@@ -295,8 +315,8 @@ static void compare_checkpoints(const model *m, const char *cpu_out, const char 
     adamw *oa = load_optimizer(m, a, &sa), *ob = load_optimizer(m, b, &sb);
     if (oa && ob) {
         CHECK(oa->step == STEPS && ob->step == STEPS);
-        double em = gt_rel_l2(ob->exp_avg, oa->exp_avg, (size_t)oa->numel, 1e-30);
-        double ev = gt_rel_l2(ob->exp_avg_sq, oa->exp_avg_sq, (size_t)oa->numel, 1e-30);
+        double em = rel_l2(ob->exp_avg, oa->exp_avg, (size_t)oa->numel, 1e-30);
+        double ev = rel_l2(ob->exp_avg_sq, oa->exp_avg_sq, (size_t)oa->numel, 1e-30);
         printf("  %-34s exp_avg rel_l2 %.2e, exp_avg_sq %.2e (tol %.0e)\n",
                "checkpoint: AdamW moments", em, ev, FP32_MOMENTS);
         CHECK_MSG(em <= FP32_MOMENTS && ev <= FP32_MOMENTS, "moments %.3e %.3e", em, ev);
@@ -322,7 +342,15 @@ static void check_identical(const char *what, const char *out, const metrics *a,
 }
 
 int main(void) {
-    if (!have_gpu()) {
+    /* The module the build put next to the fedlora binary. */
+    char module[TU_PATH];
+    setenv(GPU_LOAD_ENV, tu_next_to_bin(module, GPU_MODULE_FILE), 0);
+    const gpu_api *gpu = gpu_load_api();
+    if (!gpu) {
+        fprintf(stderr, "%s\n", err_msg()); /* this build made the module: it must load */
+        return 1;
+    }
+    if (!have_gpu(gpu)) {
         printf("skipped: no CUDA device\n");
         return GPU_TEST_SKIP;
     }
@@ -380,7 +408,7 @@ int main(void) {
     compare_adapters("cuda, then cpu", m, g2c, cpu, FP32_TOL);
     check_identical("cuda, then cuda: same as unbroken", g2g, &mg2g, g32, &m32);
 
-    if (gpu_dist_supported()) {
+    if (gpu->dist_supported()) {
         metrics md;
         run_ok(&(job){"cuda", "fp32", 0, 0, 1}, tu_path(gd, "cuda_dist1"), 0);
         read_metrics(gd, &md);

@@ -337,11 +337,8 @@ static void test_init_library(void) {
     CHECK_FAILS_WITH(node_init_check(agg, "http://agg.example.org:7000"), "--aggregator");
     CHECK_FAILS_WITH(node_init_check(agg, "tcp://agg.example.org:0"), "port");
     CHECK_OK(node_init_check(dev, "cpu"));
-#ifdef FEDLORA_HAVE_CUDA
-    CHECK_OK(node_init_check(dev, "cuda")); /* a GPU is looked for by doctor and training */
-#else
-    CHECK_FAILS_WITH(node_init_check(dev, "cuda"), "--device");
-#endif
+    /* The CUDA backend module and a GPU are looked for by doctor and training. */
+    CHECK_OK(node_init_check(dev, "cuda"));
     CHECK_FAILS_WITH(node_init_check(dev, "tpu"), "--device");
     CHECK_OK(node_init_check(bm, base));
     CHECK_FAILS_WITH(node_init_check(bm, root), "config.json"); /* no model there */

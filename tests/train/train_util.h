@@ -50,6 +50,18 @@ static inline const char *tu_bin(void) {
     return b ? b : "fedlora";
 }
 
+/* out (TU_PATH bytes) = the file `name` in the fedlora binary's directory. */
+static inline const char *tu_next_to_bin(char *out, const char *name) {
+    char dir[TU_PATH];
+    snprintf(dir, sizeof dir, "%s", tu_bin());
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
+    return tu_in(out, dir, name);
+}
+
 static inline const char *tu_corpus(char *out, const char *name) {
     const char *fx = getenv("FEDLORA_FIXTURES");
     snprintf(out, TU_PATH, "%s/../../examples/corpus/%s", fx ? fx : "tests/fixtures", name);
