@@ -42,6 +42,7 @@
 #include "util/fio.h"
 #include "wire/crypto.h"
 #include "wire/envelope.h"
+#include "wire/hello.h"
 #include "wire/transport.h"
 
 #include <dirent.h>
@@ -835,7 +836,7 @@ static void mark_told(agg *a, const char *name) {
     }
 }
 
-static int on_hello(agg *a, const struct msg_hello *h, uint8_t **out, size_t *len) {
+static int on_hello(agg *a, const struct msg_hello *h, uint64_t now, uint8_t **out, size_t *len) {
     agg_member m;
     int found = agg_roster_find(a->roster, h->fingerprint, &m);
     if (found < 0) return -1;
@@ -862,6 +863,9 @@ static int on_hello(agg *a, const struct msg_hello *h, uint8_t **out, size_t *le
         return reply_error(a, MSG_ERR_NOT_MEMBER, -1, out, len,
                            "unknown node: name '%s' does not match the identity's name '%s'",
                            h->name, m.name);
+    /* The fingerprint is public: only the signature says the member asks. */
+    if (hello_verify(h, a->cfg.consortium, &m.pub, now, HELLO_SKEW_MAX_S) < 0)
+        return reply_error(a, MSG_ERR_REJECTED, -1, out, len, "%s", err_msg());
     if (a->state == AGG_FINISHED) {
         /* No retry_after: the node is done and exits 0. */
         char hex[STORE_HEX_LEN + 1];
@@ -1339,7 +1343,7 @@ int agg_handle(agg *a, const void *req, size_t len, uint64_t now, uint8_t **repl
     int rc;
     switch (m.type) {
         case MSG_HELLO:
-            rc = on_hello(a, &m.hello, reply, reply_len);
+            rc = on_hello(a, &m.hello, now, reply, reply_len);
             break;
         case MSG_GET_MODEL:
             rc = on_get_model(a, &m.get_model, reply, reply_len);

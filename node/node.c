@@ -6,6 +6,7 @@
 #include "util/err.h"
 #include "util/fio.h"
 #include "wire/crypto.h"
+#include "wire/hello.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -390,6 +391,7 @@ static int hello(node_ctx *n, struct msg *rep) {
         req.hello.have_round = n->have_round;
         memcpy(req.hello.have_version, n->have_version, MSG_HASH_LEN);
     }
+    if (hello_sign(&req.hello, n->c->consortium, &n->me, (uint64_t)time(NULL)) != 0) return -1;
     struct transport_msg raw;
     int k = node_call(n, &req, rep, &raw);
     if (k != 0) return k;

@@ -341,6 +341,9 @@ static int decode_hello(const struct fields *fs, struct msg_hello *h) {
     if (h->has_model && (get_u64(fs, "have_round", 0, UINT64_MAX, &h->have_round) < 0 ||
                          get_fixed(fs, "have_version", h->have_version, MSG_HASH_LEN) < 0))
         return -1;
+    if (get_u64(fs, "time", 0, UINT64_MAX, &h->time) < 0 ||
+        get_fixed(fs, "sig", h->sig, MSG_SIG_LEN) < 0)
+        return -1;
     return 0;
 }
 
@@ -636,10 +639,12 @@ static void encode_body(struct enc *e, const struct msg *m) {
     switch (m->type) {
         case MSG_HELLO: {
             const struct msg_hello *h = &m->hello;
-            put_header(e, m->type, h->has_model ? 5 : 3);
+            put_header(e, m->type, h->has_model ? 7 : 5);
             put_str(e, "name", h->name, sizeof h->name);
             put_bin(e, "id", h->fingerprint, MSG_HASH_LEN);
             put_strs(e, "caps", h->caps[0], sizeof h->caps[0], h->ncaps);
+            put_uint(e, "time", h->time);
+            put_bin(e, "sig", h->sig, MSG_SIG_LEN);
             if (h->has_model) {
                 put_uint(e, "have_round", h->have_round);
                 put_bin(e, "have_version", h->have_version, MSG_HASH_LEN);

@@ -23,6 +23,7 @@
 #define MSG_VERSION 1                        /* "v" of every message this build speaks */
 #define MSG_HASH_LEN 32                      /* SHA-256: model versions, fingerprints, digests */
 #define MSG_ID_LEN 16                        /* submission message ids (random, = envelope id) */
+#define MSG_SIG_LEN 64                       /* Ed25519 signatures */
 #define MSG_NAME_MAX 64                      /* node name, bytes */
 #define MSG_CAPS_MAX 16                      /* capabilities in HELLO */
 #define MSG_CAP_MAX 32                       /* bytes of one capability */
@@ -83,6 +84,8 @@ struct msg_hello {
     bool has_model;                     /* "have_round" and "have_version", */
     uint64_t have_round;                /* optional but together: the newest */
     uint8_t have_version[MSG_HASH_LEN]; /* round/version the node holds */
+    uint64_t time;                      /* "time": the node's clock, unix seconds */
+    uint8_t sig[MSG_SIG_LEN];           /* "sig": Ed25519 by the identity (wire/hello.h) */
 };
 
 struct msg_train {

@@ -36,6 +36,7 @@
 #include "model/checkpoint.h"
 #include "util/err.h"
 #include "util/fio.h"
+#include "wire/hello.h"
 #include "wire/crypto.h"
 #include "wire/envelope.h"
 #include "wire/keys.h"
@@ -123,8 +124,12 @@ static void request(const struct msg *m, struct msg *r, uint8_t **buf) {
 static void hello(const keys_secret *k, struct msg *r) {
     struct msg m = {.type = MSG_HELLO};
     uint8_t *buf;
+    uint8_t consortium[32];
     snprintf(m.hello.name, sizeof m.hello.name, "%s", k->pub.name);
     keys_fingerprint(&k->pub, m.hello.fingerprint);
+    if (payload_consortium_id("bench", consortium) < 0 ||
+        hello_sign(&m.hello, consortium, k, (uint64_t)time(NULL)) < 0)
+        die("signing HELLO");
     request(&m, r, &buf);
     free(buf);
 }

@@ -11,6 +11,7 @@
 #include "tests/check.h"
 #include "util/err.h"
 #include "util/fio.h"
+#include "wire/hello.h"
 #include "wire/envelope.h"
 #include "wire/keys.h"
 #include "wire/msg.h"
@@ -33,6 +34,7 @@ struct fed {
     keys_secret agg;
     keys_secret m[FED_MEMBERS + 1]; /* the three members, then the outsider */
     model *base;                    /* the base model as built (its shapes) */
+    uint8_t consortium[32];         /* payload_consortium_id("test-consortium") */
 };
 
 static char fed_root[512];
@@ -76,6 +78,7 @@ static inline void fed_init(struct fed *f) {
     snprintf(keys, sizeof keys, "%s/keys", f->dir);
     snprintf(base, sizeof base, "%s/base", f->dir);
     if (keys_generate("agg", &f->agg) < 0 || keys_write(&f->agg, keys) < 0) fed_die("keys");
+    if (payload_consortium_id("test-consortium", f->consortium) < 0) fed_die("consortium id");
     for (int i = 0; i <= FED_MEMBERS; i++)
         if (keys_generate(fed_names[i], &f->m[i]) < 0 || keys_write(&f->m[i], keys) < 0)
             fed_die("keys");

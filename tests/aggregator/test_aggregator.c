@@ -31,10 +31,12 @@ static int ask(agg *a, const struct msg *req, uint64_t now, struct msg *r) {
     return 0;
 }
 
+/* A HELLO as member's node sends it: signed at `now`. */
 static struct msg hello(agg *a, int member, uint64_t now) {
     struct msg m = {.type = MSG_HELLO}, r;
     snprintf(m.hello.name, sizeof m.hello.name, "%s", fed_names[member]);
     keys_fingerprint(&F.m[member].pub, m.hello.fingerprint);
+    CHECK_OK(hello_sign(&m.hello, F.consortium, &F.m[member], now));
     CHECK_OK(ask(a, &m, now, &r));
     return r;
 }
@@ -334,6 +336,25 @@ static void test_round_and_refusals(void) {
     keys_fingerprint(&F.m[0].pub, m.hello.fingerprint);
     CHECK_OK(ask(a, &m, T0, &r));
     CHECK(is_error(&r, MSG_ERR_NOT_MEMBER, "does not match"));
+    /* HELLO must be signed by the identity it names, for this consortium,
+     * at about the aggregator's time. */
+    m = (struct msg){.type = MSG_HELLO};
+    snprintf(m.hello.name, sizeof m.hello.name, "%s", fed_names[0]);
+    keys_fingerprint(&F.m[0].pub, m.hello.fingerprint);
+    CHECK_OK(hello_sign(&m.hello, F.consortium, &F.m[0], T0));
+    m.hello.sig[5] ^= 1;
+    CHECK_OK(ask(a, &m, T0, &r));
+    CHECK(is_error(&r, MSG_ERR_REJECTED, "signature does not verify"));
+    uint8_t elsewhere[32];
+    memcpy(elsewhere, F.consortium, 32);
+    elsewhere[0] ^= 1;
+    CHECK_OK(hello_sign(&m.hello, elsewhere, &F.m[0], T0));
+    CHECK_OK(ask(a, &m, T0, &r));
+    CHECK(is_error(&r, MSG_ERR_REJECTED, "signature does not verify"));
+    CHECK_OK(hello_sign(&m.hello, F.consortium, &F.m[0], T0 - HELLO_SKEW_MAX_S - 1));
+    CHECK_OK(ask(a, &m, T0, &r));
+    CHECK(is_error(&r, MSG_ERR_REJECTED, "behind the aggregator's"));
+    CHECK_FAILS_WITH(hello_sign(&m.hello, F.consortium, &F.m[1], T0), "another identity");
 
     /* GET_MODEL: the whole version in chunks, resumable at any offset. */
     uint64_t total = 0, off = 0;

@@ -207,6 +207,8 @@ static void wait_round(struct aggp *p, int member, uint64_t round, uint8_t base[
         uint8_t *buf;
         snprintf(m.hello.name, sizeof m.hello.name, "%s", fed_names[member]);
         keys_fingerprint(&F.m[member].pub, m.hello.fingerprint);
+        if (hello_sign(&m.hello, F.consortium, &F.m[member], (uint64_t)time(NULL)) < 0)
+            fed_die("signing HELLO");
         request(p, &m, &r, &buf);
         free(buf);
         if (r.type == MSG_ROUND && r.round.round == round) {
@@ -344,6 +346,8 @@ static void run_federation(struct run *R, const char *sub) {
             uint8_t *buf;
             snprintf(m.hello.name, sizeof m.hello.name, "%s", fed_names[i]);
             keys_fingerprint(&F.m[i].pub, m.hello.fingerprint);
+            if (hello_sign(&m.hello, F.consortium, &F.m[i], (uint64_t)time(NULL)) < 0)
+                fed_die("signing HELLO");
             request(&R->p, &m, &r, &buf);
             free(buf);
             const char *v;

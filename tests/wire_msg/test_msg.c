@@ -85,6 +85,8 @@ static struct msg sample_hello(void) {
     m.hello.ncaps = 2;
     strcpy(m.hello.caps[0], "cuda");
     strcpy(m.hello.caps[1], "bf16");
+    m.hello.time = 1795000000;
+    fill(m.hello.sig, MSG_SIG_LEN, 9);
     return m;
 }
 
@@ -603,6 +605,14 @@ static void test_schema(void) {
     msgpack_pack_array(&b.pk, 0);
     b_kuint(&b, "have_round", 3);
     CHECK_FAILS_WITH(b_decode(&b, &m), "'have_round' and 'have_version' go together");
+    b_init(&b); /* HELLO is signed: time and sig are required */
+    b_head(&b, "HELLO", 4);
+    b_kstr(&b, "name", "uni");
+    b_kbin(&b, "id", 32);
+    b_str(&b, "caps");
+    msgpack_pack_array(&b.pk, 0);
+    b_kuint(&b, "time", 3);
+    CHECK_FAILS_WITH(b_decode(&b, &m), "HELLO: missing required field 'sig'");
     b_init(&b);
     b_head(&b, "HELLO", 2);
     b_kstr(&b, "name", "uni");
