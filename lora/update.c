@@ -153,45 +153,59 @@ uint64_t update_data_bytes(const update *u) {
 #define COLS 256
 #define SCRATCH (ROWS * COLS) /* doubles per thread */
 
-static void apply_module(real *W, const update_module *um, double *scratch) {
+/* One block of up to ROWS rows starting at row i0, all columns. Compiled for
+ * AVX2 as well as the x86-64 baseline where the compiler can (GCC's
+ * function multi-versioning picks one at load time): the wider vectors do
+ * the same IEEE double multiplies and adds on the same elements in the same
+ * order (no FMA: -ffp-contract=off, and "avx2" does not enable it), so both
+ * versions give the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                             \
+    !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static void
+apply_rows(real *W, const update_module *um, double *acc, int i0) {
     const int out = um->out, in = um->in, R = um->rank;
-#pragma omp parallel for schedule(static)
-    for (int i0 = 0; i0 < out; i0 += ROWS) {
-        double *acc = scratch + (size_t)omp_get_thread_num() * SCRATCH;
-        const int nr = out - i0 < ROWS ? out - i0 : ROWS;
-        for (int j0 = 0; j0 < in; j0 += COLS) {
-            const int nj = in - j0 < COLS ? in - j0 : COLS;
-            for (int r = 0; r < nr; r++)
-                for (int j = 0; j < nj; j++)
-                    acc[r * COLS + j] = (double)W[(int64_t)(i0 + r) * in + j0 + j];
-            for (int k = 0; k < R; k++) {
-                const float *a = um->A + (int64_t)k * in + j0;
-                if (nr == ROWS) {
-                    const float *b = um->B + (int64_t)i0 * R + k;
-                    const double b0 = b[0], b1 = b[R], b2 = b[2 * R], b3 = b[3 * R];
-                    double *c0 = acc, *c1 = acc + COLS, *c2 = acc + 2 * COLS, *c3 = acc + 3 * COLS;
+    const int nr = out - i0 < ROWS ? out - i0 : ROWS;
+    for (int j0 = 0; j0 < in; j0 += COLS) {
+        const int nj = in - j0 < COLS ? in - j0 : COLS;
+        for (int r = 0; r < nr; r++)
+            for (int j = 0; j < nj; j++)
+                acc[r * COLS + j] = (double)W[(int64_t)(i0 + r) * in + j0 + j];
+        for (int k = 0; k < R; k++) {
+            const float *a = um->A + (int64_t)k * in + j0;
+            if (nr == ROWS) {
+                const float *b = um->B + (int64_t)i0 * R + k;
+                const double b0 = b[0], b1 = b[R], b2 = b[2 * R], b3 = b[3 * R];
+                double *c0 = acc, *c1 = acc + COLS, *c2 = acc + 2 * COLS, *c3 = acc + 3 * COLS;
 #pragma omp simd
-                    for (int j = 0; j < nj; j++) {
-                        const double x = (double)a[j];
-                        c0[j] += b0 * x;
-                        c1[j] += b1 * x;
-                        c2[j] += b2 * x;
-                        c3[j] += b3 * x;
-                    }
-                } else {
-                    for (int r = 0; r < nr; r++) {
-                        const double br = (double)um->B[(int64_t)(i0 + r) * R + k];
-                        double *c = acc + r * COLS;
+                for (int j = 0; j < nj; j++) {
+                    const double x = (double)a[j];
+                    c0[j] += b0 * x;
+                    c1[j] += b1 * x;
+                    c2[j] += b2 * x;
+                    c3[j] += b3 * x;
+                }
+            } else {
+                for (int r = 0; r < nr; r++) {
+                    const double br = (double)um->B[(int64_t)(i0 + r) * R + k];
+                    double *c = acc + r * COLS;
 #pragma omp simd
-                        for (int j = 0; j < nj; j++) c[j] += br * (double)a[j];
-                    }
+                    for (int j = 0; j < nj; j++) c[j] += br * (double)a[j];
                 }
             }
-            for (int r = 0; r < nr; r++)
-                for (int j = 0; j < nj; j++)
-                    W[(int64_t)(i0 + r) * in + j0 + j] = (real)acc[r * COLS + j];
         }
+        for (int r = 0; r < nr; r++)
+            for (int j = 0; j < nj; j++)
+                W[(int64_t)(i0 + r) * in + j0 + j] = (real)acc[r * COLS + j];
     }
+}
+
+static void apply_module(real *W, const update_module *um, double *scratch) {
+    const int out = um->out;
+#pragma omp parallel for schedule(static)
+    for (int i0 = 0; i0 < out; i0 += ROWS)
+        apply_rows(W, um, scratch + (size_t)omp_get_thread_num() * SCRATCH, i0);
 }
 
 int update_apply(model *m, const update *u) {
