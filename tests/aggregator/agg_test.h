@@ -19,6 +19,7 @@
 
 #include <ftw.h>
 #include <stdarg.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,25 @@ static inline void fed_init(struct fed *f) {
         fed_die("model");
     model_init_random(f->base, 7);
     if (checkpoint_save(f->base, base, "float32") < 0) fed_die("saving the base model");
+}
+
+/* The metrics line of a round, parsed (NULL when missing; json_decref it). */
+static inline json_t *fed_metrics_of(const agg_config *c, uint64_t round) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", c->state);
+    FILE *f = fopen(p, "r");
+    if (!f) return NULL;
+    char line[65536];
+    json_t *found = NULL;
+    while (!found && fgets(line, sizeof line, f)) {
+        json_t *j = json_loads(line, 0, NULL);
+        if (j && json_integer_value(json_object_get(j, "round")) == (json_int_t)round)
+            found = j;
+        else
+            json_decref(j);
+    }
+    fclose(f);
+    return found;
 }
 
 /* Writes <sub>/aggregator.cfg for a state directory <sub>/state. */

@@ -114,25 +114,6 @@ static agg *open_agg(const char *sub, const char *rounds, const char *more, agg_
     return a;
 }
 
-/* The metrics line of a round, parsed (NULL when missing). */
-static json_t *metrics_of(const agg_config *c, uint64_t round) {
-    char p[4200];
-    snprintf(p, sizeof p, "%s/metrics.jsonl", c->state);
-    FILE *f = fopen(p, "r");
-    if (!f) return NULL;
-    char line[65536];
-    json_t *found = NULL;
-    while (!found && fgets(line, sizeof line, f)) {
-        json_t *j = json_loads(line, 0, NULL);
-        if (j && json_integer_value(json_object_get(j, "round")) == (json_int_t)round)
-            found = j;
-        else
-            json_decref(j);
-    }
-    fclose(f);
-    return found;
-}
-
 /* ---- journal ------------------------------------------------------------- */
 
 struct recs {
@@ -579,7 +560,7 @@ static void test_round_and_refusals(void) {
     }
 
     /* The metrics line of round 1. */
-    json_t *j = metrics_of(&c, 1);
+    json_t *j = fed_metrics_of(&c, 1);
     CHECK(j != NULL);
     if (j) {
         CHECK(json_array_size(json_object_get(j, "members_accepted")) == 3);
@@ -664,7 +645,7 @@ static void test_quorum_deadline(void) {
     /* The late member is refused with a clear reply. */
     r = submit(a, s2.env, s2.len, s2.id, 1, T0 + 62);
     CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
-    json_t *j = metrics_of(&c, 1);
+    json_t *j = fed_metrics_of(&c, 1);
     CHECK(j && json_array_size(json_object_get(j, "members_accepted")) == 2);
     json_decref(j);
 
@@ -710,7 +691,7 @@ static void test_quorum_deadline(void) {
     CHECK(agg_current_round(a) == 2 && agg_get_state(a) == AGG_OPEN);
     agg_current_base(a, b2);
     CHECK(memcmp(b1, b2, 32) == 0);
-    j = metrics_of(&c, 1);
+    j = fed_metrics_of(&c, 1);
     CHECK(j && !strcmp(json_string_value(json_object_get(j, "status")), "below-quorum"));
     json_decref(j);
     agg_close(a);

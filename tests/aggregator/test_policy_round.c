@@ -96,24 +96,6 @@ static int submit_delta(agg *a, const keys_secret *member, uint64_t seed,
     return ok;
 }
 
-static json_t *metrics_of(const agg_config *c, uint64_t round) {
-    char p[4200];
-    snprintf(p, sizeof p, "%s/metrics.jsonl", c->state);
-    FILE *f = fopen(p, "r");
-    if (!f) return NULL;
-    char line[65536];
-    json_t *found = NULL;
-    while (!found && fgets(line, sizeof line, f)) {
-        json_t *j = json_loads(line, 0, NULL);
-        if (j && json_integer_value(json_object_get(j, "round")) == (json_int_t)round)
-            found = j;
-        else
-            json_decref(j);
-    }
-    fclose(f);
-    return found;
-}
-
 /* What the library makes of the given members' deltas (seeds, opts) on the
  * round's base, by a direct aggregate_round; returns the model file's hash. */
 static void direct(const agg_config *c, const uint8_t base_hash[32], uint64_t round,
@@ -173,7 +155,7 @@ static void check_rule(const char *sub, int n, policy_rule rule, const char *pol
     fed_path(out, sizeof out, "%s/mean", sub);
     direct(&c, base, 1, members, seeds, o, n, NULL, out, mean);
     CHECK(memcmp(got, mean, 32) != 0);
-    json_t *j = metrics_of(&c, 1);
+    json_t *j = fed_metrics_of(&c, 1);
     CHECK(j && !strcmp(json_string_value(json_object_get(j, "rule")), policy_rule_name(rule)));
     json_decref(j);
     agg_close(a);
@@ -228,7 +210,7 @@ static void test_norm_bound(void) {
     CHECK_OK(fio_read_all(logp, 1 << 20, &log, &len));
     CHECK(strstr(log, "dropped uni-c's delta: norm: uni-c's update has norm") != NULL);
     free(log);
-    json_t *j = metrics_of(&c, 1);
+    json_t *j = fed_metrics_of(&c, 1);
     CHECK(j && !strcmp(json_string_value(json_object_get(j, "status")), "published"));
     json_t *rej = json_object_get(j, "members_rejected");
     CHECK(
@@ -275,14 +257,14 @@ static void test_dp_budget(void) {
     CHECK(agg_get_state(a) == AGG_FINISHED && agg_current_round(a) == 2);
     const double want[3] = {0, e1, e2};
     for (uint64_t r = 1; r <= 2; r++) {
-        json_t *j = metrics_of(&c, r);
+        json_t *j = fed_metrics_of(&c, r);
         CHECK(j && !strcmp(json_string_value(json_object_get(j, "status")), "published"));
         CHECK_NEAR(json_real_value(json_object_get(j, "epsilon")), want[r], 1e-12 * want[r]);
         CHECK_NEAR(json_real_value(json_object_get(j, "epsilon_round")), e1, 1e-12 * e1);
         CHECK_NEAR(json_real_value(json_object_get(j, "noise_sigma")), z * 0.5 / 3, 1e-12);
         json_decref(j);
     }
-    json_t *j = metrics_of(&c, 3);
+    json_t *j = fed_metrics_of(&c, 3);
     CHECK(j && !strcmp(json_string_value(json_object_get(j, "status")), "dp-budget-exhausted"));
     CHECK_NEAR(json_real_value(json_object_get(j, "epsilon")), e2, 1e-12 * e2);
     CHECK_NEAR(json_real_value(json_object_get(j, "epsilon_next")), e3, 1e-12 * e3);
