@@ -6,6 +6,7 @@
 #ifndef FL_TESTS_AGGREGATOR_AGG_TEST_H
 #define FL_TESTS_AGGREGATOR_AGG_TEST_H
 
+#include "aggregator/config.h"
 #include "lora/lora.h"
 #include "model/checkpoint.h"
 #include "tests/check.h"

@@ -14,7 +14,7 @@ typedef struct {
     int B, T;
 } tiny_case;
 
-static model_config tiny_llama(void) {
+static inline model_config tiny_llama(void) {
     model_config c;
     memset(&c, 0, sizeof c);
     c.arch = MODEL_ARCH_LLAMA;
@@ -39,7 +39,7 @@ static model_config tiny_llama(void) {
 /* The five graphs the tests cover: GQA with tied embeddings; every bias with
  * an untied head, one kv head and head_dim != C/H; llama3 rope scaling;
  * a Mistral sliding window shorter than T; GPT-2. */
-static int tiny_cases(tiny_case *out) {
+static inline int tiny_cases(tiny_case *out) {
     int n = 0;
     tiny_case *t;
 
@@ -103,7 +103,7 @@ static int tiny_cases(tiny_case *out) {
 
 #define TINY_MAX_CASES 8
 
-static uint64_t tiny_rng(uint64_t *s) {
+static inline uint64_t tiny_rng(uint64_t *s) {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -111,7 +111,7 @@ static uint64_t tiny_rng(uint64_t *s) {
 }
 
 /* Uniform in [-1, 1). */
-static double tiny_uniform(uint64_t *s) {
+static inline double tiny_uniform(uint64_t *s) {
     return (double)(tiny_rng(s) >> 11) / 4503599627370496.0 - 1.0;
 }
 
@@ -119,7 +119,7 @@ static double tiny_uniform(uint64_t *s) {
  * and biases are not the ones and zeros of the init (a wrong formula cannot
  * hide behind them). Values are rounded through float, so the fp32 and fp64
  * builds hold the same weights. */
-static void tiny_weights(model *m, uint64_t seed) {
+static inline void tiny_weights(model *m, uint64_t seed) {
     model_init_random(m, seed);
     uint64_t s = seed * 7 + 1;
     for (int i = 0; i < m->n_params; i++) {
@@ -130,7 +130,7 @@ static void tiny_weights(model *m, uint64_t seed) {
 }
 
 /* Random tokens; targets random too, with every third one ignored. */
-static void tiny_batch(int32_t *tokens, int32_t *targets, int N, int V, uint64_t seed) {
+static inline void tiny_batch(int32_t *tokens, int32_t *targets, int N, int V, uint64_t seed) {
     uint64_t s = seed;
     for (int n = 0; n < N; n++) {
         tokens[n] = (int32_t)(tiny_rng(&s) % (uint64_t)V);

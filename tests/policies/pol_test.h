@@ -3,6 +3,7 @@
 #ifndef FL_TESTS_POLICIES_POL_TEST_H
 #define FL_TESTS_POLICIES_POL_TEST_H
 
+#include "tests/cpu/tiny.h"
 #include "lora/lora.h"
 #include "model/model.h"
 #include "policies/rng.h"
@@ -14,27 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A Llama-family model, hidden 16 (q_proj and o_proj are 16 × 16, k_proj and
+/* tests/cpu/tiny.h's Llama: hidden 16 (q_proj and o_proj are 16 × 16, k_proj and
  * v_proj 8 × 16), two layers, random weights. */
 static inline model *pt_model(void) {
-    model_config c;
-    memset(&c, 0, sizeof c);
-    c.arch = MODEL_ARCH_LLAMA;
-    c.family = MODEL_FAMILY_LLAMA;
-    c.vocab_size = 32;
-    c.hidden_size = 16;
-    c.intermediate_size = 24;
-    c.num_layers = 2;
-    c.num_heads = 4;
-    c.num_kv_heads = 2;
-    c.head_dim = 4;
-    c.max_position = 64;
-    c.norm_eps = 1e-5;
-    c.rope_theta = 10000;
-    c.tie_embeddings = 1;
-    c.bos_token_id = c.eos_token_id = -1;
-    c.initializer_range = 0.3;
-    strcpy(c.torch_dtype, "float32");
+    model_config c = tiny_llama();
     model *m = NULL;
     if (model_create(&m, &c) != 0) return NULL;
     model_init_random(m, 7);
