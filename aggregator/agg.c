@@ -243,15 +243,19 @@ static const accept_rec *find_msgid(const agg *a, const uint8_t id[MSG_ID_LEN]) 
     return NULL;
 }
 
+/* acc is in journal order, so its rounds never go down: a round's
+ * acceptances are the tail from the newest back to the first older round
+ * (all_in runs this every tick; the list holds every round's). */
 static const accept_rec *find_member(const agg *a, uint64_t round, const char *member) {
-    for (size_t i = 0; i < a->nacc; i++)
+    for (size_t i = a->nacc; i-- > 0 && a->acc[i].round >= round;)
         if (a->acc[i].round == round && strcmp(a->acc[i].member, member) == 0) return &a->acc[i];
     return NULL;
 }
 
 int agg_accepted_count(const agg *a) {
     int n = 0;
-    for (size_t i = 0; i < a->nacc; i++) n += a->acc[i].round == a->round;
+    for (size_t i = a->nacc; i-- > 0 && a->acc[i].round >= a->round;)
+        n += a->acc[i].round == a->round;
     return n;
 }
 
@@ -780,6 +784,17 @@ static int roster_journal(agg *a) {
         a->told = t;
         a->told_cap = cap;
     }
+    /* Upload slots follow the membership (a few per member, as at start).
+     * No request is in flight here, so moving the array is safe. */
+    int nup = 2 * agg_roster_count(a->roster) + 8;
+    if (nup > a->nup) {
+        upload *u = realloc(a->up, (size_t)nup * sizeof *u);
+        if (!u) return err_set("out of memory for %d upload slots", nup);
+        memset(u + a->nup, 0, (size_t)(nup - a->nup) * sizeof *u);
+        for (int i = a->nup; i < nup; i++) u[i].fd = -1;
+        a->up = u;
+        a->nup = nup;
+    }
     return 0;
 }
 
@@ -915,14 +930,13 @@ static int on_get_model(agg *a, const struct msg_get_model *g, uint8_t **out, si
     if (!buf) return err_set("out of memory for a %llu-byte chunk", (unsigned long long)g->length);
     size_t got;
     uint64_t total;
-    if (store_read(a->cfg.state, g->version, g->offset, buf, g->length, &got, &total) < 0) {
+    int r = store_read(a->cfg.state, g->version, g->offset, buf, g->length, &got, &total);
+    if (r != 0) {
         free(buf);
-        if (g->offset > total)
-            return reply_error(a, MSG_ERR_BAD_MESSAGE, -1, out, len,
-                               "GET_MODEL: offset %llu is past the end of version %s... (%llu "
-                               "bytes)",
-                               (unsigned long long)g->offset, sh, (unsigned long long)total);
-        return -1;
+        if (r < 0) return -1;
+        return reply_error(a, MSG_ERR_BAD_MESSAGE, -1, out, len,
+                           "GET_MODEL: offset %llu is past the end of version %s... (%llu bytes)",
+                           (unsigned long long)g->offset, sh, (unsigned long long)total);
     }
     struct msg m = {.type = MSG_MODEL_CHUNK};
     memcpy(m.model_chunk.version, g->version, 32);
@@ -2033,7 +2047,7 @@ int agg_recompute(const agg_config *c, uint64_t round, const char *out_dir, uint
     }
     if (checkpoint_save(m, out_dir, "float32") < 0 ||
         fio_join(p, sizeof p, out_dir, "model.safetensors") < 0 ||
-        store_hash_file(p, hash, NULL) < 0)
+        crypto_sha256_file(p, hash, NULL) < 0)
         goto done;
     rc = 0;
 done:

@@ -158,7 +158,7 @@ static int load_history(agg_roster *r) {
     if (fio_mkdirs(dir, 0700) < 0) return -1;
     DIR *d = opendir(dir);
     if (!d) return err_errno("listing %s", dir);
-    uint64_t newest = 0, *vs = NULL;
+    uint64_t *vs = NULL;
     size_t nv = 0;
     int rc = 0;
     for (struct dirent *e; (e = readdir(d));) {
@@ -196,11 +196,10 @@ static int load_history(agg_roster *r) {
         else if (take_members(r, &ro) < 0)
             rc = -1;
         else
-            r->size = len, newest = vs[i];
+            r->size = len;
         roster_free(&ro);
     }
     free(vs);
-    if (rc == 0 && newest == 0) r->version = 0;
     return rc;
 }
 

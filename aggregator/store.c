@@ -15,54 +15,22 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int store_hash_file(const char *path, uint8_t hash[STORE_HASH_LEN], uint64_t *size) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return err_errno("opening %s", path);
-    crypto_sha256_ctx *ctx = NULL;
-    size_t cap = 1u << 20;
-    uint8_t *buf = malloc(cap);
-    uint64_t total = 0;
-    int rc = -1;
-    if (!buf) {
-        err_set("out of memory hashing %s", path);
-        goto done;
-    }
-    if (crypto_sha256_new(&ctx) < 0) goto done;
-    for (;;) {
-        ssize_t n = read(fd, buf, cap);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            err_errno("reading %s", path);
-            goto done;
-        }
-        if (n == 0) break;
-        if (crypto_sha256_update(ctx, buf, (size_t)n) < 0) goto done;
-        total += (uint64_t)n;
-    }
-    if (crypto_sha256_final(ctx, hash) < 0) goto done;
-    if (size) *size = total;
-    rc = 0;
-done:
-    crypto_sha256_free(ctx);
-    free(buf);
-    close(fd);
-    return rc;
+/* STATE/<dir>/<hex><leaf>. */
+static int hash_path(const char *state, const char *dir, const uint8_t hash[STORE_HASH_LEN],
+                     const char *leaf, char *out, size_t n) {
+    char hex[STORE_HEX_LEN + 1];
+    hex_encode(hash, STORE_HASH_LEN, hex);
+    if (snprintf(out, n, "%s/%s/%s%s", state, dir, hex, leaf) >= (int)n)
+        return err_set("state path %s is too long", state);
+    return 0;
 }
 
 int store_version_dir(const char *state, const uint8_t hash[STORE_HASH_LEN], char *out, size_t n) {
-    char hex[STORE_HEX_LEN + 1];
-    hex_encode(hash, STORE_HASH_LEN, hex);
-    if (snprintf(out, n, "%s/versions/%s", state, hex) >= (int)n)
-        return err_set("state path %s is too long", state);
-    return 0;
+    return hash_path(state, "versions", hash, "", out, n);
 }
 
 int store_model_path(const char *state, const uint8_t hash[STORE_HASH_LEN], char *out, size_t n) {
-    char hex[STORE_HEX_LEN + 1];
-    hex_encode(hash, STORE_HASH_LEN, hex);
-    if (snprintf(out, n, "%s/versions/%s/model.safetensors", state, hex) >= (int)n)
-        return err_set("state path %s is too long", state);
-    return 0;
+    return hash_path(state, "versions", hash, "/model.safetensors", out, n);
 }
 
 int store_has(const char *state, const uint8_t hash[STORE_HASH_LEN]) {
@@ -72,11 +40,7 @@ int store_has(const char *state, const uint8_t hash[STORE_HASH_LEN]) {
 }
 
 int store_object_path(const char *state, const uint8_t hash[STORE_HASH_LEN], char *out, size_t n) {
-    char hex[STORE_HEX_LEN + 1];
-    hex_encode(hash, STORE_HASH_LEN, hex);
-    if (snprintf(out, n, "%s/objects/%s", state, hex) >= (int)n)
-        return err_set("state path %s is too long", state);
-    return 0;
+    return hash_path(state, "objects", hash, "", out, n);
 }
 
 int store_has_any(const char *state, const uint8_t hash[STORE_HASH_LEN]) {
@@ -90,7 +54,7 @@ int store_put_object(const char *state, const char *tmp, uint8_t hash[STORE_HASH
                      uint64_t *size) {
     char dir[4096], p[4096];
     if (fio_join(dir, sizeof dir, state, "objects") < 0 || fio_mkdirs(dir, 0755) < 0) return -1;
-    if (store_hash_file(tmp, hash, size) < 0 || store_object_path(state, hash, p, sizeof p) < 0)
+    if (crypto_sha256_file(tmp, hash, size) < 0 || store_object_path(state, hash, p, sizeof p) < 0)
         return err_context("storing %s", tmp);
     if (fio_exists(p)) {
         if (unlink(tmp) != 0) return err_errno("removing %s", tmp);
@@ -127,7 +91,7 @@ int store_publish(const char *state, const char *tmpdir, uint8_t hash[STORE_HASH
     if (fio_join(model, sizeof model, tmpdir, "model.safetensors") < 0 ||
         fio_join(versions, sizeof versions, state, "versions") < 0)
         return -1;
-    if (store_hash_file(model, hash, NULL) < 0 ||
+    if (crypto_sha256_file(model, hash, NULL) < 0 ||
         store_version_dir(state, hash, vdir, sizeof vdir) < 0)
         return err_context("publishing %s", tmpdir);
     if (fio_mkdirs(versions, 0755) < 0) return -1;
@@ -156,8 +120,7 @@ int store_read(const char *state, const uint8_t hash[STORE_HASH_LEN], uint64_t o
     *total = (uint64_t)st.st_size;
     *got = 0;
     if (offset > *total) {
-        err_set("offset %llu is past the end of the %llu-byte model", (unsigned long long)offset,
-                (unsigned long long)*total);
+        rc = 1; /* the asker's mistake, not ours */
         goto done;
     }
     uint64_t want = *total - offset < cap ? *total - offset : cap;

@@ -20,9 +20,6 @@
 #define STORE_HASH_LEN 32
 #define STORE_HEX_LEN 64
 
-/* SHA-256 and size of a file, streamed. */
-int store_hash_file(const char *path, uint8_t hash[STORE_HASH_LEN], uint64_t *size);
-
 /* STATE/versions/<hex> and .../model.safetensors. */
 int store_version_dir(const char *state, const uint8_t hash[STORE_HASH_LEN], char *out, size_t n);
 int store_model_path(const char *state, const uint8_t hash[STORE_HASH_LEN], char *out, size_t n);
@@ -44,7 +41,8 @@ int store_put_object(const char *state, const char *tmp, uint8_t hash[STORE_HASH
 int store_publish(const char *state, const char *tmpdir, uint8_t hash[STORE_HASH_LEN]);
 
 /* Up to cap bytes from offset of a version's model file, or of an object
- * (looked up in that order); *total is its size. */
+ * (looked up in that order); *total is its size. 1 (with *total set) when
+ * offset is past the end. */
 int store_read(const char *state, const uint8_t hash[STORE_HASH_LEN], uint64_t offset, void *buf,
                size_t cap, size_t *got, uint64_t *total);
 

@@ -19,6 +19,7 @@
 #include "node/demo_corpus.h"
 #include "util/err.h"
 #include "util/fio.h"
+#include "util/hex.h"
 #include "wire/crypto.h"
 #include "wire/keys.h"
 
@@ -373,14 +374,10 @@ static int global_loss(demo *d, const char *model_dir, double *loss) {
 
 /* The version hash of a model file: SHA-256 of its bytes, in hex. */
 static int hash_file(const char *path, char hex[65]) {
-    char *data;
-    size_t len;
     uint8_t h[32];
-    if (fio_read_all(path, (size_t)1 << 34, &data, &len) != 0) return -1;
-    int rc = crypto_sha256(data, len, h);
-    free(data);
-    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", h[i]);
-    return rc;
+    if (crypto_sha256_file(path, h, NULL) != 0) return -1;
+    hex_encode(h, 32, hex);
+    return 0;
 }
 
 static int version_dir(const demo *d, const char *hex, char *out) {

@@ -866,11 +866,6 @@ int trainer_run(model *m, lora_set *s, const dataset *d, const trainer_options *
     res->rank = r.rank;
     rc = train_loop(&r, res);
     if (rc == 0) rc = evaluate(&r, res);
-    if (attached) {
-        lora_set_training(s, 0);
-        lora_detach(s);
-        attached = 0;
-    }
     /* The caller's s ends with the trained adapter, on every rank. */
     if (rc == 0 && sync_to_host(&r) != 0) rc = -1;
     if (rc == 0 && r.rank == 0 && peft_save(s, o->out_dir) != 0)

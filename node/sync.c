@@ -45,37 +45,6 @@ int node_version_dir(const node_ctx *n, const uint8_t version[MSG_HASH_LEN], cha
     return node_path(n, dir, "versions/%s", hex);
 }
 
-/* SHA-256 of a whole file, read in chunks (bounded memory). */
-static int hash_file(const char *path, uint8_t out[MSG_HASH_LEN]) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return err_errno("cannot open %s", path);
-    crypto_sha256_ctx *h = NULL;
-    size_t cap = 1u << 20;
-    uint8_t *buf = malloc(cap);
-    int rc = -1;
-    if (!buf) {
-        err_set("out of memory hashing %s", path);
-        goto done;
-    }
-    if (crypto_sha256_new(&h) != 0) goto done;
-    for (;;) {
-        ssize_t got = read(fd, buf, cap);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0) {
-            err_errno("cannot read %s", path);
-            goto done;
-        }
-        if (got == 0) break;
-        if (crypto_sha256_update(h, buf, (size_t)got) != 0) goto done;
-    }
-    rc = crypto_sha256_final(h, out);
-done:
-    crypto_sha256_free(h);
-    free(buf);
-    close(fd);
-    return rc;
-}
-
 /* Only one version is kept: the newest. Older ones (and abandoned .part
  * downloads of other versions) are removed once a new one is verified. */
 static int remove_other_versions(const node_ctx *n, const char *keep_dir) {
@@ -171,9 +140,13 @@ static int download(node_ctx *n, const uint8_t version[MSG_HASH_LEN], const char
             transport_msg_close(&raw);
             break;
         }
+        /* msg_decode keeps a chunk within its total and sets final iff it
+         * ends there; an empty chunk that is not final would make no
+         * progress (a hostile aggregator could keep us here forever). */
         const struct msg_model_chunk *ch = &rep.model_chunk;
         if (rep.type != MSG_MODEL_CHUNK || memcmp(ch->version, version, MSG_HASH_LEN) != 0 ||
-            ch->offset != offset || (total != UINT64_MAX && ch->total != total)) {
+            ch->offset != offset || (total != UINT64_MAX && ch->total != total) ||
+            (ch->data_len == 0 && !ch->final)) {
             err_set("the aggregator answered GET_MODEL(offset %llu) with %s that does not match "
                     "the request",
                     (unsigned long long)offset, msg_type_name(rep.type));
@@ -252,7 +225,7 @@ static int lowrank(node_ctx *n, const struct msg_round *r, const char *dir, cons
     model *m = NULL;
     update *u = NULL;
     int rc = -1;
-    if (hash_file(upart, got) != 0) goto done;
+    if (crypto_sha256_file(upart, got, NULL) != 0) goto done;
     if (memcmp(got, r->update_hash, MSG_HASH_LEN) != 0) {
         err_set("the update's bytes do not hash to the ROUND's update_hash");
         goto done;
@@ -273,7 +246,7 @@ static int lowrank(node_ctx *n, const struct msg_round *r, const char *dir, cons
         goto done;
     model_free(m);
     m = NULL;
-    if (hash_file(made, got) != 0) goto done;
+    if (crypto_sha256_file(made, got, NULL) != 0) goto done;
     if (memcmp(got, r->base, MSG_HASH_LEN) != 0) {
         hex_encode(got, MSG_HASH_LEN, got_hex);
         err_set("the version made from %.16s… and the update hashes to %.16s…, not to the "
@@ -338,7 +311,7 @@ int node_sync(node_ctx *n, const struct msg_round *r) {
         int k = download(n, version, part, 0);
         if (k != 0) return k;
         uint8_t got[MSG_HASH_LEN];
-        if (hash_file(part, got) != 0) return -1;
+        if (crypto_sha256_file(part, got, NULL) != 0) return -1;
         if (memcmp(got, version, MSG_HASH_LEN) == 0) break;
         if (unlink(part) != 0) return err_errno("cannot remove %s", part);
         if (attempt == 1)

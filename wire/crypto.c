@@ -2,6 +2,9 @@
 
 #include "util/err.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -371,5 +374,40 @@ int crypto_aes256gcm_decrypt(const uint8_t key[CRYPTO_GCM_KEY_LEN],
     if (rc == 0) rc = crypto_gcm_finish_decrypt(g, tag, tag_len);
     crypto_gcm_free(g);
     if (rc != 0) crypto_wipe(pt, n);
+    return rc;
+}
+
+/* Read in 1 MiB pieces: memory stays bounded whatever the file's size. */
+int crypto_sha256_file(const char *path, uint8_t hash[CRYPTO_SHA256_LEN], uint64_t *size) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return err_errno("opening %s", path);
+    crypto_sha256_ctx *ctx = NULL;
+    size_t cap = 1u << 20;
+    uint8_t *buf = malloc(cap);
+    uint64_t total = 0;
+    int rc = -1;
+    if (!buf) {
+        err_set("out of memory hashing %s", path);
+        goto done;
+    }
+    if (crypto_sha256_new(&ctx) < 0) goto done;
+    for (;;) {
+        ssize_t n = read(fd, buf, cap);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            err_errno("reading %s", path);
+            goto done;
+        }
+        if (n == 0) break;
+        if (crypto_sha256_update(ctx, buf, (size_t)n) < 0) goto done;
+        total += (uint64_t)n;
+    }
+    if (crypto_sha256_final(ctx, hash) < 0) goto done;
+    if (size) *size = total;
+    rc = 0;
+done:
+    crypto_sha256_free(ctx);
+    free(buf);
+    close(fd);
     return rc;
 }

@@ -47,6 +47,8 @@ int crypto_sha256_update(crypto_sha256_ctx *ctx, const void *data, size_t n);
 /* Writes the digest; the context may then be freed (it is not reset). */
 int crypto_sha256_final(crypto_sha256_ctx *ctx, uint8_t out[CRYPTO_SHA256_LEN]);
 void crypto_sha256_free(crypto_sha256_ctx *ctx);
+/* SHA-256 of a whole file, streamed; *size (when not NULL) gets its bytes. */
+int crypto_sha256_file(const char *path, uint8_t out[CRYPTO_SHA256_LEN], uint64_t *size);
 
 /* HKDF-SHA256 (RFC 5869): extract with salt, expand with info to out_len
  * bytes (at most 255 * 32). An empty salt means 32 zero bytes, per §2.2. */

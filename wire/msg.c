@@ -446,6 +446,8 @@ static int decode_model_chunk(const struct fields *fs, struct msg_model_chunk *m
                        (unsigned long long)rest);
     if (!m->final && rest == 0)
         return err_set("MODEL_CHUNK: field 'final' is false but the chunk ends the model");
+    if (!m->final && m->data_len == 0)
+        return err_set("MODEL_CHUNK: an empty chunk must be the final one");
     return 0;
 }
 

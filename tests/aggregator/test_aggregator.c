@@ -302,7 +302,7 @@ static void test_round_and_refusals(void) {
     char mp[4300];
     CHECK_OK(store_model_path(c.state, base1, mp, sizeof mp));
     uint8_t h[32];
-    CHECK_OK(store_hash_file(mp, h, NULL));
+    CHECK_OK(crypto_sha256_file(mp, h, NULL));
     CHECK(memcmp(h, base1, 32) == 0); /* content-addressed */
 
     /* HELLO: a member gets the round; others are refused. */

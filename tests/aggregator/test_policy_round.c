@@ -120,7 +120,7 @@ static void direct(const agg_config *c, const uint8_t base_hash[32], uint64_t ro
     char p[700];
     snprintf(p, sizeof p, "%s/model.safetensors", out);
     if (aggregate_round(&c->policy, m, mb, K, &info, noise, NULL, NULL) < 0 ||
-        checkpoint_save(m, out, "float32") < 0 || store_hash_file(p, hash, NULL) < 0)
+        checkpoint_save(m, out, "float32") < 0 || crypto_sha256_file(p, hash, NULL) < 0)
         fed_die("direct aggregation");
     for (int k = 0; k < K; k++) agg_update_free(&u[k]);
     model_free(m);

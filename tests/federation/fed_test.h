@@ -18,6 +18,7 @@
 #include "tests/check.h"
 #include "util/err.h"
 #include "util/fio.h"
+#include "util/hex.h"
 #include "wire/crypto.h"
 #include "wire/keys.h"
 #include "wire/msg.h"
@@ -352,14 +353,10 @@ static inline int ft_wait_round(const ft_fed *f, int round, double timeout_s) {
 
 /* SHA-256 of a file as hex. */
 static inline int ft_hash_file(const char *path, char out[65]) {
-    char *data;
-    size_t len;
     uint8_t h[32];
-    if (fio_read_all(path, (size_t)1 << 32, &data, &len) != 0) return -1;
-    int rc = crypto_sha256(data, len, h);
-    free(data);
-    for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", h[i]);
-    return rc;
+    if (crypto_sha256_file(path, h, NULL) != 0) return -1;
+    hex_encode(h, 32, out);
+    return 0;
 }
 
 /* Starts every node pointed at endpoint, waits for all of them and then the

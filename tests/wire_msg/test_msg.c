@@ -561,6 +561,15 @@ static void test_schema(void) {
     b_str(&b, "final");
     msgpack_pack_true(&b.pk);
     CHECK_FAILS_WITH(b_decode(&b, &m), "10 bytes at offset 95 run past the total of 100 bytes");
+    b_init(&b); /* an empty chunk that is not the last: a peer could loop forever */
+    b_head(&b, "MODEL_CHUNK", 5);
+    b_kbin(&b, "version", 32);
+    b_kuint(&b, "offset", 10);
+    b_kuint(&b, "total", 100);
+    b_kbin(&b, "data", 0);
+    b_str(&b, "final");
+    msgpack_pack_false(&b.pk);
+    CHECK_FAILS_WITH(b_decode(&b, &m), "an empty chunk must be the final one");
     b_init(&b);
     b_head(&b, "SUBMIT_BEGIN", 4);
     b_kuint(&b, "round", 3);
