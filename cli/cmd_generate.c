@@ -7,15 +7,18 @@
  * seed. Generation stops at the model's eos_token_id, after max_tokens, or
  * when the context is full.
  *
- * The prompt goes through the model once (model_decode's prefill), then each
- * new token once: a KV cache (model/model.h) keeps every earlier position's
- * keys and values, sized for the prompt plus --max-tokens (at most the
- * context). The adapter applies at every step, with its dropout off. */
+ * The prompt goes through the model once (a prefill), then each new token
+ * once: a KV cache keeps every earlier position's keys and values, sized for
+ * the prompt plus --max-tokens (at most the context), on the CPU or, with
+ * --device cuda, on a GPU (lora/decoder.h). The adapter applies at every
+ * step, with its dropout off. */
 #include "cli/commands.h"
 #include "cli/opts.h"
 #include "lora/dataset.h"
+#include "lora/decoder.h"
 #include "lora/lora.h"
 #include "lora/peft.h"
+#include "lora/trainer.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "model/tokenizer/tokenizer.h"
@@ -41,6 +44,8 @@ static const char *usage_text =
     "  --top-p P          nucleus sampling: sample among the most likely tokens whose\n"
     "                     probability adds up to P (1.0: all)\n"
     "  --seed S           the sampler's seed (0)\n"
+    "  --device D         cpu (default) or cuda: run the model on a GPU (docs/gpu.md)\n"
+    "  --precision P      with --device cuda: bf16 (default) or fp32\n"
     "  --threads N        OpenMP threads\n";
 
 typedef struct {
@@ -90,10 +95,13 @@ static double now(void) {
 
 int cmd_generate(int argc, char **argv) {
     const char *dir = NULL, *adapter = NULL, *prompt = NULL, *tok_path = NULL, *max_s = "128",
-               *temp_s = "0", *top_p_s = "1.0", *seed_s = "0", *threads_s = NULL;
-    opts_spec spec[] = {{"model", &dir},          {"adapter", &adapter},  {"prompt", &prompt},
-                        {"tokenizer", &tok_path}, {"max-tokens", &max_s}, {"temperature", &temp_s},
-                        {"top-p", &top_p_s},      {"seed", &seed_s},      {"threads", &threads_s}};
+               *temp_s = "0", *top_p_s = "1.0", *seed_s = "0", *threads_s = NULL, *device = "cpu",
+               *precision = NULL;
+    opts_spec spec[] = {
+        {"model", &dir},          {"adapter", &adapter},    {"prompt", &prompt},
+        {"tokenizer", &tok_path}, {"max-tokens", &max_s},   {"temperature", &temp_s},
+        {"top-p", &top_p_s},      {"seed", &seed_s},        {"threads", &threads_s},
+        {"device", &device},      {"precision", &precision}};
     int rc = opts_parse(argc, argv, spec, sizeof spec / sizeof spec[0], usage_text);
     if (rc >= 0) return rc;
     if (!dir || !prompt) return opts_missing(usage_text, "--model and --prompt");
@@ -103,7 +111,8 @@ int cmd_generate(int argc, char **argv) {
         opts_double(temp_s, "--temperature", 0, 100, &temperature) != 0 ||
         opts_double(top_p_s, "--top-p", 1e-9, 1, &top_p) != 0 ||
         opts_int(seed_s, "--seed", 0, (long long)1 << 62, &seed) != 0 ||
-        (threads_s && opts_int(threads_s, "--threads", 1, 4096, &threads) != 0))
+        (threads_s && opts_int(threads_s, "--threads", 1, 4096, &threads) != 0) ||
+        trainer_device_check(device, precision) != 0)
         return opts_fail();
     if (threads_s) omp_set_num_threads((int)threads);
 
@@ -111,7 +120,7 @@ int cmd_generate(int argc, char **argv) {
     lora_set *s = NULL;
     tokenizer *tok = NULL;
     tokenizer_ids ids = {0};
-    model_kv_cache *cache = NULL;
+    decoder *dec = NULL;
     real *logits = NULL;
     int32_t *seq = NULL;
     cand *cands = NULL;
@@ -121,11 +130,10 @@ int cmd_generate(int argc, char **argv) {
         err_context("loading model %s", dir);
         goto done;
     }
-    if (adapter && (peft_load(&s, m, adapter) != 0 || lora_attach(s, m) != 0)) {
+    if (adapter && peft_load(&s, m, adapter) != 0) {
         err_context("loading adapter %s for model %s", adapter, dir);
         goto done;
     }
-    if (s) lora_set_training(s, 0); /* generation is evaluation: no dropout */
     char tok_default[4096];
     if (!tok_path) {
         if (fio_join(tok_default, sizeof tok_default, dir, "tokenizer.json") != 0) goto done;
@@ -167,14 +175,14 @@ int cmd_generate(int argc, char **argv) {
     size_t len = n_prompt;
     double t0 = now();
     /* logits always holds the next-token distribution after seq[len − 1]. */
-    if (len < cap && (model_kv_cache_create(&cache, m, (int)cap) != 0 ||
-                      model_decode(m, cache, seq, (int)len, logits) != 0))
+    if (len < cap && (decoder_open(&dec, m, s, (int)cap, device, precision) != 0 ||
+                      decoder_step(dec, seq, (int)len, logits) != 0))
         goto done;
     while (len < cap) {
         int next = sample(logits, V, temperature, top_p, &rng, cands);
         if (next == m->cfg.eos_token_id) break;
         seq[len++] = next;
-        if (len < cap && model_decode(m, cache, &seq[len - 1], 1, logits) != 0) goto done;
+        if (len < cap && decoder_step(dec, &seq[len - 1], 1, logits) != 0) goto done;
     }
     double dt = now() - t0;
     size_t n_new = len - n_prompt, text_len;
@@ -182,8 +190,8 @@ int cmd_generate(int argc, char **argv) {
     if (tokenizer_decode(tok, out_ids, n_new, 1, &text, &text_len) != 0) goto done;
     fwrite(text, 1, text_len, stdout);
     printf("\n");
-    fprintf(stderr, "%zu tokens in %.2f s (%.1f tokens/s)%s\n", n_new, dt,
-            dt > 0 ? (double)n_new / dt : 0.0,
+    fprintf(stderr, "%zu tokens in %.2f s (%.1f tokens/s, %s)%s\n", n_new, dt,
+            dt > 0 ? (double)n_new / dt : 0.0, dec ? decoder_device(dec) : device,
             len == (size_t)ctx ? "; stopped at the model's context length" : "");
     rc = 0;
 done:
@@ -191,7 +199,7 @@ done:
     free(text);
     free(cands);
     free(seq);
-    model_kv_cache_free(cache);
+    decoder_free(dec);
     free(logits);
     tokenizer_ids_free(&ids);
     tokenizer_free(tok);

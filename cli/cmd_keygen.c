@@ -64,9 +64,14 @@ int cmd_keygen(int argc, char **argv) {
         fprintf(stderr, "fedlora keygen: %s\n", err_msg());
         return 2;
     }
+    keys_paths paths; /* for the messages: the files keys_write makes */
     keys_secret k;
     uint8_t fp[KEYS_FP_LEN];
     char fp_text[KEYS_FP_TEXT_LEN];
+    if (keys_paths_of(&paths, out, name) != 0) {
+        fprintf(stderr, "fedlora keygen: %s\n", err_msg());
+        return 1;
+    }
     int rc = keys_generate(name, &k);
     if (rc == 0) rc = keys_write(&k, out);
     if (rc == 0) rc = keys_fingerprint(&k.pub, fp);
@@ -76,9 +81,8 @@ int cmd_keygen(int argc, char **argv) {
         return 1;
     }
     keys_fingerprint_text(fp, fp_text);
-    printf("wrote %s/%s.sign.pem and %s/%s.kx.pem (private: keep them on this machine)\n", out,
-           name, out, name);
-    printf("wrote %s/%s.id (public identity: send it to the consortium admin)\n", out, name);
+    printf("wrote %s and %s (private: keep them on this machine)\n", paths.sign, paths.kx);
+    printf("wrote %s (public identity: send it to the consortium admin)\n", paths.id);
     printf("fingerprint: %s\n", fp_text);
     printf("Read the fingerprint to the admin over a channel you trust (phone, video call);\n"
            "they must see the same one when they add %s.id to the roster.\n",

@@ -38,7 +38,8 @@ struct doc {
     doctor_report *r;
     int oom;
     node_config c;
-    int have_fp; /* fp is this node's identity (from its keys, or at least its .id) */
+    keys_paths keys; /* this node's key files (set by check_keys before have_fp) */
+    int have_fp;     /* fp is this node's identity (from its keys, or at least its .id) */
     uint8_t fp[KEYS_FP_LEN];
     long long params;              /* the base model's parameter count, 0: unknown */
     char disk_path[NODE_PATH_MAX]; /* where the state lives (or its nearest existing parent) */
@@ -176,19 +177,12 @@ static int check_key_file(struct doc *d, const char *path) {
 }
 
 static void check_keys(struct doc *d) {
-    char sign[NODE_PATH_MAX], kx[NODE_PATH_MAX], id[NODE_PATH_MAX], file[KEYS_NAME_MAX + 16];
-    snprintf(file, sizeof file, "%s.sign.pem", d->c.name);
-    int bad = fio_join(sign, sizeof sign, d->c.keys_dir, file);
-    snprintf(file, sizeof file, "%s.kx.pem", d->c.name);
-    bad |= fio_join(kx, sizeof kx, d->c.keys_dir, file);
-    snprintf(file, sizeof file, "%s.id", d->c.name);
-    bad |= fio_join(id, sizeof id, d->c.keys_dir, file);
-    if (bad) {
+    if (keys_paths_of(&d->keys, d->c.keys_dir, d->c.name) != 0) {
         note(d, DOCTOR_FAIL, "keys", "use a shorter keys.dir", "%s", err_msg());
         return;
     }
-    int files_ok = check_key_file(d, sign) == 0;
-    files_ok &= check_key_file(d, kx) == 0;
+    int files_ok = check_key_file(d, d->keys.sign) == 0;
+    files_ok &= check_key_file(d, d->keys.kx) == 0;
     if (files_ok) {
         keys_secret k;
         if (keys_load_secret(d->c.keys_dir, d->c.name, &k) != 0) {
@@ -204,7 +198,7 @@ static void check_keys(struct doc *d) {
     if (!d->have_fp) {
         /* The .id alone still tells the aggregator checks who we are. */
         keys_public pub;
-        d->have_fp = keys_load_public(id, &pub) == 0 && keys_fingerprint(&pub, d->fp) == 0;
+        d->have_fp = keys_load_public(d->keys.id, &pub) == 0 && keys_fingerprint(&pub, d->fp) == 0;
         return;
     }
     char fp[KEYS_FP_TEXT_LEN];
@@ -603,9 +597,9 @@ static void check_roster(struct doc *d, const struct msg_status_info *info) {
     char date[21];
     if (!m) {
         text_fmt(todo,
-                 "send %s/%s.id to the consortium admin and compare the fingerprint by phone or "
+                 "send %s to the consortium admin and compare the fingerprint by phone or "
                  "video call",
-                 d->c.keys_dir, d->c.name);
+                 d->keys.id);
         note(d, DOCTOR_FAIL, "roster", todo,
              "roster version %llu (%u members) does not list this node's keys",
              (unsigned long long)r.version, r.n_members);
@@ -685,9 +679,9 @@ static void check_aggregator(struct doc *d) {
         char fp[KEYS_FP_TEXT_LEN], todo[DOCTOR_TEXT_MAX];
         keys_fingerprint_text(d->fp, fp);
         text_fmt(todo,
-                 "send %s/%s.id to the consortium admin, compare the fingerprint by phone or "
+                 "send %s to the consortium admin, compare the fingerprint by phone or "
                  "video call, and run doctor again once the roster lists you",
-                 d->c.keys_dir, d->c.name);
+                 d->keys.id);
         if (!strcmp(info.member, "active"))
             note(d, DOCTOR_OK, "membership", NULL, "the aggregator knows %s as an active member",
                  d->c.name);

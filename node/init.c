@@ -282,19 +282,17 @@ static int absolute(const char *path, const char *flag, char *out) {
 
 static int create(const node_init_options *o, node_init_result *res, struct made *m) {
     char keys_dir[NODE_PATH_MAX], agg_id[NODE_PATH_MAX], state[NODE_PATH_MAX];
-    char sign[NODE_PATH_MAX], kx[NODE_PATH_MAX], file[KEYS_NAME_MAX + 16];
+    keys_paths kp;
     if (fio_join(res->config, sizeof res->config, o->out, "node.cfg") != 0 ||
         fio_join(keys_dir, sizeof keys_dir, o->out, "keys") != 0 ||
         fio_join(agg_id, sizeof agg_id, o->out, "aggregator.id") != 0 ||
-        fio_join(state, sizeof state, o->out, "state") != 0)
+        fio_join(state, sizeof state, o->out, "state") != 0 ||
+        keys_paths_of(&kp, keys_dir, o->name) != 0)
         return -1;
-    snprintf(file, sizeof file, "%s.sign.pem", o->name);
-    if (fio_join(sign, sizeof sign, keys_dir, file) != 0) return -1;
-    snprintf(file, sizeof file, "%s.kx.pem", o->name);
-    if (fio_join(kx, sizeof kx, keys_dir, file) != 0) return -1;
-    snprintf(file, sizeof file, "%s.id", o->name);
-    if (fio_join(res->id_file, sizeof res->id_file, keys_dir, file) != 0) return -1;
-    const char *targets[] = {res->config, agg_id, sign, kx, res->id_file};
+    _Static_assert(sizeof res->id_file >= sizeof kp.id,
+                   "node_init_result.id_file holds a key path");
+    memcpy(res->id_file, kp.id, sizeof kp.id);
+    const char *targets[] = {res->config, agg_id, kp.sign, kp.kx, res->id_file};
     for (size_t i = 0; i < sizeof targets / sizeof targets[0]; i++)
         if (fio_exists(targets[i]))
             return err_set("%s already exists: node init never overwrites keys or a config "
@@ -326,8 +324,8 @@ static int create(const node_init_options *o, node_init_result *res, struct made
     if (rc == 0) {
         rc = keys_write(&k, keys_dir); /* all three files, or none */
         if (rc == 0) {
-            made_add(m, sign, 0);
-            made_add(m, kx, 0);
+            made_add(m, kp.sign, 0);
+            made_add(m, kp.kx, 0);
             made_add(m, res->id_file, 0);
             rc = keys_fingerprint(&k.pub, res->fp);
         }

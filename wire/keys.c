@@ -229,16 +229,22 @@ static int write_new_file(const char *path, const void *data, size_t n, unsigned
     return rc;
 }
 
-int keys_write(const keys_secret *k, const char *dir) {
-    const char *name = k->pub.name;
+int keys_paths_of(keys_paths *out, const char *dir, const char *name) {
     if (keys_name_check(name) != 0) return -1;
     const char *suffix[3] = {".sign.pem", ".kx.pem", ".id"};
-    char path[3][4096];
+    char *path[3] = {out->sign, out->kx, out->id};
     for (int i = 0; i < 3; i++) {
-        char file[KEYS_NAME_MAX + 16];
+        char file[KEYS_NAME_MAX + 16]; /* a checked name fits */
         snprintf(file, sizeof file, "%s%s", name, suffix[i]);
-        if (fio_join(path[i], sizeof path[i], dir, file) != 0) return -1;
+        if (fio_join(path[i], KEYS_PATH_MAX, dir, file) != 0) return -1;
     }
+    return 0;
+}
+
+int keys_write(const keys_secret *k, const char *dir) {
+    keys_paths p;
+    if (keys_paths_of(&p, dir, k->pub.name) != 0) return -1;
+    const char *path[3] = {p.sign, p.kx, p.id};
     /* Check all three first so a refusal leaves nothing half-written; the
      * O_EXCL opens below still close the race with a concurrent writer. */
     for (int i = 0; i < 3; i++)
@@ -303,33 +309,26 @@ static int pem_load(const char *path, int type, const char *type_name, uint8_t p
 
 int keys_load_secret(const char *dir, const char *name, keys_secret *out) {
     memset(out, 0, sizeof *out);
-    if (keys_name_check(name) != 0) return -1;
-    char path[4096], file[KEYS_NAME_MAX + 16];
-    snprintf(file, sizeof file, "%s.id", name);
-    if (fio_join(path, sizeof path, dir, file) != 0 || keys_load_public(path, &out->pub) != 0)
-        return -1;
+    keys_paths p;
+    if (keys_paths_of(&p, dir, name) != 0 || keys_load_public(p.id, &out->pub) != 0) return -1;
     if (strcmp(out->pub.name, name) != 0) {
-        int rc = err_set("%s names identity '%s', expected '%s'", path, out->pub.name, name);
+        int rc = err_set("%s names identity '%s', expected '%s'", p.id, out->pub.name, name);
         keys_secret_wipe(out);
         return rc;
     }
     uint8_t pub[32];
-    snprintf(file, sizeof file, "%s.sign.pem", name);
-    int rc = fio_join(path, sizeof path, dir, file);
-    if (rc == 0) rc = pem_load(path, EVP_PKEY_ED25519, "ED25519", out->sign_seed);
+    int rc = pem_load(p.sign, EVP_PKEY_ED25519, "ED25519", out->sign_seed);
     if (rc == 0) rc = crypto_ed25519_public(out->sign_seed, pub);
     if (rc == 0 && memcmp(pub, out->pub.sign_pub, 32) != 0)
         rc = err_set("%s does not match the ed25519 key in %s.id: the files belong to different "
                      "identities",
-                     path, name);
-    snprintf(file, sizeof file, "%s.kx.pem", name);
-    if (rc == 0) rc = fio_join(path, sizeof path, dir, file);
-    if (rc == 0) rc = pem_load(path, EVP_PKEY_X25519, "X25519", out->kx_priv);
+                     p.sign, name);
+    if (rc == 0) rc = pem_load(p.kx, EVP_PKEY_X25519, "X25519", out->kx_priv);
     if (rc == 0) rc = crypto_x25519_public(out->kx_priv, pub);
     if (rc == 0 && memcmp(pub, out->pub.kx_pub, 32) != 0)
         rc = err_set("%s does not match the x25519 key in %s.id: the files belong to different "
                      "identities",
-                     path, name);
+                     p.kx, name);
     if (rc != 0) keys_secret_wipe(out);
     return rc;
 }

@@ -28,6 +28,7 @@
 #define KEYS_FP_LEN 32
 #define KEYS_FP_TEXT_LEN 80 /* 16 groups of 4 hex digits, 15 spaces, NUL */
 #define KEYS_ID_FILE_MAX 512
+#define KEYS_PATH_MAX 4096 /* one key file's path, NUL included */
 
 typedef struct {
     char name[KEYS_NAME_MAX + 1]; /* 1..64 of [A-Za-z0-9._-], not starting with '.' or '-' */
@@ -44,6 +45,18 @@ typedef struct {
 /* 0 when name is a valid identity name (see keys_public.name), else -1 with
  * a message saying what is wrong. Names become file names, hence the rules. */
 int keys_name_check(const char *name);
+
+/* The three files of identity name in dir (header comment): the one place
+ * that knows how they are named. */
+typedef struct {
+    char sign[KEYS_PATH_MAX]; /* DIR/NAME.sign.pem */
+    char kx[KEYS_PATH_MAX];   /* DIR/NAME.kx.pem */
+    char id[KEYS_PATH_MAX];   /* DIR/NAME.id */
+} keys_paths;
+
+/* Fills out; -1 when name is not a valid identity name (keys_name_check) or
+ * a path would not fit KEYS_PATH_MAX ("path too long: DIR/NAME.sign.pem"). */
+int keys_paths_of(keys_paths *out, const char *dir, const char *name);
 
 /* Fresh keys from the CSPRNG. */
 int keys_generate(const char *name, keys_secret *out);

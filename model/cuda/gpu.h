@@ -91,6 +91,17 @@ int gpu_forward(gpu_model *g, const int32_t *tokens, const int32_t *targets, dou
 int gpu_forward_backward(gpu_model *g, const int32_t *tokens, const int32_t *targets, double scale,
                          double *loss_sum, int64_t *n_targets);
 
+/* ---- generation ----------------------------------------------------------------------
+ * A gpu_model uploaded with batch 1 and seq = T keeps a KV cache of T
+ * positions (model_decode's, on the GPU). gpu_decode runs n tokens (n >= 1)
+ * at positions pos … pos + n − 1 through the model, keeps their keys and
+ * values, and writes the logits (V) after the last of them to logits_out
+ * (host floats). pos is the number of positions already fed (0: a new
+ * sequence; less than that rewinds); pos + n <= T. The adapter applies with
+ * dropout off. gpu_forward and gpu_forward_backward use the same buffers:
+ * after either, decoding starts again at 0. */
+int gpu_decode(gpu_model *g, const int32_t *tokens, int n, int pos, float *logits_out);
+
 /* ---- the adapter ------------------------------------------------------------------ */
 
 void gpu_lora_zero_grads(gpu_model *g);

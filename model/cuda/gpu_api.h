@@ -27,7 +27,7 @@
 #include <stdint.h>
 
 /* Raise whenever gpu_api's members change. */
-#define GPU_API_VERSION 1
+#define GPU_API_VERSION 2
 #define GPU_API_ENTRY "fedlora_gpu_api"
 #define GPU_MODULE_FILE "libfedlora_cuda.so"
 
@@ -52,6 +52,7 @@ typedef struct {
                    int64_t *n_targets, float *logits_out);
     int (*forward_backward)(gpu_model *g, const int32_t *tokens, const int32_t *targets,
                             double scale, double *loss_sum, int64_t *n_targets);
+    int (*decode)(gpu_model *g, const int32_t *tokens, int n, int pos, float *logits_out);
 
     void (*lora_zero_grads)(gpu_model *g);
     void (*lora_set_training)(gpu_model *g, int on);

@@ -80,11 +80,18 @@ int gpu_dist_init(gpu_model *g, int rank, int world, const char *id_path, double
     OK(gpu_use(g));
     ncclUniqueId id;
     if (rank == 0 ? id_publish(id_path, &id) : id_fetch(id_path, &id, timeout_s)) return -1;
-    ncclComm_t comm;
+    ncclComm_t comm = NULL;
     int rc = nccl_check(ncclCommInitRank(&comm, world, id, rank), NULL, "ncclCommInitRank");
+    if (rc != 0 && comm) { /* a half-made communicator holds resources */
+        ncclCommAbort(comm);
+        comm = NULL;
+    }
     if (rank == 0 && unlink(id_path) != 0 && errno != ENOENT && rc == 0)
         rc = err_errno("cannot remove the NCCL id file %s", id_path);
-    if (rc != 0) return err_context("joining %d GPU ranks as rank %d", world, rank);
+    if (rc != 0) {
+        if (comm && rank == 0) ncclCommAbort(comm); /* joined, but the id file stays */
+        return err_context("joining %d GPU ranks as rank %d", world, rank);
+    }
     g->nccl = comm;
     g->rank = rank;
     g->world = world;

@@ -19,6 +19,10 @@
 #include <stdlib.h>
 
 #define GEMM_WORKSPACE ((size_t)32 << 20) /* cuBLASLt's recommendation for Hopper */
+/* Training uses a few dozen shapes; generation adds a set per prompt length
+ * (the prefill's rows), so the cache is bounded: past this many plans a new
+ * one replaces a cached one, slot by slot in turn. */
+#define GEMM_PLANS_MAX 512
 
 typedef struct {
     int ta, tb, M, N, K, lda, ldb, ldc;
@@ -37,6 +41,7 @@ struct gpu_blas {
     void *workspace;
     gemm_plan *plans;
     int n_plans, cap_plans;
+    int next_evict; /* once GEMM_PLANS_MAX are cached: the slot a new plan replaces */
 };
 
 static int lt_check(cublasStatus_t s, const char *what) {
@@ -179,14 +184,21 @@ static int plan_get(gpu_blas *b, const gemm_plan *key, const gemm_plan **out) {
             *out = &b->plans[i];
             return 0;
         }
-    if (b->n_plans == b->cap_plans) {
+    gemm_plan *p;
+    if (b->n_plans == GEMM_PLANS_MAX) {
+        p = &b->plans[b->next_evict];
+        b->next_evict = (b->next_evict + 1) % GEMM_PLANS_MAX;
+        plan_free(p);
+        /* until the new plan is made, the slot holds the last one */
+        *p = b->plans[--b->n_plans];
+    } else if (b->n_plans == b->cap_plans) {
         int cap = b->cap_plans ? 2 * b->cap_plans : 64;
         gemm_plan *np = realloc(b->plans, (size_t)cap * sizeof *np);
         if (!np) return err_set("out of memory for cuBLASLt plans");
         b->plans = np;
         b->cap_plans = cap;
     }
-    gemm_plan *p = &b->plans[b->n_plans];
+    p = &b->plans[b->n_plans];
     *p = *key;
     p->desc = NULL;
     p->la = p->lb = p->lc = NULL;

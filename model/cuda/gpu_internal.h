@@ -106,6 +106,7 @@ struct gpu_model {
     void *dqkv;                /* (N·W) */
     void *dfa, *dfb;           /* (N, F) */
     float *h_row_loss;         /* host (N) */
+    int kv_len; /* gpu_decode: positions whose keys and values qkv holds (0 after a pass) */
 
     /* optimizer */
     int adam_ready;

@@ -109,14 +109,14 @@ __global__ void rmsnorm_apply_kernel(Y *y, const float *x, const float *w, const
     for (int c = lane; c < C; c += 32) stf(y, (int64_t)n * C + c, __fmul_rn(xr[c] * r, w[c]));
 }
 
-__global__ void rmsnorm_stats_kernel(float *rstd, const float *x, int N, int C, float eps) {
+__global__ void rmsnorm_stats_kernel(float *rstd, const float *x, int N, int C, double eps) {
     int n = blockIdx.x * NORM_ROWS + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
     const float *xr = x + (int64_t)n * C;
     double ss = 0;
     for (int c = lane; c < C; c += 32) ss += (double)xr[c] * xr[c];
     ss = warp_sum_d(ss);
-    if (lane == 0) rstd[n] = (float)(1.0 / sqrt(ss / C + (double)eps));
+    if (lane == 0) rstd[n] = (float)(1.0 / sqrt(ss / C + eps));
 }
 
 extern "C" cudaError_t gpu_rmsnorm_apply(void *y, gpu_dtype yt, const float *x, const float *w,
@@ -131,7 +131,7 @@ extern "C" cudaError_t gpu_rmsnorm_apply(void *y, gpu_dtype yt, const float *x, 
 }
 
 extern "C" cudaError_t gpu_rmsnorm_forward(void *y, gpu_dtype yt, float *rstd, const float *x,
-                                           const float *w, int N, int C, float eps,
+                                           const float *w, int N, int C, double eps,
                                            cudaStream_t stream) {
     if (N <= 0) return cudaSuccess;
     unsigned g = (unsigned)((N + NORM_ROWS - 1) / NORM_ROWS);
@@ -164,7 +164,7 @@ extern "C" cudaError_t gpu_rmsnorm_backward(float *dx, const float *dy, const fl
 }
 
 __global__ void layernorm_stats_kernel(float *mean, float *rstd, const float *x, int N, int C,
-                                       float eps) {
+                                       double eps) {
     int n = blockIdx.x * NORM_ROWS + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (n >= N) return;
     const float *xr = x + (int64_t)n * C;
@@ -175,7 +175,7 @@ __global__ void layernorm_stats_kernel(float *mean, float *rstd, const float *x,
     ss = warp_sum_d(ss);
     if (lane == 0) {
         mean[n] = (float)mu;
-        rstd[n] = (float)(1.0 / sqrt(ss / C + (double)eps));
+        rstd[n] = (float)(1.0 / sqrt(ss / C + eps));
     }
 }
 
@@ -206,7 +206,7 @@ extern "C" cudaError_t gpu_layernorm_apply(void *y, gpu_dtype yt, const float *x
 
 extern "C" cudaError_t gpu_layernorm_forward(void *y, gpu_dtype yt, float *mean, float *rstd,
                                              const float *x, const float *w, const float *b, int N,
-                                             int C, float eps, cudaStream_t stream) {
+                                             int C, double eps, cudaStream_t stream) {
     if (N <= 0) return cudaSuccess;
     unsigned g = (unsigned)((N + NORM_ROWS - 1) / NORM_ROWS);
     layernorm_stats_kernel<<<g, 32 * NORM_ROWS, 0, stream>>>(mean, rstd, x, N, C, eps);

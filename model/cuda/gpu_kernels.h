@@ -71,13 +71,13 @@ cudaError_t gpu_add_bias(void *y, gpu_dtype yt, const float *b, int N, int out, 
 /* ---- norms: x, dx, dy fp32 (N, C); y of type yt; dx += ------------------------- */
 
 cudaError_t gpu_rmsnorm_forward(void *y, gpu_dtype yt, float *rstd, const float *x, const float *w,
-                                int N, int C, float eps, cudaStream_t stream);
+                                int N, int C, double eps, cudaStream_t stream);
 cudaError_t gpu_rmsnorm_apply(void *y, gpu_dtype yt, const float *x, const float *w,
                               const float *rstd, int N, int C, cudaStream_t stream);
 cudaError_t gpu_rmsnorm_backward(float *dx, const float *dy, const float *x, const float *w,
                                  const float *rstd, int N, int C, cudaStream_t stream);
 cudaError_t gpu_layernorm_forward(void *y, gpu_dtype yt, float *mean, float *rstd, const float *x,
-                                  const float *w, const float *b, int N, int C, float eps,
+                                  const float *w, const float *b, int N, int C, double eps,
                                   cudaStream_t stream);
 cudaError_t gpu_layernorm_apply(void *y, gpu_dtype yt, const float *x, const float *w,
                                 const float *b, const float *mean, const float *rstd, int N, int C,
@@ -144,6 +144,16 @@ cudaError_t gpu_attention_backward(const gpu_attn_shape *s, const void *q, int l
                                    int ldk, const void *v, int ldv, const void *out,
                                    const void *dout, const float *lse, float *delta, void *dq,
                                    void *dk, void *dv, gpu_dtype t, cudaStream_t stream);
+
+/* Generation's attention (gpu_decode): n new query rows at absolute positions
+ * pos … pos + n − 1 against the keys and values of positions 0 … pos + n − 1
+ * held in a cache. q: the n new rows (stride ldq); k, v: the cache from
+ * position 0 (strides ldk, ldv), the new rows already written at pos …;
+ * out (n, H·D) contiguous. s->B must be 1; s->T is unused; causal mask and
+ * window as gpu_attention_forward's, fp32 arithmetic on CUDA cores, no lse. */
+cudaError_t gpu_attention_decode(const gpu_attn_shape *s, int n, int pos, const void *q, int ldq,
+                                 const void *k, int ldk, const void *v, int ldv, void *out,
+                                 gpu_dtype t, cudaStream_t stream);
 
 /* ---- LoRA dropout: lora.c's mask, bit for bit ---------------------------------------
  * Element (row0 + i, j) is kept iff unit(mix64(key + e · 0x9E3779B97F4A7C15))

@@ -334,6 +334,13 @@ int gpu_model_upload(gpu_model **out, const model *m, const lora_set *s, const g
     if (c->head_dim > GPU_ATTN_MAX_D || c->head_dim % 2 != 0)
         return err_set("head_dim %d: the CUDA attention supports even head dims up to %d",
                        c->head_dim, GPU_ATTN_MAX_D);
+    if (c->num_kv_heads < 1 || c->num_heads % c->num_kv_heads != 0 || c->num_heads > 65535)
+        return err_set("%d attention heads over %d kv heads: the CUDA attention needs a whole "
+                       "number of query heads per kv head and at most 65535 heads",
+                       c->num_heads, c->num_kv_heads);
+    if (o->batch > 65535)
+        return err_set("GPU batch %d: at most 65535 rows per micro-batch (use --grad-accum)",
+                       o->batch);
     if (s && s->arch != c->arch)
         return err_set("the LoRA adapter was made for another architecture than this model");
     gpu_model *g = calloc(1, sizeof *g);
@@ -600,10 +607,10 @@ static int norm_forward(gpu_model *g, int p, const float *w, const float *b, voi
     float *rstd = g->norm_rstd + (size_t)p * g->N;
     if (c->arch == MODEL_ARCH_GPT2)
         CU(gpu_layernorm_forward(y, g->dt, g->norm_mean + (size_t)p * g->N, rstd, resid_at(g, p), w,
-                                 b, g->N, c->hidden_size, (float)c->norm_eps, g->stream));
+                                 b, g->N, c->hidden_size, c->norm_eps, g->stream));
     else
-        CU(gpu_rmsnorm_forward(y, g->dt, rstd, resid_at(g, p), w, g->N, c->hidden_size,
-                               (float)c->norm_eps, g->stream));
+        CU(gpu_rmsnorm_forward(y, g->dt, rstd, resid_at(g, p), w, g->N, c->hidden_size, c->norm_eps,
+                               g->stream));
     return 0;
 }
 
@@ -633,15 +640,16 @@ static int norm_backward(gpu_model *g, int p, const float *w, const float *dy) {
 
 /* ---- forward ---------------------------------------------------------------------------- */
 
+static int mlp_forward(gpu_model *g, int l);
+
 static int layer_forward(gpu_model *g, int l) {
     const model_config *c = &g->cfg;
     const gpu_layer *L = &g->layers[l];
-    int N = g->N, F = c->intermediate_size, HD = c->num_heads * c->head_dim;
+    int N = g->N, HD = c->num_heads * c->head_dim;
     int llama = c->arch == MODEL_ARCH_LLAMA;
     size_t resid_bytes = (size_t)N * c->hidden_size * sizeof(float);
     qkv_view qv = qkv_at(g, elem(g, g->qkv, layer_off(g, l, g->W)));
     void *att = elem(g, g->att, layer_off(g, l, HD));
-    void *fa = elem(g, g->fc_a, layer_off(g, l, F));
     gpu_attn_shape as = attn_shape(g);
 
     /* attention block: point 2l → 2l+1 */
@@ -662,10 +670,18 @@ static int layer_forward(gpu_model *g, int l) {
     CU(cudaMemcpyAsync(resid_at(g, 2 * l + 1), resid_at(g, 2 * l), resid_bytes,
                        cudaMemcpyDeviceToDevice, g->stream));
     OK(linear_forward(g, &L->o, att, resid_at(g, 2 * l + 1), GPU_F32, 1));
+    return mlp_forward(g, l);
+}
 
-    /* MLP block: point 2l+1 → 2l+2 */
+/* A layer's MLP block over g->N rows: point 2l+1 → 2l+2. */
+static int mlp_forward(gpu_model *g, int l) {
+    const model_config *c = &g->cfg;
+    const gpu_layer *L = &g->layers[l];
+    int N = g->N, F = c->intermediate_size;
+    size_t resid_bytes = (size_t)N * c->hidden_size * sizeof(float);
+    void *fa = elem(g, g->fc_a, layer_off(g, l, F));
     OK(norm_forward(g, 2 * l + 1, L->norm2_w, L->norm2_b, g->nbuf));
-    if (llama) {
+    if (c->arch == MODEL_ARCH_LLAMA) {
         void *fb = elem(g, g->fc_b, layer_off(g, l, F));
         OK(linear_forward(g, &L->gate, g->nbuf, fa, g->dt, 0));
         OK(linear_forward(g, &L->up, g->nbuf, fb, g->dt, 0));
@@ -801,6 +817,7 @@ static int pass(gpu_model *g, const int32_t *tokens, const int32_t *targets, int
         return err_set("a GPU backward needs targets and a LoRA adapter");
     OK(gpu_use(g));
     OK(check_ids(g, tokens, targets));
+    g->kv_len = 0; /* this pass overwrites the keys and values gpu_decode kept */
     CU(cudaMemcpyAsync(g->d_tokens, tokens, (size_t)N * sizeof *tokens, cudaMemcpyHostToDevice,
                        g->stream));
     if (targets)
@@ -850,4 +867,113 @@ int gpu_forward(gpu_model *g, const int32_t *tokens, const int32_t *targets, dou
 int gpu_forward_backward(gpu_model *g, const int32_t *tokens, const int32_t *targets, double scale,
                          double *loss_sum, int64_t *n_targets) {
     return pass(g, tokens, targets, 1, scale, loss_sum, n_targets, NULL);
+}
+
+/* ---- generation: a KV cache in the qkv buffers ----------------------------------------
+ * With B = 1, layer l's q|k|v block (qkv_at with N = T rows) is a cache of T
+ * positions: gpu_decode writes the new rows' keys and values (after RoPE)
+ * at rows pos … pos + n − 1 and the attention reads rows 0 … pos + n − 1.
+ * Everything else (residual points, norms, MLP, LoRA scratch) works on the
+ * first n rows of its buffer, with g->N set to n for the call. */
+
+/* The attention block of layer l for the n new rows at pos (g->N == n; the
+ * cache views use the buffers' T rows). */
+static int decode_attention(gpu_model *g, int l, int pos) {
+    const model_config *c = &g->cfg;
+    const gpu_layer *L = &g->layers[l];
+    int n = g->N, HD = c->num_heads * c->head_dim, KVD = c->num_kv_heads * c->head_dim;
+    int half = c->head_dim / 2;
+    void *base = elem(g, g->qkv, (size_t)l * g->T * g->W);
+    qkv_view qv;
+    if (c->arch == MODEL_ARCH_GPT2)
+        qv = (qkv_view){base, elem(g, base, HD), elem(g, base, 2 * (size_t)HD), g->W, g->W, g->W};
+    else
+        qv = (qkv_view){base,
+                        elem(g, base, (size_t)g->T * HD),
+                        elem(g, base, (size_t)g->T * (HD + KVD)),
+                        HD,
+                        KVD,
+                        KVD};
+    void *q_new = elem(g, qv.q, (size_t)pos * qv.ldq);
+    gpu_attn_shape as = attn_shape(g);
+
+    OK(norm_forward(g, 2 * l, L->norm1_w, L->norm1_b, g->nbuf));
+    if (c->arch == MODEL_ARCH_LLAMA) {
+        void *k_new = elem(g, qv.k, (size_t)pos * qv.ldk);
+        OK(linear_forward(g, &L->q, g->nbuf, q_new, g->dt, 0));
+        OK(linear_forward(g, &L->k, g->nbuf, k_new, g->dt, 0));
+        OK(linear_forward(g, &L->v, g->nbuf, elem(g, qv.v, (size_t)pos * qv.ldv), g->dt, 0));
+        /* rows 0 … n − 1 of the views at pos take the table's rows pos … */
+        const float *cs = g->rope_cos + (size_t)pos * half, *sn = g->rope_sin + (size_t)pos * half;
+        CU(gpu_rope(q_new, g->dt, qv.ldq, n, n, c->num_heads, c->head_dim, cs, sn, 0, g->stream));
+        CU(gpu_rope(k_new, g->dt, qv.ldk, n, n, c->num_kv_heads, c->head_dim, cs, sn, 0,
+                    g->stream));
+    } else {
+        OK(linear_forward(g, &L->qkv, g->nbuf, q_new, g->dt, 0));
+    }
+    if (pos == 0) {
+        /* a prompt's prefill is a training-shaped forward of n rows: the
+         * flash kernels (tensor cores in bf16 where they apply) */
+        as.T = n;
+        CU(gpu_attention_forward(&as, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, g->att, g->att_lse,
+                                 g->dt, g->stream));
+    } else {
+        CU(gpu_attention_decode(&as, n, pos, q_new, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, g->att,
+                                g->dt, g->stream));
+    }
+    CU(cudaMemcpyAsync(resid_at(g, 2 * l + 1), resid_at(g, 2 * l),
+                       (size_t)n * c->hidden_size * sizeof(float), cudaMemcpyDeviceToDevice,
+                       g->stream));
+    return linear_forward(g, &L->o, g->att, resid_at(g, 2 * l + 1), GPU_F32, 1);
+}
+
+static int decode_rows(gpu_model *g, int n, int pos, float *logits_out) {
+    const model_config *c = &g->cfg;
+    int C = c->hidden_size, V = c->vocab_size;
+    /* GPT-2's positions pos … are wpe's rows from pos on (row % n below) */
+    const void *wpe = g->wpe ? elem(g, g->wpe, (size_t)pos * C) : NULL;
+    CU(gpu_embed_forward(resid_at(g, 0), g->d_tokens, g->wte, wpe, g->dt, n, n, C, g->stream));
+    for (int l = 0; l < c->num_layers; l++) {
+        OK(decode_attention(g, l, pos));
+        OK(mlp_forward(g, l));
+    }
+    OK(norm_forward(g, 2 * c->num_layers, g->normf_w, g->normf_b, g->xf));
+    /* the head of the last row only: its logits (V) */
+    OK(gpu_gemm(g->blas, 0, 1, 1, V, C, 1, elem(g, g->xf, (size_t)(n - 1) * C), C, g->lm_head, C,
+                g->dt, 0, g->logits, V, GPU_F32));
+    CU(cudaMemcpyAsync(logits_out, g->logits, (size_t)V * sizeof(float), cudaMemcpyDeviceToHost,
+                       g->stream));
+    CU(cudaStreamSynchronize(g->stream));
+    return 0;
+}
+
+int gpu_decode(gpu_model *g, const int32_t *tokens, int n, int pos, float *logits_out) {
+    const model_config *c = &g->cfg;
+    if (g->B != 1)
+        return err_set("GPU generation needs a model uploaded with batch 1, this one has %d", g->B);
+    if (n < 1 || pos < 0 || pos > g->kv_len)
+        return err_set("GPU decode of %d tokens at position %d: the cache holds %d positions "
+                       "(pos must be at most that, n at least 1)",
+                       n, pos, g->kv_len);
+    if (n > g->T - pos)
+        return err_set("%d tokens at position %d do not fit the %d positions the GPU model was "
+                       "uploaded for",
+                       n, pos, g->T);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return err_set("token id %d at position %d is outside the vocabulary [0, %d)",
+                           tokens[i], pos + i, c->vocab_size);
+    OK(gpu_use(g));
+    CU(cudaMemcpyAsync(g->d_tokens, tokens, (size_t)n * sizeof *tokens, cudaMemcpyHostToDevice,
+                       g->stream));
+    for (int i = 0; i < g->n_lora; i++) g->lora[i].dropped = 0; /* generation: no dropout */
+    /* Rows from pos on are rewritten: until this call succeeds the cache
+     * holds pos positions. */
+    g->kv_len = pos;
+    int rows = g->N;
+    g->N = n;
+    int rc = decode_rows(g, n, pos, logits_out);
+    g->N = rows;
+    if (rc == 0) g->kv_len = pos + n;
+    return rc;
 }

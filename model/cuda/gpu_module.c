@@ -58,6 +58,10 @@ static int api_forward_backward(gpu_model *g, const int32_t *tokens, const int32
     return pass(gpu_forward_backward(g, tokens, targets, scale, loss_sum, n_targets));
 }
 
+static int api_decode(gpu_model *g, const int32_t *tokens, int n, int pos, float *logits_out) {
+    return pass(gpu_decode(g, tokens, n, pos, logits_out));
+}
+
 static int api_lora_download(gpu_model *g, lora_set *s) {
     return pass(gpu_lora_download(g, s));
 }
@@ -110,6 +114,7 @@ static gpu_api table = {
     .model_device_bytes = gpu_model_device_bytes,
     .forward = api_forward,
     .forward_backward = api_forward_backward,
+    .decode = api_decode,
     .lora_zero_grads = gpu_lora_zero_grads,
     .lora_set_training = gpu_lora_set_training,
     .lora_dropout_counter = gpu_lora_dropout_counter,

@@ -134,6 +134,7 @@ int gpu_train_step(gpu_model *g, const int32_t *tokens, const int32_t *targets, 
     memset(r, 0, sizeof *r);
     if (K < 1) return err_set("gpu_train_step: %d micro-batches; at least 1", K);
     if (!g->adam_ready) return err_set("gpu_train_step before gpu_adamw_init");
+    OK(gpu_use(g)); /* the count's all-reduce below already runs on g's device */
     size_t per = (size_t)g->N;
     /* The mean is over every target of the step, on every rank. */
     double count = 0;
@@ -141,7 +142,7 @@ int gpu_train_step(gpu_model *g, const int32_t *tokens, const int32_t *targets, 
     OK(gpu_dist_sum_host(g, &count, 1));
     if (count == 0)
         return err_set("training step %lld has no target tokens", (long long)g->step + 1);
-    gpu_lora_zero_grads(g);
+    CU(cudaMemsetAsync(g->lg, 0, (size_t)g->lora_numel * sizeof(float), g->stream));
     double sum = 0;
     for (int k = 0; k < K; k++) {
         double ls;

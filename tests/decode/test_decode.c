@@ -15,7 +15,7 @@
 #include "lora/lora.h"
 #include "model/model.h"
 #include "tests/check.h"
-#include "tests/cpu/tiny.h"
+#include "tests/cpu/tiny_lora.h"
 #include "util/err.h"
 
 #include <math.h>
@@ -52,22 +52,9 @@ static model_config llama_all(void) {
 /* A LoRA set on every linear with random A and B (a fresh B is 0, which
  * would make the adapter invisible), dropout configured and turned off. */
 static lora_set *random_adapter(model *m) {
-    lora_config lc;
-    lora_config_init(&lc);
-    lc.rank = 2;
-    lc.alpha = 3;
-    lc.dropout = 0.25;
-    lc.seed = 5;
-    lora_set *s = NULL;
-    CHECK_OK(lora_config_set_targets(&lc, "all-linear"));
-    CHECK_OK(lora_create(&s, m, &lc));
-    lora_config_free(&lc);
+    lora_set *s = tiny_adapter(m, 2, 3, 0.25, 5, 0.5, 1);
+    CHECK_MSG(s != NULL, "adapter: %s", err_msg());
     if (!s) return NULL;
-    uint64_t r = 77;
-    for (int i = 0; i < lora_num_tensors(s); i++) {
-        model_param *p = lora_tensor(s, i);
-        for (int64_t j = 0; j < p->numel; j++) p->data[j] = (real)(0.5 * tiny_uniform(&r));
-    }
     CHECK_OK(lora_attach(s, m));
     lora_set_training(s, 0);
     return s;

@@ -1,4 +1,4 @@
-/* test_gpu_device_cli — `fedlora train` and `fedlora eval` with --device and
+/* test_gpu_device_cli — `fedlora train`, `eval` and `generate` with --device and
  * --precision, as real processes, in whatever this build and machine have.
  * It runs everywhere and is never skipped. What happens is decided at run
  * time, by whether the CUDA backend module (libfedlora_cuda.so, next to the
@@ -10,8 +10,9 @@
  *     "no CUDA device found (<why>) — use --device cpu", no crash, and
  *     nothing written (the check comes before the model is loaded);
  *   - a GPU: a few steps train and evaluate on it (fp32 and bf16) and write
- *     the adapter; with CUDA_VISIBLE_DEVICES="" the GPU is hidden and the
- *     error above names that variable;
+ *     the adapter; greedy generation with that adapter in fp32 writes the
+ *     CPU's text, and bf16 generation runs; with CUDA_VISIBLE_DEVICES="" the
+ *     GPU is hidden and the error above names that variable;
  * and in every build: bad --device / --precision values are errors, and
  * --device cpu --precision fp32 trains as before. */
 #include "lora/gpu_load.h"
@@ -19,12 +20,9 @@
 
 static char base[TU_PATH], data[TU_PATH];
 
-/* `fedlora train` of 2 tiny steps into OUT with the device options. */
-static int train(const char *tag, const char *out, const char *device, const char *precision) {
-    const char *args[TU_MAX_ARGS] = {tu_bin(), "train",        "--model", base,       "--data",
-                                     data,     "--out",        out,       "--steps",  "2",
-                                     "--seq",  "32",           "--batch", "2",        "--rank",
-                                     "4",      "--save-every", "0",       "--device", device};
+/* Runs args (NULL-terminated within TU_MAX_ARGS) with `--precision P`
+ * appended when precision is not NULL. */
+static int run_with_precision(const char *tag, const char **args, const char *precision) {
     int n = 0;
     while (args[n]) n++; /* the rest of args is NULL */
     if (precision) {
@@ -35,17 +33,28 @@ static int train(const char *tag, const char *out, const char *device, const cha
     return tu_run_v(tag, args);
 }
 
+/* `fedlora train` of 2 tiny steps into OUT with the device options. */
+static int train(const char *tag, const char *out, const char *device, const char *precision) {
+    const char *args[TU_MAX_ARGS] = {tu_bin(), "train",        "--model", base,       "--data",
+                                     data,     "--out",        out,       "--steps",  "2",
+                                     "--seq",  "32",           "--batch", "2",        "--rank",
+                                     "4",      "--save-every", "0",       "--device", device};
+    return run_with_precision(tag, args, precision);
+}
+
 static int eval(const char *tag, const char *device, const char *precision) {
     const char *args[TU_MAX_ARGS] = {tu_bin(), "eval",  "--model", base,       "--data",
                                      data,     "--seq", "32",      "--device", device};
-    int n = 0;
-    while (args[n]) n++;
-    if (precision) {
-        args[n++] = "--precision";
-        args[n++] = precision;
-    }
-    args[n] = NULL;
-    return tu_run_v(tag, args);
+    return run_with_precision(tag, args, precision);
+}
+
+/* `fedlora generate`, greedy, of 12 tokens with the adapter in ADAPTER. */
+static int generate(const char *tag, const char *adapter, const char *device,
+                    const char *precision) {
+    const char *args[TU_MAX_ARGS] = {tu_bin(),       "generate", "--model",  base,     "--adapter",
+                                     adapter,        "--prompt", "The sea",  "--seed", "3",
+                                     "--max-tokens", "12",       "--device", device};
+    return run_with_precision(tag, args, precision);
 }
 
 /* The run failed with exit 1 (an error, not a crash) and said all of the
@@ -80,6 +89,9 @@ static void check_cuda_refused(const char *why, const char *needle2) {
     snprintf(tag, sizeof tag, "eval_cuda_%s", why);
     rc = eval(tag, "cuda", "fp32");
     check_refused(rc, tag, "use --device cpu", needle2, NULL);
+    snprintf(tag, sizeof tag, "generate_cuda_%s", why);
+    rc = generate(tag, tu_path(out, "cpu"), "cuda", NULL);
+    check_refused(rc, tag, "use --device cpu", needle2, NULL);
 }
 
 int main(void) {
@@ -103,6 +115,15 @@ int main(void) {
     int rc = train("cpu", tu_path(out, "cpu"), "cpu", "fp32");
     CHECK_RUN_OK(rc, "cpu");
     check_adapter(out);
+    check_refused(generate("gen_tpu", out, "tpu", NULL), "gen_tpu",
+                  "--device must be cpu or cuda, got 'tpu'", NULL);
+    check_refused(generate("gen_cpu_bf16", out, "cpu", "bf16"), "gen_cpu_bf16",
+                  "--precision bf16 needs --device cuda", NULL);
+    rc = generate("gen_cpu", out, "cpu", NULL);
+    CHECK_RUN_OK(rc, "gen_cpu");
+    char *cpu_text = tu_output("gen_cpu", "out");
+    CHECK_MSG(cpu_text && strlen(cpu_text) > 1, "gen_cpu printed '%s'",
+              cpu_text ? cpu_text : "(none)");
 
     /* The module fedlora will find: the one next to it. */
     char module[TU_PATH];
@@ -136,11 +157,26 @@ int main(void) {
         char *o = tu_output("gpu_eval", "out");
         CHECK_MSG(o && strncmp(o, "loss ", 5) == 0, "gpu_eval printed '%s'", o ? o : "(none)");
         free(o);
+        /* Generation on the GPU: fp32 picks the CPU's greedy tokens, bf16 runs. */
+        rc = generate("gen_gpu_fp32", tu_path(out, "cpu"), "cuda", "fp32");
+        CHECK_RUN_OK(rc, "gen_gpu_fp32");
+        o = tu_output("gen_gpu_fp32", "out");
+        CHECK_MSG(o && cpu_text && strcmp(o, cpu_text) == 0,
+                  "greedy text on the GPU '%s' differs from the CPU's '%s'", o ? o : "(none)",
+                  cpu_text ? cpu_text : "(none)");
+        free(o);
+        rc = generate("gen_gpu_bf16", tu_path(out, "cpu"), "cuda", NULL);
+        CHECK_RUN_OK(rc, "gen_gpu_bf16");
+        log = tu_output("gen_gpu_bf16", "err");
+        CHECK_MSG(log && strstr(log, "cuda bf16"), "gen_gpu_bf16: stderr '%s'",
+                  log ? log : "(none)");
+        free(log);
         /* Hidden devices: the same error as on a machine without one. */
         setenv("CUDA_VISIBLE_DEVICES", "", 1);
         check_cuda_refused("hidden", "CUDA_VISIBLE_DEVICES is ''");
         unsetenv("CUDA_VISIBLE_DEVICES");
     }
+    free(cpu_text);
     tu_cleanup();
     return check_finish();
 }

@@ -12,10 +12,11 @@
  * gradients (fp32, exact up to the clipping factor's last bit); and a
  * 10-step training trajectory with 2 micro-batches per step (losses per step
  * and the final adapter) against the CPU trainer's arithmetic (model_forward,
- * model_backward, adamw_step). */
+ * model_backward, adamw_step); and generation with a KV cache (gpu_decode)
+ * against model_decode, step by step. */
 #include "gpu_test.h"
 
-#include "tests/cpu/tiny.h"
+#include "tests/cpu/tiny_lora.h"
 #include "util/err.h"
 
 #include <string.h>
@@ -84,22 +85,10 @@ static int parity_cases(pcase *out) {
 
 /* The adapter every case uses: all linears, rank 4, alpha 8, B random. */
 static lora_set *make_lora(model *m, double dropout) {
-    lora_config lc;
-    lora_config_init(&lc);
-    lc.rank = 4;
-    lc.alpha = 8;
-    lc.seed = 7;
-    lc.dropout = dropout;
-    lora_set *s = NULL;
-    if (lora_config_set_targets(&lc, "all-linear") != 0 || lora_create(&s, m, &lc) != 0) {
+    lora_set *s = tiny_adapter(m, 4, 8, dropout, 7, 0.2, 0);
+    if (!s) {
         fprintf(stderr, "LoRA setup: %s\n", err_msg());
         exit(1);
-    }
-    lora_config_free(&lc);
-    uint64_t seed = 99;
-    for (int i = 0; i < s->n_modules; i++) {
-        model_param *B = &s->modules[i].B;
-        for (int64_t j = 0; j < B->numel; j++) B->data[j] = (real)(0.2 * tiny_uniform(&seed));
     }
     return s;
 }
@@ -351,6 +340,62 @@ static void check_trajectory(const pcase *pc, const gmode *md) {
     model_free(m);
 }
 
+/* Generation: gpu_decode against model_decode (the CPU's KV cache), with the
+ * adapter: a prompt's prefill, then one token at a time up to the context,
+ * then a rewind that feeds three tokens at an earlier position (the CPU
+ * replays the same prefix into a fresh cache). Every step's logits within
+ * the forward's tolerance. */
+static void check_decode(const pcase *pc, const gmode *md) {
+    const tolerances *tol = md->prec == GPU_PRECISION_BF16 ? &TOL_BF16 : &TOL_FP32;
+    int V = pc->cfg.vocab_size;
+    int T = pc->T < pc->cfg.max_position ? pc->T : pc->cfg.max_position;
+    model *m = make_model(&pc->cfg);
+    lora_set *s = make_lora(m, 0);
+    CHECK_OK(lora_attach(s, m));
+    model_kv_cache *kv = NULL;
+    CHECK_OK(model_kv_cache_create(&kv, m, T));
+    gpu_options o;
+    gpu_options_init(&o);
+    o.precision = md->prec;
+    o.simt_attention = md->simt_attention;
+    o.batch = 1;
+    o.seq = T;
+    gpu_model *g = NULL;
+    CHECK_OK(gpu_model_upload(&g, m, s, &o));
+    if (!g || !kv) exit(check_finish());
+    int32_t *tok = malloc((size_t)T * 4), *tg = malloc((size_t)T * 4);
+    tiny_batch(tok, tg, T, V, 4321);
+    float *want = malloc((size_t)V * 4), *got = malloc((size_t)V * 4);
+    double worst = 0;
+    int p = T / 3 > 0 ? T / 3 : 1, steps = 0;
+    for (int pos = 0; pos < T; steps++) {
+        int n = pos == 0 ? p : 1;
+        CHECK_OK(model_decode(m, kv, tok + pos, n, want));
+        CHECK_OK(gpu_decode(g, tok + pos, n, pos, got));
+        worst = fmax(worst, gt_rel_max(got, want, (size_t)V, 1e-30));
+        pos += n;
+    }
+    /* rewind: positions r … r + 2 again, after the same prefix */
+    int r = p / 2, n = T - r < 3 ? T - r : 3;
+    model_kv_cache_reset(kv);
+    if (r > 0) CHECK_OK(model_decode(m, kv, tok, r, want));
+    for (int i = 0; i < n; i++) tok[r + i] = (tok[r + i] + 1 + i) % V;
+    CHECK_OK(model_decode(m, kv, tok + r, n, want));
+    CHECK_OK(gpu_decode(g, tok + r, n, r, got));
+    double e_rewind = gt_rel_max(got, want, (size_t)V, 1e-30);
+    printf("  %-20s %s: decode %d steps to %d positions, worst logits %.2e, rewind %.2e\n",
+           pc->name, md->name, steps, T, worst, e_rewind);
+    CHECK_MSG(worst <= tol->logits, "%s %s decode logits %.3e", pc->name, md->name, worst);
+    CHECK_MSG(e_rewind <= tol->logits, "%s %s rewound decode logits %.3e", pc->name, md->name,
+              e_rewind);
+    gpu_model_free(g);
+    model_kv_cache_free(kv);
+    free(tok), free(tg), free(want), free(got);
+    lora_detach(s);
+    lora_free(s);
+    model_free(m);
+}
+
 /* Errors are messages, not crashes. */
 static void check_errors(void) {
     tiny_case tc[TINY_MAX_CASES];
@@ -382,6 +427,30 @@ static void check_errors(void) {
         adamw_config_init(&oc);
         CHECK_FAILS_WITH(gpu_adamw_init(g, &oc), "no LoRA adapter");
         lora_free(s);
+        /* decoding: within the cache, from a position it holds, valid ids */
+        float logits[256];
+        CHECK(tc[4].cfg.vocab_size <= 256);
+        CHECK_FAILS_WITH(gpu_decode(g, tok, 2, 1, logits), "the cache holds 0 positions");
+        CHECK_FAILS_WITH(gpu_decode(g, tok, 9, 0, logits), "do not fit the 8 positions");
+        tok[1] = -1;
+        CHECK_FAILS_WITH(gpu_decode(g, tok, 2, 0, logits), "outside the vocabulary");
+        tok[1] = 1;
+        CHECK_OK(gpu_decode(g, tok, 5, 0, logits));
+        CHECK_OK(gpu_decode(g, tok + 5, 1, 5, logits));
+        CHECK_FAILS_WITH(gpu_decode(g, tok, 3, 6, logits), "do not fit");
+        CHECK_FAILS_WITH(gpu_decode(g, tok, 1, 7, logits), "the cache holds 6 positions");
+        /* a training-shaped pass reuses the cache's buffers: decoding starts over */
+        CHECK_OK(gpu_forward(g, tok, tg, &loss, &nt, NULL));
+        CHECK_FAILS_WITH(gpu_decode(g, tok, 1, 1, logits), "the cache holds 0 positions");
+        CHECK_OK(gpu_decode(g, tok, 1, 0, logits));
+        gpu_model_free(g);
+    }
+    o.batch = 2;
+    CHECK_OK(gpu_model_upload(&g, m, NULL, &o));
+    if (g) {
+        int32_t tok[2] = {1, 2};
+        float logits[256];
+        CHECK_FAILS_WITH(gpu_decode(g, tok, 1, 0, logits), "batch 1");
         gpu_model_free(g);
     }
     model_free(m);
@@ -405,6 +474,9 @@ int main(void) {
         }
         check_trajectory(&cases[6], md); /* qwen_mid: several tiles and head chunks */
         if (md->prec == GPU_PRECISION_FP32) check_trajectory(&cases[5], md); /* dropout masks */
+        printf("%s: generation (gpu_decode against model_decode)\n", md->name);
+        for (int i = first; i < n; i++)
+            if (cases[i].dropout == 0) check_decode(&cases[i], md);
     }
     check_errors();
     return check_finish();

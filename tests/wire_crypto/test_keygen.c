@@ -1,6 +1,6 @@
 /* `fedlora keygen` (cli/cmd_keygen.c, linked in directly) and the identity
- * files of wire/keys.h: modes, refusal to overwrite, the printed fingerprint,
- * loading back, and the strict parser's refusals. */
+ * files of wire/keys.h: modes, refusal to overwrite, the printed fingerprint
+ * and paths, loading back, the strict parser's refusals, and keys_paths_of. */
 #include "tests/check.h"
 #include "util/err.h"
 #include "util/fio.h"
@@ -80,6 +80,14 @@ static void test_keygen_writes_identity(void) {
     keys_fingerprint_text(fp, fp_text);
     snprintf(line, sizeof line, "fingerprint: %s\n", fp_text);
     CHECK_MSG(strstr(out, line) != NULL, "printed:\n%s\nexpected the line: %s", out, line);
+    /* The printed paths are the files written (keys_paths_of), as before. */
+    char wrote[1024];
+    snprintf(wrote, sizeof wrote,
+             "wrote %s/uni-zurich.sign.pem and %s/uni-zurich.kx.pem (private: keep them on this "
+             "machine)\nwrote %s/uni-zurich.id (public identity: send it to the consortium "
+             "admin)\n",
+             dir, dir, dir);
+    CHECK_MSG(strstr(out, wrote) != NULL, "printed:\n%s\nexpected:\n%s", out, wrote);
     /* 16 groups of 4 lowercase hex digits. */
     CHECK(strlen(fp_text) == 79);
     for (int i = 0; i < 79; i++)
@@ -291,6 +299,42 @@ static void test_load_refusals(void) {
     CHECK_FAILS_WITH(keys_load_secret(dir, "nobody", &k), "cannot open");
 }
 
+/* keys_paths_of: the three names, and refusals of a bad name or a path one
+ * byte over KEYS_PATH_MAX (the longest file, NAME.sign.pem, decides). */
+static void test_keys_paths(void) {
+    keys_paths p;
+    CHECK_OK(keys_paths_of(&p, "nodes/keys", "uni-x"));
+    CHECK(strcmp(p.sign, "nodes/keys/uni-x.sign.pem") == 0);
+    CHECK(strcmp(p.kx, "nodes/keys/uni-x.kx.pem") == 0);
+    CHECK(strcmp(p.id, "nodes/keys/uni-x.id") == 0);
+    CHECK_FAILS_WITH(keys_paths_of(&p, "nodes/keys", "a/b"), "identity name has character 0x2f");
+    CHECK_FAILS_WITH(keys_paths_of(&p, "nodes/keys", ""), "identity name is empty");
+
+    /* DIR/n.sign.pem is strlen(DIR) + 11 bytes: at most KEYS_PATH_MAX - 1. */
+    static char long_dir[KEYS_PATH_MAX + 1];
+    size_t fits = KEYS_PATH_MAX - 1 - strlen("/n.sign.pem");
+    memset(long_dir, 'd', fits);
+    long_dir[fits] = '\0';
+    CHECK_OK(keys_paths_of(&p, long_dir, "n"));
+    CHECK(strlen(p.sign) == KEYS_PATH_MAX - 1 && strncmp(p.sign, long_dir, fits) == 0 &&
+          strcmp(p.sign + fits, "/n.sign.pem") == 0);
+    CHECK(strcmp(p.id + fits, "/n.id") == 0);
+    long_dir[fits] = 'd';
+    long_dir[fits + 1] = '\0';
+    CHECK_FAILS_WITH(keys_paths_of(&p, long_dir, "n"), "path too long: ");
+
+    /* Its callers fail the same way, before touching the disk. */
+    keys_secret k;
+    CHECK_OK(keys_generate("n", &k));
+    CHECK_FAILS_WITH(keys_write(&k, long_dir), "path too long: ");
+    keys_secret_wipe(&k);
+    CHECK_FAILS_WITH(keys_load_secret(long_dir, "n", &k), "path too long: ");
+    char out[4096];
+    char *argv[] = {"keygen", "--name", "n", "--out", long_dir};
+    CHECK(run_keygen(out, sizeof out, 5, argv) == 1);
+    CHECK(strstr(err_msg(), "path too long: ") != NULL && out[0] == '\0');
+}
+
 static void remove_dir(void) {
     const char *files[] = {"uni-zurich", "uni-bern", "uni-mixed", "uni-swap", "uni-other"};
     const char *suffix[] = {".sign.pem", ".kx.pem", ".id"};
@@ -312,6 +356,7 @@ int main(void) {
     test_keygen_usage();
     test_identity_parser();
     test_load_refusals();
+    test_keys_paths();
     remove_dir();
     return check_finish();
 }
