@@ -1444,8 +1444,10 @@ static int merge_factored(model *m, round_result *r) {
  * products, so it is merged through its factored update instead of the
  * BLAS GEMM: the same maths, in the portable kernel that a node repeats bit
  * for bit, and r->factors is what low-rank sync serves. A policy file's
- * merge (hooks.h) is the policies library's own (aggregate_round, fp32
- * BLAS; median, trimmed mean and DP noise are dense anyway): no factors. */
+ * merge (hooks.h) is the policies library's own (aggregate_round): when it
+ * is low rank (mean or multi-Krum without DP, fedit, svd) the library
+ * applies it as an update with the same kernel and r->factors takes that
+ * update; the median, trimmed mean and DP noise are dense: no factors. */
 static int aggregate(const agg_config *c, agg_roster *roster, const keys_secret *keys,
                      const agg_policy *pol, model *m, const uint8_t base[32], uint64_t round,
                      int quorum, const accept_rec *const *acc, int n, round_result *r, agg *crash) {
@@ -1538,6 +1540,9 @@ static int aggregate(const agg_config *c, agg_roster *roster, const keys_secret 
             (pol->merge == agg_merge_exact ? merge_factored(m, r)
                                            : pol->merge(pol->arg, m, r->u, r->n, r->w)) < 0)
             goto done;
+        /* A policy file's hooks (their arg is the agg_hooks, hooks.h) keep
+         * the update of a low-rank merge. */
+        if (c->has_policy) r->factors = agg_hooks_take_factors(pol->arg);
         r->merged = 1;
     }
     rc = 0;

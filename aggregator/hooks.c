@@ -106,3 +106,9 @@ void agg_hooks_init(agg_hooks *h, const policy *pol, const struct msg_train *tra
 void agg_hooks_free(agg_hooks *h) {
     aggregate_report_free(&h->rep);
 }
+
+update *agg_hooks_take_factors(agg_hooks *h) {
+    update *u = h->rep.factors;
+    h->rep.factors = NULL;
+    return u;
+}

@@ -129,6 +129,57 @@ int update_build(update **out, const model *m, lora_set *const *sets, const doub
     return 0;
 }
 
+int update_create(update **out) {
+    *out = update_new(0);
+    return *out ? 0 : err_set("out of memory creating an update");
+}
+
+/* The index of weight `name` in m's parameters, or -1. */
+static int param_index(const model *m, const char *name) {
+    const model_param *p = model_find_param(m, name);
+    return p ? (int)(p - m->params) : -1;
+}
+
+int update_add(update *u, const model *m, const char *name, int rank, const float *B,
+               const float *A) {
+    const model_param *p = model_find_param(m, name);
+    if (!p || p->ndim != 2)
+        return err_set("update_add: %s is not a 2-D weight of this model", name);
+    if (rank < 1 || rank > INT_MAX / 2)
+        return err_set("update_add: rank %d for %s, an update's rank is 1 to %d", rank, name,
+                       INT_MAX / 2);
+    int at = (int)(p - m->params), pos = u->n_modules;
+    for (int i = 0; i < u->n_modules; i++)
+        if (strcmp(u->modules[i].name, name) == 0)
+            return err_set("update_add: %s is already in the update", name);
+    /* Insertion in parameter order: the modules before `pos` come earlier in m. */
+    while (pos > 0 && param_index(m, u->modules[pos - 1].name) > at) pos--;
+    int64_t out = p->shape[0], in = p->shape[1];
+    float *b = malloc((size_t)out * (size_t)rank * sizeof *b);
+    float *a = malloc((size_t)rank * (size_t)in * sizeof *a);
+    update_module *grown = realloc(u->modules, (size_t)(u->n_modules + 1) * sizeof *grown);
+    if (grown) u->modules = grown;
+    if (!b || !a || !grown) {
+        free(b);
+        free(a);
+        return err_set("out of memory for the factors of %s (%lld x %d and %d x %lld)", name,
+                       (long long)out, rank, rank, (long long)in);
+    }
+    memcpy(b, B, (size_t)out * (size_t)rank * sizeof *b);
+    memcpy(a, A, (size_t)rank * (size_t)in * sizeof *a);
+    memmove(&u->modules[pos + 1], &u->modules[pos],
+            (size_t)(u->n_modules - pos) * sizeof *u->modules);
+    update_module *um = &u->modules[pos];
+    snprintf(um->name, sizeof um->name, "%s", p->name);
+    um->out = (int)out;
+    um->in = (int)in;
+    um->rank = rank;
+    um->B = b;
+    um->A = a;
+    u->n_modules++;
+    return 0;
+}
+
 uint64_t update_data_bytes(const update *u) {
     uint64_t n = 0;
     for (int i = 0; i < u->n_modules; i++) {

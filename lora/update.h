@@ -29,6 +29,12 @@
  * exactly this W' (for the policies expressible as such factors), so the
  * node's bytes hash to the published version.
  *
+ * Other merges whose change to a weight is a product are updates too: the
+ * policies library's FedIT average (B = s·B̄, A = Ā, rank r) and truncated
+ * SVD (B = U_k Σ_k^½, A = Σ_k^½ V_kᵀ, rank k) (policies/aggregate.h) give
+ * their factors to update_add. The file and the kernel do not care where B
+ * and A came from.
+ *
  * File format (docs/formats.md, "Low-rank updates"): a safetensors file with,
  * per adapted weight "<name>" of the model (e.g.
  * "model.layers.0.self_attn.q_proj.weight"), the F32 tensors
@@ -69,6 +75,18 @@ typedef struct {
  * only some of the sets takes only those. from, to and round are zero. */
 int update_build(update **out, const model *m, lora_set *const *sets, const double *coef, int K);
 void update_free(update *u);
+
+/* An update without modules (from, to and round zero), for update_add. */
+int update_create(update **out);
+
+/* Adds weight `name` of m to u with explicit factors: W' = W + B·A, B (out,
+ * rank) with any coefficients already in, A (rank, in), (out, in) the
+ * weight's shape; both are copied. u's modules stay in m's parameter order
+ * (the file's order) whatever the order of the calls. Refused, with u
+ * unchanged: no 2-D weight of that name in m, a weight already in u, a rank
+ * below 1 or above what the file allows. */
+int update_add(update *u, const model *m, const char *name, int rank, const float *B,
+               const float *A);
 
 /* W' = W + B·A for every module of u, with the kernel described above. Every
  * module is checked against m first (the weight exists, is 2-D, (out, in)):

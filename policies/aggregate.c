@@ -1,7 +1,6 @@
 /* aggregate.c — a round's aggregation under a policy (aggregate.h). */
 #include "policies/aggregate.h"
 
-#include "lora/delta.h"
 #include "model/cpu/cpu.h"
 #include "policies/robust.h"
 #include "policies/svd.h"
@@ -20,6 +19,7 @@ void aggregate_report_free(aggregate_report *rep) {
     free(rep->clip);
     free(rep->selected);
     free(rep->krum_score);
+    update_free(rep->factors);
     memset(rep, 0, sizeof *rep);
 }
 
@@ -157,8 +157,10 @@ static int krum(const policy *pol, const aggregate_member *mb, int K, const doub
     return rc;
 }
 
-/* FedIT: W += s·(Σ p_k B_k)(Σ p_k A_k). */
-static int fedit_module(const aggregate_member *mb, int K, int i, const double *coef, real *W) {
+/* FedIT's factors of module i: B = s·(Σ p_k B_k) (out, r), A = Σ p_k A_k
+ * (r, in), so that ΔW = B·A = s·B̄·Ā. */
+static int fedit_module(const aggregate_member *mb, int K, int i, const double *coef, real **B,
+                        real **A) {
     const lora_module *m0 = &mb[0].set->modules[i];
     int r = m0->rank, out = m0->out, in = m0->in;
     for (int k = 1; k < K; k++) {
@@ -179,9 +181,9 @@ static int fedit_module(const aggregate_member *mb, int K, int i, const double *
         for (int64_t j = 0; j < (int64_t)out * r; j++) Bm[j] += (real)coef[k] * mod->B.data[j];
         for (int64_t j = 0; j < (int64_t)r * in; j++) Am[j] += (real)coef[k] * mod->A.data[j];
     }
-    cpu_gemm(0, 0, out, in, r, (real)m0->scale, Bm, r, Am, in, 1, W, in);
-    free(Bm);
-    free(Am);
+    for (int64_t j = 0; j < (int64_t)out * r; j++) Bm[j] *= (real)m0->scale;
+    *B = Bm;
+    *A = Am;
     return 0;
 }
 
@@ -228,10 +230,10 @@ static int coordinate_module(const policy *pol, const aggregate_member *mb, int 
     return 0;
 }
 
-/* W += the rank-r truncated SVD of op; the factors go to the global adapter
- * module g (when non-NULL). */
-static int svd_module(const policy *pol, const svd_operator *op, uint64_t seed, real *W,
-                      lora_module *g) {
+/* The rank-r truncated SVD of op as factors B (out, r) and A (r, in), which
+ * also go to the global adapter module g (when non-NULL). */
+static int svd_module(const policy *pol, const svd_operator *op, uint64_t seed, lora_module *g,
+                      real **B, real **A) {
     int r = pol->merge.svd_rank;
     real *Bt = malloc((size_t)op->out * r * sizeof *Bt),
          *At = malloc((size_t)r * op->in * sizeof *At);
@@ -240,16 +242,18 @@ static int svd_module(const policy *pol, const svd_operator *op, uint64_t seed, 
     if (rc == 0)
         rc = svd_truncated(op, r, pol->merge.svd_oversample, pol->merge.svd_power_iters, seed, Bt,
                            At, NULL);
-    if (rc == 0) {
-        cpu_gemm(0, 0, op->out, op->in, r, 1, Bt, r, At, op->in, 1, W, op->in);
-        if (g) {
-            memcpy(g->B.data, Bt, (size_t)op->out * r * sizeof *Bt);
-            memcpy(g->A.data, At, (size_t)r * op->in * sizeof *At);
-        }
+    if (rc == 0 && g) {
+        memcpy(g->B.data, Bt, (size_t)op->out * r * sizeof *Bt);
+        memcpy(g->A.data, At, (size_t)r * op->in * sizeof *At);
     }
-    free(Bt);
-    free(At);
-    return rc;
+    if (rc != 0) {
+        free(Bt);
+        free(At);
+        return rc;
+    }
+    *B = Bt;
+    *A = At;
+    return 0;
 }
 
 /* The global adapter: the members' modules at rank r with alpha = r (s = 1). */
@@ -347,10 +351,17 @@ int aggregate_round(const policy *pol, model *m, const aggregate_member *members
     if (report_alloc(&rep, K) != 0) return -1;
     int rc = plan(pol, members, K, info, &rep);
     lora_set *g = NULL;
-    int svd = pol->merge.mode == POLICY_MERGE_SVD;
-    if (rc == 0 && svd && global) rc = make_global(pol, m, members[0].set, &g);
+    int svd = pol->merge.mode == POLICY_MERGE_SVD, fedit = pol->merge.mode == POLICY_MERGE_FEDIT;
     int coordinate =
         pol->robust.rule == POLICY_RULE_MEDIAN || pol->robust.rule == POLICY_RULE_TRIMMED_MEAN;
+    /* Low rank: every module's ΔW is a product B·A (FedIT's, the truncated
+     * SVD's, or the mean's / Krum's concatenated factors when no noise is
+     * added), collected as an update and applied at the end with the
+     * portable kernel (lora/update.h), exactly as a node applies it. Dense:
+     * the coordinate rules and DP noise, added to W module by module. */
+    int lowrank = fedit || svd || !(coordinate || pol->dp.enabled);
+    if (rc == 0 && lowrank) rc = update_create(&rep.factors);
+    if (rc == 0 && svd && global) rc = make_global(pol, m, members[0].set, &g);
     const lora_set *s0 = members[0].set;
     for (int i = 0; rc == 0 && i < s0->n_modules; i++) {
         const lora_module *m0 = &s0->modules[i];
@@ -359,37 +370,55 @@ int aggregate_round(const policy *pol, model *m, const aggregate_member *members
         module_weight(m, m0, &W);
         lora_module *gm = g ? lora_find(g, m0->path) : NULL;
         uint64_t seed = (info ? info->round : 0) * 1000003u + (uint64_t)i;
-        real *D = NULL; /* a dense module update, when svd needs one */
+        real *D = NULL;            /* a dense module update, when svd needs one */
+        real *B = NULL, *A = NULL; /* the module's factors (low rank), rank R */
+        int R = 0;
         int dense = svd && (coordinate || pol->dp.enabled);
         if (dense && !(D = calloc((size_t)out * (size_t)in, sizeof *D)))
             rc = err_set("aggregate: out of memory for module %s (%d x %d)", m0->path, out, in);
-        if (rc == 0 && pol->merge.mode == POLICY_MERGE_FEDIT) {
-            rc = fedit_module(members, K, i, rep.coef, W);
+        if (rc == 0 && fedit) {
+            rc = fedit_module(members, K, i, rep.coef, &B, &A);
+            R = m0->rank;
         } else if (rc == 0 && coordinate) {
             rc = coordinate_module(pol, members, K, i, rep.clip, D ? D : W, !D);
         } else if (rc == 0) {
             real *Bc, *Ac;
-            int R;
-            rc = concat_factors(members, K, i, rep.coef, rep.clip, &Bc, &Ac, &R);
+            int Rc;
+            rc = concat_factors(members, K, i, rep.coef, rep.clip, &Bc, &Ac, &Rc);
             if (rc == 0) {
-                real *target = D ? D : W;
-                if (svd && !D) {
-                    svd_operator op = {.out = out, .in = in, .R = R, .B = Bc, .A = Ac};
-                    rc = svd_module(pol, &op, seed, W, gm);
-                } else if (R > 0) {
-                    /* Σ_k f_k B_k A_k as one GEMM: (out, R) · (R, in) */
-                    cpu_gemm(0, 0, out, in, R, 1, Bc, R, Ac, in, 1, target, in);
-                }
-                if (rc == 0 && pol->dp.enabled)
+                if (pol->dp.enabled) {
+                    /* DP-FedAvg: the sum made dense, plus the noise (into W,
+                     * or into D for the svd) */
+                    real *target = D ? D : W;
+                    if (Rc > 0) cpu_gemm(0, 0, out, in, Rc, 1, Bc, Rc, Ac, in, 1, target, in);
                     rc = noise_add(noise, target, (int64_t)out * in, rep.noise_sigma);
+                } else if (svd) {
+                    svd_operator op = {.out = out, .in = in, .R = Rc, .B = Bc, .A = Ac};
+                    rc = svd_module(pol, &op, seed, gm, &B, &A);
+                    R = pol->merge.svd_rank;
+                } else {
+                    /* The exact merge: Σ_k f_k B_k A_k = [f_1 B_1 | …] · [A_1; …] */
+                    B = Bc;
+                    A = Ac;
+                    R = Rc;
+                    Bc = Ac = NULL;
+                }
                 free(Bc);
                 free(Ac);
             }
         }
         if (rc == 0 && D) {
             svd_operator op = {.out = out, .in = in, .D = D};
-            rc = svd_module(pol, &op, seed, W, gm);
+            rc = svd_module(pol, &op, seed, gm, &B, &A);
+            R = pol->merge.svd_rank;
         }
+        if (rc == 0 && lowrank && R > 0) {
+            char name[MODEL_NAME_MAX];
+            snprintf(name, sizeof name, "%s.weight", m0->path);
+            rc = update_add(rep.factors, m, name, R, B, A);
+        }
+        free(B);
+        free(A);
         free(D);
         if (rc != 0) rc = err_context("aggregating module %s", m0->path);
         rep.n_modules++;
@@ -399,6 +428,7 @@ int aggregate_round(const policy *pol, model *m, const aggregate_member *members
             rep.bytes_in += (int64_t)mod->rank * (mod->in + mod->out) * (int64_t)sizeof(real);
         }
     }
+    if (rc == 0 && rep.factors) rc = update_apply(m, rep.factors);
     if (rc == 0 && global)
         *global = g;
     else

@@ -17,22 +17,32 @@
  *                             unweighted (robust.h)
  *              DP-FedAvg:     ΔW = Σ w_i c_i Δ_i / E + N(0, σ²), σ = z·C / E
  *                             (McMahan et al. 2018, fixed denominator)
- *   merge      exact: the mean/krum sum as one GEMM per module over the
- *              concatenated factors (lora/delta.h), added to W;
+ *   merge      exact: the mean/krum sum over the concatenated factors,
+ *              B = [f_1 B_1 | …] (f_i = p_i c_i s_i), A = [A_1; …];
  *              fedit: ΔW = s·(Σ p_i B_i)(Σ p_i A_i) — FedIT's factor
  *              average, NOT the average of the products (kept to measure
  *              that error); needs one rank and one scale;
  *              svd: the rule's ΔW replaced by its rank-r truncated SVD
  *              (svd.h), which is also returned as a PEFT-shaped adapter.
  *
+ * Low rank and dense results. Where every module's ΔW is a product B·A —
+ * the mean and multi-Krum without DP in exact mode, fedit, and svd after
+ * any rule — the factors are collected as a model update (lora/update.h)
+ * and applied with update_apply, the portable kernel a node repeats bit for
+ * bit; the report keeps that update, so the aggregator can publish it for
+ * low-rank sync. The coordinate rules and DP noise (without svd) are dense:
+ * added to W module by module in fp32 (BLAS for the products), no update.
+ *
  * Memory stays bounded: modules are processed one at a time; the factored
- * rules need (out + in)·Σr_i values, the coordinate rules K·rows·in for a
- * block of rows sized by merge.block_bytes, svd and DP+svd one dense
- * (out, in) module. Nothing here depends on the number of modules. */
+ * rules need (out + in)·Σr_i values per module and keep the update, whose
+ * size is that of the update file ((out + in)·R per adapted weight); the
+ * coordinate rules need K·rows·in for a block of rows sized by
+ * merge.block_bytes, svd and DP+svd one dense (out, in) module. */
 #ifndef FL_POLICIES_AGGREGATE_H
 #define FL_POLICIES_AGGREGATE_H
 
 #include "lora/lora.h"
+#include "lora/update.h"
 #include "policies/noise.h"
 #include "policies/policy.h"
 
@@ -62,14 +72,18 @@ typedef struct {
     int n_modules;
     int64_t n_coords; /* base weights changed */
     int64_t bytes_in; /* bytes of factors (A and B of every member) aggregated */
+    update *factors;  /* a low-rank merge: the update applied to m (from, to and round
+                         zero); NULL for a dense one */
 } aggregate_report;
 
 /* Aggregates into m. noise: the DP noise source (noise_open) when dp is
  * enabled, else unused (may be NULL). global: with merge.mode "svd", if
  * non-NULL, receives the rank-r global adapter (alpha = r, so s = 1) whose
- * B·A is exactly what was added to each module. rep (may be NULL): filled;
- * free with aggregate_report_free. On failure m may be partly updated:
- * aggregate on a copy of the base, as the aggregator's version store does. */
+ * B·A is exactly the update's for each module. rep (may be NULL): filled,
+ * with the update of a low-rank merge (rep->factors; take it and set the
+ * field to NULL to keep it); free with aggregate_report_free. On failure m
+ * may be partly updated (a low-rank merge leaves it unchanged): aggregate on
+ * a copy of the base, as the aggregator's version store does. */
 int aggregate_round(const policy *pol, model *m, const aggregate_member *members, int K,
                     const aggregate_round_info *info, noise_source *noise, lora_set **global,
                     aggregate_report *rep);

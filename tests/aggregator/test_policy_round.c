@@ -1,6 +1,9 @@
 /* Rounds under a policy file (config "policy", aggregator/hooks.h): the
- * aggregator's result is the policies library's (median, trimmed mean
- * against a direct aggregate_round on the same inputs); a member over the
+ * aggregator's result is the policies library's (median, trimmed mean,
+ * clipped mean, FedIT, SVD against a direct aggregate_round on the same
+ * inputs); the low-rank merges (clipped mean, FedIT, SVD) publish their
+ * update, which makes the version from the base, and the dense rules
+ * (median, trimmed mean) publish none; a member over the
  * norm bound is rejected with its reason (log and metrics) and the round goes
  * on; DP-FedAvg reports the accountant's ε per round and cumulatively,
  * refuses to open a round past the budget (also after a restart); a crash
@@ -9,9 +12,11 @@
  * key is gone once the version is published. */
 #include "aggregator/agg.h"
 #include "aggregator/store.h"
+#include "lora/update.h"
 #include "policies/accountant.h"
 #include "policies/aggregate.h"
 #include "tests/aggregator/agg_test.h"
+#include "util/hex.h"
 #include "wire/crypto.h"
 
 #include <fcntl.h>
@@ -126,6 +131,21 @@ static void direct(const agg_config *c, const uint8_t base_hash[32], uint64_t ro
     model_free(m);
 }
 
+/* The update named by round 1's publish record (64 hex), "" when it names
+ * none; -1 when there is no such record. */
+static int published_update(const agg_config *c, char uhex[65]) {
+    char p[4200], *text, v[65];
+    size_t len;
+    snprintf(p, sizeof p, "%s/journal", c->state);
+    uhex[0] = '\0';
+    if (fio_read_all(p, 1 << 20, &text, &len) < 0) return -1;
+    const char *rec = strstr(text, "publish 1 ");
+    int n = rec ? sscanf(rec, "publish 1 %64s %64s", v, uhex) : 0;
+    if (n == 2 && uhex[0] == '#') uhex[0] = '\0'; /* the record's checksum: no update */
+    free(text);
+    return n >= 1 ? 0 : -1;
+}
+
 /* ---- robust rules ----------------------------------------------------------- */
 
 static void check_rule(const char *sub, int n, policy_rule rule, const char *policy_text) {
@@ -158,6 +178,9 @@ static void check_rule(const char *sub, int n, policy_rule rule, const char *pol
     json_t *j = fed_metrics_of(&c, 1);
     CHECK(j && !strcmp(json_string_value(json_object_get(j, "rule")), policy_rule_name(rule)));
     json_decref(j);
+    /* A coordinate rule is dense: no update, nodes download the version. */
+    char uhex[65] = "x";
+    CHECK(published_update(&c, uhex) == 0 && uhex[0] == '\0');
     agg_close(a);
     /* The offline recomputation follows the same policy. */
     c.policy.robust.rule = rule;
@@ -174,6 +197,87 @@ static void test_robust_rules(void) {
     check_rule("trimmed", 4, POLICY_RULE_TRIMMED_MEAN,
                "robust = { rule = \"trimmed_mean\"; trim_beta = 0.25; };\n"
                "rounds = { quorum = 4; deadline_s = 1000; };\n");
+}
+
+/* ---- low-rank merges: published as updates ----------------------------------- */
+
+/* Three members under a policy whose merge is low rank: the version is the
+ * library's (direct aggregate_round), the publish record names an update
+ * object of rank want_rank per weight, from the base to the version, that
+ * makes the version's bytes when applied to the base here (as a node
+ * does); --recompute agrees. */
+static void check_lowrank(const char *sub, const char *policy_text, int want_rank) {
+    char cfg[700], out[600];
+    write_config(sub, 3, "count = 1;", policy_text, cfg, sizeof cfg);
+    agg_config c;
+    agg *a;
+    CHECK_OK(agg_config_load(&c, cfg));
+    CHECK_OK(agg_open(&a, &c, T0));
+    uint8_t base[32], got[32], want[32];
+    agg_current_base(a, base);
+    int members[3] = {0, 1, 2};
+    uint64_t seeds[3] = {61, 62, 63};
+    for (int i = 0; i < 3; i++) CHECK(submit_delta(a, &F.m[i], seeds[i], NULL, T0 + 1));
+    CHECK_OK(agg_tick(a, T0 + 1));
+    CHECK(agg_get_state(a) == AGG_FINISHED);
+    agg_current_base(a, got);
+    agg_close(a);
+    fed_path(out, sizeof out, "%s/direct", sub);
+    direct(&c, base, 1, members, seeds, NULL, 3, NULL, out, want);
+    CHECK_MSG(memcmp(got, want, 32) == 0, "%s: the aggregator's version is not the library's", sub);
+    char uhex[65];
+    uint8_t uh[32], made[32];
+    CHECK(published_update(&c, uhex) == 0 && strlen(uhex) == 64 && hex_decode(uhex, uh, 32) == 0);
+    char obj[4200], dir[4200], p[700];
+    model *m = NULL;
+    update *u = NULL;
+    CHECK_OK(store_object_path(c.state, uh, obj, sizeof obj));
+    CHECK_OK(store_version_dir(c.state, base, dir, sizeof dir));
+    CHECK_OK(checkpoint_load(&m, dir));
+    CHECK_OK(update_read(&u, obj, m));
+    if (u) {
+        CHECK(u->round == 1 && !memcmp(u->from, base, 32) && !memcmp(u->to, got, 32));
+        CHECK(u->n_modules == 4);
+        for (int i = 0; i < u->n_modules; i++)
+            CHECK_MSG(u->modules[i].rank == want_rank, "%s: %s has rank %d, want %d", sub,
+                      u->modules[i].name, u->modules[i].rank, want_rank);
+        CHECK_OK(update_apply(m, u));
+    }
+    fed_path(out, sizeof out, "%s/made", sub);
+    snprintf(p, sizeof p, "%s/model.safetensors", out);
+    CHECK_OK(checkpoint_save(m, out, "float32"));
+    CHECK_OK(crypto_sha256_file(p, made, NULL));
+    CHECK_MSG(memcmp(made, got, 32) == 0, "%s: base + update is not the published version", sub);
+    update_free(u);
+    model_free(m);
+    fed_path(out, sizeof out, "%s/recompute", sub);
+    CHECK_OK(agg_recompute(&c, 1, out, want));
+    CHECK(memcmp(got, want, 32) == 0);
+    agg_config_free(&c);
+}
+
+static void test_lowrank(void) {
+    /* The mean with clipping: all three updates clipped, rank 3 · 4. */
+    check_lowrank("clipped-mean",
+                  "robust = { clip_norm = 0.001; };\n"
+                  "rounds = { quorum = 3; deadline_s = 1000; };\n",
+                  3 * FED_RANK);
+    agg_config c;
+    char cfg[700];
+    fed_path(cfg, sizeof cfg, "clipped-mean/aggregator.cfg");
+    CHECK_OK(agg_config_load(&c, cfg));
+    json_t *j = fed_metrics_of(&c, 1), *clip = j ? json_object_get(j, "clip") : NULL;
+    for (int i = 0; i < 3; i++) CHECK(json_real_value(json_object_get(clip, fed_names[i])) < 1);
+    json_decref(j);
+    agg_config_free(&c);
+    check_lowrank("fedit",
+                  "merge = { mode = \"fedit\"; };\n"
+                  "rounds = { quorum = 3; deadline_s = 1000; };\n",
+                  FED_RANK);
+    check_lowrank("svd",
+                  "merge = { mode = \"svd\"; svd_rank = 2; };\n"
+                  "rounds = { quorum = 3; deadline_s = 1000; };\n",
+                  2);
 }
 
 /* ---- validation ----------------------------------------------------------------- */
@@ -398,6 +502,7 @@ int main(int argc, char **argv) {
     fed_init(&F);
     test_config();
     test_robust_rules();
+    test_lowrank();
     test_norm_bound();
     test_dp_budget();
     test_dp_crash(argv[0]);

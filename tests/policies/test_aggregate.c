@@ -2,14 +2,17 @@
  * the exact product merge (and its agreement with lora/delta.h), FedIT's
  * factor average and its error against the true average of products, the
  * rank-r SVD global adapter (exact when the rank allows, Eckart–Young
- * optimal otherwise), and DP-FedAvg's clipping and noise. */
+ * optimal otherwise), DP-FedAvg's clipping and noise, and which merges are
+ * low rank: their update (the report's) is exactly what was applied. */
 #include "lora/delta.h"
+#include "lora/update.h"
 #include "policies/aggregate.h"
 #include "policies/svd.h"
 #include "policies/validate.h"
 #include "pol_test.h"
 
 #include <stdio.h>
+#include <unistd.h>
 
 #define TARGETS "q_proj,v_proj"
 
@@ -59,6 +62,14 @@ static double rel_err(const double *a, const double *b, int64_t n) {
     return sqrt(e / s);
 }
 
+static int same_model(const model *a, const model *b) {
+    int same = 1;
+    for (int i = 0; i < a->n_params; i++)
+        same &= memcmp(a->params[i].data, b->params[i].data,
+                       (size_t)a->params[i].numel * sizeof(real)) == 0;
+    return same;
+}
+
 static void test_exact(void) {
     model *m = pt_model(), *m2 = pt_model();
     /* Different ranks and alphas per member. */
@@ -82,13 +93,29 @@ static void test_exact(void) {
     double f[3] = {1.0 / 6, 2.0 / 6, 3.0 / 6};
     expected_of(sets, f, 3, want);
     CHECK_MSG(rel_err(got, want, n) < 1e-6, "exact merge off by %g", rel_err(got, want, n));
-    /* The same bytes as the LoRA delta maths' exact merge. */
-    CHECK_OK(delta_merge_product(m2, sets, f, 3));
-    int same = 1;
-    for (int i = 0; i < m->n_params; i++)
-        same &= memcmp(m->params[i].data, m2->params[i].data,
-                       (size_t)m->params[i].numel * sizeof(real)) == 0;
-    CHECK_MSG(same, "aggregate_round and delta_merge_product differ");
+    /* The same bytes as the default aggregator's merge (update_build with
+     * the same coefficients, applied by the portable kernel), and the report
+     * holds that update. */
+    update *u = NULL;
+    CHECK_OK(update_build(&u, m2, sets, rep.coef, 3));
+    CHECK_OK(update_apply(m2, u));
+    CHECK_MSG(same_model(m, m2), "aggregate_round and update_build + update_apply differ");
+    CHECK(rep.factors && u && rep.factors->n_modules == u->n_modules);
+    for (int i = 0; rep.factors && u && i < u->n_modules; i++) {
+        const update_module *x = &rep.factors->modules[i], *y = &u->modules[i];
+        CHECK(!strcmp(x->name, y->name) && x->rank == 9 && y->rank == 9);
+        CHECK(!memcmp(x->B, y->B, (size_t)x->out * 9 * sizeof(float)) &&
+              !memcmp(x->A, y->A, (size_t)x->in * 9 * sizeof(float)));
+    }
+    update_free(u);
+    /* ... and what delta_merge_product's BLAS GEMM gives, up to rounding. */
+    model *m3 = pt_model();
+    CHECK_OK(delta_merge_product(m3, sets, f, 3));
+    double blas[768];
+    diff_of(m3, sets[0], before, blas);
+    CHECK_MSG(rel_err(got, blas, n) < 1e-6, "exact vs delta_merge_product: %g",
+              rel_err(got, blas, n));
+    model_free(m3);
     aggregate_report_free(&rep);
 
     /* A member over other modules is refused. */
@@ -357,11 +384,7 @@ static void test_dp(void) {
     CHECK_OK(noise_open(&n2, &p, key));
     CHECK_OK(aggregate_round(&p, m1, bm, 3, &info, n1, NULL, NULL));
     CHECK_OK(aggregate_round(&p, m2, bm, 3, &info, n2, NULL, NULL));
-    int same = 1;
-    for (int i = 0; i < m1->n_params; i++)
-        same &= memcmp(m1->params[i].data, m2->params[i].data,
-                       (size_t)m1->params[i].numel * sizeof(real)) == 0;
-    CHECK_MSG(same, "a replay with the round's noise key gave other bytes");
+    CHECK_MSG(same_model(m1, m2), "a replay with the round's noise key gave other bytes");
     noise_free(n1);
     noise_free(n2);
     for (int k = 0; k < 3; k++) lora_free(big[k]);
@@ -371,10 +394,157 @@ static void test_dp(void) {
     model_free(m2);
 }
 
+/* ---- low-rank merges as updates ---------------------------------------------------- */
+
+/* One round on a fresh base: the report's update is there exactly when the
+ * merge is low rank (want_rank > 0: every module at that rank), and the
+ * merged model is the base plus that update through the portable kernel,
+ * also after the file round trip. Returns the rounds' model (model_free). */
+static model *check_factors(const char *what, const policy *p, aggregate_member *mb, int K,
+                            int want_rank, noise_source *ns) {
+    model *m = pt_model(), *n = pt_model();
+    aggregate_round_info info = {.round = 2, .roster_size = 10};
+    aggregate_report rep;
+    CHECK_OK(aggregate_round(p, m, mb, K, &info, ns, NULL, &rep));
+    update *u = rep.factors;
+    if (want_rank == 0) {
+        CHECK_MSG(u == NULL, "%s: a dense merge reports an update", what);
+    } else {
+        CHECK_MSG(u && u->n_modules == mb[0].set->n_modules, "%s: no update for every module",
+                  what);
+        for (int i = 0; u && i < u->n_modules; i++) {
+            char name[MODEL_NAME_MAX];
+            snprintf(name, sizeof name, "%s.weight", mb[0].set->modules[i].path);
+            CHECK_MSG(!strcmp(u->modules[i].name, name) && u->modules[i].rank == want_rank,
+                      "%s: module %d is %s at rank %d, want %s at rank %d", what, i,
+                      u->modules[i].name, u->modules[i].rank, name, want_rank);
+        }
+        if (u) CHECK_OK(update_apply(n, u));
+        CHECK_MSG(same_model(m, n), "%s: the merge is not base + its update", what);
+        char dir[] = "/tmp/fl_pol_factors_XXXXXX", path[64];
+        update *v = NULL;
+        model *o = pt_model();
+        CHECK(mkdtemp(dir) != NULL);
+        snprintf(path, sizeof path, "%s/u.safetensors", dir);
+        if (u) CHECK_OK(update_write(u, path));
+        CHECK_OK(update_read(&v, path, o));
+        if (v) CHECK_OK(update_apply(o, v));
+        CHECK_MSG(v && same_model(m, o), "%s: the update file does not make the merge", what);
+        update_free(v);
+        model_free(o);
+        unlink(path);
+        rmdir(dir);
+    }
+    aggregate_report_free(&rep);
+    model_free(n);
+    return m;
+}
+
+static void test_factors(void) {
+    model *base = pt_model();
+    real *before[8];
+    /* Five members; ranks 2, 4, 3, 2, 2. */
+    const int ranks[5] = {2, 4, 3, 2, 2};
+    lora_set *sets[5];
+    aggregate_member mb[5];
+    for (int k = 0; k < 5; k++) {
+        sets[k] = pt_adapter(base, TARGETS, ranks[k], 2.0 * ranks[k], 60 + (uint64_t)k, 0.2);
+        mb[k] = (aggregate_member){"m", sets[k], 100 * (uint64_t)(k + 1), 1};
+    }
+    save_before(base, sets[0], before);
+    policy p;
+    policy_defaults(&p);
+
+    /* The mean: rank Σ r_i = 13. */
+    model_free(check_factors("mean", &p, mb, 5, 13, NULL));
+
+    /* Clipping only scales a member's coefficient: still rank 13, and the
+     * sum Σ p_i c_i s_i B_i A_i (double reference). */
+    p.robust.clip_norm = 0.05;
+    aggregate_report rep;
+    model *r = pt_model();
+    CHECK_OK(aggregate_round(&p, r, mb, 5, NULL, NULL, NULL, &rep));
+    double f[5], want[768];
+    int clipped = 0;
+    for (int k = 0; k < 5; k++) {
+        f[k] = rep.coef[k] * rep.clip[k];
+        clipped += rep.clip[k] < 1;
+    }
+    CHECK_MSG(clipped >= 3, "clip_norm 0.05 clipped %d of 5", clipped);
+    expected_of(sets, f, 5, want);
+    /* The clipped update is small against W: compare W' with W + ΔW rounded
+     * once to float, to 1 ulp. */
+    int64_t off = 0, bad = 0;
+    for (int i = 0; i < sets[0]->n_modules; i++) {
+        const lora_module *mod = &sets[0]->modules[i];
+        const real *w = pt_weight(r, mod->path);
+        for (int j = 0; j < mod->out * mod->in; j++) {
+            float ref = (float)((double)before[i][j] + want[off + j]);
+            bad += fabsf(w[j] - ref) > fabsf(nextafterf(ref, INFINITY) - ref);
+        }
+        off += mod->out * mod->in;
+    }
+    CHECK_MSG(bad == 0, "clipped mean: %lld weights off by more than 1 ulp", (long long)bad);
+    aggregate_report_free(&rep);
+    model_free(r);
+    model_free(check_factors("clipped mean", &p, mb, 5, 13, NULL));
+    p.robust.clip_norm = 0;
+
+    /* Multi-Krum (f = 1, m = 3): the selected members' ranks. */
+    p.robust.rule = POLICY_RULE_KRUM;
+    p.robust.krum_f = 1;
+    p.robust.krum_m = 3;
+    r = pt_model();
+    CHECK_OK(aggregate_round(&p, r, mb, 5, NULL, NULL, NULL, &rep));
+    int R = 0;
+    for (int k = 0; k < 5; k++) R += rep.selected[k] ? ranks[k] : 0;
+    CHECK(R > 0 && R < 13);
+    aggregate_report_free(&rep);
+    model_free(r);
+    model_free(check_factors("krum", &p, mb, 5, R, NULL));
+    p.robust.rule = POLICY_RULE_MEAN;
+
+    /* The coordinate rules are dense; after them, the svd is rank 3. */
+    p.robust.rule = POLICY_RULE_MEDIAN;
+    model_free(check_factors("median", &p, mb, 5, 0, NULL));
+    p.robust.rule = POLICY_RULE_TRIMMED_MEAN;
+    p.robust.trim_beta = 0.2;
+    model_free(check_factors("trimmed mean", &p, mb, 5, 0, NULL));
+    p.merge.mode = POLICY_MERGE_SVD;
+    p.merge.svd_rank = 3;
+    model_free(check_factors("trimmed mean + svd", &p, mb, 5, 3, NULL));
+    p.robust.rule = POLICY_RULE_MEAN;
+    model_free(check_factors("svd", &p, mb, 5, 3, NULL));
+
+    /* FedIT: one rank (2) and scale among the members it averages. */
+    p.merge.mode = POLICY_MERGE_FEDIT;
+    aggregate_member same_rank[3] = {mb[0], mb[3], mb[4]};
+    model_free(check_factors("fedit", &p, same_rank, 3, 2, NULL));
+
+    /* DP: the noise is dense; the svd of the noisy sum is rank 3. */
+    p.merge.mode = POLICY_MERGE_EXACT;
+    p.mode = POLICY_MODE_TEST;
+    p.weighting.by = POLICY_WEIGHT_EQUAL;
+    p.dp.enabled = 1;
+    noise_source *ns;
+    CHECK_OK(noise_open_seeded(&ns, &p, 3));
+    model_free(check_factors("dp", &p, mb, 5, 0, ns));
+    noise_free(ns);
+    p.merge.mode = POLICY_MERGE_SVD;
+    CHECK_OK(noise_open_seeded(&ns, &p, 3));
+    model_free(check_factors("dp + svd", &p, mb, 5, 3, ns));
+    noise_free(ns);
+
+    free_before(sets[0], before);
+    for (int k = 0; k < 5; k++) lora_free(sets[k]);
+    model_free(base);
+}
+
 int main(void) {
     test_exact();
     test_fedit();
     test_svd_mode();
     test_dp();
+    test_factors();
     return check_finish();
 }

@@ -12,8 +12,12 @@
  *      (round 3: only that node falls back), the object removed (round 4);
  *      each failure is one log line, the node downloads the full version and
  *      still ends with the aggregator's bytes;
- *   3. a policy file with the coordinate-wise median (dense): no update is
- *      published, nodes download full versions. */
+ *   3. 3 nodes, 2 rounds under a policy file: with a low-rank merge (the
+ *      clipped weighted mean, FedIT, the truncated SVD) round 1 publishes an
+ *      update of the merge's rank and every node reaches round 2's base
+ *      through it ("sync": "lowrank"); with the coordinate-wise median
+ *      (dense) no update is published and nodes download full versions;
+ *      every node holds exactly the aggregator's version. */
 #include "lora/update.h"
 #include "model/safetensors.h"
 #include "tests/federation/fed_test.h"
@@ -283,22 +287,26 @@ static void fallbacks(void) {
     ft_teardown(&f);
 }
 
-/* ---- 3: a dense rule publishes no update ------------------------------------------- */
+/* ---- 3: rounds under a policy file ------------------------------------------------- */
 
-static void dense_policy(void) {
+/* 3 nodes, 2 rounds under a policy file (its rounds group replaces the
+ * config's quorum and deadline). With a low-rank merge (rank > 0) round 1
+ * publishes an update of that rank per weight and every node reaches round
+ * 2's base through it; with a dense one nothing is published and nodes
+ * download the version. Either way every node ends with the aggregator's
+ * bytes. */
+static void policy_sync(const char *tag, const char *policy_text, const char *rule,
+                        const char *merge, int rank) {
     ft_options o;
     ft_options_init(&o);
     o.rounds = 2;
     ft_fed f;
-    CHECK_OK(ft_setup(&f, "dense", 3, &o));
-    /* The same federation under a policy file: its rounds group replaces
-     * the config's quorum and deadline. */
+    CHECK_OK(ft_setup(&f, tag, 3, &o));
     char text[4096], dir[LP], path[LP];
     snprintf(dir, sizeof dir, "%s", f.agg_config);
     *strrchr(dir, '/') = '\0';
-    CHECK_OK(ft_write(ft_in(path, dir, "policy.cfg"),
-                      "robust = { rule = \"median\"; };\n"
-                      "rounds = { quorum = 3; deadline_s = 120; };\n"));
+    snprintf(text, sizeof text, "%srounds = { quorum = 3; deadline_s = 120; };\n", policy_text);
+    CHECK_OK(ft_write(ft_in(path, dir, "policy.cfg"), text));
     snprintf(text, sizeof text,
              "bind = \"tcp://127.0.0.1:*\";\n"
              "keys = { dir = \"../keys\"; name = \"aggregator\"; };\n"
@@ -314,30 +322,82 @@ static void dense_policy(void) {
     CHECK_OK(ft_write(f.agg_config, text));
     CHECK_OK(ft_start_aggregator(&f));
     ft_run_nodes(&f, f.endpoint, 240);
-    char v[65], u[65] = "x";
+    char v[65], u[65] = "x", base[65];
     uint64_t us = 1, bytes;
     CHECK_OK(publish_record(&f, 1, v, u, &us));
-    CHECK_MSG(u[0] == '\0' && strlen(v) == 64, "round 1 published update '%s'", u);
+    CHECK(strlen(v) == 64);
     json_t *j = ft_round_metrics(&f, 1);
-    CHECK(j && !strcmp(json_string_value(json_object_get(j, "rule")), "median"));
+    CHECK_MSG(j && !strcmp(json_string_value(json_object_get(j, "rule")), rule) &&
+                  !strcmp(json_string_value(json_object_get(j, "merge")), merge),
+              "%s: round 1's metrics name another rule or merge", tag);
+    /* clip_norm clips every member here; without it none is clipped. */
+    json_t *clip = j ? json_object_get(j, "clip") : NULL;
+    for (int i = 0; i < f.n; i++) {
+        double c = json_real_value(json_object_get(clip, f.name[i]));
+        CHECK_MSG(strstr(policy_text, "clip_norm") ? c > 0 && c < 1 : c == 1,
+                  "%s: %s's clip factor is %g", tag, f.name[i], c);
+    }
     json_decref(j);
-    CHECK(fio_dir_empty(ft_in(path, f.agg_state, "objects")) == 1);
     store_model(&f, v, path);
     uint64_t model_bytes = file_size(path);
+    if (rank > 0) {
+        /* The update: in the store, from round 1's base to its version, at
+         * the merge's rank. */
+        char obj[LP], got[65] = "";
+        CHECK_MSG(strlen(u) == 64 && us > 0 && us < model_bytes / 2,
+                  "%s: round 1 published update '%s' (%llu bytes)", tag, u, (unsigned long long)us);
+        snprintf(obj, sizeof obj, "%s/objects/%s", f.agg_state, u);
+        CHECK(ft_hash_file(obj, got) == 0 && strcmp(got, u) == 0 && file_size(obj) == us);
+        round_base(&f, 1, base);
+        snprintf(path, sizeof path, "%s/versions/%s", f.agg_state, base);
+        model *m = NULL;
+        update *up = NULL;
+        CHECK_OK(checkpoint_load(&m, path));
+        if (m) CHECK_OK(update_read(&up, obj, m));
+        for (int i = 0; up && i < up->n_modules; i++)
+            CHECK_MSG(up->modules[i].rank == rank, "%s: %s has rank %d, want %d", tag,
+                      up->modules[i].name, up->modules[i].rank, rank);
+        update_free(up);
+        model_free(m);
+    } else {
+        CHECK_MSG(u[0] == '\0', "%s: round 1 published update '%s'", tag, u);
+        CHECK(fio_dir_empty(ft_in(path, f.agg_state, "objects")) == 1);
+    }
     for (int i = 0; i < f.n; i++) {
         char sync[16];
-        CHECK(count_in(f.node_log[i], "low-rank") == 0);
         node_sync_of(&f, i, 2, sync, &bytes);
-        CHECK_MSG(!strcmp(sync, "full") && bytes == model_bytes, "%s round 2: %s, %llu bytes",
-                  f.name[i], sync, (unsigned long long)bytes);
+        if (rank > 0) {
+            CHECK_MSG(!strcmp(sync, "lowrank") && bytes == us,
+                      "%s: %s round 2: %s, %llu bytes (update %llu)", tag, f.name[i], sync,
+                      (unsigned long long)bytes, (unsigned long long)us);
+            CHECK_MSG(count_in(f.node_log[i], "sync: low-rank update") == 1 &&
+                          count_in(f.node_log[i], "low-rank sync failed") == 0,
+                      "%s: see %s", tag, f.node_log[i]);
+        } else {
+            CHECK(count_in(f.node_log[i], "low-rank") == 0);
+            CHECK_MSG(!strcmp(sync, "full") && bytes == model_bytes,
+                      "%s: %s round 2: %s, %llu bytes", tag, f.name[i], sync,
+                      (unsigned long long)bytes);
+        }
         check_node_holds(&f, i, v);
     }
     ft_teardown(&f);
 }
 
+static void policies(void) {
+    /* Low rank: the weighted mean (clipping scales a member's weight only;
+     * all three are clipped), FedIT's factor average, the truncated SVD. */
+    policy_sync("pmean", "robust = { clip_norm = 0.001; };\n", "mean", "exact", 3 * 4);
+    policy_sync("pfedit", "weighting = { by = \"equal\"; };\nmerge = { mode = \"fedit\"; };\n",
+                "mean", "fedit", 4);
+    policy_sync("psvd", "merge = { mode = \"svd\"; svd_rank = 3; };\n", "mean", "svd", 3);
+    /* Dense: the coordinate-wise median. */
+    policy_sync("pmedian", "robust = { rule = \"median\"; };\n", "median", "exact", 0);
+}
+
 int main(void) {
     lowrank_path();
     fallbacks();
-    dense_policy();
+    policies();
     return check_finish();
 }

@@ -7,6 +7,9 @@
  *   - its bits are exactly the documented formula (an element-wise double
  *     sum in fixed order, computed here independently), and identical for
  *     1, 2 and 3 OpenMP threads;
+ *   - update_add (explicit factors, e.g. a truncated SVD's) keeps the
+ *     model's order, copies, refuses what is not a new 2-D weight with a
+ *     rank >= 1, and applies as the formula computed here in double;
  *   - the file round trip keeps every byte, and writing twice gives the same
  *     file; the metadata says format, from, to and round;
  *   - the reader refuses every malformed file with an error naming the rule:
@@ -183,6 +186,86 @@ static void check_bits(void) {
     model_free(ref);
     lora_free(sets[0]);
     lora_free(sets[1]);
+    model_free(m0);
+}
+
+/* ---- explicit factors ------------------------------------------------------------ */
+
+/* update_add: factors given as they are (a truncated SVD's, FedIT's), added
+ * out of parameter order; the update keeps the model's order, holds copies,
+ * and applies as the double-precision formula computed here; refusals leave
+ * it unchanged. */
+static void check_explicit(void) {
+    model *m0 = make_model("llama", 13);
+    const char *names[3] = {"model.layers.1.mlp.down_proj.weight",
+                            "model.layers.0.self_attn.q_proj.weight",
+                            "model.layers.0.self_attn.v_proj.weight"};
+    const int ranks[3] = {3, 1, 6};
+    update *u = NULL;
+    CHECK_OK(update_create(&u));
+    if (!u) return;
+    CHECK(u->n_modules == 0 && u->round == 0);
+    float *B[3], *A[3];
+    uint64_t x = 99;
+    for (int k = 0; k < 3; k++) {
+        const model_param *p = model_find_param(m0, names[k]);
+        int64_t out = p->shape[0], in = p->shape[1];
+        B[k] = malloc((size_t)(out * ranks[k]) * sizeof(float));
+        A[k] = malloc((size_t)(ranks[k] * in) * sizeof(float));
+        for (int64_t j = 0; j < out * ranks[k]; j++) B[k][j] = (float)(0.3 * uniform(&x));
+        for (int64_t j = 0; j < ranks[k] * in; j++) A[k][j] = (float)(0.7 * uniform(&x));
+        CHECK_OK(update_add(u, m0, names[k], ranks[k], B[k], A[k]));
+    }
+    /* Refused, u unchanged. */
+    CHECK_FAILS_WITH(update_add(u, m0, "model.norm.weight", 1, B[1], A[1]), "not a 2-D weight");
+    CHECK_FAILS_WITH(update_add(u, m0, "model.layers.0.nope.weight", 1, B[1], A[1]),
+                     "not a 2-D weight");
+    CHECK_FAILS_WITH(update_add(u, m0, "model.layers.0.self_attn.o_proj.weight", 0, B[1], A[1]),
+                     "rank 0");
+    CHECK_FAILS_WITH(update_add(u, m0, names[1], ranks[1], B[1], A[1]), "already in the update");
+    CHECK(u->n_modules == 3);
+    /* Model order, shapes from the weights. */
+    const int order[3] = {1, 2, 0};
+    for (int i = 0; i < u->n_modules; i++) {
+        const update_module *um = &u->modules[i];
+        const model_param *p = model_find_param(m0, names[order[i]]);
+        CHECK_MSG(!strcmp(um->name, names[order[i]]), "module %d is %s", i, um->name);
+        CHECK(um->rank == ranks[order[i]] && um->out == p->shape[0] && um->in == p->shape[1]);
+    }
+    /* Copies: the caller's arrays may change afterwards. Reference first. */
+    model *ref = copy_of(m0);
+    for (int k = 0; k < 3; k++) {
+        model_param *p = model_find_param(ref, names[k]);
+        int out = (int)p->shape[0], in = (int)p->shape[1], R = ranks[k];
+        for (int i = 0; i < out; i++)
+            for (int j = 0; j < in; j++) {
+                double acc = (double)p->data[(int64_t)i * in + j];
+                for (int r = 0; r < R; r++)
+                    acc =
+                        acc + (double)B[k][(int64_t)i * R + r] * (double)A[k][(int64_t)r * in + j];
+                p->data[(int64_t)i * in + j] = (float)acc;
+            }
+        B[k][0] += 1;
+        A[k][0] -= 1;
+    }
+    model *m = copy_of(m0);
+    CHECK_OK(update_apply(m, u));
+    CHECK_MSG(same_params(m, ref), "update_add's factors do not apply as the formula");
+    /* The file keeps them. */
+    char path[256];
+    update *v = NULL;
+    snprintf(path, sizeof path, "%s/explicit.safetensors", dir);
+    CHECK_OK(update_write(u, path));
+    CHECK_OK(update_read(&v, path, m0));
+    model *m2 = copy_of(m0);
+    if (v) CHECK_OK(update_apply(m2, v));
+    CHECK(v && v->n_modules == 3 && same_params(m2, ref));
+    update_free(v);
+    update_free(u);
+    for (int k = 0; k < 3; k++) free(B[k]), free(A[k]);
+    model_free(m2);
+    model_free(m);
+    model_free(ref);
     model_free(m0);
 }
 
@@ -412,6 +495,7 @@ int main(void) {
                        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "q_proj,v_proj");
     check_against_blas("gpt2", "c_attn,c_proj,c_fc", "c_attn,c_proj,c_fc", "c_attn");
     check_bits();
+    check_explicit();
     check_file();
     check_refusals();
     if (!check_failed) {
