@@ -15,6 +15,7 @@
 
 #include "model/cuda/gpu.h"
 #include "model/cuda/gpu_kernels.h"
+#include "tests/gpu/gpu_measure.h"
 #include "tests/check.h"
 #include "util/err.h"
 
@@ -96,27 +97,6 @@ static inline void gt_get(float *h, const void *d, size_t n, gpu_dtype t) {
     CUDA_OK(cudaMemcpy(b, d, n * sizeof *b, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < n; i++) h[i] = gpu_bf16_to_f32(b[i]);
     free(b);
-}
-
-static inline double gt_rel_max(const float *got, const float *want, size_t n, double floor_) {
-    double d = 0, m = floor_;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)got[i] - want[i]);
-        if (!(e <= d)) d = e; /* NaN counts as an infinite error */
-        if (fabs((double)want[i]) > m) m = fabs((double)want[i]);
-    }
-    return d / m;
-}
-
-static inline double gt_rel_l2(const float *got, const float *want, size_t n, double floor_) {
-    double d = 0, w = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = (double)got[i] - want[i];
-        d += e * e;
-        w += (double)want[i] * want[i];
-    }
-    double den = sqrt(w) > floor_ ? sqrt(w) : floor_;
-    return isnan(d) ? INFINITY : sqrt(d) / den;
 }
 
 /* Checks rel_max <= tol and prints the measure. */

@@ -35,6 +35,7 @@
 #include "lora/lora.h"
 #include "lora/peft.h"
 #include "lora/trainer.h"
+#include "tests/gpu/gpu_measure.h"
 #include "tests/train/train_util.h"
 
 #include <jansson.h>
@@ -165,18 +166,6 @@ static int have_gpu(const gpu_api *gpu) {
 
 /* ---- what the runs left ------------------------------------------------------------- */
 
-/* ‖got − want‖₂ / max(‖want‖₂, floor) (tests/gpu/gpu_test.h's measure). */
-static double rel_l2(const float *got, const float *want, size_t n, double floor_) {
-    double d = 0, w = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = (double)got[i] - want[i];
-        d += e * e;
-        w += (double)want[i] * want[i];
-    }
-    double den = sqrt(w) > floor_ ? sqrt(w) : floor_;
-    return isnan(d) ? INFINITY : sqrt(d) / den;
-}
-
 typedef struct {
     double loss[STEPS + 1], lr[STEPS + 1], norm[STEPS + 1], eval[STEPS + 1];
     int seen[STEPS + 1], evals[STEPS + 1];
@@ -257,7 +246,7 @@ static void compare_adapters(const char *what, const model *m, const char *dir, 
                              double tol) {
     int64_t n = 0, nr = 0;
     float *a = adapter_values(m, dir, &n), *b = adapter_values(m, ref, &nr);
-    double e = a && b && n == nr ? rel_l2(a, b, (size_t)n, 1e-30) : INFINITY;
+    double e = a && b && n == nr ? gt_rel_l2(a, b, (size_t)n, 1e-30) : INFINITY;
     printf("  %-34s adapter rel_l2 %.2e (tol %.0e)\n", what, e, tol);
     CHECK_MSG(e <= tol, "%s: adapter rel_l2 %.3e > %.0e", what, e, tol);
     free(a);
@@ -315,8 +304,8 @@ static void compare_checkpoints(const model *m, const char *cpu_out, const char 
     adamw *oa = load_optimizer(m, a, &sa), *ob = load_optimizer(m, b, &sb);
     if (oa && ob) {
         CHECK(oa->step == STEPS && ob->step == STEPS);
-        double em = rel_l2(ob->exp_avg, oa->exp_avg, (size_t)oa->numel, 1e-30);
-        double ev = rel_l2(ob->exp_avg_sq, oa->exp_avg_sq, (size_t)oa->numel, 1e-30);
+        double em = gt_rel_l2(ob->exp_avg, oa->exp_avg, (size_t)oa->numel, 1e-30);
+        double ev = gt_rel_l2(ob->exp_avg_sq, oa->exp_avg_sq, (size_t)oa->numel, 1e-30);
         printf("  %-34s exp_avg rel_l2 %.2e, exp_avg_sq %.2e (tol %.0e)\n",
                "checkpoint: AdamW moments", em, ev, FP32_MOMENTS);
         CHECK_MSG(em <= FP32_MOMENTS && ev <= FP32_MOMENTS, "moments %.3e %.3e", em, ev);
