@@ -6,7 +6,6 @@
 #include "util/err.h"
 
 #include <stdlib.h>
-#include <string.h>
 
 _Static_assert(sizeof(real) == sizeof(float), "gpu_decode writes float logits");
 
@@ -35,17 +34,11 @@ int decoder_open(decoder **out, model *m, lora_set *s, int max_T, const char *de
     d->m = m;
     d->max_T = max_T;
     if (s) lora_set_training(s, 0); /* generation is evaluation: no dropout */
-    int cuda = device && strcmp(device, "cuda") == 0;
-    if (cuda) {
-        int bf16 = !precision || strcmp(precision, "bf16") == 0;
+    if (trainer_device_is_cuda(device)) {
+        int bf16 = trainer_device_bf16(device, precision);
         d->name = bf16 ? "cuda bf16" : "cuda fp32";
         d->gpu = gpu_load_api(); /* loaded by trainer_device_check */
-        gpu_options o;
-        d->gpu->options_init(&o);
-        o.precision = bf16 ? GPU_PRECISION_BF16 : GPU_PRECISION_FP32;
-        o.batch = 1;
-        o.seq = max_T;
-        if (d->gpu->model_upload(&d->g, m, s, &o) != 0) {
+        if (trainer_gpu_upload(d->gpu, &d->g, m, s, 1, max_T, bf16) != 0) {
             free(d);
             return -1;
         }

@@ -45,25 +45,24 @@ void trainer_options_init(trainer_options *o) {
     o->device = "cpu";
 }
 
-static int is_cuda(const char *device) {
+int trainer_device_is_cuda(const char *device) {
     return device && strcmp(device, "cuda") == 0;
 }
 
-/* The precision a run on `device` computes in: 1 for bf16. */
-static int is_bf16(const char *device, const char *precision) {
-    return is_cuda(device) && (!precision || strcmp(precision, "bf16") == 0);
+int trainer_device_bf16(const char *device, const char *precision) {
+    return trainer_device_is_cuda(device) && (!precision || strcmp(precision, "bf16") == 0);
 }
 
 static const char *precision_name(const char *device, const char *precision) {
-    return is_bf16(device, precision) ? "bf16" : "fp32";
+    return trainer_device_bf16(device, precision) ? "bf16" : "fp32";
 }
 
 int trainer_device_check(const char *device, const char *precision) {
-    if (device && strcmp(device, "cpu") != 0 && !is_cuda(device))
+    if (device && strcmp(device, "cpu") != 0 && !trainer_device_is_cuda(device))
         return err_set("--device must be cpu or cuda, got '%s'", device);
     if (precision && strcmp(precision, "fp32") != 0 && strcmp(precision, "bf16") != 0)
         return err_set("--precision must be fp32 or bf16, got '%s'", precision);
-    if (!is_cuda(device)) {
+    if (!trainer_device_is_cuda(device)) {
         if (precision && strcmp(precision, "bf16") == 0)
             return err_set("--precision bf16 needs --device cuda: the CPU backend computes in "
                            "fp32");
@@ -167,8 +166,8 @@ static int gpu_eval_forward(void *ctx, const int32_t *in, const int32_t *tg, dou
     return c->gpu->forward(c->g, in, tg, loss_sum, n_targets, NULL);
 }
 
-static int gpu_upload(const gpu_api *gpu, gpu_model **g, const model *m, const lora_set *s, int B,
-                      int T, int bf16) {
+int trainer_gpu_upload(const gpu_api *gpu, gpu_model **g, const model *m, const lora_set *s, int B,
+                       int T, int bf16) {
     gpu_options go;
     gpu->options_init(&go);
     go.precision = bf16 ? GPU_PRECISION_BF16 : GPU_PRECISION_FP32;
@@ -184,10 +183,11 @@ int trainer_eval_on(model *m, lora_set *s, int B, const dataset *d, dataset_spli
     *n_targets = 0;
     if (trainer_device_check(device, precision) != 0) return -1;
     int rc = -1;
-    if (is_cuda(device)) {
+    if (trainer_device_is_cuda(device)) {
         gpu_eval c = {gpu_load_api(), NULL}; /* loaded by trainer_device_check */
         if (!c.gpu) return -1;
-        if (gpu_upload(c.gpu, &c.g, m, s, B, dataset_seq(d), is_bf16(device, precision)) == 0)
+        if (trainer_gpu_upload(c.gpu, &c.g, m, s, B, dataset_seq(d),
+                               trainer_device_bf16(device, precision)) == 0)
             rc = eval_rows(gpu_eval_forward, &c, B, d, split, progress, loss, n_targets);
         c.gpu->model_free(c.g);
         return rc;
@@ -776,9 +776,10 @@ static int check_fresh(const char *out_dir) {
  * asks for it, joins the other ranks. */
 static int gpu_setup(run *r, const adamw_config *oc, char *device_line, size_t line_len) {
     const trainer_options *o = r->o;
-    int bf16 = is_bf16(o->device, o->precision), dist = 0;
+    int bf16 = trainer_device_bf16(o->device, o->precision), dist = 0;
     const gpu_api *gpu = r->gpu = gpu_load_api(); /* loaded by trainer_device_check */
-    if (!gpu || gpu_upload(gpu, &r->g, r->m, r->s, o->batch, dataset_seq(r->d), bf16) != 0 ||
+    if (!gpu ||
+        trainer_gpu_upload(gpu, &r->g, r->m, r->s, o->batch, dataset_seq(r->d), bf16) != 0 ||
         gpu->adamw_init(r->g, oc) != 0 || (o->resume && gpu->adamw_upload(r->g, r->opt) != 0))
         return -1;
     if (gpu->dist_init_env(r->g, DIST_TIMEOUT_S, &dist) != 0)
@@ -809,7 +810,7 @@ int trainer_run(model *m, lora_set *s, const dataset *d, const trainer_options *
     memset(res, 0, sizeof *res);
     res->loss = res->eval_loss = NAN;
     if (check_options(o, d) != 0) return -1;
-    int cuda = is_cuda(o->device);
+    int cuda = trainer_device_is_cuda(o->device);
     run r = {.m = m, .s = s, .d = d, .o = o, .world = 1};
     r.st.device = cuda ? "cuda" : "cpu";
     r.st.precision = precision_name(o->device, o->precision);

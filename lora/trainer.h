@@ -53,6 +53,7 @@
 #include "lora/adamw.h"
 #include "lora/dataset.h"
 #include "lora/lora.h"
+#include "model/cuda/gpu_api.h"
 #include "model/model.h"
 
 #include <stdint.h>
@@ -93,6 +94,15 @@ void trainer_options_init(trainer_options *o);
  * what to do (e.g. "no CUDA device found (...) — use --device cpu").
  * trainer_run checks this itself; callers may check before loading a model. */
 int trainer_device_check(const char *device, const char *precision);
+/* Whether device names the GPU ("cuda"), and whether a run there computes in
+ * bf16 (precision "bf16" or NULL; never on the CPU). */
+int trainer_device_is_cuda(const char *device);
+int trainer_device_bf16(const char *device, const char *precision);
+/* gpu->model_upload of m (and s, NULL: none) for batches of B rows of T
+ * tokens, in bf16 or fp32, with the backend's other options at their
+ * defaults. */
+int trainer_gpu_upload(const gpu_api *gpu, gpu_model **g, const model *m, const lora_set *s, int B,
+                       int T, int bf16);
 
 typedef struct {
     int64_t steps;       /* steps done, including those of a resumed checkpoint */
