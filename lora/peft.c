@@ -122,9 +122,11 @@ static void sb_float(sbuf *b, double v) {
     sb_put(b, tmp, strlen(tmp));
 }
 
-/* An int when v is integral (as PEFT's int fields), else a float. */
+/* An int when v is integral (as PEFT's int fields), else a float. Negative
+ * zero stays a float ("-0.0", as Python writes it): "-0" would read back as
+ * the integer 0 and a second write would differ from the first. */
 static void sb_number(sbuf *b, double v) {
-    if (v == floor(v) && fabs(v) < 1e15)
+    if (v == floor(v) && fabs(v) < 1e15 && !(v == 0 && signbit(v)))
         sb_printf(b, "%.0f", v);
     else
         sb_float(b, v);

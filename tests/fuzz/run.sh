@@ -18,6 +18,15 @@ for bin in $(find "$build" -maxdepth 4 -type f -name 'fuzz_*' -perm -u+x | sort)
     tail -n 3 "$work.log"
   else
     echo "FUZZ FAILURE in $name:"; tail -n 60 "$work.log"; failed=$((failed + 1))
+    # The scratch folder goes away with the run (CI keeps only the log), so
+    # the input that failed is printed here: save the base64 text and run
+    #   base64 -d > unit && $bin unit
+    # to reproduce it, then commit it as a seed under corpus/$name/.
+    for unit in "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-*; do
+      [ -f "$unit" ] || continue
+      echo "failing input $(basename "$unit") ($(wc -c <"$unit") bytes), base64:"
+      head -c 65536 "$unit" | base64
+    done
   fi
   rm -rf "$work" "$work.log"
   n=$((n + 1))

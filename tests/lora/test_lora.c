@@ -691,6 +691,33 @@ static void test_peft_config(void) {
     CHECK(back.n_targets == 1 && !back.target_regex);
     lora_config_free(&back);
 
+    /* Negative zero (found by fuzz_peft_config): written as "-0.0", so the
+     * second write equals the first instead of turning into the integer 0. */
+    const char *neg0 = "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": -0.0, "
+                       "\"alpha_pattern\": {\"q_proj\": -0.0}, \"target_modules\": [\"q_proj\"]}";
+    CHECK_OK(peft_parse_config(&back, neg0, strlen(neg0), "t"));
+    lora_free(s2);
+    s2 = NULL;
+    free(json2);
+    json2 = NULL;
+    CHECK_OK(lora_create(&s2, m, &back));
+    if (s2) CHECK_OK(peft_config_json(s2, &json2, &len2));
+    CHECK_MSG(json2 && strstr(json2, "\"lora_alpha\": -0.0") && strstr(json2, "\"q_proj\": -0.0"),
+              "got:\n%s", json2 ? json2 : "");
+    lora_config_free(&back);
+    if (json2) {
+        char *json3 = NULL;
+        size_t len3 = 0;
+        lora_set *s3 = NULL;
+        CHECK_OK(peft_parse_config(&back, json2, len2, "t"));
+        CHECK_OK(lora_create(&s3, m, &back));
+        if (s3) CHECK_OK(peft_config_json(s3, &json3, &len3));
+        CHECK(json3 && len3 == len2 && memcmp(json2, json3, len2) == 0);
+        free(json3);
+        lora_free(s3);
+        lora_config_free(&back);
+    }
+
     /* Refusals, each naming the field. */
     struct {
         const char *json, *needle;
