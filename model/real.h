@@ -12,10 +12,12 @@
 #ifdef FL_REAL_F64
 typedef double real;
 #define real_gemm cblas_dgemm
+#define real_gemv cblas_dgemv
 #define REAL_NAME "f64"
 #else
 typedef float real;
 #define real_gemm cblas_sgemm
+#define real_gemv cblas_sgemv
 #define REAL_NAME "f32"
 #endif
 

@@ -9,22 +9,17 @@ torch.optim.AdamW.step, zero_grad. Peak memory is the process's ru_maxrss.
     python3 bench/lora/ref_peft.py --arch gpt2 --preset 124m --batch 4 --seq 256 --threads 2
 """
 import argparse
+import os
 import resource
+import sys
 import time
 
 import peft
 import torch
 import transformers
 
-PRESETS = {
-    # Must match model_config_preset() in model/config.c.
-    ("gpt2", "124m"): lambda: transformers.GPT2Config(
-        vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024),
-    ("llama", "100m"): lambda: transformers.LlamaConfig(
-        vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-        num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048,
-        tie_word_embeddings=True),
-}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from hf_presets import hf_model  # noqa: E402
 
 
 def main():
@@ -39,9 +34,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    cfg = PRESETS[(a.arch, a.preset)]()
-    cls = transformers.GPT2LMHeadModel if a.arch == "gpt2" else transformers.LlamaForCausalLM
-    base = cls._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+    base, cfg = hf_model(a.arch, a.preset)
     base.config.use_cache = False
     lcfg = peft.LoraConfig(r=a.rank, lora_alpha=2 * a.rank, target_modules="all-linear",
                            lora_dropout=0.0, task_type="CAUSAL_LM")

@@ -30,10 +30,45 @@ static void gemm1(int transA, int transB, int M, int N, int K, real alpha, const
               M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+/* C (1, N) = alpha · a (1, K) · B (N, K)ᵀ + beta · C: one row times a weight
+ * matrix stored (out, in), as in every step of token-by-token generation.
+ * OpenBLAS 0.3.21's sgemm packs all of B even for a single row (a copy of
+ * each weight matrix per token), so such a product goes to gemv, which
+ * streams B once: decoding 1.2-2.0x faster (docs/benchmarks.md,
+ * "Generation"). Threads take blocks of B's rows whose edges are multiples of
+ * 16, and only when K >= 64: then every output gets the same bits whatever
+ * the thread count (tests/cpu/test_forward_precision.c). Measured on
+ * OpenBLAS's kernels: unaligned edges changed 2-16 of GPT-2's 50257 logits;
+ * with K = 7 or 8 and packed rows, a three-way 16-aligned split changed
+ * about half of 40000 outputs; and the transposed gemv (B stored (K, N))
+ * blocks its outputs by 4096, so a column split changes bits even at K = 768
+ * and that case stays with sgemm. a's elements are A's first row,
+ * or its first column (stride lda) when transposed. */
+static void gemv_row(int transA, int N, int K, real alpha, const real *A, int lda, const real *B,
+                     int ldb, real beta, real *C) {
+    int inca = transA ? lda : 1;
+    int nt = omp_in_parallel() || K < 64 || (int64_t)N * K < CPU_GEMM_SPLIT_MIN
+                 ? 1
+                 : omp_get_max_threads();
+#pragma omp parallel num_threads(nt)
+    {
+        int64_t t = omp_get_num_threads(), id = omp_get_thread_num(), chunks = (N + 15) / 16;
+        int64_t lo = chunks * id / t * 16, hi = chunks * (id + 1) / t * 16;
+        if (hi > N) hi = N;
+        if (hi > lo)
+            real_gemv(CblasRowMajor, CblasNoTrans, (int)(hi - lo), K, alpha, B + lo * ldb, ldb, A,
+                      inca, beta, C + lo, 1);
+    }
+}
+
 void cpu_gemm(int transA, int transB, int M, int N, int K, real alpha, const real *A, int lda,
               const real *B, int ldb, real beta, real *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     cpu_init();
+    if (M == 1 && transB && K > 0) {
+        gemv_row(transA, N, K, alpha, A, lda, B, ldb, beta, C);
+        return;
+    }
     if (omp_in_parallel() || omp_get_max_threads() == 1 ||
         (int64_t)M * N * K < CPU_GEMM_SPLIT_MIN) {
         gemm1(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

@@ -281,8 +281,64 @@ static void check_thread_determinism(void) {
     omp_set_num_threads(2);
 }
 
+/* One-row products (each step of generation) take cpu_gemm's gemv path when
+ * B is stored (N, K). For every transpose combination, with beta != 0: the
+ * result matches a double-precision reference, and 1, 2 and 3 threads give
+ * the same bits. Shapes: N not a multiple of 16 and strides wider than the
+ * rows; and a K of 8 (a LoRA B of rank 8), rows packed, N·K above the
+ * threshold for going parallel: there OpenBLAS's gemv changes about half
+ * the bits when split in three, so cpu_gemm does not split it. */
+static void check_one_row_gemm(void) {
+    static const int shapes[][2] = {{5003, 771}, {40000, 8}};
+    for (int sh = 0; sh < 2; sh++) {
+        int N = shapes[sh][0], K = shapes[sh][1], LDA = 3, ldb_t = sh ? K : K + 5, ldb_n = N + 3;
+        size_t nb = (size_t)(K > N ? K : N) * (size_t)(ldb_t > ldb_n ? ldb_t : ldb_n);
+        real *A = malloc(sizeof(real) * K * LDA), *B = malloc(sizeof(real) * nb);
+        real *C0 = malloc(sizeof(real) * N), *C[3];
+        for (int t = 0; t < 3; t++) C[t] = malloc(sizeof(real) * N);
+        uint64_t r = 5;
+        for (int i = 0; i < K * LDA; i++) A[i] = (real)tiny_uniform(&r);
+        for (size_t i = 0; i < nb; i++) B[i] = (real)tiny_uniform(&r);
+        for (int j = 0; j < N; j++) C0[j] = (real)tiny_uniform(&r);
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                int lda = ta ? LDA : K, ldb = tb ? ldb_t : ldb_n;
+                for (int t = 0; t < 3; t++) {
+                    omp_set_num_threads(t + 1);
+                    memcpy(C[t], C0, sizeof(real) * N);
+                    cpu_gemm(ta, tb, 1, N, K, 0.75f, A, lda, B, ldb, 0.5f, C[t], N);
+                }
+                double worst = 0;
+                for (int j = 0; j < N; j++) {
+                    double sum = 0, mag = 0;
+                    for (int k = 0; k < K; k++) {
+                        double a = A[ta ? (size_t)k * LDA : (size_t)k];
+                        double b = tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                        sum += a * b;
+                        mag += fabs(a * b);
+                    }
+                    double want = 0.75 * sum + 0.5 * C0[j];
+                    worst = fmax(worst, fabs(C[0][j] - want) / (0.75 * mag + 0.5 * fabs(C0[j])));
+                }
+                CHECK_MSG(worst < 1e-6, "one-row gemm %dx%d transA=%d transB=%d: error %.3g", N, K,
+                          ta, tb, worst);
+                CHECK_MSG(memcmp(C[0], C[1], sizeof(real) * N) == 0 &&
+                              memcmp(C[0], C[2], sizeof(real) * N) == 0,
+                          "one-row gemm %dx%d transA=%d transB=%d: the bits depend on the "
+                          "thread count",
+                          N, K, ta, tb);
+            }
+        free(A);
+        free(B);
+        free(C0);
+        for (int t = 0; t < 3; t++) free(C[t]);
+    }
+    omp_set_num_threads(2);
+}
+
 int main(void) {
     check_rope_table();
+    check_one_row_gemm();
     check_errors();
     check_thread_determinism();
     cmp_ctx ctx = {fopen(DUMP_FILE, "rb"), NULL, 0, 0};

@@ -1,0 +1,25 @@
+"""The shapes of model_config_preset() (model/config.c) as Hugging Face
+models, shared by the CPU reference scripts (bench/model/ref_torch.py,
+bench/lora/ref_peft.py, bench/generate/ref_hf_generate.py) so that every
+reference measures the same networks as the C benchmarks.
+"""
+import torch
+import transformers
+
+PRESETS = {
+    # Must match model_config_preset() in model/config.c.
+    ("gpt2", "124m"): lambda: transformers.GPT2Config(
+        vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024),
+    ("llama", "100m"): lambda: transformers.LlamaConfig(
+        vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+        num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048,
+        tie_word_embeddings=True),
+}
+
+
+def hf_model(arch, preset):
+    """(model, config): random weights, fp32, SDPA attention (PyTorch's
+    fastest CPU path)."""
+    cfg = PRESETS[(arch, preset)]()
+    cls = transformers.GPT2LMHeadModel if arch == "gpt2" else transformers.LlamaForCausalLM
+    return cls._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32), cfg
