@@ -4,8 +4,8 @@
  * 0; otherwise softmax(logits / temperature), cut to the nucleus (Holtzman
  * et al. 2020: the smallest set of most likely tokens whose probability
  * reaches top_p), renormalised and sampled with a SplitMix64 stream from the
- * seed. Generation stops at the model's eos_token_id, after max_tokens, or
- * when the context is full.
+ * seed (lora/sampler.h). Generation stops at the model's eos_token_id,
+ * after max_tokens, or when the context is full.
  *
  * The prompt goes through the model once (a prefill), then each new token
  * once: a KV cache keeps every earlier position's keys and values, sized for
@@ -14,10 +14,10 @@
  * step, with its dropout off. */
 #include "cli/commands.h"
 #include "cli/opts.h"
-#include "lora/dataset.h"
 #include "lora/decoder.h"
 #include "lora/lora.h"
 #include "lora/peft.h"
+#include "lora/sampler.h"
 #include "lora/trainer.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
@@ -25,7 +25,6 @@
 #include "util/err.h"
 #include "util/fio.h"
 
-#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,45 +46,6 @@ static const char *usage_text =
     "  --device D         cpu (default) or cuda: run the model on a GPU (docs/gpu.md)\n"
     "  --precision P      with --device cuda: bf16 (default) or fp32\n"
     "  --threads N        OpenMP threads\n";
-
-typedef struct {
-    double p;
-    int id;
-} cand;
-
-static int by_prob_desc(const void *a, const void *b) {
-    const cand *x = a, *y = b;
-    if (x->p != y->p) return x->p < y->p ? 1 : -1;
-    return x->id - y->id;
-}
-
-/* The next token from one row of logits (V). cands is (V) scratch. */
-static int sample(const real *logits, int V, double temperature, double top_p, uint64_t *rng,
-                  cand *cands) {
-    int best = 0;
-    for (int v = 1; v < V; v++)
-        if (logits[v] > logits[best]) best = v;
-    if (temperature <= 0) return best;
-    double mx = logits[best], total = 0;
-    for (int v = 0; v < V; v++) {
-        cands[v].id = v;
-        cands[v].p = exp(((double)logits[v] - mx) / temperature);
-        total += cands[v].p;
-    }
-    int n = V;
-    if (top_p < 1) {
-        qsort(cands, (size_t)V, sizeof *cands, by_prob_desc);
-        double mass = 0;
-        for (n = 0; n < V && mass < top_p * total;) mass += cands[n++].p;
-        total = mass;
-    }
-    double u = (double)(dataset_splitmix64(rng) >> 11) * (1.0 / 9007199254740992.0) * total;
-    for (int i = 0; i < n; i++) {
-        u -= cands[i].p;
-        if (u < 0) return cands[i].id;
-    }
-    return cands[n - 1].id; /* rounding left u at about 0 */
-}
 
 static double now(void) {
     struct timespec ts;
@@ -123,7 +83,7 @@ int cmd_generate(int argc, char **argv) {
     decoder *dec = NULL;
     real *logits = NULL;
     int32_t *seq = NULL;
-    cand *cands = NULL;
+    sampler *smp = NULL;
     char *text = NULL;
     rc = 1;
     if (checkpoint_load(&m, dir) != 0) {
@@ -157,11 +117,11 @@ int cmd_generate(int argc, char **argv) {
         n_prompt + (size_t)max_tokens < (size_t)ctx ? n_prompt + (size_t)max_tokens : (size_t)ctx;
     seq = malloc(sizeof *seq * cap);
     logits = malloc(sizeof *logits * (size_t)V);
-    cands = malloc(sizeof *cands * (size_t)V);
-    if (!seq || !logits || !cands) {
+    if (!seq || !logits) {
         err_set("out of memory for generation");
         goto done;
     }
+    if (sampler_create(&smp, V, temperature, top_p, (uint64_t)seed) != 0) goto done;
     for (size_t i = 0; i < n_prompt; i++) {
         if (ids.ids[i] >= (uint32_t)V) {
             err_set("the tokenizer gives id %u but the model has %d token embeddings; use the "
@@ -171,7 +131,6 @@ int cmd_generate(int argc, char **argv) {
         }
         seq[i] = (int32_t)ids.ids[i];
     }
-    uint64_t rng = (uint64_t)seed;
     size_t len = n_prompt;
     double t0 = now();
     /* logits always holds the next-token distribution after seq[len − 1]. */
@@ -179,7 +138,7 @@ int cmd_generate(int argc, char **argv) {
                       decoder_step(dec, seq, (int)len, logits) != 0))
         goto done;
     while (len < cap) {
-        int next = sample(logits, V, temperature, top_p, &rng, cands);
+        int next = sampler_next(smp, logits);
         if (next == m->cfg.eos_token_id) break;
         seq[len++] = next;
         if (len < cap && decoder_step(dec, &seq[len - 1], 1, logits) != 0) goto done;
@@ -197,7 +156,7 @@ int cmd_generate(int argc, char **argv) {
 done:
     if (rc != 0) opts_fail();
     free(text);
-    free(cands);
+    sampler_free(smp);
     free(seq);
     decoder_free(dec);
     free(logits);

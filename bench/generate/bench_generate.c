@@ -3,11 +3,13 @@
  * token at a time from the KV cache, with a LoRA adapter attached unmerged.
  *
  *   bench_generate --arch gpt2|llama --preset 124m|100m [--prompt P --new G --rank R
- *                  --repeats N --device cpu|cuda --precision fp32|bf16]
+ *                  --repeats N --device cpu|cuda --precision fp32|bf16
+ *                  --temperature T --top-p P]
  *
  * Random weights (model_init_random) and a random prompt of P tokens (128);
  * G new tokens (128) chosen by argmax, as `fedlora generate --temperature 0`
- * (no sampling cost on either side, no early stop at EOS); an adapter of
+ * (no sampling cost on either side, no early stop at EOS; --temperature and
+ * --top-p sample instead, through lora/sampler.h); an adapter of
  * rank R (16, 0 for none) on every linear layer of the blocks (PEFT's
  * "all-linear"), as `generate --adapter` runs it. Reported: the prefill's
  * time and tokens/s, the decode rate over the G − 1 single-token steps
@@ -17,6 +19,7 @@
  * transformers' generate(). */
 #include "lora/decoder.h"
 #include "lora/lora.h"
+#include "lora/sampler.h"
 #include "model/model.h"
 #include "util/err.h"
 
@@ -38,16 +41,10 @@ static int fail(void) {
     return 1;
 }
 
-static int argmax(const real *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
-
 int main(int argc, char **argv) {
     const char *arch = "gpt2", *preset = "124m", *device = "cpu", *precision = NULL;
     int P = 128, G = 128, rank = 16, repeats = 3;
+    double temperature = 0, top_p = 1;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--arch"))
@@ -66,6 +63,10 @@ int main(int argc, char **argv) {
             device = v;
         else if (!strcmp(k, "--precision"))
             precision = v;
+        else if (!strcmp(k, "--temperature"))
+            temperature = atof(v);
+        else if (!strcmp(k, "--top-p"))
+            top_p = atof(v);
         else {
             fprintf(stderr, "bench_generate: unknown option %s\n", k);
             return 2;
@@ -102,21 +103,24 @@ int main(int argc, char **argv) {
     double best_prefill = 1e30, best_decode = 1e30;
     uint64_t check = 0;
     for (int it = 0; it < repeats + 1; it++) { /* the first one warms up */
+        sampler *smp = NULL;                   /* the same seed every repeat */
+        if (sampler_create(&smp, V, temperature, top_p, 1) != 0) return fail();
         decoder_reset(d);
         double t0 = now();
         if (decoder_step(d, seq, P, logits) != 0) return fail();
-        seq[P] = argmax(logits, V);
+        seq[P] = sampler_next(smp, logits);
         double t1 = now();
         for (int j = 1; j < G; j++) {
             if (decoder_step(d, &seq[P + j - 1], 1, logits) != 0) return fail();
-            seq[P + j] = argmax(logits, V);
+            seq[P + j] = sampler_next(smp, logits);
         }
         double t2 = now();
+        sampler_free(smp);
         if (it > 0) {
             if (t1 - t0 < best_prefill) best_prefill = t1 - t0;
             if (t2 - t1 < best_decode) best_decode = t2 - t1;
         }
-        /* The same tokens every repeat (greedy): a cheap check that the
+        /* The same tokens every repeat (same seed): a cheap check that the
          * cache was reset, printed so that runs can be compared. */
         uint64_t h = 1469598103934665603ull;
         for (int j = 0; j < G; j++) h = (h ^ (uint64_t)seq[P + j]) * 1099511628211ull;
@@ -128,11 +132,11 @@ int main(int argc, char **argv) {
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("fedlora %s-%s device=%s threads=%d P=%d G=%d r=%d prefill_s=%.4f "
+    printf("fedlora %s-%s device=%s threads=%d P=%d G=%d r=%d T=%g top_p=%g prefill_s=%.4f "
            "prefill_tokens/s=%.1f decode_ms/token=%.2f decode_tokens/s=%.1f tokens=%016llx "
            "peak_rss_mib=%.0f\n",
-           arch, preset, decoder_device(d), omp_get_max_threads(), P, G, rank, best_prefill,
-           P / best_prefill, 1e3 * best_decode / (G - 1), (G - 1) / best_decode,
+           arch, preset, decoder_device(d), omp_get_max_threads(), P, G, rank, temperature, top_p,
+           best_prefill, P / best_prefill, 1e3 * best_decode / (G - 1), (G - 1) / best_decode,
            (unsigned long long)check, ru.ru_maxrss / 1024.0);
     decoder_free(d);
     lora_free(s);

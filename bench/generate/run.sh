@@ -20,3 +20,6 @@ for spec in "gpt2 124m" "llama 100m"; do
       -v c="$(field decode_tokens/s "$f")" -v d="$(field decode_tokens/s "$p")" -v n="$1-$2" \
       'BEGIN { printf "%s: prefill speed fedlora/hf = %.2fx, decode speed = %.2fx\n", n, b / a, c / d }'
 done
+# Choosing a token by nucleus sampling (temperature 0.7, top_p 0.9): the
+# heap of lora/sampler.c against a full sort, GPT-2's and Llama's vocabularies.
+for v in 50257 32000; do "$build/bench/generate/bench_sampler" --vocab "$v"; done
