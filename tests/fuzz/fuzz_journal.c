@@ -19,7 +19,13 @@
 #include <string.h>
 #include <unistd.h>
 
-static char path[128];
+static char dir[64], path[128];
+
+/* libFuzzer ends with exit(): leave no scratch behind. */
+static void cleanup(void) {
+    unlink(path);
+    rmdir(dir);
+}
 
 typedef struct {
     const unsigned char *data;
@@ -46,11 +52,11 @@ static void write_file(const unsigned char *data, size_t size) {
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
     if (!path[0]) {
-        char dir[64];
         snprintf(dir, sizeof dir, "%s/fuzz_journal.XXXXXX",
                  access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
         if (!mkdtemp(dir)) abort();
         snprintf(path, sizeof path, "%s/journal", dir);
+        atexit(cleanup);
     }
     write_file(data, size);
     replay r = {data, size, 0, 0, 1};

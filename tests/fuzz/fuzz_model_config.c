@@ -18,6 +18,16 @@
 
 static char dir[64];
 
+/* libFuzzer ends with exit(): leave no scratch behind. */
+static void cleanup(void) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/a.json", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/b.json", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 static char *save_text(const model_config *c, const char *name, size_t *len) {
     char path[128];
     snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -31,6 +41,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
     if (!dir[0]) {
         snprintf(dir, sizeof dir, "/tmp/fuzz_model_config.XXXXXX");
         if (!mkdtemp(dir)) abort();
+        atexit(cleanup);
     }
     model_config c;
     if (model_config_parse(&c, (const char *)data, size, "fuzz") != 0) return 0;
