@@ -17,6 +17,7 @@
  * LM head, the argmax), and the process's peak RSS. Best of N (3) repeats
  * after a warm-up; bench/generate/ref_hf_generate.py measures the same with
  * transformers' generate(). */
+#include "bench/bench.h"
 #include "lora/decoder.h"
 #include "lora/lora.h"
 #include "lora/sampler.h"
@@ -29,12 +30,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int fail(void) {
     fprintf(stderr, "bench_generate: %s\n", err_msg());
@@ -106,15 +101,15 @@ int main(int argc, char **argv) {
         sampler *smp = NULL;                   /* the same seed every repeat */
         if (sampler_create(&smp, V, temperature, top_p, 1) != 0) return fail();
         decoder_reset(d);
-        double t0 = now();
+        double t0 = bench_now();
         if (decoder_step(d, seq, P, logits) != 0) return fail();
         seq[P] = sampler_next(smp, logits);
-        double t1 = now();
+        double t1 = bench_now();
         for (int j = 1; j < G; j++) {
             if (decoder_step(d, &seq[P + j - 1], 1, logits) != 0) return fail();
             seq[P + j] = sampler_next(smp, logits);
         }
-        double t2 = now();
+        double t2 = bench_now();
         sampler_free(smp);
         if (it > 0) {
             if (t1 - t0 < best_prefill) best_prefill = t1 - t0;

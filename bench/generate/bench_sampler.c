@@ -11,6 +11,7 @@
  * nucleus holds most of the vocabulary, the heap's worst case). Prints
  * microseconds per token for both and their ratio, and checks that both
  * pick the same tokens. */
+#include "bench/bench.h"
 #include "lora/dataset.h"
 #include "lora/sampler.h"
 #include "tests/decode/sampler_sort.h"
@@ -22,12 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int main(int argc, char **argv) {
     int V = 50257, draws = 200;
@@ -74,13 +69,13 @@ int main(int argc, char **argv) {
         }
         uint64_t rng = 7;
         int mismatches = 0;
-        double t0 = now();
+        double t0 = bench_now();
         int *picks = malloc(sizeof *picks * (size_t)draws);
         for (int d = 0; d < draws; d++) picks[d] = sampler_next(smp, l);
-        double t1 = now();
+        double t1 = bench_now();
         for (int d = 0; d < draws; d++)
             mismatches += sort_sampler_next(l, V, temperature, top_p, &rng, c) != picks[d];
-        double t2 = now();
+        double t2 = bench_now();
         /* The nucleus size, for the record: tokens in the sorted prefix. */
         uint64_t r2 = 0;
         sort_sampler_next(l, V, temperature, top_p, &r2, c);

@@ -18,6 +18,7 @@
  * MFU = that × tokens/s / peak (dense bf16 tensor-core peak, --peak-tflops).
  *
  *   bench_gpu --model gpt2-124m --batch 8 --seq 1024 --rank 16 --steps 10 */
+#include "bench/bench.h"
 #include "model/cuda/gpu.h"
 #include "util/err.h"
 
@@ -25,12 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int shape_config(const char *name, model_config *c) {
     if (strcmp(name, "gpt2-124m") == 0) return model_config_preset(c, "gpt2", "124m");
@@ -127,7 +122,7 @@ int main(int argc, char **argv) {
     lora_config_init(&lc);
     lc.rank = rank;
     lc.alpha = 2 * rank;
-    double t0 = now();
+    double t0 = bench_now();
     if (shape_config(name, &cfg) != 0 || model_create(&m, &cfg) != 0) goto out;
     model_init_random(m, 1);
     if (lora_config_set_targets(&lc, "all-linear") != 0 || lora_create(&s, m, &lc) != 0) goto out;
@@ -144,7 +139,7 @@ int main(int argc, char **argv) {
     oc.weight_decay = 0;
     if (gpu_adamw_init(g, &oc) != 0) goto out;
     gpu_lora_set_training(g, 1);
-    double setup = now() - t0;
+    double setup = bench_now() - t0;
 
     size_t n = (size_t)B * T;
     tok = malloc(n * sizeof *tok);
@@ -162,10 +157,10 @@ int main(int argc, char **argv) {
     gpu_step_result r;
     for (int i = 0; i < warmup; i++)
         if (gpu_train_step(g, tok, tg, 1, &r) != 0) goto out;
-    double t1 = now();
+    double t1 = bench_now();
     for (int i = 0; i < steps; i++)
         if (gpu_train_step(g, tok, tg, 1, &r) != 0) goto out;
-    double dt = now() - t1;
+    double dt = bench_now() - t1;
 
     double nmm = matmul_params(m), nlora = 0;
     for (int i = 0; i < s->n_modules; i++)

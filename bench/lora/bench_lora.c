@@ -12,6 +12,7 @@
  * Peak memory is the process's ru_maxrss (getrusage) at the end: the
  * weights, the activations, the adapter and its optimizer state, and
  * everything else the process holds. */
+#include "bench/bench.h"
 #include "lora/adamw.h"
 #include "lora/lora.h"
 #include "model/model.h"
@@ -23,12 +24,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int fail(void) {
     fprintf(stderr, "bench_lora: %s\n", err_msg());
@@ -93,12 +88,12 @@ int main(int argc, char **argv) {
     for (int it = 0; it < steps + 1; it++) { /* the first one warms up */
         double ls;
         int64_t nt;
-        double t0 = now();
+        double t0 = bench_now();
         lora_zero_grads(s);
         if (model_forward(m, a, tok, tgt, &ls, &nt) != 0 || model_backward(m, a, 1.0 / nt) != 0 ||
             adamw_step(opt) != 0)
             return fail();
-        double dt = now() - t0;
+        double dt = bench_now() - t0;
         if (it > 0 && dt < best) best = dt;
         loss = ls / nt;
     }

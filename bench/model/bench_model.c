@@ -11,6 +11,7 @@
  * 6·N for the weight matmuls (forward 2N, backward 4N; N counts the LM head
  * but not the embedding lookups) plus 12·L·T·H·D for attention (q·kᵀ and
  * p·v, 4·T·H·D per layer forward, three times that with backward). */
+#include "bench/bench.h"
 #include "model/cpu/cpu.h"
 #include "model/model.h"
 #include "util/err.h"
@@ -20,12 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* sgemm peak: the best of a few square products large enough to be
  * compute-bound (n = 2048: 17 GFLOP each), through cpu_gemm, i.e. with the
@@ -38,9 +33,9 @@ static double sgemm_peak(void) {
     for (int i = 0; i < n * n; i++) a[i] = b[i] = 1.0f / (1 + i % 7);
     double best = 0;
     for (int r = 0; r < 4; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         cpu_gemm(0, 1, n, n, n, 1, a, n, b, n, 0, c, n);
-        double dt = now() - t0;
+        double dt = bench_now() - t0;
         double f = 2.0 * n * n * n / dt;
         if (f > best) best = f;
     }
@@ -94,12 +89,12 @@ int main(int argc, char **argv) {
     for (int it = 0; it < steps + 1; it++) { /* first one warms up */
         double ls;
         int64_t nt;
-        double t0 = now();
+        double t0 = bench_now();
         if (model_forward(m, a, tok, tgt, &ls, &nt) != 0 || model_backward(m, a, 1.0 / nt) != 0) {
             fprintf(stderr, "bench_model: %s\n", err_msg());
             return 1;
         }
-        double dt = now() - t0;
+        double dt = bench_now() - t0;
         if (it > 0 && dt < best) best = dt;
         loss = ls / nt;
     }

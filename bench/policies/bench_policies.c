@@ -10,6 +10,7 @@
  *
  * Usage: bench_policies --members K --rule mean|median|trimmed_mean|krum|dp|svd
  *                       [--rank R] [--reps N] */
+#include "bench/bench.h"
 #include "lora/lora.h"
 #include "model/model.h"
 #include "policies/aggregate.h"
@@ -22,12 +23,6 @@
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
 
 static double rss_mib(void) {
     FILE *f = fopen("/proc/self/statm", "r");
@@ -130,12 +125,12 @@ int main(int argc, char **argv) {
     aggregate_report rep = {0};
     for (int r = 0; r < reps; r++) {
         aggregate_report_free(&rep);
-        double t0 = now();
+        double t0 = bench_now();
         if (aggregate_round(&p, m, mb, K, &info, ns, NULL, &rep) != 0) {
             fprintf(stderr, "%s\n", err_msg());
             return 1;
         }
-        double t = now() - t0;
+        double t = bench_now() - t0;
         best = t < best ? t : best;
     }
     double peak = peak_mib();
@@ -146,9 +141,9 @@ int main(int argc, char **argv) {
     memset(dst, 0, bytes);
     double mbest = 1e30;
     for (int r = 0; r < 5; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         memcpy(dst, src, bytes);
-        double t = now() - t0;
+        double t = bench_now() - t0;
         mbest = t < mbest ? t : mbest;
         src[r] = dst[bytes - 1 - r]; /* keep the copies observable */
     }

@@ -7,6 +7,7 @@
  * Passes over the file repeat for at least SECONDS (default 3); the best pass
  * is reported, after one untimed warm-up pass. The ids hash (FNV-1a over the
  * ids) must equal the reference's: same ids, not just same speed. */
+#include "bench/bench.h"
 #include "model/tokenizer/tokenizer.h"
 #include "util/err.h"
 #include "util/fio.h"
@@ -15,12 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* One pass; returns the number of tokens and the FNV-1a hash of the ids. */
 static int encode_all(tokenizer *t, const char *text, size_t len, size_t *n_docs, size_t *n_tokens,
@@ -57,12 +52,12 @@ int main(int argc, char **argv) {
     char *text;
     size_t len;
     tokenizer *t;
-    double t0 = now();
+    double t0 = bench_now();
     if (tokenizer_load(argv[1], &t)) {
         fprintf(stderr, "%s\n", err_msg());
         return 1;
     }
-    double load_s = now() - t0;
+    double load_s = bench_now() - t0;
     if (fio_read_all(argv[2], (size_t)1 << 31, &text, &len)) {
         fprintf(stderr, "%s\n", err_msg());
         return 1;
@@ -73,12 +68,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", err_msg());
         return 1;
     }
-    double best = 1e30, start = now();
+    double best = 1e30, start = bench_now();
     int passes = 0;
-    while (passes < 2 || now() - start < seconds) {
-        double a = now();
+    while (passes < 2 || bench_now() - start < seconds) {
+        double a = bench_now();
         encode_all(t, text, len, &docs, &tokens, &hash);
-        double dt = now() - a;
+        double dt = bench_now() - a;
         if (dt < best) best = dt;
         passes++;
     }
