@@ -154,6 +154,40 @@ static int decode_first_key(int window, int p) {
     return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
 }
 
+/* The same for one query (n == 1, every generation step) with grouped-query
+ * attention: the `group` query heads that share a key/value head are one
+ * (group, D) block of q, so one GEMM per kv head computes their scores and
+ * one their outputs, and each cached key and value is read once per step
+ * instead of once per query head. Threads take kv heads. */
+static void decode_attention_one(const model_kv_cache *c, const real *q, const real *K,
+                                 const real *V, int p, real *out) {
+    const model_config *g = &c->m->cfg;
+    int KV = g->num_kv_heads, D = g->head_dim, group = g->num_heads / g->num_kv_heads;
+    int ldkv = c->KVD, c0 = decode_first_key(g->sliding_window, p), nc = p + 1 - c0;
+    real scale = (real)(1.0 / sqrt((double)D));
+    int nt = omp_get_max_threads() < c->threads ? omp_get_max_threads() : c->threads;
+    if ((int64_t)g->num_heads * nc * D <= 1 << 16) nt = 1;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int kvh = 0; kvh < KV; kvh++) {
+        real *S = c->scores + (int64_t)omp_get_thread_num() * DECODE_CHUNK * c->max_T;
+        const real *Qg = q + (int64_t)kvh * group * D; /* (group, D): heads kvh·group … */
+        const real *Kh = K + (int64_t)c0 * ldkv + (int64_t)kvh * D;
+        const real *Vh = V + (int64_t)c0 * ldkv + (int64_t)kvh * D;
+        real_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, group, nc, D, scale, Qg, D, Kh, ldkv, 0,
+                  S, nc);
+        for (int i = 0; i < group; i++) {
+            real *row = S + (int64_t)i * nc;
+            real mx = cpu_row_max(row, nc);
+            double sum = cpu_row_sum_exp(row, row, nc, mx);
+            real inv = (real)(1.0 / sum);
+#pragma omp simd
+            for (int j = 0; j < nc; j++) row[j] *= inv;
+        }
+        real_gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, group, D, nc, 1, S, nc, Vh, ldkv, 0,
+                  out + (int64_t)kvh * group * D, D);
+    }
+}
+
 /* out (n, H·D) = attention of the n queries q (row stride ldq) at positions
  * p0 … p0 + n − 1 over the layer's cached keys K and values V (rows
  * [0, p0 + n), stride KV·D). As attention.c's forward for one block of rows:
@@ -239,7 +273,10 @@ static void decode_layer(model_kv_cache *c, int l, int p0, int n) {
         q = c->qkv;
         ldq = 3 * C;
     }
-    decode_attention(c, q, ldq, K, V, p0, n, c->att);
+    if (n == 1 && g->num_heads > g->num_kv_heads && g->num_heads / g->num_kv_heads <= DECODE_CHUNK)
+        decode_attention_one(c, q, K, V, p0, c->att);
+    else
+        decode_attention(c, q, ldq, K, V, p0, n, c->att);
     cpu_linear_forward(&L->o, c->att, c->x, n, 1);
 
     /* MLP block */
