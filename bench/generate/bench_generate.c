@@ -18,6 +18,7 @@
  * after a warm-up; bench/generate/ref_hf_generate.py measures the same with
  * transformers' generate(). */
 #include "bench/bench.h"
+#include "bench/bench_lora_model.h"
 #include "lora/decoder.h"
 #include "lora/lora.h"
 #include "lora/sampler.h"
@@ -75,14 +76,7 @@ int main(int argc, char **argv) {
     model *m = NULL;
     lora_set *s = NULL;
     decoder *d = NULL;
-    lora_config lc;
-    lora_config_init(&lc);
-    lc.rank = rank;
-    lc.alpha = 2.0 * rank;
-    if (model_config_preset(&cfg, arch, preset) != 0 || model_create(&m, &cfg) != 0) return fail();
-    model_init_random(m, 1);
-    if (rank > 0 &&
-        (lora_config_set_targets(&lc, "all-linear") != 0 || lora_create(&s, m, &lc) != 0))
+    if (model_config_preset(&cfg, arch, preset) != 0 || bench_lora_model(&cfg, rank, &m, &s) != 0)
         return fail();
     if (decoder_open(&d, m, s, P + G, device, precision) != 0) return fail();
     int V = cfg.vocab_size;
@@ -136,7 +130,6 @@ int main(int argc, char **argv) {
     decoder_free(d);
     lora_free(s);
     model_free(m);
-    lora_config_free(&lc);
     free(seq);
     free(logits);
     return 0;

@@ -19,6 +19,7 @@
  *
  *   bench_gpu --model gpt2-124m --batch 8 --seq 1024 --rank 16 --steps 10 */
 #include "bench/bench.h"
+#include "bench/bench_lora_model.h"
 #include "model/cuda/gpu.h"
 #include "util/err.h"
 
@@ -108,6 +109,10 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    if (rank < 1) {
+        fprintf(stderr, "bench_gpu: --rank must be >= 1\n");
+        return 2;
+    }
     if (gpu_available() == 0) {
         fprintf(stderr, "bench_gpu: no CUDA device\n");
         return 2;
@@ -118,14 +123,8 @@ int main(int argc, char **argv) {
     gpu_model *g = NULL;
     int32_t *tok = NULL, *tg = NULL;
     int rc = 1;
-    lora_config lc;
-    lora_config_init(&lc);
-    lc.rank = rank;
-    lc.alpha = 2 * rank;
     double t0 = bench_now();
-    if (shape_config(name, &cfg) != 0 || model_create(&m, &cfg) != 0) goto out;
-    model_init_random(m, 1);
-    if (lora_config_set_targets(&lc, "all-linear") != 0 || lora_create(&s, m, &lc) != 0) goto out;
+    if (shape_config(name, &cfg) != 0 || bench_lora_model(&cfg, rank, &m, &s) != 0) goto out;
     gpu_options o;
     gpu_options_init(&o);
     o.precision = strcmp(prec, "fp32") == 0 ? GPU_PRECISION_FP32 : GPU_PRECISION_BF16;
@@ -186,7 +185,6 @@ out:
     free(tg);
     gpu_model_free(g);
     lora_free(s);
-    lora_config_free(&lc);
     model_free(m);
     return rc;
 }

@@ -13,6 +13,7 @@
  * weights, the activations, the adapter and its optimizer state, and
  * everything else the process holds. */
 #include "bench/bench.h"
+#include "bench/bench_lora_model.h"
 #include "lora/adamw.h"
 #include "lora/lora.h"
 #include "model/model.h"
@@ -51,18 +52,16 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    if (rank < 1 || B < 1 || T < 1 || steps < 1) {
+        fprintf(stderr, "bench_lora: --rank, --batch, --seq and --steps must be >= 1\n");
+        return 2;
+    }
     model_config cfg;
     model *m = NULL;
     model_acts *a = NULL;
     lora_set *s = NULL;
     adamw *opt = NULL;
-    lora_config lc;
-    lora_config_init(&lc);
-    lc.rank = rank;
-    lc.alpha = 2.0 * rank;
-    if (model_config_preset(&cfg, arch, preset) != 0 || model_create(&m, &cfg) != 0) return fail();
-    model_init_random(m, 1);
-    if (lora_config_set_targets(&lc, "all-linear") != 0 || lora_create(&s, m, &lc) != 0 ||
+    if (model_config_preset(&cfg, arch, preset) != 0 || bench_lora_model(&cfg, rank, &m, &s) != 0 ||
         lora_want_grads(s) != 0 || lora_reserve(s, B * T) != 0 || lora_attach(s, m) != 0 ||
         model_acts_create(&a, m, B, T) != 0)
         return fail();
@@ -107,7 +106,6 @@ int main(int argc, char **argv) {
     lora_free(s);
     model_acts_free(a);
     model_free(m);
-    lora_config_free(&lc);
     free(params);
     free(tok);
     free(tgt);
