@@ -139,6 +139,7 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     while (len < cap) {
         int next = sampler_next(smp, logits);
+        if (next < 0) goto done;
         if (next == m->cfg.eos_token_id) break;
         seq[len++] = next;
         if (len < cap && decoder_step(dec, &seq[len - 1], 1, logits) != 0) goto done;

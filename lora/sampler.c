@@ -66,9 +66,16 @@ static void sift_down(cand *c, int n, int i) {
 }
 
 int sampler_next(sampler *s, const real *logits) {
-    int V = s->V, best = 0;
-    for (int v = 1; v < V; v++)
+    int V = s->V, best = 0, bad = !isfinite(logits[0]);
+    for (int v = 1; v < V; v++) {
+        bad |= !isfinite(logits[v]);
         if (logits[v] > logits[best]) best = v;
+    }
+    /* NaN or ±inf would make the argmax arbitrary and the probabilities NaN
+     * (an empty nucleus): a broken model, not something to sample from. */
+    if (bad)
+        return err_set("the model gave a NaN or infinite logit; its weights (or the adapter's) "
+                       "are broken: check them with fedlora eval");
     if (s->temperature <= 0) return best;
     cand *c = s->c;
     double mx = logits[best], total = 0;

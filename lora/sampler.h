@@ -28,7 +28,8 @@ typedef struct sampler sampler;
 int sampler_create(sampler **out, int V, double temperature, double top_p, uint64_t seed);
 void sampler_free(sampler *s);
 
-/* The next token id in [0, V) for logits (V). */
+/* The next token id in [0, V) for logits (V); -1, with a message, when a
+ * logit is NaN or infinite. */
 int sampler_next(sampler *s, const real *logits);
 
 #endif

@@ -97,11 +97,11 @@ int main(int argc, char **argv) {
         decoder_reset(d);
         double t0 = bench_now();
         if (decoder_step(d, seq, P, logits) != 0) return fail();
-        seq[P] = sampler_next(smp, logits);
+        if ((seq[P] = sampler_next(smp, logits)) < 0) return fail();
         double t1 = bench_now();
         for (int j = 1; j < G; j++) {
             if (decoder_step(d, &seq[P + j - 1], 1, logits) != 0) return fail();
-            seq[P + j] = sampler_next(smp, logits);
+            if ((seq[P + j] = sampler_next(smp, logits)) < 0) return fail();
         }
         double t2 = bench_now();
         sampler_free(smp);

@@ -10,7 +10,7 @@
  * picks the same ids as the reference with the same seed, draw after draw.
  * Greedy takes the lowest id on ties. Sampling frequencies over a small
  * vocabulary match the nucleus's renormalised probabilities. Bad settings
- * are refused. */
+ * and non-finite logits are refused. */
 #include "lora/dataset.h"
 #include "lora/sampler.h"
 #include "tests/check.h"
@@ -117,6 +117,17 @@ static void check_frequencies(void) {
 
 static void check_refusals(void) {
     sampler *s = NULL;
+    /* A broken model's logits: refused on every path, greedy included. */
+    for (int t = 0; t < 2; t++) {
+        CHECK_OK(sampler_create(&s, 3, t ? 0.8 : 0, t ? 0.9 : 1, 0));
+        real nan_l[3] = {1, NAN, 0}, inf_l[3] = {1, 0, INFINITY};
+        if (s) {
+            CHECK_FAILS_WITH(sampler_next(s, nan_l), "NaN or infinite logit");
+            CHECK_FAILS_WITH(sampler_next(s, inf_l), "NaN or infinite logit");
+        }
+        sampler_free(s);
+        s = NULL;
+    }
     CHECK_FAILS_WITH(sampler_create(&s, 0, 1, 1, 0), "at least one");
     CHECK_FAILS_WITH(sampler_create(&s, 10, -1, 1, 0), "temperature -1");
     CHECK_FAILS_WITH(sampler_create(&s, 10, 1, 0, 0), "top_p 0");
