@@ -1,6 +1,7 @@
 /* model.c — the parameter table: names, shapes and storage for a config. */
 #include "model/model.h"
 
+#include "model/safetensors.h"
 #include "util/err.h"
 
 #include <math.h>
@@ -98,7 +99,8 @@ static void build_gpt2(table *t) {
     m->lm_head = m->wte;
 }
 
-int model_create(model **out, const model_config *cfg) {
+/* The table for cfg, with no values. */
+static int create_table(model **out, const model_config *cfg) {
     *out = NULL;
     if (model_config_check(cfg, "model") != 0) return -1;
     model *m = calloc(1, sizeof *m);
@@ -116,6 +118,17 @@ int model_create(model **out, const model_config *cfg) {
         build_gpt2(&t);
     else
         build_llama(&t);
+    *out = m;
+    return 0;
+}
+
+int model_create_unfilled(model **out, const model_config *cfg) {
+    return create_table(out, cfg);
+}
+
+int model_create(model **out, const model_config *cfg) {
+    model *m;
+    if (create_table(&m, cfg) != 0) return -1;
     int64_t total = 0;
     for (int i = 0; i < m->n_params; i++) total += m->params[i].numel;
     m->storage = calloc((size_t)total, sizeof(real));
@@ -127,6 +140,8 @@ int model_create(model **out, const model_config *cfg) {
     real *p = m->storage;
     for (int i = 0; i < m->n_params; i++) {
         m->params[i].data = p;
+        m->params[i].values = p;
+        m->params[i].dtype = MODEL_DTYPE_REAL;
         p += m->params[i].numel;
     }
     *out = m;
@@ -136,10 +151,14 @@ int model_create(model **out, const model_config *cfg) {
 void model_free(model *m) {
     if (!m) return;
     if (m->params)
-        for (int i = 0; i < m->n_params; i++) free(m->params[i].grad);
+        for (int i = 0; i < m->n_params; i++) {
+            free(m->params[i].grad);
+            free(m->params[i].owned);
+        }
     free(m->params);
     free(m->layers);
     free(m->storage);
+    safetensors_dir_close(m->mapped);
     free(m);
 }
 
@@ -195,6 +214,18 @@ void model_init_random(model *m, uint64_t seed) {
 
 int model_param_want_grad(model_param *p) {
     if (p->grad) return 0;
+    if (!p->data) {
+        /* A weight held in its checkpoint's dtype becomes trainable: it needs
+         * writable `real` values (widened exactly). */
+        real *d = malloc((size_t)p->numel * sizeof(real));
+        if (!d) return err_set("out of memory for the values of %s", p->name);
+        model_param_read(p, 0, p->numel, d);
+        free(p->owned);
+        p->owned = d;
+        p->data = d;
+        p->values = d;
+        p->dtype = MODEL_DTYPE_REAL;
+    }
     p->grad = calloc((size_t)p->numel, sizeof(real));
     if (!p->grad) return err_set("out of memory for the gradient of %s", p->name);
     return 0;

@@ -17,8 +17,35 @@
 
 #include <stdint.h>
 
+struct safetensors_dir;
+
 #define MODEL_NAME_MAX 128
 #define MODEL_IGNORE_INDEX (-100) /* targets equal to this carry no loss (HF convention) */
+
+/* The element type a parameter's values are held in. A frozen base is kept
+ * in its checkpoint's dtype (a bf16 checkpoint stays bf16 in memory: 2 bytes
+ * per weight instead of 4); what is trained, and every vector, is `real`. */
+typedef enum {
+    MODEL_DTYPE_F32 = 0,
+    MODEL_DTYPE_F64 = 1, /* only in the fp64 twin, where real is double */
+    MODEL_DTYPE_BF16 = 2,
+    MODEL_DTYPE_F16 = 3,
+} model_dtype;
+
+#ifdef FL_REAL_F64
+#define MODEL_DTYPE_REAL MODEL_DTYPE_F64
+#else
+#define MODEL_DTYPE_REAL MODEL_DTYPE_F32
+#endif
+
+/* How the frozen weights' GEMMs are computed (docs/cpu-backend.md,
+ * "Precision"): FP32 multiplies in fp32 whatever the weights are stored in
+ * (bf16/fp16 weights are widened tile by tile, exactly as if the whole model
+ * had been widened); BF16 multiplies bf16 weights by bf16-rounded
+ * activations with fp32 accumulation (oneDNN), as PyTorch's CPU autocast
+ * does. Everything else (norms, attention, softmax, the loss, LoRA) is fp32
+ * in both. */
+typedef enum { MODEL_PRECISION_FP32 = 0, MODEL_PRECISION_BF16 = 1 } model_precision;
 
 typedef struct {
     char name[MODEL_NAME_MAX]; /* Hugging Face state-dict name */
@@ -26,8 +53,16 @@ typedef struct {
     int64_t shape[2];          /* in-memory shape; linear weights are (out, in) */
     int64_t numel;
     int conv1d; /* stored transposed, (in, out), on disk (GPT-2 Conv1D) */
+    /* The numel values in `dtype`, in-memory layout: mapped from the
+     * checkpoint file, or a buffer the model owns. Always set. */
+    model_dtype dtype;
+    const void *values;
+    /* The same values as writable `real`s, or NULL when the param is held
+     * only in another dtype (a frozen weight of a mapped checkpoint). When
+     * set, values == data. */
     real *data;
-    real *grad; /* NULL: no gradient is computed for this tensor */
+    real *grad;  /* NULL: no gradient is computed for this tensor */
+    void *owned; /* a buffer of values this param owns (freed with the model), or NULL */
 } model_param;
 
 /* An adapter adds a learned term to a linear layer's output, y += f(x): LoRA's
@@ -68,19 +103,48 @@ typedef struct model {
     model_param *norm_f_w, *norm_f_b;
     model_param *lm_head; /* (V, C); the same param as wte when tied */
     model_layer *layers;  /* L of them */
-    real *storage;        /* one block holding every param's data */
+    real *storage;        /* one block holding every `real` param's data, or NULL */
+    model_precision precision;
+    struct safetensors_dir *mapped; /* the checkpoint the values point into, or NULL */
 } model;
 
-/* Builds the parameter table for cfg, all values zero. */
+/* Builds the parameter table for cfg, every value a zero `real`. */
 int model_create(model **out, const model_config *cfg);
+/* The same table with no values yet (values NULL): the loader of a frozen
+ * base (checkpoint_map) gives each param its values. */
+int model_create_unfilled(model **out, const model_config *cfg);
 void model_free(model *m);
+
+/* Bytes per value of a dtype, and its name as safetensors spells it. */
+size_t model_dtype_size(model_dtype t);
+const char *model_dtype_name(model_dtype t);
+/* out[0 .. n) = values [off, off + n) of p widened to real (exact for every
+ * dtype but F64 → fp32). The one place that reads another dtype's bits. */
+void model_param_read(const model_param *p, int64_t off, int64_t n, real *out);
+/* acc[0 .. n) += values [off, off + n) of p. */
+void model_param_add(const model_param *p, int64_t off, int64_t n, real *acc);
+/* dst[0 .. n) = src's n values of dtype t, widened to real (exact). */
+void model_values_widen(model_dtype t, const void *src, int64_t n, real *dst);
+/* dst[0 .. n) = src rounded to bf16 (nearest, ties to even; NaN stays NaN). */
+void model_values_to_bf16(const real *src, int64_t n, uint16_t *dst);
+/* Bytes of parameter values the model holds in memory (mapped or owned). */
+int64_t model_values_bytes(const model *m);
+
+/* Chooses how the frozen GEMMs are computed. BF16 converts every frozen
+ * (gradient-free) weight matrix not already bf16 into a bf16 copy the model
+ * owns, and fails with a message when this CPU cannot multiply bf16 (no
+ * oneDNN bf16 kernel for it). FP32 needs nothing. */
+int model_set_precision(model *m, model_precision p);
+/* "fp32" / "bf16". */
+const char *model_precision_name(model_precision p);
 /* The param with that Hugging Face name, or NULL. */
 model_param *model_find_param(const model *m, const char *name);
 /* Hugging Face's _init_weights: normal(0, initializer_range) for linear and
  * embedding weights (GPT-2's c_proj scaled by 1/sqrt(2L)), zeros for biases,
  * ones for norm weights. Deterministic for a seed. */
 void model_init_random(model *m, uint64_t seed);
-/* Asks for the gradient of p (allocates a zeroed grad buffer). */
+/* Asks for the gradient of p (allocates a zeroed grad buffer). A param held
+ * in another dtype first gets a writable `real` copy of its values. */
 int model_param_want_grad(model_param *p);
 /* Asks for every parameter's gradient. */
 int model_want_all_grads(model *m);

@@ -3,7 +3,7 @@
 # The CUDA toolkit is optional: where nvcc is on PATH, the CUDA backend is built too.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config git ca-certificates
-      libzmq3-dev libmsgpack-dev libssl-dev openssl libopenblas-dev libjansson-dev libconfig-dev libpcre2-dev
+      libzmq3-dev libmsgpack-dev libssl-dev openssl libopenblas-dev libdnnl-dev libjansson-dev libconfig-dev libpcre2-dev
       clang libclang-rt-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

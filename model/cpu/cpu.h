@@ -86,6 +86,13 @@ static inline real cpu_tanh(real x) {
 }
 #endif
 
+/* Returns -1 from the enclosing function when a call that leaves a message
+ * fails (the kernels' way of passing an error up). */
+#define TRY(call)                                                                                  \
+    do {                                                                                           \
+        if ((call) != 0) return -1;                                                                \
+    } while (0)
+
 /* Makes OpenBLAS single-threaded (see above). Idempotent. */
 void cpu_init(void);
 
@@ -93,21 +100,80 @@ void cpu_init(void);
 void cpu_thread_range(int64_t n, int64_t *lo, int64_t *hi);
 
 /* C (M, N) = alpha · op(A) · op(B) + beta · C, row-major; op transposes when
- * trans is set. Split over the OpenMP threads along the larger of M and N
- * (one plain GEMM when already inside a parallel region or when small). */
+ * trans is set. Cut into tiles that depend on the shape only, spread over
+ * the OpenMP threads (one thread when already inside a parallel region):
+ * the bits do not depend on the thread count (gemm.c says why). */
 void cpu_gemm(int transA, int transB, int M, int N, int K, real alpha, const real *A, int lda,
               const real *B, int ldb, real beta, real *C, int ldc);
+
+/* ---- GEMM tiles (gemm.c) and their B operand (wgemm.c) ---- */
+
+#define CPU_TILE 256      /* C is cut into CPU_TILE x CPU_TILE tiles */
+#define CPU_KTILE 8192    /* a longer K is summed in slices of this many */
+#define CPU_GEMV_ROWS 256 /* one-row products: B's rows in blocks of this many */
+
+/* op(B) of a tiled GEMM: a `real` matrix (B, ldb), or a model weight (w) in
+ * any dtype, held (out, in), widened to `real` a tile at a time. */
+typedef struct {
+    int transB;    /* op(B) = Bᵀ, B stored (N, K) */
+    const real *B; /* a real operand, or NULL for w */
+    int ldb;       /* B's row stride (w: its in) */
+    const model_param *w;
+    uint64_t call; /* tells one GEMM's widened tiles from another's */
+} cpu_bsrc;
+
+/* The block of B behind op(B)[k0:k1, n0:n1] and its row stride: a pointer
+ * into B, or (w) a per-thread buffer valid until the next tile; NULL when
+ * that buffer cannot be allocated. */
+const real *cpu_bsrc_tile(const cpu_bsrc *b, int64_t n0, int64_t n1, int64_t k0, int64_t k1,
+                          int *ldb);
+/* The tiled GEMM behind cpu_gemm, for any B source; -1 (message set) when
+ * a widened tile cannot be allocated. */
+int cpu_gemm_tiled(int transA, const cpu_bsrc *b, int M, int N, int K, real alpha, const real *A,
+                   int lda, real beta, real *C, int ldc);
+
+/* C (M, n) = A (M, k) · op(W) + beta · C for a weight W (out, in) held in any
+ * dtype: op(W) = Wᵀ (transW, a linear's forward: k = in, n = out) or W (its
+ * backward to the input: k = out, n = in). FP32 precision multiplies in
+ * fp32 through the tiles; BF16 precision with a bf16 weight goes to oneDNN
+ * (bf16.c) unless M is below CPU_BF16_MIN_ROWS. beta is 0 or 1. */
+int cpu_wgemm(model_precision prec, int transW, const model_param *w, int M, const real *A, int lda,
+              real beta, real *C, int ldc);
+
+/* ---- bf16 GEMMs through oneDNN (bf16.c) ---- */
+
+/* Fewer rows than this (a decoding step) multiply a bf16 weight in fp32
+ * through the tiles: oneDNN repacks the whole weight on every call, which
+ * costs more than the product when there is one row. */
+#define CPU_BF16_MIN_ROWS 16
+
+/* 0 when oneDNN multiplies bf16 on this CPU, else -1 with a message. */
+int cpu_bf16_check(void);
+/* Whether the CPU has bf16 instructions (AVX512-BF16 or AMX): where it has
+ * none, oneDNN may still emulate bf16, more slowly than fp32. */
+int cpu_bf16_native(void);
+/* oneDNN's name for the ISA it uses, e.g. "avx512_core_bf16". */
+const char *cpu_bf16_isa(void);
+/* C (M, N) = bf16(A) (M, K) · op(W) + beta · C with fp32 accumulation; W
+ * bf16 (N, K) when transW, else (K, N); beta 0 or 1. */
+int cpu_bf16_gemm(int transW, int M, int N, int K, const real *A, int lda, const uint16_t *W,
+                  real beta, real *C, int ldc);
+/* Products computed so far, and the implementation oneDNN chose last (for
+ * tests that must see the bf16 kernel run, not a fallback). */
+uint64_t cpu_bf16_gemm_count(void);
+const char *cpu_bf16_last_impl(void);
 
 /* ---- linear layers (linear.c): the only place a model_linear is applied ---- */
 
 /* y (N, out) = x (N, in) · Wᵀ + b, or y += that when accumulate is set; then
- * the adapter's y += f(x). */
-void cpu_linear_forward(const model_linear *l, const real *x, real *y, int N, int accumulate);
+ * the adapter's y += f(x). The product with W at precision prec. */
+int cpu_linear_forward(model_precision prec, const model_linear *l, const real *x, real *y, int N,
+                       int accumulate);
 /* dx (N, in) = dy (N, out) · W (or += when accumulate_dx), plus the adapter's
  * term; W.grad += dyᵀ x and b.grad += Σ_rows dy only for params whose grad is
  * non-NULL. x is the forward's input. */
-void cpu_linear_backward(const model_linear *l, const real *x, const real *dy, real *dx, int N,
-                         int accumulate_dx);
+int cpu_linear_backward(model_precision prec, const model_linear *l, const real *x, const real *dy,
+                        real *dx, int N, int accumulate_dx);
 /* Does the backward of l need its forward input x (weight grad or adapter)? */
 int cpu_linear_needs_input(const model_linear *l);
 
@@ -147,9 +213,10 @@ real cpu_row_max(const real *x, int n);
 double cpu_row_sum_exp(real *y, const real *x, int n, real shift);
 /* In place: x[i] = scale · exp(x[i] − shift). */
 void cpu_row_exp(real *x, int n, real shift, real scale);
-/* x (N, C) = wte[tokens] (+ wpe[t] when wpe, t = row % T). */
-void cpu_embed_forward(real *x, const int32_t *tokens, const real *wte, const real *wpe, int N,
-                       int T, int C);
+/* x (N, C) = wte[tokens] (+ wpe[t0 + t] when wpe, t = row % T); the tables
+ * in any dtype. */
+void cpu_embed_forward(real *x, const int32_t *tokens, const model_param *wte,
+                       const model_param *wpe, int t0, int N, int T, int C);
 /* dwte[tokens] += dx, dwpe[t] += dx (each when non-NULL). */
 void cpu_embed_backward(real *dwte, real *dwpe, const real *dx, const int32_t *tokens, int N, int T,
                         int C);

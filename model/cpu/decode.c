@@ -239,9 +239,10 @@ static void decode_norm(model_kv_cache *c, const model_param *w, const model_par
 
 /* Layer l for the n rows in c->x, at positions p0 …; appends their keys and
  * values to the layer's cache rows [p0, p0 + n). */
-static void decode_layer(model_kv_cache *c, int l, int p0, int n) {
+static int decode_layer(model_kv_cache *c, int l, int p0, int n) {
     const model_config *g = &c->m->cfg;
     const model_layer *L = &c->m->layers[l];
+    model_precision prec = c->m->precision;
     int C = g->hidden_size, F = g->intermediate_size, D = g->head_dim, half = D / 2;
     int HD = g->num_heads * D, KVD = c->KVD;
     size_t layer = (size_t)l * c->max_T * KVD;
@@ -253,9 +254,9 @@ static void decode_layer(model_kv_cache *c, int l, int p0, int n) {
     /* attention block */
     decode_norm(c, L->norm1_w, L->norm1_b, c->nbuf, c->x, n);
     if (g->arch == MODEL_ARCH_LLAMA) {
-        cpu_linear_forward(&L->q, c->nbuf, c->qkv, n, 0);
-        cpu_linear_forward(&L->k, c->nbuf, Kn, n, 0);
-        cpu_linear_forward(&L->v, c->nbuf, Vn, n, 0);
+        TRY(cpu_linear_forward(prec, &L->q, c->nbuf, c->qkv, n, 0));
+        TRY(cpu_linear_forward(prec, &L->k, c->nbuf, Kn, n, 0));
+        TRY(cpu_linear_forward(prec, &L->v, c->nbuf, Vn, n, 0));
         /* The tables from position p0 on: row i of these n rows is at p0 + i. */
         const real *cs = c->rope_cos + (size_t)p0 * half, *sn = c->rope_sin + (size_t)p0 * half;
         cpu_rope_apply(c->qkv, HD, n, n, g->num_heads, D, cs, sn, 0);
@@ -264,7 +265,7 @@ static void decode_layer(model_kv_cache *c, int l, int p0, int n) {
         ldq = HD;
     } else {
         /* c_attn (n, 3C): column thirds q | k | v; k and v move to the cache. */
-        cpu_linear_forward(&L->qkv, c->nbuf, c->qkv, n, 0);
+        TRY(cpu_linear_forward(prec, &L->qkv, c->nbuf, c->qkv, n, 0));
         for (int i = 0; i < n; i++) {
             const real *row = c->qkv + (size_t)i * 3 * C;
             memcpy(Kn + (size_t)i * KVD, row + C, (size_t)C * sizeof(real));
@@ -277,19 +278,20 @@ static void decode_layer(model_kv_cache *c, int l, int p0, int n) {
         decode_attention_one(c, q, K, V, p0, c->att);
     else
         decode_attention(c, q, ldq, K, V, p0, n, c->att);
-    cpu_linear_forward(&L->o, c->att, c->x, n, 1);
+    TRY(cpu_linear_forward(prec, &L->o, c->att, c->x, n, 1));
 
     /* MLP block */
     decode_norm(c, L->norm2_w, L->norm2_b, c->nbuf, c->x, n);
     if (g->arch == MODEL_ARCH_LLAMA) {
-        cpu_linear_forward(&L->gate, c->nbuf, c->fa, n, 0);
-        cpu_linear_forward(&L->up, c->nbuf, c->fb, n, 0);
+        TRY(cpu_linear_forward(prec, &L->gate, c->nbuf, c->fa, n, 0));
+        TRY(cpu_linear_forward(prec, &L->up, c->nbuf, c->fb, n, 0));
         cpu_swiglu_forward(c->fa, c->fa, c->fb, (int64_t)n * F);
     } else {
-        cpu_linear_forward(&L->up, c->nbuf, c->fa, n, 0);
+        TRY(cpu_linear_forward(prec, &L->up, c->nbuf, c->fa, n, 0));
         cpu_gelu_forward(c->fa, c->fa, (int64_t)n * F);
     }
-    cpu_linear_forward(&L->down, c->fa, c->x, n, 1);
+    TRY(cpu_linear_forward(prec, &L->down, c->fa, c->x, n, 1));
+    return 0;
 }
 
 /* ---- the step ---------------------------------------------------------------------- */
@@ -310,14 +312,17 @@ int model_decode(const model *m, model_kv_cache *c, const int32_t *tokens, int n
                            "tokenized for another model",
                            tokens[i], c->len + i, V);
 
-    int rows = 0;
+    int rows = 0, len0 = c->len;
     for (int s = 0; s < n; s += rows) {
         rows = n - s < DECODE_CHUNK ? n - s : DECODE_CHUNK;
         int p0 = c->len;
-        /* wpe from row p0 on, so that row i gets position p0 + i. */
-        const real *wpe = m->wpe ? m->wpe->data + (size_t)p0 * C : NULL;
-        cpu_embed_forward(c->x, tokens + s, m->wte->data, wpe, rows, rows, C);
-        for (int l = 0; l < g->num_layers; l++) decode_layer(c, l, p0, rows);
+        /* Row i of the chunk is at position p0 + i. */
+        cpu_embed_forward(c->x, tokens + s, m->wte, m->wpe, p0, rows, rows, C);
+        for (int l = 0; l < g->num_layers; l++)
+            if (decode_layer(c, l, p0, rows) != 0) {
+                c->len = len0; /* the cache as it was: the new rows are not valid */
+                return -1;
+            }
         c->len += rows;
     }
 
@@ -325,6 +330,5 @@ int model_decode(const model *m, model_kv_cache *c, const int32_t *tokens, int n
     const real *last = c->x + (size_t)(rows - 1) * C;
     decode_norm(c, m->norm_f_w, m->norm_f_b, c->nbuf, last, 1);
     model_linear head = {.w = m->lm_head, .in = C, .out = V};
-    cpu_linear_forward(&head, c->nbuf, logits_out, 1, 0);
-    return 0;
+    return cpu_linear_forward(m->precision, &head, c->nbuf, logits_out, 1, 0);
 }

@@ -1,10 +1,13 @@
 /* linear.c — y = x Wᵀ + b with W (out, in), as torch.nn.Linear, plus the
- * optional adapter hook (LoRA plugs in here and nowhere else). */
+ * optional adapter hook (LoRA plugs in here and nowhere else). The products
+ * with W go through cpu_wgemm, which reads W in whatever dtype it is held
+ * and computes at the model's precision. */
 #include "model/cpu/cpu.h"
 
 #include <string.h>
 
-void cpu_linear_forward(const model_linear *l, const real *x, real *y, int N, int accumulate) {
+int cpu_linear_forward(model_precision prec, const model_linear *l, const real *x, real *y, int N,
+                       int accumulate) {
     int in = l->in, out = l->out;
     real beta = accumulate ? 1 : 0;
     if (l->b) {
@@ -22,20 +25,21 @@ void cpu_linear_forward(const model_linear *l, const real *x, real *y, int N, in
         }
         beta = 1;
     }
-    cpu_gemm(0, 1, N, out, in, 1, x, in, l->w->data, in, beta, y, out);
+    if (cpu_wgemm(prec, 1, l->w, N, x, in, beta, y, out) != 0) return -1;
     if (l->adapter) l->adapter->forward(l->adapter_ctx, x, y, N);
+    return 0;
 }
 
 int cpu_linear_needs_input(const model_linear *l) {
     return l->w->grad != NULL || l->adapter != NULL;
 }
 
-void cpu_linear_backward(const model_linear *l, const real *x, const real *dy, real *dx, int N,
-                         int accumulate_dx) {
+int cpu_linear_backward(model_precision prec, const model_linear *l, const real *x, const real *dy,
+                        real *dx, int N, int accumulate_dx) {
     int in = l->in, out = l->out;
     /* dx (N, in) = dy (N, out) · W (out, in) */
-    cpu_gemm(0, 0, N, in, out, 1, dy, out, l->w->data, in, accumulate_dx ? 1 : 0, dx, in);
-    /* dW (out, in) += dyᵀ (out, N) · x (N, in) */
+    if (cpu_wgemm(prec, 0, l->w, N, dy, out, accumulate_dx ? 1 : 0, dx, in) != 0) return -1;
+    /* dW (out, in) += dyᵀ (out, N) · x (N, in); a trained weight is `real`. */
     if (l->w->grad) cpu_gemm(1, 0, out, in, N, 1, dy, out, x, in, 1, l->w->grad, in);
     if (l->b && l->b->grad) {
         real *db = l->b->grad;
@@ -51,4 +55,5 @@ void cpu_linear_backward(const model_linear *l, const real *x, const real *dy, r
         }
     }
     if (l->adapter) l->adapter->backward(l->adapter_ctx, x, dy, dx, N);
+    return 0;
 }

@@ -272,7 +272,7 @@ static void norm_backward(model_acts *a, int p, model_param *w, model_param *b, 
 
 /* ---- forward ----------------------------------------------------------------- */
 
-static void layer_forward(model_acts *a, int l) {
+static int layer_forward(model_acts *a, int l) {
     const model *m = a->m;
     const model_config *c = &m->cfg;
     const model_layer *L = &m->layers[l];
@@ -286,36 +286,37 @@ static void layer_forward(model_acts *a, int l) {
     /* attention block: point 2l → 2l+1 */
     norm_forward(a, 2 * l, L->norm1_w, L->norm1_b, a->nbuf);
     if (llama) {
-        cpu_linear_forward(&L->q, a->nbuf, qv.q, N, 0);
-        cpu_linear_forward(&L->k, a->nbuf, qv.k, N, 0);
-        cpu_linear_forward(&L->v, a->nbuf, qv.v, N, 0);
+        TRY(cpu_linear_forward(m->precision, &L->q, a->nbuf, qv.q, N, 0));
+        TRY(cpu_linear_forward(m->precision, &L->k, a->nbuf, qv.k, N, 0));
+        TRY(cpu_linear_forward(m->precision, &L->v, a->nbuf, qv.v, N, 0));
         cpu_rope_apply(qv.q, qv.ldq, N, a->T, c->num_heads, c->head_dim, a->rope_cos, a->rope_sin,
                        0);
         cpu_rope_apply(qv.k, qv.ldk, N, a->T, c->num_kv_heads, c->head_dim, a->rope_cos,
                        a->rope_sin, 0);
     } else {
-        cpu_linear_forward(&L->qkv, a->nbuf, qv.q, N, 0);
+        TRY(cpu_linear_forward(m->precision, &L->qkv, a->nbuf, qv.q, N, 0));
     }
     cpu_attention_forward(&a->attn, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att,
                           a->att_lse + layer_off(a, l, c->num_heads));
     memcpy(resid_at(a, 2 * l + 1), resid_at(a, 2 * l), resid_bytes);
-    cpu_linear_forward(&L->o, att, resid_at(a, 2 * l + 1), N, 1);
+    TRY(cpu_linear_forward(m->precision, &L->o, att, resid_at(a, 2 * l + 1), N, 1));
     probe(a, 2 * l + 1);
 
     /* MLP block: point 2l+1 → 2l+2 */
     norm_forward(a, 2 * l + 1, L->norm2_w, L->norm2_b, a->nbuf);
     if (llama) {
         real *fb = a->fc_b + layer_off(a, l, F);
-        cpu_linear_forward(&L->gate, a->nbuf, fa, N, 0);
-        cpu_linear_forward(&L->up, a->nbuf, fb, N, 0);
+        TRY(cpu_linear_forward(m->precision, &L->gate, a->nbuf, fa, N, 0));
+        TRY(cpu_linear_forward(m->precision, &L->up, a->nbuf, fb, N, 0));
         cpu_swiglu_forward(a->act, fa, fb, (int64_t)N * F);
     } else {
-        cpu_linear_forward(&L->up, a->nbuf, fa, N, 0);
+        TRY(cpu_linear_forward(m->precision, &L->up, a->nbuf, fa, N, 0));
         cpu_gelu_forward(a->act, fa, (int64_t)N * F);
     }
     memcpy(resid_at(a, 2 * l + 2), resid_at(a, 2 * l + 1), resid_bytes);
-    cpu_linear_forward(&L->down, a->act, resid_at(a, 2 * l + 2), N, 1);
+    TRY(cpu_linear_forward(m->precision, &L->down, a->act, resid_at(a, 2 * l + 2), N, 1));
     probe(a, 2 * l + 2);
+    return 0;
 }
 
 static model_linear lm_head_linear(const model *m) {
@@ -341,13 +342,13 @@ int model_forward(const model *m, model_acts *a, const int32_t *tokens, const in
     a->has_targets = targets != NULL;
     if (targets) memcpy(a->targets, targets, (size_t)N * sizeof *targets);
 
-    cpu_embed_forward(resid_at(a, 0), a->tokens, m->wte->data, m->wpe ? m->wpe->data : NULL, N,
-                      a->T, c->hidden_size);
+    a->state = ACTS_FRESH;
+    cpu_embed_forward(resid_at(a, 0), a->tokens, m->wte, m->wpe, 0, N, a->T, c->hidden_size);
     probe(a, 0);
-    for (int l = 0; l < Lyr; l++) layer_forward(a, l);
+    for (int l = 0; l < Lyr; l++) TRY(layer_forward(a, l));
     norm_forward(a, 2 * Lyr, m->norm_f_w, m->norm_f_b, a->xf);
     model_linear head = lm_head_linear(m);
-    cpu_linear_forward(&head, a->xf, a->logits, N, 0);
+    TRY(cpu_linear_forward(m->precision, &head, a->xf, a->logits, N, 0));
 
     double sum = 0;
     int64_t count = 0;
@@ -368,7 +369,7 @@ int model_forward(const model *m, model_acts *a, const int32_t *tokens, const in
 
 /* ---- backward ---------------------------------------------------------------- */
 
-static void layer_backward(model_acts *a, int l) {
+static int layer_backward(model_acts *a, int l) {
     const model *m = a->m;
     const model_config *c = &m->cfg;
     model_layer *L = &m->layers[l];
@@ -386,24 +387,24 @@ static void layer_backward(model_acts *a, int l) {
         else
             cpu_gelu_forward(a->act, fa, (int64_t)N * F);
     }
-    cpu_linear_backward(&L->down, a->act, a->dresid, a->dfa, N, 0);
+    TRY(cpu_linear_backward(m->precision, &L->down, a->act, a->dresid, a->dfa, N, 0));
     if (llama) {
         cpu_swiglu_backward(a->dfa, a->dfb, a->dfa, fa, fb, (int64_t)N * F);
         if (cpu_linear_needs_input(&L->gate) || cpu_linear_needs_input(&L->up))
             norm_apply(a, 2 * l + 1, L->norm2_w, L->norm2_b, a->nbuf);
-        cpu_linear_backward(&L->gate, a->nbuf, a->dfa, a->dnorm, N, 0);
-        cpu_linear_backward(&L->up, a->nbuf, a->dfb, a->dnorm, N, 1);
+        TRY(cpu_linear_backward(m->precision, &L->gate, a->nbuf, a->dfa, a->dnorm, N, 0));
+        TRY(cpu_linear_backward(m->precision, &L->up, a->nbuf, a->dfb, a->dnorm, N, 1));
     } else {
         cpu_gelu_backward(a->dfa, a->dfa, fa, (int64_t)N * F);
         if (cpu_linear_needs_input(&L->up))
             norm_apply(a, 2 * l + 1, L->norm2_w, L->norm2_b, a->nbuf);
-        cpu_linear_backward(&L->up, a->nbuf, a->dfa, a->dnorm, N, 0);
+        TRY(cpu_linear_backward(m->precision, &L->up, a->nbuf, a->dfa, a->dnorm, N, 0));
     }
     norm_backward(a, 2 * l + 1, L->norm2_w, L->norm2_b, a->dnorm);
     keep_grad(a, 2 * l + 1);
 
     /* attention block: d/d(point 2l+1) → d/d(point 2l) */
-    cpu_linear_backward(&L->o, att, a->dresid, a->datt, N, 0);
+    TRY(cpu_linear_backward(m->precision, &L->o, att, a->dresid, a->datt, N, 0));
     cpu_attention_backward(&a->attn, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att, a->datt,
                            a->att_lse + layer_off(a, l, c->num_heads), dqv.q, dqv.k, dqv.v);
     if (llama) {
@@ -414,15 +415,16 @@ static void layer_backward(model_acts *a, int l) {
         if (cpu_linear_needs_input(&L->q) || cpu_linear_needs_input(&L->k) ||
             cpu_linear_needs_input(&L->v))
             norm_apply(a, 2 * l, L->norm1_w, L->norm1_b, a->nbuf);
-        cpu_linear_backward(&L->q, a->nbuf, dqv.q, a->dnorm, N, 0);
-        cpu_linear_backward(&L->k, a->nbuf, dqv.k, a->dnorm, N, 1);
-        cpu_linear_backward(&L->v, a->nbuf, dqv.v, a->dnorm, N, 1);
+        TRY(cpu_linear_backward(m->precision, &L->q, a->nbuf, dqv.q, a->dnorm, N, 0));
+        TRY(cpu_linear_backward(m->precision, &L->k, a->nbuf, dqv.k, a->dnorm, N, 1));
+        TRY(cpu_linear_backward(m->precision, &L->v, a->nbuf, dqv.v, a->dnorm, N, 1));
     } else {
         if (cpu_linear_needs_input(&L->qkv)) norm_apply(a, 2 * l, L->norm1_w, L->norm1_b, a->nbuf);
-        cpu_linear_backward(&L->qkv, a->nbuf, a->dqkv, a->dnorm, N, 0);
+        TRY(cpu_linear_backward(m->precision, &L->qkv, a->nbuf, a->dqkv, a->dnorm, N, 0));
     }
     norm_backward(a, 2 * l, L->norm1_w, L->norm1_b, a->dnorm);
     keep_grad(a, 2 * l);
+    return 0;
 }
 
 int model_backward(model *m, model_acts *a, double scale) {
@@ -437,11 +439,11 @@ int model_backward(model *m, model_acts *a, double scale) {
 
     cpu_xent_backward(a->logits, a->lse, a->targets, N, c->vocab_size, scale);
     model_linear head = lm_head_linear(m);
-    cpu_linear_backward(&head, a->xf, a->logits, a->dnorm, N, 0);
+    TRY(cpu_linear_backward(m->precision, &head, a->xf, a->logits, a->dnorm, N, 0));
     memset(a->dresid, 0, (size_t)N * c->hidden_size * sizeof(real));
     norm_backward(a, 2 * Lyr, m->norm_f_w, m->norm_f_b, a->dnorm);
     keep_grad(a, 2 * Lyr);
-    for (int l = Lyr - 1; l >= 0; l--) layer_backward(a, l);
+    for (int l = Lyr - 1; l >= 0; l--) TRY(layer_backward(a, l));
     cpu_embed_backward(m->wte->grad, m->wpe ? m->wpe->grad : NULL, a->dresid, a->tokens, N, a->T,
                        c->hidden_size);
     return 0;

@@ -78,19 +78,13 @@ void cpu_gelu_backward(real *dx, const real *dy, const real *x, int64_t n) {
     FOR_SPANS(n, ops_gelu_bwd_span(dx, dy, x, lo_, hi_));
 }
 
-void cpu_embed_forward(real *x, const int32_t *tokens, const real *wte, const real *wpe, int N,
-                       int T, int C) {
+void cpu_embed_forward(real *x, const int32_t *tokens, const model_param *wte,
+                       const model_param *wpe, int t0, int N, int T, int C) {
 #pragma omp parallel for ELEMS_PARALLEL((int64_t)N *C)
     for (int n = 0; n < N; n++) {
         real *xr = x + (int64_t)n * C;
-        const real *e = wte + (int64_t)tokens[n] * C;
-        if (wpe) {
-            const real *p = wpe + (int64_t)(n % T) * C;
-#pragma omp simd
-            for (int c = 0; c < C; c++) xr[c] = e[c] + p[c];
-        } else {
-            memcpy(xr, e, (size_t)C * sizeof(real));
-        }
+        model_param_read(wte, (int64_t)tokens[n] * C, C, xr);
+        if (wpe) model_param_add(wpe, (int64_t)(t0 + n % T) * C, C, xr);
     }
 }
 

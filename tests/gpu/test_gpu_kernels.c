@@ -224,7 +224,9 @@ static void test_embed_bias(gpu_dtype t) {
     float *dx = gt_put(ref, n, GPU_F32);
     char what[64];
     for (int pos = 0; pos < 2; pos++) {
-        cpu_embed_forward(ref, tok, wte, pos ? wpe : NULL, N, T, C);
+        model_param pwte = {.ndim = 2, .shape = {V, C}, .numel = (int64_t)V * C, .values = wte};
+        model_param pwpe = {.ndim = 2, .shape = {T, C}, .numel = (int64_t)T * C, .values = wpe};
+        cpu_embed_forward(ref, tok, &pwte, pos ? &pwpe : NULL, 0, N, T, C);
         CUDA_OK(gpu_embed_forward(dx, dtok, dwte, pos ? dwpe : NULL, t, N, T, C, 0));
         gt_get(got, dx, n, GPU_F32);
         snprintf(what, sizeof what, "embedding%s (%s)", pos ? " + positions" : "", tname(t));
