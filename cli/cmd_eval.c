@@ -18,7 +18,7 @@
 
 static const char *usage_text =
     "usage: fedlora eval --model DIR --data FILE [--adapter DIR] [--tokenizer FILE] [--seq T]\n"
-    "                    [--batch B] [--device cpu|cuda] [--precision fp32|bf16]\n"
+    "                    [--batch B] [--device cpu|cuda] [--precision fp32|bf16|auto]\n"
     "\n"
     "Prints the mean next-token cross-entropy (nats) and the perplexity of the model on\n"
     "FILE, with the PEFT LoRA adapter in --adapter DIR applied when given. FILE is what\n"
@@ -27,8 +27,9 @@ static const char *usage_text =
     "a pre-tokenized corpus. Documents are tokenized with DIR/tokenizer.json (or\n"
     "--tokenizer), each followed by the end-of-text token, joined, and cut into rows of T\n"
     "tokens (default 256, at most the model's context); every token after the first is\n"
-    "predicted once. --device cuda evaluates on a GPU (bf16 unless --precision fp32;\n"
-    "docs/gpu.md).\n";
+    "predicted once. --device cuda evaluates on a GPU (docs/gpu.md). --precision: how the\n"
+    "frozen weights multiply (fp32; bf16 with fp32 sums; auto, the default: bf16 on cuda\n"
+    "and on CPUs with bf16 instructions, else fp32; docs/cpu-backend.md).\n";
 
 static double now(void) {
     struct timespec ts;
@@ -54,10 +55,12 @@ int cmd_eval(int argc, char **argv) {
     lora_set *s = NULL;
     dataset *d = NULL;
     rc = 1;
-    if (checkpoint_load(&m, dir) != 0) {
-        err_context("loading model %s", dir);
-        goto done;
-    }
+    if (trainer_load_base(&m, dir, device, precision) != 0) goto done;
+    model_precision prec;
+    char how[96];
+    if (trainer_precision_of(device, precision, &prec) != 0) goto done;
+    trainer_precision_describe(device, prec, how, sizeof how);
+    fprintf(stderr, "evaluating on %s in %s\n", device, how);
     if (adapter && peft_load(&s, m, adapter) != 0) {
         err_context("loading adapter %s for model %s", adapter, dir);
         goto done;

@@ -44,7 +44,9 @@ static const char *usage_text =
     "                     probability adds up to P (1.0: all)\n"
     "  --seed S           the sampler's seed (0)\n"
     "  --device D         cpu (default) or cuda: run the model on a GPU (docs/gpu.md)\n"
-    "  --precision P      with --device cuda: bf16 (default) or fp32\n"
+    "  --precision P      fp32, bf16 or auto (default: bf16 on cuda and on CPUs with bf16\n"
+    "                     instructions, else fp32); one-token steps on the CPU multiply\n"
+    "                     bf16 weights in fp32 (docs/decoding.md)\n"
     "  --threads N        OpenMP threads\n";
 
 static double now(void) {
@@ -86,10 +88,12 @@ int cmd_generate(int argc, char **argv) {
     sampler *smp = NULL;
     char *text = NULL;
     rc = 1;
-    if (checkpoint_load(&m, dir) != 0) {
-        err_context("loading model %s", dir);
-        goto done;
-    }
+    if (trainer_load_base(&m, dir, device, precision) != 0) goto done;
+    model_precision prec;
+    char how[96];
+    if (trainer_precision_of(device, precision, &prec) != 0) goto done;
+    trainer_precision_describe(device, prec, how, sizeof how);
+    fprintf(stderr, "generating on %s in %s\n", device, how);
     if (adapter && peft_load(&s, m, adapter) != 0) {
         err_context("loading adapter %s for model %s", adapter, dir);
         goto done;

@@ -46,8 +46,10 @@ static const char *usage_text =
     "  --resume CKPT        go on from OUT/checkpoint (its latest) or a step-N directory\n"
     "  --device cpu|cuda    where to train (cpu); cuda needs the CUDA backend module\n"
     "                       (libfedlora_cuda.so, next to fedlora) and a GPU (docs/gpu.md)\n"
-    "  --precision P        fp32 or bf16: the GPU's frozen weights and activations (bf16 on\n"
-    "                       cuda; the CPU computes in fp32)\n"
+    "  --precision P        fp32, bf16 or auto: how the frozen weights multiply. bf16: bf16\n"
+    "                       products with fp32 sums (oneDNN on the CPU); fp32: exact fp32\n"
+    "                       whatever the checkpoint's dtype. auto (default): bf16 on cuda and\n"
+    "                       on CPUs with bf16 instructions (AVX512-BF16, AMX), else fp32\n"
     "  --threads N          OpenMP threads (default: OMP_NUM_THREADS or all cores)\n";
 
 typedef struct {
@@ -167,10 +169,7 @@ int cmd_train(int argc, char **argv) {
     dataset *d = NULL;
     rc = 1;
     if (parse_numbers(&a, &t, &lc, &T, &eval_fraction) != 0) goto done;
-    if (checkpoint_load(&m, a.model) != 0) {
-        err_context("loading model %s", a.model);
-        goto done;
-    }
+    if (trainer_load_base(&m, a.model, a.device, a.precision) != 0) goto done;
     /* The default row length fits the model; one asked for is taken as is. */
     if (!seq_given && T > m->cfg.max_position) T = m->cfg.max_position;
     const char *targets = a.targets                        ? a.targets

@@ -43,7 +43,12 @@ int decoder_open(decoder **out, model *m, lora_set *s, int max_T, const char *de
             return -1;
         }
     } else {
-        d->name = "cpu";
+        model_precision p;
+        if (trainer_cpu_precision(m, device, precision, &p) != 0) {
+            free(d);
+            return -1;
+        }
+        d->name = p == MODEL_PRECISION_BF16 ? "cpu bf16" : "cpu fp32";
         if (s && lora_attach(s, m) != 0) {
             free(d);
             return -1;

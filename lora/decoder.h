@@ -20,8 +20,9 @@ typedef struct decoder decoder;
 
 /* A decoder for up to max_T positions of model m (GPT-2: at most its
  * n_positions) with adapter s (NULL: none; created for m). device and
- * precision as trainer_device_check's ("cpu" or NULL, "cuda"; "fp32",
- * "bf16" or NULL for the device's default). The adapter's dropout is turned
+ * precision as trainer_cpu_precision takes them ("cpu" or NULL, "cuda";
+ * "fp32", "bf16", or NULL: on the CPU the model's own precision, which a
+ * given one changes). The adapter's dropout is turned
  * off. m and s must outlive the decoder; on the CPU, s stays attached to m
  * until decoder_free. */
 int decoder_open(decoder **out, model *m, lora_set *s, int max_T, const char *device,
@@ -37,7 +38,7 @@ int decoder_len(const decoder *d);
 int decoder_capacity(const decoder *d);
 /* Starts a new sequence at position 0. */
 void decoder_reset(decoder *d);
-/* "cpu", "cuda fp32" or "cuda bf16". */
+/* "cpu fp32", "cpu bf16", "cuda fp32" or "cuda bf16". */
 const char *decoder_device(const decoder *d);
 
 #endif

@@ -79,8 +79,8 @@ typedef struct {
     const char *resume; /* a checkpoint directory, or a checkpoint/ holding `latest`; NULL: fresh */
     FILE *progress;     /* where progress goes (stderr); NULL: nowhere */
     const char *device; /* "cpu" (also NULL) or "cuda" */
-    const char *precision; /* "fp32" or "bf16"; NULL: the device's default (cpu fp32, cuda
-                              bf16); the CPU computes in fp32 only */
+    const char *precision; /* "fp32", "bf16", or NULL / "auto": on a GPU bf16, on the CPU
+                              the model's own (trainer_cpu_precision) */
 } trainer_options;
 
 /* Fills B 4, K 1, steps 100, AdamW defaults with lr 2e-4 and weight decay 0,
@@ -95,9 +95,26 @@ void trainer_options_init(trainer_options *o);
  * trainer_run checks this itself; callers may check before loading a model. */
 int trainer_device_check(const char *device, const char *precision);
 /* Whether device names the GPU ("cuda"), and whether a run there computes in
- * bf16 (precision "bf16" or NULL; never on the CPU). */
+ * bf16 (precision "bf16" or NULL). */
 int trainer_device_is_cuda(const char *device);
 int trainer_device_bf16(const char *device, const char *precision);
+/* The precision a run on device computes at: --precision as given, or the
+ * device's default (trainer_options.precision). bf16 on the CPU needs
+ * oneDNN to multiply bf16 here (an error says so). */
+int trainer_precision_of(const char *device, const char *precision, model_precision *out);
+/* The frozen base in dir as a run on device at precision uses it
+ * (model/checkpoint.h, checkpoint_map): each weight in its checkpoint's
+ * dtype, for the CPU at the run's precision (bf16 converts other dtypes to
+ * bf16); for a GPU as stored, converted by the upload. */
+int trainer_load_base(model **out, const char *dir, const char *device, const char *precision);
+/* The precision a run with m on device computes at, made so: on the CPU a
+ * precision given sets the model's (model_set_precision), none (NULL or
+ * "auto") keeps the one m was loaded at (trainer_load_base resolves the
+ * default); on a GPU, trainer_precision_of's. */
+int trainer_cpu_precision(model *m, const char *device, const char *precision,
+                          model_precision *out);
+/* For the log: "fp32", "bf16", or on the CPU "bf16 (oneDNN, <isa>)". */
+void trainer_precision_describe(const char *device, model_precision p, char *buf, size_t len);
 /* gpu->model_upload of m (and s, NULL: none) for batches of B rows of T
  * tokens, in bf16 or fp32, with the backend's other options at their
  * defaults. */

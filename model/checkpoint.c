@@ -2,6 +2,7 @@
  * once per `real` (fp32 product, fp64 gradient checks). */
 #include "model/checkpoint.h"
 
+#include "model/cpu/cpu.h"
 #include "model/safetensors.h"
 #include "util/err.h"
 #include "util/fio.h"
@@ -123,24 +124,27 @@ static int load_param(model_param *p, const safetensors_tensor *t, real **scratc
     return 0;
 }
 
+/* Refuses a tensor that matches no parameter: that usually means config.json
+ * and the weights disagree (attention_bias, tie_word_embeddings, …), and
+ * running a different network than the one saved is worse than stopping. */
+static int check_no_strangers(const model *m, const safetensors_dir *d) {
+    for (int i = 0; i < safetensors_dir_count(d); i++) {
+        const char *name = safetensors_dir_tensor_at(d, i)->name;
+        if (!param_for(m, name) && !skippable(m, name))
+            return err_set("%s: tensor '%s' is not a parameter of the model config.json "
+                           "describes (config and weights disagree?)",
+                           safetensors_dir_tensor_at(d, i)->file, name);
+    }
+    return 0;
+}
+
 int checkpoint_load_weights(model *m, const char *dir) {
     safetensors_dir *d;
     if (safetensors_dir_open(&d, dir) != 0) return -1;
     int rc = -1;
     real *scratch = NULL;
     int64_t cap = 0;
-    /* A tensor that matches no parameter usually means config.json and the
-     * weights disagree (attention_bias, tie_word_embeddings, …): refuse it
-     * rather than run a different network than the one saved. */
-    for (int i = 0; i < safetensors_dir_count(d); i++) {
-        const char *name = safetensors_dir_tensor_at(d, i)->name;
-        if (!param_for(m, name) && !skippable(m, name)) {
-            err_set("%s: tensor '%s' is not a parameter of the model config.json describes "
-                    "(config and weights disagree?)",
-                    safetensors_dir_tensor_at(d, i)->file, name);
-            goto out;
-        }
-    }
+    if (check_no_strangers(m, d) != 0) goto out;
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i];
         const safetensors_tensor *t;
@@ -169,6 +173,154 @@ int checkpoint_load(model **out, const char *dir) {
     }
     *out = m;
     return 0;
+}
+
+/* ---- mapping a frozen base ------------------------------------------------------------ */
+
+#ifndef FL_REAL_F64
+static int model_dtype_of(safetensors_dtype t, model_dtype *out) {
+    switch (t) {
+        case SAFETENSORS_F32:
+            *out = MODEL_DTYPE_F32;
+            return 0;
+        case SAFETENSORS_BF16:
+            *out = MODEL_DTYPE_BF16;
+            return 0;
+        case SAFETENSORS_F16:
+            *out = MODEL_DTYPE_F16;
+            return 0;
+        default:
+            return -1;
+    }
+}
+
+/* dst (cols, rows) = src (rows, cols)ᵀ for elements of es bytes (src may be
+ * unaligned: elements are copied as bytes), in tiles as transpose() does. */
+static void transpose_bytes(unsigned char *dst, const unsigned char *src, int64_t rows,
+                            int64_t cols, size_t es) {
+    enum { TILE = 32 };
+    for (int64_t r0 = 0; r0 < rows; r0 += TILE)
+        for (int64_t c0 = 0; c0 < cols; c0 += TILE) {
+            int64_t r1 = r0 + TILE < rows ? r0 + TILE : rows;
+            int64_t c1 = c0 + TILE < cols ? c0 + TILE : cols;
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t c = c0; c < c1; c++)
+                    memcpy(dst + (size_t)(c * rows + r) * es, src + (size_t)(r * cols + c) * es,
+                           es);
+        }
+}
+
+/* A frozen weight matrix from tensor t, in its dtype: the mapped bytes
+ * themselves when they can be used as they are (little-endian host, the
+ * element alignment, not a Conv1D weight to transpose, the dtype the
+ * precision multiplies), else one copy in the dtype wanted, after which the
+ * file's pages are given back. */
+static int map_matrix(model_param *p, const safetensors_tensor *t, model_precision prec) {
+    model_dtype dt;
+    int known = model_dtype_of(t->dtype, &dt) == 0;
+    int want_bf16 = prec == MODEL_PRECISION_BF16;
+    size_t es = safetensors_dtype_size(t->dtype);
+    int aligned = ((uintptr_t)t->data % es) == 0;
+    int le = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+    if (known && aligned && le && !p->conv1d && (!want_bf16 || dt == MODEL_DTYPE_BF16)) {
+        p->values = t->data;
+        p->dtype = dt;
+        safetensors_tensor_keep(t);
+        return 0;
+    }
+    if (known && le && !want_bf16 && p->conv1d) {
+        /* The one copy, transposed to (out, in), in the file's dtype. */
+        void *buf = malloc((size_t)p->numel * es);
+        if (!buf)
+            return err_set("out of memory for %s (%lld values)", p->name, (long long)p->numel);
+        transpose_bytes(buf, t->data, p->shape[1], p->shape[0], es);
+        p->owned = buf;
+        p->values = buf;
+        p->dtype = dt;
+    } else {
+        /* Another dtype (F64, or anything not bf16 at BF16 precision), or
+         * unaligned bytes: converted through real, one chunk of rows at a
+         * time. The tensor's values in real are needed once, whole, only
+         * for a Conv1D transpose. */
+        model_dtype to = want_bf16 ? MODEL_DTYPE_BF16 : MODEL_DTYPE_F32;
+        real *tmp = malloc((size_t)p->numel * sizeof(real));
+        void *buf = malloc((size_t)p->numel * model_dtype_size(to));
+        if (!tmp || !buf || safetensors_to_float(t, tmp) != 0) {
+            free(tmp);
+            free(buf);
+            return buf && tmp ? -1 : err_set("out of memory for %s", p->name);
+        }
+        if (p->conv1d) {
+            real *tr = malloc((size_t)p->numel * sizeof(real));
+            if (!tr) {
+                free(tmp);
+                free(buf);
+                return err_set("out of memory for %s", p->name);
+            }
+            transpose(tr, tmp, p->shape[1], p->shape[0]);
+            free(tmp);
+            tmp = tr;
+        }
+        if (to == MODEL_DTYPE_BF16)
+            model_values_to_bf16(tmp, p->numel, buf);
+        else
+            memcpy(buf, tmp, (size_t)p->numel * sizeof(real));
+        free(tmp);
+        p->owned = buf;
+        p->values = buf;
+        p->dtype = to;
+    }
+    safetensors_tensor_drop(t);
+    return 0;
+}
+#endif
+
+int checkpoint_map(model **out, const char *dir, model_precision prec) {
+#ifdef FL_REAL_F64
+    /* The fp64 twin (gradient checks) holds everything in double. */
+    if (prec != MODEL_PRECISION_FP32) return err_set("bf16 precision needs the fp32 build");
+    return checkpoint_load(out, dir);
+#else
+    *out = NULL;
+    char path[4096];
+    model_config cfg;
+    model *m = NULL;
+    safetensors_dir *d = NULL;
+    if (fio_join(path, sizeof path, dir, "config.json") != 0 ||
+        model_config_load(&cfg, path) != 0 || model_create_unfilled(&m, &cfg) != 0 ||
+        (prec == MODEL_PRECISION_BF16 && cpu_bf16_check() != 0) ||
+        safetensors_dir_open(&d, dir) != 0 || check_no_strangers(m, d) != 0)
+        goto fail;
+    m->mapped = d;
+    m->precision = prec;
+    for (int i = 0; i < m->n_params; i++) {
+        model_param *p = &m->params[i];
+        const safetensors_tensor *t;
+        if (find_tensor(m, d, p, dir, &t) != 0 || check_shape(p, t) != 0) goto fail;
+        if (p->ndim == 2) {
+            if (map_matrix(p, t, prec) != 0) goto fail;
+            continue;
+        }
+        /* Vectors (norms, biases) are small and read elementwise: real. */
+        real *v = malloc((size_t)p->numel * sizeof(real));
+        if (!v) {
+            err_set("out of memory for %s", p->name);
+            goto fail;
+        }
+        p->owned = v;
+        p->data = v;
+        p->values = v;
+        p->dtype = MODEL_DTYPE_REAL;
+        if (to_real(t, v) != 0) goto fail;
+        safetensors_tensor_drop(t);
+    }
+    *out = m;
+    return 0;
+fail:
+    if (m && !m->mapped) safetensors_dir_close(d);
+    model_free(m);
+    return err_context("loading model directory %s", dir);
+#endif
 }
 
 /* ---- saving -------------------------------------------------------------------------- */

@@ -3,7 +3,8 @@
  * A directory holds config.json and model.safetensors (or a sharded
  * model.safetensors.index.json), as save_pretrained writes them for
  * LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and GPT2LMHeadModel.
- * Loading converts F32/BF16/F16/F64 to `real`, transposes GPT-2's Conv1D
+ * checkpoint_load converts F32/BF16/F16/F64 to `real` (a writable model, for
+ * merging into); checkpoint_map keeps the weights as they are. transposes GPT-2's Conv1D
  * weights to (out, in), and accepts GPT-2 names with or without the
  * "transformer." prefix (the original hub checkpoint has none). Saving writes
  * what save_pretrained would: the tied lm_head is left out, Conv1D weights go
@@ -18,6 +19,17 @@
  * the shape config.json implies; a tensor the config does not describe is an
  * error (only known non-parameter buffers are skipped). */
 int checkpoint_load(model **out, const char *dir);
+/* config.json + weights -> a frozen base, as train, eval, generate and the
+ * node use it: every weight matrix stays in its checkpoint's dtype (bf16,
+ * fp16 or fp32), read in place from the mapped file where its bytes can be
+ * used as they are (else copied once: GPT-2's Conv1D weights, which are
+ * transposed), so memory is the file's size, not 2-4x it; vectors (norms,
+ * biases) become `real`. At BF16 precision, matrices saved in another dtype
+ * are converted to bf16 as they are read (and the CPU must multiply bf16).
+ * The file stays mapped until model_free; values of mapped matrices are
+ * read-only (data NULL): model_param_want_grad makes a param trainable. The
+ * fp64 build loads as checkpoint_load. */
+int checkpoint_map(model **out, const char *dir, model_precision prec);
 /* Fills the parameters of an existing model from a weights directory (the
  * model's config decides which tensors and shapes are expected). */
 int checkpoint_load_weights(model *m, const char *dir);

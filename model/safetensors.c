@@ -407,6 +407,7 @@ int safetensors_open(safetensors_file **out, const char *path) {
         safetensors_close(f);
         return -1;
     }
+    for (int i = 0; i < f->n; i++) f->tensors[i].mapped = f->map != NULL;
     *out = f;
     return 0;
 }
@@ -515,6 +516,35 @@ int safetensors_to_double(const safetensors_tensor *t, double *out) {
         default:
             return not_float(t);
     }
+}
+
+/* ---- advice on mapped bytes -------------------------------------------------------- */
+
+/* The whole pages inside [p, p + n), or n = 0 when there are none. */
+static void inner_pages(const void *p, size_t n, void **start, size_t *len) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) / page * page, b = ((uintptr_t)p + n) / page * page;
+    *start = (void *)a;
+    *len = b > a ? b - a : 0;
+}
+
+void safetensors_tensor_keep(const safetensors_tensor *t) {
+    void *p;
+    size_t n;
+    if (!t->mapped) return;
+    inner_pages(t->data, (size_t)(t->end - t->begin), &p, &n);
+    /* Undo the file's MADV_SEQUENTIAL for bytes read again and again. */
+    if (n) (void)madvise(p, n, MADV_NORMAL);
+}
+
+void safetensors_tensor_drop(const safetensors_tensor *t) {
+    void *p;
+    size_t n;
+    if (!t->mapped) return;
+    inner_pages(t->data, (size_t)(t->end - t->begin), &p, &n);
+    /* A private read-only mapping of a file: dropped pages fault back in
+     * from the file if read again, so this only gives memory back. */
+    if (n) (void)madvise(p, n, MADV_DONTNEED);
 }
 
 /* ---- model directories --------------------------------------------------------- */

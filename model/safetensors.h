@@ -64,6 +64,7 @@ typedef struct {
     int64_t numel;             /* product of shape (1 for a scalar) */
     uint64_t begin, end;       /* data_offsets, relative to the byte buffer */
     const unsigned char *data; /* end - begin bytes, possibly unaligned */
+    int mapped;                /* data lies in a read-only mapping of the file */
 } safetensors_tensor;
 
 typedef struct safetensors_file safetensors_file;
@@ -88,6 +89,13 @@ const char *safetensors_metadata(const safetensors_file *f, const char *key);
  * error naming the tensor. */
 int safetensors_to_float(const safetensors_tensor *t, float *out);
 int safetensors_to_double(const safetensors_tensor *t, double *out);
+
+/* For a tensor of a mapped file: keep says its bytes will be read many
+ * times (a weight used in place); drop gives the memory of its pages back
+ * after a copy was made (the bytes stay readable). Memory in a buffer
+ * (safetensors_parse) is left alone. Advice only: nothing can fail. */
+void safetensors_tensor_keep(const safetensors_tensor *t);
+void safetensors_tensor_drop(const safetensors_tensor *t);
 
 /* Scalar conversions (IEEE 754 binary16 and bfloat16; narrowing rounds to
  * nearest, ties to even; NaN stays NaN, overflow becomes infinity). */

@@ -14,6 +14,7 @@ void node_config_init(node_config *c) {
     memset(c, 0, sizeof *c);
     c->eval_fraction = 0.1;
     snprintf(c->device, sizeof c->device, "cpu");
+    snprintf(c->precision, sizeof c->precision, "auto");
     c->save_every = 10;
     c->poll_ms = 1000;
     c->request_timeout_ms = 5000;
@@ -23,14 +24,23 @@ void node_config_init(node_config *c) {
 
 /* The keys a node config may have; anything else is a typo worth an error. */
 static const char *const top_keys[] = {
-    "keys",       "consortium",
-    "aggregator", "base_model",
-    "data",       "eval_fraction",
-    "seed",       "batch",
-    "threads",    "device",
-    "state",      "save_every",
-    "poll_ms",    "request_timeout_ms",
-    "give_up_s",  "max_model_bytes",
+    "keys",
+    "consortium",
+    "aggregator",
+    "base_model",
+    "data",
+    "eval_fraction",
+    "seed",
+    "batch",
+    "threads",
+    "device",
+    "precision",
+    "state",
+    "save_every",
+    "poll_ms",
+    "request_timeout_ms",
+    "give_up_s",
+    "max_model_bytes",
     "admin",
 };
 static const char *const keys_keys[] = {"dir", "name"};
@@ -166,6 +176,7 @@ int node_config_load(node_config *c, const char *path) {
         get_path(&cf, "data", dir, c->data, sizeof c->data, 1, path) != 0 ||
         get_path(&cf, "state", dir, c->state_dir, sizeof c->state_dir, 1, path) != 0 ||
         get_string(&cf, "device", c->device, sizeof c->device, 0, path) != 0 ||
+        get_string(&cf, "precision", c->precision, sizeof c->precision, 0, path) != 0 ||
         get_int(&cf, "seed", 0, (long long)1 << 62, &seed, path) != 0 ||
         get_int32(&cf, "batch", 0, 65536, &c->batch, path) != 0 ||
         get_int32(&cf, "threads", 0, 4096, &c->threads, path) != 0 ||
@@ -201,6 +212,12 @@ int node_config_load(node_config *c, const char *path) {
     }
     if (node_config_check_device(c->device) != 0) {
         err_context("%s: 'device'", path);
+        goto done;
+    }
+    if (strcmp(c->precision, "auto") != 0 && strcmp(c->precision, "fp32") != 0 &&
+        strcmp(c->precision, "bf16") != 0) {
+        err_set("%s: 'precision' must be \"auto\", \"fp32\" or \"bf16\", got \"%s\"", path,
+                c->precision);
         goto done;
     }
     if (strncmp(c->endpoint, "tcp://", 6) != 0 && strncmp(c->endpoint, "ipc://", 6) != 0) {

@@ -232,8 +232,10 @@ static int config_text(struct text *t, const node_init_options *o, const char *b
         ";\n\n# Where everything durable goes (model versions, sealed updates, receipts).\n"
         "# Keep it on a disk that survives a reboot, with room for 3 copies of the model.\n"
         "state = \"state\";\n\n"
-        "# Where training runs.\n"
-        "device = \"%s\";\n",
+        "# Where training runs, and how the frozen weights multiply: \"auto\" is bf16\n"
+        "# on GPUs and on CPUs with bf16 instructions, else fp32 (docs/federation.md).\n"
+        "device = \"%s\";\n"
+        "precision = \"auto\";\n",
         o->device && *o->device ? o->device : "cpu");
     if (t->failed) return err_set("out of memory writing the node config");
     return 0;

@@ -53,6 +53,7 @@ typedef struct {
     int batch;                     /* "batch": micro-batch override, 0: the round's */
     int threads;                   /* "threads": OpenMP threads, 0: the default */
     char device[16];               /* "device": "cpu" */
+    char precision[8];             /* "precision": "auto" (fp32, bf16; docs/federation.md) */
     char state_dir[NODE_PATH_MAX]; /* "state": where everything durable goes */
     int save_every;                /* "save_every": trainer checkpoint interval (steps) */
     int poll_ms;                   /* "poll_ms": HELLO interval while waiting (1000) */

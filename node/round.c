@@ -12,7 +12,6 @@
 #include "lora/dataset.h"
 #include "lora/lora.h"
 #include "lora/trainer.h"
-#include "model/checkpoint.h"
 #include "util/err.h"
 #include "util/fio.h"
 #include "wire/crypto.h"
@@ -211,7 +210,7 @@ int node_train_and_seal(node_ctx *n, const struct msg_round *r) {
     lora_config_init(&lc);
     int rc = -1;
     uint64_t seed = round_seed(c, r->round);
-    if (checkpoint_load(&m, vdir) != 0) {
+    if (trainer_load_base(&m, vdir, c->device, c->precision) != 0) {
         err_context("loading model version %s", vdir);
         goto done;
     }
@@ -259,6 +258,7 @@ int node_train_and_seal(node_ctx *n, const struct msg_round *r) {
     to.out_dir = out;
     to.progress = stderr;
     to.device = c->device;
+    to.precision = c->precision;
     if (fio_exists(latest)) {
         to.resume = ckpt;
         node_log(n, "round %llu: resuming the training from its last checkpoint", rn);

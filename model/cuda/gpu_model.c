@@ -99,30 +99,44 @@ size_t gpu_model_device_bytes(const gpu_model *g) {
 
 /* ---- upload ------------------------------------------------------------------------ */
 
-/* A CPU param into a new device buffer of type t (fp32 → bf16 rounds to
- * nearest even on the host, in chunks). */
+/* A CPU param into a new device buffer of type t. Values already in t (a
+ * bf16 checkpoint's weights for a bf16 run, fp32 for fp32) are copied as
+ * they lie in memory — for a mapped checkpoint, straight from the file's
+ * pages, with no host copy; others are converted in chunks (widened
+ * exactly, or rounded to the nearest bf16, ties to even). */
 static int upload_param(gpu_model *g, void **dst, const model_param *p, gpu_dtype t) {
     size_t n = (size_t)p->numel;
     OK(gpu_alloc(g, dst, n * gpu_dtype_size(t)));
-    if (t == GPU_F32) {
-        CU(cudaMemcpyAsync(*dst, p->data, n * sizeof(float), cudaMemcpyHostToDevice, g->stream));
+    if ((t == GPU_F32 && p->dtype == MODEL_DTYPE_F32) ||
+        (t == GPU_BF16 && p->dtype == MODEL_DTYPE_BF16)) {
+        CU(cudaMemcpyAsync(*dst, p->values, n * gpu_dtype_size(t), cudaMemcpyHostToDevice,
+                           g->stream));
         return 0;
     }
-    enum { CHUNK = 1 << 22 };
-    uint16_t *h = malloc((n < CHUNK ? n : CHUNK) * sizeof *h);
-    if (!h) return err_set("out of host memory converting %s to bf16", p->name);
-    for (size_t i0 = 0; i0 < n; i0 += CHUNK) {
-        size_t m = n - i0 < CHUNK ? n - i0 : CHUNK;
-        for (size_t i = 0; i < m; i++) h[i] = gpu_f32_to_bf16(p->data[i0 + i]);
-        /* From pageable memory the copy is staged before it returns: h can be reused. */
-        cudaError_t e = cudaMemcpyAsync((uint16_t *)*dst + i0, h, m * sizeof *h,
-                                        cudaMemcpyHostToDevice, g->stream);
-        if (e != cudaSuccess) {
-            free(h);
-            return gpu_cuda_fail(e, "cudaMemcpyAsync(bf16 weights)", __FILE__, __LINE__);
-        }
+    enum { CHUNK = 1 << 20 };
+    size_t m0 = n < CHUNK ? n : CHUNK;
+    float *f = malloc(m0 * sizeof *f);
+    uint16_t *h = t == GPU_BF16 ? malloc(m0 * sizeof *h) : NULL;
+    if (!f || (t == GPU_BF16 && !h)) {
+        free(f);
+        free(h);
+        return err_set("out of host memory converting %s for the GPU", p->name);
     }
+    cudaError_t e = cudaSuccess;
+    for (size_t i0 = 0; i0 < n && e == cudaSuccess; i0 += CHUNK) {
+        size_t m = n - i0 < CHUNK ? n - i0 : CHUNK;
+        model_param_read(p, (int64_t)i0, (int64_t)m, f);
+        if (t == GPU_BF16) model_values_to_bf16(f, (int64_t)m, h);
+        /* From pageable memory the copy is staged before it returns: the
+         * buffers can be reused. */
+        e = t == GPU_BF16 ? cudaMemcpyAsync((uint16_t *)*dst + i0, h, m * sizeof *h,
+                                            cudaMemcpyHostToDevice, g->stream)
+                          : cudaMemcpyAsync((float *)*dst + i0, f, m * sizeof *f,
+                                            cudaMemcpyHostToDevice, g->stream);
+    }
+    free(f);
     free(h);
+    if (e != cudaSuccess) return gpu_cuda_fail(e, "cudaMemcpyAsync(weights)", __FILE__, __LINE__);
     return 0;
 }
 
