@@ -107,16 +107,17 @@ int cmd_merge(int argc, char **argv) {
     model *m = NULL;
     lora_set *sets[MERGE_MAX_ADAPTERS] = {0};
     rc = 1;
-    if (checkpoint_load(&m, dir) != 0) {
-        err_context("loading model %s", dir);
-        goto done;
-    }
+    /* The base as stored (mapped), streamed out with the merge applied. */
+    if (checkpoint_map(&m, dir, MODEL_PRECISION_FP32) != 0) goto done;
     for (int k = 0; k < K; k++)
         if (peft_load(&sets[k], m, adapters[k]) != 0) {
             err_context("loading adapter %s for model %s", adapters[k], dir);
             goto done;
         }
-    if (mergekit_merge(m, sets, K, &o) != 0 || checkpoint_save(m, out, m->cfg.torch_dtype) != 0 ||
+    mergekit_fold fold;
+    checkpoint_edit edit;
+    checkpoint_save_options so = {.dtype = m->cfg.torch_dtype, .edit = &edit, .release = 1};
+    if (mergekit_edit(m, sets, K, &o, &fold, &edit) != 0 || checkpoint_write(m, out, &so) != 0 ||
         modeldir_copy_companions(dir, out) != 0)
         goto done;
     printf("wrote %s: %s merged with %d adapters by %s, %s\n", out, dir, K, method_s,

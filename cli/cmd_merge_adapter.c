@@ -1,6 +1,7 @@
 /* fedlora merge-adapter — folds a LoRA adapter into its base model and
  * writes the result as a Hugging Face model directory (W' = W + s·B·A per
- * adapted module, lora/delta.h), in the base's dtype. */
+ * adapted module, lora/delta.h), in the base's dtype, streamed tensor by
+ * tensor from the mapped base. */
 #include "cli/commands.h"
 #include "cli/modeldir.h"
 #include "cli/opts.h"
@@ -37,15 +38,16 @@ int cmd_merge_adapter(int argc, char **argv) {
     model *m = NULL;
     lora_set *s = NULL;
     rc = 1;
-    if (checkpoint_load(&m, dir) != 0) {
-        err_context("loading model %s", dir);
-        goto done;
-    }
+    /* The base as it is stored (mapped), streamed out with the adapter
+     * folded in: memory is a tensor, not the model (checkpoint_write). */
+    if (checkpoint_map(&m, dir, MODEL_PRECISION_FP32) != 0) goto done;
     if (peft_load(&s, m, adapter) != 0) {
         err_context("loading adapter %s for model %s", adapter, dir);
         goto done;
     }
-    if (delta_merge(m, s) != 0 || checkpoint_save(m, out, m->cfg.torch_dtype) != 0 ||
+    checkpoint_edit fold;
+    checkpoint_save_options so = {.dtype = m->cfg.torch_dtype, .edit = &fold, .release = 1};
+    if (delta_fold_edit(m, s, &fold) != 0 || checkpoint_write(m, out, &so) != 0 ||
         modeldir_copy_companions(dir, out) != 0)
         goto done;
     printf("wrote %s: %s with %d adapted modules of %s folded in, %s\n", out, dir, s->n_modules,

@@ -17,6 +17,7 @@
 #define FL_LORA_DELTA_H
 
 #include "lora/lora.h"
+#include "model/checkpoint.h"
 
 /* dw = s · B · A of one module: (out, in), or (in, out) when transposed
  * (a Conv1D's on-disk orientation). One GEMM. */
@@ -32,6 +33,12 @@ int delta_product(real *W, int ldw, int out, int in, int K, const real *const *B
  * have been made for m's shapes; it need not be attached (detach it before
  * running the merged model, or the adapter would count twice). */
 int delta_merge(model *m, const lora_set *s);
+
+/* The same fold as an edit of checkpoint_write (model/checkpoint.h): each
+ * adapted weight gets W += s·B·A, delta_merge's GEMM and bits, as it is
+ * written, so the base needs no writable copy (a mapped bf16 base streams
+ * through). Checks first that s was made for m's shapes. *e refers to s. */
+int delta_fold_edit(const model *m, const lora_set *s, checkpoint_edit *e);
 
 /* W' = W + Σ_k weights[k] · s_k · B_k · A_k over K adapters made for m's
  * shapes, one GEMM per module path (a path absent from some adapters takes

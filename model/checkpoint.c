@@ -18,7 +18,6 @@
 #endif
 
 #define GPT2_PREFIX "transformer."
-#define SAVE_CHUNK 65536 /* elements converted per write when saving */
 
 static int ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
@@ -29,40 +28,12 @@ static int has_gpt2_prefix(const char *name) {
     return strncmp(name, GPT2_PREFIX, strlen(GPT2_PREFIX)) == 0;
 }
 
-/* Shape on disk: Conv1D weights are stored (in, out), in memory (out, in). */
-static void disk_shape(const model_param *p, int64_t shape[2]) {
-    shape[0] = p->conv1d ? p->shape[1] : p->shape[0];
-    shape[1] = p->conv1d ? p->shape[0] : p->shape[1];
-}
-
 static void format_shape(char *buf, size_t n, const int64_t *shape, int ndim) {
     size_t used = (size_t)snprintf(buf, n, "[");
     for (int i = 0; i < ndim && used < n; i++)
         used +=
             (size_t)snprintf(buf + used, n - used, "%s%lld", i ? ", " : "", (long long)shape[i]);
     if (used < n) snprintf(buf + used, n - used, "]");
-}
-
-/* dst (cols, rows) = src (rows, cols)ᵀ, in 32x32 tiles so that both sides
- * stay in cache. */
-static void transpose(real *dst, const real *src, int64_t rows, int64_t cols) {
-    enum { TILE = 32 };
-    for (int64_t r0 = 0; r0 < rows; r0 += TILE)
-        for (int64_t c0 = 0; c0 < cols; c0 += TILE) {
-            int64_t r1 = r0 + TILE < rows ? r0 + TILE : rows;
-            int64_t c1 = c0 + TILE < cols ? c0 + TILE : cols;
-            for (int64_t r = r0; r < r1; r++)
-                for (int64_t c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
-        }
-}
-
-static int grow(real **buf, int64_t *cap, int64_t n) {
-    if (n <= *cap) return 0;
-    real *b = realloc(*buf, (size_t)n * sizeof(real));
-    if (!b) return err_set("out of memory for a %lld-element conversion buffer", (long long)n);
-    *buf = b;
-    *cap = n;
-    return 0;
 }
 
 /* ---- loading ------------------------------------------------------------------------ */
@@ -106,7 +77,7 @@ static int find_tensor(const model *m, const safetensors_dir *d, const model_par
 
 static int check_shape(const model_param *p, const safetensors_tensor *t) {
     int64_t want[2];
-    disk_shape(p, want);
+    model_param_disk_shape(p, want);
     int ok = t->ndim == p->ndim;
     for (int i = 0; ok && i < p->ndim; i++) ok = t->shape[i] == want[i];
     if (ok) return 0;
@@ -119,8 +90,15 @@ static int check_shape(const model_param *p, const safetensors_tensor *t) {
 
 static int load_param(model_param *p, const safetensors_tensor *t, real **scratch, int64_t *cap) {
     if (!p->conv1d) return to_real(t, p->data);
-    if (grow(scratch, cap, p->numel) != 0 || to_real(t, *scratch) != 0) return -1;
-    transpose(p->data, *scratch, p->shape[1], p->shape[0]); /* (in, out) -> (out, in) */
+    if (p->numel > *cap) {
+        real *b = realloc(*scratch, (size_t)p->numel * sizeof(real));
+        if (!b) return err_set("out of memory for a %lld-element conversion buffer", (long long)p->numel);
+        *scratch = b;
+        *cap = p->numel;
+    }
+    if (to_real(t, *scratch) != 0) return -1;
+    /* (in, out) -> (out, in) */
+    model_values_transpose(p->data, *scratch, p->shape[1], p->shape[0], sizeof(real));
     return 0;
 }
 
@@ -194,22 +172,6 @@ static int model_dtype_of(safetensors_dtype t, model_dtype *out) {
     }
 }
 
-/* dst (cols, rows) = src (rows, cols)ᵀ for elements of es bytes (src may be
- * unaligned: elements are copied as bytes), in tiles as transpose() does. */
-static void transpose_bytes(unsigned char *dst, const unsigned char *src, int64_t rows,
-                            int64_t cols, size_t es) {
-    enum { TILE = 32 };
-    for (int64_t r0 = 0; r0 < rows; r0 += TILE)
-        for (int64_t c0 = 0; c0 < cols; c0 += TILE) {
-            int64_t r1 = r0 + TILE < rows ? r0 + TILE : rows;
-            int64_t c1 = c0 + TILE < cols ? c0 + TILE : cols;
-            for (int64_t r = r0; r < r1; r++)
-                for (int64_t c = c0; c < c1; c++)
-                    memcpy(dst + (size_t)(c * rows + r) * es, src + (size_t)(r * cols + c) * es,
-                           es);
-        }
-}
-
 /* A frozen weight matrix from tensor t, in its dtype: the mapped bytes
  * themselves when they can be used as they are (little-endian host, the
  * element alignment, not a Conv1D weight to transpose, the dtype the
@@ -233,7 +195,7 @@ static int map_matrix(model_param *p, const safetensors_tensor *t, model_precisi
         void *buf = malloc((size_t)p->numel * es);
         if (!buf)
             return err_set("out of memory for %s (%lld values)", p->name, (long long)p->numel);
-        transpose_bytes(buf, t->data, p->shape[1], p->shape[0], es);
+        model_values_transpose(buf, t->data, p->shape[1], p->shape[0], es);
         p->owned = buf;
         p->values = buf;
         p->dtype = dt;
@@ -257,7 +219,7 @@ static int map_matrix(model_param *p, const safetensors_tensor *t, model_precisi
                 free(buf);
                 return err_set("out of memory for %s", p->name);
             }
-            transpose(tr, tmp, p->shape[1], p->shape[0]);
+            model_values_transpose(tr, tmp, p->shape[1], p->shape[0], sizeof(real));
             free(tmp);
             tmp = tr;
         }
@@ -321,106 +283,4 @@ fail:
     model_free(m);
     return err_context("loading model directory %s", dir);
 #endif
-}
-
-/* ---- saving -------------------------------------------------------------------------- */
-
-static int dtype_from_name(const char *s, safetensors_dtype *out) {
-    if (strcmp(s, "float32") == 0)
-        *out = SAFETENSORS_F32;
-    else if (strcmp(s, "bfloat16") == 0)
-        *out = SAFETENSORS_BF16;
-    else if (strcmp(s, "float16") == 0)
-        *out = SAFETENSORS_F16;
-    else
-        return err_set("unknown dtype '%s' for saving (float32, bfloat16, float16)", s);
-    return 0;
-}
-
-/* Streams n values as dtype dt, SAVE_CHUNK at a time. (With real = double,
- * narrowing goes through fp32 first; that double rounding only matters for
- * the fp64 test build.) */
-static int put_values(safetensors_writer *w, const real *v, int64_t n, safetensors_dtype dt,
-                      unsigned char *buf) {
-    size_t es = safetensors_dtype_size(dt);
-    if (dt == SAFETENSORS_F32 && sizeof(real) == 4)
-        return safetensors_writer_put(w, v, (size_t)n * 4);
-    for (int64_t i = 0; i < n; i += SAVE_CHUNK) {
-        int64_t k = n - i < SAVE_CHUNK ? n - i : SAVE_CHUNK;
-        for (int64_t j = 0; j < k; j++) {
-            float f = (float)v[i + j];
-            if (dt == SAFETENSORS_F32) {
-                memcpy(buf + 4 * j, &f, 4);
-            } else {
-                uint16_t h =
-                    dt == SAFETENSORS_BF16 ? safetensors_f32_to_bf16(f) : safetensors_f32_to_f16(f);
-                buf[2 * j] = (unsigned char)h;
-                buf[2 * j + 1] = (unsigned char)(h >> 8);
-            }
-        }
-        if (safetensors_writer_put(w, buf, (size_t)k * es) != 0) return -1;
-    }
-    return 0;
-}
-
-static int save_weights(const model *m, const char *path, safetensors_dtype dt) {
-    safetensors_entry *e = calloc((size_t)m->n_params, sizeof *e);
-    unsigned char *buf = malloc(SAVE_CHUNK * 4);
-    real *scratch = NULL;
-    int64_t cap = 0;
-    int rc = -1;
-    if (!e || !buf) {
-        err_set("out of memory saving %s", path);
-        goto out;
-    }
-    /* The tied lm_head is not in the table (it is wte), so it is not
-     * written, as save_pretrained leaves it out. */
-    for (int i = 0; i < m->n_params; i++) {
-        const model_param *p = &m->params[i];
-        e[i].name = p->name;
-        e[i].dtype = dt;
-        e[i].ndim = p->ndim;
-        disk_shape(p, e[i].shape);
-    }
-    static const char *const meta[] = {"format", "pt", NULL};
-    safetensors_writer *w;
-    if (safetensors_writer_open(&w, path, e, m->n_params, meta) != 0) goto out;
-    for (int i = 0; i < m->n_params; i++) {
-        const model_param *p = &m->params[i];
-        const real *v = p->data;
-        if (p->conv1d) {
-            if (grow(&scratch, &cap, p->numel) != 0) {
-                safetensors_writer_abort(w);
-                goto out;
-            }
-            transpose(scratch, p->data, p->shape[0], p->shape[1]); /* (out, in) -> (in, out) */
-            v = scratch;
-        }
-        if (put_values(w, v, p->numel, dt, buf) != 0) {
-            safetensors_writer_abort(w);
-            goto out;
-        }
-    }
-    rc = safetensors_writer_finish(w);
-out:
-    free(scratch);
-    free(buf);
-    free(e);
-    return rc;
-}
-
-int checkpoint_save(const model *m, const char *dir, const char *dtype) {
-    safetensors_dtype dt = SAFETENSORS_F32;
-    char weights[4096], config[4096];
-    if (dtype_from_name(dtype, &dt) != 0 || fio_mkdirs(dir, 0755) != 0 ||
-        fio_join(weights, sizeof weights, dir, "model.safetensors") != 0 ||
-        fio_join(config, sizeof config, dir, "config.json") != 0)
-        return err_context("saving model to %s", dir);
-    model_config cfg = m->cfg;
-    snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "%s", dtype);
-    /* Each file is replaced atomically; the weights go first so that a new
-     * directory without config.json is visibly unfinished. */
-    if (save_weights(m, weights, dt) != 0 || model_config_save(&cfg, config) != 0)
-        return err_context("saving model to %s", dir);
-    return 0;
 }

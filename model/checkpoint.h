@@ -33,9 +33,35 @@ int checkpoint_map(model **out, const char *dir, model_precision prec);
 /* Fills the parameters of an existing model from a weights directory (the
  * model's config decides which tensors and shapes are expected). */
 int checkpoint_load_weights(model *m, const char *dir);
-/* Writes DIR/config.json and DIR/model.safetensors (DIR is created if
- * needed); dtype is "float32", "bfloat16" or "float16" (round to nearest
- * even) and is recorded as config.json's torch_dtype. */
+/* transformers' default max_shard_size, "5GB". */
+#define CHECKPOINT_SHARD_BYTES 5000000000LL
+
+/* A change to some tensors on their way to the file (checkpoint_write): for
+ * each param touches says yes to, apply gets its values as real, in memory
+ * layout ((out, in) for a linear weight; zeros for a param with no values
+ * yet), to change in place. */
+typedef struct {
+    int (*touches)(void *ctx, const model_param *p);
+    int (*apply)(void *ctx, const model_param *p, real *values);
+    void *ctx;
+} checkpoint_edit;
+
+typedef struct {
+    const char *dtype;       /* "float32", "bfloat16" or "float16" (round to nearest even) */
+    int64_t max_shard_bytes; /* 0: CHECKPOINT_SHARD_BYTES */
+    const checkpoint_edit *edit; /* NULL: every tensor as it is */
+    int release; /* the model is not used after this: give a mapped file's pages back as its
+                    tensors are written (memory stays at a tensor, not the model) */
+} checkpoint_save_options;
+
+/* Writes DIR/config.json (torch_dtype = o->dtype) and the weights (DIR is
+ * created if needed): one model.safetensors, or shards of at most
+ * max_shard_bytes and model.safetensors.index.json as transformers writes
+ * them; the layout not written is removed. Tensors stream one at a time
+ * (checkpoint_save.c): only edited or converted ones are held whole, as
+ * real. */
+int checkpoint_write(const model *m, const char *dir, const checkpoint_save_options *o);
+/* checkpoint_write with every tensor as it is, in dtype. */
 int checkpoint_save(const model *m, const char *dir, const char *dtype);
 
 #endif

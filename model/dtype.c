@@ -137,6 +137,27 @@ void model_param_add(const model_param *p, int64_t off, int64_t n, real *acc) {
     }
 }
 
+void model_values_transpose(void *dst, const void *src, int64_t rows, int64_t cols, size_t es) {
+    /* 32x32 tiles, so that both sides stay in cache; elements are copied as
+     * bytes, so src may be unaligned (a mapped file's tensor). */
+    enum { TILE = 32 };
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    for (int64_t r0 = 0; r0 < rows; r0 += TILE)
+        for (int64_t c0 = 0; c0 < cols; c0 += TILE) {
+            int64_t r1 = r0 + TILE < rows ? r0 + TILE : rows;
+            int64_t c1 = c0 + TILE < cols ? c0 + TILE : cols;
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t c = c0; c < c1; c++)
+                    memcpy(d + (size_t)(c * rows + r) * es, s + (size_t)(r * cols + c) * es, es);
+        }
+}
+
+void model_param_disk_shape(const model_param *p, int64_t shape[2]) {
+    shape[0] = p->conv1d ? p->shape[1] : p->shape[0];
+    shape[1] = p->conv1d ? p->shape[0] : p->shape[1];
+}
+
 int64_t model_values_bytes(const model *m) {
     int64_t total = 0;
     for (int i = 0; i < m->n_params; i++)

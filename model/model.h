@@ -127,6 +127,12 @@ void model_param_add(const model_param *p, int64_t off, int64_t n, real *acc);
 void model_values_widen(model_dtype t, const void *src, int64_t n, real *dst);
 /* dst[0 .. n) = src rounded to bf16 (nearest, ties to even; NaN stays NaN). */
 void model_values_to_bf16(const real *src, int64_t n, uint16_t *dst);
+/* dst (cols, rows) = src (rows, cols)ᵀ, elements of es bytes (src may be
+ * unaligned). */
+void model_values_transpose(void *dst, const void *src, int64_t rows, int64_t cols, size_t es);
+/* p's shape in a checkpoint file: Conv1D weights (in, out), others as in
+ * memory. */
+void model_param_disk_shape(const model_param *p, int64_t shape[2]);
 /* Bytes of parameter values the model holds in memory (mapped or owned). */
 int64_t model_values_bytes(const model *m);
 

@@ -569,6 +569,21 @@ void safetensors_dir_close(safetensors_dir *d) {
     free(d);
 }
 
+void safetensors_dir_release(const safetensors_dir *d, const void *p, size_t n) {
+    if (!d || !n) return;
+    const unsigned char *a = p;
+    for (int i = 0; i < d->n_files; i++) {
+        const safetensors_file *f = d->files[i];
+        const unsigned char *m = f->map;
+        if (!m || a < m || a + n > m + f->map_len) continue;
+        void *start;
+        size_t len;
+        inner_pages(p, n, &start, &len);
+        if (len) (void)madvise(start, len, MADV_DONTNEED);
+        return;
+    }
+}
+
 int safetensors_dir_count(const safetensors_dir *d) {
     return d->n;
 }

@@ -117,6 +117,10 @@ void safetensors_dir_close(safetensors_dir *d);
 int safetensors_dir_count(const safetensors_dir *d);
 const safetensors_tensor *safetensors_dir_tensor_at(const safetensors_dir *d, int i);
 const safetensors_tensor *safetensors_dir_find(const safetensors_dir *d, const char *name);
+/* Gives back the memory of the whole pages of [p, p + n) when they lie in
+ * one of d's mapped files (safetensors_tensor_drop for any range of it);
+ * anything else is left alone. */
+void safetensors_dir_release(const safetensors_dir *d, const void *p, size_t n);
 
 /* ---- writing ----------------------------------------------------------------
  * The header is laid out first from the entries (offsets in the order given),

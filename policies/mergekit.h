@@ -29,6 +29,7 @@
 #define FL_POLICIES_MERGEKIT_H
 
 #include "lora/lora.h"
+#include "model/checkpoint.h"
 
 #include <stdint.h>
 
@@ -58,7 +59,27 @@ const char *mergekit_method_name(mergekit_method m);
 int mergekit_module(const mergekit_options *o, int K, int64_t n, real *tau, int module_index,
                     const char *name, real *delta);
 
-/* W += Δ for every module any of the K adapters (made for m) adapts. */
+/* W += Δ for every module any of the K adapters (made for m) adapts; m's
+ * weights must be writable (checkpoint_load). */
 int mergekit_merge(model *m, lora_set *const *sets, int K, const mergekit_options *o);
+
+/* The merge as an edit of checkpoint_write (model/checkpoint.h), for a base
+ * that is only read (a mapped bf16 checkpoint): each adapted weight gets
+ * W += Δ as it is written, the same Δ and bits as mergekit_merge, one
+ * module's task vectors in memory at a time. Checks the options and the
+ * adapters' shapes first. f holds what the edit refers to; it, the sets
+ * and o must outlive the writing. */
+typedef struct {
+    const model *m;
+    lora_set *const *sets;
+    int K;
+    const mergekit_options *o;
+    model_param *w;   /* scratch of the walk over modules */
+    real *values;     /* the tensor being written, or NULL */
+    const char *want; /* the module path being looked for */
+    int found;
+} mergekit_fold;
+int mergekit_edit(const model *m, lora_set *const *sets, int K, const mergekit_options *o,
+                  mergekit_fold *f, checkpoint_edit *e);
 
 #endif
