@@ -12,46 +12,85 @@
 
 static const char *usage_text =
     "usage: fedlora init-model --arch llama|gpt2 --preset tiny|small|100m|124m --out DIR\n"
+    "       fedlora init-model --config config.json --out DIR\n"
     "                          [--seed N] [--dtype float32|bfloat16|float16]\n"
+    "                          [--initializer-range STD]\n"
     "\n"
-    "Writes config.json, model.safetensors and a byte-level tokenizer.json to DIR, a model\n"
-    "that Hugging Face transformers loads as is. Weights follow transformers' own\n"
-    "initialisation (normal(0, 0.02), norms 1, biases 0), deterministic for a seed.\n";
+    "Writes config.json, the weights and a byte-level tokenizer.json to DIR, a model that\n"
+    "Hugging Face transformers loads as is. --config takes any supported Hugging Face\n"
+    "config.json (a real model's shape, e.g. an 8B Llama) instead of a preset. Weights\n"
+    "follow transformers' own initialisation (normal(0, initializer_range), norms 1,\n"
+    "biases 0), deterministic for a seed; they are written tensor by tensor (memory: the\n"
+    "largest tensor), in shards with an index past 5 GB as transformers writes them.\n"
+    "--dtype defaults to the config's torch_dtype (float32 for a preset).\n";
+
+typedef struct {
+    const model_config *cfg;
+    uint64_t state;
+} init_ctx;
+
+static int init_touches(void *ctx, const model_param *p) {
+    return 1;
+}
+
+/* Called for the params in table order, so the draws are model_init_random's. */
+static int init_apply(void *ctx, const model_param *p, real *v) {
+    init_ctx *c = ctx;
+    model_init_param(c->cfg, p, &c->state, v);
+    return 0;
+}
 
 int cmd_init_model(int argc, char **argv) {
-    const char *arch = NULL, *preset = NULL, *out = NULL, *dtype = "float32", *seed_s = "0";
+    const char *arch = NULL, *preset = NULL, *config = NULL, *out = NULL, *dtype = NULL,
+               *seed_s = "0", *range_s = NULL;
     opts_spec spec[] = {
-        {"arch", &arch}, {"preset", &preset}, {"out", &out}, {"seed", &seed_s}, {"dtype", &dtype},
+        {"arch", &arch},
+        {"preset", &preset},
+        {"config", &config},
+        {"out", &out},
+        {"seed", &seed_s},
+        {"dtype", &dtype},
+        {"initializer-range", &range_s},
     };
     int rc = opts_parse(argc, argv, spec, sizeof spec / sizeof spec[0], usage_text);
     if (rc >= 0) return rc;
-    if (!arch || !preset || !out) return opts_missing(usage_text, "--arch, --preset and --out");
+    if (!out || (config ? arch || preset : !arch || !preset))
+        return opts_missing(usage_text, "--out and either --arch and --preset, or --config");
     long long seed;
-    if (opts_int(seed_s, "--seed", 0, (long long)1 << 62, &seed) != 0) return opts_fail();
+    double range = 0;
+    if (opts_int(seed_s, "--seed", 0, (long long)1 << 62, &seed) != 0 ||
+        (range_s && opts_double(range_s, "--initializer-range", 0, 10, &range) != 0))
+        return opts_fail();
 
     model_config cfg;
     model *m = NULL;
-    if (model_config_preset(&cfg, arch, preset) != 0) return opts_fail();
+    if (config ? model_config_load(&cfg, config) != 0
+               : model_config_preset(&cfg, arch, preset) != 0)
+        return opts_fail();
+    if (range_s) cfg.initializer_range = range;
+    if (!dtype) dtype = config ? cfg.torch_dtype : "float32";
     /* The byte-level tokenizer owns ids 0..255; its end-of-text token, the
-     * model's bos and eos, comes right after them unless the preset's
-     * vocabulary has its own place for it (GPT-2's 50256). */
+     * model's bos and eos, comes right after them unless the vocabulary has
+     * its own place for it (GPT-2's 50256, Llama 3's 128001). */
     if (cfg.eos_token_id < 256) cfg.bos_token_id = cfg.eos_token_id = 256;
-    if (model_create(&m, &cfg) != 0) return opts_fail();
-    model_init_random(m, (uint64_t)seed);
     if (fio_exists(out) && !fio_dir_empty(out)) {
-        model_free(m);
         fprintf(stderr,
                 "fedlora init-model: %s already exists and is not empty; choose a new "
                 "--out directory (nothing was written)\n",
                 out);
         return 1;
     }
-    if (checkpoint_save(m, out, dtype) != 0 || cli_write_tokenizer(out, &cfg) != 0) {
+    /* The table only: values are drawn as each tensor is written. */
+    if (model_create_unfilled(&m, &cfg) != 0) return opts_fail();
+    init_ctx ic = {&cfg, model_init_state((uint64_t)seed)};
+    checkpoint_edit init = {.touches = init_touches, .apply = init_apply, .ctx = &ic};
+    checkpoint_save_options so = {.dtype = dtype, .edit = &init};
+    if (checkpoint_write(m, out, &so) != 0 || cli_write_tokenizer(out, &cfg) != 0) {
         model_free(m);
         return opts_fail();
     }
-    printf("wrote %s: %s-%s, %lld parameters, %s, seed %lld\n", out, arch, preset,
-           model_config_num_params(&cfg), dtype, seed);
+    printf("wrote %s: %s%s%s, %lld parameters, %s, seed %lld\n", out, config ? config : arch,
+           config ? "" : "-", config ? "" : preset, model_config_num_params(&cfg), dtype, seed);
     model_free(m);
     return 0;
 }

@@ -92,7 +92,9 @@ static int load_param(model_param *p, const safetensors_tensor *t, real **scratc
     if (!p->conv1d) return to_real(t, p->data);
     if (p->numel > *cap) {
         real *b = realloc(*scratch, (size_t)p->numel * sizeof(real));
-        if (!b) return err_set("out of memory for a %lld-element conversion buffer", (long long)p->numel);
+        if (!b)
+            return err_set("out of memory for a %lld-element conversion buffer",
+                           (long long)p->numel);
         *scratch = b;
         *cap = p->numel;
     }

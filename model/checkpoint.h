@@ -47,8 +47,8 @@ typedef struct {
 } checkpoint_edit;
 
 typedef struct {
-    const char *dtype;       /* "float32", "bfloat16" or "float16" (round to nearest even) */
-    int64_t max_shard_bytes; /* 0: CHECKPOINT_SHARD_BYTES */
+    const char *dtype;           /* "float32", "bfloat16" or "float16" (round to nearest even) */
+    int64_t max_shard_bytes;     /* 0: CHECKPOINT_SHARD_BYTES */
     const checkpoint_edit *edit; /* NULL: every tensor as it is */
     int release; /* the model is not used after this: give a mapped file's pages back as its
                     tensors are written (memory stays at a tensor, not the model) */

@@ -30,7 +30,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SAVE_CHUNK 65536          /* values converted per write */
+#define SAVE_CHUNK 65536             /* values converted per write */
 #define RAW_CHUNK ((size_t)64 << 20) /* bytes copied per write when nothing changes */
 
 static int dtype_from_name(const char *s, safetensors_dtype *out) {
@@ -86,7 +86,7 @@ typedef struct {
     unsigned char *buf; /* SAVE_CHUNK values of any dtype */
     real *vals;         /* one tensor as real, grown as needed */
     int64_t vals_cap;
-    void *raw;          /* one Conv1D tensor transposed in its dtype */
+    void *raw; /* one Conv1D tensor transposed in its dtype */
     size_t raw_cap;
 } saver;
 
@@ -263,7 +263,8 @@ int checkpoint_write(const model *m, const char *dir, const checkpoint_save_opti
         if (write_shard(&sv, path, first, last) != 0) goto out;
         first = last;
     }
-    if ((n > 1 && write_index(m, dir, shard, n, total) != 0) || remove_other_layout(dir, n > 1) != 0)
+    if ((n > 1 && write_index(m, dir, shard, n, total) != 0) ||
+        remove_other_layout(dir, n > 1) != 0)
         goto out;
     model_config cfg = m->cfg;
     snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "%s", o->dtype);

@@ -192,24 +192,30 @@ static int ends_with(const char *s, const char *suffix) {
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-void model_init_random(model *m, uint64_t seed) {
-    uint64_t s = seed ^ 0x66656c6f7261ull; /* "fedlora" */
-    double std = m->cfg.initializer_range > 0 ? m->cfg.initializer_range : 0.02;
-    for (int i = 0; i < m->n_params; i++) {
-        model_param *p = &m->params[i];
-        int is_norm = strstr(p->name, "norm") || strstr(p->name, "ln_");
-        if (ends_with(p->name, ".bias")) {
-            memset(p->data, 0, (size_t)p->numel * sizeof(real));
-        } else if (is_norm) {
-            for (int64_t j = 0; j < p->numel; j++) p->data[j] = 1;
-        } else {
-            double sd = std;
-            /* GPT-2 paper §2.3: residual projections scaled by 1/sqrt(2L). */
-            if (m->cfg.arch == MODEL_ARCH_GPT2 && ends_with(p->name, "c_proj.weight"))
-                sd = std / sqrt(2.0 * m->cfg.num_layers);
-            for (int64_t j = 0; j < p->numel; j++) p->data[j] = (real)(sd * normal(&s));
-        }
+uint64_t model_init_state(uint64_t seed) {
+    return seed ^ 0x66656c6f7261ull; /* "fedlora" */
+}
+
+void model_init_param(const model_config *cfg, const model_param *p, uint64_t *s, real *v) {
+    double std = cfg->initializer_range > 0 ? cfg->initializer_range : 0.02;
+    int is_norm = strstr(p->name, "norm") || strstr(p->name, "ln_");
+    if (ends_with(p->name, ".bias")) {
+        memset(v, 0, (size_t)p->numel * sizeof(real));
+    } else if (is_norm) {
+        for (int64_t j = 0; j < p->numel; j++) v[j] = 1;
+    } else {
+        double sd = std;
+        /* GPT-2 paper §2.3: residual projections scaled by 1/sqrt(2L). */
+        if (cfg->arch == MODEL_ARCH_GPT2 && ends_with(p->name, "c_proj.weight"))
+            sd = std / sqrt(2.0 * cfg->num_layers);
+        for (int64_t j = 0; j < p->numel; j++) v[j] = (real)(sd * normal(s));
     }
+}
+
+void model_init_random(model *m, uint64_t seed) {
+    uint64_t s = model_init_state(seed);
+    for (int i = 0; i < m->n_params; i++)
+        model_init_param(&m->cfg, &m->params[i], &s, m->params[i].data);
 }
 
 int model_param_want_grad(model_param *p) {

@@ -149,6 +149,12 @@ model_param *model_find_param(const model *m, const char *name);
  * embedding weights (GPT-2's c_proj scaled by 1/sqrt(2L)), zeros for biases,
  * ones for norm weights. Deterministic for a seed. */
 void model_init_random(model *m, uint64_t seed);
+/* The same, one param at a time, for writing a model too large to hold
+ * (init-model streams it): the draws continue the state *s, which starts at
+ * model_init_state(seed); params in table order give model_init_random's
+ * values. v holds p's numel values, in memory layout. */
+uint64_t model_init_state(uint64_t seed);
+void model_init_param(const model_config *cfg, const model_param *p, uint64_t *s, real *v);
 /* Asks for the gradient of p (allocates a zeroed grad buffer). A param held
  * in another dtype first gets a writable `real` copy of its values. */
 int model_param_want_grad(model_param *p);
