@@ -8,7 +8,9 @@
  * gradient accumulation, warmup + cosine, held-out evaluations, and more
  * steps than the data has rows (a second epoch, reshuffled). The killed run
  * is started as a real `fedlora train`; the test polls for its first
- * checkpoint and kills it at once, while ~110 of its 120 steps remain. */
+ * checkpoint and kills it at once, while ~110 of its 120 steps remain.
+ * Both precisions: fp32, and bf16 where the CPU multiplies it (oneDNN). */
+#include "model/cpu/cpu.h"
 #include "tests/train/train_util.h"
 
 #include <time.h>
@@ -17,12 +19,15 @@ static char base[TU_PATH], data[TU_PATH];
 
 #define STEPS "120"
 
+static const char *precision;
+
 static void train_args(const char **args, const char *out, const char *resume) {
-    const char *a[] = {tu_bin(),       "train", "--model",      base,  "--data",    data,
-                       "--out",        out,     "--steps",      STEPS, "--seq",     "32",
-                       "--batch",      "2",     "--grad-accum", "2",   "--lr",      "5e-3",
-                       "--warmup",     "10",    "--dropout",    "0.1", "--targets", "all-linear",
-                       "--save-every", "10",    "--eval-every", "50",  "--seed",    "9"};
+    const char *a[] = {tu_bin(),       "train",  "--model",      base,  "--data",    data,
+                       "--out",        out,      "--steps",      STEPS, "--seq",     "32",
+                       "--batch",      "2",      "--grad-accum", "2",   "--lr",      "5e-3",
+                       "--warmup",     "10",     "--dropout",    "0.1", "--targets", "all-linear",
+                       "--save-every", "10",     "--eval-every", "50",  "--seed",    "9",
+                       "--precision",  precision};
     int n = (int)(sizeof a / sizeof a[0]);
     memcpy(args, a, sizeof a);
     if (resume) {
@@ -50,23 +55,18 @@ static char *metrics_untimed(const char *out) {
     return text;
 }
 
-int main(void) {
-    CHECK_OK(tu_init());
-    CHECK_OK(tu_make_model(tu_path(base, "base"), "llama", 0.1, 4, NULL));
-    char path[TU_PATH];
-    char *text = tu_read(tu_corpus(path, "mixed.txt"), NULL);
-    CHECK_MSG(text != NULL, "cannot read %s", path);
-    CHECK_OK(tu_write(tu_path(data, "mixed.txt"), text ? text : ""));
-    free(text);
-
+static void scenario(void) {
+    printf("precision %s\n", precision);
     /* The uninterrupted run. */
-    char whole[TU_PATH], killed[TU_PATH];
+    char whole[TU_PATH], killed[TU_PATH], name[64];
     const char *args[64];
-    train_args(args, tu_path(whole, "whole"), NULL);
-    CHECK_RUN_OK(tu_run_v("whole", args), "whole");
+    snprintf(name, sizeof name, "whole_%s", precision);
+    train_args(args, tu_path(whole, name), NULL);
+    CHECK_RUN_OK(tu_run_v(name, args), name);
 
     /* The same run, killed once its first checkpoint is complete. */
-    tu_path(killed, "killed");
+    snprintf(name, sizeof name, "killed_%s", precision);
+    tu_path(killed, name);
     char latest[TU_PATH];
     tu_in(latest, killed, "checkpoint/latest");
     train_args(args, killed, NULL);
@@ -104,8 +104,9 @@ int main(void) {
     /* Resumed from the last checkpoint (via checkpoint/latest). */
     char ckpt[TU_PATH];
     train_args(args, killed, tu_in(ckpt, killed, "checkpoint"));
-    CHECK_RUN_OK(tu_run_v("resumed", args), "resumed");
-    char *log = tu_output("resumed", "err");
+    snprintf(name, sizeof name, "resumed_%s", precision);
+    CHECK_RUN_OK(tu_run_v(name, args), name);
+    char *log = tu_output(name, "err");
     CHECK(log && strstr(log, "resuming from"));
     free(log);
 
@@ -123,6 +124,24 @@ int main(void) {
               ma ? ma : "", mb ? mb : "");
     free(ma);
     free(mb);
+}
+
+int main(void) {
+    CHECK_OK(tu_init());
+    CHECK_OK(tu_make_model(tu_path(base, "base"), "llama", 0.1, 4, NULL));
+    char path[TU_PATH];
+    char *text = tu_read(tu_corpus(path, "mixed.txt"), NULL);
+    CHECK_MSG(text != NULL, "cannot read %s", path);
+    CHECK_OK(tu_write(tu_path(data, "mixed.txt"), text ? text : ""));
+    free(text);
+    precision = "fp32";
+    scenario();
+    if (cpu_bf16_check() == 0) {
+        precision = "bf16";
+        scenario();
+    } else {
+        printf("bf16 not run: %s\n", err_msg());
+    }
     tu_cleanup();
     return check_finish();
 }
