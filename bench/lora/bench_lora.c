@@ -1,6 +1,11 @@
 /* bench_lora — LoRA training tokens/s and peak memory of the CPU backend.
  *
  *   bench_lora --arch gpt2|llama --preset 124m|100m [--rank R --batch B --seq T --steps N]
+ *              [--precision fp32|bf16]
+ *
+ * fp32: the model in fp32 memory, fp32 GEMMs (OpenBLAS). bf16: the model as
+ * a user holds a bf16 checkpoint (mapped, 2 bytes a weight) and the frozen
+ * GEMMs in bf16 with fp32 sums (oneDNN), the rest in fp32.
  *
  * One step is what lora/trainer.c does per optimizer step: zero the adapter's
  * gradients, forward and backward with the adapters attached (no gradient
@@ -11,11 +16,20 @@
  *
  * Peak memory is the process's ru_maxrss (getrusage) at the end: the
  * weights, the activations, the adapter and its optimizer state, and
- * everything else the process holds. */
+ * everything else the process holds.
+ *
+ * Also printed: the GEMM peak of the precision on this machine, measured in
+ * the same process (a (B·T, C) x (C, 4C) product, the shape of an MLP's
+ * first linear, repeated), and the share of it the training step reaches,
+ * counting 4N FLOPs per token for the N weights the step multiplies by
+ * (forward and the backward to the inputs; no weight gradients) and
+ * 6·T·H·D per token and layer for causal attention (forward 2 products,
+ * backward 4, over half the T x T scores). */
 #include "bench/bench.h"
 #include "bench/bench_lora_model.h"
 #include "lora/adamw.h"
 #include "lora/lora.h"
+#include "model/cpu/cpu.h"
 #include "model/model.h"
 #include "util/err.h"
 
@@ -31,8 +45,55 @@ static int fail(void) {
     return 1;
 }
 
+/* GFLOP/s of the precision's GEMM on an (M, C) x (C, 4C) product (best of
+ * 5 after a warm-up): what a step could reach if it were all GEMMs. */
+static double gemm_peak(int bf16, int M, int C) {
+    int N = 4 * C;
+    real *a = calloc((size_t)M * C, sizeof *a), *c = calloc((size_t)M * N, sizeof *c);
+    void *w = calloc((size_t)N * C, bf16 ? 2 : sizeof(real));
+    uint64_t r = 7;
+    for (int64_t i = 0; a && i < (int64_t)M * C; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        a[i] = (real)((r >> 40) & 0xffff) / 65536.0f - 0.5f;
+    }
+    for (int64_t i = 0; w && i < (int64_t)N * C; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        real v = (real)((r >> 40) & 0xffff) / 65536.0f - 0.5f;
+        if (bf16)
+            model_values_to_bf16(&v, 1, (uint16_t *)w + i);
+        else
+            ((real *)w)[i] = v;
+    }
+    double best = 1e30;
+    for (int it = 0; a && c && w && it < 6; it++) {
+        double t0 = bench_now();
+        if (bf16) {
+            if (cpu_bf16_gemm(1, M, N, C, a, C, w, 0, c, N) != 0) break;
+        } else {
+            cpu_gemm(0, 1, M, N, C, 1, a, C, w, C, 0, c, N);
+        }
+        double dt = bench_now() - t0;
+        if (it > 0 && dt < best) best = dt;
+    }
+    free(a);
+    free(c);
+    free(w);
+    return 2.0 * M * N * C / best / 1e9;
+}
+
+/* Weights of the products a token passes through: every linear and the LM
+ * head (the embedding is a lookup). */
+static double frozen_matmul_params(const model *m) {
+    double n = 0;
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i].ndim == 2 && &m->params[i] != m->wte && &m->params[i] != m->wpe)
+            n += (double)m->params[i].numel;
+    if (m->lm_head == m->wte) n += (double)m->wte->numel;
+    return n;
+}
+
 int main(int argc, char **argv) {
-    const char *arch = "gpt2", *preset = "124m";
+    const char *arch = "gpt2", *preset = "124m", *precision = "fp32";
     int rank = 16, B = 4, T = 256, steps = 3;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--arch"))
@@ -47,6 +108,8 @@ int main(int argc, char **argv) {
             T = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--steps"))
             steps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--precision"))
+            precision = argv[i + 1];
         else {
             fprintf(stderr, "bench_lora: unknown option %s\n", argv[i]);
             return 2;
@@ -61,7 +124,14 @@ int main(int argc, char **argv) {
     model_acts *a = NULL;
     lora_set *s = NULL;
     adamw *opt = NULL;
-    if (model_config_preset(&cfg, arch, preset) != 0 || bench_lora_model(&cfg, rank, &m, &s) != 0 ||
+    int bf16 = !strcmp(precision, "bf16");
+    if (!bf16 && strcmp(precision, "fp32") != 0) {
+        fprintf(stderr, "bench_lora: --precision must be fp32 or bf16\n");
+        return 2;
+    }
+    if (model_config_preset(&cfg, arch, preset) != 0 ||
+        (bf16 ? bench_lora_model_bf16(&cfg, rank, MODEL_PRECISION_BF16, &m, &s)
+              : bench_lora_model(&cfg, rank, &m, &s)) != 0 ||
         lora_want_grads(s) != 0 || lora_reserve(s, B * T) != 0 || lora_attach(s, m) != 0 ||
         model_acts_create(&a, m, B, T) != 0)
         return fail();
@@ -98,10 +168,16 @@ int main(int argc, char **argv) {
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("fedlora %s-%s threads=%d B=%d T=%d r=%d modules=%d trainable=%lld loss=%.4f "
-           "tokens/s=%.1f peak_rss_mib=%.0f\n",
-           arch, preset, omp_get_max_threads(), B, T, rank, s->n_modules,
-           (long long)lora_num_params(s), loss, B * T / best, ru.ru_maxrss / 1024.0);
+    double peak = gemm_peak(bf16, B * T, cfg.hidden_size);
+    double flops =
+        4.0 * frozen_matmul_params(m) + 6.0 * T * cfg.num_layers * cfg.num_heads * cfg.head_dim;
+    double achieved = flops * B * T / best / 1e9;
+    printf("fedlora %s-%s precision=%s threads=%d B=%d T=%d r=%d modules=%d trainable=%lld "
+           "loss=%.4f tokens/s=%.1f peak_rss_mib=%.0f gemm_peak_gflops=%.1f step_gflops=%.1f "
+           "share_of_peak=%.2f\n",
+           arch, preset, precision, omp_get_max_threads(), B, T, rank, s->n_modules,
+           (long long)lora_num_params(s), loss, B * T / best, ru.ru_maxrss / 1024.0, peak, achieved,
+           achieved / peak);
     adamw_free(opt);
     lora_free(s);
     model_acts_free(a);

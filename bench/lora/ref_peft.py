@@ -6,6 +6,11 @@ target_modules="all-linear" (every linear layer of the blocks), and one
 training step as a PEFT user writes it: forward with labels, backward,
 torch.optim.AdamW.step, zero_grad. Peak memory is the process's ru_maxrss.
 
+--precision bf16 is what a CPU user does with a bf16 checkpoint: the base
+model in bf16 (as from_pretrained(torch_dtype=torch.bfloat16) loads it; the
+LoRA weights stay fp32, PEFT's autocast_adapter_dtype default), and the
+forward and backward under torch.autocast("cpu", dtype=torch.bfloat16).
+
     python3 bench/lora/ref_peft.py --arch gpt2 --preset 124m --batch 4 --seq 256 --threads 2
 """
 import argparse
@@ -31,11 +36,15 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     a = ap.parse_args()
+    bf16 = a.precision == "bf16"
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     base, cfg = hf_model(a.arch, a.preset)
     base.config.use_cache = False
+    if bf16:
+        base = base.to(torch.bfloat16)
     lcfg = peft.LoraConfig(r=a.rank, lora_alpha=2 * a.rank, target_modules="all-linear",
                            lora_dropout=0.0, task_type="CAUSAL_LM")
     model = peft.get_peft_model(base, lcfg)
@@ -46,7 +55,8 @@ def main():
     best = float("inf")
     for it in range(a.steps + 1):
         t0 = time.perf_counter()
-        out = model(input_ids=tokens, labels=tokens)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=tokens, labels=tokens)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
@@ -56,7 +66,7 @@ def main():
             best = min(best, dt)
     n = sum(p.numel() for p in trainable)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"pytorch+peft {a.arch}-{a.preset} threads={a.threads} B={a.batch} T={a.seq} "
+    print(f"pytorch+peft {a.arch}-{a.preset} precision={a.precision} threads={a.threads} B={a.batch} T={a.seq} "
           f"r={a.rank} trainable={n} loss={out.loss.item():.4f} "
           f"tokens/s={a.batch * a.seq / best:.1f} peak_rss_mib={rss:.0f} "
           f"torch={torch.__version__} transformers={transformers.__version__} "

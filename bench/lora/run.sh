@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # LoRA training (r=16, all linear layers) tokens/s and peak memory, fedlora's
-# CPU backend vs PyTorch + PEFT, same shapes, same threads, one run.
+# CPU backend vs PyTorch + PEFT, same shapes, same threads, one run, in fp32
+# (both sides fp32) and bf16 (fedlora --precision bf16 on a bf16 checkpoint
+# vs PyTorch + PEFT with the base in bf16 under torch.autocast("cpu",
+# dtype=torch.bfloat16)); bf16 rows only where oneDNN multiplies bf16.
 # Usage: bench/lora/run.sh [BUILD_DIR] [THREADS]
 set -euo pipefail
 build=${1:-build}
@@ -8,14 +11,19 @@ threads=${2:-2}
 here=$(dirname "$0")
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads
 field() { sed -n "s|.*$1=\([0-9.]*\).*|\1|p" <<<"$2"; }
-for spec in "gpt2 124m" "llama 100m"; do
-  set -- $spec
-  f=$("$build/bench/lora/bench_lora" --arch "$1" --preset "$2" --rank 16 --batch 4 --seq 256)
-  echo "$f"
-  p=$(python3 "$here/ref_peft.py" --arch "$1" --preset "$2" --rank 16 --batch 4 --seq 256 \
-        --threads "$threads" 2>/dev/null)
-  echo "$p"
-  awk -v a="$(field tokens/s "$f")" -v b="$(field tokens/s "$p")" \
-      -v c="$(field peak_rss_mib "$f")" -v d="$(field peak_rss_mib "$p")" -v n="$1-$2" \
-      'BEGIN { printf "%s: speed fedlora/pytorch+peft = %.2fx, memory = %.2fx\n", n, a / b, c / d }'
+for precision in fp32 bf16; do
+  for spec in "gpt2 124m" "llama 100m"; do
+    set -- $spec
+    if ! f=$("$build/bench/lora/bench_lora" --arch "$1" --preset "$2" --rank 16 --batch 4 \
+             --seq 256 --precision "$precision"); then
+      echo "$1-$2 $precision: not run here"; continue
+    fi
+    echo "$f"
+    p=$(python3 "$here/ref_peft.py" --arch "$1" --preset "$2" --rank 16 --batch 4 --seq 256 \
+          --threads "$threads" --precision "$precision" 2>/dev/null)
+    echo "$p"
+    awk -v a="$(field tokens/s "$f")" -v b="$(field tokens/s "$p")" \
+        -v c="$(field peak_rss_mib "$f")" -v d="$(field peak_rss_mib "$p")" -v n="$1-$2 $precision" \
+        'BEGIN { printf "%s: speed fedlora/pytorch+peft = %.2fx, memory = %.2fx\n", n, a / b, c / d }'
+  done
 done
