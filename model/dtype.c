@@ -95,6 +95,41 @@ void model_values_to_bf16(const real *src, int64_t n, uint16_t *dst) {
     to_bf16(src, n, dst);
 }
 
+/* The public random bits of stochastic rounding: SplitMix64's finalizer
+ * (Steele et al. 2014) over the key and the element's index, so that any
+ * machine draws the same bit pattern for the same element. */
+static inline uint64_t sr_bits(uint64_t key, uint64_t index) {
+    uint64_t z = key + (index + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* x's fp32 bits u = (t << 16) | r: t is x truncated to bf16 (toward zero)
+ * and r/65536 how far x lies from t towards the next bf16 away from zero,
+ * exactly (within a binade both grids are uniform). Rounding away with
+ * probability r/65536 makes E[bf16(x)] = x: small updates survive in
+ * expectation, where round-to-nearest drops every one below half an ulp. */
+CPU_CLONES static void to_bf16_sr(const real *src, int64_t n, uint64_t key, int64_t first,
+                                  uint16_t *dst) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) {
+        float f = (float)src[i];
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        uint32_t r = u & 0xffffu, t = u >> 16;
+        uint32_t draw = (uint32_t)(sr_bits(key, (uint64_t)(first + i)) >> 48);
+        uint32_t nan = t | 0x40u;
+        uint32_t out = t + (draw < r ? 1u : 0u);
+        dst[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : out);
+    }
+}
+
+void model_values_to_bf16_stochastic(const real *src, int64_t n, uint64_t key, int64_t first,
+                                     uint16_t *dst) {
+    to_bf16_sr(src, n, key, first, dst);
+}
+
 void model_param_read(const model_param *p, int64_t off, int64_t n, real *out) {
     const unsigned char *v = p->values;
     if (p->dtype == MODEL_DTYPE_REAL) {

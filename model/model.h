@@ -121,6 +121,14 @@ const char *model_dtype_name(model_dtype t);
 /* out[0 .. n) = values [off, off + n) of p widened to real (exact for every
  * dtype but F64 → fp32). The one place that reads another dtype's bits. */
 void model_param_read(const model_param *p, int64_t off, int64_t n, real *out);
+/* dst[0 .. n) = src rounded to bf16 stochastically: each value goes to one
+ * of its two bf16 neighbours with probabilities that make the expected
+ * result the value itself (unbiased), the draw for element first + i a
+ * public function of (key, first + i), the same on every machine. Used for
+ * versions of a bf16 base, where nearest rounding would drop every update
+ * below half an ulp (docs/formats.md, "bf16 versions"). NaN stays NaN. */
+void model_values_to_bf16_stochastic(const real *src, int64_t n, uint64_t key, int64_t first,
+                                     uint16_t *dst);
 /* acc[0 .. n) += values [off, off + n) of p. */
 void model_param_add(const model_param *p, int64_t off, int64_t n, real *acc);
 /* dst[0 .. n) = src's n values of dtype t, widened to real (exact). */

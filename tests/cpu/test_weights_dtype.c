@@ -393,8 +393,79 @@ static void check_streamed_merges(void) {
     }
 }
 
+static float widen1(uint16_t h) {
+    real v;
+    model_values_widen(MODEL_DTYPE_BF16, &h, 1, &v);
+    return (float)v;
+}
+
+/* Stochastic rounding to bf16: exact values stay, the expected result is the
+ * value, the draws are a function of (key, index), and 200 rounds of
+ * updates of 0.3 ulp each (every one below half an ulp, all of which
+ * nearest rounding drops) end close to the fp32 accumulation. */
+static void check_stochastic_rounding(void) {
+    enum { N = 4096, ROUNDS = 200 };
+    real *x = malloc(sizeof *x * N), *acc = malloc(sizeof *acc * N);
+    uint16_t *a = malloc(sizeof *a * N), *b = malloc(sizeof *b * N), *rne = malloc(sizeof *rne * N);
+    uint64_t s = 3;
+    for (int i = 0; i < N; i++) {
+        uint16_t h = bf16_of((float)(1 + 0.999 * (tiny_uniform(&s) + 1) / 2)); /* [1, 2) */
+        a[i] = rne[i] = h;
+        x[i] = widen1(h);
+    }
+    model_values_to_bf16_stochastic(x, N, 77, 0, b);
+    CHECK_MSG(!memcmp(a, b, sizeof *a * N), "exact bf16 values were changed");
+    /* unbiased: 0.3 ulp above a grid point rounds up 30 % of the time */
+    const float ulp = 1.0f / 128; /* in [1, 2) */
+    for (int i = 0; i < N; i++) x[i] = widen1(a[i]) + 0.3f * ulp;
+    int up = 0;
+    for (int k = 0; k < 25; k++) {
+        model_values_to_bf16_stochastic(x, N, 1000 + (uint64_t)k, 0, b);
+        for (int i = 0; i < N; i++) up += b[i] != a[i];
+    }
+    double frac = up / (25.0 * N);
+    printf("stochastic rounding: %.4f of 0.3-ulp values rounded up\n", frac);
+    CHECK_MSG(fabs(frac - 0.3) < 0.01, "rounded up %.4f of the time, want 0.3", frac);
+    model_values_to_bf16_stochastic(x, N, 5, 10, a);
+    model_values_to_bf16_stochastic(x + 10, N - 10, 5, 20, b);
+    CHECK_MSG(!memcmp(a + 10, b, sizeof *a * (N - 10)), "draws depend on more than (key, index)");
+    model_values_to_bf16_stochastic(x, N, 6, 10, b);
+    CHECK_MSG(memcmp(a, b, sizeof *a * N) != 0, "another key drew the same pattern");
+    /* 200 rounds of +0.3 ulp */
+    for (int i = 0; i < N; i++) {
+        a[i] = bf16_of(widen1(rne[i]));
+        acc[i] = widen1(rne[i]);
+    }
+    for (int r = 0; r < ROUNDS; r++) {
+        for (int i = 0; i < N; i++) {
+            float d = 0.3f * ulp;
+            acc[i] += d;
+            x[i] = widen1(a[i]) + d;
+        }
+        model_values_to_bf16_stochastic(x, N, 0xabcdull * (uint64_t)(r + 1), 0, a);
+        for (int i = 0; i < N; i++) x[i] = widen1(rne[i]) + 0.3f * ulp;
+        model_values_to_bf16(x, N, rne);
+    }
+    double mean = 0, rms = 0, rne_err = 0;
+    for (int i = 0; i < N; i++) {
+        double e = (widen1(a[i]) - acc[i]) / ulp;
+        mean += e / N;
+        rms += e * e / N;
+        rne_err += fabs(widen1(rne[i]) - acc[i]) / ulp / N;
+    }
+    rms = sqrt(rms);
+    printf("%d rounds of +0.3 ulp (60 ulp in all): stochastic rounding off by %.3f ulp on "
+           "average (rms %.2f), nearest rounding by %.1f\n",
+           ROUNDS, mean, rms, rne_err);
+    CHECK_MSG(fabs(mean) < 0.5 && rms < 12, "stochastic rounding drifted: mean %.3f, rms %.2f",
+              mean, rms);
+    CHECK_MSG(rne_err > 50, "nearest rounding was expected to lose the updates (%.1f)", rne_err);
+    free(x), free(acc), free(a), free(b), free(rne);
+}
+
 int main(void) {
     omp_set_num_threads(2);
+    check_stochastic_rounding();
     check_wgemm();
     check_mapped();
     check_sharding();
