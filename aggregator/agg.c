@@ -1,19 +1,11 @@
 /* agg — round state machine, journal replay, request handling, serving loop.
  *
- * Journal records (journal.h adds the checksum), in the order they happen:
- *
- *   init <consortium hex> <version hex>          the first round's base, imported
- *   open <r> <version hex> <deadline>            round r trains on that version
- *   accept <r> <member> <msgid hex> <digest hex> <bytes> <time>
- *                                                a delta is in the inbox, durably
- *   close <r> <n>                                no more submissions; n accepted
- *   publish <r> <version hex> [<update hex> <bytes>]
- *                                                round r's model is in the store,
- *                                                and its low-rank update (from
- *                                                round r's base) when it has one
- *   fail <r> <reason>                            round r ends with no new version
- *   roster <version> <sha256 hex>                a signed roster version is in force
- *                                                from here on (members.h)
+ * The journal (journal.h lists its records) is the one source of the round's
+ * state: every transition is a journal_record, appended (and fsync'd) and
+ * then applied to the in-memory state by apply(), the same function that
+ * replays the journal at start, as Redis replays its append-only file
+ * through the code that serves live commands. So a transition is written
+ * once, and a restart rebuilds exactly the state the live process had.
  *
  * With a policy file (config "policy", hooks.h) that enables DP-FedAvg, the
  * noise of round r comes from a ChaCha20 key written to STATE/noise/r<r>.key
@@ -24,11 +16,12 @@
  * accountant is rebuilt from the journal (one sampled Gaussian round per
  * publish record) and no round opens that would take ε above the budget.
  *
- * Each is written (and fsync'd) before the step that depends on it becomes
- * visible: a RECEIPT after its accept, the next open after its publish. A
- * crash between a step and its record repeats the step after the restart,
- * and every step is idempotent or deterministic (an inbox file renamed again
- * over itself, a version published again under the same hash). */
+ * Each record is written (and fsync'd) before the step that depends on it
+ * becomes visible: a RECEIPT after its accept, the next open after its
+ * publish. A crash between a step and its record repeats the step after the
+ * restart, and every step is idempotent or deterministic (an inbox file
+ * renamed again over itself, a version published again under the same
+ * hash). */
 #include "aggregator/agg.h"
 
 #include "aggregator/hooks.h"
@@ -59,9 +52,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define UPLOAD_IDLE_S 600      /* an upload silent this long is dropped */
-#define RETRY_AGGREGATING 1000 /* ms a node waits while a round is merged */
-#define RETRY_JOINING 2000     /* ms a member added mid-round waits between HELLOs */
+#define UPLOAD_IDLE_S 600  /* an upload silent this long is dropped */
+#define RETRY_JOINING 2000 /* ms a member added mid-round waits between HELLOs */
 #define METRICS_MAX (64u << 20)
 #define FINISH_GRACE_S 2 /* seconds served after every member heard "finished" */
 
@@ -153,6 +145,7 @@ static volatile sig_atomic_t stop_requested;
 static volatile sig_atomic_t reload_requested; /* SIGHUP: look at the roster file now */
 
 static int advance(agg *a, uint64_t now);
+static int aggregate_and_publish(agg *a, uint64_t now);
 static int roster_journal(agg *a);
 static void upload_drop(upload *u);
 
@@ -170,6 +163,8 @@ const char *agg_state_name(agg_state s) {
             return "AGGREGATING";
         case AGG_PUBLISHED:
             return "PUBLISHED";
+        case AGG_FAILED:
+            return "FAILED";
         case AGG_FINISHED:
             return "FINISHED";
     }
@@ -275,125 +270,117 @@ void agg_set_policy(agg *a, const agg_policy *p) {
     a->policy = p ? p : agg_policy_default();
 }
 
-/* ---- journal replay ------------------------------------------------------ */
+/* ---- transitions: the journal's records applied ----------------------------- */
 
-static int parse_u64(const char *s, uint64_t *v) {
-    char *end;
-    errno = 0;
-    unsigned long long x = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-') return -1;
-    *v = x;
+static int open_state(const agg *a) {
+    return a->state == AGG_OPEN || a->state == AGG_COLLECTING;
+}
+
+/* Applies one record to the state: the only place where the round's state
+ * changes. Replay (at start, and read-only for agg_recompute) and the live
+ * aggregator (commit, right after the append) both come here, so a record
+ * means the same whether it is being written or read back. A record that
+ * does not follow from the state (a round out of order, an acceptance twice)
+ * is refused: in a replay that is a damaged journal, live it would be a bug. */
+static int apply(agg *a, const journal_record *r) {
+    unsigned long long rn = (unsigned long long)r->round, cur = (unsigned long long)a->round;
+    const char *kind = journal_kind_name(r->kind), *st = agg_state_name(a->state);
+    if (r->kind != JOURNAL_INIT && !a->initialized)
+        return err_set("a '%s' record before 'init'", kind);
+    switch (r->kind) {
+        case JOURNAL_INIT:
+            if (a->initialized) return err_set("a second 'init' record");
+            if (memcmp(r->consortium, a->cfg.consortium, 32) != 0)
+                return err_set("this state directory belongs to another consortium than '%s' "
+                               "(its id differs); use a new state directory",
+                               a->cfg.consortium_name);
+            memcpy(a->version, r->hash, 32);
+            a->initialized = 1;
+            a->state = AGG_PUBLISHED; /* round 0's version: the imported base */
+            a->round = 0;
+            return 0;
+        case JOURNAL_OPEN:
+            if ((a->state != AGG_PUBLISHED && a->state != AGG_FAILED) || r->round != a->round + 1)
+                return err_set("'open %llu' in state %s of round %llu", rn, st, cur);
+            a->round = r->round;
+            memcpy(a->base, r->hash, 32);
+            a->deadline = r->deadline;
+            a->state = AGG_OPEN;
+            a->open_roster = a->journal_roster;
+            agg_roster_free(a->open_view);
+            a->open_view = NULL;
+            a->bytes_received = a->bytes_served = 0;
+            a->refused = 0;
+            a->below_quorum_logged = 0;
+            if (r->round == a->want_round) {
+                memcpy(a->want_base, a->base, 32);
+                a->want_found = 1;
+            }
+            return 0;
+        case JOURNAL_ACCEPT: {
+            if (r->round != a->round || !open_state(a))
+                return err_set("'accept' for round %llu in state %s of round %llu", rn, st, cur);
+            if (find_member(a, r->round, r->member) || find_msgid(a, r->msgid))
+                return err_set("record 'accept %llu %s': accepted twice", rn, r->member);
+            accept_rec ar = {.round = r->round, .size = r->size, .time = r->time};
+            snprintf(ar.member, sizeof ar.member, "%s", r->member);
+            memcpy(ar.msgid, r->msgid, MSG_ID_LEN);
+            memcpy(ar.digest, r->digest, MSG_HASH_LEN);
+            if (add_accept(a, &ar) < 0) return -1;
+            a->state = AGG_COLLECTING;
+            return 0;
+        }
+        case JOURNAL_CLOSE:
+            if (r->round != a->round || !open_state(a))
+                return err_set("'close %llu' in state %s of round %llu", rn, st, cur);
+            a->state = AGG_AGGREGATING;
+            a->close_roster = a->journal_roster;
+            if (r->round == a->want_round) a->want_roster = a->journal_roster;
+            return 0;
+        case JOURNAL_ROSTER:
+            if (r->round <= a->journal_roster)
+                return err_set("record 'roster %llu': versions only go up (%llu is in force)", rn,
+                               (unsigned long long)a->journal_roster);
+            a->journal_roster = r->round;
+            return 0;
+        case JOURNAL_PUBLISH:
+            if (r->round != a->round || a->state != AGG_AGGREGATING)
+                return err_set("'publish %llu' in state %s of round %llu", rn, st, cur);
+            memcpy(a->version, r->hash, 32);
+            a->has_update = r->has_update;
+            if (a->has_update) {
+                memcpy(a->update_hash, r->update_hash, 32);
+                a->update_size = r->update_size;
+                memcpy(a->update_from, a->base, 32);
+                memcpy(a->update_to, a->version, 32);
+            }
+            a->state = AGG_PUBLISHED;
+            a->published++;
+            return 0;
+        case JOURNAL_FAIL:
+            if (r->round != a->round || (!open_state(a) && a->state != AGG_AGGREGATING))
+                return err_set("'fail %llu' in state %s of round %llu", rn, st, cur);
+            a->state = AGG_FAILED; /* no new version: the next round reuses the base */
+            return 0;
+    }
+    return err_set("journal record of unknown kind %d", (int)r->kind);
+}
+
+/* A live transition: the record is made durable, then applied. */
+static int commit(agg *a, const journal_record *r) {
+    if (journal_write(a->journal, r) < 0) return -1;
+    if (apply(a, r) < 0)
+        return err_context("the aggregator's own '%s' record does not apply (a bug; the "
+                           "journal refuses it at the next start)",
+                           journal_kind_name(r->kind));
     return 0;
 }
 
-/* Splits rec in place into at most max words. */
-static int words(char *rec, char **w, int max) {
-    int n = 0;
-    for (char *p = strtok(rec, " "); p; p = strtok(NULL, " ")) {
-        if (n == max) return max + 1;
-        w[n++] = p;
-    }
-    return n;
-}
-
 static int replay_record(void *arg, const char *text, size_t line) {
-    agg *a = arg;
     (void)line; /* journal_open names the line in the error's context */
-    char rec[JOURNAL_RECORD_MAX + 1];
-    snprintf(rec, sizeof rec, "%s", text);
-    char *w[8];
-    int n = words(rec, w, 8);
-    uint64_t r = 0;
-    if (n < 1) return err_set("empty record");
-    if (n >= 2 && strcmp(w[0], "init") != 0 && parse_u64(w[1], &r) < 0)
-        return err_set("record '%s': bad round number", text);
-    if (!strcmp(w[0], "init") && n == 3) {
-        uint8_t cons[32];
-        if (a->initialized) return err_set("a second 'init' record");
-        if (hex_decode(w[1], cons, 32) < 0 || hex_decode(w[2], a->version, 32) < 0)
-            return err_set("record '%s': bad hex", text);
-        if (memcmp(cons, a->cfg.consortium, 32) != 0)
-            return err_set("this state directory belongs to another consortium than '%s' "
-                           "(its id differs); use a new state directory",
-                           a->cfg.consortium_name);
-        a->initialized = 1;
-        a->state = AGG_PUBLISHED;
-        a->round = 0;
-        return 0;
-    }
-    if (!a->initialized) return err_set("record '%s' before 'init'", text);
-    if (!strcmp(w[0], "open") && n == 4) {
-        if (a->state != AGG_PUBLISHED || r != a->round + 1)
-            return err_set("'open %llu' in state %s of round %llu", (unsigned long long)r,
-                           agg_state_name(a->state), (unsigned long long)a->round);
-        if (hex_decode(w[2], a->base, 32) < 0 || parse_u64(w[3], &a->deadline) < 0)
-            return err_set("record '%s': bad fields", text);
-        a->round = r;
-        a->state = AGG_OPEN;
-        a->open_roster = a->journal_roster;
-        if (r == a->want_round) {
-            memcpy(a->want_base, a->base, 32);
-            a->want_found = 1;
-        }
-        return 0;
-    }
-    if (!strcmp(w[0], "accept") && n == 7) {
-        accept_rec ar = {.round = r};
-        if (r != a->round || (a->state != AGG_OPEN && a->state != AGG_COLLECTING))
-            return err_set("'accept' for round %llu in state %s of round %llu",
-                           (unsigned long long)r, agg_state_name(a->state),
-                           (unsigned long long)a->round);
-        if (keys_name_check(w[2]) < 0 || hex_decode(w[3], ar.msgid, MSG_ID_LEN) < 0 ||
-            hex_decode(w[4], ar.digest, MSG_HASH_LEN) < 0 || parse_u64(w[5], &ar.size) < 0 ||
-            parse_u64(w[6], &ar.time) < 0)
-            return err_set("record '%s': bad fields", text);
-        snprintf(ar.member, sizeof ar.member, "%s", w[2]);
-        if (find_member(a, r, ar.member) || find_msgid(a, ar.msgid))
-            return err_set("record '%s': accepted twice", text);
-        a->state = AGG_COLLECTING;
-        return add_accept(a, &ar);
-    }
-    if (!strcmp(w[0], "close") && n == 3) {
-        if (r != a->round || (a->state != AGG_OPEN && a->state != AGG_COLLECTING))
-            return err_set("'close %llu' in state %s of round %llu", (unsigned long long)r,
-                           agg_state_name(a->state), (unsigned long long)a->round);
-        a->state = AGG_AGGREGATING;
-        a->close_roster = a->journal_roster;
-        if (r == a->want_round) a->want_roster = a->journal_roster;
-        return 0;
-    }
-    if (!strcmp(w[0], "roster") && n == 3) {
-        uint8_t h[32];
-        if (r <= a->journal_roster || hex_decode(w[2], h, 32) < 0)
-            return err_set("record '%s': versions only go up", text);
-        a->journal_roster = r;
-        return 0;
-    }
-    if (!strcmp(w[0], "publish") && (n == 3 || n == 5)) {
-        if (r != a->round || a->state != AGG_AGGREGATING)
-            return err_set("'publish %llu' in state %s of round %llu", (unsigned long long)r,
-                           agg_state_name(a->state), (unsigned long long)a->round);
-        if (hex_decode(w[2], a->version, 32) < 0) return err_set("record '%s': bad hex", text);
-        a->has_update = n == 5;
-        if (a->has_update) {
-            if (hex_decode(w[3], a->update_hash, 32) < 0 || parse_u64(w[4], &a->update_size) < 0 ||
-                a->update_size == 0)
-                return err_set("record '%s': bad update fields", text);
-            memcpy(a->update_from, a->base, 32);
-            memcpy(a->update_to, a->version, 32);
-        }
-        a->state = AGG_PUBLISHED;
-        a->published++;
-        return 0;
-    }
-    if (!strcmp(w[0], "fail") && n == 3) {
-        if (r != a->round || a->state == AGG_PUBLISHED)
-            return err_set("'fail %llu' in state %s of round %llu", (unsigned long long)r,
-                           agg_state_name(a->state), (unsigned long long)a->round);
-        a->state = AGG_PUBLISHED; /* no new version: the next round reuses the base */
-        return 0;
-    }
-    return err_set("unknown record '%s'", text);
+    journal_record r;
+    if (journal_record_decode(text, &r) < 0) return -1;
+    return apply(arg, &r);
 }
 
 /* ---- models ---------------------------------------------------------------- */
@@ -559,26 +546,15 @@ static int metrics_scan(agg *a) {
 }
 
 static int open_round(agg *a, uint64_t now) {
-    uint64_t r = a->round + 1;
-    uint64_t deadline = now + a->cfg.deadline_s;
-    char hex[STORE_HEX_LEN + 1], sh[17];
-    hex_encode(a->version, 32, hex);
-    if (journal_append(a->journal, "open %llu %s %llu", (unsigned long long)r, hex,
-                       (unsigned long long)deadline) < 0)
-        return -1;
-    a->round = r;
-    memcpy(a->base, a->version, 32);
-    a->deadline = deadline;
-    a->state = AGG_OPEN;
-    a->open_roster = a->journal_roster;
-    agg_roster_free(a->open_view);
-    a->open_view = NULL;
-    a->bytes_received = a->bytes_served = 0;
-    a->refused = 0;
-    a->below_quorum_logged = 0;
+    journal_record r = {
+        .kind = JOURNAL_OPEN, .round = a->round + 1, .deadline = now + a->cfg.deadline_s};
+    memcpy(r.hash, a->version, 32);
+    if (commit(a, &r) < 0) return -1;
+    char sh[17];
     short_hex(a->base, sh);
-    say("round %llu open: base %s..., deadline in %u s, quorum %u of %d", (unsigned long long)r, sh,
-        a->cfg.deadline_s, a->cfg.quorum, agg_roster_count(a->roster));
+    say("round %llu open: base %s..., deadline in %u s, quorum %u of %d",
+        (unsigned long long)a->round, sh, a->cfg.deadline_s, a->cfg.quorum,
+        agg_roster_count(a->roster));
     return 0;
 }
 
@@ -665,23 +641,21 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
     if (!a->initialized) {
         /* A new federation: the base model goes into the store as version 0
          * (float32, one file) and round 1 opens on it. */
-        char hex[STORE_HEX_LEN + 1], chex[STORE_HEX_LEN + 1];
+        char hex[STORE_HEX_LEN + 1];
         if (checkpoint_load(&a->model, c->base_model) < 0) {
             err_context("base_model %s", c->base_model);
             goto fail;
         }
-        if (publish_model(c, a->model, "import", a->version) < 0) goto fail;
+        journal_record r = {.kind = JOURNAL_INIT};
+        memcpy(r.consortium, c->consortium, 32);
+        if (publish_model(c, a->model, "import", r.hash) < 0 || commit(a, &r) < 0) goto fail;
         memcpy(a->model_version, a->version, 32);
         hex_encode(a->version, 32, hex);
-        hex_encode(c->consortium, 32, chex);
-        if (journal_append(a->journal, "init %s %s", chex, hex) < 0) goto fail;
-        a->initialized = 1;
-        a->state = AGG_PUBLISHED;
         say("new federation '%s' in %s: base model %s imported as version %.16s...",
             c->consortium_name, c->state, c->base_model, hex);
     } else {
         char sh[17];
-        short_hex(a->state == AGG_PUBLISHED ? a->version : a->base, sh);
+        short_hex(a->state == AGG_PUBLISHED || a->state == AGG_FAILED ? a->version : a->base, sh);
         say("resuming from the journal: round %llu, %s, %d delta(s) accepted, version %s...",
             (unsigned long long)a->round, agg_state_name(a->state), agg_accepted_count(a), sh);
     }
@@ -691,6 +665,9 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
             "changes or on SIGHUP)",
             (unsigned long long)agg_roster_version(a->roster), agg_roster_count(a->roster),
             c->roster_path);
+    /* At rest before the first request: an aggregation a crash interrupted
+     * is finished now, and the next round opened (agg.h). */
+    if (a->state == AGG_AGGREGATING && aggregate_and_publish(a, now) < 0) goto fail;
     if (advance(a, now) < 0) goto fail;
     *out = a;
     return 0;
@@ -773,10 +750,9 @@ static int roster_journal(agg *a) {
     uint64_t v = agg_roster_version(a->roster), size;
     uint8_t h[32];
     if (v <= a->journal_roster || agg_roster_hash(a->roster, h, &size) != 1) return 0;
-    char hex[STORE_HEX_LEN + 1];
-    hex_encode(h, 32, hex);
-    if (journal_append(a->journal, "roster %llu %s", (unsigned long long)v, hex) < 0) return -1;
-    a->journal_roster = v;
+    journal_record r = {.kind = JOURNAL_ROSTER, .round = v};
+    memcpy(r.hash, h, 32);
+    if (commit(a, &r) < 0) return -1;
     if (agg_roster_size(a->roster) + 1 > a->told_cap) {
         int cap = agg_roster_size(a->roster) + 1;
         char(*t)[KEYS_NAME_MAX + 1] = realloc(a->told, (size_t)cap * sizeof *t);
@@ -893,10 +869,12 @@ static int on_hello(agg *a, const struct msg_hello *h, uint64_t now, uint8_t **o
                  (unsigned long long)a->round, hex);
         return encode(&e, out, len);
     }
-    if (a->state != AGG_OPEN && a->state != AGG_COLLECTING)
-        return reply_error(a, MSG_ERR_WRONG_ROUND, RETRY_AGGREGATING, out, len,
-                           "round %llu is being aggregated; ask again",
-                           (unsigned long long)a->round);
+    /* Between calls the round is at rest (agg.h): OPEN, COLLECTING or
+     * FINISHED. A round being aggregated is never seen from here. */
+    if (!open_state(a))
+        return err_set("HELLO in state %s of round %llu: the state machine is not at rest (a "
+                       "bug)",
+                       agg_state_name(a->state), (unsigned long long)a->round);
     int part = takes_part(a, &m);
     if (part < 0) return -1;
     if (!part && !m.observer)
@@ -988,10 +966,6 @@ static void round_problem(const agg *a, uint64_t r, char *why, size_t n) {
         snprintf(why, n, "finished: no round is open");
     else
         snprintf(why, n, "round %llu is closed: late submission refused", (unsigned long long)r);
-}
-
-static int open_state(const agg *a) {
-    return a->state == AGG_OPEN || a->state == AGG_COLLECTING;
 }
 
 static int on_submit_begin(agg *a, const struct msg_submit_begin *b, uint64_t now, uint8_t **out,
@@ -1288,25 +1262,18 @@ static int on_submit_end(agg *a, const struct msg_submit_end *e, uint64_t now, u
 
     /* Durable before the receipt: rename into place, fsync the directory,
      * journal it. */
-    char final[AGG_PATH_MAX], idhex[2 * MSG_ID_LEN + 1], dhex[STORE_HEX_LEN + 1];
+    char final[AGG_PATH_MAX];
     if (inbox_path(&a->cfg, round, m.name, final, sizeof final) < 0) goto done;
     if (rename(part, final) != 0) {
         err_errno("renaming %s to %s", part, final);
         goto done;
     }
     if (fio_fsync_dir_of(final) < 0) goto done;
-    accept_rec ar = {.round = round, .size = size, .time = now};
+    journal_record ar = {.kind = JOURNAL_ACCEPT, .round = round, .size = size, .time = now};
     snprintf(ar.member, sizeof ar.member, "%s", m.name);
     memcpy(ar.msgid, e->id, MSG_ID_LEN);
     memcpy(ar.digest, digest, 32);
-    hex_encode(ar.msgid, MSG_ID_LEN, idhex);
-    hex_encode(ar.digest, 32, dhex);
-    if (journal_append(a->journal, "accept %llu %s %s %s %llu %llu", (unsigned long long)round,
-                       ar.member, idhex, dhex, (unsigned long long)size,
-                       (unsigned long long)now) < 0 ||
-        add_accept(a, &ar) < 0)
-        goto done;
-    a->state = AGG_COLLECTING;
+    if (commit(a, &ar) < 0) goto done;
     say("round %llu: accepted %s's delta (%llu bytes, %llu tokens), %d accepted so far",
         (unsigned long long)round, ar.member, (unsigned long long)size, (unsigned long long)tokens,
         agg_accepted_count(a));
@@ -1331,8 +1298,7 @@ static int on_status(agg *a, const struct msg_status *q, uint64_t now, uint8_t *
     snprintf(i->consortium, sizeof i->consortium, "%s", a->cfg.consortium_name);
     i->round = a->round;
     snprintf(i->state, sizeof i->state, "%s", agg_state_name(a->state));
-    memcpy(i->version, a->state == AGG_PUBLISHED || a->state == AGG_FINISHED ? a->version : a->base,
-           32);
+    memcpy(i->version, open_state(a) ? a->base : a->version, 32);
     agg_member mem;
     const char *st = agg_roster_key_status(a->roster, q->fingerprint);
     if (agg_roster_key_owner(a->roster, q->fingerprint, &mem) == 1 && strcmp(mem.name, q->name))
@@ -1685,11 +1651,11 @@ static int round_accepts(const agg *a, uint64_t round, const accept_rec ***out, 
 }
 
 static int fail_round(agg *a, const char *reason, uint64_t now) {
-    if (journal_append(a->journal, "fail %llu %s", (unsigned long long)a->round, reason) < 0)
-        return -1;
+    journal_record r = {.kind = JOURNAL_FAIL, .round = a->round};
+    snprintf(r.reason, sizeof r.reason, "%s", reason);
+    if (commit(a, &r) < 0) return -1;
     say("round %llu failed (%s): no new version; the next round trains on the same base",
         (unsigned long long)a->round, reason);
-    a->state = AGG_PUBLISHED;
     if (forget_key(&a->cfg, a->round) < 0) return -1;
     double open_t = (double)(a->deadline - a->cfg.deadline_s);
     return metrics_round(a, reason, NULL, NULL, (double)now - open_t, 0, 0);
@@ -1697,9 +1663,8 @@ static int fail_round(agg *a, const char *reason, uint64_t now) {
 
 static int close_round(agg *a, const char *why) {
     int n = agg_accepted_count(a);
-    if (journal_append(a->journal, "close %llu %d", (unsigned long long)a->round, n) < 0) return -1;
-    a->state = AGG_AGGREGATING;
-    a->close_roster = a->journal_roster;
+    journal_record r = {.kind = JOURNAL_CLOSE, .round = a->round, .count = (uint64_t)n};
+    if (commit(a, &r) < 0) return -1;
     for (int i = 0; i < a->nup; i++)
         if (a->up[i].used && a->up[i].round == a->round && !a->up[i].accepted)
             upload_drop(&a->up[i]);
@@ -1770,26 +1735,21 @@ static int aggregate_and_publish(agg *a, uint64_t now) {
     hex_encode(v, 32, hex);
     hex_encode(uh, 32, uhex);
     unsigned long long rn = (unsigned long long)a->round;
+    journal_record pr = {.kind = JOURNAL_PUBLISH,
+                         .round = a->round,
+                         .has_update = r.factors != NULL,
+                         .update_size = usize};
+    memcpy(pr.hash, v, 32);
+    memcpy(pr.update_hash, uh, 32);
     if (metrics_round(a, "published", v, &r, (double)now - open_t, t1 - t0, t2 - t1) < 0 ||
-        (r.factors ? journal_append(a->journal, "publish %llu %s %s %llu", rn, hex, uhex,
-                                    (unsigned long long)usize)
-                   : journal_append(a->journal, "publish %llu %s", rn, hex)) < 0) {
+        commit(a, &pr) < 0) {
         result_free(&r);
         return -1;
     }
-    a->has_update = r.factors != NULL;
-    if (a->has_update) {
-        memcpy(a->update_from, a->base, 32);
-        memcpy(a->update_to, v, 32);
-        memcpy(a->update_hash, uh, 32);
-        a->update_size = usize;
+    if (a->has_update)
         say("round %llu: low-rank update %.16s... of %llu bytes (%d weights, rank %d) makes "
             "this version from the round's base",
             rn, uhex, (unsigned long long)usize, r.factors->n_modules, r.factors->modules[0].rank);
-    }
-    memcpy(a->version, v, 32);
-    a->state = AGG_PUBLISHED;
-    a->published++;
     if (dp_on(&a->cfg)) {
         const policy *pol = &a->cfg.policy;
         if (dp_accountant_add(&a->dp, pol->rounds.fraction, pol->dp.noise_multiplier, 1) < 0 ||
@@ -1856,7 +1816,7 @@ static int dp_budget_spent(agg *a) {
 /* PUBLISHED → OPEN of the next round, or FINISHED after the last one (or
  * when the DP budget allows no more). */
 static int advance(agg *a, uint64_t now) {
-    if (a->state != AGG_PUBLISHED) return 0;
+    if (a->state != AGG_PUBLISHED && a->state != AGG_FAILED) return 0;
     if (a->round >= a->cfg.rounds) {
         finish(a, now);
         return 0;

@@ -7,6 +7,7 @@
 #define FL_TESTS_AGGREGATOR_AGG_TEST_H
 
 #include "aggregator/config.h"
+#include "aggregator/journal.h"
 #include "lora/lora.h"
 #include "model/checkpoint.h"
 #include "tests/check.h"
@@ -108,6 +109,33 @@ static inline json_t *fed_metrics_of(const agg_config *c, uint64_t round) {
     }
     fclose(f);
     return found;
+}
+
+struct fed_find_open {
+    uint64_t round;
+    uint8_t *base;
+    int found;
+};
+
+static inline int fed_find_open_record(void *arg, const char *text, size_t line) {
+    struct fed_find_open *x = arg;
+    journal_record r;
+    (void)line;
+    if (journal_record_decode(text, &r) < 0) return -1;
+    if (r.kind == JOURNAL_OPEN && r.round == x->round) {
+        memcpy(x->base, r.hash, 32);
+        x->found = 1;
+    }
+    return 0;
+}
+
+/* The base version a round trained on, from its open record in the journal. */
+static inline int fed_round_base(const agg_config *c, uint64_t round, uint8_t base[32]) {
+    char p[4200];
+    struct fed_find_open x = {round, base, 0};
+    snprintf(p, sizeof p, "%s/journal", c->state);
+    if (journal_open(NULL, p, 1, fed_find_open_record, &x) < 0) return -1;
+    return x.found ? 0 : err_set("no 'open %llu' record in %s", (unsigned long long)round, p);
 }
 
 /* Writes <sub>/aggregator.cfg for a state directory <sub>/state. */
