@@ -29,7 +29,7 @@
 /* ---- records ------------------------------------------------------------------
  *
  * The aggregator's decisions, one record each, in the order they happen
- * (docs/formats.md, "The aggregator's journal"):
+ * (docs/protocol.md, "Journal"):
  *
  *   init <consortium hex> <version hex>          the first round's base, imported
  *   open <r> <version hex> <deadline>            round r trains on that version
@@ -47,7 +47,7 @@
  * Fields are separated by single spaces; numbers are unsigned decimals, hashes
  * 64 and message ids 32 lowercase hex digits, names as keys_name_check. This
  * file is the only place that writes or reads that grammar: the aggregator
- * deals in journal_record values (agg.c applies them). */
+ * deals in journal_record values (rounds.c applies them). */
 
 typedef enum {
     JOURNAL_INIT = 1,
