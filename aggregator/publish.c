@@ -163,19 +163,6 @@ static void drop(round_result *r, uint64_t round, const char *member, const char
     agg_say("round %llu: dropped %s's delta: %s", (unsigned long long)round, member, why);
 }
 
-/* W' = W + Σ_i w_i s_i B_i A_i as its factored update (lora/update.h): built
- * from the kept updates, applied to m by the portable kernel, kept in
- * r->factors for low-rank sync. */
-static int merge_factored(model *m, round_result *r) {
-    lora_set **sets = malloc((size_t)r->n * sizeof *sets);
-    if (!sets) return err_set("out of memory merging %d updates", r->n);
-    for (int i = 0; i < r->n; i++) sets[i] = r->u[i].set;
-    int rc = update_build(&r->factors, m, sets, r->w, r->n);
-    free(sets);
-    if (rc == 0) rc = update_apply(m, r->factors);
-    return rc;
-}
-
 /* The heart of a round, shared by the live aggregator and agg_recompute:
  * reads the n accepted envelopes in member name order, checks each again
  * (the same checks as at submission, so a delta that passed then passes
@@ -183,15 +170,12 @@ static int merge_factored(model *m, round_result *r) {
  * when at least `quorum` (and one) are kept. r->merged == 0 means nothing
  * was merged (m is untouched): the policy rejected too many.
  *
- * A policy whose merge is the exact product merge (agg_merge_exact: the
- * default policy, and any with its own weights) is a weighted sum of
- * products, so it is merged through its factored update instead of the
- * BLAS GEMM: the same maths, in the portable kernel that a node repeats bit
- * for bit, and r->factors is what low-rank sync serves. A policy file's
- * merge (hooks.h) is the policies library's own (aggregate_round): when it
- * is low rank (mean or multi-Krum without DP, fedit, svd) the library
- * applies it as an update with the same kernel and r->factors takes that
- * update; the median, trimmed mean and DP noise are dense: no factors. */
+ * The policy's merge says what the round changes (merge.h). A low-rank
+ * change — the default policy's exact merge, and a policy file's mean or
+ * multi-Krum without DP, fedit and svd — comes back as its update, applied
+ * here with update_apply, the portable kernel a node repeats bit for bit,
+ * and kept in r->factors for low-rank sync. The median, trimmed mean and DP
+ * noise are dense: the policy adds them to m itself, no factors. */
 int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *keys,
                   const agg_policy *pol, model *m, const uint8_t base[32], uint64_t round,
                   int quorum, const accept_rec *const *acc, int n, round_result *r, agg *crash) {
@@ -281,12 +265,9 @@ int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *ke
     }
     if (r->n > 0 && r->n >= quorum) {
         if (pol->weights(pol->arg, r->u, r->n, r->w) < 0 ||
-            (pol->merge == agg_merge_exact ? merge_factored(m, r)
-                                           : pol->merge(pol->arg, m, r->u, r->n, r->w)) < 0)
+            pol->merge(pol->arg, m, r->u, r->n, r->w, &r->factors) < 0 ||
+            (r->factors && update_apply(m, r->factors) < 0))
             goto done;
-        /* A policy file's hooks (their arg is the agg_hooks, hooks.h) keep
-         * the update of a low-rank merge. */
-        if (c->has_policy) r->factors = agg_hooks_take_factors(pol->arg);
         r->merged = 1;
     }
     rc = 0;

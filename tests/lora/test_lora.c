@@ -8,6 +8,7 @@
 #include "lora/peft.h"
 #include "tests/cpu/tiny.h"
 #include "tests/lora/lora_test.h"
+#include "tests/support/blas_merge.h"
 
 static model_config tiny_gpt2(void) {
     tiny_case c[TINY_MAX_CASES];
@@ -465,8 +466,8 @@ static void test_delta(void) {
     real W[OUT * IN];
     double ref[OUT * IN];
     for (int i = 0; i < OUT * IN; i++) ref[i] = W[i] = (real)tiny_uniform(&seed);
-    CHECK_OK(delta_product(W, IN, OUT, IN, K, (const real *const *)B, (const real *const *)A, rank,
-                           coef));
+    CHECK_OK(ts_blas_product(W, IN, OUT, IN, K, (const real *const *)B, (const real *const *)A,
+                             rank, coef));
     naive_sum(ref, OUT, IN, K, B, A, rank, coef);
     CHECK_MSG(lt_max_err(W, ref, OUT * IN) < 1e-5, "product merge vs sum of deltas: %g",
               lt_max_err(W, ref, OUT * IN));
@@ -483,8 +484,8 @@ static void test_delta(void) {
         B2p[k] = B2[k];
     }
     real Wp[OUT * IN] = {0}, Am[2 * IN] = {0}, Bm[OUT * 2] = {0};
-    CHECK_OK(delta_product(Wp, IN, OUT, IN, K, (const real *const *)B2p, (const real *const *)A2p,
-                           r2, p));
+    CHECK_OK(ts_blas_product(Wp, IN, OUT, IN, K, (const real *const *)B2p, (const real *const *)A2p,
+                             r2, p));
     double sum[OUT * IN] = {0}, avg[OUT * IN] = {0}, diff = 0, norm = 0;
     naive_sum(sum, OUT, IN, K, B2p, A2p, r2, p);
     CHECK_MSG(lt_max_err(Wp, sum, OUT * IN) < 1e-5, "mean of products: %g",
@@ -502,7 +503,7 @@ static void test_delta(void) {
         norm += (double)Wp[i] * Wp[i];
     }
     CHECK_MSG(sqrt(diff) > 0.1 * sqrt(norm), "mean(B)·mean(A) should differ from mean(B·A)");
-    CHECK_FAILS_WITH(delta_product(W, IN, OUT, IN, 0, NULL, NULL, NULL, NULL), "no adapters");
+    CHECK_FAILS_WITH(ts_blas_product(W, IN, OUT, IN, 0, NULL, NULL, NULL, NULL), "no adapters");
     for (int k = 0; k < K; k++) {
         free(A[k]);
         free(B[k]);
@@ -553,7 +554,7 @@ static void test_delta(void) {
     /* delta_merge: W += s·B·A on every targeted weight, nothing else. */
     CHECK_OK(delta_merge(m1, s1));
     const double weights[2] = {0.25, 0.75};
-    CHECK_OK(delta_merge_product(m2, sets, weights, 2));
+    CHECK_OK(ts_blas_merge(m2, sets, weights, 2));
     double e1 = 0, e2 = 0;
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i], *q1 = &m1->params[i], *q2 = &m2->params[i];
@@ -585,7 +586,7 @@ static void test_delta(void) {
     model *m3 = make_model(&other, 1);
     if (m3) {
         CHECK_FAILS_WITH(delta_merge(m3, s1), "made for another base");
-        CHECK_FAILS_WITH(delta_merge_product(m3, sets, weights, 2), "made for another base");
+        CHECK_FAILS_WITH(ts_blas_merge(m3, sets, weights, 2), "made for another base");
     }
     model_free(m3);
 done:

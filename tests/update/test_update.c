@@ -1,6 +1,6 @@
 /* lora/update.h: the factored update of a round and its portable kernel.
  *
- *   - update_apply gives what the BLAS merge (delta_merge_product) gives, to
+ *   - update_apply gives what the BLAS merge (ts_blas_merge) gives, to
  *     1e-6 relative, on Llama and GPT-2 (Conv1D) weights, with adapters of
  *     different ranks, some modules adapted by only some members; it leaves
  *     every other parameter untouched;
@@ -16,11 +16,11 @@
  *     shapes, ranks, unknown names, missing partners, dtypes, NaN and Inf,
  *     bad metadata; update_build and update_apply refuse another base's
  *     adapters or update and leave the model unchanged. */
-#include "lora/delta.h"
 #include "lora/update.h"
 #include "model/checkpoint.h"
 #include "model/safetensors.h"
 #include "tests/check.h"
+#include "tests/support/blas_merge.h"
 #include "util/err.h"
 #include "util/fio.h"
 
@@ -93,7 +93,7 @@ static void check_against_blas(const char *arch, const char *t0, const char *t1,
     const double w[3] = {0.2, 0.3, 0.5};
     update *u = NULL;
     CHECK_OK(update_build(&u, m0, sets, w, 3));
-    CHECK_OK(delta_merge_product(m2, sets, w, 3));
+    CHECK_OK(ts_blas_merge(m2, sets, w, 3));
     CHECK_OK(update_apply(m1, u));
     double max_err = 0, max_w = 0, max_delta = 0;
     int changed_elsewhere = 0;
@@ -112,7 +112,7 @@ static void check_against_blas(const char *arch, const char *t0, const char *t1,
         }
     }
     CHECK_MSG(max_delta > 1e-3, "%s: the update changes nothing (%g)", arch, max_delta);
-    CHECK_MSG(max_err <= 1e-6 * max_w, "%s: update_apply vs delta_merge_product: %g (|W| %g)", arch,
+    CHECK_MSG(max_err <= 1e-6 * max_w, "%s: update_apply vs ts_blas_merge: %g (|W| %g)", arch,
               max_err, max_w);
     CHECK_MSG(changed_elsewhere == 0, "%s: %d unadapted params changed", arch, changed_elsewhere);
     /* Every adapted weight is a module, with R = the ranks that adapt it. */
@@ -169,7 +169,7 @@ static void check_bits(void) {
         model_free(m);
     }
     omp_set_num_threads(2);
-    /* The B blocks carry c_k = (float)(w_k s_k) times B_k, as delta_product forms them. */
+    /* The B blocks carry c_k = (float)(w_k s_k) times B_k, as ts_blas_product forms them. */
     const update_module *q = &u->modules[0];
     const lora_module *q0 = lora_find(sets[0], "model.layers.0.self_attn.q_proj");
     const lora_module *q1 = lora_find(sets[1], "model.layers.0.self_attn.q_proj");
