@@ -87,12 +87,16 @@ static int on_hello(agg *a, const struct msg_hello *h, uint64_t now, uint8_t **o
     if (hello_verify(h, a->cfg.consortium, &m.pub, now, HELLO_SKEW_MAX_S) < 0)
         return agg_reply_error(a, MSG_ERR_REJECTED, -1, out, len, "%s", err_msg());
     if (a->state == AGG_FINISHED) {
-        /* No retry_after: the node is done and exits 0. */
+        /* "final" says it (docs/protocol.md): the node is done and exits 0.
+         * The reason keeps the words nodes older than that field look for;
+         * no retry_after. */
         char hex[STORE_HEX_LEN + 1];
         hex_encode(a->version, 32, hex);
         mark_told(a, m.name);
         struct msg e = {.type = MSG_ERROR};
         e.error.code = MSG_ERR_WRONG_ROUND;
+        e.error.has_final = true;
+        memcpy(e.error.final, a->version, 32);
         snprintf(e.error.reason, sizeof e.error.reason,
                  "finished: all %llu rounds are done; final version %s",
                  (unsigned long long)a->round, hex);

@@ -89,11 +89,10 @@ int agg_run(agg *a) {
     struct transport_opts o;
     transport_opts_default(&o);
     o.recv_timeout_ms = 200; /* how often deadlines and signals are looked at */
-    void *ctx = zmq_ctx_new(), *sock = NULL;
-    if (!ctx) return err_set("zmq_ctx_new failed");
+    transport *sock = NULL;
     int rc = -1;
     char endpoint[AGG_ENDPOINT_MAX + 32], p[AGG_PATH_MAX];
-    if (transport_router(ctx, a->cfg.bind, &o, &sock) < 0 ||
+    if (transport_router(&sock, a->cfg.bind, &o) < 0 ||
         transport_endpoint(sock, endpoint, sizeof endpoint) < 0)
         goto out;
     size_t el = strlen(endpoint);
@@ -152,7 +151,6 @@ int agg_run(agg *a) {
         agg_say("stopping on a signal; the journal holds the state for a restart");
     rc = 0;
 out:
-    if (sock) transport_close(sock);
-    zmq_ctx_term(ctx);
+    transport_close(sock);
     return rc;
 }

@@ -505,6 +505,8 @@ static int decode_error(const struct fields *fs, struct msg_error *m) {
     if (m->has_retry_after &&
         get_u32(fs, "retry_after", 0, MSG_RETRY_AFTER_MAX, &m->retry_after_ms) < 0)
         return -1;
+    m->has_final = find(fs, "final") != NULL;
+    if (m->has_final && get_fixed(fs, "final", m->final, MSG_HASH_LEN) < 0) return -1;
     return 0;
 }
 
@@ -718,10 +720,11 @@ static void encode_body(struct enc *e, const struct msg *m) {
             put_uint(e, "time", m->receipt.time);
             break;
         case MSG_ERROR:
-            put_header(e, m->type, m->error.has_retry_after ? 3 : 2);
+            put_header(e, m->type, 2 + m->error.has_retry_after + m->error.has_final);
             put_uint(e, "code", (uint64_t)m->error.code);
             put_str(e, "reason", m->error.reason, sizeof m->error.reason);
             if (m->error.has_retry_after) put_uint(e, "retry_after", m->error.retry_after_ms);
+            if (m->error.has_final) put_bin(e, "final", m->error.final, MSG_HASH_LEN);
             break;
         case MSG_ACK:
             put_header(e, m->type, 2);

@@ -664,6 +664,9 @@ static void test_round_and_refusals(void) {
     CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "finished") && !r.error.has_retry_after);
     uint8_t final[32];
     agg_current_base(a, final);
+    /* The end of the federation is in the reply's "final" field (the node
+     * reads that, not the reason), with the final version. */
+    CHECK(r.error.has_final && memcmp(r.error.final, final, 32) == 0);
     agg_close(a);
 
     /* Offline recomputation of both rounds gives the published bytes. */
@@ -745,6 +748,7 @@ static void test_quorum_deadline(void) {
     CHECK(is_error(&r, MSG_ERR_NOT_FOUND, "no upload"));
     r = submit(a, s2.env, s2.len, s2.id, 2, T0 + 112);
     CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "finished"));
+    CHECK(!r.error.has_final); /* only HELLO's answer ends a node's run */
     agg_close(a);
     free(s0.env), free(s1.env), free(s2.env);
     agg_config_free(&c);

@@ -408,12 +408,12 @@ typedef int (*ft_hook)(ft_proxy *p, const char *name, int is_reply, const struct
 typedef struct {
     uint8_t id[256];
     size_t id_len;
-    void *back;
+    transport *back;
     char name[KEYS_NAME_MAX + 1];
 } ft_peer;
 
 struct ft_proxy {
-    void *ctx, *front;
+    transport *front;
     char endpoint[256], upstream[256];
     ft_peer peer[16];
     int npeers;
@@ -431,9 +431,7 @@ static inline int ft_proxy_open(ft_proxy *p, const char *upstream, ft_hook hook,
     p->trace = getenv("FT_TRACE") ? fopen(getenv("FT_TRACE"), "w") : NULL;
     transport_opts_default(&p->o);
     p->o.recv_timeout_ms = 0;
-    p->ctx = zmq_ctx_new();
-    if (!p->ctx) return err_set("zmq_ctx_new");
-    return transport_router(p->ctx, "tcp://127.0.0.1:*", &p->o, &p->front) == 0 &&
+    return transport_router(&p->front, "tcp://127.0.0.1:*", &p->o) == 0 &&
                    transport_endpoint(p->front, p->endpoint, sizeof p->endpoint) == 0
                ? 0
                : -1;
@@ -441,8 +439,7 @@ static inline int ft_proxy_open(ft_proxy *p, const char *upstream, ft_hook hook,
 
 static inline void ft_proxy_close(ft_proxy *p) {
     for (int i = 0; i < p->npeers; i++) transport_close(p->peer[i].back);
-    if (p->front) transport_close(p->front);
-    if (p->ctx) zmq_ctx_term(p->ctx);
+    transport_close(p->front);
     if (p->trace) fclose(p->trace);
 }
 
@@ -454,7 +451,7 @@ static inline ft_peer *ft_proxy_peer(ft_proxy *p, const void *id, size_t len) {
     memset(q, 0, sizeof *q);
     memcpy(q->id, id, len);
     q->id_len = len;
-    if (transport_dealer(p->ctx, p->upstream, &p->o, &q->back) != 0) return NULL;
+    if (transport_dealer(&q->back, p->upstream, &p->o) != 0) return NULL;
     p->npeers++;
     return q;
 }
@@ -462,14 +459,14 @@ static inline ft_peer *ft_proxy_peer(ft_proxy *p, const void *id, size_t len) {
 /* Moves whatever is waiting, for up to ms milliseconds. */
 static inline void ft_proxy_pump(ft_proxy *p, int ms) {
     for (double t0 = ft_now(); ft_now() - t0 < ms / 1000.0;) {
-        zmq_pollitem_t items[17];
+        transport *socks[17];
+        int ready[17];
         int npeers = p->npeers; /* a new peer below is polled from the next round on */
-        items[0] = (zmq_pollitem_t){p->front, 0, ZMQ_POLLIN, 0};
-        for (int i = 0; i < npeers; i++)
-            items[i + 1] = (zmq_pollitem_t){p->peer[i].back, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(items, npeers + 1, 10) <= 0) continue;
+        socks[0] = p->front;
+        for (int i = 0; i < npeers; i++) socks[i + 1] = p->peer[i].back;
+        if (transport_poll(socks, (size_t)npeers + 1, 10, ready) <= 0) continue;
         struct transport_msg m;
-        if ((items[0].revents & ZMQ_POLLIN) && transport_recv(p->front, &p->o.lim, &m) == 0) {
+        if (ready[0] && transport_recv(p->front, &p->o.lim, &m) == 0) {
             ft_peer *q =
                 m.n == 3 ? ft_proxy_peer(p, transport_data(&m, 0), transport_size(&m, 0)) : NULL;
             struct msg req;
@@ -488,9 +485,7 @@ static inline void ft_proxy_pump(ft_proxy *p, int ms) {
             transport_msg_close(&m);
         }
         for (int i = 0; i < npeers; i++) {
-            if (!(items[i + 1].revents & ZMQ_POLLIN) ||
-                transport_recv(p->peer[i].back, &p->o.lim, &m) != 0)
-                continue;
+            if (!ready[i + 1] || transport_recv(p->peer[i].back, &p->o.lim, &m) != 0) continue;
             struct msg rep;
             int ok = m.n == 2 &&
                      msg_decode(transport_data(&m, 1), transport_size(&m, 1), NULL, &rep) == 0;

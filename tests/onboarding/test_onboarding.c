@@ -34,7 +34,7 @@
 /* ---- a fake aggregator ------------------------------------------------------------ */
 
 typedef struct {
-    void *ctx, *sock;
+    transport *sock;
     char endpoint[256];
     pthread_t thread;
     pthread_mutex_t lock;
@@ -133,8 +133,7 @@ static int fake_start(fake_agg *f) {
     transport_opts_default(&o);
     o.recv_timeout_ms = 50;
     o.linger_ms = 0;
-    f->ctx = zmq_ctx_new();
-    if (!f->ctx || transport_router(f->ctx, "tcp://127.0.0.1:*", &o, &f->sock) != 0 ||
+    if (transport_router(&f->sock, "tcp://127.0.0.1:*", &o) != 0 ||
         transport_endpoint(f->sock, f->endpoint, sizeof f->endpoint) != 0)
         return -1;
     return pthread_create(&f->thread, NULL, fake_run, f) == 0 ? 0 : err_set("pthread_create");
@@ -146,7 +145,6 @@ static void fake_stop(fake_agg *f) {
     pthread_mutex_unlock(&f->lock);
     pthread_join(f->thread, NULL);
     transport_close(f->sock);
-    zmq_ctx_term(f->ctx);
     free(f->roster);
     pthread_mutex_destroy(&f->lock);
 }
@@ -520,14 +518,13 @@ static void test_doctor(fake_agg *f) {
     CHECK(chmod(sign, 0600) == 0);
 
     /* Nothing listens: FAIL reachability, and no verdict on the rest. */
-    void *ctx = zmq_ctx_new(), *s = NULL;
+    transport *s = NULL;
     struct transport_opts to;
     transport_opts_default(&to);
     char dead[256] = "";
-    CHECK(ctx && transport_router(ctx, "tcp://127.0.0.1:*", &to, &s) == 0 &&
+    CHECK(transport_router(&s, "tcp://127.0.0.1:*", &to) == 0 &&
           transport_endpoint(s, dead, sizeof dead) == 0);
-    if (s) transport_close(s); /* the port is free again */
-    zmq_ctx_term(ctx);
+    transport_close(s); /* the port is free again */
     CHECK_OK(
         config_variant(node_cfg, ft_in(variant, node_dir, "unreachable.cfg"), f->endpoint, dead));
     doctor(variant, 300, &r);
