@@ -420,19 +420,16 @@ static model *check_factors(const char *what, const policy *p, aggregate_member 
         }
         if (u) CHECK_OK(update_apply(n, u));
         CHECK_MSG(same_model(m, n), "%s: the merge is not base + its update", what);
-        char dir[] = "/tmp/fl_pol_factors_XXXXXX", path[64];
+        char path[TS_PATH];
         update *v = NULL;
         model *o = pt_model();
-        CHECK(mkdtemp(dir) != NULL);
-        snprintf(path, sizeof path, "%s/u.safetensors", dir);
+        ts_path(path, "%s.safetensors", what);
         if (u) CHECK_OK(update_write(u, path));
         CHECK_OK(update_read(&v, path, o));
         if (v) CHECK_OK(update_apply(o, v));
         CHECK_MSG(v && same_model(m, o), "%s: the update file does not make the merge", what);
         update_free(v);
         model_free(o);
-        unlink(path);
-        rmdir(dir);
     }
     aggregate_report_free(&rep);
     model_free(n);
