@@ -39,7 +39,11 @@ int harness_spawn(harness_proc *p, const char *bin, const char *log, int append,
         return err_errno("fork");
     }
     if (pid == 0) {
-        if (dup2(fd, STDOUT_FILENO) < 0 || dup2(fd, STDERR_FILENO) < 0) _exit(127);
+        /* Never a terminal on stdin: nothing may wait for an answer. */
+        int in = open("/dev/null", O_RDONLY);
+        if (in < 0 || dup2(in, STDIN_FILENO) < 0 || dup2(fd, STDOUT_FILENO) < 0 ||
+            dup2(fd, STDERR_FILENO) < 0)
+            _exit(127);
         setenv("OMP_NUM_THREADS", "1", 1);
         setenv("OPENBLAS_NUM_THREADS", "1", 1);
         execv(bin ? bin : "/proc/self/exe", (char *const *)args);
@@ -250,7 +254,7 @@ static int make_base(const harness_fed *f) {
     return rc == 0 ? 0 : err_context("making the base model in %s", f->base);
 }
 
-static int make_keys(const char *dir, const char *name) {
+int harness_keys(const char *dir, const char *name) {
     keys_secret k;
     int rc = keys_generate(name, &k) == 0 && keys_write(&k, dir) == 0 ? 0 : -1;
     keys_secret_wipe(&k);
@@ -318,7 +322,7 @@ int harness_setup(harness_fed *f, const char *root, int n, const demo_domain *co
         harness_join(f->agg_log, f->agg_dir, "aggregator.log") != 0 ||
         harness_join(nodes, root, "nodes") != 0 || fio_mkdirs(f->agg_dir, 0700) != 0)
         return -1;
-    if (make_base(f) != 0 || make_keys(f->keys, "aggregator") != 0) return -1;
+    if (make_base(f) != 0 || harness_keys(f->keys, "aggregator") != 0) return -1;
     for (int i = 0; i < n; i++) {
         harness_node *d = &f->node[i];
         d->domain = domains[i];
@@ -328,7 +332,8 @@ int harness_setup(harness_fed *f, const char *root, int n, const demo_domain *co
             harness_join(d->config, d->dir, "node.cfg") != 0 ||
             harness_join(d->state, d->dir, "state") != 0 ||
             harness_join(d->log, d->dir, "node.log") != 0 ||
-            harness_write_text(d->data, d->domain->train) != 0 || make_keys(f->keys, d->name) != 0)
+            harness_write_text(d->data, d->domain->train) != 0 ||
+            harness_keys(f->keys, d->name) != 0)
             return -1;
     }
     return aggregator_config(f);
@@ -361,22 +366,22 @@ int harness_node_config(harness_fed *f, int i, const char *endpoint, const char 
     char text[4096], seed[64] = "";
     if (f->o.has_node_seed)
         snprintf(seed, sizeof seed, "seed = %llu;\n", (unsigned long long)f->o.node_seed);
-    int len =
-        snprintf(text, sizeof text,
-                 "%s%s%s"
-                 "keys = { dir = \"../../keys\"; name = \"%s\"; };\n"
-                 "consortium = \"%s\";\n"
-                 "aggregator = { endpoint = \"%s\"; identity = \"../../keys/aggregator.id\"; "
-                 "};\n"
-                 "base_model = \"../../base\";\n"
-                 "data = \"data.txt\";\n"
-                 "eval_fraction = 0.2;\n"
-                 "state = \"state\";\n"
-                 "threads = 1;\n"
-                 "poll_ms = %d;\n"
-                 "%s%s",
-                 f->o.header ? "# " : "", f->o.header ? f->o.header : "", f->o.header ? "\n" : "",
-                 d->name, f->o.consortium, endpoint, f->o.node_poll_ms, seed, extra ? extra : "");
+    int len = snprintf(text, sizeof text,
+                       "%s%s%s"
+                       "keys = { dir = \"../../keys\"; name = \"%s\"; };\n"
+                       "consortium = \"%s\";\n"
+                       "aggregator = { endpoint = \"%s\"; identity = \"../../keys/aggregator.id\"; "
+                       "};\n"
+                       "base_model = \"../../base\";\n"
+                       "data = \"data.txt\";\n"
+                       "eval_fraction = 0.2;\n"
+                       "state = \"state\";\n"
+                       "threads = 1;\n"
+                       "poll_ms = %d;\n"
+                       "%s%s%s",
+                       f->o.header ? "# " : "", f->o.header ? f->o.header : "",
+                       f->o.header ? "\n" : "", d->name, f->o.consortium, endpoint,
+                       f->o.node_poll_ms, seed, f->o.node_extra, extra ? extra : "");
     if (len < 0 || (size_t)len >= sizeof text)
         return err_set("%s's config does not fit %zu bytes", d->name, sizeof text);
     return harness_write_text(d->config, text);

@@ -38,8 +38,9 @@ typedef struct {
 
 /* Starts `bin argv[0] argv[1] ...` (argv NULL-terminated; argv[0] is the
  * subcommand, e.g. "node") with stdout and stderr to log, truncated or
- * appended to. bin NULL: this very executable (/proc/self/exe). The child
- * gets one OpenMP and one BLAS thread: the processes share the machine. */
+ * appended to, and stdin from /dev/null. bin NULL: this very executable
+ * (/proc/self/exe). The child gets one OpenMP and one BLAS thread: the
+ * processes share the machine. */
 int harness_spawn(harness_proc *p, const char *bin, const char *log, int append,
                   const char *const *argv);
 /* 1 while the child runs; an exited child is reaped (its status kept). */
@@ -84,6 +85,9 @@ json_t *harness_round_metrics(const char *agg_state, uint64_t round);
 
 /* ---- a scratch federation --------------------------------------------------------- */
 
+/* A fresh identity `name` (keygen's files) in dir. */
+int harness_keys(const char *dir, const char *name);
+
 typedef struct {
     const char *consortium;
     const char *header;       /* a comment line for the configs, or NULL */
@@ -92,13 +96,14 @@ typedef struct {
     const char *below_quorum; /* "wait" or "fail" */
     int steps, rank, batch, seq;
     double lr;
-    const char *targets; /* libconfig list items, e.g. "\"q_proj\", \"v_proj\"" */
-    const char *policy;  /* a policy file for the aggregator (docs/policies.md), or NULL */
-    uint64_t model_seed; /* the base model's weights */
-    double init_range;   /* the base model's initializer_range */
-    int has_node_seed;   /* write `seed = node_seed;` into every node's config */
-    uint64_t node_seed;  /* (node/node.h: held-out split, adapters, data order) */
-    int node_poll_ms;    /* the nodes' poll_ms */
+    const char *targets;  /* libconfig list items, e.g. "\"q_proj\", \"v_proj\"" */
+    const char *policy;   /* a policy file for the aggregator (docs/policies.md), or NULL */
+    uint64_t model_seed;  /* the base model's weights */
+    double init_range;    /* the base model's initializer_range */
+    int has_node_seed;    /* write `seed = node_seed;` into every node's config */
+    uint64_t node_seed;   /* (node/node.h: held-out split, adapters, data order) */
+    int node_poll_ms;     /* the nodes' poll_ms */
+    char node_extra[512]; /* more text for every node's config ("" by default) */
 } harness_options;
 
 typedef struct {
