@@ -6,7 +6,13 @@
  * where each value starts; then each message's decoder asks for its fields
  * by key with a typed getter that states the rule it enforces in its error
  * message. Keys nobody asks for are ignored: that is how a newer peer adds a
- * field without breaking older ones. */
+ * field without breaking older ones.
+ *
+ * Why one file of over 900 lines: the messages and the TENSORS payload are
+ * read by the same field reader and typed getters and written by the same
+ * packer helpers, whose rules (bounds, canonical forms, error wording) must
+ * not drift apart; split, those helpers would have to become an interface
+ * of their own for two callers. */
 #include "wire/msg.h"
 
 #include "util/err.h"
