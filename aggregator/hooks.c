@@ -81,9 +81,10 @@ static int hook_weights(void *arg, const agg_update *u, int n, double *w) {
     return rc;
 }
 
-/* w is what hook_weights gave; aggregate_round derives the same from the
+/* w is what hook_weights gave; aggregate_compute derives the same from the
  * members' counts (and zeroes those multi-Krum leaves out). */
-static int hook_merge(void *arg, model *base, const agg_update *u, int n, const double *w) {
+static int hook_merge(void *arg, model *base, const agg_update *u, int n, const double *w,
+                      update **factors) {
     agg_hooks *h = arg;
     (void)w;
     aggregate_member *mb = malloc((size_t)n * sizeof *mb);
@@ -91,7 +92,7 @@ static int hook_merge(void *arg, model *base, const agg_update *u, int n, const 
     for (int i = 0; i < n; i++)
         mb[i] = (aggregate_member){u[i].member, u[i].set, u[i].tokens, u[i].examples};
     aggregate_report_free(&h->rep);
-    int rc = aggregate_round(h->pol, base, mb, n, &h->info, h->noise, NULL, &h->rep);
+    int rc = aggregate_compute(h->pol, base, mb, n, &h->info, h->noise, NULL, &h->rep, factors);
     free(mb);
     return rc;
 }
@@ -105,10 +106,4 @@ void agg_hooks_init(agg_hooks *h, const policy *pol, const struct msg_train *tra
 
 void agg_hooks_free(agg_hooks *h) {
     aggregate_report_free(&h->rep);
-}
-
-update *agg_hooks_take_factors(agg_hooks *h) {
-    update *u = h->rep.factors;
-    h->rep.factors = NULL;
-    return u;
 }

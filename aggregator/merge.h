@@ -6,22 +6,25 @@
  * lora_A / lora_B tensor must have exactly the shape the base needs, and no
  * value may be NaN or infinite. Then the round's updates are combined by a
  * policy (agg_policy): validate each, weigh them, merge. The default policy
- * is the exact product merge of DESIGN.md §4,
+ * is the exact product merge (docs/architecture.md, "The exact merge"),
  *
  *   W' = W + Σ_i p_i · s_i · B_i · A_i,   p_i ∝ tokens_i (Σ p_i = 1),
  *
- * over the concatenated factors (lora/update.h: the portable kernel every
- * node can repeat bit for bit),
  * with each member's p_i capped at its max_weight (the excess goes to the
- * others in proportion to their tokens). Updates are always given in member
- * name order and every step is deterministic, so the same updates give the
- * same bytes. A policy file plugs the policies library's weighting,
- * validation, robust rules, merge modes and DP in through agg_policy
- * (hooks.h). */
+ * others in proportion to their tokens), as the factored update of
+ * lora/update.h: B = [p_1 s_1 B_1 | …], A = [A_1; …]. A policy's merge only
+ * says what the round changes: a low-rank change as such factors, which the
+ * aggregator applies with update_apply (the portable kernel every node can
+ * repeat bit for bit) and publishes for low-rank sync, or a dense change it
+ * made to the base itself. Updates are always given in member name order and
+ * every step is deterministic, so the same updates give the same bytes. A
+ * policy file plugs the policies library's weighting, validation, robust
+ * rules, merge modes and DP in through agg_policy (hooks.h). */
 #ifndef FL_AGGREGATOR_MERGE_H
 #define FL_AGGREGATOR_MERGE_H
 
 #include "lora/lora.h"
+#include "lora/update.h"
 #include "wire/keys.h"
 #include "wire/payload.h"
 
@@ -54,8 +57,12 @@ typedef struct agg_policy {
     int (*validate)(void *arg, const model *base, const agg_update *u, char why[AGG_WHY_MAX]);
     /* w[i] >= 0 for each of n updates. */
     int (*weights)(void *arg, const agg_update *u, int n, double *w);
-    /* W += the combination of the updates with weights w (in place on base). */
-    int (*merge)(void *arg, model *base, const agg_update *u, int n, const double *w);
+    /* The round's change to base from the updates and their weights w: a
+     * low-rank one as *factors (base untouched: the caller applies it with
+     * update_apply and publishes it), or a dense one added to base in place,
+     * *factors NULL. */
+    int (*merge)(void *arg, model *base, const agg_update *u, int n, const double *w,
+                 update **factors);
     void *arg;
 } agg_policy;
 
@@ -65,7 +72,9 @@ const agg_policy *agg_policy_default(void);
 /* p_i ∝ tokens_i with caps max_weight_i, Σ p_i = 1 (when the caps allow:
  * if they sum to less than 1, each gets its cap). */
 int agg_weights_tokens(void *arg, const agg_update *u, int n, double *w);
-/* W += Σ_i w_i s_i B_i A_i through the factored update (lora/update.h). */
-int agg_merge_exact(void *arg, model *base, const agg_update *u, int n, const double *w);
+/* W' = W + Σ_i w_i s_i B_i A_i as its factored update (update_build): always
+ * low rank. */
+int agg_merge_exact(void *arg, model *base, const agg_update *u, int n, const double *w,
+                    update **factors);
 
 #endif

@@ -1,8 +1,8 @@
 /* update — a round's merged model update as low-rank factors, the same bytes
  * on every machine.
  *
- * The exact merge of K adapters (DESIGN.md §4, lora/delta.h) is, for each
- * adapted base weight W (out, in) (in-memory layout, model/model.h),
+ * The exact merge of K adapters (docs/architecture.md, "The exact merge") is,
+ * for each adapted base weight W (out, in) (in-memory layout, model/model.h),
  *
  *   W' = W + B · A,   B (out, R) = [c_1 B_1 | … | c_K B_K],   A (R, in) = [A_1; …; A_K],
  *

@@ -340,9 +340,10 @@ static int plan(const policy *pol, const aggregate_member *mb, int K,
     return rc;
 }
 
-int aggregate_round(const policy *pol, model *m, const aggregate_member *members, int K,
-                    const aggregate_round_info *info, noise_source *noise, lora_set **global,
-                    aggregate_report *rep_out) {
+int aggregate_compute(const policy *pol, model *m, const aggregate_member *members, int K,
+                      const aggregate_round_info *info, noise_source *noise, lora_set **global,
+                      aggregate_report *rep_out, update **factors) {
+    *factors = NULL;
     if (global) *global = NULL;
     if (check_members(m, members, K) != 0) return -1;
     if (pol->dp.enabled && !noise)
@@ -428,14 +429,38 @@ int aggregate_round(const policy *pol, model *m, const aggregate_member *members
             rep.bytes_in += (int64_t)mod->rank * (mod->in + mod->out) * (int64_t)sizeof(real);
         }
     }
-    if (rc == 0 && rep.factors) rc = update_apply(m, rep.factors);
     if (rc == 0 && global)
         *global = g;
     else
         lora_free(g);
+    if (rc == 0) {
+        *factors = rep.factors; /* the caller applies it */
+        rep.factors = NULL;
+    }
     if (rc == 0 && rep_out)
         *rep_out = rep;
     else
         aggregate_report_free(&rep);
     return rc;
+}
+
+int aggregate_round(const policy *pol, model *m, const aggregate_member *members, int K,
+                    const aggregate_round_info *info, noise_source *noise, lora_set **global,
+                    aggregate_report *rep) {
+    update *u = NULL;
+    if (aggregate_compute(pol, m, members, K, info, noise, global, rep, &u) != 0) return -1;
+    if (u && update_apply(m, u) != 0) {
+        update_free(u);
+        if (global) {
+            lora_free(*global);
+            *global = NULL;
+        }
+        if (rep) aggregate_report_free(rep);
+        return -1;
+    }
+    if (rep)
+        rep->factors = u;
+    else
+        update_free(u);
+    return 0;
 }

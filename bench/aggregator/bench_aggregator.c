@@ -42,7 +42,7 @@
 #include "wire/keys.h"
 #include "wire/msg.h"
 #include "wire/payload.h"
-#include "wire/transport.h"
+#include "wire/client.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -81,7 +81,7 @@ static void path(char *out, size_t n, const char *fmt, ...) {
     }
 }
 
-static void *sock;
+static client *cl; /* to the aggregator */
 
 /* Samples the aggregator's VmRSS every 5 ms while the round runs: the
  * memory of the round itself, apart from the start-up's import of the base
@@ -103,65 +103,49 @@ static void *sampler(void *arg) {
     return NULL;
 }
 
-static void request(const struct msg *m, struct msg *r, uint8_t **buf) {
-    uint8_t *req;
-    size_t len;
-    if (msg_encode(m, &req, &len) < 0) die("msg_encode");
-    struct transport_limits lim = {4, MSG_FRAME_MAX, MSG_FRAME_MAX + 1024};
-    struct transport_retry rt = {.timeout_ms = 600000,
-                                 .attempts = 1}; /* a merge of 16 may take long */
-    struct transport_frame f = {req, len};
-    struct transport_msg reply;
-    if (transport_request(sock, &lim, &rt, &f, 1, &reply) < 0) die("request");
-    free(req);
-    size_t n = transport_size(&reply, 0);
-    *buf = malloc(n);
-    memcpy(*buf, transport_data(&reply, 0), n);
-    transport_msg_close(&reply);
-    if (msg_decode(*buf, n, NULL, r) < 0) die("decoding a reply");
+/* One request, one reply (valid until the next request). */
+static void request(const struct msg *m, struct msg *r) {
+    if (client_call(cl, m, r) != CLIENT_OK) die("request");
 }
 
 static void hello(const keys_secret *k, struct msg *r) {
     struct msg m = {.type = MSG_HELLO};
-    uint8_t *buf;
     uint8_t consortium[32];
     snprintf(m.hello.name, sizeof m.hello.name, "%s", k->pub.name);
     keys_fingerprint(&k->pub, m.hello.fingerprint);
     if (payload_consortium_id("bench", consortium) < 0 ||
         hello_sign(&m.hello, consortium, k, (uint64_t)time(NULL)) < 0)
         die("signing HELLO");
-    request(&m, r, &buf);
-    free(buf);
+    request(&m, r);
+}
+
+/* Where fetch's chunks go: the file and its hash. */
+typedef struct {
+    int fd;
+    const char *path;
+    crypto_sha256_ctx *sha;
+} fetch_sink;
+
+static int to_file(void *arg, const uint8_t *data, size_t len) {
+    fetch_sink *f = arg;
+    return crypto_sha256_update(f->sha, data, len) < 0 ||
+                   fio_write_full(f->fd, data, len, f->path) < 0
+               ? -1
+               : 0;
 }
 
 /* GET_MODEL of the whole object `hash` into path (written, fsync'd), its
  * SHA-256 checked, as a node's download does; returns its size. */
 static uint64_t fetch(const uint8_t hash[32], const char *path) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) die(path);
-    crypto_sha256_ctx *sha;
-    if (crypto_sha256_new(&sha) < 0) die("sha256");
-    uint64_t off = 0, total = 0;
-    for (;;) {
-        struct msg g = {.type = MSG_GET_MODEL}, r;
-        uint8_t *buf;
-        memcpy(g.get_model.version, hash, 32);
-        g.get_model.offset = off;
-        g.get_model.length = MSG_CHUNK_MAX;
-        request(&g, &r, &buf);
-        if (r.type != MSG_MODEL_CHUNK) die("GET_MODEL");
-        if (crypto_sha256_update(sha, r.model_chunk.data, r.model_chunk.data_len) < 0 ||
-            fio_write_full(fd, r.model_chunk.data, r.model_chunk.data_len, path) < 0)
-            die(path);
-        off += r.model_chunk.data_len;
-        total = r.model_chunk.total;
-        int fin = r.model_chunk.final;
-        free(buf);
-        if (fin) break;
-    }
+    fetch_sink f = {open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644), path, NULL};
+    if (f.fd < 0) die(path);
+    if (crypto_sha256_new(&f.sha) < 0) die("sha256");
+    uint64_t total = 0;
+    if (client_download(cl, hash, 0, 0, UINT64_MAX, to_file, &f, &total) != CLIENT_OK)
+        die("GET_MODEL");
     uint8_t h[32];
-    if (fsync(fd) != 0 || close(fd) != 0 || crypto_sha256_final(sha, h) < 0) die(path);
-    crypto_sha256_free(sha);
+    if (fsync(f.fd) != 0 || close(f.fd) != 0 || crypto_sha256_final(f.sha, h) < 0) die(path);
+    crypto_sha256_free(f.sha);
     if (memcmp(h, hash, 32) != 0) die("fetched object hash");
     return total;
 }
@@ -316,15 +300,15 @@ int main(int argc, char **argv) {
     pthread_t th;
     pthread_create(&th, NULL, sampler, (void *)(intptr_t)pid);
     ep[len - 1] = '\0';
-    void *ctx = zmq_ctx_new();
-    struct transport_opts o;
-    transport_opts_default(&o);
-    if (transport_dealer(ctx, ep, &o, &sock) < 0) die("connect");
+    client_options co;
+    client_options_default(&co);
+    co.timeout_ms = 600000; /* a merge of 16 may take long */
+    if (client_open(&cl, ep, &co) < 0) die("connect");
 
     /* Full-weights sync by the first node, into the version directory the
      * nodes hold (config.json is the federation's, from the base model). */
     struct msg r;
-    uint8_t *buf, base[32];
+    uint8_t base[32];
     hello(&mem[0], &r);
     if (r.type != MSG_ROUND) die("HELLO");
     memcpy(base, r.round.base, 32);
@@ -364,8 +348,7 @@ int main(int argc, char **argv) {
         memcpy(s.submit_begin.id, hdr.message_id, 16);
         s.submit_begin.size = elen;
         s.submit_begin.chunks = (uint32_t)((elen + MSG_CHUNK_MAX - 1) / MSG_CHUNK_MAX);
-        request(&s, &r, &buf);
-        free(buf);
+        request(&s, &r);
         for (uint32_t c = 0; c < s.submit_begin.chunks; c++) {
             struct msg k = {.type = MSG_SUBMIT_CHUNK};
             memcpy(k.submit_chunk.id, hdr.message_id, 16);
@@ -374,14 +357,12 @@ int main(int argc, char **argv) {
             k.submit_chunk.data_len = (uint32_t)(elen - (size_t)c * MSG_CHUNK_MAX < MSG_CHUNK_MAX
                                                      ? elen - (size_t)c * MSG_CHUNK_MAX
                                                      : MSG_CHUNK_MAX);
-            request(&k, &r, &buf);
-            free(buf);
+            request(&k, &r);
         }
         struct msg e = {.type = MSG_SUBMIT_END};
         memcpy(e.submit_end.id, hdr.message_id, 16);
         crypto_sha256(env, elen, e.submit_end.digest);
-        request(&e, &r, &buf);
-        free(buf);
+        request(&e, &r);
         if (r.type != MSG_RECEIPT) {
             fprintf(stderr, "no receipt: %s\n", r.type == MSG_ERROR ? r.error.reason : "?");
             return 1;
@@ -430,7 +411,7 @@ int main(int argc, char **argv) {
     double full_s = now_s() - l2;
     if (ubytes != r2.update_size || full_bytes != total) die("object sizes");
 
-    transport_close(sock);
+    client_close(cl);
     kill(pid, SIGTERM); /* round 2 is not played: the aggregator exits 0 on SIGTERM */
     int status;
     struct rusage ru;
@@ -438,7 +419,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "aggregator failed; see %s\n", log_path);
         return 1;
     }
-    zmq_ctx_term(ctx);
 
     /* aggregate_s and publish_s from the aggregator's own metrics line. */
     double agg_s = -1, pub_s = -1;

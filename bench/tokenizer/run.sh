@@ -1,29 +1,56 @@
 #!/usr/bin/env bash
 # Tokenizer benchmark: fedlora vs Hugging Face tokenizers, same text, same
 # tokenizer.json, one thread, same run. Usage:
-#   bench/tokenizer/run.sh BUILD_DIR [SECONDS]
+#   bench/tokenizer/run.sh [--quick] BUILD_DIR [SECONDS]
 # BUILD_DIR holds bench/tokenizer/bench_tokenizer (cmake --build BUILD_DIR
 # --target bench_tokenizer). Inputs are made by prepare.py in
 # ${FEDLORA_BENCH_DIR:-/tmp/fedlora-bench-tokenizer} on the first run.
 # For each tokenizer it prints both speeds, the ratio, and whether the ids
 # hashes agree (the same ids, not only the same speed).
+# --quick: the committed fixture tokenizers on the example corpus (no
+# prepare.py), 0.2 s each; the reference only where the Python package
+# tokenizers is installed.
 set -euo pipefail
-build=${1:?usage: run.sh BUILD_DIR [SECONDS]}
-secs=${2:-3}
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$here/../lib.sh"
+build=${1:?usage: run.sh [--quick] BUILD_DIR [SECONDS]}
+secs=${2:-3}
 root=$(cd "$here/../.." && pwd)
 work=${FEDLORA_BENCH_DIR:-/tmp/fedlora-bench-tokenizer}
 bin="$build/bench/tokenizer/bench_tokenizer"
 [ -x "$bin" ] || { echo "no $bin: build the bench_tokenizer target first" >&2; exit 2; }
-[ -f "$work/corpus.txt" ] || python3 "$here/prepare.py" "$work"
-export RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 fx="$root/tests/fixtures/tokenizer"
+toks=("$work/gpt2_32k.json" "$work/llama3_32k.json" "$fx/gpt2.json" "$fx/llama3.json"
+      "$fx/qwen2.json" "$fx/spm.json")
+corpus="$work/corpus.txt"
+reference=1
+if [ "$quick" = 1 ]; then
+  secs=${2:-0.2}
+  work=$(mktemp -d "${TMPDIR:-/tmp}/fedlora-bench-tokenizer-quick.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  corpus="$work/corpus.txt"
+  cat "$root"/examples/corpus/*.txt >"$corpus"
+  toks=("$fx/gpt2.json" "$fx/llama3.json" "$fx/qwen2.json" "$fx/spm.json")
+  have_python tokenizers || reference=0
+else
+  [ -f "$corpus" ] || python3 "$here/prepare.py" "$work"
+fi
+export RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
+if [ "$reference" = 0 ]; then
+  printf '%-12s %10s\n' tokenizer fedlora
+  for tok in "${toks[@]}"; do
+    c=$("$bin" "$tok" "$corpus" "$secs")
+    printf '%-12s %10s\n' "$(basename "$tok" .json)" "$(echo "$c" | awk '{print $3}')"
+  done
+  echo "MB/s of UTF-8 input, best pass, 1 thread"
+  exit 0
+fi
 printf '%-12s %10s %12s %12s %9s %9s %s\n' tokenizer fedlora hf-per-doc hf-batch ratio-doc ratio-bat ids
 status=0
-for tok in "$work/gpt2_32k.json" "$work/llama3_32k.json" "$fx/gpt2.json" "$fx/llama3.json" \
-           "$fx/qwen2.json" "$fx/spm.json"; do
-  c=$("$bin" "$tok" "$work/corpus.txt" "$secs")
-  h=$(python3 "$here/ref_hf_tokenizers.py" "$tok" "$work/corpus.txt" "$secs")
+for tok in "${toks[@]}"; do
+  c=$("$bin" "$tok" "$corpus" "$secs")
+  h=$(python3 "$here/ref_hf_tokenizers.py" "$tok" "$corpus" "$secs")
   c_mbs=$(echo "$c" | awk '{print $3}')
   hd_mbs=$(echo "$h" | awk '/per-doc/ {print $3}')
   hb_mbs=$(echo "$h" | awk '/batch/ {print $3}')

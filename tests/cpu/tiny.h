@@ -4,6 +4,8 @@
 #define FL_TESTS_CPU_TINY_H
 
 #include "model/model.h"
+#include "tests/check.h"
+#include "util/err.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -127,6 +129,15 @@ static inline void tiny_weights(model *m, uint64_t seed) {
         for (int64_t j = 0; j < p->numel; j++)
             p->data[j] = (real)(float)((float)p->data[j] + 0.2 * tiny_uniform(&s));
     }
+}
+
+/* A model of cfg with tiny_weights(seed); NULL after a failed CHECK (the
+ * includer has tests/check.h). */
+static inline model *tiny_model(const model_config *cfg, uint64_t seed) {
+    model *m = NULL;
+    CHECK_MSG(model_create(&m, cfg) == 0, "tiny_model: %s", err_msg());
+    if (m) tiny_weights(m, seed);
+    return m;
 }
 
 /* Random tokens; targets random too, with every third one ignored. */
