@@ -6,8 +6,9 @@
  * B (out, R) and A (R, in) random floats (W ~ ±0.05, B ~ ±0.01, A ~ ±0.05,
  * the sizes of a merged LoRA update), each kernel applied repeatedly to W
  * (the new one as update_apply runs it: its scratch made once per
- * application of the set, then update_kernel_ws_apply per weight),
- * best of at least 3 runs and at least --min-time seconds; G multiply-adds/s
+ * application of the set, then update_kernel_ws_apply per weight), the
+ * kernels taking turns, best of at least 3 runs and at least --min-time
+ * seconds each (default 1); G multiply-adds/s
  * = out · in · R / seconds / 10^9. Before the timing, both kernels are run
  * once on copies of the same W and their results compared byte for byte
  * ("same bits": the FMA kernel's definition gives the old kernel's numbers,
@@ -20,6 +21,7 @@
  *
  * Usage: bench_update [--threads 1,2] [--ranks 16,48,256] [--shapes 100m,8b]
  *                     [--paths auto[,avx2,avx512,muladd,fma]] [--min-time S]
+ *                     [--clock wall|cpu]
  * Prints one Markdown table row per (shape, R, threads).
  *
  * bench_update --accuracy [--ranks …]: not a timing, the numbers behind
@@ -113,17 +115,38 @@ static int apply(const operands *o, int path, int R) {
     return rc;
 }
 
-/* Best seconds of one application: at least 3 runs and min_time in all. */
-static double best_time(const operands *o, int path, int R, double min_time) {
-    double best = 1e30, spent = 0;
-    for (int run = 0; run < 3 || spent < min_time; run++) {
-        double t0 = bench_now();
-        if (apply(o, path, R) != 0) return -1;
-        double t = bench_now() - t0;
-        spent += t;
-        if (t < best) best = t;
+/* Wall-clock seconds, or with --clock cpu the process's CPU seconds: with
+ * one thread, the time the kernel actually ran, whatever else shares the
+ * cores (a machine busy with other jobs gives wall times that say more
+ * about them). */
+static int use_cpu_clock;
+static double now(void) {
+    if (!use_cpu_clock) return bench_now();
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Best seconds of one application for each kernel of kernels[0..n): the
+ * kernels take turns (so that, on a shared machine, each gets the same
+ * chances at a quiet moment), each at least 3 runs and min_time in all. */
+static int best_times(const operands *o, const int *kernels, int n, int R, double min_time,
+                      double *best) {
+    double spent[1 + UPDATE_KERNEL_COUNT] = {0};
+    for (int k = 0; k < n; k++) best[k] = 1e30;
+    for (int run = 0;; run++) {
+        int more = 0;
+        for (int k = 0; k < n; k++) {
+            if (run >= 3 && spent[k] >= min_time) continue;
+            more = 1;
+            double t0 = now();
+            if (apply(o, kernels[k], R) != 0) return -1;
+            double t = now() - t0;
+            spent[k] += t;
+            if (t < best[k]) best[k] = t;
+        }
+        if (!more) return 0;
     }
-    return best;
 }
 
 /* 1 when kernels p and q give the same bytes from the same W. */
@@ -254,7 +277,7 @@ int main(int argc, char **argv) {
     int threads[4] = {1, 2}, n_threads = 2, ranks[8] = {16, 48, 256}, n_ranks = 3;
     int paths[UPDATE_KERNEL_COUNT] = {UPDATE_KERNEL_AUTO}, n_paths = 1;
     int want_100m = 1, want_8b = 1, want_accuracy = 0;
-    double min_time = 0.5;
+    double min_time = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--accuracy")) {
@@ -274,12 +297,14 @@ int main(int argc, char **argv) {
             ok = want_100m || want_8b;
         } else if (ok && !strcmp(a, "--min-time"))
             ok = (min_time = atof(v)) >= 0;
+        else if (ok && !strcmp(a, "--clock"))
+            ok = (use_cpu_clock = !strcmp(v, "cpu")) || !strcmp(v, "wall");
         else
             ok = 0;
         if (!ok) {
             fprintf(stderr,
                     "usage: bench_update [--threads 1,2] [--ranks 16,48,256] [--shapes 100m,8b] "
-                    "[--paths auto,avx2,avx512,muladd,fma] [--min-time S]\n"
+                    "[--paths auto,avx2,avx512,muladd,fma] [--min-time S] [--clock wall|cpu]\n"
                     "       bench_update --accuracy [--ranks 16,48,256]\n");
             return 2;
         }
@@ -295,7 +320,8 @@ int main(int argc, char **argv) {
                     update_kernel_name((update_kernel_path)paths[p]));
             return 1;
         }
-    printf("# update kernel: auto = %s\n", update_kernel_name(update_kernel_auto()));
+    printf("# update kernel: auto = %s; %s time\n", update_kernel_name(update_kernel_auto()),
+           use_cpu_clock ? "CPU" : "wall-clock");
     printf("| shape | R | threads | old G madds/s |");
     for (int p = 0; p < n_paths; p++)
         printf(" %s G madds/s | ratio |", update_kernel_name((update_kernel_path)paths[p]));
@@ -318,17 +344,17 @@ int main(int argc, char **argv) {
                 omp_set_num_threads(threads[ti]);
                 int same = 1;
                 for (int p = 0; p < n_paths; p++) same &= same_bits(&o, -1, paths[p], R);
-                double t_old = best_time(&o, -1, R, min_time);
-                printf("| %s | %d | %d | %.2f |", sets[si].name, R, threads[ti],
-                       madds / t_old / 1e9);
-                for (int p = 0; p < n_paths; p++) {
-                    double t = best_time(&o, paths[p], R, min_time);
-                    if (t < 0) {
-                        fprintf(stderr, "bench_update: %s\n", err_msg());
-                        return 1;
-                    }
-                    printf(" %.2f | %.2f |", madds / t / 1e9, t_old / t);
+                int kernels[1 + UPDATE_KERNEL_COUNT] = {-1};
+                double t[1 + UPDATE_KERNEL_COUNT];
+                for (int p = 0; p < n_paths; p++) kernels[1 + p] = paths[p];
+                if (best_times(&o, kernels, 1 + n_paths, R, min_time, t) != 0) {
+                    fprintf(stderr, "bench_update: %s\n", err_msg());
+                    return 1;
                 }
+                printf("| %s | %d | %d | %.2f |", sets[si].name, R, threads[ti],
+                       madds / t[0] / 1e9);
+                for (int p = 0; p < n_paths; p++)
+                    printf(" %.2f | %.2f |", madds / t[1 + p] / 1e9, t[0] / t[1 + p]);
                 printf(" %s |\n", same ? "yes" : "NO");
                 fflush(stdout);
             }
