@@ -334,6 +334,7 @@ static void pack_strip(const path_desc *d, double *Ap, const float *A, int64_t l
     double *dst = Ap + (int64_t)s * R * nr;
     for (int k = 0; k < R; k++, dst += nr) {
         const float *src = A + (int64_t)k * lda + c0;
+#pragma omp simd
         for (int j = 0; j < n; j++) dst[j] = (double)src[j];
         for (int j = n; j < nr; j++) dst[j] = 0;
     }
@@ -348,9 +349,10 @@ static void pack_tile(const path_desc *d, double *Bp, const float *B, int64_t ld
     for (int r = 0; r < d->mr; r++) {
         double *dst = Bp + (int64_t)r * R;
         const float *src = B + (int64_t)(i0 + r) * ldb;
-        if (r < nrows)
+        if (r < nrows) {
+#pragma omp simd
             for (int k = 0; k < R; k++) dst[k] = (double)src[k];
-        else
+        } else
             memset(dst, 0, (size_t)R * sizeof *dst);
     }
 }
