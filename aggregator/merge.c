@@ -174,15 +174,22 @@ int agg_weights_tokens(void *arg, const agg_update *u, int n, double *w) {
     return 0;
 }
 
-/* The factors only: the caller applies them (update_apply), the one place
- * the aggregator changes a base by a low-rank update. */
-int agg_merge_exact(void *arg, model *base, const agg_update *u, int n, const double *w,
-                    update **factors) {
+void agg_change_free(agg_change *c) {
+    update_free(c->factors);
+    if (c->dense_free) c->dense_free(c->dense_ctx);
+    memset(c, 0, sizeof *c);
+}
+
+/* The factors only: the version is written from them (update_write_version),
+ * the one way the aggregator changes a base by a low-rank update. */
+int agg_merge_exact(void *arg, const model *base, const agg_update *u, int n, const double *w,
+                    agg_change *out) {
     (void)arg;
+    memset(out, 0, sizeof *out);
     lora_set **sets = malloc((size_t)n * sizeof *sets);
     if (!sets) return err_set("out of memory merging %d updates", n);
     for (int i = 0; i < n; i++) sets[i] = u[i].set;
-    int rc = update_build(factors, base, sets, w, n);
+    int rc = update_build(&out->factors, base, sets, w, n);
     free(sets);
     return rc;
 }

@@ -38,7 +38,8 @@ static double mono(void) {
 int agg_load_version(const agg_config *c, const uint8_t hash[32], model **out) {
     char dir[AGG_PATH_MAX];
     if (store_version_dir(c->state, hash, dir, sizeof dir) < 0) return -1;
-    if (checkpoint_load(out, dir) < 0) return err_context("loading model version %s", dir);
+    if (checkpoint_map(out, dir, MODEL_PRECISION_FP32) < 0)
+        return err_context("loading model version %s", dir);
     return 0;
 }
 
@@ -52,15 +53,39 @@ int agg_ensure_model(agg *a, const uint8_t hash[32]) {
     return 0;
 }
 
-/* Writes m as a new version: STATE/tmp/<name>, then into the store. */
-int agg_publish_model(const agg_config *c, const model *m, const char *name, uint8_t hash[32]) {
+int agg_publish_dir(const agg_config *c, const char *name, uint8_t hash[32]) {
     char tmp[AGG_PATH_MAX];
     if (snprintf(tmp, sizeof tmp, "%s/tmp/%s", c->state, name) >= (int)sizeof tmp)
         return err_set("state path too long");
-    if (store_remove_dir(tmp) < 0 || checkpoint_save(m, tmp, "float32") < 0 ||
-        store_publish(c->state, tmp, hash) < 0)
-        return err_context("publishing a model version");
+    if (store_publish(c->state, tmp, hash) < 0) return err_context("publishing a model version");
     return 0;
+}
+
+/* A dense change as an edit of checkpoint_write. */
+static int dense_touches(void *ctx, const model_param *p) {
+    const agg_change *ch = ctx;
+    return ch->dense_touches(ch->dense_ctx, p->name);
+}
+
+static int dense_apply(void *ctx, const model_param *p, real *values) {
+    const agg_change *ch = ctx;
+    return ch->dense_apply(ch->dense_ctx, p->name, values);
+}
+
+int agg_write_version(const model *base, const uint8_t base_hash[32], const agg_change *change,
+                      const char *dir) {
+    if (store_remove_dir(dir) < 0) return -1;
+    if (change->factors) {
+        memcpy(change->factors->from, base_hash, 32);
+        return update_write_version(base, change->factors, dir, 1);
+    }
+    checkpoint_edit e = {.touches = dense_touches, .apply = dense_apply, .ctx = (void *)change};
+    checkpoint_save_options o = {.dtype = base->cfg.torch_dtype,
+                                 .edit = &e,
+                                 .release = 1,
+                                 .stochastic = strcmp(base->cfg.torch_dtype, "bfloat16") == 0,
+                                 .sr_key = update_version_key(base_hash)};
+    return checkpoint_write(base, dir, &o);
 }
 
 /* Writes round's update u (from → to) as an update file (lora/update.h) in
@@ -144,7 +169,7 @@ int agg_forget_key(const agg_config *c, uint64_t round) {
 }
 
 void agg_result_free(round_result *r) {
-    update_free(r->factors);
+    agg_change_free(&r->change);
     for (int i = 0; i < r->n; i++) agg_update_free(&r->u[i]);
     free(r->u);
     free(r->w);
@@ -170,14 +195,15 @@ static void drop(round_result *r, uint64_t round, const char *member, const char
  * when at least `quorum` (and one) are kept. r->merged == 0 means nothing
  * was merged (m is untouched): the policy rejected too many.
  *
- * The policy's merge says what the round changes (merge.h). A low-rank
- * change — the default policy's exact merge, and a policy file's mean or
- * multi-Krum without DP, fedit and svd — comes back as its update, applied
- * here with update_apply, the portable kernel a node repeats bit for bit,
- * and kept in r->factors for low-rank sync. The median, trimmed mean and DP
- * noise are dense: the policy adds them to m itself, no factors. */
+ * The policy's merge says what the round changes (merge.h), in r->change:
+ * a low-rank change — the default policy's exact merge, and a policy file's
+ * mean or multi-Krum without DP, fedit and svd — as its update, from which
+ * the version is written with update_write_version, the portable kernel a
+ * node repeats bit for bit, and which is published for low-rank sync; the
+ * median, trimmed mean and DP noise as a dense change applied weight by
+ * weight as the version is written. m (mapped) is only read. */
 int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *keys,
-                  const agg_policy *pol, model *m, const uint8_t base[32], uint64_t round,
+                  const agg_policy *pol, const model *m, const uint8_t base[32], uint64_t round,
                   int quorum, const accept_rec *const *acc, int n, round_result *r, agg *crash) {
     memset(r, 0, sizeof *r);
     const accept_rec **order = malloc((size_t)(n ? n : 1) * sizeof *order);
@@ -265,8 +291,7 @@ int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *ke
     }
     if (r->n > 0 && r->n >= quorum) {
         if (pol->weights(pol->arg, r->u, r->n, r->w) < 0 ||
-            pol->merge(pol->arg, m, r->u, r->n, r->w, &r->factors) < 0 ||
-            (r->factors && update_apply(m, r->factors) < 0))
+            pol->merge(pol->arg, m, r->u, r->n, r->w, &r->change) < 0)
             goto done;
         r->merged = 1;
     }
@@ -299,16 +324,14 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
         a->hooks.noise = NULL;
     }
     agg_roster_free(closed);
-    noise_free(noise);
     free(acc);
     if (rc < 0) {
-        /* The model may be half merged: forget it, a restart reloads it. */
-        model_free(a->model);
-        a->model = NULL;
+        noise_free(noise);
         return -1;
     }
     double t1 = mono(), open_t = (double)(a->deadline - a->cfg.deadline_s);
     if (!r.merged) {
+        noise_free(noise);
         /* The policy rejected so many that the quorum is no longer met. */
         int kept = r.n;
         r.n = 0; /* nothing was merged: the metrics list the rejections only */
@@ -323,26 +346,31 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
     snprintf(name, sizeof name, "r%llu", (unsigned long long)a->round);
     uint8_t v[32], uh[32] = {0};
     uint64_t usize = 0;
-    /* The version, then its update as an object: both in the store before
-     * the publish record names them. */
-    if (agg_publish_model(&a->cfg, a->model, name, v) < 0 ||
-        (r.factors && publish_update(&a->cfg, r.factors, a->round, a->base, v, uh, &usize) < 0)) {
-        model_free(a->model);
-        a->model = NULL;
+    /* The version, written a tensor at a time from the mapped base (a dense
+     * change draws its DP noise as it goes), then its update as an object:
+     * both in the store before the publish record names them. */
+    char tmp[AGG_PATH_MAX];
+    rc = snprintf(tmp, sizeof tmp, "%s/tmp/%s", a->cfg.state, name) >= (int)sizeof tmp
+             ? err_set("state path %s is too long", a->cfg.state)
+             : agg_write_version(a->model, a->base, &r.change, tmp);
+    noise_free(noise);
+    /* The base's pages were given back as they were written: forget it. */
+    model_free(a->model);
+    a->model = NULL;
+    update *f = r.change.factors;
+    if (rc < 0 || agg_publish_dir(&a->cfg, name, v) < 0 ||
+        (f && publish_update(&a->cfg, f, a->round, a->base, v, uh, &usize) < 0)) {
         agg_result_free(&r);
-        return -1;
+        return err_context("round %llu: publishing", (unsigned long long)a->round);
     }
-    memcpy(a->model_version, v, 32);
     agg_crash_point(a, "publish");
     double t2 = mono();
     char uhex[STORE_HEX_LEN + 1];
     hex_encode(v, 32, hex);
     hex_encode(uh, 32, uhex);
     unsigned long long rn = (unsigned long long)a->round;
-    journal_record pr = {.kind = JOURNAL_PUBLISH,
-                         .round = a->round,
-                         .has_update = r.factors != NULL,
-                         .update_size = usize};
+    journal_record pr = {
+        .kind = JOURNAL_PUBLISH, .round = a->round, .has_update = f != NULL, .update_size = usize};
     memcpy(pr.hash, v, 32);
     memcpy(pr.update_hash, uh, 32);
     if (agg_metrics_round(a, "published", v, &r, (double)now - open_t, t1 - t0, t2 - t1) < 0 ||
@@ -353,8 +381,7 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
     if (a->has_update)
         agg_say("round %llu: low-rank update %.16s... of %llu bytes (%d weights, rank %d) makes "
                 "this version from the round's base",
-                rn, uhex, (unsigned long long)usize, r.factors->n_modules,
-                r.factors->modules[0].rank);
+                rn, uhex, (unsigned long long)usize, f->n_modules, f->modules[0].rank);
     if (agg_dp_on(&a->cfg)) {
         const policy *pol = &a->cfg.policy;
         if (dp_accountant_add(&a->dp, pol->rounds.fraction, pol->dp.noise_multiplier, 1) < 0 ||

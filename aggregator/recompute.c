@@ -80,7 +80,7 @@ int agg_recompute(const agg_config *c, uint64_t round, const char *out_dir, uint
                 (unsigned long long)round);
         goto done;
     }
-    if (checkpoint_save(m, out_dir, "float32") < 0 ||
+    if (agg_write_version(m, w.base, &r.change, out_dir) < 0 ||
         fio_join(p, sizeof p, out_dir, "model.safetensors") < 0 ||
         crypto_sha256_file(p, hash, NULL) < 0)
         goto done;

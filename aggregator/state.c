@@ -161,17 +161,23 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
 
     if (!a->initialized) {
         /* A new federation: the base model goes into the store as version 0
-         * (float32, one file) and round 1 opens on it. */
-        char hex[STORE_HEX_LEN + 1];
-        if (checkpoint_load(&a->model, c->base_model) < 0) {
+         * in its own dtype (config.json's torch_dtype), written a tensor at
+         * a time from the mapped checkpoint, and round 1 opens on it. */
+        char hex[STORE_HEX_LEN + 1], tmp[AGG_PATH_MAX];
+        model *base = NULL;
+        if (checkpoint_map(&base, c->base_model, MODEL_PRECISION_FP32) < 0) {
             err_context("base_model %s", c->base_model);
             goto fail;
         }
         journal_record r = {.kind = JOURNAL_INIT};
         memcpy(r.consortium, c->consortium, 32);
-        if (agg_publish_model(c, a->model, "import", r.hash) < 0 || agg_commit(a, &r) < 0)
-            goto fail;
-        memcpy(a->model_version, a->version, 32);
+        checkpoint_save_options so = {.dtype = base->cfg.torch_dtype, .release = 1};
+        int irc = snprintf(tmp, sizeof tmp, "%s/tmp/import", c->state) >= (int)sizeof tmp ||
+                          store_remove_dir(tmp) < 0 || checkpoint_write(base, tmp, &so) < 0
+                      ? -1
+                      : 0;
+        model_free(base);
+        if (irc < 0 || agg_publish_dir(c, "import", r.hash) < 0 || agg_commit(a, &r) < 0) goto fail;
         hex_encode(a->version, 32, hex);
         agg_say("new federation '%s' in %s: base model %s imported as version %.16s...",
                 c->consortium_name, c->state, c->base_model, hex);

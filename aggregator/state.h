@@ -123,7 +123,7 @@ typedef struct {
     int ndrop;
     int merged; /* the n kept updates were merged (n >= the quorum) */
     uint64_t tokens, examples, bytes;
-    update *factors; /* what was merged, as low-rank factors; NULL: a dense merge */
+    agg_change change; /* what the merge changes (merge.h): factors, or a dense change */
 } round_result;
 
 /* Set from signal handlers (serve.c). */
@@ -186,17 +186,28 @@ void agg_envelope_expect(const agg_config *c, agg_roster *roster, uint64_t round
 int agg_lookup_any_key(void *arg, const uint8_t fp[KEYS_FP_LEN], keys_public *out);
 
 /* ---- publish.c -------------------------------------------------------------- */
+/* The model of version hash, mapped read-only (checkpoint_map): its
+ * weights stay in the version's dtype and in the page cache. */
 int agg_load_version(const agg_config *c, const uint8_t hash[32], model **out);
 /* The model of version hash in a->model (loaded unless it already is). */
 int agg_ensure_model(agg *a, const uint8_t hash[32]);
 /* Writes m as a new version (STATE/tmp/<name>, then into the store). */
-int agg_publish_model(const agg_config *c, const model *m, const char *name, uint8_t hash[32]);
+/* Writes the version `change` makes from base (the version base_hash,
+ * mapped) into dir, a tensor at a time: update_write_version for factors,
+ * the dense change applied weight by weight otherwise; in the base's dtype,
+ * a bf16 base's changed weights rounded stochastically keyed by base_hash
+ * (docs/formats.md, "bf16 versions"). */
+int agg_write_version(const model *base, const uint8_t base_hash[32], const agg_change *change,
+                      const char *dir);
+/* Moves a version directory written in STATE/tmp/<name> into the store;
+ * hash: its version hash. */
+int agg_publish_dir(const agg_config *c, const char *name, uint8_t hash[32]);
 /* Merges the current round (AGGREGATING) and publishes its version, or
  * fails it when the policy kept too few. */
 int agg_aggregate_and_publish(agg *a, uint64_t now);
 /* The heart of a round, shared with agg_recompute (publish.c says more). */
 int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *keys,
-                  const agg_policy *pol, model *m, const uint8_t base[32], uint64_t round,
+                  const agg_policy *pol, const model *m, const uint8_t base[32], uint64_t round,
                   int quorum, const accept_rec *const *acc, int n, round_result *r, agg *crash);
 void agg_result_free(round_result *r);
 int agg_dp_on(const agg_config *c);

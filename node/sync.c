@@ -188,7 +188,9 @@ static int lowrank(node_ctx *n, const struct msg_round *r, const char *dir, cons
         err_set("the update's bytes do not hash to the ROUND's update_hash");
         goto done;
     }
-    if (checkpoint_load(&m, from) != 0) {
+    /* The version held, mapped: read as it is written (memory stays at a
+     * tensor, not the model). */
+    if (checkpoint_map(&m, from, MODEL_PRECISION_FP32) != 0) {
         err_context("loading version %.16s…", from_hex);
         goto done;
     }
@@ -198,10 +200,8 @@ static int lowrank(node_ctx *n, const struct msg_round *r, const char *dir, cons
         err_set("the update file is for another pair of versions than the ROUND's");
         goto done;
     }
-    /* The aggregator's own steps: its kernel, then its float32 writer. */
-    if (update_apply(m, u) != 0 || node_remove_tree(tmp) != 0 ||
-        checkpoint_save(m, tmp, "float32") != 0)
-        goto done;
+    /* The aggregator's own step: update_write_version, the same bytes. */
+    if (node_remove_tree(tmp) != 0 || update_write_version(m, u, tmp, 1) != 0) goto done;
     model_free(m);
     m = NULL;
     if (crypto_sha256_file(made, got, NULL) != 0) goto done;
