@@ -56,6 +56,9 @@ typedef struct {
 
 /* ---- random numbers ------------------------------------------------------------- */
 
+/* The generator is local (model/ and lora/ keep their own static copies):
+ * this tool depends on util/ only, and its streams must not change when
+ * theirs do. */
 static uint64_t splitmix64(uint64_t *s) {
     uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -338,6 +341,7 @@ typedef struct {
     domain doms[MAX_DOMAINS];
     int n_doms, *node_domain;
     size_t **share; /* [nodes] document indices, per university, into a pooled list */
+    size_t *counts; /* [nodes] documents per university */
     char tmp[4096];
 } run_state;
 
@@ -421,11 +425,10 @@ static int partition_run(const options *o, run_state *r) {
         base[d] = total;
         total += r->doms[d].used ? r->doms[d].n_train : 0;
     }
-    size_t *counts = calloc((size_t)N, sizeof *counts);
+    size_t *counts = r->counts = calloc((size_t)N, sizeof *counts);
     r->share = calloc((size_t)N, sizeof *r->share);
     size_t *pool = malloc((total + 1) * sizeof *pool);
     if (!counts || !r->share || !pool) {
-        free(counts);
         free(pool);
         return err_set("out of memory");
     }
@@ -467,17 +470,12 @@ static int partition_run(const options *o, run_state *r) {
     }
     free(pool);
     for (int u = 0; u < N; u++)
-        if (!r->share[u]) {
-            free(counts);
-            return err_set("out of memory");
-        }
+        if (!r->share[u]) return err_set("out of memory");
     for (int u = 0; u < N; u++)
-        if (counts[u] < (size_t)o->min_docs) {
-            free(counts);
+        if (counts[u] < (size_t)o->min_docs)
             return err_set("university %d gets %zu training documents, fewer than --min-docs "
                            "%d; use fewer --nodes or more text",
                            u + 1, counts[u], o->min_docs);
-        }
 
     /* ---- write into a temporary directory beside OUT ---- */
     char parent[4096];
@@ -491,23 +489,17 @@ static int partition_run(const options *o, run_state *r) {
     else
         strcpy(parent, ".");
     if (fio_mkdirs(parent, 0755) != 0 ||
-        fio_join(r->tmp, sizeof r->tmp, parent, ".partition-tmp.XXXXXX") != 0) {
-        free(counts);
+        fio_join(r->tmp, sizeof r->tmp, parent, ".partition-tmp.XXXXXX") != 0)
         return -1;
-    }
     if (!mkdtemp(r->tmp)) {
         r->tmp[0] = '\0';
-        free(counts);
         return err_errno("cannot create a temporary directory in %s", parent);
     }
     chmod(r->tmp, 0755);
 
     char path[4096], uni[160];
     FILE *pf = open_out(r->tmp, NULL, "PARTITION", path, sizeof path);
-    if (!pf) {
-        free(counts);
-        return -1;
-    }
+    if (!pf) return -1;
     char ppath[4096];
     snprintf(ppath, sizeof ppath, "%s", path);
     fprintf(pf, "# fedlora partition (bench/data/partition, docs/corpora.md)\n");
@@ -594,8 +586,6 @@ static int partition_run(const options *o, run_state *r) {
         }
     }
     if (close_out(g, gpath) != 0) goto fail;
-    free(counts);
-    counts = NULL;
     if (close_out(pf, ppath) != 0) return -1;
     pf = NULL;
 
@@ -606,7 +596,6 @@ static int partition_run(const options *o, run_state *r) {
 
 fail:
     if (pf) fclose(pf);
-    free(counts);
     return -1;
 }
 
@@ -624,6 +613,7 @@ static void run_free(run_state *r, int nodes) {
     if (r->share)
         for (int u = 0; u < nodes; u++) free(r->share[u]);
     free(r->share);
+    free(r->counts);
     free(r->node_domain);
 }
 
