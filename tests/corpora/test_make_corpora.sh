@@ -64,7 +64,7 @@ ln -s witze "$root/usr/share/games/fortunes/de/witze.u8"
 printf 'ARTMARKER Bild\n%%\n' | put /usr/share/games/fortunes/de/asciiart
 add fortunes-de /usr/share/games/fortunes/de/witze /usr/share/games/fortunes/de/witze.u8 \
   /usr/share/games/fortunes/de/asciiart
-# man pages: 40 real roff pages each, and a .so stub.
+# man pages: 24 real roff pages each, and a .so stub.
 manpage() { # NAME SECTION TITLE-WORD LANG SEED
   printf '.TH %s %s 2024 "fake" "Fake Manual"\n.SH %s\n%s \\- page %s\n.SH DESCRIPTION\n' \
     "${1^^}" "$2" "$3" "$1" "$1"
@@ -72,7 +72,7 @@ manpage() { # NAME SECTION TITLE-WORD LANG SEED
     "$(gen $(($5 + 1)) 25 "$4")" "$(gen $(($5 + 2)) 8 "$4")"
 }
 en_pages=() de_pages=()
-for i in $(seq 1 40); do
+for i in $(seq 1 24); do
   manpage "page$i" 7 NAME en $((1000 + 3 * i)) | putgz "/usr/share/man/man7/page$i.7.gz"
   en_pages+=("/usr/share/man/man7/page$i.7.gz")
   manpage "seite$i" 1 BEZEICHNUNG de $((2000 + 3 * i)) | putgz "/usr/share/man/de/man1/seite$i.1.gz"
@@ -139,7 +139,7 @@ grep -q 'Caf au lait' "$out"/fortunes-en/*.txt || fail "the non-UTF-8 byte was n
 grep -q '^Genesis 12 In the chapter 12 verse 1 it is said' "$out"/bible-en/*.txt ||
   fail "bible chapter heading and verses (numbers dropped) not joined into one document"
 grep -q '^1\.5\. Section 5 ' "$out"/sysadmin-en/*.txt || fail "manual section (no-break space) not a unit"
-[ "$(cat "$out"/man-en/*.txt | wc -l)" -eq 40 ] || fail "man-en: expected 40 pages (stub skipped)"
+[ "$(cat "$out"/man-en/*.txt | wc -l)" -eq 24 ] || fail "man-en: expected 24 pages (stub skipped)"
 [ "$(cat "$out"/fortunes-en/*.txt | wc -l)" -eq 61 ] || fail "fortunes-en: expected 61 documents (one duplicate removed)"
 ok
 # units are not split across train/base/heldout: every chapter's verses sit in one document
