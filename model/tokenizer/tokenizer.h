@@ -64,6 +64,10 @@ int tokenizer_is_special(const tokenizer *tok, uint32_t id);
 void tokenizer_ids_free(tokenizer_ids *ids);
 int tokenizer_ids_push(tokenizer_ids *ids, uint32_t id);
 
+/* One code point of valid UTF-8 at s; *n gets its length in bytes. */
+uint32_t tokenizer_utf8_decode(const char *s, size_t *n);
+/* cp (at most U+10FFFF) as UTF-8 into out (4 bytes of room); returns its length. */
+size_t tokenizer_utf8_encode(uint32_t cp, char *out);
 /* Length of the longest valid UTF-8 prefix of s (len when all of s is valid). */
 size_t tokenizer_utf8_valid_prefix(const char *s, size_t len);
 /* Copies s into a malloc'd string where each maximal invalid subpart is
