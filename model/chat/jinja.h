@@ -68,4 +68,8 @@ typedef struct {
 int jinja_render(const jinja_template *t, json_t *vars, jinja_output *out);
 void jinja_output_free(jinja_output *o);
 
+/* Python's str.strip() (which 3), lstrip() (1), rstrip() (2): [*from, *to)
+ * is s without that white space (str.isspace()). */
+void jinja_py_strip(const char *s, size_t len, int which, size_t *from, size_t *to);
+
 #endif

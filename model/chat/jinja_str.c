@@ -84,3 +84,7 @@ int jstr_non_ascii(const char *s, size_t len) {
         if ((unsigned char)s[i] >= 0x80) return 1;
     return 0;
 }
+
+void jinja_py_strip(const char *s, size_t len, int which, size_t *from, size_t *to) {
+    jstr_strip(s, len, NULL, 0, which, from, to);
+}

@@ -46,6 +46,23 @@ void tokenizer_free(tokenizer *tok);
  * tokenizer(text) does by default. */
 int tokenizer_encode(tokenizer *tok, const char *text, size_t len, int add_special,
                      tokenizer_ids *out);
+/* Where each id of an encoding came from: text bytes [r[i][0], r[i][1]).
+ * These are Hugging Face's offsets (offset_mapping) in bytes rather than
+ * characters: a token made from part of a character (a byte-level or
+ * byte-fallback token) covers the whole character, a token the normalizer
+ * made from several characters covers the first of them, and the tokens the
+ * post-processor template adds (BOS) cover [0, 0). Start from {0}; free with
+ * tokenizer_offsets_free. */
+typedef struct {
+    uint32_t (*r)[2];
+    size_t n, cap;
+} tokenizer_offsets;
+
+/* As tokenizer_encode, and appends one offset pair per id to offs. */
+int tokenizer_encode_offsets(tokenizer *tok, const char *text, size_t len, int add_special,
+                             tokenizer_ids *out, tokenizer_offsets *offs);
+void tokenizer_offsets_free(tokenizer_offsets *offs);
+
 /* Decodes ids into a malloc'd NUL-terminated string (*len excludes the NUL).
  * skip_special drops special tokens. Ids the tokenizer does not know are
  * skipped, as Hugging Face does. */
