@@ -10,8 +10,8 @@
 
 int chatdata_dir_of(const char *path, char *out, size_t cap) {
     const char *slash = strrchr(path, '/');
-    int n = slash ? snprintf(out, cap, "%.*s", (int)(slash - path ? slash - path : 1), path)
-                  : snprintf(out, cap, ".");
+    int keep = slash == path ? 1 : (int)(slash - path); /* "/x": the root */
+    int n = slash ? snprintf(out, cap, "%.*s", keep, path) : snprintf(out, cap, ".");
     return n < 0 || (size_t)n >= cap ? err_set("path too long: %s", path) : 0;
 }
 
@@ -19,9 +19,15 @@ static int find(const char *tpl_path, const char *tok_dir, chat_template **ct) {
     return tpl_path ? chat_template_load(tpl_path, tok_dir, ct) : chat_template_find(tok_dir, ct);
 }
 
-int chatdata_setup(const chatdata_opts *o, const char *tok_dir, dataset_options *dopt,
+int chatdata_setup(const chatdata_opts *o, const char *model_dir, dataset_options *dopt,
                    chat_template **ct) {
     *ct = NULL;
+    char tok_dir[4096];
+    if (dopt->tokenizer) {
+        if (chatdata_dir_of(dopt->tokenizer, tok_dir, sizeof tok_dir) != 0) return -1;
+    } else if ((size_t)snprintf(tok_dir, sizeof tok_dir, "%s", model_dir) >= sizeof tok_dir) {
+        return err_set("path too long: %s", model_dir);
+    }
     if (o->format && strcmp(o->format, "template") && strcmp(o->format, "fedlora"))
         return err_set("--chat-format is template or fedlora, not '%s'", o->format);
     if (o->loss_on && strcmp(o->loss_on, "assistant") && strcmp(o->loss_on, "all"))

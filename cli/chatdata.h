@@ -17,10 +17,11 @@ typedef struct {
 } chatdata_opts;
 
 /* Sets dopt->chat and dopt->loss_all from the options. The model's template
- * is looked for in tok_dir (where tokenizer.json and tokenizer_config.json
- * are), and only for JSON Lines data (dopt->path), the one format with chat
- * records. *ct gets the template to free after the dataset (NULL: none). */
-int chatdata_setup(const chatdata_opts *o, const char *tok_dir, dataset_options *dopt,
+ * is looked for where its tokenizer is (the directory of dopt->tokenizer,
+ * else model_dir), and only for JSON Lines data (dopt->path), the one format
+ * with chat records. *ct gets the template to free after the dataset (NULL:
+ * none). */
+int chatdata_setup(const chatdata_opts *o, const char *model_dir, dataset_options *dopt,
                    chat_template **ct);
 /* One line on stdout saying how the chat records were rendered, when there
  * were any. */

@@ -87,11 +87,7 @@ int cmd_eval(int argc, char **argv) {
                             .seq = (int)T,
                             .eos_id = m->cfg.eos_token_id,
                             .vocab_size = m->cfg.vocab_size};
-    char tok_dir[4096];
-    if ((tok_path ? chatdata_dir_of(tok_path, tok_dir, sizeof tok_dir)
-                  : fio_join(tok_dir, sizeof tok_dir, dir, ".")) != 0 ||
-        chatdata_setup(&chat, tok_dir, &dopt, &ct) != 0 || dataset_open(&d, &dopt) != 0)
-        goto done;
+    if (chatdata_setup(&chat, dir, &dopt, &ct) != 0 || dataset_open(&d, &dopt) != 0) goto done;
     chatdata_report(&chat, d, ct);
     size_t rows = dataset_num_rows(d, DATASET_TRAIN);
     if ((size_t)B > rows) B = (long long)rows;

@@ -204,10 +204,7 @@ int cmd_train(int argc, char **argv) {
                             .vocab_size = m->cfg.vocab_size,
                             .eval_fraction = eval_fraction,
                             .seed = t.seed};
-    char tok_dir[4096];
-    if ((tokenizer ? chatdata_dir_of(tokenizer, tok_dir, sizeof tok_dir)
-                   : fio_join(tok_dir, sizeof tok_dir, a.model, ".")) != 0 ||
-        chatdata_setup(&a.chat, tok_dir, &dopt, &ct) != 0 || dataset_open(&d, &dopt) != 0)
+    if (chatdata_setup(&a.chat, a.model, &dopt, &ct) != 0 || dataset_open(&d, &dopt) != 0)
         goto done;
     printf("model %s: %d layers, hidden %d; LoRA on %d modules (%s), %lld trainable parameters\n",
            a.model, m->cfg.num_layers, m->cfg.hidden_size, s->n_modules, targets,
