@@ -238,16 +238,21 @@ static jnode *parse_subscript(parser *p, jnode *obj) {
     return g;
 }
 
+/* fn( args ) */
+static jnode *parse_call(parser *p, jnode *fn) {
+    jnode *c = jp_node(p, JN_CALL, jp_cur(p)->line);
+    if (!c) return NULL;
+    c->a = fn;
+    return parse_call_args(p, c) == 0 ? c : NULL;
+}
+
 static jnode *parse_postfix(parser *p, jnode *n) {
     while (n) {
         int type = jp_cur(p)->type;
         if (type == JT_DOT || type == JT_LBRACKET) {
             n = parse_subscript(p, n);
         } else if (type == JT_LPAREN) {
-            jnode *c = jp_node(p, JN_CALL, jp_cur(p)->line);
-            if (!c) return NULL;
-            c->a = n;
-            n = parse_call_args(p, c) == 0 ? c : NULL;
+            n = parse_call(p, n);
         } else {
             break;
         }
@@ -263,10 +268,7 @@ static jnode *parse_filter_expr(parser *p, jnode *n) {
         } else if (jp_is_name(t, "is")) {
             n = parse_test(p, n);
         } else if (t->type == JT_LPAREN) {
-            jnode *c = jp_node(p, JN_CALL, t->line);
-            if (!c) return NULL;
-            c->a = n;
-            n = parse_call_args(p, c) == 0 ? c : NULL;
+            n = parse_call(p, n);
         } else {
             break;
         }
