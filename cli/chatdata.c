@@ -8,13 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int chatdata_dir_of(const char *path, char *out, size_t cap) {
-    const char *slash = strrchr(path, '/');
-    int keep = slash == path ? 1 : (int)(slash - path); /* "/x": the root */
-    int n = slash ? snprintf(out, cap, "%.*s", keep, path) : snprintf(out, cap, ".");
-    return n < 0 || (size_t)n >= cap ? err_set("path too long: %s", path) : 0;
-}
-
 static int find(const char *tpl_path, const char *tok_dir, chat_template **ct) {
     return tpl_path ? chat_template_load(tpl_path, tok_dir, ct) : chat_template_find(tok_dir, ct);
 }
@@ -22,37 +15,28 @@ static int find(const char *tpl_path, const char *tok_dir, chat_template **ct) {
 int chatdata_setup(const chatdata_opts *o, const char *model_dir, dataset_options *dopt,
                    chat_template **ct) {
     *ct = NULL;
-    char tok_dir[4096];
-    if (dopt->tokenizer) {
-        if (chatdata_dir_of(dopt->tokenizer, tok_dir, sizeof tok_dir) != 0) return -1;
-    } else if ((size_t)snprintf(tok_dir, sizeof tok_dir, "%s", model_dir) >= sizeof tok_dir) {
-        return err_set("path too long: %s", model_dir);
-    }
     if (o->format && strcmp(o->format, "template") && strcmp(o->format, "fedlora"))
         return err_set("--chat-format is template or fedlora, not '%s'", o->format);
     if (o->loss_on && strcmp(o->loss_on, "assistant") && strcmp(o->loss_on, "all"))
         return err_set("--loss-on is assistant or all, not '%s'", o->loss_on);
     dopt->loss_all = o->loss_on && !strcmp(o->loss_on, "all");
-    if (o->format && !strcmp(o->format, "fedlora")) {
-        if (o->tpl_path) return err_set("--chat-template and --chat-format fedlora contradict");
-        return 0;
-    }
-    size_t n = strlen(dopt->path);
-    int jsonl = (n >= 6 && !strcmp(dopt->path + n - 6, ".jsonl")) ||
-                (n >= 5 && !strcmp(dopt->path + n - 5, ".json"));
-    if (!jsonl) return 0;
-    if (find(o->tpl_path, tok_dir, ct) != 0) return -1;
-    if (!*ct && o->format)
-        return err_set("the model (%s) has no chat template: give one with --chat-template FILE "
-                       "or train in fedlora's own format with --chat-format fedlora",
-                       tok_dir);
+    dopt->chat_format = !o->format                      ? DATASET_CHAT_AUTO
+                        : !strcmp(o->format, "fedlora") ? DATASET_CHAT_FEDLORA
+                                                        : DATASET_CHAT_TEMPLATE;
+    if (!o->tpl_path) return 0;
+    if (dopt->chat_format == DATASET_CHAT_FEDLORA)
+        return err_set("--chat-template and --chat-format fedlora contradict");
+    char tok_dir[4096];
+    if (dopt->tokenizer && fio_dirname(tok_dir, sizeof tok_dir, dopt->tokenizer) != 0) return -1;
+    if (chat_template_load(o->tpl_path, dopt->tokenizer ? tok_dir : model_dir, ct) != 0) return -1;
     dopt->chat = *ct;
     return 0;
 }
 
-void chatdata_report(const chatdata_opts *o, const dataset *d, const chat_template *ct) {
+void chatdata_report(const chatdata_opts *o, const dataset *d) {
     size_t n = dataset_num_chats(d);
     if (n == 0) return;
+    const chat_template *ct = dataset_chat_template(d);
     const char *loss =
         o->loss_on && !strcmp(o->loss_on, "all") ? "every token" : "the assistant's tokens";
     if (ct)

@@ -16,16 +16,16 @@ typedef struct {
     const char *loss_on;  /* --loss-on assistant|all (NULL: assistant) */
 } chatdata_opts;
 
-/* Sets dopt->chat and dopt->loss_all from the options. The model's template
- * is looked for where its tokenizer is (the directory of dopt->tokenizer,
- * else model_dir), and only for JSON Lines data (dopt->path), the one format
- * with chat records. *ct gets the template to free after the dataset (NULL:
- * none). */
+/* Sets dopt's chat_format, loss_all and, for --chat-template, chat (with
+ * the special tokens of the tokenizer's tokenizer_config.json: the
+ * directory of dopt->tokenizer, else model_dir). The dataset finds the
+ * model's own template itself, when it meets a chat record. *ct gets the
+ * template to free after the dataset (NULL: none). */
 int chatdata_setup(const chatdata_opts *o, const char *model_dir, dataset_options *dopt,
                    chat_template **ct);
 /* One line on stdout saying how the chat records were rendered, when there
  * were any. */
-void chatdata_report(const chatdata_opts *o, const dataset *d, const chat_template *ct);
+void chatdata_report(const chatdata_opts *o, const dataset *d);
 
 /* The prompt of fedlora generate --chat: the conversation of messages_file
  * (a JSON array of messages, or {"messages": [...], "tools": [...]}), or
@@ -39,8 +39,5 @@ int chatdata_prompt(const char *tpl_path, const char *tok_dir, const char *promp
  * eos_token_id (an integer or a list) in model_dir, and config_eos (-1:
  * none). */
 int chatdata_stop_ids(const char *model_dir, int config_eos, int32_t *ids, size_t cap, size_t *n);
-
-/* The directory of a file path (".": none), into out. */
-int chatdata_dir_of(const char *path, char *out, size_t cap);
 
 #endif

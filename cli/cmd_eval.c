@@ -88,7 +88,7 @@ int cmd_eval(int argc, char **argv) {
                             .eos_id = m->cfg.eos_token_id,
                             .vocab_size = m->cfg.vocab_size};
     if (chatdata_setup(&chat, dir, &dopt, &ct) != 0 || dataset_open(&d, &dopt) != 0) goto done;
-    chatdata_report(&chat, d, ct);
+    chatdata_report(&chat, d);
     size_t rows = dataset_num_rows(d, DATASET_TRAIN);
     if ((size_t)B > rows) B = (long long)rows;
     double t0 = now(), loss;

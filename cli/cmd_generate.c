@@ -118,7 +118,7 @@ int cmd_generate(int argc, char **argv) {
     size_t n_text = prompt ? strlen(prompt) : 0, n_stop;
     char tok_dir[4096];
     int32_t stop[64];
-    if (chat && (chatdata_dir_of(tok_path, tok_dir, sizeof tok_dir) != 0 ||
+    if (chat && (fio_dirname(tok_dir, sizeof tok_dir, tok_path) != 0 ||
                  chatdata_prompt(chat_tpl, tok_dir, prompt, messages, &rendered, &n_text) != 0))
         goto done;
     if (chatdata_stop_ids(dir, m->cfg.eos_token_id, stop, 64, &n_stop) != 0 ||

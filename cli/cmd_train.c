@@ -212,7 +212,7 @@ int cmd_train(int argc, char **argv) {
     printf("data %s (%s): %zu documents, %zu rows of %lld tokens for training, %zu held out\n",
            a.data, dataset_format(d), dataset_num_docs(d, DATASET_TRAIN),
            dataset_num_rows(d, DATASET_TRAIN), T, dataset_num_rows(d, DATASET_EVAL));
-    chatdata_report(&a.chat, d, ct);
+    chatdata_report(&a.chat, d);
     fflush(stdout);
 
     t.out_dir = a.out;

@@ -35,6 +35,8 @@ struct dataset {
     const char *format;
     int T, eos;
     size_t n_chats;
+    const chat_template *chat; /* what chat records were rendered with */
+    chat_template *own_chat;   /* the model's, when the dataset found it */
     /* Text and JSONL: every document's tokens and loss flags, in memory. */
     int32_t *tok;
     uint8_t *mask;
@@ -135,7 +137,8 @@ typedef struct {
     tokenizer *tok;
     tokenizer_ids ids;
     int V;
-    const chat_template *chat;
+    const dataset_options *o;
+    int chat_looked; /* the model's template was looked for */
     int loss_all;
     char where[600]; /* "file:line" */
 } builder;
@@ -225,7 +228,7 @@ static int add_chat_template(builder *b, json_t *rec, json_t *msgs) {
                        .tools = json_is_array(tools) ? tools : NULL,
                        .documents = json_is_array(docs) ? docs : NULL};
     uint8_t *mask;
-    if (chat_encode(b->chat, b->tok, &rq, b->loss_all ? CHAT_LOSS_ALL : CHAT_LOSS_ASSISTANT,
+    if (chat_encode(b->d->chat, b->tok, &rq, b->loss_all ? CHAT_LOSS_ALL : CHAT_LOSS_ASSISTANT,
                     &b->ids, &mask) != 0)
         return err_context("%s", b->where);
     size_t carry = 0;
@@ -242,8 +245,25 @@ static int add_chat(builder *b, json_t *rec, json_t *msgs) {
     if (!json_is_array(msgs) || json_array_size(msgs) == 0)
         return err_set("%s: \"messages\" must be a non-empty array of {\"role\", \"content\"}",
                        b->where);
-    b->d->n_chats++;
-    if (b->chat) return add_chat_template(b, rec, msgs);
+    dataset *d = b->d;
+    d->n_chats++;
+    if (!b->chat_looked) { /* the template is read only when there is chat data */
+        b->chat_looked = 1;
+        d->chat = b->o->chat;
+        if (!d->chat && b->o->chat_format != DATASET_CHAT_FEDLORA) {
+            char dir[4096];
+            if (fio_dirname(dir, sizeof dir, b->o->tokenizer) != 0 ||
+                chat_template_find(dir, &d->own_chat) != 0)
+                return err_context("%s: the model's chat template", b->where);
+            d->chat = d->own_chat;
+            if (!d->chat && b->o->chat_format == DATASET_CHAT_TEMPLATE)
+                return err_set("%s: the model (%s) has no chat template: give one with "
+                               "--chat-template FILE or use fedlora's own format with "
+                               "--chat-format fedlora",
+                               b->where, dir);
+        }
+    }
+    if (d->chat) return add_chat_template(b, rec, msgs);
     if (json_object_get(rec, "tools"))
         return err_set("%s: a conversation with \"tools\" needs the model's chat template "
                        "(fedlora's own chat format has no tool calls)",
@@ -341,7 +361,7 @@ static int load_text(dataset *d, const dataset_options *o) {
         return err_set("%s is text, so it needs a tokenizer: pass --tokenizer FILE (the base "
                        "model's tokenizer.json)",
                        o->path);
-    builder b = {.d = d, .V = o->vocab_size, .chat = o->chat, .loss_all = o->loss_all};
+    builder b = {.d = d, .V = o->vocab_size, .o = o, .loss_all = o->loss_all};
     if (tokenizer_load(o->tokenizer, &b.tok) != 0) return -1;
     char *buf;
     size_t len;
@@ -550,6 +570,7 @@ void dataset_free(dataset *d) {
     free(d->mask);
     free(d->doc_start);
     free(d->doc_len);
+    chat_template_free(d->own_chat);
     tokcorpus_close(d->corpus);
     free(d);
 }
@@ -560,6 +581,10 @@ const char *dataset_format(const dataset *d) {
 
 size_t dataset_num_chats(const dataset *d) {
     return d->n_chats;
+}
+
+const chat_template *dataset_chat_template(const dataset *d) {
+    return d->chat;
 }
 
 int dataset_seq(const dataset *d) {

@@ -72,10 +72,18 @@ typedef struct {
     double eval_fraction;  /* share of documents held out, in [0, 1) */
     uint64_t seed;         /* decides which documents are held out */
     size_t max_bytes;      /* bound on a text or JSONL file (0: DATASET_MAX_BYTES) */
-    /* the chat template chat records are rendered with; NULL: fedlora's own format */
+    /* How chat records are rendered: with `chat` when it is given; otherwise by
+     * chat_format: DATASET_CHAT_AUTO (0) the model's chat template, found next
+     * to the tokenizer (model/chat/chat.h) when the first chat record is read,
+     * or fedlora's own format when the model has none; DATASET_CHAT_TEMPLATE
+     * the model's template, an error when it has none; DATASET_CHAT_FEDLORA
+     * fedlora's own format. */
     const struct chat_template *chat;
+    int chat_format;
     int loss_all; /* every token of instruction and chat records carries loss */
 } dataset_options;
+
+enum { DATASET_CHAT_AUTO = 0, DATASET_CHAT_TEMPLATE = 1, DATASET_CHAT_FEDLORA = 2 };
 
 typedef struct dataset dataset;
 
@@ -84,8 +92,10 @@ void dataset_free(dataset *d);
 
 /* "tokens" (pre-tokenized), "jsonl" or "text". */
 const char *dataset_format(const dataset *d);
-/* Chat records read (both splits). */
+/* Chat records read (both splits), and the template they were rendered with
+ * (NULL: fedlora's own format). */
 size_t dataset_num_chats(const dataset *d);
+const struct chat_template *dataset_chat_template(const dataset *d);
 /* T, the inputs per row. */
 int dataset_seq(const dataset *d);
 size_t dataset_num_docs(const dataset *d, dataset_split s);

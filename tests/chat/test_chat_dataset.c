@@ -132,6 +132,44 @@ static void check_fails(const char *name, const char *jsonl, const char *fam, co
     chat_template_free(ct);
 }
 
+/* The dataset finds the model's template next to the tokenizer, and only
+ * when it meets a chat record: text data trains even when the model's
+ * template is one fedlora refuses, and chat data then fails naming it. */
+static void test_lazy_template(void) {
+    char mdir[128], src[4096], dst[256], cfg[256], data[256];
+    snprintf(mdir, sizeof mdir, "%s/lazy", dir);
+    snprintf(src, sizeof src, "%s/chat/tok_bytelevel/tokenizer.json", fixtures);
+    snprintf(dst, sizeof dst, "%s/tokenizer.json", mdir);
+    snprintf(cfg, sizeof cfg, "%s/tokenizer_config.json", mdir);
+    char *tok;
+    size_t len;
+    CHECK_OK(fio_mkdirs(mdir, 0700));
+    CHECK_OK(fio_read_all(src, (size_t)1 << 26, &tok, &len));
+    CHECK_OK(fio_write_atomic(dst, tok, len, 0644));
+    free(tok);
+    const char *c = "{\"chat_template\": \"{{ bos_token }}\\n{% include 'other.jinja' %}\"}";
+    CHECK_OK(fio_write_atomic(cfg, c, strlen(c), 0644));
+    dataset_options o = {
+        .path = data, .tokenizer = dst, .seq = 16, .eos_id = -1, .vocab_size = 2048};
+    dataset *d = NULL;
+    snprintf(data, sizeof data, "%s/text.jsonl", mdir);
+    const char *text = "{\"text\": \"plain text trains without a template\"}\n";
+    CHECK_OK(fio_write_atomic(data, text, strlen(text), 0644));
+    CHECK_OK(dataset_open(&d, &o));
+    CHECK(d && dataset_num_chats(d) == 0 && !dataset_chat_template(d));
+    dataset_free(d);
+    snprintf(data, sizeof data, "%s/chat.jsonl", mdir);
+    const char *chat = "{\"text\": \"x\"}\n{\"messages\": [{\"role\": \"user\", \"content\": "
+                       "\"a\"}, {\"role\": \"assistant\", \"content\": \"b\"}]}\n";
+    CHECK_OK(fio_write_atomic(data, chat, strlen(chat), 0644));
+    CHECK_FAILS_WITH(dataset_open(&d, &o), "chat.jsonl:2: the model's chat template");
+    CHECK(strstr(err_msg(), "tokenizer_config.json (chat_template):2: the {% include %}") != NULL);
+    o.chat_format = DATASET_CHAT_FEDLORA; /* its own format still works */
+    CHECK_OK(dataset_open(&d, &o));
+    CHECK(d && dataset_num_chats(d) == 1 && !dataset_chat_template(d));
+    dataset_free(d);
+}
+
 int main(void) {
     fixtures = getenv("FEDLORA_FIXTURES");
     if (!fixtures) fixtures = "tests/fixtures";
@@ -169,6 +207,7 @@ int main(void) {
                 "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": "
                 "\"assistant\", \"content\": \"b\"}], \"tools\": []}\n",
                 NULL, "bytelevel", "needs the model's chat template");
+    test_lazy_template();
     json_decref(golden);
     return check_finish();
 }
