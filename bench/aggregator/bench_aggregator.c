@@ -3,7 +3,8 @@
  *
  * A real `fedlora aggregator` process (--fedlora BIN) on tcp://127.0.0.1
  * serves a round on a randomly initialised model (default: preset
- * llama/100m, float32). This program plays N nodes one after another, each
+ * llama/100m, float32; --dtype bfloat16 for a bf16 base, whose versions are
+ * then bf16). This program plays N nodes one after another, each
  * with a random rank-R adapter (B filled too, so B·A != 0; no training):
  *
  *   sync      GET_MODEL of the whole base version (1 MiB chunks) by the first
@@ -20,16 +21,20 @@
  *   lowrank   when round 2 opens, the second node reaches the new version
  *             from the base it holds, as `fedlora node` does (node/sync.c):
  *             GET_MODEL of the update object (to disk, SHA-256 checked),
- *             then load the base, update_apply, checkpoint_save float32,
- *             SHA-256 against the round's base (lowrank_fetch_s, then
- *             lowrank_make_s)
+ *             then map the base and write the new version from it
+ *             (update_write_version), SHA-256 against the round's base
+ *             (lowrank_fetch_s, then lowrank_make_s)
  *   full      the same node downloading that version in full instead
  *             (full_s), for comparison
  *
  * The aggregator's peak resident memory is its ru_maxrss (wait4) over the
  * whole run (start-up's import of the base included); round_rss is the
  * largest VmRSS sampled from the moment it listens to the end of the round:
- * N verifications, the merge and the publish.
+ * N verifications, the merge and the publish; idle_rss its VmRSS when it
+ * starts listening (the program and its libraries, what it keeps between
+ * rounds). --check-round F: exit 1 unless round_rss − idle_rss is at most
+ * F × model_bytes + 2 × update_bytes (the members' adapters and the merged
+ * factors): the memory test (tests/aggregator/round_memory.sh).
  * Prints one RESULT line of key=value pairs. */
 #include "lora/lora.h"
 #include "lora/update.h"
@@ -87,17 +92,23 @@ static client *cl; /* to the aggregator */
  * memory of the round itself, apart from the start-up's import of the base
  * (which ru_maxrss, the whole process's peak, includes). */
 static volatile int sampling = 1;
-static long round_rss_kib;
+static long round_rss_kib, idle_rss_kib;
+
+static long vm_kib(int pid, const char *field) {
+    char path[64], line[256];
+    long kib = 0;
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, field, strlen(field))) kib = atol(line + strlen(field));
+    if (f) fclose(f);
+    return kib;
+}
 
 static void *sampler(void *arg) {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)(intptr_t)arg);
     while (sampling) {
-        FILE *f = fopen(path, "r");
-        while (f && fgets(line, sizeof line, f))
-            if (!strncmp(line, "VmRSS:", 6) && atol(line + 6) > round_rss_kib)
-                round_rss_kib = atol(line + 6);
-        if (f) fclose(f);
+        long kib = vm_kib((int)(intptr_t)arg, "VmRSS:");
+        if (kib > round_rss_kib) round_rss_kib = kib;
         usleep(5000);
     }
     return NULL;
@@ -210,7 +221,9 @@ static uint8_t *make_delta(const model *m, const uint8_t base[32], int rank, con
 }
 
 int main(int argc, char **argv) {
-    const char *bin = NULL, *dir = "/tmp/fedlora-bench-aggregator", *preset = "100m";
+    const char *bin = NULL, *dir = "/tmp/fedlora-bench-aggregator", *preset = "100m",
+               *dtype = "float32";
+    double check_round = 0;
     const char *targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
     int nodes = 3, rank = 16;
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -226,6 +239,10 @@ int main(int argc, char **argv) {
             targets = argv[i + 1];
         else if (!strcmp(argv[i], "--dir"))
             dir = argv[i + 1];
+        else if (!strcmp(argv[i], "--dtype"))
+            dtype = argv[i + 1];
+        else if (!strcmp(argv[i], "--check-round"))
+            check_round = atof(argv[i + 1]);
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -233,25 +250,26 @@ int main(int argc, char **argv) {
     }
     if (!bin || nodes < 1 || nodes > 64 || rank < 1) {
         fprintf(stderr, "usage: bench_aggregator --fedlora BIN [--nodes N] [--rank R] [--preset "
-                        "P] [--targets LIST] [--dir DIR]\n");
+                        "P] [--targets LIST] [--dir DIR] [--dtype float32|bfloat16] "
+                        "[--check-round F]\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     char p[4096], run[4096], keys[4096], base_dir[4096];
-    path(base_dir, sizeof base_dir, "%s/base-%s", dir, preset);
+    path(base_dir, sizeof base_dir, "%s/base-%s-%s", dir, preset, dtype);
     path(run, sizeof run, "%s/run-%d", dir, nodes);
     path(keys, sizeof keys, "%s/keys", run);
     path(p, sizeof p, "rm -rf '%s'", run);
     if (system(p) != 0 || fio_mkdirs(run, 0700) < 0) die("preparing the run directory");
 
-    /* The base model, made once per preset (random weights, float32). */
+    /* The base model, made once per preset and dtype (random weights). */
     model_config mc;
     model *m;
     if (model_config_preset(&mc, "llama", preset) < 0 || model_create(&m, &mc) < 0) die("model");
     path(p, sizeof p, "%s/model.safetensors", base_dir);
     if (!fio_exists(p)) {
         model_init_random(m, 1);
-        if (checkpoint_save(m, base_dir, "float32") < 0) die("saving the base");
+        if (checkpoint_save(m, base_dir, dtype) < 0) die("saving the base");
     }
 
     keys_secret agg, *mem = calloc((size_t)nodes, sizeof *mem);
@@ -297,6 +315,7 @@ int main(int argc, char **argv) {
         usleep(20000);
     }
     double t_listen = now_s();
+    idle_rss_kib = vm_kib((int)pid, "VmRSS:");
     pthread_t th;
     pthread_create(&th, NULL, sampler, (void *)(intptr_t)pid);
     ep[len - 1] = '\0';
@@ -398,8 +417,8 @@ int main(int argc, char **argv) {
     model *held_m = NULL;
     update *u = NULL;
     uint8_t h[32];
-    if (checkpoint_load(&held_m, held) < 0 || update_read(&u, upath, held_m) < 0 ||
-        update_apply(held_m, u) < 0 || checkpoint_save(held_m, made, "float32") < 0)
+    if (checkpoint_map(&held_m, held, MODEL_PRECISION_FP32) < 0 ||
+        update_read(&u, upath, held_m) < 0 || update_write_version(held_m, u, made, 1) < 0)
         die("low-rank sync");
     model_free(held_m);
     update_free(u);
@@ -435,11 +454,25 @@ int main(int argc, char **argv) {
     printf("RESULT nodes=%d rank=%d params=%lld model_bytes=%llu adapter_bytes=%zu "
            "envelope_bytes=%zu start_s=%.2f sync_s=%.2f seal_s=%.3f submit_s=%.3f "
            "close_s=%.2f aggregate_s=%.3f publish_s=%.2f update_bytes=%llu lowrank_fetch_s=%.2f "
-           "lowrank_make_s=%.2f lowrank_s=%.2f full_s=%.2f peak_rss_mib=%.0f round_rss_mib=%.0f\n",
+           "lowrank_make_s=%.2f lowrank_s=%.2f full_s=%.2f peak_rss_mib=%.0f round_rss_mib=%.0f "
+           "idle_rss_mib=%.0f dtype=%s\n",
            nodes, rank, model_config_num_params(&mc), (unsigned long long)total, adapter,
            env_total / (size_t)nodes, t_listen - t_start, sync_s, seal_s, submit_s, close_s, agg_s,
            pub_s, (unsigned long long)ubytes, l1 - l0, l2 - l1, l2 - l0, full_s,
-           (double)ru.ru_maxrss / 1024.0, (double)round_rss_kib / 1024.0);
+           (double)ru.ru_maxrss / 1024.0, (double)round_rss_kib / 1024.0,
+           (double)idle_rss_kib / 1024.0, dtype);
+    if (check_round > 0) {
+        double over = (double)(round_rss_kib - idle_rss_kib) * 1024.0;
+        double bound = check_round * (double)total + 2.0 * (double)ubytes;
+        printf("round memory above idle: %.1f MiB, bound %.1f MiB (%.2f x the %.1f MiB model + 2 x "
+               "the %.1f MiB update)\n",
+               over / 1048576, bound / 1048576, check_round, (double)total / 1048576,
+               (double)ubytes / 1048576);
+        if (over > bound) {
+            fprintf(stderr, "the aggregator's round took more memory than the bound\n");
+            return 1;
+        }
+    }
     free(ep);
     free(mem);
     model_free(m);
