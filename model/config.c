@@ -30,22 +30,77 @@
 #define MAX_HEAD_DIM 1024
 #define MAX_POSITIONS (1 << 24)
 
+/* The block options of each family (model/config.h): norms, their places,
+ * positions, q/k/v layout, QK-norm, MLP and activation. */
+#define LLAMA_BLOCK                                                                                \
+    {                                                                                              \
+        MODEL_NORM_RMS, 1, 0, MODEL_POS_ROPE, MODEL_QKV_SEPARATE, MODEL_QK_NORM_NONE,              \
+            MODEL_MLP_GATED, MODEL_ACT_SILU                                                        \
+    }
+
 static const struct {
     const char *model_type, *architecture;
     model_family family;
     model_arch arch;
+    model_block block;
 } families[] = {
-    {"llama", "LlamaForCausalLM", MODEL_FAMILY_LLAMA, MODEL_ARCH_LLAMA},
-    {"mistral", "MistralForCausalLM", MODEL_FAMILY_MISTRAL, MODEL_ARCH_LLAMA},
-    {"qwen2", "Qwen2ForCausalLM", MODEL_FAMILY_QWEN2, MODEL_ARCH_LLAMA},
-    {"gpt2", "GPT2LMHeadModel", MODEL_FAMILY_GPT2, MODEL_ARCH_GPT2},
+    {"llama", "LlamaForCausalLM", MODEL_FAMILY_LLAMA, MODEL_ARCH_LLAMA, LLAMA_BLOCK},
+    {"mistral", "MistralForCausalLM", MODEL_FAMILY_MISTRAL, MODEL_ARCH_LLAMA, LLAMA_BLOCK},
+    {"qwen2", "Qwen2ForCausalLM", MODEL_FAMILY_QWEN2, MODEL_ARCH_LLAMA, LLAMA_BLOCK},
+    {"gpt2",
+     "GPT2LMHeadModel",
+     MODEL_FAMILY_GPT2,
+     MODEL_ARCH_GPT2,
+     {MODEL_NORM_LAYER, 1, 0, MODEL_POS_LEARNED, MODEL_QKV_FUSED, MODEL_QK_NORM_NONE,
+      MODEL_MLP_PLAIN, MODEL_ACT_GELU_TANH}},
+    /* Qwen3: Llama's block with an RMSNorm of each q and k head (modeling_qwen3.py). */
+    {"qwen3",
+     "Qwen3ForCausalLM",
+     MODEL_FAMILY_QWEN3,
+     MODEL_ARCH_LLAMA,
+     {MODEL_NORM_RMS, 1, 0, MODEL_POS_ROPE, MODEL_QKV_SEPARATE, MODEL_QK_NORM_HEAD, MODEL_MLP_GATED,
+      MODEL_ACT_SILU}},
+    /* OLMo 2: norms on the sublayers' outputs, none on their inputs; QK-norm
+     * over the whole projections (modeling_olmo2.py). */
+    {"olmo2",
+     "Olmo2ForCausalLM",
+     MODEL_FAMILY_OLMO2,
+     MODEL_ARCH_LLAMA,
+     {MODEL_NORM_RMS, 0, 1, MODEL_POS_ROPE, MODEL_QKV_SEPARATE, MODEL_QK_NORM_PROJ, MODEL_MLP_GATED,
+      MODEL_ACT_SILU}},
+    /* Apertus: per-head QK-norm, down(xielu(up(x))) (modeling_apertus.py). */
+    {"apertus",
+     "ApertusForCausalLM",
+     MODEL_FAMILY_APERTUS,
+     MODEL_ARCH_LLAMA,
+     {MODEL_NORM_RMS, 1, 0, MODEL_POS_ROPE, MODEL_QKV_SEPARATE, MODEL_QK_NORM_HEAD, MODEL_MLP_PLAIN,
+      MODEL_ACT_XIELU}},
 };
 #define N_FAMILIES ((int)(sizeof families / sizeof families[0]))
+#define SUPPORTED_TYPES "llama, mistral, qwen2, qwen3, olmo2, apertus, gpt2"
+#define SUPPORTED_ARCHS                                                                            \
+    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "                   \
+    "Olmo2ForCausalLM, ApertusForCausalLM, GPT2LMHeadModel"
 
 static int family_index(model_family f) {
     for (int i = 0; i < N_FAMILIES; i++)
         if (families[i].family == f) return i;
     return -1;
+}
+
+static int same_block(const model_block *a, const model_block *b) {
+    return a->norm == b->norm && a->pre_norm == b->pre_norm && a->post_norm == b->post_norm &&
+           a->pos == b->pos && a->qkv == b->qkv && a->qk_norm == b->qk_norm && a->mlp == b->mlp &&
+           a->act == b->act;
+}
+
+int model_config_family(model_config *c, model_family f) {
+    int fi = family_index(f);
+    if (fi < 0) return err_set("unknown model family %d", (int)f);
+    c->family = f;
+    c->arch = families[fi].arch;
+    c->block = families[fi].block;
+    return 0;
 }
 
 /* ---- reading fields ------------------------------------------------------------ */
@@ -152,8 +207,7 @@ static int parse_family(model_config *c, const src *s) {
         for (int i = 0; i < N_FAMILIES; i++)
             if (strcmp(mt, families[i].model_type) == 0) fi = i;
         if (fi < 0)
-            return err_set("%s: unsupported model_type '%s' (supported: llama, mistral, qwen2, "
-                           "gpt2)",
+            return err_set("%s: unsupported model_type '%s' (supported: " SUPPORTED_TYPES ")",
                            s->where, mt);
     }
     size_t i;
@@ -164,20 +218,18 @@ static int parse_family(model_config *c, const src *s) {
         for (int k = 0; k < N_FAMILIES; k++)
             if (strcmp(name, families[k].architecture) == 0) ai = k;
         if (ai < 0)
-            return err_set("%s: unsupported architecture '%s' (supported: LlamaForCausalLM, "
-                           "MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel)",
+            return err_set("%s: unsupported architecture '%s' (supported: " SUPPORTED_ARCHS ")",
                            s->where, name);
         if (fi < 0) fi = ai;
-        if (families[ai].arch != families[fi].arch)
+        if (families[ai].arch != families[fi].arch ||
+            !same_block(&families[ai].block, &families[fi].block))
             return err_set("%s: architecture '%s' does not match model_type '%s'", s->where, name,
                            families[fi].model_type);
     }
     if (fi < 0)
         return err_set("%s: neither \"model_type\" nor \"architectures\" says what model this is",
                        s->where);
-    c->family = families[fi].family;
-    c->arch = families[fi].arch;
-    return 0;
+    return model_config_family(c, families[fi].family);
 }
 
 /* RoPE: transformers >= 5 writes "rope_parameters" {"rope_type", "rope_theta",
@@ -276,37 +328,90 @@ static int parse_qwen2_window(model_config *c, const src *s) {
     return 0;
 }
 
+/* The defaults of each family's configuration_*.py where they differ
+ * between families (kv 0: num_attention_heads; head_dim 0: hidden_size /
+ * num_attention_heads; bos/eos −1: none). */
+static const struct {
+    model_family family;
+    int max_pos, bos, eos, kv, head_dim;
+    double eps;
+    const char *act;
+} LLAMA_DEFAULTS[] = {
+    {MODEL_FAMILY_LLAMA, 2048, 1, 2, 0, 0, 1e-6, "silu"},
+    {MODEL_FAMILY_MISTRAL, 131072, 1, 2, 0, 0, 1e-6, "silu"},
+    {MODEL_FAMILY_QWEN2, 32768, -1, -1, 0, 0, 1e-6, "silu"},
+    {MODEL_FAMILY_QWEN3, 32768, -1, -1, 32, 128, 1e-6, "silu"},
+    {MODEL_FAMILY_OLMO2, 2048, -1, 50279, 0, 0, 1e-5, "silu"},
+    {MODEL_FAMILY_APERTUS, 65536, 1, 2, 0, 0, 1e-5, "xielu"},
+};
+
+/* ApertusConfig's default RoPE: llama3 scaling of theta 1.2e7. */
+static void apertus_rope(model_config *c) {
+    c->rope_theta = 12000000.0;
+    c->rope_llama3 = 1;
+    c->rope_factor = 8.0;
+    c->rope_low_freq_factor = 1.0;
+    c->rope_high_freq_factor = 4.0;
+    c->rope_original_max_position = 8192;
+}
+
+/* ApertusConfig's RoPE when config.json gives neither rope_scaling nor
+ * rope_parameters: llama3 scaling, theta 1.2e7 (transformers 5 then ignores
+ * a top-level rope_theta, where transformers 4 used it with that scaling; so
+ * a rope_theta other than the default is refused as ambiguous). */
+static int apertus_default_rope(model_config *c, const src *s, int *done) {
+    json_t *r1 = get(s, "rope_scaling"), *r2 = get(s, "rope_parameters");
+    *done = (!r1 || (json_is_object(r1) && json_object_size(r1) == 0)) &&
+            (!r2 || (json_is_object(r2) && json_object_size(r2) == 0));
+    if (!*done) return 0;
+    double theta;
+    if (get_double(s, "rope_theta", 0, 12000000.0, &theta) != 0) return -1;
+    if (theta != 12000000.0)
+        return err_set("%s: rope_theta %g without rope_scaling: transformers 4 and 5 read this "
+                       "Apertus config differently; give \"rope_scaling\" (or "
+                       "\"rope_parameters\") explicitly",
+                       s->where, theta);
+    apertus_rope(c);
+    return 0;
+}
+
 static int parse_llama(model_config *c, const src *s) {
-    int max_pos = 2048, bos = 1, eos = 2; /* LlamaConfig / MistralConfig */
-    if (c->family == MODEL_FAMILY_MISTRAL) max_pos = 131072;
-    if (c->family == MODEL_FAMILY_QWEN2) max_pos = 32768, bos = -1, eos = -1;
+    int d = 0;
+    for (int i = 0; i < (int)(sizeof LLAMA_DEFAULTS / sizeof LLAMA_DEFAULTS[0]); i++)
+        if (LLAMA_DEFAULTS[i].family == c->family) d = i;
+    const char *want_act = LLAMA_DEFAULTS[d].act;
     if (get_int(s, "vocab_size", 1, 0, 1, MAX_VOCAB, &c->vocab_size) != 0 ||
         get_int(s, "hidden_size", 1, 0, 1, MAX_HIDDEN, &c->hidden_size) != 0 ||
         get_int(s, "intermediate_size", 1, 0, 1, MAX_FFN, &c->intermediate_size) != 0 ||
         get_int(s, "num_hidden_layers", 1, 0, 1, MAX_LAYERS, &c->num_layers) != 0 ||
         get_int(s, "num_attention_heads", 1, 0, 1, MAX_HEADS, &c->num_heads) != 0 ||
-        get_int(s, "num_key_value_heads", 0, c->num_heads, 1, MAX_HEADS, &c->num_kv_heads) != 0 ||
-        get_int(s, "max_position_embeddings", 0, max_pos, 1, MAX_POSITIONS, &c->max_position) !=
-            0 ||
-        get_double(s, "rms_norm_eps", 0, 1e-6, &c->norm_eps) != 0 ||
+        get_int(s, "num_key_value_heads", 0,
+                LLAMA_DEFAULTS[d].kv ? LLAMA_DEFAULTS[d].kv : c->num_heads, 1, MAX_HEADS,
+                &c->num_kv_heads) != 0 ||
+        get_int(s, "max_position_embeddings", 0, LLAMA_DEFAULTS[d].max_pos, 1, MAX_POSITIONS,
+                &c->max_position) != 0 ||
+        get_double(s, "rms_norm_eps", 0, LLAMA_DEFAULTS[d].eps, &c->norm_eps) != 0 ||
         get_bool(s, "tie_word_embeddings", 0, &c->tie_embeddings) != 0 ||
         get_double(s, "initializer_range", 0, 0.02, &c->initializer_range) != 0 ||
-        get_token(s, "bos_token_id", bos, &c->bos_token_id) != 0 ||
-        get_token(s, "eos_token_id", eos, &c->eos_token_id) != 0)
+        get_token(s, "bos_token_id", LLAMA_DEFAULTS[d].bos, &c->bos_token_id) != 0 ||
+        get_token(s, "eos_token_id", LLAMA_DEFAULTS[d].eos, &c->eos_token_id) != 0)
         return -1;
-    if (get(s, "head_dim") == NULL && c->hidden_size % c->num_heads != 0)
+    if (get(s, "head_dim") == NULL && !LLAMA_DEFAULTS[d].head_dim &&
+        c->hidden_size % c->num_heads != 0)
         return err_set("%s: hidden_size %d is not a multiple of num_attention_heads %d and "
                        "head_dim is not given",
                        s->where, c->hidden_size, c->num_heads);
-    if (get_int(s, "head_dim", 0, c->hidden_size / c->num_heads, 1, MAX_HEAD_DIM, &c->head_dim) !=
-        0)
-        return -1;
+    int head_dim =
+        LLAMA_DEFAULTS[d].head_dim ? LLAMA_DEFAULTS[d].head_dim : c->hidden_size / c->num_heads;
+    if (get_int(s, "head_dim", 0, head_dim, 1, MAX_HEAD_DIM, &c->head_dim) != 0) return -1;
     const char *act;
-    if (get_string(s, "hidden_act", "silu", &act) != 0) return -1;
-    if (strcmp(act, "silu") != 0)
-        return err_set("%s: hidden_act '%s' is not supported (SwiGLU with 'silu' only)", s->where,
-                       act);
-    if (parse_rope(c, s) != 0) return -1;
+    if (get_string(s, "hidden_act", want_act, &act) != 0) return -1;
+    if (strcmp(act, want_act) != 0)
+        return err_set("%s: hidden_act '%s' is not supported for %s (only '%s')", s->where, act,
+                       families[family_index(c->family)].model_type, want_act);
+    int rope_done = 0;
+    if (c->family == MODEL_FAMILY_APERTUS && apertus_default_rope(c, s, &rope_done) != 0) return -1;
+    if (!rope_done && parse_rope(c, s) != 0) return -1;
     switch (c->family) {
         case MODEL_FAMILY_LLAMA:
             if (get_bool(s, "attention_bias", 0, &c->qkv_bias) != 0 ||
@@ -324,6 +429,17 @@ static int parse_llama(model_config *c, const src *s) {
         case MODEL_FAMILY_QWEN2:
             c->qkv_bias = 1;
             if (parse_qwen2_window(c, s) != 0) return -1;
+            break;
+        case MODEL_FAMILY_QWEN3:
+            /* attention_bias on q, k, v and o; layers' windows as Qwen2's */
+            if (get_bool(s, "attention_bias", 0, &c->qkv_bias) != 0) return -1;
+            c->o_bias = c->qkv_bias;
+            if (parse_qwen2_window(c, s) != 0) return -1;
+            break;
+        case MODEL_FAMILY_OLMO2:
+        case MODEL_FAMILY_APERTUS:
+            if (get_bool(s, "attention_bias", 0, &c->qkv_bias) != 0) return -1;
+            c->o_bias = c->qkv_bias;
             break;
         default:
             break;
@@ -429,6 +545,10 @@ int model_config_check(const model_config *c, const char *where) {
     int fi = family_index(c->family);
     if (fi < 0 || families[fi].arch != c->arch)
         return err_set("%s: invalid architecture/family in the model config", where);
+    if (!same_block(&c->block, &families[fi].block))
+        return err_set("%s: the block options (norms, QK-norm, MLP, activation, positions) are not "
+                       "those of %s; set them with model_config_family",
+                       where, families[fi].model_type);
     if (!in_range(c->vocab_size, 1, MAX_VOCAB) || !in_range(c->hidden_size, 1, MAX_HIDDEN) ||
         !in_range(c->intermediate_size, 1, MAX_FFN) || !in_range(c->num_layers, 1, MAX_LAYERS) ||
         !in_range(c->num_heads, 1, MAX_HEADS) || !in_range(c->num_kv_heads, 1, MAX_HEADS) ||
@@ -484,6 +604,16 @@ int model_config_check(const model_config *c, const char *where) {
             if (!c->qkv_bias || c->o_bias || c->mlp_bias)
                 return err_set("%s: Qwen2 has q/k/v biases and no other", where);
             break;
+        case MODEL_FAMILY_QWEN3:
+        case MODEL_FAMILY_OLMO2:
+        case MODEL_FAMILY_APERTUS:
+            if (c->qkv_bias != c->o_bias || c->mlp_bias)
+                return err_set("%s: %s's attention_bias covers q/k/v and o alike, and its MLP has "
+                               "no bias",
+                               where, families[fi].model_type);
+            if (c->sliding_window && c->family != MODEL_FAMILY_QWEN3)
+                return err_set("%s: %s has no sliding window", where, families[fi].model_type);
+            break;
         default:
             break;
     }
@@ -497,10 +627,14 @@ long long model_config_num_params(const model_config *c) {
         /* wte, wpe; per layer ln_1, c_attn, attn.c_proj, ln_2, c_fc, mlp.c_proj; ln_f */
         return V * C + T * C +
                L * (2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + C * F + F + F * C + C) + 2 * C;
-    long long Q = (long long)c->num_heads * c->head_dim,
-              K = (long long)c->num_kv_heads * c->head_dim;
-    long long layer = 2 * C + C * Q + 2 * C * K + Q * C + 3 * C * F;
-    layer += c->qkv_bias * (Q + 2 * K) + c->o_bias * C + c->mlp_bias * (2 * F + C);
+    const model_block *b = &c->block;
+    long long D = c->head_dim, Q = (long long)c->num_heads * D, K = (long long)c->num_kv_heads * D;
+    int gated = b->mlp == MODEL_MLP_GATED;
+    long long layer = C * Q + 2 * C * K + Q * C + (gated ? 3 : 2) * C * F;
+    layer += (b->pre_norm + b->post_norm) * 2 * C;
+    if (b->qk_norm) layer += b->qk_norm == MODEL_QK_NORM_HEAD ? 2 * D : Q + K;
+    if (b->act == MODEL_ACT_XIELU) layer += 2; /* alpha_p, alpha_n (beta, eps are buffers) */
+    layer += c->qkv_bias * (Q + 2 * K) + c->o_bias * C + c->mlp_bias * ((gated ? 2 : 1) * F + C);
     return V * C * (c->tie_embeddings ? 1 : 2) + L * layer + C;
 }
 
@@ -572,7 +706,7 @@ int model_config_save(const model_config *c, const char *path) {
         SET(o, "head_dim", json_integer(c->head_dim));
         SET(o, "max_position_embeddings", json_integer(c->max_position));
         SET(o, "rms_norm_eps", json_real(c->norm_eps));
-        SET(o, "hidden_act", json_string("silu"));
+        SET(o, "hidden_act", json_string(c->block.act == MODEL_ACT_XIELU ? "xielu" : "silu"));
         SET(o, "attention_dropout", json_real(0.0));
         /* The legacy spelling (rope_theta + rope_scaling) is read by
          * transformers 4 and converted by transformers 5. */
@@ -593,17 +727,23 @@ int model_config_save(const model_config *c, const char *path) {
             reals[n_reals++] = c->rope_factor;
             reals[n_reals++] = c->rope_low_freq_factor;
             reals[n_reals++] = c->rope_high_freq_factor;
+        } else if (c->family == MODEL_FAMILY_APERTUS) {
+            /* null would mean Apertus's llama3 default (apertus_default_rope) */
+            json_t *r = json_pack("{s:s}", "rope_type", "default");
+            if (!r) bad = 1;
+            SET(o, "rope_scaling", r);
         } else {
             SET(o, "rope_scaling", json_null());
         }
-        if (c->family == MODEL_FAMILY_LLAMA) {
+        model_family f = c->family;
+        if (f == MODEL_FAMILY_LLAMA || f == MODEL_FAMILY_QWEN3 || f == MODEL_FAMILY_OLMO2 ||
+            f == MODEL_FAMILY_APERTUS)
             SET(o, "attention_bias", json_boolean(c->qkv_bias));
-            SET(o, "mlp_bias", json_boolean(c->mlp_bias));
-        } else {
+        if (f == MODEL_FAMILY_LLAMA) SET(o, "mlp_bias", json_boolean(c->mlp_bias));
+        if (f == MODEL_FAMILY_MISTRAL || f == MODEL_FAMILY_QWEN2 || f == MODEL_FAMILY_QWEN3)
             SET(o, "sliding_window",
                 c->sliding_window ? json_integer(c->sliding_window) : json_null());
-        }
-        if (c->family == MODEL_FAMILY_QWEN2) {
+        if (f == MODEL_FAMILY_QWEN2 || f == MODEL_FAMILY_QWEN3) {
             /* Qwen2's sliding layers are those >= max_window_layers: 0 is all. */
             SET(o, "use_sliding_window", json_boolean(c->sliding_window > 0));
             SET(o, "max_window_layers", json_integer(c->sliding_window ? 0 : c->num_layers));
@@ -636,8 +776,9 @@ typedef struct {
 
 /* tiny and small use a byte-level vocabulary (256 bytes + specials) so tests
  * and demos need no large tokenizer; 124m is GPT-2 small's shape, 100m a
- * Llama of about 100M parameters with the Llama-2 vocabulary. F for Llama is
- * about 8C/3 (SwiGLU keeps the MLP's parameter count near GPT-2's 8C²). */
+ * Llama of about 100M parameters with the Llama-2 vocabulary. F for gated
+ * MLPs is about 8C/3 (SwiGLU keeps the MLP's parameter count near GPT-2's
+ * 8C²); Apertus's plain MLP is 4C as GPT-2's. Every family has a tiny. */
 static const preset presets[] = {
     {"llama", "tiny", 320, 64, 176, 2, 4, 2, 256, 0},
     {"llama", "small", 320, 384, 1024, 6, 6, 2, 1024, 1},
@@ -645,22 +786,30 @@ static const preset presets[] = {
     {"gpt2", "tiny", 320, 64, 256, 2, 4, 4, 256, 1},
     {"gpt2", "small", 320, 384, 1536, 6, 6, 6, 1024, 1},
     {"gpt2", "124m", 50257, 768, 3072, 12, 12, 12, 1024, 1},
+    {"mistral", "tiny", 320, 64, 176, 2, 4, 2, 256, 0},
+    {"qwen2", "tiny", 320, 64, 176, 2, 4, 2, 256, 1},
+    {"qwen3", "tiny", 320, 64, 176, 2, 4, 2, 256, 1},
+    {"olmo2", "tiny", 320, 64, 176, 2, 4, 2, 256, 0},
+    {"apertus", "tiny", 320, 64, 256, 2, 4, 2, 256, 0},
 };
 
 int model_config_preset(model_config *cfg, const char *arch, const char *name) {
     memset(cfg, 0, sizeof *cfg);
-    int is_llama = strcmp(arch, "llama") == 0, is_gpt2 = strcmp(arch, "gpt2") == 0;
-    if (!is_llama && !is_gpt2)
-        return err_set("unknown architecture '%s' (valid: llama, gpt2)", arch);
+    int fi = -1;
+    for (int i = 0; i < N_FAMILIES; i++)
+        if (strcmp(families[i].model_type, arch) == 0) fi = i;
+    if (fi < 0) return err_set("unknown architecture '%s' (valid: " SUPPORTED_TYPES ")", arch);
     const preset *p = NULL;
-    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
-        if (strcmp(presets[i].arch, arch) == 0 && strcmp(presets[i].name, name) == 0)
-            p = &presets[i];
-    if (!p)
-        return err_set("unknown preset '%s' for %s (valid: %s)", name, arch,
-                       is_llama ? "tiny, small, 100m" : "tiny, small, 124m");
-    cfg->arch = is_llama ? MODEL_ARCH_LLAMA : MODEL_ARCH_GPT2;
-    cfg->family = is_llama ? MODEL_FAMILY_LLAMA : MODEL_FAMILY_GPT2;
+    char valid[64] = "";
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
+        if (strcmp(presets[i].arch, arch) != 0) continue;
+        if (strcmp(presets[i].name, name) == 0) p = &presets[i];
+        size_t used = strlen(valid);
+        snprintf(valid + used, sizeof valid - used, "%s%s", used ? ", " : "", presets[i].name);
+    }
+    if (!p) return err_set("unknown preset '%s' for %s (valid: %s)", name, arch, valid);
+    model_config_family(cfg, families[fi].family);
+    int gpt2 = cfg->arch == MODEL_ARCH_GPT2;
     cfg->vocab_size = p->V;
     cfg->hidden_size = p->C;
     cfg->intermediate_size = p->F;
@@ -670,9 +819,11 @@ int model_config_preset(model_config *cfg, const char *arch, const char *name) {
     cfg->head_dim = p->C / p->H;
     cfg->max_position = p->T;
     cfg->norm_eps = 1e-5;
-    cfg->rope_theta = is_llama ? 10000.0 : 0.0;
+    cfg->rope_theta = gpt2 ? 0.0 : 10000.0;
     cfg->tie_embeddings = p->tied;
-    cfg->qkv_bias = cfg->o_bias = cfg->mlp_bias = is_gpt2; /* GPT-2 Conv1D biases */
+    cfg->qkv_bias = cfg->o_bias = cfg->mlp_bias = gpt2; /* GPT-2 Conv1D biases */
+    if (cfg->family == MODEL_FAMILY_QWEN2) cfg->qkv_bias = 1;
+    if (cfg->family == MODEL_FAMILY_APERTUS) apertus_rope(cfg);
     cfg->initializer_range = 0.02;
     cfg->bos_token_id = cfg->eos_token_id = -1;
     if (p->V == 50257) cfg->bos_token_id = cfg->eos_token_id = 50256; /* <|endoftext|> */

@@ -73,8 +73,7 @@ int main(int argc, char **argv) {
     }
     model_config c;
     memset(&c, 0, sizeof c);
-    c.arch = MODEL_ARCH_LLAMA;
-    c.family = MODEL_FAMILY_LLAMA;
+    model_config_family(&c, MODEL_FAMILY_LLAMA);
     c.vocab_size = 320;
     c.hidden_size = 1024;
     c.intermediate_size = 2816;

@@ -294,17 +294,17 @@ static int upload(gpu_model *g, const model *m, const lora_set *s) {
         g->lm_head = g->wte;
     else
         OK(upload_param(g, &g->lm_head, m->lm_head, g->dt));
-    OK(upload_f32(g, &g->normf_w, m->norm_f_w));
-    OK(upload_f32(g, &g->normf_b, m->norm_f_b));
+    OK(upload_f32(g, &g->normf_w, m->norm_f.w));
+    OK(upload_f32(g, &g->normf_b, m->norm_f.b));
     g->layers = calloc((size_t)c->num_layers, sizeof *g->layers);
     if (!g->layers) return err_set("out of memory for the GPU model's layers");
     for (int l = 0; l < c->num_layers; l++) {
         const model_layer *L = &m->layers[l];
         gpu_layer *G = &g->layers[l];
-        OK(upload_f32(g, &G->norm1_w, L->norm1_w));
-        OK(upload_f32(g, &G->norm1_b, L->norm1_b));
-        OK(upload_f32(g, &G->norm2_w, L->norm2_w));
-        OK(upload_f32(g, &G->norm2_b, L->norm2_b));
+        OK(upload_f32(g, &G->norm1_w, L->attn_in.w));
+        OK(upload_f32(g, &G->norm1_b, L->attn_in.b));
+        OK(upload_f32(g, &G->norm2_w, L->mlp_in.w));
+        OK(upload_f32(g, &G->norm2_b, L->mlp_in.b));
         for (int j = 0; j < GPU_BLOCK_LINEARS; j++)
             OK(upload_linear(g, gpu_slot(G, j), cpu_slot(L, j)));
     }

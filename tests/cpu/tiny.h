@@ -17,8 +17,7 @@ typedef struct {
 static inline model_config tiny_llama(void) {
     model_config c;
     memset(&c, 0, sizeof c);
-    c.arch = MODEL_ARCH_LLAMA;
-    c.family = MODEL_FAMILY_LLAMA;
+    model_config_family(&c, MODEL_FAMILY_LLAMA);
     c.vocab_size = 32;
     c.hidden_size = 16;
     c.intermediate_size = 24;
@@ -82,8 +81,7 @@ static inline int tiny_cases(tiny_case *out) {
     t = &out[n++];
     t->name = "gpt2";
     memset(&t->cfg, 0, sizeof t->cfg);
-    t->cfg.arch = MODEL_ARCH_GPT2;
-    t->cfg.family = MODEL_FAMILY_GPT2;
+    model_config_family(&t->cfg, MODEL_FAMILY_GPT2);
     t->cfg.vocab_size = 32;
     t->cfg.hidden_size = 16;
     t->cfg.intermediate_size = 32;

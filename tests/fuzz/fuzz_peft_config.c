@@ -19,8 +19,7 @@ static void init_models(void) {
     if (models[0]) return;
     model_config c;
     memset(&c, 0, sizeof c);
-    c.arch = MODEL_ARCH_LLAMA;
-    c.family = MODEL_FAMILY_LLAMA;
+    model_config_family(&c, MODEL_FAMILY_LLAMA);
     c.vocab_size = 50;
     c.hidden_size = 16;
     c.intermediate_size = 24;
@@ -34,8 +33,7 @@ static void init_models(void) {
     c.bos_token_id = c.eos_token_id = -1;
     strcpy(c.torch_dtype, "float32");
     if (model_create(&models[0], &c) != 0) abort();
-    c.arch = MODEL_ARCH_GPT2;
-    c.family = MODEL_FAMILY_GPT2;
+    model_config_family(&c, MODEL_FAMILY_GPT2);
     c.intermediate_size = 64;
     c.num_heads = c.num_kv_heads = 2;
     c.head_dim = 8;

@@ -2,6 +2,7 @@
  * 5 write them), transformers' defaults, refusals by name, save -> parse
  * round trips and the presets. */
 #include "model/config.h"
+#include "model/model.h"
 #include "tests/check.h"
 #include "tests/safetensors/tmpdir.h"
 #include "util/err.h"
@@ -274,7 +275,25 @@ static void test_presets(void) {
     CHECK_FAILS_WITH(model_config_preset(&c, "gpt2", "huge"),
                      "unknown preset 'huge' for gpt2 (valid: tiny, small, 124m)");
     CHECK_FAILS_WITH(model_config_preset(&c, "bert", "tiny"),
-                     "unknown architecture 'bert' (valid: llama, gpt2)");
+                     "unknown architecture 'bert' (valid: llama, mistral, qwen2, qwen3, olmo2, "
+                     "apertus, gpt2)");
+    /* every family has a tiny preset, with the family's block and a number of
+     * parameters that is the table's */
+    const char *const tiny[] = {"llama", "mistral", "qwen2", "qwen3", "olmo2", "apertus", "gpt2"};
+    for (size_t i = 0; i < sizeof tiny / sizeof tiny[0]; i++) {
+        CHECK_OK(model_config_preset(&c, tiny[i], "tiny"));
+        model *m = NULL;
+        CHECK_OK(model_create(&m, &c));
+        if (!m) continue;
+        long long table = 0;
+        for (int p = 0; p < m->n_params; p++)
+            if (!m->params[p].buffer && m->params[p].name[0]) table += m->params[p].numel;
+        CHECK_MSG(table == model_config_num_params(&c), "%s tiny: table %lld, formula %lld",
+                  tiny[i], table, model_config_num_params(&c));
+        model_free(m);
+    }
+    CHECK_FAILS_WITH(model_config_preset(&c, "qwen3", "small"),
+                     "unknown preset 'small' for qwen3 (valid: tiny)");
 }
 
 int main(void) {

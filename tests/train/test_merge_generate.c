@@ -189,8 +189,8 @@ static void test_generate(void) {
     if (!m) return;
     int C = m->cfg.hidden_size;
     for (int c = 0; c < C; c++) {
-        m->norm_f_w->data[c] = 0;
-        m->norm_f_b->data[c] = 10 * m->wte->data[256 * C + c];
+        m->norm_f.w->data[c] = 0;
+        m->norm_f.b->data[c] = 10 * m->wte->data[256 * C + c];
     }
     CHECK_OK(checkpoint_save(m, tu_path(eos_dir, "gpt2_eos"), "float32"));
     model_free(m);
