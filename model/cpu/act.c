@@ -47,6 +47,14 @@ static xielu_k xielu_scalars(const model_xielu *p) {
                      (real)(beta + (real)softplus(p->alpha_n->data[0])), beta, p->eps->data[0]};
 }
 
+void cpu_xielu_values(const model_xielu *p, real v[4]) {
+    xielu_k k = xielu_scalars(p);
+    v[0] = k.ap;
+    v[1] = k.an;
+    v[2] = k.beta;
+    v[3] = k.eps;
+}
+
 void cpu_xielu_forward(real *y, const real *x, const model_xielu *p, int64_t n) {
     xielu_k k = xielu_scalars(p);
 #pragma omp parallel for if (n > 32768)

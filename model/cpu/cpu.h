@@ -219,6 +219,9 @@ void cpu_qk_norm_backward(const model_config *c, const model_layer *L, real *dq_
 
 /* ---- the MLP's activation (act.c) ---- */
 
+/* One layer's xIELU values as the formula uses them (act.c): softplus(alpha_p),
+ * beta + softplus(alpha_n), beta, eps (the CUDA backend uploads these). */
+void cpu_xielu_values(const model_xielu *p, real v[4]);
 /* xIELU (act.c has the formula) of n values with one layer's parameters. */
 void cpu_xielu_forward(real *y, const real *x, const model_xielu *p, int64_t n);
 /* dx = dy · xielu'(x) (dx may be dy), x (rows, F); adds the gradients of
