@@ -142,6 +142,7 @@ static inline int ft_wait_file(const char *path, double timeout_s) {
 typedef struct {
     int rounds, quorum, deadline_s, steps, rank, seq, save_every, linger_s;
     const char *below_quorum; /* "wait" or "fail" */
+    const char *arch;         /* the base model's init-model preset family ("llama") */
 } ft_options;
 
 static inline void ft_options_init(ft_options *o) {
@@ -153,7 +154,8 @@ static inline void ft_options_init(ft_options *o) {
                       .seq = 32,
                       .save_every = 2,
                       .linger_s = 3,
-                      .below_quorum = "wait"};
+                      .below_quorum = "wait",
+                      .arch = "llama"};
 }
 
 typedef struct {
@@ -166,13 +168,14 @@ typedef struct {
     ft_options o;
 } ft_fed;
 
-/* The demo's base model (cli/cmd_demo.c): init-model's tiny Llama with
- * initializer_range 0.1, seed 1, and its byte-level tokenizer. */
-static inline int ft_base_model(const char *dir) {
+/* The demo's base model (cli/cmd_demo.c): init-model's tiny Llama (or the
+ * tiny preset of another family) with initializer_range 0.1, seed 1, and its
+ * byte-level tokenizer. */
+static inline int ft_base_model(const char *dir, const char *arch) {
     model_config cfg;
     model *m = NULL;
     char path[FT_PATH];
-    if (model_config_preset(&cfg, "llama", "tiny") != 0) return -1;
+    if (model_config_preset(&cfg, arch, "tiny") != 0) return -1;
     cfg.bos_token_id = cfg.eos_token_id = 256;
     cfg.initializer_range = 0.1;
     if (model_create(&m, &cfg) != 0) return -1;
@@ -207,7 +210,7 @@ static inline int ft_setup(ft_fed *f, const char *tag, int n, const ft_options *
         !*ft_in(f->agg_config, agg_dir, "aggregator.cfg") ||
         !*ft_in(f->agg_state, agg_dir, "state") || !*ft_in(f->agg_log, agg_dir, "aggregator.log"))
         return -1;
-    if (ft_base_model(f->base) != 0 || ft_keys(f->keys, "aggregator") != 0) return -1;
+    if (ft_base_model(f->base, o->arch) != 0 || ft_keys(f->keys, "aggregator") != 0) return -1;
     for (int i = 0; i < n; i++) {
         const demo_domain *d = &demo_domains[i % demo_num_domains];
         char nodes[FT_PATH], data[FT_PATH], one[128];

@@ -679,7 +679,7 @@ int main(void) {
     umask(022); /* the modes asserted below are what keygen and init ask for */
     CHECK(mkdtemp(root) != NULL);
     char aggkeys[FT_PATH], others[FT_PATH];
-    CHECK_OK(ft_base_model(ft_in(base, root, "base")));
+    CHECK_OK(ft_base_model(ft_in(base, root, "base"), "llama"));
     CHECK_OK(ft_write(ft_in(data, root, "data.txt"), "one line of local text\nanother\n"));
     CHECK_OK(ft_keys(ft_in(aggkeys, root, "aggregator-keys"), "aggregator"));
     ft_in(agg_id, aggkeys, "aggregator.id");

@@ -1,7 +1,7 @@
 /* test_merge_generate — `fedlora merge-adapter` and `fedlora generate` as
  * real processes:
- *   - merge-adapter (tiny Llama and GPT-2, whose Conv1D weights are stored
- *     transposed): the merged model's logits equal base + adapter logits
+ *   - merge-adapter (tiny Llama, GPT-2, whose Conv1D weights are stored
+ *     transposed, Qwen3, OLMo 2 and Apertus): the merged model's logits equal base + adapter logits
  *     (max |diff| < 1e-5 in fp32) while the adapter does change them; the
  *     tokenizer comes along; a bf16 base gives a bf16 merged model; a used
  *     --out is refused;
@@ -214,6 +214,9 @@ int main(void) {
     free(text);
     test_merge("llama");
     test_merge("gpt2");
+    test_merge("qwen3");
+    test_merge("olmo2");
+    test_merge("apertus");
     test_merge_bf16();
     test_generate();
     tu_cleanup();
