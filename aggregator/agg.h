@@ -3,11 +3,23 @@
  * One process, one thread, one ZeroMQ ROUTER. Each request from a node gets
  * exactly one reply (docs/protocol.md, "Federation flow"). Rounds move
  * through a state machine, every transition of which is a journal record
- * written (fsync'd) before anything depends on it:
+ * (journal.h) written (fsync'd) before anything depends on it, then applied
+ * to the state by the same function that replays the journal at start:
  *
  *   OPEN ──first accepted delta──▶ COLLECTING ──quorum and (all members, or
  *   the deadline)──▶ AGGREGATING ──new version in the store──▶ PUBLISHED ──▶
  *   OPEN (round r+1), or FINISHED after the last round.
+ *
+ *   A round that ends without a new version (below the quorum at the
+ *   deadline with below_quorum = "fail", or too many deltas dropped by the
+ *   policy) goes to FAILED instead of PUBLISHED, and on the same way: the
+ *   next round trains on the same base.
+ *
+ * Between calls the machine is at rest: agg_open and agg_tick return with
+ * the round OPEN, COLLECTING or FINISHED (they carry a closed round through
+ * its aggregation and open the next one before returning), and agg_handle
+ * only moves OPEN to COLLECTING. So no request ever finds a round being
+ * aggregated.
  *
  * Durability: a submission is assembled in STATE/inbox/<msgid>.part, checked
  * (digest, envelope header and signature, then opened and its DELTA checked
@@ -34,7 +46,8 @@ typedef enum {
     AGG_COLLECTING,  /* at least one delta accepted */
     AGG_AGGREGATING, /* closed: no more submissions; merging */
     AGG_PUBLISHED,   /* version of round r in the store; next round not open yet */
-    AGG_FINISHED,    /* the last configured round is published */
+    AGG_FINISHED,    /* the last configured round is over */
+    AGG_FAILED,      /* round r ended without a new version; next round not open yet */
 } agg_state;
 
 const char *agg_state_name(agg_state s);
@@ -43,7 +56,9 @@ typedef struct agg agg;
 
 /* Loads keys and members, takes the state directory's lock, replays the
  * journal (or starts a new one: the base model is imported into the store and
- * round 1 opens). `now` is unix time in seconds (deadlines are set from it). */
+ * round 1 opens) and brings the round to rest: an aggregation that a crash
+ * interrupted is done again (the same bytes) and the next round opened. `now`
+ * is unix time in seconds (deadlines are set from it). */
 int agg_open(agg **out, const agg_config *c, uint64_t now);
 void agg_close(agg *a);
 

@@ -11,13 +11,15 @@
  *             round's rank), finite values, ‖Σ s·B·A‖_F <= max_norm;
  *   weights   weights_compute (p_i, capped) or, with DP, w_i / E: the
  *             coefficients the library will use, for the metrics;
- *   merge     aggregate_round: clipping, the robust rule (mean, median,
+ *   merge     aggregate_prepare: clipping, the robust rule (mean, median,
  *             trimmed mean, multi-Krum), DP-FedAvg's noise, and the merge
- *             mode (exact, fedit, svd) into the base, in place. A low-rank
- *             merge (policies/aggregate.h: the mean or multi-Krum without
- *             DP, fedit, svd) is applied as an update with the portable
- *             kernel, and that update is kept for the aggregator to publish
- *             (agg_hooks_take_factors), as the default policy's is.
+ *             mode (exact, fedit, svd). A low-rank result
+ *             (policies/aggregate.h: the mean or multi-Krum without DP,
+ *             fedit, svd) comes back as its update, from which the
+ *             aggregator writes and publishes the version as it does the
+ *             default policy's; a dense one (median, trimmed mean, DP
+ *             noise) is added module by module to the weights as the new
+ *             version is written (aggregate_dense_apply).
  *
  * Base-version, shape and finiteness checks of the submitted tensors stay in
  * agg_update_build, which every update passes first. The aggregator sets the
@@ -27,7 +29,6 @@
 #define FL_AGGREGATOR_HOOKS_H
 
 #include "aggregator/merge.h"
-#include "lora/update.h"
 #include "policies/aggregate.h"
 #include "policies/noise.h"
 #include "policies/policy.h"
@@ -40,17 +41,16 @@ typedef struct {
     /* Set by the aggregator before each round's aggregation: */
     aggregate_round_info info;
     noise_source *noise; /* DP: the round's noise source, else NULL */
-    /* Filled by the last merge (K members in name order); rep.K == 0 before.
-     * rep.factors: its update when the merge was low rank, else NULL. */
+    /* Filled by the last merge (K members in name order); rep.K == 0 before. */
     aggregate_report rep;
+    /* A dense merge's pending change, applied as the version is written, and
+     * the members it reads (their sets are the round's updates'). */
+    aggregate_dense *dense;
+    aggregate_member *members;
 } agg_hooks;
 
 /* pol and train are borrowed and must outlive h. */
 void agg_hooks_init(agg_hooks *h, const policy *pol, const struct msg_train *train);
 void agg_hooks_free(agg_hooks *h);
-
-/* The last merge's update (lora/update.h: from, to and round zero), which
- * the caller now owns; NULL when that merge was dense (or was taken). */
-update *agg_hooks_take_factors(agg_hooks *h);
 
 #endif

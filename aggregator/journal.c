@@ -1,8 +1,10 @@
-/* journal — append-only, checksummed, fsync'd lines (see journal.h). */
+/* journal — append-only, checksummed, fsync'd lines, and the records they
+ * hold (see journal.h). */
 #include "aggregator/journal.h"
 
 #include "util/err.h"
 #include "util/fio.h"
+#include "util/hex.h"
 #include "wire/crypto.h"
 
 #include <errno.h>
@@ -166,4 +168,172 @@ void journal_close(agg_journal *j) {
     if (!j) return;
     if (j->fd >= 0) close(j->fd);
     free(j);
+}
+
+int journal_write(agg_journal *j, const journal_record *r) {
+    char rec[JOURNAL_RECORD_MAX + 1];
+    if (journal_record_encode(r, rec) < 0) return err_context("journal %s", j->path);
+    return journal_append(j, "%s", rec);
+}
+
+/* ---- the record grammar ------------------------------------------------------- */
+
+const char *journal_kind_name(journal_kind k) {
+    switch (k) {
+        case JOURNAL_INIT:
+            return "init";
+        case JOURNAL_OPEN:
+            return "open";
+        case JOURNAL_ACCEPT:
+            return "accept";
+        case JOURNAL_CLOSE:
+            return "close";
+        case JOURNAL_PUBLISH:
+            return "publish";
+        case JOURNAL_FAIL:
+            return "fail";
+        case JOURNAL_ROSTER:
+            return "roster";
+    }
+    return "?";
+}
+
+int journal_record_encode(const journal_record *r, char out[JOURNAL_RECORD_MAX + 1]) {
+    char h1[2 * MSG_HASH_LEN + 1], h2[2 * MSG_HASH_LEN + 1], id[2 * MSG_ID_LEN + 1];
+    unsigned long long n = (unsigned long long)r->round;
+    int len = -1;
+    switch (r->kind) {
+        case JOURNAL_INIT:
+            hex_encode(r->consortium, MSG_HASH_LEN, h1);
+            hex_encode(r->hash, MSG_HASH_LEN, h2);
+            len = snprintf(out, JOURNAL_RECORD_MAX + 1, "init %s %s", h1, h2);
+            break;
+        case JOURNAL_OPEN:
+            hex_encode(r->hash, MSG_HASH_LEN, h1);
+            len = snprintf(out, JOURNAL_RECORD_MAX + 1, "open %llu %s %llu", n, h1,
+                           (unsigned long long)r->deadline);
+            break;
+        case JOURNAL_ACCEPT:
+            if (keys_name_check(r->member) < 0) return err_context("journal record 'accept'");
+            hex_encode(r->msgid, MSG_ID_LEN, id);
+            hex_encode(r->digest, MSG_HASH_LEN, h1);
+            len = snprintf(out, JOURNAL_RECORD_MAX + 1, "accept %llu %s %s %s %llu %llu", n,
+                           r->member, id, h1, (unsigned long long)r->size,
+                           (unsigned long long)r->time);
+            break;
+        case JOURNAL_CLOSE:
+            len = snprintf(out, JOURNAL_RECORD_MAX + 1, "close %llu %llu", n,
+                           (unsigned long long)r->count);
+            break;
+        case JOURNAL_PUBLISH:
+            hex_encode(r->hash, MSG_HASH_LEN, h1);
+            if (!r->has_update) {
+                len = snprintf(out, JOURNAL_RECORD_MAX + 1, "publish %llu %s", n, h1);
+                break;
+            }
+            if (r->update_size == 0) return err_set("journal record 'publish': an empty update");
+            hex_encode(r->update_hash, MSG_HASH_LEN, h2);
+            len = snprintf(out, JOURNAL_RECORD_MAX + 1, "publish %llu %s %s %llu", n, h1, h2,
+                           (unsigned long long)r->update_size);
+            break;
+        case JOURNAL_FAIL:
+            if (!r->reason[0] || strchr(r->reason, ' '))
+                return err_set("journal record 'fail': the reason '%s' must be one word",
+                               r->reason);
+            len = snprintf(out, JOURNAL_RECORD_MAX + 1, "fail %llu %s", n, r->reason);
+            break;
+        case JOURNAL_ROSTER:
+            hex_encode(r->hash, MSG_HASH_LEN, h1);
+            len = snprintf(out, JOURNAL_RECORD_MAX + 1, "roster %llu %s", n, h1);
+            break;
+    }
+    if (len < 0) return err_set("journal record of unknown kind %d", (int)r->kind);
+    if (len > JOURNAL_RECORD_MAX)
+        return err_set("journal record over %d bytes", JOURNAL_RECORD_MAX);
+    return 0;
+}
+
+/* A decimal without sign or leading blanks, as strtoull reads it. */
+static int parse_u64(const char *s, uint64_t *v) {
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-') return -1;
+    *v = x;
+    return 0;
+}
+
+/* Splits rec in place into at most max words (max + 1: more than that). */
+static int words(char *rec, char **w, int max) {
+    int n = 0;
+    char *save = NULL;
+    for (char *p = strtok_r(rec, " ", &save); p; p = strtok_r(NULL, " ", &save)) {
+        if (n == max) return max + 1;
+        w[n++] = p;
+    }
+    return n;
+}
+
+int journal_record_decode(const char *text, journal_record *r) {
+    memset(r, 0, sizeof *r);
+    char rec[JOURNAL_RECORD_MAX + 1];
+    if (strlen(text) > JOURNAL_RECORD_MAX)
+        return err_set("journal record of over %d bytes", JOURNAL_RECORD_MAX);
+    snprintf(rec, sizeof rec, "%s", text);
+    char *w[8];
+    int n = words(rec, w, 8);
+    if (n < 1) return err_set("empty record");
+    int is_init = !strcmp(w[0], "init");
+    if (n >= 2 && !is_init && parse_u64(w[1], &r->round) < 0)
+        return err_set("record '%s': bad round number", text);
+    if (is_init && n == 3) {
+        r->kind = JOURNAL_INIT;
+        if (hex_decode(w[1], r->consortium, MSG_HASH_LEN) < 0 ||
+            hex_decode(w[2], r->hash, MSG_HASH_LEN) < 0)
+            return err_set("record '%s': bad hex", text);
+        return 0;
+    }
+    if (!strcmp(w[0], "open") && n == 4) {
+        r->kind = JOURNAL_OPEN;
+        if (hex_decode(w[2], r->hash, MSG_HASH_LEN) < 0 || parse_u64(w[3], &r->deadline) < 0)
+            return err_set("record '%s': bad fields", text);
+        return 0;
+    }
+    if (!strcmp(w[0], "accept") && n == 7) {
+        r->kind = JOURNAL_ACCEPT;
+        if (keys_name_check(w[2]) < 0 || hex_decode(w[3], r->msgid, MSG_ID_LEN) < 0 ||
+            hex_decode(w[4], r->digest, MSG_HASH_LEN) < 0 || parse_u64(w[5], &r->size) < 0 ||
+            parse_u64(w[6], &r->time) < 0)
+            return err_set("record '%s': bad fields", text);
+        snprintf(r->member, sizeof r->member, "%s", w[2]);
+        return 0;
+    }
+    if (!strcmp(w[0], "close") && n == 3) {
+        r->kind = JOURNAL_CLOSE;
+        if (parse_u64(w[2], &r->count) < 0) return err_set("record '%s': bad fields", text);
+        return 0;
+    }
+    if (!strcmp(w[0], "roster") && n == 3) {
+        r->kind = JOURNAL_ROSTER;
+        if (hex_decode(w[2], r->hash, MSG_HASH_LEN) < 0)
+            return err_set("record '%s': bad hex", text);
+        return 0;
+    }
+    if (!strcmp(w[0], "publish") && (n == 3 || n == 5)) {
+        r->kind = JOURNAL_PUBLISH;
+        if (hex_decode(w[2], r->hash, MSG_HASH_LEN) < 0)
+            return err_set("record '%s': bad hex", text);
+        r->has_update = n == 5;
+        if (r->has_update && (hex_decode(w[3], r->update_hash, MSG_HASH_LEN) < 0 ||
+                              parse_u64(w[4], &r->update_size) < 0 || r->update_size == 0))
+            return err_set("record '%s': bad update fields", text);
+        return 0;
+    }
+    if (!strcmp(w[0], "fail") && n == 3) {
+        r->kind = JOURNAL_FAIL;
+        if (strlen(w[2]) > JOURNAL_REASON_MAX) return err_set("record '%s': bad fields", text);
+        snprintf(r->reason, sizeof r->reason, "%s", w[2]);
+        return 0;
+    }
+    return err_set("unknown record '%s'", text);
 }

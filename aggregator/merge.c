@@ -2,7 +2,6 @@
 #include "aggregator/merge.h"
 
 #include "aggregator/store.h"
-#include "lora/update.h"
 #include "util/err.h"
 
 #include <math.h>
@@ -175,20 +174,23 @@ int agg_weights_tokens(void *arg, const agg_update *u, int n, double *w) {
     return 0;
 }
 
-/* Through the factored update and its portable kernel (lora/update.h), not
- * the BLAS GEMM of delta_merge_product: the same maths, and the same bytes
- * on every CPU, which is what lets a node rebuild a version from its
- * update. The aggregator's round does the same and keeps the factors. */
-int agg_merge_exact(void *arg, model *base, const agg_update *u, int n, const double *w) {
+void agg_change_free(agg_change *c) {
+    update_free(c->factors);
+    if (c->dense_free) c->dense_free(c->dense_ctx);
+    memset(c, 0, sizeof *c);
+}
+
+/* The factors only: the version is written from them (update_write_version),
+ * the one way the aggregator changes a base by a low-rank update. */
+int agg_merge_exact(void *arg, const model *base, const agg_update *u, int n, const double *w,
+                    agg_change *out) {
     (void)arg;
+    memset(out, 0, sizeof *out);
     lora_set **sets = malloc((size_t)n * sizeof *sets);
     if (!sets) return err_set("out of memory merging %d updates", n);
     for (int i = 0; i < n; i++) sets[i] = u[i].set;
-    update *f = NULL;
-    int rc = update_build(&f, base, sets, w, n);
+    int rc = update_build(&out->factors, base, sets, w, n);
     free(sets);
-    if (rc == 0) rc = update_apply(base, f);
-    update_free(f);
     return rc;
 }
 

@@ -6,22 +6,25 @@
  * lora_A / lora_B tensor must have exactly the shape the base needs, and no
  * value may be NaN or infinite. Then the round's updates are combined by a
  * policy (agg_policy): validate each, weigh them, merge. The default policy
- * is the exact product merge of DESIGN.md §4,
+ * is the exact product merge (docs/architecture.md, "The exact merge"),
  *
  *   W' = W + Σ_i p_i · s_i · B_i · A_i,   p_i ∝ tokens_i (Σ p_i = 1),
  *
- * over the concatenated factors (lora/update.h: the portable kernel every
- * node can repeat bit for bit),
  * with each member's p_i capped at its max_weight (the excess goes to the
- * others in proportion to their tokens). Updates are always given in member
- * name order and every step is deterministic, so the same updates give the
- * same bytes. A policy file plugs the policies library's weighting,
- * validation, robust rules, merge modes and DP in through agg_policy
- * (hooks.h). */
+ * others in proportion to their tokens), as the factored update of
+ * lora/update.h: B = [p_1 s_1 B_1 | …], A = [A_1; …]. A policy's merge only
+ * says what the round changes: a low-rank change as such factors, which the
+ * aggregator applies with update_apply (the portable kernel every node can
+ * repeat bit for bit) and publishes for low-rank sync, or a dense change it
+ * made to the base itself. Updates are always given in member name order and
+ * every step is deterministic, so the same updates give the same bytes. A
+ * policy file plugs the policies library's weighting, validation, robust
+ * rules, merge modes and DP in through agg_policy (hooks.h). */
 #ifndef FL_AGGREGATOR_MERGE_H
 #define FL_AGGREGATOR_MERGE_H
 
 #include "lora/lora.h"
+#include "lora/update.h"
 #include "wire/keys.h"
 #include "wire/payload.h"
 
@@ -47,6 +50,22 @@ int agg_update_build(const model *base, const uint8_t base_hash[32], uint64_t ro
                      agg_update *u, char why[AGG_WHY_MAX]);
 void agg_update_free(agg_update *u);
 
+/* What a round changes in its base: a low-rank update (factors, the
+ * exact merge and every policy whose change is a product B·A), or a dense
+ * change that dense_apply adds to each weight it touches, in the model's
+ * parameter order, as the new version is written (the coordinate rules and
+ * DP noise). Either way the base itself is only read: the version is
+ * written a tensor at a time (agg_write_version, publish.c). */
+typedef struct {
+    update *factors;
+    int (*dense_touches)(void *ctx, const char *name);
+    int (*dense_apply)(void *ctx, const char *name, real *W);
+    void (*dense_free)(void *ctx);
+    void *dense_ctx;
+} agg_change;
+
+void agg_change_free(agg_change *c);
+
 /* The pluggable steps of a round's aggregation. Each gets the updates in
  * member name order. */
 typedef struct agg_policy {
@@ -54,8 +73,10 @@ typedef struct agg_policy {
     int (*validate)(void *arg, const model *base, const agg_update *u, char why[AGG_WHY_MAX]);
     /* w[i] >= 0 for each of n updates. */
     int (*weights)(void *arg, const agg_update *u, int n, double *w);
-    /* W += the combination of the updates with weights w (in place on base). */
-    int (*merge)(void *arg, model *base, const agg_update *u, int n, const double *w);
+    /* The round's change to base from the updates and their weights w
+     * (agg_change above); base is read only. */
+    int (*merge)(void *arg, const model *base, const agg_update *u, int n, const double *w,
+                 agg_change *out);
     void *arg;
 } agg_policy;
 
@@ -65,7 +86,9 @@ const agg_policy *agg_policy_default(void);
 /* p_i ∝ tokens_i with caps max_weight_i, Σ p_i = 1 (when the caps allow:
  * if they sum to less than 1, each gets its cap). */
 int agg_weights_tokens(void *arg, const agg_update *u, int n, double *w);
-/* W += Σ_i w_i s_i B_i A_i through the factored update (lora/update.h). */
-int agg_merge_exact(void *arg, model *base, const agg_update *u, int n, const double *w);
+/* W' = W + Σ_i w_i s_i B_i A_i as its factored update (update_build): always
+ * low rank. */
+int agg_merge_exact(void *arg, const model *base, const agg_update *u, int n, const double *w,
+                    agg_change *out);
 
 #endif

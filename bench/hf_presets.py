@@ -7,7 +7,14 @@ import torch
 import transformers
 
 PRESETS = {
-    # Must match model_config_preset() in model/config.c.
+    # Must match model_config_preset() in model/config.c. The tiny ones are
+    # what the run.sh scripts' --quick mode measures.
+    ("gpt2", "tiny"): lambda: transformers.GPT2Config(
+        vocab_size=320, n_embd=64, n_layer=2, n_head=4, n_positions=256),
+    ("llama", "tiny"): lambda: transformers.LlamaConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=False),
     ("gpt2", "124m"): lambda: transformers.GPT2Config(
         vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024),
     ("llama", "100m"): lambda: transformers.LlamaConfig(

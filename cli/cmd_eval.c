@@ -1,5 +1,6 @@
 /* fedlora eval — mean next-token loss and perplexity of a model, with or
  * without a LoRA adapter, on a file. */
+#include "cli/chatdata.h"
 #include "cli/commands.h"
 #include "cli/opts.h"
 #include "lora/dataset.h"
@@ -19,13 +20,17 @@
 static const char *usage_text =
     "usage: fedlora eval --model DIR --data FILE [--adapter DIR] [--tokenizer FILE] [--seq T]\n"
     "                    [--batch B] [--device cpu|cuda] [--precision fp32|bf16|auto]\n"
+    "                    [--chat-format template|fedlora] [--chat-template FILE]\n"
+    "                    [--loss-on assistant|all]\n"
     "\n"
     "Prints the mean next-token cross-entropy (nats) and the perplexity of the model on\n"
     "FILE, with the PEFT LoRA adapter in --adapter DIR applied when given. FILE is what\n"
     "fedlora train reads (docs/training.md): text (one document per non-empty line),\n"
-    "JSON Lines of {\"text\"}, instruction or chat records (only response tokens count), or\n"
-    "a pre-tokenized corpus. Documents are tokenized with DIR/tokenizer.json (or\n"
-    "--tokenizer), each followed by the end-of-text token, joined, and cut into rows of T\n"
+    "JSON Lines of {\"text\"}, instruction or chat records (only response tokens count;\n"
+    "chat records in the model's chat template unless --chat-format fedlora, and every\n"
+    "token with --loss-on all: docs/chat.md), or a pre-tokenized corpus. Documents are\n"
+    "tokenized with DIR/tokenizer.json (or --tokenizer), each followed by the end-of-text\n"
+    "token (a chat template ends its turns itself), joined, and cut into rows of T\n"
     "tokens (default 256, at most the model's context); every token after the first is\n"
     "predicted once. --device cuda evaluates on a GPU (docs/gpu.md). --precision: how the\n"
     "frozen weights multiply (fp32; bf16 with fp32 sums; auto, the default: bf16 on cuda\n"
@@ -40,9 +45,18 @@ static double now(void) {
 int cmd_eval(int argc, char **argv) {
     const char *dir = NULL, *data = NULL, *tok_path = NULL, *adapter = NULL, *seq_s = NULL,
                *batch_s = "4", *device = "cpu", *precision = NULL;
-    opts_spec spec[] = {{"model", &dir},     {"data", &data},          {"tokenizer", &tok_path},
-                        {"seq", &seq_s},     {"batch", &batch_s},      {"adapter", &adapter},
-                        {"device", &device}, {"precision", &precision}};
+    chatdata_opts chat = {0};
+    opts_spec spec[] = {{"model", &dir},
+                        {"data", &data},
+                        {"tokenizer", &tok_path},
+                        {"seq", &seq_s},
+                        {"batch", &batch_s},
+                        {"adapter", &adapter},
+                        {"device", &device},
+                        {"precision", &precision},
+                        {"chat-format", &chat.format},
+                        {"chat-template", &chat.tpl_path},
+                        {"loss-on", &chat.loss_on}};
     int rc = opts_parse(argc, argv, spec, sizeof spec / sizeof spec[0], usage_text);
     if (rc >= 0) return rc;
     if (!dir || !data) return opts_missing(usage_text, "--model and --data");
@@ -54,6 +68,7 @@ int cmd_eval(int argc, char **argv) {
     model *m = NULL;
     lora_set *s = NULL;
     dataset *d = NULL;
+    chat_template *ct = NULL;
     rc = 1;
     if (trainer_load_base(&m, dir, device, precision) != 0) goto done;
     model_precision prec;
@@ -75,7 +90,8 @@ int cmd_eval(int argc, char **argv) {
                             .seq = (int)T,
                             .eos_id = m->cfg.eos_token_id,
                             .vocab_size = m->cfg.vocab_size};
-    if (dataset_open(&d, &dopt) != 0) goto done;
+    if (chatdata_setup(&chat, dir, &dopt, &ct) != 0 || dataset_open(&d, &dopt) != 0) goto done;
+    chatdata_report(&chat, d);
     size_t rows = dataset_num_rows(d, DATASET_TRAIN);
     if ((size_t)B > rows) B = (long long)rows;
     double t0 = now(), loss;
@@ -89,6 +105,7 @@ int cmd_eval(int argc, char **argv) {
 done:
     if (rc != 0) opts_fail();
     dataset_free(d);
+    chat_template_free(ct);
     lora_free(s);
     model_free(m);
     return rc;

@@ -1,4 +1,5 @@
-/* fedlora — one binary, git-style subcommands (DESIGN.md §5). */
+/* fedlora — one binary, git-style subcommands (docs/architecture.md, "The CLI
+ * contract"). */
 #include "cli/commands.h"
 
 #include <stdio.h>

@@ -16,7 +16,8 @@ static const char *const companions[] = {"tokenizer.json",
                                          "vocab.json",
                                          "merges.txt",
                                          "added_tokens.json",
-                                         "generation_config.json"};
+                                         "generation_config.json",
+                                         "chat_template.jinja"};
 
 int modeldir_copy_companions(const char *from, const char *to) {
     for (size_t i = 0; i < sizeof companions / sizeof companions[0]; i++) {

@@ -1,7 +1,7 @@
 /* peft — PEFT adapter directories, written and read.
  *
  * The directory PeftModel.save_pretrained writes and
- * PeftModel.from_pretrained(base, dir) reads (DESIGN §6):
+ * PeftModel.from_pretrained(base, dir) reads (docs/formats.md, "Adapters"):
  *
  *   adapter_config.json        LoraConfig.to_dict(), as json.dumps(indent=2,
  *                              sort_keys=True) prints it

@@ -1,8 +1,7 @@
-/* update.c — factored model updates: build, apply (the portable kernel), and
- * the update file (update.h). Compiled with -ffp-contract=off (see
- * lora/CMakeLists.txt): the kernel's bits must not depend on the compiler
- * fusing a multiply and an add. */
+/* update.c — factored model updates: build, apply (through the kernel of
+ * update_kernel.c), and the update file (update.h). */
 #include "lora/update.h"
+#include "lora/update_kernel.h"
 
 #include "model/safetensors.h"
 #include "util/err.h"
@@ -10,7 +9,6 @@
 
 #include <limits.h>
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,76 +187,6 @@ uint64_t update_data_bytes(const update *u) {
     return n;
 }
 
-/* ---- the kernel ----------------------------------------------------------------- */
-
-/* W (out, in) += B (out, R) · A (R, in), element by element in double in a
- * fixed order: acc = W[i][j], then acc += B[i][k]·A[k][j] for k = 0..R-1,
- * W[i][j] = (real)acc.
- *
- * Blocked for the cache without changing that order: a tile of ROWS rows by
- * COLS columns of accumulators (in the thread's scratch, L1-sized) takes
- * every k in turn, so each row of A is read once per ROWS rows, and "omp
- * simd" runs the j loop in vector lanes, each lane doing exactly the scalar
- * loop's IEEE operations on its own element. Threads split the row blocks. */
-#define ROWS 4
-#define COLS 256
-#define SCRATCH (ROWS * COLS) /* doubles per thread */
-
-/* One block of up to ROWS rows starting at row i0, all columns. Compiled for
- * AVX2 as well as the x86-64 baseline where the compiler can (GCC's
- * function multi-versioning picks one at load time): the wider vectors do
- * the same IEEE double multiplies and adds on the same elements in the same
- * order (no FMA: -ffp-contract=off, and "avx2" does not enable it), so both
- * versions give the same bits. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                             \
-    !defined(__SANITIZE_ADDRESS__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-static void
-apply_rows(real *W, const update_module *um, double *acc, int i0) {
-    const int out = um->out, in = um->in, R = um->rank;
-    const int nr = out - i0 < ROWS ? out - i0 : ROWS;
-    for (int j0 = 0; j0 < in; j0 += COLS) {
-        const int nj = in - j0 < COLS ? in - j0 : COLS;
-        for (int r = 0; r < nr; r++)
-            for (int j = 0; j < nj; j++)
-                acc[r * COLS + j] = (double)W[(int64_t)(i0 + r) * in + j0 + j];
-        for (int k = 0; k < R; k++) {
-            const float *a = um->A + (int64_t)k * in + j0;
-            if (nr == ROWS) {
-                const float *b = um->B + (int64_t)i0 * R + k;
-                const double b0 = b[0], b1 = b[R], b2 = b[2 * R], b3 = b[3 * R];
-                double *c0 = acc, *c1 = acc + COLS, *c2 = acc + 2 * COLS, *c3 = acc + 3 * COLS;
-#pragma omp simd
-                for (int j = 0; j < nj; j++) {
-                    const double x = (double)a[j];
-                    c0[j] += b0 * x;
-                    c1[j] += b1 * x;
-                    c2[j] += b2 * x;
-                    c3[j] += b3 * x;
-                }
-            } else {
-                for (int r = 0; r < nr; r++) {
-                    const double br = (double)um->B[(int64_t)(i0 + r) * R + k];
-                    double *c = acc + r * COLS;
-#pragma omp simd
-                    for (int j = 0; j < nj; j++) c[j] += br * (double)a[j];
-                }
-            }
-        }
-        for (int r = 0; r < nr; r++)
-            for (int j = 0; j < nj; j++)
-                W[(int64_t)(i0 + r) * in + j0 + j] = (real)acc[r * COLS + j];
-    }
-}
-
-static void apply_module(real *W, const update_module *um, double *scratch) {
-    const int out = um->out;
-#pragma omp parallel for schedule(static)
-    for (int i0 = 0; i0 < out; i0 += ROWS)
-        apply_rows(W, um, scratch + (size_t)omp_get_thread_num() * SCRATCH, i0);
-}
-
 int update_apply(model *m, const update *u) {
     model_param **w = malloc((size_t)(u->n_modules ? u->n_modules : 1) * sizeof *w);
     if (!w) return err_set("out of memory applying an update");
@@ -271,17 +199,31 @@ int update_apply(model *m, const update *u) {
                            "model: the update was made for another base",
                            um->name, um->out, um->in);
         }
+        if (!w[i]->data) {
+            free(w);
+            return err_set("update_apply: %s is held read-only (a mapped checkpoint); write the "
+                           "new version with update_write_version instead",
+                           um->name);
+        }
     }
-    size_t threads = (size_t)omp_get_max_threads();
-    double *scratch = malloc(threads * SCRATCH * sizeof *scratch);
-    if (!scratch) {
+    /* One scratch for every module, made before the first weight changes. */
+    int max_R = 1;
+    for (int i = 0; i < u->n_modules; i++)
+        if (u->modules[i].rank > max_R) max_R = u->modules[i].rank;
+    update_kernel_ws *ws;
+    if (update_kernel_ws_create(&ws, UPDATE_KERNEL_AUTO, max_R) != 0) {
         free(w);
-        return err_set("out of memory applying an update (%zu threads)", threads);
+        return err_context("applying an update");
     }
-    for (int i = 0; i < u->n_modules; i++) apply_module(w[i]->data, &u->modules[i], scratch);
-    free(scratch);
+    int rc = 0;
+    for (int i = 0; i < u->n_modules && rc == 0; i++) {
+        const update_module *um = &u->modules[i];
+        rc = update_kernel_ws_apply(ws, w[i]->data, um->in, um->B, um->rank, um->A, um->in, um->out,
+                                    um->rank, um->in);
+    }
+    update_kernel_ws_free(ws);
     free(w);
-    return 0;
+    return rc;
 }
 
 /* ---- the file --------------------------------------------------------------------- */

@@ -1,8 +1,8 @@
 /* update — a round's merged model update as low-rank factors, the same bytes
  * on every machine.
  *
- * The exact merge of K adapters (DESIGN.md §4, lora/delta.h) is, for each
- * adapted base weight W (out, in) (in-memory layout, model/model.h),
+ * The exact merge of K adapters (docs/architecture.md, "The exact merge") is,
+ * for each adapted base weight W (out, in) (in-memory layout, model/model.h),
  *
  *   W' = W + B · A,   B (out, R) = [c_1 B_1 | … | c_K B_K],   A (R, in) = [A_1; …; A_K],
  *
@@ -17,15 +17,32 @@
  * bits, on another CPU, with another thread count. A BLAS GEMM cannot give
  * that: OpenBLAS picks its kernel at run time (AVX2, AVX-512, …), and the
  * kernels block and sum in different orders, and may fuse multiply-adds. So
- * update_apply uses its own kernel, the one definition of W':
+ * update_apply uses its own kernel, the one definition of W', element by
+ * element, for i < out, j < in:
  *
- *   W'[i][j] = (float)((double)W[i][j] + Σ_{k=0..R-1} (double)B[i][k] · (double)A[k][j])
+ *   acc = (double)W[i][j]
+ *   acc = fma((double)B[i][k], (double)A[k][j], acc)     for k = 0, 1, …, R-1 in turn
+ *   W'[i][j] = (float)acc
  *
- * the sum taken in that fixed order (W first, then k = 0, 1, …), every
- * product and sum an IEEE double operation rounded once (update.c is compiled
- * with -ffp-contract=off, so no fused multiply-add changes a bit), the result
- * rounded once to float. Rows are shared among OpenMP threads, which never
- * changes the order of any element's sum. The aggregator publishes
+ * fma being IEEE 754's fused multiply-add in binary64 (the exact b·a + acc
+ * rounded once to nearest, ties to even), and the last step the one
+ * rounding of a double to float, also to nearest-even. No other operation
+ * touches an element: no partial sums, no reordering of k, whatever the
+ * tiles, vectors or threads. Since B[i][k] and A[k][j] are floats, their
+ * product is exact in double (at most 48 significant bits, exponent within
+ * [-298, 256]), so each step is also acc + B[i][k]·A[k][j] with the sum
+ * rounded once: the same number as the earlier definition of this kernel,
+ * a separate double multiply then add, and the same bytes as versions
+ * published before it used FMA. Accuracy: before the final rounding acc is
+ * within γ_R · (|W[i][j]| + Σ_k |B[i][k]·A[k][j]|) of the exact value,
+ * γ_R = R·2⁻⁵³/(1 - R·2⁻⁵³) (Higham, "Accuracy and Stability of Numerical
+ * Algorithms", §3.1; the products have no error), so W' is the correctly
+ * rounded float unless the exact value lies within that distance of a
+ * rounding boundary (tests/update/test_update_kernel.c checks the bound
+ * against a double-double sum). The kernel (lora/update_kernel.c) picks at
+ * run time a path with the same definition for the CPU: AVX-512F, AVX2 +
+ * FMA3, a separate SSE2 multiply and add on x86-64 without FMA, C's fma()
+ * elsewhere (AArch64's is one instruction). The aggregator publishes
  * exactly this W' (for the policies expressible as such factors), so the
  * node's bytes hash to the published version.
  *
@@ -46,6 +63,7 @@
 #define FL_LORA_UPDATE_H
 
 #include "lora/lora.h"
+#include "model/checkpoint.h"
 
 #include <stdint.h>
 
@@ -88,10 +106,36 @@ int update_create(update **out);
 int update_add(update *u, const model *m, const char *name, int rank, const float *B,
                const float *A);
 
-/* W' = W + B·A for every module of u, with the kernel described above. Every
- * module is checked against m first (the weight exists, is 2-D, (out, in)):
- * on a refusal m is unchanged. */
+/* W' = W + B·A for every module of u, with the kernel described above,
+ * rows shared among OpenMP threads (omp_get_max_threads()). Every module is
+ * checked against m first (the weight exists, is 2-D, (out, in)) and the
+ * kernel's scratch is allocated: on a refusal m is unchanged. */
 int update_apply(model *m, const update *u);
+
+/* The same kernel on one weight's rows, for callers that hold them
+ * themselves (a tensor at a time, a block of rows at a time):
+ * W (rows, in) += B (rows, R) · A (R, in), each a float matrix whose rows
+ * are ldw, ldb and lda elements apart (ldw, lda >= in, ldb >= R; no
+ * alignment needed), element by element as defined above. Refused (W
+ * unchanged): sizes that break those rules, R < 1, out of memory for the
+ * scratch (a panel of A as doubles, up to 0.75 MiB, and
+ * 6·R doubles per thread). */
+int update_apply_rows(float *W, int64_t ldw, const float *B, int64_t ldb, const float *A,
+                      int64_t lda, int rows, int R, int in);
+
+/* The version u makes from base, written into dir as a model directory
+ * (model/checkpoint.h, checkpoint_write) in the base's dtype (config.json's
+ * torch_dtype), a tensor at a time: every weight u changes as update_apply
+ * makes it, every other tensor as it is; base may be mapped (read-only).
+ * With a bf16 base the changed weights are rounded to bf16 stochastically,
+ * keyed by update_version_key(u->from) (docs/formats.md, "bf16 versions"),
+ * so updates below half an ulp are not lost; the same base and update give
+ * the same bytes on every machine. release: base is not used afterwards
+ * (its mapped pages are given back as they are written). */
+int update_write_version(const model *base, const update *u, const char *dir, int release);
+/* The stochastic-rounding key of a version made from `from`: its first 8
+ * bytes, little-endian. */
+uint64_t update_version_key(const uint8_t from[UPDATE_HASH_LEN]);
 
 /* Bytes of tensor data (every B and A, F32). */
 uint64_t update_data_bytes(const update *u);

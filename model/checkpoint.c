@@ -174,6 +174,47 @@ static int model_dtype_of(safetensors_dtype t, model_dtype *out) {
     }
 }
 
+/* Tensor t converted into a buffer of dtype `to` that p then owns: another
+ * dtype (F64; anything but bf16 at BF16 precision) or unaligned bytes. In
+ * chunks of values, so that only the result is held whole; a Conv1D weight
+ * (GPT-2's, small) is converted whole and transposed. */
+static int convert_matrix(model_param *p, const safetensors_tensor *t, model_dtype to) {
+    enum { CHUNK = 1 << 16 };
+    int64_t n = p->numel, chunk = p->conv1d ? n : CHUNK;
+    void *buf = malloc((size_t)n * model_dtype_size(to));
+    real *tmp = malloc((size_t)(n < chunk ? n : chunk) * sizeof(real) * (p->conv1d ? 2 : 1));
+    int rc = buf && tmp ? 0 : err_set("out of memory for %s (%lld values)", p->name, (long long)n);
+    size_t es = safetensors_dtype_size(t->dtype);
+    for (int64_t i = 0; rc == 0 && i < n; i += chunk) {
+        int64_t k = n - i < chunk ? n - i : chunk;
+        safetensors_tensor part = *t; /* the values [i, i + k) as a tensor of their own */
+        part.data = t->data + (size_t)i * es;
+        part.numel = k;
+        real *v = tmp;
+        if (safetensors_to_float(&part, v) != 0) {
+            rc = -1;
+            break;
+        }
+        if (p->conv1d) { /* (in, out) -> (out, in) */
+            model_values_transpose(tmp + n, tmp, p->shape[1], p->shape[0], sizeof(real));
+            v = tmp + n;
+        }
+        if (to == MODEL_DTYPE_BF16)
+            model_values_to_bf16(v, k, (uint16_t *)buf + i);
+        else
+            memcpy((float *)buf + i, v, (size_t)k * sizeof(real));
+    }
+    free(tmp);
+    if (rc != 0) {
+        free(buf);
+        return -1;
+    }
+    p->owned = buf;
+    p->values = buf;
+    p->dtype = to;
+    return 0;
+}
+
 /* A frozen weight matrix from tensor t, in its dtype: the mapped bytes
  * themselves when they can be used as they are (little-endian host, the
  * element alignment, not a Conv1D weight to transpose, the dtype the
@@ -192,7 +233,7 @@ static int map_matrix(model_param *p, const safetensors_tensor *t, model_precisi
         safetensors_tensor_keep(t);
         return 0;
     }
-    if (known && le && !want_bf16 && p->conv1d) {
+    if (known && le && p->conv1d && (!want_bf16 || dt == MODEL_DTYPE_BF16)) {
         /* The one copy, transposed to (out, in), in the file's dtype. */
         void *buf = malloc((size_t)p->numel * es);
         if (!buf)
@@ -201,38 +242,8 @@ static int map_matrix(model_param *p, const safetensors_tensor *t, model_precisi
         p->owned = buf;
         p->values = buf;
         p->dtype = dt;
-    } else {
-        /* Another dtype (F64, or anything not bf16 at BF16 precision), or
-         * unaligned bytes: converted through real, one chunk of rows at a
-         * time. The tensor's values in real are needed once, whole, only
-         * for a Conv1D transpose. */
-        model_dtype to = want_bf16 ? MODEL_DTYPE_BF16 : MODEL_DTYPE_F32;
-        real *tmp = malloc((size_t)p->numel * sizeof(real));
-        void *buf = malloc((size_t)p->numel * model_dtype_size(to));
-        if (!tmp || !buf || safetensors_to_float(t, tmp) != 0) {
-            free(tmp);
-            free(buf);
-            return buf && tmp ? -1 : err_set("out of memory for %s", p->name);
-        }
-        if (p->conv1d) {
-            real *tr = malloc((size_t)p->numel * sizeof(real));
-            if (!tr) {
-                free(tmp);
-                free(buf);
-                return err_set("out of memory for %s", p->name);
-            }
-            model_values_transpose(tr, tmp, p->shape[1], p->shape[0], sizeof(real));
-            free(tmp);
-            tmp = tr;
-        }
-        if (to == MODEL_DTYPE_BF16)
-            model_values_to_bf16(tmp, p->numel, buf);
-        else
-            memcpy(buf, tmp, (size_t)p->numel * sizeof(real));
-        free(tmp);
-        p->owned = buf;
-        p->values = buf;
-        p->dtype = to;
+    } else if (convert_matrix(p, t, want_bf16 ? MODEL_DTYPE_BF16 : MODEL_DTYPE_F32) != 0) {
+        return -1;
     }
     safetensors_tensor_drop(t);
     return 0;

@@ -52,7 +52,16 @@ typedef struct {
     const checkpoint_edit *edit; /* NULL: every tensor as it is */
     int release; /* the model is not used after this: give a mapped file's pages back as its
                     tensors are written (memory stays at a tensor, not the model) */
+    /* Rounding of edited or converted values to bf16: nearest even (0), or
+     * stochastic (1) with the public draws of model_values_to_bf16_stochastic
+     * keyed by CHECKPOINT_SR_KEY(sr_key, index of the param in the table):
+     * what versions of a bf16 base use (docs/formats.md, "bf16 versions"). */
+    int stochastic;
+    uint64_t sr_key;
 } checkpoint_save_options;
+
+/* The stochastic-rounding key of a model's param i under a version's key. */
+#define CHECKPOINT_SR_KEY(key, i) ((key) ^ ((uint64_t)(i) + 1) * 0xD1B54A32D192ED03ull)
 
 /* Writes DIR/config.json (torch_dtype = o->dtype) and the weights (DIR is
  * created if needed): one model.safetensors, or shards of at most

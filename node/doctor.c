@@ -6,11 +6,11 @@
 #include "node/node.h"
 #include "util/err.h"
 #include "util/fio.h"
+#include "wire/client.h"
 #include "wire/crypto.h"
 #include "wire/keys.h"
 #include "wire/msg.h"
 #include "wire/roster.h"
-#include "wire/transport.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -43,8 +43,7 @@ struct doc {
     uint8_t fp[KEYS_FP_LEN];
     long long params;              /* the base model's parameter count, 0: unknown */
     char disk_path[NODE_PATH_MAX]; /* where the state lives (or its nearest existing parent) */
-    void *ctx, *sock;
-    struct transport_opts topts;
+    client *cl;                    /* to the aggregator */
 };
 
 /* ---- the report ------------------------------------------------------------ */
@@ -426,105 +425,63 @@ static void check_gpu(struct doc *d) {
 
 /* ---- the aggregator ----------------------------------------------------------- */
 
-/* One request and its decoded reply (blobs point into *raw). 0 with a reply;
- * CALL_NO_REPLY when none came; CALL_GARBLED when what came is not a fedlora
- * message (nothing to close then); err_msg says more. */
-enum { CALL_NO_REPLY = -1, CALL_GARBLED = -2 };
-
-static int call(struct doc *d, const struct msg *req, struct msg *rep, struct transport_msg *raw) {
-    uint8_t *buf;
-    size_t len;
-    if (msg_encode(req, &buf, &len) != 0) return CALL_NO_REPLY;
-    struct transport_retry rt = {.timeout_ms = d->o->timeout_ms, .attempts = 1};
-    struct transport_frame f = {buf, len};
-    int rc = transport_request(d->sock, &d->topts.lim, &rt, &f, 1, raw);
-    free(buf);
-    if (rc != 0) return CALL_NO_REPLY;
-    if (raw->n != 1) {
-        err_set("the reply from %s has %zu frames, a fedlora message has 1", d->c.endpoint, raw->n);
-        transport_msg_close(raw);
-        return CALL_GARBLED;
-    }
-    if (msg_decode(transport_data(raw, 0), transport_size(raw, 0), NULL, rep) != 0) {
-        transport_msg_close(raw);
-        err_context("the reply from %s is not a fedlora message", d->c.endpoint);
-        return CALL_GARBLED;
-    }
-    return 0;
-}
-
+/* The same client as the node's (wire/client.h), but one attempt with the
+ * doctor's timeout: a check must answer, not wait out an outage. */
 static int connect_aggregator(struct doc *d) {
-    transport_opts_default(&d->topts);
-    /* A DEALER with ZMQ_IMMEDIATE waits in send until the connection is up:
-     * that wait is part of the timeout too. */
-    d->topts.send_timeout_ms = d->o->timeout_ms;
-    d->topts.recv_timeout_ms = d->o->timeout_ms;
-    d->topts.linger_ms = 0;
-    d->ctx = zmq_ctx_new();
-    if (!d->ctx) return err_errno("zmq_ctx_new");
-    return transport_dealer(d->ctx, d->c.endpoint, &d->topts, &d->sock);
+    client_options o;
+    client_options_default(&o);
+    o.timeout_ms = d->o->timeout_ms;
+    o.give_up_s = 0;
+    o.linger_ms = 0;
+    return client_open(&d->cl, d->c.endpoint, &o);
 }
 
 static void disconnect_aggregator(struct doc *d) {
-    if (d->sock) transport_close(d->sock);
-    if (d->ctx) zmq_ctx_term(d->ctx);
-    d->sock = d->ctx = NULL;
+    client_close(d->cl);
+    d->cl = NULL;
 }
 
-/* Fetches the roster object (GET_MODEL by its hash, MODEL_CHUNK replies)
- * into a malloc'd buffer of exactly `size` bytes whose SHA-256 is `hash`. */
+typedef struct {
+    char *buf;
+    uint64_t have, size;
+} roster_sink;
+
+static int to_buffer(void *arg, const uint8_t *data, size_t len) {
+    roster_sink *r = arg;
+    if (len > r->size - r->have)
+        return err_set("the roster's chunks run past its announced %llu bytes",
+                       (unsigned long long)r->size);
+    memcpy(r->buf + r->have, data, len);
+    r->have += len;
+    return 0;
+}
+
+/* Fetches the roster object (GET_MODEL by its hash, the node's chunked
+ * download) into a malloc'd, NUL-terminated buffer of exactly `size` bytes
+ * whose SHA-256 is `hash`. */
 static int fetch_object(struct doc *d, const uint8_t hash[MSG_HASH_LEN], uint64_t size,
                         char **out) {
     if (size == 0 || size > ROSTER_FILE_MAX)
         return err_set("the aggregator announces a roster of %llu bytes; a roster has 1 to %u",
                        (unsigned long long)size, (unsigned)ROSTER_FILE_MAX);
-    char *buf = malloc((size_t)size + 1);
-    if (!buf) return err_set("out of memory for a %llu-byte roster", (unsigned long long)size);
-    uint64_t have = 0;
-    while (have < size) {
-        struct msg req = {.type = MSG_GET_MODEL}, rep;
-        struct transport_msg raw;
-        memcpy(req.get_model.version, hash, MSG_HASH_LEN);
-        req.get_model.offset = have;
-        req.get_model.length = size - have < MSG_CHUNK_MAX ? size - have : MSG_CHUNK_MAX;
-        if (call(d, &req, &rep, &raw) != 0) {
-            free(buf);
-            return err_context("fetching the roster at offset %llu", (unsigned long long)have);
-        }
-        int rc = 0;
-        const struct msg_model_chunk *ch = &rep.model_chunk;
-        if (rep.type == MSG_ERROR)
-            rc = err_set("GET_MODEL of the roster answered ERROR: %s", rep.error.reason);
-        else if (rep.type != MSG_MODEL_CHUNK)
-            rc = err_set("GET_MODEL of the roster answered %s", msg_type_name(rep.type));
-        else if (memcmp(ch->version, hash, MSG_HASH_LEN) != 0 || ch->offset != have ||
-                 ch->total != size || ch->data_len == 0 || ch->data_len > req.get_model.length)
-            rc = err_set("the roster chunk at offset %llu does not match the request (offset "
-                         "%llu, %u bytes, total %llu; announced size %llu)",
-                         (unsigned long long)have, (unsigned long long)ch->offset, ch->data_len,
-                         (unsigned long long)ch->total, (unsigned long long)size);
-        else {
-            memcpy(buf + have, ch->data, ch->data_len);
-            have += ch->data_len;
-        }
-        transport_msg_close(&raw);
-        if (rc != 0) {
-            free(buf);
-            return -1;
-        }
+    roster_sink r = {malloc((size_t)size + 1), 0, size};
+    if (!r.buf) return err_set("out of memory for a %llu-byte roster", (unsigned long long)size);
+    if (client_download(d->cl, hash, 0, size, ROSTER_FILE_MAX, to_buffer, &r, NULL) != CLIENT_OK) {
+        free(r.buf);
+        return err_context("fetching the roster");
     }
-    buf[size] = '\0';
+    r.buf[size] = '\0';
     uint8_t got[CRYPTO_SHA256_LEN];
-    if (crypto_sha256(buf, (size_t)size, got) != 0) {
-        free(buf);
+    if (crypto_sha256(r.buf, (size_t)size, got) != 0) {
+        free(r.buf);
         return -1;
     }
     if (memcmp(got, hash, CRYPTO_SHA256_LEN) != 0) {
-        free(buf);
+        free(r.buf);
         return err_set("the roster's bytes do not hash to the roster_hash the aggregator "
                        "announced (damaged or swapped on the way)");
     }
-    *out = buf;
+    *out = r.buf;
     return 0;
 }
 
@@ -634,12 +591,11 @@ static void check_aggregator(struct doc *d) {
         return;
     }
     struct msg req = {.type = MSG_STATUS}, rep;
-    struct transport_msg raw;
     snprintf(req.status.name, sizeof req.status.name, "%s", d->c.name);
     if (d->have_fp) memcpy(req.status.fingerprint, d->fp, MSG_HASH_LEN);
-    int rc = call(d, &req, &rep, &raw);
-    if (rc != 0) {
-        if (rc == CALL_GARBLED)
+    int rc = client_call(d->cl, &req, &rep);
+    if (rc != CLIENT_OK) {
+        if (rc == CLIENT_GARBLED)
             note(d, DOCTOR_FAIL, "reachability", "is aggregator.endpoint really the aggregator?",
                  "%s", err_msg());
         else
@@ -658,12 +614,10 @@ static void check_aggregator(struct doc *d) {
         else
             note(d, DOCTOR_FAIL, "reachability", "is aggregator.endpoint really the aggregator?",
                  "%s answers STATUS with %s", d->c.endpoint, msg_type_name(rep.type));
-        transport_msg_close(&raw);
         disconnect_aggregator(d);
         return;
     }
-    struct msg_status_info info = rep.status_info; /* no blobs: safe past the close */
-    transport_msg_close(&raw);
+    struct msg_status_info info = rep.status_info; /* no blobs: safe past the next call */
     note(d, DOCTOR_OK, "reachability", NULL, "%s answers: round %llu, state %s", d->c.endpoint,
          (unsigned long long)info.round, info.state);
 

@@ -16,8 +16,8 @@
 
 #include "node/node.h"
 #include "util/hex.h"
+#include "wire/client.h"
 #include "wire/msg.h"
-#include "wire/transport.h"
 
 #include <signal.h>
 #include <stddef.h>
@@ -47,9 +47,7 @@ typedef struct {
     keys_secret me;
     keys_public agg;
     uint8_t fp[KEYS_FP_LEN]; /* our identity's fingerprint */
-    void *ctx, *sock;
-    struct transport_opts topts;
-    uint64_t rng;
+    client *cl;              /* to the aggregator */
     /* The newest version held (HELLO's have_round / have_version). */
     int have_model;
     uint64_t have_round;
@@ -74,13 +72,13 @@ void node_log(const node_ctx *n, const char *fmt, ...) __attribute__((format(pri
 /* Sleeps ms milliseconds in short slices; returns 1 when a stop was asked. */
 int node_sleep(int ms);
 
-/* One request, one reply: encodes req, sends it, retries with jittered
- * backoff until a reply comes, and decodes it into *rep (its blobs point
- * into *raw: transport_msg_close(raw) when done). Returns 0 with a reply, 1
- * when a stop was asked, -1 on failure (also after give_up_s without any
- * reply). Adds the bytes of every sent and received frame to nothing: the
- * callers count what they move. */
-int node_call(node_ctx *n, const struct msg *req, struct msg *rep, struct transport_msg *raw);
+/* One request, one reply, through the client (wire/client.h): retried with
+ * jittered backoff until a reply comes, a log line on the first failed
+ * attempt and every tenth. *rep's blobs stay valid until the next call.
+ * Returns 0 with a reply, 1 when a stop was asked, -1 on failure (also after
+ * give_up_s without any reply, or a reply that is not a fedlora message).
+ * The callers count the bytes they move. */
+int node_call(node_ctx *n, const struct msg *req, struct msg *rep);
 
 /* ---- sync.c ---------------------------------------------------------------- */
 /* STATE/versions/<hex of version> into dir (NODE_PATH_MAX). */

@@ -53,12 +53,6 @@ void node_log(const node_ctx *n, const char *fmt, ...) {
     fflush(stderr);
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 int node_sleep(int ms) {
     while (ms > 0 && !node_stop_signal) {
         int slice = ms < 50 ? ms : 50;
@@ -69,56 +63,20 @@ int node_sleep(int ms) {
     return node_stop_signal != 0;
 }
 
-int node_call(node_ctx *n, const struct msg *req, struct msg *rep, struct transport_msg *raw) {
-    uint8_t *buf;
-    size_t len;
-    if (msg_encode(req, &buf, &len) != 0) return -1;
-    /* One attempt per transport_request; the retries are here, so that a stop
-     * is noticed between them and the node waits out an aggregator restart. */
-    struct transport_retry one = {.timeout_ms = n->c->request_timeout_ms,
-                                  .attempts = 1,
-                                  .backoff_ms = 200,
-                                  .backoff_max_ms = 2000};
-    double start = now_s();
-    int rc = -1;
-    for (int attempt = 0;; attempt++) {
-        if (node_stop_signal) {
-            rc = 1;
-            break;
-        }
-        struct transport_frame f = {buf, len};
-        if (transport_request(n->sock, &n->topts.lim, &one, &f, 1, raw) == 0) {
-            if (raw->n != 1) {
-                err_set("the aggregator answered %s with %zu frames; one message was expected",
-                        msg_type_name(req->type), raw->n);
-                transport_msg_close(raw);
-            } else if (msg_decode(transport_data(raw, 0), transport_size(raw, 0), NULL, rep) != 0) {
-                err_context("the aggregator's reply to %s", msg_type_name(req->type));
-                transport_msg_close(raw);
-            } else {
-                rc = 0;
-            }
-            break;
-        }
-        if (node_stop_signal) {
-            rc = 1;
-            break;
-        }
-        if (now_s() - start > n->c->give_up_s) {
-            err_context("the aggregator at %s did not answer %s for %d s (give_up_s)",
-                        n->c->endpoint, msg_type_name(req->type), n->c->give_up_s);
-            break;
-        }
-        if (attempt == 0 || attempt % 10 == 0)
-            node_log(n, "no answer from the aggregator at %s (%s); retrying", n->c->endpoint,
-                     err_msg());
-        if (node_sleep(transport_backoff_ms(&one, attempt < 8 ? attempt : 8, &n->rng))) {
-            rc = 1;
-            break;
-        }
-    }
-    free(buf);
-    return rc;
+static int stop_asked(void *arg) {
+    (void)arg;
+    return node_stop_signal != 0;
+}
+
+static void retrying(void *arg, int attempt, const char *why) {
+    const node_ctx *n = arg;
+    if (attempt == 0 || attempt % 10 == 0)
+        node_log(n, "no answer from the aggregator at %s (%s); retrying", n->c->endpoint, why);
+}
+
+int node_call(node_ctx *n, const struct msg *req, struct msg *rep) {
+    int k = client_call(n->cl, req, rep);
+    return k == CLIENT_OK ? 0 : k == CLIENT_STOPPED ? 1 : -1;
 }
 
 /* ---- submission ---------------------------------------------------------------------- */
@@ -151,15 +109,14 @@ static int submit_refused(node_ctx *n, uint64_t round, const struct msg_error *e
     }
 }
 
-/* One request of the submission. 0 acknowledged (rep holds the reply; raw
- * must be closed), else a SUBMIT_* outcome or -1. BEGIN and each CHUNK are
+/* One request of the submission. 0 acknowledged (rep holds the reply), else
+ * a SUBMIT_* outcome or -1. BEGIN and each CHUNK are
  * answered with an ACK for this message id saying how many bytes the
  * aggregator holds, which must be the `stored` bytes sent so far; END with
  * the RECEIPT (docs/protocol.md, "Federation flow"). */
 static int submit_step(node_ctx *n, uint64_t round, const uint8_t msgid[MSG_ID_LEN],
-                       const struct msg *req, uint64_t stored, struct msg *rep,
-                       struct transport_msg *raw) {
-    int k = node_call(n, req, rep, raw);
+                       const struct msg *req, uint64_t stored, struct msg *rep) {
+    int k = node_call(n, req, rep);
     if (k != 0) return k < 0 ? -1 : SUBMIT_STOP;
     enum msg_type want = req->type == MSG_SUBMIT_END ? MSG_RECEIPT : MSG_ACK;
     if (want == MSG_RECEIPT && rep->type == MSG_RECEIPT &&
@@ -174,19 +131,14 @@ static int submit_step(node_ctx *n, uint64_t round, const uint8_t msgid[MSG_ID_L
                  "starting the submission again",
                  (unsigned long long)round, (unsigned long long)rep->ack.stored,
                  (unsigned long long)stored);
-        transport_msg_close(raw);
         return SUBMIT_AGAIN;
     }
-    if (rep->type != MSG_ERROR) {
-        transport_msg_close(raw);
+    if (rep->type != MSG_ERROR)
         return err_set("round %llu: the aggregator answered %s with %s, not %s %s for this "
                        "envelope",
                        (unsigned long long)round, msg_type_name(req->type),
                        msg_type_name(rep->type), want == MSG_ACK ? "an" : "a", msg_type_name(want));
-    }
-    struct msg_error e = rep->error;
-    transport_msg_close(raw);
-    return submit_refused(n, round, &e);
+    return submit_refused(n, round, &rep->error);
 }
 
 /* Sends outbox/round-<r>.env in chunks until the RECEIPT, checking that it
@@ -214,13 +166,11 @@ static int submit_once(node_ctx *n, uint64_t round, node_round_record *rec, cons
     }
     uint32_t chunks = (uint32_t)((size + MSG_CHUNK_MAX - 1) / MSG_CHUNK_MAX);
     struct msg req = {.type = MSG_SUBMIT_BEGIN}, rep;
-    struct transport_msg raw;
     req.submit_begin.round = round;
     memcpy(req.submit_begin.id, rec->msgid, MSG_ID_LEN);
     req.submit_begin.size = size;
     req.submit_begin.chunks = chunks;
-    if ((rc = submit_step(n, round, rec->msgid, &req, 0, &rep, &raw)) != 0) goto done;
-    transport_msg_close(&raw);
+    if ((rc = submit_step(n, round, rec->msgid, &req, 0, &rep)) != 0) goto done;
     if (crypto_sha256_new(&h) != 0) {
         rc = -1;
         goto done;
@@ -243,8 +193,7 @@ static int submit_once(node_ctx *n, uint64_t round, node_round_record *rec, cons
         req.submit_chunk.data = chunk;
         req.submit_chunk.data_len = (uint32_t)len;
         uint64_t sent = (uint64_t)i * MSG_CHUNK_MAX + len;
-        if ((rc = submit_step(n, round, rec->msgid, &req, sent, &rep, &raw)) != 0) break;
-        transport_msg_close(&raw);
+        if ((rc = submit_step(n, round, rec->msgid, &req, sent, &rep)) != 0) break;
         rec->upload_bytes += len;
     }
     uint8_t digest[MSG_HASH_LEN];
@@ -259,7 +208,7 @@ static int submit_once(node_ctx *n, uint64_t round, node_round_record *rec, cons
     req = (struct msg){.type = MSG_SUBMIT_END};
     memcpy(req.submit_end.id, rec->msgid, MSG_ID_LEN);
     memcpy(req.submit_end.digest, digest, MSG_HASH_LEN);
-    if ((rc = submit_step(n, round, rec->msgid, &req, 0, &rep, &raw)) != 0) goto done;
+    if ((rc = submit_step(n, round, rec->msgid, &req, 0, &rep)) != 0) goto done;
     if (rep.receipt.round != round || memcmp(rep.receipt.digest, digest, MSG_HASH_LEN) != 0) {
         rc = err_set("round %llu: the aggregator's receipt (for round %llu) does not carry this "
                      "envelope's round and digest",
@@ -267,7 +216,6 @@ static int submit_once(node_ctx *n, uint64_t round, node_round_record *rec, cons
     } else {
         rec->receipt_time = rep.receipt.time;
     }
-    transport_msg_close(&raw);
 done:
     crypto_sha256_free(h);
     free(chunk);
@@ -354,7 +302,6 @@ static int drop_stale(node_ctx *n, uint64_t current) {
 static int setup(node_ctx *n, const node_config *c) {
     memset(n, 0, sizeof *n);
     n->c = c;
-    n->rng = (uint64_t)time(NULL) ^ (uint64_t)getpid() << 32 ^ 0x9e3779b97f4a7c15ull;
     char path[NODE_PATH_MAX];
     if (keys_load_secret(c->keys_dir, c->name, &n->me) != 0)
         return err_context("loading this node's keys (keys = %s, name = %s)", c->keys_dir, c->name);
@@ -366,17 +313,20 @@ static int setup(node_ctx *n, const node_config *c) {
         if (node_path(n, path, "%s", dirs[i]) != 0 || fio_mkdirs(path, 0700) != 0) return -1;
     if (node_load_current(n) != 0) return -1;
     if (c->threads > 0) omp_set_num_threads(c->threads);
-    transport_opts_default(&n->topts);
-    n->topts.send_timeout_ms = c->request_timeout_ms;
-    n->topts.recv_timeout_ms = c->request_timeout_ms;
-    n->ctx = zmq_ctx_new();
-    if (!n->ctx) return err_set("zmq_ctx_new: %s", zmq_strerror(errno));
-    return transport_dealer(n->ctx, c->endpoint, &n->topts, &n->sock);
+    /* One attempt is one request_timeout_ms; the client retries for up to
+     * give_up_s, so that the node waits out an aggregator restart. */
+    client_options o;
+    client_options_default(&o);
+    o.timeout_ms = c->request_timeout_ms;
+    o.give_up_s = c->give_up_s;
+    o.stop = stop_asked;
+    o.retrying = retrying;
+    o.arg = n;
+    return client_open(&n->cl, c->endpoint, &o);
 }
 
 static void teardown(node_ctx *n) {
-    if (n->sock) transport_close(n->sock);
-    if (n->ctx) zmq_ctx_term(n->ctx);
+    client_close(n->cl);
     keys_secret_wipe(&n->me);
 }
 
@@ -392,11 +342,9 @@ static int hello(node_ctx *n, struct msg *rep) {
         memcpy(req.hello.have_version, n->have_version, MSG_HASH_LEN);
     }
     if (hello_sign(&req.hello, n->c->consortium, &n->me, (uint64_t)time(NULL)) != 0) return -1;
-    struct transport_msg raw;
-    int k = node_call(n, &req, rep, &raw);
+    int k = node_call(n, &req, rep);
     if (k != 0) return k;
     /* Every field of ROUND and ERROR is held in the struct itself. */
-    transport_msg_close(&raw);
     if (rep->type != MSG_ROUND && rep->type != MSG_ERROR)
         return err_set("the aggregator answered HELLO with %s", msg_type_name(rep->type));
     return 0;
@@ -430,8 +378,7 @@ static int step(node_ctx *n, said *s) {
             return err_set("the aggregator does not admit this node: %s (ask the consortium "
                            "admin to add identity %s to the member list)",
                            e->reason, n->me.pub.name);
-        if (e->code == MSG_ERR_WRONG_ROUND && !e->has_retry_after &&
-            strstr(e->reason, "finished")) {
+        if (e->code == MSG_ERR_WRONG_ROUND && e->has_final) { /* the federation is over */
             node_log(n, "the federation is finished (%s)", e->reason);
             return drop_stale(n, UINT64_MAX) == 0 ? STEP_FINISHED : -1;
         }

@@ -1,5 +1,5 @@
-/* node — the university side of the federation (DESIGN.md §4,
- * docs/federation.md): `fedlora node --config FILE`.
+/* node — the university side of the federation (docs/architecture.md, "The
+ * federation"; docs/federation.md): `fedlora node --config FILE`.
  *
  * The loop, one request and one reply at a time over a ZeroMQ DEALER:
  *

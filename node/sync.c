@@ -108,9 +108,24 @@ int node_load_current(node_ctx *n) {
     return rc;
 }
 
+/* Where a download's chunks go: appended to the .part file. */
+typedef struct {
+    node_ctx *n;
+    int fd;
+    const char *part;
+} part_sink;
+
+static int to_part(void *arg, const uint8_t *data, size_t len) {
+    part_sink *p = arg;
+    if (fio_write_full(p->fd, data, len, p->part) != 0) return -1;
+    p->n->download_bytes += len;
+    return 0;
+}
+
 /* Appends the missing bytes of the object named by its hash (a model
  * version, or a low-rank update of `want_total` bytes; 0: any size up to
- * max_model_bytes) to the .part file. 0 complete, 1 stop asked, -1 error. */
+ * max_model_bytes) to the .part file, through client_download from the
+ * .part's size on. 0 complete, 1 stop asked, -1 error. */
 static int download(node_ctx *n, const uint8_t version[MSG_HASH_LEN], const char *part,
                     uint64_t want_total) {
     int fd = open(part, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -120,69 +135,12 @@ static int download(node_ctx *n, const uint8_t version[MSG_HASH_LEN], const char
         close(fd);
         return err_errno("cannot stat %s", part);
     }
-    uint64_t offset = (uint64_t)st.st_size, total = UINT64_MAX;
+    uint64_t offset = (uint64_t)st.st_size;
     if (offset > 0) node_log(n, "resuming the download at byte %llu", (unsigned long long)offset);
-    int rc = -1;
-    for (;;) {
-        struct msg req = {.type = MSG_GET_MODEL}, rep;
-        memcpy(req.get_model.version, version, MSG_HASH_LEN);
-        req.get_model.offset = offset;
-        req.get_model.length = MSG_CHUNK_MAX;
-        struct transport_msg raw;
-        int k = node_call(n, &req, &rep, &raw);
-        if (k != 0) {
-            rc = k;
-            break;
-        }
-        if (rep.type == MSG_ERROR) {
-            err_set("the aggregator refused GET_MODEL at byte %llu: %s (code %d)",
-                    (unsigned long long)offset, rep.error.reason, rep.error.code);
-            transport_msg_close(&raw);
-            break;
-        }
-        /* msg_decode keeps a chunk within its total and sets final iff it
-         * ends there; an empty chunk that is not final would make no
-         * progress (a hostile aggregator could keep us here forever). */
-        const struct msg_model_chunk *ch = &rep.model_chunk;
-        if (rep.type != MSG_MODEL_CHUNK || memcmp(ch->version, version, MSG_HASH_LEN) != 0 ||
-            ch->offset != offset || (total != UINT64_MAX && ch->total != total) ||
-            (ch->data_len == 0 && !ch->final)) {
-            err_set("the aggregator answered GET_MODEL(offset %llu) with %s that does not match "
-                    "the request",
-                    (unsigned long long)offset, msg_type_name(rep.type));
-            transport_msg_close(&raw);
-            break;
-        }
-        total = ch->total;
-        if (want_total && total != want_total) {
-            err_set("the aggregator serves %llu bytes for an object the ROUND says is %llu bytes",
-                    (unsigned long long)total, (unsigned long long)want_total);
-            transport_msg_close(&raw);
-            break;
-        }
-        if (total > n->c->max_model_bytes || offset > total) {
-            err_set("model version of %llu bytes (have %llu): over max_model_bytes %llu or "
-                    "shorter than what is already here",
-                    (unsigned long long)total, (unsigned long long)offset,
-                    (unsigned long long)n->c->max_model_bytes);
-            transport_msg_close(&raw);
-            break;
-        }
-        int w = ch->data_len ? fio_write_full(fd, ch->data, ch->data_len, part) : 0;
-        offset += ch->data_len;
-        n->download_bytes += ch->data_len;
-        int final = ch->final;
-        transport_msg_close(&raw);
-        if (w != 0) break;
-        if (final) {
-            rc = 0;
-            break;
-        }
-        if (node_stop_signal) {
-            rc = 1;
-            break;
-        }
-    }
+    part_sink sink = {n, fd, part};
+    int k = client_download(n->cl, version, offset, want_total, n->c->max_model_bytes, to_part,
+                            &sink, NULL);
+    int rc = k == CLIENT_OK ? 0 : k == CLIENT_STOPPED ? 1 : -1;
     if (rc == 0 && fsync(fd) != 0) rc = err_errno("cannot fsync %s", part);
     if (close(fd) != 0 && rc == 0) rc = err_errno("cannot close %s", part);
     return rc;
@@ -230,7 +188,9 @@ static int lowrank(node_ctx *n, const struct msg_round *r, const char *dir, cons
         err_set("the update's bytes do not hash to the ROUND's update_hash");
         goto done;
     }
-    if (checkpoint_load(&m, from) != 0) {
+    /* The version held, mapped: read as it is written (memory stays at a
+     * tensor, not the model). */
+    if (checkpoint_map(&m, from, MODEL_PRECISION_FP32) != 0) {
         err_context("loading version %.16s…", from_hex);
         goto done;
     }
@@ -240,10 +200,8 @@ static int lowrank(node_ctx *n, const struct msg_round *r, const char *dir, cons
         err_set("the update file is for another pair of versions than the ROUND's");
         goto done;
     }
-    /* The aggregator's own steps: its kernel, then its float32 writer. */
-    if (update_apply(m, u) != 0 || node_remove_tree(tmp) != 0 ||
-        checkpoint_save(m, tmp, "float32") != 0)
-        goto done;
+    /* The aggregator's own step: update_write_version, the same bytes. */
+    if (node_remove_tree(tmp) != 0 || update_write_version(m, u, tmp, 1) != 0) goto done;
     model_free(m);
     m = NULL;
     if (crypto_sha256_file(made, got, NULL) != 0) goto done;

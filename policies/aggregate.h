@@ -27,11 +27,15 @@
  *
  * Low rank and dense results. Where every module's ΔW is a product B·A —
  * the mean and multi-Krum without DP in exact mode, fedit, and svd after
- * any rule — the factors are collected as a model update (lora/update.h)
- * and applied with update_apply, the portable kernel a node repeats bit for
- * bit; the report keeps that update, so the aggregator can publish it for
- * low-rank sync. The coordinate rules and DP noise (without svd) are dense:
- * added to W module by module in fp32 (BLAS for the products), no update.
+ * any rule — the factors are collected as a model update (lora/update.h),
+ * which the caller applies with update_apply, the portable kernel a node
+ * repeats bit for bit (aggregate_compute), or which aggregate_round applies
+ * and keeps in the report; the aggregator publishes it for low-rank sync.
+ * The exact merge's factors are update_build's with coefficients p_i c_i:
+ * B = [f_1 B_1 | …] with f_i = (float)(p_i c_i s_i), members whose p_i is 0
+ * (left out by multi-Krum) left out. The coordinate rules and DP noise
+ * (without svd) are dense: added to W module by module in fp32 (BLAS for
+ * the products), no update.
  *
  * Memory stays bounded: modules are processed one at a time; the factored
  * rules need (out + in)·Σr_i values per module and keep the update, whose
@@ -72,18 +76,44 @@ typedef struct {
     int n_modules;
     int64_t n_coords; /* base weights changed */
     int64_t bytes_in; /* bytes of factors (A and B of every member) aggregated */
-    update *factors;  /* a low-rank merge: the update applied to m (from, to and round
-                         zero); NULL for a dense one */
+    update *factors;  /* aggregate_round of a low-rank merge: the update it applied to m
+                         (from, to and round zero); NULL for a dense one */
 } aggregate_report;
 
-/* Aggregates into m. noise: the DP noise source (noise_open) when dp is
- * enabled, else unused (may be NULL). global: with merge.mode "svd", if
- * non-NULL, receives the rank-r global adapter (alpha = r, so s = 1) whose
- * B·A is exactly the update's for each module. rep (may be NULL): filled,
- * with the update of a low-rank merge (rep->factors; take it and set the
- * field to NULL to keep it); free with aggregate_report_free. On failure m
- * may be partly updated (a low-rank merge leaves it unchanged): aggregate on
- * a copy of the base, as the aggregator's version store does. */
+/* The round's change to m. A low-rank one comes back as *factors (from, to
+ * and round zero) and m is untouched: apply it with update_apply. A dense
+ * one is added to m in place and *factors is NULL. noise: the DP noise
+ * source (noise_open) when dp is enabled, else unused (may be NULL).
+ * global: with merge.mode "svd", if non-NULL, receives the rank-r global
+ * adapter (alpha = r, so s = 1) whose B·A is exactly the update's for each
+ * module. rep (may be NULL): filled (rep->factors stays NULL); free with
+ * aggregate_report_free. On failure m may be partly updated (a low-rank
+ * merge leaves it unchanged): aggregate on a copy of the base, as the
+ * aggregator's version store does. */
+int aggregate_compute(const policy *pol, model *m, const aggregate_member *members, int K,
+                      const aggregate_round_info *info, noise_source *noise, lora_set **global,
+                      aggregate_report *rep, update **factors);
+/* The same in two steps, for a base that is only read (mapped) and written
+ * out a tensor at a time: aggregate_prepare plans the round (norms,
+ * clipping, weights, selection) and computes a low-rank change as *factors,
+ * or, for a dense one, returns *dense, with which aggregate_dense_apply adds
+ * each module's ΔW to that weight's values (out, in) as they are written —
+ * the modules in the members' order (the order of the model's parameters),
+ * since DP noise is drawn module after module. members and noise must live
+ * until the last aggregate_dense_apply; free *dense with
+ * aggregate_dense_free. The same inputs give the same bits either way. */
+typedef struct aggregate_dense aggregate_dense;
+int aggregate_prepare(const policy *pol, const model *m, const aggregate_member *members, int K,
+                      const aggregate_round_info *info, noise_source *noise, lora_set **global,
+                      aggregate_report *rep, update **factors, aggregate_dense **dense);
+/* W (out, in) += the dense ΔW of weight `name`, the next module in order
+ * (another name is refused). */
+int aggregate_dense_apply(aggregate_dense *d, const char *name, real *W);
+void aggregate_dense_free(aggregate_dense *d);
+
+/* aggregate_compute, then a low-rank update applied: W' is in m either way,
+ * and the update (NULL for a dense merge) in rep->factors when rep is given
+ * (take it and set the field to NULL to keep it). */
 int aggregate_round(const policy *pol, model *m, const aggregate_member *members, int K,
                     const aggregate_round_info *info, noise_source *noise, lora_set **global,
                     aggregate_report *rep);

@@ -4,7 +4,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config git ca-certificates
       libzmq3-dev libmsgpack-dev libssl-dev openssl libopenblas-dev libdnnl-dev libjansson-dev libconfig-dev libpcre2-dev
-      clang libclang-rt-dev)
+      clang libclang-rt-dev
+      man-db groff-base bsdextrautils)  # tests/corpora renders man pages (make_corpora.sh)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -128,6 +128,14 @@ int fio_mkdirs(const char *path, unsigned mode) {
     return 0;
 }
 
+int fio_dirname(char *out, size_t n, const char *path) {
+    const char *slash = strrchr(path, '/');
+    int keep = !slash ? 0 : slash == path ? 1 : (int)(slash - path);
+    int w = slash ? snprintf(out, n, "%.*s", keep, path) : snprintf(out, n, ".");
+    if (w < 0 || (size_t)w >= n) return err_set("path too long: %s", path);
+    return 0;
+}
+
 int fio_join(char *out, size_t n, const char *dir, const char *name) {
     int w = snprintf(out, n, "%s/%s", dir, name);
     if (w < 0 || (size_t)w >= n) return err_set("path too long: %s/%s", dir, name);

@@ -25,6 +25,9 @@ int fio_fsync_dir_of(const char *path);
 int fio_mkdirs(const char *path, unsigned mode);
 /* Joins dir and name into out (size n); error if it does not fit. */
 int fio_join(char *out, size_t n, const char *dir, const char *name);
+/* The directory part of path into out (size n): "." when path has no '/',
+ * "/" for a file at the root; error if it does not fit. */
+int fio_dirname(char *out, size_t n, const char *path);
 int fio_exists(const char *path);
 /* 1 when path is a directory with no entries (or does not exist). */
 int fio_dir_empty(const char *path);

@@ -1,6 +1,6 @@
 /* envelope — sealed envelopes: a payload encrypted to one recipient's X25519
- * key and signed by its sender's Ed25519 key (DESIGN.md §4; byte layout and
- * rationale in docs/envelope.md).
+ * key and signed by its sender's Ed25519 key (docs/architecture.md, "The
+ * federation"; byte layout and rationale in docs/envelope.md).
  *
  *   ephemeral X25519 with the recipient key → HKDF-SHA256 (salt: both public
  *   keys; info: version label and the SHA-256 of the header) → AES-256-GCM

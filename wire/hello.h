@@ -1,5 +1,5 @@
-/* hello — the signature on HELLO (DESIGN.md §4: "HELLO (signed) → admit if
- * rostered, active").
+/* hello — the signature on HELLO (docs/architecture.md, "The federation":
+ * "HELLO (signed) → admit if rostered, active").
  *
  * A node says who it is with its identity's fingerprint, which is public
  * (it is in the roster). To make HELLO mean "the holder of this identity

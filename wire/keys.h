@@ -1,5 +1,6 @@
 /* keys — a member's identity: an Ed25519 signing key and an X25519
- * key-agreement key (DESIGN.md §4, §6).
+ * key-agreement key (docs/architecture.md, "The federation"; the files:
+ * docs/formats.md, "Keys and identities").
  *
  * On disk, for identity NAME in directory DIR:
  *   DIR/NAME.sign.pem   Ed25519 private key, PKCS#8 PEM, mode 0600

@@ -6,7 +6,13 @@
  * where each value starts; then each message's decoder asks for its fields
  * by key with a typed getter that states the rule it enforces in its error
  * message. Keys nobody asks for are ignored: that is how a newer peer adds a
- * field without breaking older ones. */
+ * field without breaking older ones.
+ *
+ * Why one file of over 900 lines: the messages and the TENSORS payload are
+ * read by the same field reader and typed getters and written by the same
+ * packer helpers, whose rules (bounds, canonical forms, error wording) must
+ * not drift apart; split, those helpers would have to become an interface
+ * of their own for two callers. */
 #include "wire/msg.h"
 
 #include "util/err.h"
@@ -505,6 +511,8 @@ static int decode_error(const struct fields *fs, struct msg_error *m) {
     if (m->has_retry_after &&
         get_u32(fs, "retry_after", 0, MSG_RETRY_AFTER_MAX, &m->retry_after_ms) < 0)
         return -1;
+    m->has_final = find(fs, "final") != NULL;
+    if (m->has_final && get_fixed(fs, "final", m->final, MSG_HASH_LEN) < 0) return -1;
     return 0;
 }
 
@@ -718,10 +726,11 @@ static void encode_body(struct enc *e, const struct msg *m) {
             put_uint(e, "time", m->receipt.time);
             break;
         case MSG_ERROR:
-            put_header(e, m->type, m->error.has_retry_after ? 3 : 2);
+            put_header(e, m->type, 2 + m->error.has_retry_after + m->error.has_final);
             put_uint(e, "code", (uint64_t)m->error.code);
             put_str(e, "reason", m->error.reason, sizeof m->error.reason);
             if (m->error.has_retry_after) put_uint(e, "retry_after", m->error.retry_after_ms);
+            if (m->error.has_final) put_bin(e, "final", m->error.final, MSG_HASH_LEN);
             break;
         case MSG_ACK:
             put_header(e, m->type, 2);

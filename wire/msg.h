@@ -170,6 +170,8 @@ struct msg_error {
     char reason[MSG_REASON_MAX + 1]; /* "reason": no control characters */
     bool has_retry_after;            /* "retry_after": optional, */
     uint32_t retry_after_ms;         /* 0..MSG_RETRY_AFTER_MAX */
+    bool has_final;                  /* "final": optional; present only when the */
+    uint8_t final[MSG_HASH_LEN];     /* federation is over: its final version */
 };
 
 /* STATUS asks, without changing any state, what `fedlora doctor` checks:

@@ -1,5 +1,6 @@
-/* roster — the consortium's signed, versioned list of members (DESIGN.md §4,
- * issue #7; the byte-by-byte format is in docs/onboarding.md, "Roster file").
+/* roster — the consortium's signed, versioned list of members
+ * (docs/architecture.md, "The federation": onboarding; the byte-by-byte
+ * format is in docs/onboarding.md, "Roster file").
  *
  * A roster is a strict line-based text file:
  *

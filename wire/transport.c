@@ -11,11 +11,65 @@
 #include "wire/msg.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <zmq.h>
+
+_Static_assert(sizeof(zmq_msg_t) <= sizeof(struct transport_slot) &&
+                   _Alignof(zmq_msg_t) <= _Alignof(struct transport_slot),
+               "a libzmq message must fit a transport_slot");
+
+/* Frame i of a received message, as libzmq's message. */
+#define FRAME(m, i) ((zmq_msg_t *)(void *)(m)->f[(i)].opaque)
+
+struct transport {
+    void *ctx, *sock;
+    int own_ctx; /* ctx is this transport's own, not the shared one */
+};
+
+static int zerr(const char *what) {
+    return err_set("%s: %s", what, zmq_strerror(zmq_errno()));
+}
+
+/* One ZeroMQ context per process, shared by its transports (an inproc
+ * endpoint is only reachable within one context), made by the first
+ * transport and terminated with the last. opts.own_context gives a
+ * transport a context of its own instead. */
+static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
+static void *shared_ctx;
+static int shared_users;
+
+static void *context_take(int own) {
+    if (own) return zmq_ctx_new();
+    pthread_mutex_lock(&shared_lock);
+    if (!shared_ctx) shared_ctx = zmq_ctx_new();
+    void *ctx = shared_ctx;
+    if (ctx) shared_users++;
+    pthread_mutex_unlock(&shared_lock);
+    return ctx;
+}
+
+/* Gives the context back; the last user terminates it, which waits for the
+ * sockets' linger time. 0, or -1 (err_msg) when zmq_ctx_term fails. */
+static int context_give(void *ctx, int own) {
+    int last = own;
+    if (!own) {
+        pthread_mutex_lock(&shared_lock);
+        last = --shared_users == 0;
+        if (last) shared_ctx = NULL;
+        pthread_mutex_unlock(&shared_lock);
+    }
+    if (!last) return 0;
+    /* A signal may cut the wait short (EINTR): ask again. */
+    int r;
+    while ((r = zmq_ctx_term(ctx)) != 0 && zmq_errno() == EINTR) {
+    }
+    return r == 0 ? 0 : zerr("zmq_ctx_term");
+}
 
 void transport_opts_default(struct transport_opts *o) {
     /* Peer identity (<= 255 bytes) + request id + one message frame. */
@@ -29,6 +83,7 @@ void transport_opts_default(struct transport_opts *o) {
     o->heartbeat_timeout_ms = 15000;
     o->heartbeat_ttl_ms = 15000;
     o->hwm = 64;
+    o->own_context = 0;
 }
 
 void transport_retry_default(struct transport_retry *rt) {
@@ -36,10 +91,6 @@ void transport_retry_default(struct transport_retry *rt) {
     rt->attempts = 5;
     rt->backoff_ms = 200;
     rt->backoff_max_ms = 10000;
-}
-
-static int zerr(const char *what) {
-    return err_set("%s: %s", what, zmq_strerror(zmq_errno()));
 }
 
 static int check_limits(const struct transport_limits *lim) {
@@ -80,63 +131,135 @@ static int configure(void *s, const struct transport_opts *o) {
     return 0;
 }
 
-/* Creates a socket of `type`, configures it, then binds or connects: options
- * other than a few (see zmq_setsockopt(3)) only apply to later binds and
- * connects. On failure the socket is closed again. */
-static int open_socket(void *ctx, int type, const char *endpoint, const struct transport_opts *o,
-                       void **out) {
+/* Creates a context with a socket of `type`, configures it, then binds or
+ * connects: options other than a few (see zmq_setsockopt(3)) only apply to
+ * later binds and connects. On failure everything is closed again. */
+static int open_socket(int type, const char *endpoint, const struct transport_opts *o,
+                       transport **out) {
     *out = NULL;
-    void *s = zmq_socket(ctx, type);
-    if (!s) return zerr("zmq_socket");
-    int rc = configure(s, o);
-    if (rc == 0 && type == ZMQ_ROUTER) rc = SET_INT(s, ZMQ_ROUTER_MANDATORY, 1);
-    if (rc == 0 && type == ZMQ_DEALER) rc = SET_INT(s, ZMQ_IMMEDIATE, 1);
+    transport *t = calloc(1, sizeof *t);
+    if (!t) return err_set("out of memory for a transport");
+    t->own_ctx = o->own_context;
+    t->ctx = context_take(t->own_ctx);
+    if (!t->ctx) {
+        free(t);
+        return zerr("zmq_ctx_new");
+    }
+    t->sock = zmq_socket(t->ctx, type);
+    int rc = t->sock ? configure(t->sock, o) : zerr("zmq_socket");
+    if (rc == 0 && type == ZMQ_ROUTER) rc = SET_INT(t->sock, ZMQ_ROUTER_MANDATORY, 1);
+    if (rc == 0 && type == ZMQ_DEALER) rc = SET_INT(t->sock, ZMQ_IMMEDIATE, 1);
     if (rc == 0) {
-        rc = type == ZMQ_ROUTER ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint);
+        rc = type == ZMQ_ROUTER ? zmq_bind(t->sock, endpoint) : zmq_connect(t->sock, endpoint);
         if (rc != 0)
             err_set("%s %s: %s", type == ZMQ_ROUTER ? "binding" : "connecting to", endpoint,
                     zmq_strerror(zmq_errno()));
     }
     if (rc != 0) {
-        zmq_close(s); /* the error above is the one worth reporting */
-        return -1;
+        /* The error above is the one worth reporting; nothing was sent, so
+         * nothing lingers. */
+        if (t->sock) {
+            int zero = 0;
+            zmq_setsockopt(t->sock, ZMQ_LINGER, &zero, sizeof zero);
+            zmq_close(t->sock);
+        }
+        char why[ERR_MSG_MAX];
+        snprintf(why, sizeof why, "%s", err_msg());
+        context_give(t->ctx, t->own_ctx);
+        free(t);
+        return err_set("%s", why);
     }
-    *out = s;
+    *out = t;
     return 0;
 }
 
-int transport_router(void *ctx, const char *endpoint, const struct transport_opts *o, void **sock) {
-    return open_socket(ctx, ZMQ_ROUTER, endpoint, o, sock);
+int transport_router(transport **out, const char *endpoint, const struct transport_opts *o) {
+    return open_socket(ZMQ_ROUTER, endpoint, o, out);
 }
 
-int transport_dealer(void *ctx, const char *endpoint, const struct transport_opts *o, void **sock) {
-    return open_socket(ctx, ZMQ_DEALER, endpoint, o, sock);
+int transport_dealer(transport **out, const char *endpoint, const struct transport_opts *o) {
+    return open_socket(ZMQ_DEALER, endpoint, o, out);
 }
 
-int transport_endpoint(void *sock, char *buf, size_t n) {
+int transport_endpoint(transport *t, char *buf, size_t n) {
     size_t len = n;
-    if (zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, buf, &len) != 0)
+    if (zmq_getsockopt(t->sock, ZMQ_LAST_ENDPOINT, buf, &len) != 0)
         return zerr("zmq_getsockopt(ZMQ_LAST_ENDPOINT)");
     return 0;
 }
 
-int transport_close(void *sock) {
-    if (zmq_close(sock) != 0) return zerr("zmq_close");
-    return 0;
+int transport_close(transport *t) {
+    if (!t) return 0;
+    int rc = zmq_close(t->sock) != 0 ? zerr("zmq_close") : 0;
+    if (context_give(t->ctx, t->own_ctx) != 0 && rc == 0) rc = -1;
+    free(t);
+    return rc;
+}
+
+/* The integer options configure() sets, by name, for transport_option. */
+static const struct {
+    const char *name;
+    int opt;
+} int_options[] = {
+    {"ZMQ_LINGER", ZMQ_LINGER},
+    {"ZMQ_SNDTIMEO", ZMQ_SNDTIMEO},
+    {"ZMQ_RCVTIMEO", ZMQ_RCVTIMEO},
+    {"ZMQ_SNDHWM", ZMQ_SNDHWM},
+    {"ZMQ_RCVHWM", ZMQ_RCVHWM},
+    {"ZMQ_HEARTBEAT_IVL", ZMQ_HEARTBEAT_IVL},
+    {"ZMQ_HEARTBEAT_TIMEOUT", ZMQ_HEARTBEAT_TIMEOUT},
+    {"ZMQ_HEARTBEAT_TTL", ZMQ_HEARTBEAT_TTL},
+    {"ZMQ_IMMEDIATE", ZMQ_IMMEDIATE},
+};
+
+int transport_option(transport *t, const char *name, int64_t *value) {
+    if (!strcmp(name, "ZMQ_MAXMSGSIZE")) {
+        size_t len = sizeof *value;
+        if (zmq_getsockopt(t->sock, ZMQ_MAXMSGSIZE, value, &len) != 0)
+            return zerr("zmq_getsockopt(ZMQ_MAXMSGSIZE)");
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof int_options / sizeof int_options[0]; i++) {
+        if (strcmp(name, int_options[i].name) != 0) continue;
+        int v;
+        size_t len = sizeof v;
+        if (zmq_getsockopt(t->sock, int_options[i].opt, &v, &len) != 0) {
+            char what[64];
+            snprintf(what, sizeof what, "zmq_getsockopt(%s)", name);
+            return zerr(what);
+        }
+        *value = v;
+        return 0;
+    }
+    return err_set("transport_option: no option %s", name);
+}
+
+int transport_poll(transport *const *t, size_t n, int timeout_ms, int *ready) {
+    zmq_pollitem_t items[64];
+    if (n > sizeof items / sizeof items[0])
+        return err_set("transport_poll: %zu sockets (at most %zu)", n,
+                       sizeof items / sizeof items[0]);
+    for (size_t i = 0; i < n; i++) items[i] = (zmq_pollitem_t){t[i]->sock, 0, ZMQ_POLLIN, 0};
+    int rc;
+    do rc = zmq_poll(items, (int)n, timeout_ms);
+    while (rc < 0 && zmq_errno() == EINTR);
+    if (rc < 0) return zerr("zmq_poll");
+    for (size_t i = 0; i < n; i++) ready[i] = (items[i].revents & ZMQ_POLLIN) != 0;
+    return rc;
 }
 
 const uint8_t *transport_data(struct transport_msg *m, size_t i) {
-    return zmq_msg_data(&m->f[i]);
+    return zmq_msg_data(FRAME(m, i));
 }
 
 size_t transport_size(struct transport_msg *m, size_t i) {
-    return zmq_msg_size(&m->f[i]);
+    return zmq_msg_size(FRAME(m, i));
 }
 
 void transport_msg_close(struct transport_msg *m) {
     /* zmq_msg_close only fails (EFAULT) on a message that was never
      * initialised; these all were. */
-    for (size_t i = 0; i < m->n; i++) zmq_msg_close(&m->f[i]);
+    for (size_t i = 0; i < m->n; i++) zmq_msg_close(FRAME(m, i));
     m->n = 0;
     m->total = 0;
 }
@@ -193,15 +316,15 @@ static int send_frames(void *sock, const struct transport_frame *f, size_t n, bo
     return 0;
 }
 
-int transport_send(void *sock, const struct transport_frame *f, size_t n) {
-    return send_frames(sock, f, n, false);
+int transport_send(transport *t, const struct transport_frame *f, size_t n) {
+    return send_frames(t->sock, f, n, false);
 }
 
-int transport_send_give(void *sock, const struct transport_frame *f, size_t n) {
-    return send_frames(sock, f, n, true);
+int transport_send_give(transport *t, const struct transport_frame *f, size_t n) {
+    return send_frames(t->sock, f, n, true);
 }
 
-int transport_recv(void *sock, const struct transport_limits *lim, struct transport_msg *m) {
+int transport_recv(transport *t, const struct transport_limits *lim, struct transport_msg *m) {
     m->n = 0;
     m->total = 0;
     if (check_limits(lim) < 0) return -1;
@@ -214,13 +337,13 @@ int transport_recv(void *sock, const struct transport_limits *lim, struct transp
     for (;;) {
         bool keep = !refusal && m->n < lim->max_frames;
         zmq_msg_t scratch;
-        zmq_msg_t *f = keep ? &m->f[m->n] : &scratch;
+        zmq_msg_t *f = keep ? FRAME(m, m->n) : &scratch;
         if (zmq_msg_init(f) != 0) {
             transport_msg_close(m);
             return zerr("zmq_msg_init");
         }
         int rc;
-        do rc = zmq_msg_recv(f, sock, 0);
+        do rc = zmq_msg_recv(f, t->sock, 0);
         while (rc < 0 && zmq_errno() == EINTR);
         if (rc < 0) {
             int e = zmq_errno();
@@ -295,13 +418,13 @@ static void put_be64(uint8_t *p, uint64_t v) {
 /* Waits up to ms for the reply carrying id. 0: got it (id frame stripped);
  * 1: timed out; -1: a socket error. Dropped replies leave their reason in
  * `dropped` for the final error message. */
-static int await_reply(void *dealer, const struct transport_limits *lim, const uint8_t *id, int ms,
-                       struct transport_msg *reply, char *dropped, size_t dn) {
+static int await_reply(transport *dealer, const struct transport_limits *lim, const uint8_t *id,
+                       int ms, struct transport_msg *reply, char *dropped, size_t dn) {
     int64_t deadline = now_ms() + ms;
     for (;;) {
         int64_t left = deadline - now_ms();
         if (left <= 0) return 1;
-        zmq_pollitem_t item = {.socket = dealer, .events = ZMQ_POLLIN};
+        zmq_pollitem_t item = {.socket = dealer->sock, .events = ZMQ_POLLIN};
         int rc = zmq_poll(&item, 1, (long)left);
         if (rc < 0 && zmq_errno() == EINTR) continue;
         if (rc < 0) return zerr("zmq_poll");
@@ -326,19 +449,19 @@ static int await_reply(void *dealer, const struct transport_limits *lim, const u
          * releases the destination's content and leaves the source empty
          * but valid, so every slot stays closable. */
         for (size_t i = 1; i < reply->n; i++) {
-            if (zmq_msg_move(&reply->f[i - 1], &reply->f[i]) != 0) {
+            if (zmq_msg_move(FRAME(reply, i - 1), FRAME(reply, i)) != 0) {
                 transport_msg_close(reply);
                 return zerr("zmq_msg_move");
             }
         }
-        zmq_msg_close(&reply->f[reply->n - 1]); /* emptied by the last move */
+        zmq_msg_close(FRAME(reply, reply->n - 1)); /* emptied by the last move */
         reply->n--;
         reply->total -= TRANSPORT_ID_LEN;
         return 0;
     }
 }
 
-int transport_request(void *dealer, const struct transport_limits *lim,
+int transport_request(transport *dealer, const struct transport_limits *lim,
                       const struct transport_retry *rt, const struct transport_frame *f, size_t n,
                       struct transport_msg *reply) {
     reply->n = 0;
@@ -377,7 +500,7 @@ int transport_request(void *dealer, const struct transport_limits *lim,
                    *dropped ? "; " : "", dropped);
 }
 
-int transport_serve_recv(void *router, const struct transport_limits *lim,
+int transport_serve_recv(transport *router, const struct transport_limits *lim,
                          struct transport_msg *req) {
     int rc = transport_recv(router, lim, req);
     if (rc != 0) return rc;
@@ -390,8 +513,8 @@ int transport_serve_recv(void *router, const struct transport_limits *lim,
     return 0;
 }
 
-int transport_serve_reply(void *router, struct transport_msg *req, const struct transport_frame *f,
-                          size_t n) {
+int transport_serve_reply(transport *router, struct transport_msg *req,
+                          const struct transport_frame *f, size_t n) {
     if (n == 0 || n > TRANSPORT_FRAMES_MAX - TRANSPORT_PAYLOAD)
         return err_set("transport_serve_reply: %zu payload frames (1 to %d allowed)", n,
                        TRANSPORT_FRAMES_MAX - TRANSPORT_PAYLOAD);

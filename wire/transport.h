@@ -16,13 +16,19 @@
  *   DEALER receives     [id][reply 1]...[reply j]   (transport_request strips id)
  *
  * A retried request keeps its id, so a late reply to an earlier attempt is an
- * answer to the same question and is accepted. Every zmq call is checked. */
+ * answer to the same question and is accepted. Every zmq call is checked.
+ *
+ * A transport is an opaque handle on one socket. Sockets and contexts are
+ * made and closed here and nowhere else, so that libzmq's types and its
+ * error texts stay in one file: the transports of a process share one
+ * context (one I/O thread; inproc endpoints need that), made with the first
+ * and terminated with the last, unless opts.own_context asks for one of its
+ * own. A node talks to the aggregator through wire/client.h, built on this. */
 #ifndef FL_WIRE_TRANSPORT_H
 #define FL_WIRE_TRANSPORT_H
 
 #include <stddef.h>
 #include <stdint.h>
-#include <zmq.h>
 
 #define TRANSPORT_FRAMES_MAX 8 /* hard ceiling on transport_limits.max_frames */
 #define TRANSPORT_ID_LEN 8     /* request id frame, big-endian u64 */
@@ -43,6 +49,8 @@ struct transport_opts {
     int heartbeat_timeout_ms; /* ZMQ_HEARTBEAT_TIMEOUT: drop a peer silent this long after a PING */
     int heartbeat_ttl_ms;     /* ZMQ_HEARTBEAT_TTL: asks the peer to drop us after this */
     int hwm;                  /* ZMQ_SNDHWM and ZMQ_RCVHWM, messages per peer */
+    int own_context;          /* 1: a ZeroMQ context of its own (its own I/O thread, as
+                                 another process has); 0: the process's shared one */
 };
 
 /* Defaults sized for MSG_FRAME_MAX frames: 4 frames, 64 queued messages per
@@ -50,27 +58,46 @@ struct transport_opts {
  * 5 s with a 15 s timeout, 5 s send/receive timeouts, 1 s linger. */
 void transport_opts_default(struct transport_opts *o);
 
+typedef struct transport transport;
+
 /* A ROUTER bound to endpoint ("tcp://127.0.0.1:*" picks a free port; see
  * transport_endpoint), with ZMQ_ROUTER_MANDATORY so that sending to a peer
  * that is gone fails instead of vanishing. */
-int transport_router(void *ctx, const char *endpoint, const struct transport_opts *o, void **sock);
+int transport_router(transport **out, const char *endpoint, const struct transport_opts *o);
 /* A DEALER connected to endpoint, with ZMQ_IMMEDIATE so that messages are not
  * queued for a connection that is not up (a send then times out instead). */
-int transport_dealer(void *ctx, const char *endpoint, const struct transport_opts *o, void **sock);
+int transport_dealer(transport **out, const char *endpoint, const struct transport_opts *o);
 /* The endpoint a socket last bound to, with the real port. */
-int transport_endpoint(void *sock, char *buf, size_t n);
-int transport_close(void *sock);
+int transport_endpoint(transport *t, char *buf, size_t n);
+/* Closes the socket; closing the last one of a context terminates it,
+ * which waits up to the linger time for messages still queued. NULL is fine. */
+int transport_close(transport *t);
+/* One of the socket options this file sets, as libzmq reports it
+ * ("ZMQ_MAXMSGSIZE", "ZMQ_SNDTIMEO", "ZMQ_HEARTBEAT_IVL", ...): for checks
+ * and diagnostics. */
+int transport_option(transport *t, const char *name, int64_t *value);
+
+/* Waits up to timeout_ms (-1: for ever) until one of the n transports has a
+ * message to receive; ready[i] is set to 1 for those that have one, 0 for the
+ * others. Returns how many are ready (0 on timeout), -1 on error. */
+int transport_poll(transport *const *t, size_t n, int timeout_ms, int *ready);
 
 struct transport_frame {
     const void *data;
     size_t len;
 };
 
+/* Room for one received frame; what it holds is transport.c's business (a
+ * libzmq message, checked there to fit). */
+struct transport_slot {
+    _Alignas(8) unsigned char opaque[64];
+};
+
 /* A received multipart message; frames are owned until transport_msg_close. */
 struct transport_msg {
     size_t n;     /* frames */
     size_t total; /* bytes in all frames */
-    zmq_msg_t f[TRANSPORT_FRAMES_MAX];
+    struct transport_slot f[TRANSPORT_FRAMES_MAX];
 };
 
 const uint8_t *transport_data(struct transport_msg *m, size_t i);
@@ -80,15 +107,15 @@ void transport_msg_close(struct transport_msg *m);
 /* Sends n frames as one multipart message, copying them. A send that cannot
  * be queued within ZMQ_SNDTIMEO fails (libzmq decides on the first frame; the
  * rest of an accepted message always follows). */
-int transport_send(void *sock, const struct transport_frame *f, size_t n);
+int transport_send(transport *t, const struct transport_frame *f, size_t n);
 /* As transport_send, but the last frame's data, malloc'd by the caller, is
  * handed to libzmq, which sends it without a copy and free()s it once sent.
  * It is freed whatever happens, also when the send fails. */
-int transport_send_give(void *sock, const struct transport_frame *f, size_t n);
+int transport_send_give(transport *t, const struct transport_frame *f, size_t n);
 /* Receives one message within lim. Returns 0 with a message in *m, 1 when
  * ZMQ_RCVTIMEO passed with none (nothing to close), -1 on error or refusal
  * (the refused message has been drained and freed). */
-int transport_recv(void *sock, const struct transport_limits *lim, struct transport_msg *m);
+int transport_recv(transport *t, const struct transport_limits *lim, struct transport_msg *m);
 
 /* ---- request/reply with retries ------------------------------------------ */
 
@@ -112,18 +139,18 @@ int transport_backoff_ms(const struct transport_retry *rt, int attempt, uint64_t
  * reply in *reply holds the payload frames only. Replies to other requests
  * are dropped; a reply over lim is refused and waiting goes on. Fails with
  * "no reply ... after N attempts" when all attempts time out. */
-int transport_request(void *dealer, const struct transport_limits *lim,
+int transport_request(transport *dealer, const struct transport_limits *lim,
                       const struct transport_retry *rt, const struct transport_frame *f, size_t n,
                       struct transport_msg *reply);
 
 /* ROUTER side: receives one request (0, 1 on timeout, -1 as transport_recv)
  * and checks its layout: a peer frame, an id frame of TRANSPORT_ID_LEN bytes,
  * at least one payload frame from index TRANSPORT_PAYLOAD on. */
-int transport_serve_recv(void *router, const struct transport_limits *lim,
+int transport_serve_recv(transport *router, const struct transport_limits *lim,
                          struct transport_msg *req);
 /* Replies to req (which stays owned by the caller) with n payload frames,
  * n <= TRANSPORT_FRAMES_MAX - 2. */
-int transport_serve_reply(void *router, struct transport_msg *req, const struct transport_frame *f,
-                          size_t n);
+int transport_serve_reply(transport *router, struct transport_msg *req,
+                          const struct transport_frame *f, size_t n);
 
 #endif

@@ -3,7 +3,8 @@
  *
  * A real `fedlora aggregator` process (--fedlora BIN) on tcp://127.0.0.1
  * serves a round on a randomly initialised model (default: preset
- * llama/100m, float32). This program plays N nodes one after another, each
+ * llama/100m, float32; --dtype bfloat16 for a bf16 base, whose versions are
+ * then bf16). This program plays N nodes one after another, each
  * with a random rank-R adapter (B filled too, so B·A != 0; no training):
  *
  *   sync      GET_MODEL of the whole base version (1 MiB chunks) by the first
@@ -20,16 +21,20 @@
  *   lowrank   when round 2 opens, the second node reaches the new version
  *             from the base it holds, as `fedlora node` does (node/sync.c):
  *             GET_MODEL of the update object (to disk, SHA-256 checked),
- *             then load the base, update_apply, checkpoint_save float32,
- *             SHA-256 against the round's base (lowrank_fetch_s, then
- *             lowrank_make_s)
+ *             then map the base and write the new version from it
+ *             (update_write_version), SHA-256 against the round's base
+ *             (lowrank_fetch_s, then lowrank_make_s)
  *   full      the same node downloading that version in full instead
  *             (full_s), for comparison
  *
  * The aggregator's peak resident memory is its ru_maxrss (wait4) over the
  * whole run (start-up's import of the base included); round_rss is the
  * largest VmRSS sampled from the moment it listens to the end of the round:
- * N verifications, the merge and the publish.
+ * N verifications, the merge and the publish; idle_rss its VmRSS when it
+ * starts listening (the program and its libraries, what it keeps between
+ * rounds). --check-round F: exit 1 unless round_rss − idle_rss is at most
+ * F × model_bytes + 2 × update_bytes (the members' adapters and the merged
+ * factors): the memory test (tests/aggregator/round_memory.sh).
  * Prints one RESULT line of key=value pairs. */
 #include "lora/lora.h"
 #include "lora/update.h"
@@ -42,7 +47,7 @@
 #include "wire/keys.h"
 #include "wire/msg.h"
 #include "wire/payload.h"
-#include "wire/transport.h"
+#include "wire/client.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -81,87 +86,77 @@ static void path(char *out, size_t n, const char *fmt, ...) {
     }
 }
 
-static void *sock;
+static client *cl; /* to the aggregator */
 
 /* Samples the aggregator's VmRSS every 5 ms while the round runs: the
  * memory of the round itself, apart from the start-up's import of the base
  * (which ru_maxrss, the whole process's peak, includes). */
 static volatile int sampling = 1;
-static long round_rss_kib;
+static long round_rss_kib, idle_rss_kib;
+
+static long vm_kib(int pid, const char *field) {
+    char path[64], line[256];
+    long kib = 0;
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, field, strlen(field))) kib = atol(line + strlen(field));
+    if (f) fclose(f);
+    return kib;
+}
 
 static void *sampler(void *arg) {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)(intptr_t)arg);
     while (sampling) {
-        FILE *f = fopen(path, "r");
-        while (f && fgets(line, sizeof line, f))
-            if (!strncmp(line, "VmRSS:", 6) && atol(line + 6) > round_rss_kib)
-                round_rss_kib = atol(line + 6);
-        if (f) fclose(f);
+        long kib = vm_kib((int)(intptr_t)arg, "VmRSS:");
+        if (kib > round_rss_kib) round_rss_kib = kib;
         usleep(5000);
     }
     return NULL;
 }
 
-static void request(const struct msg *m, struct msg *r, uint8_t **buf) {
-    uint8_t *req;
-    size_t len;
-    if (msg_encode(m, &req, &len) < 0) die("msg_encode");
-    struct transport_limits lim = {4, MSG_FRAME_MAX, MSG_FRAME_MAX + 1024};
-    struct transport_retry rt = {.timeout_ms = 600000,
-                                 .attempts = 1}; /* a merge of 16 may take long */
-    struct transport_frame f = {req, len};
-    struct transport_msg reply;
-    if (transport_request(sock, &lim, &rt, &f, 1, &reply) < 0) die("request");
-    free(req);
-    size_t n = transport_size(&reply, 0);
-    *buf = malloc(n);
-    memcpy(*buf, transport_data(&reply, 0), n);
-    transport_msg_close(&reply);
-    if (msg_decode(*buf, n, NULL, r) < 0) die("decoding a reply");
+/* One request, one reply (valid until the next request). */
+static void request(const struct msg *m, struct msg *r) {
+    if (client_call(cl, m, r) != CLIENT_OK) die("request");
 }
 
 static void hello(const keys_secret *k, struct msg *r) {
     struct msg m = {.type = MSG_HELLO};
-    uint8_t *buf;
     uint8_t consortium[32];
     snprintf(m.hello.name, sizeof m.hello.name, "%s", k->pub.name);
     keys_fingerprint(&k->pub, m.hello.fingerprint);
     if (payload_consortium_id("bench", consortium) < 0 ||
         hello_sign(&m.hello, consortium, k, (uint64_t)time(NULL)) < 0)
         die("signing HELLO");
-    request(&m, r, &buf);
-    free(buf);
+    request(&m, r);
+}
+
+/* Where fetch's chunks go: the file and its hash. */
+typedef struct {
+    int fd;
+    const char *path;
+    crypto_sha256_ctx *sha;
+} fetch_sink;
+
+static int to_file(void *arg, const uint8_t *data, size_t len) {
+    fetch_sink *f = arg;
+    return crypto_sha256_update(f->sha, data, len) < 0 ||
+                   fio_write_full(f->fd, data, len, f->path) < 0
+               ? -1
+               : 0;
 }
 
 /* GET_MODEL of the whole object `hash` into path (written, fsync'd), its
  * SHA-256 checked, as a node's download does; returns its size. */
 static uint64_t fetch(const uint8_t hash[32], const char *path) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) die(path);
-    crypto_sha256_ctx *sha;
-    if (crypto_sha256_new(&sha) < 0) die("sha256");
-    uint64_t off = 0, total = 0;
-    for (;;) {
-        struct msg g = {.type = MSG_GET_MODEL}, r;
-        uint8_t *buf;
-        memcpy(g.get_model.version, hash, 32);
-        g.get_model.offset = off;
-        g.get_model.length = MSG_CHUNK_MAX;
-        request(&g, &r, &buf);
-        if (r.type != MSG_MODEL_CHUNK) die("GET_MODEL");
-        if (crypto_sha256_update(sha, r.model_chunk.data, r.model_chunk.data_len) < 0 ||
-            fio_write_full(fd, r.model_chunk.data, r.model_chunk.data_len, path) < 0)
-            die(path);
-        off += r.model_chunk.data_len;
-        total = r.model_chunk.total;
-        int fin = r.model_chunk.final;
-        free(buf);
-        if (fin) break;
-    }
+    fetch_sink f = {open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644), path, NULL};
+    if (f.fd < 0) die(path);
+    if (crypto_sha256_new(&f.sha) < 0) die("sha256");
+    uint64_t total = 0;
+    if (client_download(cl, hash, 0, 0, UINT64_MAX, to_file, &f, &total) != CLIENT_OK)
+        die("GET_MODEL");
     uint8_t h[32];
-    if (fsync(fd) != 0 || close(fd) != 0 || crypto_sha256_final(sha, h) < 0) die(path);
-    crypto_sha256_free(sha);
+    if (fsync(f.fd) != 0 || close(f.fd) != 0 || crypto_sha256_final(f.sha, h) < 0) die(path);
+    crypto_sha256_free(f.sha);
     if (memcmp(h, hash, 32) != 0) die("fetched object hash");
     return total;
 }
@@ -226,7 +221,9 @@ static uint8_t *make_delta(const model *m, const uint8_t base[32], int rank, con
 }
 
 int main(int argc, char **argv) {
-    const char *bin = NULL, *dir = "/tmp/fedlora-bench-aggregator", *preset = "100m";
+    const char *bin = NULL, *dir = "/tmp/fedlora-bench-aggregator", *preset = "100m",
+               *dtype = "float32";
+    double check_round = 0;
     const char *targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
     int nodes = 3, rank = 16;
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -242,6 +239,10 @@ int main(int argc, char **argv) {
             targets = argv[i + 1];
         else if (!strcmp(argv[i], "--dir"))
             dir = argv[i + 1];
+        else if (!strcmp(argv[i], "--dtype"))
+            dtype = argv[i + 1];
+        else if (!strcmp(argv[i], "--check-round"))
+            check_round = atof(argv[i + 1]);
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -249,25 +250,26 @@ int main(int argc, char **argv) {
     }
     if (!bin || nodes < 1 || nodes > 64 || rank < 1) {
         fprintf(stderr, "usage: bench_aggregator --fedlora BIN [--nodes N] [--rank R] [--preset "
-                        "P] [--targets LIST] [--dir DIR]\n");
+                        "P] [--targets LIST] [--dir DIR] [--dtype float32|bfloat16] "
+                        "[--check-round F]\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     char p[4096], run[4096], keys[4096], base_dir[4096];
-    path(base_dir, sizeof base_dir, "%s/base-%s", dir, preset);
+    path(base_dir, sizeof base_dir, "%s/base-%s-%s", dir, preset, dtype);
     path(run, sizeof run, "%s/run-%d", dir, nodes);
     path(keys, sizeof keys, "%s/keys", run);
     path(p, sizeof p, "rm -rf '%s'", run);
     if (system(p) != 0 || fio_mkdirs(run, 0700) < 0) die("preparing the run directory");
 
-    /* The base model, made once per preset (random weights, float32). */
+    /* The base model, made once per preset and dtype (random weights). */
     model_config mc;
     model *m;
     if (model_config_preset(&mc, "llama", preset) < 0 || model_create(&m, &mc) < 0) die("model");
     path(p, sizeof p, "%s/model.safetensors", base_dir);
     if (!fio_exists(p)) {
         model_init_random(m, 1);
-        if (checkpoint_save(m, base_dir, "float32") < 0) die("saving the base");
+        if (checkpoint_save(m, base_dir, dtype) < 0) die("saving the base");
     }
 
     keys_secret agg, *mem = calloc((size_t)nodes, sizeof *mem);
@@ -313,18 +315,19 @@ int main(int argc, char **argv) {
         usleep(20000);
     }
     double t_listen = now_s();
+    idle_rss_kib = vm_kib((int)pid, "VmRSS:");
     pthread_t th;
     pthread_create(&th, NULL, sampler, (void *)(intptr_t)pid);
     ep[len - 1] = '\0';
-    void *ctx = zmq_ctx_new();
-    struct transport_opts o;
-    transport_opts_default(&o);
-    if (transport_dealer(ctx, ep, &o, &sock) < 0) die("connect");
+    client_options co;
+    client_options_default(&co);
+    co.timeout_ms = 600000; /* a merge of 16 may take long */
+    if (client_open(&cl, ep, &co) < 0) die("connect");
 
     /* Full-weights sync by the first node, into the version directory the
      * nodes hold (config.json is the federation's, from the base model). */
     struct msg r;
-    uint8_t *buf, base[32];
+    uint8_t base[32];
     hello(&mem[0], &r);
     if (r.type != MSG_ROUND) die("HELLO");
     memcpy(base, r.round.base, 32);
@@ -364,8 +367,7 @@ int main(int argc, char **argv) {
         memcpy(s.submit_begin.id, hdr.message_id, 16);
         s.submit_begin.size = elen;
         s.submit_begin.chunks = (uint32_t)((elen + MSG_CHUNK_MAX - 1) / MSG_CHUNK_MAX);
-        request(&s, &r, &buf);
-        free(buf);
+        request(&s, &r);
         for (uint32_t c = 0; c < s.submit_begin.chunks; c++) {
             struct msg k = {.type = MSG_SUBMIT_CHUNK};
             memcpy(k.submit_chunk.id, hdr.message_id, 16);
@@ -374,14 +376,12 @@ int main(int argc, char **argv) {
             k.submit_chunk.data_len = (uint32_t)(elen - (size_t)c * MSG_CHUNK_MAX < MSG_CHUNK_MAX
                                                      ? elen - (size_t)c * MSG_CHUNK_MAX
                                                      : MSG_CHUNK_MAX);
-            request(&k, &r, &buf);
-            free(buf);
+            request(&k, &r);
         }
         struct msg e = {.type = MSG_SUBMIT_END};
         memcpy(e.submit_end.id, hdr.message_id, 16);
         crypto_sha256(env, elen, e.submit_end.digest);
-        request(&e, &r, &buf);
-        free(buf);
+        request(&e, &r);
         if (r.type != MSG_RECEIPT) {
             fprintf(stderr, "no receipt: %s\n", r.type == MSG_ERROR ? r.error.reason : "?");
             return 1;
@@ -417,8 +417,8 @@ int main(int argc, char **argv) {
     model *held_m = NULL;
     update *u = NULL;
     uint8_t h[32];
-    if (checkpoint_load(&held_m, held) < 0 || update_read(&u, upath, held_m) < 0 ||
-        update_apply(held_m, u) < 0 || checkpoint_save(held_m, made, "float32") < 0)
+    if (checkpoint_map(&held_m, held, MODEL_PRECISION_FP32) < 0 ||
+        update_read(&u, upath, held_m) < 0 || update_write_version(held_m, u, made, 1) < 0)
         die("low-rank sync");
     model_free(held_m);
     update_free(u);
@@ -430,7 +430,7 @@ int main(int argc, char **argv) {
     double full_s = now_s() - l2;
     if (ubytes != r2.update_size || full_bytes != total) die("object sizes");
 
-    transport_close(sock);
+    client_close(cl);
     kill(pid, SIGTERM); /* round 2 is not played: the aggregator exits 0 on SIGTERM */
     int status;
     struct rusage ru;
@@ -438,7 +438,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "aggregator failed; see %s\n", log_path);
         return 1;
     }
-    zmq_ctx_term(ctx);
 
     /* aggregate_s and publish_s from the aggregator's own metrics line. */
     double agg_s = -1, pub_s = -1;
@@ -455,11 +454,25 @@ int main(int argc, char **argv) {
     printf("RESULT nodes=%d rank=%d params=%lld model_bytes=%llu adapter_bytes=%zu "
            "envelope_bytes=%zu start_s=%.2f sync_s=%.2f seal_s=%.3f submit_s=%.3f "
            "close_s=%.2f aggregate_s=%.3f publish_s=%.2f update_bytes=%llu lowrank_fetch_s=%.2f "
-           "lowrank_make_s=%.2f lowrank_s=%.2f full_s=%.2f peak_rss_mib=%.0f round_rss_mib=%.0f\n",
+           "lowrank_make_s=%.2f lowrank_s=%.2f full_s=%.2f peak_rss_mib=%.0f round_rss_mib=%.0f "
+           "idle_rss_mib=%.0f dtype=%s\n",
            nodes, rank, model_config_num_params(&mc), (unsigned long long)total, adapter,
            env_total / (size_t)nodes, t_listen - t_start, sync_s, seal_s, submit_s, close_s, agg_s,
            pub_s, (unsigned long long)ubytes, l1 - l0, l2 - l1, l2 - l0, full_s,
-           (double)ru.ru_maxrss / 1024.0, (double)round_rss_kib / 1024.0);
+           (double)ru.ru_maxrss / 1024.0, (double)round_rss_kib / 1024.0,
+           (double)idle_rss_kib / 1024.0, dtype);
+    if (check_round > 0) {
+        double over = (double)(round_rss_kib - idle_rss_kib) * 1024.0;
+        double bound = check_round * (double)total + 2.0 * (double)ubytes;
+        printf("round memory above idle: %.1f MiB, bound %.1f MiB (%.2f x the %.1f MiB model + 2 x "
+               "the %.1f MiB update)\n",
+               over / 1048576, bound / 1048576, check_round, (double)total / 1048576,
+               (double)ubytes / 1048576);
+        if (over > bound) {
+            fprintf(stderr, "the aggregator's round took more memory than the bound\n");
+            return 1;
+        }
+    }
     free(ep);
     free(mem);
     model_free(m);

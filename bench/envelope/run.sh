@@ -4,23 +4,37 @@
 # library, same machine, same run). The bench keeps the fastest of 3
 # repetitions of each measurement; openssl speed runs before and after it and
 # the faster run counts: on a shared machine that is the least disturbed one.
-# Usage: bench/envelope/run.sh [BUILD_DIR]
+# Usage: bench/envelope/run.sh [--quick] [BUILD_DIR]
+# --quick: 1 MiB once, and openssl speed for 1 s on one block size (16 KiB)
+# when the openssl program is there (bench/lib.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$here/../lib.sh"
 build=${1:-$here/../../build}
-cmake --build "$build" --target bench_envelope -j2 >/dev/null
+size=$((1 << 30)) reps=3 speed_args="-seconds 3"
+if [ "$quick" = 1 ]; then
+  size=$((1 << 20)) reps=1 speed_args="-seconds 1 -bytes 16384"
+  if ! have_tool openssl; then
+    "$build/bench/envelope/bench_envelope" --size "$size" --reps "$reps"
+    exit 0
+  fi
+else
+  cmake --build "$build" --target bench_envelope -j2 >/dev/null
+fi
 echo "# $(date -u +%Y-%m-%d) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(openssl version)"
 # The best figure over block sizes of one `openssl speed` run, in GB/s. Its
 # last line is "AES-256-GCM  <v>k <v>k ..." in 1000s of bytes per second.
 speed() {
   local out
-  out=$(openssl speed -evp aes-256-gcm -seconds 3 2>/dev/null)
+  # shellcheck disable=SC2086 # speed_args is two or four words on purpose
+  out=$(openssl speed -evp aes-256-gcm $speed_args 2>/dev/null)
   echo "$out" | tail -n 2 >&2
   echo "$out" | tail -n 1 | tr ' ' '\n' | sed -n 's/^\([0-9.]*\)k$/\1/p' | sort -g | tail -n 1 |
     awk '{ printf "%.4f\n", $1 * 1000 / 1e9 }'
 }
 c1=$(speed)
-out=$("$build/bench/envelope/bench_envelope" --size $((1 << 30)) --reps 3)
+out=$("$build/bench/envelope/bench_envelope" --size "$size" --reps "$reps")
 echo "$out"
 c2=$(speed)
 res=$(echo "$out" | sed -n 's/^RESULT //p')

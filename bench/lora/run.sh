@@ -4,22 +4,34 @@
 # (both sides fp32) and bf16 (fedlora --precision bf16 on a bf16 checkpoint
 # vs PyTorch + PEFT with the base in bf16 under torch.autocast("cpu",
 # dtype=torch.bfloat16)); bf16 rows only where oneDNN multiplies bf16.
-# Usage: bench/lora/run.sh [BUILD_DIR] [THREADS]
+# Usage: bench/lora/run.sh [--quick] [BUILD_DIR] [THREADS]
+# --quick: the tiny presets, r=2, one sequence of 16 tokens, 2 steps; the
+# reference only where torch, transformers and peft are installed.
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$here/../lib.sh"
 build=${1:-build}
 threads=${2:-2}
-here=$(dirname "$0")
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads
 field() { sed -n "s|.*$1=\([0-9.]*\).*|\1|p" <<<"$2"; }
+specs=("gpt2 124m" "llama 100m") shape=(--rank 16 --batch 4 --seq 256)
+reference=1
+if [ "$quick" = 1 ]; then
+  specs=("gpt2 tiny" "llama tiny") shape=(--rank 2 --batch 1 --seq 16 --steps 2)
+  have_python torch transformers peft || reference=0
+fi
 for precision in fp32 bf16; do
-  for spec in "gpt2 124m" "llama 100m"; do
+  for spec in "${specs[@]}"; do
+    # shellcheck disable=SC2086 # "arch preset": two words on purpose
     set -- $spec
-    if ! f=$("$build/bench/lora/bench_lora" --arch "$1" --preset "$2" --rank 16 --batch 4 \
-             --seq 256 --precision "$precision"); then
+    if ! f=$("$build/bench/lora/bench_lora" --arch "$1" --preset "$2" "${shape[@]}" \
+             --precision "$precision"); then
       echo "$1-$2 $precision: not run here"; continue
     fi
     echo "$f"
-    p=$(python3 "$here/ref_peft.py" --arch "$1" --preset "$2" --rank 16 --batch 4 --seq 256 \
+    [ "$reference" = 1 ] || continue
+    p=$(python3 "$here/ref_peft.py" --arch "$1" --preset "$2" "${shape[@]}" \
           --threads "$threads" --precision "$precision" 2>/dev/null)
     echo "$p"
     awk -v a="$(field tokens/s "$f")" -v b="$(field tokens/s "$p")" \

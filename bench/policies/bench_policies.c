@@ -1,7 +1,8 @@
 /* bench_policies — aggregation throughput and memory of one round.
  *
  * K members' rank-r adapters on every linear layer of a Llama-shaped model
- * (hidden 1024, MLP 2816, GQA 16/4 heads, 2 layers), aggregated under one
+ * (hidden 1024, MLP 2816, GQA 16/4 heads, 2 layers; --hidden scales it, with
+ * MLP 2.75x and 64-wide heads, for quick runs), aggregated under one
  * rule; GB/s = bytes of factors in (every member's A and B, 10^9 bytes) per
  * second of aggregate_round, best of --reps, next to a memcpy of the same
  * number of bytes in the same process. Memory: the resident set before the
@@ -9,7 +10,7 @@
  * difference is the round's working memory.
  *
  * Usage: bench_policies --members K --rule mean|median|trimmed_mean|krum|dp|svd
- *                       [--rank R] [--reps N] */
+ *                       [--rank R] [--reps N] [--hidden C] */
 #include "bench/bench.h"
 #include "lora/lora.h"
 #include "model/model.h"
@@ -41,7 +42,7 @@ static double peak_mib(void) {
 }
 
 int main(int argc, char **argv) {
-    int K = 8, rank = 16, reps = 3;
+    int K = 8, rank = 16, reps = 3, hidden = 1024;
     const char *rule = "mean";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--members"))
@@ -52,6 +53,12 @@ int main(int argc, char **argv) {
             rank = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps"))
             reps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--hidden"))
+            hidden = atoi(argv[i + 1]);
+    }
+    if (hidden < 64 || hidden % 64 != 0) {
+        fprintf(stderr, "--hidden must be a multiple of 64 (heads are 64 wide)\n");
+        return 2;
     }
     policy p;
     policy_defaults(&p);
@@ -75,11 +82,11 @@ int main(int argc, char **argv) {
     memset(&c, 0, sizeof c);
     model_config_family(&c, MODEL_FAMILY_LLAMA);
     c.vocab_size = 320;
-    c.hidden_size = 1024;
-    c.intermediate_size = 2816;
+    c.hidden_size = hidden;
+    c.intermediate_size = hidden * 11 / 4; /* 2816 for 1024 */
     c.num_layers = 2;
-    c.num_heads = 16;
-    c.num_kv_heads = 4;
+    c.num_heads = hidden / 64;
+    c.num_kv_heads = c.num_heads >= 4 ? c.num_heads / 4 : 1;
     c.head_dim = 64;
     c.max_position = 256;
     c.norm_eps = 1e-5;

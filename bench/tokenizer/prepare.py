@@ -31,8 +31,12 @@ SYLLABLES = ["ka", "lo", "mi", "ne", "tor", "ung", "schaft", "ité", "ción", "�
 
 def sentences():
     pool = []
-    for name in sorted(os.listdir(os.path.join(ROOT, "examples", "corpus"))):
-        with open(os.path.join(ROOT, "examples", "corpus", name), encoding="utf-8") as f:
+    corpus = os.path.join(ROOT, "examples", "corpus")
+    for name in sorted(os.listdir(corpus)):
+        path = os.path.join(corpus, name)
+        if not os.path.isfile(path):  # heldout/: the demo's held-out lines, not text to train on
+            continue
+        with open(path, encoding="utf-8") as f:
             pool += [l for l in f.read().split("\n") if l.strip()]
     pool += [l for l in MULTI.split("\n") if l.strip()]
     pool += [t for t in TEXTS if t and "{S" not in t and len(t) < 200]

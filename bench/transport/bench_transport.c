@@ -50,7 +50,7 @@ struct run {
     const uint8_t *sealed; /* the payload sealed up front (raw, submit) */
     uint64_t sealed_len;
     const keys_secret *node, *agg;
-    void *dealer;
+    transport *dealer;
     char error[ERR_MSG_MAX];
 };
 
@@ -104,7 +104,7 @@ static int memory_write(void *arg, const void *buf, size_t len) {
     return 0;
 }
 
-static int send_msg(void *dealer, const struct msg *m) {
+static int send_msg(transport *dealer, const struct msg *m) {
     uint8_t *buf;
     size_t len;
     if (msg_encode(m, &buf, &len) != 0) return -1;
@@ -159,7 +159,7 @@ static void *send_payload(void *arg) {
 /* ---- receiver -------------------------------------------------------------------- */
 
 struct inbox {
-    void *router;
+    transport *router;
     struct transport_limits lim;
     struct transport_msg m; /* current message: [peer][bytes] */
     size_t off;             /* bytes of it already consumed */
@@ -245,7 +245,7 @@ static int receive_submission(struct inbox *in, uint64_t sealed_len) {
 }
 
 /* One run; returns seconds from the first send to the last byte received. */
-static double run_once(struct run *r, void *router, const struct transport_opts *o) {
+static double run_once(struct run *r, transport *router, const struct transport_opts *o) {
     if (r->mode == SEAL_ONLY) return seal_only(r);
     /* Every mode but submit moves exactly the envelope's bytes as frames. */
     struct inbox in = {.router = router, .lim = o->lim, .expect = r->sealed_len};
@@ -329,16 +329,13 @@ int main(int argc, char **argv) {
     struct transport_opts o;
     transport_opts_default(&o);
     o.send_timeout_ms = o.recv_timeout_ms = 30000;
-    void *rctx = zmq_ctx_new(), *dctx = zmq_ctx_new();
-    if (!rctx || !dctx) {
-        err_set("zmq_ctx_new failed");
-        die("contexts");
-    }
-    void *router, *dealer;
+    /* Each end with a context (an I/O thread) of its own, as two processes
+     * would have. */
+    o.own_context = 1;
+    transport *router, *dealer;
     char ep[256];
-    if (transport_router(rctx, "tcp://127.0.0.1:*", &o, &router) != 0 ||
-        transport_endpoint(router, ep, sizeof ep) != 0 ||
-        transport_dealer(dctx, ep, &o, &dealer) != 0)
+    if (transport_router(&router, "tcp://127.0.0.1:*", &o) != 0 ||
+        transport_endpoint(router, ep, sizeof ep) != 0 || transport_dealer(&dealer, ep, &o) != 0)
         die("sockets");
     /* One small message first, so the connection is up before timing. */
     struct transport_frame hi = {"hi", 2};
@@ -375,9 +372,5 @@ int main(int argc, char **argv) {
     keys_secret_wipe(&node);
     keys_secret_wipe(&agg);
     if (transport_close(dealer) != 0 || transport_close(router) != 0) die("closing");
-    if (zmq_ctx_term(dctx) != 0 || zmq_ctx_term(rctx) != 0) {
-        err_set("%s", zmq_strerror(zmq_errno()));
-        die("zmq_ctx_term");
-    }
     return 0;
 }

@@ -1,15 +1,18 @@
 /* agg_test.h — a small federation for the aggregator's tests: a tiny Llama
  * base model, identities for the aggregator and three universities (plus an
  * outsider), a config file, and helpers that make DELTA payloads, seal them
- * and drive the SUBMIT exchange. Everything lives under one scratch
- * directory removed at exit. */
+ * and drive the SUBMIT exchange. Everything lives in the test's scratch
+ * directory (tests/support/ts.h). */
 #ifndef FL_TESTS_AGGREGATOR_AGG_TEST_H
 #define FL_TESTS_AGGREGATOR_AGG_TEST_H
 
 #include "aggregator/config.h"
+#include "aggregator/journal.h"
+#include "cli/harness.h"
 #include "lora/lora.h"
 #include "model/checkpoint.h"
 #include "tests/check.h"
+#include "tests/support/ts.h"
 #include "util/err.h"
 #include "util/fio.h"
 #include "wire/hello.h"
@@ -18,7 +21,6 @@
 #include "wire/msg.h"
 #include "wire/payload.h"
 
-#include <ftw.h>
 #include <stdarg.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -39,37 +41,21 @@ struct fed {
     uint8_t consortium[32];         /* payload_consortium_id("test-consortium") */
 };
 
-static char fed_root[512];
-
-static inline int fed_rm(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static inline void fed_cleanup(void) {
-    if (fed_root[0] && !getenv("FEDLORA_KEEP_TMP"))
-        nftw(fed_root, fed_rm, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static inline void fed_die(const char *what) {
     fprintf(stderr, "test setup failed: %s: %s\n", what, err_msg());
     exit(2);
 }
 
-/* root/<sub>/... in a scratch directory made once per process. */
+/* ts_dir()/<sub>/... (tests/support/ts.h: one scratch directory per test). */
+static inline void fed_path(char *out, size_t n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static inline void fed_path(char *out, size_t n, const char *fmt, ...) {
-    if (!fed_root[0]) {
-        const char *t = getenv("TMPDIR");
-        snprintf(fed_root, sizeof fed_root, "%s/fedlora-agg-XXXXXX", t && *t ? t : "/tmp");
-        if (!mkdtemp(fed_root)) fed_die("mkdtemp");
-        atexit(fed_cleanup);
-    }
     char rel[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(rel, sizeof rel, fmt, ap);
     va_end(ap);
-    if (snprintf(out, n, "%s/%s", fed_root, rel) >= (int)n) fed_die("path too long");
+    if (snprintf(out, n, "%s/%s", ts_dir(), rel) >= (int)n) fed_die("path too long");
 }
 
 /* Keys and the tiny base model, made once in fed_root/common. */
@@ -93,21 +79,34 @@ static inline void fed_init(struct fed *f) {
 
 /* The metrics line of a round, parsed (NULL when missing; json_decref it). */
 static inline json_t *fed_metrics_of(const agg_config *c, uint64_t round) {
-    char p[4200];
-    snprintf(p, sizeof p, "%s/metrics.jsonl", c->state);
-    FILE *f = fopen(p, "r");
-    if (!f) return NULL;
-    char line[65536];
-    json_t *found = NULL;
-    while (!found && fgets(line, sizeof line, f)) {
-        json_t *j = json_loads(line, 0, NULL);
-        if (j && json_integer_value(json_object_get(j, "round")) == (json_int_t)round)
-            found = j;
-        else
-            json_decref(j);
+    return harness_round_metrics(c->state, round);
+}
+
+struct fed_find_open {
+    uint64_t round;
+    uint8_t *base;
+    int found;
+};
+
+static inline int fed_find_open_record(void *arg, const char *text, size_t line) {
+    struct fed_find_open *x = arg;
+    journal_record r;
+    (void)line;
+    if (journal_record_decode(text, &r) < 0) return -1;
+    if (r.kind == JOURNAL_OPEN && r.round == x->round) {
+        memcpy(x->base, r.hash, 32);
+        x->found = 1;
     }
-    fclose(f);
-    return found;
+    return 0;
+}
+
+/* The base version a round trained on, from its open record in the journal. */
+static inline int fed_round_base(const agg_config *c, uint64_t round, uint8_t base[32]) {
+    char p[4200];
+    struct fed_find_open x = {round, base, 0};
+    snprintf(p, sizeof p, "%s/journal", c->state);
+    if (journal_open(NULL, p, 1, fed_find_open_record, &x) < 0) return -1;
+    return x.found ? 0 : err_set("no 'open %llu' record in %s", (unsigned long long)round, p);
 }
 
 /* Writes <sub>/aggregator.cfg for a state directory <sub>/state. */

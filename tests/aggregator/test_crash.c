@@ -23,7 +23,7 @@
 #include "aggregator/store.h"
 #include "tests/aggregator/agg_test.h"
 #include "wire/crypto.h"
-#include "wire/transport.h"
+#include "wire/client.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -37,7 +37,6 @@
 
 static struct fed F;
 static const char *bin;
-static void *zctx;
 
 static void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -50,7 +49,7 @@ static void sleep_ms(int ms) {
 struct aggp {
     char cfg[600], state[600], log[600];
     pid_t pid;
-    void *sock;
+    client *cl;
     int starts, kills;
     const char *crash[3]; /* FEDLORA_CRASH_AT of the 1st, 2nd, 3rd start (NULL: none) */
 };
@@ -66,8 +65,8 @@ static void show_log(const struct aggp *p) {
 }
 
 static void disconnect(struct aggp *p) {
-    if (p->sock) transport_close(p->sock);
-    p->sock = NULL;
+    client_close(p->cl);
+    p->cl = NULL;
 }
 
 /* Starts the aggregator and connects to the endpoint it writes. Returns 0,
@@ -107,9 +106,13 @@ static int start(struct aggp *p) {
         }
         if (fio_exists(ep_path) && fio_read_all(ep_path, 1024, &ep, &len) == 0) {
             if (len && ep[len - 1] == '\n') ep[len - 1] = '\0';
-            struct transport_opts o;
-            transport_opts_default(&o);
-            if (transport_dealer(zctx, ep, &o, &p->sock) < 0) fed_die("transport_dealer");
+            /* One attempt per request: request() itself revives a killed
+             * aggregator and asks again. */
+            client_options o;
+            client_options_default(&o);
+            o.timeout_ms = 2000;
+            o.linger_ms = 0;
+            if (client_open(&p->cl, ep, &o) < 0) fed_die("client_open");
             free(ep);
             return 0;
         }
@@ -139,35 +142,20 @@ static void revive(struct aggp *p) {
     }
 }
 
-/* One request and its reply (decoded into *r; *buf holds the reply bytes
- * for blob fields, free() it). Retries through restarts of the aggregator. */
-static void request(struct aggp *p, const struct msg *m, struct msg *r, uint8_t **buf) {
-    uint8_t *req;
-    size_t len;
-    if (msg_encode(m, &req, &len) < 0) fed_die("msg_encode");
-    struct transport_limits lim = {
-        .max_frames = 4, .max_frame = MSG_FRAME_MAX, .max_total = MSG_FRAME_MAX + 1024};
-    struct transport_retry rt = {.timeout_ms = 2000, .attempts = 1};
+/* One request and its reply (decoded into *r, valid until the next request).
+ * Retries through restarts of the aggregator. */
+static void request(struct aggp *p, const struct msg *m, struct msg *r) {
     for (int attempt = 0;; attempt++) {
         if (attempt > 200) {
             show_log(p);
             fprintf(stderr, "no answer from the aggregator after 200 attempts\n");
             exit(1);
         }
-        if (!p->sock) revive(p);
-        struct transport_frame f = {req, len};
-        struct transport_msg reply;
-        if (transport_request(p->sock, &lim, &rt, &f, 1, &reply) < 0) {
-            revive(p);
-            continue;
-        }
-        size_t n = transport_size(&reply, 0);
-        *buf = malloc(n ? n : 1);
-        memcpy(*buf, transport_data(&reply, 0), n);
-        transport_msg_close(&reply);
-        if (msg_decode(*buf, n, NULL, r) < 0) fed_die("decoding a reply");
-        free(req);
-        return;
+        if (!p->cl) revive(p);
+        int k = client_call(p->cl, m, r);
+        if (k == CLIENT_GARBLED) fed_die("decoding a reply");
+        if (k == CLIENT_OK) return;
+        revive(p);
     }
 }
 
@@ -204,13 +192,11 @@ static void stop_and_restart(struct run *R) {
 static void wait_round(struct aggp *p, int member, uint64_t round, uint8_t base[32]) {
     for (;;) {
         struct msg m = {.type = MSG_HELLO}, r;
-        uint8_t *buf;
         snprintf(m.hello.name, sizeof m.hello.name, "%s", fed_names[member]);
         keys_fingerprint(&F.m[member].pub, m.hello.fingerprint);
         if (hello_sign(&m.hello, F.consortium, &F.m[member], (uint64_t)time(NULL)) < 0)
             fed_die("signing HELLO");
-        request(p, &m, &r, &buf);
-        free(buf);
+        request(p, &m, &r);
         if (r.type == MSG_ROUND && r.round.round == round) {
             memcpy(base, r.round.base, 32);
             return;
@@ -237,18 +223,15 @@ static void sync_model(struct aggp *p, const uint8_t version[32]) {
     uint64_t off = 0;
     for (;;) {
         struct msg m = {.type = MSG_GET_MODEL}, r;
-        uint8_t *buf;
         memcpy(m.get_model.version, version, 32);
         m.get_model.offset = off;
         m.get_model.length = MSG_CHUNK_MAX;
-        request(p, &m, &r, &buf);
+        request(p, &m, &r);
         CHECK(r.type == MSG_MODEL_CHUNK && r.model_chunk.offset == off);
         if (r.type != MSG_MODEL_CHUNK) exit(1);
         crypto_sha256_update(sha, r.model_chunk.data, r.model_chunk.data_len);
         off += r.model_chunk.data_len;
-        int fin = r.model_chunk.final;
-        free(buf);
-        if (fin) break;
+        if (r.model_chunk.final) break;
     }
     uint8_t h[32];
     crypto_sha256_final(sha, h);
@@ -264,14 +247,12 @@ static void submit_until_receipt(struct run *R, int member, uint64_t round, cons
     crypto_sha256(env, len, digest);
     for (int attempt = 0; attempt < 100; attempt++) {
         struct msg m = {.type = MSG_SUBMIT_BEGIN}, r;
-        uint8_t *buf;
         m.submit_begin.round = round;
         memcpy(m.submit_begin.id, id, 16);
         m.submit_begin.size = len;
         m.submit_begin.chunks = (uint32_t)((len + CHUNK - 1) / CHUNK);
         int starts = R->p.starts;
-        request(&R->p, &m, &r, &buf);
-        free(buf);
+        request(&R->p, &m, &r);
         int ok = r.type == MSG_ACK && r.ack.stored == 0;
         for (uint32_t i = 0; ok && i < m.submit_begin.chunks; i++) {
             struct msg c = {.type = MSG_SUBMIT_CHUNK};
@@ -279,8 +260,7 @@ static void submit_until_receipt(struct run *R, int member, uint64_t round, cons
             c.submit_chunk.index = i;
             c.submit_chunk.data = env + (size_t)i * CHUNK;
             c.submit_chunk.data_len = (uint32_t)(len - i * CHUNK < CHUNK ? len - i * CHUNK : CHUNK);
-            request(&R->p, &c, &r, &buf);
-            free(buf);
+            request(&R->p, &c, &r);
             ok = r.type == MSG_ACK &&
                  r.ack.stored == (uint64_t)i * CHUNK + c.submit_chunk.data_len &&
                  R->p.starts == starts;
@@ -289,8 +269,7 @@ static void submit_until_receipt(struct run *R, int member, uint64_t round, cons
             struct msg e = {.type = MSG_SUBMIT_END};
             memcpy(e.submit_end.id, id, 16);
             memcpy(e.submit_end.digest, digest, 32);
-            request(&R->p, &e, &r, &buf);
-            free(buf);
+            request(&R->p, &e, &r);
             if (r.type == MSG_RECEIPT && !memcmp(r.receipt.digest, digest, 32) &&
                 r.receipt.round == round) {
                 struct receipt *x = &R->rc[R->nrc++];
@@ -343,18 +322,15 @@ static void run_federation(struct run *R, const char *sub) {
     for (int i = 0; i < FED_MEMBERS; i++) {
         for (;;) {
             struct msg m = {.type = MSG_HELLO}, r;
-            uint8_t *buf;
             snprintf(m.hello.name, sizeof m.hello.name, "%s", fed_names[i]);
             keys_fingerprint(&F.m[i].pub, m.hello.fingerprint);
             if (hello_sign(&m.hello, F.consortium, &F.m[i], (uint64_t)time(NULL)) < 0)
                 fed_die("signing HELLO");
-            request(&R->p, &m, &r, &buf);
-            free(buf);
-            const char *v;
-            if (r.type == MSG_ERROR && r.error.code == MSG_ERR_WRONG_ROUND &&
-                (v = strstr(r.error.reason, "final version ")) != NULL) {
+            request(&R->p, &m, &r);
+            if (r.type == MSG_ERROR && r.error.code == MSG_ERR_WRONG_ROUND && r.error.has_final) {
                 CHECK(!r.error.has_retry_after);
-                CHECK(hex_decode(v + 14, R->final, 32) == 0);
+                CHECK(strstr(r.error.reason, "finished") != NULL);
+                memcpy(R->final, r.error.final, 32);
                 break;
             }
             CHECK(r.type == MSG_ERROR && r.error.has_retry_after);
@@ -480,7 +456,6 @@ int main(void) {
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    zctx = zmq_ctx_new();
     fed_init(&F);
     const char *e = getenv("FEDLORA_TRIALS");
     int trials = e ? atoi(e) : getenv("FEDLORA_LONG") ? 24 : 3;
@@ -538,7 +513,6 @@ int main(void) {
             break;
         }
     }
-    zmq_ctx_term(zctx);
     model_free(F.base);
     return check_finish();
 }

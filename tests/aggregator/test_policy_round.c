@@ -450,11 +450,10 @@ static void test_dp_crash(const char *self) {
     uint8_t offline[32], got[32], base[32];
     fed_path(out, sizeof out, "dpcrash/recompute");
     CHECK_OK(agg_recompute(&c, 1, out, offline));
+    CHECK_OK(fed_round_base(&c, 1, base));
+    /* The restart finishes the interrupted aggregation before it returns. */
     agg *a;
     CHECK_OK(agg_open(&a, &c, T0 + 2));
-    CHECK(agg_get_state(a) == AGG_AGGREGATING);
-    agg_current_base(a, base);
-    CHECK_OK(agg_tick(a, T0 + 2));
     CHECK(agg_get_state(a) == AGG_FINISHED);
     agg_current_base(a, got);
     CHECK(memcmp(got, offline, 32) == 0); /* the same noise after the crash */

@@ -25,7 +25,7 @@
 #include "tests/check.h"
 #include "tests/cpu/tiny.h"
 #include "tests/cpu/tiny_lora.h"
-#include "tests/safetensors/tmpdir.h"
+#include "tests/support/ts.h"
 #include "util/err.h"
 #include "util/fio.h"
 
@@ -188,8 +188,8 @@ static void check_mapped(void) {
         if (!src) continue;
         tiny_weights(src, 3);
         for (int di = 0; di < 3; di++) {
-            char dir[1024];
-            snprintf(dir, sizeof dir, "%s/%s_%s", tmp_dir(), tc.name, dtypes[di]);
+            char dir[TS_PATH];
+            ts_path(dir, "%s_%s", tc.name, dtypes[di]);
             CHECK_OK(checkpoint_save(src, dir, dtypes[di]));
             model *wide = NULL, *mapped = NULL;
             CHECK_OK(checkpoint_load(&wide, dir));
@@ -279,7 +279,7 @@ static void check_sharding(void) {
     CHECK_OK(model_create(&m, &tc.cfg));
     if (!m) return;
     tiny_weights(m, 8);
-    const char *one = tmp_path("shard_one"), *many = tmp_path("shard_many");
+    const char *one = ts_tmp("shard_one"), *many = ts_tmp("shard_many");
     CHECK_OK(checkpoint_save(m, one, "bfloat16"));
     int64_t max = 20000;
     checkpoint_save_options o = {.dtype = "bfloat16", .max_shard_bytes = max};
@@ -287,8 +287,8 @@ static void check_sharding(void) {
     int shard[256];
     int n = expected_shards(m, 2, max, shard);
     CHECK(n > 2);
-    char path[1024];
-    snprintf(path, sizeof path, "%s/model.safetensors.index.json", many);
+    char path[TS_PATH];
+    ts_in(path, many, "model.safetensors.index.json");
     json_error_t je;
     json_t *idx = json_load_file(path, 0, &je);
     CHECK_MSG(idx != NULL, "%s: %s", path, je.text);
@@ -306,7 +306,7 @@ static void check_sharding(void) {
     CHECK(json_integer_value(json_object_get(json_object_get(idx, "metadata"), "total_size")) ==
           total);
     json_decref(idx);
-    snprintf(path, sizeof path, "%s/model.safetensors", many);
+    ts_in(path, many, "model.safetensors");
     CHECK_MSG(!fio_exists(path), "a sharded model has a model.safetensors");
     model *a = NULL, *b = NULL;
     CHECK_OK(checkpoint_map(&a, one, MODEL_PRECISION_FP32));
@@ -320,18 +320,9 @@ static void check_sharding(void) {
     model_free(b);
     /* rewritten as one file: the index goes */
     CHECK_OK(checkpoint_save(m, many, "bfloat16"));
-    snprintf(path, sizeof path, "%s/model.safetensors.index.json", many);
+    ts_in(path, many, "model.safetensors.index.json");
     CHECK_MSG(!fio_exists(path), "the index of the old layout stayed");
     model_free(m);
-}
-
-static int files_equal(const char *a, const char *b) {
-    size_t la = 0, lb = 0;
-    unsigned char *x = read_bytes(a, &la), *y = read_bytes(b, &lb);
-    int same = x && y && la == lb && !memcmp(x, y, la);
-    free(x);
-    free(y);
-    return same;
 }
 
 static void check_streamed_merges(void) {
@@ -343,8 +334,8 @@ static void check_streamed_merges(void) {
         CHECK_OK(model_create(&src, &tc.cfg));
         if (!src) continue;
         tiny_weights(src, 12);
-        char base[600], legacy[600], streamed[600];
-        snprintf(base, sizeof base, "%s/merge_base_%s", tmp_dir(), tc.name);
+        char base[TS_PATH], legacy[TS_PATH], streamed[TS_PATH];
+        ts_path(base, "merge_base_%s", tc.name);
         CHECK_OK(checkpoint_save(src, base, "bfloat16"));
         /* merge-adapter: in place on a widened copy, and streamed */
         model *wide = NULL, *mapped = NULL;
@@ -355,18 +346,19 @@ static void check_streamed_merges(void) {
             model_free(src), model_free(wide), model_free(mapped), lora_free(s);
             continue;
         }
-        snprintf(legacy, sizeof legacy, "%s/merged_legacy_%s", tmp_dir(), tc.name);
-        snprintf(streamed, sizeof streamed, "%s/merged_streamed_%s", tmp_dir(), tc.name);
+        ts_path(legacy, "merged_legacy_%s", tc.name);
+        ts_path(streamed, "merged_streamed_%s", tc.name);
         CHECK_OK(delta_merge(wide, s));
         CHECK_OK(checkpoint_save(wide, legacy, "bfloat16"));
         checkpoint_edit e;
         checkpoint_save_options o = {.dtype = "bfloat16", .edit = &e, .release = 1};
         CHECK_OK(delta_fold_edit(mapped, s, &e));
         CHECK_OK(checkpoint_write(mapped, streamed, &o));
-        char pa[700], pb[700];
-        snprintf(pa, sizeof pa, "%s/model.safetensors", legacy);
-        snprintf(pb, sizeof pb, "%s/model.safetensors", streamed);
-        CHECK_MSG(files_equal(pa, pb), "%s: merge-adapter streamed differs from in place", tc.name);
+        char pa[TS_PATH], pb[TS_PATH];
+        ts_in(pa, legacy, "model.safetensors");
+        ts_in(pb, streamed, "model.safetensors");
+        CHECK_MSG(ts_same_file(pa, pb), "%s: merge-adapter streamed differs from in place",
+                  tc.name);
         model_free(wide);
 
         /* merge (TIES): in place and streamed */
@@ -376,15 +368,15 @@ static void check_streamed_merges(void) {
         double w[2] = {1.0, 0.5}, dens[2] = {0.5, 0.7};
         mergekit_options mo = {.method = MERGEKIT_TIES, .weights = w, .density = dens, .lambda = 1};
         CHECK_OK(mergekit_merge(wide, sets, 2, &mo));
-        snprintf(legacy, sizeof legacy, "%s/ties_legacy_%s", tmp_dir(), tc.name);
-        snprintf(streamed, sizeof streamed, "%s/ties_streamed_%s", tmp_dir(), tc.name);
+        ts_path(legacy, "ties_legacy_%s", tc.name);
+        ts_path(streamed, "ties_streamed_%s", tc.name);
         CHECK_OK(checkpoint_save(wide, legacy, "bfloat16"));
         mergekit_fold f;
         CHECK_OK(mergekit_edit(mapped, sets, 2, &mo, &f, &e));
         CHECK_OK(checkpoint_write(mapped, streamed, &o));
-        snprintf(pa, sizeof pa, "%s/model.safetensors", legacy);
-        snprintf(pb, sizeof pb, "%s/model.safetensors", streamed);
-        CHECK_MSG(files_equal(pa, pb), "%s: merge (ties) streamed differs from in place", tc.name);
+        ts_in(pa, legacy, "model.safetensors");
+        ts_in(pb, streamed, "model.safetensors");
+        CHECK_MSG(ts_same_file(pa, pb), "%s: merge (ties) streamed differs from in place", tc.name);
         lora_free(s);
         lora_free(s2);
         model_free(wide);

@@ -4,6 +4,8 @@
 #define FL_TESTS_CPU_TINY_H
 
 #include "model/model.h"
+#include "tests/check.h"
+#include "util/err.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -156,6 +158,15 @@ static inline void tiny_weights(model *m, uint64_t seed) {
         if (len >= 10 && strcmp(p->name + len - 10, "act_fn.eps") == 0)
             p->data[0] = (real)(float)(-0.045 + 0.025 * tiny_uniform(&s));
     }
+}
+
+/* A model of cfg with tiny_weights(seed); NULL after a failed CHECK (the
+ * includer has tests/check.h). */
+static inline model *tiny_model(const model_config *cfg, uint64_t seed) {
+    model *m = NULL;
+    CHECK_MSG(model_create(&m, cfg) == 0, "tiny_model: %s", err_msg());
+    if (m) tiny_weights(m, seed);
+    return m;
 }
 
 /* Random tokens; targets random too, with every third one ignored. */

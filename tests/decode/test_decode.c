@@ -16,6 +16,7 @@
 #include "model/model.h"
 #include "tests/check.h"
 #include "tests/cpu/tiny_lora.h"
+#include "tests/support/ts_model.h"
 #include "util/err.h"
 
 #include <math.h>
@@ -102,13 +103,6 @@ static real *forward_logits(const model *m, const int32_t *tokens, int T) {
     return out;
 }
 
-/* max |a − b|; max |a| when b is NULL. */
-static double max_diff(const real *a, const real *b, size_t n) {
-    double e = 0;
-    for (size_t i = 0; i < n; i++) e = fmax(e, fabs((double)a[i] - (b ? (double)b[i] : 0.0)));
-    return e;
-}
-
 /* The logits of every schedule against model_forward's, for the model as it
  * is (with whatever adapter is attached). */
 static void check_schedules(const char *name, const model *m, const int32_t *tokens, int T,
@@ -137,7 +131,7 @@ static void check_schedules(const char *name, const model *m, const int32_t *tok
     /* Decoding one row computes its products with gemv, the forward with
      * gemm: the same sums in another order, so the bound is relative to the
      * logits' scale (TOL per unit of the largest |logit|, at least TOL). */
-    double scale = fmax(1.0, max_diff(ref, (const real *)NULL, (size_t)T * V));
+    double scale = fmax(1.0, ts_max_diff(ref, NULL, (int64_t)T * V));
     for (size_t i = 0; i < sizeof sched / sizeof sched[0]; i++) {
         double e = decode_in_steps(m, c, tokens, T, ref, sched[i].first, sched[i].steps, sched[i].n,
                                    logits);
@@ -159,7 +153,7 @@ static void check_schedules(const char *name, const model *m, const int32_t *tok
     /* The refused calls left the cache intact: the next position still matches. */
     if (T > 1) {
         CHECK_OK(model_decode(m, c, tokens + 1, 1, logits));
-        CHECK(max_diff(logits, ref + (size_t)V, (size_t)V) <= TOL);
+        CHECK(ts_max_diff(logits, ref + (size_t)V, (size_t)V) <= TOL);
     }
     free(logits);
     model_kv_cache_free(c);
@@ -186,7 +180,7 @@ static void run_case(const char *name, const model_config *cfg, int T) {
     if (base && adapted) {
         /* The adapter changes the logits, so matching them below means
          * model_decode applied it. */
-        double moved = max_diff(base, adapted, (size_t)T * cfg->vocab_size);
+        double moved = ts_max_diff(base, adapted, (size_t)T * cfg->vocab_size);
         CHECK_MSG(moved > 1e-3, "%s: the adapter moved the logits by only %.3g", name, moved);
         char with[64];
         snprintf(with, sizeof with, "%s + lora", name);

@@ -13,14 +13,13 @@
 
 static void start_aggregator_with(ft_fed *f, const char *crash_at) {
     if (crash_at) setenv("FEDLORA_CRASH_AT", crash_at, 1);
-    f->agg = ft_spawn(f->agg_log, "aggregator", "--config", f->agg_config, NULL);
+    CHECK_OK(ft_start(&f->agg, f->agg_log, "aggregator", "--config", f->agg_config, NULL));
     unsetenv("FEDLORA_CRASH_AT");
-    CHECK(f->agg > 0);
 }
 
 /* The aggregator binds where it did first, so the nodes find it again. */
 static int pin_endpoint(ft_fed *f) {
-    char *cfg = ft_read(f->agg_config);
+    char *cfg = ts_read(f->agg_config, NULL);
     if (!cfg) return -1;
     const char *any = "tcp://127.0.0.1:*";
     char *at = strstr(cfg, any), text[8192];
@@ -28,7 +27,7 @@ static int pin_endpoint(ft_fed *f) {
     if (at) {
         snprintf(text, sizeof text, "%.*s%s%s", (int)(at - cfg), cfg, f->endpoint,
                  at + strlen(any));
-        rc = ft_write(f->agg_config, text);
+        rc = ts_write(f->agg_config, text);
     }
     free(cfg);
     return rc;
@@ -42,10 +41,10 @@ static void run(const char *tag, const char *const *crash, int n, char v2[65]) {
     o.rounds = 2;
     ft_fed f;
     CHECK_OK(ft_setup(&f, tag, 3, &o));
-    char path[FT_PATH];
+    char path[TS_PATH];
     start_aggregator_with(&f, n > 0 ? crash[0] : NULL);
-    CHECK_OK(ft_wait_file(ft_in(path, f.agg_state, "endpoint"), 30));
-    char *ep = ft_read(path);
+    CHECK_OK(harness_wait_file(ts_in(path, f.agg_state, "endpoint"), 30));
+    char *ep = ts_read(path, NULL);
     CHECK(ep != NULL);
     if (ep) {
         ep[strcspn(ep, "\n")] = 0;
@@ -58,12 +57,12 @@ static void run(const char *tag, const char *const *crash, int n, char v2[65]) {
         CHECK_OK(ft_start_node(&f, i));
     }
     int crashes = 0;
-    for (double t0 = ft_now(); ft_now() - t0 < 180; ft_sleep_ms(20)) {
+    for (double t0 = harness_now(); harness_now() - t0 < 180; harness_sleep_ms(20)) {
         int running = 0;
-        for (int i = 0; i < 3; i++) running += ft_running(f.node[i]);
+        for (int i = 0; i < 3; i++) running += harness_running(&f.node[i].proc);
         if (!running) break;
-        if (!ft_running(f.agg)) {
-            int st = ft_wait(f.agg, 1);
+        if (!harness_running(&f.agg)) {
+            int st = harness_wait(&f.agg, 1);
             CHECK_MSG(st == 128 + SIGKILL, "the aggregator exited with %d (see %s)", st, f.agg_log);
             if (st != 128 + SIGKILL || ++crashes > n) break;
             start_aggregator_with(&f, crashes < n ? crash[crashes] : NULL);
@@ -71,20 +70,21 @@ static void run(const char *tag, const char *const *crash, int n, char v2[65]) {
     }
     CHECK_MSG(crashes == n, "%d of %d crashes happened", crashes, n);
     for (int i = 0; i < 3; i++)
-        CHECK_MSG(ft_wait(f.node[i], 5) == 0, "%s (see %s)", f.name[i], f.node_log[i]);
-    CHECK_MSG(ft_wait(f.agg, 30) == 0, "aggregator (see %s)", f.agg_log);
+        CHECK_MSG(harness_wait(&f.node[i].proc, 5) == 0, "%s (see %s)", f.node[i].name,
+                  f.node[i].log);
+    CHECK_MSG(harness_wait(&f.agg, 30) == 0, "aggregator (see %s)", f.agg_log);
     for (int r = 1; r <= 2; r++)
         for (int i = 0; i < 3; i++)
-            CHECK_MSG(ft_accepted(&f, r, f.name[i]) == 1, "%s: round %d counts %s %d times", tag, r,
-                      f.name[i], ft_accepted(&f, r, f.name[i]));
+            CHECK_MSG(ft_accepted(&f, r, f.node[i].name) == 1, "%s: round %d counts %s %d times",
+                      tag, r, f.node[i].name, ft_accepted(&f, r, f.node[i].name));
     ft_version(&f, 2, v2);
     CHECK(strlen(v2) == 64);
     if (n > 0) {
         /* The crashes did happen where asked, and the nodes noticed. */
-        CHECK(ft_contains(f.agg_log, "FEDLORA_CRASH_AT=collect"));
-        CHECK(ft_contains(f.agg_log, "FEDLORA_CRASH_AT=receipt"));
+        CHECK(ts_contains(f.agg_log, "FEDLORA_CRASH_AT=collect"));
+        CHECK(ts_contains(f.agg_log, "FEDLORA_CRASH_AT=receipt"));
         int retried = 0;
-        for (int i = 0; i < 3; i++) retried += ft_contains(f.node_log[i], "no answer from");
+        for (int i = 0; i < 3; i++) retried += ts_contains(f.node[i].log, "no answer from");
         CHECK(retried > 0);
         ft_check_recompute(&f, 2);
     }

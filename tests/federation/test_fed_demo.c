@@ -2,22 +2,96 @@
  * processes, 3 rounds) and the merged model's loss on the global held-out
  * set falls round after round; its outputs are there and consistent: the
  * metrics lines, the SVG report, and a final model directory whose bytes are
- * the last published version. */
+ * the last published version. --keep, --nodes, --rounds are obeyed; --seed
+ * makes the base model and the nodes' training (the same seed, the same
+ * bytes; another seed, others); --policy aggregates under a policy file. */
 #include "tests/federation/fed_test.h"
 
-static char root[] = "/tmp/fl_fed_demo_XXXXXX";
+/* The version the last line of a demo's metrics.jsonl names ("" if none). */
+static void last_version_of(const char *out, char version[65]) {
+    char path[TS_PATH];
+    char *text = ts_read(ts_in(path, out, "metrics.jsonl"), NULL);
+    version[0] = '\0';
+    for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+        json_t *j = json_loads(line, 0, NULL);
+        json_t *v = j ? json_object_get(j, "version") : NULL;
+        if (json_is_string(v)) snprintf(version, 65, "%s", json_string_value(v));
+        json_decref(j);
+    }
+    free(text);
+}
+
+/* --seed N: the base model made from N and every node's config saying
+ * seed = N; the same seed twice gives the same bytes, another seed others. */
+static void test_seed(const char *root) {
+    char out[3][TS_PATH], log[TS_PATH], v[3][65], base[3][65], path[TS_PATH];
+    const char *seeds[3] = {"7", "7", "8"};
+    ts_in(log, root, "seed.log");
+    for (int k = 0; k < 3; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "seed-%d", k);
+        ts_in(out[k], root, name);
+        CHECK_MSG(ft_run(log, 120, "demo", "--out", out[k], "--nodes", "1", "--rounds", "1",
+                         "--steps", "2", "--seed", seeds[k], "--keep", NULL) == 0,
+                  "fedlora demo --seed %s failed (see %s)", seeds[k], log);
+        last_version_of(out[k], v[k]);
+        CHECK_OK(harness_hash_file(ts_in(path, out[k], "work/base/model.safetensors"), base[k]));
+    }
+    CHECK(strlen(v[0]) == 64 && strcmp(v[0], v[1]) == 0 && strcmp(v[0], v[2]) != 0);
+    CHECK(strcmp(base[0], base[1]) == 0 && strcmp(base[0], base[2]) != 0);
+    CHECK(ts_contains(ts_in(path, out[2], "work/nodes/uni-astronomy/node.cfg"), "seed = 8;"));
+    CHECK(ts_contains(log, "seed 7 (the base model and every node's training)"));
+    /* Refused: a seed that is not a number. */
+    char bad[TS_PATH];
+    CHECK(ft_run(log, 30, "demo", "--out", ts_in(bad, root, "seed-bad"), "--seed", "-1", NULL) ==
+          1);
+}
+
+/* --policy FILE: the aggregator runs under it (its rule in the round's
+ * metrics), a copy next to its config; a missing file is refused. */
+static void test_policy(const char *root) {
+    char out[TS_PATH], log[TS_PATH], pol[TS_PATH], path[TS_PATH];
+    ts_in(pol, root, "median.policy");
+    CHECK_OK(ts_write(pol, "weighting = { by = \"equal\"; };\n"
+                           "robust = { rule = \"median\"; };\n"
+                           "rounds = { quorum = 2; deadline_s = 300; };\n"));
+    ts_in(out, root, "policy");
+    ts_in(log, root, "policy.log");
+    CHECK_MSG(ft_run(log, 120, "demo", "--out", out, "--nodes", "2", "--rounds", "1", "--steps",
+                     "2", "--policy", pol, "--keep", NULL) == 0,
+              "fedlora demo --policy failed (see %s)", log);
+    char state[TS_PATH];
+    json_t *m = harness_round_metrics(ts_in(state, out, "work/aggregator/state"), 1);
+    json_t *rule = m ? json_object_get(m, "rule") : NULL,
+           *st = m ? json_object_get(m, "status") : NULL;
+    CHECK_MSG(json_is_string(rule) && !strcmp(json_string_value(rule), "median"),
+              "round 1 was not aggregated under the policy file");
+    CHECK(json_is_string(st) && !strcmp(json_string_value(st), "published"));
+    json_decref(m);
+    CHECK(ts_same_file(pol, ts_in(path, out, "work/aggregator/policy.cfg")));
+    CHECK(ts_contains(ts_in(path, out, "work/aggregator/aggregator.cfg"),
+                      "policy = \"policy.cfg\";"));
+    char v[65];
+    last_version_of(out, v);
+    CHECK(strlen(v) == 64);
+    /* A policy file that is not there. */
+    char bad[TS_PATH];
+    CHECK(ft_run(log, 30, "demo", "--out", ts_in(bad, root, "policy-bad"), "--policy",
+                 ts_in(path, root, "no-such.policy"), NULL) == 1);
+    CHECK(ts_contains(log, "no such file"));
+}
 
 int main(void) {
-    setenv("OMP_WAIT_POLICY", "passive", 0);
-    CHECK(mkdtemp(root) != NULL);
-    char out[FT_PATH], log[FT_PATH], path[FT_PATH];
-    ft_in(out, root, "demo");
-    ft_in(log, root, "demo.log");
-    pid_t p = ft_spawn(log, "demo", "--out", out, NULL); /* the defaults: 3 nodes, 3 rounds */
-    CHECK_MSG(ft_wait(p, 240) == 0, "fedlora demo failed (see %s)", log);
+    const char *root = ts_dir();
+    char out[TS_PATH], log[TS_PATH], path[TS_PATH];
+    ts_in(out, root, "demo");
+    ts_in(log, root, "demo.log");
+    /* the defaults: 3 nodes, 3 rounds */
+    CHECK_MSG(ft_run(log, 240, "demo", "--out", out, NULL) == 0, "fedlora demo failed (see %s)",
+              log);
 
     /* metrics.jsonl: rounds 0 (the base) to 3, the global loss falling. */
-    char *text = ft_read(ft_in(path, out, "metrics.jsonl"));
+    char *text = ts_read(ts_in(path, out, "metrics.jsonl"), NULL);
     CHECK(text != NULL);
     double prev = INFINITY;
     int lines = 0;
@@ -50,46 +124,43 @@ int main(void) {
     CHECK_MSG(lines == 4, "%d metrics lines", lines);
 
     /* The final model: a loadable directory holding the last version's bytes. */
-    char model_dir[FT_PATH], hash[65] = "";
-    ft_in(model_dir, out, "model");
-    CHECK_OK(ft_hash_file(ft_in(path, model_dir, "model.safetensors"), hash));
+    char model_dir[TS_PATH], hash[65] = "";
+    ts_in(model_dir, out, "model");
+    CHECK_OK(harness_hash_file(ts_in(path, model_dir, "model.safetensors"), hash));
     CHECK_MSG(strcmp(hash, last_version) == 0, "model/ holds %s, the last version is %s", hash,
               last_version);
-    CHECK(fio_exists(ft_in(path, model_dir, "tokenizer.json")));
+    CHECK(fio_exists(ts_in(path, model_dir, "tokenizer.json")));
     model *m = NULL;
     CHECK_OK(checkpoint_load(&m, model_dir));
     model_free(m);
 
     /* The report: one self-contained SVG with the global curve and a curve
      * per node, and the work directory gone (no --keep). */
-    char *svg = ft_read(ft_in(path, out, "report.svg"));
+    char *svg = ts_read(ts_in(path, out, "report.svg"), NULL);
     CHECK(svg && strncmp(svg, "<svg xmlns=\"http://www.w3.org/2000/svg\"", 39) == 0);
     CHECK(svg && strstr(svg, "</svg>") && !strstr(svg, "href"));
     int polylines = 0;
     for (const char *q = svg; q && (q = strstr(q, "<polyline")); q++) polylines++;
     CHECK_MSG(polylines == 1 + 2 * 3, "%d curves", polylines);
     free(svg);
-    CHECK(!fio_exists(ft_in(path, out, "work")));
+    CHECK(!fio_exists(ts_in(path, out, "work")));
 
     /* Another run into the same directory is refused, nothing overwritten. */
-    char log2[FT_PATH];
-    p = ft_spawn(ft_in(log2, root, "again.log"), "demo", "--out", out, NULL);
-    CHECK(ft_wait(p, 60) == 1);
-    CHECK(ft_contains(log2, "not empty"));
+    char log2[TS_PATH];
+    CHECK(ft_run(ts_in(log2, root, "again.log"), 60, "demo", "--out", out, NULL) == 1);
+    CHECK(ts_contains(log2, "not empty"));
 
     /* --keep keeps every process's files; --nodes and --rounds are obeyed. */
-    char out2[FT_PATH];
-    ft_in(out2, root, "kept");
-    p = ft_spawn(log2, "demo", "--out", out2, "--nodes", "2", "--rounds", "1", "--keep", NULL);
-    CHECK_MSG(ft_wait(p, 120) == 0, "fedlora demo --keep failed (see %s)", log2);
-    CHECK(fio_exists(ft_in(path, out2, "work/aggregator/aggregator.log")));
-    CHECK(fio_exists(ft_in(path, out2, "work/nodes/uni-medicine/state/receipts/round-1.json")));
-    CHECK(!fio_exists(ft_in(path, out2, "work/nodes/uni-law")));
+    char out2[TS_PATH];
+    ts_in(out2, root, "kept");
+    CHECK_MSG(ft_run(log2, 120, "demo", "--out", out2, "--nodes", "2", "--rounds", "1", "--keep",
+                     NULL) == 0,
+              "fedlora demo --keep failed (see %s)", log2);
+    CHECK(fio_exists(ts_in(path, out2, "work/aggregator/aggregator.log")));
+    CHECK(fio_exists(ts_in(path, out2, "work/nodes/uni-medicine/state/receipts/round-1.json")));
+    CHECK(!fio_exists(ts_in(path, out2, "work/nodes/uni-law")));
 
-    if (!check_failed) {
-        char cmd[FT_PATH + 16];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-        CHECK(system(cmd) == 0);
-    }
+    test_seed(root);
+    test_policy(root);
     return check_finish();
 }

@@ -4,7 +4,8 @@
  * again), and the nodes' durable records tell the same story: one receipt per
  * round, an empty outbox, the last version synced. A node that is not a
  * member is turned away. Run on the tiny Llama, and again on the tiny Qwen3
- * (QK-norm weights in the base, merged by name like every other tensor). */
+ * and Apertus (QK-norm weights, xIELU's parameters and 0-dimensional buffers
+ * in the base, carried through the versions by name like every tensor). */
 #include "aggregator/agg.h"
 #include "aggregator/config.h"
 #include "tests/federation/fed_test.h"
@@ -15,14 +16,16 @@ static void run_exact(const char *arch, int outsider) {
     o.rounds = 2;
     o.arch = arch;
     ft_fed f;
-    CHECK_OK(ft_setup(&f, "exact", 3, &o));
+    char tag[32];
+    snprintf(tag, sizeof tag, "exact_%s", arch);
+    CHECK_OK(ft_setup(&f, tag, 3, &o));
     CHECK_OK(ft_start_aggregator(&f));
     if (outsider) {
         /* A node whose identity is not on the member list is turned away at
          * its first HELLO and exits 1 saying so. */
-        char dir[FT_PATH], cfg[FT_PATH], log[FT_PATH], text[2048];
-        CHECK_OK(ft_keys(f.keys, "uni-outsider"));
-        ft_in(dir, f.root, "outsider");
+        char dir[TS_PATH], cfg[TS_PATH], log[TS_PATH], text[2048];
+        CHECK_OK(harness_keys(f.keys, "uni-outsider"));
+        ts_in(dir, f.root, "outsider");
         CHECK_OK(fio_mkdirs(dir, 0700));
         snprintf(text, sizeof text,
                  "keys = { dir = \"../keys\"; name = \"uni-outsider\"; };\n"
@@ -30,10 +33,9 @@ static void run_exact(const char *arch, int outsider) {
                  "aggregator = { endpoint = \"%s\"; identity = \"../keys/aggregator.id\"; };\n"
                  "base_model = \"../base\"; data = \"none.txt\"; state = \"state\";\n",
                  f.endpoint);
-        CHECK_OK(ft_write(ft_in(cfg, dir, "node.cfg"), text));
-        pid_t p = ft_spawn(ft_in(log, dir, "node.log"), "node", "--config", cfg, NULL);
-        CHECK(ft_wait(p, 30) == 1);
-        CHECK(ft_contains(log, "does not admit this node: unknown node"));
+        CHECK_OK(ts_write(ts_in(cfg, dir, "node.cfg"), text));
+        CHECK(ft_run(ts_in(log, dir, "node.log"), 30, "node", "--config", cfg, NULL) == 1);
+        CHECK(ts_contains(log, "does not admit this node: unknown node"));
     }
     for (int i = 0; i < f.n; i++) {
         /* The first node trains the round's batch of 4 as 2 micro-batches of
@@ -42,9 +44,10 @@ static void run_exact(const char *arch, int outsider) {
         CHECK_OK(ft_start_node(&f, i));
     }
     for (int i = 0; i < f.n; i++)
-        CHECK_MSG(ft_wait(f.node[i], 180) == 0, "%s did not finish cleanly (see %s)", f.name[i],
-                  f.node_log[i]);
-    CHECK_MSG(ft_wait(f.agg, 60) == 0, "the aggregator did not finish cleanly (see %s)", f.agg_log);
+        CHECK_MSG(harness_wait(&f.node[i].proc, 180) == 0, "%s did not finish cleanly (see %s)",
+                  f.node[i].name, f.node[i].log);
+    CHECK_MSG(harness_wait(&f.agg, 60) == 0, "the aggregator did not finish cleanly (see %s)",
+              f.agg_log);
 
     for (int r = 1; r <= 2; r++) {
         CHECK_MSG(ft_count_accepted(&f, r) == 3, "round %d: %d deltas accepted", r,
@@ -65,32 +68,32 @@ static void run_exact(const char *arch, int outsider) {
     /* Each node: a receipt per round, nothing left in the outbox, local
      * held-out loss lower after its training, round 2's base synced. */
     for (int i = 0; i < f.n; i++) {
-        char path[FT_PATH], rel[64];
+        char path[TS_PATH], rel[64];
         for (int r = 1; r <= 2; r++) {
             snprintf(rel, sizeof rel, "receipts/round-%d.json", r);
-            char *text = ft_read(ft_in(path, f.node_state[i], rel));
+            char *text = ts_read(ts_in(path, f.node[i].state, rel), NULL);
             json_t *j = text ? json_loads(text, 0, NULL) : NULL;
             free(text);
-            CHECK_MSG(j != NULL, "%s has no receipt for round %d", f.name[i], r);
+            CHECK_MSG(j != NULL, "%s has no receipt for round %d", f.node[i].name, r);
             if (j) {
                 double before = json_number_value(json_object_get(j, "loss_before"));
                 double after = json_number_value(json_object_get(j, "loss_after"));
-                CHECK_MSG(after < before, "%s round %d: local loss %g -> %g", f.name[i], r, before,
-                          after);
+                CHECK_MSG(after < before, "%s round %d: local loss %g -> %g", f.node[i].name, r,
+                          before, after);
                 CHECK(json_integer_value(json_object_get(j, "receipt_time")) > 0);
             }
             json_decref(j);
             snprintf(rel, sizeof rel, "outbox/round-%d.env", r);
-            CHECK(!fio_exists(ft_in(path, f.node_state[i], rel)));
+            CHECK(!fio_exists(ts_in(path, f.node[i].state, rel)));
         }
-        char *metrics = ft_read(ft_in(path, f.node_state[i], "metrics.jsonl"));
+        char *metrics = ts_read(ts_in(path, f.node[i].state, "metrics.jsonl"), NULL);
         int lines = 0;
         for (char *p = metrics; p && *p; p++) lines += *p == '\n';
-        CHECK_MSG(lines == 2, "%s: %d metrics lines", f.name[i], lines);
+        CHECK_MSG(lines == 2, "%s: %d metrics lines", f.node[i].name, lines);
         free(metrics);
-        char v1[65], current[FT_PATH];
+        char v1[65], current[TS_PATH];
         ft_version(&f, 1, v1);
-        CHECK(ft_contains(ft_in(current, f.node_state[i], "current.json"), v1));
+        CHECK(ts_contains(ts_in(current, f.node[i].state, "current.json"), v1));
     }
     ft_teardown(&f);
 }
@@ -98,5 +101,6 @@ static void run_exact(const char *arch, int outsider) {
 int main(void) {
     run_exact("llama", 1);
     run_exact("qwen3", 0);
+    run_exact("apertus", 0);
     return check_finish();
 }

@@ -29,7 +29,7 @@ struct ctl {
 
 static int node_index(const ft_fed *f, const char *name) {
     for (int i = 0; i < f->n; i++)
-        if (strcmp(f->name[i], name) == 0) return i;
+        if (strcmp(f->node[i].name, name) == 0) return i;
     return -1;
 }
 
@@ -59,7 +59,7 @@ static int hook(ft_proxy *p, const char *name, int is_reply, const struct msg *m
 
 /* The msgid (hex) in a node's record file, "" when none. */
 static void record_msgid(const char *path, char out[33]) {
-    char *text = ft_read(path);
+    char *text = ts_read(path, NULL);
     json_t *j = text ? json_loads(text, 0, NULL) : NULL;
     json_t *id = j ? json_object_get(j, "msgid") : NULL;
     snprintf(out, 33, "%s", json_is_string(id) ? json_string_value(id) : "");
@@ -68,8 +68,8 @@ static void record_msgid(const char *path, char out[33]) {
 }
 
 static void kill_and_restart(ft_fed *f, int i) {
-    kill(f->node[i], SIGKILL);
-    CHECK(ft_wait(f->node[i], 10) == 128 + SIGKILL);
+    kill(f->node[i].proc.pid, SIGKILL);
+    CHECK(harness_wait(&f->node[i].proc, 10) == 128 + SIGKILL);
     CHECK_OK(ft_start_node(f, i));
 }
 
@@ -89,55 +89,56 @@ int main(void) {
         CHECK_OK(ft_node_config(&f, i, p.endpoint, ""));
         CHECK_OK(ft_start_node(&f, i));
     }
-    char a_sealed[33] = "", b_sealed[33] = "", path[FT_PATH], latest[FT_PATH], env[FT_PATH];
+    char a_sealed[33] = "", b_sealed[33] = "", path[TS_PATH], latest[TS_PATH], env[TS_PATH];
     int c_killed = 0;
-    ft_in(latest, f.node_state[2], "rounds/1/train/checkpoint/latest");
-    ft_in(env, f.node_state[2], "outbox/round-1.env");
-    for (double t0 = ft_now(); ft_now() - t0 < 180;) {
+    ts_in(latest, f.node[2].state, "rounds/1/train/checkpoint/latest");
+    ts_in(env, f.node[2].state, "outbox/round-1.env");
+    for (double t0 = harness_now(); harness_now() - t0 < 180;) {
         ft_proxy_pump(&p, 10);
         if (c.kill_a == 1) {
-            record_msgid(ft_in(path, f.node_state[0], "outbox/round-1.json"), a_sealed);
+            record_msgid(ts_in(path, f.node[0].state, "outbox/round-1.json"), a_sealed);
             kill_and_restart(&f, 0);
             c.kill_a = 2;
         }
         if (c.kill_b == 1) {
-            record_msgid(ft_in(path, f.node_state[1], "outbox/round-2.json"), b_sealed);
+            record_msgid(ts_in(path, f.node[1].state, "outbox/round-2.json"), b_sealed);
             kill_and_restart(&f, 1);
             c.kill_b = 2;
         }
         if (c.kill_b == 2 && !c.b_receipted)
-            c.b_receipted = fio_exists(ft_in(path, f.node_state[1], "receipts/round-2.json"));
+            c.b_receipted = fio_exists(ts_in(path, f.node[1].state, "receipts/round-2.json"));
         if (!c_killed && fio_exists(latest)) {
             /* Freeze it first, so that what is on disk is what it had when
              * killed: a checkpoint, and nothing sealed yet. */
-            kill(f.node[2], SIGSTOP);
+            kill(f.node[2].proc.pid, SIGSTOP);
             CHECK_MSG(!fio_exists(env), "C had finished training before the kill");
             kill_and_restart(&f, 2);
             c_killed = 1;
         }
         int running = 0;
-        for (int i = 0; i < 3; i++) running += ft_running(f.node[i]);
+        for (int i = 0; i < 3; i++) running += harness_running(&f.node[i].proc);
         if (!running) break;
     }
     for (int i = 0; i < 3; i++)
-        CHECK_MSG(ft_wait(f.node[i], 5) == 0, "%s (see %s)", f.name[i], f.node_log[i]);
-    CHECK_MSG(ft_wait(f.agg, 30) == 0, "aggregator (see %s)", f.agg_log);
+        CHECK_MSG(harness_wait(&f.node[i].proc, 5) == 0, "%s (see %s)", f.node[i].name,
+                  f.node[i].log);
+    CHECK_MSG(harness_wait(&f.agg, 30) == 0, "aggregator (see %s)", f.agg_log);
     CHECK(c.kill_a == 2 && c.kill_b == 2 && c_killed);
 
     /* Each node counted exactly once in each round. */
     for (int r = 1; r <= 2; r++)
         for (int i = 0; i < 3; i++)
-            CHECK_MSG(ft_accepted(&f, r, f.name[i]) == 1, "round %d counts %s %d times", r,
-                      f.name[i], ft_accepted(&f, r, f.name[i]));
+            CHECK_MSG(ft_accepted(&f, r, f.node[i].name) == 1, "round %d counts %s %d times", r,
+                      f.node[i].name, ft_accepted(&f, r, f.node[i].name));
     /* The receipts are for the envelopes sealed before the kills. */
     char got[33];
-    record_msgid(ft_in(path, f.node_state[0], "receipts/round-1.json"), got);
+    record_msgid(ts_in(path, f.node[0].state, "receipts/round-1.json"), got);
     CHECK_MSG(*a_sealed && strcmp(got, a_sealed) == 0, "A sealed %s, receipt for %s", a_sealed,
               got);
-    record_msgid(ft_in(path, f.node_state[1], "receipts/round-2.json"), got);
+    record_msgid(ts_in(path, f.node[1].state, "receipts/round-2.json"), got);
     CHECK_MSG(*b_sealed && strcmp(got, b_sealed) == 0, "B sealed %s, receipt for %s", b_sealed,
               got);
-    CHECK(ft_contains(f.node_log[2], "resuming the training from its last checkpoint"));
+    CHECK(ts_contains(f.node[2].log, "resuming the training from its last checkpoint"));
 
     /* And the merged model is what the sealed deltas give, offline. */
     ft_check_recompute(&f, 2);

@@ -46,31 +46,33 @@ static void quorum_at_deadline(void) {
     struct late l = {0};
     CHECK_OK(ft_setup(&f, "quorum", 3, &o));
     CHECK_OK(ft_start_aggregator(&f));
-    l.late_node = f.name[2];
+    l.late_node = f.node[2].name;
     CHECK_OK(ft_proxy_open(&p, f.endpoint, late_hook, &l));
     for (int i = 0; i < 3; i++) {
         CHECK_OK(ft_node_config(&f, i, i == 2 ? p.endpoint : f.endpoint, ""));
         CHECK_OK(ft_start_node(&f, i));
     }
     int done = 0;
-    for (double t0 = ft_now(); !done && ft_now() - t0 < 120;) {
+    for (double t0 = harness_now(); !done && harness_now() - t0 < 120;) {
         ft_proxy_pump(&p, 50);
         if (!l.release && ft_count_accepted(&f, 1) > 0) l.release = 1;
-        done = !ft_running(f.node[0]) && !ft_running(f.node[1]) && !ft_running(f.node[2]);
+        done = !harness_running(&f.node[0].proc) && !harness_running(&f.node[1].proc) &&
+               !harness_running(&f.node[2].proc);
     }
     for (int i = 0; i < 3; i++)
-        CHECK_MSG(ft_wait(f.node[i], 5) == 0, "%s (see %s)", f.name[i], f.node_log[i]);
-    CHECK_MSG(ft_wait(f.agg, 30) == 0, "aggregator (see %s)", f.agg_log);
+        CHECK_MSG(harness_wait(&f.node[i].proc, 5) == 0, "%s (see %s)", f.node[i].name,
+                  f.node[i].log);
+    CHECK_MSG(harness_wait(&f.agg, 30) == 0, "aggregator (see %s)", f.agg_log);
     /* Round 1 closed with the two on time, without the late one. */
     CHECK(ft_count_accepted(&f, 1) == 2);
-    CHECK(ft_accepted(&f, 1, f.name[2]) == 0);
+    CHECK(ft_accepted(&f, 1, f.node[2].name) == 0);
     CHECK_MSG(l.refused, "the late SUBMIT_BEGIN was not refused with WRONG_ROUND");
     CHECK_MSG(strstr(l.reason, "round 1") != NULL, "reason: '%s'", l.reason);
-    CHECK(ft_contains(f.node_log[2], "no longer takes deltas"));
+    CHECK(ts_contains(f.node[2].log, "no longer takes deltas"));
     /* The late node never got a receipt for round 1 and kept nothing to send. */
-    char path[FT_PATH];
-    CHECK(!fio_exists(ft_in(path, f.node_state[2], "receipts/round-1.json")));
-    CHECK(!fio_exists(ft_in(path, f.node_state[2], "outbox/round-1.env")));
+    char path[TS_PATH];
+    CHECK(!fio_exists(ts_in(path, f.node[2].state, "receipts/round-1.json")));
+    CHECK(!fio_exists(ts_in(path, f.node[2].state, "outbox/round-1.env")));
     char v2[65];
     ft_version(&f, 2, v2);
     CHECK(strlen(v2) == 64);
@@ -88,7 +90,7 @@ static void below_quorum(const char *policy) {
     o.deadline_s = 1;
     o.below_quorum = policy;
     ft_fed f;
-    char path[FT_PATH];
+    char path[TS_PATH];
     CHECK_OK(ft_setup(&f, policy, 2, &o));
     CHECK_OK(ft_start_aggregator(&f));
     for (int i = 0; i < 2; i++) CHECK_OK(ft_node_config(&f, i, f.endpoint, ""));
@@ -97,24 +99,25 @@ static void below_quorum(const char *policy) {
     if (strcmp(policy, "wait") == 0) {
         /* Its delta is in (whenever it came: the round waits), and the 1 s
          * deadline, counted from the round's opening, is well past. */
-        CHECK_OK(ft_wait_file(ft_in(path, f.node_state[0], "receipts/round-1.json"), 60));
-        ft_sleep_ms(2500);
+        CHECK_OK(harness_wait_file(ts_in(path, f.node[0].state, "receipts/round-1.json"), 60));
+        harness_sleep_ms(2500);
         json_t *early = ft_round_metrics(&f, 1);
         CHECK_MSG(early == NULL, "round 1 closed below its quorum");
         json_decref(early);
-        CHECK(ft_running(f.agg) && ft_running(f.node[0]));
+        CHECK(harness_running(&f.agg) && harness_running(&f.node[0].proc));
         /* A clean stop while waiting, and a restart that waits on (its
          * receipt is on disk: nothing is trained or sent again). */
-        kill(f.node[0], SIGTERM);
-        CHECK(ft_wait(f.node[0], 10) == 128 + SIGTERM);
-        CHECK(ft_contains(f.node_log[0], "stopping on signal 15"));
+        kill(f.node[0].proc.pid, SIGTERM);
+        CHECK(harness_wait(&f.node[0].proc, 10) == 128 + SIGTERM);
+        CHECK(ts_contains(f.node[0].log, "stopping on signal 15"));
         CHECK_OK(ft_start_node(&f, 0));
         CHECK_OK(ft_start_node(&f, 1)); /* the quorum arrives: the round closes */
         for (int i = 0; i < 2; i++)
-            CHECK_MSG(ft_wait(f.node[i], 60) == 0, "%s (see %s)", f.name[i], f.node_log[i]);
-        CHECK_MSG(ft_wait(f.agg, 30) == 0, "aggregator (see %s)", f.agg_log);
+            CHECK_MSG(harness_wait(&f.node[i].proc, 60) == 0, "%s (see %s)", f.node[i].name,
+                      f.node[i].log);
+        CHECK_MSG(harness_wait(&f.agg, 30) == 0, "aggregator (see %s)", f.agg_log);
         CHECK(ft_count_accepted(&f, 1) == 2);
-        char *log = ft_read(f.node_log[0]);
+        char *log = ts_read(f.node[0].log, NULL);
         int trained = 0;
         for (const char *q = log; q && (q = strstr(q, "round 1: training")); q++) trained++;
         CHECK_MSG(trained == 1, "the node trained round 1 %d times", trained);
@@ -126,8 +129,9 @@ static void below_quorum(const char *policy) {
         /* The round failed at its deadline, with at most this node's delta:
          * no version, and the federation (one round) is finished; the node
          * is told so and exits 0. */
-        CHECK_MSG(ft_wait(f.node[0], 60) == 0, "%s (see %s)", f.name[0], f.node_log[0]);
-        CHECK_MSG(ft_wait(f.agg, 30) == 0, "aggregator (see %s)", f.agg_log);
+        CHECK_MSG(harness_wait(&f.node[0].proc, 60) == 0, "%s (see %s)", f.node[0].name,
+                  f.node[0].log);
+        CHECK_MSG(harness_wait(&f.agg, 30) == 0, "aggregator (see %s)", f.agg_log);
         json_t *j = ft_round_metrics(&f, 1);
         CHECK(j != NULL);
         if (j) {

@@ -5,7 +5,7 @@
 #include "tests/federation/fed_test.h"
 #include "wire/payload.h"
 
-static char dir[] = "/tmp/fl_node_config_XXXXXX";
+static const char *dir;
 
 static const char *full =
     "keys = { dir = \"keys\"; name = \"uni-a\"; };\n"
@@ -34,28 +34,28 @@ static const char *minimal = "keys = { dir = \"/k\"; name = \"uni-b\"; };\n"
 
 /* Writes text (with one line replaced or added) and loads it. */
 static int load_with(const char *base, const char *find, const char *replace, node_config *c) {
-    char text[4096], path[FT_PATH];
+    char text[4096], path[TS_PATH];
     const char *at = find ? strstr(base, find) : NULL;
     if (find && !at) return err_set("test bug: '%s' not in the config", find);
     if (at)
         snprintf(text, sizeof text, "%.*s%s%s", (int)(at - base), base, replace, at + strlen(find));
     else
         snprintf(text, sizeof text, "%s%s", base, replace ? replace : "");
-    if (ft_write(ft_in(path, dir, "node.cfg"), text) != 0) return -1;
+    if (ts_write(ts_in(path, dir, "node.cfg"), text) != 0) return -1;
     return node_config_load(c, path);
 }
 
 int main(void) {
-    CHECK(mkdtemp(dir) != NULL);
+    dir = ts_dir();
     node_config c;
-    char want[FT_PATH];
+    char want[TS_PATH];
 
     CHECK_OK(load_with(full, NULL, NULL, &c));
     CHECK(strcmp(c.name, "uni-a") == 0);
-    CHECK(strcmp(c.keys_dir, ft_in(want, dir, "keys")) == 0);
-    CHECK(strcmp(c.base_model, ft_in(want, dir, "base")) == 0);
-    CHECK(strcmp(c.data, ft_in(want, dir, "d/data.jsonl")) == 0);
-    CHECK(strcmp(c.state_dir, ft_in(want, dir, "st")) == 0);
+    CHECK(strcmp(c.keys_dir, ts_in(want, dir, "keys")) == 0);
+    CHECK(strcmp(c.base_model, ts_in(want, dir, "base")) == 0);
+    CHECK(strcmp(c.data, ts_in(want, dir, "d/data.jsonl")) == 0);
+    CHECK(strcmp(c.state_dir, ts_in(want, dir, "st")) == 0);
     CHECK(strcmp(c.aggregator_id, "/etc/agg.id") == 0); /* absolute stays */
     CHECK(strcmp(c.endpoint, "tcp://127.0.0.1:7000") == 0);
     CHECK(c.eval_fraction == 0.25 && c.seed == 7 && c.batch == 2 && c.threads == 3);
@@ -87,12 +87,9 @@ int main(void) {
     CHECK_FAILS_WITH(load_with(minimal, NULL, "poll_ms = 1;\n", &c), "'poll_ms' must be from");
     CHECK_FAILS_WITH(load_with(minimal, NULL, "state = ;\n", &c), "node.cfg:7");
     CHECK_FAILS_WITH(load_with(minimal, "\"c1\"", "\"\"", &c), "consortium");
-    char missing[FT_PATH];
-    CHECK_FAILS_WITH(node_config_load(&c, ft_in(missing, dir, "none.cfg")),
+    char missing[TS_PATH];
+    CHECK_FAILS_WITH(node_config_load(&c, ts_in(missing, dir, "none.cfg")),
                      "cannot read node config");
 
-    char cmd[FT_PATH + 16];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
     return check_finish();
 }

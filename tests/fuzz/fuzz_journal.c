@@ -9,7 +9,9 @@
  *    one torn line (no newline but possibly its last byte): anything more is
  *    corruption, which must be refused, never skipped;
  *  - opening for appends cuts exactly that torn line, and a record appended
- *    then is replayed after the same good records on the next open.
+ *    then is replayed after the same good records on the next open;
+ *  - a record the grammar accepts (journal_record_decode) encodes back to a
+ *    text that decodes to the same record.
  * The file lives in /dev/shm (tmpfs) when there is one, so the fsyncs of
  * the append path cost nothing. */
 #include "aggregator/journal.h"
@@ -42,6 +44,12 @@ static int on_record(void *arg, const char *rec, size_t line) {
         __builtin_trap();
     r->pos += (size_t)n;
     r->records++;
+    journal_record a, b;
+    char text[JOURNAL_RECORD_MAX + 1];
+    if (journal_record_decode(rec, &a) == 0 &&
+        (journal_record_encode(&a, text) != 0 || journal_record_decode(text, &b) != 0 ||
+         memcmp(&a, &b, sizeof a) != 0))
+        __builtin_trap();
     return 0;
 }
 

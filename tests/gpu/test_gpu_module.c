@@ -18,7 +18,7 @@
  * GPU_MODULE_BUILT (tests/gpu/CMakeLists.txt) is 1 where the build made
  * libfedlora_cuda.so; it is then next to the fedlora binary. */
 #include "lora/gpu_load.h"
-#include "tests/train/train_util.h"
+#include "tests/support/ts_model.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -119,11 +119,11 @@ static void check_load_fails(const char *path, const char *needle1, const char *
 
 /* `fedlora train --device cuda` refused with the needles, nothing written. */
 static void check_train_refused(const char *tag, const char *needle1, const char *needle2) {
-    char out[TU_PATH], model_dir[TU_PATH], data[TU_PATH];
-    tu_path(out, tag);
-    int rc = tu_run(tag, "train", "--model", tu_path(model_dir, "no_model"), "--data",
-                    tu_path(data, "no_data.txt"), "--out", out, "--device", "cuda", NULL);
-    char *err = tu_output(tag, "err");
+    char out[TS_PATH], model_dir[TS_PATH], data[TS_PATH];
+    ts_path(out, "%s", tag);
+    int rc = ts_run(tag, "train", "--model", ts_path(model_dir, "no_model"), "--data",
+                    ts_path(data, "no_data.txt"), "--out", out, "--device", "cuda", NULL);
+    char *err = ts_output(tag, "err");
     printf("%s: exit %d: %s", tag, rc, err ? err : "(no stderr)\n");
     CHECK_MSG(rc == 1 && err && strstr(err, needle1) && strstr(err, needle2) &&
                   strstr(err, "use --device cpu"),
@@ -134,14 +134,13 @@ static void check_train_refused(const char *tag, const char *needle1, const char
 }
 
 int main(void) {
-    CHECK_OK(tu_init());
-    const char *bin = tu_bin();
-    char dir[TU_PATH], module[TU_PATH];
+    const char *bin = ts_bin();
+    char dir[TS_PATH], module[TS_PATH];
     snprintf(dir, sizeof dir, "%s", bin);
     char *slash = strrchr(dir, '/');
     CHECK_MSG(slash != NULL, "FEDLORA_BIN '%s' is not a path", bin);
     if (slash) *slash = '\0';
-    tu_in(module, dir, GPU_MODULE_FILE);
+    ts_in(module, dir, GPU_MODULE_FILE);
 
     /* The binary links no CUDA library. */
     needed_list l;
@@ -155,8 +154,8 @@ int main(void) {
         CHECK_MSG(!needs(&l, cuda_libs[i]), "%s links %s", bin, needs(&l, cuda_libs[i]));
 
     /* The loader's refusals, in this process. */
-    char junk[TU_PATH];
-    CHECK_OK(tu_write(tu_path(junk, GPU_MODULE_FILE), "not a shared object\n"));
+    char junk[TS_PATH];
+    CHECK_OK(ts_write(ts_path(junk, "%s", GPU_MODULE_FILE), "not a shared object\n"));
     check_load_fails("/nonexistent/" GPU_MODULE_FILE, "not found", GPU_LOAD_ENV);
     check_load_fails(junk, "cannot be loaded", "library path");
     Dl_info libm;
@@ -199,6 +198,5 @@ int main(void) {
     CHECK_MSG(!fio_exists(module), "%s exists in a build without the CUDA backend", module);
     check_train_refused("no_module", "not found next to", "this build has no CUDA backend");
 #endif
-    tu_cleanup();
     return check_finish();
 }

@@ -109,12 +109,8 @@ static lora_set *make_lora(model *m, double dropout) {
  * biases moved away from ones and zeros so that no formula hides behind
  * them. */
 static model *make_model(const model_config *cfg) {
-    model *m = NULL;
-    if (model_create(&m, cfg) != 0) {
-        fprintf(stderr, "model: %s\n", err_msg());
-        exit(1);
-    }
-    tiny_weights(m, 5);
+    model *m = tiny_model(cfg, 5);
+    if (!m) exit(check_finish());
     return m;
 }
 

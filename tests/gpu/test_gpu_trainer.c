@@ -36,7 +36,7 @@
 #include "lora/peft.h"
 #include "lora/trainer.h"
 #include "tests/gpu/gpu_measure.h"
-#include "tests/train/train_util.h"
+#include "tests/support/ts_model.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -48,7 +48,7 @@ enum { STEPS = 6, SAVE_EVERY = 3, STOP_AT = 4, STOPPED = 42 };
 static const double FP32_TOL = 1e-4, FP32_MOMENTS = 2e-4;
 static const double BF16_LOSS = 5e-3, BF16_NORM = 5e-2, BF16_ADAPTER = 5e-2;
 
-static char model_dir[TU_PATH], data_path[TU_PATH], tok_path[TU_PATH];
+static char model_dir[TS_PATH], data_path[TS_PATH], tok_path[TS_PATH];
 
 typedef struct {
     const char *device, *precision;
@@ -90,7 +90,7 @@ static int child(const job *j, const char *out) {
                             .vocab_size = 320,
                             .eval_fraction = 0.2,
                             .seed = 3};
-    char ckpt[TU_PATH];
+    char ckpt[TS_PATH];
     trainer_options t;
     trainer_options_init(&t);
     t.batch = 2;
@@ -105,7 +105,7 @@ static int child(const job *j, const char *out) {
     t.eval_every = SAVE_EVERY;
     t.log_every = 1;
     t.out_dir = out;
-    t.resume = j->resume ? tu_in(ckpt, out, "checkpoint") : NULL;
+    t.resume = j->resume ? ts_in(ckpt, out, "checkpoint") : NULL;
     t.device = j->device;
     t.precision = j->precision;
     stop_step = j->stop_at;
@@ -135,10 +135,10 @@ static int run_job(const job *j, const char *out) {
     if (pid < 0) return -1;
     if (pid == 0) {
         if (j->dist) {
-            char id[TU_PATH];
+            char id[TS_PATH];
             setenv(GPU_DIST_ENV_WORLD, "1", 1);
             setenv(GPU_DIST_ENV_RANK, "0", 1);
-            setenv(GPU_DIST_ENV_ID_FILE, tu_path(id, "nccl-id"), 1);
+            setenv(GPU_DIST_ENV_ID_FILE, ts_path(id, "nccl-id"), 1);
         }
         _exit(child(j, out));
     }
@@ -173,8 +173,8 @@ typedef struct {
 
 static void read_metrics(const char *out, metrics *mt) {
     memset(mt, 0, sizeof *mt);
-    char path[TU_PATH];
-    char *text = tu_read(tu_in(path, out, "metrics.jsonl"), NULL);
+    char path[TS_PATH];
+    char *text = ts_read(ts_in(path, out, "metrics.jsonl"), NULL);
     CHECK_MSG(text != NULL, "%s: no metrics", out);
     for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
         json_t *j = json_loads(line, 0, NULL);
@@ -256,7 +256,7 @@ static void compare_adapters(const char *what, const model *m, const char *dir, 
 /* AdamW's state in dir/optimizer.safetensors, through a CPU optimizer as a
  * resume reads it. */
 static adamw *load_optimizer(const model *m, const char *dir, lora_set **s) {
-    char path[TU_PATH];
+    char path[TS_PATH];
     *s = NULL;
     CHECK_OK(peft_load(s, m, dir));
     if (!*s || lora_want_grads(*s) != 0) return NULL;
@@ -267,14 +267,14 @@ static adamw *load_optimizer(const model *m, const char *dir, lora_set **s) {
     adamw_config_init(&oc);
     adamw *o = NULL;
     CHECK_OK(adamw_create(&o, params, n, &oc));
-    if (o) CHECK_OK(adamw_load(o, tu_in(path, dir, TRAINER_OPTIMIZER_FILE)));
+    if (o) CHECK_OK(adamw_load(o, ts_in(path, dir, TRAINER_OPTIMIZER_FILE)));
     return o;
 }
 
 /* The state file names the device and precision that wrote it. */
 static void check_state(const char *dir, const char *device, const char *precision) {
-    char path[TU_PATH];
-    json_t *j = json_load_file(tu_in(path, dir, TRAINER_STATE_FILE), 0, NULL);
+    char path[TS_PATH];
+    json_t *j = json_load_file(ts_in(path, dir, TRAINER_STATE_FILE), 0, NULL);
     const char *d = json_string_value(json_object_get(j, "device"));
     const char *p = json_string_value(json_object_get(j, "precision"));
     CHECK_MSG(d && p && !strcmp(d, device) && !strcmp(p, precision),
@@ -286,18 +286,18 @@ static void check_state(const char *dir, const char *device, const char *precisi
 /* The final checkpoints of a cpu and a cuda fp32 run: the same files, the
  * same adapter config, moments within fp32 bounds. */
 static void compare_checkpoints(const model *m, const char *cpu_out, const char *gpu_out) {
-    char a[TU_PATH], b[TU_PATH], pa[TU_PATH], pb[TU_PATH], ck[TU_PATH];
+    char a[TS_PATH], b[TS_PATH], pa[TS_PATH], pb[TS_PATH], ck[TS_PATH];
     snprintf(ck, sizeof ck, "checkpoint/step-%08d", STEPS);
-    tu_in(a, cpu_out, ck);
-    tu_in(b, gpu_out, ck);
+    ts_in(a, cpu_out, ck);
+    ts_in(b, gpu_out, ck);
     const char *files[] = {"adapter_config.json", "adapter_model.safetensors",
                            TRAINER_OPTIMIZER_FILE, TRAINER_STATE_FILE};
     for (int i = 0; i < 4; i++)
-        CHECK_MSG(fio_exists(tu_in(pa, a, files[i])) && fio_exists(tu_in(pb, b, files[i])),
+        CHECK_MSG(fio_exists(ts_in(pa, a, files[i])) && fio_exists(ts_in(pb, b, files[i])),
                   "%s missing in %s or %s", files[i], a, b);
-    CHECK(tu_same_file(tu_in(pa, a, "adapter_config.json"), tu_in(pb, b, "adapter_config.json")));
-    CHECK(tu_same_file(tu_in(pa, cpu_out, "adapter_config.json"),
-                       tu_in(pb, gpu_out, "adapter_config.json")));
+    CHECK(ts_same_file(ts_in(pa, a, "adapter_config.json"), ts_in(pb, b, "adapter_config.json")));
+    CHECK(ts_same_file(ts_in(pa, cpu_out, "adapter_config.json"),
+                       ts_in(pb, gpu_out, "adapter_config.json")));
     check_state(a, "cpu", "fp32");
     check_state(b, "cuda", "fp32");
     lora_set *sa = NULL, *sb = NULL;
@@ -318,13 +318,13 @@ static void compare_checkpoints(const model *m, const char *cpu_out, const char 
 
 static void check_identical(const char *what, const char *out, const metrics *a, const char *ref,
                             const metrics *b) {
-    char pa[TU_PATH], pb[TU_PATH];
+    char pa[TS_PATH], pb[TS_PATH];
     int same = 1;
     for (int s = 1; s <= STEPS; s++)
         same &= a->loss[s] == b->loss[s] && a->lr[s] == b->lr[s] && a->norm[s] == b->norm[s];
     for (int s = 0; s <= STEPS; s += SAVE_EVERY) same &= a->eval[s] == b->eval[s];
-    int files = tu_same_file(tu_in(pa, out, "adapter_model.safetensors"),
-                             tu_in(pb, ref, "adapter_model.safetensors"));
+    int files = ts_same_file(ts_in(pa, out, "adapter_model.safetensors"),
+                             ts_in(pb, ref, "adapter_model.safetensors"));
     printf("  %-34s metrics %s, adapter file %s\n", what, same ? "identical" : "DIFFER",
            files ? "identical" : "DIFFERS");
     CHECK_MSG(same && files, "%s: not bit for bit", what);
@@ -332,8 +332,8 @@ static void check_identical(const char *what, const char *out, const metrics *a,
 
 int main(void) {
     /* The module the build put next to the fedlora binary. */
-    char module[TU_PATH];
-    setenv(GPU_LOAD_ENV, tu_next_to_bin(module, GPU_MODULE_FILE), 0);
+    char module[TS_PATH];
+    setenv(GPU_LOAD_ENV, ts_next_to_bin(module, GPU_MODULE_FILE), 0);
     const gpu_api *gpu = gpu_load_api();
     if (!gpu) {
         fprintf(stderr, "%s\n", err_msg()); /* this build made the module: it must load */
@@ -343,30 +343,29 @@ int main(void) {
         printf("skipped: no CUDA device\n");
         return GPU_TEST_SKIP;
     }
-    CHECK_OK(tu_init());
-    CHECK_OK(tu_make_model(tu_path(model_dir, "base"), "llama", 0.1, 4, NULL));
-    tu_in(tok_path, model_dir, "tokenizer.json");
-    char path[TU_PATH];
-    char *text = tu_read(tu_corpus(path, "mixed.txt"), NULL);
+    CHECK_OK(ts_model_dir(ts_path(model_dir, "base"), "llama", 0.1, 4, NULL));
+    ts_in(tok_path, model_dir, "tokenizer.json");
+    char path[TS_PATH];
+    char *text = ts_read(ts_example(path, "corpus/mixed.txt"), NULL);
     CHECK_MSG(text != NULL, "cannot read %s", path);
-    CHECK_OK(tu_write(tu_path(data_path, "mixed.txt"), text ? text : ""));
+    CHECK_OK(ts_write(ts_path(data_path, "mixed.txt"), text ? text : ""));
     free(text);
     model *m = NULL;
     CHECK_OK(checkpoint_load(&m, model_dir));
     if (!m) return check_finish();
 
-    char cpu[TU_PATH], g32[TU_PATH], g16[TU_PATH], c2g[TU_PATH], g2c[TU_PATH], g2g[TU_PATH],
-        gd[TU_PATH];
+    char cpu[TS_PATH], g32[TS_PATH], g16[TS_PATH], c2g[TS_PATH], g2c[TS_PATH], g2g[TS_PATH],
+        gd[TS_PATH];
     const job cpu_job = {"cpu", NULL, 0, 0, 0}, g32_job = {"cuda", "fp32", 0, 0, 0};
-    run_ok(&cpu_job, tu_path(cpu, "cpu"), 0);
-    run_ok(&g32_job, tu_path(g32, "cuda_fp32"), 0);
-    run_ok(&(job){"cuda", "bf16", 0, 0, 0}, tu_path(g16, "cuda_bf16"), 0);
+    run_ok(&cpu_job, ts_path(cpu, "cpu"), 0);
+    run_ok(&g32_job, ts_path(g32, "cuda_fp32"), 0);
+    run_ok(&(job){"cuda", "bf16", 0, 0, 0}, ts_path(g16, "cuda_bf16"), 0);
     /* interrupted after step 4, resumed from the checkpoint of step 3 */
-    run_ok(&(job){"cpu", NULL, 0, STOP_AT, 0}, tu_path(c2g, "cpu_then_cuda"), STOPPED);
+    run_ok(&(job){"cpu", NULL, 0, STOP_AT, 0}, ts_path(c2g, "cpu_then_cuda"), STOPPED);
     run_ok(&(job){"cuda", "fp32", 1, 0, 0}, c2g, 0);
-    run_ok(&(job){"cuda", "fp32", 0, STOP_AT, 0}, tu_path(g2c, "cuda_then_cpu"), STOPPED);
+    run_ok(&(job){"cuda", "fp32", 0, STOP_AT, 0}, ts_path(g2c, "cuda_then_cpu"), STOPPED);
     run_ok(&(job){"cpu", NULL, 1, 0, 0}, g2c, 0);
-    run_ok(&(job){"cuda", "fp32", 0, STOP_AT, 0}, tu_path(g2g, "cuda_then_cuda"), STOPPED);
+    run_ok(&(job){"cuda", "fp32", 0, STOP_AT, 0}, ts_path(g2g, "cuda_then_cuda"), STOPPED);
     run_ok(&(job){"cuda", "fp32", 1, 0, 0}, g2g, 0);
 
     metrics mc, m32, m16, mc2g, mg2c, mg2g;
@@ -399,14 +398,13 @@ int main(void) {
 
     if (gpu->dist_supported()) {
         metrics md;
-        run_ok(&(job){"cuda", "fp32", 0, 0, 1}, tu_path(gd, "cuda_dist1"), 0);
+        run_ok(&(job){"cuda", "fp32", 0, 0, 1}, ts_path(gd, "cuda_dist1"), 0);
         read_metrics(gd, &md);
         check_identical("data parallel, 1 rank", gd, &md, g32, &m32);
-        CHECK_MSG(!fio_exists(tu_path(path, "nccl-id")), "the NCCL id file was left behind");
+        CHECK_MSG(!fio_exists(ts_path(path, "nccl-id")), "the NCCL id file was left behind");
     } else {
         printf("  (no NCCL in this build: the data-parallel run is not checked)\n");
     }
     model_free(m);
-    tu_cleanup();
     return check_finish();
 }

@@ -1,11 +1,13 @@
 /* lora_test.h — helpers shared by the LoRA tests: reference tensors from
- * expected.safetensors, HF labels to shifted targets, files compared. */
+ * expected.safetensors and HF labels to shifted targets (the rest is
+ * tests/support's). */
 #ifndef FL_TESTS_LORA_TEST_H
 #define FL_TESTS_LORA_TEST_H
 
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "tests/check.h"
+#include "tests/support/ts_model.h"
 #include "util/err.h"
 #include "util/fio.h"
 
@@ -56,39 +58,6 @@ static inline void lt_shift(int32_t *targets, const int32_t *labels, int B, int 
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
             targets[b * T + t] = t + 1 < T ? labels[b * T + t + 1] : MODEL_IGNORE_INDEX;
-}
-
-/* max |a − ref|. */
-static inline double lt_max_err(const real *a, const double *ref, int64_t n) {
-    double e = 0;
-    for (int64_t i = 0; i < n; i++) e = fmax(e, fabs((double)a[i] - ref[i]));
-    return e;
-}
-
-/* max |a − ref| / max |ref|. */
-static inline double lt_rel_err(const real *a, const double *ref, int64_t n) {
-    double e = 0, s = 0;
-    for (int64_t i = 0; i < n; i++) {
-        e = fmax(e, fabs((double)a[i] - ref[i]));
-        s = fmax(s, fabs(ref[i]));
-    }
-    return s > 0 ? e / s : e;
-}
-
-/* Are two files byte for byte the same? */
-static inline int lt_same_file(const char *a, const char *b) {
-    char *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    int same = fio_read_all(a, 1u << 28, &x, &nx) == 0 && fio_read_all(b, 1u << 28, &y, &ny) == 0 &&
-               nx == ny && memcmp(x, y, nx) == 0;
-    free(x);
-    free(y);
-    return same;
-}
-
-/* Writes text to path (a test input). */
-static inline int lt_write(const char *path, const char *text) {
-    return fio_write_atomic(path, text, strlen(text), 0644);
 }
 
 #endif

@@ -8,6 +8,7 @@
 #include "lora/peft.h"
 #include "tests/cpu/tiny.h"
 #include "tests/lora/lora_test.h"
+#include "tests/support/blas_merge.h"
 
 static model_config tiny_gpt2(void) {
     tiny_case c[TINY_MAX_CASES];
@@ -15,13 +16,6 @@ static model_config tiny_gpt2(void) {
     for (int i = 0; i < n; i++)
         if (c[i].cfg.family == MODEL_FAMILY_GPT2) g = i;
     return c[g].cfg;
-}
-
-static model *make_model(const model_config *cfg, uint64_t seed) {
-    model *m = NULL;
-    CHECK_OK(model_create(&m, cfg));
-    if (m) tiny_weights(m, seed);
-    return m;
 }
 
 /* Modules resolved for targets (NULL on error, message left in err_msg). */
@@ -37,7 +31,7 @@ static lora_set *resolve(const model *m, const char *targets, int rank) {
 
 static void test_targets(void) {
     model_config lc = tiny_llama(), gc = tiny_gpt2();
-    model *ll = make_model(&lc, 1), *g2 = make_model(&gc, 2);
+    model *ll = tiny_model(&lc, 1), *g2 = tiny_model(&gc, 2);
     if (!ll || !g2) goto done;
     int L = lc.num_layers;
     lora_set *s = resolve(ll, "q_proj,v_proj", 2);
@@ -166,7 +160,7 @@ done:
 
 static void test_init(void) {
     model_config lc = tiny_llama();
-    model *m = make_model(&lc, 3);
+    model *m = tiny_model(&lc, 3);
     if (!m) return;
     lora_config c;
     lora_config_init(&c);
@@ -234,7 +228,7 @@ static void test_init(void) {
     model_config other = lc;
     other.hidden_size = 24;
     other.head_dim = 6;
-    model *m2 = make_model(&other, 1);
+    model *m2 = tiny_model(&other, 1);
     if (m2) CHECK_FAILS_WITH(lora_attach(s1, m2), "made for another base");
     model_free(m2);
 done:
@@ -249,7 +243,7 @@ done:
 /* Dropout through one module's hook: A = e_0 (rank 1) makes u_n = x̃_n0. */
 static void test_dropout(void) {
     model_config lc = tiny_llama();
-    model *m = make_model(&lc, 4);
+    model *m = tiny_model(&lc, 4);
     if (!m) return;
     lora_config c;
     lora_config_init(&c);
@@ -308,7 +302,7 @@ done:
  * in backward: the same gradients as one chunk. */
 static void test_chunks(void) {
     model_config lc = tiny_llama();
-    model *m = make_model(&lc, 5);
+    model *m = tiny_model(&lc, 5);
     if (!m) return;
     int B = 5, T = 60, N = B * T; /* 300 rows > the 256 reserved by default */
     int32_t *tok = malloc((size_t)N * sizeof *tok), *tgt = malloc((size_t)N * sizeof *tgt);
@@ -422,7 +416,7 @@ static void test_adamw(void) {
         CHECK(o2->step == 4 && x[0] == y[0]);
         CHECK_OK(adamw_save(o, "adamw_a.safetensors"));
         CHECK_OK(adamw_save(o2, "adamw_b.safetensors"));
-        CHECK(lt_same_file("adamw_a.safetensors", "adamw_b.safetensors"));
+        CHECK(ts_same_file("adamw_a.safetensors", "adamw_b.safetensors"));
     }
     adamw_free(o2);
     /* Another configuration (other shapes) is refused. */
@@ -467,11 +461,11 @@ static void test_delta(void) {
     real W[OUT * IN];
     double ref[OUT * IN];
     for (int i = 0; i < OUT * IN; i++) ref[i] = W[i] = (real)tiny_uniform(&seed);
-    CHECK_OK(delta_product(W, IN, OUT, IN, K, (const real *const *)B, (const real *const *)A, rank,
-                           coef));
+    CHECK_OK(ts_blas_product(W, IN, OUT, IN, K, (const real *const *)B, (const real *const *)A,
+                             rank, coef));
     naive_sum(ref, OUT, IN, K, B, A, rank, coef);
-    CHECK_MSG(lt_max_err(W, ref, OUT * IN) < 1e-5, "product merge vs sum of deltas: %g",
-              lt_max_err(W, ref, OUT * IN));
+    CHECK_MSG(ts_max_err(W, ref, OUT * IN) < 1e-5, "product merge vs sum of deltas: %g",
+              ts_max_err(W, ref, OUT * IN));
 
     /* Averaging A and B separately is not the same update (K adapters of rank 2). */
     int r2[K] = {2, 2, 2};
@@ -485,12 +479,12 @@ static void test_delta(void) {
         B2p[k] = B2[k];
     }
     real Wp[OUT * IN] = {0}, Am[2 * IN] = {0}, Bm[OUT * 2] = {0};
-    CHECK_OK(delta_product(Wp, IN, OUT, IN, K, (const real *const *)B2p, (const real *const *)A2p,
-                           r2, p));
+    CHECK_OK(ts_blas_product(Wp, IN, OUT, IN, K, (const real *const *)B2p, (const real *const *)A2p,
+                             r2, p));
     double sum[OUT * IN] = {0}, avg[OUT * IN] = {0}, diff = 0, norm = 0;
     naive_sum(sum, OUT, IN, K, B2p, A2p, r2, p);
-    CHECK_MSG(lt_max_err(Wp, sum, OUT * IN) < 1e-5, "mean of products: %g",
-              lt_max_err(Wp, sum, OUT * IN));
+    CHECK_MSG(ts_max_err(Wp, sum, OUT * IN) < 1e-5, "mean of products: %g",
+              ts_max_err(Wp, sum, OUT * IN));
     for (int k = 0; k < K; k++) {
         for (int j = 0; j < 2 * IN; j++) Am[j] += A2[k][j] / K;
         for (int j = 0; j < OUT * 2; j++) Bm[j] += B2[k][j] / K;
@@ -504,7 +498,7 @@ static void test_delta(void) {
         norm += (double)Wp[i] * Wp[i];
     }
     CHECK_MSG(sqrt(diff) > 0.1 * sqrt(norm), "mean(B)·mean(A) should differ from mean(B·A)");
-    CHECK_FAILS_WITH(delta_product(W, IN, OUT, IN, 0, NULL, NULL, NULL, NULL), "no adapters");
+    CHECK_FAILS_WITH(ts_blas_product(W, IN, OUT, IN, 0, NULL, NULL, NULL, NULL), "no adapters");
     for (int k = 0; k < K; k++) {
         free(A[k]);
         free(B[k]);
@@ -513,7 +507,7 @@ static void test_delta(void) {
     /* On a model: dense deltas, merge of one set, product merge of two sets
      * with different ranks and partly different targets. */
     model_config gc = tiny_gpt2();
-    model *m = make_model(&gc, 6), *m1 = make_model(&gc, 6), *m2 = make_model(&gc, 6);
+    model *m = tiny_model(&gc, 6), *m1 = tiny_model(&gc, 6), *m2 = tiny_model(&gc, 6);
     lora_set *s1 = NULL, *s2 = NULL;
     lora_config c;
     lora_config_init(&c);
@@ -555,7 +549,7 @@ static void test_delta(void) {
     /* delta_merge: W += s·B·A on every targeted weight, nothing else. */
     CHECK_OK(delta_merge(m1, s1));
     const double weights[2] = {0.25, 0.75};
-    CHECK_OK(delta_merge_product(m2, sets, weights, 2));
+    CHECK_OK(ts_blas_merge(m2, sets, weights, 2));
     double e1 = 0, e2 = 0;
     for (int i = 0; i < m->n_params; i++) {
         model_param *p = &m->params[i], *q1 = &m1->params[i], *q2 = &m2->params[i];
@@ -574,8 +568,8 @@ static void test_delta(void) {
             if (k == 0) naive_sum(w1, md->out, md->in, 1, &Bk, &Ak, &md->rank, &c1);
             naive_sum(w2, md->out, md->in, 1, &Bk, &Ak, &md->rank, &c2);
         }
-        e1 = fmax(e1, lt_max_err(q1->data, w1, p->numel));
-        e2 = fmax(e2, lt_max_err(q2->data, w2, p->numel));
+        e1 = fmax(e1, ts_max_err(q1->data, w1, p->numel));
+        e2 = fmax(e2, ts_max_err(q2->data, w2, p->numel));
         free(w1);
         free(w2);
     }
@@ -584,10 +578,10 @@ static void test_delta(void) {
     model_config other = gc;
     other.hidden_size = 32;
     other.head_dim = 16;
-    model *m3 = make_model(&other, 1);
+    model *m3 = tiny_model(&other, 1);
     if (m3) {
         CHECK_FAILS_WITH(delta_merge(m3, s1), "made for another base");
-        CHECK_FAILS_WITH(delta_merge_product(m3, sets, weights, 2), "made for another base");
+        CHECK_FAILS_WITH(ts_blas_merge(m3, sets, weights, 2), "made for another base");
     }
     model_free(m3);
 done:
@@ -636,7 +630,7 @@ static const char *const WANT_JSON = "{\n"
 
 static void test_peft_config(void) {
     model_config lc = tiny_llama();
-    model *m = make_model(&lc, 7);
+    model *m = tiny_model(&lc, 7);
     lora_config c, back;
     lora_config_init(&c);
     lora_set *s = NULL, *s2 = NULL;

@@ -71,7 +71,7 @@ static void check_grads(const char *name, lora_set *s, const safetensors_file *e
         snprintf(key, sizeof key, "grad.%s", p->name);
         double *ref = lt_read(exp, key, p->numel);
         if (!ref) continue;
-        double e = lt_rel_err(p->grad, ref, p->numel);
+        double e = ts_rel_err(p->grad, ref, p->numel);
         CHECK_MSG(e < 1e-4, "%s: gradient of %s: relative error %.3g", name, p->name, e);
         worst = fmax(worst, e);
         free(ref);
@@ -130,7 +130,7 @@ static void train5(const char *name, model *m, lora_set *s, const safetensors_fi
         snprintf(key, sizeof key, "step5.%s", params[i]->name);
         double *ref = lt_read(exp, key, params[i]->numel);
         if (!ref) continue;
-        double e = lt_max_err(params[i]->data, ref, params[i]->numel);
+        double e = ts_max_err(params[i]->data, ref, params[i]->numel);
         CHECK_MSG(e < 1e-5, "%s: %s after 5 AdamW steps: max abs error %.3g", name, params[i]->name,
                   e);
         worst = fmax(worst, e);
@@ -165,7 +165,7 @@ static void roundtrip(const char *name, const char *kind, const model *m, const 
     for (int i = 0; i < 2; i++) {
         snprintf(f1, sizeof f1, "%s/%s", d1, files[i]);
         snprintf(f2, sizeof f2, "%s/%s", d2, files[i]);
-        CHECK_MSG(lt_same_file(f1, f2), "%s: %s differs after a read and a write", name, files[i]);
+        CHECK_MSG(ts_same_file(f1, f2), "%s: %s differs after a read and a write", name, files[i]);
     }
     lora_free(back);
 }
@@ -227,7 +227,7 @@ static void merge_check(const char *name, const char *base_dir, const lora_set *
     CHECK_OK(model_acts_create(&a, m2, B, T));
     if (a && logits) {
         forward(m2, a, tok, NULL, logits, n, &nt);
-        double e1 = 0, e2 = lt_max_err(logits, peft_logits, n);
+        double e1 = 0, e2 = ts_max_err(logits, peft_logits, n);
         for (int64_t i = 0; i < n; i++) e1 = fmax(e1, fabs((double)logits[i] - adapter_logits[i]));
         CHECK_MSG(e1 < 1e-5, "%s: merged logits vs base+adapter: max abs error %.3g", name, e1);
         CHECK_MSG(e2 < 1e-5, "%s: merged logits vs PEFT: max abs error %.3g", name, e2);
@@ -273,15 +273,15 @@ static void bad_inputs(const peft_case *c, const char *fixtures, const model *m,
     snprintf(dir, sizeof dir, OUT_DIR "/ia3_%s", c->name);
     CHECK_OK(fio_mkdirs(dir, 0755));
     snprintf(path, sizeof path, "%s/" PEFT_CONFIG_FILE, dir);
-    CHECK_OK(lt_write(path, "{\"peft_type\": \"IA3\", \"target_modules\": [\"k_proj\"]}"));
+    CHECK_OK(ts_write(path, "{\"peft_type\": \"IA3\", \"target_modules\": [\"k_proj\"]}"));
     CHECK_FAILS_WITH(peft_load(&s, m, dir), "unknown peft_type \"IA3\"");
-    CHECK_OK(lt_write(path, "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, "
+    CHECK_OK(ts_write(path, "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, "
                             "\"use_dora\": true, \"target_modules\": [\"k_proj\"]}"));
     CHECK_FAILS_WITH(peft_load(&s, m, dir), "\"use_dora\" is set");
-    CHECK_OK(lt_write(path, "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, "
+    CHECK_OK(ts_write(path, "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, "
                             "\"target_modules\": \"all-linear\"}"));
     CHECK_FAILS_WITH(peft_load(&s, m, dir), "has no adapter_model.safetensors");
-    CHECK_OK(lt_write(path, "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8,"));
+    CHECK_OK(ts_write(path, "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8,"));
     CHECK_FAILS_WITH(peft_load(&s, m, dir), "invalid JSON");
 
     /* A config that targets fewer modules than the file holds. */
@@ -366,7 +366,7 @@ static void run_case(const char *fixtures, const peft_case *c) {
     CHECK_OK(model_acts_create(&a, m, B, T));
     if (!a) goto done;
     double loss = forward(m, a, tok, tgt, logits, n, &nt);
-    double le = lt_max_err(logits, ref_logits, n);
+    double le = ts_max_err(logits, ref_logits, n);
     CHECK_MSG(le < 1e-5, "%s: logits with the PEFT adapter: max abs error %.3g", c->name, le);
     CHECK_MSG(fabs(loss - ref_loss[0]) < 1e-5, "%s: loss %.7f vs PEFT %.7f", c->name, loss,
               ref_loss[0]);
@@ -384,7 +384,7 @@ static void run_case(const char *fixtures, const peft_case *c) {
     real *base_logits = malloc((size_t)n * sizeof *base_logits);
     if (base_logits) {
         forward(m, a, tok, NULL, base_logits, n, &nt);
-        double be = lt_max_err(base_logits, ref_base, n);
+        double be = ts_max_err(base_logits, ref_base, n);
         CHECK_MSG(be < 1e-5, "%s: base logits after detach: max abs error %.3g", c->name, be);
         free(base_logits);
     }

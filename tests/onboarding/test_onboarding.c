@@ -24,6 +24,7 @@
 #include "node/init.h"
 #include "node/node.h"
 #include "tests/federation/fed_test.h"
+#include "tests/support/ts_model.h"
 #include "util/hex.h"
 #include "wire/roster.h"
 
@@ -34,7 +35,7 @@
 /* ---- a fake aggregator ------------------------------------------------------------ */
 
 typedef struct {
-    void *ctx, *sock;
+    transport *sock;
     char endpoint[256];
     pthread_t thread;
     pthread_mutex_t lock;
@@ -133,8 +134,7 @@ static int fake_start(fake_agg *f) {
     transport_opts_default(&o);
     o.recv_timeout_ms = 50;
     o.linger_ms = 0;
-    f->ctx = zmq_ctx_new();
-    if (!f->ctx || transport_router(f->ctx, "tcp://127.0.0.1:*", &o, &f->sock) != 0 ||
+    if (transport_router(&f->sock, "tcp://127.0.0.1:*", &o) != 0 ||
         transport_endpoint(f->sock, f->endpoint, sizeof f->endpoint) != 0)
         return -1;
     return pthread_create(&f->thread, NULL, fake_run, f) == 0 ? 0 : err_set("pthread_create");
@@ -146,7 +146,6 @@ static void fake_stop(fake_agg *f) {
     pthread_mutex_unlock(&f->lock);
     pthread_join(f->thread, NULL);
     transport_close(f->sock);
-    zmq_ctx_term(f->ctx);
     free(f->roster);
     pthread_mutex_destroy(&f->lock);
 }
@@ -182,32 +181,11 @@ static int fake_serve_roster(fake_agg *f, const char *path) {
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
-static char root[] = "/tmp/fl_onboarding_XXXXXX";
+static const char *root;
 
 /* Runs `fedlora ARGS...` (NULL-terminated) with stdin from /dev/null (so
- * never a terminal) and stdout + stderr into log; its exit status. */
-static int run_fedlora(const char *log, ...) {
-    const char *argv[32] = {"fedlora"};
-    int n = 1;
-    va_list ap;
-    va_start(ap, log);
-    for (const char *a; n < 31 && (a = va_arg(ap, const char *));) argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    unlink(log);
-    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return -1;
-    fflush(NULL);
-    pid_t p = fork();
-    if (p == 0) {
-        int in = open("/dev/null", O_RDONLY);
-        if (in < 0 || dup2(in, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0) _exit(127);
-        execv(ft_bin(), (char *const *)argv);
-        _exit(127);
-    }
-    close(fd);
-    return ft_wait(p, 120);
-}
+ * never a terminal) and stdout + stderr into log (new); its exit status. */
+#define run_fedlora(log, ...) (unlink(log), ft_run((log), 120, __VA_ARGS__))
 
 static unsigned mode_of(const char *path) {
     struct stat st;
@@ -252,7 +230,7 @@ static const char *todo(const doctor_report *r, const char *check, doctor_status
  * one piece of text replaced (replace NULL: the line holding `find` dropped). */
 static int config_variant(const char *config, const char *out, const char *find,
                           const char *replace) {
-    char *text = ft_read(config);
+    char *text = ts_read(config, NULL);
     if (!text) return err_set("cannot read %s", config);
     char *at = strstr(text, find), buf[16384];
     if (!at) {
@@ -267,7 +245,7 @@ static int config_variant(const char *config, const char *out, const char *find,
         snprintf(buf, sizeof buf, "%.*s%s", (int)(bol - text), text, eol ? eol + 1 : "");
     }
     free(text);
-    return ft_write(out, buf);
+    return ts_write(out, buf);
 }
 
 /* A roster of consortium CONSORTIUM signed by admin (dir/name), listing the
@@ -305,8 +283,8 @@ static void fp_of_id(const char *path, uint8_t fp[32]) {
 
 /* ---- node init ----------------------------------------------------------------------- */
 
-static char base[FT_PATH], data[FT_PATH], agg_id[FT_PATH], admin_dir[FT_PATH], rogue_dir[FT_PATH],
-    node_dir[FT_PATH], node_cfg[FT_PATH], node_id[FT_PATH], other_id[FT_PATH],
+static char base[TS_PATH], data[TS_PATH], agg_id[TS_PATH], admin_dir[TS_PATH], rogue_dir[TS_PATH],
+    node_dir[TS_PATH], node_cfg[TS_PATH], node_id[TS_PATH], other_id[TS_PATH],
     admin_text[KEYS_FP_TEXT_LEN];
 static uint8_t admin_fp[32];
 
@@ -345,10 +323,10 @@ static void test_init_library(void) {
 
     /* A failure halfway (state is a file, after the keys were written)
      * leaves nothing behind. */
-    char out[FT_PATH], p[FT_PATH];
-    ft_in(out, root, "halfway");
+    char out[TS_PATH], p[TS_PATH];
+    ts_in(out, root, "halfway");
     CHECK_OK(fio_mkdirs(out, 0755));
-    CHECK_OK(ft_write(ft_in(p, out, "state"), "not a directory\n"));
+    CHECK_OK(ts_write(ts_in(p, out, "state"), "not a directory\n"));
     o = (node_init_options){.name = "uni-h",
                             .out = out,
                             .consortium = CONSORTIUM,
@@ -359,33 +337,33 @@ static void test_init_library(void) {
                             .data = data};
     node_init_result res;
     CHECK(node_init_create(&o, &res) != 0);
-    CHECK(!fio_exists(ft_in(p, out, "keys/uni-h.sign.pem")));
-    CHECK(!fio_exists(ft_in(p, out, "keys/uni-h.id")));
-    CHECK(!fio_exists(ft_in(p, out, "keys")));
-    CHECK(!fio_exists(ft_in(p, out, "aggregator.id")));
-    CHECK(!fio_exists(ft_in(p, out, "node.cfg")));
-    CHECK(fio_exists(ft_in(p, out, "state"))); /* not ours: left alone */
+    CHECK(!fio_exists(ts_in(p, out, "keys/uni-h.sign.pem")));
+    CHECK(!fio_exists(ts_in(p, out, "keys/uni-h.id")));
+    CHECK(!fio_exists(ts_in(p, out, "keys")));
+    CHECK(!fio_exists(ts_in(p, out, "aggregator.id")));
+    CHECK(!fio_exists(ts_in(p, out, "node.cfg")));
+    CHECK(fio_exists(ts_in(p, out, "state"))); /* not ours: left alone */
 }
 
 static void test_init_cli(const char *endpoint) {
-    char log[FT_PATH], p[FT_PATH];
-    ft_in(log, root, "init.log");
+    char log[TS_PATH], p[TS_PATH];
+    ts_in(log, root, "init.log");
     int rc = run_fedlora(log, "node", "init", "--name", "uni-x", "--out", node_dir, "--consortium",
                          CONSORTIUM, "--aggregator", endpoint, "--aggregator-id", agg_id, "--admin",
                          admin_text, "--base-model", base, "--data", data, NULL);
     CHECK_MSG(rc == 0, "node init exited %d", rc);
-    char *out = ft_read(log);
+    char *out = ts_read(log, NULL);
     CHECK(out != NULL);
     if (rc != 0 && out) fprintf(stderr, "%s", out);
 
     /* Keys like keygen's: private 0600 in a 0700 directory, the .id public. */
-    CHECK(mode_of(ft_in(p, node_dir, "keys/uni-x.sign.pem")) == 0600);
-    CHECK(mode_of(ft_in(p, node_dir, "keys/uni-x.kx.pem")) == 0600);
-    CHECK(mode_of(ft_in(p, node_dir, "keys")) == 0700);
+    CHECK(mode_of(ts_in(p, node_dir, "keys/uni-x.sign.pem")) == 0600);
+    CHECK(mode_of(ts_in(p, node_dir, "keys/uni-x.kx.pem")) == 0600);
+    CHECK(mode_of(ts_in(p, node_dir, "keys")) == 0700);
     CHECK(mode_of(node_id) == 0644);
-    CHECK(mode_of(ft_in(p, node_dir, "state")) == 0700);
+    CHECK(mode_of(ts_in(p, node_dir, "state")) == 0700);
     keys_secret k;
-    CHECK_OK(keys_load_secret(ft_in(p, node_dir, "keys"), "uni-x", &k));
+    CHECK_OK(keys_load_secret(ts_in(p, node_dir, "keys"), "uni-x", &k));
     uint8_t fp[32];
     char fp_text[KEYS_FP_TEXT_LEN], line[KEYS_FP_TEXT_LEN + 32];
     CHECK_OK(keys_fingerprint(&k.pub, fp));
@@ -397,7 +375,7 @@ static void test_init_cli(const char *endpoint) {
     free(out);
 
     /* The aggregator's identity is copied byte for byte. */
-    char *a = ft_read(agg_id), *b = ft_read(ft_in(p, node_dir, "aggregator.id"));
+    char *a = ts_read(agg_id, NULL), *b = ts_read(ts_in(p, node_dir, "aggregator.id"), NULL);
     CHECK(a && b && !strcmp(a, b));
     free(a);
     free(b);
@@ -408,18 +386,18 @@ static void test_init_cli(const char *endpoint) {
     CHECK(!strcmp(c.name, "uni-x") && !strcmp(c.consortium_name, CONSORTIUM));
     CHECK(!strcmp(c.endpoint, endpoint) && !strcmp(c.device, "cpu"));
     CHECK(c.has_admin && !memcmp(c.admin_fp, admin_fp, 32));
-    char want[FT_PATH], *real = realpath(base, NULL);
+    char want[TS_PATH], *real = realpath(base, NULL);
     CHECK(real && !strcmp(c.base_model, real));
     free(real);
-    CHECK(!strcmp(c.keys_dir, ft_in(want, node_dir, "keys")));
-    CHECK(!strcmp(c.state_dir, ft_in(want, node_dir, "state")));
-    CHECK(!strcmp(c.aggregator_id, ft_in(want, node_dir, "aggregator.id")));
-    char *cfg = ft_read(node_cfg);
+    CHECK(!strcmp(c.keys_dir, ts_in(want, node_dir, "keys")));
+    CHECK(!strcmp(c.state_dir, ts_in(want, node_dir, "state")));
+    CHECK(!strcmp(c.aggregator_id, ts_in(want, node_dir, "aggregator.id")));
+    char *cfg = ts_read(node_cfg, NULL);
     CHECK(cfg && strstr(cfg, "# The consortium admin's identity fingerprint")); /* commented */
     free(cfg);
     /* The admin key: optional, and when given a whole fingerprint. */
-    char variant[FT_PATH];
-    ft_in(variant, node_dir, "variant.cfg");
+    char variant[TS_PATH];
+    ts_in(variant, node_dir, "variant.cfg");
     CHECK_OK(config_variant(node_cfg, variant, "admin = ", NULL));
     CHECK_OK(node_config_load(&c, variant));
     CHECK(!c.has_admin);
@@ -428,15 +406,15 @@ static void test_init_cli(const char *endpoint) {
     unlink(variant);
 
     /* Never overwrite: a second run fails and changes nothing. */
-    char *key_before = ft_read(ft_in(p, node_dir, "keys/uni-x.sign.pem"));
-    char *cfg_before = ft_read(node_cfg);
+    char *key_before = ts_read(ts_in(p, node_dir, "keys/uni-x.sign.pem"), NULL);
+    char *cfg_before = ts_read(node_cfg, NULL);
     rc = run_fedlora(log, "node", "init", "--name", "uni-x", "--out", node_dir, "--consortium",
                      "another", "--aggregator", endpoint, "--aggregator-id", agg_id, "--admin",
                      admin_text, "--base-model", base, "--data", data, NULL);
     CHECK(rc == 1);
-    CHECK(ft_contains(log, "already exists"));
-    char *key_after = ft_read(ft_in(p, node_dir, "keys/uni-x.sign.pem"));
-    char *cfg_after = ft_read(node_cfg);
+    CHECK(ts_contains(log, "already exists"));
+    char *key_after = ts_read(ts_in(p, node_dir, "keys/uni-x.sign.pem"), NULL);
+    char *cfg_after = ts_read(node_cfg, NULL);
     CHECK(key_before && key_after && !strcmp(key_before, key_after));
     CHECK(cfg_before && cfg_after && !strcmp(cfg_before, cfg_after));
     free(key_before);
@@ -445,13 +423,13 @@ static void test_init_cli(const char *endpoint) {
     free(cfg_after);
 
     /* No terminal: missing flags are an error naming them; nothing is made. */
-    char fresh[FT_PATH];
-    ft_in(fresh, root, "fresh");
+    char fresh[TS_PATH];
+    ts_in(fresh, root, "fresh");
     rc = run_fedlora(log, "node", "init", "--name", "uni-y", "--out", fresh, "--consortium",
                      CONSORTIUM, "--aggregator", endpoint, "--aggregator-id", agg_id,
                      "--base-model", base, NULL);
     CHECK(rc == 2);
-    CHECK(ft_contains(log, "missing --admin, --data"));
+    CHECK(ts_contains(log, "missing --admin, --data"));
     CHECK(!fio_exists(fresh));
 
     /* A bad value is refused naming its flag. */
@@ -459,7 +437,7 @@ static void test_init_cli(const char *endpoint) {
                      CONSORTIUM, "--aggregator", endpoint, "--aggregator-id", agg_id, "--admin",
                      "not a fingerprint", "--base-model", base, "--data", data, NULL);
     CHECK(rc == 1);
-    CHECK(ft_contains(log, "--admin"));
+    CHECK(ts_contains(log, "--admin"));
     CHECK(!fio_exists(fresh));
 }
 
@@ -472,16 +450,16 @@ static const char *const all_checks[] = {
 
 static void test_doctor(fake_agg *f) {
     doctor_report r = {0};
-    char roster_ok[FT_PATH], roster_rogue[FT_PATH], roster_without[FT_PATH],
-        roster_revoked[FT_PATH], variant[FT_PATH], p[FT_PATH];
+    char roster_ok[TS_PATH], roster_rogue[TS_PATH], roster_without[TS_PATH],
+        roster_revoked[TS_PATH], variant[TS_PATH], p[TS_PATH];
     const char *both[] = {other_id, node_id};
-    CHECK_OK(make_roster(ft_in(roster_ok, root, "roster-ok.txt"), admin_dir, "consortium-admin",
+    CHECK_OK(make_roster(ts_in(roster_ok, root, "roster-ok.txt"), admin_dir, "consortium-admin",
                          both, 2, NULL));
-    CHECK_OK(make_roster(ft_in(roster_rogue, root, "roster-rogue.txt"), rogue_dir, "rogue-admin",
+    CHECK_OK(make_roster(ts_in(roster_rogue, root, "roster-rogue.txt"), rogue_dir, "rogue-admin",
                          both, 2, NULL));
-    CHECK_OK(make_roster(ft_in(roster_without, root, "roster-without.txt"), admin_dir,
+    CHECK_OK(make_roster(ts_in(roster_without, root, "roster-without.txt"), admin_dir,
                          "consortium-admin", both, 1, NULL));
-    CHECK_OK(make_roster(ft_in(roster_revoked, root, "roster-revoked.txt"), admin_dir,
+    CHECK_OK(make_roster(ts_in(roster_revoked, root, "roster-revoked.txt"), admin_dir,
                          "consortium-admin", both, 2, "uni-x"));
 
     /* A good setup: every check ok, nothing else. */
@@ -498,16 +476,16 @@ static void test_doctor(fake_agg *f) {
     pthread_mutex_unlock(&f->lock);
 
     /* The same through the binary: exit 0, one line per finding. */
-    char log[FT_PATH];
-    ft_in(log, root, "doctor.log");
+    char log[TS_PATH];
+    ts_in(log, root, "doctor.log");
     int rc = run_fedlora(log, "doctor", "--config", node_cfg, "--timeout", "5", NULL);
     CHECK_MSG(rc == 0, "fedlora doctor exited %d", rc);
-    CHECK(ft_contains(log, "ok    keys: ") && ft_contains(log, "ok    roster: "));
-    CHECK(ft_contains(log, "0 warn, 0 FAIL"));
+    CHECK(ts_contains(log, "ok    keys: ") && ts_contains(log, "ok    roster: "));
+    CHECK(ts_contains(log, "0 warn, 0 FAIL"));
 
     /* A private key others can read: FAIL, saying chmod 600. */
-    char sign[FT_PATH], want[FT_PATH + 16];
-    ft_in(sign, node_dir, "keys/uni-x.sign.pem");
+    char sign[TS_PATH], want[TS_PATH + 16];
+    ts_in(sign, node_dir, "keys/uni-x.sign.pem");
     CHECK(chmod(sign, 0644) == 0);
     doctor(node_cfg, 5000, &r);
     CHECK_STATUS(&r, "keys", DOCTOR_FAIL);
@@ -516,20 +494,19 @@ static void test_doctor(fake_agg *f) {
     CHECK_STATUS(&r, "membership", DOCTOR_OK); /* the .id still says who we are */
     rc = run_fedlora(log, "doctor", "--config", node_cfg, "--timeout", "5", NULL);
     CHECK(rc == 1);
-    CHECK(ft_contains(log, "FAIL  keys: ") && ft_contains(log, want));
+    CHECK(ts_contains(log, "FAIL  keys: ") && ts_contains(log, want));
     CHECK(chmod(sign, 0600) == 0);
 
     /* Nothing listens: FAIL reachability, and no verdict on the rest. */
-    void *ctx = zmq_ctx_new(), *s = NULL;
+    transport *s = NULL;
     struct transport_opts to;
     transport_opts_default(&to);
     char dead[256] = "";
-    CHECK(ctx && transport_router(ctx, "tcp://127.0.0.1:*", &to, &s) == 0 &&
+    CHECK(transport_router(&s, "tcp://127.0.0.1:*", &to) == 0 &&
           transport_endpoint(s, dead, sizeof dead) == 0);
-    if (s) transport_close(s); /* the port is free again */
-    zmq_ctx_term(ctx);
+    transport_close(s); /* the port is free again */
     CHECK_OK(
-        config_variant(node_cfg, ft_in(variant, node_dir, "unreachable.cfg"), f->endpoint, dead));
+        config_variant(node_cfg, ts_in(variant, node_dir, "unreachable.cfg"), f->endpoint, dead));
     doctor(variant, 300, &r);
     CHECK_STATUS(&r, "reachability", DOCTOR_FAIL);
     CHECK(strstr(found(&r, "reachability", DOCTOR_FAIL), "cannot reach") != NULL);
@@ -546,7 +523,7 @@ static void test_doctor(fake_agg *f) {
     CHECK(strstr(todo(&r, "roster", DOCTOR_FAIL), "do not change the pin") != NULL);
 
     /* With no admin pinned, the same roster is only a warning. */
-    CHECK_OK(config_variant(node_cfg, ft_in(variant, node_dir, "unpinned.cfg"), "admin = ", NULL));
+    CHECK_OK(config_variant(node_cfg, ts_in(variant, node_dir, "unpinned.cfg"), "admin = ", NULL));
     doctor(variant, 5000, &r);
     CHECK_STATUS(&r, "roster", DOCTOR_WARN);
     CHECK(strstr(found(&r, "roster", DOCTOR_WARN), "pins no admin") != NULL);
@@ -593,7 +570,7 @@ static void test_doctor(fake_agg *f) {
     CHECK(doctor_count(&r, DOCTOR_FAIL) == 0);
 
     /* A config that does not load: one finding, nothing else checked. */
-    doctor(ft_in(p, root, "no-such.cfg"), 300, &r);
+    doctor(ts_in(p, root, "no-such.cfg"), 300, &r);
     CHECK(r.n == 1);
     CHECK_STATUS(&r, "config", DOCTOR_FAIL);
     doctor_report_free(&r);
@@ -609,24 +586,24 @@ static void test_real_aggregator(void) {
     fo.rounds = 1;
     fo.quorum = 1;
     CHECK_OK(ft_setup(&fed, "doctor", 2, &fo));
-    char log[FT_PATH], adm[FT_PATH], roster[FT_PATH], id[FT_PATH], fp_hex[65];
-    char fp_text[KEYS_FP_TEXT_LEN], dir[FT_PATH], cfg[FT_PATH], text[8192];
-    ft_in(log, fed.root, "cli.log");
-    ft_in(roster, fed.root, "roster.txt");
-    ft_in(adm, fed.keys, "admin");
+    char log[TS_PATH], adm[TS_PATH], roster[TS_PATH], id[TS_PATH], fp_hex[65];
+    char fp_text[KEYS_FP_TEXT_LEN], dir[TS_PATH], cfg[TS_PATH], text[8192];
+    ts_in(log, fed.root, "cli.log");
+    ts_in(roster, fed.root, "roster.txt");
+    ts_in(adm, fed.keys, "admin");
     uint8_t fp[32];
-    CHECK_OK(ft_keys(fed.keys, "admin"));
-    fp_of_id(ft_in(id, fed.keys, "admin.id"), fp);
+    CHECK_OK(harness_keys(fed.keys, "admin"));
+    fp_of_id(ts_in(id, fed.keys, "admin.id"), fp);
     hex_encode(fp, 32, fp_hex);
     keys_fingerprint_text(fp, fp_text);
-    snprintf(text, sizeof text, "%s.id", fed.name[0]);
+    snprintf(text, sizeof text, "%s.id", fed.node[0].name);
     CHECK(run_fedlora(log, "roster", "init", "--admin", adm, "--consortium", "fed-test", "--out",
                       roster, NULL) == 0);
     CHECK(run_fedlora(log, "roster", "add", "--roster", roster, "--admin", adm, "--member",
-                      ft_in(id, fed.keys, text), NULL) == 0);
+                      ts_in(id, fed.keys, text), NULL) == 0);
 
     /* The aggregator reads the roster instead of a member list. */
-    char *agg_cfg = ft_read(fed.agg_config);
+    char *agg_cfg = ts_read(fed.agg_config, NULL);
     char *members = agg_cfg ? strstr(agg_cfg, "members = [") : NULL;
     char *end = members ? strstr(members, "];\n") : NULL;
     CHECK(members && end);
@@ -639,15 +616,15 @@ static void test_real_aggregator(void) {
     snprintf(text, sizeof text, "%sroster = { file = \"../roster.txt\"; admin = \"%s\"; };\n%s",
              agg_cfg, fp_hex, end + 3);
     free(agg_cfg);
-    CHECK_OK(ft_write(fed.agg_config, text));
+    CHECK_OK(ts_write(fed.agg_config, text));
     CHECK_OK(ft_start_aggregator(&fed));
 
     /* The new university: node init, then doctor. */
-    ft_in(dir, fed.root, "uni-new");
-    ft_in(cfg, dir, "node.cfg");
+    ts_in(dir, fed.root, "uni-new");
+    ts_in(cfg, dir, "node.cfg");
     CHECK(run_fedlora(log, "node", "init", "--name", "uni-new", "--out", dir, "--consortium",
                       "fed-test", "--aggregator", fed.endpoint, "--aggregator-id",
-                      ft_in(id, fed.keys, "aggregator.id"), "--admin", fp_text, "--base-model",
+                      ts_in(id, fed.keys, "aggregator.id"), "--admin", fp_text, "--base-model",
                       fed.base, "--data", data, NULL) == 0);
     doctor_report r = {0};
     doctor(cfg, 5000, &r);
@@ -660,10 +637,10 @@ static void test_real_aggregator(void) {
 
     /* The admin adds it; the running aggregator takes the new version. */
     CHECK(run_fedlora(log, "roster", "add", "--roster", roster, "--admin", adm, "--member",
-                      ft_in(id, dir, "keys/uni-new.id"), NULL) == 0);
+                      ts_in(id, dir, "keys/uni-new.id"), NULL) == 0);
     int added = 0;
-    for (double t0 = ft_now(); !added && ft_now() - t0 < 60; ft_sleep_ms(50))
-        added = ft_contains(fed.agg_log, "added uni-new");
+    for (double t0 = harness_now(); !added && harness_now() - t0 < 60; harness_sleep_ms(50))
+        added = ts_contains(fed.agg_log, "added uni-new");
     CHECK_MSG(added, "the aggregator did not take roster version 3 (%s)", fed.agg_log);
     doctor(cfg, 5000, &r);
     for (size_t i = 0; i < N_CHECKS; i++) CHECK_STATUS(&r, all_checks[i], DOCTOR_OK);
@@ -677,22 +654,22 @@ static void test_real_aggregator(void) {
 
 int main(void) {
     umask(022); /* the modes asserted below are what keygen and init ask for */
-    CHECK(mkdtemp(root) != NULL);
-    char aggkeys[FT_PATH], others[FT_PATH];
-    CHECK_OK(ft_base_model(ft_in(base, root, "base"), "llama"));
-    CHECK_OK(ft_write(ft_in(data, root, "data.txt"), "one line of local text\nanother\n"));
-    CHECK_OK(ft_keys(ft_in(aggkeys, root, "aggregator-keys"), "aggregator"));
-    ft_in(agg_id, aggkeys, "aggregator.id");
-    CHECK_OK(ft_keys(ft_in(admin_dir, root, "admin"), "consortium-admin"));
-    CHECK_OK(ft_keys(ft_in(rogue_dir, root, "rogue"), "rogue-admin"));
-    CHECK_OK(ft_keys(ft_in(others, root, "others"), "uni-other"));
-    ft_in(other_id, others, "uni-other.id");
-    char p[FT_PATH];
-    fp_of_id(ft_in(p, admin_dir, "consortium-admin.id"), admin_fp);
+    root = ts_dir();
+    char aggkeys[TS_PATH], others[TS_PATH];
+    CHECK_OK(ts_model_dir(ts_in(base, root, "base"), "llama", 0.1, 1, NULL));
+    CHECK_OK(ts_write(ts_in(data, root, "data.txt"), "one line of local text\nanother\n"));
+    CHECK_OK(harness_keys(ts_in(aggkeys, root, "aggregator-keys"), "aggregator"));
+    ts_in(agg_id, aggkeys, "aggregator.id");
+    CHECK_OK(harness_keys(ts_in(admin_dir, root, "admin"), "consortium-admin"));
+    CHECK_OK(harness_keys(ts_in(rogue_dir, root, "rogue"), "rogue-admin"));
+    CHECK_OK(harness_keys(ts_in(others, root, "others"), "uni-other"));
+    ts_in(other_id, others, "uni-other.id");
+    char p[TS_PATH];
+    fp_of_id(ts_in(p, admin_dir, "consortium-admin.id"), admin_fp);
     keys_fingerprint_text(admin_fp, admin_text);
-    ft_in(node_dir, root, "uni-x");
-    ft_in(node_cfg, node_dir, "node.cfg");
-    ft_in(node_id, node_dir, "keys/uni-x.id");
+    ts_in(node_dir, root, "uni-x");
+    ts_in(node_cfg, node_dir, "node.cfg");
+    ts_in(node_id, node_dir, "keys/uni-x.id");
 
     fake_agg f;
     CHECK_OK(fake_start(&f));
@@ -702,12 +679,5 @@ int main(void) {
     fake_stop(&f);
     test_real_aggregator();
 
-    if (!check_failed && !getenv("KEEP")) {
-        char cmd[FT_PATH + 16];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", root);
-    } else {
-        fprintf(stderr, "files kept in %s\n", root);
-    }
     return check_finish();
 }

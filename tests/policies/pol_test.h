@@ -8,6 +8,7 @@
 #include "model/model.h"
 #include "policies/rng.h"
 #include "tests/check.h"
+#include "tests/support/ts_model.h"
 #include "util/err.h"
 
 #include <math.h>
@@ -19,10 +20,7 @@
  * v_proj 8 × 16), two layers, random weights. */
 static inline model *pt_model(void) {
     model_config c = tiny_llama();
-    model *m = NULL;
-    if (model_create(&m, &c) != 0) return NULL;
-    model_init_random(m, 7);
-    return m;
+    return ts_model(&c, 7);
 }
 
 /* An adapter on targets (comma list) with rank r, alpha, A and B filled with

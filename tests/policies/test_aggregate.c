@@ -1,15 +1,15 @@
 /* test_aggregate — a round's aggregation against direct computations:
- * the exact product merge (and its agreement with lora/delta.h), FedIT's
- * factor average and its error against the true average of products, the
- * rank-r SVD global adapter (exact when the rank allows, Eckart–Young
- * optimal otherwise), DP-FedAvg's clipping and noise, and which merges are
- * low rank: their update (the report's) is exactly what was applied. */
-#include "lora/delta.h"
+ * the exact product merge (and its agreement with the BLAS oracle,
+ * tests/support/blas_merge.h), FedIT's factor average and its error against the true average of
+ * products, the rank-r SVD global adapter (exact when the rank allows, Eckart–Young optimal
+ * otherwise), DP-FedAvg's clipping and noise, and which merges are low rank: their update (the
+ * report's) is exactly what was applied. */
 #include "lora/update.h"
 #include "policies/aggregate.h"
 #include "policies/svd.h"
 #include "policies/validate.h"
 #include "pol_test.h"
+#include "tests/support/blas_merge.h"
 
 #include <stdio.h>
 #include <unistd.h>
@@ -108,13 +108,12 @@ static void test_exact(void) {
               !memcmp(x->A, y->A, (size_t)x->in * 9 * sizeof(float)));
     }
     update_free(u);
-    /* ... and what delta_merge_product's BLAS GEMM gives, up to rounding. */
+    /* ... and what ts_blas_merge's BLAS GEMM gives, up to rounding. */
     model *m3 = pt_model();
-    CHECK_OK(delta_merge_product(m3, sets, f, 3));
+    CHECK_OK(ts_blas_merge(m3, sets, f, 3));
     double blas[768];
     diff_of(m3, sets[0], before, blas);
-    CHECK_MSG(rel_err(got, blas, n) < 1e-6, "exact vs delta_merge_product: %g",
-              rel_err(got, blas, n));
+    CHECK_MSG(rel_err(got, blas, n) < 1e-6, "exact vs ts_blas_merge: %g", rel_err(got, blas, n));
     model_free(m3);
     aggregate_report_free(&rep);
 
@@ -421,19 +420,16 @@ static model *check_factors(const char *what, const policy *p, aggregate_member 
         }
         if (u) CHECK_OK(update_apply(n, u));
         CHECK_MSG(same_model(m, n), "%s: the merge is not base + its update", what);
-        char dir[] = "/tmp/fl_pol_factors_XXXXXX", path[64];
+        char path[TS_PATH];
         update *v = NULL;
         model *o = pt_model();
-        CHECK(mkdtemp(dir) != NULL);
-        snprintf(path, sizeof path, "%s/u.safetensors", dir);
+        ts_path(path, "%s.safetensors", what);
         if (u) CHECK_OK(update_write(u, path));
         CHECK_OK(update_read(&v, path, o));
         if (v) CHECK_OK(update_apply(o, v));
         CHECK_MSG(v && same_model(m, o), "%s: the update file does not make the merge", what);
         update_free(v);
         model_free(o);
-        unlink(path);
-        rmdir(dir);
     }
     aggregate_report_free(&rep);
     model_free(n);

@@ -1,12 +1,12 @@
 /* test_mergekit — mergekit's methods on hand-computed task vectors, DARE's
  * drop statistics, and `fedlora merge` end to end on two PEFT adapters of
  * the llama and the apertus fixture bases (tests/fixtures/peft/<case> and a
- * changed copy), each method's output model checked against a direct
- * computation. */
+ * changed copy),
+ * each method's output model checked against a direct computation. */
 #include "lora/delta.h"
 #include "lora/peft.h"
 #include "policies/mergekit.h"
-#include "tests/train/train_util.h"
+#include "tests/support/ts_model.h"
 
 /* Two task vectors τ_1 = (4, −2, 1, 0.5), τ_2 = (−1, 3, 2, −0.5), weights (1, 0.5). */
 static void run_hand(mergekit_method m, double density, double lambda, const double *want) {
@@ -80,24 +80,14 @@ static void test_dare_stats(void) {
     free(again);
 }
 
-/* Every parameter of a and b within tol. */
-static double max_diff(const model *a, const model *b) {
-    double worst = 0;
-    for (int i = 0; i < a->n_params; i++)
-        for (int64_t j = 0; j < a->params[i].numel; j++)
-            worst = fmax(worst, fabs((double)a->params[i].data[j] - b->params[i].data[j]));
-    return worst;
-}
-
 /* `fedlora merge` on the PEFT fixture adapter `peft` of the hf fixture
  * `hf` (and a changed copy); usage errors once. */
 static void test_cli(const char *hf, const char *peft, int usage) {
     const char *fx = getenv("FEDLORA_FIXTURES");
-    char base[TU_PATH], a1[TU_PATH], a2[TU_PATH], out[TU_PATH], a2_name[64];
+    char base[TS_PATH], a1[TS_PATH], a2[TS_PATH], out[TS_PATH];
     snprintf(base, sizeof base, "%s/hf/%s", fx, hf);
     snprintf(a1, sizeof a1, "%s/peft/%s/adapter", fx, peft);
-    snprintf(a2_name, sizeof a2_name, "adapter2_%s", peft);
-    tu_path(a2, a2_name);
+    ts_path(a2, "adapter2_%s", peft);
     model *m = NULL;
     lora_set *s1 = NULL, *s2 = NULL;
     CHECK_OK(checkpoint_load(&m, base));
@@ -127,10 +117,10 @@ static void test_cli(const char *hf, const char *peft, int usage) {
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         char name[96];
         snprintf(name, sizeof name, "merged_%s_%s", peft, cases[c].method);
-        tu_path(out, name);
+        ts_path(out, "%s", name);
         const char *args[32];
         int n = 0;
-        args[n++] = tu_bin();
+        args[n++] = ts_bin();
         args[n++] = "merge";
         args[n++] = "--method";
         args[n++] = cases[c].method;
@@ -146,7 +136,7 @@ static void test_cli(const char *hf, const char *peft, int usage) {
         args[n++] = a1;
         args[n++] = a2;
         args[n] = NULL;
-        int rc = tu_run_v(name, args);
+        int rc = ts_run_v(name, args);
         CHECK_RUN_OK(rc, name);
         model *got = NULL, *want = NULL;
         CHECK_OK(checkpoint_load(&got, out));
@@ -155,7 +145,7 @@ static void test_cli(const char *hf, const char *peft, int usage) {
         double dens[2] = {cases[c].d, cases[c].d};
         mergekit_options o = {cases[c].m, cases[c].w, dens, cases[c].l, 7};
         CHECK_OK(mergekit_merge(want, sets, 2, &o));
-        double diff = max_diff(got, want);
+        double diff = ts_worst_model(got, want, NULL).diff;
         CHECK_MSG(diff == 0, "%s %s: fedlora merge differs from mergekit_merge by %g", peft,
                   cases[c].method, diff);
         if (cases[c].m == MERGEKIT_LINEAR || cases[c].m == MERGEKIT_TASK_ARITHMETIC) {
@@ -191,23 +181,23 @@ static void test_cli(const char *hf, const char *peft, int usage) {
         /* The merge changed the adapted weights and nothing else. */
         model_param *emb = model_find_param(got, "model.embed_tokens.weight");
         CHECK(emb && memcmp(emb->data, m->wte->data, (size_t)emb->numel * sizeof(real)) == 0);
-        CHECK(max_diff(got, m) > 1e-4);
+        CHECK(ts_worst_model(got, m, NULL).diff > 1e-4);
         model_free(got);
         model_free(want);
     }
 
     if (!usage) goto done;
     /* Usage errors. */
-    tu_path(out, "merged_bad");
-    int rc = tu_run("bad1", "merge", "--method", "linear", "--density", "0.5", "--model", base,
+    ts_path(out, "merged_bad");
+    int rc = ts_run("bad1", "merge", "--method", "linear", "--density", "0.5", "--model", base,
                     "--out", out, a1, a2, NULL);
     CHECK_RUN_FAILS(rc, "bad1", "--density applies to ties");
-    rc = tu_run("bad2", "merge", "--method", "slerp", "--model", base, "--out", out, a1, NULL);
+    rc = ts_run("bad2", "merge", "--method", "slerp", "--model", base, "--out", out, a1, NULL);
     CHECK_RUN_FAILS(rc, "bad2", "unknown --method 'slerp'");
-    rc = tu_run("bad3", "merge", "--method", "ties", "--weights", "1,2,3", "--model", base, "--out",
+    rc = ts_run("bad3", "merge", "--method", "ties", "--weights", "1,2,3", "--model", base, "--out",
                 out, a1, a2, NULL);
     CHECK_RUN_FAILS(rc, "bad3", "--weights gives more than the 2 values");
-    rc = tu_run("bad4", "merge", "--method", "ties", "--model", base, "--out", out, NULL);
+    rc = ts_run("bad4", "merge", "--method", "ties", "--model", base, "--out", out, NULL);
     CHECK(rc == 2);
 done:
     lora_free(s1);
@@ -216,13 +206,11 @@ done:
 }
 
 int main(void) {
-    if (tu_init() != 0) return 2;
     test_hand();
     test_dare_stats();
     test_cli("llama_gqa", "llama", 1);
     /* Apertus: QK-norm weights and xIELU's scalars (0-dimensional buffers)
      * stream through the merge unchanged */
     test_cli("apertus", "apertus", 0);
-    tu_cleanup();
     return check_finish();
 }

@@ -4,6 +4,7 @@
  * rollback to an older version, a flipped byte anywhere, a broken hash chain,
  * duplicate names or keys, malformed and non-canonical files. */
 #include "tests/check.h"
+#include "tests/support/ts.h"
 #include "util/err.h"
 #include "util/fio.h"
 #include "wire/keys.h"
@@ -19,13 +20,9 @@
 
 int cmd_roster(int argc, char **argv);
 
-static char dir[256];
+static char dir[TS_PATH];
 static char out_text[16384], err_text[16384];
 static uint8_t admin_fp[KEYS_FP_LEN];
-
-static void path_of(char *out, size_t n, const char *file) {
-    snprintf(out, n, "%s/%s", dir, file);
-}
 
 static void slurp_into(const char *path, char *buf, size_t cap) {
     char *text;
@@ -50,9 +47,9 @@ static int run(const char *first, ...) {
         argv[argc++] = (char *)a;
     va_end(ap);
     argv[argc] = NULL;
-    char po[512], pe[512];
-    path_of(po, sizeof po, "stdout.txt");
-    path_of(pe, sizeof pe, "stderr.txt");
+    char po[TS_PATH], pe[512];
+    ts_in(po, dir, "stdout.txt");
+    ts_in(pe, dir, "stderr.txt");
     fflush(stdout);
     fflush(stderr);
     int so = dup(1), se = dup(2);
@@ -75,15 +72,15 @@ static int run(const char *first, ...) {
 }
 
 static char *slurp(const char *file, size_t *len) {
-    char p[512], *text;
-    path_of(p, sizeof p, file);
+    char p[TS_PATH], *text;
+    ts_in(p, dir, file);
     return fio_read_all(p, 1 << 21, &text, len) == 0 ? text : NULL;
 }
 
 static void copy_file(const char *from, const char *to) {
     size_t len;
     char *text = slurp(from, &len), p[512];
-    path_of(p, sizeof p, to);
+    ts_in(p, dir, to);
     CHECK(text && fio_write_atomic(p, text, len, 0644) == 0);
     free(text);
 }
@@ -96,9 +93,10 @@ static void make_identity(const char *name) {
 }
 
 static void fp_of(const char *name, uint8_t fp[KEYS_FP_LEN], char text[KEYS_FP_TEXT_LEN]) {
-    char p[512];
+    char p[TS_PATH], file[KEYS_NAME_MAX + 8];
     keys_public pub;
-    snprintf(p, sizeof p, "%s/%s.id", dir, name);
+    snprintf(file, sizeof file, "%s.id", name);
+    ts_in(p, dir, file);
     CHECK_OK(keys_load_public(p, &pub));
     CHECK_OK(keys_fingerprint(&pub, fp));
     if (text) keys_fingerprint_text(fp, text);
@@ -106,13 +104,13 @@ static void fp_of(const char *name, uint8_t fp[KEYS_FP_LEN], char text[KEYS_FP_T
 
 /* Loads dir/file against the real admin. */
 static int load(const char *file, uint64_t min_version, roster *r) {
-    char p[512];
-    path_of(p, sizeof p, file);
+    char p[TS_PATH];
+    ts_in(p, dir, file);
     return roster_load(p, admin_fp, min_version, r);
 }
 
-static char P_ROSTER[512], P_ADMIN[512], P_MALLORY[512], ID_A[512], ID_B[512], ID_B2[512],
-    ID_C[512];
+static char P_ROSTER[TS_PATH], P_ADMIN[TS_PATH], P_MALLORY[TS_PATH], ID_A[TS_PATH], ID_B[TS_PATH],
+    ID_B2[TS_PATH], ID_C[TS_PATH];
 
 static void test_round_trip(void) {
     char admin_text[KEYS_FP_TEXT_LEN], a_text[KEYS_FP_TEXT_LEN];
@@ -191,8 +189,8 @@ static void test_round_trip(void) {
     CHECK(run("list", "--roster", P_ROSTER, "--admin-fingerprint", admin_text, NULL) == 0);
     CHECK(strstr(out_text, "matches --admin-fingerprint") &&
           strstr(out_text, "members: 3 (2 active)"));
-    char p5[512];
-    path_of(p5, sizeof p5, "v5");
+    char p5[TS_PATH];
+    ts_in(p5, dir, "v5");
     CHECK(run("verify", "--roster", P_ROSTER, "--admin-fingerprint", admin_text, "--min-version",
               "6", "--previous", p5, NULL) == 0);
     CHECK(strstr(out_text, "valid: version 6") && strstr(out_text, "follows the previous version"));
@@ -244,12 +242,12 @@ static void test_refusals_cli(void) {
     /* verify: wrong pin, rollback, wrong predecessor */
     CHECK(run("verify", "--roster", P_ROSTER, "--admin-fingerprint", mallory_text, NULL) == 1);
     CHECK(strstr(err_text, "not the pinned admin") != NULL);
-    path_of(p, sizeof p, "v3");
+    ts_in(p, dir, "v3");
     CHECK(run("verify", "--roster", p, "--admin-fingerprint", admin_text, "--min-version", "6",
               NULL) == 1);
     CHECK(strstr(err_text, "roster version 3 is older than version 6 in force: rollback refused"));
-    char p4[512];
-    path_of(p4, sizeof p4, "v4");
+    char p4[TS_PATH];
+    ts_in(p4, dir, "v4");
     CHECK(run("verify", "--roster", P_ROSTER, "--admin-fingerprint", admin_text, "--previous", p4,
               NULL) == 1);
     CHECK(strstr(err_text, "does not follow version 4") != NULL);
@@ -259,8 +257,8 @@ static void test_refusals_cli(void) {
 
 /* A roster made and signed by mallory, naming mallory as admin. */
 static void test_non_admin(void) {
-    char p[512];
-    path_of(p, sizeof p, "mallory.roster");
+    char p[TS_PATH];
+    ts_in(p, dir, "mallory.roster");
     CHECK(run("init", "--admin", P_MALLORY, "--consortium", "swiss llm", "--out", p, NULL) == 0);
     CHECK(run("add", "--roster", p, "--admin", P_MALLORY, "--member", ID_A, NULL) == 0);
     roster r;
@@ -334,7 +332,7 @@ static void test_tampered(void) {
 static void test_broken_chain(void) {
     roster v3, v4, alt;
     keys_secret k;
-    char p[512];
+    char p[TS_PATH];
     CHECK_OK(keys_load_secret(dir, "admin", &k));
     CHECK_OK(load("v3", 0, &v3));
     CHECK_OK(load("v4", 0, &v4));
@@ -342,7 +340,7 @@ static void test_broken_chain(void) {
     CHECK_OK(roster_next_version(&alt, 1700000000));
     memcpy(alt.previous, v3.hash, sizeof alt.previous); /* not v4's hash */
     CHECK_OK(roster_revoke(&alt, "uni-c", 1700000000));
-    path_of(p, sizeof p, "alt5");
+    ts_in(p, dir, "alt5");
     CHECK_OK(roster_write(&alt, &k, p));
     roster_free(&alt);
     CHECK_OK(load("alt5", 5, &alt)); /* signature and version are fine on their own */
@@ -355,8 +353,8 @@ static void test_broken_chain(void) {
     CHECK_FAILS_WITH(roster_check_chain(&other, &alt), "is for consortium 'swiss llm'");
     roster_free(&other);
 
-    char p4[512];
-    path_of(p4, sizeof p4, "v4");
+    char p4[TS_PATH];
+    ts_in(p4, dir, "v4");
     char admin_text[KEYS_FP_TEXT_LEN];
     keys_fingerprint_text(admin_fp, admin_text);
     CHECK(run("verify", "--roster", p, "--admin-fingerprint", admin_text, "--previous", p4, NULL) ==
@@ -371,7 +369,7 @@ static void test_broken_chain(void) {
 static void test_duplicates_and_rules(void) {
     roster r;
     keys_secret k;
-    char p[512];
+    char p[TS_PATH];
     CHECK_OK(keys_load_secret(dir, "admin", &k));
     CHECK_OK(load("v4", 0, &r));
     keys_public a = r.members[0].pub, renamed = a;
@@ -385,7 +383,7 @@ static void test_duplicates_and_rules(void) {
     /* Duplicates made behind the API's back: the writer and the parser refuse them. */
     roster_member saved = r.members[1];
     memcpy(r.members[1].name, "uni-a", 6);
-    path_of(p, sizeof p, "dup");
+    ts_in(p, dir, "dup");
     CHECK_FAILS_WITH(roster_write(&r, &k, p), "duplicate member name 'uni-a'");
     char *text;
     size_t len;
@@ -459,8 +457,8 @@ static void test_malformed(void) {
     free(text);
 
     roster r;
-    char p[512];
-    path_of(p, sizeof p, "missing-file");
+    char p[TS_PATH];
+    ts_in(p, dir, "missing-file");
     CHECK_FAILS_WITH(roster_load(p, admin_fp, 0, &r), "missing-file");
 }
 
@@ -500,20 +498,16 @@ static void test_helpers(void) {
 }
 
 int main(void) {
-    snprintf(dir, sizeof dir, "/tmp/fedlora-roster-XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    snprintf(dir, sizeof dir, "%s", ts_dir());
     const char *names[] = {"admin", "mallory", "uni-a", "uni-b", "uni-b2", "uni-c"};
     for (int i = 0; i < 6; i++) make_identity(names[i]);
-    path_of(P_ROSTER, sizeof P_ROSTER, "roster");
-    path_of(P_ADMIN, sizeof P_ADMIN, "admin");
-    path_of(P_MALLORY, sizeof P_MALLORY, "mallory");
-    path_of(ID_A, sizeof ID_A, "uni-a.id");
-    path_of(ID_B, sizeof ID_B, "uni-b.id");
-    path_of(ID_B2, sizeof ID_B2, "uni-b2.id");
-    path_of(ID_C, sizeof ID_C, "uni-c.id");
+    ts_in(P_ROSTER, dir, "roster");
+    ts_in(P_ADMIN, dir, "admin");
+    ts_in(P_MALLORY, dir, "mallory");
+    ts_in(ID_A, dir, "uni-a.id");
+    ts_in(ID_B, dir, "uni-b.id");
+    ts_in(ID_B2, dir, "uni-b2.id");
+    ts_in(ID_C, dir, "uni-c.id");
 
     test_round_trip();
     test_refusals_cli();
@@ -524,8 +518,5 @@ int main(void) {
     test_malformed();
     test_helpers();
 
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
     return check_finish();
 }

@@ -5,7 +5,7 @@
 #include "model/checkpoint.h"
 #include "model/safetensors.h"
 #include "tests/check.h"
-#include "tests/safetensors/tmpdir.h"
+#include "tests/support/ts.h"
 #include "util/err.h"
 
 #include <sys/stat.h>
@@ -43,7 +43,7 @@ static int same_values(const model *a, const model *b) {
 }
 
 static void round_trip(model *m, const char *dirname) {
-    const char *dir = tmp_path(dirname);
+    const char *dir = ts_tmp(dirname);
     CHECK_OK(checkpoint_save(m, dir, "float32"));
     model *back = NULL;
     CHECK_OK(checkpoint_load(&back, dir));
@@ -61,7 +61,7 @@ static void test_round_trips(void) {
         round_trip(m, "llama-untied");
         /* The untied head is stored. */
         safetensors_dir *d;
-        CHECK_OK(safetensors_dir_open(&d, tmp_path("llama-untied")));
+        CHECK_OK(safetensors_dir_open(&d, ts_tmp("llama-untied")));
         if (d) {
             CHECK(safetensors_dir_find(d, "lm_head.weight") != NULL);
             CHECK(safetensors_dir_count(d) == m->n_params);
@@ -73,7 +73,7 @@ static void test_round_trips(void) {
     if (m) {
         round_trip(m, "llama-tied");
         safetensors_file *f;
-        CHECK_OK(safetensors_open(&f, tmp_path("llama-tied/model.safetensors")));
+        CHECK_OK(safetensors_open(&f, ts_tmp("llama-tied/model.safetensors")));
         if (f) {
             /* save_pretrained leaves the tied head out; metadata as it writes. */
             CHECK(safetensors_find(f, "lm_head.weight") == NULL);
@@ -95,7 +95,7 @@ static void test_round_trips(void) {
         round_trip(m, "gpt2");
         /* Conv1D weights are (in, out) on disk: element [i][o] is W[o][i]. */
         safetensors_file *f;
-        CHECK_OK(safetensors_open(&f, tmp_path("gpt2/model.safetensors")));
+        CHECK_OK(safetensors_open(&f, ts_tmp("gpt2/model.safetensors")));
         const model_param *p = model_find_param(m, "transformer.h.1.attn.c_attn.weight");
         if (f && p) {
             const safetensors_tensor *t = safetensors_find(f, p->name);
@@ -123,7 +123,7 @@ static void test_narrow_dtypes(void) {
     if (!m) return;
     const char *dtypes[] = {"bfloat16", "float16"};
     for (int k = 0; k < 2; k++) {
-        const char *dir = tmp_path(k ? "gpt2-f16" : "gpt2-bf16");
+        const char *dir = ts_tmp(k ? "gpt2-f16" : "gpt2-bf16");
         CHECK_OK(checkpoint_save(m, dir, dtypes[k]));
         model *back = NULL;
         CHECK_OK(checkpoint_load(&back, dir));
@@ -148,7 +148,7 @@ static void test_narrow_dtypes(void) {
         }
         model_free(back);
     }
-    CHECK_FAILS_WITH(checkpoint_save(m, tmp_path("x"), "float64"), "unknown dtype 'float64'");
+    CHECK_FAILS_WITH(checkpoint_save(m, ts_tmp("x"), "float64"), "unknown dtype 'float64'");
     model_free(m);
 }
 
@@ -208,7 +208,7 @@ static const char *keep_all(const char *name, char *buf, size_t n) {
 static void test_gpt2_hub_names(void) {
     model *m = make("gpt2", "tiny", 0, -1, 6);
     if (!m) return;
-    const char *dir = tmp_path("gpt2-hub");
+    const char *dir = ts_tmp("gpt2-hub");
     CHECK_OK(checkpoint_save(m, dir, "float32"));
     static float mask[4] = {1, 0, 1, 1};
     static float head[320 * 64];
@@ -243,7 +243,7 @@ static void test_gpt2_hub_names(void) {
 static void test_mismatches(void) {
     model *m = make("llama", "tiny", 0, 0, 7);
     if (!m) return;
-    const char *dir = tmp_path("llama-bad");
+    const char *dir = ts_tmp("llama-bad");
     CHECK_OK(checkpoint_save(m, dir, "float32"));
     char cfgpath[1024], stpath[1024];
     snprintf(cfgpath, sizeof cfgpath, "%s/config.json", dir);
@@ -293,7 +293,7 @@ static void test_mismatches(void) {
     CHECK_OK(checkpoint_save(m, dir, "float32"));
     remove(cfgpath);
     CHECK_FAILS_WITH(checkpoint_load(&back, dir), "config.json: No such file or directory");
-    write_bytes(cfgpath, "{\"model_type\": \"llama\"}", 23);
+    CHECK_OK(ts_write_bytes(cfgpath, "{\"model_type\": \"llama\"}", 23));
     CHECK_FAILS_WITH(checkpoint_load(&back, dir), "required field \"vocab_size\" is missing");
     model_free(m);
 }
@@ -302,7 +302,7 @@ static void test_mismatches(void) {
 static void test_sharded(void) {
     model *m = make("llama", "tiny", 0, 0, 8);
     if (!m) return;
-    const char *dir = tmp_path("llama-sharded");
+    const char *dir = ts_tmp("llama-sharded");
     CHECK_OK(checkpoint_save(m, dir, "bfloat16"));
     char single[1024], s1[1024], s2[1024], index[1024];
     snprintf(single, sizeof single, "%s/model.safetensors", dir);
@@ -342,7 +342,7 @@ static void test_sharded(void) {
     free(a);
     free(b);
     remove(single);
-    write_bytes(index, json, strlen(json));
+    CHECK_OK(ts_write_bytes(index, json, strlen(json)));
     free(json);
 
     model *back = NULL;

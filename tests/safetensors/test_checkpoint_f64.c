@@ -2,7 +2,7 @@
  * checks) loads and saves the same files as the fp32 product. */
 #include "model/checkpoint.h"
 #include "tests/check.h"
-#include "tests/safetensors/tmpdir.h"
+#include "tests/support/ts.h"
 #include "util/err.h"
 
 int main(void) {
@@ -14,7 +14,7 @@ int main(void) {
         CHECK_OK(model_create(&m, &c));
         if (!m) continue;
         model_init_random(m, 11);
-        const char *dir = tmp_path(archs[k]);
+        const char *dir = ts_tmp(archs[k]);
         CHECK_OK(checkpoint_save(m, dir, "float32"));
         CHECK_OK(checkpoint_load(&back, dir));
         if (back) {

@@ -4,7 +4,7 @@
 #include "model/config.h"
 #include "model/model.h"
 #include "tests/check.h"
-#include "tests/safetensors/tmpdir.h"
+#include "tests/support/ts.h"
 #include "util/err.h"
 
 static int parse(model_config *c, const char *json) {
@@ -213,7 +213,7 @@ static void test_refusals(void) {
                      "n_embd 8 is not a multiple of n_head 3");
     CHECK_OK(parse(&c, GPT2("\"reorder_and_upcast_attn\": true")));
 
-    CHECK_FAILS_WITH(model_config_load(&c, tmp_path("no-config.json")), "cannot open");
+    CHECK_FAILS_WITH(model_config_load(&c, ts_tmp("no-config.json")), "cannot open");
 }
 
 /* What we write, we read back identically; transformers' own loading of it
@@ -333,7 +333,7 @@ static void test_save_round_trip(void) {
     for (size_t i = 0; i < sizeof srcs / sizeof srcs[0]; i++) {
         model_config a, b;
         CHECK_OK(parse(&a, srcs[i]));
-        const char *path = tmp_path("saved-config.json");
+        const char *path = ts_tmp("saved-config.json");
         CHECK_OK(model_config_save(&a, path));
         CHECK_OK(model_config_load(&b, path));
         CHECK_MSG(memcmp(&a, &b, sizeof a) == 0, "config %zu changed in a save/load round trip", i);
@@ -341,10 +341,10 @@ static void test_save_round_trip(void) {
     /* Readable numbers and the fields transformers needs. */
     model_config c;
     CHECK_OK(parse(&c, llama_v5));
-    const char *path = tmp_path("llama-config.json");
+    const char *path = ts_tmp("llama-config.json");
     CHECK_OK(model_config_save(&c, path));
     size_t len;
-    char *text = (char *)read_bytes(path, &len);
+    char *text = ts_read(path, &len);
     CHECK(text && strstr(text, "\"rms_norm_eps\": 1e-6") &&
           strstr(text, "\"rope_theta\": 10000.0"));
     CHECK(text && strstr(text, "\"architectures\": [\n    \"LlamaForCausalLM\"\n  ]"));

@@ -3,7 +3,7 @@
  * input refused with a message that names the broken rule. */
 #include "model/safetensors.h"
 #include "tests/check.h"
-#include "tests/safetensors/tmpdir.h"
+#include "tests/support/ts.h"
 #include "util/err.h"
 
 #include <float.h>
@@ -18,8 +18,8 @@ static const char *make_file(const char *name, const char *h, size_t dlen, long 
     uint64_t n = n_override >= 0 ? (uint64_t)n_override : hl;
     for (int i = 0; i < 8; i++) b[i] = (unsigned char)(n >> (8 * i));
     memcpy(b + 8, h, hl);
-    const char *path = tmp_path(name);
-    write_bytes(path, b, 8 + hl + dlen);
+    const char *path = ts_tmp(name);
+    CHECK_OK(ts_write_bytes(path, b, 8 + hl + dlen));
     free(b);
     return path;
 }
@@ -34,7 +34,7 @@ static int open_file(const char *path) {
 /* The same check through the memory parser, for the fuzzer's entry point. */
 static int parse_file(const char *path) {
     size_t len;
-    unsigned char *b = read_bytes(path, &len);
+    unsigned char *b = (unsigned char *)ts_read(path, &len);
     safetensors_file *f;
     int rc = safetensors_parse(&f, b, len, "buffer");
     if (rc == 0) safetensors_close(f);
@@ -49,10 +49,10 @@ static void test_bad_inputs(void) {
     CHECK_OK(open_file(make_file("ok.st", one, 8, -1)));
     CHECK_OK(parse_file(make_file("ok.st", one, 8, -1)));
 
-    p = tmp_path("short.st");
-    write_bytes(p, "\x05\0\0", 3);
+    p = ts_tmp("short.st");
+    CHECK_OK(ts_write_bytes(p, "\x05\0\0", 3));
     CHECK_FAILS_WITH(open_file(p), "truncated safetensors file: 3 bytes");
-    write_bytes(p, "", 0);
+    CHECK_OK(ts_write_bytes(p, "", 0));
     CHECK_FAILS_WITH(open_file(p), "truncated safetensors file: 0 bytes");
 
     /* Valid header, data cut short by 3 bytes. */
@@ -166,8 +166,8 @@ static void test_bad_inputs(void) {
     p = make_file("meta2.st", "{\"__metadata__\":[]}", 0, -1);
     CHECK_FAILS_WITH(open_file(p), "\"__metadata__\" must be an object");
 
-    CHECK_FAILS_WITH(open_file(tmp_path("does-not-exist.st")), "cannot open");
-    CHECK_FAILS_WITH(open_file(tmp_dir()), "not a regular file");
+    CHECK_FAILS_WITH(open_file(ts_tmp("does-not-exist.st")), "cannot open");
+    CHECK_FAILS_WITH(open_file(ts_dir()), "not a regular file");
 }
 
 /* Valid corner cases the reference implementation also accepts. */
@@ -351,11 +351,11 @@ static void test_round_trip(void) {
     };
     const int n = (int)(sizeof e / sizeof e[0]);
     const char *meta[] = {"format", "pt", "note", "quote \" and \xc3\xa9", NULL};
-    const char *path = tmp_path("rt.safetensors");
+    const char *path = ts_tmp("rt.safetensors");
     CHECK_OK(safetensors_write(path, e, n, meta));
 
     size_t len;
-    unsigned char *raw = read_bytes(path, &len);
+    unsigned char *raw = (unsigned char *)ts_read(path, &len);
     CHECK(raw != NULL);
     if (!raw) return;
     uint64_t hl = 0;
@@ -416,10 +416,10 @@ static void test_round_trip(void) {
     safetensors_close(f);
 
     /* Deterministic: the same entries give the same bytes. */
-    const char *path2 = tmp_path("rt2.safetensors");
+    const char *path2 = ts_tmp("rt2.safetensors");
     CHECK_OK(safetensors_write(path2, e, n, meta));
     size_t len2;
-    unsigned char *raw2 = read_bytes(path2, &len2);
+    unsigned char *raw2 = (unsigned char *)ts_read(path2, &len2);
     CHECK(raw2 && len2 == len && memcmp(raw, raw2, len) == 0);
     free(raw2);
 
@@ -442,7 +442,7 @@ static void test_writer_errors(void) {
     float x[2] = {1, 2};
     safetensors_entry dup[] = {{"a", SAFETENSORS_F32, 1, {2}, x},
                                {"a", SAFETENSORS_F32, 1, {2}, x}};
-    const char *p = tmp_path("w.safetensors");
+    const char *p = ts_tmp("w.safetensors");
     CHECK_FAILS_WITH(safetensors_write(p, dup, 2, NULL), "duplicate tensor name 'a'");
     safetensors_entry meta[] = {{"__metadata__", SAFETENSORS_F32, 1, {2}, x}};
     CHECK_FAILS_WITH(safetensors_write(p, meta, 1, NULL), "invalid tensor name");
@@ -465,7 +465,7 @@ static void test_writer_errors(void) {
     char tmpname[1100];
     snprintf(tmpname, sizeof tmpname, "%s.tmp.%ld", p, (long)getpid());
     CHECK(access(tmpname, F_OK) != 0);
-    CHECK_FAILS_WITH(safetensors_write(tmp_path("no/such/dir/x.safetensors"), one, 1, NULL),
+    CHECK_FAILS_WITH(safetensors_write(ts_tmp("no/such/dir/x.safetensors"), one, 1, NULL),
                      "cannot create");
 }
 
@@ -482,7 +482,7 @@ static void write_sharded(const char *dir, const char *index_json) {
     snprintf(path, sizeof path, "%s/model-00002-of-00002.safetensors", dir);
     CHECK_OK(safetensors_write(path, s2, 1, NULL));
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-    write_bytes(path, index_json, strlen(index_json));
+    CHECK_OK(ts_write_bytes(path, index_json, strlen(index_json)));
 }
 
 static int open_dir(const char *dir) {
@@ -497,7 +497,7 @@ static void test_dirs(void) {
                        "\"c\":\"model-00002-of-00002.safetensors\","
                        "\"a\":\"model-00001-of-00002.safetensors\","
                        "\"b\":\"model-00001-of-00002.safetensors\"}}";
-    const char *dir = tmp_path("sharded");
+    const char *dir = ts_tmp("sharded");
     write_sharded(dir, good);
     safetensors_dir *d;
     CHECK_OK(safetensors_dir_open(&d, dir));
@@ -522,32 +522,32 @@ static void test_dirs(void) {
     /* Listed in the index, absent from its shard. */
     const char *lost = "{\"weight_map\":{\"a\":\"model-00001-of-00002.safetensors\","
                        "\"x\":\"model-00001-of-00002.safetensors\"}}";
-    dir = tmp_path("lost");
+    dir = ts_tmp("lost");
     write_sharded(dir, lost);
     CHECK_FAILS_WITH(open_dir(dir), "lists tensor 'x' in shard model-00001-of-00002.safetensors, "
                                     "but that shard does not contain it");
 
     const char *escape = "{\"weight_map\":{\"a\":\"../sharded/model-00001-of-00002.safetensors\"}}";
-    dir = tmp_path("escape");
+    dir = ts_tmp("escape");
     write_sharded(dir, escape);
     CHECK_FAILS_WITH(open_dir(dir), "weight_map entry for 'a' must be a shard file name");
-    dir = tmp_path("nomap");
+    dir = ts_tmp("nomap");
     write_sharded(dir, "{\"metadata\":{}}");
     CHECK_FAILS_WITH(open_dir(dir), "no \"weight_map\" object");
-    dir = tmp_path("badjson");
+    dir = ts_tmp("badjson");
     write_sharded(dir, "{\"weight_map\":");
     CHECK_FAILS_WITH(open_dir(dir), "model.safetensors.index.json: not valid JSON");
 
     /* A corrupt shard is reported with its own file name. */
-    dir = tmp_path("corrupt");
+    dir = ts_tmp("corrupt");
     write_sharded(dir, good);
     char shard1[1024];
     snprintf(shard1, sizeof shard1, "%s/model-00001-of-00002.safetensors", dir);
-    write_bytes(shard1, "\x03\0\0\0\0\0\0\0{}", 10); /* N = 3, 2 bytes follow */
+    CHECK_OK(ts_write_bytes(shard1, "\x03\0\0\0\0\0\0\0{}", 10)); /* N = 3, 2 bytes follow */
     CHECK_FAILS_WITH(open_dir(dir), "model-00001-of-00002.safetensors: header length 3 runs past");
 
     /* model.safetensors wins over an index, as in transformers. */
-    dir = tmp_path("single");
+    dir = ts_tmp("single");
     write_sharded(dir, "not even json");
     float y = 3;
     safetensors_entry e[] = {{"y", SAFETENSORS_F32, 1, {1}, &y}};
@@ -560,13 +560,13 @@ static void test_dirs(void) {
         safetensors_dir_close(d);
     }
 
-    dir = tmp_path("nothing");
+    dir = ts_tmp("nothing");
     mkdir(dir, 0755);
     CHECK_FAILS_WITH(open_dir(dir), "has neither model.safetensors nor "
                                     "model.safetensors.index.json");
     char bin[1024];
     snprintf(bin, sizeof bin, "%s/pytorch_model.bin", dir);
-    write_bytes(bin, "x", 1);
+    CHECK_OK(ts_write_bytes(bin, "x", 1));
     CHECK_FAILS_WITH(open_dir(dir), "pytorch_model.bin is not read");
 }
 

@@ -4,6 +4,7 @@
 #include "model/tokenizer/tokcorpus.h"
 #include "model/tokenizer/tokenizer.h"
 #include "tests/check.h"
+#include "tests/support/ts.h"
 #include "util/err.h"
 #include "util/fio.h"
 
@@ -13,12 +14,7 @@
 
 int cmd_tokenize(int argc, char **argv);
 
-static char dir[] = "/tmp/fl_cmd_tokenize_XXXXXX";
-static char tok_path[600];
-
-static void path_of(char *out, const char *name) {
-    snprintf(out, 600, "%s/%s", dir, name);
-}
+static char tok_path[TS_PATH];
 
 static int run(const char *data, const char *out, const char *extra1, const char *extra2) {
     char *argv[12] = {"tokenize",   "--tokenizer", tok_path,   "--data",
@@ -61,21 +57,15 @@ static void expect_docs(const char *out, const char **docs, size_t n, int specia
     tokenizer_free(t);
 }
 
-static void write_file(const char *path, const char *text) {
-    CHECK_OK(fio_write_atomic(path, text, strlen(text), 0644));
-}
-
 int main(void) {
-    CHECK(mkdtemp(dir) != NULL);
-    const char *fx = getenv("FEDLORA_FIXTURES");
-    snprintf(tok_path, sizeof tok_path, "%s/tokenizer/llama3.json", fx ? fx : "tests/fixtures");
-    char data[600], out[600], tmp[700];
-    path_of(out, "out.tok");
+    ts_fixture(tok_path, "tokenizer/llama3.json");
+    char data[TS_PATH], out[TS_PATH], tmp[TS_PATH + 16];
+    ts_path(out, "out.tok");
 
     /* text: each non-blank line (CRLF too) is one document */
-    path_of(data, "corpus.txt");
-    write_file(data, "First line.\nsecond line of doc one.\n\n\n  \t\nDoc two: Grüße 😀\r\n"
-                     "\r\nDoc three\nends without newline");
+    ts_path(data, "corpus.txt");
+    CHECK_OK(ts_write(data, "First line.\nsecond line of doc one.\n\n\n  \t\nDoc two: Grüße 😀\r\n"
+                            "\r\nDoc three\nends without newline"));
     CHECK(run(data, out, NULL, NULL) == 0);
     const char *text_docs[] = {"First line.", "second line of doc one.", "Doc two: Grüße 😀",
                                "Doc three", "ends without newline"};
@@ -86,34 +76,34 @@ int main(void) {
     expect_docs(out, text_docs, 5, 0);
 
     /* JSONL: one record per line, blank lines skipped, empty text allowed */
-    path_of(data, "corpus.jsonl");
-    write_file(data, "{\"text\": \"Hello <|eot_id|> world\", \"id\": 1}\n\n"
-                     "{\"text\": \"\"}\n{\"text\": \"tab\\there\\nnewline \\u00e4\"}\n");
+    ts_path(data, "corpus.jsonl");
+    CHECK_OK(ts_write(data, "{\"text\": \"Hello <|eot_id|> world\", \"id\": 1}\n\n"
+                            "{\"text\": \"\"}\n{\"text\": \"tab\\there\\nnewline \\u00e4\"}\n"));
     CHECK(run(data, out, NULL, NULL) == 0);
     const char *json_docs[] = {"Hello <|eot_id|> world", "", "tab\there\nnewline \xC3\xA4"};
     expect_docs(out, json_docs, 3, 1);
 
     /* errors name the file and the line, and leave no output behind */
     unlink(out);
-    write_file(data, "{\"text\": \"ok\"}\n{\"text\": \"ok\"}\n{\"text\": oops}\n");
+    CHECK_OK(ts_write(data, "{\"text\": \"ok\"}\n{\"text\": \"ok\"}\n{\"text\": oops}\n"));
     CHECK(run(data, out, NULL, NULL) == 1);
     CHECK_MSG(strstr(err_msg(), "corpus.jsonl:3: malformed JSON") != NULL, "%s", err_msg());
     CHECK(!fio_exists(out) && !fio_exists(tmp));
-    write_file(data, "{\"body\": \"no text field\"}\n");
+    CHECK_OK(ts_write(data, "{\"body\": \"no text field\"}\n"));
     CHECK(run(data, out, NULL, NULL) == 1);
     CHECK_MSG(strstr(err_msg(), "corpus.jsonl:1: the record has no \"text\"") != NULL, "%s",
               err_msg());
 
     /* invalid UTF-8: an error by default, U+FFFD with --invalid-utf8 replace */
-    path_of(data, "bad.txt");
-    write_file(data, "good document\n\nbad \xFF byte\n");
+    ts_path(data, "bad.txt");
+    CHECK_OK(ts_write(data, "good document\n\nbad \xFF byte\n"));
     CHECK(run(data, out, NULL, NULL) == 1);
     CHECK_MSG(strstr(err_msg(), "line 3: invalid UTF-8 at byte 4") != NULL, "%s", err_msg());
     CHECK(run(data, out, "--invalid-utf8", "replace") == 0);
     const char *fixed_docs[] = {"good document", "bad \xEF\xBF\xBD byte"};
     expect_docs(out, fixed_docs, 2, 1);
-    path_of(data, "bad.jsonl");
-    write_file(data, "{\"text\": \"x \xC3\"}\n");
+    ts_path(data, "bad.jsonl");
+    CHECK_OK(ts_write(data, "{\"text\": \"x \xC3\"}\n"));
     CHECK(run(data, out, NULL, NULL) == 1);
     CHECK(run(data, out, "--invalid-utf8", "replace") == 0);
 
@@ -124,15 +114,8 @@ int main(void) {
     CHECK(run(data, out, "--frobnicate", NULL) == 2);
     char *help[] = {"tokenize", "--help", NULL};
     CHECK(cmd_tokenize(2, help) == 0);
-    path_of(data, "missing.txt");
+    ts_path(data, "missing.txt");
     CHECK(run(data, out, NULL, NULL) == 1);
     CHECK(strstr(err_msg(), "cannot open") != NULL);
-
-    const char *names[] = {"corpus.txt", "corpus.jsonl", "bad.txt", "bad.jsonl", "out.tok"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        path_of(data, names[i]);
-        unlink(data);
-    }
-    rmdir(dir);
     return check_finish();
 }

@@ -4,18 +4,13 @@
  * an error, never a crash. */
 #include "model/tokenizer/tokcorpus.h"
 #include "tests/check.h"
+#include "tests/support/ts.h"
 #include "util/err.h"
 #include "util/fio.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static char dir[] = "/tmp/fl_tokcorpus_XXXXXX";
-
-static void path_of(char *out, const char *name) {
-    snprintf(out, 512, "%s/%s", dir, name);
-}
 
 static const uint32_t doc0[] = {1, 2, 3}, doc2[] = {7, 0, 999};
 
@@ -31,10 +26,10 @@ static void write_sample(const char *path, uint32_t vocab, uint32_t flags) {
 }
 
 static void test_roundtrip(uint32_t vocab, size_t expect_size) {
-    char path[512];
-    path_of(path, "a.tok");
+    char path[TS_PATH];
+    ts_path(path, "a.tok");
     write_sample(path, vocab, TOKCORPUS_FLAG_SPECIAL);
-    char tmp[600];
+    char tmp[TS_PATH + 8];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     CHECK(!fio_exists(tmp));
     char *data;
@@ -65,21 +60,17 @@ static void test_roundtrip(uint32_t vocab, size_t expect_size) {
     tokcorpus_close(c);
 }
 
-static void write_bytes(const char *path, const void *p, size_t n) {
-    CHECK_OK(fio_write_atomic(path, p, n, 0644));
-}
-
 static void expect_corrupt(const char *path, const unsigned char *p, size_t n, const char *needle) {
-    write_bytes(path, p, n);
+    CHECK_OK(ts_write_bytes(path, p, n));
     tokcorpus *c = NULL;
     CHECK_FAILS_WITH(tokcorpus_open(path, &c), needle);
     CHECK(c == NULL);
 }
 
 static void test_corruption(void) {
-    char path[512], bad[512];
-    path_of(path, "b.tok");
-    path_of(bad, "bad.tok");
+    char path[TS_PATH], bad[TS_PATH];
+    ts_path(path, "b.tok");
+    ts_path(bad, "bad.tok");
     write_sample(path, 1000, 0);
     unsigned char *orig;
     size_t len;
@@ -87,7 +78,7 @@ static void test_corruption(void) {
     unsigned char *p = malloc(len + 8);
     /* every truncation, including the empty file */
     for (size_t cut = 0; cut < len; cut++) {
-        write_bytes(bad, orig, cut);
+        CHECK_OK(ts_write_bytes(bad, orig, cut));
         tokcorpus *c = NULL;
         err_clear();
         CHECK_MSG(tokcorpus_open(bad, &c) != 0 && c == NULL, "truncated to %zu opened", cut);
@@ -129,8 +120,8 @@ static void test_corruption(void) {
 }
 
 static void test_writer_errors(void) {
-    char path[512];
-    path_of(path, "c.tok");
+    char path[TS_PATH];
+    ts_path(path, "c.tok");
     tokcorpus_writer *w = NULL;
     CHECK_FAILS_WITH(tokcorpus_writer_open(path, 0, 0, &w), "vocab_size must be > 0");
     CHECK_OK(tokcorpus_writer_open(path, 10, 0, &w));
@@ -138,25 +129,20 @@ static void test_writer_errors(void) {
         CHECK_FAILS_WITH(tokcorpus_writer_add(w, (uint32_t[]){3, 10}, 2), "token id 10");
         tokcorpus_writer_abort(w);
     }
-    char tmp[600];
+    char tmp[TS_PATH + 8];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     CHECK(!fio_exists(path) && !fio_exists(tmp));
     CHECK_FAILS_WITH(tokcorpus_writer_open("/nonexistent-dir/x.tok", 10, 0, &w), "cannot create");
     tokcorpus *c = NULL;
     CHECK_FAILS_WITH(tokcorpus_open("/nonexistent-dir/x.tok", &c), "cannot open");
-    CHECK_FAILS_WITH(tokcorpus_open(dir, &c), "not a regular file");
+    CHECK_FAILS_WITH(tokcorpus_open(ts_dir(), &c), "not a regular file");
 }
 
 int main(void) {
-    CHECK(mkdtemp(dir) != NULL);
     /* 64-byte header + 6 tokens + 4 boundaries of 8 bytes */
     test_roundtrip(1000, 64 + 6 * 2 + 4 * 8);
     test_roundtrip(128256, 64 + 6 * 4 + 4 * 8);
     test_corruption();
     test_writer_errors();
-    char path[512];
-    path_of(path, "a.tok");
-    unlink(path);
-    rmdir(dir);
     return check_finish();
 }

@@ -3,6 +3,7 @@
  * real tokenizers is test_tokenizer_hf.) */
 #include "model/tokenizer/tokenizer.h"
 #include "tests/check.h"
+#include "tests/support/ts.h"
 #include "util/err.h"
 
 #include <stdlib.h>
@@ -177,10 +178,8 @@ static void test_utf8(void) {
 
 /* A GPT-2 style byte-level tokenizer written by tokenizer_save_bytelevel. */
 static void test_save_bytelevel(void) {
-    char dir[] = "/tmp/fl_tok_XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
-    char path[256];
-    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    char path[TS_PATH];
+    ts_path(path, "bytelevel.json");
     tokenizer_special_token sp[] = {{"<|begin_of_text|>", 256}, {"<|end_of_text|>", 257}};
     CHECK_OK(tokenizer_save_bytelevel(path, sp, 2, "<|begin_of_text|>"));
     tokenizer *t = NULL;
@@ -219,22 +218,16 @@ static void test_save_bytelevel(void) {
     tokenizer_special_token byte[] = {{"a", 300}};
     CHECK_FAILS_WITH(tokenizer_save_bytelevel(path, byte, 1, NULL), "byte tokens");
     CHECK_FAILS_WITH(tokenizer_save_bytelevel(path, sp, 2, "<nope>"), "not one of the special");
-    unlink(path);
-    rmdir(dir);
 }
 
 /* Long pieces: one 1 MB pre-token (the merge heap), a long white-space run
  * (regex backtracking), and invalid UTF-8 in the middle of valid text. */
 static void test_long_and_invalid(void) {
-    char dir[] = "/tmp/fl_tok_XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
-    char path[256];
-    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    char path[TS_PATH];
+    ts_path(path, "plain.json");
     CHECK_OK(tokenizer_save_bytelevel(path, NULL, 0, NULL));
     tokenizer *t = NULL;
     CHECK_OK(tokenizer_load(path, &t));
-    unlink(path);
-    rmdir(dir);
     if (!t) return;
     size_t n = 1 << 20;
     char *big = malloc(n + 1);

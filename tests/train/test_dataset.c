@@ -7,15 +7,15 @@
  * 256 is EOS, so the targets that carry loss can be spelled out as text. */
 #include "lora/dataset.h"
 #include "model/tokenizer/tokcorpus.h"
-#include "tests/train/train_util.h"
+#include "tests/support/ts_model.h"
 
-static char tok_path[TU_PATH];
+static char tok_path[TS_PATH];
 
 static dataset *open_file(const char *name, const char *text, int T, double eval_fraction,
                           uint64_t seed) {
-    char path[TU_PATH];
-    tu_path(path, name);
-    if (text) CHECK_OK(tu_write(path, text));
+    char path[TS_PATH];
+    ts_path(path, "%s", name);
+    if (text) CHECK_OK(ts_write(path, text));
     dataset_options o = {.path = path,
                          .tokenizer = tok_path,
                          .seq = T,
@@ -128,11 +128,11 @@ static void test_chat_mask(void) {
 /* A corpus from `fedlora tokenize` gives exactly the rows of its text. */
 static void test_corpus_same_rows(void) {
     const char *docs[] = {"first document", "second one, a little longer", "x"};
-    char text[256] = "", path[TU_PATH];
+    char text[256] = "", path[TS_PATH];
     tokenizer *tok = NULL;
     CHECK_OK(tokenizer_load(tok_path, &tok));
     tokcorpus_writer *w = NULL;
-    CHECK_OK(tokcorpus_writer_open(tu_path(path, "corpus.tok"), 257, TOKCORPUS_FLAG_SPECIAL, &w));
+    CHECK_OK(tokcorpus_writer_open(ts_path(path, "corpus.tok"), 257, TOKCORPUS_FLAG_SPECIAL, &w));
     if (!tok || !w) return;
     for (int i = 0; i < 3; i++) {
         tokenizer_ids ids = {0};
@@ -217,8 +217,8 @@ static void test_split_and_order(void) {
 }
 
 static void expect_error(const char *name, const char *text, const char *needle) {
-    char path[TU_PATH];
-    CHECK_OK(tu_write(tu_path(path, name), text));
+    char path[TS_PATH];
+    CHECK_OK(ts_write(ts_path(path, "%s", name), text));
     dataset_options o = {
         .path = path, .tokenizer = tok_path, .seq = 8, .eos_id = 256, .vocab_size = 320};
     dataset *d = NULL;
@@ -227,10 +227,10 @@ static void expect_error(const char *name, const char *text, const char *needle)
 }
 
 static void test_errors(void) {
-    char want[TU_PATH + 32], path[TU_PATH];
-    snprintf(want, sizeof want, "%s:3: not valid JSON", tu_path(path, "bad.jsonl"));
+    char want[TS_PATH + 32], path[TS_PATH];
+    snprintf(want, sizeof want, "%s:3: not valid JSON", ts_path(path, "bad.jsonl"));
     expect_error("bad.jsonl", "{\"text\": \"a\"}\n\n{\"text\": \"b\"\n{\"text\": \"c\"}\n", want);
-    snprintf(want, sizeof want, "%s:2: a record has exactly one of", tu_path(path, "kind.jsonl"));
+    snprintf(want, sizeof want, "%s:2: a record has exactly one of", ts_path(path, "kind.jsonl"));
     expect_error("kind.jsonl", "{\"text\": \"a\"}\n{\"prompt\": \"b\"}\n", want);
     expect_error("both.jsonl", "{\"text\": \"a\", \"messages\": []}\n", "exactly one of");
     expect_error("notobj.jsonl", "[1, 2]\n", "must be a JSON object");
@@ -251,7 +251,7 @@ static void test_errors(void) {
                          .vocab_size = 320};
     dataset *d = NULL;
     CHECK_FAILS_WITH(dataset_open(&d, &o), "/nonexistent/data.txt");
-    o.path = tu_path(path, "docs.txt");
+    o.path = ts_path(path, "docs.txt");
     o.tokenizer = NULL;
     CHECK_FAILS_WITH(dataset_open(&d, &o), "needs a tokenizer");
     o.tokenizer = tok_path;
@@ -260,8 +260,7 @@ static void test_errors(void) {
 }
 
 int main(void) {
-    CHECK_OK(tu_init());
-    tu_path(tok_path, "tokenizer.json");
+    ts_path(tok_path, "tokenizer.json");
     tokenizer_special_token eot = {"<|endoftext|>", 256};
     CHECK_OK(tokenizer_save_bytelevel(tok_path, &eot, 1, NULL));
     test_text_packing();
@@ -270,6 +269,5 @@ int main(void) {
     test_corpus_same_rows();
     test_split_and_order();
     test_errors();
-    tu_cleanup();
     return check_finish();
 }

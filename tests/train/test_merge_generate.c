@@ -12,9 +12,9 @@
 #include "lora/lora.h"
 #include "lora/peft.h"
 #include "model/safetensors.h"
-#include "tests/train/train_util.h"
+#include "tests/support/ts_model.h"
 
-static char data[TU_PATH];
+static char data[TS_PATH];
 
 /* logits (1, n, V) of the model in dir, with the adapter when given. */
 static real *logits_of(const char *dir, const char *adapter, const int32_t *tok, int n) {
@@ -36,29 +36,20 @@ static real *logits_of(const char *dir, const char *adapter, const int32_t *tok,
     return out;
 }
 
-static double max_diff(const real *a, const real *b, size_t n) {
-    double w = 0;
-    for (size_t i = 0; a && b && i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (d > w) w = d;
-    }
-    return w;
-}
-
 static void test_merge(const char *arch) {
-    char base[TU_PATH], ad[TU_PATH], merged[TU_PATH], tag[64], name[64];
+    char base[TS_PATH], ad[TS_PATH], merged[TS_PATH], tag[64], name[64];
     snprintf(name, sizeof name, "%s_base", arch);
-    CHECK_OK(tu_make_model(tu_path(base, name), arch, 0.1, 7, NULL));
+    CHECK_OK(ts_model_dir(ts_path(base, "%s", name), arch, 0.1, 7, NULL));
     snprintf(name, sizeof name, "%s_adapter", arch);
     snprintf(tag, sizeof tag, "train_%s", arch);
-    int rc = tu_run(tag, "train", "--model", base, "--data", data, "--out", tu_path(ad, name),
+    int rc = ts_run(tag, "train", "--model", base, "--data", data, "--out", ts_path(ad, "%s", name),
                     "--steps", "5", "--seq", "32", "--lr", "1e-2", "--targets", "all-linear",
                     "--save-every", "0", NULL);
     CHECK_RUN_OK(rc, tag);
     snprintf(name, sizeof name, "%s_merged", arch);
     snprintf(tag, sizeof tag, "merge_%s", arch);
-    rc = tu_run(tag, "merge-adapter", "--model", base, "--adapter", ad, "--out",
-                tu_path(merged, name), NULL);
+    rc = ts_run(tag, "merge-adapter", "--model", base, "--adapter", ad, "--out",
+                ts_path(merged, "%s", name), NULL);
     CHECK_RUN_OK(rc, tag);
 
     int32_t tok[40];
@@ -67,7 +58,7 @@ static void test_merge(const char *arch) {
     real *plain = logits_of(base, NULL, tok, 40);
     real *with = logits_of(base, ad, tok, 40);
     real *folded = logits_of(merged, NULL, tok, 40);
-    double d_merge = max_diff(with, folded, n), d_adapter = max_diff(plain, with, n);
+    double d_merge = ts_max_diff(with, folded, n), d_adapter = ts_max_diff(plain, with, n);
     printf("%s: merged vs base+adapter %.3g, base vs base+adapter %.3g\n", arch, d_merge,
            d_adapter);
     CHECK_MSG(d_merge < 1e-5, "%s: merged logits differ by %g", arch, d_merge);
@@ -75,33 +66,33 @@ static void test_merge(const char *arch) {
     free(plain);
     free(with);
     free(folded);
-    char a[TU_PATH], b[TU_PATH];
-    CHECK(tu_same_file(tu_in(a, base, "tokenizer.json"), tu_in(b, merged, "tokenizer.json")));
+    char a[TS_PATH], b[TS_PATH];
+    CHECK(ts_same_file(ts_in(a, base, "tokenizer.json"), ts_in(b, merged, "tokenizer.json")));
 
     /* A directory that is not empty is not written into. */
     snprintf(tag, sizeof tag, "merge_again_%s", arch);
-    rc = tu_run(tag, "merge-adapter", "--model", base, "--adapter", ad, "--out", merged, NULL);
+    rc = ts_run(tag, "merge-adapter", "--model", base, "--adapter", ad, "--out", merged, NULL);
     CHECK_RUN_FAILS(rc, tag, "already exists and is not empty");
 }
 
 static void test_merge_bf16(void) {
-    char base[TU_PATH], bf[TU_PATH], merged[TU_PATH], path[TU_PATH];
+    char base[TS_PATH], bf[TS_PATH], merged[TS_PATH], path[TS_PATH];
     model *m = NULL;
-    CHECK_OK(checkpoint_load(&m, tu_path(base, "llama_base")));
+    CHECK_OK(checkpoint_load(&m, ts_path(base, "llama_base")));
     if (!m) return;
-    CHECK_OK(checkpoint_save(m, tu_path(bf, "llama_bf16"), "bfloat16"));
+    CHECK_OK(checkpoint_save(m, ts_path(bf, "llama_bf16"), "bfloat16"));
     model_free(m);
-    char *tok = tu_read(tu_in(path, base, "tokenizer.json"), NULL);
-    CHECK_OK(tu_write(tu_in(path, bf, "tokenizer.json"), tok ? tok : ""));
+    char *tok = ts_read(ts_in(path, base, "tokenizer.json"), NULL);
+    CHECK_OK(ts_write(ts_in(path, bf, "tokenizer.json"), tok ? tok : ""));
     free(tok);
-    int rc = tu_run("merge_bf16", "merge-adapter", "--model", bf, "--adapter",
-                    tu_path(path, "llama_adapter"), "--out", tu_path(merged, "bf16_merged"), NULL);
+    int rc = ts_run("merge_bf16", "merge-adapter", "--model", bf, "--adapter",
+                    ts_path(path, "llama_adapter"), "--out", ts_path(merged, "bf16_merged"), NULL);
     CHECK_RUN_OK(rc, "merge_bf16");
     model_config cfg;
-    CHECK_OK(model_config_load(&cfg, tu_in(path, merged, "config.json")));
+    CHECK_OK(model_config_load(&cfg, ts_in(path, merged, "config.json")));
     CHECK(!strcmp(cfg.torch_dtype, "bfloat16"));
     safetensors_file *f = NULL;
-    CHECK_OK(safetensors_open(&f, tu_in(path, merged, "model.safetensors")));
+    CHECK_OK(safetensors_open(&f, ts_in(path, merged, "model.safetensors")));
     for (int i = 0; f && i < safetensors_count(f); i++)
         CHECK(safetensors_tensor_at(f, i)->dtype == SAFETENSORS_BF16);
     safetensors_close(f);
@@ -112,14 +103,14 @@ static char *greedy_here(const char *dir, const char *adapter, const char *promp
     model *m = NULL;
     lora_set *s = NULL;
     tokenizer *tk = NULL;
-    char path[TU_PATH], *text = NULL;
+    char path[TS_PATH], *text = NULL;
     size_t text_len;
     int32_t seq[256];
     uint32_t gen[256];
     int n = 0, g = 0;
     if (checkpoint_load(&m, dir) != 0 ||
         (adapter && (peft_load(&s, m, adapter) != 0 || lora_attach(s, m) != 0)) ||
-        tokenizer_load(tu_in(path, dir, "tokenizer.json"), &tk) != 0)
+        tokenizer_load(ts_in(path, dir, "tokenizer.json"), &tk) != 0)
         goto done;
     for (const char *p = prompt; *p; p++) seq[n++] = (unsigned char)*p;
     for (; g < max_new; g++) {
@@ -147,21 +138,21 @@ done:
 static char *generated(const char *tag, const char *dir, const char *adapter, const char *temp,
                        const char *top_p, const char *seed) {
     const char *args[32] = {
-        tu_bin(),       "generate", "--model",       dir,  "--prompt", "The telescope",
+        ts_bin(),       "generate", "--model",       dir,  "--prompt", "The telescope",
         "--max-tokens", "20",       "--temperature", temp, "--top-p",  top_p,
         "--seed",       seed};
     int n = 14;
     if (adapter) args[n++] = "--adapter", args[n++] = adapter;
     args[n] = NULL;
-    int rc = tu_run_v(tag, args);
+    int rc = ts_run_v(tag, args);
     CHECK_RUN_OK(rc, tag);
-    return tu_output(tag, "out");
+    return ts_output(tag, "out");
 }
 
 static void test_generate(void) {
-    char base[TU_PATH], ad[TU_PATH];
-    tu_path(base, "llama_base");
-    tu_path(ad, "llama_adapter");
+    char base[TS_PATH], ad[TS_PATH];
+    ts_path(base, "llama_base");
+    ts_path(ad, "llama_adapter");
     char *want = greedy_here(base, ad, "The telescope", 20);
     char *greedy = generated("gen_greedy", base, ad, "0", "1", "0");
     char *nucleus = generated("gen_nucleus", base, ad, "1", "1e-9", "3");
@@ -184,21 +175,21 @@ static void test_generate(void) {
 
     /* A GPT-2 whose final norm always gives the EOS embedding: stops at once. */
     model *m = NULL;
-    char eos_dir[TU_PATH], path[TU_PATH];
-    CHECK_OK(checkpoint_load(&m, tu_path(path, "gpt2_base")));
+    char eos_dir[TS_PATH], path[TS_PATH];
+    CHECK_OK(checkpoint_load(&m, ts_path(path, "gpt2_base")));
     if (!m) return;
     int C = m->cfg.hidden_size;
     for (int c = 0; c < C; c++) {
         m->norm_f.w->data[c] = 0;
         m->norm_f.b->data[c] = 10 * m->wte->data[256 * C + c];
     }
-    CHECK_OK(checkpoint_save(m, tu_path(eos_dir, "gpt2_eos"), "float32"));
+    CHECK_OK(checkpoint_save(m, ts_path(eos_dir, "gpt2_eos"), "float32"));
     model_free(m);
-    char *tok = tu_read(tu_in(path, tu_path(base, "gpt2_base"), "tokenizer.json"), NULL);
-    CHECK_OK(tu_write(tu_in(path, eos_dir, "tokenizer.json"), tok ? tok : ""));
+    char *tok = ts_read(ts_in(path, ts_path(base, "gpt2_base"), "tokenizer.json"), NULL);
+    CHECK_OK(ts_write(ts_in(path, eos_dir, "tokenizer.json"), tok ? tok : ""));
     free(tok);
     char *out = generated("gen_eos", eos_dir, NULL, "0", "1", "0");
-    char *err = tu_output("gen_eos", "err");
+    char *err = ts_output("gen_eos", "err");
     CHECK_MSG(out && !strcmp(out, "\n"), "generated '%s'", out ? out : "");
     CHECK_MSG(err && strstr(err, "\n0 tokens"), "stderr '%s'", err ? err : "");
     free(out);
@@ -206,11 +197,10 @@ static void test_generate(void) {
 }
 
 int main(void) {
-    CHECK_OK(tu_init());
-    char path[TU_PATH];
-    char *text = tu_read(tu_corpus(path, "mixed.txt"), NULL);
+    char path[TS_PATH];
+    char *text = ts_read(ts_example(path, "corpus/mixed.txt"), NULL);
     CHECK_MSG(text != NULL, "cannot read %s", path);
-    CHECK_OK(tu_write(tu_path(data, "mixed.txt"), text ? text : ""));
+    CHECK_OK(ts_write(ts_path(data, "mixed.txt"), text ? text : ""));
     free(text);
     test_merge("llama");
     test_merge("gpt2");
@@ -219,6 +209,5 @@ int main(void) {
     test_merge("apertus");
     test_merge_bf16();
     test_generate();
-    tu_cleanup();
     return check_finish();
 }

@@ -11,18 +11,18 @@
  * checkpoint and kills it at once, while ~110 of its 120 steps remain.
  * Both precisions: fp32, and bf16 where the CPU multiplies it (oneDNN). */
 #include "model/cpu/cpu.h"
-#include "tests/train/train_util.h"
+#include "tests/support/ts_model.h"
 
 #include <time.h>
 
-static char base[TU_PATH], data[TU_PATH];
+static char base[TS_PATH], data[TS_PATH];
 
 #define STEPS "120"
 
 static const char *precision;
 
 static void train_args(const char **args, const char *out, const char *resume) {
-    const char *a[] = {tu_bin(),       "train",  "--model",      base,  "--data",    data,
+    const char *a[] = {ts_bin(),       "train",  "--model",      base,  "--data",    data,
                        "--out",        out,      "--steps",      STEPS, "--seq",     "32",
                        "--batch",      "2",      "--grad-accum", "2",   "--lr",      "5e-3",
                        "--warmup",     "10",     "--dropout",    "0.1", "--targets", "all-linear",
@@ -39,8 +39,8 @@ static void train_args(const char **args, const char *out, const char *resume) {
 
 /* metrics.jsonl without the fields that measure time. */
 static char *metrics_untimed(const char *out) {
-    char path[TU_PATH];
-    char *text = tu_read(tu_in(path, out, "metrics.jsonl"), NULL);
+    char path[TS_PATH];
+    char *text = ts_read(ts_in(path, out, "metrics.jsonl"), NULL);
     if (!text) return NULL;
     /* Each step line ends with "tokens_per_s": …, "elapsed_s": …}: cut there. */
     char *w = text;
@@ -58,23 +58,23 @@ static char *metrics_untimed(const char *out) {
 static void scenario(void) {
     printf("precision %s\n", precision);
     /* The uninterrupted run. */
-    char whole[TU_PATH], killed[TU_PATH], name[64];
+    char whole[TS_PATH], killed[TS_PATH], name[64];
     const char *args[64];
     snprintf(name, sizeof name, "whole_%s", precision);
-    train_args(args, tu_path(whole, name), NULL);
-    CHECK_RUN_OK(tu_run_v(name, args), name);
+    train_args(args, ts_path(whole, name), NULL);
+    CHECK_RUN_OK(ts_run_v(name, args), name);
 
     /* The same run, killed once its first checkpoint is complete. */
     snprintf(name, sizeof name, "killed_%s", precision);
-    tu_path(killed, name);
-    char latest[TU_PATH];
-    tu_in(latest, killed, "checkpoint/latest");
+    ts_path(killed, name);
+    char latest[TS_PATH];
+    ts_in(latest, killed, "checkpoint/latest");
     train_args(args, killed, NULL);
     pid_t pid = fork();
     if (pid == 0) {
         int null = open("/dev/null", O_WRONLY);
         if (null < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0) _exit(126);
-        execv(tu_bin(), (char *const *)args);
+        execv(ts_bin(), (char *const *)args);
         _exit(127);
     }
     CHECK(pid > 0);
@@ -93,27 +93,27 @@ static void scenario(void) {
     }
     CHECK_MSG(!exited && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
               "the run was to be killed mid-way, it ended with status %d", status);
-    char *at = tu_read(latest, NULL);
+    char *at = ts_read(latest, NULL);
     CHECK_MSG(at && strcmp(at, "step-00000120\n") != 0, "killed at checkpoint %s",
               at ? at : "(none)");
     if (at) printf("killed after checkpoint %s", at);
     free(at);
-    char final_path[TU_PATH];
-    CHECK(!fio_exists(tu_in(final_path, killed, "adapter_model.safetensors")));
+    char final_path[TS_PATH];
+    CHECK(!fio_exists(ts_in(final_path, killed, "adapter_model.safetensors")));
 
     /* Resumed from the last checkpoint (via checkpoint/latest). */
-    char ckpt[TU_PATH];
-    train_args(args, killed, tu_in(ckpt, killed, "checkpoint"));
+    char ckpt[TS_PATH];
+    train_args(args, killed, ts_in(ckpt, killed, "checkpoint"));
     snprintf(name, sizeof name, "resumed_%s", precision);
-    CHECK_RUN_OK(tu_run_v(name, args), name);
-    char *log = tu_output(name, "err");
+    CHECK_RUN_OK(ts_run_v(name, args), name);
+    char *log = ts_output(name, "err");
     CHECK(log && strstr(log, "resuming from"));
     free(log);
 
     const char *files[] = {"adapter_model.safetensors", "adapter_config.json"};
     for (int i = 0; i < 2; i++) {
-        char a[TU_PATH], b[TU_PATH];
-        CHECK_MSG(tu_same_file(tu_in(a, whole, files[i]), tu_in(b, killed, files[i])),
+        char a[TS_PATH], b[TS_PATH];
+        CHECK_MSG(ts_same_file(ts_in(a, whole, files[i]), ts_in(b, killed, files[i])),
                   "%s differs between the uninterrupted and the resumed run", files[i]);
     }
     char *ma = metrics_untimed(whole), *mb = metrics_untimed(killed);
@@ -127,12 +127,11 @@ static void scenario(void) {
 }
 
 int main(void) {
-    CHECK_OK(tu_init());
-    CHECK_OK(tu_make_model(tu_path(base, "base"), "llama", 0.1, 4, NULL));
-    char path[TU_PATH];
-    char *text = tu_read(tu_corpus(path, "mixed.txt"), NULL);
+    CHECK_OK(ts_model_dir(ts_path(base, "base"), "llama", 0.1, 4, NULL));
+    char path[TS_PATH];
+    char *text = ts_read(ts_example(path, "corpus/mixed.txt"), NULL);
     CHECK_MSG(text != NULL, "cannot read %s", path);
-    CHECK_OK(tu_write(tu_path(data, "mixed.txt"), text ? text : ""));
+    CHECK_OK(ts_write(ts_path(data, "mixed.txt"), text ? text : ""));
     free(text);
     precision = "fp32";
     scenario();
@@ -142,6 +141,5 @@ int main(void) {
     } else {
         printf("bf16 not run: %s\n", err_msg());
     }
-    tu_cleanup();
     return check_finish();
 }

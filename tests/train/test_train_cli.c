@@ -13,17 +13,17 @@
  *     build without it, an adapter made for another base, a checkpoint from
  *     another configuration (options, data), a directory that is not a
  *     checkpoint, and a fresh run into a used --out. */
-#include "tests/train/train_util.h"
+#include "tests/support/ts_model.h"
 
 #include <jansson.h>
 #include <math.h>
 
-static char base[TU_PATH], data[TU_PATH];
+static char base[TS_PATH], data[TS_PATH];
 
 /* eval_loss at `step` in OUT/metrics.jsonl, or NAN. */
 static double eval_at(const char *out, int step) {
-    char path[TU_PATH];
-    char *text = tu_read(tu_in(path, out, "metrics.jsonl"), NULL);
+    char path[TS_PATH];
+    char *text = ts_read(ts_in(path, out, "metrics.jsonl"), NULL);
     double v = NAN;
     for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
         json_t *j = json_loads(line, 0, NULL);
@@ -37,7 +37,7 @@ static double eval_at(const char *out, int step) {
 
 /* "loss 3.123456 ..." from an eval run's stdout. */
 static double eval_loss_printed(const char *tag) {
-    char *out = tu_output(tag, "out");
+    char *out = ts_output(tag, "out");
     double v = NAN;
     if (out && sscanf(out, "loss %lf", &v) != 1) v = NAN;
     free(out);
@@ -45,9 +45,9 @@ static double eval_loss_printed(const char *tag) {
 }
 
 static void test_learns(void) {
-    char out[TU_PATH];
-    tu_path(out, "learn");
-    int rc = tu_run("learn", "train", "--model", base, "--data", data, "--out", out, "--steps",
+    char out[TS_PATH];
+    ts_path(out, "learn");
+    int rc = ts_run("learn", "train", "--model", base, "--data", data, "--out", out, "--steps",
                     "60", "--seq", "64", "--batch", "8", "--lr", "1e-2", "--rank", "8", "--targets",
                     "all-linear", "--eval-every", "60", "--eval-fraction", "0.15", "--save-every",
                     "0", "--seed", "1", NULL);
@@ -58,9 +58,9 @@ static void test_learns(void) {
     CHECK_MSG(after <= 0.8 * before, "held-out loss %g -> %g", before, after);
     CHECK_MSG(after <= 0.8 * log(320.0), "held-out loss %g vs uniform %g", after, log(320.0));
 
-    rc = tu_run("eval_base", "eval", "--model", base, "--data", data, "--seq", "64", NULL);
+    rc = ts_run("eval_base", "eval", "--model", base, "--data", data, "--seq", "64", NULL);
     CHECK_RUN_OK(rc, "eval_base");
-    rc = tu_run("eval_adapter", "eval", "--model", base, "--data", data, "--seq", "64", "--adapter",
+    rc = ts_run("eval_adapter", "eval", "--model", base, "--data", data, "--seq", "64", "--adapter",
                 out, NULL);
     CHECK_RUN_OK(rc, "eval_adapter");
     double lb = eval_loss_printed("eval_base"), la = eval_loss_printed("eval_adapter");
@@ -72,93 +72,92 @@ static void wider_mlp(model_config *c) {
 }
 
 static void test_bad_inputs(void) {
-    char path[TU_PATH], out[TU_PATH], want[TU_PATH + 64];
+    char path[TS_PATH], out[TS_PATH], want[TS_PATH + 64];
     int rc;
     /* Malformed JSONL: the error names the file and the line. */
-    tu_path(path, "bad.jsonl");
-    CHECK_OK(tu_write(path, "{\"text\": \"fine\"}\n{\"text\": \"unterminated}\n"));
-    rc = tu_run("bad_jsonl", "train", "--model", base, "--data", path, "--out",
-                tu_path(out, "o_bad"), "--steps", "1", NULL);
+    ts_path(path, "bad.jsonl");
+    CHECK_OK(ts_write(path, "{\"text\": \"fine\"}\n{\"text\": \"unterminated}\n"));
+    rc = ts_run("bad_jsonl", "train", "--model", base, "--data", path, "--out",
+                ts_path(out, "o_bad"), "--steps", "1", NULL);
     snprintf(want, sizeof want, "%s:2: not valid JSON", path);
     CHECK_RUN_FAILS(rc, "bad_jsonl", want);
 
-    tu_path(path, "empty.jsonl");
-    CHECK_OK(tu_write(path, "\n\n"));
-    rc = tu_run("empty", "train", "--model", base, "--data", path, "--out", tu_path(out, "o_empty"),
+    ts_path(path, "empty.jsonl");
+    CHECK_OK(ts_write(path, "\n\n"));
+    rc = ts_run("empty", "train", "--model", base, "--data", path, "--out", ts_path(out, "o_empty"),
                 "--steps", "1", NULL);
     CHECK_RUN_FAILS(rc, "empty", "holds no documents");
 
-    rc = tu_run("targets", "train", "--model", base, "--data", data, "--out", tu_path(out, "o_t"),
+    rc = ts_run("targets", "train", "--model", base, "--data", data, "--out", ts_path(out, "o_t"),
                 "--steps", "1", "--targets", "q_proj,c_attn", NULL);
     CHECK_RUN_FAILS(rc, "targets", "\"c_attn\" matches no linear layer");
 
-    rc = tu_run("rank0", "train", "--model", base, "--data", data, "--out", tu_path(out, "o_r0"),
+    rc = ts_run("rank0", "train", "--model", base, "--data", data, "--out", ts_path(out, "o_r0"),
                 "--steps", "1", "--rank", "0", NULL);
     CHECK_RUN_FAILS(rc, "rank0", "rank must be at least 1");
     /* k_proj of the tiny Llama is (32, 64): rank 48 is above min(in, out). */
-    rc = tu_run("rank_big", "train", "--model", base, "--data", data, "--out", tu_path(out, "o_rb"),
+    rc = ts_run("rank_big", "train", "--model", base, "--data", data, "--out", ts_path(out, "o_rb"),
                 "--steps", "1", "--rank", "48", "--targets", "k_proj", NULL);
     CHECK_RUN_FAILS(rc, "rank_big", "is above min(in 64, out 32)");
 
     /* Without the CUDA backend module (here: named but missing; every case
      * of the device in tests/gpu/test_gpu_device_cli.c and test_gpu_module.c). */
     setenv("FEDLORA_CUDA_MODULE", "/nonexistent/libfedlora_cuda.so", 1);
-    rc = tu_run("cuda", "train", "--model", base, "--data", data, "--out", tu_path(out, "o_cu"),
+    rc = ts_run("cuda", "train", "--model", base, "--data", data, "--out", ts_path(out, "o_cu"),
                 "--device", "cuda", NULL);
     unsetenv("FEDLORA_CUDA_MODULE");
     CHECK_RUN_FAILS(rc, "cuda", "CUDA backend module /nonexistent/libfedlora_cuda.so");
     CHECK(!fio_exists(out));
 
     /* A short run with checkpoints, used by the cases below. */
-    char run[TU_PATH], ckpt[TU_PATH];
-    tu_path(run, "short");
-    tu_in(ckpt, run, "checkpoint");
-    rc = tu_run("short", "train", "--model", base, "--data", data, "--out", run, "--steps", "4",
+    char run[TS_PATH], ckpt[TS_PATH];
+    ts_path(run, "short");
+    ts_in(ckpt, run, "checkpoint");
+    rc = ts_run("short", "train", "--model", base, "--data", data, "--out", run, "--steps", "4",
                 "--seq", "32", "--save-every", "2", "--lr", "1e-2", NULL);
     CHECK_RUN_OK(rc, "short");
 
     /* An adapter made for another base: same names, another MLP width. */
-    char other[TU_PATH];
-    CHECK_OK(tu_make_model(tu_path(other, "other_base"), "llama", 0.1, 2, wider_mlp));
-    rc = tu_run("other_base", "eval", "--model", other, "--data", data, "--adapter",
-                tu_path(out, "learn"), NULL);
+    char other[TS_PATH];
+    CHECK_OK(ts_model_dir(ts_path(other, "other_base"), "llama", 0.1, 2, wider_mlp));
+    rc = ts_run("other_base", "eval", "--model", other, "--data", data, "--adapter",
+                ts_path(out, "learn"), NULL);
     CHECK_RUN_FAILS(rc, "other_base", "the adapter was made for another base");
 
     /* A checkpoint from another configuration, resumed into its own --out. */
-    rc = tu_run("resume_lr", "train", "--model", base, "--data", data, "--out", run, "--steps", "4",
+    rc = ts_run("resume_lr", "train", "--model", base, "--data", data, "--out", run, "--steps", "4",
                 "--seq", "32", "--save-every", "2", "--lr", "2e-2", "--resume", ckpt, NULL);
     CHECK_RUN_FAILS(rc, "resume_lr", "train.lr is 0.01 there and 0.02 in this run");
-    rc = tu_run("resume_rank", "train", "--model", base, "--data", data, "--out", run, "--steps",
+    rc = ts_run("resume_rank", "train", "--model", base, "--data", data, "--out", run, "--steps",
                 "4", "--seq", "32", "--save-every", "2", "--lr", "1e-2", "--rank", "4", "--resume",
                 ckpt, NULL);
     CHECK_RUN_FAILS(rc, "resume_rank", "lora.modules[0].");
-    tu_path(path, "other_data.txt");
-    CHECK_OK(tu_write(path, "some other text\nand another document\n"));
-    rc = tu_run("resume_data", "train", "--model", base, "--data", path, "--out", run, "--steps",
+    ts_path(path, "other_data.txt");
+    CHECK_OK(ts_write(path, "some other text\nand another document\n"));
+    rc = ts_run("resume_data", "train", "--model", base, "--data", path, "--out", run, "--steps",
                 "4", "--seq", "32", "--save-every", "2", "--lr", "1e-2", "--resume", ckpt, NULL);
     CHECK_RUN_FAILS(rc, "resume_data", "belongs to another configuration: data.content_fnv1a64");
-    rc = tu_run("resume_base", "train", "--model", other, "--data", data, "--out", run, "--steps",
+    rc = ts_run("resume_base", "train", "--model", other, "--data", data, "--out", run, "--steps",
                 "4", "--seq", "32", "--save-every", "2", "--lr", "1e-2", "--resume", ckpt, NULL);
     CHECK_RUN_FAILS(rc, "resume_base", "base.intermediate_size is 176 there and 96");
-    rc = tu_run("resume_none", "train", "--model", base, "--data", data, "--out", run, "--steps",
+    rc = ts_run("resume_none", "train", "--model", base, "--data", data, "--out", run, "--steps",
                 "4", "--resume", data, NULL);
     CHECK_RUN_FAILS(rc, "resume_none", "is not a checkpoint");
-    rc = tu_run("fresh_used", "train", "--model", base, "--data", data, "--out", run, "--steps",
+    rc = ts_run("fresh_used", "train", "--model", base, "--data", data, "--out", run, "--steps",
                 "4", NULL);
     CHECK_RUN_FAILS(rc, "fresh_used", "already holds a training run");
 }
 
 int main(void) {
-    CHECK_OK(tu_init());
-    CHECK_OK(tu_make_model(tu_path(base, "base"), "llama", 0.1, 1, NULL));
+    CHECK_OK(ts_model_dir(ts_path(base, "base"), "llama", 0.1, 1, NULL));
     /* The three topic files as one training file. */
     const char *topics[] = {"astronomy.txt", "medicine.txt", "law.txt"};
     char *all = calloc(1, 1);
     size_t len = 0;
     for (int i = 0; i < 3 && all; i++) {
-        char path[TU_PATH];
+        char path[TS_PATH];
         size_t n;
-        char *t = tu_read(tu_corpus(path, topics[i]), &n);
+        char *t = ts_read(ts_example(path, "corpus/%s", topics[i]), &n);
         CHECK_MSG(t != NULL, "cannot read %s", path);
         char *grown = t ? realloc(all, len + n + 2) : NULL;
         if (grown) {
@@ -170,10 +169,9 @@ int main(void) {
         }
         free(t);
     }
-    CHECK_OK(tu_write(tu_path(data, "topics.txt"), all ? all : ""));
+    CHECK_OK(ts_write(ts_path(data, "topics.txt"), all ? all : ""));
     free(all);
     test_learns();
     test_bad_inputs();
-    tu_cleanup();
     return check_finish();
 }

@@ -11,12 +11,12 @@
 #include "lora/dataset.h"
 #include "lora/lora.h"
 #include "lora/trainer.h"
-#include "tests/train/train_util.h"
+#include "tests/support/ts_model.h"
 
 #include <jansson.h>
 #include <math.h>
 
-static char model_dir[TU_PATH], data_path[TU_PATH], tok_path[TU_PATH];
+static char model_dir[TS_PATH], data_path[TS_PATH], tok_path[TS_PATH];
 
 typedef struct {
     model *m;
@@ -65,9 +65,9 @@ static void base_options(trainer_options *o, const char *out) {
 
 /* Field `key` of each JSON line of a metrics file that has it, in order. */
 static int metric(const char *out_dir, const char *key, double *v, int max) {
-    char path[TU_PATH];
-    tu_in(path, out_dir, "metrics.jsonl");
-    char *text = tu_read(path, NULL);
+    char path[TS_PATH];
+    ts_in(path, out_dir, "metrics.jsonl");
+    char *text = ts_read(path, NULL);
     int n = 0;
     for (char *line = text ? strtok(text, "\n") : NULL; line && n < max;
          line = strtok(NULL, "\n")) {
@@ -88,11 +88,11 @@ static void test_grad_accum(void) {
     int64_t n_params = 0;
     for (int c = 0; c < 3; c++) {
         setup st;
-        char out[TU_PATH], name[64];
+        char out[TS_PATH], name[64];
         snprintf(name, sizeof name, "accum_%d", c);
         CHECK_OK(make_setup(&st, 32));
         trainer_options o;
-        base_options(&o, tu_path(out, name));
+        base_options(&o, ts_path(out, "%s", name));
         o.batch = BK[c][0];
         o.grad_accum = BK[c][1];
         trainer_result res;
@@ -176,9 +176,9 @@ static void test_metrics_and_schedule(void) {
     setup st;
     CHECK_OK(make_setup(&st, 32));
     if (!st.d) return;
-    char out[TU_PATH];
+    char out[TS_PATH];
     trainer_options o;
-    base_options(&o, tu_path(out, "sched"));
+    base_options(&o, ts_path(out, "sched"));
     o.steps = 6;
     o.opt.warmup_steps = 2;
     o.eval_every = 3;
@@ -204,10 +204,10 @@ static void test_metrics_and_schedule(void) {
     CHECK(lr[0] == 0 && fabs(lr[1] - 5e-3) < 1e-15);
 
     /* The adapter directory is what PEFT reads. */
-    char path[TU_PATH];
-    tu_in(path, out, "adapter_model.safetensors");
+    char path[TS_PATH];
+    ts_in(path, out, "adapter_model.safetensors");
     CHECK(fio_exists(path));
-    tu_in(path, out, "adapter_config.json");
+    ts_in(path, out, "adapter_config.json");
     CHECK(fio_exists(path));
     /* A second fresh run into the same directory is refused. */
     CHECK_FAILS_WITH(trainer_run(st.m, st.s, st.d, &o, &res), "already holds a training run");
@@ -215,57 +215,57 @@ static void test_metrics_and_schedule(void) {
 }
 
 static void test_checkpoints(void) {
-    char full[TU_PATH], part[TU_PATH], path[TU_PATH];
+    char full[TS_PATH], part[TS_PATH], path[TS_PATH];
     trainer_options o;
     trainer_result res;
     setup st;
     /* Uninterrupted: 6 steps. */
     CHECK_OK(make_setup(&st, 32));
     if (!st.d) return;
-    base_options(&o, tu_path(full, "ck_full"));
+    base_options(&o, ts_path(full, "ck_full"));
     o.steps = 6;
     o.save_every = 2;
     o.grad_accum = 2;
     o.batch = 2;
     CHECK_OK(trainer_run(st.m, st.s, st.d, &o, &res));
     free_setup(&st);
-    tu_in(path, full, "checkpoint/latest");
-    char *latest = tu_read(path, NULL);
+    ts_in(path, full, "checkpoint/latest");
+    char *latest = ts_read(path, NULL);
     CHECK(latest && !strcmp(latest, "step-00000006\n"));
     free(latest);
     const char *files[] = {"adapter_config.json", "adapter_model.safetensors",
                            "optimizer.safetensors", "trainer_state.json"};
     for (int i = 0; i < 4; i++) {
-        char step_dir[TU_PATH];
-        tu_in(path, tu_in(step_dir, full, "checkpoint/step-00000006"), files[i]);
+        char step_dir[TS_PATH];
+        ts_in(path, ts_in(step_dir, full, "checkpoint/step-00000006"), files[i]);
         CHECK_MSG(fio_exists(path), "%s", path);
     }
-    tu_in(path, full, "checkpoint/step-00000004");
+    ts_in(path, full, "checkpoint/step-00000004");
     CHECK(!fio_exists(path)); /* only the latest is kept */
 
     /* The same run again, whose checkpoint of the last step then serves a
      * resume (mid-run resumes of a killed process: test_resume). */
     CHECK_OK(make_setup(&st, 32));
-    base_options(&o, tu_path(part, "ck_part"));
+    base_options(&o, ts_path(part, "ck_part"));
     o.steps = 6;
     o.save_every = 3;
     o.grad_accum = 2;
     o.batch = 2;
     CHECK_OK(trainer_run(st.m, st.s, st.d, &o, &res));
     free_setup(&st);
-    tu_in(path, part, "checkpoint/step-00000006");
+    ts_in(path, part, "checkpoint/step-00000006");
     CHECK(fio_exists(path));
 
     /* Resuming from the final checkpoint only redoes the final eval. */
     CHECK_OK(make_setup(&st, 32));
-    o.resume = tu_path(path, "ck_part/checkpoint");
+    o.resume = ts_path(path, "ck_part/checkpoint");
     CHECK_OK(trainer_run(st.m, st.s, st.d, &o, &res));
     CHECK(res.steps == 6);
     free_setup(&st);
-    char a[TU_PATH], b[TU_PATH];
-    tu_in(a, full, "adapter_model.safetensors");
-    tu_in(b, part, "adapter_model.safetensors");
-    CHECK(tu_same_file(a, b));
+    char a[TS_PATH], b[TS_PATH];
+    ts_in(a, full, "adapter_model.safetensors");
+    ts_in(b, part, "adapter_model.safetensors");
+    CHECK(ts_same_file(a, b));
     double ea[8], eb[8];
     CHECK(metric(full, "eval_loss", ea, 8) == 1 && metric(part, "eval_loss", eb, 8) == 1);
     CHECK(ea[0] == eb[0]);
@@ -275,16 +275,15 @@ static void test_checkpoints(void) {
     o.opt.lr = 2e-2;
     CHECK_FAILS_WITH(trainer_run(st.m, st.s, st.d, &o, &res), "train.lr is 0.01 there and 0.02");
     o.opt.lr = 1e-2;
-    o.resume = tu_path(path, "sched");
+    o.resume = ts_path(path, "sched");
     CHECK_FAILS_WITH(trainer_run(st.m, st.s, st.d, &o, &res), "is not a checkpoint");
     free_setup(&st);
 }
 
 int main(void) {
-    CHECK_OK(tu_init());
-    tu_path(model_dir, "model");
-    CHECK_OK(tu_make_model(model_dir, "llama", 0.1, 3, NULL));
-    tu_in(tok_path, model_dir, "tokenizer.json");
+    ts_path(model_dir, "model");
+    CHECK_OK(ts_model_dir(model_dir, "llama", 0.1, 3, NULL));
+    ts_in(tok_path, model_dir, "tokenizer.json");
     /* Instruction records with outputs from 1 to 60 bytes. */
     char text[16384] = "";
     for (int i = 0; i < 24; i++) {
@@ -295,10 +294,9 @@ int main(void) {
         snprintf(text + strlen(text), sizeof text - strlen(text),
                  "{\"instruction\": \"Spell %d\", \"output\": \"%s\"}\n", i, out);
     }
-    CHECK_OK(tu_write(tu_path(data_path, "ins.jsonl"), text));
+    CHECK_OK(ts_write(ts_path(data_path, "ins.jsonl"), text));
     test_grad_accum();
     test_metrics_and_schedule();
     test_checkpoints();
-    tu_cleanup();
     return check_finish();
 }

@@ -22,7 +22,7 @@
 #include "model/safetensors.h"
 #include "tests/federation/fed_test.h"
 
-#define LP (2 * FT_PATH + 128) /* a path made of an FT_PATH one and more */
+#define LP (2 * TS_PATH + 128) /* a path made of an TS_PATH one and more */
 
 static uint64_t file_size(const char *path) {
     struct stat st;
@@ -30,7 +30,7 @@ static uint64_t file_size(const char *path) {
 }
 
 static int count_in(const char *path, const char *needle) {
-    char *t = ft_read(path);
+    char *t = ts_read(path, NULL);
     int n = 0;
     for (const char *p = t; p && (p = strstr(p, needle)); p += strlen(needle)) n++;
     free(t);
@@ -41,7 +41,7 @@ static int count_in(const char *path, const char *needle) {
  * object and size when it names one (uhex "" otherwise). 0 found, -1 not. */
 static int publish_record(const ft_fed *f, int round, char v[65], char uhex[65], uint64_t *size) {
     char path[LP], want[32];
-    char *text = ft_read(ft_in(path, f->agg_state, "journal"));
+    char *text = ts_read(ts_in(path, f->agg_state, "journal"), NULL);
     snprintf(want, sizeof want, "publish %d ", round);
     int rc = -1;
     for (char *line = text ? strtok(text, "\n") : NULL; line && rc; line = strtok(NULL, "\n")) {
@@ -64,7 +64,7 @@ static int publish_record(const ft_fed *f, int round, char v[65], char uhex[65],
 /* A node's metrics line for a round: its "sync" and "download_bytes". */
 static void node_sync_of(const ft_fed *f, int i, int round, char sync[16], uint64_t *bytes) {
     char path[LP];
-    char *text = ft_read(ft_in(path, f->node_state[i], "metrics.jsonl"));
+    char *text = ts_read(ts_in(path, f->node[i].state, "metrics.jsonl"), NULL);
     sync[0] = '\0';
     *bytes = 0;
     for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
@@ -93,10 +93,10 @@ static void round_base(const ft_fed *f, int round, char out[65]) {
 /* The node's copy of a version hashes to its name. */
 static void check_node_holds(const ft_fed *f, int i, const char *hex) {
     char path[LP], got[65] = "";
-    snprintf(path, sizeof path, "%s/versions/%s/model.safetensors", f->node_state[i], hex);
-    CHECK_MSG(ft_hash_file(path, got) == 0 && strcmp(got, hex) == 0,
-              "%s: its version %.16s... hashes to '%s'", f->name[i], hex, got);
-    CHECK(ft_contains(ft_in(path, f->node_state[i], "current.json"), hex));
+    snprintf(path, sizeof path, "%s/versions/%s/model.safetensors", f->node[i].state, hex);
+    CHECK_MSG(harness_hash_file(path, got) == 0 && strcmp(got, hex) == 0,
+              "%s: its version %.16s... hashes to '%s'", f->node[i].name, hex, got);
+    CHECK(ts_contains(ts_in(path, f->node[i].state, "current.json"), hex));
 }
 
 /* ---- 1: every node syncs through the updates --------------------------------------- */
@@ -126,7 +126,7 @@ static void lowrank_path(void) {
          * round's base to its version. */
         char obj[LP], got[65] = "";
         snprintf(obj, sizeof obj, "%s/objects/%s", f.agg_state, u[r]);
-        CHECK(ft_hash_file(obj, got) == 0 && strcmp(got, u[r]) == 0);
+        CHECK(harness_hash_file(obj, got) == 0 && strcmp(got, u[r]) == 0);
         CHECK(file_size(obj) == usize[r]);
         round_base(&f, r, base);
         safetensors_file *sf;
@@ -145,13 +145,13 @@ static void lowrank_path(void) {
         char dir[LP], out[LP], name[32];
         snprintf(dir, sizeof dir, "%s/versions/%s", f.agg_state, base);
         snprintf(name, sizeof name, "made-%d", r);
-        ft_in(out, f.root, name);
+        ts_in(out, f.root, name);
         CHECK_OK(checkpoint_load(&m, dir));
         CHECK_OK(update_read(&up, obj, m));
         CHECK_OK(update_apply(m, up));
         CHECK_OK(checkpoint_save(m, out, "float32"));
         got[0] = '\0';
-        CHECK(ft_hash_file(ft_in(path, out, "model.safetensors"), got) == 0 &&
+        CHECK(harness_hash_file(ts_in(path, out, "model.safetensors"), got) == 0 &&
               strcmp(got, v[r]) == 0);
         update_free(up);
         model_free(m);
@@ -159,18 +159,18 @@ static void lowrank_path(void) {
     /* Each node: round 1 downloaded in full, rounds 2 and 3 made from the
      * previous version and the update published with it. */
     for (int i = 0; i < f.n; i++) {
-        CHECK_MSG(count_in(f.node_log[i], "sync: low-rank update") == 2, "%s (see %s)", f.name[i],
-                  f.node_log[i]);
-        CHECK(count_in(f.node_log[i], "low-rank sync failed") == 0);
+        CHECK_MSG(count_in(f.node[i].log, "sync: low-rank update") == 2, "%s (see %s)",
+                  f.node[i].name, f.node[i].log);
+        CHECK(count_in(f.node[i].log, "low-rank sync failed") == 0);
         char sync[16];
         uint64_t bytes;
         node_sync_of(&f, i, 1, sync, &bytes);
         CHECK_MSG(!strcmp(sync, "full") && bytes == model_bytes, "%s round 1: %s, %llu bytes",
-                  f.name[i], sync, (unsigned long long)bytes);
+                  f.node[i].name, sync, (unsigned long long)bytes);
         for (int r = 2; r <= 3; r++) {
             node_sync_of(&f, i, r, sync, &bytes);
             CHECK_MSG(!strcmp(sync, "lowrank") && bytes == usize[r - 1],
-                      "%s round %d: %s, %llu bytes (update %llu)", f.name[i], r, sync,
+                      "%s round %d: %s, %llu bytes (update %llu)", f.node[i].name, r, sync,
                       (unsigned long long)bytes, (unsigned long long)usize[r - 1]);
         }
         check_node_holds(&f, i, v[2]);
@@ -225,7 +225,7 @@ static void fallbacks(void) {
         CHECK_OK(ft_start_node(&f, i));
     }
     char uhex[65], fhex[65], path[LP];
-    for (double t0 = ft_now(); ft_now() - t0 < 240;) {
+    for (double t0 = harness_now(); harness_now() - t0 < 240;) {
         ft_proxy_pump(&p, 50);
         if (g.round > g.open_for) {
             for (int i = 0; i < 32; i++) {
@@ -238,7 +238,7 @@ static void fallbacks(void) {
             } else if (g.round == 3) {
                 /* Node 0's copy of the version the update starts from. */
                 char model[LP];
-                snprintf(model, sizeof model, "%s/versions/%s/model.safetensors", f.node_state[0],
+                snprintf(model, sizeof model, "%s/versions/%s/model.safetensors", f.node[0].state,
                          fhex);
                 flip_byte(model, file_size(model) - 100);
             } else {
@@ -246,26 +246,27 @@ static void fallbacks(void) {
             }
             g.open_for = g.round;
         }
-        if (!ft_running(f.node[0]) && !ft_running(f.node[1])) break;
+        if (!harness_running(&f.node[0].proc) && !harness_running(&f.node[1].proc)) break;
     }
     for (int i = 0; i < f.n; i++)
-        CHECK_MSG(ft_wait(f.node[i], 5) == 0, "%s (see %s)", f.name[i], f.node_log[i]);
-    CHECK_MSG(ft_wait(f.agg, 30) == 0, "aggregator (see %s)", f.agg_log);
+        CHECK_MSG(harness_wait(&f.node[i].proc, 5) == 0, "%s (see %s)", f.node[i].name,
+                  f.node[i].log);
+    CHECK_MSG(harness_wait(&f.agg, 30) == 0, "aggregator (see %s)", f.agg_log);
     CHECK_MSG(g.open_for == 4, "the proxy saw updates up to round %llu",
               (unsigned long long)g.open_for);
 
     const char *corrupt = "low-rank sync failed (the update's bytes do not hash";
     const char *tampered = "not to the round's base); downloading the full version";
     const char *removed = "low-rank sync failed (the aggregator refused GET_MODEL";
-    CHECK_MSG(count_in(f.node_log[0], corrupt) == 1 && count_in(f.node_log[0], tampered) == 1 &&
-                  count_in(f.node_log[0], removed) == 1 &&
-                  count_in(f.node_log[0], "low-rank sync failed") == 3 &&
-                  count_in(f.node_log[0], "sync: low-rank update") == 0,
-              "see %s", f.node_log[0]);
-    CHECK_MSG(count_in(f.node_log[1], corrupt) == 1 && count_in(f.node_log[1], removed) == 1 &&
-                  count_in(f.node_log[1], "low-rank sync failed") == 2 &&
-                  count_in(f.node_log[1], "sync: low-rank update") == 1,
-              "see %s", f.node_log[1]);
+    CHECK_MSG(count_in(f.node[0].log, corrupt) == 1 && count_in(f.node[0].log, tampered) == 1 &&
+                  count_in(f.node[0].log, removed) == 1 &&
+                  count_in(f.node[0].log, "low-rank sync failed") == 3 &&
+                  count_in(f.node[0].log, "sync: low-rank update") == 0,
+              "see %s", f.node[0].log);
+    CHECK_MSG(count_in(f.node[1].log, corrupt) == 1 && count_in(f.node[1].log, removed) == 1 &&
+                  count_in(f.node[1].log, "low-rank sync failed") == 2 &&
+                  count_in(f.node[1].log, "sync: low-rank update") == 1,
+              "see %s", f.node[1].log);
     char v[5][65], u[5][65], sync[16];
     uint64_t us[5], bytes, model_bytes;
     for (int r = 1; r <= 4; r++) CHECK_OK(publish_record(&f, r, v[r], u[r], &us[r]));
@@ -279,7 +280,7 @@ static void fallbacks(void) {
              * count too when they were fetched before the fallback. */
             uint64_t want = lowrank ? us[r - 1] : (r == 4 ? 0 : us[r - 1]) + model_bytes;
             CHECK_MSG(!strcmp(sync, lowrank ? "lowrank" : "full") && bytes == want,
-                      "%s round %d: %s, %llu bytes, want %llu", f.name[i], r, sync,
+                      "%s round %d: %s, %llu bytes, want %llu", f.node[i].name, r, sync,
                       (unsigned long long)bytes, (unsigned long long)want);
         }
     for (int i = 0; i < 2; i++) check_node_holds(&f, i, v[3]);
@@ -306,7 +307,7 @@ static void policy_sync(const char *tag, const char *policy_text, const char *ru
     snprintf(dir, sizeof dir, "%s", f.agg_config);
     *strrchr(dir, '/') = '\0';
     snprintf(text, sizeof text, "%srounds = { quorum = 3; deadline_s = 120; };\n", policy_text);
-    CHECK_OK(ft_write(ft_in(path, dir, "policy.cfg"), text));
+    CHECK_OK(ts_write(ts_in(path, dir, "policy.cfg"), text));
     snprintf(text, sizeof text,
              "bind = \"tcp://127.0.0.1:*\";\n"
              "keys = { dir = \"../keys\"; name = \"aggregator\"; };\n"
@@ -318,8 +319,8 @@ static void policy_sync(const char *tag, const char *policy_text, const char *ru
              "rounds = { count = 2; linger = 3; };\n"
              "train = { steps = 4; lr = 0.01; rank = 4; alpha = 8; targets = [ \"q_proj\", "
              "\"v_proj\" ]; batch = 4; seq = 32; };\n",
-             f.name[0], f.name[1], f.name[2]);
-    CHECK_OK(ft_write(f.agg_config, text));
+             f.node[0].name, f.node[1].name, f.node[2].name);
+    CHECK_OK(ts_write(f.agg_config, text));
     CHECK_OK(ft_start_aggregator(&f));
     ft_run_nodes(&f, f.endpoint, 240);
     char v[65], u[65] = "x", base[65];
@@ -333,9 +334,9 @@ static void policy_sync(const char *tag, const char *policy_text, const char *ru
     /* clip_norm clips every member here; without it none is clipped. */
     json_t *clip = j ? json_object_get(j, "clip") : NULL;
     for (int i = 0; i < f.n; i++) {
-        double c = json_real_value(json_object_get(clip, f.name[i]));
+        double c = json_real_value(json_object_get(clip, f.node[i].name));
         CHECK_MSG(strstr(policy_text, "clip_norm") ? c > 0 && c < 1 : c == 1,
-                  "%s: %s's clip factor is %g", tag, f.name[i], c);
+                  "%s: %s's clip factor is %g", tag, f.node[i].name, c);
     }
     json_decref(j);
     store_model(&f, v, path);
@@ -347,7 +348,7 @@ static void policy_sync(const char *tag, const char *policy_text, const char *ru
         CHECK_MSG(strlen(u) == 64 && us > 0 && us < model_bytes / 2,
                   "%s: round 1 published update '%s' (%llu bytes)", tag, u, (unsigned long long)us);
         snprintf(obj, sizeof obj, "%s/objects/%s", f.agg_state, u);
-        CHECK(ft_hash_file(obj, got) == 0 && strcmp(got, u) == 0 && file_size(obj) == us);
+        CHECK(harness_hash_file(obj, got) == 0 && strcmp(got, u) == 0 && file_size(obj) == us);
         round_base(&f, 1, base);
         snprintf(path, sizeof path, "%s/versions/%s", f.agg_state, base);
         model *m = NULL;
@@ -361,22 +362,22 @@ static void policy_sync(const char *tag, const char *policy_text, const char *ru
         model_free(m);
     } else {
         CHECK_MSG(u[0] == '\0', "%s: round 1 published update '%s'", tag, u);
-        CHECK(fio_dir_empty(ft_in(path, f.agg_state, "objects")) == 1);
+        CHECK(fio_dir_empty(ts_in(path, f.agg_state, "objects")) == 1);
     }
     for (int i = 0; i < f.n; i++) {
         char sync[16];
         node_sync_of(&f, i, 2, sync, &bytes);
         if (rank > 0) {
             CHECK_MSG(!strcmp(sync, "lowrank") && bytes == us,
-                      "%s: %s round 2: %s, %llu bytes (update %llu)", tag, f.name[i], sync,
+                      "%s: %s round 2: %s, %llu bytes (update %llu)", tag, f.node[i].name, sync,
                       (unsigned long long)bytes, (unsigned long long)us);
-            CHECK_MSG(count_in(f.node_log[i], "sync: low-rank update") == 1 &&
-                          count_in(f.node_log[i], "low-rank sync failed") == 0,
-                      "%s: see %s", tag, f.node_log[i]);
+            CHECK_MSG(count_in(f.node[i].log, "sync: low-rank update") == 1 &&
+                          count_in(f.node[i].log, "low-rank sync failed") == 0,
+                      "%s: see %s", tag, f.node[i].log);
         } else {
-            CHECK(count_in(f.node_log[i], "low-rank") == 0);
+            CHECK(count_in(f.node[i].log, "low-rank") == 0);
             CHECK_MSG(!strcmp(sync, "full") && bytes == model_bytes,
-                      "%s: %s round 2: %s, %llu bytes", tag, f.name[i], sync,
+                      "%s: %s round 2: %s, %llu bytes", tag, f.node[i].name, sync,
                       (unsigned long long)bytes);
         }
         check_node_holds(&f, i, v);

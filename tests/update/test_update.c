@@ -1,6 +1,6 @@
 /* lora/update.h: the factored update of a round and its portable kernel.
  *
- *   - update_apply gives what the BLAS merge (delta_merge_product) gives, to
+ *   - update_apply gives what the BLAS merge (ts_blas_merge) gives, to
  *     1e-6 relative, on Llama and GPT-2 (Conv1D) weights, with adapters of
  *     different ranks, some modules adapted by only some members; it leaves
  *     every other parameter untouched;
@@ -16,11 +16,12 @@
  *     shapes, ranks, unknown names, missing partners, dtypes, NaN and Inf,
  *     bad metadata; update_build and update_apply refuse another base's
  *     adapters or update and leave the model unchanged. */
-#include "lora/delta.h"
 #include "lora/update.h"
 #include "model/checkpoint.h"
 #include "model/safetensors.h"
 #include "tests/check.h"
+#include "tests/support/blas_merge.h"
+#include "tests/support/ts_model.h"
 #include "util/err.h"
 #include "util/fio.h"
 
@@ -28,16 +29,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
-
-static char dir[] = "/tmp/fl_update_XXXXXX";
-
-static model *make_model(const char *arch, uint64_t seed) {
-    model_config cfg;
-    model *m = NULL;
-    if (model_config_preset(&cfg, arch, "tiny") != 0 || model_create(&m, &cfg) != 0) return NULL;
-    model_init_random(m, seed);
-    return m;
-}
 
 static double uniform(uint64_t *s) {
     *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
@@ -83,7 +74,7 @@ static model *copy_of(const model *m) {
 /* ---- against the BLAS merge ----------------------------------------------------- */
 
 static void check_against_blas(const char *arch, const char *t0, const char *t1, const char *t2) {
-    model *m0 = make_model(arch, 3), *m1 = copy_of(m0), *m2 = copy_of(m0);
+    model *m0 = ts_preset_model(arch, 3), *m1 = copy_of(m0), *m2 = copy_of(m0);
     CHECK(m0 && m1 && m2);
     if (!m0 || !m1 || !m2) return;
     /* Ranks 2, 4, 3; the third member adapts fewer modules. */
@@ -93,7 +84,7 @@ static void check_against_blas(const char *arch, const char *t0, const char *t1,
     const double w[3] = {0.2, 0.3, 0.5};
     update *u = NULL;
     CHECK_OK(update_build(&u, m0, sets, w, 3));
-    CHECK_OK(delta_merge_product(m2, sets, w, 3));
+    CHECK_OK(ts_blas_merge(m2, sets, w, 3));
     CHECK_OK(update_apply(m1, u));
     double max_err = 0, max_w = 0, max_delta = 0;
     int changed_elsewhere = 0;
@@ -112,7 +103,7 @@ static void check_against_blas(const char *arch, const char *t0, const char *t1,
         }
     }
     CHECK_MSG(max_delta > 1e-3, "%s: the update changes nothing (%g)", arch, max_delta);
-    CHECK_MSG(max_err <= 1e-6 * max_w, "%s: update_apply vs delta_merge_product: %g (|W| %g)", arch,
+    CHECK_MSG(max_err <= 1e-6 * max_w, "%s: update_apply vs ts_blas_merge: %g (|W| %g)", arch,
               max_err, max_w);
     CHECK_MSG(changed_elsewhere == 0, "%s: %d unadapted params changed", arch, changed_elsewhere);
     /* Every adapted weight is a module, with R = the ranks that adapt it. */
@@ -137,7 +128,7 @@ static void check_against_blas(const char *arch, const char *t0, const char *t1,
 /* ---- bits: the formula, and thread counts ----------------------------------------- */
 
 static void check_bits(void) {
-    model *m0 = make_model("llama", 5);
+    model *m0 = ts_preset_model("llama", 5);
     lora_set *sets[2] = {make_adapter(m0, "q_proj,v_proj,down_proj", 4, 8, 11),
                          make_adapter(m0, "q_proj,v_proj,down_proj", 5, 10, 12)};
     const double w[2] = {0.375, 0.625};
@@ -169,7 +160,7 @@ static void check_bits(void) {
         model_free(m);
     }
     omp_set_num_threads(2);
-    /* The B blocks carry c_k = (float)(w_k s_k) times B_k, as delta_product forms them. */
+    /* The B blocks carry c_k = (float)(w_k s_k) times B_k, as ts_blas_product forms them. */
     const update_module *q = &u->modules[0];
     const lora_module *q0 = lora_find(sets[0], "model.layers.0.self_attn.q_proj");
     const lora_module *q1 = lora_find(sets[1], "model.layers.0.self_attn.q_proj");
@@ -196,7 +187,7 @@ static void check_bits(void) {
  * and applies as the double-precision formula computed here; refusals leave
  * it unchanged. */
 static void check_explicit(void) {
-    model *m0 = make_model("llama", 13);
+    model *m0 = ts_preset_model("llama", 13);
     const char *names[3] = {"model.layers.1.mlp.down_proj.weight",
                             "model.layers.0.self_attn.q_proj.weight",
                             "model.layers.0.self_attn.v_proj.weight"};
@@ -252,9 +243,9 @@ static void check_explicit(void) {
     CHECK_OK(update_apply(m, u));
     CHECK_MSG(same_params(m, ref), "update_add's factors do not apply as the formula");
     /* The file keeps them. */
-    char path[256];
+    char path[TS_PATH];
     update *v = NULL;
-    snprintf(path, sizeof path, "%s/explicit.safetensors", dir);
+    ts_path(path, "explicit.safetensors");
     CHECK_OK(update_write(u, path));
     CHECK_OK(update_read(&v, path, m0));
     model *m2 = copy_of(m0);
@@ -288,13 +279,13 @@ static update *sample_update(const model *m) {
 }
 
 static void check_file(void) {
-    model *m = make_model("llama", 9);
+    model *m = ts_preset_model("llama", 9);
     update *u = sample_update(m), *v = NULL;
     CHECK(u != NULL);
     if (!u) return;
-    char p1[256], p2[256];
-    snprintf(p1, sizeof p1, "%s/u1.safetensors", dir);
-    snprintf(p2, sizeof p2, "%s/u2.safetensors", dir);
+    char p1[TS_PATH], p2[TS_PATH];
+    ts_path(p1, "u1.safetensors");
+    ts_path(p2, "u2.safetensors");
     CHECK_OK(update_write(u, p1));
     CHECK_OK(update_write(u, p2));
     char *a, *b;
@@ -353,9 +344,9 @@ static float zeros[4096];
  * checks that update_read refuses it with `needle`. */
 static void refused(const model *m, const safetensors_entry *e, int n, const char *const *meta,
                     const char *needle) {
-    char p[256];
+    char p[TS_PATH];
     static int count;
-    snprintf(p, sizeof p, "%s/bad%d.safetensors", dir, count++);
+    ts_path(p, "bad%d.safetensors", count++);
     safetensors_entry copy[8];
     for (int i = 0; i < n; i++) {
         copy[i] = e[i];
@@ -371,13 +362,13 @@ static void refused(const model *m, const safetensors_entry *e, int n, const cha
 #define V "model.layers.0.self_attn.v_proj.weight"
 
 static void check_refusals(void) {
-    model *m = make_model("llama", 1);
+    model *m = ts_preset_model("llama", 1);
     const safetensors_entry ok[2] = {{Q ".update_B", SAFETENSORS_F32, 2, {64, 2}, NULL},
                                      {Q ".update_A", SAFETENSORS_F32, 2, {2, 64}, NULL}};
     /* The control: the same tensors with good metadata are accepted. */
     {
-        char p[256];
-        snprintf(p, sizeof p, "%s/good.safetensors", dir);
+        char p[TS_PATH];
+        ts_path(p, "good.safetensors");
         safetensors_entry e[2] = {ok[0], ok[1]};
         e[0].data = e[1].data = zeros;
         CHECK_OK(safetensors_write(p, e, 2, good_meta));
@@ -454,7 +445,7 @@ static void check_refusals(void) {
     CHECK(u == NULL);
 
     /* Another base: an adapter of a GPT-2 model, an update made for Llama. */
-    model *g = make_model("gpt2", 1), *before = copy_of(m);
+    model *g = ts_preset_model("gpt2", 1), *before = copy_of(m);
     lora_set *s = make_adapter(g, "c_attn", 2, 4, 1);
     const double one = 1;
     CHECK_FAILS_WITH(update_build(&u, m, &s, &one, 1), "made for another base");
@@ -487,10 +478,6 @@ static void check_refusals(void) {
 }
 
 int main(void) {
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
     check_against_blas("llama", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "q_proj,v_proj");
     check_against_blas("gpt2", "c_attn,c_proj,c_fc", "c_attn,c_proj,c_fc", "c_attn");
@@ -498,10 +485,5 @@ int main(void) {
     check_explicit();
     check_file();
     check_refusals();
-    if (!check_failed) {
-        char cmd[64];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
-    }
     return check_finish();
 }

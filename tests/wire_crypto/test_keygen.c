@@ -2,6 +2,7 @@
  * files of wire/keys.h: modes, refusal to overwrite, the printed fingerprint
  * and paths, loading back, the strict parser's refusals, and keys_paths_of. */
 #include "tests/check.h"
+#include "tests/support/ts.h"
 #include "util/err.h"
 #include "util/fio.h"
 #include "wire/crypto.h"
@@ -19,12 +20,12 @@
 
 int cmd_keygen(int argc, char **argv);
 
-static char dir[256];
+static char dir[TS_PATH];
 
 /* Runs cmd_keygen with its stdout captured into out. */
 static int run_keygen(char *out, size_t cap, int argc, char **argv) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/stdout.txt", dir);
+    char path[TS_PATH];
+    ts_in(path, dir, "stdout.txt");
     fflush(stdout);
     int saved = dup(1);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -45,21 +46,17 @@ static int run_keygen(char *out, size_t cap, int argc, char **argv) {
     return rc;
 }
 
-static void path_of(char *out, size_t n, const char *file) {
-    snprintf(out, n, "%s/%s", dir, file);
-}
-
 static unsigned mode_of(const char *file) {
-    char p[512];
+    char p[TS_PATH];
     struct stat st;
-    path_of(p, sizeof p, file);
+    ts_in(p, dir, file);
     return stat(p, &st) == 0 ? (unsigned)(st.st_mode & 07777) : 0;
 }
 
 static char *slurp(const char *file) {
-    char p[512], *text;
+    char p[TS_PATH], *text;
     size_t len;
-    path_of(p, sizeof p, file);
+    ts_in(p, dir, file);
     return fio_read_all(p, 1 << 16, &text, &len) == 0 ? text : NULL;
 }
 
@@ -81,7 +78,7 @@ static void test_keygen_writes_identity(void) {
     snprintf(line, sizeof line, "fingerprint: %s\n", fp_text);
     CHECK_MSG(strstr(out, line) != NULL, "printed:\n%s\nexpected the line: %s", out, line);
     /* The printed paths are the files written (keys_paths_of), as before. */
-    char wrote[1024];
+    char wrote[3 * TS_PATH + 256];
     snprintf(wrote, sizeof wrote,
              "wrote %s/uni-zurich.sign.pem and %s/uni-zurich.kx.pem (private: keep them on this "
              "machine)\nwrote %s/uni-zurich.id (public identity: send it to the consortium "
@@ -98,8 +95,8 @@ static void test_keygen_writes_identity(void) {
     uint8_t sig[64], eph[32], eph_pub[32], s1[32], s2[32];
     CHECK_OK(crypto_ed25519_sign(sig, k.sign_seed, "roster", 6));
     keys_public pub;
-    char idp[512];
-    path_of(idp, sizeof idp, "uni-zurich.id");
+    char idp[TS_PATH];
+    ts_in(idp, dir, "uni-zurich.id");
     CHECK_OK(keys_load_public(idp, &pub));
     CHECK_OK(crypto_ed25519_verify(sig, pub.sign_pub, "roster", 6));
     CHECK_OK(crypto_x25519_keypair(eph, eph_pub));
@@ -109,12 +106,12 @@ static void test_keygen_writes_identity(void) {
     keys_secret_wipe(&k);
 
     /* A second identity gets other keys. */
-    char out_dir_arg[300];
+    char out_dir_arg[TS_PATH + 8];
     snprintf(out_dir_arg, sizeof out_dir_arg, "--out=%s", dir);
     char *argv2[] = {"keygen", "--name=uni-bern", out_dir_arg};
     CHECK(run_keygen(out, sizeof out, 3, argv2) == 0);
     keys_public bern;
-    path_of(idp, sizeof idp, "uni-bern.id");
+    ts_in(idp, dir, "uni-bern.id");
     CHECK_OK(keys_load_public(idp, &bern));
     CHECK(memcmp(bern.sign_pub, pub.sign_pub, 32) != 0 && memcmp(bern.kx_pub, pub.kx_pub, 32) != 0);
 }
@@ -131,8 +128,8 @@ static void test_keygen_refuses_overwrite(void) {
     free(before_sign), free(after_sign), free(before_id), free(after_id);
 
     /* Only the public file exists: still refused, and no private key is written. */
-    char p[512];
-    path_of(p, sizeof p, "lonely.id");
+    char p[TS_PATH];
+    ts_in(p, dir, "lonely.id");
     CHECK_OK(fio_write_atomic(p, "x", 1, 0644));
     char *argv2[] = {"keygen", "--name", "lonely", "--out", dir};
     CHECK(run_keygen(out, sizeof out, 5, argv2) == 1);
@@ -229,15 +226,15 @@ static void test_identity_parser(void) {
 
 static void copy_file(const char *from, const char *to, unsigned mode) {
     char *text = slurp(from), p[512];
-    path_of(p, sizeof p, to);
+    ts_in(p, dir, to);
     CHECK(text && fio_write_atomic(p, text, strlen(text), mode) == 0);
     free(text);
 }
 
 static void test_load_refusals(void) {
-    char p[512];
+    char p[TS_PATH];
     /* A private key readable by others. */
-    path_of(p, sizeof p, "uni-zurich.sign.pem");
+    ts_in(p, dir, "uni-zurich.sign.pem");
     CHECK(chmod(p, 0644) == 0);
     keys_secret k;
     CHECK_FAILS_WITH(keys_load_secret(dir, "uni-zurich", &k), "mode 0644");
@@ -252,7 +249,7 @@ static void test_load_refusals(void) {
         char *at = strstr(id, "uni-zurich");
         char fixed[KEYS_ID_FILE_MAX];
         snprintf(fixed, sizeof fixed, "%.*suni-mixed%s", (int)(at - id), id, at + 10);
-        path_of(p, sizeof p, "uni-mixed.id");
+        ts_in(p, dir, "uni-mixed.id");
         CHECK_OK(fio_write_atomic(p, fixed, strlen(fixed), 0644));
         free(id);
     }
@@ -268,14 +265,14 @@ static void test_load_refusals(void) {
         char *at = strstr(zid, "uni-zurich");
         char fixed[KEYS_ID_FILE_MAX];
         snprintf(fixed, sizeof fixed, "%.*suni-swap%s", (int)(at - zid), zid, at + 10);
-        path_of(p, sizeof p, "uni-swap.id");
+        ts_in(p, dir, "uni-swap.id");
         CHECK_OK(fio_write_atomic(p, fixed, strlen(fixed), 0644));
         free(zid);
     }
     CHECK_FAILS_WITH(keys_load_secret(dir, "uni-swap", &k), "expected ED25519");
 
     /* Not PEM at all. */
-    path_of(p, sizeof p, "uni-swap.sign.pem");
+    ts_in(p, dir, "uni-swap.sign.pem");
     CHECK_OK(fio_write_atomic(p, "hello\n", 6, 0600));
     CHECK_FAILS_WITH(keys_load_secret(dir, "uni-swap", &k), "not an unencrypted PEM private key");
 
@@ -338,19 +335,22 @@ static void test_keys_paths(void) {
 static void remove_dir(void) {
     const char *files[] = {"uni-zurich", "uni-bern", "uni-mixed", "uni-swap", "uni-other"};
     const char *suffix[] = {".sign.pem", ".kx.pem", ".id"};
-    char p[512], f[128];
+    char p[TS_PATH], f[128];
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
         for (size_t j = 0; j < 3; j++) {
             snprintf(f, sizeof f, "%s%s", files[i], suffix[j]);
-            path_of(p, sizeof p, f);
+            ts_in(p, dir, f);
             unlink(p);
         }
     CHECK_MSG(rmdir(dir) == 0, "directory %s not empty after the test", dir);
 }
 
 int main(void) {
-    snprintf(dir, sizeof dir, "keygen-test-XXXXXX");
-    if (!mkdtemp(dir)) return perror("mkdtemp"), 2;
+    /* A directory of its own inside the scratch one: at the end it must
+     * hold nothing but the identities the test made (no stray temporary
+     * files). */
+    ts_path(dir, "keys");
+    if (fio_mkdirs(dir, 0700) != 0) return fprintf(stderr, "%s\n", err_msg()), 2;
     test_keygen_writes_identity();
     test_keygen_refuses_overwrite();
     test_keygen_usage();

@@ -232,7 +232,18 @@ static void test_round_trips(void) {
 
     m.error.has_retry_after = false;
     CHECK_OK(round_trip(&m, &out, &buf));
-    CHECK(!out.error.has_retry_after);
+    CHECK(!out.error.has_retry_after && !out.error.has_final);
+    free(buf);
+
+    /* The end of the federation: WRONG_ROUND with its final version. A
+     * decoder that does not know "final" ignores it (unknown fields are). */
+    m.error.code = MSG_ERR_WRONG_ROUND;
+    strcpy(m.error.reason, "finished: all 3 rounds are done");
+    m.error.has_final = true;
+    fill(m.error.final, MSG_HASH_LEN, 13);
+    CHECK_OK(round_trip(&m, &out, &buf));
+    CHECK(out.error.has_final && memcmp(out.error.final, m.error.final, MSG_HASH_LEN) == 0 &&
+          !out.error.has_retry_after);
     free(buf);
 
     /* ROUND with the optional low-rank update of its base. */

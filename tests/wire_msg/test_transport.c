@@ -23,12 +23,12 @@ static struct transport_opts test_opts(void) {
 }
 
 /* A router on tcp://127.0.0.1:<free port> and a dealer connected to it. */
-static int tcp_pair(void *ctx, const struct transport_opts *ro, void **router, void **dealer,
+static int tcp_pair(const struct transport_opts *ro, transport **router, transport **dealer,
                     char *ep, size_t n) {
     struct transport_opts d = test_opts();
-    if (transport_router(ctx, "tcp://127.0.0.1:*", ro, router) < 0) return -1;
+    if (transport_router(router, "tcp://127.0.0.1:*", ro) < 0) return -1;
     if (transport_endpoint(*router, ep, n) < 0) return -1;
-    return transport_dealer(ctx, ep, &d, dealer);
+    return transport_dealer(dealer, ep, &d);
 }
 
 /* ---- a scripted server thread --------------------------------------------------- */
@@ -36,7 +36,7 @@ static int tcp_pair(void *ctx, const struct transport_opts *ro, void **router, v
 enum script { ECHO_HELLO, DROP_FIRST, STALE_FIRST };
 
 struct server {
-    void *router;
+    transport *router;
     enum script script;
     int requests;                     /* requests received */
     uint8_t ids[2][TRANSPORT_ID_LEN]; /* ids of the first two */
@@ -111,11 +111,11 @@ static struct transport_retry quick_retry(int timeout_ms, int attempts) {
         .timeout_ms = timeout_ms, .attempts = attempts, .backoff_ms = 20, .backoff_max_ms = 100};
 }
 
-static void test_request_reply(void *ctx) {
+static void test_request_reply(void) {
     struct transport_opts o = test_opts();
-    void *router, *dealer;
+    transport *router, *dealer;
     char ep[256];
-    CHECK_OK(tcp_pair(ctx, &o, &router, &dealer, ep, sizeof ep));
+    CHECK_OK(tcp_pair(&o, &router, &dealer, ep, sizeof ep));
     CHECK(strncmp(ep, "tcp://127.0.0.1:", 16) == 0 && strcmp(ep, "tcp://127.0.0.1:*") != 0);
 
     struct server s = {.router = router, .script = ECHO_HELLO};
@@ -145,11 +145,11 @@ static void test_request_reply(void *ctx) {
     CHECK_OK(transport_close(router));
 }
 
-static void test_retry_after_lost_request(void *ctx) {
+static void test_retry_after_lost_request(void) {
     struct transport_opts o = test_opts();
-    void *router, *dealer;
+    transport *router, *dealer;
     char ep[256];
-    CHECK_OK(tcp_pair(ctx, &o, &router, &dealer, ep, sizeof ep));
+    CHECK_OK(tcp_pair(&o, &router, &dealer, ep, sizeof ep));
     struct server s = {.router = router, .script = DROP_FIRST};
     pthread_t th;
     CHECK(pthread_create(&th, NULL, serve, &s) == 0);
@@ -175,11 +175,11 @@ static void test_retry_after_lost_request(void *ctx) {
     CHECK_OK(transport_close(router));
 }
 
-static void test_late_reply_dropped(void *ctx) {
+static void test_late_reply_dropped(void) {
     struct transport_opts o = test_opts();
-    void *router, *dealer;
+    transport *router, *dealer;
     char ep[256];
-    CHECK_OK(tcp_pair(ctx, &o, &router, &dealer, ep, sizeof ep));
+    CHECK_OK(tcp_pair(&o, &router, &dealer, ep, sizeof ep));
     struct server s = {.router = router, .script = STALE_FIRST};
     pthread_t th;
     CHECK(pthread_create(&th, NULL, serve, &s) == 0);
@@ -202,16 +202,15 @@ static void test_late_reply_dropped(void *ctx) {
 
 /* ---- bounds ------------------------------------------------------------------------- */
 
-static void test_oversized_frame_tcp(void *ctx) {
+static void test_oversized_frame_tcp(void) {
     struct transport_opts ro = test_opts();
     ro.lim = (struct transport_limits){.max_frames = 4, .max_frame = 4096, .max_total = 8192};
     ro.recv_timeout_ms = 500;
-    void *router, *dealer, *dealer2;
+    transport *router, *dealer, *dealer2;
     char ep[256];
-    CHECK_OK(tcp_pair(ctx, &ro, &router, &dealer, ep, sizeof ep));
+    CHECK_OK(tcp_pair(&ro, &router, &dealer, ep, sizeof ep));
     int64_t maxmsg = 0;
-    size_t sz = sizeof maxmsg;
-    CHECK(zmq_getsockopt(router, ZMQ_MAXMSGSIZE, &maxmsg, &sz) == 0 && maxmsg == 4096);
+    CHECK(transport_option(router, "ZMQ_MAXMSGSIZE", &maxmsg) == 0 && maxmsg == 4096);
 
     /* libzmq disconnects the peer on the first oversized frame: nothing is
      * delivered, the receive times out. */
@@ -224,7 +223,7 @@ static void test_oversized_frame_tcp(void *ctx) {
 
     /* The router goes on serving others. */
     struct transport_opts d = test_opts();
-    CHECK_OK(transport_dealer(ctx, ep, &d, &dealer2));
+    CHECK_OK(transport_dealer(&dealer2, ep, &d));
     f.len = 100;
     CHECK_OK(transport_send(dealer2, &f, 1));
     CHECK(transport_recv(router, &ro.lim, &m) == 0);
@@ -236,13 +235,13 @@ static void test_oversized_frame_tcp(void *ctx) {
     CHECK_OK(transport_close(router));
 }
 
-static void test_bounds_inproc(void *ctx) {
+static void test_bounds_inproc(void) {
     struct transport_opts ro = test_opts();
     ro.lim = (struct transport_limits){.max_frames = 4, .max_frame = 4096, .max_total = 8192};
     struct transport_opts d = test_opts();
-    void *router, *dealer;
-    CHECK_OK(transport_router(ctx, "inproc://bounds", &ro, &router));
-    CHECK_OK(transport_dealer(ctx, "inproc://bounds", &d, &dealer));
+    transport *router, *dealer;
+    CHECK_OK(transport_router(&router, "inproc://bounds", &ro));
+    CHECK_OK(transport_dealer(&dealer, "inproc://bounds", &d));
     uint8_t *buf = calloc(1, 8192);
     struct transport_msg m;
 
@@ -306,20 +305,20 @@ static void test_bounds_inproc(void *ctx) {
     CHECK_OK(transport_close(router));
 }
 
-static void test_no_server(void *ctx) {
+static void test_no_server(void) {
     /* Bind to get a free port, close, then talk to nobody there. */
     struct transport_opts o = test_opts();
-    void *router, *dealer;
+    transport *router, *dealer;
     char ep[256];
-    CHECK_OK(transport_router(ctx, "tcp://127.0.0.1:*", &o, &router));
+    CHECK_OK(transport_router(&router, "tcp://127.0.0.1:*", &o));
     CHECK_OK(transport_endpoint(router, ep, sizeof ep));
     CHECK_OK(transport_close(router));
     o.send_timeout_ms = 50;
-    CHECK_OK(transport_dealer(ctx, ep, &o, &dealer));
-    int v = 0;
-    size_t sz = sizeof v;
-    CHECK(zmq_getsockopt(dealer, ZMQ_HEARTBEAT_IVL, &v, &sz) == 0 && v == 5000);
-    CHECK(zmq_getsockopt(dealer, ZMQ_SNDTIMEO, &v, &sz) == 0 && v == 50);
+    CHECK_OK(transport_dealer(&dealer, ep, &o));
+    int64_t v = 0;
+    CHECK(transport_option(dealer, "ZMQ_HEARTBEAT_IVL", &v) == 0 && v == 5000);
+    CHECK(transport_option(dealer, "ZMQ_SNDTIMEO", &v) == 0 && v == 50);
+    CHECK_FAILS_WITH(transport_option(dealer, "ZMQ_NOPE", &v), "no option ZMQ_NOPE");
     struct transport_frame f = {"anyone?", 7};
     struct transport_retry rt = quick_retry(100, 2);
     struct transport_msg reply;
@@ -331,8 +330,8 @@ static void test_no_server(void *ctx) {
 
     struct transport_opts bad = test_opts();
     bad.heartbeat_ttl_ms = 50;
-    CHECK_FAILS_WITH(transport_dealer(ctx, ep, &bad, &dealer), "heartbeat TTL 50 ms is outside");
-    CHECK_FAILS_WITH(transport_router(ctx, "nonsense://x", &o, &router), "binding nonsense://x");
+    CHECK_FAILS_WITH(transport_dealer(&dealer, ep, &bad), "heartbeat TTL 50 ms is outside");
+    CHECK_FAILS_WITH(transport_router(&router, "nonsense://x", &o), "binding nonsense://x");
 }
 
 static void test_backoff(void) {
@@ -356,15 +355,12 @@ static void test_backoff(void) {
 }
 
 int main(void) {
-    void *ctx = zmq_ctx_new();
-    CHECK(ctx != NULL);
-    test_request_reply(ctx);
-    test_retry_after_lost_request(ctx);
-    test_late_reply_dropped(ctx);
-    test_oversized_frame_tcp(ctx);
-    test_bounds_inproc(ctx);
-    test_no_server(ctx);
+    test_request_reply();
+    test_retry_after_lost_request();
+    test_late_reply_dropped();
+    test_oversized_frame_tcp();
+    test_bounds_inproc();
+    test_no_server();
     test_backoff();
-    CHECK(zmq_ctx_term(ctx) == 0);
     return check_finish();
 }

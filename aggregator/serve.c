@@ -1,0 +1,156 @@
+/* serve — agg_run: the ROUTER loop that hands each request to agg_handle
+ * and ticks the state machine between requests, and GET_MODEL, which serves
+ * versions and objects from the store in chunks. */
+#include "aggregator/state.h"
+
+#include "aggregator/store.h"
+#include "util/err.h"
+#include "util/fio.h"
+#include "wire/transport.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define FINISH_GRACE_S 2 /* seconds served after every member heard "finished" */
+
+volatile sig_atomic_t agg_stop_requested;
+volatile sig_atomic_t agg_reload_requested;
+
+void agg_request_stop(void) {
+    agg_stop_requested = 1;
+}
+
+static void on_signal(int sig) {
+    (void)sig;
+    agg_stop_requested = 1;
+}
+
+static void on_hup(int sig) {
+    (void)sig;
+    agg_reload_requested = 1;
+}
+
+static int done_serving(const agg *a, uint64_t now) {
+    if (a->state != AGG_FINISHED || a->cfg.linger_s < 0) return 0;
+    /* After the last member heard "finished", wait a moment before closing
+     * the socket: a DEALER with ZMQ_IMMEDIATE drops a reply still in flight
+     * when the connection goes away, so leaving at once could cost that
+     * member its answer. */
+    return (a->all_told_at && now >= a->all_told_at + FINISH_GRACE_S) ||
+           now >= a->finished_at + (uint64_t)a->cfg.linger_s;
+}
+
+int agg_on_get_model(agg *a, const struct msg_get_model *g, uint8_t **out, size_t *len) {
+    char sh[17];
+    agg_short_hex(g->version, sh);
+    if (!store_has_any(a->cfg.state, g->version))
+        return agg_reply_error(a, MSG_ERR_NOT_FOUND, -1, out, len,
+                               "unknown model version or object %s...", sh);
+    uint8_t *buf = malloc(g->length);
+    if (!buf) return err_set("out of memory for a %llu-byte chunk", (unsigned long long)g->length);
+    size_t got;
+    uint64_t total;
+    int r = store_read(a->cfg.state, g->version, g->offset, buf, g->length, &got, &total);
+    if (r != 0) {
+        free(buf);
+        if (r < 0) return -1;
+        return agg_reply_error(
+            a, MSG_ERR_BAD_MESSAGE, -1, out, len,
+            "GET_MODEL: offset %llu is past the end of version %s... (%llu bytes)",
+            (unsigned long long)g->offset, sh, (unsigned long long)total);
+    }
+    struct msg m = {.type = MSG_MODEL_CHUNK};
+    memcpy(m.model_chunk.version, g->version, 32);
+    m.model_chunk.offset = g->offset;
+    m.model_chunk.total = total;
+    m.model_chunk.data = buf;
+    m.model_chunk.data_len = (uint32_t)got;
+    m.model_chunk.final = g->offset + got == total;
+    a->bytes_served += got;
+    int rc = agg_encode(&m, out, len);
+    free(buf);
+    return rc;
+}
+
+int agg_run(agg *a) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGINT, &sa, NULL) != 0)
+        return err_errno("installing signal handlers");
+    sa.sa_handler = on_hup;
+    if (sigaction(SIGHUP, &sa, NULL) != 0) return err_errno("installing the SIGHUP handler");
+    signal(SIGPIPE, SIG_IGN);
+
+    struct transport_opts o;
+    transport_opts_default(&o);
+    o.recv_timeout_ms = 200; /* how often deadlines and signals are looked at */
+    transport *sock = NULL;
+    int rc = -1;
+    char endpoint[AGG_ENDPOINT_MAX + 32], p[AGG_PATH_MAX];
+    if (transport_router(&sock, a->cfg.bind, &o) < 0 ||
+        transport_endpoint(sock, endpoint, sizeof endpoint) < 0)
+        goto out;
+    size_t el = strlen(endpoint);
+    endpoint[el] = '\n';
+    if (agg_state_path(a, "endpoint", p, sizeof p) < 0 ||
+        fio_write_atomic(p, endpoint, el + 1, 0644) < 0)
+        goto out;
+    endpoint[el] = '\0';
+    agg_say("listening on %s (consortium '%s', %d members, %llu rounds)", endpoint,
+            a->cfg.consortium_name, agg_roster_count(a->roster), (unsigned long long)a->cfg.rounds);
+
+    while (!agg_stop_requested) {
+        uint64_t now = (uint64_t)time(NULL);
+        if (agg_tick(a, now) < 0) goto out;
+        if (done_serving(a, now)) break;
+        struct transport_msg req;
+        int r = transport_serve_recv(sock, &o.lim, &req);
+        if (r == 1) continue;
+        if (r < 0) {
+            agg_say("dropped a message: %s", err_msg());
+            continue;
+        }
+        uint8_t *reply = NULL;
+        size_t rlen = 0;
+        int h = req.n == TRANSPORT_PAYLOAD + 1
+                    ? agg_handle(a, transport_data(&req, TRANSPORT_PAYLOAD),
+                                 transport_size(&req, TRANSPORT_PAYLOAD), (uint64_t)time(NULL),
+                                 &reply, &rlen)
+                    : agg_reply_error(a, MSG_ERR_BAD_MESSAGE, -1, &reply, &rlen,
+                                      "a request is one message frame, got %zu",
+                                      req.n - TRANSPORT_PAYLOAD);
+        if (h < 0) {
+            /* Tell the node it is not its fault, then stop: the journal has
+             * everything a restart needs. */
+            char why[MSG_REASON_MAX + 1];
+            snprintf(why, sizeof why, "%s", err_msg());
+            free(reply);
+            reply = NULL;
+            if (agg_reply_error(a, MSG_ERR_INTERNAL, 5000, &reply, &rlen,
+                                "aggregator failure; retry later") == 0) {
+                struct transport_frame f = {reply, rlen};
+                transport_serve_reply(sock, &req, &f, 1);
+            }
+            free(reply);
+            transport_msg_close(&req);
+            err_set("%s", why);
+            goto out;
+        }
+        struct transport_frame f = {reply, rlen};
+        if (transport_serve_reply(sock, &req, &f, 1) < 0)
+            agg_say("could not answer a node (it went away?): %s", err_msg());
+        free(reply);
+        transport_msg_close(&req);
+    }
+    if (agg_stop_requested)
+        agg_say("stopping on a signal; the journal holds the state for a restart");
+    rc = 0;
+out:
+    transport_close(sock);
+    return rc;
+}
