@@ -228,19 +228,20 @@ void harness_options_default(harness_options *o) {
                            .lr = 0.01,
                            .targets = "\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", "
                                       "\"gate_proj\", \"up_proj\", \"down_proj\"",
+                           .arch = "llama",
                            .model_seed = 1,
                            .init_range = 0.1,
                            .node_poll_ms = 100};
 }
 
-/* The base model: init-model's tiny Llama with the options' initializer
- * range and seed, and its byte-level tokenizer (<|endoftext|> = 256, the
- * model's bos and eos). */
+/* The base model: init-model's tiny preset of the options' family (a Llama
+ * by default) with the options' initializer range and seed, and its
+ * byte-level tokenizer (<|endoftext|> = 256, the model's bos and eos). */
 static int make_base(const harness_fed *f) {
     model_config cfg;
     model *m = NULL;
     char path[HARNESS_PATH];
-    if (model_config_preset(&cfg, "llama", "tiny") != 0) return -1;
+    if (model_config_preset(&cfg, f->o.arch ? f->o.arch : "llama", "tiny") != 0) return -1;
     cfg.bos_token_id = cfg.eos_token_id = 256;
     cfg.initializer_range = f->o.init_range;
     if (model_create(&m, &cfg) != 0) return -1;

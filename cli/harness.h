@@ -98,6 +98,7 @@ typedef struct {
     double lr;
     const char *targets;  /* libconfig list items, e.g. "\"q_proj\", \"v_proj\"" */
     const char *policy;   /* a policy file for the aggregator (docs/policies.md), or NULL */
+    const char *arch;     /* the base model's family: init-model's tiny preset of it ("llama") */
     uint64_t model_seed;  /* the base model's weights */
     double init_range;    /* the base model's initializer_range */
     int has_node_seed;    /* write `seed = node_seed;` into every node's config */

@@ -2,7 +2,7 @@
  *
  * A directory holds config.json and model.safetensors (or a sharded
  * model.safetensors.index.json), as save_pretrained writes them for
- * LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and GPT2LMHeadModel.
+ * every supported family (model/config.h).
  * checkpoint_load converts F32/BF16/F16/F64 to `real` (a writable model, for
  * merging into); checkpoint_map keeps the weights as they are. transposes GPT-2's Conv1D
  * weights to (out, in), and accepts GPT-2 names with or without the

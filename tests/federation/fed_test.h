@@ -44,6 +44,7 @@ typedef harness_fed ft_fed;
 typedef struct {
     int rounds, quorum, deadline_s, steps, rank, seq, save_every, linger_s;
     const char *below_quorum; /* "wait" or "fail" */
+    const char *arch;         /* the base model's family (init-model's tiny preset): "llama" */
 } ft_options;
 
 static inline void ft_options_init(ft_options *o) {
@@ -55,7 +56,8 @@ static inline void ft_options_init(ft_options *o) {
                       .seq = 32,
                       .save_every = 2,
                       .linger_s = 3,
-                      .below_quorum = "wait"};
+                      .below_quorum = "wait",
+                      .arch = "llama"};
 }
 
 /* A federation of n nodes named uni-<domain> (the demo corpus's domains in
@@ -67,6 +69,7 @@ static inline int ft_setup(ft_fed *f, const char *tag, int n, const ft_options *
     harness_options h;
     harness_options_default(&h);
     h.consortium = "fed-test";
+    h.arch = o->arch;
     h.rounds = o->rounds;
     h.quorum = o->quorum;
     h.deadline_s = o->deadline_s;
