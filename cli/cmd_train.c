@@ -35,7 +35,8 @@ static const char *usage_text =
     "  --alpha A            LoRA alpha (twice the rank); scale alpha/R\n"
     "  --rslora             scale alpha/sqrt(R) (rank-stabilized LoRA)\n"
     "  --targets LIST       modules to adapt, comma-separated, or all-linear\n"
-    "                       (PEFT's defaults: q_proj,v_proj for Llama, c_attn for GPT-2)\n"
+    "                       (PEFT's defaults: q_proj,v_proj for Llama and Mixtral,\n"
+    "                       c_attn for GPT-2, query_key_value for BLOOM)\n"
     "  --dropout P          LoRA dropout (0)\n"
     "  --steps N            optimizer steps (100)\n"
     "  --lr X               peak learning rate (2e-4)\n"
@@ -184,9 +185,10 @@ int cmd_train(int argc, char **argv) {
     if (trainer_load_base(&m, a.model, a.device, a.precision) != 0) goto done;
     /* The default row length fits the model; one asked for is taken as is. */
     if (!seq_given && T > m->cfg.max_position) T = m->cfg.max_position;
-    const char *targets = a.targets                        ? a.targets
-                          : m->cfg.arch == MODEL_ARCH_GPT2 ? "c_attn"
-                                                           : "q_proj,v_proj";
+    const char *targets = a.targets                         ? a.targets
+                          : m->cfg.arch == MODEL_ARCH_GPT2  ? "c_attn"
+                          : m->cfg.arch == MODEL_ARCH_BLOOM ? "query_key_value"
+                                                            : "q_proj,v_proj";
     if (lora_config_set_targets(&lc, targets) != 0 ||
         lora_config_set_base_model(&lc, a.model) != 0 || lora_create(&s, m, &lc) != 0)
         goto done;

@@ -2,7 +2,8 @@
  * differences, in double precision (fl_lora_f64 on fl_model_f64).
  *
  * Every tiny config of the CPU backend's tests (tests/cpu/tiny.h: Llama with
- * GQA, with every bias, llama3 RoPE, a Mistral window, GPT-2) gets adapters
+ * GQA, with every bias, llama3 RoPE, a Mistral window, GPT-2, Qwen3, OLMo 2,
+ * Apertus, BLOOM, Mixtral's experts and router) gets adapters
  * on all of its linear layers, with B drawn at random (PEFT's B = 0 would
  * hide A's gradient), per-module ranks and alphas (rank_pattern,
  * alpha_pattern), rsLoRA on some cases and dropout 0.25 in training mode on
@@ -52,6 +53,7 @@ static void err_add(gc_err *e, double g, double fd) {
 }
 
 static double worst_rel;
+static const model_acts *report_acts; /* the run being checked (experts' rows) */
 
 static void report(const char *what, const char *name, const gc_err *e) {
     double den = fmax(e->maxg, e->maxfd);
@@ -59,6 +61,11 @@ static void report(const char *what, const char *name, const gc_err *e) {
     worst_rel = fmax(worst_rel, rel);
     CHECK_MSG(rel < FD_TOL, "%s: %s: relative error %.3g (max |g| %.3g, max |g - fd| %.3g)", what,
               name, rel, e->maxg, e->maxdiff);
+    if (ts_unused_expert(report_acts, name)) { /* no row reached it: exactly zero */
+        CHECK_MSG(e->maxg == 0 && e->maxfd == 0, "%s: %s: an expert no row chose has a gradient",
+                  what, name);
+        return;
+    }
     CHECK_MSG(e->maxg > 1e-8, "%s: %s: gradient is zero", what, name);
 }
 
@@ -88,14 +95,26 @@ static void case_config(lora_config *c, const tiny_case *tc, int i) {
     c->rank = 2;
     c->alpha = 3;
     int gpt2 = tc->cfg.arch == MODEL_ARCH_GPT2, gated = tc->cfg.block.mlp == MODEL_MLP_GATED;
-    CHECK_OK(lora_config_set_targets(c, gpt2    ? "c_attn,c_proj,c_fc"
-                                        : gated ? "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
-                                                  "down_proj"
-                                                : "q_proj,k_proj,v_proj,o_proj,up_proj,down_proj"));
-    CHECK_OK(lora_config_add_rank_pattern(c, gpt2 ? "c_fc" : "k_proj", 1));
-    CHECK_OK(lora_config_add_rank_pattern(
-        c, gpt2 ? "h\\.1\\.attn\\.c_attn" : "layers.1.mlp.up_proj", 3));
-    CHECK_OK(lora_config_add_alpha_pattern(c, gpt2 ? "mlp.c_proj" : "down_proj", 5));
+    int bloom = tc->cfg.arch == MODEL_ARCH_BLOOM, moe = tc->cfg.block.mlp == MODEL_MLP_MOE;
+    CHECK_OK(lora_config_set_targets(
+        c, gpt2    ? "c_attn,c_proj,c_fc"
+           : bloom ? "query_key_value,dense,dense_h_to_4h,dense_4h_to_h"
+           : moe   ? "q_proj,k_proj,v_proj,o_proj,gate,w1,w2,w3"
+           : gated ? "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+                   : "q_proj,k_proj,v_proj,o_proj,up_proj,down_proj"));
+    CHECK_OK(lora_config_add_rank_pattern(c, gpt2 ? "c_fc" : bloom ? "dense" : "k_proj", 1));
+    CHECK_OK(lora_config_add_rank_pattern(c,
+                                          gpt2    ? "h\\.1\\.attn\\.c_attn"
+                                          : bloom ? "h.1.mlp.dense_h_to_4h"
+                                          : moe   ? "layers.1.block_sparse_moe.experts.1.w1"
+                                                  : "layers.1.mlp.up_proj",
+                                          3));
+    CHECK_OK(lora_config_add_alpha_pattern(c,
+                                           gpt2    ? "mlp.c_proj"
+                                           : bloom ? "dense_4h_to_h"
+                                           : moe   ? "w2"
+                                                   : "down_proj",
+                                           5));
     c->use_rslora = i % 2;
     c->dropout = i % 2 == 0 ? 0.25 : 0;
 }
@@ -138,6 +157,11 @@ static void run_case(const tiny_case *tc, int i) {
 
     lora_zero_grads(r.s);
     objective(&r);
+    /* Finite differences of size FD_EPS must not change the routing. */
+    double margin = model_acts_router_margin(r.a);
+    CHECK_MSG(margin > 1e-4, "%s: a row is routed within %.3g of a tie; pick another seed",
+              tc->name, margin);
+    report_acts = r.a;
     CHECK_OK(model_backward(r.m, r.a, r.scale));
     int base_grads = 0;
     for (int k = 0; k < r.m->n_params; k++) base_grads += r.m->params[k].grad != NULL;
