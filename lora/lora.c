@@ -552,8 +552,12 @@ static int check_config(const lora_config *c) {
     return 0;
 }
 
-/* Fills one module for linear l (its shapes, rank, alpha, names). */
-static int setup_module(lora_module *mod, const lora_config *c, const model_linear *l, int layer) {
+/* Fills one module for linear l (its shapes, rank, alpha, names). A rank
+ * above min(in, out) is refused (it adds nothing), except on a mixture of
+ * experts' router, whose E outputs are fewer than a usual rank: PEFT's
+ * all-linear adapts it with the config's rank, and such adapters must load. */
+static int setup_module(lora_module *mod, const lora_config *c, const model_linear *l, int layer,
+                        int router) {
     if (linear_path(l, mod->path, sizeof mod->path) != 0) return -1;
     mod->layer = layer;
     mod->in = l->in;
@@ -566,7 +570,7 @@ static int setup_module(lora_module *mod, const lora_config *c, const model_line
                       &alpha) != 0)
         return -1;
     int lim = l->in < l->out ? l->in : l->out;
-    if (rank > lim)
+    if (rank > lim && !router)
         return err_set("LoRA rank %g for %s is above min(in %d, out %d) = %d: a larger rank adds "
                        "nothing; use a rank <= %d",
                        rank, mod->path, l->in, l->out, lim, lim);
@@ -630,7 +634,7 @@ int lora_create(lora_set **out, const model *m, const lora_config *cfg) {
             for (int i = 0; i < cfg->n_targets; i++) used[i] |= suffix_match(path, cfg->targets[i]);
             if (!hit) continue;
             lora_module *mod = &s->modules[s->n_modules];
-            if (setup_module(mod, &s->cfg, lin, l) != 0) goto fail;
+            if (setup_module(mod, &s->cfg, lin, l, lin == &m->layers[l].moe.router) != 0) goto fail;
             mod->index = s->n_modules++;
             mod->set = s;
             mod->u_rows = -1;

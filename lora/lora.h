@@ -37,7 +37,8 @@
  *
  * Strictness beyond PEFT, so that mistakes are errors rather than silent
  * no-ops: every name of a target list must match at least one module; a rank
- * must be in [1, min(in, out)] for each module it applies to.
+ * must be in [1, min(in, out)] for each module it applies to (a mixture of
+ * experts' router excepted: PEFT's all-linear gives it the config's rank).
  *
  * Training: the set plugs into the model through model_linear's adapter hook
  * (lora_attach). Frozen base weights keep grad == NULL, so model_backward

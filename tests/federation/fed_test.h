@@ -45,6 +45,7 @@ typedef struct {
     int rounds, quorum, deadline_s, steps, rank, seq, save_every, linger_s;
     const char *below_quorum; /* "wait" or "fail" */
     const char *arch;         /* the base model's family (init-model's tiny preset): "llama" */
+    const char *targets;      /* the round's LoRA targets, a list for the aggregator's config */
 } ft_options;
 
 static inline void ft_options_init(ft_options *o) {
@@ -57,13 +58,14 @@ static inline void ft_options_init(ft_options *o) {
                       .save_every = 2,
                       .linger_s = 3,
                       .below_quorum = "wait",
-                      .arch = "llama"};
+                      .arch = "llama",
+                      .targets = "\"q_proj\", \"v_proj\", \"down_proj\""};
 }
 
 /* A federation of n nodes named uni-<domain> (the demo corpus's domains in
  * name order), in ts_dir()/<tag>: the demo's base model, keys, data, and
- * the aggregator's config (consortium "fed-test", targets q_proj, v_proj,
- * down_proj, batch 4, lr 0.01). Nodes poll every 50 ms, give up after 120 s
+ * the aggregator's config (consortium "fed-test", targets o->targets: by
+ * default q_proj, v_proj, down_proj; batch 4, lr 0.01). Nodes poll every 50 ms, give up after 120 s
  * and time a request out after 1 s. */
 static inline int ft_setup(ft_fed *f, const char *tag, int n, const ft_options *o) {
     harness_options h;
@@ -80,7 +82,7 @@ static inline int ft_setup(ft_fed *f, const char *tag, int n, const ft_options *
     h.seq = o->seq;
     h.batch = 4;
     h.lr = 0.01;
-    h.targets = "\"q_proj\", \"v_proj\", \"down_proj\"";
+    h.targets = o->targets;
     h.node_poll_ms = 50;
     snprintf(h.node_extra, sizeof h.node_extra,
              "request_timeout_ms = 1000;\ngive_up_s = 120;\nsave_every = %d;\n", o->save_every);

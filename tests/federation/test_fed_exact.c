@@ -5,16 +5,19 @@
  * round, an empty outbox, the last version synced. A node that is not a
  * member is turned away. Run on the tiny Llama, and again on the tiny Qwen3
  * and Apertus (QK-norm weights, xIELU's parameters and 0-dimensional buffers
- * in the base, carried through the versions by name like every tensor). */
+ * in the base, carried through the versions by name like every tensor),
+ * BLOOM (query_key_value, dense_4h_to_h) and Mixtral (q, v and every
+ * expert's w2, the experts' adapters merged into their own weights). */
 #include "aggregator/agg.h"
 #include "aggregator/config.h"
 #include "tests/federation/fed_test.h"
 
-static void run_exact(const char *arch, int outsider) {
+static void run_exact(const char *arch, const char *targets, int outsider) {
     ft_options o;
     ft_options_init(&o);
     o.rounds = 2;
     o.arch = arch;
+    if (targets) o.targets = targets;
     ft_fed f;
     char tag[32];
     snprintf(tag, sizeof tag, "exact_%s", arch);
@@ -99,8 +102,10 @@ static void run_exact(const char *arch, int outsider) {
 }
 
 int main(void) {
-    run_exact("llama", 1);
-    run_exact("qwen3", 0);
-    run_exact("apertus", 0);
+    run_exact("llama", NULL, 1);
+    run_exact("qwen3", NULL, 0);
+    run_exact("apertus", NULL, 0);
+    run_exact("bloom", "\"query_key_value\", \"dense_4h_to_h\"", 0);
+    run_exact("mixtral", "\"q_proj\", \"v_proj\", \"w2\"", 0);
     return check_finish();
 }

@@ -32,8 +32,9 @@
 #include <string.h>
 
 static const char *const CASES[] = {
-    "llama_gqa",  "llama_bias", "llama3_rope", "mistral", "qwen2",   "gpt2",        "gpt2_bf16",
-    "llama_bf16", "qwen3",      "olmo2",       "apertus", "mixtral", "mixtral_aux", "bloom",
+    "llama_gqa", "llama_bias", "llama3_rope", "mistral", "qwen2",
+    "gpt2",      "gpt2_bf16",  "llama_bf16",  "qwen3",   "olmo2",
+    "apertus",   "mixtral",    "mixtral_aux", "bloom",   "bloom_bf16",
 };
 
 typedef struct {

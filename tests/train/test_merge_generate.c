@@ -207,6 +207,8 @@ int main(void) {
     test_merge("qwen3");
     test_merge("olmo2");
     test_merge("apertus");
+    test_merge("bloom");
+    test_merge("mixtral");
     test_merge_bf16();
     test_generate();
     return check_finish();
