@@ -70,11 +70,8 @@ int cmd_eval(int argc, char **argv) {
     dataset *d = NULL;
     chat_template *ct = NULL;
     rc = 1;
-    if (trainer_load_base(&m, dir, device, precision) != 0) goto done;
-    model_precision prec;
     char how[96];
-    if (trainer_precision_of(device, precision, &prec) != 0) goto done;
-    trainer_precision_describe(device, prec, how, sizeof how);
+    if (trainer_load_base(&m, dir, device, precision, how, sizeof how) != 0) goto done;
     fprintf(stderr, "evaluating on %s in %s\n", device, how);
     if (adapter && peft_load(&s, m, adapter) != 0) {
         err_context("loading adapter %s for model %s", adapter, dir);

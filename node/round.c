@@ -210,7 +210,7 @@ int node_train_and_seal(node_ctx *n, const struct msg_round *r) {
     lora_config_init(&lc);
     int rc = -1;
     uint64_t seed = round_seed(c, r->round);
-    if (trainer_load_base(&m, vdir, c->device, c->precision) != 0) {
+    if (trainer_load_base(&m, vdir, c->device, c->precision, NULL, 0) != 0) {
         err_context("loading model version %s", vdir);
         goto done;
     }
