@@ -14,7 +14,7 @@ static const cli_command commands[] = {
     {"init-model", cmd_init_model, "write a randomly initialised Hugging Face model directory"},
     {"tokenize", cmd_tokenize, "encode a text or JSONL corpus into a pre-tokenized token file"},
     {"train", cmd_train, "fine-tune a LoRA adapter (PEFT format) on a data file"},
-    {"eval", cmd_eval, "mean loss and perplexity of a model on a text or JSONL file"},
+    {"eval", cmd_eval, "a model on evaluation sets: loss and perplexity, multiple-choice acc"},
     {"generate", cmd_generate, "continue a prompt with a model and optional adapter"},
     {"merge-adapter", cmd_merge_adapter, "fold a LoRA adapter into its base model"},
     {"merge", cmd_merge, "merge adapters into the base model: linear, task arithmetic, TIES, DARE"},

@@ -39,9 +39,15 @@ int opts_parse_all(int argc, char **argv, const opts_spec *spec, int n, const ch
         int k = 0;
         while (k < n && !(strlen(spec[k].name) == len && !strncmp(spec[k].name, name, len))) k++;
         if (k == n) return usage_error(usage, "unknown option '%s'", a);
-        if (k < 64 && (seen >> k & 1)) return usage_error(usage, "option '%s' given twice", a);
+        if (!spec[k].list && k < 64 && (seen >> k & 1))
+            return usage_error(usage, "option '%s' given twice", a);
         if (k < 64) seen |= 1ull << k;
-        if (spec[k].flag) {
+        if (spec[k].list) {
+            if (!eq && i + 1 >= argc) return usage_error(usage, "option '%s' needs a value", a);
+            if (*spec[k].count >= spec[k].max)
+                return usage_error(usage, "option '%s' given too many times", a);
+            spec[k].list[(*spec[k].count)++] = eq ? eq + 1 : argv[++i];
+        } else if (spec[k].flag) {
             if (eq) return usage_error(usage, "option '%s' takes no value", a);
             *spec[k].flag = 1;
         } else if (eq) {
