@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +72,16 @@ int opts_missing(const char *usage, const char *what) {
 int opts_fail(void) {
     fprintf(stderr, "fedlora %s: %s\n", opts_cmd, err_msg());
     return 1;
+}
+
+int opts_catch_stop(void (*handler)(int)) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = handler;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGINT, &sa, NULL) != 0)
+        return err_errno("installing the SIGTERM/SIGINT handlers");
+    return 0;
 }
 
 int opts_int(const char *s, const char *name, long long lo, long long hi, long long *out) {

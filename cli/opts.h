@@ -29,6 +29,9 @@ int opts_parse(int argc, char **argv, const opts_spec *spec, int n, const char *
 int opts_missing(const char *usage, const char *what);
 /* Prints "fedlora CMD: " + err_msg() on stderr; returns 1. */
 int opts_fail(void);
+/* Installs handler for SIGTERM and SIGINT (the commands that run until
+ * stopped: they finish what they are doing, then stop cleanly). */
+int opts_catch_stop(void (*handler)(int));
 /* Parse numbers within bounds; on error set err_msg naming the option. */
 int opts_int(const char *s, const char *name, long long lo, long long hi, long long *out);
 int opts_double(const char *s, const char *name, double lo, double hi, double *out);
