@@ -120,9 +120,11 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         err_set("out of memory");
         goto fail;
     }
-    if (agg_state_path(a, "journal", p, sizeof p) < 0 ||
-        journal_open(&a->journal, p, 0, agg_replay_record, a) < 0)
+    if (agg_status_open(a) < 0 || agg_state_path(a, "journal", p, sizeof p) < 0 ||
+        journal_open(&a->journal, p, 0, agg_replay_record, a) < 0 || agg_eval_open(a) < 0)
         goto fail;
+    /* The base is evaluated too (round 0), unless metrics.jsonl says it was. */
+    if (a->initialized && agg_eval_queue(a, 0, a->initial) < 0) goto fail;
     /* Leftovers of a crash: half-uploaded envelopes (their nodes had no
      * receipt and send them again) and half-written versions. */
     char dir[AGG_PATH_MAX];
@@ -169,7 +171,8 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         }
         journal_record r = {.kind = JOURNAL_INIT};
         memcpy(r.consortium, c->consortium, 32);
-        if (agg_publish_model(c, a->model, "import", r.hash) < 0 || agg_commit(a, &r) < 0)
+        if (agg_publish_model(c, a->model, "import", r.hash) < 0 || agg_commit(a, &r) < 0 ||
+            agg_eval_queue(a, 0, a->initial) < 0)
             goto fail;
         memcpy(a->model_version, a->version, 32);
         hex_encode(a->version, 32, hex);
@@ -200,6 +203,8 @@ fail:
 
 void agg_close(agg *a) {
     if (!a) return;
+    agg_eval_close(a);
+    agg_status_close(a);
     for (int i = 0; a->up && i < a->nup; i++) agg_upload_drop(&a->up[i]);
     free(a->up);
     journal_close(a->journal);

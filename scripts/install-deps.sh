@@ -4,6 +4,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config git ca-certificates
       libzmq3-dev libmsgpack-dev libssl-dev openssl libopenblas-dev libdnnl-dev libjansson-dev libconfig-dev libpcre2-dev
+      libmicrohttpd-dev
       clang libclang-rt-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
