@@ -36,7 +36,11 @@
 
 #define EVAL_NICE 10            /* the child yields the CPU to the aggregator's rounds */
 #define EVAL_OUT_MAX (1u << 20) /* bytes of the child's --json read back */
-#define EVAL_LOG_TAIL 4096      /* bytes of its log searched for the last line */
+#define EVAL_LOG_TAIL 4096
+#define EVAL_TIMED_OUT (-1) /* finish()'s status: eval.timeout passed */
+#define EVAL_NO_START                                                                              \
+    (-2) /* finish()'s status: the child could not be started */ /* bytes of its log searched for  \
+                                                                    the last line */
 
 typedef struct {
     uint64_t round;
@@ -173,6 +177,7 @@ static int start_next(agg *a) {
     e->running = e->q[0];
     memmove(e->q, e->q + 1, (size_t)(e->n - 1) * sizeof *e->q);
     e->n--;
+    e->started = mono();
     char dir[AGG_PATH_MAX], tok[AGG_PATH_MAX], name[64], seq[24], batch[24];
     if (store_version_dir(c->state, e->running.version, dir, sizeof dir) < 0) return -1;
     snprintf(name, sizeof name, "eval/r%llu.json", (unsigned long long)e->running.round);
@@ -235,9 +240,11 @@ static int finish(agg *a, int status) {
     /* The state directory's own name for the log, short enough to quote. */
     snprintf(log, sizeof log, "eval/r%llu.log", (unsigned long long)e->running.round);
     json_t *sets = NULL;
-    if (status == -1) {
+    if (status == EVAL_TIMED_OUT) {
         snprintf(why, sizeof why, "stopped after %d s (eval.timeout); see STATE/%s",
                  a->cfg.eval_timeout_s, log);
+    } else if (status == EVAL_NO_START) {
+        snprintf(why, sizeof why, "could not start `fedlora eval`: %.200s", err_msg());
     } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         char tail[128];
         log_tail(e->log, tail, sizeof tail);
@@ -295,15 +302,19 @@ int agg_eval_tick(agg *a) {
         pid_t r = waitpid(e->pid, &status, WNOHANG);
         if (r == 0 && a->cfg.eval_timeout_s > 0 && mono() - e->started > a->cfg.eval_timeout_s) {
             stop_child(e);
-            if (finish(a, -1) < 0) return -1;
+            if (finish(a, EVAL_TIMED_OUT) < 0) return -1;
         } else if (r == e->pid) {
             if (finish(a, status) < 0) return -1;
         } else if (r < 0 && errno != EINTR) {
-            e->pid = 0;
-            return err_errno("waiting for `fedlora eval`");
+            err_errno("waiting for `fedlora eval`");
+            if (finish(a, EVAL_NO_START) < 0) return -1;
         }
     }
-    return start_next(a);
+    /* A version whose evaluation cannot start gets a record that says why;
+     * the rounds go on. Only a record that cannot be written stops the
+     * aggregator (the disk is gone). */
+    if (e->pid <= 0 && e->n > 0 && start_next(a) < 0 && finish(a, EVAL_NO_START) < 0) return -1;
+    return 0;
 }
 
 int agg_eval_idle(const agg *a) {

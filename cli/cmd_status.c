@@ -91,8 +91,9 @@ static int fetch(const http_url *u, const char *token, http_response *r) {
     else
         snprintf(path, sizeof path, "%s%sstatus.json", u->path, u->path[pl - 1] == '/' ? "" : "/");
     if (http_get(u, path, token, STATUS_JSON_MAX, TIMEOUT_MS, r) != 0)
-        return err_context("reading http://%s%s%s:%u%s", u->ipv6 ? "[" : "", u->host,
-                           u->ipv6 ? "]" : "", u->port, path);
+        return err_context("reading http://%s%s%s:%u%s (is the aggregator running, with a "
+                           "\"status\" section in its config?)",
+                           u->ipv6 ? "[" : "", u->host, u->ipv6 ? "]" : "", u->port, path);
     if (r->status == 200) return 0;
     char first[160];
     snprintf(first, sizeof first, "%.*s", (int)strcspn(r->body, "\n"), r->body);

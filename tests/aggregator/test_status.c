@@ -454,5 +454,6 @@ int main(void) {
     struct fed f;
     fed_init(&f);
     test_config(&f);
+    model_free(f.base);
     return check_finish();
 }
