@@ -248,9 +248,10 @@ static int finish(agg *a, int status) {
     } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         char tail[128];
         log_tail(e->log, tail, sizeof tail);
-        snprintf(why, sizeof why, "fedlora eval %s %d: %s (STATE/%s)",
+        snprintf(why, sizeof why, "fedlora eval %s %d%s%s (STATE/%s)",
                  WIFEXITED(status) ? "exited with status" : "died of signal",
-                 WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), tail, log);
+                 WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), tail[0] ? ": " : "",
+                 tail, log);
     } else {
         char *text;
         size_t len;

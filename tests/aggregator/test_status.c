@@ -10,8 +10,13 @@
  *     non-loopback address without a token is refused;
  *   - the HTTP client's URL and response parsers (https refused, framing by
  *     Content-Length, chunks and the connection's end, bounds);
- *   - the aggregator config's "status" and "eval" sections. */
+ *   - the aggregator config's "status" and "eval" sections;
+ *   - the evaluation runner (eval.c) when `fedlora eval` fails, or is
+ *     stopped with the aggregator: a failed record that says why; a repeat
+ *     after the restart;
+ *   - `fedlora status --config` against a page that needs a token. */
 #include "aggregator/config.h"
+#include "aggregator/state.h"
 #include "aggregator/status.h"
 #include "aggregator/status_http.h"
 #include "tests/aggregator/agg_test.h"
@@ -19,6 +24,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <sys/stat.h>
 
 static status_view *sample_view(const char *hostile) {
     status_view *v = calloc(1, sizeof *v);
@@ -446,6 +452,114 @@ static void test_config(const struct fed *f) {
     agg_config_free(&c);
 }
 
+/* ---- the evaluation runner --------------------------------------------------------------- */
+
+struct eval_rec {
+    int n;
+    char error[512];
+};
+
+static int find_eval(void *arg, json_t *line) {
+    struct eval_rec *e = arg;
+    json_t *k = json_object_get(line, "kind");
+    if (!json_is_string(k) || strcmp(json_string_value(k), "eval")) return 0;
+    e->n++;
+    json_t *err = json_object_get(line, "error");
+    snprintf(e->error, sizeof e->error, "%s", json_is_string(err) ? json_string_value(err) : "");
+    return 0;
+}
+
+static struct eval_rec eval_records(const agg_config *c) {
+    char p[4200];
+    struct eval_rec e = {0};
+    snprintf(p, sizeof p, "%s/metrics.jsonl", c->state);
+    harness_jsonl_each(p, find_eval, &e);
+    return e;
+}
+
+static void test_eval_runner(const struct fed *f) {
+    char cfg[600], more[1024], data[600], slow[600];
+    fed_path(data, sizeof data, "runner-heldout.txt");
+    CHECK_OK(ts_write(data, "some text\n"));
+    snprintf(more, sizeof more, "eval = { data = [\"%s\"]; };", data);
+    /* A child that fails: one record saying how, and the base is not tried
+     * again after a restart. */
+    fed_config(f, "runner", cfg, sizeof cfg, "count = 1;", more);
+    agg_config c;
+    agg *a = NULL;
+    CHECK_OK(agg_config_load(&c, cfg));
+    snprintf(c.eval_exe, sizeof c.eval_exe, "/bin/false");
+    CHECK_OK(agg_open(&a, &c, 1000));
+    CHECK(a && !agg_eval_idle(a));
+    for (double t0 = harness_now(); a && !agg_eval_idle(a) && harness_now() - t0 < 10;
+         harness_sleep_ms(20))
+        CHECK_OK(agg_eval_tick(a));
+    struct eval_rec e = eval_records(&c);
+    CHECK_MSG(e.n == 1 && strstr(e.error, "fedlora eval exited with status 1") &&
+                  strstr(e.error, "STATE/eval/r0.log"),
+              "%d records, error '%s'", e.n, e.error);
+    agg_close(a);
+    CHECK_OK(agg_open(&a, &c, 1001));
+    CHECK(a && agg_eval_idle(a));
+    agg_close(a);
+    agg_config_free(&c);
+    /* A child still running when the aggregator stops: stopped with it, no
+     * record, and queued again at the next start. An exec that fails: the
+     * record says so. */
+    fed_path(slow, sizeof slow, "slow-eval.sh");
+    CHECK_OK(ts_write(slow, "#!/bin/sh\nexec sleep 30\n"));
+    CHECK(chmod(slow, 0755) == 0);
+    fed_config(f, "runner2", cfg, sizeof cfg, "count = 1;", more);
+    CHECK_OK(agg_config_load(&c, cfg));
+    snprintf(c.eval_exe, sizeof c.eval_exe, "%s", slow);
+    CHECK_OK(agg_open(&a, &c, 1000));
+    CHECK_OK(agg_eval_tick(a));
+    double t0 = harness_now();
+    agg_close(a); /* stops the child (SIGTERM) */
+    CHECK_MSG(harness_now() - t0 < 5, "stopping the evaluation took %.1f s", harness_now() - t0);
+    CHECK(eval_records(&c).n == 0);
+    snprintf(c.eval_exe, sizeof c.eval_exe, "/nonexistent/fedlora");
+    CHECK_OK(agg_open(&a, &c, 1001));
+    CHECK(a && !agg_eval_idle(a));
+    for (t0 = harness_now(); a && !agg_eval_idle(a) && harness_now() - t0 < 10;
+         harness_sleep_ms(20))
+        CHECK_OK(agg_eval_tick(a));
+    e = eval_records(&c);
+    CHECK_MSG(e.n == 1 && strstr(e.error, "status 127"), "%d records, error '%s'", e.n, e.error);
+    agg_close(a);
+    agg_config_free(&c);
+}
+
+/* `fedlora status --config` reads the token and the page's address from the
+ * aggregator's config and state directory, and sends the token. */
+static void test_cli_token(const struct fed *f) {
+    const char *token = "cli-token-0123456789";
+    status_http *h = NULL;
+    char url[128], cfg[600], more[256], state[700];
+    CHECK_OK(status_http_start(&h, "127.0.0.1:0", token, 5, NULL, url, sizeof url));
+    if (!h) return;
+    status_http_publish(h, sample_view("cli"));
+    snprintf(more, sizeof more, "status = { bind = \"127.0.0.1:0\"; token = \"%s\"; };", token);
+    fed_config(f, "cli", cfg, sizeof cfg, "count = 1;", more);
+    fed_path(state, sizeof state, "cli/state");
+    char path[800];
+    snprintf(path, sizeof path, "%s/status-url", state);
+    CHECK_OK(fio_mkdirs(state, 0700));
+    CHECK_OK(ts_write(path, url));
+    int rc = ts_run("status_token", "status", "--config", cfg, NULL);
+    char *out = ts_output("status_token", "out");
+    CHECK_MSG(rc == 0 && out && strstr(out, "round 3 of 5, COLLECTING"), "exit %d: %s", rc,
+              out ? out : "(none)");
+    free(out);
+    rc = ts_run("status_no_token", "status", "--url", url, NULL);
+    CHECK_RUN_FAILS(rc, "status_no_token", "wants a token (HTTP 401)");
+    setenv("FEDLORA_STATUS_TOKEN", token, 1);
+    rc = ts_run("status_env_token", "status", "--url", url, "--json", NULL);
+    unsetenv("FEDLORA_STATUS_TOKEN");
+    CHECK_RUN_OK(rc, "status_env_token");
+    status_http_stop(h);
+}
+
 int main(void) {
     test_json();
     test_renderings();
@@ -454,6 +568,8 @@ int main(void) {
     struct fed f;
     fed_init(&f);
     test_config(&f);
+    test_eval_runner(&f);
+    test_cli_token(&f);
     model_free(f.base);
     return check_finish();
 }
