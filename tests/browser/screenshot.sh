@@ -21,7 +21,7 @@ for b in chromium chromium-browser google-chrome; do
   if command -v "$b" >/dev/null 2>&1; then browser=$b; break; fi
 done
 if [ -z "$browser" ]; then
-  echo "skipped: no Chromium here (apt-get install chromium); the pages are in $out"
+  echo "skipped: no Chromium here (scripts/install-deps.sh --browser installs it); the pages are in $out"
   exit 0
 fi
 n=0
