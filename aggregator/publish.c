@@ -374,7 +374,7 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
     memcpy(pr.hash, v, 32);
     memcpy(pr.update_hash, uh, 32);
     if (agg_metrics_round(a, "published", v, &r, (double)now - open_t, t1 - t0, t2 - t1) < 0 ||
-        agg_commit(a, &pr) < 0) {
+        agg_commit(a, &pr) < 0 || agg_eval_queue(a, a->round, v) < 0) {
         agg_result_free(&r);
         return -1;
     }

@@ -120,9 +120,11 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         err_set("out of memory");
         goto fail;
     }
-    if (agg_state_path(a, "journal", p, sizeof p) < 0 ||
-        journal_open(&a->journal, p, 0, agg_replay_record, a) < 0)
+    if (agg_status_open(a) < 0 || agg_state_path(a, "journal", p, sizeof p) < 0 ||
+        journal_open(&a->journal, p, 0, agg_replay_record, a) < 0 || agg_eval_open(a) < 0)
         goto fail;
+    /* The base is evaluated too (round 0), unless metrics.jsonl says it was. */
+    if (a->initialized && agg_eval_queue(a, 0, a->initial) < 0) goto fail;
     /* Leftovers of a crash: half-uploaded envelopes (their nodes had no
      * receipt and send them again) and half-written versions. */
     char dir[AGG_PATH_MAX];
@@ -177,7 +179,9 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
                       ? -1
                       : 0;
         model_free(base);
-        if (irc < 0 || agg_publish_dir(c, "import", r.hash) < 0 || agg_commit(a, &r) < 0) goto fail;
+        if (irc < 0 || agg_publish_dir(c, "import", r.hash) < 0 || agg_commit(a, &r) < 0 ||
+            agg_eval_queue(a, 0, a->initial) < 0)
+            goto fail;
         hex_encode(a->version, 32, hex);
         agg_say("new federation '%s' in %s: base model %s imported as version %.16s...",
                 c->consortium_name, c->state, c->base_model, hex);
@@ -206,6 +210,8 @@ fail:
 
 void agg_close(agg *a) {
     if (!a) return;
+    agg_eval_close(a);
+    agg_status_close(a);
     for (int i = 0; a->up && i < a->nup; i++) agg_upload_drop(&a->up[i]);
     free(a->up);
     journal_close(a->journal);

@@ -10,6 +10,7 @@
 
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 
 static const char *usage_text =
     "usage: fedlora aggregator --config FILE\n"
@@ -22,7 +23,10 @@ static const char *usage_text =
     "restart with the same config goes on where it stopped (the journal is\n"
     "replayed). SIGTERM or SIGINT stop it cleanly. Per-round metrics go to\n"
     "STATE/metrics.jsonl, log lines to stderr. docs/protocol.md, \"Federation\n"
-    "flow\", lists the config keys.\n"
+    "flow\", lists the config keys. With a \"status\" section it serves a\n"
+    "read-only status page (HTML, /status.json, Prometheus /metrics; see\n"
+    "`fedlora status`); with an \"eval\" section it evaluates every published\n"
+    "version with `fedlora eval` (docs/federation.md).\n"
     "\n"
     "  --config FILE     the aggregator's config (libconfig)\n"
     "  --recompute ROUND re-derive round ROUND's model offline from the state\n"
@@ -57,6 +61,9 @@ int cmd_aggregator(int argc, char **argv) {
         agg_config_free(&c);
         return rc;
     }
+    /* The config's "eval" section runs this very binary as `fedlora eval`. */
+    ssize_t n = readlink("/proc/self/exe", c.eval_exe, sizeof c.eval_exe - 1);
+    c.eval_exe[n > 0 ? n : 0] = '\0';
     agg *a;
     if (agg_open(&a, &c, (uint64_t)time(NULL)) == 0) {
         if (agg_run(a) == 0) rc = 0;

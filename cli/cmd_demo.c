@@ -433,12 +433,10 @@ int cmd_demo(int argc, char **argv) {
         free(d.hist);
         return opts_fail();
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    if (opts_catch_stop(on_signal) != 0) {
+        free(d.hist);
+        return opts_fail();
+    }
 
     rc = run(&d);
     if (rc != 0) {

@@ -45,6 +45,7 @@ typedef struct {
     int rounds, quorum, deadline_s, steps, rank, seq, save_every, linger_s;
     const char *below_quorum; /* "wait" or "fail" */
     const char *arch;         /* the base model's family (init-model's tiny preset): "llama" */
+    const char *agg_extra;    /* more aggregator config (status, eval sections), or NULL */
 } ft_options;
 
 static inline void ft_options_init(ft_options *o) {
@@ -84,6 +85,7 @@ static inline int ft_setup(ft_fed *f, const char *tag, int n, const ft_options *
     h.node_poll_ms = 50;
     snprintf(h.node_extra, sizeof h.node_extra,
              "request_timeout_ms = 1000;\ngive_up_s = 120;\nsave_every = %d;\n", o->save_every);
+    snprintf(h.agg_extra, sizeof h.agg_extra, "%s", o->agg_extra ? o->agg_extra : "");
     const demo_domain *domains[HARNESS_NODES_MAX];
     for (int i = 0; i < n && i < HARNESS_NODES_MAX; i++)
         domains[i] = &demo_domains[i % demo_num_domains];
