@@ -124,6 +124,7 @@ int agg_apply(agg *a, const journal_record *r) {
                                "(its id differs); use a new state directory",
                                a->cfg.consortium_name);
             memcpy(a->version, r->hash, 32);
+            memcpy(a->origin, r->hash, 32);
             a->initialized = 1;
             a->state = AGG_PUBLISHED; /* round 0's version: the imported base */
             a->round = 0;
