@@ -125,6 +125,7 @@ static int on_hello(agg *a, const struct msg_hello *h, uint64_t now, uint8_t **o
     memcpy(r.round.base, a->base, 32);
     r.round.train = a->cfg.train;
     r.round.deadline = a->deadline;
+    r.round.base_sharded = store_is_sharded(a->cfg.state, a->base) == 1;
     /* Low-rank sync: a node that holds the previous version can make this
      * base from it and the update object (docs/protocol.md). */
     r.round.has_update = a->has_update && memcmp(a->update_to, a->base, 32) == 0;

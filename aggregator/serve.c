@@ -1,7 +1,9 @@
 /* serve — agg_run: the ROUTER loop that hands each request to agg_handle
  * and ticks the state machine between requests (and the evaluations and the
- * status page's snapshot), and GET_MODEL, which serves versions and objects
- * from the store in chunks. */
+ * status page's snapshot), and GET_MODEL, which serves from the store in
+ * chunks whatever is named by its SHA-256: a version (its model.safetensors,
+ * or a sharded version's index), a shard of a sharded version, a low-rank
+ * update, a roster (store_read). */
 #include "aggregator/state.h"
 
 #include "aggregator/store.h"

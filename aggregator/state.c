@@ -71,7 +71,7 @@ static int clean_dir(const char *dir, const char *suffix, int dirs) {
         if (fio_join(p, sizeof p, dir, e->d_name) < 0)
             rc = -1;
         else if (dirs)
-            rc = store_remove_dir(p);
+            rc = fio_remove_tree(p);
         else if (unlink(p) != 0 && errno != ENOENT)
             rc = err_errno("removing %s", p);
     }
@@ -175,11 +175,12 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         memcpy(r.consortium, c->consortium, 32);
         checkpoint_save_options so = {.dtype = base->cfg.torch_dtype, .release = 1};
         int irc = snprintf(tmp, sizeof tmp, "%s/tmp/import", c->state) >= (int)sizeof tmp ||
-                          store_remove_dir(tmp) < 0 || checkpoint_write(base, tmp, &so) < 0
+                          fio_remove_tree(tmp) < 0 || checkpoint_write(base, tmp, &so) < 0
                       ? -1
                       : 0;
         model_free(base);
-        if (irc < 0 || agg_publish_dir(c, "import", r.hash) < 0 || agg_commit(a, &r) < 0 ||
+        agg_card card = {.a = a};
+        if (irc < 0 || agg_publish_dir(&card, "import", r.hash) < 0 || agg_commit(a, &r) < 0 ||
             agg_eval_queue(a, 0, a->initial) < 0)
             goto fail;
         hex_encode(a->version, 32, hex);
@@ -192,7 +193,9 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         agg_say("resuming from the journal: round %llu, %s, %d delta(s) accepted, version %s...",
                 (unsigned long long)a->round, agg_state_name(a->state), agg_accepted_count(a), sh);
     }
-    if (agg_roster_journal(a) < 0) goto fail;
+    /* versions/latest names the newest published version (set after its
+     * record; a crash in between is mended here). */
+    if (store_set_latest(c->state, a->version) < 0 || agg_roster_journal(a) < 0) goto fail;
     if (agg_roster_version(a->roster))
         agg_say("roster version %llu in force: %d active members (admin-signed, reloaded when %s "
                 "changes or on SIGHUP)",

@@ -6,6 +6,7 @@
  *   requests.c   agg_handle: HELLO, STATUS, ERROR replies
  *   uploads.c    SUBMIT_BEGIN / CHUNK / END: uploads, checks, acceptance
  *   publish.c    a closed round aggregated and its version published
+ *   card.c       the files beside a version's weights: tokenizer, model card
  *   metrics.c    STATE/metrics.jsonl
  *   serve.c      agg_run: the ROUTER loop, GET_MODEL
  *   recompute.c  agg_recompute: a round re-derived offline
@@ -210,9 +211,17 @@ int agg_ensure_model(agg *a, const uint8_t hash[32]);
  * (docs/formats.md, "bf16 versions"). */
 int agg_write_version(const model *base, const uint8_t base_hash[32], const agg_change *change,
                       const char *dir);
-/* Moves a version directory written in STATE/tmp/<name> into the store;
- * hash: its version hash. */
-int agg_publish_dir(const agg_config *c, const char *name, uint8_t hash[32]);
+/* What the files beside a version's weights describe (card.c). */
+typedef struct {
+    const agg *a;
+    uint64_t round;        /* the round that made it; 0: the imported base */
+    const uint8_t *parent; /* the round's base; NULL for the import */
+    const round_result *r; /* what the round merged; NULL for the import */
+} agg_card;
+/* Moves a version directory written in STATE/tmp/<name> into the store
+ * (store_publish), completed as card describes it (agg_complete_version),
+ * and points versions/latest at it; hash: its version hash. */
+int agg_publish_dir(const agg_card *card, const char *name, uint8_t hash[32]);
 /* Merges the current round (AGGREGATING) and publishes its version, or
  * fails it when the policy kept too few. */
 int agg_aggregate_and_publish(agg *a, uint64_t now);
@@ -226,6 +235,12 @@ int agg_dp_on(const agg_config *c);
 int agg_round_noise(const agg_config *c, uint64_t round, int create, noise_source **out);
 /* Deletes round's noise key (once its publish or fail record is written). */
 int agg_forget_key(const agg_config *c, uint64_t round);
+
+/* ---- card.c ----------------------------------------------------------------- */
+/* store_finish_fn (ctx: an agg_card): copies the tokenizer files and chat
+ * templates (from the parent version, or from base_model), writes
+ * generation_config.json when they hold none, and README.md, the card. */
+int agg_complete_version(void *ctx, const char *dir, const uint8_t hash[32]);
 
 /* ---- metrics.c -------------------------------------------------------------- */
 /* The newest round with a line in metrics.jsonl; a torn last line is cut. */

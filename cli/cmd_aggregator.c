@@ -19,7 +19,8 @@ static const char *usage_text =
     "Runs the consortium's aggregator: admits the members listed in the config,\n"
     "opens rounds, collects their sealed LoRA deltas (stored durably before each\n"
     "receipt), merges them exactly (W' = W + sum p_i s_i B_i A_i) and publishes\n"
-    "each new model version, content-addressed, under the state directory. A\n"
+    "each new model version, content-addressed, under the state directory, as a\n"
+    "complete Hugging Face directory (fedlora export writes one out). A\n"
     "restart with the same config goes on where it stopped (the journal is\n"
     "replayed). SIGTERM or SIGINT stop it cleanly. Per-round metrics go to\n"
     "STATE/metrics.jsonl, log lines to stderr. docs/protocol.md, \"Federation\n"
@@ -31,8 +32,8 @@ static const char *usage_text =
     "  --config FILE     the aggregator's config (libconfig)\n"
     "  --recompute ROUND re-derive round ROUND's model offline from the state\n"
     "                    directory (base version + accepted sealed deltas) into\n"
-    "                    --out DIR, and print its SHA-256 (the version hash)\n"
-    "  --out DIR         where --recompute writes config.json and model.safetensors\n";
+    "                    --out DIR, and print its version hash\n"
+    "  --out DIR         where --recompute writes config.json and the weights\n";
 
 int cmd_aggregator(int argc, char **argv) {
     const char *config = NULL, *recompute = NULL, *out = NULL;

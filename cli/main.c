@@ -23,6 +23,7 @@ static const cli_command commands[] = {
     {"roster", cmd_roster, "the consortium's signed member list: init, add, revoke, rotate, list"},
     {"aggregator", cmd_aggregator, "run the consortium's aggregator (aggregator --config FILE)"},
     {"status", cmd_status, "the aggregator's status page in the terminal: round, members, rounds"},
+    {"export", cmd_export, "write a published version as a Hugging Face model directory"},
     {"node", cmd_node, "take part in federated rounds as a university (node --config FILE)"},
     {"doctor", cmd_doctor, "check a node's setup: config, keys, disk, the aggregator, the roster"},
     {"demo", cmd_demo, "run a whole federation on loopback: aggregator, 3 universities, 3 rounds"},

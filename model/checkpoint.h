@@ -48,7 +48,8 @@ typedef struct {
 
 typedef struct {
     const char *dtype;           /* "float32", "bfloat16" or "float16" (round to nearest even) */
-    int64_t max_shard_bytes;     /* 0: CHECKPOINT_SHARD_BYTES */
+    int64_t max_shard_bytes;     /* 0: CHECKPOINT_SHARD_BYTES, or the test knob
+                                    FEDLORA_SHARD_BYTES from the environment */
     const checkpoint_edit *edit; /* NULL: every tensor as it is */
     int release; /* the model is not used after this: give a mapped file's pages back as its
                     tensors are written (memory stays at a tensor, not the model) */
