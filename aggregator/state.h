@@ -208,7 +208,7 @@ int agg_ensure_model(agg *a, const uint8_t hash[32]);
  * mapped) into dir, a tensor at a time: update_write_version for factors,
  * the dense change applied weight by weight otherwise; in the base's dtype,
  * a bf16 base's changed weights rounded stochastically keyed by base_hash
- * (docs/formats.md, "bf16 versions"). */
+ * (docs/formats.md, "Versions of a bf16 base"). */
 int agg_write_version(const model *base, const uint8_t base_hash[32], const agg_change *change,
                       const char *dir);
 /* What the files beside a version's weights describe (card.c). */

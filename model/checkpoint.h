@@ -56,7 +56,7 @@ typedef struct {
     /* Rounding of edited or converted values to bf16: nearest even (0), or
      * stochastic (1) with the public draws of model_values_to_bf16_stochastic
      * keyed by CHECKPOINT_SR_KEY(sr_key, index of the param in the table):
-     * what versions of a bf16 base use (docs/formats.md, "bf16 versions"). */
+     * what versions of a bf16 base use (docs/formats.md, "Versions of a bf16 base"). */
     int stochastic;
     uint64_t sr_key;
 } checkpoint_save_options;
