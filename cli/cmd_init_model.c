@@ -25,7 +25,8 @@ static const char *usage_text =
     "--dtype defaults to the config's torch_dtype (float32 for a preset).\n"
     "\n"
     "Presets: llama tiny|small|100m, gpt2 tiny|small|124m, and tiny for mistral, qwen2,\n"
-    "qwen3, olmo2 and apertus (2 layers, hidden 64, byte-level vocabulary).\n";
+    "qwen3, olmo2, apertus, bloom and mixtral (2 layers, hidden 64, byte-level\n"
+    "vocabulary; mixtral: 4 experts, top-2).\n";
 
 typedef struct {
     const model_config *cfg;
