@@ -267,7 +267,8 @@ typedef struct {
  * MLPs is about 8C/3 (SwiGLU keeps the MLP's parameter count near GPT-2's
  * 8C²); Apertus's plain MLP is 4C as GPT-2's, BLOOM's always 4C. Every
  * family has a tiny; mixtral 400m is the shape of the MoE benchmark (8
- * experts, top-2, 402M parameters of which 114M active per token). */
+ * experts, top-2, 402M parameters; 122M of them multiply each token: the
+ * attention, the router, 2 of 8 experts and the head). */
 static const preset presets[] = {
     {"llama", "tiny", 320, 64, 176, 2, 4, 2, 256, 0},
     {"llama", "small", 320, 384, 1024, 6, 6, 2, 1024, 1},
