@@ -19,6 +19,7 @@
 
 #include "aggregator/status.h"
 #include "aggregator/store.h"
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"
 #include "util/proc.h"
@@ -56,12 +57,6 @@ struct agg_eval {
     char out[AGG_PATH_MAX], log[AGG_PATH_MAX];
 };
 
-static double mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 int agg_eval_open(agg *a) {
     if (!a->cfg.has_eval) return 0;
     if (!a->cfg.eval_exe[0])
@@ -83,8 +78,7 @@ static void stop_child(agg_eval *e) {
             e->pid = 0;
             return;
         }
-        struct timespec ts = {0, 20 * 1000000L};
-        nanosleep(&ts, NULL);
+        clock_sleep_ms(20);
     }
     kill(e->pid, SIGKILL);
     waitpid(e->pid, NULL, 0);
@@ -177,7 +171,7 @@ static int start_next(agg *a) {
     e->running = e->q[0];
     memmove(e->q, e->q + 1, (size_t)(e->n - 1) * sizeof *e->q);
     e->n--;
-    e->started = mono();
+    e->started = clock_now_s();
     char dir[AGG_PATH_MAX], tok[AGG_PATH_MAX], name[64], seq[24], batch[24];
     if (store_version_dir(c->state, e->running.version, dir, sizeof dir) < 0) return -1;
     snprintf(name, sizeof name, "eval/r%llu.json", (unsigned long long)e->running.round);
@@ -223,7 +217,7 @@ static int start_next(agg *a) {
     free(argv);
     if (rc != 0) return err_context("starting `fedlora eval`");
     e->pid = pid;
-    e->started = mono();
+    e->started = clock_now_s();
     agg_status_eval_state(a, e->running.round, e->running.version, "running");
     agg_say("evaluating round %llu's version on %d set(s) (log %s)",
             (unsigned long long)e->running.round, c->n_eval_data + c->n_eval_tasks, e->log);
@@ -234,7 +228,7 @@ static int start_next(agg *a) {
  * record goes to metrics.jsonl. */
 static int finish(agg *a, int status) {
     agg_eval *e = a->eval;
-    double secs = mono() - e->started;
+    double secs = clock_now_s() - e->started;
     char hex[STORE_HEX_LEN + 1], why[STATUS_TEXT_MAX] = "", log[48];
     hex_encode(e->running.version, 32, hex);
     /* The state directory's own name for the log, short enough to quote. */
@@ -301,7 +295,8 @@ int agg_eval_tick(agg *a) {
     if (e->pid > 0) {
         int status;
         pid_t r = waitpid(e->pid, &status, WNOHANG);
-        if (r == 0 && a->cfg.eval_timeout_s > 0 && mono() - e->started > a->cfg.eval_timeout_s) {
+        if (r == 0 && a->cfg.eval_timeout_s > 0 &&
+            clock_now_s() - e->started > a->cfg.eval_timeout_s) {
             stop_child(e);
             if (finish(a, EVAL_TIMED_OUT) < 0) return -1;
         } else if (r == e->pid) {

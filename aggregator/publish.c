@@ -18,6 +18,7 @@
 
 #include "aggregator/store.h"
 #include "model/checkpoint.h"
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"
 
@@ -28,12 +29,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static double mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int agg_load_version(const agg_config *c, const uint8_t hash[32], model **out) {
     char dir[AGG_PATH_MAX];
@@ -308,7 +303,7 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
     const accept_rec **acc;
     int n;
     if (agg_round_accepts(a, a->round, &acc, &n) < 0) return -1;
-    double t0 = mono();
+    double t0 = clock_now_s();
     round_result r;
     noise_source *noise = NULL;
     int rc = agg_ensure_model(a, a->base);
@@ -331,7 +326,7 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
         noise_free(noise);
         return -1;
     }
-    double t1 = mono(), open_t = (double)(a->deadline - a->cfg.deadline_s);
+    double t1 = clock_now_s(), open_t = (double)(a->deadline - a->cfg.deadline_s);
     if (!r.merged) {
         noise_free(noise);
         /* The policy rejected so many that the quorum is no longer met. */
@@ -367,7 +362,7 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
         return err_context("round %llu: publishing", (unsigned long long)a->round);
     }
     agg_crash_point(a, "publish");
-    double t2 = mono();
+    double t2 = clock_now_s();
     char uhex[STORE_HEX_LEN + 1];
     hex_encode(v, 32, hex);
     hex_encode(uh, 32, uhex);

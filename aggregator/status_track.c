@@ -9,6 +9,7 @@
 
 #include "aggregator/status_http.h"
 #include "aggregator/store.h"
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"
 
@@ -70,12 +71,6 @@ struct agg_status {
     double built_at;
     status_http *http;
 };
-
-static double mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void outcome_clear(outcome *o) {
     free(o->accepted);
@@ -624,7 +619,7 @@ int agg_status_serve(agg *a) {
 void agg_status_tick(agg *a) {
     agg_status *t = a->status;
     if (!t || !t->http) return;
-    double now = mono();
+    double now = clock_now_s();
     if (now - t->built_at < REBUILD_MIN_S || (!t->dirty && now - t->built_at < REBUILD_IDLE_S))
         return;
     status_view *v = build_view(a, (int64_t)time(NULL));

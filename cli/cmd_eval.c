@@ -13,6 +13,7 @@
 #include "lora/trainer.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"
 
@@ -59,12 +60,6 @@ static const char *usage_text =
     "weights multiply (fp32; bf16 with fp32 sums; auto, the default: bf16 on cuda and on\n"
     "CPUs with bf16 instructions, else fp32; docs/cpu-backend.md).\n";
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* The name a set goes by: its file's name. */
 static const char *set_name(const char *path) {
     const char *s = strrchr(path, '/');
@@ -88,14 +83,14 @@ static int eval_text(model *m, lora_set *s, const char *path, const char *tok_pa
     chatdata_report(chat, d);
     size_t rows = dataset_num_rows(d, DATASET_TRAIN);
     if ((size_t)B > rows) B = (long long)rows;
-    double t0 = now(), loss;
+    double t0 = clock_now_s(), loss;
     int64_t count;
     int rc =
         trainer_eval_on(m, s, (int)B, d, DATASET_TRAIN, device, precision, stderr, &loss, &count);
     dataset_free(d);
     chat_template_free(ct);
     if (rc != 0) return err_context("evaluating on %s", path);
-    double secs = now() - t0;
+    double secs = clock_now_s() - t0;
     printf("%sloss %.6f  perplexity %.4f  (%lld tokens predicted, %zu rows of %lld, %.1f s)\n",
            prefix, loss, exp(loss), (long long)count, rows, T, secs);
     json_t *j = json_object();
@@ -128,14 +123,14 @@ static int eval_task(model *m, lora_set *s, const char *path, const char *tok_pa
                         .prefix_token =
                             m->cfg.bos_token_id >= 0 ? m->cfg.bos_token_id : m->cfg.eos_token_id,
                         .progress = stderr};
-    double t0 = now();
+    double t0 = clock_now_s();
     int rc = s ? lora_attach(s, m) : 0;
     if (rc == 0) {
         rc = mctask_score(t, m, tok, &o, &r);
         if (s) lora_detach(s);
     }
     if (rc == 0) {
-        double secs = now() - t0;
+        double secs = clock_now_s() - t0;
         printf("%sacc %.4f  acc_norm %.4f  (%zu questions, %zu choices, %.1f s)\n", prefix, r.acc,
                r.acc_norm, r.docs, r.choices, secs);
         json_t *j = json_object();
@@ -208,7 +203,7 @@ int cmd_eval(int argc, char **argv) {
     if (!tok_path && fio_join(tok_default, sizeof tok_default, dir, "tokenizer.json") == 0 &&
         fio_exists(tok_default))
         tok_path = tok_default;
-    double t0 = now();
+    double t0 = clock_now_s();
     int several = ndata + ntask > 1;
     for (int i = 0; i < ndata; i++) {
         char prefix[512] = "";
@@ -230,7 +225,7 @@ int cmd_eval(int argc, char **argv) {
         json_object_set_new(j, "model", json_string(dir));
         json_object_set_new(j, "adapter", adapter ? json_string(adapter) : json_null());
         json_object_set_new(j, "sets", json_incref(sets));
-        json_object_set_new(j, "seconds", json_real(now() - t0));
+        json_object_set_new(j, "seconds", json_real(clock_now_s() - t0));
         char *text = json_dumps(j, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
         json_decref(j);
         if (!text) {

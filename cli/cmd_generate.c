@@ -26,6 +26,7 @@
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "model/tokenizer/tokenizer.h"
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"
 
@@ -59,12 +60,6 @@ static const char *usage_text =
     "                     instructions, else fp32); one-token steps on the CPU multiply\n"
     "                     bf16 weights in fp32 (docs/decoding.md)\n"
     "  --threads N        OpenMP threads\n";
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int cmd_generate(int argc, char **argv) {
     const char *dir = NULL, *adapter = NULL, *prompt = NULL, *tok_path = NULL, *max_s = "128",
@@ -156,7 +151,7 @@ int cmd_generate(int argc, char **argv) {
         seq[i] = (int32_t)ids.ids[i];
     }
     size_t len = n_prompt;
-    double t0 = now();
+    double t0 = clock_now_s();
     /* logits always holds the next-token distribution after seq[len − 1]. */
     if (len < cap && (decoder_open(&dec, m, s, (int)cap, device, precision) != 0 ||
                       decoder_step(dec, seq, (int)len, logits) != 0))
@@ -170,7 +165,7 @@ int cmd_generate(int argc, char **argv) {
         seq[len++] = next;
         if (len < cap && decoder_step(dec, &seq[len - 1], 1, logits) != 0) goto done;
     }
-    double dt = now() - t0;
+    double dt = clock_now_s() - t0;
     size_t n_new = len - n_prompt, text_len;
     uint32_t *out_ids = (uint32_t *)seq + n_prompt; /* ids are < V, so the bits are the same */
     if (tokenizer_decode(tok, out_ids, n_new, 1, &text, &text_len) != 0) goto done;

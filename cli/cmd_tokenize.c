@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "model/tokenizer/tokcorpus.h"
 #include "model/tokenizer/tokenizer.h"
+#include "util/clock.h"
 #include "util/err.h"
 
 #include <jansson.h>
@@ -52,14 +53,8 @@ typedef struct {
     int tty;
 } run_state;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void progress(run_state *s, int final) {
-    double t = now(), dt = t - s->t0;
+    double t = clock_now_s(), dt = t - s->t0;
     if (!final && t - s->last_report < (s->tty ? 0.25 : 10.0)) return;
     s->last_report = t;
     double mb = (double)s->bytes / 1e6;
@@ -241,7 +236,7 @@ int cmd_tokenize(int argc, char **argv) {
                                    special ? TOKCORPUS_FLAG_SPECIAL : 0, &s.w);
     }
     if (!rc) {
-        s.t0 = s.last_report = now();
+        s.t0 = s.last_report = clock_now_s();
         rc = jsonl ? read_jsonl(&s, f) : read_text(&s, f);
         if (s.tty) fputc('\n', stderr);
         if (rc) {

@@ -4,6 +4,7 @@
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "model/tokenizer/tokenizer.h"
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"
 #include "util/hex.h"
@@ -85,15 +86,11 @@ void harness_stop(harness_proc *p, double grace_s) {
 /* ---- files and time --------------------------------------------------------------- */
 
 double harness_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return clock_now_s();
 }
 
 void harness_sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    clock_sleep_ms(ms);
 }
 
 int harness_join(char *out, const char *dir, const char *name) {

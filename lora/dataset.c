@@ -14,6 +14,7 @@
 #include "model/tokenizer/tokenizer.h"
 #include "util/err.h"
 #include "util/fio.h"
+#include "util/rng.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -51,13 +52,6 @@ struct dataset {
 
 /* ---- generators and hashes -------------------------------------------------------- */
 
-uint64_t dataset_splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 uint64_t dataset_fnv1a64(uint64_t h, const void *p, size_t n) {
     const unsigned char *b = p;
     for (size_t i = 0; i < n; i++) {
@@ -72,7 +66,7 @@ uint64_t dataset_fnv1a64(uint64_t h, const void *p, size_t n) {
 static uint64_t uniform_below(uint64_t *state, uint64_t bound) {
     uint64_t threshold = (0 - bound) % bound;
     for (;;) {
-        uint64_t r = dataset_splitmix64(state);
+        uint64_t r = rng_next(state);
         if (r >= threshold) return r % bound;
     }
 }
@@ -624,7 +618,7 @@ int dataset_row(const dataset *d, dataset_split s, size_t i, int32_t *inputs, in
 
 static void order_fill(dataset_order *o, uint64_t epoch) {
     uint64_t state = o->seed;
-    state = dataset_splitmix64(&state) ^ epoch;
+    state = rng_next(&state) ^ epoch;
     for (size_t i = 0; i < o->n; i++) o->perm[i] = i;
     shuffle(o->perm, o->n, &state);
     o->epoch = epoch;

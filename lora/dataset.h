@@ -110,8 +110,8 @@ int dataset_row(const dataset *d, dataset_split s, size_t i, int32_t *inputs, in
 uint64_t dataset_fingerprint(const dataset *d);
 
 /* The training order. Epoch e = pos / n visits the n rows once each, in a
- * Fisher–Yates permutation drawn from a SplitMix64 stream seeded with
- * splitmix64(seed) ^ e; so the row at any position is a function of (seed,
+ * Fisher–Yates permutation drawn from a SplitMix64 stream (util/rng.h)
+ * seeded with rng_next(seed) ^ e; so the row at any position is a function of (seed,
  * pos) alone, and a checkpoint needs to keep only pos. */
 typedef struct {
     uint64_t seed;
@@ -125,9 +125,6 @@ int dataset_order_init(dataset_order *o, size_t n_rows, uint64_t seed);
 size_t dataset_order_row(dataset_order *o, uint64_t pos);
 void dataset_order_free(dataset_order *o);
 
-/* SplitMix64 (Steele, Lea, Flood 2014): advances *state and returns the next
- * value. The data order's and the held-out split's generator. */
-uint64_t dataset_splitmix64(uint64_t *state);
 /* FNV-1a 64 (Fowler, Noll, Vo) of n bytes, continuing from h (start from
  * DATASET_FNV_OFFSET): the fingerprints' hash. */
 #define DATASET_FNV_OFFSET 0xcbf29ce484222325ull

@@ -14,6 +14,7 @@
 
 #include "model/cpu/cpu.h"
 #include "util/err.h"
+#include "util/rng.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -350,18 +351,6 @@ static void module_names(const model *m, char *out, size_t n) {
 
 /* ---- deterministic random numbers --------------------------------------------------- */
 
-/* splitmix64's finalizer (Steele, Lea, Flood 2014): a bijective 64-bit mix. */
-static inline uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-/* Uniform in [0, 1) with 53 random bits. */
-static inline double unit_double(uint64_t z) {
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
-}
-
 /* FNV-1a of the module path: a module's stream depends on its name, not on
  * which other modules are targeted. */
 static uint64_t path_hash(const char *s) {
@@ -376,24 +365,24 @@ static uint64_t path_hash(const char *s) {
  * bound = 1/√fan_in with fan_in = in (the weight is (r, in)). */
 static void init_module(lora_module *mod, uint64_t seed) {
     double bound = 1.0 / sqrt((double)mod->in);
-    uint64_t state = mix64(seed ^ path_hash(mod->path));
+    uint64_t state = rng_mix64(seed ^ path_hash(mod->path));
     for (int64_t i = 0; i < mod->A.numel; i++) {
         state += 0x9E3779B97F4A7C15ull;
-        mod->A.data[i] = (real)((2 * unit_double(mix64(state)) - 1) * bound);
+        mod->A.data[i] = (real)((2 * rng_unit0(rng_mix64(state)) - 1) * bound);
     }
     memset(mod->B.data, 0, (size_t)mod->B.numel * sizeof(real));
 }
 
 /* The key of one module's dropout mask in one training forward. */
 static uint64_t dropout_key(const lora_module *mod, uint64_t counter) {
-    return mix64(mix64(mod->set->cfg.seed ^ 0xD1B54A32D192ED03ull) ^
-                 mix64(((uint64_t)mod->index << 40) ^ counter));
+    return rng_mix64(rng_mix64(mod->set->cfg.seed ^ 0xD1B54A32D192ED03ull) ^
+                     rng_mix64(((uint64_t)mod->index << 40) ^ counter));
 }
 
 /* Element e of the mask (e = global row · in + column) is kept with
  * probability 1 − p. */
 static inline int dropout_keep(uint64_t key, int64_t e, double p) {
-    return unit_double(mix64(key + (uint64_t)e * 0x9E3779B97F4A7C15ull)) >= p;
+    return rng_unit0(rng_mix64(key + (uint64_t)e * 0x9E3779B97F4A7C15ull)) >= p;
 }
 
 /* out (n, in) = x (n, in) · mask / (1 − p), rows r0… of the whole batch. */

@@ -3,6 +3,7 @@
 
 #include "lora/dataset.h"
 #include "util/err.h"
+#include "util/rng.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -105,7 +106,7 @@ int sampler_next(sampler *s, const real *logits) {
         walk = c + V - 1;
         step = -1;
     }
-    double u = (double)(dataset_splitmix64(&s->rng) >> 11) * (1.0 / 9007199254740992.0) * total;
+    double u = rng_unit0(rng_next(&s->rng)) * total;
     for (int i = 0; i < n; i++) {
         const cand *x = walk + (ptrdiff_t)i * step;
         u -= x->p;

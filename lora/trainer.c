@@ -8,6 +8,7 @@
 #include "lora/peft.h"
 #include "model/checkpoint.h"
 #include "model/cpu/cpu.h"
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"
 
@@ -128,12 +129,6 @@ int trainer_device_check(const char *device, const char *precision) {
                    visible ? "'" : "");
 }
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* ---- evaluation -------------------------------------------------------------------- */
 
 /* The forward of one batch of B rows (model_forward's contract). */
@@ -150,7 +145,7 @@ static int eval_rows(eval_forward forward, void *ctx, int B, const dataset *d, d
     int32_t *in = malloc(sizeof(int32_t) * (size_t)B * T);
     int32_t *tg = malloc(sizeof(int32_t) * (size_t)B * T);
     int rc = in && tg ? 0 : err_set("out of memory for an eval batch of %d x %d", B, T);
-    double sum = 0, t0 = now(), last = t0;
+    double sum = 0, t0 = clock_now_s(), last = t0;
     int64_t count = 0;
     int tty = progress && isatty(fileno(progress));
     for (size_t r = 0; r < rows && rc == 0; r += (size_t)B) {
@@ -167,7 +162,7 @@ static int eval_rows(eval_forward forward, void *ctx, int B, const dataset *d, d
         if (rc == 0) rc = forward(ctx, in, tg, &ls, &nt);
         sum += ls;
         count += nt;
-        double t = now();
+        double t = clock_now_s();
         if (rc == 0 && tty && t - last > 0.5) {
             size_t done = r + (size_t)B < rows ? r + (size_t)B : rows;
             fprintf(progress, "\r\033[Keval %zu/%zu rows  loss %.4f  %.0f tokens/s", done, rows,
@@ -747,7 +742,7 @@ static void progress(run *r, double loss, int64_t first_step, double t0, int64_t
                      double *last_print) {
     const trainer_options *o = r->o;
     if (!r->progress) return;
-    double t = now(), dt = t - t0;
+    double t = clock_now_s(), dt = t - t0;
     int last = r->st.step == o->steps;
     if (r->tty ? (t - *last_print < 0.1 && !last)
                : (r->st.step % o->log_every != 0 && r->st.step != first_step + 1 && !last))
@@ -767,12 +762,12 @@ static void progress(run *r, double loss, int64_t first_step, double t0, int64_t
 static int train_loop(run *r, trainer_result *res) {
     const trainer_options *o = r->o;
     int64_t first_step = r->st.step, tokens0 = r->st.tokens;
-    double t0 = now(), last_print = 0, elapsed0 = r->st.elapsed;
+    double t0 = clock_now_s(), last_print = 0, elapsed0 = r->st.elapsed;
     if (o->eval_every > 0 && r->st.step == 0 && evaluate(r, NULL) != 0) return -1;
     while (r->st.step < o->steps) {
         double loss = 0;
         if (step_once(r, &loss) != 0) return -1;
-        double t = now();
+        double t = clock_now_s();
         r->st.elapsed = elapsed0 + (t - t0);
         res->steps = r->st.step;
         res->loss = loss;

@@ -8,6 +8,7 @@
 #include "model/cpu/cpu.h"
 #include "model/safetensors.h"
 #include "util/err.h"
+#include "util/rng.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -96,13 +97,10 @@ void model_values_to_bf16(const real *src, int64_t n, uint16_t *dst) {
 }
 
 /* The public random bits of stochastic rounding: SplitMix64's finalizer
- * (Steele et al. 2014) over the key and the element's index, so that any
+ * (util/rng.h) over the key and the element's index, so that any
  * machine draws the same bit pattern for the same element. */
 static inline uint64_t sr_bits(uint64_t key, uint64_t index) {
-    uint64_t z = key + (index + 1) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
+    return rng_mix64(key + (index + 1) * 0x9E3779B97F4A7C15ull);
 }
 
 /* x's fp32 bits u = (t << 16) | r: t is x truncated to bf16 (toward zero)

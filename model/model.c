@@ -3,6 +3,7 @@
 
 #include "model/safetensors.h"
 #include "util/err.h"
+#include "util/rng.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -293,17 +294,10 @@ model_param *model_find_param(const model *m, const char *name) {
     return NULL;
 }
 
-/* splitmix64 (Steele et al. 2014): small, fast, and good enough for weight
- * init; nothing secret is drawn from it. */
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
+/* Weight init: SplitMix64 (util/rng.h), nothing secret drawn; the uniform is
+ * the midpoint of its 2^-53 cell, (k + 0.5) / 2^53, so never 0 for log(). */
 static double uniform01(uint64_t *s) {
-    return ((splitmix64(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+    return ((rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 }
 
 /* Box–Muller. */

@@ -3,6 +3,7 @@
  * docs/protocol.md the messages. */
 #include "node/internal.h"
 
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"
 #include "wire/crypto.h"
@@ -56,8 +57,7 @@ void node_log(const node_ctx *n, const char *fmt, ...) {
 int node_sleep(int ms) {
     while (ms > 0 && !node_stop_signal) {
         int slice = ms < 50 ? ms : 50;
-        struct timespec ts = {0, (long)slice * 1000000L};
-        nanosleep(&ts, NULL);
+        clock_sleep_ms(slice);
         ms -= slice;
     }
     return node_stop_signal != 0;

@@ -12,8 +12,10 @@
 #include "lora/dataset.h"
 #include "lora/lora.h"
 #include "lora/trainer.h"
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"
+#include "util/rng.h"
 #include "wire/crypto.h"
 #include "wire/payload.h"
 
@@ -25,18 +27,12 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* The seed of round r's adapter and data order: distinct per member and
  * round, fixed for a given config. */
 static uint64_t round_seed(const node_config *c, uint64_t round) {
     uint64_t s = dataset_fnv1a64(DATASET_FNV_OFFSET, c->name, strlen(c->name));
     s ^= c->seed * 0x9e3779b97f4a7c15ull ^ round;
-    return dataset_splitmix64(&s);
+    return rng_next(&s);
 }
 
 /* Target tokens the trainer consumed: the steps visit positions
@@ -271,7 +267,7 @@ int node_train_and_seal(node_ctx *n, const struct msg_round *r) {
              rn, tr->steps, tr->rank, tr->lr, tr->batch, tr->seq,
              dataset_num_rows(d, DATASET_TRAIN), loss_before);
     trainer_result res;
-    double t0 = now_s();
+    double t0 = clock_now_s();
     node_in_training = 1;
     int trc = trainer_run(m, s, d, &to, &res);
     node_in_training = 0;
@@ -284,7 +280,7 @@ int node_train_and_seal(node_ctx *n, const struct msg_round *r) {
                              .loss_before = loss_before,
                              .loss_after = res.eval_loss,
                              .examples = (uint64_t)tr->steps * tr->batch,
-                             .train_s = now_s() - t0,
+                             .train_s = clock_now_s() - t0,
                              .download_bytes = n->download_bytes};
     memcpy(rec.base, r->base, MSG_HASH_LEN);
     snprintf(rec.sync, sizeof rec.sync, "%s", n->sync_method);

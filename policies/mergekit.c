@@ -3,7 +3,7 @@
 #include "policies/mergekit.h"
 
 #include "lora/delta.h"
-#include "policies/rng.h"
+#include "util/rng.h"
 #include "policies/select.h"
 #include "util/err.h"
 

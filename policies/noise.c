@@ -1,7 +1,7 @@
 /* noise.c — CSPRNG (ChaCha20 keystream) and test-mode Gaussian noise (noise.h). */
 #include "policies/noise.h"
 
-#include "policies/rng.h"
+#include "util/rng.h"
 #include "util/err.h"
 
 #include <openssl/evp.h>

@@ -2,7 +2,7 @@
 #include "policies/svd.h"
 
 #include "model/cpu/cpu.h"
-#include "policies/rng.h"
+#include "util/rng.h"
 #include "util/err.h"
 
 #include <math.h>

@@ -1,6 +1,7 @@
 /* client — requests with retries and the chunked download (client.h). */
 #include "wire/client.h"
 
+#include "util/clock.h"
 #include "util/err.h"
 #include "wire/transport.h"
 
@@ -28,12 +29,6 @@ void client_options_default(client_options *o) {
     o->linger_ms = 1000;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static int stopped(const client *c) {
     return c->o.stop && c->o.stop(c->o.arg);
 }
@@ -42,8 +37,7 @@ static int stopped(const client *c) {
 static int pause_ms(const client *c, int ms) {
     while (ms > 0 && !stopped(c)) {
         int slice = ms < 50 ? ms : 50;
-        struct timespec ts = {0, (long)slice * 1000000L};
-        nanosleep(&ts, NULL);
+        clock_sleep_ms(slice);
         ms -= slice;
     }
     return stopped(c);
@@ -90,7 +84,7 @@ int client_call(client *c, const struct msg *req, struct msg *rep) {
                                   .attempts = 1,
                                   .backoff_ms = c->o.backoff_ms,
                                   .backoff_max_ms = c->o.backoff_max_ms};
-    double start = now_s();
+    double start = clock_now_s();
     int rc = CLIENT_FAILED;
     for (int attempt = 0;; attempt++) {
         if (stopped(c)) {
@@ -119,7 +113,7 @@ int client_call(client *c, const struct msg *req, struct msg *rep) {
             rc = CLIENT_STOPPED;
             break;
         }
-        if (now_s() - start > c->o.give_up_s) {
+        if (clock_now_s() - start > c->o.give_up_s) {
             err_context("the aggregator at %s did not answer %s for %d s (give_up_s)", c->endpoint,
                         what, c->o.give_up_s);
             break;

@@ -1,6 +1,7 @@
 /* http — the status page's GET client (http.h). */
 #include "wire/http.h"
 
+#include "util/clock.h"
 #include "util/err.h"
 
 #include <errno.h>
@@ -271,16 +272,10 @@ int http_response_parse(const uint8_t *buf, size_t len, int eof, size_t max_body
 /* ---- the exchange -------------------------------------------------------------------------------
  */
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
-
 /* Waits for events on fd until the deadline: 0 ready, -1 timed out / error. */
 static int wait_fd(int fd, short events, double deadline, const char *what) {
     for (;;) {
-        int left = (int)(deadline - now_ms());
+        int left = (int)(deadline - (clock_now_s() * 1e3));
         if (left <= 0) return err_set("%s: no answer in time", what);
         struct pollfd p = {fd, events, 0};
         int r = poll(&p, 1, left);
@@ -327,7 +322,7 @@ static int connect_to(const http_url *u, double deadline, int *out) {
 int http_get(const http_url *u, const char *path, const char *token, size_t max_body,
              int timeout_ms, http_response *out) {
     memset(out, 0, sizeof *out);
-    double deadline = now_ms() + timeout_ms;
+    double deadline = (clock_now_s() * 1e3) + timeout_ms;
     char req[HTTP_PATH_MAX + HTTP_HOST_MAX + 512];
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s%s%s:%u\r\nUser-Agent: fedlora-status\r\n"

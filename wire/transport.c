@@ -7,6 +7,7 @@
  * wire, so it must lie in [100, 6553599] ms to mean anything. */
 #include "wire/transport.h"
 
+#include "util/clock.h"
 #include "util/err.h"
 #include "wire/msg.h"
 
@@ -390,18 +391,6 @@ static uint64_t xorshift(uint64_t *s) {
     return x;
 }
 
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 int transport_backoff_ms(const struct transport_retry *rt, int attempt, uint64_t *rng) {
     int64_t d = rt->backoff_ms;
     for (int i = 0; i < attempt && d < rt->backoff_max_ms; i++) d *= 2;
@@ -420,9 +409,9 @@ static void put_be64(uint8_t *p, uint64_t v) {
  * `dropped` for the final error message. */
 static int await_reply(transport *dealer, const struct transport_limits *lim, const uint8_t *id,
                        int ms, struct transport_msg *reply, char *dropped, size_t dn) {
-    int64_t deadline = now_ms() + ms;
+    int64_t deadline = clock_now_ms() + ms;
     for (;;) {
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - clock_now_ms();
         if (left <= 0) return 1;
         zmq_pollitem_t item = {.socket = dealer->sock, .events = ZMQ_POLLIN};
         int rc = zmq_poll(&item, 1, (long)left);
@@ -487,7 +476,7 @@ int transport_request(transport *dealer, const struct transport_limits *lim,
     char last[ERR_MSG_MAX] = "";
     char dropped[ERR_MSG_MAX] = "";
     for (int attempt = 0; attempt < rt->attempts; attempt++) {
-        if (attempt > 0) sleep_ms(transport_backoff_ms(rt, attempt - 1, &rng));
+        if (attempt > 0) clock_sleep_ms(transport_backoff_ms(rt, attempt - 1, &rng));
         if (transport_send(dealer, frames, n + 1) < 0) {
             snprintf(last, sizeof last, "%s", err_msg());
             continue;

@@ -57,6 +57,7 @@
 #include "wire/msg.h"
 #include "wire/payload.h"
 #include "wire/client.h"
+#include "wire/version.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -139,15 +140,24 @@ static void hello(const keys_secret *k, struct msg *r) {
     request(&m, r);
 }
 
-/* Where fetch's chunks go: the file and its hash. */
+/* Where fetch's chunks go: the file (or nowhere), their hash, and the
+ * first VERSION_INDEX_MAX bytes in memory (a sharded version's index). */
 typedef struct {
     int fd;
     const char *path;
     crypto_sha256_ctx *sha;
+    char *head;
+    size_t head_len;
 } fetch_sink;
 
 static int to_file(void *arg, const uint8_t *data, size_t len) {
     fetch_sink *f = arg;
+    if (f->head_len + len <= VERSION_INDEX_MAX) {
+        memcpy(f->head + f->head_len, data, len);
+        f->head_len += len;
+    } else {
+        f->head_len = VERSION_INDEX_MAX + 1; /* too long for an index */
+    }
     return crypto_sha256_update(f->sha, data, len) < 0 ||
                    (f->fd >= 0 && fio_write_full(f->fd, data, len, f->path) < 0)
                ? -1
@@ -157,9 +167,10 @@ static int to_file(void *arg, const uint8_t *data, size_t len) {
 /* GET_MODEL of the whole object `hash` into path (written, fsync'd; NULL:
  * received and hashed only), its SHA-256 checked, as a node's download
  * does; returns its size. */
-static uint64_t fetch(const uint8_t hash[32], const char *path) {
-    fetch_sink f = {path ? open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1, path, NULL};
-    if (path && f.fd < 0) die(path);
+static uint64_t fetch_head(const uint8_t hash[32], const char *path, char **head, size_t *head_len) {
+    fetch_sink f = {path ? open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1, path, NULL,
+                    malloc(VERSION_INDEX_MAX), 0};
+    if ((path && f.fd < 0) || !f.head) die(path ? path : "memory");
     if (crypto_sha256_new(&f.sha) < 0) die("sha256");
     uint64_t total = 0;
     if (client_download(cl, hash, 0, 0, UINT64_MAX, to_file, &f, &total) != CLIENT_OK)
@@ -169,12 +180,43 @@ static uint64_t fetch(const uint8_t hash[32], const char *path) {
         die(path ? path : "hashing");
     crypto_sha256_free(f.sha);
     if (memcmp(h, hash, 32) != 0) die("fetched object hash");
+    if (head) {
+        *head = f.head;
+        *head_len = f.head_len;
+    } else {
+        free(f.head);
+    }
     return total;
 }
 
-/* SHA-256 of a file, as the node checks what it made. */
-static void hash_file(const char *path, uint8_t h[32]) {
-    if (crypto_sha256_file(path, h, NULL) < 0) die(path);
+static uint64_t fetch(const uint8_t hash[32], const char *path) {
+    return fetch_head(hash, path, NULL, NULL);
+}
+
+/* A whole version, as a node syncs it: GET_MODEL of its hash, and when that
+ * is a sharded version's index, each shard by its own hash (into dir, or
+ * received and hashed only when dir is NULL); returns the bytes moved. */
+static uint64_t fetch_version(const uint8_t hash[32], const char *dir) {
+    char root[4200], p[4200];
+    char *head = NULL;
+    size_t head_len = 0;
+    if (dir) path(root, sizeof root, "%s/download.root", dir);
+    uint64_t total = fetch_head(hash, dir ? root : NULL, &head, &head_len);
+    version_index *x = NULL;
+    int sharded = head_len <= VERSION_INDEX_MAX && head_len > 0 && head[0] == '{';
+    if (sharded && version_index_parse(&x, head, head_len, "the version's index") < 0)
+        die("the version's index");
+    free(head);
+    for (int i = 0; sharded && i < x->n_shards; i++) {
+        if (dir) path(p, sizeof p, "%s/%s", dir, x->shards[i].name);
+        total += fetch(x->shards[i].hash, dir ? p : NULL);
+    }
+    version_index_free(x);
+    if (dir) {
+        path(p, sizeof p, "%s/%s", dir, sharded ? VERSION_INDEX_FILE : VERSION_MODEL_FILE);
+        if (rename(root, p) != 0) die("renaming the downloaded version");
+    }
+    return total;
 }
 
 /* A random rank-r adapter on m's shapes, as a DELTA payload. */
@@ -359,19 +401,18 @@ int main(int argc, char **argv) {
     hello(&mem[0], &r);
     if (r.type != MSG_ROUND) die("HELLO");
     memcpy(base, r.round.base, 32);
-    char held[4096], held_model[4200];
+    char held[4096];
     path(held, sizeof held, "%s/node/held", run);
-    path(held_model, sizeof held_model, "%s/model.safetensors", held);
     path(p, sizeof p, "%s/config.json", held);
     if (fio_mkdirs(held, 0755) < 0 || model_config_save(&mc, p) < 0) die("the node's config.json");
     double t0 = now_s();
-    uint64_t total = fetch(base, scale ? NULL : held_model);
+    uint64_t total = fetch_version(base, scale ? NULL : held);
     double sync_s = now_s() - t0;
-    if (scale) { /* the node's copy: the stored version itself */
-        char hex[65], stored[4200];
+    if (scale) { /* the node's copy: the stored version's files themselves */
+        char hex[65];
         hex_encode(base, 32, hex);
-        path(stored, sizeof stored, "%s/state/versions/%s/model.safetensors", run, hex);
-        if (link(stored, held_model) != 0) die("linking the held version");
+        path(p, sizeof p, "cp -al --remove-destination '%s/state/versions/%s/.' '%s/'", run, hex, held);
+        if (system(p) != 0) die("linking the held version");
     }
 
     double seal_s = 0, submit_s = 0;
@@ -434,11 +475,10 @@ int main(int argc, char **argv) {
     struct msg_round r2 = r.round;
 
     /* The second node's low-rank sync, as node/sync.c does it. */
-    char made[4096], upath[4200], made_model[4200], full_model[4200];
+    char made[4096], upath[4200], full_dir[4200];
     path(made, sizeof made, "%s/node/lowrank", run);
     path(upath, sizeof upath, "%s/node/update.safetensors", run);
-    path(made_model, sizeof made_model, "%s/model.safetensors", made);
-    path(full_model, sizeof full_model, "%s/node/full.safetensors", run);
+    path(full_dir, sizeof full_dir, "%s/node/full", run);
     double l0 = now_s();
     uint64_t ubytes = fetch(r2.update_hash, upath);
     double l1 = now_s();
@@ -450,8 +490,8 @@ int main(int argc, char **argv) {
         die("low-rank sync");
     model_free(held_m);
     update_free(u);
-    hash_file(made_model, h);
-    if (memcmp(h, r2.base, 32) != 0) die("the version made from the update has another hash");
+    if (version_seal(made, h) < 0 || memcmp(h, r2.base, 32) != 0)
+        die("the version made from the update has another hash");
     double l2 = now_s();
     struct rusage self;
     getrusage(RUSAGE_SELF, &self);
@@ -463,7 +503,8 @@ int main(int argc, char **argv) {
         path(p, sizeof p, "rm -rf '%s'", made);
         if (system(p) != 0) die("removing the made version");
     } else {
-        full_bytes = fetch(r2.base, full_model);
+        if (fio_mkdirs(full_dir, 0755) < 0) die(full_dir);
+        full_bytes = fetch_version(r2.base, full_dir);
         full_s = now_s() - l2;
     }
     if (ubytes != r2.update_size || full_bytes != total) die("object sizes");

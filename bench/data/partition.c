@@ -20,6 +20,7 @@
  */
 #include "util/err.h"
 #include "util/fio.h"
+#include "util/rng.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -56,25 +57,15 @@ typedef struct {
 
 /* ---- random numbers ------------------------------------------------------------- */
 
-/* The generator is local (model/ and lora/ keep their own static copies):
- * this tool depends on util/ only, and its streams must not change when
- * theirs do. */
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 /* Uniform on (0, 1): the top 53 bits, offset by half a step so log() is finite. */
 static double uniform01(uint64_t *s) {
-    return ((double)(splitmix64(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+    return ((double)(rng_next(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 }
 
 /* Uniform in [0, n) without modulo bias: rejection as in O'Neill's PCG. */
 static size_t below(uint64_t *s, size_t n) {
     uint64_t threshold = (0 - (uint64_t)n) % n, r;
-    do r = splitmix64(s);
+    do r = rng_next(s);
     while (r < threshold);
     return (size_t)(r % n);
 }

@@ -16,6 +16,7 @@
 #include "lora/sampler.h"
 #include "tests/decode/sampler_sort.h"
 #include "util/err.h"
+#include "util/rng.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -52,12 +53,10 @@ int main(int argc, char **argv) {
     for (int shape = 0; shape < 3; shape++) {
         uint64_t s = 99;
         for (int v = 0; v < V; v++)
-            l[v] =
-                shape < 2
-                    ? (real)(-(shape ? 2.0 : 1.1) * log(1.0 + v))
-                    : (real)(4.0 * (double)(dataset_splitmix64(&s) >> 11) / 9007199254740992.0 - 2);
+            l[v] = shape < 2 ? (real)(-(shape ? 2.0 : 1.1) * log(1.0 + v))
+                             : (real)(4.0 * (double)(rng_next(&s) >> 11) / 9007199254740992.0 - 2);
         for (int v = V - 1; v > 0; v--) {
-            int j = (int)(dataset_splitmix64(&s) % (uint64_t)(v + 1));
+            int j = (int)(rng_next(&s) % (uint64_t)(v + 1));
             real t = l[v];
             l[v] = l[j];
             l[j] = t;

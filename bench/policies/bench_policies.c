@@ -15,7 +15,7 @@
 #include "lora/lora.h"
 #include "model/model.h"
 #include "policies/aggregate.h"
-#include "policies/rng.h"
+#include "util/rng.h"
 #include "util/err.h"
 
 #include <stdio.h>

@@ -9,6 +9,7 @@
  * nothing else changes (a model that is not distributed never calls NCCL). */
 #include "model/cuda/gpu_internal.h"
 
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"
 
@@ -32,12 +33,6 @@ int gpu_dist_supported(void) {
     return 1;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Rank 0's side of the bootstrap. */
 static int id_publish(const char *path, ncclUniqueId *id) {
     if (fio_exists(path))
@@ -50,9 +45,9 @@ static int id_publish(const char *path, ncclUniqueId *id) {
 
 /* The other ranks' side: wait for the file, read it. */
 static int id_fetch(const char *path, ncclUniqueId *id, double timeout_s) {
-    double t0 = now_s();
+    double t0 = clock_now_s();
     while (!fio_exists(path)) {
-        if (now_s() - t0 > timeout_s)
+        if (clock_now_s() - t0 > timeout_s)
             return err_set("waited %.0f s for rank 0 to write the NCCL id file %s: is rank 0 "
                            "running, with the same %s?",
                            timeout_s, path, GPU_DIST_ENV_ID_FILE);

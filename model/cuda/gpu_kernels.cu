@@ -7,6 +7,8 @@
  * per row for the cross-entropy, grid-stride loops elsewhere. */
 #include "model/cuda/gpu_device.cuh"
 
+#include "util/rng.h"
+
 #include <math.h>
 
 #define IGNORE_INDEX (-100) /* MODEL_IGNORE_INDEX (model/model.h) */
@@ -452,13 +454,7 @@ extern "C" cudaError_t gpu_xent(const float *logits, const int32_t *targets, int
     return cudaGetLastError();
 }
 
-/* ---- LoRA dropout (lora.c's dropout_keep, mix64 and unit_double) ---------------------- */
-
-__device__ __forceinline__ uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
+/* ---- LoRA dropout (lora.c's dropout_keep, with util/rng.h's generator) --------------- */
 
 template <typename O, typename X>
 __global__ void dropout_kernel(O *out, const X *x, int n, int in, int64_t row0, uint64_t key,
@@ -467,8 +463,7 @@ __global__ void dropout_kernel(O *out, const X *x, int n, int in, int64_t row0, 
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
         int64_t e = row0 * in + i;
-        uint64_t z = mix64(key + (uint64_t)e * 0x9E3779B97F4A7C15ull);
-        int keep = (double)(z >> 11) * (1.0 / 9007199254740992.0) >= p;
+        int keep = rng_unit0(rng_mix64(key + (uint64_t)e * 0x9E3779B97F4A7C15ull)) >= p;
         float v = keep ? __fmul_rn(ldf(x, i), keep_scale) : 0.0f;
         if (accumulate) {
             if (keep) stf(out, i, ldf(out, i) + v);

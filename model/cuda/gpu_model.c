@@ -22,6 +22,7 @@
 
 #include "model/cpu/cpu.h"
 #include "util/err.h"
+#include "util/rng.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -525,16 +526,11 @@ void gpu_lora_set_dropout_counter(gpu_model *g, uint64_t counter) {
     g->counter = counter;
 }
 
-/* lora.c's mix64 and dropout_key: the same masks from the same seed, module
- * index and counter. */
-static uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
+/* lora.c's dropout_key: the same masks from the same seed, module index and
+ * counter. */
 static uint64_t dropout_key(uint64_t seed, int index, uint64_t counter) {
-    return mix64(mix64(seed ^ 0xD1B54A32D192ED03ull) ^ mix64(((uint64_t)index << 40) ^ counter));
+    return rng_mix64(rng_mix64(seed ^ 0xD1B54A32D192ED03ull) ^
+                     rng_mix64(((uint64_t)index << 40) ^ counter));
 }
 
 static float keep_scale(const gpu_model *g) {

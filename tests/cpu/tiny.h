@@ -6,6 +6,7 @@
 #include "model/model.h"
 #include "tests/check.h"
 #include "util/err.h"
+#include "util/rng.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -178,16 +179,9 @@ static inline int tiny_cases(tiny_case *out) {
 
 #define TINY_MAX_CASES 14
 
-static inline uint64_t tiny_rng(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Uniform in [-1, 1). */
 static inline double tiny_uniform(uint64_t *s) {
-    return (double)(tiny_rng(s) >> 11) / 4503599627370496.0 - 1.0;
+    return (double)(rng_next(s) >> 11) / 4503599627370496.0 - 1.0;
 }
 
 /* Random weights, then every value moved by up to ±0.2 so that norm weights
@@ -232,8 +226,8 @@ static inline int ts_unused_expert(const model_acts *a, const char *name) {
 static inline void tiny_batch(int32_t *tokens, int32_t *targets, int N, int V, uint64_t seed) {
     uint64_t s = seed;
     for (int n = 0; n < N; n++) {
-        tokens[n] = (int32_t)(tiny_rng(&s) % (uint64_t)V);
-        targets[n] = n % 3 == 1 ? MODEL_IGNORE_INDEX : (int32_t)(tiny_rng(&s) % (uint64_t)V);
+        tokens[n] = (int32_t)(rng_next(&s) % (uint64_t)V);
+        targets[n] = n % 3 == 1 ? MODEL_IGNORE_INDEX : (int32_t)(rng_next(&s) % (uint64_t)V);
     }
 }
 

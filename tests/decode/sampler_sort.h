@@ -10,6 +10,7 @@
 
 #include "lora/dataset.h"
 #include "model/real.h"
+#include "util/rng.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -46,7 +47,7 @@ static int sort_sampler_next(const real *logits, int V, double temperature, doub
         for (n = 0; n < V && mass < top_p * total;) mass += c[n++].p;
         total = mass;
     }
-    double u = (double)(dataset_splitmix64(rng) >> 11) * (1.0 / 9007199254740992.0) * total;
+    double u = (double)(rng_next(rng) >> 11) * (1.0 / 9007199254740992.0) * total;
     for (int i = 0; i < n; i++) {
         u -= c[i].p;
         if (u < 0) return c[i].id;

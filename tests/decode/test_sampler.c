@@ -16,13 +16,14 @@
 #include "tests/check.h"
 #include "tests/decode/sampler_sort.h"
 #include "util/err.h"
+#include "util/rng.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 static double uniform(uint64_t *s) {
-    return (double)(dataset_splitmix64(s) >> 11) * (1.0 / 9007199254740992.0);
+    return (double)(rng_next(s) >> 11) * (1.0 / 9007199254740992.0);
 }
 
 /* Logits of one of four shapes, the same for a given (kind, seed). */

@@ -18,6 +18,7 @@
 #include "tests/gpu/gpu_measure.h"
 #include "tests/check.h"
 #include "util/err.h"
+#include "util/rng.h"
 
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -48,19 +49,12 @@
         }                                                                                          \
     } while (0)
 
-static inline uint64_t gt_rng(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* n values uniform in [−scale, scale). */
 static inline float *gt_rand(size_t n, uint64_t seed, float scale) {
     float *x = malloc(n * sizeof *x);
     if (!x) abort();
     for (size_t i = 0; i < n; i++)
-        x[i] = scale * (float)((double)(gt_rng(&seed) >> 11) / 4503599627370496.0 - 1.0);
+        x[i] = scale * (float)((double)(rng_next(&seed) >> 11) / 4503599627370496.0 - 1.0);
     return x;
 }
 

@@ -259,7 +259,7 @@ static void test_embed_bias(gpu_dtype t) {
     if (t == GPU_BF16) gt_round_bf16(wte, (size_t)V * C), gt_round_bf16(wpe, (size_t)T * C);
     int32_t tok[12];
     uint64_t s = 43;
-    for (int i = 0; i < N; i++) tok[i] = (int32_t)(gt_rng(&s) % (uint64_t)V);
+    for (int i = 0; i < N; i++) tok[i] = (int32_t)(rng_next(&s) % (uint64_t)V);
     int32_t *dtok;
     CUDA_OK(cudaMalloc((void **)&dtok, sizeof tok));
     CUDA_OK(cudaMemcpy(dtok, tok, sizeof tok, cudaMemcpyHostToDevice));

@@ -6,7 +6,7 @@
 #include "tests/cpu/tiny.h"
 #include "lora/lora.h"
 #include "model/model.h"
-#include "policies/rng.h"
+#include "util/rng.h"
 #include "tests/check.h"
 #include "tests/support/ts_model.h"
 #include "util/err.h"

@@ -2,7 +2,7 @@
  * truncated SVD on matrices with a known spectrum: exact when the rank fits
  * the samples, within 1 % of the Eckart–Young optimum otherwise, dense and
  * factored alike, and reproducible for a seed. */
-#include "policies/rng.h"
+#include "util/rng.h"
 #include "policies/svd.h"
 #include "tests/check.h"
 #include "util/err.h"
