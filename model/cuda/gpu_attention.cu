@@ -6,7 +6,9 @@
  * backward recomputes P = exp(S − lse) tile by tile, with
  *   δ_i = dO_i · O_i,  dP = dO Vᵀ,  dS = P ⊙ (dP − δ),
  *   dQ = scale · dS K,  dK = scale · dSᵀ Q,  dV = Pᵀ dO,
- * the formulas of model/cpu/attention.c.
+ * the formulas of model/cpu/attention.c. With soft-capping (s.softcap) the
+ * scores are cap · tanh(S / cap) before the mask, and dS is multiplied by
+ * 1 − tanh².
  *
  * Plain fp32 arithmetic in CUDA cores (no tensor cores): one code path for
  * both storage types, straightforward to check against the CPU.
@@ -41,6 +43,18 @@ __device__ __forceinline__ int first_key(int i, int window) {
 
 __device__ __forceinline__ bool visible(int i, int j, int T, int window) {
     return i < T && j <= i && (window == 0 || j > i - window);
+}
+
+/* Soft-capping of a scaled score (Gemma 2; model/cpu/softcap.c): cap ·
+ * tanh(x / cap), or x when cap is 0. */
+__device__ __forceinline__ float cap_score(float x, float cap) {
+    return cap > 0 ? tanhf(x / cap) * cap : x;
+}
+
+/* d cap_score / dx at the capped value y: 1 − (y / cap)², or 1. */
+__device__ __forceinline__ float cap_grad(float y, float cap) {
+    float t = cap > 0 ? y / cap : 0.0f;
+    return 1.0f - t * t;
 }
 
 /* Loads rows [r0, r0 + n) of one head (columns col … col + D) of x into a
@@ -118,7 +132,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
         for (int i = 0; i < ATT_ROWS; i++) {
             int qi = q0 + w * ATT_ROWS + i;
-            float x = visible(qi, j, T_, s.window) ? sc[i] : -INFINITY;
+            float x = visible(qi, j, T_, s.window) ? cap_score(sc[i], s.softcap) : -INFINITY;
             float mn = fmaxf(m[i], warp_max(x));
             float p = mn == -INFINITY ? 0.0f : expf(x - mn);
             float corr = mn == -INFINITY ? 1.0f : expf(m[i] - mn);
@@ -240,8 +254,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
         for (int i = 0; i < ATT_ROWS; i++) {
             int qi = q0 + w * ATT_ROWS + i;
-            float p = visible(qi, j, T_, s.window) ? expf(sc[i] - L[i]) : 0.0f;
-            P[i * ATT_BK + lane] = p * (dp[i] - Dl[i]);
+            float y = cap_score(sc[i], s.softcap);
+            float p = visible(qi, j, T_, s.window) ? expf(y - L[i]) : 0.0f;
+            P[i * ATT_BK + lane] = p * (dp[i] - Dl[i]) * cap_grad(y, s.softcap);
         }
         __syncwarp();
         for (int jj = 0; jj < ATT_BK; jj += 4) {
@@ -343,9 +358,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
             for (int i = 0; i < ATT_ROWS; i++) {
                 int kj = k0 + w * ATT_ROWS + i;
-                float p = visible(qi, kj, T_, s.window) ? expf(sc[i] - Lq) : 0.0f;
+                float y = cap_score(sc[i], s.softcap);
+                float p = visible(qi, kj, T_, s.window) ? expf(y - Lq) : 0.0f;
                 P[i * ATT_BK + lane] = p;
-                G[i * ATT_BK + lane] = p * (dp[i] - Dq);
+                G[i * ATT_BK + lane] = p * (dp[i] - Dq) * cap_grad(y, s.softcap);
             }
             __syncwarp();
             for (int jj = 0; jj < ATT_BK; jj += 4) {
@@ -538,8 +554,11 @@ __global__ void __launch_bounds__(MMA_THREADS)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 int j = kt * MMA_KT + n * 8 + 2 * t + e;
-                sc[n][e] = visible(qi0, j, T_, s.window) ? sc[n][e] * s.scale : -INFINITY;
-                sc[n][2 + e] = visible(qi1, j, T_, s.window) ? sc[n][2 + e] * s.scale : -INFINITY;
+                sc[n][e] = visible(qi0, j, T_, s.window) ? cap_score(sc[n][e] * s.scale, s.softcap)
+                                                         : -INFINITY;
+                sc[n][2 + e] = visible(qi1, j, T_, s.window)
+                                   ? cap_score(sc[n][2 + e] * s.scale, s.softcap)
+                                   : -INFINITY;
                 mx0 = fmaxf(mx0, sc[n][e]);
                 mx1 = fmaxf(mx1, sc[n][2 + e]);
             }
@@ -654,10 +673,12 @@ __global__ void __launch_bounds__(MMA_THREADS)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 int j = kt * MMA_KT + n * 8 + 2 * t + e;
-                float p0 = visible(qi0, j, T_, s.window) ? expf(sc[n][e] * s.scale - L0) : 0.0f;
-                float p1 = visible(qi1, j, T_, s.window) ? expf(sc[n][2 + e] * s.scale - L1) : 0.0f;
-                sc[n][e] = p0 * (dp[n][e] - D0); /* dS */
-                sc[n][2 + e] = p1 * (dp[n][2 + e] - D1);
+                float y0 = cap_score(sc[n][e] * s.scale, s.softcap);
+                float y1 = cap_score(sc[n][2 + e] * s.scale, s.softcap);
+                float p0 = visible(qi0, j, T_, s.window) ? expf(y0 - L0) : 0.0f;
+                float p1 = visible(qi1, j, T_, s.window) ? expf(y1 - L1) : 0.0f;
+                sc[n][e] = p0 * (dp[n][e] - D0) * cap_grad(y0, s.softcap); /* dS */
+                sc[n][2 + e] = p1 * (dp[n][2 + e] - D1) * cap_grad(y1, s.softcap);
             }
 #pragma unroll
         for (int kk = 0; kk < MMA_KT / 16; kk++) {
@@ -756,14 +777,14 @@ __global__ void __launch_bounds__(MMA_THREADS)
                 for (int e = 0; e < 2; e++) {
                     int jq = n * 8 + 2 * t + e, qi = qb + jq;
                     float Lq = Ls[jq], Dq = Ds[jq];
-                    float p0 =
-                        visible(qi, kj0, T_, s.window) ? expf(st[n][e] * s.scale - Lq) : 0.0f;
-                    float p1 =
-                        visible(qi, kj1, T_, s.window) ? expf(st[n][2 + e] * s.scale - Lq) : 0.0f;
+                    float y0 = cap_score(st[n][e] * s.scale, s.softcap);
+                    float y1 = cap_score(st[n][2 + e] * s.scale, s.softcap);
+                    float p0 = visible(qi, kj0, T_, s.window) ? expf(y0 - Lq) : 0.0f;
+                    float p1 = visible(qi, kj1, T_, s.window) ? expf(y1 - Lq) : 0.0f;
                     st[n][e] = p0; /* Pᵀ */
                     st[n][2 + e] = p1;
-                    dpt[n][e] = p0 * (dpt[n][e] - Dq); /* dSᵀ */
-                    dpt[n][2 + e] = p1 * (dpt[n][2 + e] - Dq);
+                    dpt[n][e] = p0 * (dpt[n][e] - Dq) * cap_grad(y0, s.softcap); /* dSᵀ */
+                    dpt[n][2 + e] = p1 * (dpt[n][2 + e] - Dq) * cap_grad(y1, s.softcap);
                 }
                 /* dV += Pᵀ dO, dK += dSᵀ Q */
 #pragma unroll
@@ -806,7 +827,7 @@ static int att_dp(int D) {
 
 static cudaError_t att_check(const gpu_attn_shape *s) {
     if (s->D < 2 || s->D > GPU_ATTN_MAX_D || s->KV < 1 || s->H % s->KV != 0 || s->T < 1 ||
-        s->B < 1 || s->H > 65535 || s->B > 65535 || s->window < 0)
+        s->B < 1 || s->H > 65535 || s->B > 65535 || s->window < 0 || !(s->softcap >= 0))
         return cudaErrorInvalidValue;
     return cudaSuccess;
 }
@@ -1011,7 +1032,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
             const int64_t kb = (int64_t)j * ldk + (int64_t)kvh * D;
             float dot = 0;
             for (int d = 0; d < D; d++) dot += qs[d] * ldf(k, kb + d);
-            x = dot;
+            x = cap_score(dot, s.softcap);
         }
         float bm = warp_max(x);
         if (lane == 0) red[w] = bm;
@@ -1048,7 +1069,7 @@ extern "C" cudaError_t gpu_attention_decode(const gpu_attn_shape *s, int n, int 
                                             int ldq, const void *k, int ldk, const void *v, int ldv,
                                             void *out, gpu_dtype t, cudaStream_t stream) {
     if (s->D < 1 || s->D > GPU_ATTN_MAX_D || s->KV < 1 || s->H % s->KV != 0 || s->H > 65535 ||
-        s->B != 1 || s->window < 0 || n < 1 || pos < 0)
+        s->B != 1 || s->window < 0 || !(s->softcap >= 0) || n < 1 || pos < 0)
         return cudaErrorInvalidValue;
     dim3 grid((unsigned)n, (unsigned)s->H);
     if (t == GPU_BF16)

@@ -114,10 +114,22 @@ cudaError_t gpu_xielu_backward(void *dx, const void *dy, const void *x, gpu_dtyp
                                const gpu_xielu *k, cudaStream_t stream);
 /* y += x, n fp32 values (a post-norm's residual add). */
 cudaError_t gpu_add_f32(float *y, const float *x, int64_t n, cudaStream_t stream);
+/* GeGLU (Gemma): act = gelu_tanh(g) · u, n values of type t; backward as
+ * gpu_swiglu_backward's (dg may be dact). cpu_geglu_forward/backward. */
+cudaError_t gpu_geglu_forward(void *act, const void *g, const void *u, gpu_dtype t, int64_t n,
+                              cudaStream_t stream);
+cudaError_t gpu_geglu_backward(void *dg, void *du, const void *dact, const void *g, const void *u,
+                               gpu_dtype t, int64_t n, cudaStream_t stream);
+/* Soft-capping (softcap.c): x = cap · tanh(x / cap) in place, n fp32 values;
+ * its backward dx (type t) *= 1 − (y / cap)², y the capped values. */
+cudaError_t gpu_softcap(float *x, int64_t n, float cap, cudaStream_t stream);
+cudaError_t gpu_softcap_backward(void *dx, gpu_dtype t, const float *y, int64_t n, float cap,
+                                 cudaStream_t stream);
 
-/* ---- rotary embedding: in place on x of type t, cpu_rope_apply's contract;
- * cos_t, sin_t (T, D/2) fp32 from cpu_rope_table. ---- */
-cudaError_t gpu_rope(void *x, gpu_dtype t, int ld, int N, int T, int nheads, int D,
+/* ---- rotary embedding: in place on x of type t, cpu_rope_apply's contract
+ * (the first R of each head's D dimensions); cos_t, sin_t (T, R/2) fp32 from
+ * cpu_rope_table. ---- */
+cudaError_t gpu_rope(void *x, gpu_dtype t, int ld, int N, int T, int nheads, int D, int R,
                      const float *cos_t, const float *sin_t, int inverse, cudaStream_t stream);
 
 /* ---- cross-entropy over a chunk of rows ------------------------------------------
@@ -147,6 +159,7 @@ typedef struct {
     int B, T, H, KV, D;
     int window; /* 0: full causal; else key j is visible to query i iff i − window < j ≤ i */
     float scale;
+    float softcap;      /* scores s become softcap · tanh(s / softcap) before the mask; 0: none */
     gpu_attn_impl impl; /* GPU_ATTN_MMA where it does not apply: cudaErrorInvalidValue */
 } gpu_attn_shape;
 
