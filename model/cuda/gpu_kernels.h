@@ -146,9 +146,10 @@ cudaError_t gpu_xent(const float *logits, const int32_t *targets, int N, int V, 
  * stride ldq with head h at column h·D, k and v likewise with kv heads;
  * query head h reads kv head h / (H / KV); out (N, H·D) contiguous; lse
  * (B, H, T). No (T, T) matrix is stored: forward keeps each row's
- * log-sum-exp and backward recomputes the probabilities from it. D <= 128.
+ * log-sum-exp and backward recomputes the probabilities from it. D <=
+ * GPU_ATTN_MAX_D (256).
  *
- * Two implementations: fp32 arithmetic on CUDA cores (any D, either storage
+ * Two implementations: fp32 arithmetic on CUDA cores (any D up to 256, either storage
  * type: the reference) and bf16 tensor cores (mma.sync, fp32 accumulation;
  * bf16 storage, D of 32, 64 or 128, 16-byte aligned q/k/v/out with row
  * strides a multiple of 8). GPU_ATTN_AUTO takes the tensor cores where they
@@ -163,7 +164,11 @@ typedef struct {
     gpu_attn_impl impl; /* GPU_ATTN_MMA where it does not apply: cudaErrorInvalidValue */
 } gpu_attn_shape;
 
-#define GPU_ATTN_MAX_D 128
+#define GPU_ATTN_MAX_D 256 /* tensor cores: 32, 64, 128; CUDA cores: up to 256 (Gemma) */
+
+/* The dynamic shared memory the CUDA-core kernels need per block at head
+ * dim D, bytes (over 48 KB they opt in: a device must allow that much). */
+size_t gpu_attention_smem(int D);
 
 cudaError_t gpu_attention_forward(const gpu_attn_shape *s, const void *q, int ldq, const void *k,
                                   int ldk, const void *v, int ldv, void *out, float *lse,

@@ -401,6 +401,16 @@ int gpu_model_upload(gpu_model **out, const model *m, const lora_set *s, const g
     if (c->head_dim > GPU_ATTN_MAX_D || c->head_dim % 2 != 0)
         return err_set("head_dim %d: the CUDA attention supports even head dims up to %d",
                        c->head_dim, GPU_ATTN_MAX_D);
+    /* Head dims past 128 (Gemma's 256) run on CUDA cores with up to 210 KB
+     * of shared memory per block (gpu_attention_smem): an H100 opts in to
+     * 227 KB, an A100 to 163 KB, so Gemma trains on the one and is refused
+     * on the other. */
+    int smem_optin = 0;
+    CU(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, o->device));
+    if (gpu_attention_smem(c->head_dim) > (size_t)smem_optin)
+        return err_set("head_dim %d: the CUDA attention needs %zu KB of shared memory per block, "
+                       "this GPU allows %d KB; use --device cpu",
+                       c->head_dim, gpu_attention_smem(c->head_dim) / 1024, smem_optin / 1024);
     if (c->num_kv_heads < 1 || c->num_heads % c->num_kv_heads != 0 || c->num_heads > 65535)
         return err_set("%d attention heads over %d kv heads: the CUDA attention needs a whole "
                        "number of query heads per kv head and at most 65535 heads",

@@ -476,7 +476,7 @@ static void test_attention(gpu_dtype t) {
     attn_case cases[] = {
         {2, 7, 4, 2, 4, 0, 0},     /* the tiny models' shape: one tile */
         {1, 130, 2, 1, 64, 0, 0},  /* three query tiles, a partial one */
-        {2, 200, 4, 2, 128, 0, 8}, /* widest head dim, strided rows */
+        {2, 200, 4, 2, 128, 0, 8}, /* widest tensor-core head dim, strided rows */
         {1, 300, 3, 3, 80, 50, 0}, /* D not a multiple of 32, a window across tiles */
         {2, 65, 2, 2, 8, 3, 8},    /* a short window */
         {1, 96, 6, 2, 16, 33, 0},  /* GQA groups of 3, window just over a key tile */
@@ -485,6 +485,9 @@ static void test_attention(gpu_dtype t) {
         /* Gemma 2's soft-capped scores (the tiny cases' scores reach ~±6) */
         {2, 150, 4, 2, 32, 0, 0, 2.0f},  /* capped, causal, several tiles, GQA */
         {1, 130, 2, 1, 64, 40, 0, 1.5f}, /* capped with a window */
+        /* Gemma's head_dim 256: CUDA cores, 8 dimensions per lane */
+        {1, 100, 2, 1, 256, 0, 0, 0},
+        {2, 70, 4, 2, 256, 30, 8, 2.0f},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         attention_case(&cases[i], t, GPU_ATTN_SIMT);
@@ -492,7 +495,7 @@ static void test_attention(gpu_dtype t) {
         if (t == GPU_BF16 && (D == 32 || D == 64 || D == 128))
             attention_case(&cases[i], t, GPU_ATTN_MMA);
     }
-    gpu_attn_shape bad = {.B = 1, .T = 4, .H = 2, .KV = 1, .D = 130, .scale = 1};
+    gpu_attn_shape bad = {.B = 1, .T = 4, .H = 2, .KV = 1, .D = 258, .scale = 1};
     CHECK(gpu_attention_forward(&bad, NULL, 0, NULL, 0, NULL, 0, NULL, NULL, t, 0) ==
           cudaErrorInvalidValue);
     /* tensor cores asked for where they do not apply: refused, not run */
