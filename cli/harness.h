@@ -105,6 +105,8 @@ typedef struct {
     uint64_t node_seed;   /* (node/node.h: held-out split, adapters, data order) */
     int node_poll_ms;     /* the nodes' poll_ms */
     char node_extra[512]; /* more text for every node's config ("" by default) */
+    char agg_extra[3 * HARNESS_PATH]; /* more text for the aggregator's config, e.g. its status
+                             and eval sections ("" by default) */
 } harness_options;
 
 typedef struct {

@@ -48,14 +48,15 @@ typedef struct {
 
 typedef struct {
     const char *dtype;           /* "float32", "bfloat16" or "float16" (round to nearest even) */
-    int64_t max_shard_bytes;     /* 0: CHECKPOINT_SHARD_BYTES */
+    int64_t max_shard_bytes;     /* 0: CHECKPOINT_SHARD_BYTES, or the test knob
+                                    FEDLORA_SHARD_BYTES from the environment */
     const checkpoint_edit *edit; /* NULL: every tensor as it is */
     int release; /* the model is not used after this: give a mapped file's pages back as its
                     tensors are written (memory stays at a tensor, not the model) */
     /* Rounding of edited or converted values to bf16: nearest even (0), or
      * stochastic (1) with the public draws of model_values_to_bf16_stochastic
      * keyed by CHECKPOINT_SR_KEY(sr_key, index of the param in the table):
-     * what versions of a bf16 base use (docs/formats.md, "bf16 versions"). */
+     * what versions of a bf16 base use (docs/formats.md, "Versions of a bf16 base"). */
     int stochastic;
     uint64_t sr_key;
 } checkpoint_save_options;

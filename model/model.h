@@ -149,7 +149,7 @@ void model_param_read(const model_param *p, int64_t off, int64_t n, real *out);
  * result the value itself (unbiased), the draw for element first + i a
  * public function of (key, first + i), the same on every machine. Used for
  * versions of a bf16 base, where nearest rounding would drop every update
- * below half an ulp (docs/formats.md, "bf16 versions"). NaN stays NaN. */
+ * below half an ulp (docs/formats.md, "Versions of a bf16 base"). NaN stays NaN. */
 void model_values_to_bf16_stochastic(const real *src, int64_t n, uint64_t key, int64_t first,
                                      uint16_t *dst);
 /* acc[0 .. n) += values [off, off + n) of p. */
