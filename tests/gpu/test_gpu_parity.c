@@ -508,6 +508,14 @@ static void check_errors(void) {
         gpu_model_free(g);
     }
     model_free(m);
+    /* a head dim past the CUDA attention's 256: refused at upload, by name */
+    model_config wide = tc[0].cfg;
+    wide.num_heads = wide.num_kv_heads = 1;
+    wide.head_dim = 258;
+    m = make_model(&wide);
+    o.batch = 1;
+    CHECK_FAILS_WITH(gpu_model_upload(&g, m, NULL, &o), "head_dim 258");
+    model_free(m);
 }
 
 /* bf16 with CUDA-core attention runs only the cases tensor cores would
