@@ -1,17 +1,20 @@
 /* model_cpu.c — the transformer's forward and backward on the CPU, as Hugging
  * Face transformers computes them (modeling_llama.py, which Mistral and Qwen2
  * share, modeling_qwen3.py, modeling_olmo2.py, modeling_apertus.py and
- * modeling_gpt2.py). One graph, shaped by the block options of the config
- * (model/config.h, model_block):
+ * modeling_gpt2.py, modeling_gemma2.py, modeling_gemma3.py, modeling_phi3.py).
+ * One graph, shaped by the block options of the config (model/config.h,
+ * model_block):
  *
- *   x = embed[tok] (+ wpe[t], POS_LEARNED)
+ *   x = embed[tok] (+ wpe[t], POS_LEARNED) (· √C, embed_scale)
  *   per block, for sublayer f in (attention, MLP):
  *       x = x + post(f(pre(x)))      pre: the input norm (pre_norm), post: the
  *                                    output norm (post_norm), else identity
- *   logits = lm_head(norm_f(x))      (or the tied embedding)
+ *   logits = lm_head(norm_f(x))      (or the tied embedding; soft-capped
+ *                                    cap · tanh(logits / cap) with final_softcap)
  *
  * Llama: pre RMSNorm, no post; GPT-2: pre LayerNorm; OLMo 2: post RMSNorm
- * only. The sublayers are block_attn.c and block_mlp.c.
+ * only; Gemma: both, RMSNorm with (1 + w). The sublayers are block_attn.c and
+ * block_mlp.c.
  *
  * Saved for backward, per layer: the residual stream entering and in the
  * middle of the layer, every norm's row statistics, the sublayers' outputs
@@ -34,6 +37,13 @@ static void keep_grad(model_acts *a, int point) {
     if (a->resid_grads)
         memcpy(a->resid_grads + (size_t)point * a->N * c->hidden_size, a->dresid,
                (size_t)a->N * c->hidden_size * sizeof(real));
+}
+
+/* x (n values) *= the embedding's scale (Gemma's √C). */
+static void scale_rows(real *x, int64_t n, const model_config *c) {
+    real s = cpu_embed_scale(c);
+#pragma omp parallel for simd if (n > 32768)
+    for (int64_t i = 0; i < n; i++) x[i] *= s;
 }
 
 /* ---- norms: slot s of the statistics ---------------------------------------- */
@@ -176,11 +186,13 @@ int model_forward(const model *m, model_acts *a, const int32_t *tokens, const in
 
     a->state = ACTS_FRESH;
     cpu_embed_forward(acts_resid(a, 0), a->tokens, m->wte, m->wpe, 0, N, a->T, c->hidden_size);
+    if (c->block.embed_scale) scale_rows(acts_resid(a, 0), (int64_t)N * c->hidden_size, c);
     probe(a, 0);
     for (int l = 0; l < Lyr; l++) TRY(layer_forward(a, l));
     norm_forward(a, ACTS_NORMS * Lyr, &m->norm_f, acts_resid(a, 2 * Lyr), a->xf);
     model_linear head = lm_head_linear(m);
     TRY(cpu_linear_forward(m->precision, &head, a->xf, a->logits, N, 0));
+    if (c->final_softcap) cpu_softcap_forward(a->logits, (int64_t)N * V, (real)c->final_softcap);
 
     double sum = 0;
     int64_t count = 0;
@@ -221,13 +233,19 @@ int model_backward(model *m, model_acts *a, double scale) {
         return err_set("model_backward: the last forward had no targets, so there is no loss");
     a->state = ACTS_BACKWARD;
 
-    cpu_xent_backward(a->logits, a->lse, a->targets, N, c->vocab_size, scale);
+    if (c->final_softcap)
+        cpu_xent_softcap_backward(a->logits, a->lse, a->targets, N, c->vocab_size, scale,
+                                  (real)c->final_softcap);
+    else
+        cpu_xent_backward(a->logits, a->lse, a->targets, N, c->vocab_size, scale);
     model_linear head = lm_head_linear(m);
     TRY(cpu_linear_backward(m->precision, &head, a->xf, a->logits, a->dnorm, N, 0));
     memset(a->dresid, 0, (size_t)N * c->hidden_size * sizeof(real));
     norm_backward(a, ACTS_NORMS * Lyr, &m->norm_f, acts_resid(a, 2 * Lyr), a->dnorm, a->dresid);
     keep_grad(a, 2 * Lyr);
     for (int l = Lyr - 1; l >= 0; l--) TRY(layer_backward(a, l));
+    /* through the embedding's scale (Gemma): d(wte[tok]) = s · d(stream) */
+    if (c->block.embed_scale) scale_rows(a->dresid, (int64_t)N * c->hidden_size, c);
     cpu_embed_backward(m->wte->grad, m->wpe ? m->wpe->grad : NULL, a->dresid, a->tokens, N, a->T,
                        c->hidden_size);
     return 0;

@@ -5,7 +5,9 @@
  * round, an empty outbox, the last version synced. A node that is not a
  * member is turned away. Run on the tiny Llama, and again on the tiny Qwen3
  * and Apertus (QK-norm weights, xIELU's parameters and 0-dimensional buffers
- * in the base, carried through the versions by name like every tensor). */
+ * in the base, carried through the versions by name like every tensor),
+ * Gemma 2, Gemma 3 and Phi-3 (the fused qkv_proj and gate_up_proj as
+ * targets). */
 #include "aggregator/agg.h"
 #include "aggregator/config.h"
 #include "tests/federation/fed_test.h"
@@ -15,6 +17,8 @@ static void run_exact(const char *arch, int outsider) {
     ft_options_init(&o);
     o.rounds = 2;
     o.arch = arch;
+    /* Phi-3's attention input and MLP are fused modules */
+    if (strcmp(arch, "phi3") == 0) o.targets = "\"qkv_proj\", \"gate_up_proj\", \"down_proj\"";
     ft_fed f;
     char tag[32];
     snprintf(tag, sizeof tag, "exact_%s", arch);
@@ -102,5 +106,8 @@ int main(void) {
     run_exact("llama", 1);
     run_exact("qwen3", 0);
     run_exact("apertus", 0);
+    run_exact("gemma2", 0);
+    run_exact("gemma3_text", 0);
+    run_exact("phi3", 0);
     return check_finish();
 }

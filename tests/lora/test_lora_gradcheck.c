@@ -88,13 +88,18 @@ static void case_config(lora_config *c, const tiny_case *tc, int i) {
     c->rank = 2;
     c->alpha = 3;
     int gpt2 = tc->cfg.arch == MODEL_ARCH_GPT2, gated = tc->cfg.block.mlp == MODEL_MLP_GATED;
+    int phi3 = tc->cfg.family == MODEL_FAMILY_PHI3; /* fused qkv_proj, gate_up_proj */
     CHECK_OK(lora_config_set_targets(c, gpt2    ? "c_attn,c_proj,c_fc"
+                                        : phi3  ? "qkv_proj,o_proj,gate_up_proj,down_proj"
                                         : gated ? "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
                                                   "down_proj"
                                                 : "q_proj,k_proj,v_proj,o_proj,up_proj,down_proj"));
-    CHECK_OK(lora_config_add_rank_pattern(c, gpt2 ? "c_fc" : "k_proj", 1));
-    CHECK_OK(lora_config_add_rank_pattern(
-        c, gpt2 ? "h\\.1\\.attn\\.c_attn" : "layers.1.mlp.up_proj", 3));
+    CHECK_OK(lora_config_add_rank_pattern(c, gpt2 ? "c_fc" : phi3 ? "qkv_proj" : "k_proj", 1));
+    CHECK_OK(lora_config_add_rank_pattern(c,
+                                          gpt2   ? "h\\.1\\.attn\\.c_attn"
+                                          : phi3 ? "layers.1.mlp.gate_up_proj"
+                                                 : "layers.1.mlp.up_proj",
+                                          3));
     CHECK_OK(lora_config_add_alpha_pattern(c, gpt2 ? "mlp.c_proj" : "down_proj", 5));
     c->use_rslora = i % 2;
     c->dropout = i % 2 == 0 ? 0.25 : 0;
@@ -122,7 +127,7 @@ static void run_case(const tiny_case *tc, int i) {
         lora_module *mod = &r.s->modules[k];
         for (int64_t j = 0; j < mod->B.numel; j++) mod->B.data[j] = 0.5 * tiny_uniform(&seed);
     }
-    /* The patterns took: k_proj / c_fc at rank 1, one module at rank 3. */
+    /* The patterns took: k_proj / c_fc / qkv_proj at rank 1, one module at rank 3. */
     int r1 = 0, r3 = 0;
     for (int k = 0; k < r.s->n_modules; k++) {
         r1 += r.s->modules[k].rank == 1;

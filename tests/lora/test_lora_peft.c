@@ -1,9 +1,10 @@
 /* test_lora_peft — fedlora's LoRA against Hugging Face PEFT.
  *
  * tests/fixtures/make_peft_fixtures.py made a PEFT LoRA (r 4, alpha 8, every
- * linear of the blocks) for the tiny Llama, GPT-2, Qwen3, OLMo 2 and Apertus
- * checkpoints of tests/fixtures/hf (Apertus's by "all-linear", which PEFT
- * writes as the list of module paths it resolved),
+ * linear of the blocks) for the tiny Llama, GPT-2, Qwen3, OLMo 2, Apertus,
+ * Gemma 2, Gemma 3 and Phi-3 checkpoints of tests/fixtures/hf (Apertus's and
+ * Phi-3's by "all-linear", which PEFT writes as the list of module paths it
+ * resolved: for Phi-3 the fused qkv_proj and gate_up_proj),
  * saved it with save_pretrained, and recorded what PEFT computes (layout in
  * the script's docstring). For each case this test
  *   - loads the PEFT-written adapter with peft_load and checks PEFT's logits
@@ -50,6 +51,11 @@ static const peft_case CASES[] = {
     {"qwen3", "qwen3", "llama_bias", 7},
     {"olmo2", "olmo2", "llama_bias", 7},
     {"apertus", "apertus", "llama_bias", 6}, /* "all-linear": no gate_proj */
+    {"gemma2", "gemma2", "llama_bias", 7},
+    {"gemma3", "gemma3", "llama_bias", 7},
+    /* "all-linear": qkv_proj, o_proj, gate_up_proj, down_proj; phi3_short has
+     * four kv heads (another qkv_proj) */
+    {"phi3", "phi3", "phi3_short", 4},
 };
 
 #define OUT_DIR "peft_out"
@@ -289,7 +295,10 @@ static void bad_inputs(const peft_case *c, const char *fixtures, const model *m,
     lora_config_init(&cfg);
     cfg.rank = 4;
     int gpt2 = m->cfg.arch == MODEL_ARCH_GPT2;
-    CHECK_OK(lora_config_set_targets(&cfg, gpt2 ? "c_attn" : "q_proj"));
+    /* the attention's input projection(s) by PEFT's name: GPT-2's c_attn,
+     * Phi-3's fused qkv_proj, q_proj elsewhere */
+    const char *q = gpt2 ? "c_attn" : m->cfg.block.qkv == MODEL_QKV_FUSED ? "qkv_proj" : "q_proj";
+    CHECK_OK(lora_config_set_targets(&cfg, q));
     lora_set *one = NULL;
     CHECK_OK(lora_create(&one, m, &cfg));
     if (one) {
@@ -314,11 +323,13 @@ static void bad_inputs(const peft_case *c, const char *fixtures, const model *m,
     }
 
     /* Targets that match nothing, rank 0, rank above the layer's size. */
-    CHECK_OK(lora_config_set_targets(&cfg, gpt2 ? "c_attn,attn" : "q_proj,qproj"));
+    char targets[64];
+    snprintf(targets, sizeof targets, "%s,%s", q, gpt2 ? "attn" : "qproj");
+    CHECK_OK(lora_config_set_targets(&cfg, targets));
     const char *nomatch =
         gpt2 ? "\"attn\" matches no linear layer" : "\"qproj\" matches no linear layer";
     CHECK_FAILS_WITH(lora_create(&s, m, &cfg), nomatch);
-    CHECK_OK(lora_config_set_targets(&cfg, gpt2 ? "c_attn" : "q_proj"));
+    CHECK_OK(lora_config_set_targets(&cfg, q));
     cfg.rank = 0;
     CHECK_FAILS_WITH(lora_create(&s, m, &cfg), "the rank must be at least 1");
     cfg.rank = m->cfg.hidden_size + 1;

@@ -212,5 +212,7 @@ int main(void) {
     /* Apertus: QK-norm weights and xIELU's scalars (0-dimensional buffers)
      * stream through the merge unchanged */
     test_cli("apertus", "apertus", 0);
+    /* Phi-3: the fused qkv_proj and gate_up_proj merged as one module each */
+    test_cli("phi3", "phi3", 0);
     return check_finish();
 }
