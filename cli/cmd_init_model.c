@@ -19,14 +19,16 @@ static const char *usage_text =
     "Writes config.json, the weights and a byte-level tokenizer.json to DIR, a model that\n"
     "Hugging Face transformers loads as is. --config takes any supported Hugging Face\n"
     "config.json (a real model's shape, e.g. an 8B Llama) instead of a preset. Weights\n"
-    "follow transformers' own initialisation (normal(0, initializer_range), norms 1,\n"
-    "biases 0), deterministic for a seed; they are written tensor by tensor (memory: the\n"
-    "largest tensor), in shards with an index past 5 GB as transformers writes them.\n"
+    "follow transformers' own initialisation (normal(0, initializer_range), norms 1 or,\n"
+    "for Gemma's x * (1 + w), 0, biases 0), deterministic for a seed; they are written\n"
+    "tensor by tensor (memory: the largest tensor), in shards with an index past 5 GB as\n"
+    "transformers writes them.\n"
     "--dtype defaults to the config's torch_dtype (float32 for a preset).\n"
     "\n"
     "Presets: llama tiny|small|100m, gpt2 tiny|small|124m, and tiny for mistral, qwen2,\n"
-    "qwen3, olmo2, apertus, bloom and mixtral (2 layers, hidden 64, byte-level\n"
-    "vocabulary; mixtral: 4 experts, top-2).\n";
+    "qwen3, olmo2, apertus, gemma2, gemma3_text, phi3, bloom and mixtral (2 layers, hidden\n"
+    "64, byte-level vocabulary; Gemma's: a sliding layer then a global one; mixtral: 4\n"
+    "experts, top-2).\n";
 
 typedef struct {
     const model_config *cfg;

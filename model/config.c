@@ -11,6 +11,7 @@
  * untied GPT-2 heads, …) is refused by name instead of being ignored. */
 #include "model/config.h"
 
+#include "model/config_json.h"
 #include "model/config_table.h"
 #include "util/err.h"
 #include "util/fio.h"
@@ -22,97 +23,6 @@
 #include <string.h>
 
 #define CONFIG_JSON_MAX (4u << 20) /* bytes; real config.json files are a few KB */
-
-/* ---- reading fields ------------------------------------------------------------ */
-
-/* A JSON object being read, and how to name it in messages. */
-typedef struct {
-    json_t *obj;
-    const char *where;  /* the file */
-    const char *prefix; /* "" or "rope_scaling." for a nested object */
-} src;
-
-/* The member, or NULL when absent or null: transformers treats both as "use
- * the default" for every field read through here. */
-static json_t *get(const src *s, const char *key) {
-    json_t *v = json_object_get(s->obj, key);
-    return json_is_null(v) ? NULL : v;
-}
-
-static int get_int(const src *s, const char *key, int required, int def, int lo, int hi, int *out) {
-    json_t *v = get(s, key);
-    if (!v) {
-        if (required)
-            return err_set("%s: required field \"%s%s\" is missing", s->where, s->prefix, key);
-        *out = def;
-        return 0;
-    }
-    if (!json_is_integer(v))
-        return err_set("%s: \"%s%s\" must be an integer", s->where, s->prefix, key);
-    json_int_t x = json_integer_value(v);
-    if (x < lo || x > hi)
-        return err_set("%s: \"%s%s\" = %lld is out of the supported range [%d, %d]", s->where,
-                       s->prefix, key, (long long)x, lo, hi);
-    *out = (int)x;
-    return 0;
-}
-
-static int get_double(const src *s, const char *key, int required, double def, double *out) {
-    json_t *v = get(s, key);
-    if (!v) {
-        if (required)
-            return err_set("%s: required field \"%s%s\" is missing", s->where, s->prefix, key);
-        *out = def;
-        return 0;
-    }
-    if (!json_is_number(v))
-        return err_set("%s: \"%s%s\" must be a number", s->where, s->prefix, key);
-    *out = json_number_value(v);
-    return 0;
-}
-
-static int get_bool(const src *s, const char *key, int def, int *out) {
-    json_t *v = get(s, key);
-    if (!v) {
-        *out = def;
-        return 0;
-    }
-    if (!json_is_boolean(v))
-        return err_set("%s: \"%s%s\" must be true or false", s->where, s->prefix, key);
-    *out = json_is_true(v);
-    return 0;
-}
-
-static int get_string(const src *s, const char *key, const char *def, const char **out) {
-    json_t *v = get(s, key);
-    if (!v) {
-        *out = def;
-        return 0;
-    }
-    if (!json_is_string(v))
-        return err_set("%s: \"%s%s\" must be a string", s->where, s->prefix, key);
-    *out = json_string_value(v);
-    return 0;
-}
-
-/* bos/eos: absent -> the family default, null -> none (-1), a list (Llama 3
- * lists several end tokens) -> its first entry. */
-static int get_token(const src *s, const char *key, int def, int *out) {
-    json_t *v = json_object_get(s->obj, key);
-    if (!v) {
-        *out = def;
-        return 0;
-    }
-    if (json_is_array(v)) v = json_array_size(v) ? json_array_get(v, 0) : json_null();
-    if (json_is_null(v)) {
-        *out = -1;
-        return 0;
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > MAX_VOCAB)
-        return err_set("%s: \"%s\" must be a token id, a list of them, or null", s->where, key);
-    *out = (int)json_integer_value(v);
-    return 0;
-}
 
 /* Which family: model_type decides, as in AutoConfig; every architectures
  * entry must be a supported causal LM of the same graph. */
@@ -153,90 +63,20 @@ static int parse_family(model_config *c, const src *s) {
     return model_config_family(c, model_config_families[fi].family);
 }
 
-/* RoPE: transformers >= 5 writes "rope_parameters" {"rope_type", "rope_theta",
- * …}; older versions "rope_theta" and "rope_scaling" {"rope_type" or "type",
- * …}. As transformers 5 does, a non-empty rope_scaling wins and rope_theta
- * fills in a missing one (its default: the family's, default_theta in its
- * configuration_*.py). Only the default RoPE and Llama 3.1's "llama3"
- * frequency scaling are implemented. */
-static int parse_rope(model_config *c, const src *s, double default_theta) {
-    json_t *r = get(s, "rope_scaling");
-    const char *name = "rope_scaling";
-    if (!r || (json_is_object(r) && json_object_size(r) == 0)) {
-        r = get(s, "rope_parameters");
-        name = "rope_parameters";
-    }
-    if (r && !json_is_object(r))
-        return err_set("%s: \"%s\" must be an object or null", s->where, name);
-    char prefix[32];
-    snprintf(prefix, sizeof prefix, "%s.", name);
-    src rs = {r, s->where, prefix}; /* jansson reads a NULL object as empty */
-    const char *key;
-    json_t *v;
-    json_object_foreach(r, key, v) {
-        if (json_is_object(v))
-            return err_set("%s: per-layer-type \"%s\" ('%s') is not supported", s->where, name,
-                           key);
-    }
-    double top_theta, partial;
-    const char *type;
-    if (get_double(s, "rope_theta", 0, default_theta, &top_theta) != 0 ||
-        get_double(&rs, "rope_theta", 0, top_theta, &c->rope_theta) != 0 ||
-        get_string(&rs, "type", "default", &type) != 0 ||
-        get_string(&rs, "rope_type", type, &type) != 0)
-        return -1;
-    if (get_double(s, "partial_rotary_factor", 0, 1.0, &partial) != 0 ||
-        get_double(&rs, "partial_rotary_factor", 0, partial, &partial) != 0)
-        return -1;
-    if (partial != 1.0) {
-        return err_set("%s: partial_rotary_factor %g is not supported (RoPE over the whole head "
-                       "only)",
-                       s->where, partial);
-    }
-    if (strcmp(type, "default") == 0) {
-        c->rope_llama3 = 0;
-    } else if (strcmp(type, "llama3") == 0) {
-        c->rope_llama3 = 1;
-        if (get_double(&rs, "factor", 1, 0, &c->rope_factor) != 0 ||
-            get_double(&rs, "low_freq_factor", 1, 0, &c->rope_low_freq_factor) != 0 ||
-            get_double(&rs, "high_freq_factor", 1, 0, &c->rope_high_freq_factor) != 0 ||
-            get_int(&rs, "original_max_position_embeddings", 0, c->max_position, 1, MAX_POSITIONS,
-                    &c->rope_original_max_position) != 0)
-            return -1;
-    } else {
-        return err_set("%s: rope type '%s' is not supported (supported: the default RoPE, "
-                       "'llama3')",
-                       s->where, type);
-    }
-    return 0;
-}
-
 /* Qwen2 decides per layer: "sliding_attention" for layers >= max_window_layers
  * when use_sliding_window, unless config.json lists "layer_types". One window
  * for every layer, or none, is what the model implements. */
 static int parse_qwen2_window(model_config *c, const src *s) {
-    int use, window, max_window_layers;
-    json_t *w = json_object_get(s->obj, "sliding_window");
-    if (get_bool(s, "use_sliding_window", 0, &use) != 0 ||
-        get_int(s, "sliding_window", 0, 4096, 0, MAX_POSITIONS, &window) != 0 ||
-        get_int(s, "max_window_layers", 0, 28, 0, MAX_LAYERS, &max_window_layers) != 0)
+    int use, window, max_window_layers, given;
+    unsigned char sliding[MAX_LAYERS];
+    if (get_bool(s, "use_sliding_window", 0, &use) != 0 || get_window(s, 4096, &window) != 0 ||
+        get_int(s, "max_window_layers", 0, 28, 0, MAX_LAYERS, &max_window_layers) != 0 ||
+        model_config_layer_types(s, c->num_layers, sliding, &given) != 0)
         return -1;
-    if (!use || json_is_null(w)) window = 0;
+    if (!use) window = 0;
     int n_sliding = 0;
-    json_t *types = get(s, "layer_types");
-    if (types) {
-        if (!json_is_array(types) || json_array_size(types) != (size_t)c->num_layers)
-            return err_set("%s: \"layer_types\" must list one type per layer (%d)", s->where,
-                           c->num_layers);
-        for (int l = 0; l < c->num_layers; l++) {
-            const char *t = json_string_value(json_array_get(types, (size_t)l));
-            if (t && strcmp(t, "sliding_attention") == 0)
-                n_sliding++;
-            else if (!t || strcmp(t, "full_attention") != 0)
-                return err_set("%s: layer_types[%d] is not 'full_attention' or "
-                               "'sliding_attention'",
-                               s->where, l);
-        }
+    if (given) {
+        for (int l = 0; l < c->num_layers; l++) n_sliding += sliding[l];
     } else if (window) {
         n_sliding = c->num_layers > max_window_layers ? c->num_layers - max_window_layers : 0;
     }
@@ -267,7 +107,14 @@ static const struct {
     {MODEL_FAMILY_OLMO2, 2048, -1, 50279, 0, 0, 1e-5, "silu"},
     {MODEL_FAMILY_APERTUS, 65536, 1, 2, 0, 0, 1e-5, "xielu"},
     {MODEL_FAMILY_MIXTRAL, 131072, 1, 2, 8, 0, 1e-5, "silu", 1e6},
+    {MODEL_FAMILY_GEMMA2, 8192, 2, 1, 4, 256, 1e-6, "gelu_pytorch_tanh"},
+    {MODEL_FAMILY_GEMMA3, 131072, 2, 1, 4, 256, 1e-6, "gelu_pytorch_tanh"},
+    {MODEL_FAMILY_PHI3, 4096, 1, 32000, 0, 0, 1e-5, "silu"},
 };
+
+static int is_gemma(model_family f) {
+    return f == MODEL_FAMILY_GEMMA2 || f == MODEL_FAMILY_GEMMA3;
+}
 
 /* ApertusConfig's RoPE when config.json gives neither rope_scaling nor
  * rope_parameters: llama3 scaling, theta 1.2e7 (transformers 5 then ignores
@@ -348,7 +195,7 @@ static int parse_llama(model_config *c, const src *s) {
         get_int(s, "max_position_embeddings", 0, LLAMA_DEFAULTS[d].max_pos, 1, MAX_POSITIONS,
                 &c->max_position) != 0 ||
         get_double(s, "rms_norm_eps", 0, LLAMA_DEFAULTS[d].eps, &c->norm_eps) != 0 ||
-        get_bool(s, "tie_word_embeddings", 0, &c->tie_embeddings) != 0 ||
+        get_bool(s, "tie_word_embeddings", is_gemma(c->family), &c->tie_embeddings) != 0 ||
         get_double(s, "initializer_range", 0, 0.02, &c->initializer_range) != 0 ||
         get_token(s, "bos_token_id", LLAMA_DEFAULTS[d].bos, &c->bos_token_id) != 0 ||
         get_token(s, "eos_token_id", LLAMA_DEFAULTS[d].eos, &c->eos_token_id) != 0)
@@ -361,16 +208,18 @@ static int parse_llama(model_config *c, const src *s) {
     int head_dim =
         LLAMA_DEFAULTS[d].head_dim ? LLAMA_DEFAULTS[d].head_dim : c->hidden_size / c->num_heads;
     if (get_int(s, "head_dim", 0, head_dim, 1, MAX_HEAD_DIM, &c->head_dim) != 0) return -1;
-    const char *act;
-    if (get_string(s, "hidden_act", want_act, &act) != 0) return -1;
-    if (strcmp(act, want_act) != 0)
-        return err_set("%s: hidden_act '%s' is not supported for %s (only '%s')", s->where, act,
+    /* Gemma's configs name it hidden_activation (transformers ignores a
+     * hidden_act there); gelu_new is the same tanh GELU. */
+    const char *act, *act_key = is_gemma(c->family) ? "hidden_activation" : "hidden_act";
+    if (get_string(s, act_key, want_act, &act) != 0) return -1;
+    if (strcmp(act, want_act) != 0 && !(is_gemma(c->family) && strcmp(act, "gelu_new") == 0))
+        return err_set("%s: %s '%s' is not supported for %s (only '%s')", s->where, act_key, act,
                        model_config_families[model_config_family_index(c->family)].model_type,
                        want_act);
     int rope_done = 0;
     if (c->family == MODEL_FAMILY_APERTUS && apertus_default_rope(c, s, &rope_done) != 0) return -1;
     double theta = LLAMA_DEFAULTS[d].theta > 0 ? LLAMA_DEFAULTS[d].theta : 10000.0;
-    if (!rope_done && parse_rope(c, s, theta) != 0) return -1;
+    if (!rope_done && model_config_parse_rope(c, s, theta) != 0) return -1;
     switch (c->family) {
         case MODEL_FAMILY_LLAMA:
             if (get_bool(s, "attention_bias", 0, &c->qkv_bias) != 0 ||
@@ -378,13 +227,9 @@ static int parse_llama(model_config *c, const src *s) {
                 return -1;
             c->o_bias = c->qkv_bias;
             break;
-        case MODEL_FAMILY_MISTRAL: {
-            json_t *w = json_object_get(s->obj, "sliding_window");
-            if (get_int(s, "sliding_window", 0, 4096, 0, MAX_POSITIONS, &c->sliding_window) != 0)
-                return -1;
-            if (json_is_null(w)) c->sliding_window = 0;
+        case MODEL_FAMILY_MISTRAL:
+            if (get_window(s, 4096, &c->sliding_window) != 0) return -1;
             break;
-        }
         case MODEL_FAMILY_QWEN2:
             c->qkv_bias = 1;
             if (parse_qwen2_window(c, s) != 0) return -1;
@@ -402,6 +247,14 @@ static int parse_llama(model_config *c, const src *s) {
             break;
         case MODEL_FAMILY_MIXTRAL:
             if (parse_mixtral(c, s) != 0) return -1;
+            break;
+        case MODEL_FAMILY_GEMMA2:
+        case MODEL_FAMILY_GEMMA3:
+            if (model_config_parse_gemma(c, s) != 0) return -1;
+            break;
+        case MODEL_FAMILY_PHI3:
+            /* one window for every layer (Phi3Model's mask), none by default */
+            if (get_window(s, 0, &c->sliding_window) != 0) return -1;
             break;
         default:
             break;
@@ -566,7 +419,7 @@ int model_config_save(const model_config *c, const char *path) {
     const int fi = model_config_family_index(c->family);
     json_t *o = json_object(), *archs = json_array();
     int bad = !o || !archs;
-    double reals[8];
+    double reals[CONFIG_MAX_REALS];
     int n_reals = 0;
     if (!bad) {
         bad |= json_array_append_new(archs, json_string(model_config_families[fi].architecture));
@@ -615,35 +468,12 @@ int model_config_save(const model_config *c, const char *path) {
         SET(o, "head_dim", json_integer(c->head_dim));
         SET(o, "max_position_embeddings", json_integer(c->max_position));
         SET(o, "rms_norm_eps", json_real(c->norm_eps));
-        SET(o, "hidden_act", json_string(c->block.act == MODEL_ACT_XIELU ? "xielu" : "silu"));
+        if (is_gemma(c->family))
+            SET(o, "hidden_activation", json_string("gelu_pytorch_tanh"));
+        else
+            SET(o, "hidden_act", json_string(c->block.act == MODEL_ACT_XIELU ? "xielu" : "silu"));
         SET(o, "attention_dropout", json_real(0.0));
-        /* The legacy spelling (rope_theta + rope_scaling) is read by
-         * transformers 4 and converted by transformers 5. */
-        SET(o, "rope_theta", json_real(c->rope_theta));
-        reals[n_reals++] = c->rope_theta;
-        if (c->rope_llama3) {
-            json_t *r = json_object();
-            if (!r) bad = 1;
-            SET(o, "rope_scaling", r);
-            if (r) {
-                SET(r, "rope_type", json_string("llama3"));
-                SET(r, "factor", json_real(c->rope_factor));
-                SET(r, "low_freq_factor", json_real(c->rope_low_freq_factor));
-                SET(r, "high_freq_factor", json_real(c->rope_high_freq_factor));
-                SET(r, "original_max_position_embeddings",
-                    json_integer(c->rope_original_max_position));
-            }
-            reals[n_reals++] = c->rope_factor;
-            reals[n_reals++] = c->rope_low_freq_factor;
-            reals[n_reals++] = c->rope_high_freq_factor;
-        } else if (c->family == MODEL_FAMILY_APERTUS) {
-            /* null would mean Apertus's llama3 default (apertus_default_rope) */
-            json_t *r = json_pack("{s:s}", "rope_type", "default");
-            if (!r) bad = 1;
-            SET(o, "rope_scaling", r);
-        } else {
-            SET(o, "rope_scaling", json_null());
-        }
+        if (model_config_write_rope(o, c, reals, &n_reals) != 0) bad = 1;
         model_family f = c->family;
         if (f == MODEL_FAMILY_LLAMA || f == MODEL_FAMILY_QWEN3 || f == MODEL_FAMILY_OLMO2 ||
             f == MODEL_FAMILY_APERTUS)
@@ -661,6 +491,10 @@ int model_config_save(const model_config *c, const char *path) {
             f == MODEL_FAMILY_MIXTRAL)
             SET(o, "sliding_window",
                 c->sliding_window ? json_integer(c->sliding_window) : json_null());
+        if (f == MODEL_FAMILY_PHI3)
+            SET(o, "sliding_window",
+                c->sliding_window ? json_integer(c->sliding_window) : json_null());
+        if (is_gemma(f) && model_config_write_gemma(o, c, reals, &n_reals) != 0) bad = 1;
         if (f == MODEL_FAMILY_QWEN2 || f == MODEL_FAMILY_QWEN3) {
             /* Qwen2's sliding layers are those >= max_window_layers: 0 is all. */
             SET(o, "use_sliding_window", json_boolean(c->sliding_window > 0));

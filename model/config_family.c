@@ -50,6 +50,30 @@ const model_config_family_info model_config_families[] = {
      MODEL_ARCH_LLAMA,
      {MODEL_NORM_RMS, 1, 0, MODEL_POS_ROPE, MODEL_QKV_SEPARATE, MODEL_QK_NORM_HEAD, MODEL_MLP_PLAIN,
       MODEL_ACT_XIELU}},
+    /* Gemma 2: RMSNorm with (1 + w) before and after each sublayer, GeGLU,
+     * the embedding times √C (modeling_gemma2.py). */
+    {"gemma2",
+     "Gemma2ForCausalLM",
+     MODEL_FAMILY_GEMMA2,
+     MODEL_ARCH_LLAMA,
+     {MODEL_NORM_RMS_1P, 1, 1, MODEL_POS_ROPE, MODEL_QKV_SEPARATE, MODEL_QK_NORM_NONE,
+      MODEL_MLP_GATED, MODEL_ACT_GELU_TANH, 1}},
+    /* Gemma 3's language model: Gemma 2's block with a per-head (1 + w)
+     * QK-norm (modeling_gemma3.py). */
+    {"gemma3_text",
+     "Gemma3ForCausalLM",
+     MODEL_FAMILY_GEMMA3,
+     MODEL_ARCH_LLAMA,
+     {MODEL_NORM_RMS_1P, 1, 1, MODEL_POS_ROPE, MODEL_QKV_SEPARATE, MODEL_QK_NORM_HEAD,
+      MODEL_MLP_GATED, MODEL_ACT_GELU_TANH, 1}},
+    /* Phi-3: Llama's block with q|k|v and gate|up each from one linear
+     * (qkv_proj, gate_up_proj; modeling_phi3.py). */
+    {"phi3",
+     "Phi3ForCausalLM",
+     MODEL_FAMILY_PHI3,
+     MODEL_ARCH_LLAMA,
+     {MODEL_NORM_RMS, 1, 0, MODEL_POS_ROPE, MODEL_QKV_FUSED, MODEL_QK_NORM_NONE,
+      MODEL_MLP_GATED_FUSED, MODEL_ACT_SILU}},
     /* Mixtral: Mistral's attention, a sparse mixture of SwiGLU experts as
      * the MLP (modeling_mixtral.py). */
     {"mixtral",
@@ -67,7 +91,7 @@ const model_config_family_info model_config_families[] = {
      MODEL_FAMILY_BLOOM,
      MODEL_ARCH_BLOOM,
      {MODEL_NORM_LAYER, 1, 0, MODEL_POS_ALIBI, MODEL_QKV_HEADS, MODEL_QK_NORM_NONE, MODEL_MLP_PLAIN,
-      MODEL_ACT_GELU_TANH, 1}},
+      MODEL_ACT_GELU_TANH, 0, 1}},
 };
 const int model_config_n_families =
     (int)(sizeof model_config_families / sizeof model_config_families[0]);
@@ -81,7 +105,12 @@ int model_config_family_index(model_family f) {
 int model_config_same_block(const model_block *a, const model_block *b) {
     return a->norm == b->norm && a->pre_norm == b->pre_norm && a->post_norm == b->post_norm &&
            a->pos == b->pos && a->qkv == b->qkv && a->qk_norm == b->qk_norm && a->mlp == b->mlp &&
-           a->act == b->act && a->embed_norm == b->embed_norm;
+           a->act == b->act && a->embed_scale == b->embed_scale && a->embed_norm == b->embed_norm;
+}
+
+double model_config_attn_scale(const model_config *c) {
+    double s = c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar : c->head_dim;
+    return 1.0 / sqrt(s);
 }
 
 int model_config_family(model_config *c, model_family f) {
@@ -110,6 +139,75 @@ static int in_range(long long v, long long lo, long long hi) {
 
 static int positive_finite(double x) {
     return isfinite(x) && x > 0;
+}
+
+static int is_gemma(const model_config *c) {
+    return c->family == MODEL_FAMILY_GEMMA2 || c->family == MODEL_FAMILY_GEMMA3;
+}
+
+/* Soft-capping, the score scale and per-layer windows: Gemma's options,
+ * refused elsewhere (nothing else parses them). */
+static int check_layer_options(const model_config *c, const char *where) {
+    int gemma = is_gemma(c);
+    if (!(c->attn_softcap == 0 || positive_finite(c->attn_softcap)) ||
+        !(c->final_softcap == 0 || positive_finite(c->final_softcap)) ||
+        !(c->query_pre_attn_scalar == 0 || positive_finite(c->query_pre_attn_scalar)))
+        return err_set("%s: soft-capping and query_pre_attn_scalar must be > 0 (or absent)", where);
+    if (c->attn_softcap && c->family != MODEL_FAMILY_GEMMA2)
+        return err_set("%s: attention logit soft-capping is Gemma 2's option, not %s's", where,
+                       model_config_families[model_config_family_index(c->family)].model_type);
+    if ((c->final_softcap || c->query_pre_attn_scalar || c->layer_types) && !gemma)
+        return err_set("%s: final logit soft-capping, query_pre_attn_scalar and layer_types are "
+                       "Gemma's options",
+                       where);
+    int n_sliding = 0;
+    for (int l = 0; l < MODEL_MAX_LAYERS; l++) {
+        if (c->layer_sliding[l] > 1 ||
+            (c->layer_sliding[l] && (!c->layer_types || l >= c->num_layers)))
+            return err_set("%s: layer_sliding[%d] is not a flag of a layer of the model", where, l);
+        n_sliding += c->layer_sliding[l];
+    }
+    if (n_sliding && !c->sliding_window)
+        return err_set("%s: sliding_attention layers but no sliding_window", where);
+    return 0;
+}
+
+/* RoPE beyond llama3 scaling: partial rotation and LongRoPE (Phi-3), linear
+ * scaling, Gemma 3's local base. */
+static int check_rope_options(const model_config *c, const char *where) {
+    int phi3 = c->family == MODEL_FAMILY_PHI3;
+    if (c->rope_dim && (c->rope_dim % 2 != 0 || c->rope_dim < 2 || c->rope_dim > c->head_dim ||
+                        (!phi3 && c->rope_dim != c->head_dim)))
+        return err_set("%s: RoPE over %d of head_dim %d dimensions: partial rotation is Phi-3's, "
+                       "over an even number of dimensions up to head_dim",
+                       where, c->rope_dim, c->head_dim);
+    if (c->rope_llama3 + c->rope_linear + c->rope_longrope > 1)
+        return err_set("%s: more than one RoPE scaling", where);
+    if (c->rope_linear && !(isfinite(c->rope_factor) && c->rope_factor >= 1))
+        return err_set("%s: linear rope_scaling needs factor >= 1", where);
+    if (c->rope_local_theta &&
+        (c->family != MODEL_FAMILY_GEMMA3 || !positive_finite(c->rope_local_theta)))
+        return err_set("%s: a local RoPE base (rope_local_base_freq) is Gemma 3's, and > 0", where);
+    for (int i = 0; i < MODEL_MAX_ROPE_FACTORS; i++) {
+        int used = c->rope_longrope && i < model_config_rope_dim(c) / 2;
+        if (used ? !(positive_finite(c->rope_short[i]) && positive_finite(c->rope_long[i]))
+                 : c->rope_short[i] != 0 || c->rope_long[i] != 0)
+            return err_set("%s: LongRoPE factor %d: %s", where, i,
+                           used ? "short_factor and long_factor must be > 0"
+                                : "beyond the rotary dimensions");
+    }
+    if (!c->rope_longrope) return 0;
+    if (!phi3) return err_set("%s: LongRoPE scaling is Phi-3's", where);
+    if (model_config_rope_dim(c) / 2 > MODEL_MAX_ROPE_FACTORS)
+        return err_set("%s: LongRoPE over %d rotary dimensions: at most %d are supported", where,
+                       model_config_rope_dim(c), 2 * MODEL_MAX_ROPE_FACTORS);
+    if (!in_range(c->rope_original_max_position, 1, MAX_POSITIONS) ||
+        !(c->rope_attn_factor == 0 || positive_finite(c->rope_attn_factor)) ||
+        !(c->rope_factor == 0 || (isfinite(c->rope_factor) && c->rope_factor >= 1)))
+        return err_set("%s: LongRoPE needs original_max_position_embeddings >= 1, an "
+                       "attention_factor > 0 (or none) and factor >= 1 (or none)",
+                       where);
+    return 0;
 }
 
 /* The experts: only MLP_MOE has them, 1 <= k <= E. */
@@ -159,11 +257,13 @@ int model_config_check(const model_config *c, const char *where) {
         strcmp(c->torch_dtype, "float16") != 0)
         return err_set("%s: torch_dtype '%s' is not float32, bfloat16 or float16", where,
                        c->torch_dtype);
+    if (check_layer_options(c, where) != 0) return -1;
     if (c->arch == MODEL_ARCH_GPT2) {
         if (c->num_kv_heads != c->num_heads || c->head_dim * c->num_heads != c->hidden_size)
             return err_set("%s: GPT-2 needs KV = H and D = C / H", where);
         if (!c->tie_embeddings) return err_set("%s: GPT-2's lm_head is always tied", where);
-        if (c->sliding_window || c->rope_llama3)
+        if (c->sliding_window || c->rope_llama3 || c->rope_linear || c->rope_longrope ||
+            c->rope_local_theta || c->rope_dim)
             return err_set("%s: GPT-2 has no sliding window or RoPE scaling", where);
         return 0;
     }
@@ -175,7 +275,8 @@ int model_config_check(const model_config *c, const char *where) {
             return err_set("%s: BLOOM's MLP is 4 * hidden_size wide (dense_h_to_4h)", where);
         if (!c->qkv_bias || !c->o_bias || !c->mlp_bias)
             return err_set("%s: every BLOOM linear has a bias", where);
-        if (c->sliding_window || c->rope_llama3)
+        if (c->sliding_window || c->rope_llama3 || c->rope_linear || c->rope_longrope ||
+            c->rope_local_theta || c->rope_dim)
             return err_set("%s: BLOOM has no sliding window or RoPE scaling (ALiBi positions)",
                            where);
         return 0;
@@ -184,6 +285,7 @@ int model_config_check(const model_config *c, const char *where) {
         return err_set("%s: head_dim %d is odd; RoPE rotates pairs of dimensions", where,
                        c->head_dim);
     if (!positive_finite(c->rope_theta)) return err_set("%s: rope_theta must be > 0", where);
+    if (check_rope_options(c, where) != 0) return -1;
     if (c->rope_llama3 && (!(isfinite(c->rope_factor) && c->rope_factor >= 1) ||
                            !positive_finite(c->rope_low_freq_factor) ||
                            !(isfinite(c->rope_high_freq_factor) &&
@@ -210,6 +312,12 @@ int model_config_check(const model_config *c, const char *where) {
             if (c->qkv_bias || c->o_bias || c->mlp_bias)
                 return err_set("%s: Mixtral has no linear biases", where);
             break;
+        case MODEL_FAMILY_PHI3:
+            if (c->qkv_bias || c->o_bias || c->mlp_bias)
+                return err_set("%s: Phi-3 has no linear biases", where);
+            break;
+        case MODEL_FAMILY_GEMMA2:
+        case MODEL_FAMILY_GEMMA3:
         case MODEL_FAMILY_QWEN3:
         case MODEL_FAMILY_OLMO2:
         case MODEL_FAMILY_APERTUS:
@@ -217,7 +325,8 @@ int model_config_check(const model_config *c, const char *where) {
                 return err_set("%s: %s's attention_bias covers q/k/v and o alike, and its MLP has "
                                "no bias",
                                where, model_config_families[fi].model_type);
-            if (c->sliding_window && c->family != MODEL_FAMILY_QWEN3)
+            if (c->sliding_window &&
+                (c->family == MODEL_FAMILY_OLMO2 || c->family == MODEL_FAMILY_APERTUS))
                 return err_set("%s: %s has no sliding window", where,
                                model_config_families[fi].model_type);
             break;
@@ -242,7 +351,7 @@ long long model_config_num_params(const model_config *c) {
                L * (2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + C * F + F + F * C + C) + 2 * C;
     const model_block *b = &c->block;
     long long D = c->head_dim, Q = (long long)c->num_heads * D, K = (long long)c->num_kv_heads * D;
-    int gated = b->mlp == MODEL_MLP_GATED;
+    int gated = b->mlp == MODEL_MLP_GATED || b->mlp == MODEL_MLP_GATED_FUSED;
     long long layer = C * Q + 2 * C * K + Q * C + (gated ? 3 : 2) * C * F;
     if (b->mlp == MODEL_MLP_MOE) /* the router (E, C) and E experts' w1, w2, w3 */
         layer = C * Q + 2 * C * K + Q * C + (long long)c->num_experts * (C + 3 * C * F);
@@ -281,10 +390,31 @@ static const preset presets[] = {
     {"qwen3", "tiny", 320, 64, 176, 2, 4, 2, 256, 1},
     {"olmo2", "tiny", 320, 64, 176, 2, 4, 2, 256, 0},
     {"apertus", "tiny", 320, 64, 256, 2, 4, 2, 256, 0},
+    {"gemma2", "tiny", 320, 64, 176, 2, 4, 2, 256, 1},
+    {"gemma3_text", "tiny", 320, 64, 176, 2, 4, 2, 256, 1},
+    {"phi3", "tiny", 320, 64, 176, 2, 4, 2, 256, 0},
     {"mixtral", "tiny", 320, 64, 128, 2, 4, 2, 256, 0, 4, 2},
     {"mixtral", "400m", 32000, 768, 2304, 8, 12, 4, 4096, 0, 8, 2},
     {"bloom", "tiny", 320, 64, 256, 2, 4, 4, 256, 1},
 };
+
+/* Gemma's attention in a tiny preset: a sliding layer then a global one
+ * (window 64 < the preset's 256 positions), scores scaled by 1/√D; Gemma 2
+ * soft-caps as its configs do (50, 30), Gemma 3 has its two RoPE bases. */
+static void gemma_preset(model_config *c) {
+    c->layer_types = 1;
+    for (int l = 0; l < c->num_layers; l++) c->layer_sliding[l] = l % 2 == 0;
+    c->sliding_window = 64;
+    c->query_pre_attn_scalar = c->head_dim;
+    c->norm_eps = 1e-6;
+    if (c->family == MODEL_FAMILY_GEMMA2) {
+        c->attn_softcap = 50.0;
+        c->final_softcap = 30.0;
+    } else {
+        c->rope_theta = 1000000.0;
+        c->rope_local_theta = 10000.0;
+    }
+}
 
 int model_config_preset(model_config *cfg, const char *arch, const char *name) {
     memset(cfg, 0, sizeof *cfg);
@@ -325,6 +455,7 @@ int model_config_preset(model_config *cfg, const char *arch, const char *name) {
     }
     if (cfg->family == MODEL_FAMILY_QWEN2) cfg->qkv_bias = 1;
     if (cfg->family == MODEL_FAMILY_APERTUS) model_config_apertus_rope(cfg);
+    if (is_gemma(cfg)) gemma_preset(cfg);
     cfg->initializer_range = 0.02;
     cfg->bos_token_id = cfg->eos_token_id = -1;
     if (p->V == 50257) cfg->bos_token_id = cfg->eos_token_id = 50256; /* <|endoftext|> */

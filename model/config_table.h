@@ -10,7 +10,7 @@
 #define MAX_VOCAB (1 << 22)
 #define MAX_HIDDEN (1 << 16)
 #define MAX_FFN (1 << 18)
-#define MAX_LAYERS 1024
+#define MAX_LAYERS MODEL_MAX_LAYERS
 #define MAX_HEADS 1024
 #define MAX_HEAD_DIM 1024
 #define MAX_POSITIONS (1 << 24)
@@ -29,11 +29,13 @@ typedef struct {
 extern const model_config_family_info model_config_families[];
 extern const int model_config_n_families;
 
-#define MODEL_CONFIG_TYPES "llama, mistral, qwen2, qwen3, olmo2, apertus, mixtral, bloom, gpt2"
+#define MODEL_CONFIG_TYPES                                                                         \
+    "llama, mistral, qwen2, qwen3, olmo2, apertus, gemma2, gemma3_text, phi3, mixtral, bloom, "    \
+    "gpt2"
 #define MODEL_CONFIG_ARCHS                                                                         \
     "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "                   \
-    "Olmo2ForCausalLM, ApertusForCausalLM, MixtralForCausalLM, BloomForCausalLM, "                 \
-    "GPT2LMHeadModel"
+    "Olmo2ForCausalLM, ApertusForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, "                 \
+    "Phi3ForCausalLM, MixtralForCausalLM, BloomForCausalLM, GPT2LMHeadModel"
 
 /* The family's row, or -1. */
 int model_config_family_index(model_family f);

@@ -63,6 +63,10 @@ typedef struct {
 static const norm_names NORM_NAMES[] = {
     {MODEL_FAMILY_OLMO2, NULL, "post_attention_layernorm", NULL, "post_feedforward_layernorm"},
     {MODEL_FAMILY_APERTUS, "attention_layernorm", NULL, "feedforward_layernorm", NULL},
+    {MODEL_FAMILY_GEMMA2, "input_layernorm", "post_attention_layernorm",
+     "pre_feedforward_layernorm", "post_feedforward_layernorm"},
+    {MODEL_FAMILY_GEMMA3, "input_layernorm", "post_attention_layernorm",
+     "pre_feedforward_layernorm", "post_feedforward_layernorm"},
 };
 
 static norm_names block_norm_names(model_family f) {
@@ -116,12 +120,18 @@ static int build_llama(table *t) {
         char blk[64], pre[96];
         snprintf(blk, sizeof blk, "model.layers.%d", l);
         if (bk->pre_norm) L->attn_in = norm(t, blk, nn.attn_in, C);
-        snprintf(pre, sizeof pre, "%s.self_attn.q_proj", blk);
-        L->q = linear(t, 0, C, HD, c->qkv_bias, pre);
-        snprintf(pre, sizeof pre, "%s.self_attn.k_proj", blk);
-        L->k = linear(t, 0, C, KVD, c->qkv_bias, pre);
-        snprintf(pre, sizeof pre, "%s.self_attn.v_proj", blk);
-        L->v = linear(t, 0, C, KVD, c->qkv_bias, pre);
+        if (bk->qkv == MODEL_QKV_FUSED) {
+            /* Phi-3's qkv_proj: rows q (H·D) | k (KV·D) | v (KV·D) */
+            snprintf(pre, sizeof pre, "%s.self_attn.qkv_proj", blk);
+            L->qkv = linear(t, 0, C, HD + 2 * KVD, c->qkv_bias, pre);
+        } else {
+            snprintf(pre, sizeof pre, "%s.self_attn.q_proj", blk);
+            L->q = linear(t, 0, C, HD, c->qkv_bias, pre);
+            snprintf(pre, sizeof pre, "%s.self_attn.k_proj", blk);
+            L->k = linear(t, 0, C, KVD, c->qkv_bias, pre);
+            snprintf(pre, sizeof pre, "%s.self_attn.v_proj", blk);
+            L->v = linear(t, 0, C, KVD, c->qkv_bias, pre);
+        }
         snprintf(pre, sizeof pre, "%s.self_attn.o_proj", blk);
         L->o = linear(t, 0, HD, C, c->o_bias, pre);
         if (bk->qk_norm != MODEL_QK_NORM_NONE) {
@@ -140,8 +150,14 @@ static int build_llama(table *t) {
             snprintf(pre, sizeof pre, "%s.mlp.gate_proj", blk);
             L->gate = linear(t, 0, C, F, c->mlp_bias, pre);
         }
-        snprintf(pre, sizeof pre, "%s.mlp.up_proj", blk);
-        L->up = linear(t, 0, C, F, c->mlp_bias, pre);
+        if (bk->mlp == MODEL_MLP_GATED_FUSED) {
+            /* Phi-3's gate_up_proj: rows gate (F) | up (F) */
+            snprintf(pre, sizeof pre, "%s.mlp.gate_up_proj", blk);
+            L->up = linear(t, 0, C, 2 * F, c->mlp_bias, pre);
+        } else {
+            snprintf(pre, sizeof pre, "%s.mlp.up_proj", blk);
+            L->up = linear(t, 0, C, F, c->mlp_bias, pre);
+        }
         snprintf(pre, sizeof pre, "%s.mlp.down_proj", blk);
         L->down = linear(t, 0, F, C, c->mlp_bias, pre);
         if (bk->act == MODEL_ACT_XIELU) {
@@ -340,7 +356,9 @@ void model_init_param(const model_config *cfg, const model_param *p, uint64_t *s
     if (ends_with(p->name, ".bias")) {
         memset(v, 0, (size_t)p->numel * sizeof(real));
     } else if (is_norm) {
-        for (int64_t j = 0; j < p->numel; j++) v[j] = 1;
+        /* Gemma's norms compute x̂ · (1 + w): their weights start at 0 */
+        real one = cfg->block.norm == MODEL_NORM_RMS_1P ? 0 : 1;
+        for (int64_t j = 0; j < p->numel; j++) v[j] = one;
     } else {
         double sd = std;
         /* GPT-2 paper §2.3: residual projections scaled by 1/sqrt(2L). */

@@ -113,15 +113,15 @@ typedef struct {
 typedef struct {
     model_norm attn_in;   /* pre_norm: input_layernorm / ln_1 / attention_layernorm */
     model_linear q, k, v; /* QKV_SEPARATE: q (H·D, C), k and v (KV·D, C) */
-    model_linear qkv;     /* QKV_FUSED, GPT-2 c_attn: (3C, C); QKV_HEADS, BLOOM's
-                             query_key_value: (3C, C) with rows (H, 3, D) */
+    model_linear qkv;     /* QKV_FUSED: GPT-2 c_attn (3C, C), Phi-3 qkv_proj ((H + 2KV)·D, C);
+                             QKV_HEADS, BLOOM's query_key_value: (3C, C) with rows (H, 3, D) */
     model_norm q_norm;    /* QK-norm: (D) per head, or (H·D) over the projection */
     model_norm k_norm;    /*          (D), or (KV·D) */
     model_linear o;       /* o_proj (C, H·D) / attn.c_proj (C, C) */
     model_norm attn_out;  /* post_norm: OLMo 2 post_attention_layernorm */
     model_norm mlp_in;    /* pre_norm: post_attention_layernorm / ln_2 / feedforward_layernorm */
     model_linear gate;    /* MLP_GATED: gate_proj (F, C) */
-    model_linear up;      /* up_proj (F, C) / GPT-2 c_fc (F, C) */
+    model_linear up;      /* up_proj (F, C) / GPT-2 c_fc (F, C) / Phi-3 gate_up_proj (2F, C) */
     model_linear down;    /* down_proj (C, F) / mlp.c_proj (C, F) */
     model_xielu xielu;    /* ACT_XIELU */
     model_moe moe;        /* MLP_MOE (then gate, up, down are absent) */

@@ -106,8 +106,12 @@ void cpu_xielu_backward(real *dx, const real *dy, const real *x, const model_xie
 
 void cpu_mlp_act_forward(const model_block *b, const model_xielu *p, real *act, const real *fa,
                          const real *fb, int64_t n) {
-    if (b->mlp == MODEL_MLP_GATED) {
-        cpu_swiglu_forward(act, fa, fb, n); /* model_config_check: GATED is SiLU's */
+    if (model_block_gated(b)) {
+        /* gated: SwiGLU, or GeGLU (Gemma) */
+        if (b->act == MODEL_ACT_GELU_TANH)
+            cpu_geglu_forward(act, fa, fb, n);
+        else
+            cpu_swiglu_forward(act, fa, fb, n);
         return;
     }
     if (b->act == MODEL_ACT_XIELU)
@@ -120,7 +124,9 @@ void cpu_mlp_act_backward(const model_block *b, const model_xielu *p, real *dfa,
                           const real *dact, const real *fa, const real *fb, int rows, int F,
                           double *sums) {
     int64_t n = (int64_t)rows * F;
-    if (b->mlp == MODEL_MLP_GATED)
+    if (model_block_gated(b) && b->act == MODEL_ACT_GELU_TANH)
+        cpu_geglu_backward(dfa, dfb, dact, fa, fb, n);
+    else if (model_block_gated(b))
         cpu_swiglu_backward(dfa, dfb, dact, fa, fb, n);
     else if (b->act == MODEL_ACT_XIELU)
         cpu_xielu_backward(dfa, dact, fa, p, rows, F, sums);

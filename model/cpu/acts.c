@@ -30,11 +30,15 @@ static size_t acts_layout(model_acts *a) {
     size_t F = (size_t)c->intermediate_size, V = (size_t)c->vocab_size;
     size_t HD = (size_t)c->num_heads * c->head_dim, W = (size_t)a->W, P = 2 * L + 1;
     size_t S = ACTS_NORMS * L + 1 + (size_t)bk->embed_norm; /* norm slots */
-    int rope = bk->pos == MODEL_POS_ROPE, gated = bk->mlp == MODEL_MLP_GATED;
+    int rope = bk->pos == MODEL_POS_ROPE, gated = model_block_gated(bk);
     int dense = bk->mlp != MODEL_MLP_MOE; /* MoE's buffers are moe.c's */
+    int local = rope && c->rope_local_theta > 0;
+    size_t rope_n = (size_t)a->T * (size_t)(model_config_rope_dim(c) / 2);
     size_t used = 0;
-    a->rope_cos = carve_if(rope, a, &used, (size_t)a->T * c->head_dim / 2);
-    a->rope_sin = carve_if(rope, a, &used, (size_t)a->T * c->head_dim / 2);
+    a->rope_cos = carve_if(rope, a, &used, rope_n);
+    a->rope_sin = carve_if(rope, a, &used, rope_n);
+    a->rope_lcos = carve_if(local, a, &used, rope_n);
+    a->rope_lsin = carve_if(local, a, &used, rope_n);
     a->alibi = carve_if(bk->pos == MODEL_POS_ALIBI, a, &used, (size_t)c->num_heads);
     a->emb = carve_if(bk->embed_norm, a, &used, N * C);
     a->resid = carve(a, &used, P * N * C);
@@ -48,6 +52,7 @@ static size_t acts_layout(model_acts *a) {
     a->sub_out = carve_if(bk->post_norm, a, &used, L * 2 * N * C);
     a->fc_a = carve_if(dense, a, &used, L * N * F);
     a->fc_b = carve_if(gated, a, &used, L * N * F);
+    a->fc_fused = carve_if(bk->mlp == MODEL_MLP_GATED_FUSED, a, &used, N * 2 * F);
     a->act = carve_if(dense, a, &used, N * F);
     a->xf = carve(a, &used, N * C);
     a->logits = carve(a, &used, N * V);
@@ -96,7 +101,8 @@ int model_acts_create(model_acts **out, const model *m, int B, int T) {
                          .KV = c->num_kv_heads,
                          .D = c->head_dim,
                          .window = c->sliding_window,
-                         .scale = (real)(1.0 / sqrt((double)c->head_dim)),
+                         .scale = (real)model_config_attn_scale(c),
+                         .softcap = (real)c->attn_softcap,
                          .threads = omp_get_max_threads()};
     size_t n = acts_layout(a);
     if (n > SIZE_MAX / sizeof(real) / 2) {
@@ -121,6 +127,7 @@ int model_acts_create(model_acts **out, const model *m, int B, int T) {
     if (a->rope_cos) cpu_rope_table(a->rope_cos, a->rope_sin, c, T);
     if (a->alibi) cpu_alibi_slopes(a->alibi, c->num_heads);
     a->attn.alibi = a->alibi;
+    if (a->rope_lcos) cpu_rope_table_for(a->rope_lcos, a->rope_lsin, c, T, 1, 0);
     *out = a;
     return 0;
 }

@@ -32,36 +32,38 @@ struct model_acts {
     double *lse, *row_loss;    /* (N) loss log-sum-exp and per-row loss */
     double *act_sums;          /* (2N) xIELU: per-row sums for its parameters' gradients */
     cpu_attn attn;
-    real *block;               /* one allocation holding every buffer below */
-    real *rope_cos, *rope_sin; /* (T, D/2), RoPE positions */
-    real *resid;               /* (2L+1, N, C) the stream at each point */
-    real *norm_mean;           /* (4L+1, N) LayerNorm means (NORM_LAYER only) */
-    real *norm_rstd;           /* (4L+1, N) per norm slot */
-    real *qkv;                 /* (L, N·W) per layer: q | k | v, after QK-norm and RoPE */
-    real *qk_raw;              /* (L, N·QK) q | k before QK-norm (QK-norm only) */
-    real *qk_rstd;             /* (L, N·QKR) QK-norm statistics */
-    real *att_lse;             /* (L, B, H, T) */
-    real *att;                 /* (L, N, H·D) attention output, o's input */
-    real *sub_out;             /* (L, 2, N, C) the sublayers' outputs before their post-norm */
-    real *fc_a;                /* (L, N, F) gate_proj (GATED) or up_proj / c_fc (PLAIN) output */
-    real *fc_b;                /* (L, N, F) up_proj output, GATED only */
-    real *act;                 /* (N, F) down's input, scratch: recomputed in backward */
-    real *xf;                  /* (N, C) final norm output */
-    real *logits;              /* (N, V) */
-    real *nbuf;                /* (N, C) a norm's output, scratch */
-    real *dresid, *dnorm;      /* (N, C) backward scratch */
-    real *dsub;                /* (N, C) d(sublayer output) through a post-norm */
-    real *dqkv;                /* (N·W) */
-    real *dqk_raw;             /* (N·QK) */
-    real *datt;                /* (N, H·D) */
-    real *dfa, *dfb;           /* (N, F) */
-    real *resid_grads;         /* (2L+1, N, C) when kept, else NULL */
-    real *alibi;               /* (H) ALiBi slopes (POS_ALIBI) */
-    real *emb;                 /* (N, C) the embedding before its norm (embed_norm) */
-    cpu_moe *moe;              /* MLP_MOE: the routing and experts' buffers (moe.h) */
-    int64_t n_targets;         /* the last forward's, for the router's auxiliary loss */
-    double aux_grad;           /* backward: d(objective)/d(aux loss), 0 without it */
-    int probe_point;           /* −1: none */
+    real *block;                 /* one allocation holding every buffer below */
+    real *rope_cos, *rope_sin;   /* (T, R/2), RoPE positions (R: the rotated dims) */
+    real *rope_lcos, *rope_lsin; /* (T, R/2) Gemma 3's local RoPE (sliding layers), or NULL */
+    real *resid;                 /* (2L+1, N, C) the stream at each point */
+    real *norm_mean;             /* (4L+1, N) LayerNorm means (NORM_LAYER only) */
+    real *norm_rstd;             /* (4L+1, N) per norm slot */
+    real *qkv;                   /* (L, N·W) per layer: q | k | v, after QK-norm and RoPE */
+    real *qk_raw;                /* (L, N·QK) q | k before QK-norm (QK-norm only) */
+    real *qk_rstd;               /* (L, N·QKR) QK-norm statistics */
+    real *att_lse;               /* (L, B, H, T) */
+    real *att;                   /* (L, N, H·D) attention output, o's input */
+    real *sub_out;               /* (L, 2, N, C) the sublayers' outputs before their post-norm */
+    real *fc_a;                  /* (L, N, F) gate_proj (GATED) or up_proj / c_fc (PLAIN) output */
+    real *fc_b;                  /* (L, N, F) up_proj output, gated only */
+    real *fc_fused;              /* (N, 2F) GATED_FUSED: gate_up's output or gradient, scratch */
+    real *act;                   /* (N, F) down's input, scratch: recomputed in backward */
+    real *xf;                    /* (N, C) final norm output */
+    real *logits;                /* (N, V) */
+    real *nbuf;                  /* (N, C) a norm's output, scratch */
+    real *dresid, *dnorm;        /* (N, C) backward scratch */
+    real *dsub;                  /* (N, C) d(sublayer output) through a post-norm */
+    real *dqkv;                  /* (N·W) */
+    real *dqk_raw;               /* (N·QK) */
+    real *datt;                  /* (N, H·D) */
+    real *dfa, *dfb;             /* (N, F) */
+    real *resid_grads;           /* (2L+1, N, C) when kept, else NULL */
+    real *alibi;                 /* (H) ALiBi slopes (POS_ALIBI) */
+    real *emb;                   /* (N, C) the embedding before its norm (embed_norm) */
+    cpu_moe *moe;                /* MLP_MOE: the routing and experts' buffers (moe.h) */
+    int64_t n_targets;           /* the last forward's, for the router's auxiliary loss */
+    double aux_grad;             /* backward: d(objective)/d(aux loss), 0 without it */
+    int probe_point;             /* −1: none */
     int64_t probe_index;
     double probe_delta;
 };
@@ -72,6 +74,13 @@ static inline real *acts_resid(const model_acts *a, int point) {
 
 static inline size_t acts_layer_off(const model_acts *a, int l, size_t per_row) {
     return (size_t)l * a->N * per_row;
+}
+
+/* Layer l's attention: the batch's shape with the layer's window. */
+static inline cpu_attn acts_attn(const model_acts *a, int l) {
+    cpu_attn at = a->attn;
+    at.window = model_config_window(&a->m->cfg, l);
+    return at;
 }
 
 /* The row statistics of norm slot s. */

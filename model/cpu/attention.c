@@ -12,7 +12,9 @@
  * log-sum-exp, and backward recomputes P = exp(S − lse) one block at a time
  * (FlashAttention's recomputation, Dao et al. 2022), with
  *   dP = dO Vᵀ,  dS = P ⊙ (dP − rowsum(P ⊙ dP)),
- *   dQ = scale · dS K,  dK += scale · dSᵀ Q,  dV += Pᵀ dO. */
+ *   dQ = scale · dS K,  dK += scale · dSᵀ Q,  dV += Pᵀ dO.
+ * With soft-capping (Gemma 2) the scores are cap · tanh(S / cap) before the
+ * mask and softmax, and dS is multiplied by 1 − tanh² (softcap.c). */
 #include "model/cpu/cpu.h"
 
 #include <omp.h>
@@ -54,6 +56,7 @@ static void block_softmax(const cpu_attn *at, const attn_block *bl, int h, real 
             for (int j = lo; j < hi; j++) row[j] += cpu_alibi_bias(slope, bl->c0 + j);
         }
         if (lse_out) {
+            if (at->softcap) cpu_softcap_forward(row + lo, hi - lo, at->softcap);
             real mx = cpu_row_max(row + lo, hi - lo);
             double sum = cpu_row_sum_exp(row + lo, row + lo, hi - lo, mx);
             real inv = (real)(1.0 / sum);
@@ -64,6 +67,17 @@ static void block_softmax(const cpu_attn *at, const attn_block *bl, int h, real 
             cpu_row_exp(row + lo, hi - lo, lse_in[i], 1);
         }
     }
+}
+
+/* Row i of a block with soft-capped scores (cpu_softcap_attn_row_backward):
+ * S (raw, scaled) in p and dO·Vᵀ in dp become P and d(raw S); the masked
+ * entries 0 in both. */
+static void softcap_row_backward(const cpu_attn *at, const attn_block *bl, int i, real *p, real *dp,
+                                 real lse, real dot) {
+    int nc = bl->c1 - bl->c0, lo = first_key(at, i) - bl->c0, hi = i - bl->c0 + 1;
+    for (int j = 0; j < lo; j++) p[j] = dp[j] = 0;
+    for (int j = hi; j < nc; j++) p[j] = dp[j] = 0;
+    cpu_softcap_attn_row_backward(p + lo, dp + lo, hi - lo, at->softcap, lse, dot);
 }
 
 /* Threads for a parallel region: none for tiny problems, and never more than
@@ -130,7 +144,7 @@ void cpu_attention_backward(const cpu_attn *at, const real *q, int ldq, const re
                 const real *Kb = K + (int64_t)bl.c0 * ldk, *Vb = V + (int64_t)bl.c0 * ldv;
                 real_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, rb, nc, D, at->scale, Qb, ldq,
                           Kb, ldk, 0, P, nc);
-                block_softmax(at, &bl, h, P, NULL, L);
+                if (!at->softcap) block_softmax(at, &bl, h, P, NULL, L);
                 real_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, rb, nc, D, 1, dOb, ldo, Vb, ldv,
                           0, dP, nc);
                 /* rowsum(P ⊙ dP) = dO_i · O_i, since O_i = Σ_j P_ij V_j. */
@@ -140,6 +154,10 @@ void cpu_attention_backward(const cpu_attn *at, const real *q, int ldq, const re
 #pragma omp simd reduction(+ : dot)
                     for (int d = 0; d < D; d++) dot += (double)o[d] * g[d];
                     real *pr = P + (int64_t)i * nc, *dr = dP + (int64_t)i * nc;
+                    if (at->softcap) {
+                        softcap_row_backward(at, &bl, r0 + i, pr, dr, L[r0 + i], (real)dot);
+                        continue;
+                    }
 #pragma omp simd
                     for (int j = 0; j < nc; j++) dr[j] = pr[j] * (dr[j] - (real)dot);
                 }

@@ -16,8 +16,9 @@
 
 /* A layer's q, k and v inside its block of N·W values. QKV_SEPARATE: three
  * contiguous matrices q (N, H·D), k and v (N, KV·D), the outputs of three
- * linears. QKV_FUSED (and QKV_HEADS, once moved): one (N, 3C) matrix whose
- * column thirds are q, k, v. */
+ * linears. QKV_FUSED (and QKV_HEADS, once moved): one (N, W) matrix whose
+ * columns are q (H·D) | k (KV·D) | v (KV·D) (GPT-2's thirds, Phi-3's
+ * qkv_proj). */
 typedef struct {
     real *q, *k, *v;
     int ldq, ldk, ldv;
@@ -27,9 +28,18 @@ static qkv_view qkv_at(const model_acts *a, real *base) {
     const model_config *c = &a->m->cfg;
     int HD = c->num_heads * c->head_dim, KVD = c->num_kv_heads * c->head_dim;
     if (c->block.qkv == MODEL_QKV_FUSED || c->block.qkv == MODEL_QKV_HEADS)
-        return (qkv_view){base, base + HD, base + 2 * HD, a->W, a->W, a->W};
+        return (qkv_view){base, base + HD, base + HD + KVD, a->W, a->W, a->W};
     return (qkv_view){base, base + (size_t)a->N * HD, base + (size_t)a->N * (HD + KVD), HD, KVD,
                       KVD};
+}
+
+/* RoPE of layer l (POS_ROPE) on q and k, in place; inverse: the backward. */
+static void layer_rope(const model_acts *a, int l, const qkv_view *v, int inverse) {
+    const model_config *c = &a->m->cfg;
+    int local = model_config_local_rope(c, l), R = model_config_rope_dim(c);
+    const real *cs = local ? a->rope_lcos : a->rope_cos, *sn = local ? a->rope_lsin : a->rope_sin;
+    cpu_rope_apply(v->q, v->ldq, a->N, a->T, c->num_heads, c->head_dim, R, cs, sn, inverse);
+    cpu_rope_apply(v->k, v->ldk, a->N, a->T, c->num_kv_heads, c->head_dim, R, cs, sn, inverse);
 }
 
 int block_attn_needs_input(const model_layer *L) {
@@ -66,13 +76,9 @@ int block_attn_forward(model_acts *a, int l, const real *h, real *y, int accumul
         TRY(cpu_linear_forward(m->precision, &L->k, h, qv.k, N, 0));
         TRY(cpu_linear_forward(m->precision, &L->v, h, qv.v, N, 0));
     }
-    if (c->block.pos == MODEL_POS_ROPE) {
-        cpu_rope_apply(qv.q, qv.ldq, N, a->T, c->num_heads, c->head_dim, a->rope_cos, a->rope_sin,
-                       0);
-        cpu_rope_apply(qv.k, qv.ldk, N, a->T, c->num_kv_heads, c->head_dim, a->rope_cos,
-                       a->rope_sin, 0);
-    }
-    cpu_attention_forward(&a->attn, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att,
+    if (c->block.pos == MODEL_POS_ROPE) layer_rope(a, l, &qv, 0);
+    cpu_attn at = acts_attn(a, l);
+    cpu_attention_forward(&at, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att,
                           a->att_lse + acts_layer_off(a, l, c->num_heads));
     return cpu_linear_forward(m->precision, &L->o, att, y, N, accumulate);
 }
@@ -88,14 +94,10 @@ int block_attn_backward(model_acts *a, int l, const real *h, const real *dy, rea
     real *att = a->att + acts_layer_off(a, l, HD);
 
     TRY(cpu_linear_backward(m->precision, &L->o, att, dy, a->datt, N, 0));
-    cpu_attention_backward(&a->attn, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att, a->datt,
+    cpu_attn at = acts_attn(a, l);
+    cpu_attention_backward(&at, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att, a->datt,
                            a->att_lse + acts_layer_off(a, l, c->num_heads), dqv.q, dqv.k, dqv.v);
-    if (c->block.pos == MODEL_POS_ROPE) {
-        cpu_rope_apply(dqv.q, dqv.ldq, N, a->T, c->num_heads, c->head_dim, a->rope_cos, a->rope_sin,
-                       1);
-        cpu_rope_apply(dqv.k, dqv.ldk, N, a->T, c->num_kv_heads, c->head_dim, a->rope_cos,
-                       a->rope_sin, 1);
-    }
+    if (c->block.pos == MODEL_POS_ROPE) layer_rope(a, l, &dqv, 1);
     if (c->block.qkv == MODEL_QKV_FUSED)
         return cpu_linear_backward(m->precision, &L->qkv, h, a->dqkv, dh, N, accumulate_dh);
     if (c->block.qkv == MODEL_QKV_HEADS) {

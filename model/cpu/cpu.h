@@ -196,6 +196,15 @@ void cpu_layernorm_apply(real *y, const real *x, const real *w, const real *b, c
 void cpu_layernorm_backward(real *dx, real *dw, real *db, const real *dy, const real *x,
                             const real *w, const real *mean, const real *rstd, int N, int C);
 
+/* Gemma's RMSNorm: y = x̂ · (1 + w), (1 + w) rounded to `real` first; the
+ * statistics, dx with (1 + w) for w, and dw as RMSNorm's. y may be NULL in
+ * cpu_rmsnorm_forward (statistics only). */
+void cpu_rmsnorm1p_forward(real *y, real *rstd, const real *x, const real *w, int N, int C,
+                           double eps);
+void cpu_rmsnorm1p_apply(real *y, const real *x, const real *w, const real *rstd, int N, int C);
+void cpu_rmsnorm1p_backward(real *dx, real *dw, const real *dy, const real *x, const real *w,
+                            const real *rstd, int N, int C);
+
 /* The block's norms by kind (model_config's block.norm): the functions above
  * on a model_norm's w (and b). mean is used by LayerNorm only. */
 void cpu_norm_forward(model_norm_kind kind, const model_norm *nm, real *y, real *mean, real *rstd,
@@ -206,7 +215,8 @@ void cpu_norm_backward(model_norm_kind kind, const model_norm *nm, real *dx, con
                        const real *x, const real *mean, const real *rstd, int N, int C);
 
 /* QK-norm (block.qk_norm != NONE): q (N, H·D) and k (N, KV·D), contiguous,
- * = RMSNorm of q_raw, k_raw per head (HEAD) or per row (PROJ) with the
+ * = RMSNorm (of the block's kind: Gemma 3's is (1 + w)) of q_raw, k_raw per
+ * head (HEAD) or per row (PROJ) with the
  * layer's q_norm, k_norm weights; rstd holds cpu_qk_norm_rows(c, N) values
  * (q's rows, then k's). q may be q_raw and k k_raw (in place). Backward:
  * dq_raw, dk_raw += d/d(raw), the norms' weight gradients when wanted. */
@@ -229,8 +239,9 @@ void cpu_xielu_forward(real *y, const real *x, const model_xielu *p, int64_t n);
  * doubles of scratch) in an order that does not depend on the threads. */
 void cpu_xielu_backward(real *dx, const real *dy, const real *x, const model_xielu *p, int rows,
                         int F, double *sums);
-/* down's input act (n values) from the MLP's pre-activations: GATED
- * silu(fa) · fb, PLAIN act(fa) (gelu_new or xIELU with p). */
+/* down's input act (n values) from the MLP's pre-activations: gated
+ * silu(fa) · fb or gelu_tanh(fa) · fb (GeGLU), PLAIN act(fa) (gelu_new or
+ * xIELU with p). */
 void cpu_mlp_act_forward(const model_block *b, const model_xielu *p, real *act, const real *fa,
                          const real *fb, int64_t n);
 /* Its backward over (rows, F): dfa (and dfb, GATED) from dact; dfa may be
@@ -246,6 +257,10 @@ void cpu_swiglu_forward(real *act, const real *g, const real *u, int64_t n);
 /* dg may be dact (in place). */
 void cpu_swiglu_backward(real *dg, real *du, const real *dact, const real *g, const real *u,
                          int64_t n);
+/* GeGLU: act = gelu_tanh(g) · u (Gemma). n values; dg may be dact. */
+void cpu_geglu_forward(real *act, const real *g, const real *u, int64_t n);
+void cpu_geglu_backward(real *dg, real *du, const real *dact, const real *g, const real *u,
+                        int64_t n);
 /* GPT-2's gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³))). */
 void cpu_gelu_forward(real *y, const real *x, int64_t n);
 /* dx = dy · gelu'(x); dx may be dy. */
@@ -275,13 +290,23 @@ void cpu_xent_backward(real *logits, const double *lse, const int32_t *targets, 
 
 /* ---- rotary position embedding (rope.c) ---- */
 
-/* cos, sin (T, D/2): angle t · inv_freq[i], inv_freq[i] = theta^(−2i/D), with
- * transformers' llama3 rescaling of inv_freq when cfg->rope_llama3. */
+/* cos, sin (T, R/2), R = model_config_rope_dim: angle t · inv_freq[i],
+ * inv_freq[i] = theta^(−2i/R), with transformers' rescaling of inv_freq
+ * (llama3, linear, LongRoPE's short or long factors, and LongRoPE's
+ * attention factor on cos and sin). The global table, for a sequence of T
+ * positions: LongRoPE's long factors when T exceeds the original context,
+ * as transformers chooses them. */
 void cpu_rope_table(real *cos_t, real *sin_t, const model_config *cfg, int T);
-/* In place on x (N rows of stride ld, nheads heads of D at column h·D),
- * HF rotate_half convention: pairs (i, i + D/2). inverse applies the transpose
- * (the backward). */
-void cpu_rope_apply(real *x, int ld, int N, int T, int nheads, int D, const real *cos_t,
+/* The same with the choice made by the caller: local (Gemma 3's sliding
+ * layers: the default RoPE of rope_local_theta) or global, and LongRoPE's
+ * long factors or short ones. */
+void cpu_rope_table_for(real *cos_t, real *sin_t, const model_config *cfg, int T, int local,
+                        int long_factors);
+/* In place on x (N rows of stride ld, nheads heads of D at column h·D), the
+ * first R dimensions of each head (the rest pass through), HF rotate_half
+ * convention: pairs (i, i + R/2); row n at position n % T of the (T, R/2)
+ * tables. inverse applies the transpose (the backward). */
+void cpu_rope_apply(real *x, int ld, int N, int T, int nheads, int D, int R, const real *cos_t,
                     const real *sin_t, int inverse);
 
 /* ---- ALiBi and BLOOM's q|k|v layout (alibi.c) ---- */
@@ -304,7 +329,8 @@ typedef struct {
     int B, T, H, KV, D;
     int window; /* sliding window (0 = none): key j is visible to query i iff i − window < j ≤ i */
     const real *alibi; /* ALiBi: (H) slopes, score(i, j) += slope_h · j; NULL: none */
-    real scale;        /* 1/sqrt(D) */
+    real scale;        /* 1/sqrt(D), or query_pre_attn_scalar^(−½) */
+    real softcap;      /* scores s become softcap · tanh(s / softcap) before the mask; 0 = none */
     int threads;       /* scratch was sized for this many threads */
     real *scratch;     /* threads · CPU_ATTN_SCRATCH(T) values */
 } cpu_attn;
@@ -321,5 +347,27 @@ void cpu_attention_forward(const cpu_attn *at, const real *q, int ldq, const rea
 void cpu_attention_backward(const cpu_attn *at, const real *q, int ldq, const real *k, int ldk,
                             const real *v, int ldv, const real *out, const real *dout,
                             const real *lse, real *dq, real *dk, real *dv);
+
+/* ---- soft-capping (softcap.c): cap · tanh(x / cap), Gemma ---- */
+
+/* In place on n values. */
+void cpu_softcap_forward(real *x, int64_t n, real cap);
+/* One attention row's backward with capped scores (attention.c): on entry p
+ * holds the n scaled raw scores s, dp holds dO·Vᵀ; on return p = exp(cap ·
+ * tanh(s / cap) − lse) and dp = p · (dp − dot) · (1 − tanh²(s / cap)), the
+ * gradient of the raw scores. */
+void cpu_softcap_attn_row_backward(real *p, real *dp, int n, real cap, real lse, real dot);
+/* cpu_xent_backward for soft-capped logits (the forward's, capped): the
+ * gradient of the logits before the cap, d/dz = d/dL · (1 − (L / cap)²)
+ * (ops.c, by rows of cpu_softcap_xent_row: one row of V logits, its target
+ * and log-sum-exp). */
+void cpu_softcap_xent_row(real *l, int V, real lse, real scale, real cap, int32_t target);
+void cpu_xent_softcap_backward(real *logits, const double *lse, const int32_t *targets, int N,
+                               int V, double scale, real cap);
+/* The token embedding's factor: √C rounded to fp32 (Gemma's embed_scale
+ * buffer, a float32 tensor in every dtype transformers runs), or 1. */
+static inline real cpu_embed_scale(const model_config *c) {
+    return c->block.embed_scale ? (real)(float)sqrt((double)c->hidden_size) : 1;
+}
 
 #endif

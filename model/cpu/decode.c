@@ -48,15 +48,21 @@
 struct model_kv_cache {
     const model *m;
     int max_T, len;
-    int KVD;           /* KV·D: one cached row of one layer */
-    int threads;       /* the attention scratch was sized for this many */
-    real *k, *v;       /* (L, max_T, KV·D): keys after RoPE, values */
-    real *block;       /* one allocation holding every buffer below */
-    real *rope_cos;    /* (max_T, D/2), Llama family */
-    real *rope_sin;    /* (max_T, D/2) */
+    int KVD;         /* KV·D: one cached row of one layer */
+    int threads;     /* the attention scratch was sized for this many */
+    real *k, *v;     /* (L, max_T, KV·D): keys after RoPE, values */
+    real *block;     /* one allocation holding every buffer below */
+    real *rope_cos;  /* (max_T, R/2), Llama family (LongRoPE: the short factors') */
+    real *rope_sin;  /* (max_T, R/2) */
+    real *rope_lcos; /* (max_T, R/2) Gemma 3's local RoPE, or NULL */
+    real *rope_lsin;
+    real *rope_long_cos; /* (max_T, R/2) LongRoPE's long factors, or NULL */
+    real *rope_long_sin;
+    int rope_long;     /* this call's rows rotate with the long factors */
     real *x;           /* (CHUNK, C) the residual stream of the chunk's rows */
     real *nbuf;        /* (CHUNK, C) a norm's output */
-    real *qkv;         /* (CHUNK, H·D) q; QKV_FUSED (CHUNK, 3C) c_attn's q | k | v */
+    real *qkv;         /* (CHUNK, H·D) q; QKV_FUSED (CHUNK, W) the fused q | k | v */
+    real *fused;       /* (CHUNK, 2F) GATED_FUSED: gate_up's output */
     real *qk_rstd;     /* (CHUNK · (H + KV)) QK-norm statistics, scratch */
     real *att;         /* (CHUNK, H·D) attention output, o's input */
     real *sub;         /* (CHUNK, C) a sublayer's output before its post-norm */
@@ -85,19 +91,26 @@ static size_t decode_layout(model_kv_cache *c) {
     const model_block *bk = &g->block;
     int rope = bk->pos == MODEL_POS_ROPE, fused = bk->qkv != MODEL_QKV_SEPARATE;
     int dense = bk->mlp != MODEL_MLP_MOE;
+    int local = rope && g->rope_local_theta > 0, longrope = rope && g->rope_longrope;
+    size_t W = HD + 2 * (size_t)c->KVD, RT = T * (size_t)(model_config_rope_dim(g) / 2);
     size_t used = 0;
     c->k = decode_carve(c, &used, LTK);
     c->v = decode_carve(c, &used, LTK);
-    c->rope_cos = rope ? decode_carve(c, &used, T * g->head_dim / 2) : NULL;
-    c->rope_sin = rope ? decode_carve(c, &used, T * g->head_dim / 2) : NULL;
+    c->rope_cos = rope ? decode_carve(c, &used, RT) : NULL;
+    c->rope_sin = rope ? decode_carve(c, &used, RT) : NULL;
+    c->rope_lcos = local ? decode_carve(c, &used, RT) : NULL;
+    c->rope_lsin = local ? decode_carve(c, &used, RT) : NULL;
+    c->rope_long_cos = longrope ? decode_carve(c, &used, RT) : NULL;
+    c->rope_long_sin = longrope ? decode_carve(c, &used, RT) : NULL;
     c->x = decode_carve(c, &used, R * C);
     c->nbuf = decode_carve(c, &used, R * C);
-    c->qkv = decode_carve(c, &used, R * (fused ? 3 * C : HD));
+    c->qkv = decode_carve(c, &used, R * (fused ? W : HD));
+    c->fused = bk->mlp == MODEL_MLP_GATED_FUSED ? decode_carve(c, &used, R * 2 * F) : NULL;
     c->qk_rstd = bk->qk_norm ? decode_carve(c, &used, (size_t)cpu_qk_norm_rows(g, (int)R)) : NULL;
     c->att = decode_carve(c, &used, R * HD);
     c->sub = bk->post_norm ? decode_carve(c, &used, R * C) : NULL;
     c->fa = dense ? decode_carve(c, &used, R * F) : NULL;
-    c->fb = bk->mlp == MODEL_MLP_GATED ? decode_carve(c, &used, R * F) : NULL;
+    c->fb = model_block_gated(bk) ? decode_carve(c, &used, R * F) : NULL;
     c->alibi = bk->pos == MODEL_POS_ALIBI ? decode_carve(c, &used, (size_t)g->num_heads) : NULL;
     c->mean = decode_carve(c, &used, R);
     c->rstd = decode_carve(c, &used, R);
@@ -137,7 +150,10 @@ int model_kv_cache_create(model_kv_cache **out, const model *m, int max_T) {
                        max_T, (double)n * sizeof(real) / 1e9);
     }
     decode_layout(c);
-    if (c->rope_cos) cpu_rope_table(c->rope_cos, c->rope_sin, g, max_T);
+    /* LongRoPE: both tables; each call rotates with the set its length picks */
+    if (c->rope_cos) cpu_rope_table_for(c->rope_cos, c->rope_sin, g, max_T, 0, 0);
+    if (c->rope_lcos) cpu_rope_table_for(c->rope_lcos, c->rope_lsin, g, max_T, 1, 0);
+    if (c->rope_long_cos) cpu_rope_table_for(c->rope_long_cos, c->rope_long_sin, g, max_T, 0, 1);
     if (c->alibi) cpu_alibi_slopes(c->alibi, g->num_heads);
     if (g->block.mlp == MODEL_MLP_MOE && cpu_moe_create(&c->moe, g, DECODE_CHUNK, 1) != 0) {
         model_kv_cache_free(c);
@@ -183,12 +199,12 @@ static void alibi_row(real *row, real slope, int j0, int n) {
  * (group, D) block of q, so one GEMM per kv head computes their scores and
  * one their outputs, and each cached key and value is read once per step
  * instead of once per query head. Threads take kv heads. */
-static void decode_attention_one(const model_kv_cache *c, const real *q, const real *K,
+static void decode_attention_one(const model_kv_cache *c, int l, const real *q, const real *K,
                                  const real *V, int p, real *out) {
     const model_config *g = &c->m->cfg;
     int KV = g->num_kv_heads, D = g->head_dim, group = g->num_heads / g->num_kv_heads;
-    int ldkv = c->KVD, c0 = decode_first_key(g->sliding_window, p), nc = p + 1 - c0;
-    real scale = (real)(1.0 / sqrt((double)D));
+    int ldkv = c->KVD, c0 = decode_first_key(model_config_window(g, l), p), nc = p + 1 - c0;
+    real scale = (real)model_config_attn_scale(g), cap = (real)g->attn_softcap;
     int nt = omp_get_max_threads() < c->threads ? omp_get_max_threads() : c->threads;
     if ((int64_t)g->num_heads * nc * D <= 1 << 16) nt = 1;
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -202,6 +218,7 @@ static void decode_attention_one(const model_kv_cache *c, const real *q, const r
         for (int i = 0; i < group; i++) {
             real *row = S + (int64_t)i * nc;
             if (c->alibi) alibi_row(row, c->alibi[kvh * group + i], c0, nc);
+            if (cap) cpu_softcap_forward(row, nc, cap);
             real mx = cpu_row_max(row, nc);
             double sum = cpu_row_sum_exp(row, row, nc, mx);
             real inv = (real)(1.0 / sum);
@@ -218,13 +235,13 @@ static void decode_attention_one(const model_kv_cache *c, const real *q, const r
  * [0, p0 + n), stride KV·D). As attention.c's forward for one block of rows:
  * S = scale · Q Kᵀ over the keys any of the rows may see, masked row softmax,
  * O = P V; threads take heads. */
-static void decode_attention(const model_kv_cache *c, const real *q, int ldq, const real *K,
+static void decode_attention(const model_kv_cache *c, int l, const real *q, int ldq, const real *K,
                              const real *V, int p0, int n, real *out) {
     const model_config *g = &c->m->cfg;
     int H = g->num_heads, D = g->head_dim, group = g->num_heads / g->num_kv_heads;
-    int window = g->sliding_window, ldo = H * D, ldkv = c->KVD;
+    int window = model_config_window(g, l), ldo = H * D, ldkv = c->KVD;
     int c0 = decode_first_key(window, p0), c1 = p0 + n, nc = c1 - c0;
-    real scale = (real)(1.0 / sqrt((double)D));
+    real scale = (real)model_config_attn_scale(g), cap = (real)g->attn_softcap;
     int nt = omp_get_max_threads() < c->threads ? omp_get_max_threads() : c->threads;
     if ((int64_t)H * n * nc * D <= 1 << 16) nt = 1; /* too small for a parallel region */
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -241,6 +258,7 @@ static void decode_attention(const model_kv_cache *c, const real *q, int ldq, co
             for (int j = 0; j < lo; j++) row[j] = 0;
             for (int j = hi; j < nc; j++) row[j] = 0;
             if (c->alibi) alibi_row(row + lo, c->alibi[h], c0 + lo, hi - lo);
+            if (cap) cpu_softcap_forward(row + lo, hi - lo, cap);
             real mx = cpu_row_max(row + lo, hi - lo);
             double sum = cpu_row_sum_exp(row + lo, row + lo, hi - lo, mx);
             real inv = (real)(1.0 / sum);
@@ -269,27 +287,28 @@ static void decode_residual(model_kv_cache *c, const model_norm *post, const rea
 /* The attention sublayer's q (row stride *ldq) for the n rows of h at
  * positions p0 …, their keys and values appended to the layer's cache rows
  * [p0, p0 + n) (block_attn.c's forward). */
-static int decode_qkv(model_kv_cache *c, const model_layer *L, const real *h, real *Kn, real *Vn,
-                      int p0, int n, int *ldq) {
+static int decode_qkv(model_kv_cache *c, int l, const model_layer *L, const real *h, real *Kn,
+                      real *Vn, int p0, int n, int *ldq) {
     const model_config *g = &c->m->cfg;
     model_precision prec = c->m->precision;
-    int C = g->hidden_size, D = g->head_dim, half = D / 2, KVD = c->KVD;
+    int D = g->head_dim, R = model_config_rope_dim(g), half = R / 2, KVD = c->KVD;
+    int HD = g->num_heads * D, W = HD + 2 * KVD;
     if (g->block.qkv == MODEL_QKV_FUSED) {
-        /* c_attn (n, 3C): column thirds q | k | v; k and v move to the cache. */
+        /* c_attn / qkv_proj (n, W): columns q | k | v; k and v move to the cache. */
         TRY(cpu_linear_forward(prec, &L->qkv, h, c->qkv, n, 0));
         for (int i = 0; i < n; i++) {
-            const real *row = c->qkv + (size_t)i * 3 * C;
-            memcpy(Kn + (size_t)i * KVD, row + C, (size_t)C * sizeof(real));
-            memcpy(Vn + (size_t)i * KVD, row + 2 * C, (size_t)C * sizeof(real));
+            const real *row = c->qkv + (size_t)i * W;
+            memcpy(Kn + (size_t)i * KVD, row + HD, (size_t)KVD * sizeof(real));
+            memcpy(Vn + (size_t)i * KVD, row + HD + KVD, (size_t)KVD * sizeof(real));
         }
-        *ldq = 3 * C;
+        *ldq = W;
     } else if (g->block.qkv == MODEL_QKV_HEADS) {
-        /* query_key_value (n, 3C) of rows (H, 3, D): each head's k and v go
+        /* query_key_value (n, W = 3C) of rows (H, 3, D): each head's k and v go
          * to the cache, its q moves forward to column h·D of its row (a
          * head's q never lands on a part of the row not yet read) */
         TRY(cpu_linear_forward(prec, &L->qkv, h, c->qkv, n, 0));
         for (int i = 0; i < n; i++) {
-            real *row = c->qkv + (size_t)i * 3 * C;
+            real *row = c->qkv + (size_t)i * W;
             for (int hd = 0; hd < g->num_heads; hd++) {
                 const real *src = row + (size_t)hd * 3 * D;
                 memcpy(Kn + (size_t)i * KVD + (size_t)hd * D, src + D, (size_t)D * sizeof(real));
@@ -298,7 +317,7 @@ static int decode_qkv(model_kv_cache *c, const model_layer *L, const real *h, re
                 memmove(row + (size_t)hd * D, src, (size_t)D * sizeof(real));
             }
         }
-        *ldq = 3 * C;
+        *ldq = W;
     } else {
         TRY(cpu_linear_forward(prec, &L->q, h, c->qkv, n, 0));
         TRY(cpu_linear_forward(prec, &L->k, h, Kn, n, 0));
@@ -308,12 +327,41 @@ static int decode_qkv(model_kv_cache *c, const model_layer *L, const real *h, re
         *ldq = g->num_heads * D;
     }
     if (g->block.pos == MODEL_POS_ROPE) {
-        /* The tables from position p0 on: row i of these n rows is at p0 + i. */
-        const real *cs = c->rope_cos + (size_t)p0 * half, *sn = c->rope_sin + (size_t)p0 * half;
-        cpu_rope_apply(c->qkv, *ldq, n, n, g->num_heads, D, cs, sn, 0);
-        cpu_rope_apply(Kn, KVD, n, n, g->num_kv_heads, D, cs, sn, 0);
+        /* The layer's tables from position p0 on: row i of these n rows is at p0 + i. */
+        const real *cs = c->rope_cos, *sn = c->rope_sin;
+        if (model_config_local_rope(g, l))
+            cs = c->rope_lcos, sn = c->rope_lsin;
+        else if (c->rope_long)
+            cs = c->rope_long_cos, sn = c->rope_long_sin;
+        cs += (size_t)p0 * half;
+        sn += (size_t)p0 * half;
+        cpu_rope_apply(c->qkv, *ldq, n, n, g->num_heads, D, R, cs, sn, 0);
+        cpu_rope_apply(Kn, KVD, n, n, g->num_kv_heads, D, R, cs, sn, 0);
     }
     return 0;
+}
+
+/* The MLP's pre-activations of n rows of h: gate into fa and up into fb
+ * (gated), or up into fa (decode_layer). */
+static int decode_mlp_in(model_kv_cache *c, const model_layer *L, const real *h, int n) {
+    const model_config *g = &c->m->cfg;
+    model_precision prec = c->m->precision;
+    int F = g->intermediate_size;
+    if (g->block.mlp == MODEL_MLP_GATED_FUSED) {
+        /* gate_up_proj (n, 2F): columns gate | up */
+        TRY(cpu_linear_forward(prec, &L->up, h, c->fused, n, 0));
+        for (int i = 0; i < n; i++) {
+            memcpy(c->fa + (size_t)i * F, c->fused + (size_t)i * 2 * F, (size_t)F * sizeof(real));
+            memcpy(c->fb + (size_t)i * F, c->fused + (size_t)i * 2 * F + F,
+                   (size_t)F * sizeof(real));
+        }
+        return 0;
+    }
+    if (g->block.mlp == MODEL_MLP_GATED) {
+        TRY(cpu_linear_forward(prec, &L->gate, h, c->fa, n, 0));
+        return cpu_linear_forward(prec, &L->up, h, c->fb, n, 0);
+    }
+    return cpu_linear_forward(prec, &L->up, h, c->fa, n, 0);
 }
 
 /* y (n, C) = the MLP of the n rows h (+= when accumulate): block_mlp.c's
@@ -324,12 +372,7 @@ static int decode_mlp(model_kv_cache *c, const model_layer *L, const real *h, re
     model_precision prec = c->m->precision;
     if (g->block.mlp == MODEL_MLP_MOE)
         return cpu_moe_forward(c->moe, prec, L, 0, h, y, n, accumulate);
-    if (g->block.mlp == MODEL_MLP_GATED) {
-        TRY(cpu_linear_forward(prec, &L->gate, h, c->fa, n, 0));
-        TRY(cpu_linear_forward(prec, &L->up, h, c->fb, n, 0));
-    } else {
-        TRY(cpu_linear_forward(prec, &L->up, h, c->fa, n, 0));
-    }
+    TRY(decode_mlp_in(c, L, h, n));
     cpu_mlp_act_forward(&g->block, &L->xielu, c->fa, c->fa, c->fb,
                         (int64_t)n * g->intermediate_size);
     return cpu_linear_forward(prec, &L->down, c->fa, y, n, accumulate);
@@ -353,11 +396,11 @@ static int decode_layer(model_kv_cache *c, int l, int p0, int n) {
         decode_norm(c, &L->attn_in, c->nbuf, c->x, n);
         h = c->nbuf;
     }
-    TRY(decode_qkv(c, L, h, Kn, Vn, p0, n, &ldq));
+    TRY(decode_qkv(c, l, L, h, Kn, Vn, p0, n, &ldq));
     if (n == 1 && g->num_heads > g->num_kv_heads && g->num_heads / g->num_kv_heads <= DECODE_CHUNK)
-        decode_attention_one(c, c->qkv, K, V, p0, c->att);
+        decode_attention_one(c, l, c->qkv, K, V, p0, c->att);
     else
-        decode_attention(c, c->qkv, ldq, K, V, p0, n, c->att);
+        decode_attention(c, l, c->qkv, ldq, K, V, p0, n, c->att);
     if (L->attn_out.w) {
         TRY(cpu_linear_forward(prec, &L->o, c->att, c->sub, n, 0));
         decode_residual(c, &L->attn_out, c->sub, n);
@@ -398,6 +441,10 @@ int model_decode(const model *m, model_kv_cache *c, const int32_t *tokens, int n
                            tokens[i], c->len + i, V);
 
     int rows = 0, len0 = c->len;
+    /* LongRoPE: the factors of this call's length, as transformers picks
+     * them per forward (the cached keys keep their own). */
+    c->rope_long = model_config_rope_long(g, len0 + n);
+    real escale = cpu_embed_scale(g);
     for (int s = 0; s < n; s += rows) {
         rows = n - s < DECODE_CHUNK ? n - s : DECODE_CHUNK;
         int p0 = c->len;
@@ -407,6 +454,8 @@ int model_decode(const model *m, model_kv_cache *c, const int32_t *tokens, int n
             decode_norm(c, &m->embed_norm, c->nbuf, c->x, rows);
             memcpy(c->x, c->nbuf, (size_t)rows * C * sizeof(real));
         }
+        if (g->block.embed_scale)
+            for (int64_t i = 0; i < (int64_t)rows * C; i++) c->x[i] *= escale;
         for (int l = 0; l < g->num_layers; l++)
             if (decode_layer(c, l, p0, rows) != 0) {
                 c->len = len0; /* the cache as it was: the new rows are not valid */
@@ -419,5 +468,7 @@ int model_decode(const model *m, model_kv_cache *c, const int32_t *tokens, int n
     const real *last = c->x + (size_t)(rows - 1) * C;
     decode_norm(c, &m->norm_f, c->nbuf, last, 1);
     model_linear head = {.w = m->lm_head, .in = C, .out = V};
-    return cpu_linear_forward(m->precision, &head, c->nbuf, logits_out, 1, 0);
+    TRY(cpu_linear_forward(m->precision, &head, c->nbuf, logits_out, 1, 0));
+    if (g->final_softcap) cpu_softcap_forward(logits_out, V, (real)g->final_softcap);
+    return 0;
 }

@@ -1,21 +1,25 @@
 /* model_cpu.c — the transformer's forward and backward on the CPU, as Hugging
  * Face transformers computes them (modeling_llama.py, which Mistral and Qwen2
- * share, modeling_qwen3.py, modeling_olmo2.py, modeling_apertus.py and
- * modeling_gpt2.py). One graph, shaped by the block options of the config
- * (model/config.h, model_block):
+ * share, modeling_qwen3.py, modeling_olmo2.py, modeling_apertus.py,
+ * modeling_gpt2.py, modeling_gemma2.py, modeling_gemma3.py, modeling_phi3.py,
+ * modeling_mixtral.py and modeling_bloom.py).
+ * One graph, shaped by the block options of the config (model/config.h,
+ * model_block):
  *
- *   x = embed[tok] (+ wpe[t], POS_LEARNED), then norm(x) with embed_norm
+ *   x = embed[tok] (+ wpe[t], POS_LEARNED) (· √C, embed_scale), then norm(x)
+ *       with embed_norm
  *   per block, for sublayer f in (attention, MLP):
  *       x = x + post(f(pre(x)))      pre: the input norm (pre_norm), post: the
  *                                    output norm (post_norm), else identity
- *   logits = lm_head(norm_f(x))      (or the tied embedding)
+ *   logits = lm_head(norm_f(x))      (or the tied embedding; soft-capped
+ *                                    cap · tanh(logits / cap) with final_softcap)
  *
  * Llama: pre RMSNorm, no post; GPT-2: pre LayerNorm; OLMo 2: post RMSNorm
- * only; BLOOM: pre LayerNorm and a LayerNorm on the embedding. The
- * sublayers are block_attn.c and block_mlp.c. With a mixture of experts
- * and output_router_logits the loss adds router_aux_loss_coef · aux (moe.c)
- * to the mean cross-entropy, as transformers' MixtralForCausalLM does:
- * loss_sum gets coef · aux · n_targets.
+ * only; Gemma: both, RMSNorm with (1 + w); BLOOM: pre LayerNorm and a
+ * LayerNorm on the embedding. The sublayers are block_attn.c and
+ * block_mlp.c. With a mixture of experts and output_router_logits the loss
+ * adds router_aux_loss_coef · aux (moe.c) to the mean cross-entropy, as
+ * transformers' MixtralForCausalLM does: loss_sum gets coef · aux · n_targets.
  *
  * Saved for backward, per layer: the residual stream entering and in the
  * middle of the layer, every norm's row statistics, the sublayers' outputs
@@ -38,6 +42,13 @@ static void keep_grad(model_acts *a, int point) {
     if (a->resid_grads)
         memcpy(a->resid_grads + (size_t)point * a->N * c->hidden_size, a->dresid,
                (size_t)a->N * c->hidden_size * sizeof(real));
+}
+
+/* x (n values) *= the embedding's scale (Gemma's √C). */
+static void scale_rows(real *x, int64_t n, const model_config *c) {
+    real s = cpu_embed_scale(c);
+#pragma omp parallel for simd if (n > 32768)
+    for (int64_t i = 0; i < n; i++) x[i] *= s;
 }
 
 /* ---- norms: slot s of the statistics ---------------------------------------- */
@@ -168,6 +179,7 @@ static void embed_forward(model_acts *a) {
     real *x0 = acts_resid(a, 0);
     real *e = c->block.embed_norm ? a->emb : x0;
     cpu_embed_forward(e, a->tokens, m->wte, m->wpe, 0, a->N, a->T, c->hidden_size);
+    if (c->block.embed_scale) scale_rows(e, (int64_t)a->N * c->hidden_size, c);
     if (c->block.embed_norm) norm_forward(a, embed_slot(a), &m->embed_norm, a->emb, x0);
 }
 
@@ -175,12 +187,14 @@ static void embed_forward(model_acts *a) {
 static void embed_backward(model_acts *a) {
     const model *m = a->m;
     const model_config *c = &m->cfg;
-    const real *de = a->dresid;
+    real *de = a->dresid;
     if (c->block.embed_norm) {
         memset(a->dnorm, 0, (size_t)a->N * c->hidden_size * sizeof(real));
         norm_backward(a, embed_slot(a), &m->embed_norm, a->emb, a->dresid, a->dnorm);
         de = a->dnorm;
     }
+    /* through the embedding's scale (Gemma): d(wte[tok]) = s · d(stream) */
+    if (c->block.embed_scale) scale_rows(de, (int64_t)a->N * c->hidden_size, c);
     cpu_embed_backward(m->wte->grad, m->wpe ? m->wpe->grad : NULL, de, a->tokens, a->N, a->T,
                        c->hidden_size);
 }
@@ -215,6 +229,7 @@ int model_forward(const model *m, model_acts *a, const int32_t *tokens, const in
     norm_forward(a, ACTS_NORMS * Lyr, &m->norm_f, acts_resid(a, 2 * Lyr), a->xf);
     model_linear head = lm_head_linear(m);
     TRY(cpu_linear_forward(m->precision, &head, a->xf, a->logits, N, 0));
+    if (c->final_softcap) cpu_softcap_forward(a->logits, (int64_t)N * V, (real)c->final_softcap);
 
     double sum = 0;
     int64_t count = 0;
@@ -262,7 +277,11 @@ int model_backward(model *m, model_acts *a, double scale) {
                       ? scale * c->router_aux_loss_coef * (double)a->n_targets
                       : 0;
 
-    cpu_xent_backward(a->logits, a->lse, a->targets, N, c->vocab_size, scale);
+    if (c->final_softcap)
+        cpu_xent_softcap_backward(a->logits, a->lse, a->targets, N, c->vocab_size, scale,
+                                  (real)c->final_softcap);
+    else
+        cpu_xent_backward(a->logits, a->lse, a->targets, N, c->vocab_size, scale);
     model_linear head = lm_head_linear(m);
     TRY(cpu_linear_backward(m->precision, &head, a->xf, a->logits, a->dnorm, N, 0));
     memset(a->dresid, 0, (size_t)N * c->hidden_size * sizeof(real));

@@ -1,5 +1,6 @@
-/* norm.c — RMSNorm and LayerNorm, forward and backward, one row per token;
- * the block's norms by kind, and QK-norm over heads or projections.
+/* norm.c — RMSNorm (and Gemma's with 1 + w) and LayerNorm, forward and
+ * backward, one row per token; the block's norms by kind, and QK-norm over
+ * heads or projections.
  *
  * Row statistics are summed in double. Backward (x̂ = normalized x, g = dy·w):
  *   RMSNorm:   dx = rstd · (g − x̂ · mean(g·x̂))
@@ -21,34 +22,48 @@ void cpu_rmsnorm_forward(real *y, real *rstd, const real *x, const real *w, int 
         for (int c = 0; c < C; c++) ss += (double)xr[c] * xr[c];
         rstd[n] = (real)(1.0 / sqrt(ss / C + eps));
     }
-    cpu_rmsnorm_apply(y, x, w, rstd, N, C);
+    if (y) cpu_rmsnorm_apply(y, x, w, rstd, N, C);
 }
 
-void cpu_rmsnorm_apply(real *y, const real *x, const real *w, const real *rstd, int N, int C) {
+/* The scale of column c: w (RMSNorm), or 1 + w rounded to `real` (Gemma's
+ * (1.0 + weight.float())). one is a constant at every call site, so each
+ * caller's loop is compiled for its kind. */
+#define RMS_SCALE(w, c, one) ((one) ? (real)(1 + (w)[c]) : (w)[c])
+
+static inline void rmsnorm_apply(real *y, const real *x, const real *w, const real *rstd, int N,
+                                 int C, int one) {
 #pragma omp parallel for ROWS_PARALLEL(N, C)
     for (int n = 0; n < N; n++) {
         const real *xr = x + (int64_t)n * C;
         real *yr = y + (int64_t)n * C, r = rstd[n];
         /* (x · rstd) · w, in HF's order of operations. */
 #pragma omp simd
-        for (int c = 0; c < C; c++) yr[c] = xr[c] * r * w[c];
+        for (int c = 0; c < C; c++) yr[c] = xr[c] * r * RMS_SCALE(w, c, one);
     }
 }
 
-void cpu_rmsnorm_backward(real *dx, real *dw, const real *dy, const real *x, const real *w,
-                          const real *rstd, int N, int C) {
+void cpu_rmsnorm_apply(real *y, const real *x, const real *w, const real *rstd, int N, int C) {
+    rmsnorm_apply(y, x, w, rstd, N, C, 0);
+}
+
+/* dx only; dw (the same for both kinds: d(1 + w) = dw) by the caller. */
+static inline void rmsnorm_backward_dx(real *dx, const real *dy, const real *x, const real *w,
+                                       const real *rstd, int N, int C, int one) {
 #pragma omp parallel for ROWS_PARALLEL(N, C)
     for (int n = 0; n < N; n++) {
         const real *xr = x + (int64_t)n * C, *dyr = dy + (int64_t)n * C;
         real *dxr = dx + (int64_t)n * C, r = rstd[n];
         double dot = 0;
 #pragma omp simd reduction(+ : dot)
-        for (int c = 0; c < C; c++) dot += (double)(dyr[c] * w[c]) * (xr[c] * r);
+        for (int c = 0; c < C; c++) dot += (double)(dyr[c] * RMS_SCALE(w, c, one)) * (xr[c] * r);
         real m = (real)(dot / C);
 #pragma omp simd
-        for (int c = 0; c < C; c++) dxr[c] += r * (dyr[c] * w[c] - xr[c] * r * m);
+        for (int c = 0; c < C; c++) dxr[c] += r * (dyr[c] * RMS_SCALE(w, c, one) - xr[c] * r * m);
     }
-    if (!dw) return;
+}
+
+static void rmsnorm_backward_dw(real *dw, const real *dy, const real *x, const real *rstd, int N,
+                                int C) {
 #pragma omp parallel ROWS_PARALLEL(N, C)
     {
         int64_t lo, hi;
@@ -60,6 +75,29 @@ void cpu_rmsnorm_backward(real *dx, real *dw, const real *dy, const real *x, con
             for (int64_t c = lo; c < hi; c++) dw[c] += dyr[c] * xr[c] * r;
         }
     }
+}
+
+void cpu_rmsnorm_backward(real *dx, real *dw, const real *dy, const real *x, const real *w,
+                          const real *rstd, int N, int C) {
+    rmsnorm_backward_dx(dx, dy, x, w, rstd, N, C, 0);
+    if (dw) rmsnorm_backward_dw(dw, dy, x, rstd, N, C);
+}
+
+/* Gemma's RMSNorm (Gemma2RMSNorm): y = x̂ · (1 + w), statistics as RMSNorm's. */
+void cpu_rmsnorm1p_forward(real *y, real *rstd, const real *x, const real *w, int N, int C,
+                           double eps) {
+    cpu_rmsnorm_forward(NULL, rstd, x, w, N, C, eps);
+    cpu_rmsnorm1p_apply(y, x, w, rstd, N, C);
+}
+
+void cpu_rmsnorm1p_apply(real *y, const real *x, const real *w, const real *rstd, int N, int C) {
+    rmsnorm_apply(y, x, w, rstd, N, C, 1);
+}
+
+void cpu_rmsnorm1p_backward(real *dx, real *dw, const real *dy, const real *x, const real *w,
+                            const real *rstd, int N, int C) {
+    rmsnorm_backward_dx(dx, dy, x, w, rstd, N, C, 1);
+    if (dw) rmsnorm_backward_dw(dw, dy, x, rstd, N, C);
 }
 
 void cpu_layernorm_forward(real *y, real *mean, real *rstd, const real *x, const real *w,
@@ -133,6 +171,8 @@ void cpu_norm_forward(model_norm_kind kind, const model_norm *nm, real *y, real 
                       const real *x, int N, int C, double eps) {
     if (kind == MODEL_NORM_LAYER)
         cpu_layernorm_forward(y, mean, rstd, x, nm->w->data, nm->b->data, N, C, eps);
+    else if (kind == MODEL_NORM_RMS_1P)
+        cpu_rmsnorm1p_forward(y, rstd, x, nm->w->data, N, C, eps);
     else
         cpu_rmsnorm_forward(y, rstd, x, nm->w->data, N, C, eps);
 }
@@ -141,6 +181,8 @@ void cpu_norm_apply(model_norm_kind kind, const model_norm *nm, real *y, const r
                     const real *mean, const real *rstd, int N, int C) {
     if (kind == MODEL_NORM_LAYER)
         cpu_layernorm_apply(y, x, nm->w->data, nm->b->data, mean, rstd, N, C);
+    else if (kind == MODEL_NORM_RMS_1P)
+        cpu_rmsnorm1p_apply(y, x, nm->w->data, rstd, N, C);
     else
         cpu_rmsnorm_apply(y, x, nm->w->data, rstd, N, C);
 }
@@ -149,6 +191,8 @@ void cpu_norm_backward(model_norm_kind kind, const model_norm *nm, real *dx, con
                        const real *x, const real *mean, const real *rstd, int N, int C) {
     if (kind == MODEL_NORM_LAYER)
         cpu_layernorm_backward(dx, nm->w->grad, nm->b->grad, dy, x, nm->w->data, mean, rstd, N, C);
+    else if (kind == MODEL_NORM_RMS_1P)
+        cpu_rmsnorm1p_backward(dx, nm->w->grad, dy, x, nm->w->data, rstd, N, C);
     else
         cpu_rmsnorm_backward(dx, nm->w->grad, dy, x, nm->w->data, rstd, N, C);
 }
@@ -171,25 +215,26 @@ int cpu_qk_norm_rows(const model_config *c, int N) {
     return rq + rk;
 }
 
+/* The QK-norm is an RMSNorm of the block's kind: plain, or Gemma 3's (1 + w). */
 void cpu_qk_norm_forward(const model_config *c, const model_layer *L, real *q, real *k,
                          const real *q_raw, const real *k_raw, real *rstd, int N) {
+    model_norm_kind kind = c->block.norm;
     int rows, width;
     qk_rows(c, c->num_heads, N, &rows, &width);
-    cpu_rmsnorm_forward(q, rstd, q_raw, L->q_norm.w->data, rows, width, c->norm_eps);
+    cpu_norm_forward(kind, &L->q_norm, q, NULL, rstd, q_raw, rows, width, c->norm_eps);
     rstd += rows;
     qk_rows(c, c->num_kv_heads, N, &rows, &width);
-    cpu_rmsnorm_forward(k, rstd, k_raw, L->k_norm.w->data, rows, width, c->norm_eps);
+    cpu_norm_forward(kind, &L->k_norm, k, NULL, rstd, k_raw, rows, width, c->norm_eps);
 }
 
 void cpu_qk_norm_backward(const model_config *c, const model_layer *L, real *dq_raw, real *dk_raw,
                           const real *dq, const real *dk, const real *q_raw, const real *k_raw,
                           const real *rstd, int N) {
+    model_norm_kind kind = c->block.norm;
     int rows, width;
     qk_rows(c, c->num_heads, N, &rows, &width);
-    cpu_rmsnorm_backward(dq_raw, L->q_norm.w->grad, dq, q_raw, L->q_norm.w->data, rstd, rows,
-                         width);
+    cpu_norm_backward(kind, &L->q_norm, dq_raw, dq, q_raw, NULL, rstd, rows, width);
     rstd += rows;
     qk_rows(c, c->num_kv_heads, N, &rows, &width);
-    cpu_rmsnorm_backward(dk_raw, L->k_norm.w->grad, dk, k_raw, L->k_norm.w->data, rstd, rows,
-                         width);
+    cpu_norm_backward(kind, &L->k_norm, dk_raw, dk, k_raw, NULL, rstd, rows, width);
 }

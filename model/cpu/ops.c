@@ -78,6 +78,42 @@ void cpu_gelu_backward(real *dx, const real *dy, const real *x, int64_t n) {
     FOR_SPANS(n, ops_gelu_bwd_span(dx, dy, x, lo_, hi_));
 }
 
+/* GeGLU (Shazeer 2020; Gemma's MLP): act = gelu_tanh(g) · u, the GELU
+ * rounded before the product as transformers' act_fn(gate) * up. */
+CPU_CLONES static void ops_geglu_fwd_span(real *act, const real *g, const real *u, int64_t lo,
+                                          int64_t hi) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) {
+        real v = g[i];
+        real a = (real)0.5 * v * (1 + cpu_tanh(GELU_K * (v + GELU_C * v * v * v)));
+        act[i] = a * u[i];
+    }
+}
+
+void cpu_geglu_forward(real *act, const real *g, const real *u, int64_t n) {
+    FOR_SPANS(n, ops_geglu_fwd_span(act, g, u, lo_, hi_));
+}
+
+/* du = dact · gelu(g), dg = dact · u · gelu'(g) (gelu' as cpu_gelu_backward). */
+CPU_CLONES static void ops_geglu_bwd_span(real *dg, real *du, const real *dact, const real *g,
+                                          const real *u, int64_t lo, int64_t hi) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) {
+        real v = g[i], d = dact[i];
+        real t = cpu_tanh(GELU_K * (v + GELU_C * v * v * v));
+        real a = (real)0.5 * v * (1 + t);
+        real da =
+            (real)0.5 * (1 + t) + (real)0.5 * v * (1 - t * t) * GELU_K * (1 + 3 * GELU_C * v * v);
+        du[i] = d * a;
+        dg[i] = d * u[i] * da;
+    }
+}
+
+void cpu_geglu_backward(real *dg, real *du, const real *dact, const real *g, const real *u,
+                        int64_t n) {
+    FOR_SPANS(n, ops_geglu_bwd_span(dg, du, dact, g, u, lo_, hi_));
+}
+
 void cpu_embed_forward(real *x, const int32_t *tokens, const model_param *wte,
                        const model_param *wpe, int t0, int N, int T, int C) {
 #pragma omp parallel for ELEMS_PARALLEL((int64_t)N *C)
@@ -178,8 +214,9 @@ void cpu_xent_forward(double *lse, double *row_loss, const real *logits, const i
     }
 }
 
-void cpu_xent_backward(real *logits, const double *lse, const int32_t *targets, int N, int V,
-                       double scale) {
+/* cap 0: plain logits; else soft-capped ones (softcap.c's row). */
+static void xent_backward(real *logits, const double *lse, const int32_t *targets, int N, int V,
+                          double scale, real cap) {
 #pragma omp parallel for ELEMS_PARALLEL((int64_t)N *V)
     for (int n = 0; n < N; n++) {
         real *l = logits + (int64_t)n * V;
@@ -188,7 +225,21 @@ void cpu_xent_backward(real *logits, const double *lse, const int32_t *targets, 
             memset(l, 0, (size_t)V * sizeof(real));
             continue;
         }
+        if (cap) {
+            cpu_softcap_xent_row(l, V, (real)lse[n], (real)scale, cap, t);
+            continue;
+        }
         cpu_row_exp(l, V, (real)lse[n], (real)scale);
         l[t] -= (real)scale;
     }
+}
+
+void cpu_xent_backward(real *logits, const double *lse, const int32_t *targets, int N, int V,
+                       double scale) {
+    xent_backward(logits, lse, targets, N, V, scale, 0);
+}
+
+void cpu_xent_softcap_backward(real *logits, const double *lse, const int32_t *targets, int N,
+                               int V, double scale, real cap) {
+    xent_backward(logits, lse, targets, N, V, scale, cap);
 }

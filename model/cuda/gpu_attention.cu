@@ -6,13 +6,16 @@
  * backward recomputes P = exp(S − lse) tile by tile, with
  *   δ_i = dO_i · O_i,  dP = dO Vᵀ,  dS = P ⊙ (dP − δ),
  *   dQ = scale · dS K,  dK = scale · dSᵀ Q,  dV = Pᵀ dO,
- * the formulas of model/cpu/attention.c.
+ * the formulas of model/cpu/attention.c. With soft-capping (s.softcap) the
+ * scores are cap · tanh(S / cap) before the mask, and dS is multiplied by
+ * 1 − tanh².
  *
  * Plain fp32 arithmetic in CUDA cores (no tensor cores): one code path for
  * both storage types, straightforward to check against the CPU.
  *   forward and dQ: one block per (query tile of 64, head, batch), 8 warps of
  *     8 query rows; in a key tile of 32, lane j owns key j for the scores and
- *     dimension lane + 32c for the accumulators.
+ *     dimension lane + 32c (c < DPL: 2, 4 or 8 for head dims up to 64, 128,
+ *     256) for the accumulators.
  *   dK, dV: one block per (key tile of 64, kv head, batch), 8 warps of 8 key
  *     rows, looping over the query heads of the group and the query tiles
  *     that see the keys; lane i owns query i of a tile of 32. No atomics:
@@ -41,6 +44,18 @@ __device__ __forceinline__ int first_key(int i, int window) {
 
 __device__ __forceinline__ bool visible(int i, int j, int T, int window) {
     return i < T && j <= i && (window == 0 || j > i - window);
+}
+
+/* Soft-capping of a scaled score (Gemma 2; model/cpu/softcap.c): cap ·
+ * tanh(x / cap), or x when cap is 0. */
+__device__ __forceinline__ float cap_score(float x, float cap) {
+    return cap > 0 ? tanhf(x / cap) * cap : x;
+}
+
+/* d cap_score / dx at the capped value y: 1 − (y / cap)², or 1. */
+__device__ __forceinline__ float cap_grad(float y, float cap) {
+    float t = cap > 0 ? y / cap : 0.0f;
+    return 1.0f - t * t;
 }
 
 /* Loads rows [r0, r0 + n) of one head (columns col … col + D) of x into a
@@ -118,7 +133,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
         for (int i = 0; i < ATT_ROWS; i++) {
             int qi = q0 + w * ATT_ROWS + i;
-            float x = visible(qi, j, T_, s.window) ? sc[i] : -INFINITY;
+            float x = visible(qi, j, T_, s.window) ? cap_score(sc[i], s.softcap) : -INFINITY;
             float mn = fmaxf(m[i], warp_max(x));
             float p = mn == -INFINITY ? 0.0f : expf(x - mn);
             float corr = mn == -INFINITY ? 1.0f : expf(m[i] - mn);
@@ -240,8 +255,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
         for (int i = 0; i < ATT_ROWS; i++) {
             int qi = q0 + w * ATT_ROWS + i;
-            float p = visible(qi, j, T_, s.window) ? expf(sc[i] - L[i]) : 0.0f;
-            P[i * ATT_BK + lane] = p * (dp[i] - Dl[i]);
+            float y = cap_score(sc[i], s.softcap);
+            float p = visible(qi, j, T_, s.window) ? expf(y - L[i]) : 0.0f;
+            P[i * ATT_BK + lane] = p * (dp[i] - Dl[i]) * cap_grad(y, s.softcap);
         }
         __syncwarp();
         for (int jj = 0; jj < ATT_BK; jj += 4) {
@@ -343,9 +359,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
             for (int i = 0; i < ATT_ROWS; i++) {
                 int kj = k0 + w * ATT_ROWS + i;
-                float p = visible(qi, kj, T_, s.window) ? expf(sc[i] - Lq) : 0.0f;
+                float y = cap_score(sc[i], s.softcap);
+                float p = visible(qi, kj, T_, s.window) ? expf(y - Lq) : 0.0f;
                 P[i * ATT_BK + lane] = p;
-                G[i * ATT_BK + lane] = p * (dp[i] - Dq);
+                G[i * ATT_BK + lane] = p * (dp[i] - Dq) * cap_grad(y, s.softcap);
             }
             __syncwarp();
             for (int jj = 0; jj < ATT_BK; jj += 4) {
@@ -538,8 +555,11 @@ __global__ void __launch_bounds__(MMA_THREADS)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 int j = kt * MMA_KT + n * 8 + 2 * t + e;
-                sc[n][e] = visible(qi0, j, T_, s.window) ? sc[n][e] * s.scale : -INFINITY;
-                sc[n][2 + e] = visible(qi1, j, T_, s.window) ? sc[n][2 + e] * s.scale : -INFINITY;
+                sc[n][e] = visible(qi0, j, T_, s.window) ? cap_score(sc[n][e] * s.scale, s.softcap)
+                                                         : -INFINITY;
+                sc[n][2 + e] = visible(qi1, j, T_, s.window)
+                                   ? cap_score(sc[n][2 + e] * s.scale, s.softcap)
+                                   : -INFINITY;
                 mx0 = fmaxf(mx0, sc[n][e]);
                 mx1 = fmaxf(mx1, sc[n][2 + e]);
             }
@@ -654,10 +674,12 @@ __global__ void __launch_bounds__(MMA_THREADS)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 int j = kt * MMA_KT + n * 8 + 2 * t + e;
-                float p0 = visible(qi0, j, T_, s.window) ? expf(sc[n][e] * s.scale - L0) : 0.0f;
-                float p1 = visible(qi1, j, T_, s.window) ? expf(sc[n][2 + e] * s.scale - L1) : 0.0f;
-                sc[n][e] = p0 * (dp[n][e] - D0); /* dS */
-                sc[n][2 + e] = p1 * (dp[n][2 + e] - D1);
+                float y0 = cap_score(sc[n][e] * s.scale, s.softcap);
+                float y1 = cap_score(sc[n][2 + e] * s.scale, s.softcap);
+                float p0 = visible(qi0, j, T_, s.window) ? expf(y0 - L0) : 0.0f;
+                float p1 = visible(qi1, j, T_, s.window) ? expf(y1 - L1) : 0.0f;
+                sc[n][e] = p0 * (dp[n][e] - D0) * cap_grad(y0, s.softcap); /* dS */
+                sc[n][2 + e] = p1 * (dp[n][2 + e] - D1) * cap_grad(y1, s.softcap);
             }
 #pragma unroll
         for (int kk = 0; kk < MMA_KT / 16; kk++) {
@@ -756,14 +778,14 @@ __global__ void __launch_bounds__(MMA_THREADS)
                 for (int e = 0; e < 2; e++) {
                     int jq = n * 8 + 2 * t + e, qi = qb + jq;
                     float Lq = Ls[jq], Dq = Ds[jq];
-                    float p0 =
-                        visible(qi, kj0, T_, s.window) ? expf(st[n][e] * s.scale - Lq) : 0.0f;
-                    float p1 =
-                        visible(qi, kj1, T_, s.window) ? expf(st[n][2 + e] * s.scale - Lq) : 0.0f;
+                    float y0 = cap_score(st[n][e] * s.scale, s.softcap);
+                    float y1 = cap_score(st[n][2 + e] * s.scale, s.softcap);
+                    float p0 = visible(qi, kj0, T_, s.window) ? expf(y0 - Lq) : 0.0f;
+                    float p1 = visible(qi, kj1, T_, s.window) ? expf(y1 - Lq) : 0.0f;
                     st[n][e] = p0; /* Pᵀ */
                     st[n][2 + e] = p1;
-                    dpt[n][e] = p0 * (dpt[n][e] - Dq); /* dSᵀ */
-                    dpt[n][2 + e] = p1 * (dpt[n][2 + e] - Dq);
+                    dpt[n][e] = p0 * (dpt[n][e] - Dq) * cap_grad(y0, s.softcap); /* dSᵀ */
+                    dpt[n][2 + e] = p1 * (dpt[n][2 + e] - Dq) * cap_grad(y1, s.softcap);
                 }
                 /* dV += Pᵀ dO, dK += dSᵀ Q */
 #pragma unroll
@@ -804,9 +826,36 @@ static int att_dp(int D) {
     return (D + 3) / 4 * 4;
 }
 
+/* The SIMT kernels' dynamic shared memory, bytes: forward, dQ, dK|dV. */
+static size_t att_smem_fwd(int DP) {
+    return sizeof(float) *
+           ((size_t)ATT_BQ * DP + 2 * (size_t)DP * ATT_LD + (size_t)ATT_WARPS * ATT_ROWS * ATT_BK);
+}
+static size_t att_smem_dq(int DP) {
+    return sizeof(float) * (2 * (size_t)ATT_BQ * DP + 2 * (size_t)DP * ATT_LD +
+                            (size_t)ATT_WARPS * ATT_ROWS * ATT_BK);
+}
+static size_t att_smem_dkv(int DP) {
+    return sizeof(float) * (2 * (size_t)ATT_BQ * DP + 2 * (size_t)DP * ATT_LD + 2 * (size_t)ATT_BK +
+                            2 * (size_t)ATT_BQ * ATT_BK);
+}
+
+extern "C" size_t gpu_attention_smem(int D) {
+    int DP = att_dp(D);
+    size_t a = att_smem_fwd(DP), b = att_smem_dq(DP), c = att_smem_dkv(DP);
+    return a > b ? (a > c ? a : c) : (b > c ? b : c);
+}
+
+/* The SIMT kernels' dimensions per lane: 2 up to 64, 4 up to 128, 8 up to 256
+ * (Gemma's head_dim). */
+static int att_dpl(int D) {
+    int DP = att_dp(D);
+    return DP <= 64 ? 2 : DP <= 128 ? 4 : 8;
+}
+
 static cudaError_t att_check(const gpu_attn_shape *s) {
     if (s->D < 2 || s->D > GPU_ATTN_MAX_D || s->KV < 1 || s->H % s->KV != 0 || s->T < 1 ||
-        s->B < 1 || s->H > 65535 || s->B > 65535 || s->window < 0)
+        s->B < 1 || s->H > 65535 || s->B > 65535 || s->window < 0 || !(s->softcap >= 0))
         return cudaErrorInvalidValue;
     return cudaSuccess;
 }
@@ -848,8 +897,7 @@ static cudaError_t att_forward(const gpu_attn_shape *s, const void *q, int ldq, 
                                int ldk, const void *v, int ldv, void *out, float *lse,
                                cudaStream_t stream) {
     int DP = att_dp(s->D);
-    size_t smem = sizeof(float) * ((size_t)ATT_BQ * DP + 2 * (size_t)DP * ATT_LD +
-                                   (size_t)ATT_WARPS * ATT_ROWS * ATT_BK);
+    size_t smem = att_smem_fwd(DP);
     dim3 grid((s->T + ATT_BQ - 1) / ATT_BQ, s->H, s->B);
     return att_launch(attn_fwd_kernel<T, DPL>, grid, ATT_THREADS, smem, stream, *s, DP,
                       (const T *)q, ldq, (const T *)k, ldk, (const T *)v, ldv, (T *)out, lse);
@@ -880,12 +928,14 @@ extern "C" cudaError_t gpu_attention_forward(const gpu_attn_shape *s, const void
         return s->D == 32   ? att_forward_mma<32>(s, q, ldq, k, ldk, v, ldv, out, lse, stream)
                : s->D == 64 ? att_forward_mma<64>(s, q, ldq, k, ldk, v, ldv, out, lse, stream)
                             : att_forward_mma<128>(s, q, ldq, k, ldk, v, ldv, out, lse, stream);
-    bool narrow = att_dp(s->D) <= 64;
+    int dpl = att_dpl(s->D);
     if (t == GPU_BF16)
-        return narrow ? att_forward<bf16, 2>(s, q, ldq, k, ldk, v, ldv, out, lse, stream)
-                      : att_forward<bf16, 4>(s, q, ldq, k, ldk, v, ldv, out, lse, stream);
-    return narrow ? att_forward<float, 2>(s, q, ldq, k, ldk, v, ldv, out, lse, stream)
-                  : att_forward<float, 4>(s, q, ldq, k, ldk, v, ldv, out, lse, stream);
+        return dpl == 2   ? att_forward<bf16, 2>(s, q, ldq, k, ldk, v, ldv, out, lse, stream)
+               : dpl == 4 ? att_forward<bf16, 4>(s, q, ldq, k, ldk, v, ldv, out, lse, stream)
+                          : att_forward<bf16, 8>(s, q, ldq, k, ldk, v, ldv, out, lse, stream);
+    return dpl == 2   ? att_forward<float, 2>(s, q, ldq, k, ldk, v, ldv, out, lse, stream)
+           : dpl == 4 ? att_forward<float, 4>(s, q, ldq, k, ldk, v, ldv, out, lse, stream)
+                      : att_forward<float, 8>(s, q, ldq, k, ldk, v, ldv, out, lse, stream);
 }
 
 /* δ = rowsum(dO ⊙ O), for either implementation. */
@@ -905,15 +955,13 @@ static cudaError_t att_backward(const gpu_attn_shape *s, const void *q, int ldq,
                                 const float *delta, void *dq, void *dk, void *dv,
                                 cudaStream_t stream) {
     int DP = att_dp(s->D);
-    size_t smem_q = sizeof(float) * (2 * (size_t)ATT_BQ * DP + 2 * (size_t)DP * ATT_LD +
-                                     (size_t)ATT_WARPS * ATT_ROWS * ATT_BK);
+    size_t smem_q = att_smem_dq(DP);
     dim3 grid_q((s->T + ATT_BQ - 1) / ATT_BQ, s->H, s->B);
     cudaError_t e = att_launch(attn_dq_kernel<T, DPL>, grid_q, ATT_THREADS, smem_q, stream, *s, DP,
                                (const T *)q, ldq, (const T *)k, ldk, (const T *)v, ldv,
                                (const T *)dout, lse, delta, (T *)dq);
     if (e != cudaSuccess) return e;
-    size_t smem_kv = sizeof(float) * (2 * (size_t)ATT_BQ * DP + 2 * (size_t)DP * ATT_LD +
-                                      2 * (size_t)ATT_BK + 2 * (size_t)ATT_BQ * ATT_BK);
+    size_t smem_kv = att_smem_dkv(DP);
     dim3 grid_kv((s->T + ATT_BQ - 1) / ATT_BQ, s->KV, s->B);
     return att_launch(attn_dkv_kernel<T, DPL>, grid_kv, ATT_THREADS, smem_kv, stream, *s, DP,
                       (const T *)q, ldq, (const T *)k, ldk, (const T *)v, ldv, (const T *)dout, lse,
@@ -962,31 +1010,36 @@ extern "C" cudaError_t gpu_attention_backward(const gpu_attn_shape *s, const voi
                                                    dk, dv, stream)
                             : att_backward_mma<128>(s, q, ldq, k, ldk, v, ldv, dout, lse, delta, dq,
                                                     dk, dv, stream);
-    bool narrow = att_dp(s->D) <= 64;
+    int dpl = att_dpl(s->D);
     if (t == GPU_BF16)
-        return narrow ? att_backward<bf16, 2>(s, q, ldq, k, ldk, v, ldv, dout, lse, delta, dq, dk,
-                                              dv, stream)
-                      : att_backward<bf16, 4>(s, q, ldq, k, ldk, v, ldv, dout, lse, delta, dq, dk,
-                                              dv, stream);
-    return narrow ? att_backward<float, 2>(s, q, ldq, k, ldk, v, ldv, dout, lse, delta, dq, dk, dv,
-                                           stream)
-                  : att_backward<float, 4>(s, q, ldq, k, ldk, v, ldv, dout, lse, delta, dq, dk, dv,
-                                           stream);
+        return dpl == 2 ? att_backward<bf16, 2>(s, q, ldq, k, ldk, v, ldv, dout, lse, delta, dq, dk,
+                                                dv, stream)
+               : dpl == 4 ? att_backward<bf16, 4>(s, q, ldq, k, ldk, v, ldv, dout, lse, delta, dq,
+                                                  dk, dv, stream)
+                          : att_backward<bf16, 8>(s, q, ldq, k, ldk, v, ldv, dout, lse, delta, dq,
+                                                  dk, dv, stream);
+    return dpl == 2   ? att_backward<float, 2>(s, q, ldq, k, ldk, v, ldv, dout, lse, delta, dq, dk,
+                                             dv, stream)
+           : dpl == 4 ? att_backward<float, 4>(s, q, ldq, k, ldk, v, ldv, dout, lse, delta, dq, dk,
+                                               dv, stream)
+                      : att_backward<float, 8>(s, q, ldq, k, ldk, v, ldv, dout, lse, delta, dq, dk,
+                                               dv, stream);
 }
 
 /* ---- decode: new query rows against a key/value cache (generation) ------------------
  * One block per (new row, head): the row's scaled query sits in shared
  * memory; keys pass in chunks of DEC_THREADS, thread j scoring key j0 + j
  * (a dot product over D), then the chunk's probabilities go through shared
- * memory to the threads that own an output dimension (thread d < D), which
- * accumulate Σ p_j v_j[d]. Online softmax across chunks, as in the forward
+ * memory to the threads that own an output dimension (thread t owns
+ * d = t + u·DEC_THREADS, u < DEC_DIMS: two dimensions each at Gemma's D of
+ * 256), which accumulate Σ p_j v_j[d]. Online softmax across chunks, as in the forward
  * kernel. Generation feeds one row at a time, where a block per (row, head)
  * has nothing to tile; a prompt's prefill feeds many, each reading every key
  * before it, which is the forward's work without its tiling and cheap next to
  * the GEMMs for the prompt lengths generation sees. */
 #define DEC_THREADS 128
 #define DEC_WARPS (DEC_THREADS / 32)
-static_assert(DEC_THREADS >= GPU_ATTN_MAX_D, "a thread per output dimension");
+#define DEC_DIMS ((GPU_ATTN_MAX_D + DEC_THREADS - 1) / DEC_THREADS) /* output dims per thread */
 
 template <typename T>
 __global__ void __launch_bounds__(DEC_THREADS)
@@ -1001,7 +1054,9 @@ __global__ void __launch_bounds__(DEC_THREADS)
     for (int d = tid; d < D; d += DEC_THREADS)
         qs[d] = ldf(q, (int64_t)i * ldq + h * D + d) * s.scale;
     __syncthreads();
-    float m = -INFINITY, l = 0, acc = 0; /* acc: output dimension tid */
+    float m = -INFINITY, l = 0, acc[DEC_DIMS]; /* acc[u]: output dimension tid + u·DEC_THREADS */
+#pragma unroll
+    for (int u = 0; u < DEC_DIMS; u++) acc[u] = 0;
     /* j0 <= qi for the whole block: every chunk has at least one visible key
      * (key j0), so the block's max is finite. */
     for (int j0 = first_key(qi, s.window); j0 <= qi; j0 += DEC_THREADS) {
@@ -1011,7 +1066,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
             const int64_t kb = (int64_t)j * ldk + (int64_t)kvh * D;
             float dot = 0;
             for (int d = 0; d < D; d++) dot += qs[d] * ldf(k, kb + d);
-            x = dot;
+            x = cap_score(dot, s.softcap);
         }
         float bm = warp_max(x);
         if (lane == 0) red[w] = bm;
@@ -1032,23 +1087,30 @@ __global__ void __launch_bounds__(DEC_THREADS)
         for (int u = 0; u < DEC_WARPS; u++) bs += red[u];
         l = l * corr + bs;
         m = mn;
-        if (tid < D) {
-            const int cnt = min(DEC_THREADS, qi - j0 + 1);
-            const int64_t vb = (int64_t)kvh * D + tid;
+        const int cnt = min(DEC_THREADS, qi - j0 + 1);
+#pragma unroll
+        for (int u = 0; u < DEC_DIMS; u++) {
+            const int d = tid + u * DEC_THREADS;
+            if (d >= D) break;
+            const int64_t vb = (int64_t)kvh * D + d;
             float a = 0;
             for (int t = 0; t < cnt; t++) a += ps[t] * ldf(v, (int64_t)(j0 + t) * ldv + vb);
-            acc = acc * corr + a;
+            acc[u] = acc[u] * corr + a;
         }
         __syncthreads(); /* ps and red are rewritten by the next chunk */
     }
-    if (tid < D) stf(out, (int64_t)i * s.H * D + (int64_t)h * D + tid, acc / l);
+#pragma unroll
+    for (int u = 0; u < DEC_DIMS; u++) {
+        const int d = tid + u * DEC_THREADS;
+        if (d < D) stf(out, (int64_t)i * s.H * D + (int64_t)h * D + d, acc[u] / l);
+    }
 }
 
 extern "C" cudaError_t gpu_attention_decode(const gpu_attn_shape *s, int n, int pos, const void *q,
                                             int ldq, const void *k, int ldk, const void *v, int ldv,
                                             void *out, gpu_dtype t, cudaStream_t stream) {
     if (s->D < 1 || s->D > GPU_ATTN_MAX_D || s->KV < 1 || s->H % s->KV != 0 || s->H > 65535 ||
-        s->B != 1 || s->window < 0 || n < 1 || pos < 0)
+        s->B != 1 || s->window < 0 || !(s->softcap >= 0) || n < 1 || pos < 0)
         return cudaErrorInvalidValue;
     dim3 grid((unsigned)n, (unsigned)s->H);
     if (t == GPU_BF16)

@@ -18,8 +18,9 @@
 /* ---- views ------------------------------------------------------------------------------ */
 
 /* A layer's q, k, v inside its N·W block: QKV_SEPARATE three contiguous
- * matrices, QKV_FUSED the column thirds of one (N, 3C) matrix (model_cpu's
- * block_attn.c). rows: the rows the block holds (N, or T for decoding). */
+ * matrices, QKV_FUSED the columns q (H·D) | k (KV·D) | v (KV·D) of one
+ * (N, W) matrix (model_cpu's block_attn.c). rows: the rows the block holds
+ * (N, or T for decoding). */
 typedef struct {
     void *q, *k, *v;
     int ldq, ldk, ldv;
@@ -30,7 +31,7 @@ static qkv_view qkv_at(const gpu_model *g, void *base, size_t rows) {
     int HD = c->num_heads * c->head_dim, KVD = c->num_kv_heads * c->head_dim;
     if (c->block.qkv == MODEL_QKV_FUSED)
         return (qkv_view){
-            base, gpu_elem(g, base, HD), gpu_elem(g, base, 2 * (size_t)HD), g->W, g->W, g->W};
+            base, gpu_elem(g, base, HD), gpu_elem(g, base, (size_t)HD + KVD), g->W, g->W, g->W};
     return (qkv_view){
         base, gpu_elem(g, base, rows * HD), gpu_elem(g, base, rows * (HD + KVD)), HD, KVD, KVD};
 }
@@ -49,16 +50,33 @@ static size_t layer_off(const gpu_model *g, int l, size_t per_row) {
     return (size_t)l * g->N * per_row;
 }
 
-static gpu_attn_shape attn_shape(const gpu_model *g) {
+/* Layer l's attention: its window, the score scale and soft-capping. */
+static gpu_attn_shape attn_shape(const gpu_model *g, int l) {
     const model_config *c = &g->cfg;
     return (gpu_attn_shape){.B = g->B,
                             .T = g->T,
                             .H = c->num_heads,
                             .KV = c->num_kv_heads,
                             .D = c->head_dim,
-                            .window = c->sliding_window,
-                            .scale = (float)(1.0 / sqrt((double)c->head_dim)),
+                            .window = model_config_window(c, l),
+                            .scale = (float)model_config_attn_scale(c),
+                            .softcap = (float)c->attn_softcap,
                             .impl = g->opt.simt_attention ? GPU_ATTN_SIMT : GPU_ATTN_AUTO};
+}
+
+/* Layer l's RoPE tables (T, R/2): Gemma 3's local one on sliding layers,
+ * else the global one of this pass's length (LongRoPE: short or long). */
+static void layer_rope(const gpu_model *g, int l, const float **cs, const float **sn) {
+    if (model_config_local_rope(&g->cfg, l)) {
+        *cs = g->rope_lcos;
+        *sn = g->rope_lsin;
+    } else if (g->rope_long) {
+        *cs = g->rope_long_cos;
+        *sn = g->rope_long_sin;
+    } else {
+        *cs = g->rope_cos;
+        *sn = g->rope_sin;
+    }
 }
 
 static int has_lora(const gpu_linear *l) {
@@ -186,9 +204,10 @@ static int qkv_forward(gpu_model *g, int l, const void *h, const qkv_view *dst, 
                        int T_rope) {
     const model_config *c = &g->cfg;
     const gpu_layer *L = &g->layers[l];
-    int N = g->N, half = c->head_dim / 2;
-    if (c->block.qkv == MODEL_QKV_FUSED) return gpu_linear_forward(g, &L->qkv, h, dst->q, g->dt, 0);
-    if (g->QK) {
+    int N = g->N, R = model_config_rope_dim(c), half = R / 2;
+    if (c->block.qkv == MODEL_QKV_FUSED) {
+        OK(gpu_linear_forward(g, &L->qkv, h, dst->q, g->dt, 0));
+    } else if (g->QK) {
         float *q_raw = g->qk_raw + layer_off(g, l, g->QK);
         OK(gpu_linear_forward(g, &L->q, h, q_raw, GPU_F32, 0));
         OK(gpu_linear_forward(g, &L->k, h, q_raw + (size_t)N * c->num_heads * c->head_dim, GPU_F32,
@@ -201,10 +220,13 @@ static int qkv_forward(gpu_model *g, int l, const void *h, const qkv_view *dst, 
         OK(gpu_linear_forward(g, &L->v, h, dst->v, g->dt, 0));
     }
     if (c->block.pos == MODEL_POS_ROPE) {
-        const float *cs = g->rope_cos + (size_t)pos * half, *sn = g->rope_sin + (size_t)pos * half;
-        CU(gpu_rope(dst->q, g->dt, dst->ldq, N, T_rope, c->num_heads, c->head_dim, cs, sn, 0,
+        const float *cs, *sn;
+        layer_rope(g, l, &cs, &sn);
+        cs += (size_t)pos * half;
+        sn += (size_t)pos * half;
+        CU(gpu_rope(dst->q, g->dt, dst->ldq, N, T_rope, c->num_heads, c->head_dim, R, cs, sn, 0,
                     g->stream));
-        CU(gpu_rope(dst->k, g->dt, dst->ldk, N, T_rope, c->num_kv_heads, c->head_dim, cs, sn, 0,
+        CU(gpu_rope(dst->k, g->dt, dst->ldk, N, T_rope, c->num_kv_heads, c->head_dim, R, cs, sn, 0,
                     g->stream));
     }
     return 0;
@@ -218,7 +240,7 @@ static int attn_forward(gpu_model *g, int l, const void *h, void *y, gpu_dtype y
     const model_config *c = &g->cfg;
     const gpu_layer *L = &g->layers[l];
     int HD = c->num_heads * c->head_dim;
-    gpu_attn_shape as = attn_shape(g);
+    gpu_attn_shape as = attn_shape(g, l);
     if (pos < 0) {
         qkv_view qv = qkv_at(g, gpu_elem(g, g->qkv, layer_off(g, l, g->W)), (size_t)g->N);
         void *att = gpu_elem(g, g->att, layer_off(g, l, HD));
@@ -253,17 +275,20 @@ static int attn_backward(gpu_model *g, int l, const void *h, const void *dy, flo
     qkv_view qv = qkv_at(g, gpu_elem(g, g->qkv, layer_off(g, l, g->W)), (size_t)N);
     qkv_view dqv = qkv_at(g, g->dqkv, (size_t)N);
     void *att = gpu_elem(g, g->att, layer_off(g, l, HD));
-    gpu_attn_shape as = attn_shape(g);
+    gpu_attn_shape as = attn_shape(g, l);
     float *lse = g->att_lse + layer_off(g, l, c->num_heads); /* (B, H, T) of layer l */
 
     OK(gpu_linear_backward(g, &L->o, att, dy, g->datt, g->dt, 0));
     CU(gpu_attention_backward(&as, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att, g->datt, lse,
                               g->att_delta, dqv.q, dqv.k, dqv.v, g->dt, g->stream));
     if (c->block.pos == MODEL_POS_ROPE) {
-        CU(gpu_rope(dqv.q, g->dt, dqv.ldq, N, g->T, c->num_heads, c->head_dim, g->rope_cos,
-                    g->rope_sin, 1, g->stream));
-        CU(gpu_rope(dqv.k, g->dt, dqv.ldk, N, g->T, c->num_kv_heads, c->head_dim, g->rope_cos,
-                    g->rope_sin, 1, g->stream));
+        const float *cs, *sn;
+        int R = model_config_rope_dim(c);
+        layer_rope(g, l, &cs, &sn);
+        CU(gpu_rope(dqv.q, g->dt, dqv.ldq, N, g->T, c->num_heads, c->head_dim, R, cs, sn, 1,
+                    g->stream));
+        CU(gpu_rope(dqv.k, g->dt, dqv.ldk, N, g->T, c->num_kv_heads, c->head_dim, R, cs, sn, 1,
+                    g->stream));
     }
     if (c->block.qkv == MODEL_QKV_FUSED)
         return gpu_linear_backward(g, &L->qkv, h, g->dqkv, dh, GPU_F32, accumulate_dh);
@@ -289,12 +314,33 @@ static int attn_needs_input(const gpu_layer *L) {
 static int mlp_act(gpu_model *g, int l, const void *fa, const void *fb) {
     const model_config *c = &g->cfg;
     int64_t n = (int64_t)g->N * c->intermediate_size;
-    if (c->block.mlp == MODEL_MLP_GATED)
+    if (model_block_gated(&c->block) && c->block.act == MODEL_ACT_GELU_TANH)
+        CU(gpu_geglu_forward(g->act, fa, fb, g->dt, n, g->stream));
+    else if (model_block_gated(&c->block))
         CU(gpu_swiglu_forward(g->act, fa, fb, g->dt, n, g->stream));
     else if (c->block.act == MODEL_ACT_XIELU)
         CU(gpu_xielu_forward(g->act, fa, g->dt, n, &g->layers[l].xielu, g->stream));
     else
         CU(gpu_gelu_forward(g->act, fa, g->dt, n, g->stream));
+    return 0;
+}
+
+/* Columns [0, F) and [F, 2F) of fc_fused (N, 2F) into a and b (N, F), or
+ * back (join): Phi-3's gate_up_proj. */
+static int split_halves(gpu_model *g, void *a, void *b, int join) {
+    size_t ts = gpu_dtype_size(g->dt), row = (size_t)g->cfg.intermediate_size * ts;
+    void *half2 = (char *)g->fc_fused + row;
+    if (join) {
+        CU(cudaMemcpy2DAsync(g->fc_fused, 2 * row, a, row, row, (size_t)g->N,
+                             cudaMemcpyDeviceToDevice, g->stream));
+        CU(cudaMemcpy2DAsync(half2, 2 * row, b, row, row, (size_t)g->N, cudaMemcpyDeviceToDevice,
+                             g->stream));
+    } else {
+        CU(cudaMemcpy2DAsync(a, row, g->fc_fused, 2 * row, row, (size_t)g->N,
+                             cudaMemcpyDeviceToDevice, g->stream));
+        CU(cudaMemcpy2DAsync(b, row, half2, 2 * row, row, (size_t)g->N, cudaMemcpyDeviceToDevice,
+                             g->stream));
+    }
     return 0;
 }
 
@@ -306,7 +352,10 @@ static int mlp_forward(gpu_model *g, int l, const void *h, void *y, gpu_dtype yt
     int F = c->intermediate_size;
     void *fa = gpu_elem(g, g->fc_a, layer_off(g, l, F));
     void *fb = g->fc_b ? gpu_elem(g, g->fc_b, layer_off(g, l, F)) : NULL;
-    if (c->block.mlp == MODEL_MLP_GATED) {
+    if (c->block.mlp == MODEL_MLP_GATED_FUSED) {
+        OK(gpu_linear_forward(g, &L->up, h, g->fc_fused, g->dt, 0));
+        OK(split_halves(g, fa, fb, 0));
+    } else if (c->block.mlp == MODEL_MLP_GATED) {
         OK(gpu_linear_forward(g, &L->gate, h, fa, g->dt, 0));
         OK(gpu_linear_forward(g, &L->up, h, fb, g->dt, 0));
     } else {
@@ -326,8 +375,15 @@ static int mlp_backward(gpu_model *g, int l, const void *h, const void *dy, floa
     void *fb = g->fc_b ? gpu_elem(g, g->fc_b, layer_off(g, l, F)) : NULL;
     if (has_lora(&L->down)) OK(mlp_act(g, l, fa, fb));
     OK(gpu_linear_backward(g, &L->down, g->act, dy, g->dfa, g->dt, 0));
-    if (c->block.mlp == MODEL_MLP_GATED) {
-        CU(gpu_swiglu_backward(g->dfa, g->dfb, g->dfa, fa, fb, g->dt, n, g->stream));
+    if (model_block_gated(&c->block)) {
+        if (c->block.act == MODEL_ACT_GELU_TANH)
+            CU(gpu_geglu_backward(g->dfa, g->dfb, g->dfa, fa, fb, g->dt, n, g->stream));
+        else
+            CU(gpu_swiglu_backward(g->dfa, g->dfb, g->dfa, fa, fb, g->dt, n, g->stream));
+        if (c->block.mlp == MODEL_MLP_GATED_FUSED) {
+            OK(split_halves(g, g->dfa, g->dfb, 1));
+            return gpu_linear_backward(g, &L->up, h, g->fc_fused, dh, GPU_F32, accumulate_dh);
+        }
         OK(gpu_linear_backward(g, &L->gate, h, g->dfa, dh, GPU_F32, accumulate_dh));
         return gpu_linear_backward(g, &L->up, h, g->dfb, dh, GPU_F32, 1);
     }

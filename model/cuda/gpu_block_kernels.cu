@@ -1,7 +1,9 @@
 /* gpu_block_kernels.cu — the kernels of the block options beyond Llama's and
  * GPT-2's (model/config.h, model_block): xIELU (model/cpu/act.c has the
- * formula), and the residual add behind a post-norm. QK-norm and the
- * post-norms themselves are gpu_rmsnorm_* over other rows (gpu_block.c). */
+ * formula), the residual add behind a post-norm, GeGLU (Gemma; ops.c) and
+ * soft-capping (Gemma 2's logits; softcap.c). QK-norm and the post-norms
+ * themselves are gpu_rmsnorm_* over other rows (gpu_block.c); Gemma's
+ * (1 + w) norms are those kernels over weights uploaded as 1 + w. */
 #include "model/cuda/gpu_device.cuh"
 
 /* y = x + (…): the residual add after a post-norm, fp32. */
@@ -67,5 +69,94 @@ extern "C" cudaError_t gpu_xielu_backward(void *dx, const void *dy, const void *
     else
         xielu_bwd_kernel<<<b, 256, 0, stream>>>((float *)dx, (const float *)dy, (const float *)x, n,
                                                 *k);
+    return cudaGetLastError();
+}
+
+/* GeGLU: act = gelu_tanh(g) · u (cpu_geglu_forward), the GELU rounded to fp32
+ * before the product. */
+#define GEGLU_K 0.7978845608028654f /* sqrt(2/pi) */
+#define GEGLU_C 0.044715f
+
+template <typename T> __global__ void geglu_fwd_kernel(T *act, const T *g, const T *u, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float v = ldf(g, i);
+        float a = 0.5f * v * (1.0f + tanhf(GEGLU_K * (v + GEGLU_C * v * v * v)));
+        stf(act, i, a * ldf(u, i));
+    }
+}
+
+/* du = dact · gelu(g), dg = dact · u · gelu'(g) (cpu_geglu_backward). */
+template <typename T>
+__global__ void geglu_bwd_kernel(T *dg, T *du, const T *dact, const T *g, const T *u, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float v = ldf(g, i), d = ldf(dact, i), uu = ldf(u, i);
+        float t = tanhf(GEGLU_K * (v + GEGLU_C * v * v * v));
+        float a = 0.5f * v * (1.0f + t);
+        float da = 0.5f * (1.0f + t) +
+                   0.5f * v * (1.0f - t * t) * GEGLU_K * (1.0f + 3.0f * GEGLU_C * v * v);
+        stf(du, i, d * a);
+        stf(dg, i, d * uu * da);
+    }
+}
+
+extern "C" cudaError_t gpu_geglu_forward(void *act, const void *g, const void *u, gpu_dtype t,
+                                         int64_t n, cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    unsigned b = gpu_grid(n, 256);
+    if (t == GPU_BF16)
+        geglu_fwd_kernel<<<b, 256, 0, stream>>>((bf16 *)act, (const bf16 *)g, (const bf16 *)u, n);
+    else
+        geglu_fwd_kernel<<<b, 256, 0, stream>>>((float *)act, (const float *)g, (const float *)u,
+                                                n);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t gpu_geglu_backward(void *dg, void *du, const void *dact, const void *g,
+                                          const void *u, gpu_dtype t, int64_t n,
+                                          cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    unsigned b = gpu_grid(n, 256);
+    if (t == GPU_BF16)
+        geglu_bwd_kernel<<<b, 256, 0, stream>>>((bf16 *)dg, (bf16 *)du, (const bf16 *)dact,
+                                                (const bf16 *)g, (const bf16 *)u, n);
+    else
+        geglu_bwd_kernel<<<b, 256, 0, stream>>>((float *)dg, (float *)du, (const float *)dact,
+                                                (const float *)g, (const float *)u, n);
+    return cudaGetLastError();
+}
+
+/* x = cap · tanh(x / cap): the logits' soft-capping (cpu_softcap_forward). */
+__global__ void softcap_kernel(float *x, int64_t n, float cap) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        x[i] = tanhf(x[i] / cap) * cap;
+}
+
+/* dx *= 1 − (y / cap)², y the capped values: d cap·tanh(z / cap) / dz. */
+template <typename T>
+__global__ void softcap_bwd_kernel(T *dx, const float *y, int64_t n, float cap) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float t = y[i] / cap;
+        stf(dx, i, ldf(dx, i) * (1.0f - t * t));
+    }
+}
+
+extern "C" cudaError_t gpu_softcap(float *x, int64_t n, float cap, cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    softcap_kernel<<<gpu_grid(n, 256), 256, 0, stream>>>(x, n, cap);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t gpu_softcap_backward(void *dx, gpu_dtype t, const float *y, int64_t n,
+                                            float cap, cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    unsigned b = gpu_grid(n, 256);
+    if (t == GPU_BF16)
+        softcap_bwd_kernel<<<b, 256, 0, stream>>>((bf16 *)dx, y, n, cap);
+    else
+        softcap_bwd_kernel<<<b, 256, 0, stream>>>((float *)dx, y, n, cap);
     return cudaGetLastError();
 }

@@ -79,7 +79,10 @@ struct gpu_model {
     void *wte, *wpe, *lm_head; /* (V, C), (max_position, C) GPT-2 only, (V, C) maybe == wte */
     gpu_norm norm_f;
     gpu_layer *layers;
-    float *rope_cos, *rope_sin; /* (T, D/2), Llama family */
+    float *rope_cos, *rope_sin;           /* (T, R/2): the global RoPE (LongRoPE: short) */
+    float *rope_long_cos, *rope_long_sin; /* (T, R/2) LongRoPE's long factors, or NULL */
+    float *rope_lcos, *rope_lsin;         /* (T, R/2) Gemma 3's local RoPE, or NULL */
+    int rope_long; /* this pass rotates with the long factors (by its length) */
 
     /* adapter: flat fp32 arrays in lora_tensor order (A0, B0, A1, B1, …) */
     int n_lora;
@@ -113,6 +116,7 @@ struct gpu_model {
     float *att_delta;  /* (B, H, T) backward scratch */
     void *att;         /* (L, N, H·D) */
     void *fc_a, *fc_b; /* (L, N, F); fc_b gated MLPs only */
+    void *fc_fused;    /* (N, 2F) GATED_FUSED: gate_up's output, then its gradient */
     void *act;         /* (N, F) down's input */
     void *nbuf;        /* (N, C) a norm's output */
     void *xf;          /* (N, C) the final norm's output */

@@ -340,12 +340,12 @@ extern "C" cudaError_t gpu_gelu_backward(void *dx, const void *dy, const void *x
     return cudaGetLastError();
 }
 
-/* ---- rotary embedding (rope.c): pairs (i, i + D/2) of each head ---------------------- */
+/* ---- rotary embedding (rope.c): pairs (i, i + R/2) of each head's first R dims ---------- */
 
 template <typename T>
-__global__ void rope_kernel(T *x, int ld, int N, int T_, int nheads, int D, const float *cos_t,
-                            const float *sin_t, float sign) {
-    int half = D / 2;
+__global__ void rope_kernel(T *x, int ld, int N, int T_, int nheads, int D, int R,
+                            const float *cos_t, const float *sin_t, float sign) {
+    int half = R / 2;
     int64_t total = (int64_t)N * nheads * half;
     for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
          idx += (int64_t)gridDim.x * blockDim.x) {
@@ -363,16 +363,16 @@ __global__ void rope_kernel(T *x, int ld, int N, int T_, int nheads, int D, cons
 }
 
 extern "C" cudaError_t gpu_rope(void *x, gpu_dtype t, int ld, int N, int T, int nheads, int D,
-                                const float *cos_t, const float *sin_t, int inverse,
+                                int R, const float *cos_t, const float *sin_t, int inverse,
                                 cudaStream_t stream) {
-    int64_t total = (int64_t)N * nheads * (D / 2);
+    int64_t total = (int64_t)N * nheads * (R / 2);
     if (total <= 0) return cudaSuccess;
     unsigned b = gpu_grid(total, 256);
     float sign = inverse ? -1.0f : 1.0f;
     if (t == GPU_BF16)
-        rope_kernel<<<b, 256, 0, stream>>>((bf16 *)x, ld, N, T, nheads, D, cos_t, sin_t, sign);
+        rope_kernel<<<b, 256, 0, stream>>>((bf16 *)x, ld, N, T, nheads, D, R, cos_t, sin_t, sign);
     else
-        rope_kernel<<<b, 256, 0, stream>>>((float *)x, ld, N, T, nheads, D, cos_t, sin_t, sign);
+        rope_kernel<<<b, 256, 0, stream>>>((float *)x, ld, N, T, nheads, D, R, cos_t, sin_t, sign);
     return cudaGetLastError();
 }
 

@@ -114,10 +114,22 @@ cudaError_t gpu_xielu_backward(void *dx, const void *dy, const void *x, gpu_dtyp
                                const gpu_xielu *k, cudaStream_t stream);
 /* y += x, n fp32 values (a post-norm's residual add). */
 cudaError_t gpu_add_f32(float *y, const float *x, int64_t n, cudaStream_t stream);
+/* GeGLU (Gemma): act = gelu_tanh(g) · u, n values of type t; backward as
+ * gpu_swiglu_backward's (dg may be dact). cpu_geglu_forward/backward. */
+cudaError_t gpu_geglu_forward(void *act, const void *g, const void *u, gpu_dtype t, int64_t n,
+                              cudaStream_t stream);
+cudaError_t gpu_geglu_backward(void *dg, void *du, const void *dact, const void *g, const void *u,
+                               gpu_dtype t, int64_t n, cudaStream_t stream);
+/* Soft-capping (softcap.c): x = cap · tanh(x / cap) in place, n fp32 values;
+ * its backward dx (type t) *= 1 − (y / cap)², y the capped values. */
+cudaError_t gpu_softcap(float *x, int64_t n, float cap, cudaStream_t stream);
+cudaError_t gpu_softcap_backward(void *dx, gpu_dtype t, const float *y, int64_t n, float cap,
+                                 cudaStream_t stream);
 
-/* ---- rotary embedding: in place on x of type t, cpu_rope_apply's contract;
- * cos_t, sin_t (T, D/2) fp32 from cpu_rope_table. ---- */
-cudaError_t gpu_rope(void *x, gpu_dtype t, int ld, int N, int T, int nheads, int D,
+/* ---- rotary embedding: in place on x of type t, cpu_rope_apply's contract
+ * (the first R of each head's D dimensions); cos_t, sin_t (T, R/2) fp32 from
+ * cpu_rope_table. ---- */
+cudaError_t gpu_rope(void *x, gpu_dtype t, int ld, int N, int T, int nheads, int D, int R,
                      const float *cos_t, const float *sin_t, int inverse, cudaStream_t stream);
 
 /* ---- cross-entropy over a chunk of rows ------------------------------------------
@@ -134,9 +146,10 @@ cudaError_t gpu_xent(const float *logits, const int32_t *targets, int N, int V, 
  * stride ldq with head h at column h·D, k and v likewise with kv heads;
  * query head h reads kv head h / (H / KV); out (N, H·D) contiguous; lse
  * (B, H, T). No (T, T) matrix is stored: forward keeps each row's
- * log-sum-exp and backward recomputes the probabilities from it. D <= 128.
+ * log-sum-exp and backward recomputes the probabilities from it. D <=
+ * GPU_ATTN_MAX_D (256).
  *
- * Two implementations: fp32 arithmetic on CUDA cores (any D, either storage
+ * Two implementations: fp32 arithmetic on CUDA cores (any D up to 256, either storage
  * type: the reference) and bf16 tensor cores (mma.sync, fp32 accumulation;
  * bf16 storage, D of 32, 64 or 128, 16-byte aligned q/k/v/out with row
  * strides a multiple of 8). GPU_ATTN_AUTO takes the tensor cores where they
@@ -147,10 +160,15 @@ typedef struct {
     int B, T, H, KV, D;
     int window; /* 0: full causal; else key j is visible to query i iff i − window < j ≤ i */
     float scale;
+    float softcap;      /* scores s become softcap · tanh(s / softcap) before the mask; 0: none */
     gpu_attn_impl impl; /* GPU_ATTN_MMA where it does not apply: cudaErrorInvalidValue */
 } gpu_attn_shape;
 
-#define GPU_ATTN_MAX_D 128
+#define GPU_ATTN_MAX_D 256 /* tensor cores: 32, 64, 128; CUDA cores: up to 256 (Gemma) */
+
+/* The dynamic shared memory the CUDA-core kernels need per block at head
+ * dim D, bytes (over 48 KB they opt in: a device must allow that much). */
+size_t gpu_attention_smem(int D);
 
 cudaError_t gpu_attention_forward(const gpu_attn_shape *s, const void *q, int ldq, const void *k,
                                   int ldk, const void *v, int ldv, void *out, float *lse,

@@ -146,9 +146,43 @@ static int upload_f32(gpu_model *g, float **dst, const model_param *p) {
     return upload_param(g, (void **)dst, p, GPU_F32);
 }
 
+/* A host array of n floats into a new device buffer. */
+static int upload_host(gpu_model *g, float **dst, const float *src, size_t n) {
+    OK(gpu_alloc(g, (void **)dst, n * sizeof(float)));
+    CU(cudaMemcpyAsync(*dst, src, n * sizeof(float), cudaMemcpyHostToDevice, g->stream));
+    CU(cudaStreamSynchronize(g->stream)); /* src may be freed after */
+    return 0;
+}
+
+/* Gemma's norms (RMS_1P) go up as 1 + w, rounded to fp32 as its
+ * (1.0 + weight.float()): the RMSNorm kernels then compute x̂ · (1 + w),
+ * forward and dx alike (the frozen base needs no dw). */
 static int upload_norm(gpu_model *g, gpu_norm *d, const model_norm *n) {
+    if (n->w && g->cfg.block.norm == MODEL_NORM_RMS_1P) {
+        size_t k = (size_t)n->w->numel;
+        float *h = malloc(k * sizeof *h);
+        if (!h) return err_set("out of host memory uploading %s", n->w->name);
+        model_param_read(n->w, 0, (int64_t)k, h);
+        for (size_t i = 0; i < k; i++) h[i] = 1.0f + h[i];
+        int rc = upload_host(g, &d->w, h, k);
+        free(h);
+        return rc;
+    }
     OK(upload_f32(g, &d->w, n->w));
     return upload_f32(g, &d->b, n->b);
+}
+
+/* One RoPE table pair (T, R/2) (cpu_rope_table_for), cos then sin in one buffer. */
+static int upload_rope(gpu_model *g, float **cs, float **sn, int local, int long_factors) {
+    size_t n = (size_t)g->T * (size_t)(model_config_rope_dim(&g->cfg) / 2);
+    float *ct = malloc(2 * n * sizeof *ct);
+    if (!ct) return err_set("out of memory for the RoPE table");
+    cpu_rope_table_for(ct, ct + n, &g->cfg, g->T, local, long_factors);
+    int rc = upload_host(g, cs, ct, 2 * n);
+    free(ct);
+    if (rc != 0) return -1;
+    *sn = *cs + n;
+    return 0;
 }
 
 static int upload_linear(gpu_model *g, gpu_linear *d, const model_linear *l) {
@@ -243,7 +277,7 @@ static int alloc_acts(gpu_model *g) {
     size_t S = GPU_NORMS * L + 1; /* norm slots */
     size_t ts = gpu_dtype_size(g->dt), f4 = sizeof(float);
     size_t bht = (size_t)g->B * c->num_heads * g->T;
-    int gated = bk->mlp == MODEL_MLP_GATED;
+    int gated = model_block_gated(bk);
     OK(gpu_alloc(g, (void **)&g->d_tokens, N * sizeof(int32_t)));
     OK(gpu_alloc(g, (void **)&g->d_targets, N * sizeof(int32_t)));
     OK(gpu_alloc(g, (void **)&g->resid, P * N * C * f4));
@@ -270,6 +304,7 @@ static int alloc_acts(gpu_model *g) {
     OK(gpu_alloc(g, &g->att, L * N * HD * ts));
     OK(gpu_alloc(g, &g->fc_a, L * N * F * ts));
     if (gated) OK(gpu_alloc(g, &g->fc_b, L * N * F * ts));
+    if (bk->mlp == MODEL_MLP_GATED_FUSED) OK(gpu_alloc(g, &g->fc_fused, N * 2 * F * ts));
     OK(gpu_alloc(g, &g->act, N * F * ts));
     OK(gpu_alloc(g, &g->nbuf, N * C * ts));
     OK(gpu_alloc(g, &g->xf, N * C * ts));
@@ -282,7 +317,8 @@ static int alloc_acts(gpu_model *g) {
     if (rows > g->N) rows = g->N;
     g->head_rows = rows;
     OK(gpu_alloc(g, (void **)&g->logits, (size_t)rows * V * f4));
-    if (g->dt == GPU_BF16)
+    /* soft-capped logits: the backward needs them next to their gradient */
+    if (g->dt == GPU_BF16 || c->final_softcap)
         OK(gpu_alloc(g, &g->dlogits, (size_t)rows * V * ts));
     else
         g->dlogits = g->logits;
@@ -337,20 +373,10 @@ static int upload(gpu_model *g, const model *m, const lora_set *s) {
             OK(upload_linear(g, gpu_slot(G, j), cpu_slot(L, j)));
     }
     if (c->block.pos == MODEL_POS_ROPE) {
-        size_t n = (size_t)g->T * (c->head_dim / 2);
-        float *ct = malloc(2 * n * sizeof *ct);
-        if (!ct) return err_set("out of memory for the RoPE table");
-        cpu_rope_table(ct, ct + n, c, g->T);
-        int rc = gpu_alloc(g, (void **)&g->rope_cos, 2 * n * sizeof *ct);
-        cudaError_t e = cudaSuccess;
-        if (rc == 0)
-            e = cudaMemcpyAsync(g->rope_cos, ct, 2 * n * sizeof *ct, cudaMemcpyHostToDevice,
-                                g->stream);
-        if (e == cudaSuccess) e = cudaStreamSynchronize(g->stream);
-        free(ct);
-        if (rc != 0) return -1;
-        if (e != cudaSuccess) return gpu_cuda_fail(e, "cudaMemcpyAsync(rope)", __FILE__, __LINE__);
-        g->rope_sin = g->rope_cos + n;
+        /* LongRoPE: both factor sets; a pass rotates with its length's */
+        OK(upload_rope(g, &g->rope_cos, &g->rope_sin, 0, 0));
+        if (c->rope_longrope) OK(upload_rope(g, &g->rope_long_cos, &g->rope_long_sin, 0, 1));
+        if (c->rope_local_theta > 0) OK(upload_rope(g, &g->rope_lcos, &g->rope_lsin, 1, 0));
     }
     OK(alloc_acts(g));
     if (s) OK(upload_lora(g, m, s));
@@ -395,6 +421,16 @@ int gpu_model_upload(gpu_model **out, const model *m, const lora_set *s, const g
     if (c->head_dim > GPU_ATTN_MAX_D || c->head_dim % 2 != 0)
         return err_set("head_dim %d: the CUDA attention supports even head dims up to %d",
                        c->head_dim, GPU_ATTN_MAX_D);
+    /* Head dims past 128 (Gemma's 256) run on CUDA cores with up to 210 KB
+     * of shared memory per block (gpu_attention_smem): an H100 opts in to
+     * 227 KB, an A100 to 163 KB, so Gemma trains on the one and is refused
+     * on the other. */
+    int smem_optin = 0;
+    CU(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, o->device));
+    if (gpu_attention_smem(c->head_dim) > (size_t)smem_optin)
+        return err_set("head_dim %d: the CUDA attention needs %zu KB of shared memory per block, "
+                       "this GPU allows %d KB; use --device cpu",
+                       c->head_dim, gpu_attention_smem(c->head_dim) / 1024, smem_optin / 1024);
     if (c->num_kv_heads < 1 || c->num_heads % c->num_kv_heads != 0 || c->num_heads > 65535)
         return err_set("%d attention heads over %d kv heads: the CUDA attention needs a whole "
                        "number of query heads per kv head and at most 65535 heads",
@@ -640,16 +676,29 @@ static int head_pass(gpu_model *g, int has_targets, int backward, float scale, f
         int n = g->N - r0 < g->head_rows ? g->N - r0 : g->head_rows;
         OK(gpu_gemm(g->blas, 0, 1, n, V, C, 1, gpu_elem(g, g->xf, (size_t)r0 * C), C, g->lm_head, C,
                     g->dt, 0, g->logits, V, GPU_F32));
+        if (c->final_softcap)
+            CU(gpu_softcap(g->logits, (int64_t)n * V, (float)c->final_softcap, g->stream));
         if (logits_out)
             CU(cudaMemcpyAsync(logits_out + (size_t)r0 * V, g->logits,
                                (size_t)n * V * sizeof(float), cudaMemcpyDeviceToHost, g->stream));
         if (!has_targets) continue;
         CU(gpu_xent(g->logits, g->d_targets + r0, n, V, g->row_lse + r0, g->row_loss + r0,
                     backward ? g->dlogits : NULL, g->dt, scale, g->stream));
+        if (backward && c->final_softcap)
+            CU(gpu_softcap_backward(g->dlogits, g->dt, g->logits, (int64_t)n * V,
+                                    (float)c->final_softcap, g->stream));
         if (backward)
             OK(gpu_gemm(g->blas, 0, 0, n, C, V, 1, g->dlogits, V, g->lm_head, C, g->dt, 0,
                         g->dnorm + (size_t)r0 * C, C, GPU_F32));
     }
+    return 0;
+}
+
+/* Gemma: the n embedded rows times √C (cpu_embed_scale). */
+static int embed_scale(gpu_model *g, int n) {
+    if (g->cfg.block.embed_scale)
+        CU(gpu_scale_f32(gpu_resid(g, 0), (int64_t)n * g->cfg.hidden_size,
+                         (float)cpu_embed_scale(&g->cfg), g->stream));
     return 0;
 }
 
@@ -680,6 +729,8 @@ static int pass(gpu_model *g, const int32_t *tokens, const int32_t *targets, int
 
     CU(gpu_embed_forward(gpu_resid(g, 0), g->d_tokens, g->wte, g->wpe, g->dt, N, g->T,
                          c->hidden_size, g->stream));
+    OK(embed_scale(g, N));
+    g->rope_long = model_config_rope_long(c, g->T);
     OK(gpu_blocks_forward(g));
     OK(gpu_final_norm_forward(g));
     OK(head_pass(g, targets != NULL, backward, (float)scale, logits_out));
@@ -730,11 +781,15 @@ static int decode_rows(gpu_model *g, int n, int pos, float *logits_out) {
     /* GPT-2's positions pos … are wpe's rows from pos on (row % n below) */
     const void *wpe = g->wpe ? gpu_elem(g, g->wpe, (size_t)pos * C) : NULL;
     CU(gpu_embed_forward(gpu_resid(g, 0), g->d_tokens, g->wte, wpe, g->dt, n, n, C, g->stream));
+    OK(embed_scale(g, n));
+    /* LongRoPE: this call's length picks the factors (model_decode's rule) */
+    g->rope_long = model_config_rope_long(c, pos + n);
     OK(gpu_blocks_decode(g, pos));
     OK(gpu_final_norm_forward(g));
     /* the head of the last row only: its logits (V) */
     OK(gpu_gemm(g->blas, 0, 1, 1, V, C, 1, gpu_elem(g, g->xf, (size_t)(n - 1) * C), C, g->lm_head,
                 C, g->dt, 0, g->logits, V, GPU_F32));
+    if (c->final_softcap) CU(gpu_softcap(g->logits, V, (float)c->final_softcap, g->stream));
     CU(cudaMemcpyAsync(logits_out, g->logits, (size_t)V * sizeof(float), cudaMemcpyDeviceToHost,
                        g->stream));
     CU(cudaStreamSynchronize(g->stream));

@@ -42,10 +42,12 @@ static inline model_config tiny_llama(void) {
 /* The graphs the tests cover: GQA with tied embeddings; every bias with an
  * untied head, one kv head and head_dim != C/H; llama3 rope scaling; a
  * Mistral sliding window shorter than T; GPT-2; Qwen3's per-head QK-norm;
- * OLMo 2's post-norms and projection QK-norm; Apertus's xIELU; BLOOM's
- * ALiBi (6 heads: the slopes' non-power-of-two rule), head-interleaved
- * query_key_value and embedding LayerNorm; Mixtral's experts (top-2 of 4
- * with a sliding window; top-1 of 4 with the load-balancing loss). */
+ * OLMo 2's post-norms and projection QK-norm; Apertus's xIELU; Gemma 2's
+ * soft-capping, GeGLU and per-layer windows; Gemma 3's local and global
+ * RoPE; Phi-3's fused linears and partial LongRoPE; BLOOM's ALiBi (6 heads:
+ * the slopes' non-power-of-two rule), head-interleaved query_key_value and
+ * embedding LayerNorm; Mixtral's experts (top-2 of 4 with a sliding window;
+ * top-1 of 4 with the load-balancing loss). */
 static inline int tiny_cases(tiny_case *out) {
     int n = 0;
     tiny_case *t;
@@ -128,6 +130,62 @@ static inline int tiny_cases(tiny_case *out) {
     t->cfg = out[2].cfg; /* llama3_rope's */
     model_config_family(&t->cfg, MODEL_FAMILY_APERTUS);
     t->cfg.intermediate_size = 32;
+    t->cfg.tie_embeddings = 0;
+    t->B = 2, t->T = 8;
+
+    /* Gemma 2: (1 + w) norms before and after both sublayers, GeGLU, the
+     * embedding times √C, a sliding layer (window 3) then a global one,
+     * scores scaled by query_pre_attn_scalar 6 (not D = 8) and soft-capped
+     * at 1, logits at 2 (small caps: the tiny values reach the tanh's bend),
+     * q/k/v/o biases, tied. */
+    t = &out[n++];
+    t->name = "gemma2_softcap";
+    t->cfg = tiny_llama();
+    model_config_family(&t->cfg, MODEL_FAMILY_GEMMA2);
+    t->cfg.head_dim = 8;
+    t->cfg.qkv_bias = t->cfg.o_bias = 1;
+    t->cfg.layer_types = 1;
+    t->cfg.layer_sliding[0] = 1;
+    t->cfg.sliding_window = 3;
+    t->cfg.query_pre_attn_scalar = 6;
+    t->cfg.attn_softcap = 1.0;
+    t->cfg.final_softcap = 2.0;
+    t->B = 2, t->T = 8;
+
+    /* Gemma 3: Gemma 2's block with the (1 + w) QK-norm, the sliding layer
+     * rotating with the local base 10, the global one with 100 and linear
+     * scaling 4, logits soft-capped at 2, untied. */
+    t = &out[n++];
+    t->name = "gemma3_local_rope";
+    t->cfg = tiny_llama();
+    model_config_family(&t->cfg, MODEL_FAMILY_GEMMA3);
+    t->cfg.head_dim = 8;
+    t->cfg.tie_embeddings = 0;
+    t->cfg.layer_types = 1;
+    t->cfg.layer_sliding[0] = 1;
+    t->cfg.sliding_window = 3;
+    t->cfg.rope_theta = 100;
+    t->cfg.rope_linear = 1;
+    t->cfg.rope_factor = 4;
+    t->cfg.rope_local_theta = 10;
+    t->cfg.query_pre_attn_scalar = 5;
+    t->cfg.final_softcap = 2.0;
+    t->B = 2, t->T = 7;
+
+    /* Phi-3: fused qkv_proj and gate_up_proj, LongRoPE over half of each
+     * head (4 of 8 dimensions) with the long factors (T = 8 > original 6)
+     * and the attention factor of max_position 64 / 6, a window of 5. */
+    t = &out[n++];
+    t->name = "phi3_longrope";
+    t->cfg = tiny_llama();
+    model_config_family(&t->cfg, MODEL_FAMILY_PHI3);
+    t->cfg.head_dim = 8;
+    t->cfg.rope_dim = 4;
+    t->cfg.rope_longrope = 1;
+    t->cfg.rope_original_max_position = 6;
+    t->cfg.rope_short[0] = 1.2, t->cfg.rope_short[1] = 2.5;
+    t->cfg.rope_long[0] = 3.5, t->cfg.rope_long[1] = 9.0;
+    t->cfg.sliding_window = 5;
     t->cfg.tie_embeddings = 0;
     t->B = 2, t->T = 8;
 

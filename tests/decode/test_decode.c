@@ -235,6 +235,11 @@ int main(void) {
     for (int i = 0; i < n; i++) {
         /* a longer sequence than tiny.h's batches; GPT-2 fills its context */
         int T = cases[i].cfg.max_position < 24 ? cases[i].cfg.max_position : 24;
+        /* LongRoPE picks its factors by each call's length (transformers'
+         * generation), so decoding across the original context is not the
+         * forward of the whole sequence (test_decode_longrope checks that
+         * against transformers): here the whole sequence stays within it. */
+        if (cases[i].cfg.rope_longrope) cases[i].cfg.rope_original_max_position = T;
         run_case(cases[i].name, &cases[i].cfg, T);
     }
     model_config all = llama_all();

@@ -6,8 +6,9 @@
  * member is turned away. Run on the tiny Llama, and again on the tiny Qwen3
  * and Apertus (QK-norm weights, xIELU's parameters and 0-dimensional buffers
  * in the base, carried through the versions by name like every tensor),
- * BLOOM (query_key_value, dense_4h_to_h) and Mixtral (q, v and every
- * expert's w2, the experts' adapters merged into their own weights). */
+ * Gemma 2, Gemma 3 and Phi-3 (the fused qkv_proj and gate_up_proj as
+ * targets), BLOOM (query_key_value, dense_4h_to_h) and Mixtral (q, v and
+ * every expert's w2, the experts' adapters merged into their own weights). */
 #include "aggregator/agg.h"
 #include "aggregator/config.h"
 #include "tests/federation/fed_test.h"
@@ -105,6 +106,10 @@ int main(void) {
     run_exact("llama", NULL, 1);
     run_exact("qwen3", NULL, 0);
     run_exact("apertus", NULL, 0);
+    run_exact("gemma2", NULL, 0);
+    run_exact("gemma3_text", NULL, 0);
+    /* Phi-3's attention input and MLP are fused modules */
+    run_exact("phi3", "\"qkv_proj\", \"gate_up_proj\", \"down_proj\"", 0);
     run_exact("bloom", "\"query_key_value\", \"dense_4h_to_h\"", 0);
     run_exact("mixtral", "\"q_proj\", \"v_proj\", \"w2\"", 0);
     return check_finish();

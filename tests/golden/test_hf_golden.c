@@ -1,12 +1,13 @@
 /* test_hf_golden — the transformer core against Hugging Face transformers.
  *
  * tests/fixtures/make_hf_golden.py saved tiny random Llama, Mistral, Qwen2,
- * Qwen3, OLMo 2, Apertus, Mixtral, BLOOM and GPT-2 models with save_pretrained and recorded
- * what transformers
- * computes for a fixed batch: logits, the mean causal-LM loss and the
- * gradient of every parameter (tests/fixtures/hf/<case>/expected.safetensors,
- * layout in the script's docstring). Here each checkpoint is loaded with
- * checkpoint_load, run forward and backward, and every number is compared.
+ * Qwen3, OLMo 2, Apertus, Gemma 2, Gemma 3, Phi-3, Mixtral, BLOOM and GPT-2 models with
+ * save_pretrained and recorded what transformers computes for a fixed batch:
+ * logits, the mean causal-LM loss and the gradient of every parameter, and
+ * for Gemma and Phi-3 the logits of generating with its KV cache
+ * (tests/fixtures/hf/<case>/expected.safetensors, layout in the script's docstring). Here each
+ * checkpoint is loaded with checkpoint_load, run forward and backward, and every number is
+ * compared.
  *
  * Built twice. Against fl_model_f32 (the product) the bounds are those of
  * fp32 arithmetic: logits max abs error < 1e-4, loss < 1e-5, gradients
@@ -32,9 +33,9 @@
 #include <string.h>
 
 static const char *const CASES[] = {
-    "llama_gqa", "llama_bias", "llama3_rope", "mistral", "qwen2",
-    "gpt2",      "gpt2_bf16",  "llama_bf16",  "qwen3",   "olmo2",
-    "apertus",   "mixtral",    "mixtral_aux", "bloom",   "bloom_bf16",
+    "llama_gqa",  "llama_bias", "llama3_rope", "mistral", "qwen2",      "gpt2",   "gpt2_bf16",
+    "llama_bf16", "qwen3",      "olmo2",       "apertus", "gemma2",     "gemma3", "phi3",
+    "phi3_short", "mixtral",    "mixtral_aux", "bloom",   "bloom_bf16",
 };
 
 typedef struct {
@@ -112,6 +113,39 @@ static int count_prefix(const safetensors_file *f, const char *prefix) {
     for (int i = 0; i < safetensors_count(f); i++)
         if (strncmp(safetensors_tensor_at(f, i)->name, prefix, strlen(prefix)) == 0) n++;
     return n;
+}
+
+/* Generation against transformers' (decode.logits: batch row 0 with its KV
+ * cache, a prefill then one token per call; make_hf_golden.py's
+ * DECODE_PREFILL): model_decode in the same calls gives the same logits
+ * (fp32 bounds: the reference is transformers' fp32 run). */
+static void check_decode(const model *m, const safetensors_file *exp, const char *name,
+                         const int32_t *tokens, int T) {
+    const safetensors_tensor *t = safetensors_find(exp, "decode.logits");
+    int V = m->cfg.vocab_size;
+    CHECK_MSG(t->ndim == 2 && t->shape[1] == V && t->shape[0] >= 1 && t->shape[0] <= T,
+              "%s: decode.logits has the wrong shape", name);
+    if (t->ndim != 2 || t->shape[1] != V || t->shape[0] < 1 || t->shape[0] > T) return;
+    int calls = (int)t->shape[0], prefill = T - calls + 1;
+    double *ref = expected_read(exp, "decode.logits", t->numel);
+    model_kv_cache *c = NULL;
+    real *logits = malloc((size_t)V * sizeof *logits);
+    CHECK_OK(model_kv_cache_create(&c, m, T));
+    double err = 0;
+    for (int k = 0, pos = 0; ref && c && logits && k < calls; k++) {
+        int n = k == 0 ? prefill : 1;
+        CHECK_OK(model_decode(m, c, tokens + pos, n, logits));
+        pos += n;
+        err = fmax(err, max_abs_err(logits, ref + (size_t)k * V, V));
+    }
+    CHECK_MSG(err < BOUNDS_F32.logits, "%s: decoded logits max abs error %.3g (bound %g)", name,
+              err, BOUNDS_F32.logits);
+    printf("%-12s %s decoding (prefill %d, %d steps) against transformers' cache: max abs err "
+           "%.2e\n",
+           name, REAL_NAME, prefill, calls - 1, err);
+    free(ref);
+    free(logits);
+    model_kv_cache_free(c);
 }
 
 static void run_case(const char *fixtures, const char *name) {
@@ -219,6 +253,8 @@ static void run_case(const char *fixtures, const char *name) {
         }
         free(ref);
     }
+    if (safetensors_find(exp, "decode.logits")) check_decode(m, exp, name, tokens, T);
+
     printf("%-12s %s ref %s: logits max abs err %.2e, loss err %.2e (loss %.6f, %lld targets), "
            "grad max rel err %.2e (%s)\n",
            name, REAL_NAME, have_f64 ? "f64" : "f32", logits_err, loss_err, loss,

@@ -10,8 +10,10 @@
 #      processes (gpu_device_cli), the backend as a module that fedlora
 #      loads at run time and does not link (gpu_module), and a `fedlora train
 #      --device cuda` smoke run (fp32 and bf16) next to the same run on the
-#      CPU, and the same for the qwen3, olmo2 and apertus tiny presets
-#      (QK-norm, post-norms, xIELU); bloom and mixtral refused on cuda;
+#      CPU, and the same for the qwen3, olmo2, apertus, gemma2, gemma3_text
+#      and phi3 tiny presets (QK-norm, post-norms, xIELU, soft-capping,
+#      per-layer windows and RoPE bases, fused linears); bloom and mixtral
+#      refused on cuda;
 #   5. the benchmark (GPT-2 124M and Qwen2.5-0.5B shapes) next to PyTorch +
 #      PEFT (bf16, SDPA) when torch is importable;
 #   6. a short table, printed last.
@@ -136,11 +138,14 @@ run_test gpu_kernels 120
 have_gpu=1
 grep -q '^skipped: no CUDA device' "$out/gpu_kernels.log" && have_gpu=0
 run_test gpu_parity 180
-# The block options of Qwen3, OLMo 2 and Apertus (QK-norm, post-norms, xIELU):
+# The block options of Qwen3, OLMo 2, Apertus, Gemma 2, Gemma 3 and Phi-3:
 # their parity cases ran inside gpu_parity; name them in the summary.
 fam=$(grep -cE '^  (qwen3_qk_norm|olmo2_post_norm|apertus_xielu|olmo2_mid|apertus_mid) ' \
   "$out/gpu_parity.log" 2>/dev/null)
 row families "${fam:-0} result lines of the qwen3/olmo2/apertus parity cases in gpu_parity.log"
+fam2=$(grep -cE '^  (gemma2_softcap|gemma3_local_rope|phi3_longrope|gemma2_mid|gemma3_mid|phi3_mid) ' \
+  "$out/gpu_parity.log" 2>/dev/null)
+row "families 2" "${fam2:-0} result lines of the gemma2/gemma3/phi3 parity cases in gpu_parity.log"
 run_test gpu_nccl 60
 run_test gpu_trainer 120
 run_test gpu_device_cli 90
@@ -164,13 +169,14 @@ smoke() {
   echo "== eval cuda"
   "$fb" eval --model "$dir/base" --adapter "$dir/cuda-bf16" --data "$data" --seq 64 --device cuda
 }
-# The same for each newer family's tiny preset (QK-norm, post-norms, xIELU on
-# the GPU as a user runs them): cpu fp32 against cuda fp32 and bf16, 20 steps.
+# The same for each newer family's tiny preset (QK-norm, post-norms, xIELU,
+# Gemma's soft-capping and per-layer attention, Phi-3's fused linears on the
+# GPU as a user runs them): cpu fp32 against cuda fp32 and bf16, 20 steps.
 family_smoke() {
   local dir="$build/smoke-families" fb="$build/fedlora" data="$root/examples/corpus/mixed.txt"
   local arch run
   rm -rf "$dir" && mkdir -p "$dir"
-  for arch in qwen3 olmo2 apertus; do
+  for arch in qwen3 olmo2 apertus gemma2 gemma3_text phi3; do
     "$fb" init-model --arch "$arch" --preset tiny --seed 1 --out "$dir/$arch" || return 1
     for run in cpu:fp32 cuda:fp32 cuda:bf16; do
       echo "== train $arch ${run%:*} ${run#*:}"
@@ -198,11 +204,11 @@ if [ $have_gpu = 1 ]; then
     row "train smoke" "FAIL ($(tail -1 "$out/smoke.log" | cut -c1-120); see smoke.log)"
     status=1
   fi
-  log "fedlora train --device cuda, qwen3 / olmo2 / apertus"
+  log "fedlora train --device cuda, qwen3 / olmo2 / apertus / gemma2 / gemma3_text / phi3"
   export -f family_smoke
-  if timeout 180 bash -c family_smoke >"$out/smoke_families.log" 2>&1; then
+  if timeout 300 bash -c family_smoke >"$out/smoke_families.log" 2>&1; then
     line="" verdict=PASS
-    for arch in qwen3 olmo2 apertus; do
+    for arch in qwen3 olmo2 apertus gemma2 gemma3_text phi3; do
       c=$(sed -n "/^== train $arch cpu fp32\$/,/^==/p" "$out/smoke_families.log" |
         sed -n 's/.*held-out loss \([0-9.]*\),.*/\1/p' | head -1)
       f=$(sed -n "/^== train $arch cuda fp32\$/,/^==/p" "$out/smoke_families.log" |

@@ -131,36 +131,52 @@ static void test_norms(gpu_dtype t) {
 
 /* ---- RoPE ----------------------------------------------------------------------------- */
 
+/* llama3 scaling over whole heads, and Phi-3's LongRoPE (long factors, the
+ * attention factor) over the first half of each head, the rest passing
+ * through. */
 static void test_rope(gpu_dtype t) {
-    model_config c;
-    memset(&c, 0, sizeof c);
-    c.head_dim = 8;
-    c.rope_theta = 100;
-    c.rope_llama3 = 1;
-    c.rope_factor = 8;
-    c.rope_low_freq_factor = 1;
-    c.rope_high_freq_factor = 4;
-    c.rope_original_max_position = 32;
-    int T = 5, B = 2, N = B * T, H = 3, D = 8, ld = H * D + 4;
-    float cs[5 * 4], sn[5 * 4];
-    cpu_rope_table(cs, sn, &c, T);
-    float *dcs = gt_put(cs, 20, GPU_F32), *dsn = gt_put(sn, 20, GPU_F32);
-    size_t n = (size_t)N * ld;
-    for (int inverse = 0; inverse < 2; inverse++) {
-        float *x = gt_rand(n, 21 + inverse, 2), *got = malloc(n * 4);
-        if (t == GPU_BF16) gt_round_bf16(x, n);
-        void *dx = gt_put(x, n, t);
-        cpu_rope_apply(x, ld, N, T, H, D, cs, sn, inverse);
-        CUDA_OK(gpu_rope(dx, t, ld, N, T, H, D, dcs, dsn, inverse, 0));
-        gt_get(got, dx, n, t);
-        char what[64];
-        snprintf(what, sizeof what, "rope llama3 %s (%s)", inverse ? "inverse" : "forward",
-                 tname(t));
-        GT_CLOSE(what, got, x, n, t == GPU_BF16 ? 1e-2 : 1e-6);
-        cudaFree(dx);
-        free(x), free(got);
+    for (int partial = 0; partial < 2; partial++) {
+        model_config c;
+        memset(&c, 0, sizeof c);
+        c.head_dim = 8;
+        c.rope_theta = 100;
+        c.max_position = 64;
+        if (partial) {
+            c.family = MODEL_FAMILY_PHI3;
+            c.rope_dim = 4;
+            c.rope_longrope = 1;
+            c.rope_original_max_position = 4; /* T = 5 > 4: the long factors */
+            c.rope_short[0] = 1.5, c.rope_short[1] = 3;
+            c.rope_long[0] = 2.5, c.rope_long[1] = 7;
+        } else {
+            c.rope_llama3 = 1;
+            c.rope_factor = 8;
+            c.rope_low_freq_factor = 1;
+            c.rope_high_freq_factor = 4;
+            c.rope_original_max_position = 32;
+        }
+        int T = 5, B = 2, N = B * T, H = 3, D = 8, R = partial ? 4 : 8, ld = H * D + 4;
+        float cs[5 * 4], sn[5 * 4];
+        cpu_rope_table(cs, sn, &c, T);
+        float *dcs = gt_put(cs, (size_t)T * R / 2, GPU_F32);
+        float *dsn = gt_put(sn, (size_t)T * R / 2, GPU_F32);
+        size_t n = (size_t)N * ld;
+        for (int inverse = 0; inverse < 2; inverse++) {
+            float *x = gt_rand(n, 21 + inverse, 2), *got = malloc(n * 4);
+            if (t == GPU_BF16) gt_round_bf16(x, n);
+            void *dx = gt_put(x, n, t);
+            cpu_rope_apply(x, ld, N, T, H, D, R, cs, sn, inverse);
+            CUDA_OK(gpu_rope(dx, t, ld, N, T, H, D, R, dcs, dsn, inverse, 0));
+            gt_get(got, dx, n, t);
+            char what[64];
+            snprintf(what, sizeof what, "rope %s %s (%s)", partial ? "longrope, partial" : "llama3",
+                     inverse ? "inverse" : "forward", tname(t));
+            GT_CLOSE(what, got, x, n, t == GPU_BF16 ? 1e-2 : 1e-6);
+            cudaFree(dx);
+            free(x), free(got);
+        }
+        cudaFree(dcs), cudaFree(dsn);
     }
-    cudaFree(dcs), cudaFree(dsn);
 }
 
 /* ---- activations ---------------------------------------------------------------------------- */
@@ -175,20 +191,37 @@ static void test_activations(gpu_dtype t) {
     double tol = t == GPU_BF16 ? 1e-2 : 1e-5;
     char what[64];
 
-    cpu_swiglu_forward(ref, g, u, (int64_t)n);
-    CUDA_OK(gpu_swiglu_forward(o1, dg, du, t, (int64_t)n, 0));
-    gt_get(got, o1, n, t);
-    snprintf(what, sizeof what, "swiglu forward (%s)", tname(t));
-    GT_CLOSE(what, got, ref, n, tol);
-    cpu_swiglu_backward(ref, ref2, d, g, u, (int64_t)n);
-    CUDA_OK(cudaMemcpy(o1, dd, n * gpu_dtype_size(t), cudaMemcpyDeviceToDevice));
-    CUDA_OK(gpu_swiglu_backward(o1, o2, o1, dg, du, t, (int64_t)n, 0)); /* dg in place of dact */
-    gt_get(got, o1, n, t);
-    snprintf(what, sizeof what, "swiglu backward dg (%s)", tname(t));
-    GT_CLOSE(what, got, ref, n, tol);
-    gt_get(got, o2, n, t);
-    snprintf(what, sizeof what, "swiglu backward du (%s)", tname(t));
-    GT_CLOSE(what, got, ref2, n, tol);
+    /* the gated activations: SwiGLU and GeGLU (Gemma) */
+    static const struct {
+        const char *name;
+        void (*cpu_fwd)(real *, const real *, const real *, int64_t);
+        void (*cpu_bwd)(real *, real *, const real *, const real *, const real *, int64_t);
+        cudaError_t (*gpu_fwd)(void *, const void *, const void *, gpu_dtype, int64_t,
+                               cudaStream_t);
+        cudaError_t (*gpu_bwd)(void *, void *, const void *, const void *, const void *, gpu_dtype,
+                               int64_t, cudaStream_t);
+    } gated[] = {
+        {"swiglu", cpu_swiglu_forward, cpu_swiglu_backward, gpu_swiglu_forward,
+         gpu_swiglu_backward},
+        {"geglu", cpu_geglu_forward, cpu_geglu_backward, gpu_geglu_forward, gpu_geglu_backward},
+    };
+    for (size_t a = 0; a < sizeof gated / sizeof gated[0]; a++) {
+        gated[a].cpu_fwd(ref, g, u, (int64_t)n);
+        CUDA_OK(gated[a].gpu_fwd(o1, dg, du, t, (int64_t)n, 0));
+        gt_get(got, o1, n, t);
+        snprintf(what, sizeof what, "%s forward (%s)", gated[a].name, tname(t));
+        GT_CLOSE(what, got, ref, n, tol);
+        gated[a].cpu_bwd(ref, ref2, d, g, u, (int64_t)n);
+        CUDA_OK(cudaMemcpy(o1, dd, n * gpu_dtype_size(t), cudaMemcpyDeviceToDevice));
+        /* dg in place of dact */
+        CUDA_OK(gated[a].gpu_bwd(o1, o2, o1, dg, du, t, (int64_t)n, 0));
+        gt_get(got, o1, n, t);
+        snprintf(what, sizeof what, "%s backward dg (%s)", gated[a].name, tname(t));
+        GT_CLOSE(what, got, ref, n, tol);
+        gt_get(got, o2, n, t);
+        snprintf(what, sizeof what, "%s backward du (%s)", gated[a].name, tname(t));
+        GT_CLOSE(what, got, ref2, n, tol);
+    }
 
     cpu_gelu_forward(ref, g, (int64_t)n);
     CUDA_OK(gpu_gelu_forward(o1, dg, t, (int64_t)n, 0));
@@ -204,6 +237,34 @@ static void test_activations(gpu_dtype t) {
 
     cudaFree(dg), cudaFree(du), cudaFree(dd), cudaFree(o1), cudaFree(o2);
     free(g), free(u), free(d), free(ref), free(ref2), free(got);
+}
+
+/* Soft-capping of logits (Gemma 2): forward on fp32 values, backward into a
+ * gradient of type t, against softcap.c (values up to 4 caps, so the tanh
+ * saturates on some). */
+static void test_softcap(gpu_dtype t) {
+    size_t n = 1000;
+    float cap = 3.0f;
+    float *x = gt_rand(n, 71, 12), *d = gt_rand(n, 72, 1), *ref = malloc(n * 4);
+    float *got = malloc(n * 4);
+    if (t == GPU_BF16) gt_round_bf16(d, n);
+    memcpy(ref, x, n * 4);
+    cpu_softcap_forward(ref, (int64_t)n, cap);
+    float *dx = gt_put(x, n, GPU_F32);
+    CUDA_OK(gpu_softcap(dx, (int64_t)n, cap, 0));
+    gt_get(got, dx, n, GPU_F32);
+    GT_CLOSE("softcap forward", got, ref, n, 1e-6);
+    /* backward: the reference d · (1 − (y / cap)²) from the CPU's capped values */
+    float *want = malloc(n * 4);
+    for (size_t i = 0; i < n; i++) want[i] = d[i] * (1 - (ref[i] / cap) * (ref[i] / cap));
+    void *dd = gt_put(d, n, t);
+    CUDA_OK(gpu_softcap_backward(dd, t, dx, (int64_t)n, cap, 0));
+    gt_get(got, dd, n, t);
+    char what[64];
+    snprintf(what, sizeof what, "softcap backward (%s)", tname(t));
+    GT_CLOSE(what, got, want, n, t == GPU_BF16 ? 1e-2 : 1e-5);
+    cudaFree(dx), cudaFree(dd);
+    free(x), free(d), free(ref), free(got), free(want);
 }
 
 /* ---- the block options' kernels (gpu_block_kernels.cu) -----------------------------------------
@@ -337,6 +398,7 @@ static void test_xent(gpu_dtype t) {
 
 typedef struct {
     int B, T, H, KV, D, window, pad;
+    float softcap; /* Gemma 2's soft-capping of the scores, 0: none */
 } attn_case;
 
 static const char *impl_name(gpu_dtype t, gpu_attn_impl impl) {
@@ -362,6 +424,7 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
                    .D = D,
                    .window = ac->window,
                    .scale = (float)(1.0 / sqrt((double)D)),
+                   .softcap = ac->softcap,
                    .threads = threads,
                    .scratch = scratch};
     gpu_attn_shape gs = {.B = B,
@@ -371,6 +434,7 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
                          .D = D,
                          .window = ac->window,
                          .scale = at.scale,
+                         .softcap = ac->softcap,
                          .impl = impl};
     const float *q = qkv, *k = qkv + HD, *v = qkv + HD + KV * D;
     cpu_attention_forward(&at, q, ld, k, ld, v, ld, out, lse);
@@ -384,11 +448,11 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
     gt_get(gout, d_out, no, t);
     gt_get(glse, d_lse, nl, GPU_F32);
     char what[96];
-    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d: out (%s)", B, T, H, KV, D,
-             ac->window, impl_name(t, impl));
+    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d cap%g: out (%s)", B, T, H, KV,
+             D, ac->window, ac->softcap, impl_name(t, impl));
     GT_CLOSE(what, gout, out, no, t == GPU_BF16 ? 2e-2 : 1e-5);
-    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d: lse (%s)", B, T, H, KV, D,
-             ac->window, impl_name(t, impl));
+    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d cap%g: lse (%s)", B, T, H, KV,
+             D, ac->window, ac->softcap, impl_name(t, impl));
     GT_CLOSE(what, glse, lse, nl, 1e-5);
     /* Backward from the GPU's forward output (what the GPU backward reads too). */
     cpu_attention_backward(&at, q, ld, k, ld, v, ld, gout, dout, lse, dqkv, dqkv + HD,
@@ -397,8 +461,8 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
                                    d_out, d_dout, d_lse, d_delta, bd, bd + HD * ts,
                                    bd + (HD + KV * D) * ts, t, 0));
     gt_get(gdqkv, d_dqkv, nq, t);
-    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d: dq|dk|dv (%s)", B, T, H, KV, D,
-             ac->window, impl_name(t, impl));
+    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d cap%g: dq|dk|dv (%s)", B, T, H,
+             KV, D, ac->window, ac->softcap, impl_name(t, impl));
     GT_CLOSE(what, gdqkv, dqkv, nq, t == GPU_BF16 ? 3e-2 : 1e-4);
     cudaFree(d_qkv), cudaFree(d_out), cudaFree(d_dout), cudaFree(d_dqkv), cudaFree(d_lse);
     cudaFree(d_delta);
@@ -412,12 +476,18 @@ static void test_attention(gpu_dtype t) {
     attn_case cases[] = {
         {2, 7, 4, 2, 4, 0, 0},     /* the tiny models' shape: one tile */
         {1, 130, 2, 1, 64, 0, 0},  /* three query tiles, a partial one */
-        {2, 200, 4, 2, 128, 0, 8}, /* widest head dim, strided rows */
+        {2, 200, 4, 2, 128, 0, 8}, /* widest tensor-core head dim, strided rows */
         {1, 300, 3, 3, 80, 50, 0}, /* D not a multiple of 32, a window across tiles */
         {2, 65, 2, 2, 8, 3, 8},    /* a short window */
         {1, 96, 6, 2, 16, 33, 0},  /* GQA groups of 3, window just over a key tile */
         {2, 150, 4, 1, 32, 70, 0}, /* GQA 4:1, a window over two key tiles */
         {1, 257, 2, 2, 64, 0, 0},  /* a last tile of one row */
+        /* Gemma 2's soft-capped scores (the tiny cases' scores reach ~±6) */
+        {2, 150, 4, 2, 32, 0, 0, 2.0f},  /* capped, causal, several tiles, GQA */
+        {1, 130, 2, 1, 64, 40, 0, 1.5f}, /* capped with a window */
+        /* Gemma's head_dim 256: CUDA cores, 8 dimensions per lane */
+        {1, 100, 2, 1, 256, 0, 0, 0},
+        {2, 70, 4, 2, 256, 30, 8, 2.0f},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         attention_case(&cases[i], t, GPU_ATTN_SIMT);
@@ -425,7 +495,7 @@ static void test_attention(gpu_dtype t) {
         if (t == GPU_BF16 && (D == 32 || D == 64 || D == 128))
             attention_case(&cases[i], t, GPU_ATTN_MMA);
     }
-    gpu_attn_shape bad = {.B = 1, .T = 4, .H = 2, .KV = 1, .D = 130, .scale = 1};
+    gpu_attn_shape bad = {.B = 1, .T = 4, .H = 2, .KV = 1, .D = 258, .scale = 1};
     CHECK(gpu_attention_forward(&bad, NULL, 0, NULL, 0, NULL, 0, NULL, NULL, t, 0) ==
           cudaErrorInvalidValue);
     /* tensor cores asked for where they do not apply: refused, not run */
@@ -563,6 +633,7 @@ int main(void) {
         test_rope(dt);
         test_activations(dt);
         test_xielu(dt);
+        test_softcap(dt);
         test_embed_bias(dt);
         test_xent(dt);
         test_attention(dt);

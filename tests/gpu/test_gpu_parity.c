@@ -3,11 +3,15 @@
  * Graphs: the CPU tests' tiny ones (tests/cpu/tiny.h: Llama GQA with tied
  * embeddings; every bias, one kv head, head_dim != C/H; llama3 RoPE scaling;
  * a Mistral sliding window; GPT-2; Qwen3's per-head QK-norm; OLMo 2's
- * post-norms and projection QK-norm; Apertus's xIELU MLP) and five larger
- * ones whose sequences span several attention tiles and whose LM head runs in
- * several chunks (one of them partial), OLMo 2 and Apertus among them with
- * head_dim 32 (tensor-core attention in bf16). LoRA on every linear (rank 4, B random so the
- * adapter matters); one case with dropout, whose masks must be the CPU's.
+ * post-norms and projection QK-norm; Apertus's xIELU MLP; Gemma 2's
+ * soft-capping, GeGLU, (1 + w) norms and per-layer windows; Gemma 3's local
+ * RoPE; Phi-3's fused linears and partial LongRoPE) and eight larger ones
+ * whose sequences span several attention tiles and whose LM head runs in
+ * several chunks (one of them partial), OLMo 2, Apertus, Gemma 2 and Phi-3
+ * among them with head_dim 32 (tensor-core attention in bf16), Gemma 3 with
+ * head_dim 256 (CUDA cores, 8 dimensions per lane). LoRA on every linear
+ * (rank 4, B random so the adapter matters); one case with dropout, whose
+ * masks must be the CPU's.
  *
  * Compared, in fp32 mode and in bf16 mode (docs/gpu.md gives the bounds and
  * why): logits, the loss, the LoRA gradients; one AdamW update of the same
@@ -94,7 +98,49 @@ static int parity_cases(pcase *out) {
     a.num_heads = 4;
     a.num_kv_heads = 2;
     out[n++] = (pcase){"apertus_mid", a, 2, 150, 100, 0};
+    /* Gemma 2 at head_dim 32: soft-capped scores in the tensor-core kernels,
+     * a sliding layer (window 40, across key tiles) then a global one */
+    model_config g2 = mid_llama();
+    model_config_family(&g2, MODEL_FAMILY_GEMMA2);
+    g2.qkv_bias = 0;
+    g2.layer_types = 1;
+    g2.layer_sliding[0] = 1;
+    g2.sliding_window = 40;
+    g2.query_pre_attn_scalar = 24;
+    g2.attn_softcap = 1.5;
+    g2.final_softcap = 3.0;
+    out[n++] = (pcase){"gemma2_mid", g2, 2, 150, 64, 0};
+    /* Gemma 3: the (1 + w) QK-norm, local and global RoPE tables, Gemma's
+     * head_dim of 256 (attention on CUDA cores, 8 dimensions per lane) */
+    model_config g3 = g2;
+    g3.head_dim = 256;
+    model_config_family(&g3, MODEL_FAMILY_GEMMA3);
+    g3.attn_softcap = 0;
+    g3.rope_theta = 1000;
+    g3.rope_linear = 1;
+    g3.rope_factor = 4;
+    g3.rope_local_theta = 50;
+    out[n++] = (pcase){"gemma3_mid", g3, 2, 150, 100, 0};
+    /* Phi-3: fused linears, LongRoPE over half of each head with the long
+     * factors (150 > 100 positions; decoding switches past 100) */
+    model_config p3 = mid_llama();
+    model_config_family(&p3, MODEL_FAMILY_PHI3);
+    p3.qkv_bias = 0;
+    p3.rope_dim = 16;
+    p3.rope_longrope = 1;
+    p3.rope_original_max_position = 100;
+    for (int i = 0; i < 8; i++) p3.rope_short[i] = 1 + 0.25 * i, p3.rope_long[i] = 2 + i;
+    p3.sliding_window = 60;
+    out[n++] = (pcase){"phi3_mid", p3, 2, 150, 64, 0};
     return n;
+}
+
+/* The case of that name (every name below is one of parity_cases's). */
+static const pcase *find_case(const pcase *cases, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(cases[i].name, name) == 0) return &cases[i];
+    fprintf(stderr, "no parity case %s\n", name);
+    exit(1);
 }
 
 /* The adapter every case uses: all linears, rank 4, alpha 8, B random. */
@@ -464,6 +510,21 @@ static void check_errors(void) {
         gpu_model_free(g);
     }
     model_free(m);
+    /* a head dim past the CUDA attention's 256: refused at upload, by name */
+    model_config wide = tc[0].cfg;
+    wide.num_heads = wide.num_kv_heads = 1;
+    wide.head_dim = 258;
+    m = make_model(&wide);
+    o.batch = 1;
+    CHECK_FAILS_WITH(gpu_model_upload(&g, m, NULL, &o), "head_dim 258");
+    model_free(m);
+}
+
+/* bf16 with CUDA-core attention runs only the cases tensor cores would
+ * otherwise take (head_dim 32, 64, 128). */
+static int mode_runs(const gmode *md, const pcase *pc) {
+    int D = pc->cfg.head_dim;
+    return !md->simt_attention || D == 32 || D == 64 || D == 128;
 }
 
 /* The tiny graphs whose options the CUDA backend does not compute are
@@ -492,8 +553,8 @@ static void check_refused(void) {
     }
     CHECK(refused == 3);
     /* each of BLOOM's options alone */
-    model_config c = tc[8].cfg;
-    CHECK(!strcmp(tc[8].name, "bloom_alibi"));
+    model_config c = tc[11].cfg;
+    CHECK(!strcmp(tc[11].name, "bloom_alibi"));
     c.block.pos = MODEL_POS_LEARNED;
     CHECK_FAILS_WITH(gpu_config_check(&c), "head-interleaved query_key_value");
     c.block.qkv = MODEL_QKV_FUSED;
@@ -508,25 +569,27 @@ int main(void) {
         printf("skipped: no CUDA device (the refusals were checked)\n");
         return check_failed ? check_finish() : GPU_TEST_SKIP;
     }
-    pcase cases[16];
+    pcase cases[32];
     int n = parity_cases(cases);
     for (int mi = 0; mi < 3; mi++) {
         const gmode *md = &MODES[mi];
-        /* bf16 with CUDA-core attention: only the cases tensor cores would
-         * otherwise take (head_dim 32) */
-        int first = md->simt_attention ? 6 : 0;
         printf("%s: one batch (rel_max logits, rel loss, rel_l2 gradients)\n", md->name);
-        for (int i = first; i < n; i++) check_pass(&cases[i], md);
+        for (int i = 0; i < n; i++)
+            if (mode_runs(md, &cases[i])) check_pass(&cases[i], md);
         printf("%s: training trajectory\n", md->name);
         if (!md->simt_attention) {
-            check_trajectory(&cases[0], md); /* llama_gqa */
-            check_trajectory(&cases[4], md); /* gpt2 */
+            check_trajectory(find_case(cases, n, "llama_gqa"), md);
+            check_trajectory(find_case(cases, n, "gpt2"), md);
         }
-        check_trajectory(&cases[6], md); /* qwen_mid: several tiles and head chunks */
-        if (md->prec == GPU_PRECISION_FP32) check_trajectory(&cases[5], md); /* dropout masks */
+        /* several tiles and head chunks */
+        check_trajectory(find_case(cases, n, "qwen_mid"), md);
+        check_trajectory(find_case(cases, n, "gemma2_mid"), md);
+        check_trajectory(find_case(cases, n, "phi3_mid"), md);
+        if (md->prec == GPU_PRECISION_FP32) /* dropout masks */
+            check_trajectory(find_case(cases, n, "llama_gqa_dropout"), md);
         printf("%s: generation (gpu_decode against model_decode)\n", md->name);
-        for (int i = first; i < n; i++)
-            if (cases[i].dropout == 0) check_decode(&cases[i], md);
+        for (int i = 0; i < n; i++)
+            if (cases[i].dropout == 0 && mode_runs(md, &cases[i])) check_decode(&cases[i], md);
     }
     check_errors();
     return check_finish();

@@ -88,25 +88,42 @@ static double fd_probe(gc_run *r, int point, int64_t j) {
     return (fp - fm) / (2 * FD_EPS);
 }
 
+/* A case's seed, from its name (FNV-1a) rather than its index, so that
+ * cases added to tiny_cases do not reseed the others (a reseeded MoE case may
+ * route a row within FD_EPS of a tie). */
+static uint64_t case_seed(const tiny_case *tc) {
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *p = tc->name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return h % 1000;
+}
+
 /* The adapter config of case i: all targets, and a variation per case. */
 static void case_config(lora_config *c, const tiny_case *tc, int i) {
     lora_config_init(c);
-    c->seed = 100 + (uint64_t)i;
+    c->seed = 100 + case_seed(tc);
     c->rank = 2;
     c->alpha = 3;
     int gpt2 = tc->cfg.arch == MODEL_ARCH_GPT2, gated = tc->cfg.block.mlp == MODEL_MLP_GATED;
     int bloom = tc->cfg.arch == MODEL_ARCH_BLOOM, moe = tc->cfg.block.mlp == MODEL_MLP_MOE;
+    int phi3 = tc->cfg.family == MODEL_FAMILY_PHI3; /* fused qkv_proj, gate_up_proj */
     CHECK_OK(lora_config_set_targets(
         c, gpt2    ? "c_attn,c_proj,c_fc"
            : bloom ? "query_key_value,dense,dense_h_to_4h,dense_4h_to_h"
            : moe   ? "q_proj,k_proj,v_proj,o_proj,gate,w1,w2,w3"
+           : phi3  ? "qkv_proj,o_proj,gate_up_proj,down_proj"
            : gated ? "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
                    : "q_proj,k_proj,v_proj,o_proj,up_proj,down_proj"));
-    CHECK_OK(lora_config_add_rank_pattern(c, gpt2 ? "c_fc" : bloom ? "dense" : "k_proj", 1));
+    CHECK_OK(lora_config_add_rank_pattern(c,
+                                          gpt2    ? "c_fc"
+                                          : bloom ? "dense"
+                                          : phi3  ? "qkv_proj"
+                                                  : "k_proj",
+                                          1));
     CHECK_OK(lora_config_add_rank_pattern(c,
                                           gpt2    ? "h\\.1\\.attn\\.c_attn"
                                           : bloom ? "h.1.mlp.dense_h_to_4h"
                                           : moe   ? "layers.1.block_sparse_moe.experts.1.w1"
+                                          : phi3  ? "layers.1.mlp.gate_up_proj"
                                                   : "layers.1.mlp.up_proj",
                                           3));
     CHECK_OK(lora_config_add_alpha_pattern(c,
@@ -128,20 +145,21 @@ static void run_case(const tiny_case *tc, int i) {
     r.tokens = malloc((size_t)N * sizeof *r.tokens);
     r.targets = malloc((size_t)N * sizeof *r.targets);
     if (!r.m || !r.tokens || !r.targets) goto done;
-    tiny_weights(r.m, 7 + (uint64_t)i);
-    tiny_batch(r.tokens, r.targets, N, tc->cfg.vocab_size, 99 + (uint64_t)i);
+    uint64_t sd = case_seed(tc);
+    tiny_weights(r.m, 7 + sd);
+    tiny_batch(r.tokens, r.targets, N, tc->cfg.vocab_size, 99 + sd);
     int64_t n_targets = 0;
     for (int n = 0; n < N; n++) n_targets += r.targets[n] != MODEL_IGNORE_INDEX;
     r.scale = 1.0 / (double)n_targets;
 
     CHECK_OK(lora_create(&r.s, r.m, &cfg));
     if (!r.s) goto done;
-    uint64_t seed = 1234 + (uint64_t)i;
+    uint64_t seed = 1234 + sd;
     for (int k = 0; k < r.s->n_modules; k++) {
         lora_module *mod = &r.s->modules[k];
         for (int64_t j = 0; j < mod->B.numel; j++) mod->B.data[j] = 0.5 * tiny_uniform(&seed);
     }
-    /* The patterns took: k_proj / c_fc at rank 1, one module at rank 3. */
+    /* The patterns took: k_proj / c_fc / qkv_proj at rank 1, one module at rank 3. */
     int r1 = 0, r3 = 0;
     for (int k = 0; k < r.s->n_modules; k++) {
         r1 += r.s->modules[k].rank == 1;

@@ -2,8 +2,9 @@
  *
  * tests/fixtures/make_peft_fixtures.py made a PEFT LoRA (r 4, alpha 8, every
  * linear of the blocks) for the tiny Llama, GPT-2, Qwen3, OLMo 2, Apertus,
- * BLOOM and Mixtral checkpoints of tests/fixtures/hf (Apertus's by
- * "all-linear", which PEFT writes as the list of module paths it resolved;
+ * Gemma 2, Gemma 3, Phi-3, BLOOM and Mixtral checkpoints of tests/fixtures/hf
+ * (Apertus's and Phi-3's by "all-linear", which PEFT writes as the list of
+ * module paths it resolved: for Phi-3 the fused qkv_proj and gate_up_proj;
  * Mixtral's on the router and every expert's w1, w2, w3, the per-expert
  * format PEFT converts to transformers 5's fused experts on load),
  * saved it with save_pretrained, and recorded what PEFT computes (layout in
@@ -53,6 +54,11 @@ static const peft_case CASES[] = {
     {"qwen3", "qwen3", "llama_bias", 7, "q_proj"},
     {"olmo2", "olmo2", "llama_bias", 7, "q_proj"},
     {"apertus", "apertus", "llama_bias", 6, "q_proj"}, /* "all-linear": no gate_proj */
+    {"gemma2", "gemma2", "llama_bias", 7, "q_proj"},
+    {"gemma3", "gemma3", "llama_bias", 7, "q_proj"},
+    /* "all-linear": qkv_proj, o_proj, gate_up_proj, down_proj; phi3_short has
+     * four kv heads (another qkv_proj) */
+    {"phi3", "phi3", "phi3_short", 4, "qkv_proj"},
     {"bloom", "bloom", "bloom_bf16", 4, "query_key_value"},
     /* q, k, v, o, the router, 4 experts' w1, w2, w3; mixtral_aux: other k, v */
     {"mixtral", "mixtral", "mixtral_aux", 17, "w2"},

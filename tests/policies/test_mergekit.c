@@ -1,6 +1,6 @@
 /* test_mergekit — mergekit's methods on hand-computed task vectors, DARE's
  * drop statistics, and `fedlora merge` end to end on two PEFT adapters of
- * the llama, apertus, bloom and mixtral fixture bases
+ * the llama, apertus, phi3, bloom and mixtral fixture bases
  * (tests/fixtures/peft/<case> and a changed copy),
  * each method's output model checked against a direct computation. */
 #include "lora/delta.h"
@@ -215,5 +215,7 @@ int main(void) {
     /* BLOOM's fused query_key_value; Mixtral's router and experts */
     test_cli("bloom", "bloom", 0);
     test_cli("mixtral", "mixtral", 0);
+    /* Phi-3: the fused qkv_proj and gate_up_proj merged as one module each */
+    test_cli("phi3", "phi3", 0);
     return check_finish();
 }

@@ -36,6 +36,33 @@ static inline model *ts_preset_model(const char *arch, uint64_t seed) {
     return ts_model(&cfg, seed);
 }
 
+/* config.json text that parses, is saved and read back to the same config
+ * (what is written is what is read); i names it in the message. */
+static inline void ts_config_round_trip(const char *json, size_t i) {
+    model_config a, b;
+    CHECK_OK(model_config_parse(&a, json, strlen(json), "test/config.json"));
+    const char *path = ts_tmp("saved-config.json");
+    CHECK_OK(model_config_save(&a, path));
+    CHECK_OK(model_config_load(&b, path));
+    CHECK_MSG(memcmp(&a, &b, sizeof a) == 0, "config %zu changed in a save/load round trip", i);
+}
+
+/* arch's tiny preset builds, with as many parameters in the table as the
+ * config's count says; the model (NULL after a failed CHECK). */
+static inline model *ts_preset_counted(const char *arch) {
+    model_config c;
+    model *m = NULL;
+    CHECK_OK(model_config_preset(&c, arch, "tiny"));
+    CHECK_OK(model_create(&m, &c));
+    if (!m) return NULL;
+    long long table = 0;
+    for (int p = 0; p < m->n_params; p++)
+        if (!m->params[p].buffer && m->params[p].name[0]) table += m->params[p].numel;
+    CHECK_MSG(table == model_config_num_params(&c), "%s tiny: table %lld, formula %lld", arch,
+              table, model_config_num_params(&c));
+    return m;
+}
+
 /* A model directory like init-model's: the preset's tiny shape with weights
  * of standard deviation init_range from seed, and the byte-level tokenizer
  * (ids 0..255 are bytes, 256 is <|endoftext|>, the model's bos and eos).

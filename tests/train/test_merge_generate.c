@@ -207,6 +207,9 @@ int main(void) {
     test_merge("qwen3");
     test_merge("olmo2");
     test_merge("apertus");
+    test_merge("gemma2");
+    test_merge("gemma3_text");
+    test_merge("phi3");
     test_merge("bloom");
     test_merge("mixtral");
     test_merge_bf16();
