@@ -543,8 +543,9 @@ static int check_config(const lora_config *c) {
 
 /* Fills one module for linear l (its shapes, rank, alpha, names). A rank
  * above min(in, out) is refused (it adds nothing), except on a mixture of
- * experts' router, whose E outputs are fewer than a usual rank: PEFT's
- * all-linear adapts it with the config's rank, and such adapters must load. */
+ * experts' router, whose E outputs are fewer than a usual rank: transformers
+ * 4's PEFT adapts it with the config's rank under all-linear, and such
+ * adapters (which list "gate" by name) must load. */
 static int setup_module(lora_module *mod, const lora_config *c, const model_linear *l, int layer,
                         int router) {
     if (linear_path(l, mod->path, sizeof mod->path) != 0) return -1;
@@ -621,9 +622,13 @@ int lora_create(lora_set **out, const model *m, const lora_config *cfg) {
             /* A name is in use when it names some linear, even one that
              * exclude_modules or layers_to_transform then leave out. */
             for (int i = 0; i < cfg->n_targets; i++) used[i] |= suffix_match(path, cfg->targets[i]);
-            if (!hit) continue;
+            int router = lin == &m->layers[l].moe.router;
+            /* A mixture of experts' router stays frozen unless named (by
+             * "gate", its path or a regular expression): all-linear means
+             * the layers that compute, not the routing decision. */
+            if (!hit || (router && is_all_linear(cfg))) continue;
             lora_module *mod = &s->modules[s->n_modules];
-            if (setup_module(mod, &s->cfg, lin, l, lin == &m->layers[l].moe.router) != 0) goto fail;
+            if (setup_module(mod, &s->cfg, lin, l, router) != 0) goto fail;
             mod->index = s->n_modules++;
             mod->set = s;
             mod->u_rows = -1;

@@ -15,10 +15,11 @@ Mixtral: transformers 5 holds the router and the experts as parameters,
 not nn.Linear modules, so "all-linear" would adapt the attention only; the
 router and the experts take adapters through PEFT's target_parameters
 (gate.weight, the fused experts' gate_up_proj and down_proj, rank r per
-expert), as a PEFT user adapts them. fedlora's all-linear adapts the same
-weights with rank r on each of an expert's w1, w3 and w2: on w1 | w3 that
-is A (2r, C) and a block-diagonal B against PEFT's A (r, C), B (2F, r),
-so fedlora trains 10% more numbers (both print theirs).
+expert), as a PEFT user adapts them. fedlora (bench_lora_model.h: q, k, v,
+o, gate, w1, w2, w3 by name, as its all-linear leaves the router frozen)
+adapts the same weights with rank r on each of an expert's w1, w3 and w2:
+on w1 | w3 that is A (2r, C) and a block-diagonal B against PEFT's A (r, C),
+B (2F, r), so fedlora trains 10% more numbers (both print theirs).
 
     python3 bench/lora/ref_peft.py --arch gpt2 --preset 124m --batch 4 --seq 256 --threads 2
 """
