@@ -22,7 +22,7 @@ static const char *usage_text =
     "\n"
     "Prints the mean next-token cross-entropy (nats) and the perplexity of the model on\n"
     "FILE, with the PEFT LoRA adapter in --adapter DIR applied when given. FILE is what\n"
-    "fedlora train reads (docs/training.md): text (one document per non-empty line),\n"
+    "fedlora train reads (docs/training.md): text (one document per non-blank line),\n"
     "JSON Lines of {\"text\"}, instruction or chat records (only response tokens count), or\n"
     "a pre-tokenized corpus. Documents are tokenized with DIR/tokenizer.json (or\n"
     "--tokenizer), each followed by the end-of-text token, joined, and cut into rows of T\n"
@@ -66,6 +66,7 @@ int cmd_eval(int argc, char **argv) {
         goto done;
     }
     if (!seq_s && T > m->cfg.max_position) T = m->cfg.max_position;
+    if (model_config_seq_check(&m->cfg, T, "--seq") != 0) goto done;
     char tok_default[4096];
     if (!tok_path && fio_join(tok_default, sizeof tok_default, dir, "tokenizer.json") == 0 &&
         fio_exists(tok_default))
