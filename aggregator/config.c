@@ -19,7 +19,7 @@ static const char *const rounds_keys[] = {"count",        "quorum", "deadline",
                                           "below_quorum", "linger", "join"};
 static const char *const roster_keys[] = {"file", "admin"};
 static const char *const train_keys[] = {"steps", "lr", "rank", "alpha", "targets", "batch", "seq"};
-static const char *const limits_keys[] = {"max_submission"};
+static const char *const limits_keys[] = {"max_submission", "max_update_ratio"};
 static const char *const member_keys[] = {"id", "max_weight"};
 #define N(a) (sizeof a / sizeof a[0])
 
@@ -355,6 +355,18 @@ int agg_config_load(agg_config *c, const char *path) {
             0)
         goto done;
     c->max_submission = (uint64_t)max_sub;
+    /* The default bound on a member's influence (docs/policies.md,
+     * "Default bounds"): no module's update may be larger than the weight
+     * it changes. */
+    c->max_update_ratio = AGG_MAX_UPDATE_RATIO_DEFAULT;
+    config_setting_t *ratio = config_lookup(&x.cf, "limits.max_update_ratio");
+    if (ratio && get_number(&x, ratio, "limits.max_update_ratio", &c->max_update_ratio) < 0)
+        goto done;
+    if (!(c->max_update_ratio >= 0 && c->max_update_ratio <= 1e6)) {
+        err_set("%s: 'limits.max_update_ratio' must be from 0 (no bound) to 10^6, got %g", path,
+                c->max_update_ratio);
+        goto done;
+    }
     if (config_lookup(&x.cf, "policy") && load_policy(&x, c) < 0) goto done;
     rc = 0;
 done:

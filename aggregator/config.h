@@ -17,6 +17,8 @@
 #define AGG_PATH_MAX 4096
 #define AGG_ENDPOINT_MAX 256
 #define AGG_MEMBERS_MAX 4096
+/* limits.max_update_ratio's default (docs/policies.md, "Default bounds"). */
+#define AGG_MAX_UPDATE_RATIO_DEFAULT 1.0
 
 typedef struct {
     char id_path[AGG_PATH_MAX]; /* the member's public identity file (fedlora keygen's NAME.id) */
@@ -50,6 +52,8 @@ typedef struct {
                                 ("current", 1) or from the next round on ("next", 0, the default) */
     struct msg_train train;  /* "train": steps, lr, rank, alpha, targets, batch, seq */
     uint64_t max_submission; /* "limits.max_submission": bytes of one sealed delta */
+    double max_update_ratio; /* "limits.max_update_ratio": a module's update at most this many
+                                times the norm of the weight it changes (merge.h); 0: no bound */
     /* "policy": the consortium's policy file (docs/policies.md), or none
      * (has_policy 0: exact product merge, p_i ∝ tokens, members' max_weight).
      * With a file, its rounds group decides quorum, deadline and

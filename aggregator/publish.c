@@ -194,6 +194,8 @@ int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *ke
     envelope_expect x;
     agg_envelope_expect(c, roster, round, agg_lookup_any_key, &x);
     int rc = -1;
+    agg_norms *norms = NULL; /* the base's weight norms, for the default bound */
+    if (agg_norms_new(&norms, base) < 0) goto done;
     for (int i = 0; i < n; i++) {
         const accept_rec *a = order[i];
         char path[AGG_PATH_MAX], why[AGG_WHY_MAX];
@@ -243,6 +245,8 @@ int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *ke
         int b = agg_update_build(m, base, round, a->member, mem.max_weight, payload, plen,
                                  &r->u[r->n], why);
         free(payload);
+        if (b == 0 && (b = agg_update_bound(&r->u[r->n], m, norms, c->max_update_ratio, why)))
+            agg_update_free(&r->u[r->n]);
         if (b < 0) goto done;
         if (b > 0) {
             drop(r, round, a->member, why);
@@ -268,10 +272,14 @@ int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *ke
             pol->merge(pol->arg, m, r->u, r->n, r->w, &r->factors) < 0 ||
             (r->factors && update_apply(m, r->factors) < 0))
             goto done;
-        r->merged = 1;
+        /* Nothing that is not a number is ever published (the caller then
+         * fails the round and reloads the base m no longer is). */
+        r->merged = !agg_model_finite(m, r->nonfinite);
+        if (!r->merged) agg_say("round %llu: %s", (unsigned long long)round, r->nonfinite);
     }
     rc = 0;
 done:
+    agg_norms_free(norms);
     free(order);
     if (rc < 0) agg_result_free(r);
     return rc;
@@ -309,15 +317,22 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
     }
     double t1 = mono(), open_t = (double)(a->deadline - a->cfg.deadline_s);
     if (!r.merged) {
-        /* The policy rejected so many that the quorum is no longer met. */
+        /* The policy rejected so many that the quorum is no longer met, or
+         * the merge made a value that is not finite. */
         int kept = r.n;
+        const char *why = r.nonfinite[0] ? "non-finite-merge"
+                          : kept         ? "below-quorum-after-validation"
+                                         : "no-valid-delta";
+        if (r.nonfinite[0]) {
+            model_free(a->model); /* merged into: not the base any more */
+            a->model = NULL;
+        }
         r.n = 0; /* nothing was merged: the metrics list the rejections only */
-        int f = agg_metrics_round(a, kept ? "below-quorum-after-validation" : "no-valid-delta",
-                                  NULL, &r, (double)now - open_t, t1 - t0, 0);
+        int f = agg_metrics_round(a, why, NULL, &r, (double)now - open_t, t1 - t0, 0);
         r.n = kept;
         agg_result_free(&r);
         if (f < 0) return -1;
-        return agg_fail_round(a, kept ? "below-quorum-after-validation" : "no-valid-delta", now);
+        return agg_fail_round(a, why, now);
     }
     char name[64], hex[STORE_HEX_LEN + 1];
     snprintf(name, sizeof name, "r%llu", (unsigned long long)a->round);

@@ -21,24 +21,41 @@ int agg_encode(const struct msg *m, uint8_t **out, size_t *len) {
     return 0;
 }
 
+/* A reason as the wire's text rule wants it (docs/protocol.md: printable
+ * ASCII): an ellipsis (U+2026, which messages from deeper layers may use)
+ * becomes "...", any other byte outside 0x20..0x7e '?', cut to fit. */
+static void ascii_reason(char *out, size_t cap, const char *in) {
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p && o + 1 < cap; p++) {
+        if (p[0] == 0xe2 && p[1] == 0x80 && p[2] == 0xa6) {
+            for (int k = 0; k < 3 && o + 1 < cap; k++) out[o++] = '.';
+            p += 2;
+        } else {
+            out[o++] = *p < 0x20 || *p >= 0x7f ? '?' : (char)*p;
+        }
+    }
+    out[o] = '\0';
+}
+
 /* An ERROR reply, logged. The reason is cut to MSG_REASON_MAX and stripped
  * of anything but printable ASCII (it may quote a peer's bytes). */
 int agg_reply_error(agg *a, enum msg_error_code code, int retry_ms, uint8_t **out, size_t *len,
                     const char *fmt, ...) {
     struct msg m = {.type = MSG_ERROR};
     m.error.code = code;
+    char raw[2 * MSG_REASON_MAX + 1];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(m.error.reason, sizeof m.error.reason, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
-    for (char *p = m.error.reason; *p; p++)
-        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f) *p = '?';
+    ascii_reason(m.error.reason, sizeof m.error.reason, raw);
     if (!m.error.reason[0]) snprintf(m.error.reason, sizeof m.error.reason, "error");
     m.error.has_retry_after = retry_ms >= 0;
     m.error.retry_after_ms = retry_ms >= 0 ? (uint32_t)retry_ms : 0;
     if (code != MSG_ERR_BUSY && !(code == MSG_ERR_WRONG_ROUND && retry_ms >= 0)) {
         agg_say("refused: %s", m.error.reason);
-        if (code != MSG_ERR_BAD_MESSAGE) a->refused++;
+        if (code != MSG_ERR_BAD_MESSAGE && a->refused++ < AGG_REFUSALS_KEPT)
+            snprintf(a->refusals[a->nrefusals++], sizeof a->refusals[0], "%s", m.error.reason);
     }
     return agg_encode(&m, out, len);
 }

@@ -139,7 +139,7 @@ int agg_apply(agg *a, const journal_record *r) {
             agg_roster_free(a->open_view);
             a->open_view = NULL;
             a->bytes_received = a->bytes_served = 0;
-            a->refused = 0;
+            a->refused = a->nrefusals = 0;
             a->below_quorum_logged = 0;
             return 0;
         case JOURNAL_ACCEPT: {

@@ -207,6 +207,7 @@ void agg_close(agg *a) {
     agg_roster_free(a->open_view);
     keys_secret_wipe(&a->keys);
     model_free(a->model);
+    agg_norms_free(a->norms);
     agg_hooks_free(&a->hooks);
     free(a->acc);
     free(a->told);

@@ -30,6 +30,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define AGG_REFUSALS_KEPT 32 /* refusal reasons a round's metrics line names */
+
 /* A delta the journal accepted. */
 typedef struct {
     uint64_t round;
@@ -87,6 +89,7 @@ struct agg {
 
     agg_roster *open_view; /* the roster of open_roster, when it is not the one in force */
     model *model;          /* the model of version model_version, loaded on demand */
+    agg_norms *norms;      /* its weights' norms, for the default bound (merge.h) */
     uint8_t model_version[32];
 
     upload *up;
@@ -95,6 +98,10 @@ struct agg {
     /* Metrics of the current round as this process saw it. */
     uint64_t bytes_received, bytes_served;
     int refused;
+    /* The first AGG_REFUSALS_KEPT of them, as told to the node: named in
+     * the round's metrics line ("refusals"). */
+    char refusals[AGG_REFUSALS_KEPT][MSG_REASON_MAX + 1];
+    int nrefusals;
     int below_quorum_logged;
     uint64_t metrics_round; /* newest round with a line in metrics.jsonl */
 
@@ -122,6 +129,9 @@ typedef struct {
     dropped *drop;
     int ndrop;
     int merged; /* the n kept updates were merged (n >= the quorum) */
+    /* Not merged although enough were kept: the merge made a value that is
+     * not finite (agg_model_finite says which); the round fails with it. */
+    char nonfinite[AGG_WHY_MAX];
     uint64_t tokens, examples, bytes;
     update *factors; /* what was merged, as low-rank factors; NULL: a dense merge */
 } round_result;

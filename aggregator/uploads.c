@@ -359,6 +359,18 @@ int agg_on_submit_end(agg *a, const struct msg_submit_end *e, uint64_t now, uint
     int b =
         agg_update_build(a->model, a->base, round, m.name, m.max_weight, payload, plen, &up, why);
     if (b < 0) goto done;
+    if (b == 0) {
+        /* The default bound on a member's influence (merge.h), measured
+         * against this round's base: its norms are kept for the round. */
+        if (!agg_norms_for(a->norms, a->base)) {
+            agg_norms_free(a->norms);
+            a->norms = NULL;
+            if (agg_norms_new(&a->norms, a->base) < 0) b = -1;
+        }
+        if (b == 0) b = agg_update_bound(&up, a->model, a->norms, a->cfg.max_update_ratio, why);
+        if (b != 0) agg_update_free(&up);
+        if (b < 0) goto done;
+    }
     if (b > 0) {
         rc = agg_reply_error(a, MSG_ERR_REJECTED, -1, out, len, "%s's delta: %s", m.name, why);
         goto done;

@@ -141,6 +141,7 @@ struct delta_opts {
     uint64_t tokens;
     float poison; /* when non-zero, written into one element of B */
     const char *targets;
+    float scale_a, scale_b; /* when non-zero, every value of A, of B, is multiplied by it */
 };
 
 /* A DELTA payload for member i, round r, trained "on" base version hash:
@@ -167,6 +168,8 @@ static inline uint8_t *fed_delta(const struct fed *f, uint64_t round, const uint
             m->B.data[k] = (float)((double)(x % 2001) / 1000.0 - 1.0) * 0.01f;
         }
         if (o && o->poison != 0 && i == s->n_modules - 1) m->B.data[m->B.numel / 2] = o->poison;
+        for (int64_t k = 0; o && o->scale_b != 0 && k < m->B.numel; k++) m->B.data[k] *= o->scale_b;
+        for (int64_t k = 0; o && o->scale_a != 0 && k < m->A.numel; k++) m->A.data[k] *= o->scale_a;
         model_param *p[2] = {&m->A, &m->B};
         for (int j = 0; j < 2; j++) {
             struct msg_tensor *e = &t[2 * i + j];

@@ -697,6 +697,124 @@ static void test_round_and_refusals(void) {
     agg_config_free(&c);
 }
 
+/* ---- bounds on a member's influence (issue 17, case 1) ---------------------- */
+
+/* Every value of every tensor of version v is finite. */
+static int version_finite(const agg_config *c, const uint8_t v[32]) {
+    char dir[4300];
+    model *m = NULL;
+    store_version_dir(c->state, v, dir, sizeof dir);
+    if (checkpoint_load(&m, dir) < 0) return 0;
+    int ok = 1;
+    for (int i = 0; i < m->n_params && ok; i++)
+        for (int64_t k = 0; k < m->params[i].numel && ok; k++) ok = isfinite(m->params[i].data[k]);
+    model_free(m);
+    return ok;
+}
+
+/* 1 when the metrics line of round r lists a refusal containing needle. */
+static int refusal_listed(const agg_config *c, uint64_t round, const char *needle) {
+    json_t *j = fed_metrics_of(c, round), *list = j ? json_object_get(j, "refusals") : NULL;
+    int found = 0;
+    for (size_t i = 0; i < json_array_size(list); i++)
+        found |= strstr(json_string_value(json_array_get(list, i)), needle) != NULL;
+    json_decref(j);
+    return found;
+}
+
+static void test_influence_bounds(void) {
+    /* Without a policy file a delta scaled by 1e30 (finite, every value)
+     * used to be accepted, and the version published from it had every
+     * adapted weight infinite. The default bound refuses it at SUBMIT_END,
+     * saying why, and the round goes on with the others. */
+    agg_config c;
+    agg *a = open_agg("bounds", "count = 1; quorum = 3; deadline = 100;", NULL, &c, T0);
+    uint8_t base1[32];
+    agg_current_base(a, base1);
+    struct delta_opts big = {.scale_b = 1e30f};
+    struct sealed sp = seal_delta(a, 0, 1, 40, &big);
+    struct msg r = submit(a, sp.env, sp.len, sp.id, 1, T0 + 1);
+    CHECK(is_error(&r, MSG_ERR_REJECTED, "uni-a's delta: norm: the update of model.layers."));
+    CHECK(r.type == MSG_ERROR && strstr(r.error.reason, "limits.max_update_ratio = 1"));
+    CHECK(agg_accepted_count(a) == 0);
+    free(sp.env);
+    struct sealed ok[3];
+    for (int i = 0; i < 3; i++) {
+        ok[i] = seal_delta(a, i, 1, 41 + (uint64_t)i, NULL);
+        r = submit(a, ok[i].env, ok[i].len, ok[i].id, 1, T0 + 2);
+        CHECK(r.type == MSG_RECEIPT);
+        free(ok[i].env);
+    }
+    CHECK_OK(agg_tick(a, T0 + 3));
+    uint8_t v[32];
+    agg_current_base(a, v);
+    CHECK(agg_get_state(a) == AGG_FINISHED && memcmp(v, base1, 32) != 0 && version_finite(&c, v));
+    CHECK(refusal_listed(&c, 1, "uni-a's delta: norm: "));
+    agg_close(a);
+    agg_config_free(&c);
+
+    /* The bound can be turned off (limits.max_update_ratio = 0); then a
+     * delta whose product overflows float is accepted, and the merge's
+     * check keeps its result from being published: the round fails, the
+     * next one trains on the same base. */
+    a = open_agg("bounds_off", "count = 2; quorum = 3; deadline = 100;",
+                 "limits = { max_update_ratio = 0; };\n", &c, T0);
+    agg_current_base(a, base1);
+    struct delta_opts huge = {.scale_a = 1e25f, .scale_b = 1e25f};
+    for (int i = 0; i < 3; i++) {
+        struct sealed s = seal_delta(a, i, 1, 50 + (uint64_t)i, i == 0 ? &huge : NULL);
+        r = submit(a, s.env, s.len, s.id, 1, T0 + 1);
+        CHECK(r.type == MSG_RECEIPT);
+        free(s.env);
+    }
+    CHECK_OK(agg_tick(a, T0 + 2));
+    agg_current_base(a, v);
+    CHECK_MSG(agg_current_round(a) == 2 && memcmp(v, base1, 32) == 0, "round %llu, base %s",
+              (unsigned long long)agg_current_round(a), memcmp(v, base1, 32) ? "changed" : "kept");
+    json_t *j = fed_metrics_of(&c, 1);
+    CHECK(j && !strcmp(json_string_value(json_object_get(j, "status")), "non-finite-merge") &&
+          json_is_null(json_object_get(j, "version")));
+    json_decref(j);
+    agg_close(a);
+    agg_config_free(&c);
+
+    /* The key's values. */
+    char path[600];
+    const char *bad[] = {"limits = { max_update_ratio = -1; };\n",
+                         "limits = { max_update_ratio = \"big\"; };\n"};
+    for (int i = 0; i < 2; i++) {
+        fed_config(&F, "bounds_cfg", path, sizeof path, "count = 1;", bad[i]);
+        CHECK_FAILS_WITH(agg_config_load(&c, path), "max_update_ratio");
+    }
+}
+
+/* A refusal's reason is printable ASCII as the wire wants it: an ellipsis
+ * in a deeper layer's message is "...", not "???" (issue 17, case 10: a node
+ * with the wrong aggregator.id got "... this receiver's key is 0a1b???"). */
+static void test_ascii_reasons(void) {
+    agg_config c;
+    agg *a = open_agg("ascii", "count = 1; quorum = 3; deadline = 100;", NULL, &c, T0);
+    uint8_t base[32];
+    agg_current_base(a, base);
+    size_t plen, elen;
+    uint8_t *p = fed_delta(&F, 1, base, 60, NULL, &plen), *env;
+    envelope_params ep = {.round = 1, .payload_type = PAYLOAD_TYPE_DELTA, .payload_size = plen};
+    payload_consortium_id("test-consortium", ep.consortium);
+    envelope_header h;
+    /* sealed to another key than the aggregator's (mallory's, as a node
+     * with the wrong aggregator.id would) */
+    CHECK_OK(envelope_seal_mem(&ep, &F.m[0], F.m[3].pub.kx_pub, p, &env, &elen, &h));
+    struct msg r = submit(a, env, elen, h.message_id, 1, T0 + 1);
+    CHECK(is_error(&r, MSG_ERR_REJECTED, "sealed for another aggregator"));
+    CHECK_MSG(r.type == MSG_ERROR && !strchr(r.error.reason, '?') &&
+                  strstr(r.error.reason, "..., this receiver's key is "),
+              "reason '%s'", r.type == MSG_ERROR ? r.error.reason : "");
+    free(env);
+    free(p);
+    agg_close(a);
+    agg_config_free(&c);
+}
+
 /* ---- quorum, deadline, below-quorum policy -------------------------------- */
 
 static void test_quorum_deadline(void) {
@@ -905,6 +1023,8 @@ int main(void) {
     test_round_and_refusals();
     test_quorum_deadline();
     test_restart_determinism();
+    test_influence_bounds();
+    test_ascii_reasons();
     model_free(F.base);
     return check_finish();
 }
