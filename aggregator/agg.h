@@ -66,12 +66,26 @@ void agg_close(agg *a);
  * hooks.h, or agg_policy_default() without one). */
 void agg_set_policy(agg *a, const agg_policy *p);
 
-/* Handles one request (an encoded message) and makes the encoded reply
+/* Who sent a request, as the transport knows it: the connection it came on
+ * (the ROUTER's routing id), and, when the transport authenticated the
+ * connection's key (CURVE, docs/threat-model.md), whose key that is. A
+ * member's HELLO, verified, opens a session for its connection; only a
+ * session may upload (docs/protocol.md, "Uploads"). */
+typedef struct {
+    const void *id; /* the connection: 1..255 bytes */
+    size_t id_len;
+    int authenticated;           /* the key below was proven by the transport */
+    uint8_t fp[KEYS_FP_LEN];     /* its owner's identity fingerprint */
+} agg_peer;
+
+/* Handles one request (an encoded message) from peer (NULL: a connection
+ * with no id, which can ask but never upload) and makes the encoded reply
  * (*reply malloc'd). Bad input from a node never fails this call: it gets an
- * ERROR reply and a log line. -1 only when the aggregator cannot go on (a
- * journal or disk failure): the caller stops. */
-int agg_handle(agg *a, const void *req, size_t len, uint64_t now, uint8_t **reply,
-               size_t *reply_len);
+ * ERROR reply and a log line; a full disk refuses the upload it hits. -1
+ * only when the aggregator cannot go on (the journal cannot be written):
+ * the caller stops. */
+int agg_handle(agg *a, const agg_peer *peer, const void *req, size_t len, uint64_t now,
+               uint8_t **reply, size_t *reply_len);
 
 /* Moves the state machine on at time now: closes a round that is due,
  * aggregates, publishes, opens the next round. -1 on a failure that stops

@@ -18,7 +18,7 @@
 #define AGG_ENDPOINT_MAX 256
 #define AGG_MEMBERS_MAX 4096
 /* limits.max_update_ratio's default (docs/policies.md, "Default bounds"). */
-#define AGG_MAX_UPDATE_RATIO_DEFAULT 1.0
+#define AGG_MAX_UPDATE_RATIO_DEFAULT 4.0
 
 typedef struct {
     char id_path[AGG_PATH_MAX]; /* the member's public identity file (fedlora keygen's NAME.id) */

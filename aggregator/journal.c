@@ -164,6 +164,10 @@ int journal_append(agg_journal *j, const char *fmt, ...) {
     return 0;
 }
 
+int journal_usable(const agg_journal *j) {
+    return j && !j->broken;
+}
+
 void journal_close(agg_journal *j) {
     if (!j) return;
     if (j->fd >= 0) close(j->fd);

@@ -106,6 +106,10 @@ int journal_append(agg_journal *j, const char *fmt, ...) __attribute__((format(p
 /* Appends r (journal_record_encode) durably. */
 int journal_write(agg_journal *j, const journal_record *r);
 void journal_close(agg_journal *j);
+/* 0 once an append failed and could not be cut back (the file may hold a
+ * partial line): the aggregator must stop; 1 while appends can go on (a
+ * failed one, cut back, left the file as it was). */
+int journal_usable(const agg_journal *j);
 
 /* The line for one record, "<record> #<8 hex>\n", into out (cap >=
  * JOURNAL_RECORD_MAX + 12); its length, or -1 when rec breaks the rules. */

@@ -71,8 +71,16 @@ static void mark_told(agg *a, const char *name) {
     }
 }
 
-static int on_hello(agg *a, const struct msg_hello *h, uint64_t now, uint8_t **out, size_t *len) {
+static int on_hello(agg *a, const agg_peer *peer, const struct msg_hello *h, uint64_t now,
+                    uint8_t **out, size_t *len) {
     agg_member m;
+    /* On an authenticated connection only the key the transport proved may
+     * say HELLO: a HELLO captured elsewhere (it replays for HELLO_SKEW_MAX_S)
+     * opens no session here. */
+    if (peer && peer->authenticated && memcmp(peer->fp, h->fingerprint, KEYS_FP_LEN) != 0)
+        return agg_reply_error(a, MSG_ERR_REJECTED, -1, out, len,
+                               "HELLO names another identity than the key this connection "
+                               "authenticated with");
     int found = agg_roster_find(a->roster, h->fingerprint, &m);
     if (found < 0) return -1;
     char fp[17];
@@ -103,6 +111,8 @@ static int on_hello(agg *a, const struct msg_hello *h, uint64_t now, uint8_t **o
     /* The fingerprint is public: only the signature says the member asks. */
     if (hello_verify(h, a->cfg.consortium, &m.pub, now, HELLO_SKEW_MAX_S) < 0)
         return agg_reply_error(a, MSG_ERR_REJECTED, -1, out, len, "%s", err_msg());
+    /* Verified: this connection may upload for m from now on. */
+    if (agg_session_open(a, peer, m.name) < 0) return -1;
     if (a->state == AGG_FINISHED) {
         /* "final" says it (docs/protocol.md): the node is done and exits 0.
          * The reason keeps the words nodes older than that field look for;
@@ -170,8 +180,8 @@ static int on_status(agg *a, const struct msg_status *q, uint64_t now, uint8_t *
     return agg_encode(&m, out, len);
 }
 
-int agg_handle(agg *a, const void *req, size_t len, uint64_t now, uint8_t **reply,
-               size_t *reply_len) {
+int agg_handle(agg *a, const agg_peer *peer, const void *req, size_t len, uint64_t now,
+               uint8_t **reply, size_t *reply_len) {
     /* A roster written a moment ago is in force for this request already
      * (a stat when nothing changed): a member added is answered, a member
      * revoked is refused, from the very next message on. */
@@ -182,19 +192,22 @@ int agg_handle(agg *a, const void *req, size_t len, uint64_t now, uint8_t **repl
     int rc;
     switch (m.type) {
         case MSG_HELLO:
-            rc = on_hello(a, &m.hello, now, reply, reply_len);
+            rc = on_hello(a, peer, &m.hello, now, reply, reply_len);
             break;
         case MSG_GET_MODEL:
             rc = agg_on_get_model(a, &m.get_model, reply, reply_len);
             break;
         case MSG_SUBMIT_BEGIN:
-            rc = agg_on_submit_begin(a, &m.submit_begin, now, reply, reply_len);
+            rc = agg_on_submit_begin(a, agg_session_of(a, peer), &m.submit_begin, now, reply,
+                                     reply_len);
             break;
         case MSG_SUBMIT_CHUNK:
-            rc = agg_on_submit_chunk(a, &m.submit_chunk, now, reply, reply_len);
+            rc = agg_on_submit_chunk(a, agg_session_of(a, peer), &m.submit_chunk, now, reply,
+                                     reply_len);
             break;
         case MSG_SUBMIT_END:
-            rc = agg_on_submit_end(a, &m.submit_end, now, reply, reply_len);
+            rc = agg_on_submit_end(a, agg_session_of(a, peer), &m.submit_end, now, reply,
+                                   reply_len);
             break;
         case MSG_STATUS:
             rc = on_status(a, &m.status, now, reply, reply_len);

@@ -192,7 +192,11 @@ int agg_apply(agg *a, const journal_record *r) {
 
 /* A live transition: the record is made durable, then applied. */
 int agg_commit(agg *a, const journal_record *r) {
-    if (journal_write(a->journal, r) < 0) return -1;
+    return agg_commit_try(a, r) == 0 ? 0 : -1;
+}
+
+int agg_commit_try(agg *a, const journal_record *r) {
+    if (journal_write(a->journal, r) < 0) return journal_usable(a->journal) ? 1 : -1;
     if (agg_apply(a, r) < 0)
         return err_context("the aggregator's own '%s' record does not apply (a bug; the "
                            "journal refuses it at the next start)",
@@ -253,6 +257,8 @@ int agg_roster_tick(agg *a) {
     }
     if (r == 0) return 0;
     if (agg_roster_journal(a) < 0) return -1;
+    /* A member revoked (or an old key) uploads nothing more. */
+    agg_sessions_prune(a);
     agg_say("roster %s (%d active members)", summary, agg_roster_count(a->roster));
     return 0;
 }

@@ -117,8 +117,9 @@ int agg_run(agg *a) {
         }
         uint8_t *reply = NULL;
         size_t rlen = 0;
+        agg_peer peer = {transport_data(&req, 0), transport_size(&req, 0), 0, {0}};
         int h = req.n == TRANSPORT_PAYLOAD + 1
-                    ? agg_handle(a, transport_data(&req, TRANSPORT_PAYLOAD),
+                    ? agg_handle(a, &peer, transport_data(&req, TRANSPORT_PAYLOAD),
                                  transport_size(&req, TRANSPORT_PAYLOAD), (uint64_t)time(NULL),
                                  &reply, &rlen)
                     : agg_reply_error(a, MSG_ERR_BAD_MESSAGE, -1, &reply, &rlen,

@@ -202,6 +202,7 @@ void agg_close(agg *a) {
     if (!a) return;
     for (int i = 0; a->up && i < a->nup; i++) agg_upload_drop(&a->up[i]);
     free(a->up);
+    free(a->sessions);
     journal_close(a->journal);
     agg_roster_free(a->roster);
     agg_roster_free(a->open_view);

@@ -42,9 +42,21 @@ typedef struct {
     uint64_t time;
 } accept_rec;
 
+#define AGG_UPLOADS_PER_MEMBER 2 /* a node that restarts mid-upload opens a second one */
+#define AGG_PEER_ID_MAX 255       /* bytes of a ROUTER routing id */
+
+/* A member's session: the connection its last verified HELLO came on. Only
+ * that connection uploads for it (agg.h, agg_peer). */
+typedef struct {
+    char member[KEYS_NAME_MAX + 1];
+    uint8_t peer[AGG_PEER_ID_MAX];
+    size_t peer_len;
+} agg_session;
+
 /* An upload in progress (SUBMIT_BEGIN until SUBMIT_END). */
 typedef struct {
     int used;
+    char member[KEYS_NAME_MAX + 1]; /* whose: the session that began it */
     uint8_t msgid[MSG_ID_LEN];
     uint64_t round;
     uint64_t size, received;
@@ -53,6 +65,7 @@ typedef struct {
     const accept_rec *accepted; /* the earlier acceptance of this msgid, or NULL */
     crypto_sha256_ctx *sha;
     uint64_t last_seen;
+    uint64_t begun; /* the order uploads began in (agg.uploads_begun) */
     char part[AGG_PATH_MAX];
 } upload;
 
@@ -94,6 +107,9 @@ struct agg {
 
     upload *up;
     int nup;
+    uint64_t uploads_begun;
+    agg_session *sessions; /* at most one per member */
+    int nsessions, sessions_cap;
 
     /* Metrics of the current round as this process saw it. */
     uint64_t bytes_received, bytes_served;
@@ -157,6 +173,10 @@ int agg_inbox_path(const agg_config *c, uint64_t round, const char *member, char
 int agg_apply(agg *a, const journal_record *r);
 /* A live transition: the record appended durably, then applied. */
 int agg_commit(agg *a, const journal_record *r);
+/* The same, but 1 when the record could not be written and the journal is
+ * as it was (a full disk): nothing happened, the caller may refuse what
+ * needed the record instead of stopping. */
+int agg_commit_try(agg *a, const journal_record *r);
 /* journal_open's callback: decodes a record and applies it. */
 int agg_replay_record(void *arg, const char *text, size_t line);
 /* Carries a closed round through its aggregation and opens the next round
@@ -182,12 +202,20 @@ int agg_reply_error(agg *a, enum msg_error_code code, int retry_ms, uint8_t **ou
                     const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
 /* ---- uploads.c -------------------------------------------------------------- */
-int agg_on_submit_begin(agg *a, const struct msg_submit_begin *b, uint64_t now, uint8_t **out,
-                        size_t *len);
-int agg_on_submit_chunk(agg *a, const struct msg_submit_chunk *c, uint64_t now, uint8_t **out,
-                        size_t *len);
-int agg_on_submit_end(agg *a, const struct msg_submit_end *e, uint64_t now, uint8_t **out,
-                      size_t *len);
+/* The member whose session peer is (a verified HELLO on this connection),
+ * or NULL. */
+const agg_session *agg_session_of(const agg *a, const agg_peer *peer);
+/* Opens (or moves) member's session to peer's connection. */
+int agg_session_open(agg *a, const agg_peer *peer, const char *member);
+/* Drops the sessions and uploads of members that are no longer active
+ * submitters in the roster in force (after a roster change). */
+void agg_sessions_prune(agg *a);
+int agg_on_submit_begin(agg *a, const agg_session *s, const struct msg_submit_begin *b,
+                        uint64_t now, uint8_t **out, size_t *len);
+int agg_on_submit_chunk(agg *a, const agg_session *s, const struct msg_submit_chunk *c,
+                        uint64_t now, uint8_t **out, size_t *len);
+int agg_on_submit_end(agg *a, const agg_session *s, const struct msg_submit_end *e, uint64_t now,
+                      uint8_t **out, size_t *len);
 void agg_upload_drop(upload *u);
 /* What an accepted envelope of `round` must be (lookup: whose keys count). */
 void agg_envelope_expect(const agg_config *c, agg_roster *roster, uint64_t round,

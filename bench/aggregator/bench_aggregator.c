@@ -343,6 +343,8 @@ int main(int argc, char **argv) {
         double b = now_s();
         seal_s += b - a;
         env_total += elen;
+        hello(&mem[i], &r); /* an upload needs the member's verified HELLO first */
+        if (r.type != MSG_ROUND) die("HELLO before a submission");
         struct msg s = {.type = MSG_SUBMIT_BEGIN};
         s.submit_begin.round = 1;
         memcpy(s.submit_begin.id, hdr.message_id, 16);

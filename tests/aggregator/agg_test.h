@@ -6,6 +6,7 @@
 #ifndef FL_TESTS_AGGREGATOR_AGG_TEST_H
 #define FL_TESTS_AGGREGATOR_AGG_TEST_H
 
+#include "aggregator/agg.h"
 #include "aggregator/config.h"
 #include "aggregator/journal.h"
 #include "cli/harness.h"
@@ -202,6 +203,26 @@ static inline uint8_t *fed_delta(const struct fed *f, uint64_t round, const uint
     lora_free(s);
     lora_config_free(&cfg);
     return out;
+}
+
+/* The connection member i's node talks on (a routing id of its own), as
+ * agg_handle sees it; i == FED_MEMBERS + 1 and beyond: strangers. */
+static inline agg_peer fed_peer(int i) {
+    static uint8_t ids[16][8];
+    snprintf((char *)ids[i & 15], sizeof ids[0], "peer-%d", i & 15);
+    return (agg_peer){ids[i & 15], strlen((char *)ids[i & 15]), 0, {0}};
+}
+
+/* The member (index into fed_names) that sealed an envelope, from the
+ * sender fingerprint at bytes 48..79 of its header (docs/envelope.md);
+ * FED_MEMBERS (mallory) or -1 when none of ours. */
+static inline int fed_sender(const struct fed *f, const uint8_t *env, size_t len) {
+    for (int i = 0; len >= 80 && i <= FED_MEMBERS; i++) {
+        uint8_t fp[32];
+        keys_fingerprint(&f->m[i].pub, fp);
+        if (!memcmp(env + 48, fp, 32)) return i;
+    }
+    return -1;
 }
 
 /* Seals payload from sender for the aggregator; *msgid gets its id. */
