@@ -13,7 +13,7 @@
 
 static const char *const top_keys[] = {"bind",       "keys",   "consortium", "members",
                                        "base_model", "state",  "rounds",     "train",
-                                       "limits",     "policy", "roster"};
+                                       "limits",     "policy", "roster",     "curve"};
 static const char *const keys_keys[] = {"dir", "name"};
 static const char *const rounds_keys[] = {"count",        "quorum", "deadline",
                                           "below_quorum", "linger", "join"};
@@ -311,6 +311,15 @@ int agg_config_load(agg_config *c, const char *path) {
     if (payload_consortium_id(c->consortium_name, c->consortium) < 0) {
         err_context("%s: 'consortium'", path);
         goto done;
+    }
+    c->curve = 1;
+    config_setting_t *curve = config_lookup(&x.cf, "curve");
+    if (curve) {
+        if (config_setting_type(curve) != CONFIG_TYPE_BOOL) {
+            err_set("%s: 'curve' must be true or false", path);
+            goto done;
+        }
+        c->curve = config_setting_get_bool(curve);
     }
     if (strncmp(c->bind, "tcp://", 6) != 0 && strncmp(c->bind, "ipc://", 6) != 0) {
         err_set("%s: 'bind' must be tcp://HOST:PORT (or ipc://PATH), got \"%s\"", path, c->bind);

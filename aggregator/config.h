@@ -26,8 +26,10 @@ typedef struct {
 } agg_member_config;
 
 typedef struct {
-    char file[AGG_PATH_MAX];           /* the config file, for messages */
-    char bind[AGG_ENDPOINT_MAX];       /* "bind": tcp://HOST:PORT (port * picks one) */
+    char file[AGG_PATH_MAX];     /* the config file, for messages */
+    char bind[AGG_ENDPOINT_MAX]; /* "bind": tcp://HOST:PORT (port * picks one) */
+    int curve; /* "curve": CURVE transport with the members' keys (1, the default), or in the
+                  clear (0; docs/threat-model.md, docs/onboarding.md "Moving to CURVE") */
     char keys_dir[AGG_PATH_MAX];       /* "keys.dir" */
     char keys_name[KEYS_NAME_MAX + 1]; /* "keys.name": DIR/NAME.{sign.pem,kx.pem,id} */
     char consortium_name[PAYLOAD_CONSORTIUM_NAME_MAX + 1]; /* "consortium" */

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define RETRY_JOINING 2000 /* ms a member added mid-round waits between HELLOs */
@@ -150,6 +151,12 @@ static int on_hello(agg *a, const agg_peer *peer, const struct msg_hello *h, uin
     r.round.deadline = a->deadline;
     /* Low-rank sync: a node that holds the previous version can make this
      * base from it and the update object (docs/protocol.md). */
+    /* The base's size bounds what a node's download of it may write. */
+    char path[AGG_PATH_MAX];
+    struct stat st;
+    r.round.has_base_size = store_model_path(a->cfg.state, a->base, path, sizeof path) == 0 &&
+                            stat(path, &st) == 0 && st.st_size > 0;
+    r.round.base_size = r.round.has_base_size ? (uint64_t)st.st_size : 0;
     r.round.has_update = a->has_update && memcmp(a->update_to, a->base, 32) == 0;
     if (r.round.has_update) {
         memcpy(r.round.update_from, a->update_from, 32);
@@ -176,6 +183,7 @@ static int on_status(agg *a, const struct msg_status *q, uint64_t now, uint8_t *
         st = "unknown"; /* the key is someone else's */
     snprintf(i->member, sizeof i->member, "%s", st);
     i->has_roster = agg_roster_hash(a->roster, i->roster_hash, &i->roster_size) == 1;
+    i->has_aggregator = keys_fingerprint(&a->keys.pub, i->aggregator) == 0;
     i->roster_version = agg_roster_version(a->roster);
     return agg_encode(&m, out, len);
 }
@@ -206,8 +214,8 @@ int agg_handle(agg *a, const agg_peer *peer, const void *req, size_t len, uint64
                                      reply_len);
             break;
         case MSG_SUBMIT_END:
-            rc = agg_on_submit_end(a, agg_session_of(a, peer), &m.submit_end, now, reply,
-                                   reply_len);
+            rc =
+                agg_on_submit_end(a, agg_session_of(a, peer), &m.submit_end, now, reply, reply_len);
             break;
         case MSG_STATUS:
             rc = on_status(a, &m.status, now, reply, reply_len);

@@ -43,7 +43,7 @@ typedef struct {
 } accept_rec;
 
 #define AGG_UPLOADS_PER_MEMBER 2 /* a node that restarts mid-upload opens a second one */
-#define AGG_PEER_ID_MAX 255       /* bytes of a ROUTER routing id */
+#define AGG_PEER_ID_MAX 255      /* bytes of a ROUTER routing id */
 
 /* A member's session: the connection its last verified HELLO came on. Only
  * that connection uploads for it (agg.h, agg_peer). */

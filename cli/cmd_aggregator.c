@@ -57,11 +57,15 @@ int cmd_aggregator(int argc, char **argv) {
         agg_config_free(&c);
         return rc;
     }
+    /* Bound first: a port in use (or a CURVE key that does not load) stops
+     * here, before anything is written to the state directory. */
     agg *a;
-    if (agg_open(&a, &c, (uint64_t)time(NULL)) == 0) {
-        if (agg_run(a) == 0) rc = 0;
+    agg_listener *l = NULL;
+    if (agg_listen(&l, &c) == 0 && agg_open(&a, &c, (uint64_t)time(NULL)) == 0) {
+        if (agg_run(a, l) == 0) rc = 0;
         agg_close(a);
     }
+    agg_listener_close(l);
     if (rc) {
         err_context("aggregator (config %s)", config);
         opts_fail();

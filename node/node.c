@@ -174,7 +174,8 @@ static int hello_before_upload(node_ctx *n, uint64_t round) {
     if (k != 0) return k < 0 ? -1 : SUBMIT_STOP;
     if (rep.type == MSG_ERROR) return submit_refused(n, round, &rep.error);
     if (rep.round.round == round) return 0;
-    node_log(n, "round %llu: the aggregator has moved on to round %llu; the sealed delta is dropped",
+    node_log(n,
+             "round %llu: the aggregator has moved on to round %llu; the sealed delta is dropped",
              (unsigned long long)round, (unsigned long long)rep.round.round);
     return SUBMIT_DROPPED;
 }
@@ -362,6 +363,10 @@ static int setup(node_ctx *n, const node_config *c) {
     o.stop = stop_asked;
     o.retrying = retrying;
     o.arg = n;
+    if (c->curve) {
+        o.curve_me = &n->me;
+        o.curve_server = n->agg.kx_pub;
+    }
     return client_open(&n->cl, c->endpoint, &o);
 }
 

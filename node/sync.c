@@ -123,8 +123,8 @@ static int to_part(void *arg, const uint8_t *data, size_t len) {
 }
 
 /* Appends the missing bytes of the object named by its hash (a model
- * version, or a low-rank update of `want_total` bytes; 0: any size up to
- * max_model_bytes) to the .part file, through client_download from the
+ * version, or a low-rank update, of `want_total` bytes as the ROUND announced
+ * them; 0: any size up to max_model_bytes) to the .part file, through client_download from the
  * .part's size on. 0 complete, 1 stop asked, -1 error. */
 static int download(node_ctx *n, const uint8_t version[MSG_HASH_LEN], const char *part,
                     uint64_t want_total) {
@@ -266,7 +266,7 @@ int node_sync(node_ctx *n, const struct msg_round *r) {
      * that failed its check; it is removed and fetched again once. */
     for (int attempt = 0; !made; attempt++) {
         node_log(n, "round %llu: syncing model version %.16s…", (unsigned long long)round, hex);
-        int k = download(n, version, part, 0);
+        int k = download(n, version, part, r->has_base_size ? r->base_size : 0);
         if (k != 0) return k;
         uint8_t got[MSG_HASH_LEN];
         if (crypto_sha256_file(part, got, NULL) != 0) return -1;

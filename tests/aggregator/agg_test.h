@@ -225,6 +225,17 @@ static inline int fed_sender(const struct fed *f, const uint8_t *env, size_t len
     return -1;
 }
 
+/* 1 when r is an ERROR of code whose reason contains needle; else 0, and a
+ * line says what came instead. */
+static inline int fed_is_error(const struct msg *r, enum msg_error_code code, const char *needle) {
+    int ok = r->type == MSG_ERROR && r->error.code == code && strstr(r->error.reason, needle);
+    if (!ok)
+        fprintf(stderr, "  wanted ERROR %d containing '%s', got %s%s%s\n", code, needle,
+                msg_type_name(r->type), r->type == MSG_ERROR ? ": " : "",
+                r->type == MSG_ERROR ? r->error.reason : "");
+    return ok;
+}
+
 /* Seals payload from sender for the aggregator; *msgid gets its id. */
 static inline uint8_t *fed_seal(const struct fed *f, const keys_secret *sender,
                                 const char *consortium, uint64_t round, const uint8_t *payload,

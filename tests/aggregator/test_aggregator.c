@@ -104,15 +104,6 @@ static struct sealed seal_delta(agg *a, int member, uint64_t round, uint64_t see
     return s;
 }
 
-static int is_error(const struct msg *r, enum msg_error_code code, const char *needle) {
-    int ok = r->type == MSG_ERROR && r->error.code == code && strstr(r->error.reason, needle);
-    if (!ok)
-        fprintf(stderr, "  wanted ERROR %d containing '%s', got %s%s%s\n", code, needle,
-                msg_type_name(r->type), r->type == MSG_ERROR ? ": " : "",
-                r->type == MSG_ERROR ? r->error.reason : "");
-    return ok;
-}
-
 static agg *open_agg(const char *sub, const char *rounds, const char *more, agg_config *c,
                      uint64_t now) {
     char path[600];
@@ -388,13 +379,17 @@ static void test_round_and_refusals(void) {
     CHECK(r.type == MSG_ROUND && r.round.round == 1 && !memcmp(r.round.base, base1, 32) &&
           r.round.deadline == T0 + 100 && r.round.train.rank == FED_RANK &&
           r.round.train.ntargets == 2);
+    /* The base's size, which bounds a node's download of it (issue 17,
+     * case 8: a fake aggregator made a node write 2 GB). */
+    struct stat st;
+    CHECK(stat(mp, &st) == 0 && r.round.has_base_size && r.round.base_size == (uint64_t)st.st_size);
     r = hello(a, 3, T0);
-    CHECK(is_error(&r, MSG_ERR_NOT_MEMBER, "unknown node"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_MEMBER, "unknown node"));
     struct msg m = {.type = MSG_HELLO};
     snprintf(m.hello.name, sizeof m.hello.name, "uni-b"); /* uni-a's keys, uni-b's name */
     keys_fingerprint(&F.m[0].pub, m.hello.fingerprint);
     CHECK_OK(ask(a, &m, T0, &r));
-    CHECK(is_error(&r, MSG_ERR_NOT_MEMBER, "does not match"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_MEMBER, "does not match"));
     /* HELLO must be signed by the identity it names, for this consortium,
      * at about the aggregator's time. */
     m = (struct msg){.type = MSG_HELLO};
@@ -403,16 +398,16 @@ static void test_round_and_refusals(void) {
     CHECK_OK(hello_sign(&m.hello, F.consortium, &F.m[0], T0));
     m.hello.sig[5] ^= 1;
     CHECK_OK(ask(a, &m, T0, &r));
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "signature does not verify"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "signature does not verify"));
     uint8_t elsewhere[32];
     memcpy(elsewhere, F.consortium, 32);
     elsewhere[0] ^= 1;
     CHECK_OK(hello_sign(&m.hello, elsewhere, &F.m[0], T0));
     CHECK_OK(ask(a, &m, T0, &r));
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "signature does not verify"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "signature does not verify"));
     CHECK_OK(hello_sign(&m.hello, F.consortium, &F.m[0], T0 - HELLO_SKEW_MAX_S - 1));
     CHECK_OK(ask(a, &m, T0, &r));
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "behind the aggregator's"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "behind the aggregator's"));
     CHECK_FAILS_WITH(hello_sign(&m.hello, F.consortium, &F.m[1], T0), "another identity");
 
     /* GET_MODEL: the whole version in chunks, resumable at any offset. */
@@ -449,7 +444,7 @@ static void test_round_and_refusals(void) {
     m.get_model.version[0] = 0xee;
     m.get_model.length = 10;
     CHECK_OK(ask(a, &m, T0, &r));
-    CHECK(is_error(&r, MSG_ERR_NOT_FOUND, "unknown model version"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_FOUND, "unknown model version"));
 
     /* A good delta gets a receipt; the same envelope again (a node that
      * lost the answer) gets the same receipt and counts once. */
@@ -468,19 +463,19 @@ static void test_round_and_refusals(void) {
     memcpy(t, s.env, s.len);
     t[s.len / 2] ^= 0x40;
     r = submit(a, t, s.len, s.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "replay"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "replay"));
     free(t);
 
     /* A second, different delta from the same member for the same round. */
     struct sealed s2 = seal_delta(a, 0, 1, 2, NULL);
     r = submit(a, s2.env, s2.len, s2.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "already submitted"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "already submitted"));
 
     /* tampered envelope: a flipped ciphertext byte breaks the signature. */
     struct sealed sb = seal_delta(a, 1, 1, 3, NULL);
     sb.env[sb.len / 2] ^= 1;
     r = submit(a, sb.env, sb.len, sb.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "tampered envelope"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "tampered envelope"));
     /* a flipped header byte (the round field lives at offset 40) */
     free(sb.env);
     sb = seal_delta(a, 1, 1, 3, NULL);
@@ -492,7 +487,7 @@ static void test_round_and_refusals(void) {
     /* unknown node: an envelope signed by someone not on the member list. */
     struct sealed so = seal_delta(a, 3, 1, 4, NULL);
     r = submit(a, so.env, so.len, so.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_NOT_MEMBER, "unknown node"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_MEMBER, "unknown node"));
     free(so.env);
 
     /* wrong consortium */
@@ -504,12 +499,12 @@ static void test_round_and_refusals(void) {
     size_t elen;
     uint8_t *e = fed_seal(&F, &F.m[1], "other-consortium", 1, p, plen, &elen, id);
     r = submit(a, e, elen, id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "wrong consortium"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "wrong consortium"));
     free(e);
     /* stale round in the signed header while SUBMIT_BEGIN claims the open one */
     e = fed_seal(&F, &F.m[1], "test-consortium", 0, p, plen, &elen, id);
     r = submit(a, e, elen, id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
+    CHECK(fed_is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
     free(e);
     free(p);
 
@@ -520,7 +515,7 @@ static void test_round_and_refusals(void) {
     m.submit_begin.size = 200001;
     m.submit_begin.chunks = 1;
     CHECK_OK(ask(a, &m, T0 + 2, &r));
-    CHECK(is_error(&r, MSG_ERR_TOO_LARGE, "oversized submission"));
+    CHECK(fed_is_error(&r, MSG_ERR_TOO_LARGE, "oversized submission"));
     /* ... and more bytes than announced */
     struct sealed sc = seal_delta(a, 1, 1, 6, NULL);
     m.submit_begin.size = 10;
@@ -531,18 +526,18 @@ static void test_round_and_refusals(void) {
     m.submit_chunk.data = sc.env;
     m.submit_chunk.data_len = 11;
     CHECK_OK(ask(a, &m, T0 + 2, &r));
-    CHECK(is_error(&r, MSG_ERR_TOO_LARGE, "oversized submission"));
+    CHECK(fed_is_error(&r, MSG_ERR_TOO_LARGE, "oversized submission"));
 
     /* NaN / Inf in a delta */
     struct delta_opts o = {.poison = NAN};
     struct sealed sn = seal_delta(a, 1, 1, 7, &o);
     r = submit(a, sn.env, sn.len, sn.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "NaN or Inf"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "NaN or Inf"));
     free(sn.env);
     o.poison = INFINITY;
     sn = seal_delta(a, 1, 1, 7, &o);
     r = submit(a, sn.env, sn.len, sn.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "NaN or Inf"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "NaN or Inf"));
     free(sn.env);
 
     /* shapes that do not match the base: an adapter made for a wider model */
@@ -555,7 +550,7 @@ static void test_round_and_refusals(void) {
     o = (struct delta_opts){.shapes = other};
     struct sealed sw = seal_delta(a, 1, 1, 8, &o);
     r = submit(a, sw.env, sw.len, sw.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "shapes do not match the base"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "shapes do not match the base"));
     free(sw.env);
     model_free(other);
 
@@ -565,7 +560,7 @@ static void test_round_and_refusals(void) {
     p = fed_delta(&F, 1, wrong, 9, NULL, &plen);
     e = fed_seal(&F, &F.m[1], "test-consortium", 1, p, plen, &elen, id);
     r = submit(a, e, elen, id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "wrong base version"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "wrong base version"));
     free(e);
     free(p);
     CHECK(agg_accepted_count(a) == 1); /* none of the refusals counted */
@@ -654,7 +649,7 @@ static void test_round_and_refusals(void) {
     /* stale round: round 1's envelope arrives in round 2 (never accepted). */
     struct sealed late = seal_delta(a, 1, 1, 12, NULL);
     r = submit(a, late.env, late.len, late.id, 1, T0 + 5);
-    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
+    CHECK(fed_is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
     free(late.env);
     /* an accepted envelope of round 1 again: still the same receipt */
     r = submit(a, s.env, s.len, s.id, 1, T0 + 5);
@@ -670,7 +665,7 @@ static void test_round_and_refusals(void) {
     CHECK_OK(agg_tick(a, T0 + 6));
     CHECK(agg_get_state(a) == AGG_FINISHED);
     r = hello(a, 2, T0 + 7);
-    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "finished") && !r.error.has_retry_after);
+    CHECK(fed_is_error(&r, MSG_ERR_WRONG_ROUND, "finished") && !r.error.has_retry_after);
     uint8_t final[32];
     agg_current_base(a, final);
     /* The end of the federation is in the reply's "final" field (the node
@@ -743,7 +738,7 @@ static void test_influence_bounds(void) {
     struct delta_opts big = {.scale_b = 1e30f};
     struct sealed sp = seal_delta(a, 0, 1, 40, &big);
     struct msg r = submit(a, sp.env, sp.len, sp.id, 1, T0 + 1);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "uni-a's delta: norm: the update of model.layers."));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "uni-a's delta: norm: the update of model.layers."));
     CHECK(r.type == MSG_ERROR && strstr(r.error.reason, "limits.max_update_ratio = 4"));
     CHECK(agg_accepted_count(a) == 0);
     free(sp.env);
@@ -814,7 +809,7 @@ static void test_ascii_reasons(void) {
      * with the wrong aggregator.id would) */
     CHECK_OK(envelope_seal_mem(&ep, &F.m[0], F.m[3].pub.kx_pub, p, &env, &elen, &h));
     struct msg r = submit(a, env, elen, h.message_id, 1, T0 + 1);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "sealed for another aggregator"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "sealed for another aggregator"));
     CHECK_MSG(r.type == MSG_ERROR && !strchr(r.error.reason, '?') &&
                   strstr(r.error.reason, "..., this receiver's key is "),
               "reason '%s'", r.type == MSG_ERROR ? r.error.reason : "");
@@ -843,7 +838,7 @@ static void test_quorum_deadline(void) {
     CHECK(agg_current_round(a) == 2);
     /* The late member is refused with a clear reply. */
     r = submit(a, s2.env, s2.len, s2.id, 1, T0 + 62);
-    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
+    CHECK(fed_is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
     json_t *j = fed_metrics_of(&c, 1);
     CHECK(j && json_array_size(json_object_get(j, "members_accepted")) == 2);
     json_decref(j);
@@ -872,9 +867,9 @@ static void test_quorum_deadline(void) {
     m.submit_chunk.data = s2.env;
     m.submit_chunk.data_len = (uint32_t)s2.len;
     CHECK_OK(ask(a, &m, T0 + 112, &r));
-    CHECK(is_error(&r, MSG_ERR_NOT_FOUND, "no upload"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_FOUND, "no upload"));
     r = submit(a, s2.env, s2.len, s2.id, 2, T0 + 112);
-    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "finished"));
+    CHECK(fed_is_error(&r, MSG_ERR_WRONG_ROUND, "finished"));
     CHECK(!r.error.has_final); /* only HELLO's answer ends a node's run */
     agg_close(a);
     free(s0.env), free(s1.env), free(s2.env);
@@ -1019,7 +1014,14 @@ static void test_config(void) {
     CHECK(c.quorum == 3 && c.deadline_s == 600 && c.n_members == 3 && c.train.rank == FED_RANK);
     CHECK(c.join_current == 0);
     CHECK(strstr(c.state, "/cfg/state") != NULL); /* relative to the config file */
+    CHECK(c.curve == 1 && c.max_update_ratio == 4.0); /* the defaults */
     agg_config_free(&c);
+    fed_config(&F, "cfg", p, sizeof p, "count = 2;", "curve = false;\n");
+    CHECK_OK(agg_config_load(&c, p));
+    CHECK(c.curve == 0);
+    agg_config_free(&c);
+    fed_config(&F, "cfg", p, sizeof p, "count = 2;", "curve = \"yes\";\n");
+    CHECK_FAILS_WITH(agg_config_load(&c, p), "'curve' must be true or false");
 }
 
 int main(void) {

@@ -114,8 +114,11 @@ static int start(struct aggp *p) {
             client_options_default(&o);
             o.timeout_ms = 2000;
             o.linger_ms = 0;
-            for (int m = 0; m < FED_MEMBERS; m++)
+            o.curve_server = F.agg.pub.kx_pub; /* CURVE, each node with its own key */
+            for (int m = 0; m < FED_MEMBERS; m++) {
+                o.curve_me = &F.m[m];
                 if (client_open(&p->cl[m], ep, &o) < 0) fed_die("client_open");
+            }
             free(ep);
             return 0;
         }

@@ -40,15 +40,6 @@ static void ask_on(agg *a, agg_peer p, const struct msg *req, uint64_t now, stru
     free(rep);
 }
 
-static int is_error(const struct msg *r, enum msg_error_code code, const char *needle) {
-    int ok = r->type == MSG_ERROR && r->error.code == code && strstr(r->error.reason, needle);
-    if (!ok)
-        fprintf(stderr, "  wanted ERROR %d containing '%s', got %s%s%s\n", code, needle,
-                msg_type_name(r->type), r->type == MSG_ERROR ? ": " : "",
-                r->type == MSG_ERROR ? r->error.reason : "");
-    return ok;
-}
-
 /* Member i's signed HELLO, said on connection p. */
 static struct msg hello_on(agg *a, agg_peer p, int i, uint64_t now) {
     struct msg m = {.type = MSG_HELLO}, r;
@@ -145,27 +136,27 @@ static void test_no_session_no_upload(void) {
         id[1] = (uint8_t)i;
         agg_peer stranger = fed_peer(10 + (i % 4));
         struct msg r = begin_on(a, stranger, id, 1 << 20, 1);
-        CHECK(is_error(&r, MSG_ERR_BAD_MESSAGE, "no verified HELLO on this connection"));
+        CHECK(fed_is_error(&r, MSG_ERR_BAD_MESSAGE, "no verified HELLO on this connection"));
         r = chunk_on(a, stranger, id, 0, data, sizeof data);
-        CHECK(is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
+        CHECK(fed_is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
         r = end_on(a, stranger, id, d);
-        CHECK(is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
+        CHECK(fed_is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
     }
     CHECK_MSG(inbox_files(&c) == 0, "%d files in the inbox", inbox_files(&c));
     /* A non-member's HELLO opens nothing either. */
     struct msg r = hello_on(a, fed_peer(13), 3, T0);
-    CHECK(is_error(&r, MSG_ERR_NOT_MEMBER, "unknown node"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_MEMBER, "unknown node"));
     r = begin_on(a, fed_peer(13), id, 1000, 1);
-    CHECK(is_error(&r, MSG_ERR_BAD_MESSAGE, "no verified HELLO"));
+    CHECK(fed_is_error(&r, MSG_ERR_BAD_MESSAGE, "no verified HELLO"));
     /* On a connection the transport authenticated as mallory's key, uni-a's
      * HELLO (captured on the way, valid for 300 s) opens no session. */
     agg_peer as_mallory = fed_peer(14);
     as_mallory.authenticated = 1;
     keys_fingerprint(&F.m[3].pub, as_mallory.fp);
     r = hello_on(a, as_mallory, 0, T0);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "another identity than the key this connection"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "another identity than the key this connection"));
     r = begin_on(a, as_mallory, id, 1000, 1);
-    CHECK(is_error(&r, MSG_ERR_BAD_MESSAGE, "no verified HELLO"));
+    CHECK(fed_is_error(&r, MSG_ERR_BAD_MESSAGE, "no verified HELLO"));
     /* The members are not kept waiting by any of it. */
     for (int i = 0; i < 3; i++) {
         size_t len;
@@ -207,7 +198,7 @@ static void test_member_slots(void) {
     CHECK(r.type == MSG_ACK && r.ack.stored == 200);
     id[1] = 11; /* evicted by the newest */
     r = chunk_on(a, fed_peer(0), id, 1, data, sizeof data);
-    CHECK(is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
     /* uni-b is not kept waiting by them. */
     size_t len;
     uint8_t mid[16];
@@ -239,14 +230,14 @@ static void test_cancel_from_elsewhere(void) {
     /* Someone who saw the message id: another member restarting it, a
      * stranger or another member feeding or ending it. */
     r = begin_on(a, fed_peer(1), id, len, chunks);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "another member's upload"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "another member's upload"));
     uint8_t junk[16] = {0}, d[32] = {0};
     r = chunk_on(a, fed_peer(1), id, 1, junk, sizeof junk);
-    CHECK(is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
     r = chunk_on(a, fed_peer(12), id, 1, junk, sizeof junk);
-    CHECK(is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
     r = end_on(a, fed_peer(12), id, d);
-    CHECK(is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
     /* uni-a's upload goes on where it was. */
     for (uint32_t i = 1; i < chunks; i++) {
         size_t off = (size_t)i * 4000;
@@ -308,7 +299,7 @@ static void test_streaming_end(void) {
     long long before = peak_rss(1);
     r = end_on(a, fed_peer(0), id, d);
     long long grew = peak_rss(0) - before;
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "tampered envelope"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "tampered envelope"));
     printf("SUBMIT_END of a %u MiB garbage upload: peak memory +%.1f MiB\n", chunks,
            (double)grew / (1 << 20));
     CHECK_MSG(before > 0 && grew < (16 << 20), "peak memory grew by %lld bytes", grew);

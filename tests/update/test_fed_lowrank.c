@@ -219,7 +219,7 @@ static void fallbacks(void) {
     struct gate g = {0};
     CHECK_OK(ft_setup(&f, "fallback", 2, &o));
     CHECK_OK(ft_start_aggregator(&f));
-    CHECK_OK(ft_proxy_open(&p, f.endpoint, gate_hook, &g));
+    CHECK_OK(ft_proxy_open(&p, &f, f.endpoint, gate_hook, &g));
     for (int i = 0; i < f.n; i++) {
         CHECK_OK(ft_node_config(&f, i, p.endpoint, ""));
         CHECK_OK(ft_start_node(&f, i));
