@@ -274,15 +274,22 @@ int agg_takes_part(agg *a, const agg_member *m) {
     return agg_roster_find_name(a->open_view, m->name, &then) == 1 && !then.observer;
 }
 
-/* 1 when every member taking part has a delta accepted this round. */
+/* 1 when every member taking part has a delta accepted this round, and
+ * they are at least the quorum. With nobody taking part (a roster with no
+ * member yet) that is not "everybody is in": the round waits for members
+ * (issue 17: it used to close at once with no delta, and every round after
+ * it, ending the federation). Nor does a round close early below the
+ * quorum: the deadline's rules (below_quorum) decide then. */
 static int all_in(agg *a) {
+    int taking = 0;
     for (int i = 0; i < agg_roster_size(a->roster); i++) {
         const agg_member *m = agg_roster_entry(a->roster, i);
         int t = agg_takes_part(a, m);
         if (t < 0) return -1;
         if (t && !agg_find_member(a, a->round, m->name)) return 0;
+        taking += t;
     }
-    return 1;
+    return taking > 0 && agg_accepted_count(a) >= (int)a->cfg.quorum;
 }
 
 int agg_round_accepts(const agg *a, uint64_t round, const accept_rec ***out, int *n) {

@@ -37,12 +37,14 @@ static void on_hup(int sig) {
 
 static int done_serving(const agg *a, uint64_t now) {
     if (a->state != AGG_FINISHED || a->cfg.linger_s < 0) return 0;
-    /* After the last member heard "finished", wait a moment before closing
-     * the socket: a DEALER with ZMQ_IMMEDIATE drops a reply still in flight
-     * when the connection goes away, so leaving at once could cost that
-     * member its answer. */
-    return (a->all_told_at && now >= a->all_told_at + FINISH_GRACE_S) ||
-           now >= a->finished_at + (uint64_t)a->cfg.linger_s;
+    /* rounds.linger is how long the final version is served after the last
+     * round (observers and late nodes download it then): honoured whatever
+     * the members heard (issue 17: it used to end 2 s after they all heard
+     * "finished"). Once every member heard it, a moment more before the
+     * socket closes: a DEALER with ZMQ_IMMEDIATE drops a reply still in
+     * flight when the connection goes away. */
+    return now >= a->finished_at + (uint64_t)a->cfg.linger_s &&
+           (!a->all_told_at || now >= a->all_told_at + FINISH_GRACE_S);
 }
 
 int agg_on_get_model(agg *a, const struct msg_get_model *g, uint8_t **out, size_t *len) {

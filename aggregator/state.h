@@ -217,6 +217,11 @@ int agg_on_submit_chunk(agg *a, const agg_session *s, const struct msg_submit_ch
 int agg_on_submit_end(agg *a, const agg_session *s, const struct msg_submit_end *e, uint64_t now,
                       uint8_t **out, size_t *len);
 void agg_upload_drop(upload *u);
+/* After a damaged journal record was cut: every envelope of the open round
+ * in the inbox that the journal has no acceptance for is checked as at
+ * SUBMIT_END and accepted again (its journal record written anew, logged);
+ * one that does not pass is logged and left. */
+int agg_recover_inbox(agg *a, uint64_t now);
 /* What an accepted envelope of `round` must be (lookup: whose keys count). */
 void agg_envelope_expect(const agg_config *c, agg_roster *roster, uint64_t round,
                          envelope_lookup_fn lookup, envelope_expect *x);

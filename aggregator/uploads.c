@@ -23,6 +23,7 @@
 #include "util/hex.h"
 #include "util/fio.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -617,5 +618,53 @@ int agg_on_submit_end(agg *a, const agg_session *s, const struct msg_submit_end 
     rc = reply_receipt(&a->acc[a->nacc - 1], out, len);
 done:
     unlink(part); /* gone already when accepted (renamed) */
+    return rc;
+}
+
+int agg_recover_inbox(agg *a, uint64_t now) {
+    char dir[AGG_PATH_MAX], path[AGG_PATH_MAX], prefix[32];
+    if (agg_state_path(a, "inbox", dir, sizeof dir) < 0) return -1;
+    snprintf(prefix, sizeof prefix, "r%llu-", (unsigned long long)a->round);
+    DIR *d = opendir(dir);
+    if (!d) return err_errno("opening %s", dir);
+    int rc = 0;
+    for (struct dirent *e; rc == 0 && (e = readdir(d));) {
+        size_t n = strlen(e->d_name), p = strlen(prefix);
+        if (n <= p + 4 || strncmp(e->d_name, prefix, p) != 0 || strcmp(e->d_name + n - 4, ".env"))
+            continue;
+        char member[KEYS_NAME_MAX + 1];
+        snprintf(member, sizeof member, "%.*s", (int)(n - p - 4), e->d_name + p);
+        if (keys_name_check(member) < 0 || agg_find_member(a, a->round, member)) continue;
+        if (fio_join(path, sizeof path, dir, e->d_name) < 0) {
+            rc = -1;
+            break;
+        }
+        agg_member m;
+        envelope_header hdr;
+        uint64_t tokens = 0, size = 0;
+        enum msg_error_code code;
+        char why[WHY_MAX];
+        int c = check_envelope_file(a, path, NULL, &m, &hdr, &tokens, &code, why);
+        if (c < 0) {
+            rc = -1;
+        } else if (c > 0 || strcmp(m.name, member) != 0) {
+            agg_say("inbox: %s has no acceptance in the journal and is not taken again: %s", path,
+                    c > 0 ? why : "sealed by another member than its name says");
+        } else {
+            journal_record ar = {.kind = JOURNAL_ACCEPT, .round = a->round, .time = now};
+            snprintf(ar.member, sizeof ar.member, "%s", member);
+            memcpy(ar.msgid, hdr.message_id, MSG_ID_LEN);
+            if (crypto_sha256_file(path, ar.digest, &size) < 0) {
+                rc = -1;
+                break;
+            }
+            ar.size = size;
+            if ((rc = agg_commit(a, &ar)) == 0)
+                agg_say("round %llu: recovered %s's delta from %s: checked again and journaled "
+                        "(its acceptance record was lost with the damaged line)",
+                        (unsigned long long)a->round, member, path);
+        }
+    }
+    closedir(d);
     return rc;
 }

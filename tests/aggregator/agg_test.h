@@ -17,6 +17,7 @@
 #include "util/err.h"
 #include "util/fio.h"
 #include "wire/hello.h"
+#include "wire/crypto.h"
 #include "wire/envelope.h"
 #include "wire/keys.h"
 #include "wire/msg.h"
@@ -253,4 +254,71 @@ static inline uint8_t *fed_seal(const struct fed *f, const keys_secret *sender,
     return env;
 }
 
+#endif
+
+#ifndef FL_TESTS_AGG_TEST_SUBMIT
+#define FL_TESTS_AGG_TEST_SUBMIT
+/* One request on connection p, the reply decoded into the returned msg
+ * (type 0 when agg_handle failed; blobs not kept). */
+static inline struct msg fed_ask(agg *a, agg_peer p, const struct msg *req, uint64_t now) {
+    uint8_t *buf, *rep;
+    size_t len, rlen;
+    struct msg r = {0};
+    if (msg_encode(req, &buf, &len) < 0) fed_die("msg_encode");
+    int rc = agg_handle(a, &p, buf, len, now, &rep, &rlen);
+    free(buf);
+    if (rc == 0 && msg_decode(rep, rlen, NULL, &r) < 0) r.type = 0;
+    if (r.type == MSG_MODEL_CHUNK) r.model_chunk.data = NULL;
+    if (rc == 0) free(rep);
+    return r;
+}
+
+/* Member i's node on its own connection: a signed HELLO, then its delta
+ * (seed) for the open round in one chunk. Returns the last reply (END's
+ * RECEIPT when all went well); the envelope is kept in *env_out (when not
+ * NULL; free() it). */
+static inline struct msg fed_submit(const struct fed *f, agg *a, int i, uint64_t seed, uint64_t now,
+                                    uint8_t **env_out, size_t *len_out) {
+    agg_peer p = fed_peer(i);
+    struct msg m = {.type = MSG_HELLO}, r;
+    snprintf(m.hello.name, sizeof m.hello.name, "%s", fed_names[i]);
+    keys_fingerprint(&f->m[i].pub, m.hello.fingerprint);
+    if (hello_sign(&m.hello, f->consortium, &f->m[i], now) < 0) fed_die("hello_sign");
+    r = fed_ask(a, p, &m, now);
+    uint8_t base[32], id[16];
+    agg_current_base(a, base);
+    size_t plen, len;
+    uint8_t *pl = fed_delta(f, agg_current_round(a), base, seed, NULL, &plen);
+    uint8_t *env =
+        fed_seal(f, &f->m[i], "test-consortium", agg_current_round(a), pl, plen, &len, id);
+    free(pl);
+    if (r.type == MSG_ROUND) {
+        m = (struct msg){.type = MSG_SUBMIT_BEGIN};
+        m.submit_begin.round = agg_current_round(a);
+        memcpy(m.submit_begin.id, id, 16);
+        m.submit_begin.size = len;
+        m.submit_begin.chunks = 1;
+        r = fed_ask(a, p, &m, now);
+    }
+    if (r.type == MSG_ACK) {
+        m = (struct msg){.type = MSG_SUBMIT_CHUNK};
+        memcpy(m.submit_chunk.id, id, 16);
+        m.submit_chunk.data = env;
+        m.submit_chunk.data_len = (uint32_t)len;
+        r = fed_ask(a, p, &m, now);
+    }
+    if (r.type == MSG_ACK) {
+        m = (struct msg){.type = MSG_SUBMIT_END};
+        memcpy(m.submit_end.id, id, 16);
+        crypto_sha256(env, len, m.submit_end.digest);
+        r = fed_ask(a, p, &m, now);
+    }
+    if (env_out) {
+        *env_out = env;
+        *len_out = len;
+    } else {
+        free(env);
+    }
+    return r;
+}
 #endif

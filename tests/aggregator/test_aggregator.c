@@ -1013,7 +1013,7 @@ static void test_config(void) {
     CHECK_OK(agg_config_load(&c, p));
     CHECK(c.quorum == 3 && c.deadline_s == 600 && c.n_members == 3 && c.train.rank == FED_RANK);
     CHECK(c.join_current == 0);
-    CHECK(strstr(c.state, "/cfg/state") != NULL); /* relative to the config file */
+    CHECK(strstr(c.state, "/cfg/state") != NULL);     /* relative to the config file */
     CHECK(c.curve == 1 && c.max_update_ratio == 4.0); /* the defaults */
     agg_config_free(&c);
     fed_config(&F, "cfg", p, sizeof p, "count = 2;", "curve = false;\n");

@@ -312,7 +312,7 @@ static void submit_until_receipt(struct run *R, int member, uint64_t round, cons
 /* A whole federation: ROUNDS rounds, three members, crashes as p.crash says. */
 static void run_federation(struct run *R, const char *sub) {
     char cfg[600];
-    fed_config(&F, sub, cfg, sizeof cfg, "count = 2; quorum = 3; deadline = 3600; linger = 60;",
+    fed_config(&F, sub, cfg, sizeof cfg, "count = 2; quorum = 3; deadline = 3600; linger = 2;",
                NULL);
     snprintf(R->p.cfg, sizeof R->p.cfg, "%s", cfg);
     fed_path(R->p.state, sizeof R->p.state, "%s/state", sub);
