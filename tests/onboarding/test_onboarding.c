@@ -110,6 +110,13 @@ static void *fake_run(void *arg) {
                 memcpy(i->roster_hash, f->roster_hash, 32);
                 i->roster_size = f->roster_len;
             }
+        } else if (m.type == MSG_HELLO) {
+            /* What an aggregator in the clear tells a revoked member. */
+            rep.type = MSG_ERROR;
+            rep.error.code = MSG_ERR_NOT_MEMBER;
+            snprintf(rep.error.reason, sizeof rep.error.reason,
+                     "revoked: '%s' (identity 0123...) was revoked from consortium '%s'",
+                     m.hello.name, f->consortium);
         } else if (m.type == MSG_GET_MODEL && f->roster &&
                    !memcmp(m.get_model.version, f->roster_hash, 32) &&
                    m.get_model.offset < f->roster_len) {
@@ -511,6 +518,13 @@ static void test_doctor(fake_agg *f) {
     CHECK(doctor_status_of(&r, "membership") == -1 && doctor_status_of(&r, "roster") == -1);
     rc = run_fedlora(log, "doctor", "--config", variant, "--timeout", "3", NULL);
     CHECK(rc == 1 && ts_contains(log, "FAIL  aggregator-key: "));
+
+    /* A revoked member's node is not told to ask to be added again (issue
+     * 17, case 10): a revoked name and key can never come back. */
+    rc = run_fedlora(log, "node", "--config", node_cfg, NULL);
+    CHECK_MSG(rc == 1 && ts_contains(log, "revoked: 'uni-x'") &&
+                  ts_contains(log, "cannot rejoin") && !ts_contains(log, "to add"),
+              "exit %d (see %s)", rc, log);
 
     /* A private key others can read: FAIL, saying chmod 600. */
     char sign[TS_PATH], want[TS_PATH + 16];
