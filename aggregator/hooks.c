@@ -81,20 +81,55 @@ static int hook_weights(void *arg, const agg_update *u, int n, double *w) {
     return rc;
 }
 
-/* w is what hook_weights gave; aggregate_compute derives the same from the
- * members' counts (and zeroes those multi-Krum leaves out). */
-static int hook_merge(void *arg, model *base, const agg_update *u, int n, const double *w,
-                      update **factors) {
+/* A dense change's weights are the members' modules. */
+static int dense_touches(void *ctx, const char *name) {
+    const agg_hooks *h = ctx;
+    const lora_set *s0 = h->members[0].set;
+    size_t n = strlen(name);
+    if (n <= 7 || strcmp(name + n - 7, ".weight") != 0) return 0;
+    for (int i = 0; i < s0->n_modules; i++)
+        if (strlen(s0->modules[i].path) == n - 7 && !strncmp(s0->modules[i].path, name, n - 7))
+            return 1;
+    return 0;
+}
+
+static int dense_apply(void *ctx, const char *name, real *W) {
+    agg_hooks *h = ctx;
+    return aggregate_dense_apply(h->dense, name, W);
+}
+
+static void dense_free(void *ctx) {
+    agg_hooks *h = ctx;
+    aggregate_dense_free(h->dense);
+    h->dense = NULL;
+}
+
+/* w is what hook_weights gave; aggregate_prepare derives the same from the
+ * members' counts (and zeroes those multi-Krum leaves out). A dense change
+ * keeps the members (and the noise source) until the version is written. */
+static int hook_merge(void *arg, const model *base, const agg_update *u, int n, const double *w,
+                      agg_change *out) {
     agg_hooks *h = arg;
     (void)w;
-    aggregate_member *mb = malloc((size_t)n * sizeof *mb);
-    if (!mb) return err_set("out of memory aggregating %d updates", n);
+    memset(out, 0, sizeof *out);
+    aggregate_dense_free(h->dense);
+    h->dense = NULL;
+    free(h->members);
+    h->members = malloc((size_t)n * sizeof *h->members);
+    if (!h->members) return err_set("out of memory aggregating %d updates", n);
     for (int i = 0; i < n; i++)
-        mb[i] = (aggregate_member){u[i].member, u[i].set, u[i].tokens, u[i].examples};
+        h->members[i] = (aggregate_member){u[i].member, u[i].set, u[i].tokens, u[i].examples};
     aggregate_report_free(&h->rep);
-    int rc = aggregate_compute(h->pol, base, mb, n, &h->info, h->noise, NULL, &h->rep, factors);
-    free(mb);
-    return rc;
+    if (aggregate_prepare(h->pol, base, h->members, n, &h->info, h->noise, NULL, &h->rep,
+                          &out->factors, &h->dense) != 0)
+        return -1;
+    if (h->dense) {
+        out->dense_touches = dense_touches;
+        out->dense_apply = dense_apply;
+        out->dense_free = dense_free;
+        out->dense_ctx = h;
+    }
+    return 0;
 }
 
 void agg_hooks_init(agg_hooks *h, const policy *pol, const struct msg_train *train) {
@@ -106,4 +141,6 @@ void agg_hooks_init(agg_hooks *h, const policy *pol, const struct msg_train *tra
 
 void agg_hooks_free(agg_hooks *h) {
     aggregate_report_free(&h->rep);
+    aggregate_dense_free(h->dense);
+    free(h->members);
 }

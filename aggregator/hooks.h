@@ -11,14 +11,15 @@
  *             round's rank), finite values, ‖Σ s·B·A‖_F <= max_norm;
  *   weights   weights_compute (p_i, capped) or, with DP, w_i / E: the
  *             coefficients the library will use, for the metrics;
- *   merge     aggregate_compute: clipping, the robust rule (mean, median,
+ *   merge     aggregate_prepare: clipping, the robust rule (mean, median,
  *             trimmed mean, multi-Krum), DP-FedAvg's noise, and the merge
  *             mode (exact, fedit, svd). A low-rank result
  *             (policies/aggregate.h: the mean or multi-Krum without DP,
- *             fedit, svd) comes back as its update, which the aggregator
- *             applies and publishes as it does the default policy's; a
- *             dense one (median, trimmed mean, DP noise) is added to the
- *             base in place.
+ *             fedit, svd) comes back as its update, from which the
+ *             aggregator writes and publishes the version as it does the
+ *             default policy's; a dense one (median, trimmed mean, DP
+ *             noise) is added module by module to the weights as the new
+ *             version is written (aggregate_dense_apply).
  *
  * Base-version, shape and finiteness checks of the submitted tensors stay in
  * agg_update_build, which every update passes first. The aggregator sets the
@@ -42,6 +43,10 @@ typedef struct {
     noise_source *noise; /* DP: the round's noise source, else NULL */
     /* Filled by the last merge (K members in name order); rep.K == 0 before. */
     aggregate_report rep;
+    /* A dense merge's pending change, applied as the version is written, and
+     * the members it reads (their sets are the round's updates'). */
+    aggregate_dense *dense;
+    aggregate_member *members;
 } agg_hooks;
 
 /* pol and train are borrowed and must outlive h. */

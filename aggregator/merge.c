@@ -2,6 +2,7 @@
 #include "aggregator/merge.h"
 
 #include "aggregator/store.h"
+#include "model/safetensors.h"
 #include "policies/validate.h"
 #include "util/err.h"
 
@@ -183,6 +184,9 @@ static int weight_norm(agg_norms *c, const model *base, const char *name, double
     const model_param *p = model_find_param(base, name);
     if (!p) return err_set("the base has no weight '%s' for an adapted module", name);
     *out = sqrt(validate_sum_squares(p->dtype, p->values, p->numel));
+    /* Read once: a mapped base's pages go back (they fault in again from
+     * the file when the merge reads them), so the bound costs no memory. */
+    safetensors_dir_release(base->mapped, p->values, (size_t)p->numel * model_dtype_size(p->dtype));
     if (!c) return 0;
     if (c->n == c->cap) {
         int cap = c->cap ? 2 * c->cap : 64;
@@ -216,9 +220,20 @@ int agg_update_bound(const agg_update *u, const model *base, agg_norms *cache, d
 }
 
 int agg_model_finite(const model *m, char why[AGG_WHY_MAX]) {
+    /* 8 MiB at a time, and a mapped model's pages given back behind: a
+     * version read once takes no more memory than a chunk. */
+    const int64_t chunk_bytes = (int64_t)8 << 20;
     for (int i = 0; i < m->n_params; i++) {
         const model_param *p = &m->params[i];
-        if (validate_finite(p->name, p->dtype, p->values, 0, p->numel, why, AGG_WHY_MAX)) return 1;
+        size_t es = model_dtype_size(p->dtype);
+        int64_t step = chunk_bytes / (int64_t)es;
+        for (int64_t off = 0; p->values && off < p->numel; off += step) {
+            int64_t k = p->numel - off < step ? p->numel - off : step;
+            const unsigned char *v = (const unsigned char *)p->values + (size_t)off * es;
+            int bad = validate_finite(p->name, p->dtype, v, off, k, why, AGG_WHY_MAX);
+            safetensors_dir_release(m->mapped, v, (size_t)k * es);
+            if (bad) return 1;
+        }
     }
     return 0;
 }
@@ -253,15 +268,22 @@ int agg_weights_tokens(void *arg, const agg_update *u, int n, double *w) {
     return 0;
 }
 
-/* The factors only: the caller applies them (update_apply), the one place
- * the aggregator changes a base by a low-rank update. */
-int agg_merge_exact(void *arg, model *base, const agg_update *u, int n, const double *w,
-                    update **factors) {
+void agg_change_free(agg_change *c) {
+    update_free(c->factors);
+    if (c->dense_free) c->dense_free(c->dense_ctx);
+    memset(c, 0, sizeof *c);
+}
+
+/* The factors only: the version is written from them (update_write_version),
+ * the one way the aggregator changes a base by a low-rank update. */
+int agg_merge_exact(void *arg, const model *base, const agg_update *u, int n, const double *w,
+                    agg_change *out) {
     (void)arg;
+    memset(out, 0, sizeof *out);
     lora_set **sets = malloc((size_t)n * sizeof *sets);
     if (!sets) return err_set("out of memory merging %d updates", n);
     for (int i = 0; i < n; i++) sets[i] = u[i].set;
-    int rc = update_build(factors, base, sets, w, n);
+    int rc = update_build(&out->factors, base, sets, w, n);
     free(sets);
     return rc;
 }

@@ -69,9 +69,26 @@ void agg_norms_free(agg_norms *n);
 int agg_update_bound(const agg_update *u, const model *base, agg_norms *cache, double max_ratio,
                      char why[AGG_WHY_MAX]);
 /* 0 when every value of every tensor of m is finite, 1 (why names the
- * first bad one) when a merge made one NaN or infinite: such a version is
- * never published. */
+ * first bad one) when one is NaN or infinite. A round's new version is
+ * checked with it (mapped, as written) before it is published: a merge that
+ * made such a value publishes nothing. */
 int agg_model_finite(const model *m, char why[AGG_WHY_MAX]);
+
+/* What a round changes in its base: a low-rank update (factors, the
+ * exact merge and every policy whose change is a product B·A), or a dense
+ * change that dense_apply adds to each weight it touches, in the model's
+ * parameter order, as the new version is written (the coordinate rules and
+ * DP noise). Either way the base itself is only read: the version is
+ * written a tensor at a time (agg_write_version, publish.c). */
+typedef struct {
+    update *factors;
+    int (*dense_touches)(void *ctx, const char *name);
+    int (*dense_apply)(void *ctx, const char *name, real *W);
+    void (*dense_free)(void *ctx);
+    void *dense_ctx;
+} agg_change;
+
+void agg_change_free(agg_change *c);
 
 /* The pluggable steps of a round's aggregation. Each gets the updates in
  * member name order. */
@@ -80,12 +97,10 @@ typedef struct agg_policy {
     int (*validate)(void *arg, const model *base, const agg_update *u, char why[AGG_WHY_MAX]);
     /* w[i] >= 0 for each of n updates. */
     int (*weights)(void *arg, const agg_update *u, int n, double *w);
-    /* The round's change to base from the updates and their weights w: a
-     * low-rank one as *factors (base untouched: the caller applies it with
-     * update_apply and publishes it), or a dense one added to base in place,
-     * *factors NULL. */
-    int (*merge)(void *arg, model *base, const agg_update *u, int n, const double *w,
-                 update **factors);
+    /* The round's change to base from the updates and their weights w
+     * (agg_change above); base is read only. */
+    int (*merge)(void *arg, const model *base, const agg_update *u, int n, const double *w,
+                 agg_change *out);
     void *arg;
 } agg_policy;
 
@@ -97,7 +112,7 @@ const agg_policy *agg_policy_default(void);
 int agg_weights_tokens(void *arg, const agg_update *u, int n, double *w);
 /* W' = W + Σ_i w_i s_i B_i A_i as its factored update (update_build): always
  * low rank. */
-int agg_merge_exact(void *arg, model *base, const agg_update *u, int n, const double *w,
-                    update **factors);
+int agg_merge_exact(void *arg, const model *base, const agg_update *u, int n, const double *w,
+                    agg_change *out);
 
 #endif

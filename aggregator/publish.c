@@ -38,7 +38,8 @@ static double mono(void) {
 int agg_load_version(const agg_config *c, const uint8_t hash[32], model **out) {
     char dir[AGG_PATH_MAX];
     if (store_version_dir(c->state, hash, dir, sizeof dir) < 0) return -1;
-    if (checkpoint_load(out, dir) < 0) return err_context("loading model version %s", dir);
+    if (checkpoint_map(out, dir, MODEL_PRECISION_FP32) < 0)
+        return err_context("loading model version %s", dir);
     return 0;
 }
 
@@ -52,15 +53,41 @@ int agg_ensure_model(agg *a, const uint8_t hash[32]) {
     return 0;
 }
 
-/* Writes m as a new version: STATE/tmp/<name>, then into the store. */
-int agg_publish_model(const agg_config *c, const model *m, const char *name, uint8_t hash[32]) {
+int agg_publish_dir(const agg_card *card, const char *name, uint8_t hash[32]) {
+    const agg_config *c = &card->a->cfg;
     char tmp[AGG_PATH_MAX];
     if (snprintf(tmp, sizeof tmp, "%s/tmp/%s", c->state, name) >= (int)sizeof tmp)
         return err_set("state path too long");
-    if (store_remove_dir(tmp) < 0 || checkpoint_save(m, tmp, "float32") < 0 ||
-        store_publish(c->state, tmp, hash) < 0)
+    if (store_publish(c->state, tmp, agg_complete_version, (void *)card, hash) < 0)
         return err_context("publishing a model version");
     return 0;
+}
+
+/* A dense change as an edit of checkpoint_write. */
+static int dense_touches(void *ctx, const model_param *p) {
+    const agg_change *ch = ctx;
+    return ch->dense_touches(ch->dense_ctx, p->name);
+}
+
+static int dense_apply(void *ctx, const model_param *p, real *values) {
+    const agg_change *ch = ctx;
+    return ch->dense_apply(ch->dense_ctx, p->name, values);
+}
+
+int agg_write_version(const model *base, const uint8_t base_hash[32], const agg_change *change,
+                      const char *dir) {
+    if (fio_remove_tree(dir) < 0) return -1;
+    if (change->factors) {
+        memcpy(change->factors->from, base_hash, 32);
+        return update_write_version(base, change->factors, dir, 1);
+    }
+    checkpoint_edit e = {.touches = dense_touches, .apply = dense_apply, .ctx = (void *)change};
+    checkpoint_save_options o = {.dtype = base->cfg.torch_dtype,
+                                 .edit = &e,
+                                 .release = 1,
+                                 .stochastic = strcmp(base->cfg.torch_dtype, "bfloat16") == 0,
+                                 .sr_key = update_version_key(base_hash)};
+    return checkpoint_write(base, dir, &o);
 }
 
 /* Writes round's update u (from → to) as an update file (lora/update.h) in
@@ -77,8 +104,8 @@ static int publish_update(const agg_config *c, update *u, uint64_t round, const 
     memcpy(u->from, from, 32);
     memcpy(u->to, to, 32);
     u->round = round;
-    if (store_remove_dir(dir) < 0 || fio_mkdirs(dir, 0700) < 0 || update_write(u, file) < 0 ||
-        store_put_object(c->state, file, hash, size) < 0 || store_remove_dir(dir) < 0)
+    if (fio_remove_tree(dir) < 0 || fio_mkdirs(dir, 0700) < 0 || update_write(u, file) < 0 ||
+        store_put_object(c->state, file, hash, size) < 0 || fio_remove_tree(dir) < 0)
         return err_context("publishing round %llu's low-rank update", (unsigned long long)round);
     return 0;
 }
@@ -144,7 +171,7 @@ int agg_forget_key(const agg_config *c, uint64_t round) {
 }
 
 void agg_result_free(round_result *r) {
-    update_free(r->factors);
+    agg_change_free(&r->change);
     for (int i = 0; i < r->n; i++) agg_update_free(&r->u[i]);
     free(r->u);
     free(r->w);
@@ -170,14 +197,15 @@ static void drop(round_result *r, uint64_t round, const char *member, const char
  * when at least `quorum` (and one) are kept. r->merged == 0 means nothing
  * was merged (m is untouched): the policy rejected too many.
  *
- * The policy's merge says what the round changes (merge.h). A low-rank
- * change — the default policy's exact merge, and a policy file's mean or
- * multi-Krum without DP, fedit and svd — comes back as its update, applied
- * here with update_apply, the portable kernel a node repeats bit for bit,
- * and kept in r->factors for low-rank sync. The median, trimmed mean and DP
- * noise are dense: the policy adds them to m itself, no factors. */
+ * The policy's merge says what the round changes (merge.h), in r->change:
+ * a low-rank change — the default policy's exact merge, and a policy file's
+ * mean or multi-Krum without DP, fedit and svd — as its update, from which
+ * the version is written with update_write_version, the portable kernel a
+ * node repeats bit for bit, and which is published for low-rank sync; the
+ * median, trimmed mean and DP noise as a dense change applied weight by
+ * weight as the version is written. m (mapped) is only read. */
 int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *keys,
-                  const agg_policy *pol, model *m, const uint8_t base[32], uint64_t round,
+                  const agg_policy *pol, const model *m, const uint8_t base[32], uint64_t round,
                   int quorum, const accept_rec *const *acc, int n, round_result *r, agg *crash) {
     memset(r, 0, sizeof *r);
     const accept_rec **order = malloc((size_t)(n ? n : 1) * sizeof *order);
@@ -269,13 +297,9 @@ int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *ke
     }
     if (r->n > 0 && r->n >= quorum) {
         if (pol->weights(pol->arg, r->u, r->n, r->w) < 0 ||
-            pol->merge(pol->arg, m, r->u, r->n, r->w, &r->factors) < 0 ||
-            (r->factors && update_apply(m, r->factors) < 0))
+            pol->merge(pol->arg, m, r->u, r->n, r->w, &r->change) < 0)
             goto done;
-        /* Nothing that is not a number is ever published (the caller then
-         * fails the round and reloads the base m no longer is). */
-        r->merged = !agg_model_finite(m, r->nonfinite);
-        if (!r->merged) agg_say("round %llu: %s", (unsigned long long)round, r->nonfinite);
+        r->merged = 1;
     }
     rc = 0;
 done:
@@ -283,6 +307,31 @@ done:
     free(order);
     if (rc < 0) agg_result_free(r);
     return rc;
+}
+
+/* 0 when every value of the version written in dir is finite, 1 (why
+ * names the first that is not) when one is not, -1 failure. The version is
+ * mapped, not loaded: its pages are read once, a tensor at a time. */
+static int version_finite(const char *dir, char why[AGG_WHY_MAX]) {
+    model *m;
+    if (checkpoint_map(&m, dir, MODEL_PRECISION_FP32) < 0)
+        return err_context("reading back the version written in %s", dir);
+    int rc = agg_model_finite(m, why);
+    model_free(m);
+    return rc;
+}
+
+/* A closed round that publishes nothing (status: why): its metrics name
+ * the rejections only, and the round fails. */
+static int unmerged(agg *a, round_result *r, const char *why, uint64_t now, double aggregate_s) {
+    double open_t = (double)(a->deadline - a->cfg.deadline_s);
+    int kept = r->n;
+    r->n = 0; /* nothing was merged: the metrics list the rejections only */
+    int f = agg_metrics_round(a, why, NULL, r, (double)now - open_t, aggregate_s, 0);
+    r->n = kept;
+    agg_result_free(r);
+    if (f < 0) return -1;
+    return agg_fail_round(a, why, now);
 }
 
 int agg_aggregate_and_publish(agg *a, uint64_t now) {
@@ -307,69 +356,72 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
         a->hooks.noise = NULL;
     }
     agg_roster_free(closed);
-    noise_free(noise);
     free(acc);
     if (rc < 0) {
-        /* The model may be half merged: forget it, a restart reloads it. */
-        model_free(a->model);
-        a->model = NULL;
+        noise_free(noise);
         return -1;
     }
     double t1 = mono(), open_t = (double)(a->deadline - a->cfg.deadline_s);
     if (!r.merged) {
-        /* The policy rejected so many that the quorum is no longer met, or
-         * the merge made a value that is not finite. */
-        int kept = r.n;
-        const char *why = r.nonfinite[0] ? "non-finite-merge"
-                          : kept         ? "below-quorum-after-validation"
-                                         : "no-valid-delta";
-        if (r.nonfinite[0]) {
-            model_free(a->model); /* merged into: not the base any more */
-            a->model = NULL;
-        }
-        r.n = 0; /* nothing was merged: the metrics list the rejections only */
-        int f = agg_metrics_round(a, why, NULL, &r, (double)now - open_t, t1 - t0, 0);
-        r.n = kept;
-        agg_result_free(&r);
-        if (f < 0) return -1;
-        return agg_fail_round(a, why, now);
+        noise_free(noise);
+        /* The policy rejected so many that the quorum is no longer met. */
+        return unmerged(a, &r, r.n ? "below-quorum-after-validation" : "no-valid-delta", now,
+                        t1 - t0);
     }
     char name[64], hex[STORE_HEX_LEN + 1];
     snprintf(name, sizeof name, "r%llu", (unsigned long long)a->round);
     uint8_t v[32], uh[32] = {0};
     uint64_t usize = 0;
-    /* The version, then its update as an object: both in the store before
-     * the publish record names them. */
-    if (agg_publish_model(&a->cfg, a->model, name, v) < 0 ||
-        (r.factors && publish_update(&a->cfg, r.factors, a->round, a->base, v, uh, &usize) < 0)) {
-        model_free(a->model);
-        a->model = NULL;
-        agg_result_free(&r);
-        return -1;
+    /* The version, written a tensor at a time from the mapped base (a dense
+     * change draws its DP noise as it goes), then its update as an object:
+     * both in the store before the publish record names them. */
+    char tmp[AGG_PATH_MAX];
+    rc = snprintf(tmp, sizeof tmp, "%s/tmp/%s", a->cfg.state, name) >= (int)sizeof tmp
+             ? err_set("state path %s is too long", a->cfg.state)
+             : agg_write_version(a->model, a->base, &r.change, tmp);
+    noise_free(noise);
+    /* The base's pages were given back as they were written: forget it. */
+    model_free(a->model);
+    a->model = NULL;
+    /* Nothing that is not a number is ever published: the version as
+     * written, mapped and read once more (issue 17, case 1). */
+    int fin = rc < 0 ? -1 : version_finite(tmp, r.nonfinite);
+    if (fin > 0) {
+        agg_say("round %llu: %s", (unsigned long long)a->round, r.nonfinite);
+        if (fio_remove_tree(tmp) < 0) {
+            agg_result_free(&r);
+            return -1;
+        }
+        return unmerged(a, &r, "non-finite-merge", now, mono() - t0);
     }
-    memcpy(a->model_version, v, 32);
+    if (fin < 0) rc = -1;
+    update *f = r.change.factors;
+    agg_card card = {.a = a, .round = a->round, .parent = a->base, .r = &r};
+    if (rc < 0 || agg_publish_dir(&card, name, v) < 0 ||
+        (f && publish_update(&a->cfg, f, a->round, a->base, v, uh, &usize) < 0)) {
+        agg_result_free(&r);
+        return err_context("round %llu: publishing", (unsigned long long)a->round);
+    }
     agg_crash_point(a, "publish");
     double t2 = mono();
     char uhex[STORE_HEX_LEN + 1];
     hex_encode(v, 32, hex);
     hex_encode(uh, 32, uhex);
     unsigned long long rn = (unsigned long long)a->round;
-    journal_record pr = {.kind = JOURNAL_PUBLISH,
-                         .round = a->round,
-                         .has_update = r.factors != NULL,
-                         .update_size = usize};
+    journal_record pr = {
+        .kind = JOURNAL_PUBLISH, .round = a->round, .has_update = f != NULL, .update_size = usize};
     memcpy(pr.hash, v, 32);
     memcpy(pr.update_hash, uh, 32);
     if (agg_metrics_round(a, "published", v, &r, (double)now - open_t, t1 - t0, t2 - t1) < 0 ||
-        agg_commit(a, &pr) < 0) {
+        agg_commit(a, &pr) < 0 || store_set_latest(a->cfg.state, v) < 0 ||
+        agg_eval_queue(a, a->round, v) < 0) {
         agg_result_free(&r);
         return -1;
     }
     if (a->has_update)
         agg_say("round %llu: low-rank update %.16s... of %llu bytes (%d weights, rank %d) makes "
                 "this version from the round's base",
-                rn, uhex, (unsigned long long)usize, r.factors->n_modules,
-                r.factors->modules[0].rank);
+                rn, uhex, (unsigned long long)usize, f->n_modules, f->modules[0].rank);
     if (agg_dp_on(&a->cfg)) {
         const policy *pol = &a->cfg.policy;
         if (dp_accountant_add(&a->dp, pol->rounds.fraction, pol->dp.noise_multiplier, 1) < 0 ||

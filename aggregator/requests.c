@@ -57,6 +57,7 @@ int agg_reply_error(agg *a, enum msg_error_code code, int retry_ms, uint8_t **ou
         agg_say("refused: %s", m.error.reason);
         if (code != MSG_ERR_BAD_MESSAGE && a->refused++ < AGG_REFUSALS_KEPT)
             snprintf(a->refusals[a->nrefusals++], sizeof a->refusals[0], "%s", m.error.reason);
+        agg_status_refusal(a, m.error.reason);
     }
     return agg_encode(&m, out, len);
 }
@@ -112,8 +113,10 @@ static int on_hello(agg *a, const agg_peer *peer, const struct msg_hello *h, uin
     /* The fingerprint is public: only the signature says the member asks. */
     if (hello_verify(h, a->cfg.consortium, &m.pub, now, HELLO_SKEW_MAX_S) < 0)
         return agg_reply_error(a, MSG_ERR_REJECTED, -1, out, len, "%s", err_msg());
-    /* Verified: this connection may upload for m from now on. */
+    /* Verified: this connection may upload for m from now on (and is the
+     * status page's last contact). */
     if (agg_session_open(a, peer, m.name) < 0) return -1;
+    agg_status_member_seen(a, m.name, 0);
     if (a->state == AGG_FINISHED) {
         /* "final" says it (docs/protocol.md): the node is done and exits 0.
          * The reason keeps the words nodes older than that field look for;
@@ -144,11 +147,13 @@ static int on_hello(agg *a, const agg_peer *peer, const struct msg_hello *h, uin
                                "round %llu on (rounds.join = next); ask again",
                                m.name, (unsigned long long)a->round,
                                (unsigned long long)a->round + 1);
+    agg_status_member_seen(a, m.name, !m.observer);
     struct msg r = {.type = MSG_ROUND};
     r.round.round = a->round;
     memcpy(r.round.base, a->base, 32);
     r.round.train = a->cfg.train;
     r.round.deadline = a->deadline;
+    r.round.base_sharded = store_is_sharded(a->cfg.state, a->base) == 1;
     /* Low-rank sync: a node that holds the previous version can make this
      * base from it and the update object (docs/protocol.md). */
     /* The base's size bounds what a node's download of it may write. */

@@ -315,6 +315,7 @@ int agg_on_submit_chunk(agg *a, const agg_session *s, const struct msg_submit_ch
     u->received += c->data_len;
     u->next++;
     a->bytes_received += c->data_len;
+    agg_status_bytes(a, c->data_len, 0);
     agg_crash_point(a, "collect");
     return reply_ack(c->id, u->received, out, len);
 }
@@ -575,6 +576,7 @@ int agg_on_submit_end(agg *a, const agg_session *s, const struct msg_submit_end 
         if (c > 0) rc = agg_reply_error(a, code, -1, out, len, "%s", why);
         goto done;
     }
+    agg_status_member_seen(a, m.name, 0); /* the signature says whose connection this is */
     if (memcmp(hdr.message_id, e->id, MSG_ID_LEN) != 0) {
         rc = agg_reply_error(a, MSG_ERR_REJECTED, -1, out, len,
                              "tampered envelope: its message id is not the one SUBMIT_BEGIN "

@@ -4,14 +4,18 @@
  * 0; otherwise softmax(logits / temperature), cut to the nucleus (Holtzman
  * et al. 2020: the smallest set of most likely tokens whose probability
  * reaches top_p), renormalised and sampled with a SplitMix64 stream from the
- * seed (lora/sampler.h). Generation stops at the model's eos_token_id,
- * after max_tokens, or when the context is full.
+ * seed (lora/sampler.h). Generation stops at an end-of-turn id (the
+ * eos_token_id of generation_config.json and config.json, each an id or a
+ * list), after max_tokens, or when the context is full. With --chat the
+ * prompt is the conversation rendered with the model's chat template and its
+ * generation prompt (docs/chat.md).
  *
  * The prompt goes through the model once (a prefill), then each new token
  * once: a KV cache keeps every earlier position's keys and values, sized for
  * the prompt plus --max-tokens (at most the context), on the CPU or, with
  * --device cuda, on a GPU (lora/decoder.h). The adapter applies at every
  * step, with its dropout off. */
+#include "cli/chatdata.h"
 #include "cli/commands.h"
 #include "cli/opts.h"
 #include "lora/decoder.h"
@@ -33,10 +37,17 @@
 
 static const char *usage_text =
     "usage: fedlora generate --model DIR --prompt TEXT [--adapter DIR] [options]\n"
+    "       fedlora generate --model DIR --chat (--prompt TEXT | --messages FILE) [options]\n"
     "\n"
     "Continues TEXT with the model (and the PEFT LoRA adapter in --adapter DIR) and prints\n"
-    "the continuation on stdout.\n"
+    "the continuation on stdout. Generation stops at the end-of-turn ids of\n"
+    "generation_config.json and config.json.\n"
     "\n"
+    "  --chat             TEXT is a user message: the prompt is the model's chat template\n"
+    "                     with its generation prompt, as transformers renders it (docs/chat.md)\n"
+    "  --messages FILE    with --chat: a JSON array of messages (or {\"messages\", \"tools\"}); a\n"
+    "                     last assistant message is continued (a prefill)\n"
+    "  --chat-template F  with --chat: a .jinja chat template instead of the model's\n"
     "  --tokenizer FILE   tokenizer.json (default: DIR/tokenizer.json)\n"
     "  --max-tokens N     tokens to generate at most (128)\n"
     "  --temperature T    0 for greedy decoding (default), else sample from softmax(logits/T)\n"
@@ -58,15 +69,19 @@ static double now(void) {
 int cmd_generate(int argc, char **argv) {
     const char *dir = NULL, *adapter = NULL, *prompt = NULL, *tok_path = NULL, *max_s = "128",
                *temp_s = "0", *top_p_s = "1.0", *seed_s = "0", *threads_s = NULL, *device = "cpu",
-               *precision = NULL;
+               *precision = NULL, *messages = NULL, *chat_tpl = NULL;
+    int chat = 0;
     opts_spec spec[] = {
-        {"model", &dir},          {"adapter", &adapter},    {"prompt", &prompt},
-        {"tokenizer", &tok_path}, {"max-tokens", &max_s},   {"temperature", &temp_s},
-        {"top-p", &top_p_s},      {"seed", &seed_s},        {"threads", &threads_s},
-        {"device", &device},      {"precision", &precision}};
+        {"model", &dir},          {"adapter", &adapter},       {"prompt", &prompt},
+        {"tokenizer", &tok_path}, {"max-tokens", &max_s},      {"temperature", &temp_s},
+        {"top-p", &top_p_s},      {"seed", &seed_s},           {"threads", &threads_s},
+        {"device", &device},      {"precision", &precision},   {"chat", NULL, &chat},
+        {"messages", &messages},  {"chat-template", &chat_tpl}};
     int rc = opts_parse(argc, argv, spec, sizeof spec / sizeof spec[0], usage_text);
     if (rc >= 0) return rc;
-    if (!dir || !prompt) return opts_missing(usage_text, "--model and --prompt");
+    if (!dir || (!prompt && !messages)) return opts_missing(usage_text, "--model and --prompt");
+    if ((messages || chat_tpl) && !chat)
+        return opts_missing(usage_text, "--chat (--messages and --chat-template go with it)");
     long long max_tokens, seed, threads;
     double temperature, top_p;
     if (opts_int(max_s, "--max-tokens", 0, 1 << 24, &max_tokens) != 0 ||
@@ -86,13 +101,10 @@ int cmd_generate(int argc, char **argv) {
     real *logits = NULL;
     int32_t *seq = NULL;
     sampler *smp = NULL;
-    char *text = NULL;
+    char *text = NULL, *rendered = NULL;
     rc = 1;
-    if (trainer_load_base(&m, dir, device, precision) != 0) goto done;
-    model_precision prec;
     char how[96];
-    if (trainer_precision_of(device, precision, &prec) != 0) goto done;
-    trainer_precision_describe(device, prec, how, sizeof how);
+    if (trainer_load_base(&m, dir, device, precision, how, sizeof how) != 0) goto done;
     fprintf(stderr, "generating on %s in %s\n", device, how);
     if (adapter && peft_load(&s, m, adapter) != 0) {
         err_context("loading adapter %s for model %s", adapter, dir);
@@ -103,8 +115,16 @@ int cmd_generate(int argc, char **argv) {
         if (fio_join(tok_default, sizeof tok_default, dir, "tokenizer.json") != 0) goto done;
         tok_path = tok_default;
     }
-    if (tokenizer_load(tok_path, &tok) != 0 ||
-        tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids) != 0)
+    /* --chat: the template writes the special tokens, so none are added (apply_chat_template) */
+    size_t n_text = prompt ? strlen(prompt) : 0, n_stop;
+    char tok_dir[4096];
+    int32_t stop[64];
+    if (chat && (fio_dirname(tok_dir, sizeof tok_dir, tok_path) != 0 ||
+                 chatdata_prompt(chat_tpl, tok_dir, prompt, messages, &rendered, &n_text) != 0))
+        goto done;
+    if (chatdata_stop_ids(dir, m->cfg.eos_token_id, stop, 64, &n_stop) != 0 ||
+        tokenizer_load(tok_path, &tok) != 0 ||
+        tokenizer_encode(tok, chat ? rendered : prompt, n_text, !chat, &ids) != 0)
         goto done;
     int V = m->cfg.vocab_size, ctx = m->cfg.max_position;
     size_t n_prompt = ids.n;
@@ -144,7 +164,9 @@ int cmd_generate(int argc, char **argv) {
     while (len < cap) {
         int next = sampler_next(smp, logits);
         if (next < 0) goto done;
-        if (next == m->cfg.eos_token_id) break;
+        size_t k = 0;
+        while (k < n_stop && stop[k] != next) k++;
+        if (k < n_stop) break; /* an end-of-turn id */
         seq[len++] = next;
         if (len < cap && decoder_step(dec, &seq[len - 1], 1, logits) != 0) goto done;
     }
@@ -154,13 +176,14 @@ int cmd_generate(int argc, char **argv) {
     if (tokenizer_decode(tok, out_ids, n_new, 1, &text, &text_len) != 0) goto done;
     fwrite(text, 1, text_len, stdout);
     printf("\n");
-    fprintf(stderr, "%zu tokens in %.2f s (%.1f tokens/s, %s)%s\n", n_new, dt,
-            dt > 0 ? (double)n_new / dt : 0.0, dec ? decoder_device(dec) : device,
+    fprintf(stderr, "%zu tokens in %.2f s (%.1f tokens/s, %s; prompt %zu tokens)%s\n", n_new, dt,
+            dt > 0 ? (double)n_new / dt : 0.0, dec ? decoder_device(dec) : device, n_prompt,
             len == (size_t)ctx ? "; stopped at the model's context length" : "");
     rc = 0;
 done:
     if (rc != 0) opts_fail();
     free(text);
+    free(rendered);
     sampler_free(smp);
     free(seq);
     decoder_free(dec);

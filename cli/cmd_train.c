@@ -1,5 +1,6 @@
 /* fedlora train — LoRA fine-tuning of a Hugging Face model on a data file
  * (lora/trainer.h does the work; docs/training.md describes it all). */
+#include "cli/chatdata.h"
 #include "cli/commands.h"
 #include "cli/opts.h"
 #include "lora/dataset.h"
@@ -23,9 +24,15 @@ static const char *usage_text =
     "(adapter_config.json + adapter_model.safetensors), with metrics.jsonl and\n"
     "checkpoint/ beside it. FILE is text (one document per non-blank line), JSON Lines\n"
     "({\"text\"}, {\"instruction\", \"input\", \"output\"} or {\"messages\"} records) or a\n"
-    "corpus from `fedlora tokenize` (docs/training.md).\n"
+    "corpus from `fedlora tokenize` (docs/training.md). Chat records are rendered with the\n"
+    "model's chat template, as transformers' apply_chat_template does (docs/chat.md).\n"
     "\n"
     "  --tokenizer FILE     tokenizer.json (default: DIR/tokenizer.json)\n"
+    "  --chat-format F      template (the model's chat template; the default when it has one)\n"
+    "                       or fedlora (fedlora's own <|role|> format; the default otherwise)\n"
+    "  --chat-template FILE a .jinja chat template to use instead of the model's\n"
+    "  --loss-on L          assistant (only the assistant's turns of chat records and the\n"
+    "                       output of instruction records carry loss; default) or all\n"
     "  --rank R             LoRA rank (8)\n"
     "  --alpha A            LoRA alpha, above 0 (twice the rank); scale alpha/R\n"
     "  --rslora             scale alpha/sqrt(R) (rank-stabilized LoRA)\n"
@@ -59,6 +66,7 @@ typedef struct {
         *warmup, *wd, *clip, *batch, *seq, *accum, *seed, *eval_fraction, *eval_every, *save_every,
         *log_every, *resume, *device, *precision, *threads;
     int rslora;
+    chatdata_opts chat;
 } train_args;
 
 /* SIGINT / SIGTERM: the trainer finishes its step and saves a checkpoint
@@ -146,6 +154,9 @@ int cmd_train(int argc, char **argv) {
         {"model", &a.model},
         {"data", &a.data},
         {"tokenizer", &a.tokenizer},
+        {"chat-format", &a.chat.format},
+        {"chat-template", &a.chat.tpl_path},
+        {"loss-on", &a.chat.loss_on},
         {"out", &a.out},
         {"rank", &a.rank},
         {"alpha", &a.alpha},
@@ -192,9 +203,10 @@ int cmd_train(int argc, char **argv) {
     model *m = NULL;
     lora_set *s = NULL;
     dataset *d = NULL;
+    chat_template *ct = NULL;
     rc = 1;
     if (parse_numbers(&a, &t, &lc, &T, &eval_fraction) != 0) goto done;
-    if (trainer_load_base(&m, a.model, a.device, a.precision) != 0) goto done;
+    if (trainer_load_base(&m, a.model, a.device, a.precision, NULL, 0) != 0) goto done;
     /* The default row length fits the model; one asked for must fit it. */
     if (!seq_given && T > m->cfg.max_position) T = m->cfg.max_position;
     if (model_config_seq_check(&m->cfg, T, "--seq") != 0) goto done;
@@ -217,13 +229,15 @@ int cmd_train(int argc, char **argv) {
                             .vocab_size = m->cfg.vocab_size,
                             .eval_fraction = eval_fraction,
                             .seed = t.seed};
-    if (dataset_open(&d, &dopt) != 0) goto done;
+    if (chatdata_setup(&a.chat, a.model, &dopt, &ct) != 0 || dataset_open(&d, &dopt) != 0)
+        goto done;
     printf("model %s: %d layers, hidden %d; LoRA on %d modules (%s), %lld trainable parameters\n",
            a.model, m->cfg.num_layers, m->cfg.hidden_size, s->n_modules, targets,
            (long long)lora_num_params(s));
     printf("data %s (%s): %zu documents, %zu rows of %lld tokens for training, %zu held out\n",
            a.data, dataset_format(d), dataset_num_docs(d, DATASET_TRAIN),
            dataset_num_rows(d, DATASET_TRAIN), T, dataset_num_rows(d, DATASET_EVAL));
+    chatdata_report(&a.chat, d);
     fflush(stdout);
 
     t.out_dir = a.out;
@@ -258,6 +272,7 @@ int cmd_train(int argc, char **argv) {
 done:
     if (rc != 0) opts_fail();
     dataset_free(d);
+    chat_template_free(ct);
     lora_free(s);
     lora_config_free(&lc);
     model_free(m);

@@ -8,6 +8,7 @@
  * concatenation is the split's stream; rows are windows of that stream. */
 #include "lora/dataset.h"
 
+#include "model/chat/chat.h"
 #include "model/model.h"
 #include "model/tokenizer/tokcorpus.h"
 #include "model/tokenizer/tokenizer.h"
@@ -33,6 +34,9 @@ typedef struct {
 struct dataset {
     const char *format;
     int T, eos;
+    size_t n_chats;
+    const chat_template *chat; /* what chat records were rendered with */
+    chat_template *own_chat;   /* the model's, when the dataset found it */
     /* Text and JSONL: every document's tokens and loss flags, in memory. */
     int32_t *tok;
     uint8_t *mask;
@@ -85,8 +89,9 @@ static void shuffle(size_t *a, size_t n, uint64_t *state) {
 
 /* ---- building documents in memory ---------------------------------------------------- */
 
-static int push_tokens(dataset *d, const uint32_t *ids, size_t n, int loss, int V,
-                       const char *where) {
+/* Appends n ids with loss flags: masks[i] when masks is given, else loss. */
+static int push_tokens(dataset *d, const uint32_t *ids, size_t n, int loss, const uint8_t *masks,
+                       int V, const char *where) {
     if (d->n_tok + n > d->cap_tok) {
         size_t nc = d->cap_tok ? d->cap_tok : 4096;
         while (nc < d->n_tok + n) nc *= 2;
@@ -103,7 +108,7 @@ static int push_tokens(dataset *d, const uint32_t *ids, size_t n, int loss, int 
                            "use the base model's own tokenizer",
                            where, ids[i], V);
         d->tok[d->n_tok + i] = (int32_t)ids[i];
-        d->mask[d->n_tok + i] = (uint8_t)loss;
+        d->mask[d->n_tok + i] = (uint8_t)(masks ? masks[i] : loss);
     }
     d->n_tok += n;
     return 0;
@@ -132,6 +137,9 @@ typedef struct {
     tokenizer *tok;
     tokenizer_ids ids;
     int V;
+    const dataset_options *o;
+    int chat_looked; /* the model's template was looked for */
+    int loss_all;
     char where[600]; /* "file:line" */
 } builder;
 
@@ -139,7 +147,7 @@ static int piece(builder *b, const char *text, size_t len, int loss, int first) 
     b->ids.n = 0;
     if (tokenizer_encode(b->tok, text, len, first, &b->ids) != 0)
         return err_context("%s", b->where);
-    return push_tokens(b->d, b->ids.ids, b->ids.n, loss, b->V, b->where);
+    return push_tokens(b->d, b->ids.ids, b->ids.n, loss || b->loss_all, NULL, b->V, b->where);
 }
 
 static int piece_str(builder *b, const char *s, int loss, int first) {
@@ -149,7 +157,7 @@ static int piece_str(builder *b, const char *s, int loss, int first) {
 static int eos(builder *b, int loss) {
     if (b->d->eos < 0) return 0;
     uint32_t id = (uint32_t)b->d->eos;
-    return push_tokens(b->d, &id, 1, loss, b->V, b->where);
+    return push_tokens(b->d, &id, 1, loss || b->loss_all, NULL, b->V, b->where);
 }
 
 static const char *alpaca_input =
@@ -194,9 +202,71 @@ static int add_instruction(builder *b, json_t *rec) {
     return rc;
 }
 
-static int add_chat(builder *b, json_t *msgs) {
+static int no_assistant(builder *b) {
+    return err_set("%s: the conversation has no \"assistant\" message, so none of its tokens "
+                   "would be trained on",
+                   b->where);
+}
+
+/* A conversation in the model's chat template (model/chat/chat.h). */
+static int add_chat_template(builder *b, json_t *rec, json_t *msgs) {
+    int assistant = 0;
+    size_t i;
+    json_t *msg;
+    json_array_foreach(msgs, i, msg) {
+        json_t *role = json_object_get(msg, "role");
+        if (!json_is_string(role))
+            return err_set("%s: message %zu needs a \"role\" string", b->where, i + 1);
+        assistant |= !strcmp(json_string_value(role), "assistant");
+    }
+    if (!assistant && !b->loss_all) return no_assistant(b);
+    json_t *tools = json_object_get(rec, "tools"), *docs = json_object_get(rec, "documents");
+    if ((tools && !json_is_null(tools) && !json_is_array(tools)) ||
+        (docs && !json_is_null(docs) && !json_is_array(docs)))
+        return err_set("%s: \"tools\" and \"documents\" must be arrays", b->where);
+    chat_request rq = {.messages = msgs,
+                       .tools = json_is_array(tools) ? tools : NULL,
+                       .documents = json_is_array(docs) ? docs : NULL};
+    uint8_t *mask;
+    if (chat_encode(b->d->chat, b->tok, &rq, b->loss_all ? CHAT_LOSS_ALL : CHAT_LOSS_ASSISTANT,
+                    &b->ids, &mask) != 0)
+        return err_context("%s", b->where);
+    size_t carry = 0;
+    for (size_t k = 0; k < b->ids.n; k++) carry += mask[k];
+    int rc = carry ? push_tokens(b->d, b->ids.ids, b->ids.n, 0, mask, b->V, b->where)
+                   : err_set("%s: no token of the conversation carries loss (are its assistant "
+                             "messages empty?)",
+                             b->where);
+    free(mask);
+    return rc;
+}
+
+static int add_chat(builder *b, json_t *rec, json_t *msgs) {
     if (!json_is_array(msgs) || json_array_size(msgs) == 0)
         return err_set("%s: \"messages\" must be a non-empty array of {\"role\", \"content\"}",
+                       b->where);
+    dataset *d = b->d;
+    d->n_chats++;
+    if (!b->chat_looked) { /* the template is read only when there is chat data */
+        b->chat_looked = 1;
+        d->chat = b->o->chat;
+        if (!d->chat && b->o->chat_format != DATASET_CHAT_FEDLORA) {
+            char dir[4096];
+            if (fio_dirname(dir, sizeof dir, b->o->tokenizer) != 0 ||
+                chat_template_find(dir, &d->own_chat) != 0)
+                return err_context("%s: the model's chat template", b->where);
+            d->chat = d->own_chat;
+            if (!d->chat && b->o->chat_format == DATASET_CHAT_TEMPLATE)
+                return err_set("%s: the model (%s) has no chat template: give one with "
+                               "--chat-template FILE or use fedlora's own format with "
+                               "--chat-format fedlora",
+                               b->where, dir);
+        }
+    }
+    if (d->chat) return add_chat_template(b, rec, msgs);
+    if (json_object_get(rec, "tools"))
+        return err_set("%s: a conversation with \"tools\" needs the model's chat template "
+                       "(fedlora's own chat format has no tool calls)",
                        b->where);
     int assistant = 0;
     size_t i;
@@ -222,11 +292,7 @@ static int add_chat(builder *b, json_t *msgs) {
             eos(b, is_assistant) != 0)
             return -1;
     }
-    if (!assistant)
-        return err_set("%s: the conversation has no \"assistant\" message, so none of its tokens "
-                       "would be trained on",
-                       b->where);
-    return 0;
+    return assistant || b->loss_all ? 0 : no_assistant(b);
 }
 
 static int add_record(builder *b, json_t *rec) {
@@ -238,7 +304,7 @@ static int add_record(builder *b, json_t *rec) {
         return err_set("%s: a record has exactly one of \"text\", \"instruction\" (with "
                        "\"output\") or \"messages\" (docs/training.md)",
                        b->where);
-    if (msgs) return add_chat(b, msgs);
+    if (msgs) return add_chat(b, rec, msgs);
     if (has_ins) return add_instruction(b, rec);
     if (!json_is_string(text)) return err_set("%s: \"text\" must be a string", b->where);
     if (piece(b, json_string_value(text), json_string_length(text), 1, 1) != 0) return -1;
@@ -296,7 +362,7 @@ static int load_text(dataset *d, const dataset_options *o) {
         return err_set("%s is text, so it needs a tokenizer: pass --tokenizer FILE (the base "
                        "model's tokenizer.json)",
                        o->path);
-    builder b = {.d = d, .V = o->vocab_size};
+    builder b = {.d = d, .V = o->vocab_size, .o = o, .loss_all = o->loss_all};
     if (tokenizer_load(o->tokenizer, &b.tok) != 0) return -1;
     char *buf;
     size_t len;
@@ -505,12 +571,21 @@ void dataset_free(dataset *d) {
     free(d->mask);
     free(d->doc_start);
     free(d->doc_len);
+    chat_template_free(d->own_chat);
     tokcorpus_close(d->corpus);
     free(d);
 }
 
 const char *dataset_format(const dataset *d) {
     return d->format;
+}
+
+size_t dataset_num_chats(const dataset *d) {
+    return d->n_chats;
+}
+
+const chat_template *dataset_chat_template(const dataset *d) {
+    return d->chat;
 }
 
 int dataset_seq(const dataset *d) {

@@ -24,8 +24,15 @@
  *                (without an input: "Below is an instruction that describes a
  *                task. Write a response that appropriately completes the
  *                request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
- *   chat         BOS? then per message "<|role|>\n" content EOS, where content
- *                and its EOS carry loss only for role "assistant"
+ *   chat         with the model's chat template (model/chat/chat.h): the
+ *                conversation as transformers' apply_chat_template renders and
+ *                tokenizes it, with loss on the assistant's tokens (from the
+ *                template's {% generation %} blocks or the prefix rule of
+ *                docs/chat.md); no EOS is added (the template ends its turns).
+ *                Without one (fedlora's own format): BOS? then per message
+ *                "<|role|>\n" content EOS, where content and its EOS carry
+ *                loss only for role "assistant".
+ *   With loss_all, every token of instruction and chat records carries loss.
  * BOS is whatever the tokenizer's post-processor adds (Llama's <s>), added
  * once per document, to its first piece; pieces are encoded one at a time
  * (the template's boundaries are also token boundaries). EOS is the model's
@@ -65,7 +72,18 @@ typedef struct {
     double eval_fraction;  /* share of documents held out, in [0, 1) */
     uint64_t seed;         /* decides which documents are held out */
     size_t max_bytes;      /* bound on a text or JSONL file (0: DATASET_MAX_BYTES) */
+    /* How chat records are rendered: with `chat` when it is given; otherwise by
+     * chat_format: DATASET_CHAT_AUTO (0) the model's chat template, found next
+     * to the tokenizer (model/chat/chat.h) when the first chat record is read,
+     * or fedlora's own format when the model has none; DATASET_CHAT_TEMPLATE
+     * the model's template, an error when it has none; DATASET_CHAT_FEDLORA
+     * fedlora's own format. */
+    const struct chat_template *chat;
+    int chat_format;
+    int loss_all; /* every token of instruction and chat records carries loss */
 } dataset_options;
+
+enum { DATASET_CHAT_AUTO = 0, DATASET_CHAT_TEMPLATE = 1, DATASET_CHAT_FEDLORA = 2 };
 
 typedef struct dataset dataset;
 
@@ -74,6 +92,10 @@ void dataset_free(dataset *d);
 
 /* "tokens" (pre-tokenized), "jsonl" or "text". */
 const char *dataset_format(const dataset *d);
+/* Chat records read (both splits), and the template they were rendered with
+ * (NULL: fedlora's own format). */
+size_t dataset_num_chats(const dataset *d);
+const struct chat_template *dataset_chat_template(const dataset *d);
 /* T, the inputs per row. */
 int dataset_seq(const dataset *d);
 size_t dataset_num_docs(const dataset *d, dataset_split s);

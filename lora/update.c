@@ -199,6 +199,12 @@ int update_apply(model *m, const update *u) {
                            "model: the update was made for another base",
                            um->name, um->out, um->in);
         }
+        if (!w[i]->data) {
+            free(w);
+            return err_set("update_apply: %s is held read-only (a mapped checkpoint); write the "
+                           "new version with update_write_version instead",
+                           um->name);
+        }
     }
     /* One scratch for every module, made before the first weight changes. */
     int max_R = 1;

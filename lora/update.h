@@ -63,6 +63,7 @@
 #define FL_LORA_UPDATE_H
 
 #include "lora/lora.h"
+#include "model/checkpoint.h"
 
 #include <stdint.h>
 
@@ -121,6 +122,20 @@ int update_apply(model *m, const update *u);
  * 6·R doubles per thread). */
 int update_apply_rows(float *W, int64_t ldw, const float *B, int64_t ldb, const float *A,
                       int64_t lda, int rows, int R, int in);
+
+/* The version u makes from base, written into dir as a model directory
+ * (model/checkpoint.h, checkpoint_write) in the base's dtype (config.json's
+ * torch_dtype), a tensor at a time: every weight u changes as update_apply
+ * makes it, every other tensor as it is; base may be mapped (read-only).
+ * With a bf16 base the changed weights are rounded to bf16 stochastically,
+ * keyed by update_version_key(u->from) (docs/formats.md, "Versions of a bf16 base"),
+ * so updates below half an ulp are not lost; the same base and update give
+ * the same bytes on every machine. release: base is not used afterwards
+ * (its mapped pages are given back as they are written). */
+int update_write_version(const model *base, const update *u, const char *dir, int release);
+/* The stochastic-rounding key of a version made from `from`: its first 8
+ * bytes, little-endian. */
+uint64_t update_version_key(const uint8_t from[UPDATE_HASH_LEN]);
 
 /* Bytes of tensor data (every B and A, F32). */
 uint64_t update_data_bytes(const update *u);

@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 #define SAVE_CHUNK 65536             /* values converted per write */
-#define RAW_CHUNK ((size_t)64 << 20) /* bytes copied per write when nothing changes */
+#define RAW_CHUNK ((size_t)8 << 20) /* bytes copied per write when nothing changes */
 
 static int dtype_from_name(const char *s, safetensors_dtype *out) {
     if (strcmp(s, "float32") == 0)
@@ -51,17 +51,20 @@ static int same_dtype(model_dtype m, safetensors_dtype s) {
            (m == MODEL_DTYPE_F16 && s == SAFETENSORS_F16);
 }
 
-/* Streams n values as dtype dt, SAVE_CHUNK at a time. (With real = double,
- * narrowing goes through fp32 first; that double rounding only matters for
- * the fp64 test build.) */
+/* Streams n values as dtype dt, SAVE_CHUNK at a time; to bf16 rounded to
+ * nearest, or stochastically with key when stochastic. (With real =
+ * double, narrowing goes through fp32 first; that double rounding only
+ * matters for the fp64 test build.) */
 static int put_values(safetensors_writer *w, const real *v, int64_t n, safetensors_dtype dt,
-                      unsigned char *buf) {
+                      unsigned char *buf, int stochastic, uint64_t key) {
     size_t es = safetensors_dtype_size(dt);
     if (dt == SAFETENSORS_F32 && sizeof(real) == 4)
         return safetensors_writer_put(w, v, (size_t)n * 4);
     for (int64_t i = 0; i < n; i += SAVE_CHUNK) {
         int64_t k = n - i < SAVE_CHUNK ? n - i : SAVE_CHUNK;
-        if (dt == SAFETENSORS_BF16) {
+        if (dt == SAFETENSORS_BF16 && stochastic) {
+            model_values_to_bf16_stochastic(v + i, k, key, i, (uint16_t *)buf);
+        } else if (dt == SAFETENSORS_BF16) {
             model_values_to_bf16(v + i, k, (uint16_t *)buf);
         } else {
             for (int64_t j = 0; j < k; j++) {
@@ -126,7 +129,8 @@ static int put_raw(saver *sv, safetensors_writer *w, const model_param *p) {
     return 0;
 }
 
-static int put_param(saver *sv, safetensors_writer *w, const model_param *p) {
+static int put_param(saver *sv, safetensors_writer *w, int index) {
+    const model_param *p = &sv->m->params[index];
     const checkpoint_edit *e = sv->o->edit;
     int edited = e && e->touches(e->ctx, p);
     if (!edited && p->values && same_dtype(p->dtype, sv->dt)) return put_raw(sv, w, p);
@@ -147,7 +151,8 @@ static int put_param(saver *sv, safetensors_writer *w, const model_param *p) {
         model_values_transpose(t, v, p->shape[0], p->shape[1], sizeof(real));
         memcpy(v, t, (size_t)p->numel * sizeof(real));
     }
-    return put_values(w, v, p->numel, sv->dt, sv->buf);
+    return put_values(w, v, p->numel, sv->dt, sv->buf, sv->o->stochastic,
+                      CHECKPOINT_SR_KEY(sv->o->sr_key, index));
 }
 
 /* The shard each param goes to (shard[i]), and how many there are. */
@@ -183,7 +188,7 @@ static int write_shard(saver *sv, const char *path, int first, int last) {
     free(e);
     if (rc != 0) return -1;
     for (int i = first; i < last; i++)
-        if (put_param(sv, w, &m->params[i]) != 0) {
+        if (put_param(sv, w, i) != 0) {
             safetensors_writer_abort(w);
             return -1;
         }
@@ -223,6 +228,26 @@ static int write_index(const model *m, const char *dir, const int *shard, int n_
     return rc;
 }
 
+/* The shard limit when the caller sets none: transformers' 5 GB, or the
+ * test knob FEDLORA_SHARD_BYTES (docs/formats.md), which lets tests shard
+ * small models the way real ones are sharded. Aggregator and nodes must
+ * agree on it (a node's low-rank sync rewrites the version), so a value
+ * that is not a whole number of bytes in 1..5e9 is an error, not ignored. */
+static int shard_limit(int64_t *out) {
+    const char *s = getenv("FEDLORA_SHARD_BYTES");
+    *out = CHECKPOINT_SHARD_BYTES;
+    if (!s || !*s) return 0;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || s[0] < '0' || s[0] > '9' || v < 1 || v > CHECKPOINT_SHARD_BYTES)
+        return err_set("FEDLORA_SHARD_BYTES='%s': want a whole number of bytes from 1 to %lld "
+                       "(a test knob; unset it for transformers' 5 GB shards)",
+                       s, (long long)CHECKPOINT_SHARD_BYTES);
+    *out = v;
+    return 0;
+}
+
 /* The layout not written must not stay behind: transformers (and fedlora)
  * would load a stale model.safetensors before an index. */
 static int remove_other_layout(const char *dir, int sharded) {
@@ -248,7 +273,8 @@ int checkpoint_write(const model *m, const char *dir, const checkpoint_save_opti
         goto out;
     }
     size_t es = safetensors_dtype_size(sv.dt);
-    int64_t max = o->max_shard_bytes > 0 ? o->max_shard_bytes : CHECKPOINT_SHARD_BYTES, total = 0;
+    int64_t max = o->max_shard_bytes, total = 0;
+    if (max <= 0 && shard_limit(&max) != 0) goto out;
     int n = plan_shards(m, es, max, shard);
     for (int i = 0; i < m->n_params; i++) total += m->params[i].numel * (int64_t)es;
     /* The weights go first, config.json last, so that a directory without

@@ -2,8 +2,12 @@
  * versions), round.c (local training, sealing) and state.c (durable records).
  *
  * STATE layout (docs/federation.md):
- *   versions/<hex>/config.json, model.safetensors   a verified model version
- *   versions/<hex>/model.safetensors.part           a download in progress
+ *   versions/<hex>/config.json, model.safetensors   a verified model version, or
+ *   versions/<hex>/model-NNNNN-of-MMMMM.safetensors,
+ *                 model.safetensors.index.json      a sharded one (wire/version.h)
+ *   versions/<hex>/model.safetensors.part           a download in progress (or the
+ *                 model.safetensors.index.json.part  index's, verified, while the
+ *                 model-NNNNN-of-MMMMM.safetensors.part  shards come)
  *   versions/<hex>/update.safetensors.part          a low-rank update download in progress
  *   versions/<hex>/lowrank.tmp/                     the version made from it, unchecked
  *   current.json                                    {"round", "version"} last synced
@@ -90,11 +94,13 @@ int node_version_dir(const node_ctx *n, const uint8_t version[MSG_HASH_LEN], cha
 /* Makes round r's base version a verified directory under STATE/versions.
  * When the ROUND offers a low-rank update and the node holds its
  * update_from version, the base is made from that and the update (fetched
- * into a resumable .part file, SHA-256 checked, applied with lora/update.h,
- * saved as float32, its hash checked); otherwise, or when any of that fails
- * (one log line says why), it is downloaded: GET_MODEL chunks into a .part
- * file, resumed from its size, SHA-256 checked. config.json comes from the
- * base model dir. 0 ok, 1 stop, -1 error. */
+ * into a resumable .part file, SHA-256 checked, written with
+ * update_write_version, sealed, its hash checked); otherwise, or when any of
+ * that fails (one log line says why), it is downloaded: GET_MODEL chunks
+ * into .part files, resumed from their size, each SHA-256 checked (a
+ * sharded version: its index, then each shard by the hash the index gives,
+ * the index renamed into place last). config.json comes from the base model
+ * dir. 0 ok, 1 stop, -1 error. */
 int node_sync(node_ctx *n, const struct msg_round *r);
 /* Reads current.json (if any) into have_*. */
 int node_load_current(node_ctx *n);
@@ -120,7 +126,5 @@ int node_record_write(const char *path, const node_round_record *r);
 int node_record_read(const char *path, node_round_record *r);
 /* Appends one line to STATE/metrics.jsonl and fsyncs it. */
 int node_metrics_append(const node_ctx *n, const node_round_record *r);
-/* rm -r of a directory tree (a missing one is fine). */
-int node_remove_tree(const char *path);
 
 #endif

@@ -24,7 +24,7 @@ void aggregate_report_free(aggregate_report *rep) {
 }
 
 /* The base weight (out, in) of a module. */
-static int module_weight(model *m, const lora_module *mod, real **w) {
+static int module_weight(const model *m, const lora_module *mod, real **w) {
     char name[MODEL_NAME_MAX];
     snprintf(name, sizeof name, "%s.weight", mod->path);
     model_param *p = model_find_param(m, name);
@@ -36,7 +36,7 @@ static int module_weight(model *m, const lora_module *mod, real **w) {
 }
 
 /* Every member over the same modules, in the same order, with the same shapes. */
-static int check_members(model *m, const aggregate_member *mb, int K) {
+static int check_members(const model *m, const aggregate_member *mb, int K) {
     if (K < 1) return err_set("aggregate: no members to aggregate");
     for (int k = 0; k < K; k++)
         if (!mb[k].set) return err_set("aggregate: member %d (%s) has no adapter", k, mb[k].name);
@@ -340,10 +340,63 @@ static int plan(const policy *pol, const aggregate_member *mb, int K,
     return rc;
 }
 
-int aggregate_compute(const policy *pol, model *m, const aggregate_member *members, int K,
+struct aggregate_dense {
+    const policy *pol;
+    const aggregate_member *members;
+    int K;
+    double *clip, *coef; /* the plan's, K each (copies) */
+    double sigma;        /* DP noise std */
+    noise_source *noise;
+    int next; /* the next module to apply, in the members' order */
+};
+
+void aggregate_dense_free(aggregate_dense *d) {
+    if (!d) return;
+    free(d->clip);
+    free(d->coef);
+    free(d);
+}
+
+/* W (out, in) += module i's dense ΔW: a coordinate rule over the clipped
+ * updates, or DP-FedAvg's noisy sum. */
+static int dense_module(const aggregate_dense *d, int i, real *W) {
+    const aggregate_member *mb = d->members;
+    const lora_module *m0 = &mb[0].set->modules[i];
+    int out = m0->out, in = m0->in;
+    if (d->pol->robust.rule == POLICY_RULE_MEDIAN ||
+        d->pol->robust.rule == POLICY_RULE_TRIMMED_MEAN)
+        return coordinate_module(d->pol, mb, d->K, i, d->clip, W, 1);
+    real *Bc, *Ac;
+    int Rc;
+    if (concat_factors(mb, d->K, i, d->coef, d->clip, &Bc, &Ac, &Rc) != 0) return -1;
+    /* DP-FedAvg: the sum made dense, plus the noise */
+    if (Rc > 0) cpu_gemm(0, 0, out, in, Rc, 1, Bc, Rc, Ac, in, 1, W, in);
+    free(Bc);
+    free(Ac);
+    return noise_add(d->noise, W, (int64_t)out * in, d->sigma);
+}
+
+int aggregate_dense_apply(aggregate_dense *d, const char *name, real *W) {
+    const lora_set *s0 = d->members[0].set;
+    if (d->next >= s0->n_modules)
+        return err_set("aggregate_dense_apply: %s: every module was applied already", name);
+    const lora_module *m0 = &s0->modules[d->next];
+    char want[MODEL_NAME_MAX];
+    snprintf(want, sizeof want, "%s.weight", m0->path);
+    /* The modules go in order: DP noise is drawn module after module, and a
+     * different order would draw other noise for each. */
+    if (strcmp(want, name) != 0)
+        return err_set("aggregate_dense_apply: %s given where %s was next", name, want);
+    if (dense_module(d, d->next, W) != 0) return err_context("aggregating module %s", m0->path);
+    d->next++;
+    return 0;
+}
+
+int aggregate_prepare(const policy *pol, const model *m, const aggregate_member *members, int K,
                       const aggregate_round_info *info, noise_source *noise, lora_set **global,
-                      aggregate_report *rep_out, update **factors) {
+                      aggregate_report *rep_out, update **factors, aggregate_dense **dense) {
     *factors = NULL;
+    *dense = NULL;
     if (global) *global = NULL;
     if (check_members(m, members, K) != 0) return -1;
     if (pol->dp.enabled && !noise)
@@ -357,9 +410,10 @@ int aggregate_compute(const policy *pol, model *m, const aggregate_member *membe
         pol->robust.rule == POLICY_RULE_MEDIAN || pol->robust.rule == POLICY_RULE_TRIMMED_MEAN;
     /* Low rank: every module's ΔW is a product B·A (FedIT's, the truncated
      * SVD's, or the mean's / Krum's concatenated factors when no noise is
-     * added), collected as an update and applied at the end with the
+     * added), collected here as an update that the caller applies with the
      * portable kernel (lora/update.h), exactly as a node applies it. Dense:
-     * the coordinate rules and DP noise, added to W module by module. */
+     * the coordinate rules and DP noise, which aggregate_dense_apply adds to
+     * each weight later, one module at a time, as the weight is written. */
     int lowrank = fedit || svd || !(coordinate || pol->dp.enabled);
     if (rc == 0 && lowrank) rc = update_create(&rep.factors);
     if (rc == 0 && svd && global) rc = make_global(pol, m, members[0].set, &g);
@@ -367,32 +421,34 @@ int aggregate_compute(const policy *pol, model *m, const aggregate_member *membe
     for (int i = 0; rc == 0 && i < s0->n_modules; i++) {
         const lora_module *m0 = &s0->modules[i];
         int out = m0->out, in = m0->in;
-        real *W;
-        module_weight(m, m0, &W);
+        rep.n_modules++;
+        rep.n_coords += (int64_t)out * in;
+        for (int k = 0; k < K; k++) {
+            const lora_module *mod = &members[k].set->modules[i];
+            rep.bytes_in += (int64_t)mod->rank * (mod->in + mod->out) * (int64_t)sizeof(real);
+        }
+        if (!lowrank) continue;
         lora_module *gm = g ? lora_find(g, m0->path) : NULL;
         uint64_t seed = (info ? info->round : 0) * 1000003u + (uint64_t)i;
         real *D = NULL;            /* a dense module update, when svd needs one */
-        real *B = NULL, *A = NULL; /* the module's factors (low rank), rank R */
+        real *B = NULL, *A = NULL; /* the module's factors, rank R */
         int R = 0;
-        int dense = svd && (coordinate || pol->dp.enabled);
-        if (dense && !(D = calloc((size_t)out * (size_t)in, sizeof *D)))
+        if (svd && (coordinate || pol->dp.enabled) &&
+            !(D = calloc((size_t)out * (size_t)in, sizeof *D)))
             rc = err_set("aggregate: out of memory for module %s (%d x %d)", m0->path, out, in);
         if (rc == 0 && fedit) {
             rc = fedit_module(members, K, i, rep.coef, &B, &A);
             R = m0->rank;
         } else if (rc == 0 && coordinate) {
-            rc = coordinate_module(pol, members, K, i, rep.clip, D ? D : W, !D);
+            rc = coordinate_module(pol, members, K, i, rep.clip, D, 0);
         } else if (rc == 0) {
             real *Bc, *Ac;
             int Rc;
             rc = concat_factors(members, K, i, rep.coef, rep.clip, &Bc, &Ac, &Rc);
             if (rc == 0) {
-                if (pol->dp.enabled) {
-                    /* DP-FedAvg: the sum made dense, plus the noise (into W,
-                     * or into D for the svd) */
-                    real *target = D ? D : W;
-                    if (Rc > 0) cpu_gemm(0, 0, out, in, Rc, 1, Bc, Rc, Ac, in, 1, target, in);
-                    rc = noise_add(noise, target, (int64_t)out * in, rep.noise_sigma);
+                if (pol->dp.enabled) { /* DP-FedAvg + svd: the noisy sum into D */
+                    if (Rc > 0) cpu_gemm(0, 0, out, in, Rc, 1, Bc, Rc, Ac, in, 1, D, in);
+                    rc = noise_add(noise, D, (int64_t)out * in, rep.noise_sigma);
                 } else if (svd) {
                     svd_operator op = {.out = out, .in = in, .R = Rc, .B = Bc, .A = Ac};
                     rc = svd_module(pol, &op, seed, gm, &B, &A);
@@ -413,7 +469,7 @@ int aggregate_compute(const policy *pol, model *m, const aggregate_member *membe
             rc = svd_module(pol, &op, seed, gm, &B, &A);
             R = pol->merge.svd_rank;
         }
-        if (rc == 0 && lowrank && R > 0) {
+        if (rc == 0 && R > 0) {
             char name[MODEL_NAME_MAX];
             snprintf(name, sizeof name, "%s.weight", m0->path);
             rc = update_add(rep.factors, m, name, R, B, A);
@@ -422,11 +478,23 @@ int aggregate_compute(const policy *pol, model *m, const aggregate_member *membe
         free(A);
         free(D);
         if (rc != 0) rc = err_context("aggregating module %s", m0->path);
-        rep.n_modules++;
-        rep.n_coords += (int64_t)out * in;
-        for (int k = 0; k < K; k++) {
-            const lora_module *mod = &members[k].set->modules[i];
-            rep.bytes_in += (int64_t)mod->rank * (mod->in + mod->out) * (int64_t)sizeof(real);
+    }
+    aggregate_dense *d = NULL;
+    if (rc == 0 && !lowrank) {
+        d = calloc(1, sizeof *d);
+        if (d) {
+            *d = (aggregate_dense){
+                .pol = pol, .members = members, .K = K, .sigma = rep.noise_sigma, .noise = noise};
+            d->clip = malloc((size_t)K * sizeof *d->clip);
+            d->coef = malloc((size_t)K * sizeof *d->coef);
+        }
+        if (!d || !d->clip || !d->coef) {
+            aggregate_dense_free(d);
+            d = NULL;
+            rc = err_set("aggregate: out of memory");
+        } else {
+            memcpy(d->clip, rep.clip, (size_t)K * sizeof *d->clip);
+            memcpy(d->coef, rep.coef, (size_t)K * sizeof *d->coef);
         }
     }
     if (rc == 0 && global)
@@ -436,11 +504,42 @@ int aggregate_compute(const policy *pol, model *m, const aggregate_member *membe
     if (rc == 0) {
         *factors = rep.factors; /* the caller applies it */
         rep.factors = NULL;
+        *dense = d;
     }
     if (rc == 0 && rep_out)
         *rep_out = rep;
     else
         aggregate_report_free(&rep);
+    return rc;
+}
+
+int aggregate_compute(const policy *pol, model *m, const aggregate_member *members, int K,
+                      const aggregate_round_info *info, noise_source *noise, lora_set **global,
+                      aggregate_report *rep, update **factors) {
+    aggregate_dense *d;
+    if (aggregate_prepare(pol, m, members, K, info, noise, global, rep, factors, &d) != 0)
+        return -1;
+    const lora_set *s0 = members[0].set;
+    int rc = 0;
+    for (int i = 0; d && rc == 0 && i < s0->n_modules; i++) {
+        real *W;
+        rc = module_weight(m, &s0->modules[i], &W);
+        char name[MODEL_NAME_MAX];
+        snprintf(name, sizeof name, "%s.weight", s0->modules[i].path);
+        if (rc == 0 && !W)
+            rc = err_set("aggregate: %s is held read-only (a mapped base): use aggregate_prepare "
+                         "and aggregate_dense_apply as it is written",
+                         name);
+        if (rc == 0) rc = aggregate_dense_apply(d, name, W);
+    }
+    aggregate_dense_free(d);
+    if (rc != 0) {
+        if (global) {
+            lora_free(*global);
+            *global = NULL;
+        }
+        if (rep) aggregate_report_free(rep);
+    }
     return rc;
 }
 

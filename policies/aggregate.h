@@ -93,6 +93,24 @@ typedef struct {
 int aggregate_compute(const policy *pol, model *m, const aggregate_member *members, int K,
                       const aggregate_round_info *info, noise_source *noise, lora_set **global,
                       aggregate_report *rep, update **factors);
+/* The same in two steps, for a base that is only read (mapped) and written
+ * out a tensor at a time: aggregate_prepare plans the round (norms,
+ * clipping, weights, selection) and computes a low-rank change as *factors,
+ * or, for a dense one, returns *dense, with which aggregate_dense_apply adds
+ * each module's ΔW to that weight's values (out, in) as they are written —
+ * the modules in the members' order (the order of the model's parameters),
+ * since DP noise is drawn module after module. members and noise must live
+ * until the last aggregate_dense_apply; free *dense with
+ * aggregate_dense_free. The same inputs give the same bits either way. */
+typedef struct aggregate_dense aggregate_dense;
+int aggregate_prepare(const policy *pol, const model *m, const aggregate_member *members, int K,
+                      const aggregate_round_info *info, noise_source *noise, lora_set **global,
+                      aggregate_report *rep, update **factors, aggregate_dense **dense);
+/* W (out, in) += the dense ΔW of weight `name`, the next module in order
+ * (another name is refused). */
+int aggregate_dense_apply(aggregate_dense *d, const char *name, real *W);
+void aggregate_dense_free(aggregate_dense *d);
+
 /* aggregate_compute, then a low-rank update applied: W' is in m either way,
  * and the update (NULL for a dense merge) in rep->factors when rep is given
  * (take it and set the field to NULL to keep it). */

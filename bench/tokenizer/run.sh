@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Tokenizer benchmark: fedlora vs Hugging Face tokenizers, same text, same
 # tokenizer.json, one thread, same run. Usage:
-#   bench/tokenizer/run.sh [--quick] BUILD_DIR [SECONDS]
+#   bench/tokenizer/run.sh [--quick] BUILD_DIR [SECONDS] [CORPORA]
 # BUILD_DIR holds bench/tokenizer/bench_tokenizer (cmake --build BUILD_DIR
 # --target bench_tokenizer). Inputs are made by prepare.py in
 # ${FEDLORA_BENCH_DIR:-/tmp/fedlora-bench-tokenizer} on the first run.
+# CORPORA (or $FEDLORA_BENCH_CORPORA): a directory made by
+# bench/data/make_corpora.sh; every tokenizer then also runs on the training
+# documents of its English domains and of its German ones (rows "/en", "/de").
 # For each tokenizer it prints both speeds, the ratio, and whether the ids
 # hashes agree (the same ids, not only the same speed).
 # --quick: the committed fixture tokenizers on the example corpus (no
@@ -14,8 +17,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=bench/lib.sh
 . "$here/../lib.sh"
-build=${1:?usage: run.sh [--quick] BUILD_DIR [SECONDS]}
+build=${1:?usage: run.sh [--quick] BUILD_DIR [SECONDS] [CORPORA]}
 secs=${2:-3}
+corpora=${3:-${FEDLORA_BENCH_CORPORA:-}}
 root=$(cd "$here/../.." && pwd)
 work=${FEDLORA_BENCH_DIR:-/tmp/fedlora-bench-tokenizer}
 bin="$build/bench/tokenizer/bench_tokenizer"
@@ -36,6 +40,15 @@ if [ "$quick" = 1 ]; then
 else
   [ -f "$corpus" ] || python3 "$here/prepare.py" "$work"
 fi
+texts=("$corpus")
+if [ "$quick" = 0 ] && [ -n "$corpora" ]; then
+  [ -f "$corpora/MANIFEST" ] || { echo "$corpora: no MANIFEST (bench/data/make_corpora.sh makes it)" >&2; exit 2; }
+  for lang in en de; do
+    awk -F'\t' -v l=$lang '!/^#/ && $2 == l && $3 == "train" { print $1 }' "$corpora/MANIFEST" |
+      while read -r d; do cat "$corpora/$d/train.txt"; done >"$work/corpora-$lang.txt"
+    texts+=("$work/corpora-$lang.txt")
+  done
+fi
 export RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 if [ "$reference" = 0 ]; then
   printf '%-12s %10s\n' tokenizer fedlora
@@ -48,9 +61,11 @@ if [ "$reference" = 0 ]; then
 fi
 printf '%-12s %10s %12s %12s %9s %9s %s\n' tokenizer fedlora hf-per-doc hf-batch ratio-doc ratio-bat ids
 status=0
+for text in "${texts[@]}"; do
+tag=$(basename "$text" .txt | sed -n 's/^corpora-/\//p')
 for tok in "${toks[@]}"; do
-  c=$("$bin" "$tok" "$corpus" "$secs")
-  h=$(python3 "$here/ref_hf_tokenizers.py" "$tok" "$corpus" "$secs")
+  c=$("$bin" "$tok" "$text" "$secs")
+  h=$(python3 "$here/ref_hf_tokenizers.py" "$tok" "$text" "$secs")
   c_mbs=$(echo "$c" | awk '{print $3}')
   hd_mbs=$(echo "$h" | awk '/per-doc/ {print $3}')
   hb_mbs=$(echo "$h" | awk '/batch/ {print $3}')
@@ -58,8 +73,9 @@ for tok in "${toks[@]}"; do
   h_hashes=$(echo "$h" | sed 's/.*ids_hash=//' | sort -u)
   same=different
   if [ "$h_hashes" = "$c_hash" ]; then same=same; else status=1; fi
-  printf '%-12s %10s %12s %12s %9.2f %9.2f %s\n' "$(basename "$tok" .json)" "$c_mbs" "$hd_mbs" \
+  printf '%-12s %10s %12s %12s %9.2f %9.2f %s\n' "$(basename "$tok" .json)$tag" "$c_mbs" "$hd_mbs" \
     "$hb_mbs" "$(echo "$c_mbs / $hd_mbs" | bc -l)" "$(echo "$c_mbs / $hb_mbs" | bc -l)" "$same"
+done
 done
 echo "MB/s of UTF-8 input, best pass, 1 thread; ratio = fedlora / Hugging Face"
 exit $status

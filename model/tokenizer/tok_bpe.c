@@ -59,7 +59,12 @@ static int reserve_symbols(tokenizer *t, size_t n) {
     if (prev) t->sym_prev = prev;
     int32_t *next = realloc(t->sym_next, cap * sizeof *next);
     if (next) t->sym_next = next;
-    if (!id || !prev || !next) return err_set("tokenizer: out of memory for %zu symbols", cap);
+    uint32_t *start = realloc(t->sym_start, cap * sizeof *start);
+    if (start) t->sym_start = start;
+    uint32_t *end = realloc(t->sym_end, cap * sizeof *end);
+    if (end) t->sym_end = end;
+    if (!id || !prev || !next || !start || !end)
+        return err_set("tokenizer: out of memory for %zu symbols", cap);
     t->sym_cap = cap;
     return 0;
 }
@@ -108,6 +113,7 @@ static int merge_all(tokenizer *t, size_t n) {
         if (!merge_of(t, sym[pos], sym[right], &rank, &id) || id != top.id) continue;
         sym[pos] = top.id;
         sym[right] = TOK_NONE;
+        t->sym_end[pos] = t->sym_end[right];
         next[pos] = next[right];
         if (next[pos] >= 0) prev[next[pos]] = (int32_t)pos;
         if (prev[pos] >= 0 && merge_of(t, sym[prev[pos]], sym[pos], &rank, &id))
@@ -118,14 +124,19 @@ static int merge_all(tokenizer *t, size_t n) {
     return 0;
 }
 
-/* BPE::merge_word from the units to the merged symbols, then appends them. */
+/* BPE::merge_word from the units to the merged symbols, then appends them.
+ * Each symbol also keeps the bytes of s it covers (sym_start, sym_end), for
+ * offsets: a byte-fallback token covers its whole unit, a fused unknown
+ * token all the units fused into it. */
 static int bpe_word(tokenizer *t, const char *s, size_t len, tokenizer_ids *out) {
     /* symbols <= units, except byte fallback in byte mode: a byte's alphabet
      * character has up to 2 bytes, each one <0xNN> token */
     if (reserve_symbols(t, len * 2 + 1)) return -1;
-    uint32_t *sym = t->sym_id;
+    uint32_t *sym = t->sym_id, *s0 = t->sym_start, *s1 = t->sym_end;
     size_t n = 0;
     int unk_pending = 0;
+    uint32_t unk_start = 0, unk_end = 0;
+#define SYM(id_, a_, b_) (s0[n] = (uint32_t)(a_), s1[n] = (uint32_t)(b_), sym[n++] = (id_))
     for (size_t i = 0; i < len;) {
         size_t ul = t->byte_level ? 1 : tok_utf8_len((unsigned char)s[i]);
         uint32_t id = TOK_NONE;
@@ -134,9 +145,9 @@ static int bpe_word(tokenizer *t, const char *s, size_t len, tokenizer_ids *out)
         else
             tok_strmap_get(&t->vocab, s + i, ul, &id);
         if (id != TOK_NONE) {
-            if (unk_pending) sym[n++] = t->unk_id;
+            if (unk_pending) SYM(t->unk_id, unk_start, unk_end);
             unk_pending = 0;
-            sym[n++] = id;
+            SYM(id, i, i + ul);
             i += ul;
             continue;
         }
@@ -153,18 +164,21 @@ static int bpe_word(tokenizer *t, const char *s, size_t len, tokenizer_ids *out)
             while (k < un && t->fallback[(unsigned char)u[k]] != TOK_NONE) k++;
             if (k == un) {
                 /* HF adds these without flushing a pending unk (model.rs) */
-                for (k = 0; k < un; k++) sym[n++] = t->fallback[(unsigned char)u[k]];
+                for (k = 0; k < un; k++) SYM(t->fallback[(unsigned char)u[k]], i, i + ul);
                 i += ul;
                 continue;
             }
         }
         if (t->unk_id != TOK_NONE) {
-            if (unk_pending && !t->fuse_unk) sym[n++] = t->unk_id;
+            if (unk_pending && !t->fuse_unk) SYM(t->unk_id, unk_start, unk_end);
+            if (!unk_pending || !t->fuse_unk) unk_start = (uint32_t)i;
+            unk_end = (uint32_t)(i + ul);
             unk_pending = 1;
         }
         i += ul; /* no unk token: the unit is dropped, as in HF */
     }
-    if (unk_pending) sym[n++] = t->unk_id;
+    if (unk_pending) SYM(t->unk_id, unk_start, unk_end);
+#undef SYM
     if (n == 0) return 0;
     for (size_t i = 0; i < n; i++) {
         t->sym_prev[i] = (int32_t)i - 1;
@@ -172,7 +186,8 @@ static int bpe_word(tokenizer *t, const char *s, size_t len, tokenizer_ids *out)
     }
     if (n > 1 && merge_all(t, n)) return -1;
     for (int32_t i = 0; i >= 0; i = t->sym_next[i])
-        if (tokenizer_ids_push(out, sym[i])) return -1;
+        if (tokenizer_ids_push(out, sym[i]) || tok_offsets_emit(t, s + s0[i], s1[i] - s0[i]))
+            return -1;
     return 0;
 }
 
@@ -192,11 +207,12 @@ int tok_bpe_encode(tokenizer *t, const char *s, size_t len, tokenizer_ids *out) 
             klen = t->word_key.len;
         }
         uint32_t id;
-        if (tok_strmap_get(&t->vocab, key, klen, &id)) return tokenizer_ids_push(out, id);
+        if (tok_strmap_get(&t->vocab, key, klen, &id))
+            return tokenizer_ids_push(out, id) || tok_offsets_emit(t, s, len) ? -1 : 0;
     }
     tok_cache_slot *slot = NULL;
     uint64_t h = 0;
-    if (len <= TOK_CACHE_KEY_MAX) {
+    if (len <= TOK_CACHE_KEY_MAX && !t->offs) { /* cached ids have no offsets */
         h = tok_hash(s, len);
         slot = &t->cache[h & (TOK_CACHE_SLOTS - 1)];
         if (slot->key_len == len && slot->hash == h && !memcmp(slot->key, s, len)) {

@@ -10,17 +10,27 @@
 
 /* ---- normalizers --------------------------------------------------------------- */
 
+/* With offsets on, every buffer also carries its alignment (cur_al, tmp_al):
+ * a prefix comes from the first character, a replacement from the text it
+ * replaced, an NFC composite from its first character. */
 int tok_normalize(tokenizer *t, const char *s, size_t len, tok_buf *out) {
     tok_buf *cur = out, *tmp = &t->norm_tmp;
+    tok_align *cur_al = &t->norm_al, *tmp_al = &t->norm_tmp_al;
+    int track = t->offs != NULL;
     cur->len = 0;
-    if (tok_buf_put(cur, s, len)) return -1;
+    cur_al->n = 0;
+    if (tok_buf_put(cur, s, len) || (track && tok_align_copy(t, cur_al, s, len))) return -1;
     for (size_t k = 0; k < t->n_norms; k++) {
         const tok_norm *n = &t->norms[k];
         tmp->len = 0;
+        tmp_al->n = 0;
         if (n->type == TOK_NORM_PREPEND) {
             if (cur->len == 0) continue; /* HF prepends to non-empty strings only */
             if (tok_buf_put(tmp, n->str, n->str_len) || tok_buf_put(tmp, cur->p, cur->len))
                 return -1;
+            if (track && tok_align_push(tmp_al, cur_al->a[0], cur_al->a[1], n->str_len)) return -1;
+            for (size_t i = 0; track && i < cur->len; i++)
+                if (tok_align_push(tmp_al, cur_al->a[2 * i], cur_al->a[2 * i + 1], 1)) return -1;
         } else if (n->type == TOK_NORM_REPLACE) {
             tok_events *ev = &t->scratch_ev;
             if (tok_pattern_events(t, &n->pat, cur->p, cur->len, ev)) return -1;
@@ -29,13 +39,31 @@ int tok_normalize(tokenizer *t, const char *s, size_t len, tok_buf *out) {
                 if (e->match ? tok_buf_put(tmp, n->str, n->str_len)
                              : tok_buf_put(tmp, cur->p + e->start, e->end - e->start))
                     return -1;
+                if (!track) continue;
+                if (!e->match) {
+                    for (size_t b = e->start; b < e->end; b++)
+                        if (tok_align_push(tmp_al, cur_al->a[2 * b], cur_al->a[2 * b + 1], 1))
+                            return -1;
+                } else if (e->end > e->start) {
+                    if (tok_align_push(tmp_al, cur_al->a[2 * e->start], cur_al->a[2 * e->end - 1],
+                                       n->str_len))
+                        return -1;
+                } else { /* an empty match: the content belongs to the next character */
+                    size_t b = e->start < cur->len ? e->start : cur->len - 1;
+                    if (cur->len &&
+                        tok_align_push(tmp_al, cur_al->a[2 * b], cur_al->a[2 * b + 1], n->str_len))
+                        return -1;
+                }
             }
-        } else if (tok_nfc(cur->p, cur->len, tmp)) {
+        } else if (tok_nfc(cur->p, cur->len, tmp, track ? cur_al->a : NULL, tmp_al)) {
             return -1;
         }
         tok_buf swap = *cur;
         *cur = *tmp;
         *tmp = swap;
+        tok_align swap_al = *cur_al;
+        *cur_al = *tmp_al;
+        *tmp_al = swap_al;
     }
     return 0;
 }
@@ -119,13 +147,29 @@ static int pretok_metaspace(tokenizer *t, size_t k, const char *s, size_t len, i
     int starts = s[0] == ' ' || (len >= p->repl_len && !memcmp(s, p->repl, p->repl_len));
     int prepend = p->prepend_scheme == TOK_PREPEND_ALWAYS ||
                   (p->prepend_scheme == TOK_PREPEND_FIRST && at_origin);
-    if (!starts && prepend && tok_buf_put(&st->text, p->repl, p->repl_len)) return -1;
+    tok_align *al = &t->stage_al[k];
+    int track = t->offs != NULL;
+    uint32_t a0, a1;
+    al->n = 0;
+    if (!starts && prepend) { /* the prefix comes from the first character */
+        if (tok_buf_put(&st->text, p->repl, p->repl_len)) return -1;
+        if (track) { /* off_text is only set when offsets are asked for */
+            tok_align_of(t, s, &a0, &a1);
+            if (tok_align_push(al, a0, a1, p->repl_len)) return -1;
+        }
+    }
     for (size_t i = 0; i < len; i++) {
         const char *sp = memchr(s + i, ' ', len - i);
         size_t stop = sp ? (size_t)(sp - s) : len;
-        if (tok_buf_put(&st->text, s + i, stop - i)) return -1;
+        if (tok_buf_put(&st->text, s + i, stop - i) ||
+            (track && tok_align_copy(t, al, s + i, stop - i)))
+            return -1;
         if (!sp) break;
         if (tok_buf_put(&st->text, p->repl, p->repl_len)) return -1;
+        if (track) {
+            tok_align_of(t, sp, &a0, &a1);
+            if (tok_align_push(al, a0, a1, p->repl_len)) return -1;
+        }
         i = stop;
     }
     const char *m = st->text.p;
@@ -159,6 +203,14 @@ static int pretok(tokenizer *t, size_t k, const char *s, size_t len, int at_orig
             if (p->add_prefix_space && s[0] != ' ') {
                 st->text.len = 0;
                 if (tok_buf_put(&st->text, " ", 1) || tok_buf_put(&st->text, s, len)) return -1;
+                if (t->offs) { /* the space comes from the first character */
+                    uint32_t a0, a1;
+                    tok_align_of(t, s, &a0, &a1);
+                    t->stage_al[k].n = 0;
+                    if (tok_align_push(&t->stage_al[k], a0, a1, 1) ||
+                        tok_align_copy(t, &t->stage_al[k], s, len))
+                        return -1;
+                }
                 s = st->text.p;
                 len = st->text.len;
             }
@@ -260,7 +312,7 @@ static int split_added(tokenizer *t, const tok_matcher *m, int normalized, const
                            : normalize_and_split(t, piece, plen, origin, out))
                 return -1;
         }
-        if (tokenizer_ids_push(out, id)) return -1;
+        if (tokenizer_ids_push(out, id) || tok_offsets_emit(t, s + start, stop - start)) return -1;
         start_offset = stop;
     }
     if (start_offset < len) {
@@ -298,10 +350,10 @@ int tokenizer_encode(tokenizer *t, const char *text, size_t len, int add_special
     size_t n0 = out->n;
     int rc = 0;
     for (size_t i = 0; add_special && i < t->n_prefix && !rc; i++)
-        rc = tokenizer_ids_push(out, t->tpl_prefix[i]);
+        rc = tokenizer_ids_push(out, t->tpl_prefix[i]) || tok_offsets_emit(t, NULL, 0);
     if (!rc && len) rc = split_added(t, &t->match_raw, 0, text, len, 1, out);
     for (size_t i = 0; add_special && i < t->n_suffix && !rc; i++)
-        rc = tokenizer_ids_push(out, t->tpl_suffix[i]);
+        rc = tokenizer_ids_push(out, t->tpl_suffix[i]) || tok_offsets_emit(t, NULL, 0);
     if (rc) {
         out->n = n0;
         return err_context("%s: encoding %zu bytes", t->name, len);

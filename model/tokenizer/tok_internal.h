@@ -138,6 +138,24 @@ int tok_pattern_events(struct tokenizer *t, const tok_pattern *p, const char *s,
                        tok_events *out);
 int tok_events_push(tok_events *e, size_t start, size_t end, int match);
 
+/* ---- offsets (tokenizer_encode_offsets, tok_offsets.c) ---------------------------- */
+/* Alignment of a buffer derived from the text (normalized, with a prefix
+ * space, Metaspace's): its byte i came from text bytes [a[2i], a[2i + 1]). */
+typedef struct {
+    uint32_t *a;
+    size_t n, cap;
+} tok_align;
+
+struct tokenizer;
+int tok_align_push(tok_align *al, uint32_t start, uint32_t end, size_t count);
+/* The text range byte p came from (p is in the text or in a derived buffer). */
+void tok_align_of(const struct tokenizer *t, const char *p, uint32_t *start, uint32_t *end);
+/* Appends the alignment of the n bytes at p. */
+int tok_align_copy(const struct tokenizer *t, tok_align *dst, const char *p, size_t n);
+/* While offsets are recorded: the offsets of a token made of bytes [p, p + n)
+ * of a piece, or of one with no text (n 0). */
+int tok_offsets_emit(struct tokenizer *t, const char *p, size_t n);
+
 /* ---- components ----------------------------------------------------------------- */
 enum { TOK_NORM_PREPEND, TOK_NORM_REPLACE, TOK_NORM_NFC };
 typedef struct {
@@ -277,13 +295,23 @@ struct tokenizer {
     tok_heap_ent *heap;
     size_t sym_cap, heap_cap;
     tok_cache_slot *cache;
+
+    /* offsets: recorded while tokenizer_encode_offsets runs (offs != NULL) */
+    tokenizer_offsets *offs;
+    const char *off_text;
+    size_t off_len;
+    tok_align norm_al, norm_tmp_al, stage_al[TOK_MAX_STAGES];
+    uint32_t *sym_start, *sym_end;       /* BPE: each symbol's bytes in the piece */
+    int trim_offsets, trim_prefix_space; /* a ByteLevel post-processor's trim_offsets */
 };
 
 /* tok_bpe.c */
 int tok_bpe_encode(struct tokenizer *t, const char *s, size_t len, tokenizer_ids *out);
 /* tok_encode.c */
 int tok_normalize(struct tokenizer *t, const char *s, size_t len, tok_buf *out);
-/* tok_nfc.c: appends the NFC form of valid UTF-8 s to out. */
-int tok_nfc(const char *s, size_t len, tok_buf *out);
+/* tok_nfc.c: appends the NFC form of valid UTF-8 s to out. With in_al (the
+ * alignment of s, 2 per byte) also appends out's alignment to out_al: a
+ * composed character comes from the first character composed into it. */
+int tok_nfc(const char *s, size_t len, tok_buf *out, const uint32_t *in_al, tok_align *out_al);
 
 #endif

@@ -426,7 +426,11 @@ static int load_post(tokenizer *t, json_t *j, int depth) {
         json_array_foreach(list, i, v) if (load_post(t, v, depth + 1)) return -1;
         return 0;
     }
-    if (!strcmp(type, "ByteLevel")) return 0; /* changes offsets only, never ids */
+    if (!strcmp(type, "ByteLevel")) { /* changes offsets only, never ids */
+        t->trim_offsets = json_is_true(json_object_get(j, "trim_offsets"));
+        t->trim_prefix_space = json_is_true(json_object_get(j, "add_prefix_space"));
+        return 0;
+    }
     if (!strcmp(type, "TemplateProcessing")) return load_template(t, j, where);
     return err_set("%s: post-processor type \"%s\" is not supported (fedlora supports "
                    "TemplateProcessing, ByteLevel, Sequence)",
@@ -844,6 +848,11 @@ void tokenizer_free(tokenizer *t) {
         free(t->stages[i].pieces.ev);
     }
     free(t->scratch_ev.ev);
+    free(t->norm_al.a);
+    free(t->norm_tmp_al.a);
+    for (int i = 0; i < TOK_MAX_STAGES; i++) free(t->stage_al[i].a);
+    free(t->sym_start);
+    free(t->sym_end);
     free(t->sym_id);
     free(t->sym_prev);
     free(t->sym_next);

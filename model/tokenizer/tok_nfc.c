@@ -65,29 +65,36 @@ static uint32_t compose(uint32_t a, uint32_t b) {
     return 0;
 }
 
+/* Code points, each with the byte offset in the input of the character it
+ * comes from (src: only kept when alignments are asked for). */
 typedef struct {
-    uint32_t *cp;
+    uint32_t *cp, *src;
     size_t n, cap;
+    int track;
 } cps;
 
-static int cps_push(cps *c, uint32_t cp) {
+static int cps_push(cps *c, uint32_t cp, uint32_t src) {
     if (c->n == c->cap) {
         size_t cap = c->cap ? c->cap * 2 : 256;
         uint32_t *p = realloc(c->cp, cap * sizeof *p);
-        if (!p) return err_set("NFC normalizer: out of memory");
-        c->cp = p;
+        if (p) c->cp = p;
+        uint32_t *q = p && c->track ? realloc(c->src, cap * sizeof *q) : NULL;
+        if (q) c->src = q;
+        if (!p || (c->track && !q)) return err_set("NFC normalizer: out of memory");
         c->cap = cap;
     }
+    if (c->track) c->src[c->n] = src;
     c->cp[c->n++] = cp;
     return 0;
 }
 
-static int decompose(uint32_t cp, cps *out) {
+static int decompose(uint32_t cp, uint32_t src, cps *out) {
     if (cp - S_BASE < S_COUNT) {
         uint32_t s = cp - S_BASE;
-        if (cps_push(out, L_BASE + s / N_COUNT) || cps_push(out, V_BASE + (s % N_COUNT) / T_COUNT))
+        if (cps_push(out, L_BASE + s / N_COUNT, src) ||
+            cps_push(out, V_BASE + (s % N_COUNT) / T_COUNT, src))
             return -1;
-        return s % T_COUNT ? cps_push(out, T_BASE + s % T_COUNT) : 0;
+        return s % T_COUNT ? cps_push(out, T_BASE + s % T_COUNT, src) : 0;
     }
     size_t lo = 0, hi = COUNT(nfc_decomp);
     while (lo < hi) {
@@ -98,16 +105,27 @@ static int decompose(uint32_t cp, cps *out) {
             lo = mid + 1;
         else {
             for (size_t k = 0; k < nfc_decomp[mid].len; k++)
-                if (cps_push(out, nfc_decomp_pool[nfc_decomp[mid].off + k])) return -1;
+                if (cps_push(out, nfc_decomp_pool[nfc_decomp[mid].off + k], src)) return -1;
             return 0;
         }
     }
-    return cps_push(out, cp);
+    return cps_push(out, cp, src);
 }
 
 static int cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : x > y;
+}
+
+static void swap_at(cps *c, size_t i, size_t j) {
+    uint32_t x = c->cp[i];
+    c->cp[i] = c->cp[j];
+    c->cp[j] = x;
+    if (c->track) {
+        x = c->src[i];
+        c->src[i] = c->src[j];
+        c->src[j] = x;
+    }
 }
 
 /* Canonical ordering: each run of non-starters sorted stably by class. Long
@@ -123,14 +141,11 @@ static int reorder(cps *c) {
         size_t run = b - a;
         if (run <= 32) {
             for (size_t i = a + 1; i < b; i++)
-                for (size_t j = i; j > a && ccc_of(c->cp[j - 1]) > ccc_of(c->cp[j]); j--) {
-                    uint32_t x = c->cp[j];
-                    c->cp[j] = c->cp[j - 1];
-                    c->cp[j - 1] = x;
-                }
+                for (size_t j = i; j > a && ccc_of(c->cp[j - 1]) > ccc_of(c->cp[j]); j--)
+                    swap_at(c, j, j - 1);
         } else {
             uint64_t *keys = malloc(run * sizeof *keys);
-            uint32_t *tmp = malloc(run * sizeof *tmp);
+            uint32_t *tmp = malloc(2 * run * sizeof *tmp);
             if (!keys || !tmp) {
                 free(keys);
                 free(tmp);
@@ -139,9 +154,14 @@ static int reorder(cps *c) {
             for (size_t i = 0; i < run; i++) {
                 keys[i] = (uint64_t)ccc_of(c->cp[a + i]) << 40 | i;
                 tmp[i] = c->cp[a + i];
+                tmp[run + i] = c->track ? c->src[a + i] : 0;
             }
             qsort(keys, run, sizeof *keys, cmp_u64);
-            for (size_t i = 0; i < run; i++) c->cp[a + i] = tmp[keys[i] & 0xFFFFFFFFFFull];
+            for (size_t i = 0; i < run; i++) {
+                size_t k = keys[i] & 0xFFFFFFFFFFull;
+                c->cp[a + i] = tmp[k];
+                if (c->track) c->src[a + i] = tmp[run + k];
+            }
             free(keys);
             free(tmp);
         }
@@ -152,7 +172,8 @@ static int reorder(cps *c) {
 
 /* Canonical composition (after the reference algorithm of UAX #15): a
  * character composes with the last starter unless a character in between
- * has class 0 or a class >= its own. */
+ * has class 0 or a class >= its own. A composite keeps its starter's source,
+ * as Hugging Face's alignments do. */
 static void recompose(cps *c) {
     if (c->n == 0) return;
     size_t starter = 0, w = 1;
@@ -167,12 +188,13 @@ static void recompose(cps *c) {
         }
         if (k == 0) starter = w;
         last = k;
+        if (c->track) c->src[w] = c->src[i];
         c->cp[w++] = ch;
     }
     c->n = w;
 }
 
-int tok_nfc(const char *s, size_t len, tok_buf *out) {
+int tok_nfc(const char *s, size_t len, tok_buf *out, const uint32_t *in_al, tok_align *out_al) {
     size_t i = 0;
     while (i < len) {
         unsigned char b = (unsigned char)s[i];
@@ -184,13 +206,17 @@ int tok_nfc(const char *s, size_t len, tok_buf *out) {
         if (is_unsafe(tok_utf8_decode(s + i, &n))) break;
         i += n;
     }
-    if (i >= len) return tok_buf_put(out, s, len);
+    if (i >= len) {
+        for (size_t k = 0; in_al && k < len; k++)
+            if (tok_align_push(out_al, in_al[2 * k], in_al[2 * k + 1], 1)) return -1;
+        return tok_buf_put(out, s, len);
+    }
 
-    cps c = {0};
+    cps c = {.track = in_al != NULL};
     int rc = 0;
     for (i = 0; i < len && !rc;) {
         size_t n;
-        rc = decompose(tok_utf8_decode(s + i, &n), &c);
+        rc = decompose(tok_utf8_decode(s + i, &n), (uint32_t)i, &c);
         i += n;
     }
     if (!rc) rc = reorder(&c);
@@ -198,7 +224,12 @@ int tok_nfc(const char *s, size_t len, tok_buf *out) {
         recompose(&c);
         rc = tok_buf_reserve(out, c.n * 4);
     }
-    for (size_t k = 0; k < c.n && !rc; k++) out->len += tok_utf8_encode(c.cp[k], out->p + out->len);
+    for (size_t k = 0; k < c.n && !rc; k++) {
+        size_t n = tok_utf8_encode(c.cp[k], out->p + out->len);
+        out->len += n;
+        if (in_al) rc = tok_align_push(out_al, in_al[2 * c.src[k]], in_al[2 * c.src[k] + 1], n);
+    }
     free(c.cp);
+    free(c.src);
     return rc;
 }

@@ -287,6 +287,14 @@ static size_t utf8_sequence(const unsigned char *p, size_t n, int *ok) {
     return i;
 }
 
+uint32_t tokenizer_utf8_decode(const char *s, size_t *n) {
+    return tok_utf8_decode(s, n);
+}
+
+size_t tokenizer_utf8_encode(uint32_t cp, char *out) {
+    return tok_utf8_encode(cp, out);
+}
+
 size_t tokenizer_utf8_valid_prefix(const char *s, size_t len) {
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0;

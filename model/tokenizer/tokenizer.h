@@ -46,6 +46,23 @@ void tokenizer_free(tokenizer *tok);
  * tokenizer(text) does by default. */
 int tokenizer_encode(tokenizer *tok, const char *text, size_t len, int add_special,
                      tokenizer_ids *out);
+/* Where each id of an encoding came from: text bytes [r[i][0], r[i][1]).
+ * These are Hugging Face's offsets (offset_mapping) in bytes rather than
+ * characters: a token made from part of a character (a byte-level or
+ * byte-fallback token) covers the whole character, a token the normalizer
+ * made from several characters covers the first of them, and the tokens the
+ * post-processor template adds (BOS) cover [0, 0). Start from {0}; free with
+ * tokenizer_offsets_free. */
+typedef struct {
+    uint32_t (*r)[2];
+    size_t n, cap;
+} tokenizer_offsets;
+
+/* As tokenizer_encode, and appends one offset pair per id to offs. */
+int tokenizer_encode_offsets(tokenizer *tok, const char *text, size_t len, int add_special,
+                             tokenizer_ids *out, tokenizer_offsets *offs);
+void tokenizer_offsets_free(tokenizer_offsets *offs);
+
 /* Decodes ids into a malloc'd NUL-terminated string (*len excludes the NUL).
  * skip_special drops special tokens. Ids the tokenizer does not know are
  * skipped, as Hugging Face does. */
@@ -64,6 +81,10 @@ int tokenizer_is_special(const tokenizer *tok, uint32_t id);
 void tokenizer_ids_free(tokenizer_ids *ids);
 int tokenizer_ids_push(tokenizer_ids *ids, uint32_t id);
 
+/* One code point of valid UTF-8 at s; *n gets its length in bytes. */
+uint32_t tokenizer_utf8_decode(const char *s, size_t *n);
+/* cp (at most U+10FFFF) as UTF-8 into out (4 bytes of room); returns its length. */
+size_t tokenizer_utf8_encode(uint32_t cp, char *out);
 /* Length of the longest valid UTF-8 prefix of s (len when all of s is valid). */
 size_t tokenizer_utf8_valid_prefix(const char *s, size_t len);
 /* Copies s into a malloc'd string where each maximal invalid subpart is

@@ -5,7 +5,10 @@
  *   valid UTF-8    encode and decode succeed; with the byte-level tokenizers
  *                  decode(encode(text)) == text
  *   invalid UTF-8  encode fails and appends nothing; after
- *                  tokenizer_utf8_repair it succeeds */
+ *                  tokenizer_utf8_repair it succeeds
+ *   offsets        tokenizer_encode_offsets gives the same ids and, for each,
+ *                  a range [start, end) within the text, on character
+ *                  boundaries (the template's tokens: [0, 0)) */
 #include "model/tokenizer/tokenizer.h"
 #include "util/err.h"
 
@@ -61,6 +64,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (tokenizer_decode(t, ids.ids, ids.n, 0, &out, &n) != 0) abort();
     if (which < N_ROUNDTRIP && !special && (n != len || memcmp(out, text, len) != 0)) abort();
     free(out);
+    tokenizer_ids with = {0};
+    tokenizer_offsets offs = {0};
+    if (tokenizer_encode_offsets(t, text, len, special, &with, &offs) != 0 || with.n != ids.n ||
+        offs.n != ids.n)
+        abort();
+    for (size_t i = 0; i < ids.n; i++) {
+        uint32_t a = offs.r[i][0], b = offs.r[i][1];
+        if (with.ids[i] != ids.ids[i] || a > b || b > len ||
+            (a < len && ((unsigned char)text[a] & 0xC0) == 0x80) ||
+            (b < len && ((unsigned char)text[b] & 0xC0) == 0x80))
+            abort();
+    }
+    tokenizer_offsets_free(&offs);
+    tokenizer_ids_free(&with);
     tokenizer_ids_free(&ids);
     return 0;
 }
