@@ -38,6 +38,10 @@ static double mono(void) {
 int agg_load_version(const agg_config *c, const uint8_t hash[32], model **out) {
     char dir[AGG_PATH_MAX];
     if (store_version_dir(c->state, hash, dir, sizeof dir) < 0) return -1;
+    /* Re-hashed whenever it is loaded: what is merged on, and what a
+     * delta is checked against, is the version its name says (a flipped
+     * byte on disk would otherwise be built on and published). */
+    if (store_verify(c->state, hash) < 0) return -1;
     if (checkpoint_map(out, dir, MODEL_PRECISION_FP32) < 0)
         return err_context("loading model version %s", dir);
     return 0;
@@ -50,7 +54,32 @@ int agg_ensure_model(agg *a, const uint8_t hash[32]) {
     a->model = NULL;
     if (agg_load_version(&a->cfg, hash, &a->model) < 0) return -1;
     memcpy(a->model_version, hash, 32);
+    return agg_mark_verified(a, hash);
+}
+
+static int is_verified(const agg *a, const uint8_t hash[32]) {
+    for (int i = 0; i < a->nverified; i++)
+        if (memcmp(a->verified[i], hash, 32) == 0) return 1;
     return 0;
+}
+
+int agg_mark_verified(agg *a, const uint8_t hash[32]) {
+    if (is_verified(a, hash)) return 0;
+    if (a->nverified == a->verified_cap) {
+        int cap = a->verified_cap ? 2 * a->verified_cap : 16;
+        void *v = realloc(a->verified, (size_t)cap * sizeof *a->verified);
+        if (!v) return err_set("out of memory");
+        a->verified = v;
+        a->verified_cap = cap;
+    }
+    memcpy(a->verified[a->nverified++], hash, 32);
+    return 0;
+}
+
+int agg_verify_stored(agg *a, const uint8_t hash[32]) {
+    if (is_verified(a, hash)) return 0;
+    if (store_verify(a->cfg.state, hash) < 0) return -1;
+    return agg_mark_verified(a, hash);
 }
 
 int agg_publish_dir(const agg_card *card, const char *name, uint8_t hash[32]) {
@@ -401,6 +430,11 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
         (f && publish_update(&a->cfg, f, a->round, a->base, v, uh, &usize) < 0)) {
         agg_result_free(&r);
         return err_context("round %llu: publishing", (unsigned long long)a->round);
+    }
+    /* Hashed as they were stored: served without hashing them again. */
+    if (agg_mark_verified(a, v) < 0 || (f && agg_mark_verified(a, uh) < 0)) {
+        agg_result_free(&r);
+        return -1;
     }
     agg_crash_point(a, "publish");
     double t2 = mono();

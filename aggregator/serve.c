@@ -58,6 +58,16 @@ int agg_on_get_model(agg *a, const struct msg_get_model *g, uint8_t **out, size_
     if (!store_has_any(a->cfg.state, g->version))
         return agg_reply_error(a, MSG_ERR_NOT_FOUND, -1, out, len,
                                "unknown model version or object %s...", sh);
+    /* Never serve bytes that are not what they are named: hashed once per
+     * process before the first chunk (what this process stored or checked
+     * at start is not hashed again). */
+    if (agg_verify_stored(a, g->version) < 0) {
+        agg_say("NOT SERVED: %s", err_msg());
+        return agg_reply_error(a, MSG_ERR_INTERNAL, -1, out, len,
+                               "the aggregator's copy of %s... is damaged; its operator must "
+                               "restore it (the aggregator's log says how)",
+                               sh);
+    }
     uint8_t *buf = malloc(g->length);
     if (!buf) return err_set("out of memory for a %llu-byte chunk", (unsigned long long)g->length);
     size_t got;

@@ -292,6 +292,7 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         if (irc < 0 || agg_publish_dir(&card, "import", r.hash) < 0 || agg_commit(a, &r) < 0 ||
             agg_eval_queue(a, 0, a->initial) < 0)
             goto fail;
+        if (agg_mark_verified(a, a->version) < 0) goto fail;
         hex_encode(a->version, 32, hex);
         agg_say("new federation '%s' in %s: base model %s imported as version %.16s...",
                 c->consortium_name, c->state, c->base_model, hex);
@@ -301,6 +302,14 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
                       sh);
         agg_say("resuming from the journal: round %llu, %s, %d delta(s) accepted, version %s...",
                 (unsigned long long)a->round, agg_state_name(a->state), agg_accepted_count(a), sh);
+        /* What the journal stands on is hashed again before anything is
+         * built on it or served (issue 17, case 6): the newest version,
+         * the round's base (none before round 1 opens) and the low-rank
+         * update that makes it. */
+        if (agg_verify_stored(a, a->version) < 0 ||
+            (a->round > 0 && agg_verify_stored(a, a->base) < 0) ||
+            (a->has_update && agg_verify_stored(a, a->update_hash) < 0))
+            goto fail;
     }
     /* versions/latest names the newest published version (set after its
      * record; a crash in between is mended here). */
@@ -328,6 +337,7 @@ void agg_close(agg *a) {
     for (int i = 0; a->up && i < a->nup; i++) agg_upload_drop(&a->up[i]);
     free(a->up);
     free(a->sessions);
+    free(a->verified);
     journal_close(a->journal);
     agg_roster_free(a->roster);
     agg_roster_free(a->open_view);

@@ -113,6 +113,9 @@ struct agg {
     model *model;          /* the model of version model_version, loaded on demand */
     agg_norms *norms;      /* its weights' norms, for the default bound (merge.h) */
     uint8_t model_version[32];
+    /* Versions and objects this process hashed (or wrote): agg_verify_stored. */
+    uint8_t (*verified)[32];
+    int nverified, verified_cap;
 
     upload *up;
     int nup;
@@ -246,6 +249,12 @@ int agg_lookup_any_key(void *arg, const uint8_t fp[KEYS_FP_LEN], keys_public *ou
 int agg_load_version(const agg_config *c, const uint8_t hash[32], model **out);
 /* The model of version hash in a->model (loaded unless it already is). */
 int agg_ensure_model(agg *a, const uint8_t hash[32]);
+/* The stored version or object hash checked against its name
+ * (store_verify) unless this process did so already, or stored it itself
+ * (agg_mark_verified): at start for what the journal is at, before anything
+ * is served. */
+int agg_verify_stored(agg *a, const uint8_t hash[32]);
+int agg_mark_verified(agg *a, const uint8_t hash[32]);
 /* Writes m as a new version (STATE/tmp/<name>, then into the store). */
 /* Writes the version `change` makes from base (the version base_hash,
  * mapped) into dir, a tensor at a time: update_write_version for factors,
