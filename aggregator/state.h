@@ -245,7 +245,8 @@ int agg_lookup_any_key(void *arg, const uint8_t fp[KEYS_FP_LEN], keys_public *ou
 
 /* ---- publish.c -------------------------------------------------------------- */
 /* The model of version hash, mapped read-only (checkpoint_map): its
- * weights stay in the version's dtype and in the page cache. */
+ * weights stay in the version's dtype and in the page cache. The stored
+ * files are hashed first (store_verify): a damaged version is refused. */
 int agg_load_version(const agg_config *c, const uint8_t hash[32], model **out);
 /* The model of version hash in a->model (loaded unless it already is). */
 int agg_ensure_model(agg *a, const uint8_t hash[32]);

@@ -9,6 +9,7 @@
 #include "tests/aggregator/agg_test.h"
 #include "wire/crypto.h"
 
+#include <dirent.h>
 #include <jansson.h>
 #include <sys/stat.h>
 
@@ -779,6 +780,19 @@ static void test_influence_bounds(void) {
     CHECK(j && !strcmp(json_string_value(json_object_get(j, "status")), "non-finite-merge") &&
           json_is_null(json_object_get(j, "version")));
     json_decref(j);
+    /* The version written was deleted: the store holds the imported base
+     * only, and nothing is left in tmp/. */
+    for (int k = 0; k < 2; k++) {
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/%s", c.state, k ? "tmp" : "versions");
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        int n = 0;
+        while (d && (e = readdir(d)))
+            n += e->d_name[0] != '.' && strcmp(e->d_name, STORE_LATEST) != 0;
+        if (d) closedir(d);
+        CHECK_MSG(d && n == 1 - k, "%s holds %d entries", dir, n);
+    }
     agg_close(a);
     agg_config_free(&c);
 
