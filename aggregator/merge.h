@@ -50,6 +50,30 @@ int agg_update_build(const model *base, const uint8_t base_hash[32], uint64_t ro
                      agg_update *u, char why[AGG_WHY_MAX]);
 void agg_update_free(agg_update *u);
 
+/* ‖W‖_F of a base version's linear weights, computed once per weight and
+ * kept: what agg_update_bound measures members' updates against. */
+typedef struct agg_norms agg_norms;
+/* An empty cache for base version base_hash (*out NULL on failure). */
+int agg_norms_new(agg_norms **out, const uint8_t base_hash[32]);
+/* 1 when the cache is for base_hash. */
+int agg_norms_for(const agg_norms *n, const uint8_t base_hash[32]);
+void agg_norms_free(agg_norms *n);
+
+/* The default bound on a member's influence (docs/policies.md, "Default
+ * bounds"), with or without a policy file: every module's update, at the
+ * member's own scale, may be at most max_ratio times the base weight it
+ * changes, ‖s·B·A‖_F <= max_ratio · ‖W‖_F (validate_module_norm, in
+ * double: a delta scaled by 1e30 is measured, not overflowed). max_ratio 0:
+ * no bound. 0 within, 1 refused (why names the module and both norms), -1
+ * failure. cache (may be NULL) holds the base's norms between calls. */
+int agg_update_bound(const agg_update *u, const model *base, agg_norms *cache, double max_ratio,
+                     char why[AGG_WHY_MAX]);
+/* 0 when every value of every tensor of m is finite, 1 (why names the
+ * first bad one) when one is NaN or infinite. A round's new version is
+ * checked with it (mapped, as written) before it is published: a merge that
+ * made such a value publishes nothing. */
+int agg_model_finite(const model *m, char why[AGG_WHY_MAX]);
+
 /* What a round changes in its base: a low-rank update (factors, the
  * exact merge and every policy whose change is a product B·A), or a dense
  * change that dense_apply adds to each weight it touches, in the model's

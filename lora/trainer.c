@@ -17,6 +17,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 #include <omp.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -421,6 +422,32 @@ static int write_state(const char *path, const train_state *st, json_t *cfg) {
     return rc;
 }
 
+/* In a checkpoint/ directory: every step-N directory but `keep` (NULL: all
+ * complete ones stay), the step-N.tmp directories of interrupted saves, and
+ * the latest.tmp.<pid> files of an interrupted fio_write_atomic. */
+static int remove_leftovers(const char *ckdir, const char *keep) {
+    DIR *dp = opendir(ckdir);
+    if (!dp) return errno == ENOENT ? 0 : err_errno("cannot list %s", ckdir);
+    struct dirent *e;
+    char path[PATH_LEN];
+    int rc = 0;
+    while (rc == 0 && (e = readdir(dp)) != NULL) {
+        const char *d = e->d_name;
+        size_t n = strlen(d);
+        int tmp_dir = !strncmp(d, "step-", 5) && n > 4 && !strcmp(d + n - 4, ".tmp");
+        int old_step = !strncmp(d, "step-", 5) && keep && strcmp(d, keep) != 0;
+        int tmp_latest =
+            !strncmp(d, TRAINER_LATEST_FILE ".tmp.", strlen(TRAINER_LATEST_FILE ".tmp."));
+        if (!tmp_dir && !old_step && !tmp_latest) continue;
+        if (join(path, ckdir, d) != 0)
+            rc = -1;
+        else if (tmp_latest ? unlink(path) != 0 && errno != ENOENT : remove_dir(path) != 0)
+            rc = tmp_latest ? err_errno("cannot remove %s", path) : -1;
+    }
+    closedir(dp);
+    return rc;
+}
+
 static int write_checkpoint(const char *out_dir, const lora_set *s, const adamw *opt,
                             const train_state *st, json_t *cfg) {
     char ckdir[PATH_LEN], name[64], tmp[PATH_LEN], final[PATH_LEN], path[PATH_LEN];
@@ -443,16 +470,7 @@ static int write_checkpoint(const char *out_dir, const lora_set *s, const adamw 
         fio_write_atomic(path, latest, (size_t)n, 0644) != 0)
         return -1;
     /* Older checkpoints (and leftovers of interrupted saves) go. */
-    DIR *dp = opendir(ckdir);
-    if (!dp) return err_errno("cannot list %s", ckdir);
-    struct dirent *e;
-    int rc = 0;
-    while (rc == 0 && (e = readdir(dp)) != NULL) {
-        if (strncmp(e->d_name, "step-", 5) != 0 || !strcmp(e->d_name, name)) continue;
-        if (join(path, ckdir, e->d_name) != 0 || remove_dir(path) != 0) rc = -1;
-    }
-    closedir(dp);
-    return rc;
+    return remove_leftovers(ckdir, name);
 }
 
 /* A checkpoint directory, or a checkpoint/ folder whose `latest` names one. */
@@ -756,12 +774,41 @@ static void progress(run *r, double loss, int64_t first_step, double t0, int64_t
     fflush(r->progress);
 }
 
+static volatile sig_atomic_t stop_signal;
+
+void trainer_request_stop(int sig) {
+    stop_signal = sig;
+}
+
+int trainer_stop_requested(void) {
+    return (int)stop_signal;
+}
+
+/* A stop asked for (trainer_request_stop): the steps since the last
+ * checkpoint are saved as one (rank 0), then the run ends with res->stopped
+ * set and a message that says how to go on. */
+static int stop_here(run *r, trainer_result *res, int64_t saved_step) {
+    const trainer_options *o = r->o;
+    res->stopped = (int)stop_signal;
+    if (r->rank == 0 && r->st.step > saved_step &&
+        (sync_to_host(r) != 0 || write_checkpoint(o->out_dir, r->s, r->opt, &r->st, r->cfg) != 0))
+        return err_context("saving the checkpoint of step %lld on signal %d", (long long)r->st.step,
+                           res->stopped);
+    return err_set("stopped by signal %d after step %lld of %lld; %s: go on with --resume "
+                   "%s/%s",
+                   res->stopped, (long long)r->st.step, (long long)o->steps,
+                   r->st.step > saved_step ? "its checkpoint is saved"
+                                           : "the last checkpoint holds every step done",
+                   o->out_dir, TRAINER_CHECKPOINT_DIR);
+}
+
 static int train_loop(run *r, trainer_result *res) {
     const trainer_options *o = r->o;
-    int64_t first_step = r->st.step, tokens0 = r->st.tokens;
+    int64_t first_step = r->st.step, tokens0 = r->st.tokens, saved_step = r->st.step;
     double t0 = clock_now_s(), last_print = 0, elapsed0 = r->st.elapsed;
     if (o->eval_every > 0 && r->st.step == 0 && evaluate(r, NULL) != 0) return -1;
     while (r->st.step < o->steps) {
+        if (stop_signal) return stop_here(r, res, saved_step);
         double loss = 0;
         if (step_once(r, &loss) != 0) return -1;
         double t = clock_now_s();
@@ -785,6 +832,7 @@ static int train_loop(run *r, trainer_result *res) {
             (sync_to_host(r) != 0 ||
              write_checkpoint(o->out_dir, r->s, r->opt, &r->st, r->cfg) != 0))
             return err_context("saving the checkpoint of step %lld", (long long)r->st.step);
+        if (o->save_every > 0 && r->st.step % o->save_every == 0) saved_step = r->st.step;
     }
     return 0;
 }
@@ -881,9 +929,13 @@ int trainer_run(model *m, lora_set *s, const dataset *d, const trainer_options *
         (!cuda && (lora_reserve(s, B * T) != 0 || model_acts_create(&r.acts, m, B, T) != 0)) ||
         dataset_order_init(&r.order, dataset_num_rows(d, DATASET_TRAIN), o->seed) != 0)
         goto done;
-    char ckpt[PATH_LEN];
+    char ckpt[PATH_LEN], ckdir[PATH_LEN];
     if (o->resume && (resolve_checkpoint(o->resume, ckpt) != 0 ||
                       load_checkpoint(ckpt, m, s, r.opt, &r.st, r.cfg) != 0))
+        goto done;
+    /* What a run killed while saving left in OUT/checkpoint (docs/training.md). */
+    if (o->resume && (join(ckdir, o->out_dir, TRAINER_CHECKPOINT_DIR) != 0 ||
+                      remove_leftovers(ckdir, NULL) != 0))
         goto done;
     if (cuda && gpu_setup(&r, &oc, device_line, sizeof device_line) != 0) goto done;
     if (!cuda) {

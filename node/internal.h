@@ -76,6 +76,10 @@ void node_log(const node_ctx *n, const char *fmt, ...) __attribute__((format(pri
 /* Sleeps ms milliseconds in short slices; returns 1 when a stop was asked. */
 int node_sleep(int ms);
 
+/* What a member refused with NOT_MEMBER should do, from the reason's first
+ * word ("revoked", "rotated", or not on the roster at all). */
+const char *node_not_member_hint(const char *reason);
+
 /* One request, one reply, through the client (wire/client.h): retried with
  * jittered backoff until a reply comes, a log line on the first failed
  * attempt and every tenth. *rep's blobs stay valid until the next call.

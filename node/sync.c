@@ -437,7 +437,8 @@ int node_sync(node_ctx *n, const struct msg_round *r) {
                  sharded ? " (sharded)" : "");
         snprintf(what, sizeof what, "version %.16s…", hex);
         int k = sharded ? fetch_sharded(n, version, dir, index_part)
-                        : fetch_verified(n, version, part, 0, n->c->max_model_bytes, what);
+                        : fetch_verified(n, version, part, r->has_base_size ? r->base_size : 0,
+                                         n->c->max_model_bytes, what);
         if (k != 0) return k;
     }
     char *text;

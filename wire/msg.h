@@ -35,6 +35,7 @@
 #define MSG_FIELDS_MAX 64                    /* entries of one map, unknown keys included */
 #define MSG_KEY_MAX 32                       /* bytes of one key */
 #define MSG_SUBMIT_MAX (1ull << 40)          /* bytes of one sealed submission (1 TiB) */
+#define MSG_MODEL_MAX (1ull << 50)           /* bytes of a model file a ROUND may announce */
 #define MSG_DEPTH_MAX 8                      /* nesting; ROUND.train.targets[i] is at 3 */
 #define MSG_RETRY_AFTER_MAX 86400000u        /* ERROR retry_after, ms (one day) */
 
@@ -116,6 +117,10 @@ struct msg_round {
     uint8_t update_from[MSG_HASH_LEN]; /* "update_from": the previous version */
     uint8_t update_hash[MSG_HASH_LEN]; /* "update_hash": SHA-256 of the factor file */
     uint64_t update_size;              /* "update_size": 1..MSG_SUBMIT_MAX bytes */
+    /* Optional: the bytes of base's model file, which a node's download of
+     * it may not exceed (a fake or broken server cannot make it write more). */
+    bool has_base_size;
+    uint64_t base_size; /* "base_size": 1..MSG_MODEL_MAX */
 };
 
 /* GET_MODEL fetches any object the aggregator serves by its SHA-256: model
@@ -200,6 +205,12 @@ struct msg_status_info {
     uint64_t roster_version;             /* "roster_size": all or none (none: the */
     uint8_t roster_hash[MSG_HASH_LEN];   /* aggregator lists members in its config) */
     uint64_t roster_size;
+    /* Optional: the fingerprint of the identity the aggregator runs with
+     * (its keys' .id), which `fedlora doctor` compares with the .id it was
+     * given. Over CURVE the handshake proves the key; in the clear it is a
+     * check against a wrong file, not against a forger. */
+    bool has_aggregator;
+    uint8_t aggregator[MSG_HASH_LEN]; /* "aggregator" */
 };
 
 struct msg {
