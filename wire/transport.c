@@ -9,6 +9,7 @@
 
 #include "util/clock.h"
 #include "util/err.h"
+#include "util/rng.h"
 #include "wire/msg.h"
 
 #include <errno.h>
@@ -488,24 +489,13 @@ int transport_recv(transport *t, const struct transport_limits *lim, struct tran
 
 /* ---- request/reply --------------------------------------------------------- */
 
-/* xorshift64 (Marsaglia 2003): jitter and request ids need spread, not
- * secrecy. */
-static uint64_t xorshift(uint64_t *s) {
-    uint64_t x = *s ? *s : 0x9e3779b97f4a7c15ull;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    *s = x;
-    return x;
-}
-
 int transport_backoff_ms(const struct transport_retry *rt, int attempt, uint64_t *rng) {
     int64_t d = rt->backoff_ms;
     for (int i = 0; i < attempt && d < rt->backoff_max_ms; i++) d *= 2;
     if (d > rt->backoff_max_ms) d = rt->backoff_max_ms;
     if (d <= 0) return 0;
     int64_t half = d / 2;
-    return (int)(d - half + (int64_t)(xorshift(rng) % (uint64_t)(half + 1)));
+    return (int)(d - half + (int64_t)(rng_next(rng) % (uint64_t)(half + 1)));
 }
 
 static void put_be64(uint8_t *p, uint64_t v) {
@@ -576,7 +566,7 @@ int transport_request(transport *dealer, const struct transport_limits *lim,
               (uint64_t)(uintptr_t)&rng;
     }
     uint8_t id[TRANSPORT_ID_LEN];
-    put_be64(id, xorshift(&rng));
+    put_be64(id, rng_next(&rng));
     struct transport_frame frames[TRANSPORT_FRAMES_MAX];
     frames[0] = (struct transport_frame){id, sizeof id};
     memcpy(frames + 1, f, n * sizeof *f);

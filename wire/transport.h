@@ -204,7 +204,7 @@ void transport_retry_default(struct transport_retry *rt);
 /* The pause after failed attempt `attempt` (0-based): d = min(backoff_max,
  * backoff << attempt), then "equal jitter", uniform in [d/2, d], so that nodes
  * cut off together do not all come back in the same millisecond. rng is
- * xorshift state (any non-zero seed). */
+ * util/rng.h's SplitMix64 state (any seed). */
 int transport_backoff_ms(const struct transport_retry *rt, int attempt, uint64_t *rng);
 
 /* Sends payload frames f (n <= TRANSPORT_FRAMES_MAX - 1) on a DEALER and
