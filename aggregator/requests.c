@@ -129,6 +129,7 @@ static int on_hello(agg *a, const struct msg_hello *h, uint64_t now, uint8_t **o
         memcpy(r.round.update_hash, a->update_hash, 32);
         r.round.update_size = a->update_size;
     }
+    if (agg_start_round_fields(a, &r.round) < 0) return -1;
     return agg_encode(&r, out, len);
 }
 

@@ -254,7 +254,7 @@ int node_sync(node_ctx *n, const struct msg_round *r) {
     if (fio_mkdirs(dir, 0755) != 0) return -1;
     /* A full download already under way (a .part) goes on as it is. */
     int made = 0;
-    if (r->has_update && !fio_exists(part)) {
+    if (r->has_update && !fio_exists(part) && node_sync_prefer_update(n, r)) {
         int k = lowrank(n, r, dir, part);
         if (k == 1) return 1;
         made = k == 0;
@@ -304,4 +304,9 @@ int node_sync(node_ctx *n, const struct msg_round *r) {
                  (unsigned long long)round, hex, (unsigned long long)size, mb(moved));
     if (write_current(n, round, version) != 0) return -1;
     return remove_other_versions(n, dir);
+}
+
+int node_download(node_ctx *n, const uint8_t hash[MSG_HASH_LEN], const char *part,
+                  uint64_t want_total) {
+    return download(n, hash, part, want_total);
 }
