@@ -234,7 +234,7 @@ static int log_round(demo *d, const demo_round *r) {
  * receipt (a node's receipt is recorded a moment after the aggregator has
  * it, and the round may close in between); a node without one 5 s later did
  * not take part in the round. */
-static int try_round(demo *d, uint64_t round, double *last_t, double *seen, int *done) {
+static int try_round(demo *d, uint64_t round, double *seen, int *done) {
     *done = 0;
     json_t *m = harness_round_metrics(d->fed.agg_state, round);
     json_t *v = m ? json_object_get(m, "version") : NULL;
@@ -247,6 +247,11 @@ static int try_round(demo *d, uint64_t round, double *last_t, double *seen, int 
     memset(r, 0, sizeof *r);
     r->round = round;
     snprintf(r->version, sizeof r->version, "%s", json_string_value(v));
+    /* The round's wall time as the aggregator saw it: from its opening to
+     * its publication (so the demo's own evaluations do not count). */
+    r->elapsed = json_number_value(json_object_get(m, "collect_s")) +
+                 json_number_value(json_object_get(m, "aggregate_s")) +
+                 json_number_value(json_object_get(m, "publish_s"));
     json_decref(m);
     for (long long i = 0; i < d->nodes; i++) {
         uint64_t b = 0;
@@ -262,9 +267,6 @@ static int try_round(demo *d, uint64_t round, double *last_t, double *seen, int 
     if ((round % (uint64_t)d->eval_every == 0 || round == (uint64_t)d->rounds) &&
         (version_dir(d, r->version, dir) != 0 || evaluate(d, dir, r) != 0))
         return -1;
-    double t = harness_now();
-    r->elapsed = t - *last_t;
-    *last_t = t;
     d->n_hist = (int)round + 1;
     *done = 1;
     return log_round(d, r);
@@ -399,14 +401,14 @@ static int run(demo *d) {
     print_header(d);
     if (log_round(d, r0) != 0) return -1;
 
-    double last_t = d->t0, seen = 0;
+    double seen = 0;
     uint64_t next = 1;
     while (next <= (uint64_t)d->rounds) {
         if (demo_interrupted) return err_set("interrupted");
         if (harness_now() - d->t0 > (double)d->timeout)
             return err_set("the federation did not finish within %lld s (--timeout)", d->timeout);
         int done;
-        if (try_round(d, next, &last_t, &seen, &done) != 0) return -1;
+        if (try_round(d, next, &seen, &done) != 0) return -1;
         if (done) {
             next++;
             seen = 0;
