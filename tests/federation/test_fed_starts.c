@@ -177,7 +177,7 @@ static void test_own(void) {
         node_file(&f, i, "rounds/1/start.safetensors", start);
         CHECK_MSG(!fio_exists(start), "no start is handed out, yet %s has one", f.node[i].name);
     }
-    for (int i = 1; a[0] && a[i] && i < f.n; i++)
+    for (int i = 1; i < f.n && a[0] && a[i]; i++)
         CHECK(!tensors_equal(&a[0]->modules[0].A, &a[i]->modules[0].A));
     for (int i = 0; i < NODES; i++) lora_free(a[i]);
     model_free(m);
