@@ -177,7 +177,7 @@ partition() { # NAME: makes $OUT/partitions/NAME once
   mv "$dir.tmp" "$dir"
 }
 
-echo "# $(date -u '+%Y-%m-%d %H:%M UTC') start, $(nproc) cores, load $(load)" >>"$log"
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC') start, $(nproc --all) cores, load $(load)" >>"$log"
 dirs=()
 while read -r horizon part rules seeds; do
   [ -n "$horizon" ] || continue
