@@ -4,7 +4,8 @@
  * metrics lines, the SVG report, and a final model directory whose bytes are
  * the last published version. --keep, --nodes, --rounds are obeyed; --seed
  * makes the base model and the nodes' training (the same seed, the same
- * bytes; another seed, others); --policy aggregates under a policy file;
+ * bytes; another seed, others; init-model --initializer-range 0.1 --seed N
+ * writes the same base); --policy aggregates under a policy file;
  * --data runs the universities of a partition directory (docs/corpora.md)
  * and judges every version per domain (--eval-every thins that out). */
 #include "tests/federation/fed_test.h"
@@ -43,6 +44,17 @@ static void test_seed(const char *root) {
     CHECK(strcmp(base[0], base[1]) == 0 && strcmp(base[0], base[2]) != 0);
     CHECK(ts_contains(ts_in(path, out[2], "work/nodes/uni-astronomy/node.cfg"), "seed = 8;"));
     CHECK(ts_contains(log, "seed 7 (the base model and every node's training)"));
+    /* The demo's base is init-model's tiny Llama at initializer_range 0.1
+     * (docs/federation.md): the same seed writes the same bytes, so the
+     * demo's experiments can be repeated with the plain commands. */
+    char made[TS_PATH], made_hash[65];
+    CHECK_MSG(ft_run(log, 60, "init-model", "--arch", "llama", "--preset", "tiny",
+                     "--initializer-range", "0.1", "--seed", "7", "--out",
+                     ts_in(made, root, "init-model-7"), NULL) == 0,
+              "fedlora init-model failed (see %s)", log);
+    CHECK_OK(harness_hash_file(ts_in(path, made, "model.safetensors"), made_hash));
+    CHECK_MSG(strcmp(made_hash, base[0]) == 0, "init-model --seed 7 gives %s, the demo's base %s",
+              made_hash, base[0]);
     /* Refused: a seed that is not a number. */
     char bad[TS_PATH];
     CHECK(ft_run(log, 30, "demo", "--out", ts_in(bad, root, "seed-bad"), "--seed", "-1", NULL) ==
