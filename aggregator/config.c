@@ -1,6 +1,7 @@
 /* config — the aggregator's libconfig file and its member list. */
 #include "aggregator/config.h"
 
+#include "aggregator/status_http.h"
 #include "util/err.h"
 #include "util/fio.h"
 #include "wire/roster.h"
@@ -11,9 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const top_keys[] = {"bind",       "keys",   "consortium", "members",
-                                       "base_model", "state",  "rounds",     "train",
-                                       "limits",     "policy", "roster"};
+static const char *const top_keys[] = {"bind",   "keys",   "consortium", "members", "base_model",
+                                       "state",  "rounds", "train",      "limits",  "policy",
+                                       "roster", "status", "eval"};
+static const char *const status_keys[] = {"bind", "token", "token_file", "refresh"};
+static const char *const eval_keys[] = {"data",  "tasks",   "tokenizer", "seq",
+                                        "batch", "threads", "timeout"};
 static const char *const keys_keys[] = {"dir", "name"};
 static const char *const rounds_keys[] = {"count",        "quorum", "deadline",
                                           "below_quorum", "linger", "join"};
@@ -235,6 +239,124 @@ static int load_train(const struct cfg_ctx *x, agg_config *c) {
     return 0;
 }
 
+/* "status" = { bind = "127.0.0.1:8470"; token = "..."; }: the status page
+ * (status_http.h). A page anyone on the network could read needs a token. */
+static int load_status(const struct cfg_ctx *x, agg_config *c) {
+    config_setting_t *g;
+    long long refresh = 5;
+    char token_file[AGG_PATH_MAX] = "";
+    if (group(x, "status", status_keys, N(status_keys), 0, &g) < 0) return -1;
+    if (!g) return 0;
+    snprintf(c->status_bind, sizeof c->status_bind, "127.0.0.1:8470");
+    if (lookup_string(x, "status.bind", 0, c->status_bind, sizeof c->status_bind) < 0 ||
+        lookup_string(x, "status.token", 0, c->status_token, sizeof c->status_token) < 0 ||
+        lookup_int(x, "status.refresh", 0, 1, 3600, &refresh) < 0)
+        return -1;
+    if (config_lookup(&x->cf, "status.token_file")) {
+        if (c->status_token[0])
+            return err_set("%s: give one of 'status.token' and 'status.token_file'", x->file);
+        char *text;
+        size_t len;
+        if (lookup_path(x, "status.token_file", token_file, sizeof token_file) < 0) return -1;
+        if (fio_read_all(token_file, 4096, &text, &len) < 0)
+            return err_context("%s: 'status.token_file'", x->file);
+        while (len && (text[len - 1] == '\n' || text[len - 1] == '\r' || text[len - 1] == ' '))
+            len--;
+        int fits = len < sizeof c->status_token;
+        if (fits) memcpy(c->status_token, text, len), c->status_token[len] = '\0';
+        free(text);
+        if (!fits) return err_set("%s: the token in %s is too long", x->file, token_file);
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int loopback;
+    if (status_bind_parse(c->status_bind, &ss, &sl, &loopback) < 0 ||
+        (c->status_token[0] && status_token_check(c->status_token) < 0))
+        return err_context("%s: 'status'", x->file);
+    if (!loopback && !c->status_token[0])
+        return err_set("%s: status.bind \"%s\" is not a loopback address, so anyone who reaches "
+                       "it could read the status page: set status.token (e.g. `openssl rand -hex "
+                       "32`) or bind to 127.0.0.1",
+                       x->file, c->status_bind);
+    c->status_refresh_s = (int)refresh;
+    c->has_status = 1;
+    return 0;
+}
+
+/* A list of paths ("eval.data", "eval.tasks"), resolved. */
+static int path_list(const struct cfg_ctx *x, const char *key, char ***out, int *n) {
+    config_setting_t *l = config_lookup(&x->cf, key);
+    *n = 0;
+    if (!l) return 0;
+    if (!config_setting_is_array(l) && !config_setting_is_list(l))
+        return err_set("%s: '%s' must be an array of file names [\"...\", ...]", x->file, key);
+    int len = config_setting_length(l);
+    if (len > AGG_EVAL_SETS_MAX)
+        return err_set("%s: '%s' names %d files, at most %d", x->file, key, len, AGG_EVAL_SETS_MAX);
+    *out = calloc((size_t)(len ? len : 1), sizeof **out);
+    if (!*out) return err_set("out of memory");
+    for (int i = 0; i < len; i++) {
+        char k[64], v[AGG_PATH_MAX];
+        snprintf(k, sizeof k, "%s[%d]", key, i);
+        (*out)[i] = malloc(AGG_PATH_MAX);
+        if (!(*out)[i]) return err_set("out of memory");
+        (*n)++;
+        if (get_string(x, config_setting_get_elem(l, (unsigned)i), k, v, sizeof v) < 0 ||
+            resolve(x, k, v, (*out)[i], AGG_PATH_MAX) < 0)
+            return -1;
+        if (!fio_exists((*out)[i]))
+            return err_set("%s: '%s' = \"%s\": no such file", x->file, k, (*out)[i]);
+    }
+    return 0;
+}
+
+static const char *file_name(const char *path) {
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+/* "eval" = { data = [...]; tasks = [...]; }: the consortium's evaluation
+ * sets, text (loss) and multiple-choice tasks (eval.c). */
+static int load_eval(const struct cfg_ctx *x, agg_config *c) {
+    config_setting_t *g;
+    long long seq = 0, batch = 4, threads = 1, timeout = 3600;
+    if (group(x, "eval", eval_keys, N(eval_keys), 0, &g) < 0) return -1;
+    if (!g) return 0;
+    if (path_list(x, "eval.data", &c->eval_data, &c->n_eval_data) < 0 ||
+        path_list(x, "eval.tasks", &c->eval_tasks, &c->n_eval_tasks) < 0 ||
+        lookup_int(x, "eval.seq", 0, 1, 1 << 20, &seq) < 0 ||
+        lookup_int(x, "eval.batch", 0, 1, 4096, &batch) < 0 ||
+        lookup_int(x, "eval.threads", 0, 1, 1024, &threads) < 0 ||
+        lookup_int(x, "eval.timeout", 0, 0, 10000000, &timeout) < 0)
+        return -1;
+    if (c->n_eval_data + c->n_eval_tasks == 0)
+        return err_set("%s: 'eval' names no set: give eval.data (text files: loss and perplexity) "
+                       "and/or eval.tasks (multiple-choice task files)",
+                       x->file);
+    /* Sets go by their file names (metrics, the status page): one each. */
+    int n = c->n_eval_data + c->n_eval_tasks;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < i; k++) {
+            const char *a =
+                i < c->n_eval_data ? c->eval_data[i] : c->eval_tasks[i - c->n_eval_data];
+            const char *b =
+                k < c->n_eval_data ? c->eval_data[k] : c->eval_tasks[k - c->n_eval_data];
+            if (!strcmp(file_name(a), file_name(b)))
+                return err_set("%s: two evaluation sets are named '%s' (%s and %s); sets go by "
+                               "their file names, so give them different ones",
+                               x->file, file_name(a), b, a);
+        }
+    if (config_lookup(&x->cf, "eval.tokenizer") &&
+        lookup_path(x, "eval.tokenizer", c->eval_tokenizer, sizeof c->eval_tokenizer) < 0)
+        return -1;
+    c->eval_seq = (int)seq;
+    c->eval_batch = (int)batch;
+    c->eval_threads = (int)threads;
+    c->eval_timeout_s = (int)timeout;
+    c->has_eval = 1;
+    return 0;
+}
+
 /* The policy file and what it takes over from this config (config.h). */
 static int load_policy(const struct cfg_ctx *x, agg_config *c) {
     static const char *const owned[] = {"rounds.quorum", "rounds.deadline", "rounds.below_quorum"};
@@ -356,6 +478,7 @@ int agg_config_load(agg_config *c, const char *path) {
         goto done;
     c->max_submission = (uint64_t)max_sub;
     if (config_lookup(&x.cf, "policy") && load_policy(&x, c) < 0) goto done;
+    if (load_status(&x, c) < 0 || load_eval(&x, c) < 0) goto done;
     rc = 0;
 done:
     config_destroy(&x.cf);
@@ -363,8 +486,17 @@ done:
     return rc;
 }
 
+static void free_list(char ***l, int *n) {
+    for (int i = 0; *l && i < *n; i++) free((*l)[i]);
+    free(*l);
+    *l = NULL;
+    *n = 0;
+}
+
 void agg_config_free(agg_config *c) {
     free(c->members);
     c->members = NULL;
     c->n_members = 0;
+    free_list(&c->eval_data, &c->n_eval_data);
+    free_list(&c->eval_tasks, &c->n_eval_tasks);
 }

@@ -17,6 +17,8 @@
 #define AGG_PATH_MAX 4096
 #define AGG_ENDPOINT_MAX 256
 #define AGG_MEMBERS_MAX 4096
+#define AGG_STATUS_TOKEN_MAX 256 /* STATUS_TOKEN_MAX */
+#define AGG_EVAL_SETS_MAX 32     /* eval.data and eval.tasks, each */
 
 typedef struct {
     char id_path[AGG_PATH_MAX]; /* the member's public identity file (fedlora keygen's NAME.id) */
@@ -60,6 +62,25 @@ typedef struct {
     int has_policy;
     char policy_path[AGG_PATH_MAX];
     policy policy;
+    /* "status" = { bind; token; token_file; refresh; }: the read-only status
+     * page (status_http.h). bind "HOST:PORT" (port 0: any free one), the
+     * bearer token (required when bind is not loopback), the page's reload
+     * interval in seconds. */
+    int has_status;
+    char status_bind[AGG_ENDPOINT_MAX];
+    char status_token[AGG_STATUS_TOKEN_MAX + 1];
+    int status_refresh_s;
+    /* "eval" = { data; tasks; tokenizer; seq; batch; threads; timeout; }:
+     * every published version evaluated on these sets (eval.c). */
+    int has_eval;
+    char **eval_data, **eval_tasks; /* resolved paths */
+    int n_eval_data, n_eval_tasks;
+    char eval_tokenizer[AGG_PATH_MAX]; /* "" : base_model/tokenizer.json */
+    int eval_seq;                      /* 0: fedlora eval's default */
+    int eval_batch, eval_threads, eval_timeout_s;
+    /* Not from the file: the fedlora binary that runs `fedlora eval`
+     * (cmd_aggregator sets it). */
+    char eval_exe[AGG_PATH_MAX];
 } agg_config;
 
 /* Reads and checks the file (every key, types, ranges); on failure the

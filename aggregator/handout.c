@@ -9,6 +9,7 @@
 #include "util/err.h"
 #include "util/fio.h"
 #include "wire/crypto.h"
+#include "wire/version.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -218,14 +219,33 @@ int agg_start_publish_next(const agg_config *c, const model *m, uint64_t round,
                                  (unsigned long long)round);
 }
 
-int agg_start_round_fields(agg *a, struct msg_round *r) {
+/* The bytes a full download of the version `hash` moves: its one
+ * model.safetensors, or its shards summed (the index's fedlora_shards).
+ * 0 when it cannot be told; ROUND then carries no base_size. */
+static uint64_t version_bytes(const char *state, const uint8_t hash[32]) {
     char path[AGG_PATH_MAX];
     struct stat st;
-    if (store_model_path(a->cfg.state, a->base, path, sizeof path) == 0 && stat(path, &st) == 0 &&
-        st.st_size > 0) {
-        r->has_base_size = 1;
-        r->base_size = (uint64_t)st.st_size;
+    if (store_is_sharded(state, hash) == 1) {
+        version_index *x = NULL;
+        uint64_t bytes = 0;
+        if (store_version_dir(state, hash, path, sizeof path) == 0 &&
+            strlen(path) + sizeof "/" VERSION_INDEX_FILE <= sizeof path) {
+            strcat(path, "/" VERSION_INDEX_FILE);
+            if (version_index_read(&x, path, NULL) == 0) bytes = x->bytes;
+        }
+        version_index_free(x);
+        return bytes;
     }
+    if (store_model_path(state, hash, path, sizeof path) == 0 && stat(path, &st) == 0 &&
+        st.st_size > 0)
+        return (uint64_t)st.st_size;
+    return 0;
+}
+
+int agg_start_round_fields(agg *a, struct msg_round *r) {
+    uint64_t bytes = version_bytes(a->cfg.state, a->base);
+    r->has_base_size = bytes > 0 && bytes <= MSG_BASE_SIZE_MAX;
+    r->base_size = bytes;
     agg_start *cache = &a->start;
     if (cache->round != a->round) {
         /* The start's adapter is made on the round's base (its shapes). */

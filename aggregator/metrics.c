@@ -1,6 +1,7 @@
 /* metrics — STATE/metrics.jsonl, one line per round (docs/protocol.md,
  * "Metrics"), written once: a round repeated after a crash keeps its first
- * line. */
+ * line; and the evaluation records of versions (eval.c). Every line read
+ * or written also goes to the status page's history. */
 #include "aggregator/state.h"
 
 #include "aggregator/store.h"
@@ -32,8 +33,15 @@ int agg_metrics_scan(agg *a) {
         *nl = '\0';
         json_t *j = json_loads(data + pos, 0, NULL);
         json_t *r = j ? json_object_get(j, "round") : NULL;
-        if (r && json_is_integer(r) && (uint64_t)json_integer_value(r) > a->metrics_round)
+        /* Eval records ("kind") follow their round's line; only round lines
+         * say which rounds have theirs. */
+        if (r && json_is_integer(r) && !json_object_get(j, "kind") &&
+            (uint64_t)json_integer_value(r) > a->metrics_round)
             a->metrics_round = (uint64_t)json_integer_value(r);
+        if (json_is_object(j)) {
+            agg_status_line(a, j);
+            agg_eval_scan_line(a, j);
+        }
         json_decref(j);
         pos = (size_t)(nl - data) + 1;
         good = pos;
@@ -60,6 +68,7 @@ int agg_metrics_write(agg *a, json_t *j) {
     rc = fio_write_full(fd, line, n + 1, p);
     if (rc == 0 && fsync(fd) != 0) rc = err_errno("fsync of %s", p);
     close(fd);
+    if (rc == 0) agg_status_line(a, j);
 done:
     free(line);
     return rc;

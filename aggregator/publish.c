@@ -53,11 +53,13 @@ int agg_ensure_model(agg *a, const uint8_t hash[32]) {
     return 0;
 }
 
-int agg_publish_dir(const agg_config *c, const char *name, uint8_t hash[32]) {
+int agg_publish_dir(const agg_card *card, const char *name, uint8_t hash[32]) {
+    const agg_config *c = &card->a->cfg;
     char tmp[AGG_PATH_MAX];
     if (snprintf(tmp, sizeof tmp, "%s/tmp/%s", c->state, name) >= (int)sizeof tmp)
         return err_set("state path too long");
-    if (store_publish(c->state, tmp, hash) < 0) return err_context("publishing a model version");
+    if (store_publish(c->state, tmp, agg_complete_version, (void *)card, hash) < 0)
+        return err_context("publishing a model version");
     return 0;
 }
 
@@ -74,7 +76,7 @@ static int dense_apply(void *ctx, const model_param *p, real *values) {
 
 int agg_write_version(const model *base, const uint8_t base_hash[32], const agg_change *change,
                       const char *dir) {
-    if (store_remove_dir(dir) < 0) return -1;
+    if (fio_remove_tree(dir) < 0) return -1;
     if (change->factors) {
         memcpy(change->factors->from, base_hash, 32);
         return update_write_version(base, change->factors, dir, 1);
@@ -102,8 +104,8 @@ static int publish_update(const agg_config *c, update *u, uint64_t round, const 
     memcpy(u->from, from, 32);
     memcpy(u->to, to, 32);
     u->round = round;
-    if (store_remove_dir(dir) < 0 || fio_mkdirs(dir, 0700) < 0 || update_write(u, file) < 0 ||
-        store_put_object(c->state, file, hash, size) < 0 || store_remove_dir(dir) < 0)
+    if (fio_remove_tree(dir) < 0 || fio_mkdirs(dir, 0700) < 0 || update_write(u, file) < 0 ||
+        store_put_object(c->state, file, hash, size) < 0 || fio_remove_tree(dir) < 0)
         return err_context("publishing round %llu's low-rank update", (unsigned long long)round);
     return 0;
 }
@@ -374,7 +376,8 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
     model_free(a->model);
     a->model = NULL;
     update *f = r.change.factors;
-    if (rc < 0 || agg_publish_dir(&a->cfg, name, v) < 0 ||
+    agg_card card = {.a = a, .round = a->round, .parent = a->base, .r = &r};
+    if (rc < 0 || agg_publish_dir(&card, name, v) < 0 ||
         (f && publish_update(&a->cfg, f, a->round, a->base, v, uh, &usize) < 0)) {
         agg_result_free(&r);
         return err_context("round %llu: publishing", (unsigned long long)a->round);
@@ -390,7 +393,8 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
     memcpy(pr.hash, v, 32);
     memcpy(pr.update_hash, uh, 32);
     if (agg_metrics_round(a, "published", v, &r, (double)now - open_t, t1 - t0, t2 - t1) < 0 ||
-        agg_commit(a, &pr) < 0) {
+        agg_commit(a, &pr) < 0 || store_set_latest(a->cfg.state, v) < 0 ||
+        agg_eval_queue(a, a->round, v) < 0) {
         agg_result_free(&r);
         return -1;
     }

@@ -6,6 +6,7 @@
 #include "model/checkpoint.h"
 #include "util/err.h"
 #include "util/fio.h"
+#include "wire/version.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,9 +81,7 @@ int agg_recompute(const agg_config *c, uint64_t round, const char *out_dir, uint
                 (unsigned long long)round);
         goto done;
     }
-    if (agg_write_version(m, w.base, &r.change, out_dir) < 0 ||
-        fio_join(p, sizeof p, out_dir, "model.safetensors") < 0 ||
-        crypto_sha256_file(p, hash, NULL) < 0)
+    if (agg_write_version(m, w.base, &r.change, out_dir) < 0 || version_seal(out_dir, hash) < 0)
         goto done;
     rc = 0;
 done:

@@ -39,6 +39,7 @@ int agg_reply_error(agg *a, enum msg_error_code code, int retry_ms, uint8_t **ou
     if (code != MSG_ERR_BUSY && !(code == MSG_ERR_WRONG_ROUND && retry_ms >= 0)) {
         agg_say("refused: %s", m.error.reason);
         if (code != MSG_ERR_BAD_MESSAGE) a->refused++;
+        agg_status_refusal(a, m.error.reason);
     }
     return agg_encode(&m, out, len);
 }
@@ -86,6 +87,8 @@ static int on_hello(agg *a, const struct msg_hello *h, uint64_t now, uint8_t **o
     /* The fingerprint is public: only the signature says the member asks. */
     if (hello_verify(h, a->cfg.consortium, &m.pub, now, HELLO_SKEW_MAX_S) < 0)
         return agg_reply_error(a, MSG_ERR_REJECTED, -1, out, len, "%s", err_msg());
+    /* Verified: this connection is m's (the status page's last contact). */
+    agg_status_member_seen(a, m.name, 0);
     if (a->state == AGG_FINISHED) {
         /* "final" says it (docs/protocol.md): the node is done and exits 0.
          * The reason keeps the words nodes older than that field look for;
@@ -116,11 +119,13 @@ static int on_hello(agg *a, const struct msg_hello *h, uint64_t now, uint8_t **o
                                "round %llu on (rounds.join = next); ask again",
                                m.name, (unsigned long long)a->round,
                                (unsigned long long)a->round + 1);
+    agg_status_member_seen(a, m.name, !m.observer);
     struct msg r = {.type = MSG_ROUND};
     r.round.round = a->round;
     memcpy(r.round.base, a->base, 32);
     r.round.train = a->cfg.train;
     r.round.deadline = a->deadline;
+    r.round.base_sharded = store_is_sharded(a->cfg.state, a->base) == 1;
     /* Low-rank sync: a node that holds the previous version can make this
      * base from it and the update object (docs/protocol.md). */
     r.round.has_update = a->has_update && memcmp(a->update_to, a->base, 32) == 0;

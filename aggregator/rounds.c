@@ -124,6 +124,7 @@ int agg_apply(agg *a, const journal_record *r) {
                                "(its id differs); use a new state directory",
                                a->cfg.consortium_name);
             memcpy(a->version, r->hash, 32);
+            memcpy(a->initial, r->hash, 32);
             a->initialized = 1;
             a->state = AGG_PUBLISHED; /* round 0's version: the imported base */
             a->round = 0;
@@ -197,6 +198,7 @@ int agg_commit(agg *a, const journal_record *r) {
         return err_context("the aggregator's own '%s' record does not apply (a bug; the "
                            "journal refuses it at the next start)",
                            journal_kind_name(r->kind));
+    agg_status_changed(a);
     return 0;
 }
 
@@ -328,6 +330,7 @@ int agg_fail_round(agg *a, const char *reason, uint64_t now) {
 
 static void finish(agg *a, uint64_t now) {
     a->state = AGG_FINISHED;
+    agg_status_changed(a);
     a->finished_at = now;
     char hex[STORE_HEX_LEN + 1];
     hex_encode(a->version, 32, hex);

@@ -1,6 +1,9 @@
 /* serve — agg_run: the ROUTER loop that hands each request to agg_handle
- * and ticks the state machine between requests, and GET_MODEL, which serves
- * versions and objects from the store in chunks. */
+ * and ticks the state machine between requests (and the evaluations and the
+ * status page's snapshot), and GET_MODEL, which serves from the store in
+ * chunks whatever is named by its SHA-256: a version (its model.safetensors,
+ * or a sharded version's index), a shard of a sharded version, a low-rank
+ * update, a roster (store_read). */
 #include "aggregator/state.h"
 
 #include "aggregator/store.h"
@@ -35,6 +38,8 @@ static void on_hup(int sig) {
 
 static int done_serving(const agg *a, uint64_t now) {
     if (a->state != AGG_FINISHED || a->cfg.linger_s < 0) return 0;
+    /* The last versions' evaluations finish before the aggregator leaves. */
+    if (!agg_eval_idle(a)) return 0;
     /* After the last member heard "finished", wait a moment before closing
      * the socket: a DEALER with ZMQ_IMMEDIATE drops a reply still in flight
      * when the connection goes away, so leaving at once could cost that
@@ -70,6 +75,7 @@ int agg_on_get_model(agg *a, const struct msg_get_model *g, uint8_t **out, size_
     m.model_chunk.data_len = (uint32_t)got;
     m.model_chunk.final = g->offset + got == total;
     a->bytes_served += got;
+    agg_status_bytes(a, 0, got);
     int rc = agg_encode(&m, out, len);
     free(buf);
     return rc;
@@ -103,10 +109,12 @@ int agg_run(agg *a) {
     endpoint[el] = '\0';
     agg_say("listening on %s (consortium '%s', %d members, %llu rounds)", endpoint,
             a->cfg.consortium_name, agg_roster_count(a->roster), (unsigned long long)a->cfg.rounds);
+    if (agg_status_serve(a) < 0) goto out;
 
     while (!agg_stop_requested) {
         uint64_t now = (uint64_t)time(NULL);
-        if (agg_tick(a, now) < 0) goto out;
+        if (agg_tick(a, now) < 0 || agg_eval_tick(a) < 0) goto out;
+        agg_status_tick(a);
         if (done_serving(a, now)) break;
         struct transport_msg req;
         int r = transport_serve_recv(sock, &o.lim, &req);
@@ -117,6 +125,7 @@ int agg_run(agg *a) {
         }
         uint8_t *reply = NULL;
         size_t rlen = 0;
+        agg_status_peer(a, transport_data(&req, 0), transport_size(&req, 0));
         int h = req.n == TRANSPORT_PAYLOAD + 1
                     ? agg_handle(a, transport_data(&req, TRANSPORT_PAYLOAD),
                                  transport_size(&req, TRANSPORT_PAYLOAD), (uint64_t)time(NULL),
@@ -146,6 +155,8 @@ int agg_run(agg *a) {
             agg_say("could not answer a node (it went away?): %s", err_msg());
         free(reply);
         transport_msg_close(&req);
+        agg_status_peer(a, NULL, 0);
+        agg_status_tick(a);
     }
     if (agg_stop_requested)
         agg_say("stopping on a signal; the journal holds the state for a restart");

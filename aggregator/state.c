@@ -71,7 +71,7 @@ static int clean_dir(const char *dir, const char *suffix, int dirs) {
         if (fio_join(p, sizeof p, dir, e->d_name) < 0)
             rc = -1;
         else if (dirs)
-            rc = store_remove_dir(p);
+            rc = fio_remove_tree(p);
         else if (unlink(p) != 0 && errno != ENOENT)
             rc = err_errno("removing %s", p);
     }
@@ -120,9 +120,11 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         err_set("out of memory");
         goto fail;
     }
-    if (agg_state_path(a, "journal", p, sizeof p) < 0 ||
-        journal_open(&a->journal, p, 0, agg_replay_record, a) < 0)
+    if (agg_status_open(a) < 0 || agg_state_path(a, "journal", p, sizeof p) < 0 ||
+        journal_open(&a->journal, p, 0, agg_replay_record, a) < 0 || agg_eval_open(a) < 0)
         goto fail;
+    /* The base is evaluated too (round 0), unless metrics.jsonl says it was. */
+    if (a->initialized && agg_eval_queue(a, 0, a->initial) < 0) goto fail;
     /* Leftovers of a crash: half-uploaded envelopes (their nodes had no
      * receipt and send them again) and half-written versions. */
     char dir[AGG_PATH_MAX];
@@ -173,11 +175,14 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         memcpy(r.consortium, c->consortium, 32);
         checkpoint_save_options so = {.dtype = base->cfg.torch_dtype, .release = 1};
         int irc = snprintf(tmp, sizeof tmp, "%s/tmp/import", c->state) >= (int)sizeof tmp ||
-                          store_remove_dir(tmp) < 0 || checkpoint_write(base, tmp, &so) < 0
+                          fio_remove_tree(tmp) < 0 || checkpoint_write(base, tmp, &so) < 0
                       ? -1
                       : 0;
         model_free(base);
-        if (irc < 0 || agg_publish_dir(c, "import", r.hash) < 0 || agg_commit(a, &r) < 0) goto fail;
+        agg_card card = {.a = a};
+        if (irc < 0 || agg_publish_dir(&card, "import", r.hash) < 0 || agg_commit(a, &r) < 0 ||
+            agg_eval_queue(a, 0, a->initial) < 0)
+            goto fail;
         hex_encode(a->version, 32, hex);
         agg_say("new federation '%s' in %s: base model %s imported as version %.16s...",
                 c->consortium_name, c->state, c->base_model, hex);
@@ -188,7 +193,9 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         agg_say("resuming from the journal: round %llu, %s, %d delta(s) accepted, version %s...",
                 (unsigned long long)a->round, agg_state_name(a->state), agg_accepted_count(a), sh);
     }
-    if (agg_roster_journal(a) < 0) goto fail;
+    /* versions/latest names the newest published version (set after its
+     * record; a crash in between is mended here). */
+    if (store_set_latest(c->state, a->version) < 0 || agg_roster_journal(a) < 0) goto fail;
     if (agg_roster_version(a->roster))
         agg_say("roster version %llu in force: %d active members (admin-signed, reloaded when %s "
                 "changes or on SIGHUP)",
@@ -206,6 +213,8 @@ fail:
 
 void agg_close(agg *a) {
     if (!a) return;
+    agg_eval_close(a);
+    agg_status_close(a);
     for (int i = 0; a->up && i < a->nup; i++) agg_upload_drop(&a->up[i]);
     free(a->up);
     journal_close(a->journal);

@@ -6,9 +6,13 @@
  *   requests.c   agg_handle: HELLO, STATUS, ERROR replies
  *   uploads.c    SUBMIT_BEGIN / CHUNK / END: uploads, checks, acceptance
  *   publish.c    a closed round aggregated and its version published
+ *   card.c       the files beside a version's weights: tokenizer, model card
  *   metrics.c    STATE/metrics.jsonl
  *   serve.c      agg_run: the ROUTER loop, GET_MODEL
  *   recompute.c  agg_recompute: a round re-derived offline
+ *   status_track.c  what the status page shows, and its snapshots
+ *                   (status.h, status_http.h)
+ *   eval.c       every published version evaluated by a `fedlora eval` child
  *
  * Everything in struct agg that the journal decides is changed in one place,
  * agg_apply (rounds.c); the rest is derived from it (the model cache, the
@@ -28,6 +32,7 @@
 
 #include <jansson.h>
 #include <signal.h>
+#include <sys/types.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -55,8 +60,11 @@ typedef struct {
     char part[AGG_PATH_MAX];
 } upload;
 
+typedef struct agg_status agg_status; /* status_track.c */
+typedef struct agg_eval agg_eval;     /* eval.c */
+
 struct agg {
-    agg_config cfg; /* members borrowed from the caller's config */
+    agg_config cfg; /* members and eval sets borrowed from the caller's config */
     keys_secret keys;
     agg_roster *roster;
     agg_journal *journal;
@@ -67,6 +75,7 @@ struct agg {
 
     /* What the journal decides (agg_apply). */
     int initialized;
+    uint8_t initial[32]; /* the imported base: round 0's version */
     agg_state state;
     uint64_t round;
     uint8_t base[32];    /* the current round's base version */
@@ -108,6 +117,9 @@ struct agg {
     /* Test hook FEDLORA_CRASH_AT=<point>[:<n>]: SIGKILL at the n-th time. */
     char crash_point[32];
     long crash_left;
+
+    agg_status *status; /* the status page's view (never NULL once open) */
+    agg_eval *eval;     /* evaluations of published versions (NULL without "eval") */
 };
 
 /* A member's delta dropped from a round, and why. */
@@ -199,12 +211,20 @@ int agg_ensure_model(agg *a, const uint8_t hash[32]);
  * mapped) into dir, a tensor at a time: update_write_version for factors,
  * the dense change applied weight by weight otherwise; in the base's dtype,
  * a bf16 base's changed weights rounded stochastically keyed by base_hash
- * (docs/formats.md, "bf16 versions"). */
+ * (docs/formats.md, "Versions of a bf16 base"). */
 int agg_write_version(const model *base, const uint8_t base_hash[32], const agg_change *change,
                       const char *dir);
-/* Moves a version directory written in STATE/tmp/<name> into the store;
- * hash: its version hash. */
-int agg_publish_dir(const agg_config *c, const char *name, uint8_t hash[32]);
+/* What the files beside a version's weights describe (card.c). */
+typedef struct {
+    const agg *a;
+    uint64_t round;        /* the round that made it; 0: the imported base */
+    const uint8_t *parent; /* the round's base; NULL for the import */
+    const round_result *r; /* what the round merged; NULL for the import */
+} agg_card;
+/* Moves a version directory written in STATE/tmp/<name> into the store
+ * (store_publish), completed as card describes it (agg_complete_version),
+ * and points versions/latest at it; hash: its version hash. */
+int agg_publish_dir(const agg_card *card, const char *name, uint8_t hash[32]);
 /* Merges the current round (AGGREGATING) and publishes its version, or
  * fails it when the policy kept too few. */
 int agg_aggregate_and_publish(agg *a, uint64_t now);
@@ -219,6 +239,12 @@ int agg_round_noise(const agg_config *c, uint64_t round, int create, noise_sourc
 /* Deletes round's noise key (once its publish or fail record is written). */
 int agg_forget_key(const agg_config *c, uint64_t round);
 
+/* ---- card.c ----------------------------------------------------------------- */
+/* store_finish_fn (ctx: an agg_card): copies the tokenizer files and chat
+ * templates (from the parent version, or from base_model), writes
+ * generation_config.json when they hold none, and README.md, the card. */
+int agg_complete_version(void *ctx, const char *dir, const uint8_t hash[32]);
+
 /* ---- metrics.c -------------------------------------------------------------- */
 /* The newest round with a line in metrics.jsonl; a torn last line is cut. */
 int agg_metrics_scan(agg *a);
@@ -229,5 +255,46 @@ int agg_metrics_round(agg *a, const char *status, const uint8_t *version, const 
 
 /* ---- serve.c ---------------------------------------------------------------- */
 int agg_on_get_model(agg *a, const struct msg_get_model *g, uint8_t **out, size_t *len);
+
+/* ---- status_track.c ------------------------------------------------------------ */
+int agg_status_open(agg *a);
+void agg_status_close(agg *a);
+/* Starts the status page (config "status"; nothing without it) and writes
+ * its URL to STATE/status-url. */
+int agg_status_serve(agg *a);
+/* The request being handled came on the connection with this ZeroMQ
+ * routing id (NULL: none); the member known to use it counts as seen. */
+void agg_status_peer(agg *a, const uint8_t *id, size_t len);
+/* A verified request of member `name` (HELLO, a sealed envelope) on the
+ * current connection; got_round: it was sent the open round's ROUND. */
+void agg_status_member_seen(agg *a, const char *name, int got_round);
+/* Upload bytes received, model bytes served, on the current connection. */
+void agg_status_bytes(agg *a, uint64_t in, uint64_t out);
+/* A refusal sent on the current connection (its reason). */
+void agg_status_refusal(agg *a, const char *reason);
+/* A line of metrics.jsonl (a round or an eval record), read or written. */
+void agg_status_line(agg *a, json_t *line);
+/* An evaluation of round's version is queued or running. */
+void agg_status_eval_state(agg *a, uint64_t round, const uint8_t version[32], const char *state);
+/* Something the page shows changed (a journal record applied, ...). */
+void agg_status_changed(agg *a);
+/* Rebuilds the snapshot the page serves when something changed (at most
+ * every 0.2 s, at least every 2 s). */
+void agg_status_tick(agg *a);
+
+/* ---- eval.c --------------------------------------------------------------------- */
+int agg_eval_open(agg *a);
+/* Stops a running evaluation (it runs again at the next start). */
+void agg_eval_close(agg *a);
+/* Round's version waits for its evaluation. */
+int agg_eval_queue(agg *a, uint64_t round, const uint8_t version[32]);
+/* A metrics.jsonl line read at start: published versions without an eval
+ * record are queued. */
+void agg_eval_scan_line(agg *a, json_t *line);
+/* Reaps a finished evaluation (its record to metrics.jsonl) and starts the
+ * next one. -1 only when the record cannot be written. */
+int agg_eval_tick(agg *a);
+/* 1 when nothing is queued or running. */
+int agg_eval_idle(const agg *a);
 
 #endif

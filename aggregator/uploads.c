@@ -160,6 +160,7 @@ int agg_on_submit_chunk(agg *a, const struct msg_submit_chunk *c, uint64_t now, 
     u->received += c->data_len;
     u->next++;
     a->bytes_received += c->data_len;
+    agg_status_bytes(a, c->data_len, 0);
     agg_crash_point(a, "collect");
     return reply_ack(c->id, u->received, out, len);
 }
@@ -345,6 +346,7 @@ int agg_on_submit_end(agg *a, const struct msg_submit_end *e, uint64_t now, uint
     rc = open_envelope(a, (const uint8_t *)env, env_len, &payload, &plen, &m, out, len);
     if (rc != 0) goto done;
     rc = -1;
+    agg_status_member_seen(a, m.name, 0); /* the signature says whose connection this is */
     const accept_rec *mine = agg_find_member(a, round, m.name);
     if (mine) {
         rc = agg_reply_error(a, MSG_ERR_REJECTED, -1, out, len,

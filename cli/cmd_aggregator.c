@@ -10,6 +10,7 @@
 
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 
 static const char *usage_text =
     "usage: fedlora aggregator --config FILE\n"
@@ -18,17 +19,21 @@ static const char *usage_text =
     "Runs the consortium's aggregator: admits the members listed in the config,\n"
     "opens rounds, collects their sealed LoRA deltas (stored durably before each\n"
     "receipt), merges them exactly (W' = W + sum p_i s_i B_i A_i) and publishes\n"
-    "each new model version, content-addressed, under the state directory. A\n"
+    "each new model version, content-addressed, under the state directory, as a\n"
+    "complete Hugging Face directory (fedlora export writes one out). A\n"
     "restart with the same config goes on where it stopped (the journal is\n"
     "replayed). SIGTERM or SIGINT stop it cleanly. Per-round metrics go to\n"
     "STATE/metrics.jsonl, log lines to stderr. docs/protocol.md, \"Federation\n"
-    "flow\", lists the config keys.\n"
+    "flow\", lists the config keys. With a \"status\" section it serves a\n"
+    "read-only status page (HTML, /status.json, Prometheus /metrics; see\n"
+    "`fedlora status`); with an \"eval\" section it evaluates every published\n"
+    "version with `fedlora eval` (docs/federation.md).\n"
     "\n"
     "  --config FILE     the aggregator's config (libconfig)\n"
     "  --recompute ROUND re-derive round ROUND's model offline from the state\n"
     "                    directory (base version + accepted sealed deltas) into\n"
-    "                    --out DIR, and print its SHA-256 (the version hash)\n"
-    "  --out DIR         where --recompute writes config.json and model.safetensors\n";
+    "                    --out DIR, and print its version hash\n"
+    "  --out DIR         where --recompute writes config.json and the weights\n";
 
 int cmd_aggregator(int argc, char **argv) {
     const char *config = NULL, *recompute = NULL, *out = NULL;
@@ -57,6 +62,9 @@ int cmd_aggregator(int argc, char **argv) {
         agg_config_free(&c);
         return rc;
     }
+    /* The config's "eval" section runs this very binary as `fedlora eval`. */
+    ssize_t n = readlink("/proc/self/exe", c.eval_exe, sizeof c.eval_exe - 1);
+    c.eval_exe[n > 0 ? n : 0] = '\0';
     agg *a;
     if (agg_open(&a, &c, (uint64_t)time(NULL)) == 0) {
         if (agg_run(a) == 0) rc = 0;

@@ -12,6 +12,7 @@
  * no node trains on; the global loss is the token-weighted mean over the
  * domains. What it prints, and writes to OUT/metrics.jsonl and
  * OUT/report.svg (demo_report.h), is documented in docs/federation.md. */
+#include "aggregator/store.h"
 #include "cli/commands.h"
 #include "cli/demo_data.h"
 #include "cli/demo_report.h"
@@ -394,9 +395,12 @@ static int run(demo *d) {
 
     demo_round *r0 = &d->hist[0];
     memset(r0, 0, sizeof *r0);
-    if (harness_join(path, f->base, "model.safetensors") != 0 ||
-        harness_hash_file(path, r0->version) != 0 || evaluate(d, f->base, r0) != 0)
+    /* Round 0: the base as the aggregator imported it (versions/latest
+     * until round 1 publishes). */
+    uint8_t h0[STORE_HASH_LEN];
+    if (store_latest(f->agg_state, h0) != 0 || evaluate(d, f->base, r0) != 0)
         return -1;
+    hex_encode(h0, STORE_HASH_LEN, r0->version);
     d->n_hist = 1;
     print_header(d);
     if (log_round(d, r0) != 0) return -1;
@@ -436,18 +440,16 @@ static int run(demo *d) {
                            harness_exit_code(f->node[i].proc.status), f->node[i].log);
     double total = harness_now() - d->t0;
 
-    /* The final merged model, as a Hugging Face directory. */
-    char model_dir[HARNESS_PATH], vdir[HARNESS_PATH], from[HARNESS_PATH], to[HARNESS_PATH];
+    /* The final merged model, as a Hugging Face directory: the version as
+     * `fedlora export` writes it. */
+    char model_dir[HARNESS_PATH];
     const demo_round *last = &d->hist[d->n_hist - 1];
-    if (harness_join(model_dir, d->out, "model") != 0 || fio_mkdirs(model_dir, 0755) != 0 ||
-        version_dir(d, last->version, vdir) != 0)
-        return -1;
-    const char *files[][2] = {
-        {"model.safetensors", NULL}, {"config.json", NULL}, {"tokenizer.json", f->base}};
-    for (int i = 0; i < 3; i++)
-        if (harness_join(from, files[i][1] ? files[i][1] : vdir, files[i][0]) != 0 ||
-            harness_join(to, model_dir, files[i][0]) != 0 || harness_copy_file(from, to) != 0)
-            return -1;
+    uint8_t last_hash[STORE_HASH_LEN];
+    int complete;
+    if (harness_join(model_dir, d->out, "model") != 0 ||
+        hex_decode(last->version, last_hash, STORE_HASH_LEN) != 0 ||
+        store_export(f->agg_state, last_hash, model_dir, 0, &complete) != 0)
+        return err_context("writing the final model");
     demo_report rep = {
         .hist = d->hist, .n_hist = d->n_hist, .n_nodes = f->n, .rounds = (int)d->rounds};
     for (int i = 0; i < f->n; i++) {
@@ -548,12 +550,10 @@ int cmd_demo(int argc, char **argv) {
         free(d.hist);
         return opts_fail();
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    if (opts_catch_stop(on_signal) != 0) {
+        free(d.hist);
+        return opts_fail();
+    }
 
     rc = run(&d);
     if (rc != 0) {

@@ -103,11 +103,8 @@ int cmd_generate(int argc, char **argv) {
     sampler *smp = NULL;
     char *text = NULL, *rendered = NULL;
     rc = 1;
-    if (trainer_load_base(&m, dir, device, precision) != 0) goto done;
-    model_precision prec;
     char how[96];
-    if (trainer_precision_of(device, precision, &prec) != 0) goto done;
-    trainer_precision_describe(device, prec, how, sizeof how);
+    if (trainer_load_base(&m, dir, device, precision, how, sizeof how) != 0) goto done;
     fprintf(stderr, "generating on %s in %s\n", device, how);
     if (adapter && peft_load(&s, m, adapter) != 0) {
         err_context("loading adapter %s for model %s", adapter, dir);

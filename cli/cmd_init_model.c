@@ -11,7 +11,7 @@
 #include <stdlib.h>
 
 static const char *usage_text =
-    "usage: fedlora init-model --arch llama|gpt2 --preset tiny|small|100m|124m --out DIR\n"
+    "usage: fedlora init-model --arch ARCH --preset PRESET --out DIR\n"
     "       fedlora init-model --config config.json --out DIR\n"
     "                          [--seed N] [--dtype float32|bfloat16|float16]\n"
     "                          [--initializer-range STD]\n"
@@ -22,7 +22,10 @@ static const char *usage_text =
     "follow transformers' own initialisation (normal(0, initializer_range), norms 1,\n"
     "biases 0), deterministic for a seed; they are written tensor by tensor (memory: the\n"
     "largest tensor), in shards with an index past 5 GB as transformers writes them.\n"
-    "--dtype defaults to the config's torch_dtype (float32 for a preset).\n";
+    "--dtype defaults to the config's torch_dtype (float32 for a preset).\n"
+    "\n"
+    "Presets: llama tiny|small|100m, gpt2 tiny|small|124m, and tiny for mistral, qwen2,\n"
+    "qwen3, olmo2 and apertus (2 layers, hidden 64, byte-level vocabulary).\n";
 
 typedef struct {
     const model_config *cfg;

@@ -2,7 +2,7 @@
  * mergekit's methods (policies/mergekit.h) and writes a Hugging Face model
  * directory, in the base's dtype, with the base's tokenizer files. */
 #include "cli/commands.h"
-#include "cli/modeldir.h"
+#include "model/modeldir.h"
 #include "cli/opts.h"
 #include "lora/lora.h"
 #include "lora/peft.h"
@@ -118,7 +118,8 @@ int cmd_merge(int argc, char **argv) {
     checkpoint_edit edit;
     checkpoint_save_options so = {.dtype = m->cfg.torch_dtype, .edit = &edit, .release = 1};
     if (mergekit_edit(m, sets, K, &o, &fold, &edit) != 0 || checkpoint_write(m, out, &so) != 0 ||
-        modeldir_copy_companions(dir, out) != 0)
+        modeldir_copy_companions(dir, out) != 0 ||
+        modeldir_ensure_generation_config(&m->cfg, out) != 0)
         goto done;
     printf("wrote %s: %s merged with %d adapters by %s, %s\n", out, dir, K, method_s,
            m->cfg.torch_dtype);

@@ -3,7 +3,7 @@
  * adapted module, lora/delta.h), in the base's dtype, streamed tensor by
  * tensor from the mapped base. */
 #include "cli/commands.h"
-#include "cli/modeldir.h"
+#include "model/modeldir.h"
 #include "cli/opts.h"
 #include "lora/delta.h"
 #include "lora/lora.h"
@@ -48,7 +48,8 @@ int cmd_merge_adapter(int argc, char **argv) {
     checkpoint_edit fold;
     checkpoint_save_options so = {.dtype = m->cfg.torch_dtype, .edit = &fold, .release = 1};
     if (delta_fold_edit(m, s, &fold) != 0 || checkpoint_write(m, out, &so) != 0 ||
-        modeldir_copy_companions(dir, out) != 0)
+        modeldir_copy_companions(dir, out) != 0 ||
+        modeldir_ensure_generation_config(&m->cfg, out) != 0)
         goto done;
     printf("wrote %s: %s with %d adapted modules of %s folded in, %s\n", out, dir, s->n_modules,
            adapter, m->cfg.torch_dtype);

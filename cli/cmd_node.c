@@ -176,14 +176,7 @@ int cmd_node(int argc, char **argv) {
     node_config c;
     if (node_config_load(&c, config) != 0) return opts_fail();
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGINT, &sa, NULL) != 0) {
-        err_errno("sigaction");
-        return opts_fail();
-    }
+    if (opts_catch_stop(on_signal) != 0) return opts_fail();
     rc = node_run(&c);
     if (rc == NODE_FINISHED) return 0;
     if (rc == NODE_STOPPED) return 128 + node_stop_signal_number();

@@ -181,7 +181,7 @@ int cmd_train(int argc, char **argv) {
     chat_template *ct = NULL;
     rc = 1;
     if (parse_numbers(&a, &t, &lc, &T, &eval_fraction) != 0) goto done;
-    if (trainer_load_base(&m, a.model, a.device, a.precision) != 0) goto done;
+    if (trainer_load_base(&m, a.model, a.device, a.precision, NULL, 0) != 0) goto done;
     /* The default row length fits the model; one asked for is taken as is. */
     if (!seq_given && T > m->cfg.max_position) T = m->cfg.max_position;
     const char *targets = a.targets                        ? a.targets

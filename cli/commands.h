@@ -20,6 +20,8 @@ int cmd_demo(int argc, char **argv);
 int cmd_aggregator(int argc, char **argv);
 int cmd_roster(int argc, char **argv);
 int cmd_doctor(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 #endif
 int cmd_train(int argc, char **argv);
 int cmd_generate(int argc, char **argv);

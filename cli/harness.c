@@ -7,6 +7,7 @@
 #include "util/err.h"
 #include "util/fio.h"
 #include "util/hex.h"
+#include "util/proc.h"
 #include "wire/crypto.h"
 
 #include <errno.h>
@@ -30,27 +31,10 @@ int harness_spawn(harness_proc *p, const char *bin, const char *log, int append,
     args[n++] = "fedlora";
     for (; argv[n - 1] && n < 31; n++) args[n] = argv[n - 1];
     args[n] = NULL;
-    int fd = open(log, O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC), 0644);
-    if (fd < 0) return err_errno("cannot create %s", log);
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(fd);
-        return err_errno("fork");
-    }
-    if (pid == 0) {
-        /* Never a terminal on stdin: nothing may wait for an answer. */
-        int in = open("/dev/null", O_RDONLY);
-        if (in < 0 || dup2(in, STDIN_FILENO) < 0 || dup2(fd, STDOUT_FILENO) < 0 ||
-            dup2(fd, STDERR_FILENO) < 0)
-            _exit(127);
-        setenv("OMP_NUM_THREADS", "1", 1);
-        setenv("OPENBLAS_NUM_THREADS", "1", 1);
-        execv(bin ? bin : "/proc/self/exe", (char *const *)args);
-        _exit(127);
-    }
-    close(fd);
-    p->pid = pid;
+    /* The processes share the machine: one OpenMP and one BLAS thread each. */
+    static const char *const env[] = {"OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1", NULL};
+    proc_options o = {.log = log, .append = append, .env = env};
+    if (proc_spawn(&p->pid, bin ? bin : "/proc/self/exe", args, &o) != 0) return -1;
     p->status = 0;
     return 0;
 }
@@ -228,20 +212,21 @@ void harness_options_default(harness_options *o) {
                            .lr = 0.01,
                            .targets = "\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", "
                                       "\"gate_proj\", \"up_proj\", \"down_proj\"",
+                           .arch = "llama",
                            .model_seed = 1,
                            .init_range = 0.1,
                            .eval_fraction = 0.2,
                            .node_poll_ms = 100};
 }
 
-/* The base model: init-model's tiny Llama with the options' initializer
- * range and seed, and its byte-level tokenizer (<|endoftext|> = 256, the
- * model's bos and eos). */
+/* The base model: init-model's tiny preset of the options' family (a Llama
+ * by default) with the options' initializer range and seed, and its
+ * byte-level tokenizer (<|endoftext|> = 256, the model's bos and eos). */
 static int make_base(const harness_fed *f) {
     model_config cfg;
     model *m = NULL;
     char path[HARNESS_PATH];
-    if (model_config_preset(&cfg, "llama", "tiny") != 0) return -1;
+    if (model_config_preset(&cfg, f->o.arch ? f->o.arch : "llama", "tiny") != 0) return -1;
     cfg.bos_token_id = cfg.eos_token_id = 256;
     cfg.initializer_range = f->o.init_range;
     if (model_create(&m, &cfg) != 0) return -1;
@@ -264,7 +249,7 @@ int harness_keys(const char *dir, const char *name) {
 
 static int aggregator_config(harness_fed *f) {
     const harness_options *o = &f->o;
-    char members[HARNESS_NODES_MAX * (KEYS_NAME_MAX + 32)] = "", text[8192], rounds[256],
+    char members[HARNESS_NODES_MAX * (KEYS_NAME_MAX + 32)] = "", text[16384], rounds[256],
                                                       policy[HARNESS_PATH + 32] = "";
     for (int i = 0; i < f->n; i++) {
         size_t l = strlen(members);
@@ -298,10 +283,11 @@ static int aggregator_config(harness_fed *f) {
                        "rounds = { %s };\n"
                        "train = { steps = %d; lr = %.17g; rank = %d; alpha = %d;\n"
                        "          targets = [ %s ];\n"
-                       "          batch = %d; seq = %d; };\n",
+                       "          batch = %d; seq = %d; };\n"
+                       "%s",
                        o->header ? "# " : "", o->header ? o->header : "", o->header ? "\n" : "",
                        o->consortium, members, policy, rounds, o->steps, o->lr, o->rank,
-                       2 * o->rank, o->targets, o->batch, o->seq);
+                       2 * o->rank, o->targets, o->batch, o->seq, o->agg_extra);
     if (len < 0 || (size_t)len >= sizeof text)
         return err_set("the aggregator's config does not fit %zu bytes", sizeof text);
     return harness_write_text(f->agg_config, text);

@@ -99,6 +99,7 @@ typedef struct {
     double lr;
     const char *targets;  /* libconfig list items, e.g. "\"q_proj\", \"v_proj\"" */
     const char *policy;   /* a policy file for the aggregator (docs/policies.md), or NULL */
+    const char *arch;     /* the base model's family: init-model's tiny preset of it ("llama") */
     uint64_t model_seed;  /* the base model's weights */
     double init_range;    /* the base model's initializer_range */
     const char *base_dir; /* a base model directory to use instead (config.json,
@@ -108,6 +109,8 @@ typedef struct {
     uint64_t node_seed;   /* (node/node.h: held-out split, adapters, data order) */
     int node_poll_ms;     /* the nodes' poll_ms */
     char node_extra[512]; /* more text for every node's config ("" by default) */
+    char agg_extra[3 * HARNESS_PATH]; /* more text for the aggregator's config, e.g. its status
+                             and eval sections ("" by default) */
 } harness_options;
 
 typedef struct {

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,9 +40,15 @@ int opts_parse_all(int argc, char **argv, const opts_spec *spec, int n, const ch
         int k = 0;
         while (k < n && !(strlen(spec[k].name) == len && !strncmp(spec[k].name, name, len))) k++;
         if (k == n) return usage_error(usage, "unknown option '%s'", a);
-        if (k < 64 && (seen >> k & 1)) return usage_error(usage, "option '%s' given twice", a);
+        if (!spec[k].list && k < 64 && (seen >> k & 1))
+            return usage_error(usage, "option '%s' given twice", a);
         if (k < 64) seen |= 1ull << k;
-        if (spec[k].flag) {
+        if (spec[k].list) {
+            if (!eq && i + 1 >= argc) return usage_error(usage, "option '%s' needs a value", a);
+            if (*spec[k].count >= spec[k].max)
+                return usage_error(usage, "option '%s' given too many times", a);
+            spec[k].list[(*spec[k].count)++] = eq ? eq + 1 : argv[++i];
+        } else if (spec[k].flag) {
             if (eq) return usage_error(usage, "option '%s' takes no value", a);
             *spec[k].flag = 1;
         } else if (eq) {
@@ -65,6 +72,16 @@ int opts_missing(const char *usage, const char *what) {
 int opts_fail(void) {
     fprintf(stderr, "fedlora %s: %s\n", opts_cmd, err_msg());
     return 1;
+}
+
+int opts_catch_stop(void (*handler)(int)) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = handler;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGINT, &sa, NULL) != 0)
+        return err_errno("installing the SIGTERM/SIGINT handlers");
+    return 0;
 }
 
 int opts_int(const char *s, const char *name, long long lo, long long hi, long long *out) {

@@ -98,9 +98,11 @@ void trainer_precision_describe(const char *device, model_precision p, char *buf
         snprintf(buf, len, "bf16 (oneDNN, %s)", cpu_bf16_isa());
 }
 
-int trainer_load_base(model **out, const char *dir, const char *device, const char *precision) {
+int trainer_load_base(model **out, const char *dir, const char *device, const char *precision,
+                      char *how, size_t how_len) {
     model_precision p;
     if (trainer_precision_of(device, precision, &p) != 0) return -1;
+    if (how) trainer_precision_describe(device, p, how, how_len);
     /* A GPU takes the weights in their stored dtype and converts them on
      * upload; the CPU multiplies them at the run's precision. */
     if (trainer_device_is_cuda(device)) p = MODEL_PRECISION_FP32;

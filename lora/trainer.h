@@ -105,8 +105,10 @@ int trainer_precision_of(const char *device, const char *precision, model_precis
 /* The frozen base in dir as a run on device at precision uses it
  * (model/checkpoint.h, checkpoint_map): each weight in its checkpoint's
  * dtype, for the CPU at the run's precision (bf16 converts other dtypes to
- * bf16); for a GPU as stored, converted by the upload. */
-int trainer_load_base(model **out, const char *dir, const char *device, const char *precision);
+ * bf16); for a GPU as stored, converted by the upload. how (may be NULL):
+ * the precision as trainer_precision_describe says it, for the log. */
+int trainer_load_base(model **out, const char *dir, const char *device, const char *precision,
+                      char *how, size_t how_len);
 /* The precision a run with m on device computes at, made so: on the CPU a
  * precision given sets the model's (model_set_precision), none (NULL or
  * "auto") keeps the one m was loaded at (trainer_load_base resolves the

@@ -128,7 +128,7 @@ int update_apply_rows(float *W, int64_t ldw, const float *B, int64_t ldb, const 
  * torch_dtype), a tensor at a time: every weight u changes as update_apply
  * makes it, every other tensor as it is; base may be mapped (read-only).
  * With a bf16 base the changed weights are rounded to bf16 stochastically,
- * keyed by update_version_key(u->from) (docs/formats.md, "bf16 versions"),
+ * keyed by update_version_key(u->from) (docs/formats.md, "Versions of a bf16 base"),
  * so updates below half an ulp are not lost; the same base and update give
  * the same bytes on every machine. release: base is not used afterwards
  * (its mapped pages are given back as they are written). */

@@ -8,7 +8,7 @@
  * written back in the base's dtype; for a bf16 base the rounding is
  * stochastic, keyed by the base version's hash (update_version_key), so an
  * update smaller than half an ulp of a weight still moves it in expectation
- * (docs/formats.md, "bf16 versions"). Every other tensor is copied as it is.
+ * (docs/formats.md, "Versions of a bf16 base"). Every other tensor is copied as it is.
  * Memory: the largest changed tensor as float, not the model. */
 #include "lora/update.h"
 #include "lora/update_kernel.h"

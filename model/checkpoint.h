@@ -2,7 +2,7 @@
  *
  * A directory holds config.json and model.safetensors (or a sharded
  * model.safetensors.index.json), as save_pretrained writes them for
- * LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and GPT2LMHeadModel.
+ * every supported family (model/config.h).
  * checkpoint_load converts F32/BF16/F16/F64 to `real` (a writable model, for
  * merging into); checkpoint_map keeps the weights as they are. transposes GPT-2's Conv1D
  * weights to (out, in), and accepts GPT-2 names with or without the
@@ -48,14 +48,15 @@ typedef struct {
 
 typedef struct {
     const char *dtype;           /* "float32", "bfloat16" or "float16" (round to nearest even) */
-    int64_t max_shard_bytes;     /* 0: CHECKPOINT_SHARD_BYTES */
+    int64_t max_shard_bytes;     /* 0: CHECKPOINT_SHARD_BYTES, or the test knob
+                                    FEDLORA_SHARD_BYTES from the environment */
     const checkpoint_edit *edit; /* NULL: every tensor as it is */
     int release; /* the model is not used after this: give a mapped file's pages back as its
                     tensors are written (memory stays at a tensor, not the model) */
     /* Rounding of edited or converted values to bf16: nearest even (0), or
      * stochastic (1) with the public draws of model_values_to_bf16_stochastic
      * keyed by CHECKPOINT_SR_KEY(sr_key, index of the param in the table):
-     * what versions of a bf16 base use (docs/formats.md, "bf16 versions"). */
+     * what versions of a bf16 base use (docs/formats.md, "Versions of a bf16 base"). */
     int stochastic;
     uint64_t sr_key;
 } checkpoint_save_options;

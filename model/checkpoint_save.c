@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 #define SAVE_CHUNK 65536             /* values converted per write */
-#define RAW_CHUNK ((size_t)64 << 20) /* bytes copied per write when nothing changes */
+#define RAW_CHUNK ((size_t)8 << 20) /* bytes copied per write when nothing changes */
 
 static int dtype_from_name(const char *s, safetensors_dtype *out) {
     if (strcmp(s, "float32") == 0)
@@ -228,6 +228,26 @@ static int write_index(const model *m, const char *dir, const int *shard, int n_
     return rc;
 }
 
+/* The shard limit when the caller sets none: transformers' 5 GB, or the
+ * test knob FEDLORA_SHARD_BYTES (docs/formats.md), which lets tests shard
+ * small models the way real ones are sharded. Aggregator and nodes must
+ * agree on it (a node's low-rank sync rewrites the version), so a value
+ * that is not a whole number of bytes in 1..5e9 is an error, not ignored. */
+static int shard_limit(int64_t *out) {
+    const char *s = getenv("FEDLORA_SHARD_BYTES");
+    *out = CHECKPOINT_SHARD_BYTES;
+    if (!s || !*s) return 0;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || s[0] < '0' || s[0] > '9' || v < 1 || v > CHECKPOINT_SHARD_BYTES)
+        return err_set("FEDLORA_SHARD_BYTES='%s': want a whole number of bytes from 1 to %lld "
+                       "(a test knob; unset it for transformers' 5 GB shards)",
+                       s, (long long)CHECKPOINT_SHARD_BYTES);
+    *out = v;
+    return 0;
+}
+
 /* The layout not written must not stay behind: transformers (and fedlora)
  * would load a stale model.safetensors before an index. */
 static int remove_other_layout(const char *dir, int sharded) {
@@ -253,7 +273,8 @@ int checkpoint_write(const model *m, const char *dir, const checkpoint_save_opti
         goto out;
     }
     size_t es = safetensors_dtype_size(sv.dt);
-    int64_t max = o->max_shard_bytes > 0 ? o->max_shard_bytes : CHECKPOINT_SHARD_BYTES, total = 0;
+    int64_t max = o->max_shard_bytes, total = 0;
+    if (max <= 0 && shard_limit(&max) != 0) goto out;
     int n = plan_shards(m, es, max, shard);
     for (int i = 0; i < m->n_params; i++) total += m->params[i].numel * (int64_t)es;
     /* The weights go first, config.json last, so that a directory without

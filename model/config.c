@@ -1,6 +1,7 @@
 /* config.c — config.json of the supported Hugging Face families, with the
  * defaults transformers applies when a field is absent (the configuration_*.py
- * of each model), and the config.json we write back.
+ * of each model), and the config.json we write back. The families' table,
+ * the consistency checks and the presets are config_family.c.
  *
  * Deliberate differences from transformers: the fields that decide tensor
  * shapes (vocabulary, widths, depth, heads, and GPT-2's n_positions) are
@@ -10,6 +11,7 @@
  * untied GPT-2 heads, …) is refused by name instead of being ignored. */
 #include "model/config.h"
 
+#include "model/config_table.h"
 #include "util/err.h"
 #include "util/fio.h"
 
@@ -20,33 +22,6 @@
 #include <string.h>
 
 #define CONFIG_JSON_MAX (4u << 20) /* bytes; real config.json files are a few KB */
-
-/* Bounds that keep every derived size (H·D, 3C, V·C, …) far from overflow. */
-#define MAX_VOCAB (1 << 22)
-#define MAX_HIDDEN (1 << 16)
-#define MAX_FFN (1 << 18)
-#define MAX_LAYERS 1024
-#define MAX_HEADS 1024
-#define MAX_HEAD_DIM 1024
-#define MAX_POSITIONS (1 << 24)
-
-static const struct {
-    const char *model_type, *architecture;
-    model_family family;
-    model_arch arch;
-} families[] = {
-    {"llama", "LlamaForCausalLM", MODEL_FAMILY_LLAMA, MODEL_ARCH_LLAMA},
-    {"mistral", "MistralForCausalLM", MODEL_FAMILY_MISTRAL, MODEL_ARCH_LLAMA},
-    {"qwen2", "Qwen2ForCausalLM", MODEL_FAMILY_QWEN2, MODEL_ARCH_LLAMA},
-    {"gpt2", "GPT2LMHeadModel", MODEL_FAMILY_GPT2, MODEL_ARCH_GPT2},
-};
-#define N_FAMILIES ((int)(sizeof families / sizeof families[0]))
-
-static int family_index(model_family f) {
-    for (int i = 0; i < N_FAMILIES; i++)
-        if (families[i].family == f) return i;
-    return -1;
-}
 
 /* ---- reading fields ------------------------------------------------------------ */
 
@@ -149,11 +124,10 @@ static int parse_family(model_config *c, const src *s) {
         return err_set("%s: \"architectures\" must be a list of class names", s->where);
     int fi = -1;
     if (mt) {
-        for (int i = 0; i < N_FAMILIES; i++)
-            if (strcmp(mt, families[i].model_type) == 0) fi = i;
+        for (int i = 0; i < model_config_n_families; i++)
+            if (strcmp(mt, model_config_families[i].model_type) == 0) fi = i;
         if (fi < 0)
-            return err_set("%s: unsupported model_type '%s' (supported: llama, mistral, qwen2, "
-                           "gpt2)",
+            return err_set("%s: unsupported model_type '%s' (supported: " MODEL_CONFIG_TYPES ")",
                            s->where, mt);
     }
     size_t i;
@@ -161,23 +135,22 @@ static int parse_family(model_config *c, const src *s) {
     json_array_foreach(archs, i, a) {
         const char *name = json_is_string(a) ? json_string_value(a) : "(not a string)";
         int ai = -1;
-        for (int k = 0; k < N_FAMILIES; k++)
-            if (strcmp(name, families[k].architecture) == 0) ai = k;
+        for (int k = 0; k < model_config_n_families; k++)
+            if (strcmp(name, model_config_families[k].architecture) == 0) ai = k;
         if (ai < 0)
-            return err_set("%s: unsupported architecture '%s' (supported: LlamaForCausalLM, "
-                           "MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel)",
+            return err_set("%s: unsupported architecture '%s' (supported: " MODEL_CONFIG_ARCHS ")",
                            s->where, name);
         if (fi < 0) fi = ai;
-        if (families[ai].arch != families[fi].arch)
+        if (model_config_families[ai].arch != model_config_families[fi].arch ||
+            !model_config_same_block(&model_config_families[ai].block,
+                                     &model_config_families[fi].block))
             return err_set("%s: architecture '%s' does not match model_type '%s'", s->where, name,
-                           families[fi].model_type);
+                           model_config_families[fi].model_type);
     }
     if (fi < 0)
         return err_set("%s: neither \"model_type\" nor \"architectures\" says what model this is",
                        s->where);
-    c->family = families[fi].family;
-    c->arch = families[fi].arch;
-    return 0;
+    return model_config_family(c, model_config_families[fi].family);
 }
 
 /* RoPE: transformers >= 5 writes "rope_parameters" {"rope_type", "rope_theta",
@@ -276,37 +249,81 @@ static int parse_qwen2_window(model_config *c, const src *s) {
     return 0;
 }
 
+/* The defaults of each family's configuration_*.py where they differ
+ * between families (kv 0: num_attention_heads; head_dim 0: hidden_size /
+ * num_attention_heads; bos/eos −1: none). */
+static const struct {
+    model_family family;
+    int max_pos, bos, eos, kv, head_dim;
+    double eps;
+    const char *act;
+} LLAMA_DEFAULTS[] = {
+    {MODEL_FAMILY_LLAMA, 2048, 1, 2, 0, 0, 1e-6, "silu"},
+    {MODEL_FAMILY_MISTRAL, 131072, 1, 2, 0, 0, 1e-6, "silu"},
+    {MODEL_FAMILY_QWEN2, 32768, -1, -1, 0, 0, 1e-6, "silu"},
+    {MODEL_FAMILY_QWEN3, 32768, -1, -1, 32, 128, 1e-6, "silu"},
+    {MODEL_FAMILY_OLMO2, 2048, -1, 50279, 0, 0, 1e-5, "silu"},
+    {MODEL_FAMILY_APERTUS, 65536, 1, 2, 0, 0, 1e-5, "xielu"},
+};
+
+/* ApertusConfig's RoPE when config.json gives neither rope_scaling nor
+ * rope_parameters: llama3 scaling, theta 1.2e7 (transformers 5 then ignores
+ * a top-level rope_theta, where transformers 4 used it with that scaling; so
+ * a rope_theta other than the default is refused as ambiguous). */
+static int apertus_default_rope(model_config *c, const src *s, int *done) {
+    json_t *r1 = get(s, "rope_scaling"), *r2 = get(s, "rope_parameters");
+    *done = (!r1 || (json_is_object(r1) && json_object_size(r1) == 0)) &&
+            (!r2 || (json_is_object(r2) && json_object_size(r2) == 0));
+    if (!*done) return 0;
+    double theta;
+    if (get_double(s, "rope_theta", 0, 12000000.0, &theta) != 0) return -1;
+    if (theta != 12000000.0)
+        return err_set("%s: rope_theta %g without rope_scaling: transformers 4 and 5 read this "
+                       "Apertus config differently; give \"rope_scaling\" (or "
+                       "\"rope_parameters\") explicitly",
+                       s->where, theta);
+    model_config_apertus_rope(c);
+    return 0;
+}
+
 static int parse_llama(model_config *c, const src *s) {
-    int max_pos = 2048, bos = 1, eos = 2; /* LlamaConfig / MistralConfig */
-    if (c->family == MODEL_FAMILY_MISTRAL) max_pos = 131072;
-    if (c->family == MODEL_FAMILY_QWEN2) max_pos = 32768, bos = -1, eos = -1;
+    int d = 0;
+    for (int i = 0; i < (int)(sizeof LLAMA_DEFAULTS / sizeof LLAMA_DEFAULTS[0]); i++)
+        if (LLAMA_DEFAULTS[i].family == c->family) d = i;
+    const char *want_act = LLAMA_DEFAULTS[d].act;
     if (get_int(s, "vocab_size", 1, 0, 1, MAX_VOCAB, &c->vocab_size) != 0 ||
         get_int(s, "hidden_size", 1, 0, 1, MAX_HIDDEN, &c->hidden_size) != 0 ||
         get_int(s, "intermediate_size", 1, 0, 1, MAX_FFN, &c->intermediate_size) != 0 ||
         get_int(s, "num_hidden_layers", 1, 0, 1, MAX_LAYERS, &c->num_layers) != 0 ||
         get_int(s, "num_attention_heads", 1, 0, 1, MAX_HEADS, &c->num_heads) != 0 ||
-        get_int(s, "num_key_value_heads", 0, c->num_heads, 1, MAX_HEADS, &c->num_kv_heads) != 0 ||
-        get_int(s, "max_position_embeddings", 0, max_pos, 1, MAX_POSITIONS, &c->max_position) !=
-            0 ||
-        get_double(s, "rms_norm_eps", 0, 1e-6, &c->norm_eps) != 0 ||
+        get_int(s, "num_key_value_heads", 0,
+                LLAMA_DEFAULTS[d].kv ? LLAMA_DEFAULTS[d].kv : c->num_heads, 1, MAX_HEADS,
+                &c->num_kv_heads) != 0 ||
+        get_int(s, "max_position_embeddings", 0, LLAMA_DEFAULTS[d].max_pos, 1, MAX_POSITIONS,
+                &c->max_position) != 0 ||
+        get_double(s, "rms_norm_eps", 0, LLAMA_DEFAULTS[d].eps, &c->norm_eps) != 0 ||
         get_bool(s, "tie_word_embeddings", 0, &c->tie_embeddings) != 0 ||
         get_double(s, "initializer_range", 0, 0.02, &c->initializer_range) != 0 ||
-        get_token(s, "bos_token_id", bos, &c->bos_token_id) != 0 ||
-        get_token(s, "eos_token_id", eos, &c->eos_token_id) != 0)
+        get_token(s, "bos_token_id", LLAMA_DEFAULTS[d].bos, &c->bos_token_id) != 0 ||
+        get_token(s, "eos_token_id", LLAMA_DEFAULTS[d].eos, &c->eos_token_id) != 0)
         return -1;
-    if (get(s, "head_dim") == NULL && c->hidden_size % c->num_heads != 0)
+    if (get(s, "head_dim") == NULL && !LLAMA_DEFAULTS[d].head_dim &&
+        c->hidden_size % c->num_heads != 0)
         return err_set("%s: hidden_size %d is not a multiple of num_attention_heads %d and "
                        "head_dim is not given",
                        s->where, c->hidden_size, c->num_heads);
-    if (get_int(s, "head_dim", 0, c->hidden_size / c->num_heads, 1, MAX_HEAD_DIM, &c->head_dim) !=
-        0)
-        return -1;
+    int head_dim =
+        LLAMA_DEFAULTS[d].head_dim ? LLAMA_DEFAULTS[d].head_dim : c->hidden_size / c->num_heads;
+    if (get_int(s, "head_dim", 0, head_dim, 1, MAX_HEAD_DIM, &c->head_dim) != 0) return -1;
     const char *act;
-    if (get_string(s, "hidden_act", "silu", &act) != 0) return -1;
-    if (strcmp(act, "silu") != 0)
-        return err_set("%s: hidden_act '%s' is not supported (SwiGLU with 'silu' only)", s->where,
-                       act);
-    if (parse_rope(c, s) != 0) return -1;
+    if (get_string(s, "hidden_act", want_act, &act) != 0) return -1;
+    if (strcmp(act, want_act) != 0)
+        return err_set("%s: hidden_act '%s' is not supported for %s (only '%s')", s->where, act,
+                       model_config_families[model_config_family_index(c->family)].model_type,
+                       want_act);
+    int rope_done = 0;
+    if (c->family == MODEL_FAMILY_APERTUS && apertus_default_rope(c, s, &rope_done) != 0) return -1;
+    if (!rope_done && parse_rope(c, s) != 0) return -1;
     switch (c->family) {
         case MODEL_FAMILY_LLAMA:
             if (get_bool(s, "attention_bias", 0, &c->qkv_bias) != 0 ||
@@ -324,6 +341,17 @@ static int parse_llama(model_config *c, const src *s) {
         case MODEL_FAMILY_QWEN2:
             c->qkv_bias = 1;
             if (parse_qwen2_window(c, s) != 0) return -1;
+            break;
+        case MODEL_FAMILY_QWEN3:
+            /* attention_bias on q, k, v and o; layers' windows as Qwen2's */
+            if (get_bool(s, "attention_bias", 0, &c->qkv_bias) != 0) return -1;
+            c->o_bias = c->qkv_bias;
+            if (parse_qwen2_window(c, s) != 0) return -1;
+            break;
+        case MODEL_FAMILY_OLMO2:
+        case MODEL_FAMILY_APERTUS:
+            if (get_bool(s, "attention_bias", 0, &c->qkv_bias) != 0) return -1;
+            c->o_bias = c->qkv_bias;
             break;
         default:
             break;
@@ -415,95 +443,6 @@ int model_config_load(model_config *cfg, const char *path) {
     return rc;
 }
 
-/* ---- consistency ------------------------------------------------------------------ */
-
-static int in_range(long long v, long long lo, long long hi) {
-    return v >= lo && v <= hi;
-}
-
-static int positive_finite(double x) {
-    return isfinite(x) && x > 0;
-}
-
-int model_config_check(const model_config *c, const char *where) {
-    int fi = family_index(c->family);
-    if (fi < 0 || families[fi].arch != c->arch)
-        return err_set("%s: invalid architecture/family in the model config", where);
-    if (!in_range(c->vocab_size, 1, MAX_VOCAB) || !in_range(c->hidden_size, 1, MAX_HIDDEN) ||
-        !in_range(c->intermediate_size, 1, MAX_FFN) || !in_range(c->num_layers, 1, MAX_LAYERS) ||
-        !in_range(c->num_heads, 1, MAX_HEADS) || !in_range(c->num_kv_heads, 1, MAX_HEADS) ||
-        !in_range(c->head_dim, 1, MAX_HEAD_DIM) || !in_range(c->max_position, 1, MAX_POSITIONS))
-        return err_set("%s: a size is zero, negative or beyond the supported bounds (V %d, C %d, "
-                       "F %d, L %d, H %d, KV %d, D %d, T %d)",
-                       where, c->vocab_size, c->hidden_size, c->intermediate_size, c->num_layers,
-                       c->num_heads, c->num_kv_heads, c->head_dim, c->max_position);
-    if (c->num_heads % c->num_kv_heads != 0)
-        return err_set("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
-                       where, c->num_heads, c->num_kv_heads);
-    if (!positive_finite(c->norm_eps)) return err_set("%s: the norm epsilon must be > 0", where);
-    if (!isfinite(c->initializer_range) || c->initializer_range < 0)
-        return err_set("%s: initializer_range must be >= 0", where);
-    if (c->bos_token_id < -1 || c->eos_token_id < -1)
-        return err_set("%s: invalid bos/eos token id", where);
-    if (c->sliding_window < 0) return err_set("%s: sliding_window must be >= 0", where);
-    if (strcmp(c->torch_dtype, "float32") != 0 && strcmp(c->torch_dtype, "bfloat16") != 0 &&
-        strcmp(c->torch_dtype, "float16") != 0)
-        return err_set("%s: torch_dtype '%s' is not float32, bfloat16 or float16", where,
-                       c->torch_dtype);
-    if (c->arch == MODEL_ARCH_GPT2) {
-        if (c->num_kv_heads != c->num_heads || c->head_dim * c->num_heads != c->hidden_size)
-            return err_set("%s: GPT-2 needs KV = H and D = C / H", where);
-        if (!c->tie_embeddings) return err_set("%s: GPT-2's lm_head is always tied", where);
-        if (c->sliding_window || c->rope_llama3)
-            return err_set("%s: GPT-2 has no sliding window or RoPE scaling", where);
-        return 0;
-    }
-    if (c->head_dim % 2 != 0)
-        return err_set("%s: head_dim %d is odd; RoPE rotates pairs of dimensions", where,
-                       c->head_dim);
-    if (!positive_finite(c->rope_theta)) return err_set("%s: rope_theta must be > 0", where);
-    if (c->rope_llama3 && (!(isfinite(c->rope_factor) && c->rope_factor >= 1) ||
-                           !positive_finite(c->rope_low_freq_factor) ||
-                           !(isfinite(c->rope_high_freq_factor) &&
-                             c->rope_high_freq_factor > c->rope_low_freq_factor) ||
-                           !in_range(c->rope_original_max_position, 1, MAX_POSITIONS)))
-        return err_set("%s: llama3 rope_scaling needs factor >= 1, 0 < low_freq_factor < "
-                       "high_freq_factor and original_max_position_embeddings >= 1",
-                       where);
-    switch (c->family) {
-        case MODEL_FAMILY_LLAMA:
-            if (c->qkv_bias != c->o_bias)
-                return err_set("%s: Llama's attention_bias covers q/k/v and o alike", where);
-            if (c->sliding_window) return err_set("%s: Llama has no sliding window", where);
-            break;
-        case MODEL_FAMILY_MISTRAL:
-            if (c->qkv_bias || c->o_bias || c->mlp_bias)
-                return err_set("%s: Mistral has no linear biases", where);
-            break;
-        case MODEL_FAMILY_QWEN2:
-            if (!c->qkv_bias || c->o_bias || c->mlp_bias)
-                return err_set("%s: Qwen2 has q/k/v biases and no other", where);
-            break;
-        default:
-            break;
-    }
-    return 0;
-}
-
-long long model_config_num_params(const model_config *c) {
-    long long V = c->vocab_size, C = c->hidden_size, F = c->intermediate_size;
-    long long L = c->num_layers, T = c->max_position;
-    if (c->arch == MODEL_ARCH_GPT2)
-        /* wte, wpe; per layer ln_1, c_attn, attn.c_proj, ln_2, c_fc, mlp.c_proj; ln_f */
-        return V * C + T * C +
-               L * (2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + C * F + F + F * C + C) + 2 * C;
-    long long Q = (long long)c->num_heads * c->head_dim,
-              K = (long long)c->num_kv_heads * c->head_dim;
-    long long layer = 2 * C + C * Q + 2 * C * K + Q * C + 3 * C * F;
-    layer += c->qkv_bias * (Q + 2 * K) + c->o_bias * C + c->mlp_bias * (2 * F + C);
-    return V * C * (c->tie_embeddings ? 1 : 2) + L * layer + C;
-}
-
 /* ---- writing ---------------------------------------------------------------------- */
 
 /* The fewest significant digits (6 to 17) that print every value back
@@ -531,15 +470,15 @@ static json_t *token_json(int id) {
 
 int model_config_save(const model_config *c, const char *path) {
     if (model_config_check(c, path) != 0) return -1;
-    const int fi = family_index(c->family);
+    const int fi = model_config_family_index(c->family);
     json_t *o = json_object(), *archs = json_array();
     int bad = !o || !archs;
     double reals[8];
     int n_reals = 0;
     if (!bad) {
-        bad |= json_array_append_new(archs, json_string(families[fi].architecture));
+        bad |= json_array_append_new(archs, json_string(model_config_families[fi].architecture));
         SET(o, "architectures", archs);
-        SET(o, "model_type", json_string(families[fi].model_type));
+        SET(o, "model_type", json_string(model_config_families[fi].model_type));
         SET(o, "vocab_size", json_integer(c->vocab_size));
         SET(o, "initializer_range", json_real(c->initializer_range));
         SET(o, "bos_token_id", token_json(c->bos_token_id));
@@ -572,7 +511,7 @@ int model_config_save(const model_config *c, const char *path) {
         SET(o, "head_dim", json_integer(c->head_dim));
         SET(o, "max_position_embeddings", json_integer(c->max_position));
         SET(o, "rms_norm_eps", json_real(c->norm_eps));
-        SET(o, "hidden_act", json_string("silu"));
+        SET(o, "hidden_act", json_string(c->block.act == MODEL_ACT_XIELU ? "xielu" : "silu"));
         SET(o, "attention_dropout", json_real(0.0));
         /* The legacy spelling (rope_theta + rope_scaling) is read by
          * transformers 4 and converted by transformers 5. */
@@ -593,17 +532,23 @@ int model_config_save(const model_config *c, const char *path) {
             reals[n_reals++] = c->rope_factor;
             reals[n_reals++] = c->rope_low_freq_factor;
             reals[n_reals++] = c->rope_high_freq_factor;
+        } else if (c->family == MODEL_FAMILY_APERTUS) {
+            /* null would mean Apertus's llama3 default (apertus_default_rope) */
+            json_t *r = json_pack("{s:s}", "rope_type", "default");
+            if (!r) bad = 1;
+            SET(o, "rope_scaling", r);
         } else {
             SET(o, "rope_scaling", json_null());
         }
-        if (c->family == MODEL_FAMILY_LLAMA) {
+        model_family f = c->family;
+        if (f == MODEL_FAMILY_LLAMA || f == MODEL_FAMILY_QWEN3 || f == MODEL_FAMILY_OLMO2 ||
+            f == MODEL_FAMILY_APERTUS)
             SET(o, "attention_bias", json_boolean(c->qkv_bias));
-            SET(o, "mlp_bias", json_boolean(c->mlp_bias));
-        } else {
+        if (f == MODEL_FAMILY_LLAMA) SET(o, "mlp_bias", json_boolean(c->mlp_bias));
+        if (f == MODEL_FAMILY_MISTRAL || f == MODEL_FAMILY_QWEN2 || f == MODEL_FAMILY_QWEN3)
             SET(o, "sliding_window",
                 c->sliding_window ? json_integer(c->sliding_window) : json_null());
-        }
-        if (c->family == MODEL_FAMILY_QWEN2) {
+        if (f == MODEL_FAMILY_QWEN2 || f == MODEL_FAMILY_QWEN3) {
             /* Qwen2's sliding layers are those >= max_window_layers: 0 is all. */
             SET(o, "use_sliding_window", json_boolean(c->sliding_window > 0));
             SET(o, "max_window_layers", json_integer(c->sliding_window ? 0 : c->num_layers));
@@ -625,58 +570,4 @@ int model_config_save(const model_config *c, const char *path) {
     int rc = fio_write_atomic(path, withnl, len + 1, 0644);
     free(withnl);
     return rc;
-}
-
-/* ---- presets ------------------------------------------------------------------------ */
-
-typedef struct {
-    const char *arch, *name;
-    int V, C, F, L, H, KV, T, tied;
-} preset;
-
-/* tiny and small use a byte-level vocabulary (256 bytes + specials) so tests
- * and demos need no large tokenizer; 124m is GPT-2 small's shape, 100m a
- * Llama of about 100M parameters with the Llama-2 vocabulary. F for Llama is
- * about 8C/3 (SwiGLU keeps the MLP's parameter count near GPT-2's 8C²). */
-static const preset presets[] = {
-    {"llama", "tiny", 320, 64, 176, 2, 4, 2, 256, 0},
-    {"llama", "small", 320, 384, 1024, 6, 6, 2, 1024, 1},
-    {"llama", "100m", 32000, 768, 2048, 12, 12, 4, 2048, 1},
-    {"gpt2", "tiny", 320, 64, 256, 2, 4, 4, 256, 1},
-    {"gpt2", "small", 320, 384, 1536, 6, 6, 6, 1024, 1},
-    {"gpt2", "124m", 50257, 768, 3072, 12, 12, 12, 1024, 1},
-};
-
-int model_config_preset(model_config *cfg, const char *arch, const char *name) {
-    memset(cfg, 0, sizeof *cfg);
-    int is_llama = strcmp(arch, "llama") == 0, is_gpt2 = strcmp(arch, "gpt2") == 0;
-    if (!is_llama && !is_gpt2)
-        return err_set("unknown architecture '%s' (valid: llama, gpt2)", arch);
-    const preset *p = NULL;
-    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
-        if (strcmp(presets[i].arch, arch) == 0 && strcmp(presets[i].name, name) == 0)
-            p = &presets[i];
-    if (!p)
-        return err_set("unknown preset '%s' for %s (valid: %s)", name, arch,
-                       is_llama ? "tiny, small, 100m" : "tiny, small, 124m");
-    cfg->arch = is_llama ? MODEL_ARCH_LLAMA : MODEL_ARCH_GPT2;
-    cfg->family = is_llama ? MODEL_FAMILY_LLAMA : MODEL_FAMILY_GPT2;
-    cfg->vocab_size = p->V;
-    cfg->hidden_size = p->C;
-    cfg->intermediate_size = p->F;
-    cfg->num_layers = p->L;
-    cfg->num_heads = p->H;
-    cfg->num_kv_heads = p->KV;
-    cfg->head_dim = p->C / p->H;
-    cfg->max_position = p->T;
-    cfg->norm_eps = 1e-5;
-    cfg->rope_theta = is_llama ? 10000.0 : 0.0;
-    cfg->tie_embeddings = p->tied;
-    cfg->qkv_bias = cfg->o_bias = cfg->mlp_bias = is_gpt2; /* GPT-2 Conv1D biases */
-    cfg->initializer_range = 0.02;
-    cfg->bos_token_id = cfg->eos_token_id = -1;
-    if (p->V == 50257) cfg->bos_token_id = cfg->eos_token_id = 50256; /* <|endoftext|> */
-    if (p->V == 32000) cfg->bos_token_id = 1, cfg->eos_token_id = 2;  /* Llama-2's <s>, </s> */
-    snprintf(cfg->torch_dtype, sizeof cfg->torch_dtype, "float32");
-    return model_config_check(cfg, "preset");
 }

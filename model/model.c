@@ -33,6 +33,15 @@ static model_param *add(table *t, int conv1d, int64_t d0, int64_t d1, const char
     return p;
 }
 
+/* A 0-dimensional buffer (one value, shape ()). */
+static model_param *scalar_buffer(table *t, const char *fmt, const char *blk) {
+    model_param *p = add(t, 0, 1, 0, fmt, blk);
+    p->ndim = 0;
+    p->shape[0] = 0;
+    p->buffer = 1;
+    return p;
+}
+
 static model_linear linear(table *t, int conv1d, int in, int out, int bias, const char *prefix) {
     model_linear l = {0};
     l.in = in;
@@ -42,32 +51,82 @@ static model_linear linear(table *t, int conv1d, int in, int out, int bias, cons
     return l;
 }
 
+/* The block norms' module names of the families that name them otherwise
+ * than Llama (input_layernorm before attention, post_attention_layernorm
+ * before the MLP); NULL where the family has no such norm. */
+typedef struct {
+    model_family family;
+    const char *attn_in, *attn_out, *mlp_in, *mlp_out;
+} norm_names;
+
+static const norm_names NORM_NAMES[] = {
+    {MODEL_FAMILY_OLMO2, NULL, "post_attention_layernorm", NULL, "post_feedforward_layernorm"},
+    {MODEL_FAMILY_APERTUS, "attention_layernorm", NULL, "feedforward_layernorm", NULL},
+};
+
+static norm_names block_norm_names(model_family f) {
+    for (size_t i = 0; i < sizeof NORM_NAMES / sizeof NORM_NAMES[0]; i++)
+        if (NORM_NAMES[i].family == f) return NORM_NAMES[i];
+    return (norm_names){f, "input_layernorm", NULL, "post_attention_layernorm", NULL};
+}
+
+/* A norm of width C named "<prefix>.<name>" (weight, and bias for LayerNorm). */
+static model_norm norm(table *t, const char *prefix, const char *name, int C) {
+    model_norm n = {0};
+    if (!name) return n;
+    n.w = add(t, 0, C, 0, "%s.%s.weight", prefix, name);
+    if (t->m->cfg.block.norm == MODEL_NORM_LAYER) n.b = add(t, 0, C, 0, "%s.%s.bias", prefix, name);
+    return n;
+}
+
+/* Every family but GPT-2: "model.layers.N.…" with nn.Linear projections. */
 static void build_llama(table *t) {
     model *m = t->m;
     const model_config *c = &m->cfg;
+    const model_block *bk = &c->block;
     int C = c->hidden_size, F = c->intermediate_size, D = c->head_dim;
+    int HD = c->num_heads * D, KVD = c->num_kv_heads * D;
+    norm_names nn = block_norm_names(c->family);
     m->wte = add(t, 0, c->vocab_size, C, "model.embed_tokens.weight");
     for (int l = 0; l < c->num_layers; l++) {
         model_layer *L = &m->layers[l];
-        char pre[96];
-        L->norm1_w = add(t, 0, C, 0, "model.layers.%d.input_layernorm.weight", l);
-        snprintf(pre, sizeof pre, "model.layers.%d.self_attn.q_proj", l);
-        L->q = linear(t, 0, C, c->num_heads * D, c->qkv_bias, pre);
-        snprintf(pre, sizeof pre, "model.layers.%d.self_attn.k_proj", l);
-        L->k = linear(t, 0, C, c->num_kv_heads * D, c->qkv_bias, pre);
-        snprintf(pre, sizeof pre, "model.layers.%d.self_attn.v_proj", l);
-        L->v = linear(t, 0, C, c->num_kv_heads * D, c->qkv_bias, pre);
-        snprintf(pre, sizeof pre, "model.layers.%d.self_attn.o_proj", l);
-        L->o = linear(t, 0, c->num_heads * D, C, c->o_bias, pre);
-        L->norm2_w = add(t, 0, C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
-        snprintf(pre, sizeof pre, "model.layers.%d.mlp.gate_proj", l);
-        L->gate = linear(t, 0, C, F, c->mlp_bias, pre);
-        snprintf(pre, sizeof pre, "model.layers.%d.mlp.up_proj", l);
+        char blk[64], pre[96];
+        snprintf(blk, sizeof blk, "model.layers.%d", l);
+        if (bk->pre_norm) L->attn_in = norm(t, blk, nn.attn_in, C);
+        snprintf(pre, sizeof pre, "%s.self_attn.q_proj", blk);
+        L->q = linear(t, 0, C, HD, c->qkv_bias, pre);
+        snprintf(pre, sizeof pre, "%s.self_attn.k_proj", blk);
+        L->k = linear(t, 0, C, KVD, c->qkv_bias, pre);
+        snprintf(pre, sizeof pre, "%s.self_attn.v_proj", blk);
+        L->v = linear(t, 0, C, KVD, c->qkv_bias, pre);
+        snprintf(pre, sizeof pre, "%s.self_attn.o_proj", blk);
+        L->o = linear(t, 0, HD, C, c->o_bias, pre);
+        if (bk->qk_norm != MODEL_QK_NORM_NONE) {
+            int head = bk->qk_norm == MODEL_QK_NORM_HEAD;
+            snprintf(pre, sizeof pre, "%s.self_attn", blk);
+            L->q_norm = norm(t, pre, "q_norm", head ? D : HD);
+            L->k_norm = norm(t, pre, "k_norm", head ? D : KVD);
+        }
+        if (bk->post_norm) L->attn_out = norm(t, blk, nn.attn_out, C);
+        if (bk->pre_norm) L->mlp_in = norm(t, blk, nn.mlp_in, C);
+        if (bk->mlp == MODEL_MLP_GATED) {
+            snprintf(pre, sizeof pre, "%s.mlp.gate_proj", blk);
+            L->gate = linear(t, 0, C, F, c->mlp_bias, pre);
+        }
+        snprintf(pre, sizeof pre, "%s.mlp.up_proj", blk);
         L->up = linear(t, 0, C, F, c->mlp_bias, pre);
-        snprintf(pre, sizeof pre, "model.layers.%d.mlp.down_proj", l);
+        snprintf(pre, sizeof pre, "%s.mlp.down_proj", blk);
         L->down = linear(t, 0, F, C, c->mlp_bias, pre);
+        if (bk->act == MODEL_ACT_XIELU) {
+            /* XIELUActivation: parameters of shape (1), buffers of shape () */
+            L->xielu.alpha_p = add(t, 0, 1, 0, "%s.mlp.act_fn.alpha_p", blk);
+            L->xielu.alpha_n = add(t, 0, 1, 0, "%s.mlp.act_fn.alpha_n", blk);
+            L->xielu.beta = scalar_buffer(t, "%s.mlp.act_fn.beta", blk);
+            L->xielu.eps = scalar_buffer(t, "%s.mlp.act_fn.eps", blk);
+        }
+        if (bk->post_norm) L->mlp_out = norm(t, blk, nn.mlp_out, C);
     }
-    m->norm_f_w = add(t, 0, C, 0, "model.norm.weight");
+    m->norm_f = norm(t, "model", "norm", C);
     m->lm_head = c->tie_embeddings ? m->wte : add(t, 0, c->vocab_size, C, "lm_head.weight");
 }
 
@@ -80,21 +139,20 @@ static void build_gpt2(table *t) {
     for (int l = 0; l < c->num_layers; l++) {
         model_layer *L = &m->layers[l];
         char pre[96];
-        L->norm1_w = add(t, 0, C, 0, "transformer.h.%d.ln_1.weight", l);
-        L->norm1_b = add(t, 0, C, 0, "transformer.h.%d.ln_1.bias", l);
+        char blk[64];
+        snprintf(blk, sizeof blk, "transformer.h.%d", l);
+        L->attn_in = norm(t, blk, "ln_1", C);
         snprintf(pre, sizeof pre, "transformer.h.%d.attn.c_attn", l);
         L->qkv = linear(t, 1, C, 3 * C, 1, pre);
         snprintf(pre, sizeof pre, "transformer.h.%d.attn.c_proj", l);
         L->o = linear(t, 1, C, C, 1, pre);
-        L->norm2_w = add(t, 0, C, 0, "transformer.h.%d.ln_2.weight", l);
-        L->norm2_b = add(t, 0, C, 0, "transformer.h.%d.ln_2.bias", l);
+        L->mlp_in = norm(t, blk, "ln_2", C);
         snprintf(pre, sizeof pre, "transformer.h.%d.mlp.c_fc", l);
         L->up = linear(t, 1, C, F, 1, pre);
         snprintf(pre, sizeof pre, "transformer.h.%d.mlp.c_proj", l);
         L->down = linear(t, 1, F, C, 1, pre);
     }
-    m->norm_f_w = add(t, 0, C, 0, "transformer.ln_f.weight");
-    m->norm_f_b = add(t, 0, C, 0, "transformer.ln_f.bias");
+    m->norm_f = norm(t, "transformer", "ln_f", C);
     /* GPT2LMHeadModel always ties lm_head to wte. */
     m->lm_head = m->wte;
 }
@@ -106,7 +164,7 @@ static int create_table(model **out, const model_config *cfg) {
     model *m = calloc(1, sizeof *m);
     if (!m) return err_set("out of memory creating the model");
     m->cfg = *cfg;
-    int cap = 8 + cfg->num_layers * 20;
+    int cap = 8 + cfg->num_layers * 32;
     m->params = calloc((size_t)cap, sizeof *m->params);
     m->layers = calloc((size_t)cfg->num_layers, sizeof *m->layers);
     if (!m->params || !m->layers) {
@@ -196,9 +254,28 @@ uint64_t model_init_state(uint64_t seed) {
     return seed ^ 0x66656c6f7261ull; /* "fedlora" */
 }
 
+/* XIELUActivation's constructor values (transformers' activations.py, as
+ * ApertusMLP makes it, in the config's dtype): alpha_p = log(expm1(0.8)),
+ * alpha_n = log(expm1(0.8 − beta)), beta = 0.5, eps = −1e-6, computed in
+ * fp32 (the values below are torch's fp32 results). */
+static const struct {
+    const char *suffix;
+    double value;
+} XIELU_INIT[] = {
+    {"act_fn.alpha_p", 0.20338237285614014},
+    {"act_fn.alpha_n", -1.0502256155014038},
+    {"act_fn.beta", 0.5},
+    {"act_fn.eps", -9.999999974752427e-07},
+};
+
 void model_init_param(const model_config *cfg, const model_param *p, uint64_t *s, real *v) {
     double std = cfg->initializer_range > 0 ? cfg->initializer_range : 0.02;
     int is_norm = strstr(p->name, "norm") || strstr(p->name, "ln_");
+    for (size_t i = 0; i < sizeof XIELU_INIT / sizeof XIELU_INIT[0]; i++)
+        if (ends_with(p->name, XIELU_INIT[i].suffix)) {
+            v[0] = (real)XIELU_INIT[i].value;
+            return;
+        }
     if (ends_with(p->name, ".bias")) {
         memset(v, 0, (size_t)p->numel * sizeof(real));
     } else if (is_norm) {
@@ -243,7 +320,7 @@ int model_param_want_grad(model_param *p) {
 
 int model_want_all_grads(model *m) {
     for (int i = 0; i < m->n_params; i++)
-        if (model_param_want_grad(&m->params[i]) != 0) return -1;
+        if (!m->params[i].buffer && model_param_want_grad(&m->params[i]) != 0) return -1;
     return 0;
 }
 

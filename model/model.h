@@ -49,10 +49,14 @@ typedef enum { MODEL_PRECISION_FP32 = 0, MODEL_PRECISION_BF16 = 1 } model_precis
 
 typedef struct {
     char name[MODEL_NAME_MAX]; /* Hugging Face state-dict name */
-    int ndim;                  /* 1 or 2 */
+    int ndim;                  /* 0 (a scalar), 1 or 2 */
     int64_t shape[2];          /* in-memory shape; linear weights are (out, in) */
     int64_t numel;
     int conv1d; /* stored transposed, (in, out), on disk (GPT-2 Conv1D) */
+    /* A buffer in transformers' sense (register_buffer): saved with the
+     * weights and used by the forward, but not a parameter, so it never gets
+     * a gradient (model_want_all_grads skips it). xIELU's beta and eps. */
+    int buffer;
     /* The numel values in `dtype`, in-memory layout: mapped from the
      * checkpoint file, or a buffer the model owns. Always set. */
     model_dtype dtype;
@@ -83,24 +87,43 @@ typedef struct {
     void *adapter_ctx;
 } model_linear;
 
+/* A norm's weight and bias (b: LayerNorm only); w == NULL where the block
+ * has no norm (cfg.block says which it has). */
 typedef struct {
-    model_param *norm1_w, *norm1_b; /* input_layernorm / ln_1 (b: LayerNorm only) */
-    model_linear q, k, v;           /* Llama family: q (H·D, C), k and v (KV·D, C) */
-    model_linear qkv;               /* GPT-2 c_attn: (3C, C) */
-    model_linear o;                 /* o_proj (C, H·D) / attn.c_proj (C, C) */
-    model_param *norm2_w, *norm2_b; /* post_attention_layernorm / ln_2 */
-    model_linear gate;              /* Llama family: gate_proj (F, C) */
-    model_linear up;                /* up_proj (F, C) / GPT-2 c_fc (F, C) */
-    model_linear down;              /* down_proj (C, F) / mlp.c_proj (C, F) */
+    model_param *w, *b;
+} model_norm;
+
+/* xIELU's per-layer values (mlp.act_fn.*): alpha_p, alpha_n trained (1),
+ * beta, eps buffers (scalars). */
+typedef struct {
+    model_param *alpha_p, *alpha_n, *beta, *eps;
+} model_xielu;
+
+/* One block, in the order it computes (model/config.h's model_block says
+ * which pieces a family has). */
+typedef struct {
+    model_norm attn_in;   /* pre_norm: input_layernorm / ln_1 / attention_layernorm */
+    model_linear q, k, v; /* QKV_SEPARATE: q (H·D, C), k and v (KV·D, C) */
+    model_linear qkv;     /* QKV_FUSED, GPT-2 c_attn: (3C, C) */
+    model_norm q_norm;    /* QK-norm: (D) per head, or (H·D) over the projection */
+    model_norm k_norm;    /*          (D), or (KV·D) */
+    model_linear o;       /* o_proj (C, H·D) / attn.c_proj (C, C) */
+    model_norm attn_out;  /* post_norm: OLMo 2 post_attention_layernorm */
+    model_norm mlp_in;    /* pre_norm: post_attention_layernorm / ln_2 / feedforward_layernorm */
+    model_linear gate;    /* MLP_GATED: gate_proj (F, C) */
+    model_linear up;      /* up_proj (F, C) / GPT-2 c_fc (F, C) */
+    model_linear down;    /* down_proj (C, F) / mlp.c_proj (C, F) */
+    model_xielu xielu;    /* ACT_XIELU */
+    model_norm mlp_out;   /* post_norm: OLMo 2 post_feedforward_layernorm */
 } model_layer;
 
 typedef struct model {
     model_config cfg;
     int n_params;
     model_param *params;
-    model_param *wte; /* (V, C) token embedding */
-    model_param *wpe; /* (max_position, C), GPT-2 only */
-    model_param *norm_f_w, *norm_f_b;
+    model_param *wte;     /* (V, C) token embedding */
+    model_param *wpe;     /* (max_position, C), GPT-2 only */
+    model_norm norm_f;    /* model.norm / transformer.ln_f */
     model_param *lm_head; /* (V, C); the same param as wte when tied */
     model_layer *layers;  /* L of them */
     real *storage;        /* one block holding every `real` param's data, or NULL */
@@ -126,7 +149,7 @@ void model_param_read(const model_param *p, int64_t off, int64_t n, real *out);
  * result the value itself (unbiased), the draw for element first + i a
  * public function of (key, first + i), the same on every machine. Used for
  * versions of a bf16 base, where nearest rounding would drop every update
- * below half an ulp (docs/formats.md, "bf16 versions"). NaN stays NaN. */
+ * below half an ulp (docs/formats.md, "Versions of a bf16 base"). NaN stays NaN. */
 void model_values_to_bf16_stochastic(const real *src, int64_t n, uint64_t key, int64_t first,
                                      uint16_t *dst);
 /* acc[0 .. n) += values [off, off + n) of p. */
@@ -170,7 +193,7 @@ int model_param_writable(model_param *p);
 /* Asks for the gradient of p (allocates a zeroed grad buffer). A param held
  * in another dtype first gets a writable `real` copy of its values. */
 int model_param_want_grad(model_param *p);
-/* Asks for every parameter's gradient. */
+/* Asks for every parameter's gradient (not for buffers). */
 int model_want_all_grads(model *m);
 void model_zero_grads(model *m);
 

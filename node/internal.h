@@ -2,8 +2,12 @@
  * versions), round.c (local training, sealing) and state.c (durable records).
  *
  * STATE layout (docs/federation.md):
- *   versions/<hex>/config.json, model.safetensors   a verified model version
- *   versions/<hex>/model.safetensors.part           a download in progress
+ *   versions/<hex>/config.json, model.safetensors   a verified model version, or
+ *   versions/<hex>/model-NNNNN-of-MMMMM.safetensors,
+ *                 model.safetensors.index.json      a sharded one (wire/version.h)
+ *   versions/<hex>/model.safetensors.part           a download in progress (or the
+ *                 model.safetensors.index.json.part  index's, verified, while the
+ *                 model-NNNNN-of-MMMMM.safetensors.part  shards come)
  *   versions/<hex>/update.safetensors.part          a low-rank update download in progress
  *   versions/<hex>/lowrank.tmp/                     the version made from it, unchecked
  *   current.json                                    {"round", "version"} last synced
@@ -87,20 +91,23 @@ int node_version_dir(const node_ctx *n, const uint8_t version[MSG_HASH_LEN], cha
 /* Makes round r's base version a verified directory under STATE/versions.
  * When the ROUND offers a low-rank update and the node holds its
  * update_from version, the base is made from that and the update (fetched
- * into a resumable .part file, SHA-256 checked, applied with lora/update.h,
- * saved as float32, its hash checked); otherwise, or when any of that fails
- * (one log line says why), it is downloaded: GET_MODEL chunks into a .part
- * file, resumed from its size, SHA-256 checked. config.json comes from the
- * base model dir. 0 ok, 1 stop, -1 error. */
+ * into a resumable .part file, SHA-256 checked, written with
+ * update_write_version, sealed, its hash checked); otherwise, or when any of
+ * that fails (one log line says why), it is downloaded: GET_MODEL chunks
+ * into .part files, resumed from their size, each SHA-256 checked (a
+ * sharded version: its index, then each shard by the hash the index gives,
+ * the index renamed into place last). config.json comes from the base model
+ * dir. 0 ok, 1 stop, -1 error. */
 int node_sync(node_ctx *n, const struct msg_round *r);
 /* Reads current.json (if any) into have_*. */
 int node_load_current(node_ctx *n);
-/* Appends the missing bytes of the object named hash (want_total bytes; 0:
- * any size up to max_model_bytes) to the file part, GET_MODEL from part's
- * size on; the bytes count as the round's download. 0 complete, 1 stop
- * asked, -1 error. The caller checks the hash. */
-int node_download(node_ctx *n, const uint8_t hash[MSG_HASH_LEN], const char *part,
-                  uint64_t want_total);
+/* Fetches the object named hash (exactly `size` bytes) into the file part,
+ * GET_MODEL from part's size on (the bytes count as the round's download),
+ * and checks that the whole file hashes to it; a .part that holds something
+ * else is fetched again once. `what` names the object in messages. 0 part
+ * holds exactly the object, 1 stop asked, -1 error. */
+int node_fetch_object(node_ctx *n, const uint8_t hash[MSG_HASH_LEN], const char *part,
+                      uint64_t size, const char *what);
 
 /* ---- sync_choice.c --------------------------------------------------------- */
 /* Whether round r's base is cheaper to make from the low-rank update than to
@@ -145,7 +152,5 @@ int node_record_write(const char *path, const node_round_record *r);
 int node_record_read(const char *path, node_round_record *r);
 /* Appends one line to STATE/metrics.jsonl and fsyncs it. */
 int node_metrics_append(const node_ctx *n, const node_round_record *r);
-/* rm -r of a directory tree (a missing one is fine). */
-int node_remove_tree(const char *path);
 
 #endif

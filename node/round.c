@@ -211,7 +211,7 @@ int node_train_and_seal(node_ctx *n, const struct msg_round *r) {
     lora_config_init(&lc);
     int rc = -1;
     uint64_t seed = round_seed(c, r->round);
-    if (trainer_load_base(&m, vdir, c->device, c->precision) != 0) {
+    if (trainer_load_base(&m, vdir, c->device, c->precision, NULL, 0) != 0) {
         err_context("loading model version %s", vdir);
         goto done;
     }
@@ -266,7 +266,7 @@ int node_train_and_seal(node_ctx *n, const struct msg_round *r) {
     if (fio_exists(latest)) {
         to.resume = ckpt;
         node_log(n, "round %llu: resuming the training from its last checkpoint", rn);
-    } else if (node_remove_tree(out) != 0) { /* a run killed before its first checkpoint */
+    } else if (fio_remove_tree(out) != 0) { /* a run killed before its first checkpoint */
         goto done;
     }
     node_log(n,
@@ -320,7 +320,7 @@ int node_train_and_seal(node_ctx *n, const struct msg_round *r) {
              rn, rec.train_s, loss_before, res.eval_loss, (unsigned long long)rec.envelope_bytes);
     /* The adapter is in the envelope now; its optimizer checkpoints are not
      * needed any more (the final adapter and metrics stay for the record). */
-    rc = node_remove_tree(ckpt);
+    rc = fio_remove_tree(ckpt);
 done:
     free(payload);
     free(tensors);

@@ -77,16 +77,10 @@ static int fetch(node_ctx *n, const struct msg_round *r, const char *path) {
     char part[NODE_PATH_MAX];
     if (snprintf(part, sizeof part, "%s.part", path) >= (int)sizeof part)
         return err_set("path %s is too long", path);
-    for (int attempt = 0;; attempt++) {
-        int k = node_download(n, r->start_hash, part, r->start_size);
-        if (k != 0) return k;
-        if (hashes_to(part, r->start_hash)) break;
-        if (unlink(part) != 0) return err_errno("cannot remove %s", part);
-        if (attempt == 1)
-            return err_set("round %llu's start adapter: the downloaded bytes hash to something "
-                           "else twice; the aggregator serves corrupt data",
-                           (unsigned long long)r->round);
-    }
+    char what[64];
+    snprintf(what, sizeof what, "round %llu's start adapter", (unsigned long long)r->round);
+    int k = node_fetch_object(n, r->start_hash, part, r->start_size, what);
+    if (k != 0) return k;
     if (rename(part, path) != 0) return err_errno("cannot rename %s to %s", part, path);
     return fio_fsync_dir_of(path);
 }

@@ -8,7 +8,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -145,19 +144,4 @@ int node_metrics_append(const node_ctx *n, const node_round_record *r) {
     if (fd >= 0 && close(fd) != 0 && rc == 0) rc = err_errno("cannot close %s", path);
     free(line);
     return rc;
-}
-
-static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-    (void)st;
-    (void)ftw;
-    int rc = type == FTW_DP ? rmdir(path) : unlink(path);
-    if (rc != 0 && errno != ENOENT) return err_errno("cannot remove %s", path);
-    return 0;
-}
-
-int node_remove_tree(const char *path) {
-    if (!fio_exists(path)) return 0;
-    if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
-        return err_context("removing %s", path);
-    return 0;
 }

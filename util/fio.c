@@ -1,4 +1,4 @@
-#define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700 /* nftw */
 #include "util/fio.h"
 
 #include "util/err.h"
@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -156,4 +157,76 @@ int fio_dir_empty(const char *path) {
         if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
     closedir(d);
     return empty;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+    (void)st;
+    (void)ftw;
+    int rc = type == FTW_DP ? rmdir(path) : unlink(path);
+    if (rc != 0 && errno != ENOENT) return err_errno("cannot remove %s", path);
+    return 0;
+}
+
+int fio_remove_tree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : err_errno("cannot stat %s", path);
+    if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        return err_context("removing %s", path);
+    return 0;
+}
+
+#define COPY_CHUNK ((size_t)1 << 20)
+
+int fio_copy(const char *src, const char *dst, uint64_t max_bytes, unsigned mode) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dst, (long)getpid()) >= (int)sizeof tmp)
+        return err_set("path too long: %s", dst);
+    /* O_NOFOLLOW: a link planted where a file is expected is not followed. */
+    int in = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (in < 0 && errno == ELOOP)
+        return err_set("%s is a symbolic link: not followed (only regular files are copied)", src);
+    if (in < 0) return err_errno("cannot open %s", src);
+    struct stat st;
+    int rc = 0;
+    if (fstat(in, &st) != 0)
+        rc = err_errno("cannot stat %s", src);
+    else if (!S_ISREG(st.st_mode))
+        rc = err_set("%s is not a regular file", src);
+    else if ((uint64_t)st.st_size > max_bytes)
+        rc = err_set("%s is %lld bytes, more than the %llu allowed for this kind of file", src,
+                     (long long)st.st_size, (unsigned long long)max_bytes);
+    if (rc != 0) {
+        close(in);
+        return -1;
+    }
+    char *buf = malloc(COPY_CHUNK);
+    int out = buf ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, (mode_t)mode) : -1;
+    if (!buf)
+        rc = err_set("out of memory copying %s", src);
+    else if (out < 0)
+        rc = err_errno("cannot create %s", tmp);
+    /* Up to the size seen at the start: a file growing under us cannot
+     * take more than max_bytes. */
+    for (uint64_t left = (uint64_t)st.st_size; rc == 0 && left > 0;) {
+        ssize_t r = read(in, buf, left < COPY_CHUNK ? (size_t)left : COPY_CHUNK);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            rc = err_errno("cannot read %s", src);
+        } else if (r == 0) {
+            rc = err_set("%s shrank while it was copied", src);
+        } else {
+            rc = fio_write_full(out, buf, (size_t)r, tmp);
+            left -= (uint64_t)r;
+        }
+    }
+    free(buf);
+    close(in);
+    if (rc == 0 && fsync(out) != 0) rc = err_errno("cannot fsync %s", tmp);
+    if (out >= 0 && close(out) != 0 && rc == 0) rc = err_errno("cannot close %s", tmp);
+    if (rc == 0 && rename(tmp, dst) != 0) rc = err_errno("cannot rename %s to %s", tmp, dst);
+    if (rc != 0) {
+        if (out >= 0) unlink(tmp);
+        return -1;
+    }
+    return fio_fsync_dir_of(dst);
 }

@@ -31,5 +31,12 @@ int fio_dirname(char *out, size_t n, const char *path);
 int fio_exists(const char *path);
 /* 1 when path is a directory with no entries (or does not exist). */
 int fio_dir_empty(const char *path);
+/* rm -r: a file, or a directory and everything under it (symbolic links
+ * are removed, never followed); a missing path is fine. */
+int fio_remove_tree(const char *path);
+/* Copies the regular file src (a symbolic link is refused, not followed;
+ * at most max_bytes) to dst as fio_write_atomic writes, streamed: memory
+ * stays at one buffer whatever the size. mode: dst's permission bits. */
+int fio_copy(const char *src, const char *dst, uint64_t max_bytes, unsigned mode);
 
 #endif

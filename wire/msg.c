@@ -388,6 +388,8 @@ static int decode_round(const struct fields *fs, struct msg_round *m) {
         get_fixed(fs, "base", m->base, MSG_HASH_LEN) < 0 || decode_train(fs, &m->train) < 0 ||
         get_u64(fs, "deadline", 0, UINT64_MAX, &m->deadline) < 0)
         return -1;
+    m->base_sharded = false;
+    if (find(fs, "base_sharded") && get_bool(fs, "base_sharded", &m->base_sharded) < 0) return -1;
     static const char *const upd[] = {"update_from", "update_hash", "update_size"};
     int has = all_or_none(fs, upd, 3);
     if (has < 0) return -1;
@@ -680,8 +682,8 @@ static void encode_body(struct enc *e, const struct msg *m) {
             const struct msg_round *r = &m->round;
             const struct msg_train *c = &r->train;
             put_header(e, m->type,
-                       4 + 3 * r->has_update + 2 * r->has_start + r->has_start_seed +
-                           r->has_base_size);
+                       4 + r->base_sharded + 3 * r->has_update + 2 * r->has_start +
+                           r->has_start_seed + r->has_base_size);
             put_uint(e, "round", r->round);
             put_bin(e, "base", r->base, MSG_HASH_LEN);
             put_key(e, "train");
@@ -694,6 +696,7 @@ static void encode_body(struct enc *e, const struct msg *m) {
             put_uint(e, "batch", c->batch);
             put_uint(e, "seq", c->seq);
             put_uint(e, "deadline", r->deadline);
+            if (r->base_sharded) put_bool(e, "base_sharded", true);
             if (r->has_update) {
                 put_bin(e, "update_from", r->update_from, MSG_HASH_LEN);
                 put_bin(e, "update_hash", r->update_hash, MSG_HASH_LEN);

@@ -105,6 +105,10 @@ struct msg_round {
     uint8_t base[MSG_HASH_LEN]; /* "base": version hash of the base model */
     struct msg_train train;     /* "train": a map, see above */
     uint64_t deadline;          /* "deadline": unix seconds */
+    /* "base_sharded", optional (absent: false): base is a sharded version,
+     * base its index's SHA-256, every shard fetched by its own hash
+     * (wire/version.h). Written only when true. */
+    bool base_sharded;
     /* Optional, all three or none: base can also be made from the version
      * update_from and the low-rank factor file update_hash (update_size
      * bytes, fetched with GET_MODEL like any stored object; docs/protocol.md,

@@ -3,7 +3,8 @@
  *
  * A real `fedlora aggregator` process (--fedlora BIN) on tcp://127.0.0.1
  * serves a round on a randomly initialised model (default: preset
- * llama/100m, float32). This program plays N nodes one after another, each
+ * llama/100m, float32; --dtype bfloat16 for a bf16 base, whose versions are
+ * then bf16). This program plays N nodes one after another, each
  * with a random rank-R adapter (B filled too, so B·A != 0; no training):
  *
  *   sync      GET_MODEL of the whole base version (1 MiB chunks) by the first
@@ -20,22 +21,35 @@
  *   lowrank   when round 2 opens, the second node reaches the new version
  *             from the base it holds, as `fedlora node` does (node/sync.c):
  *             GET_MODEL of the update object (to disk, SHA-256 checked),
- *             then load the base, update_apply, checkpoint_save float32,
- *             SHA-256 against the round's base (lowrank_fetch_s, then
- *             lowrank_make_s)
+ *             then map the base and write the new version from it
+ *             (update_write_version), SHA-256 against the round's base
+ *             (lowrank_fetch_s, then lowrank_make_s)
  *   full      the same node downloading that version in full instead
  *             (full_s), for comparison
  *
  * The aggregator's peak resident memory is its ru_maxrss (wait4) over the
  * whole run (start-up's import of the base included); round_rss is the
  * largest VmRSS sampled from the moment it listens to the end of the round:
- * N verifications, the merge and the publish.
+ * N verifications, the merge and the publish; idle_rss its VmRSS when it
+ * starts listening (the program and its libraries, what it keeps between
+ * rounds). --base DIR: an existing model directory as the base (an
+ * 8B-shaped one from `init-model --config`, bench/scale/run.sh) instead of
+ * one made here. --scale, for models that fill the disk: the first node's
+ * full sync is received and hashed but not kept (the node's copy is a hard
+ * link to the stored version), the base directory is deleted once the
+ * aggregator has imported it, the version made by low-rank sync is deleted
+ * once checked, and the new version is not downloaded in full again;
+ * lowrank_make_rss is this process's peak while it makes the version.
+ * --check-round F: exit 1 unless round_rss − idle_rss is at most
+ * F × model_bytes + 2 × update_bytes (the members' adapters and the merged
+ * factors): the memory test (tests/aggregator/round_memory.sh).
  * Prints one RESULT line of key=value pairs. */
 #include "lora/lora.h"
 #include "lora/update.h"
 #include "model/checkpoint.h"
 #include "util/err.h"
 #include "util/fio.h"
+#include "util/hex.h"
 #include "wire/hello.h"
 #include "wire/crypto.h"
 #include "wire/envelope.h"
@@ -87,17 +101,23 @@ static client *cl; /* to the aggregator */
  * memory of the round itself, apart from the start-up's import of the base
  * (which ru_maxrss, the whole process's peak, includes). */
 static volatile int sampling = 1;
-static long round_rss_kib;
+static long round_rss_kib, idle_rss_kib;
+
+static long vm_kib(int pid, const char *field) {
+    char path[64], line[256];
+    long kib = 0;
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, field, strlen(field))) kib = atol(line + strlen(field));
+    if (f) fclose(f);
+    return kib;
+}
 
 static void *sampler(void *arg) {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)(intptr_t)arg);
     while (sampling) {
-        FILE *f = fopen(path, "r");
-        while (f && fgets(line, sizeof line, f))
-            if (!strncmp(line, "VmRSS:", 6) && atol(line + 6) > round_rss_kib)
-                round_rss_kib = atol(line + 6);
-        if (f) fclose(f);
+        long kib = vm_kib((int)(intptr_t)arg, "VmRSS:");
+        if (kib > round_rss_kib) round_rss_kib = kib;
         usleep(5000);
     }
     return NULL;
@@ -129,22 +149,24 @@ typedef struct {
 static int to_file(void *arg, const uint8_t *data, size_t len) {
     fetch_sink *f = arg;
     return crypto_sha256_update(f->sha, data, len) < 0 ||
-                   fio_write_full(f->fd, data, len, f->path) < 0
+                   (f->fd >= 0 && fio_write_full(f->fd, data, len, f->path) < 0)
                ? -1
                : 0;
 }
 
-/* GET_MODEL of the whole object `hash` into path (written, fsync'd), its
- * SHA-256 checked, as a node's download does; returns its size. */
+/* GET_MODEL of the whole object `hash` into path (written, fsync'd; NULL:
+ * received and hashed only), its SHA-256 checked, as a node's download
+ * does; returns its size. */
 static uint64_t fetch(const uint8_t hash[32], const char *path) {
-    fetch_sink f = {open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644), path, NULL};
-    if (f.fd < 0) die(path);
+    fetch_sink f = {path ? open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1, path, NULL};
+    if (path && f.fd < 0) die(path);
     if (crypto_sha256_new(&f.sha) < 0) die("sha256");
     uint64_t total = 0;
     if (client_download(cl, hash, 0, 0, UINT64_MAX, to_file, &f, &total) != CLIENT_OK)
         die("GET_MODEL");
     uint8_t h[32];
-    if (fsync(f.fd) != 0 || close(f.fd) != 0 || crypto_sha256_final(f.sha, h) < 0) die(path);
+    if ((path && (fsync(f.fd) != 0 || close(f.fd) != 0)) || crypto_sha256_final(f.sha, h) < 0)
+        die(path ? path : "hashing");
     crypto_sha256_free(f.sha);
     if (memcmp(h, hash, 32) != 0) die("fetched object hash");
     return total;
@@ -210,7 +232,10 @@ static uint8_t *make_delta(const model *m, const uint8_t base[32], int rank, con
 }
 
 int main(int argc, char **argv) {
-    const char *bin = NULL, *dir = "/tmp/fedlora-bench-aggregator", *preset = "100m";
+    const char *bin = NULL, *dir = "/tmp/fedlora-bench-aggregator", *preset = "100m",
+               *dtype = "float32", *base_arg = NULL;
+    double check_round = 0;
+    int scale = 0;
     const char *targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
     int nodes = 3, rank = 16;
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -226,6 +251,14 @@ int main(int argc, char **argv) {
             targets = argv[i + 1];
         else if (!strcmp(argv[i], "--dir"))
             dir = argv[i + 1];
+        else if (!strcmp(argv[i], "--dtype"))
+            dtype = argv[i + 1];
+        else if (!strcmp(argv[i], "--check-round"))
+            check_round = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--base"))
+            base_arg = argv[i + 1];
+        else if (!strcmp(argv[i], "--scale"))
+            scale = atoi(argv[i + 1]);
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -233,26 +266,35 @@ int main(int argc, char **argv) {
     }
     if (!bin || nodes < 1 || nodes > 64 || rank < 1) {
         fprintf(stderr, "usage: bench_aggregator --fedlora BIN [--nodes N] [--rank R] [--preset "
-                        "P] [--targets LIST] [--dir DIR]\n");
+                        "P] [--targets LIST] [--dir DIR] [--dtype float32|bfloat16] "
+                        "[--check-round F] [--base DIR] [--scale 1]\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     char p[4096], run[4096], keys[4096], base_dir[4096];
-    path(base_dir, sizeof base_dir, "%s/base-%s", dir, preset);
+    if (base_arg)
+        path(base_dir, sizeof base_dir, "%s", base_arg);
+    else
+        path(base_dir, sizeof base_dir, "%s/base-%s-%s", dir, preset, dtype);
     path(run, sizeof run, "%s/run-%d", dir, nodes);
     path(keys, sizeof keys, "%s/keys", run);
     path(p, sizeof p, "rm -rf '%s'", run);
     if (system(p) != 0 || fio_mkdirs(run, 0700) < 0) die("preparing the run directory");
 
-    /* The base model, made once per preset (random weights, float32). */
+    /* The base model, made once per preset and dtype (random weights), or
+     * given; mapped here (only its shapes are used). */
     model_config mc;
-    model *m;
-    if (model_config_preset(&mc, "llama", preset) < 0 || model_create(&m, &mc) < 0) die("model");
+    model *m = NULL;
     path(p, sizeof p, "%s/model.safetensors", base_dir);
-    if (!fio_exists(p)) {
+    if (!base_arg && !fio_exists(p)) {
+        if (model_config_preset(&mc, "llama", preset) < 0 || model_create(&m, &mc) < 0)
+            die("model");
         model_init_random(m, 1);
-        if (checkpoint_save(m, base_dir, "float32") < 0) die("saving the base");
+        if (checkpoint_save(m, base_dir, dtype) < 0) die("saving the base");
+        model_free(m);
     }
+    if (checkpoint_map(&m, base_dir, MODEL_PRECISION_FP32) < 0) die("the base model");
+    mc = m->cfg;
 
     keys_secret agg, *mem = calloc((size_t)nodes, sizeof *mem);
     if (keys_generate("agg", &agg) < 0 || keys_write(&agg, keys) < 0) die("keys");
@@ -297,6 +339,11 @@ int main(int argc, char **argv) {
         usleep(20000);
     }
     double t_listen = now_s();
+    idle_rss_kib = vm_kib((int)pid, "VmRSS:");
+    if (scale) { /* imported: the base's bytes are in the store now */
+        path(p, sizeof p, "rm -rf '%s'", base_dir);
+        if (system(p) != 0) die("removing the imported base");
+    }
     pthread_t th;
     pthread_create(&th, NULL, sampler, (void *)(intptr_t)pid);
     ep[len - 1] = '\0';
@@ -312,20 +359,20 @@ int main(int argc, char **argv) {
     hello(&mem[0], &r);
     if (r.type != MSG_ROUND) die("HELLO");
     memcpy(base, r.round.base, 32);
-    char held[4096], held_model[4200], cfg_text_path[4200];
+    char held[4096], held_model[4200];
     path(held, sizeof held, "%s/node/held", run);
     path(held_model, sizeof held_model, "%s/model.safetensors", held);
-    path(cfg_text_path, sizeof cfg_text_path, "%s/config.json", base_dir);
-    char *cfg_text = NULL;
-    size_t cfg_len = 0;
-    if (fio_mkdirs(held, 0755) < 0 || fio_read_all(cfg_text_path, 1 << 20, &cfg_text, &cfg_len) < 0)
-        die("the node's version directory");
     path(p, sizeof p, "%s/config.json", held);
-    if (fio_write_atomic(p, cfg_text, cfg_len, 0644) < 0) die("config.json");
-    free(cfg_text);
+    if (fio_mkdirs(held, 0755) < 0 || model_config_save(&mc, p) < 0) die("the node's config.json");
     double t0 = now_s();
-    uint64_t total = fetch(base, held_model);
+    uint64_t total = fetch(base, scale ? NULL : held_model);
     double sync_s = now_s() - t0;
+    if (scale) { /* the node's copy: the stored version itself */
+        char hex[65], stored[4200];
+        hex_encode(base, 32, hex);
+        path(stored, sizeof stored, "%s/state/versions/%s/model.safetensors", run, hex);
+        if (link(stored, held_model) != 0) die("linking the held version");
+    }
 
     double seal_s = 0, submit_s = 0;
     size_t adapter = 0, env_total = 0;
@@ -398,17 +445,27 @@ int main(int argc, char **argv) {
     model *held_m = NULL;
     update *u = NULL;
     uint8_t h[32];
-    if (checkpoint_load(&held_m, held) < 0 || update_read(&u, upath, held_m) < 0 ||
-        update_apply(held_m, u) < 0 || checkpoint_save(held_m, made, "float32") < 0)
+    if (checkpoint_map(&held_m, held, MODEL_PRECISION_FP32) < 0 ||
+        update_read(&u, upath, held_m) < 0 || update_write_version(held_m, u, made, 1) < 0)
         die("low-rank sync");
     model_free(held_m);
     update_free(u);
     hash_file(made_model, h);
     if (memcmp(h, r2.base, 32) != 0) die("the version made from the update has another hash");
     double l2 = now_s();
+    struct rusage self;
+    getrusage(RUSAGE_SELF, &self);
+    double make_rss_mib = (double)self.ru_maxrss / 1024.0;
     /* The same version downloaded in full. */
-    uint64_t full_bytes = fetch(r2.base, full_model);
-    double full_s = now_s() - l2;
+    uint64_t full_bytes = total;
+    double full_s = 0;
+    if (scale) {
+        path(p, sizeof p, "rm -rf '%s'", made);
+        if (system(p) != 0) die("removing the made version");
+    } else {
+        full_bytes = fetch(r2.base, full_model);
+        full_s = now_s() - l2;
+    }
     if (ubytes != r2.update_size || full_bytes != total) die("object sizes");
 
     client_close(cl);
@@ -435,11 +492,25 @@ int main(int argc, char **argv) {
     printf("RESULT nodes=%d rank=%d params=%lld model_bytes=%llu adapter_bytes=%zu "
            "envelope_bytes=%zu start_s=%.2f sync_s=%.2f seal_s=%.3f submit_s=%.3f "
            "close_s=%.2f aggregate_s=%.3f publish_s=%.2f update_bytes=%llu lowrank_fetch_s=%.2f "
-           "lowrank_make_s=%.2f lowrank_s=%.2f full_s=%.2f peak_rss_mib=%.0f round_rss_mib=%.0f\n",
+           "lowrank_make_s=%.2f lowrank_s=%.2f full_s=%.2f peak_rss_mib=%.0f round_rss_mib=%.0f "
+           "idle_rss_mib=%.0f lowrank_make_rss_mib=%.0f dtype=%s\n",
            nodes, rank, model_config_num_params(&mc), (unsigned long long)total, adapter,
            env_total / (size_t)nodes, t_listen - t_start, sync_s, seal_s, submit_s, close_s, agg_s,
            pub_s, (unsigned long long)ubytes, l1 - l0, l2 - l1, l2 - l0, full_s,
-           (double)ru.ru_maxrss / 1024.0, (double)round_rss_kib / 1024.0);
+           (double)ru.ru_maxrss / 1024.0, (double)round_rss_kib / 1024.0,
+           (double)idle_rss_kib / 1024.0, make_rss_mib, mc.torch_dtype);
+    if (check_round > 0) {
+        double over = (double)(round_rss_kib - idle_rss_kib) * 1024.0;
+        double bound = check_round * (double)total + 2.0 * (double)ubytes;
+        printf("round memory above idle: %.1f MiB, bound %.1f MiB (%.2f x the %.1f MiB model + 2 x "
+               "the %.1f MiB update)\n",
+               over / 1048576, bound / 1048576, check_round, (double)total / 1048576,
+               (double)ubytes / 1048576);
+        if (over > bound) {
+            fprintf(stderr, "the aggregator's round took more memory than the bound\n");
+            return 1;
+        }
+    }
     free(ep);
     free(mem);
     model_free(m);

@@ -32,8 +32,7 @@ static int shape_config(const char *name, model_config *c) {
     if (strcmp(name, "gpt2-124m") == 0) return model_config_preset(c, "gpt2", "124m");
     if (strcmp(name, "qwen2.5-0.5b") == 0) {
         memset(c, 0, sizeof *c);
-        c->arch = MODEL_ARCH_LLAMA;
-        c->family = MODEL_FAMILY_QWEN2;
+        model_config_family(c, MODEL_FAMILY_QWEN2);
         c->vocab_size = 151936;
         c->hidden_size = 896;
         c->intermediate_size = 4864;

@@ -80,8 +80,7 @@ int main(int argc, char **argv) {
     }
     model_config c;
     memset(&c, 0, sizeof c);
-    c.arch = MODEL_ARCH_LLAMA;
-    c.family = MODEL_FAMILY_LLAMA;
+    model_config_family(&c, MODEL_FAMILY_LLAMA);
     c.vocab_size = 320;
     c.hidden_size = hidden;
     c.intermediate_size = hidden * 11 / 4; /* 2816 for 1024 */

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Real-size memory, measured as a user meets it: an 8B-shaped bf16 Llama
 # (bench/scale/llama-8b.json: hidden 4096, 32 layers, MLP 14336, 32/8
-# heads, vocab 128256) made by `fedlora init-model --config`, then the peak
-# resident memory (GNU time's %M, i.e. ru_maxrss) and wall time of
-# init-model, eval and train (batch 1 x 128, rank 16 on q, k, v, o, 2
-# steps) against the checkpoint's size. Not in CI: it writes 16 GB.
+# heads, vocab 128256) made by `fedlora init-model --config`, then
+#   - the peak resident memory (GNU time's %M, i.e. ru_maxrss) and wall time
+#     of init-model, eval and train (batch 1 x 128, rank 16 on q, k, v, o,
+#     2 steps: what a node's training holds) against the checkpoint's size;
+#   - a federated round on it (bench/aggregator/bench_aggregator --scale): a
+#     real aggregator imports the base, serves the full sync (its bytes
+#     counted), takes 3 members' rank-16 deltas on q, k, v, o, merges and
+#     publishes the bf16 version; a node's low-rank sync of it is made and
+#     checked (its peak memory measured). The members' deltas are random (no
+#     training: the training's memory is the row above).
+# Not in CI: it writes 16 GB files and needs ~50 GB free; the base is deleted
+# by the round (run init again for another pass).
 # Usage: bench/scale/run.sh [BUILD_DIR] [WORK_DIR] [PRECISION]
 set -euo pipefail
 build=$(realpath "${1:-build}")
@@ -36,3 +44,7 @@ measure train "$fl" train --model "$model" --data "$data" --seq 128 --batch 1 --
   --rank 16 --targets q_proj,k_proj,v_proj,o_proj --eval-fraction 0.1 --save-every 0 \
   --precision "$precision" --out "$work/adapter"
 grep -h "training on\|evaluating on" "$work"/eval.err "$work"/train.err || true
+# The round (consumes the base: see above).
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$build/bench/aggregator/bench_aggregator" \
+  --fedlora "$fl" --base "$model" --scale 1 --nodes 3 --rank 16 \
+  --targets q_proj,k_proj,v_proj,o_proj --dir "$work/round"

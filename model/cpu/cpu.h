@@ -196,6 +196,49 @@ void cpu_layernorm_apply(real *y, const real *x, const real *w, const real *b, c
 void cpu_layernorm_backward(real *dx, real *dw, real *db, const real *dy, const real *x,
                             const real *w, const real *mean, const real *rstd, int N, int C);
 
+/* The block's norms by kind (model_config's block.norm): the functions above
+ * on a model_norm's w (and b). mean is used by LayerNorm only. */
+void cpu_norm_forward(model_norm_kind kind, const model_norm *nm, real *y, real *mean, real *rstd,
+                      const real *x, int N, int C, double eps);
+void cpu_norm_apply(model_norm_kind kind, const model_norm *nm, real *y, const real *x,
+                    const real *mean, const real *rstd, int N, int C);
+void cpu_norm_backward(model_norm_kind kind, const model_norm *nm, real *dx, const real *dy,
+                       const real *x, const real *mean, const real *rstd, int N, int C);
+
+/* QK-norm (block.qk_norm != NONE): q (N, H·D) and k (N, KV·D), contiguous,
+ * = RMSNorm of q_raw, k_raw per head (HEAD) or per row (PROJ) with the
+ * layer's q_norm, k_norm weights; rstd holds cpu_qk_norm_rows(c, N) values
+ * (q's rows, then k's). q may be q_raw and k k_raw (in place). Backward:
+ * dq_raw, dk_raw += d/d(raw), the norms' weight gradients when wanted. */
+int cpu_qk_norm_rows(const model_config *c, int N);
+void cpu_qk_norm_forward(const model_config *c, const model_layer *L, real *q, real *k,
+                         const real *q_raw, const real *k_raw, real *rstd, int N);
+void cpu_qk_norm_backward(const model_config *c, const model_layer *L, real *dq_raw, real *dk_raw,
+                          const real *dq, const real *dk, const real *q_raw, const real *k_raw,
+                          const real *rstd, int N);
+
+/* ---- the MLP's activation (act.c) ---- */
+
+/* One layer's xIELU values as the formula uses them (act.c): softplus(alpha_p),
+ * beta + softplus(alpha_n), beta, eps (the CUDA backend uploads these). */
+void cpu_xielu_values(const model_xielu *p, real v[4]);
+/* xIELU (act.c has the formula) of n values with one layer's parameters. */
+void cpu_xielu_forward(real *y, const real *x, const model_xielu *p, int64_t n);
+/* dx = dy · xielu'(x) (dx may be dy), x (rows, F); adds the gradients of
+ * alpha_p and alpha_n where they have one, summed through sums (2·rows
+ * doubles of scratch) in an order that does not depend on the threads. */
+void cpu_xielu_backward(real *dx, const real *dy, const real *x, const model_xielu *p, int rows,
+                        int F, double *sums);
+/* down's input act (n values) from the MLP's pre-activations: GATED
+ * silu(fa) · fb, PLAIN act(fa) (gelu_new or xIELU with p). */
+void cpu_mlp_act_forward(const model_block *b, const model_xielu *p, real *act, const real *fa,
+                         const real *fb, int64_t n);
+/* Its backward over (rows, F): dfa (and dfb, GATED) from dact; dfa may be
+ * dact. sums: cpu_xielu_backward's scratch (xIELU). */
+void cpu_mlp_act_backward(const model_block *b, const model_xielu *p, real *dfa, real *dfb,
+                          const real *dact, const real *fa, const real *fb, int rows, int F,
+                          double *sums);
+
 /* ---- elementwise and lookups (ops.c) ---- */
 
 /* SwiGLU (Shazeer 2020): act = silu(g) · u, silu(g) = g · sigmoid(g). n values. */

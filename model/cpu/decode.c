@@ -11,8 +11,10 @@
  *
  *   x = embed[tok] (+ wpe[p] for GPT-2, p = len … len + n − 1)
  *   per layer: k, v of the new rows → cache rows [len, len + n);
- *              x += o(attn(q, cache keys and values [0, len + n)))
- *              x += mlp(norm2(x))
+ *              x += post(o(attn(q, cache keys and values [0, len + n))))
+ *              x += post(mlp(pre(x)))
+ *   (pre, post: the block's input and output norms, where it has them; q and
+ *   k through the QK-norm before RoPE, where it has one)
  *   logits = lm_head(norm_f(x of the last row))
  *
  * with the same kernels (model/cpu/cpu.h), so that its logits equal
@@ -52,9 +54,11 @@ struct model_kv_cache {
     real *rope_sin;    /* (max_T, D/2) */
     real *x;           /* (CHUNK, C) the residual stream of the chunk's rows */
     real *nbuf;        /* (CHUNK, C) a norm's output */
-    real *qkv;         /* (CHUNK, H·D) Llama q; GPT-2 (CHUNK, 3C) c_attn's q | k | v */
+    real *qkv;         /* (CHUNK, H·D) q; QKV_FUSED (CHUNK, 3C) c_attn's q | k | v */
+    real *qk_rstd;     /* (CHUNK · (H + KV)) QK-norm statistics, scratch */
     real *att;         /* (CHUNK, H·D) attention output, o's input */
-    real *fa, *fb;     /* (CHUNK, F) gate/c_fc output, then down's input in place; up */
+    real *sub;         /* (CHUNK, C) a sublayer's output before its post-norm */
+    real *fa, *fb;     /* (CHUNK, F) gate / up output, then down's input in place; up (GATED) */
     real *mean, *rstd; /* (CHUNK) norm row statistics */
     real *scores;      /* threads · CHUNK · max_T attention probabilities */
 };
@@ -74,18 +78,21 @@ static size_t decode_layout(model_kv_cache *c) {
     size_t R = DECODE_CHUNK, C = (size_t)g->hidden_size, F = (size_t)g->intermediate_size;
     size_t HD = (size_t)g->num_heads * g->head_dim, T = (size_t)c->max_T;
     size_t LTK = (size_t)g->num_layers * T * c->KVD;
-    int llama = g->arch == MODEL_ARCH_LLAMA;
+    const model_block *bk = &g->block;
+    int rope = bk->pos == MODEL_POS_ROPE, fused = bk->qkv == MODEL_QKV_FUSED;
     size_t used = 0;
     c->k = decode_carve(c, &used, LTK);
     c->v = decode_carve(c, &used, LTK);
-    c->rope_cos = llama ? decode_carve(c, &used, T * g->head_dim / 2) : NULL;
-    c->rope_sin = llama ? decode_carve(c, &used, T * g->head_dim / 2) : NULL;
+    c->rope_cos = rope ? decode_carve(c, &used, T * g->head_dim / 2) : NULL;
+    c->rope_sin = rope ? decode_carve(c, &used, T * g->head_dim / 2) : NULL;
     c->x = decode_carve(c, &used, R * C);
     c->nbuf = decode_carve(c, &used, R * C);
-    c->qkv = decode_carve(c, &used, R * (llama ? HD : 3 * C));
+    c->qkv = decode_carve(c, &used, R * (fused ? 3 * C : HD));
+    c->qk_rstd = bk->qk_norm ? decode_carve(c, &used, (size_t)cpu_qk_norm_rows(g, (int)R)) : NULL;
     c->att = decode_carve(c, &used, R * HD);
+    c->sub = bk->post_norm ? decode_carve(c, &used, R * C) : NULL;
     c->fa = decode_carve(c, &used, R * F);
-    c->fb = llama ? decode_carve(c, &used, R * F) : NULL;
+    c->fb = bk->mlp == MODEL_MLP_GATED ? decode_carve(c, &used, R * F) : NULL;
     c->mean = decode_carve(c, &used, R);
     c->rstd = decode_carve(c, &used, R);
     c->scores = decode_carve(c, &used, (size_t)c->threads * R * T);
@@ -96,7 +103,7 @@ int model_kv_cache_create(model_kv_cache **out, const model *m, int max_T) {
     *out = NULL;
     const model_config *g = &m->cfg;
     if (max_T <= 0) return err_set("KV cache for %d positions: it must hold at least one", max_T);
-    if (g->arch == MODEL_ARCH_GPT2 && max_T > g->max_position)
+    if (g->block.pos == MODEL_POS_LEARNED && max_T > g->max_position)
         return err_set("KV cache for %d positions: the model has only %d learned positions "
                        "(n_positions); ask for %d or fewer",
                        max_T, g->max_position, g->max_position);
@@ -226,15 +233,52 @@ static void decode_attention(const model_kv_cache *c, const real *q, int ldq, co
     }
 }
 
-/* y (n, C) = norm of the stream's n rows. */
-static void decode_norm(model_kv_cache *c, const model_param *w, const model_param *b, real *y,
-                        const real *x, int n) {
+/* y (n, C) = the norm nm of the stream's n rows x. */
+static void decode_norm(model_kv_cache *c, const model_norm *nm, real *y, const real *x, int n) {
     const model_config *g = &c->m->cfg;
-    if (g->arch == MODEL_ARCH_GPT2)
-        cpu_layernorm_forward(y, c->mean, c->rstd, x, w->data, b->data, n, g->hidden_size,
-                              g->norm_eps);
-    else
-        cpu_rmsnorm_forward(y, c->rstd, x, w->data, n, g->hidden_size, g->norm_eps);
+    cpu_norm_forward(g->block.norm, nm, y, c->mean, c->rstd, x, n, g->hidden_size, g->norm_eps);
+}
+
+/* c->x (n, C) += post(y), y (n, C) a sublayer's output, post its output norm
+ * (model_cpu.c's sublayer_forward). */
+static void decode_residual(model_kv_cache *c, const model_norm *post, const real *y, int n) {
+    int64_t m = (int64_t)n * c->m->cfg.hidden_size;
+    decode_norm(c, post, c->nbuf, y, n);
+    for (int64_t i = 0; i < m; i++) c->x[i] = c->nbuf[i] + c->x[i];
+}
+
+/* The attention sublayer's q (row stride *ldq) for the n rows of h at
+ * positions p0 …, their keys and values appended to the layer's cache rows
+ * [p0, p0 + n) (block_attn.c's forward). */
+static int decode_qkv(model_kv_cache *c, const model_layer *L, const real *h, real *Kn, real *Vn,
+                      int p0, int n, int *ldq) {
+    const model_config *g = &c->m->cfg;
+    model_precision prec = c->m->precision;
+    int C = g->hidden_size, D = g->head_dim, half = D / 2, KVD = c->KVD;
+    if (g->block.qkv == MODEL_QKV_FUSED) {
+        /* c_attn (n, 3C): column thirds q | k | v; k and v move to the cache. */
+        TRY(cpu_linear_forward(prec, &L->qkv, h, c->qkv, n, 0));
+        for (int i = 0; i < n; i++) {
+            const real *row = c->qkv + (size_t)i * 3 * C;
+            memcpy(Kn + (size_t)i * KVD, row + C, (size_t)C * sizeof(real));
+            memcpy(Vn + (size_t)i * KVD, row + 2 * C, (size_t)C * sizeof(real));
+        }
+        *ldq = 3 * C;
+    } else {
+        TRY(cpu_linear_forward(prec, &L->q, h, c->qkv, n, 0));
+        TRY(cpu_linear_forward(prec, &L->k, h, Kn, n, 0));
+        TRY(cpu_linear_forward(prec, &L->v, h, Vn, n, 0));
+        /* the n new rows are contiguous in the cache (stride KV·D): normalized in place */
+        if (g->block.qk_norm) cpu_qk_norm_forward(g, L, c->qkv, Kn, c->qkv, Kn, c->qk_rstd, n);
+        *ldq = g->num_heads * D;
+    }
+    if (g->block.pos == MODEL_POS_ROPE) {
+        /* The tables from position p0 on: row i of these n rows is at p0 + i. */
+        const real *cs = c->rope_cos + (size_t)p0 * half, *sn = c->rope_sin + (size_t)p0 * half;
+        cpu_rope_apply(c->qkv, *ldq, n, n, g->num_heads, D, cs, sn, 0);
+        cpu_rope_apply(Kn, KVD, n, n, g->num_kv_heads, D, cs, sn, 0);
+    }
+    return 0;
 }
 
 /* Layer l for the n rows in c->x, at positions p0 …; appends their keys and
@@ -243,55 +287,49 @@ static int decode_layer(model_kv_cache *c, int l, int p0, int n) {
     const model_config *g = &c->m->cfg;
     const model_layer *L = &c->m->layers[l];
     model_precision prec = c->m->precision;
-    int C = g->hidden_size, F = g->intermediate_size, D = g->head_dim, half = D / 2;
-    int HD = g->num_heads * D, KVD = c->KVD;
+    int F = g->intermediate_size, KVD = c->KVD, ldq;
     size_t layer = (size_t)l * c->max_T * KVD;
     real *K = c->k + layer, *V = c->v + layer;
     real *Kn = K + (size_t)p0 * KVD, *Vn = V + (size_t)p0 * KVD; /* the new rows */
-    const real *q;
-    int ldq;
+    const real *h;
 
-    /* attention block */
-    decode_norm(c, L->norm1_w, L->norm1_b, c->nbuf, c->x, n);
-    if (g->arch == MODEL_ARCH_LLAMA) {
-        TRY(cpu_linear_forward(prec, &L->q, c->nbuf, c->qkv, n, 0));
-        TRY(cpu_linear_forward(prec, &L->k, c->nbuf, Kn, n, 0));
-        TRY(cpu_linear_forward(prec, &L->v, c->nbuf, Vn, n, 0));
-        /* The tables from position p0 on: row i of these n rows is at p0 + i. */
-        const real *cs = c->rope_cos + (size_t)p0 * half, *sn = c->rope_sin + (size_t)p0 * half;
-        cpu_rope_apply(c->qkv, HD, n, n, g->num_heads, D, cs, sn, 0);
-        cpu_rope_apply(Kn, KVD, n, n, g->num_kv_heads, D, cs, sn, 0);
-        q = c->qkv;
-        ldq = HD;
-    } else {
-        /* c_attn (n, 3C): column thirds q | k | v; k and v move to the cache. */
-        TRY(cpu_linear_forward(prec, &L->qkv, c->nbuf, c->qkv, n, 0));
-        for (int i = 0; i < n; i++) {
-            const real *row = c->qkv + (size_t)i * 3 * C;
-            memcpy(Kn + (size_t)i * KVD, row + C, (size_t)C * sizeof(real));
-            memcpy(Vn + (size_t)i * KVD, row + 2 * C, (size_t)C * sizeof(real));
-        }
-        q = c->qkv;
-        ldq = 3 * C;
+    /* attention sublayer */
+    h = c->x;
+    if (L->attn_in.w) {
+        decode_norm(c, &L->attn_in, c->nbuf, c->x, n);
+        h = c->nbuf;
     }
+    TRY(decode_qkv(c, L, h, Kn, Vn, p0, n, &ldq));
     if (n == 1 && g->num_heads > g->num_kv_heads && g->num_heads / g->num_kv_heads <= DECODE_CHUNK)
-        decode_attention_one(c, q, K, V, p0, c->att);
+        decode_attention_one(c, c->qkv, K, V, p0, c->att);
     else
-        decode_attention(c, q, ldq, K, V, p0, n, c->att);
-    TRY(cpu_linear_forward(prec, &L->o, c->att, c->x, n, 1));
-
-    /* MLP block */
-    decode_norm(c, L->norm2_w, L->norm2_b, c->nbuf, c->x, n);
-    if (g->arch == MODEL_ARCH_LLAMA) {
-        TRY(cpu_linear_forward(prec, &L->gate, c->nbuf, c->fa, n, 0));
-        TRY(cpu_linear_forward(prec, &L->up, c->nbuf, c->fb, n, 0));
-        cpu_swiglu_forward(c->fa, c->fa, c->fb, (int64_t)n * F);
+        decode_attention(c, c->qkv, ldq, K, V, p0, n, c->att);
+    if (L->attn_out.w) {
+        TRY(cpu_linear_forward(prec, &L->o, c->att, c->sub, n, 0));
+        decode_residual(c, &L->attn_out, c->sub, n);
     } else {
-        TRY(cpu_linear_forward(prec, &L->up, c->nbuf, c->fa, n, 0));
-        cpu_gelu_forward(c->fa, c->fa, (int64_t)n * F);
+        TRY(cpu_linear_forward(prec, &L->o, c->att, c->x, n, 1));
     }
-    TRY(cpu_linear_forward(prec, &L->down, c->fa, c->x, n, 1));
-    return 0;
+
+    /* MLP sublayer */
+    h = c->x;
+    if (L->mlp_in.w) {
+        decode_norm(c, &L->mlp_in, c->nbuf, c->x, n);
+        h = c->nbuf;
+    }
+    if (g->block.mlp == MODEL_MLP_GATED) {
+        TRY(cpu_linear_forward(prec, &L->gate, h, c->fa, n, 0));
+        TRY(cpu_linear_forward(prec, &L->up, h, c->fb, n, 0));
+    } else {
+        TRY(cpu_linear_forward(prec, &L->up, h, c->fa, n, 0));
+    }
+    cpu_mlp_act_forward(&g->block, &L->xielu, c->fa, c->fa, c->fb, (int64_t)n * F);
+    if (L->mlp_out.w) {
+        TRY(cpu_linear_forward(prec, &L->down, c->fa, c->sub, n, 0));
+        decode_residual(c, &L->mlp_out, c->sub, n);
+        return 0;
+    }
+    return cpu_linear_forward(prec, &L->down, c->fa, c->x, n, 1);
 }
 
 /* ---- the step ---------------------------------------------------------------------- */
@@ -328,7 +366,7 @@ int model_decode(const model *m, model_kv_cache *c, const int32_t *tokens, int n
 
     /* The head on the last row only: one (1, C) norm and one (1, C)·(C, V). */
     const real *last = c->x + (size_t)(rows - 1) * C;
-    decode_norm(c, m->norm_f_w, m->norm_f_b, c->nbuf, last, 1);
+    decode_norm(c, &m->norm_f, c->nbuf, last, 1);
     model_linear head = {.w = m->lm_head, .in = C, .out = V};
     return cpu_linear_forward(m->precision, &head, c->nbuf, logits_out, 1, 0);
 }

@@ -1,4 +1,5 @@
-/* norm.c — RMSNorm and LayerNorm, forward and backward, one row per token.
+/* norm.c — RMSNorm and LayerNorm, forward and backward, one row per token;
+ * the block's norms by kind, and QK-norm over heads or projections.
  *
  * Row statistics are summed in double. Backward (x̂ = normalized x, g = dy·w):
  *   RMSNorm:   dx = rstd · (g − x̂ · mean(g·x̂))
@@ -124,4 +125,71 @@ void cpu_layernorm_backward(real *dx, real *dw, real *db, const real *dy, const 
             }
         }
     }
+}
+
+/* ---- by the block's norm kind ------------------------------------------------ */
+
+void cpu_norm_forward(model_norm_kind kind, const model_norm *nm, real *y, real *mean, real *rstd,
+                      const real *x, int N, int C, double eps) {
+    if (kind == MODEL_NORM_LAYER)
+        cpu_layernorm_forward(y, mean, rstd, x, nm->w->data, nm->b->data, N, C, eps);
+    else
+        cpu_rmsnorm_forward(y, rstd, x, nm->w->data, N, C, eps);
+}
+
+void cpu_norm_apply(model_norm_kind kind, const model_norm *nm, real *y, const real *x,
+                    const real *mean, const real *rstd, int N, int C) {
+    if (kind == MODEL_NORM_LAYER)
+        cpu_layernorm_apply(y, x, nm->w->data, nm->b->data, mean, rstd, N, C);
+    else
+        cpu_rmsnorm_apply(y, x, nm->w->data, rstd, N, C);
+}
+
+void cpu_norm_backward(model_norm_kind kind, const model_norm *nm, real *dx, const real *dy,
+                       const real *x, const real *mean, const real *rstd, int N, int C) {
+    if (kind == MODEL_NORM_LAYER)
+        cpu_layernorm_backward(dx, nm->w->grad, nm->b->grad, dy, x, nm->w->data, mean, rstd, N, C);
+    else
+        cpu_rmsnorm_backward(dx, nm->w->grad, dy, x, nm->w->data, rstd, N, C);
+}
+
+/* ---- QK-norm: RMSNorm rows of the projected q (N, H·D) and k (N, KV·D) -------
+ * HEAD: every head's D values are a row (N·H rows of D, weight (D));
+ * PROJ: every token's whole projection is a row (N rows of H·D, weight (H·D)).
+ * Both matrices are contiguous, so either view is a plain (rows, width). */
+
+static void qk_rows(const model_config *c, int heads, int N, int *rows, int *width) {
+    int head = c->block.qk_norm == MODEL_QK_NORM_HEAD;
+    *rows = head ? N * heads : N;
+    *width = head ? c->head_dim : heads * c->head_dim;
+}
+
+int cpu_qk_norm_rows(const model_config *c, int N) {
+    int rq, rk, w;
+    qk_rows(c, c->num_heads, N, &rq, &w);
+    qk_rows(c, c->num_kv_heads, N, &rk, &w);
+    return rq + rk;
+}
+
+void cpu_qk_norm_forward(const model_config *c, const model_layer *L, real *q, real *k,
+                         const real *q_raw, const real *k_raw, real *rstd, int N) {
+    int rows, width;
+    qk_rows(c, c->num_heads, N, &rows, &width);
+    cpu_rmsnorm_forward(q, rstd, q_raw, L->q_norm.w->data, rows, width, c->norm_eps);
+    rstd += rows;
+    qk_rows(c, c->num_kv_heads, N, &rows, &width);
+    cpu_rmsnorm_forward(k, rstd, k_raw, L->k_norm.w->data, rows, width, c->norm_eps);
+}
+
+void cpu_qk_norm_backward(const model_config *c, const model_layer *L, real *dq_raw, real *dk_raw,
+                          const real *dq, const real *dk, const real *q_raw, const real *k_raw,
+                          const real *rstd, int N) {
+    int rows, width;
+    qk_rows(c, c->num_heads, N, &rows, &width);
+    cpu_rmsnorm_backward(dq_raw, L->q_norm.w->grad, dq, q_raw, L->q_norm.w->data, rstd, rows,
+                         width);
+    rstd += rows;
+    qk_rows(c, c->num_kv_heads, N, &rows, &width);
+    cpu_rmsnorm_backward(dk_raw, L->k_norm.w->grad, dk, k_raw, L->k_norm.w->data, rstd, rows,
+                         width);
 }

@@ -12,13 +12,16 @@
 
 #include "util/err.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
 /* The last widened tile of this thread: reused while the same GEMM asks for
  * the same block again (its other row tiles), rebuilt otherwise. Kept per
  * thread for the life of the thread, sized for the largest tile seen (at
- * most CPU_TILE x CPU_KTILE values, 8 MiB). */
+ * most CPU_TILE x CPU_KTILE values, 8 MiB), and freed when the thread ends
+ * (a pthread key's destructor: OpenMP ends pool threads when a team
+ * shrinks, and a _Thread_local pointer alone would leak their buffers). */
 typedef struct {
     real *buf;
     size_t cap;
@@ -28,6 +31,13 @@ typedef struct {
 
 static _Thread_local tile_cache wg_tile;
 static _Atomic uint64_t wg_calls;
+static pthread_key_t wg_key;
+static pthread_once_t wg_key_once = PTHREAD_ONCE_INIT;
+static int wg_key_ok;
+
+static void wg_key_make(void) {
+    wg_key_ok = pthread_key_create(&wg_key, free) == 0;
+}
 
 /* buf (k1 − k0, n1 − n0) or (n1 − n0, k1 − k0) = the block of W (out, in)
  * behind op(W)[k0:k1, n0:n1]: W's rows n0..n1, columns k0..k1 when op(W) =
@@ -60,6 +70,14 @@ const real *cpu_bsrc_tile(const cpu_bsrc *b, int64_t n0, int64_t n1, int64_t k0,
         if (!nb) return NULL;
         t->buf = nb;
         t->cap = need;
+        /* the key's value is what its destructor frees at the thread's end */
+        pthread_once(&wg_key_once, wg_key_make);
+        if (!wg_key_ok || pthread_setspecific(wg_key, nb) != 0) {
+            free(nb);
+            t->buf = NULL;
+            t->cap = 0;
+            return NULL;
+        }
     }
     widen_block(b->w, b->transB, n0, n1, k0, k1, t->buf);
     t->call = b->call;

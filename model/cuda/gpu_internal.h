@@ -35,10 +35,22 @@ typedef struct {
 /* The linears of a block in lora.c's order. */
 #define GPU_BLOCK_LINEARS 8
 
+/* A norm's weight and bias, fp32 (b: LayerNorm only); w NULL: no such norm. */
 typedef struct {
-    float *norm1_w, *norm1_b, *norm2_w, *norm2_b; /* (C); b: LayerNorm only */
+    float *w, *b;
+} gpu_norm;
+
+/* model_layer's pieces (model/model.h), uploaded. */
+typedef struct {
+    gpu_norm attn_in, attn_out, mlp_in, mlp_out; /* (C) */
+    gpu_norm q_norm, k_norm;                     /* (D), or (H·D) and (KV·D) */
     gpu_linear q, k, v, qkv, o, gate, up, down;
+    gpu_xielu xielu; /* ACT_XIELU */
 } gpu_layer;
+
+/* Norm slots per layer (model/cpu/acts.h's ACTS_NORM_*): the statistics of
+ * layer l's norm k are slot GPU_NORMS · l + k, the final norm's GPU_NORMS · L. */
+#define GPU_NORMS 4
 
 typedef struct {
     char path[LORA_PATH_MAX];
@@ -65,7 +77,7 @@ struct gpu_model {
 
     /* frozen base */
     void *wte, *wpe, *lm_head; /* (V, C), (max_position, C) GPT-2 only, (V, C) maybe == wte */
-    float *normf_w, *normf_b;
+    gpu_norm norm_f;
     gpu_layer *layers;
     float *rope_cos, *rope_sin; /* (T, D/2), Llama family */
 
@@ -86,13 +98,21 @@ struct gpu_model {
     /* activations (see gpu_model.c) */
     int32_t *d_tokens, *d_targets;
     float *resid;      /* (2L+1, N, C) */
-    float *norm_mean;  /* (2L+1, N), GPT-2 only */
-    float *norm_rstd;  /* (2L+1, N) */
+    float *norm_mean;  /* (GPU_NORMS·L+1, N), LayerNorm only */
+    float *norm_rstd;  /* (GPU_NORMS·L+1, N) */
     void *qkv;         /* (L, N·W) */
+    int QK, QKR;       /* QK-norm: q|k values and statistics per row (model/cpu/acts.h) */
+    float *qk_raw;     /* (L, N·QK) q|k before QK-norm, fp32 */
+    float *qk_rstd;    /* (L, N·QKR) */
+    float *dqk32;      /* (N·QK) d(q|k) after RoPE's backward in fp32 (bf16 mode) */
+    float *dqk_raw;    /* (N·QK) d(q|k before QK-norm) */
+    void *dqk_t;       /* (N·QK) the same in the GEMM type (bf16 mode; else == dqk_raw) */
+    float *sub_out;    /* (L, 2, N, C) sublayer outputs before a post-norm */
+    float *dsub;       /* (N, C) d(sublayer output) through a post-norm */
     float *att_lse;    /* (L, B, H, T) */
     float *att_delta;  /* (B, H, T) backward scratch */
     void *att;         /* (L, N, H·D) */
-    void *fc_a, *fc_b; /* (L, N, F); fc_b Llama only */
+    void *fc_a, *fc_b; /* (L, N, F); fc_b gated MLPs only */
     void *act;         /* (N, F) down's input */
     void *nbuf;        /* (N, C) a norm's output */
     void *xf;          /* (N, C) the final norm's output */
@@ -120,6 +140,37 @@ struct gpu_model {
     void *nccl; /* ncclComm_t */
     int rank, world;
 };
+
+/* ---- gpu_model.c, for gpu_block.c ---- */
+
+/* y (N, out) of type yt = x Wᵀ + b, or += when accumulate; then the adapter. */
+int gpu_linear_forward(gpu_model *g, const gpu_linear *l, const void *x, void *y, gpu_dtype yt,
+                       int accumulate);
+/* dx (N, in) of type dxt = dy W (+= when accumulate), plus the adapter's term
+ * and gradients. The base weight is frozen: no dW, no db. */
+int gpu_linear_backward(gpu_model *g, const gpu_linear *l, const void *x, const void *dy, void *dx,
+                        gpu_dtype dxt, int accumulate);
+
+/* ---- gpu_block.c: the blocks (model/cpu/model_cpu.c's graph) ---- */
+
+/* Element index of a buffer of the GEMM type. */
+static inline void *gpu_elem(const gpu_model *g, void *base, size_t index) {
+    return (char *)base + index * gpu_dtype_size(g->dt);
+}
+static inline float *gpu_resid(const gpu_model *g, int point) {
+    return g->resid + (size_t)point * g->N * g->cfg.hidden_size;
+}
+/* Every block over g->N rows (point 0 already embedded) → point 2L. */
+int gpu_blocks_forward(gpu_model *g);
+/* dresid holds d/d(point 2L) and becomes d/d(point 0). */
+int gpu_blocks_backward(gpu_model *g);
+/* The final norm: xf = norm_f(point 2L); backward dresid += from dnorm. */
+int gpu_final_norm_forward(gpu_model *g);
+int gpu_final_norm_backward(gpu_model *g);
+/* gpu_decode's blocks: the n = g->N new rows at positions pos … (B = 1),
+ * their keys and values written into the cache rows of qkv (gpu_model.c's
+ * "generation" section). */
+int gpu_blocks_decode(gpu_model *g, int pos);
 
 /* Makes g's device current. */
 int gpu_use(gpu_model *g);

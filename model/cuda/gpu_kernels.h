@@ -98,6 +98,23 @@ cudaError_t gpu_gelu_forward(void *y, const void *x, gpu_dtype t, int64_t n, cud
 cudaError_t gpu_gelu_backward(void *dx, const void *dy, const void *x, gpu_dtype t, int64_t n,
                               cudaStream_t stream);
 
+/* ---- the block options' kernels (gpu_block_kernels.cu) --------------------------- */
+
+/* xIELU's values of one layer with softplus applied (model/cpu/act.c):
+ * ap = softplus(alpha_p), an = beta + softplus(alpha_n). */
+typedef struct {
+    float ap, an, beta, eps;
+} gpu_xielu;
+
+/* y = xielu(x), n values of type t (y may be x). */
+cudaError_t gpu_xielu_forward(void *y, const void *x, gpu_dtype t, int64_t n, const gpu_xielu *k,
+                              cudaStream_t stream);
+/* dx = dy · xielu'(x) (dx may be dy). No gradient for the frozen values. */
+cudaError_t gpu_xielu_backward(void *dx, const void *dy, const void *x, gpu_dtype t, int64_t n,
+                               const gpu_xielu *k, cudaStream_t stream);
+/* y += x, n fp32 values (a post-norm's residual add). */
+cudaError_t gpu_add_f32(float *y, const float *x, int64_t n, cudaStream_t stream);
+
 /* ---- rotary embedding: in place on x of type t, cpu_rope_apply's contract;
  * cos_t, sin_t (T, D/2) fp32 from cpu_rope_table. ---- */
 cudaError_t gpu_rope(void *x, gpu_dtype t, int ld, int N, int T, int nheads, int D,

@@ -1,11 +1,10 @@
 /* gpu_model.c — the model on the GPU: upload, forward, backward, LoRA.
  *
  * The same graph as model/cpu/model_cpu.c, step for step (see its header for
- * the formulas), with the same buffers: the residual stream at every point,
- * the norms' row statistics, q|k|v after RoPE, the attention's output and
- * log-sum-exps, the MLP's pre-activations, per layer; the linears' normalized
- * inputs and down's input recomputed in backward when an adapter needs them.
- * Differences:
+ * the formulas; the blocks are gpu_block.c), with the same buffers: the residual stream at every
+ * point, the norms' row statistics, q|k|v after RoPE, the attention's output and log-sum-exps, the
+ * MLP's pre-activations, per layer; the linears' normalized inputs and down's input recomputed in
+ * backward when an adapter needs them. Differences:
  *   - GEMM operands (weights, activations, LoRA's copies) are bf16 in bf16
  *     mode; the residual stream, statistics and dx sums stay fp32;
  *   - the LM head and the cross-entropy run over chunks of head_rows rows:
@@ -146,6 +145,11 @@ static int upload_f32(gpu_model *g, float **dst, const model_param *p) {
     return upload_param(g, (void **)dst, p, GPU_F32);
 }
 
+static int upload_norm(gpu_model *g, gpu_norm *d, const model_norm *n) {
+    OK(upload_f32(g, &d->w, n->w));
+    return upload_f32(g, &d->b, n->b);
+}
+
 static int upload_linear(gpu_model *g, gpu_linear *d, const model_linear *l) {
     d->lora = -1;
     if (!l->w) return 0;
@@ -231,23 +235,40 @@ static int upload_lora(gpu_model *g, const model *m, const lora_set *s) {
 /* Every activation buffer (the layout of model_cpu.c's acts_layout). */
 static int alloc_acts(gpu_model *g) {
     const model_config *c = &g->cfg;
+    const model_block *bk = &c->block;
     size_t N = (size_t)g->N, C = (size_t)c->hidden_size, L = (size_t)c->num_layers;
     size_t F = (size_t)c->intermediate_size, V = (size_t)c->vocab_size;
     size_t HD = (size_t)c->num_heads * c->head_dim, W = (size_t)g->W, P = 2 * L + 1;
+    size_t S = GPU_NORMS * L + 1; /* norm slots */
     size_t ts = gpu_dtype_size(g->dt), f4 = sizeof(float);
     size_t bht = (size_t)g->B * c->num_heads * g->T;
-    int llama = c->arch == MODEL_ARCH_LLAMA;
+    int gated = bk->mlp == MODEL_MLP_GATED;
     OK(gpu_alloc(g, (void **)&g->d_tokens, N * sizeof(int32_t)));
     OK(gpu_alloc(g, (void **)&g->d_targets, N * sizeof(int32_t)));
     OK(gpu_alloc(g, (void **)&g->resid, P * N * C * f4));
-    if (!llama) OK(gpu_alloc(g, (void **)&g->norm_mean, P * N * f4));
-    OK(gpu_alloc(g, (void **)&g->norm_rstd, P * N * f4));
+    if (bk->norm == MODEL_NORM_LAYER) OK(gpu_alloc(g, (void **)&g->norm_mean, S * N * f4));
+    OK(gpu_alloc(g, (void **)&g->norm_rstd, S * N * f4));
     OK(gpu_alloc(g, &g->qkv, L * N * W * ts));
+    if (g->QK) {
+        OK(gpu_alloc(g, (void **)&g->qk_raw, L * N * g->QK * f4));
+        OK(gpu_alloc(g, (void **)&g->qk_rstd, L * N * g->QKR * f4));
+        OK(gpu_alloc(g, (void **)&g->dqk_raw, N * g->QK * f4));
+        if (g->dt != GPU_F32) {
+            OK(gpu_alloc(g, (void **)&g->dqk32, N * g->QK * f4));
+            OK(gpu_alloc(g, &g->dqk_t, N * g->QK * ts));
+        } else {
+            g->dqk_t = g->dqk_raw;
+        }
+    }
+    if (bk->post_norm) {
+        OK(gpu_alloc(g, (void **)&g->sub_out, L * 2 * N * C * f4));
+        OK(gpu_alloc(g, (void **)&g->dsub, N * C * f4));
+    }
     OK(gpu_alloc(g, (void **)&g->att_lse, L * bht * f4));
     OK(gpu_alloc(g, (void **)&g->att_delta, bht * f4));
     OK(gpu_alloc(g, &g->att, L * N * HD * ts));
     OK(gpu_alloc(g, &g->fc_a, L * N * F * ts));
-    if (llama) OK(gpu_alloc(g, &g->fc_b, L * N * F * ts));
+    if (gated) OK(gpu_alloc(g, &g->fc_b, L * N * F * ts));
     OK(gpu_alloc(g, &g->act, N * F * ts));
     OK(gpu_alloc(g, &g->nbuf, N * C * ts));
     OK(gpu_alloc(g, &g->xf, N * C * ts));
@@ -275,7 +296,7 @@ static int alloc_acts(gpu_model *g) {
     OK(gpu_alloc(g, &g->datt, N * HD * ts));
     OK(gpu_alloc(g, &g->dqkv, N * W * ts));
     OK(gpu_alloc(g, &g->dfa, N * F * ts));
-    if (llama) OK(gpu_alloc(g, &g->dfb, N * F * ts));
+    if (gated) OK(gpu_alloc(g, &g->dfb, N * F * ts));
     OK(gpu_alloc(g, (void **)&g->d_partials, GPU_SUMSQ_BLOCKS * sizeof(double)));
     g->h_row_loss = malloc(N * sizeof *g->h_row_loss);
     g->h_partials = malloc(GPU_SUMSQ_BLOCKS * sizeof *g->h_partials);
@@ -294,21 +315,27 @@ static int upload(gpu_model *g, const model *m, const lora_set *s) {
         g->lm_head = g->wte;
     else
         OK(upload_param(g, &g->lm_head, m->lm_head, g->dt));
-    OK(upload_f32(g, &g->normf_w, m->norm_f_w));
-    OK(upload_f32(g, &g->normf_b, m->norm_f_b));
+    OK(upload_norm(g, &g->norm_f, &m->norm_f));
     g->layers = calloc((size_t)c->num_layers, sizeof *g->layers);
     if (!g->layers) return err_set("out of memory for the GPU model's layers");
     for (int l = 0; l < c->num_layers; l++) {
         const model_layer *L = &m->layers[l];
         gpu_layer *G = &g->layers[l];
-        OK(upload_f32(g, &G->norm1_w, L->norm1_w));
-        OK(upload_f32(g, &G->norm1_b, L->norm1_b));
-        OK(upload_f32(g, &G->norm2_w, L->norm2_w));
-        OK(upload_f32(g, &G->norm2_b, L->norm2_b));
+        OK(upload_norm(g, &G->attn_in, &L->attn_in));
+        OK(upload_norm(g, &G->attn_out, &L->attn_out));
+        OK(upload_norm(g, &G->mlp_in, &L->mlp_in));
+        OK(upload_norm(g, &G->mlp_out, &L->mlp_out));
+        OK(upload_norm(g, &G->q_norm, &L->q_norm));
+        OK(upload_norm(g, &G->k_norm, &L->k_norm));
+        if (c->block.act == MODEL_ACT_XIELU) {
+            real v[4];
+            cpu_xielu_values(&L->xielu, v);
+            G->xielu = (gpu_xielu){v[0], v[1], v[2], v[3]};
+        }
         for (int j = 0; j < GPU_BLOCK_LINEARS; j++)
             OK(upload_linear(g, gpu_slot(G, j), cpu_slot(L, j)));
     }
-    if (c->arch == MODEL_ARCH_LLAMA) {
+    if (c->block.pos == MODEL_POS_ROPE) {
         size_t n = (size_t)g->T * (c->head_dim / 2);
         float *ct = malloc(2 * n * sizeof *ct);
         if (!ct) return err_set("out of memory for the RoPE table");
@@ -341,7 +368,7 @@ int gpu_model_upload(gpu_model **out, const model *m, const lora_set *s, const g
         return err_set("GPU batch %d x sequence %d: both must be positive and their product "
                        "moderate",
                        o->batch, o->seq);
-    if (c->arch == MODEL_ARCH_GPT2 && o->seq > c->max_position)
+    if (c->block.pos == MODEL_POS_LEARNED && o->seq > c->max_position)
         return err_set("sequence length %d exceeds the model's %d learned positions "
                        "(n_positions); use --seq %d or less",
                        o->seq, c->max_position, c->max_position);
@@ -365,6 +392,10 @@ int gpu_model_upload(gpu_model **out, const model *m, const lora_set *s, const g
     g->T = o->seq;
     g->N = o->batch * o->seq;
     g->W = (c->num_heads + 2 * c->num_kv_heads) * c->head_dim;
+    if (c->block.qk_norm != MODEL_QK_NORM_NONE) {
+        g->QK = (c->num_heads + c->num_kv_heads) * c->head_dim;
+        g->QKR = cpu_qk_norm_rows(c, 1);
+    }
     g->dt = o->precision == GPU_PRECISION_BF16 ? GPU_BF16 : GPU_F32;
     g->device = o->device;
     g->world = 1;
@@ -547,9 +578,8 @@ static int lora_backward(gpu_model *g, gpu_lora *l, const void *x, const void *d
 
 /* ---- linears -------------------------------------------------------------------------- */
 
-/* y (N, out) of type yt = x Wᵀ + b, or += when accumulate; then the adapter. */
-static int linear_forward(gpu_model *g, const gpu_linear *l, const void *x, void *y, gpu_dtype yt,
-                          int accumulate) {
+int gpu_linear_forward(gpu_model *g, const gpu_linear *l, const void *x, void *y, gpu_dtype yt,
+                       int accumulate) {
     float beta = accumulate ? 1 : 0;
     if (l->b) {
         CU(gpu_add_bias(y, yt, l->b, g->N, l->out, accumulate, g->stream));
@@ -561,152 +591,12 @@ static int linear_forward(gpu_model *g, const gpu_linear *l, const void *x, void
     return 0;
 }
 
-/* dx (N, in) of type dxt = dy W (+= when accumulate), plus the adapter's term
- * and gradients. The base weight is frozen: no dW, no db. */
-static int linear_backward(gpu_model *g, const gpu_linear *l, const void *x, const void *dy,
-                           void *dx, gpu_dtype dxt, int accumulate) {
+int gpu_linear_backward(gpu_model *g, const gpu_linear *l, const void *x, const void *dy, void *dx,
+                        gpu_dtype dxt, int accumulate) {
     OK(gpu_gemm(g->blas, 0, 0, g->N, l->in, l->out, 1, dy, l->out, l->w, l->in, g->dt,
                 accumulate ? 1 : 0, dx, l->in, dxt));
     if (l->lora >= 0) OK(lora_backward(g, &g->lora[l->lora], x, dy, dx, dxt));
     return 0;
-}
-
-/* ---- views ------------------------------------------------------------------------------ */
-
-static float *resid_at(const gpu_model *g, int point) {
-    return g->resid + (size_t)point * g->N * g->cfg.hidden_size;
-}
-
-static void *elem(const gpu_model *g, void *base, size_t index) {
-    return (char *)base + index * gpu_dtype_size(g->dt);
-}
-
-/* A layer's q, k, v inside its N·W block: Llama three contiguous matrices,
- * GPT-2 the column thirds of one (N, 3C) matrix (model_cpu.c's qkv_at). */
-typedef struct {
-    void *q, *k, *v;
-    int ldq, ldk, ldv;
-} qkv_view;
-
-static qkv_view qkv_at(const gpu_model *g, void *base) {
-    const model_config *c = &g->cfg;
-    int HD = c->num_heads * c->head_dim, KVD = c->num_kv_heads * c->head_dim;
-    if (c->arch == MODEL_ARCH_GPT2)
-        return (qkv_view){base, elem(g, base, HD), elem(g, base, 2 * (size_t)HD), g->W, g->W, g->W};
-    return (qkv_view){
-        base, elem(g, base, (size_t)g->N * HD), elem(g, base, (size_t)g->N * (HD + KVD)), HD, KVD,
-        KVD};
-}
-
-static size_t layer_off(const gpu_model *g, int l, size_t per_row) {
-    return (size_t)l * g->N * per_row;
-}
-
-static gpu_attn_shape attn_shape(const gpu_model *g) {
-    const model_config *c = &g->cfg;
-    return (gpu_attn_shape){.B = g->B,
-                            .T = g->T,
-                            .H = c->num_heads,
-                            .KV = c->num_kv_heads,
-                            .D = c->head_dim,
-                            .window = c->sliding_window,
-                            .scale = (float)(1.0 / sqrt((double)c->head_dim)),
-                            .impl = g->opt.simt_attention ? GPU_ATTN_SIMT : GPU_ATTN_AUTO};
-}
-
-/* ---- norms: norm index p normalizes resid point p ----------------------------------------- */
-
-static int norm_forward(gpu_model *g, int p, const float *w, const float *b, void *y) {
-    const model_config *c = &g->cfg;
-    float *rstd = g->norm_rstd + (size_t)p * g->N;
-    if (c->arch == MODEL_ARCH_GPT2)
-        CU(gpu_layernorm_forward(y, g->dt, g->norm_mean + (size_t)p * g->N, rstd, resid_at(g, p), w,
-                                 b, g->N, c->hidden_size, c->norm_eps, g->stream));
-    else
-        CU(gpu_rmsnorm_forward(y, g->dt, rstd, resid_at(g, p), w, g->N, c->hidden_size, c->norm_eps,
-                               g->stream));
-    return 0;
-}
-
-static int norm_apply(gpu_model *g, int p, const float *w, const float *b, void *y) {
-    const model_config *c = &g->cfg;
-    const float *rstd = g->norm_rstd + (size_t)p * g->N;
-    if (c->arch == MODEL_ARCH_GPT2)
-        CU(gpu_layernorm_apply(y, g->dt, resid_at(g, p), w, b, g->norm_mean + (size_t)p * g->N,
-                               rstd, g->N, c->hidden_size, g->stream));
-    else
-        CU(gpu_rmsnorm_apply(y, g->dt, resid_at(g, p), w, rstd, g->N, c->hidden_size, g->stream));
-    return 0;
-}
-
-/* dresid += d(norm)/dx · dy (fp32). */
-static int norm_backward(gpu_model *g, int p, const float *w, const float *dy) {
-    const model_config *c = &g->cfg;
-    const float *rstd = g->norm_rstd + (size_t)p * g->N;
-    if (c->arch == MODEL_ARCH_GPT2)
-        CU(gpu_layernorm_backward(g->dresid, dy, resid_at(g, p), w, g->norm_mean + (size_t)p * g->N,
-                                  rstd, g->N, c->hidden_size, g->stream));
-    else
-        CU(gpu_rmsnorm_backward(g->dresid, dy, resid_at(g, p), w, rstd, g->N, c->hidden_size,
-                                g->stream));
-    return 0;
-}
-
-/* ---- forward ---------------------------------------------------------------------------- */
-
-static int mlp_forward(gpu_model *g, int l);
-
-static int layer_forward(gpu_model *g, int l) {
-    const model_config *c = &g->cfg;
-    const gpu_layer *L = &g->layers[l];
-    int N = g->N, HD = c->num_heads * c->head_dim;
-    int llama = c->arch == MODEL_ARCH_LLAMA;
-    size_t resid_bytes = (size_t)N * c->hidden_size * sizeof(float);
-    qkv_view qv = qkv_at(g, elem(g, g->qkv, layer_off(g, l, g->W)));
-    void *att = elem(g, g->att, layer_off(g, l, HD));
-    gpu_attn_shape as = attn_shape(g);
-
-    /* attention block: point 2l → 2l+1 */
-    OK(norm_forward(g, 2 * l, L->norm1_w, L->norm1_b, g->nbuf));
-    if (llama) {
-        OK(linear_forward(g, &L->q, g->nbuf, qv.q, g->dt, 0));
-        OK(linear_forward(g, &L->k, g->nbuf, qv.k, g->dt, 0));
-        OK(linear_forward(g, &L->v, g->nbuf, qv.v, g->dt, 0));
-        CU(gpu_rope(qv.q, g->dt, qv.ldq, N, g->T, c->num_heads, c->head_dim, g->rope_cos,
-                    g->rope_sin, 0, g->stream));
-        CU(gpu_rope(qv.k, g->dt, qv.ldk, N, g->T, c->num_kv_heads, c->head_dim, g->rope_cos,
-                    g->rope_sin, 0, g->stream));
-    } else {
-        OK(linear_forward(g, &L->qkv, g->nbuf, qv.q, g->dt, 0));
-    }
-    CU(gpu_attention_forward(&as, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att,
-                             g->att_lse + layer_off(g, l, c->num_heads), g->dt, g->stream));
-    CU(cudaMemcpyAsync(resid_at(g, 2 * l + 1), resid_at(g, 2 * l), resid_bytes,
-                       cudaMemcpyDeviceToDevice, g->stream));
-    OK(linear_forward(g, &L->o, att, resid_at(g, 2 * l + 1), GPU_F32, 1));
-    return mlp_forward(g, l);
-}
-
-/* A layer's MLP block over g->N rows: point 2l+1 → 2l+2. */
-static int mlp_forward(gpu_model *g, int l) {
-    const model_config *c = &g->cfg;
-    const gpu_layer *L = &g->layers[l];
-    int N = g->N, F = c->intermediate_size;
-    size_t resid_bytes = (size_t)N * c->hidden_size * sizeof(float);
-    void *fa = elem(g, g->fc_a, layer_off(g, l, F));
-    OK(norm_forward(g, 2 * l + 1, L->norm2_w, L->norm2_b, g->nbuf));
-    if (c->arch == MODEL_ARCH_LLAMA) {
-        void *fb = elem(g, g->fc_b, layer_off(g, l, F));
-        OK(linear_forward(g, &L->gate, g->nbuf, fa, g->dt, 0));
-        OK(linear_forward(g, &L->up, g->nbuf, fb, g->dt, 0));
-        CU(gpu_swiglu_forward(g->act, fa, fb, g->dt, (int64_t)N * F, g->stream));
-    } else {
-        OK(linear_forward(g, &L->up, g->nbuf, fa, g->dt, 0));
-        CU(gpu_gelu_forward(g->act, fa, g->dt, (int64_t)N * F, g->stream));
-    }
-    CU(cudaMemcpyAsync(resid_at(g, 2 * l + 2), resid_at(g, 2 * l + 1), resid_bytes,
-                       cudaMemcpyDeviceToDevice, g->stream));
-    return linear_forward(g, &L->down, g->act, resid_at(g, 2 * l + 2), GPU_F32, 1);
 }
 
 /* Every id in range (model_forward's checks and messages). */
@@ -733,7 +623,7 @@ static int head_pass(gpu_model *g, int has_targets, int backward, float scale, f
     if (!has_targets && !logits_out) return 0; /* nothing wants the head */
     for (int r0 = 0; r0 < g->N; r0 += g->head_rows) {
         int n = g->N - r0 < g->head_rows ? g->N - r0 : g->head_rows;
-        OK(gpu_gemm(g->blas, 0, 1, n, V, C, 1, elem(g, g->xf, (size_t)r0 * C), C, g->lm_head, C,
+        OK(gpu_gemm(g->blas, 0, 1, n, V, C, 1, gpu_elem(g, g->xf, (size_t)r0 * C), C, g->lm_head, C,
                     g->dt, 0, g->logits, V, GPU_F32));
         if (logits_out)
             CU(cudaMemcpyAsync(logits_out + (size_t)r0 * V, g->logits,
@@ -748,83 +638,12 @@ static int head_pass(gpu_model *g, int has_targets, int backward, float scale, f
     return 0;
 }
 
-/* ---- backward ------------------------------------------------------------------------------ */
-
-/* dresid in the GEMMs' type (bf16 mode converts; fp32 mode reads it as is). */
-static int dy_of_resid(gpu_model *g) {
-    if (g->dt == GPU_BF16)
-        CU(gpu_convert(g->dy, GPU_BF16, g->dresid, GPU_F32, (int64_t)g->N * g->cfg.hidden_size,
-                       g->stream));
-    return 0;
-}
-
-static int has_lora(const gpu_linear *l) {
-    return l->lora >= 0;
-}
-
-static int layer_backward(gpu_model *g, int l) {
-    const model_config *c = &g->cfg;
-    const gpu_layer *L = &g->layers[l];
-    int N = g->N, F = c->intermediate_size, HD = c->num_heads * c->head_dim;
-    int llama = c->arch == MODEL_ARCH_LLAMA;
-    qkv_view qv = qkv_at(g, elem(g, g->qkv, layer_off(g, l, g->W)));
-    qkv_view dqv = qkv_at(g, g->dqkv);
-    void *att = elem(g, g->att, layer_off(g, l, HD));
-    void *fa = elem(g, g->fc_a, layer_off(g, l, F));
-    void *fb = llama ? elem(g, g->fc_b, layer_off(g, l, F)) : NULL;
-    gpu_attn_shape as = attn_shape(g);
-    float *lse = g->att_lse + layer_off(g, l, c->num_heads); /* (B, H, T) of layer l */
-
-    /* MLP block: dresid holds d/d(point 2l+2) and becomes d/d(point 2l+1). */
-    OK(dy_of_resid(g));
-    if (has_lora(&L->down)) {
-        if (llama)
-            CU(gpu_swiglu_forward(g->act, fa, fb, g->dt, (int64_t)N * F, g->stream));
-        else
-            CU(gpu_gelu_forward(g->act, fa, g->dt, (int64_t)N * F, g->stream));
-    }
-    OK(linear_backward(g, &L->down, g->act, g->dy, g->dfa, g->dt, 0));
-    if (llama) {
-        CU(gpu_swiglu_backward(g->dfa, g->dfb, g->dfa, fa, fb, g->dt, (int64_t)N * F, g->stream));
-        if (has_lora(&L->gate) || has_lora(&L->up))
-            OK(norm_apply(g, 2 * l + 1, L->norm2_w, L->norm2_b, g->nbuf));
-        OK(linear_backward(g, &L->gate, g->nbuf, g->dfa, g->dnorm, GPU_F32, 0));
-        OK(linear_backward(g, &L->up, g->nbuf, g->dfb, g->dnorm, GPU_F32, 1));
-    } else {
-        CU(gpu_gelu_backward(g->dfa, g->dfa, fa, g->dt, (int64_t)N * F, g->stream));
-        if (has_lora(&L->up)) OK(norm_apply(g, 2 * l + 1, L->norm2_w, L->norm2_b, g->nbuf));
-        OK(linear_backward(g, &L->up, g->nbuf, g->dfa, g->dnorm, GPU_F32, 0));
-    }
-    OK(norm_backward(g, 2 * l + 1, L->norm2_w, g->dnorm));
-
-    /* attention block: d/d(point 2l+1) → d/d(point 2l) */
-    OK(dy_of_resid(g));
-    OK(linear_backward(g, &L->o, att, g->dy, g->datt, g->dt, 0));
-    CU(gpu_attention_backward(&as, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att, g->datt, lse,
-                              g->att_delta, dqv.q, dqv.k, dqv.v, g->dt, g->stream));
-    if (llama) {
-        CU(gpu_rope(dqv.q, g->dt, dqv.ldq, N, g->T, c->num_heads, c->head_dim, g->rope_cos,
-                    g->rope_sin, 1, g->stream));
-        CU(gpu_rope(dqv.k, g->dt, dqv.ldk, N, g->T, c->num_kv_heads, c->head_dim, g->rope_cos,
-                    g->rope_sin, 1, g->stream));
-        if (has_lora(&L->q) || has_lora(&L->k) || has_lora(&L->v))
-            OK(norm_apply(g, 2 * l, L->norm1_w, L->norm1_b, g->nbuf));
-        OK(linear_backward(g, &L->q, g->nbuf, dqv.q, g->dnorm, GPU_F32, 0));
-        OK(linear_backward(g, &L->k, g->nbuf, dqv.k, g->dnorm, GPU_F32, 1));
-        OK(linear_backward(g, &L->v, g->nbuf, dqv.v, g->dnorm, GPU_F32, 1));
-    } else {
-        if (has_lora(&L->qkv)) OK(norm_apply(g, 2 * l, L->norm1_w, L->norm1_b, g->nbuf));
-        OK(linear_backward(g, &L->qkv, g->nbuf, g->dqkv, g->dnorm, GPU_F32, 0));
-    }
-    return norm_backward(g, 2 * l, L->norm1_w, g->dnorm);
-}
-
 /* ---- one pass ----------------------------------------------------------------------------- */
 
 static int pass(gpu_model *g, const int32_t *tokens, const int32_t *targets, int backward,
                 double scale, double *loss_sum, int64_t *n_targets, float *logits_out) {
     const model_config *c = &g->cfg;
-    int N = g->N, Lyr = c->num_layers;
+    int N = g->N;
     if (loss_sum) *loss_sum = 0;
     if (n_targets) *n_targets = 0;
     if (backward && (!targets || g->n_lora == 0))
@@ -844,18 +663,18 @@ static int pass(gpu_model *g, const int32_t *tokens, const int32_t *targets, int
     }
     if (g->training && g->n_lora) g->counter++;
 
-    CU(gpu_embed_forward(resid_at(g, 0), g->d_tokens, g->wte, g->wpe, g->dt, N, g->T,
+    CU(gpu_embed_forward(gpu_resid(g, 0), g->d_tokens, g->wte, g->wpe, g->dt, N, g->T,
                          c->hidden_size, g->stream));
-    for (int l = 0; l < Lyr; l++) OK(layer_forward(g, l));
-    OK(norm_forward(g, 2 * Lyr, g->normf_w, g->normf_b, g->xf));
+    OK(gpu_blocks_forward(g));
+    OK(gpu_final_norm_forward(g));
     OK(head_pass(g, targets != NULL, backward, (float)scale, logits_out));
     if (targets)
         CU(cudaMemcpyAsync(g->h_row_loss, g->row_loss, (size_t)N * sizeof(float),
                            cudaMemcpyDeviceToHost, g->stream));
     if (backward) {
         CU(cudaMemsetAsync(g->dresid, 0, (size_t)N * c->hidden_size * sizeof(float), g->stream));
-        OK(norm_backward(g, 2 * Lyr, g->normf_w, g->dnorm));
-        for (int l = Lyr - 1; l >= 0; l--) OK(layer_backward(g, l));
+        OK(gpu_final_norm_backward(g));
+        OK(gpu_blocks_backward(g));
     }
     CU(cudaStreamSynchronize(g->stream));
     if (targets) {
@@ -890,71 +709,17 @@ int gpu_forward_backward(gpu_model *g, const int32_t *tokens, const int32_t *tar
  * Everything else (residual points, norms, MLP, LoRA scratch) works on the
  * first n rows of its buffer, with g->N set to n for the call. */
 
-/* The attention block of layer l for the n new rows at pos (g->N == n; the
- * cache views use the buffers' T rows). */
-static int decode_attention(gpu_model *g, int l, int pos) {
-    const model_config *c = &g->cfg;
-    const gpu_layer *L = &g->layers[l];
-    int n = g->N, HD = c->num_heads * c->head_dim, KVD = c->num_kv_heads * c->head_dim;
-    int half = c->head_dim / 2;
-    void *base = elem(g, g->qkv, (size_t)l * g->T * g->W);
-    qkv_view qv;
-    if (c->arch == MODEL_ARCH_GPT2)
-        qv = (qkv_view){base, elem(g, base, HD), elem(g, base, 2 * (size_t)HD), g->W, g->W, g->W};
-    else
-        qv = (qkv_view){base,
-                        elem(g, base, (size_t)g->T * HD),
-                        elem(g, base, (size_t)g->T * (HD + KVD)),
-                        HD,
-                        KVD,
-                        KVD};
-    void *q_new = elem(g, qv.q, (size_t)pos * qv.ldq);
-    gpu_attn_shape as = attn_shape(g);
-
-    OK(norm_forward(g, 2 * l, L->norm1_w, L->norm1_b, g->nbuf));
-    if (c->arch == MODEL_ARCH_LLAMA) {
-        void *k_new = elem(g, qv.k, (size_t)pos * qv.ldk);
-        OK(linear_forward(g, &L->q, g->nbuf, q_new, g->dt, 0));
-        OK(linear_forward(g, &L->k, g->nbuf, k_new, g->dt, 0));
-        OK(linear_forward(g, &L->v, g->nbuf, elem(g, qv.v, (size_t)pos * qv.ldv), g->dt, 0));
-        /* rows 0 … n − 1 of the views at pos take the table's rows pos … */
-        const float *cs = g->rope_cos + (size_t)pos * half, *sn = g->rope_sin + (size_t)pos * half;
-        CU(gpu_rope(q_new, g->dt, qv.ldq, n, n, c->num_heads, c->head_dim, cs, sn, 0, g->stream));
-        CU(gpu_rope(k_new, g->dt, qv.ldk, n, n, c->num_kv_heads, c->head_dim, cs, sn, 0,
-                    g->stream));
-    } else {
-        OK(linear_forward(g, &L->qkv, g->nbuf, q_new, g->dt, 0));
-    }
-    if (pos == 0) {
-        /* a prompt's prefill is a training-shaped forward of n rows: the
-         * flash kernels (tensor cores in bf16 where they apply) */
-        as.T = n;
-        CU(gpu_attention_forward(&as, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, g->att, g->att_lse,
-                                 g->dt, g->stream));
-    } else {
-        CU(gpu_attention_decode(&as, n, pos, q_new, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, g->att,
-                                g->dt, g->stream));
-    }
-    CU(cudaMemcpyAsync(resid_at(g, 2 * l + 1), resid_at(g, 2 * l),
-                       (size_t)n * c->hidden_size * sizeof(float), cudaMemcpyDeviceToDevice,
-                       g->stream));
-    return linear_forward(g, &L->o, g->att, resid_at(g, 2 * l + 1), GPU_F32, 1);
-}
-
 static int decode_rows(gpu_model *g, int n, int pos, float *logits_out) {
     const model_config *c = &g->cfg;
     int C = c->hidden_size, V = c->vocab_size;
     /* GPT-2's positions pos … are wpe's rows from pos on (row % n below) */
-    const void *wpe = g->wpe ? elem(g, g->wpe, (size_t)pos * C) : NULL;
-    CU(gpu_embed_forward(resid_at(g, 0), g->d_tokens, g->wte, wpe, g->dt, n, n, C, g->stream));
-    for (int l = 0; l < c->num_layers; l++) {
-        OK(decode_attention(g, l, pos));
-        OK(mlp_forward(g, l));
-    }
-    OK(norm_forward(g, 2 * c->num_layers, g->normf_w, g->normf_b, g->xf));
+    const void *wpe = g->wpe ? gpu_elem(g, g->wpe, (size_t)pos * C) : NULL;
+    CU(gpu_embed_forward(gpu_resid(g, 0), g->d_tokens, g->wte, wpe, g->dt, n, n, C, g->stream));
+    OK(gpu_blocks_decode(g, pos));
+    OK(gpu_final_norm_forward(g));
     /* the head of the last row only: its logits (V) */
-    OK(gpu_gemm(g->blas, 0, 1, 1, V, C, 1, elem(g, g->xf, (size_t)(n - 1) * C), C, g->lm_head, C,
-                g->dt, 0, g->logits, V, GPU_F32));
+    OK(gpu_gemm(g->blas, 0, 1, 1, V, C, 1, gpu_elem(g, g->xf, (size_t)(n - 1) * C), C, g->lm_head,
+                C, g->dt, 0, g->logits, V, GPU_F32));
     CU(cudaMemcpyAsync(logits_out, g->logits, (size_t)V * sizeof(float), cudaMemcpyDeviceToHost,
                        g->stream));
     CU(cudaStreamSynchronize(g->stream));

@@ -153,8 +153,10 @@ static int pretok_metaspace(tokenizer *t, size_t k, const char *s, size_t len, i
     al->n = 0;
     if (!starts && prepend) { /* the prefix comes from the first character */
         if (tok_buf_put(&st->text, p->repl, p->repl_len)) return -1;
-        tok_align_of(t, s, &a0, &a1);
-        if (track && tok_align_push(al, a0, a1, p->repl_len)) return -1;
+        if (track) { /* off_text is only set when offsets are asked for */
+            tok_align_of(t, s, &a0, &a1);
+            if (tok_align_push(al, a0, a1, p->repl_len)) return -1;
+        }
     }
     for (size_t i = 0; i < len; i++) {
         const char *sp = memchr(s + i, ' ', len - i);
@@ -164,8 +166,10 @@ static int pretok_metaspace(tokenizer *t, size_t k, const char *s, size_t len, i
             return -1;
         if (!sp) break;
         if (tok_buf_put(&st->text, p->repl, p->repl_len)) return -1;
-        tok_align_of(t, sp, &a0, &a1);
-        if (track && tok_align_push(al, a0, a1, p->repl_len)) return -1;
+        if (track) {
+            tok_align_of(t, sp, &a0, &a1);
+            if (tok_align_push(al, a0, a1, p->repl_len)) return -1;
+        }
         i = stop;
     }
     const char *m = st->text.p;

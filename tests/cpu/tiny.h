@@ -19,8 +19,7 @@ typedef struct {
 static inline model_config tiny_llama(void) {
     model_config c;
     memset(&c, 0, sizeof c);
-    c.arch = MODEL_ARCH_LLAMA;
-    c.family = MODEL_FAMILY_LLAMA;
+    model_config_family(&c, MODEL_FAMILY_LLAMA);
     c.vocab_size = 32;
     c.hidden_size = 16;
     c.intermediate_size = 24;
@@ -38,9 +37,10 @@ static inline model_config tiny_llama(void) {
     return c;
 }
 
-/* The five graphs the tests cover: GQA with tied embeddings; every bias with
- * an untied head, one kv head and head_dim != C/H; llama3 rope scaling;
- * a Mistral sliding window shorter than T; GPT-2. */
+/* The graphs the tests cover: GQA with tied embeddings; every bias with an
+ * untied head, one kv head and head_dim != C/H; llama3 rope scaling; a
+ * Mistral sliding window shorter than T; GPT-2; Qwen3's per-head QK-norm;
+ * OLMo 2's post-norms and projection QK-norm; Apertus's xIELU. */
 static inline int tiny_cases(tiny_case *out) {
     int n = 0;
     tiny_case *t;
@@ -84,8 +84,7 @@ static inline int tiny_cases(tiny_case *out) {
     t = &out[n++];
     t->name = "gpt2";
     memset(&t->cfg, 0, sizeof t->cfg);
-    t->cfg.arch = MODEL_ARCH_GPT2;
-    t->cfg.family = MODEL_FAMILY_GPT2;
+    model_config_family(&t->cfg, MODEL_FAMILY_GPT2);
     t->cfg.vocab_size = 32;
     t->cfg.hidden_size = 16;
     t->cfg.intermediate_size = 32;
@@ -100,10 +99,36 @@ static inline int tiny_cases(tiny_case *out) {
     t->cfg.initializer_range = 0.3;
     strcpy(t->cfg.torch_dtype, "float32");
     t->B = 2, t->T = 7;
+
+    /* Qwen3: per-head QK-norm, H·D != C, q/k/v/o biases. */
+    t = &out[n++];
+    t->name = "qwen3_qk_norm";
+    t->cfg = tiny_llama();
+    model_config_family(&t->cfg, MODEL_FAMILY_QWEN3);
+    t->cfg.head_dim = 8;
+    t->cfg.qkv_bias = t->cfg.o_bias = 1;
+    t->cfg.tie_embeddings = 0;
+    t->B = 2, t->T = 6;
+
+    /* OLMo 2: norms on the sublayers' outputs only, QK-norm over projections. */
+    t = &out[n++];
+    t->name = "olmo2_post_norm";
+    t->cfg = tiny_llama();
+    model_config_family(&t->cfg, MODEL_FAMILY_OLMO2);
+    t->B = 2, t->T = 7;
+
+    /* Apertus: xIELU in a plain MLP, per-head QK-norm, llama3 RoPE. */
+    t = &out[n++];
+    t->name = "apertus_xielu";
+    t->cfg = out[2].cfg; /* llama3_rope's */
+    model_config_family(&t->cfg, MODEL_FAMILY_APERTUS);
+    t->cfg.intermediate_size = 32;
+    t->cfg.tie_embeddings = 0;
+    t->B = 2, t->T = 8;
     return n;
 }
 
-#define TINY_MAX_CASES 8
+#define TINY_MAX_CASES 12
 
 static inline uint64_t tiny_rng(uint64_t *s) {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
@@ -120,7 +145,8 @@ static inline double tiny_uniform(uint64_t *s) {
 /* Random weights, then every value moved by up to ±0.2 so that norm weights
  * and biases are not the ones and zeros of the init (a wrong formula cannot
  * hide behind them). Values are rounded through float, so the fp32 and fp64
- * builds hold the same weights. */
+ * builds hold the same weights. xIELU's eps (−1e-6 at init) goes to
+ * [−0.07, −0.02], so that inputs in (eps, 0] exist. */
 static inline void tiny_weights(model *m, uint64_t seed) {
     model_init_random(m, seed);
     uint64_t s = seed * 7 + 1;
@@ -128,6 +154,9 @@ static inline void tiny_weights(model *m, uint64_t seed) {
         model_param *p = &m->params[i];
         for (int64_t j = 0; j < p->numel; j++)
             p->data[j] = (real)(float)((float)p->data[j] + 0.2 * tiny_uniform(&s));
+        size_t len = strlen(p->name);
+        if (len >= 10 && strcmp(p->name + len - 10, "act_fn.eps") == 0)
+            p->data[0] = (real)(float)(-0.045 + 0.025 * tiny_uniform(&s));
     }
 }
 

@@ -12,15 +12,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-static model *models[2];
+#define N_MODELS 3
+static model *models[N_MODELS];
 
-/* Two layers of each architecture, small sizes (weights stay zero). */
+/* Two layers of each tensor layout, and Apertus (no gate_proj), small sizes
+ * (weights stay zero). */
 static void init_models(void) {
     if (models[0]) return;
     model_config c;
     memset(&c, 0, sizeof c);
-    c.arch = MODEL_ARCH_LLAMA;
-    c.family = MODEL_FAMILY_LLAMA;
+    model_config_family(&c, MODEL_FAMILY_LLAMA);
     c.vocab_size = 50;
     c.hidden_size = 16;
     c.intermediate_size = 24;
@@ -34,13 +35,19 @@ static void init_models(void) {
     c.bos_token_id = c.eos_token_id = -1;
     strcpy(c.torch_dtype, "float32");
     if (model_create(&models[0], &c) != 0) abort();
-    c.arch = MODEL_ARCH_GPT2;
-    c.family = MODEL_FAMILY_GPT2;
+    model_config_family(&c, MODEL_FAMILY_GPT2);
     c.intermediate_size = 64;
     c.num_heads = c.num_kv_heads = 2;
     c.head_dim = 8;
     c.tie_embeddings = 1;
     if (model_create(&models[1], &c) != 0) abort();
+    model_config_family(&c, MODEL_FAMILY_APERTUS);
+    c.num_heads = 4;
+    c.num_kv_heads = 2;
+    c.head_dim = 4;
+    c.tie_embeddings = 0;
+    c.qkv_bias = c.o_bias = c.mlp_bias = 0;
+    if (model_create(&models[2], &c) != 0) abort();
 }
 
 /* Resolves cfg on m and returns its adapter_config.json, or NULL. */
@@ -57,7 +64,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
     init_models();
     lora_config cfg;
     if (peft_parse_config(&cfg, (const char *)data, size, "fuzz") != 0) return 0;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < N_MODELS; i++) {
         size_t n1, n2;
         char *j1 = resolve_and_write(models[i], &cfg, &n1);
         if (!j1) continue;

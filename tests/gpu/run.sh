@@ -10,11 +10,12 @@
 #      processes (gpu_device_cli), the backend as a module that fedlora
 #      loads at run time and does not link (gpu_module), and a `fedlora train
 #      --device cuda` smoke run (fp32 and bf16) next to the same run on the
-#      CPU;
+#      CPU, and the same for the qwen3, olmo2 and apertus tiny presets
+#      (QK-norm, post-norms, xIELU);
 #   5. the benchmark (GPT-2 124M and Qwen2.5-0.5B shapes) next to PyTorch +
 #      PEFT (bf16, SDPA) when torch is importable;
 #   6. a short table, printed last.
-# Installs nothing. Full logs under OUT_DIR (at most 12 files). Without a GPU
+# Installs nothing. Full logs under OUT_DIR (at most 13 files). Without a GPU
 # (or driver) it still builds; the GPU tests then report SKIPPED, the device
 # test checks the "no CUDA device found" error, and the benchmark is skipped.
 #
@@ -135,6 +136,11 @@ run_test gpu_kernels 120
 have_gpu=1
 grep -q '^skipped: no CUDA device' "$out/gpu_kernels.log" && have_gpu=0
 run_test gpu_parity 180
+# The block options of Qwen3, OLMo 2 and Apertus (QK-norm, post-norms, xIELU):
+# their parity cases ran inside gpu_parity; name them in the summary.
+fam=$(grep -cE '^  (qwen3_qk_norm|olmo2_post_norm|apertus_xielu|olmo2_mid|apertus_mid) ' \
+  "$out/gpu_parity.log" 2>/dev/null)
+row families "${fam:-0} result lines of the qwen3/olmo2/apertus parity cases in gpu_parity.log"
 run_test gpu_nccl 60
 run_test gpu_trainer 120
 run_test gpu_device_cli 90
@@ -158,6 +164,22 @@ smoke() {
   echo "== eval cuda"
   "$fb" eval --model "$dir/base" --adapter "$dir/cuda-bf16" --data "$data" --seq 64 --device cuda
 }
+# The same for each newer family's tiny preset (QK-norm, post-norms, xIELU on
+# the GPU as a user runs them): cpu fp32 against cuda fp32 and bf16, 20 steps.
+family_smoke() {
+  local dir="$build/smoke-families" fb="$build/fedlora" data="$root/examples/corpus/mixed.txt"
+  local arch run
+  rm -rf "$dir" && mkdir -p "$dir"
+  for arch in qwen3 olmo2 apertus; do
+    "$fb" init-model --arch "$arch" --preset tiny --seed 1 --out "$dir/$arch" || return 1
+    for run in cpu:fp32 cuda:fp32 cuda:bf16; do
+      echo "== train $arch ${run%:*} ${run#*:}"
+      "$fb" train --model "$dir/$arch" --data "$data" --out "$dir/$arch-${run/:/-}" --steps 20 \
+        --seq 64 --batch 8 --lr 1e-2 --rank 8 --targets all-linear --eval-fraction 0.1 \
+        --log-every 10 --device "${run%:*}" --precision "${run#*:}" || return 1
+    done
+  done
+}
 # the held-out loss `fedlora train` printed after "== train DEVICE PRECISION"
 heldout() {
   sed -n "/^== train $1\$/,/^==/p" "$out/smoke.log" | sed -n 's/.*held-out loss \([0-9.]*\),.*/\1/p' | head -1
@@ -174,6 +196,24 @@ if [ $have_gpu = 1 ]; then
     row "train smoke" "$verdict: held-out loss cpu $c, cuda fp32 $f, cuda bf16 $b"
   else
     row "train smoke" "FAIL ($(tail -1 "$out/smoke.log" | cut -c1-120); see smoke.log)"
+    status=1
+  fi
+  log "fedlora train --device cuda, qwen3 / olmo2 / apertus"
+  export -f family_smoke
+  if timeout 180 bash -c family_smoke >"$out/smoke_families.log" 2>&1; then
+    line="" verdict=PASS
+    for arch in qwen3 olmo2 apertus; do
+      c=$(sed -n "/^== train $arch cpu fp32\$/,/^==/p" "$out/smoke_families.log" |
+        sed -n 's/.*held-out loss \([0-9.]*\),.*/\1/p' | head -1)
+      f=$(sed -n "/^== train $arch cuda fp32\$/,/^==/p" "$out/smoke_families.log" |
+        sed -n 's/.*held-out loss \([0-9.]*\),.*/\1/p' | head -1)
+      ok=$(awk -v c="${c:-0}" -v f="${f:-0}" 'BEGIN { d = c - f; if (d < 0) d = -d; print (c > 0 && d <= 1e-3 * c) }')
+      [ "$ok" = 1 ] || { verdict="FAIL ($arch fp32 differs from cpu)"; status=1; }
+      line="$line $arch cpu $c cuda $f;"
+    done
+    row "family smoke" "$verdict:$line"
+  else
+    row "family smoke" "FAIL ($(tail -1 "$out/smoke_families.log" | cut -c1-120); see smoke_families.log)"
     status=1
   fi
 else

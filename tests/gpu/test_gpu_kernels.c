@@ -4,7 +4,8 @@
  * rounding of the outputs). Shapes are chosen to hit the kernels' edges:
  * row widths that are not multiples of 32, several attention tiles with the
  * causal mask and a sliding window across them, head dims of 4 to 128
- * (including 80, not a multiple of 32), GQA, strided q/k/v. */
+ * (including 80, not a multiple of 32), GQA, strided q/k/v; xIELU's inputs on
+ * both sides of 0 and of eps (and at eps). */
 #include "gpu_test.h"
 
 #include "model/cpu/cpu.h"
@@ -203,6 +204,50 @@ static void test_activations(gpu_dtype t) {
 
     cudaFree(dg), cudaFree(du), cudaFree(dd), cudaFree(o1), cudaFree(o2);
     free(g), free(u), free(d), free(ref), free(ref2), free(got);
+}
+
+/* ---- the block options' kernels (gpu_block_kernels.cu) -----------------------------------------
+ */
+
+static void test_xielu(gpu_dtype t) {
+    size_t n = 1000;
+    float *x = gt_rand(n, 41, 3), *d = gt_rand(n, 42, 1);
+    x[0] = -0.05f; /* exactly eps: torch.minimum's tie */
+    if (t == GPU_BF16) gt_round_bf16(x, n), gt_round_bf16(d, n);
+    /* a layer's values: eps far enough below 0 that (eps, 0] holds inputs */
+    real vals[4] = {0.3f, -0.9f, 0.45f, -0.05f};
+    model_param pp[4];
+    memset(pp, 0, sizeof pp);
+    for (int i = 0; i < 4; i++) pp[i].data = &vals[i], pp[i].numel = 1;
+    model_xielu px = {&pp[0], &pp[1], &pp[2], &pp[3]};
+    real k[4];
+    cpu_xielu_values(&px, k);
+    gpu_xielu gk = {k[0], k[1], k[2], k[3]};
+    float *ref = malloc(n * 4), *got = malloc(n * 4);
+    void *dx = gt_put(x, n, t), *dd = gt_put(d, n, t), *o = gt_put(x, n, t);
+    double tol = t == GPU_BF16 ? 1e-2 : 1e-5;
+    char what[64];
+    cpu_xielu_forward(ref, x, &px, (int64_t)n);
+    CUDA_OK(gpu_xielu_forward(o, dx, t, (int64_t)n, &gk, 0));
+    gt_get(got, o, n, t);
+    snprintf(what, sizeof what, "xielu forward (%s)", tname(t));
+    GT_CLOSE(what, got, ref, n, tol);
+    cpu_xielu_backward(ref, d, x, &px, 1, (int)n, NULL);
+    CUDA_OK(cudaMemcpy(o, dd, n * gpu_dtype_size(t), cudaMemcpyDeviceToDevice));
+    CUDA_OK(gpu_xielu_backward(o, o, dx, t, (int64_t)n, &gk, 0)); /* dx in place of dy */
+    gt_get(got, o, n, t);
+    snprintf(what, sizeof what, "xielu backward (%s)", tname(t));
+    GT_CLOSE(what, got, ref, n, tol);
+
+    /* the post-norm's residual add */
+    float *y = gt_rand(n, 43, 2);
+    for (size_t i = 0; i < n; i++) ref[i] = y[i] + x[i];
+    float *dy32 = gt_put(y, n, GPU_F32), *dx32 = gt_put(x, n, GPU_F32);
+    CUDA_OK(gpu_add_f32(dy32, dx32, (int64_t)n, 0));
+    gt_get(got, dy32, n, GPU_F32);
+    GT_CLOSE("add_f32", got, ref, n, 0);
+    cudaFree(dx), cudaFree(dd), cudaFree(o), cudaFree(dy32), cudaFree(dx32);
+    free(x), free(d), free(y), free(ref), free(got);
 }
 
 /* ---- embedding and bias ------------------------------------------------------------------------
@@ -517,6 +562,7 @@ int main(void) {
         test_norms(dt);
         test_rope(dt);
         test_activations(dt);
+        test_xielu(dt);
         test_embed_bias(dt);
         test_xent(dt);
         test_attention(dt);

@@ -1,10 +1,12 @@
 /* test_gpu_parity — the CUDA backend against the CPU backend, whole models.
  *
- * Graphs: the CPU tests' five tiny ones (tests/cpu/tiny.h: Llama GQA with
- * tied embeddings; every bias, one kv head, head_dim != C/H; llama3 RoPE
- * scaling; a Mistral sliding window; GPT-2) and three larger ones whose
- * sequences span several attention tiles and whose LM head runs in several
- * chunks (one of them partial). LoRA on every linear (rank 4, B random so the
+ * Graphs: the CPU tests' tiny ones (tests/cpu/tiny.h: Llama GQA with tied
+ * embeddings; every bias, one kv head, head_dim != C/H; llama3 RoPE scaling;
+ * a Mistral sliding window; GPT-2; Qwen3's per-head QK-norm; OLMo 2's
+ * post-norms and projection QK-norm; Apertus's xIELU MLP) and five larger
+ * ones whose sequences span several attention tiles and whose LM head runs in
+ * several chunks (one of them partial), OLMo 2 and Apertus among them with
+ * head_dim 32 (tensor-core attention in bf16). LoRA on every linear (rank 4, B random so the
  * adapter matters); one case with dropout, whose masks must be the CPU's.
  *
  * Compared, in fp32 mode and in bf16 mode (docs/gpu.md gives the bounds and
@@ -80,6 +82,16 @@ static int parity_cases(pcase *out) {
     g.head_dim = 32;
     g.max_position = 256;
     out[n++] = (pcase){"gpt2_mid", g, 2, 150, 64, 0};
+    model_config o = mid_llama();
+    model_config_family(&o, MODEL_FAMILY_OLMO2);
+    o.qkv_bias = 0;
+    out[n++] = (pcase){"olmo2_mid", o, 2, 150, 64, 0};
+    model_config a = mid_llama();
+    model_config_family(&a, MODEL_FAMILY_APERTUS);
+    a.qkv_bias = 0;
+    a.num_heads = 4;
+    a.num_kv_heads = 2;
+    out[n++] = (pcase){"apertus_mid", a, 2, 150, 100, 0};
     return n;
 }
 

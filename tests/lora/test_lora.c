@@ -12,8 +12,10 @@
 
 static model_config tiny_gpt2(void) {
     tiny_case c[TINY_MAX_CASES];
-    int n = tiny_cases(c);
-    return c[n - 1].cfg;
+    int n = tiny_cases(c), g = 0;
+    for (int i = 0; i < n; i++)
+        if (c[i].cfg.family == MODEL_FAMILY_GPT2) g = i;
+    return c[g].cfg;
 }
 
 /* Modules resolved for targets (NULL on error, message left in err_msg). */

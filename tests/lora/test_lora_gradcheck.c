@@ -87,10 +87,11 @@ static void case_config(lora_config *c, const tiny_case *tc, int i) {
     c->seed = 100 + (uint64_t)i;
     c->rank = 2;
     c->alpha = 3;
-    int gpt2 = tc->cfg.arch == MODEL_ARCH_GPT2;
-    CHECK_OK(lora_config_set_targets(
-        c,
-        gpt2 ? "c_attn,c_proj,c_fc" : "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"));
+    int gpt2 = tc->cfg.arch == MODEL_ARCH_GPT2, gated = tc->cfg.block.mlp == MODEL_MLP_GATED;
+    CHECK_OK(lora_config_set_targets(c, gpt2    ? "c_attn,c_proj,c_fc"
+                                        : gated ? "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
+                                                  "down_proj"
+                                                : "q_proj,k_proj,v_proj,o_proj,up_proj,down_proj"));
     CHECK_OK(lora_config_add_rank_pattern(c, gpt2 ? "c_fc" : "k_proj", 1));
     CHECK_OK(lora_config_add_rank_pattern(
         c, gpt2 ? "h\\.1\\.attn\\.c_attn" : "layers.1.mlp.up_proj", 3));

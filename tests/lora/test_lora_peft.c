@@ -1,7 +1,9 @@
 /* test_lora_peft — fedlora's LoRA against Hugging Face PEFT.
  *
  * tests/fixtures/make_peft_fixtures.py made a PEFT LoRA (r 4, alpha 8, every
- * linear of the blocks) for helper C's tiny Llama and GPT-2 checkpoints,
+ * linear of the blocks) for the tiny Llama, GPT-2, Qwen3, OLMo 2 and Apertus
+ * checkpoints of tests/fixtures/hf (Apertus's by "all-linear", which PEFT
+ * writes as the list of module paths it resolved),
  * saved it with save_pretrained, and recorded what PEFT computes (layout in
  * the script's docstring). For each case this test
  *   - loads the PEFT-written adapter with peft_load and checks PEFT's logits
@@ -16,9 +18,11 @@
  *     both files byte for byte equal (the initial adapter and the trained
  *     one; these directories are what `make_peft_fixtures.py --check` loads
  *     with PeftModel.from_pretrained);
- *   - merges s·B·A into the base (delta_merge): the merged model's logits
- *     equal base + adapter to 1e-5, also after checkpoint_save and load (GPT-2's
- *     Conv1D weights go back to (in, out) on disk);
+ *   - merges s·B·A into the base (delta_merge): every changed weight equals
+ *     PEFT's merge_and_unload() (max abs error < 1e-6) and no other changes;
+ *     the merged model's logits equal base + adapter to 1e-5, also after
+ *     checkpoint_save and load (GPT-2's Conv1D weights go back to (in, out) on
+ *     disk);
  *   - refuses bad inputs with clear errors: an adapter for another base
  *     (shape mismatch), an unknown peft_type, an adapter file with a tensor
  *     the config does not target, target names that match no module, rank 0
@@ -42,6 +46,10 @@ typedef struct {
 static const peft_case CASES[] = {
     {"llama", "llama_gqa", "llama_bias", 7},
     {"gpt2", "gpt2", "gpt2_bf16", 4},
+    /* llama_bias: the same module names, other k/v (and head) shapes */
+    {"qwen3", "qwen3", "llama_bias", 7},
+    {"olmo2", "olmo2", "llama_bias", 7},
+    {"apertus", "apertus", "llama_bias", 6}, /* "all-linear": no gate_proj */
 };
 
 #define OUT_DIR "peft_out"
@@ -162,14 +170,58 @@ static void roundtrip(const char *name, const char *kind, const model *m, const 
     lora_free(back);
 }
 
+/* m's weights against merge_and_unload()'s (merged.<name>, in the on-disk
+ * layout): those PEFT changed within 1e-6, the others unchanged from base. */
+static void merged_weights_check(const char *name, const model *m, const model *base,
+                                 const safetensors_file *exp) {
+    double worst = 0;
+    int changed = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        const model_param *p = &m->params[i];
+        char key[MODEL_NAME_MAX + 8];
+        snprintf(key, sizeof key, "merged.%s", p->name);
+        if (!safetensors_find(exp, key)) {
+            CHECK_MSG(memcmp(p->data, base->params[i].data, (size_t)p->numel * sizeof(real)) == 0,
+                      "%s: %s changed in the merge, PEFT's merge leaves it", name, p->name);
+            continue;
+        }
+        double *ref = lt_read(exp, key, p->numel);
+        if (!ref) continue;
+        changed++;
+        int64_t rows = p->shape[0], cols = p->ndim == 2 ? p->shape[1] : 1;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++) {
+                double want = p->conv1d ? ref[c * rows + r] : ref[r * cols + c];
+                worst = fmax(worst, fabs((double)p->data[r * cols + c] - want));
+            }
+        free(ref);
+    }
+    int want_changed = 0;
+    for (int i = 0; i < safetensors_count(exp); i++)
+        want_changed += strncmp(safetensors_tensor_at(exp, i)->name, "merged.", 7) == 0;
+    CHECK_MSG(changed == want_changed && changed > 0, "%s: %d merged weights, PEFT's merge has %d",
+              name, changed, want_changed);
+    CHECK_MSG(worst < 1e-6, "%s: merged weights vs merge_and_unload(): max abs error %.3g", name,
+              worst);
+    printf("%-7s merged weights: %d changed, max abs err %.2e vs merge_and_unload()\n", name,
+           changed, worst);
+}
+
 static void merge_check(const char *name, const char *base_dir, const lora_set *s,
-                        const real *adapter_logits, const double *peft_logits, const int32_t *tok,
-                        int B, int T) {
-    model *m2 = NULL, *m3 = NULL;
+                        const safetensors_file *exp, const real *adapter_logits,
+                        const double *peft_logits, const int32_t *tok, int B, int T) {
+    model *m2 = NULL, *m3 = NULL, *base = NULL;
     model_acts *a = NULL;
     CHECK_OK(checkpoint_load(&m2, base_dir));
-    if (!m2) return;
+    CHECK_OK(checkpoint_load(&base, base_dir));
+    if (!m2 || !base) {
+        model_free(m2);
+        model_free(base);
+        return;
+    }
     CHECK_OK(delta_merge(m2, s));
+    merged_weights_check(name, m2, base, exp);
+    model_free(base);
     int64_t n = (int64_t)B * T * m2->cfg.vocab_size, nt;
     real *logits = malloc((size_t)n * sizeof *logits);
     CHECK_OK(model_acts_create(&a, m2, B, T));
@@ -236,7 +288,8 @@ static void bad_inputs(const peft_case *c, const char *fixtures, const model *m,
     lora_config cfg;
     lora_config_init(&cfg);
     cfg.rank = 4;
-    CHECK_OK(lora_config_set_targets(&cfg, c->per_layer == 7 ? "q_proj" : "c_attn"));
+    int gpt2 = m->cfg.arch == MODEL_ARCH_GPT2;
+    CHECK_OK(lora_config_set_targets(&cfg, gpt2 ? "c_attn" : "q_proj"));
     lora_set *one = NULL;
     CHECK_OK(lora_create(&one, m, &cfg));
     if (one) {
@@ -261,11 +314,11 @@ static void bad_inputs(const peft_case *c, const char *fixtures, const model *m,
     }
 
     /* Targets that match nothing, rank 0, rank above the layer's size. */
-    CHECK_OK(lora_config_set_targets(&cfg, c->per_layer == 7 ? "q_proj,qproj" : "c_attn,attn"));
-    const char *nomatch = c->per_layer == 7 ? "\"qproj\" matches no linear layer"
-                                            : "\"attn\" matches no linear layer";
+    CHECK_OK(lora_config_set_targets(&cfg, gpt2 ? "c_attn,attn" : "q_proj,qproj"));
+    const char *nomatch =
+        gpt2 ? "\"attn\" matches no linear layer" : "\"qproj\" matches no linear layer";
     CHECK_FAILS_WITH(lora_create(&s, m, &cfg), nomatch);
-    CHECK_OK(lora_config_set_targets(&cfg, c->per_layer == 7 ? "q_proj" : "c_attn"));
+    CHECK_OK(lora_config_set_targets(&cfg, gpt2 ? "c_attn" : "q_proj"));
     cfg.rank = 0;
     CHECK_FAILS_WITH(lora_create(&s, m, &cfg), "the rank must be at least 1");
     cfg.rank = m->cfg.hidden_size + 1;
@@ -336,7 +389,7 @@ static void run_case(const char *fixtures, const peft_case *c) {
         free(base_logits);
     }
 
-    merge_check(c->name, base_dir, s, logits, ref_logits, tok, B, T);
+    merge_check(c->name, base_dir, s, exp, logits, ref_logits, tok, B, T);
     roundtrip(c->name, "roundtrip", m, s);
     bad_inputs(c, fixtures, m, adapter_dir);
 

@@ -1,6 +1,7 @@
 /* test_mergekit — mergekit's methods on hand-computed task vectors, DARE's
  * drop statistics, and `fedlora merge` end to end on two PEFT adapters of
- * the llama fixture base (tests/fixtures/peft/llama and a changed copy),
+ * the llama and the apertus fixture bases (tests/fixtures/peft/<case> and a
+ * changed copy),
  * each method's output model checked against a direct computation. */
 #include "lora/delta.h"
 #include "lora/peft.h"
@@ -79,12 +80,14 @@ static void test_dare_stats(void) {
     free(again);
 }
 
-static void test_cli(void) {
+/* `fedlora merge` on the PEFT fixture adapter `peft` of the hf fixture
+ * `hf` (and a changed copy); usage errors once. */
+static void test_cli(const char *hf, const char *peft, int usage) {
     const char *fx = getenv("FEDLORA_FIXTURES");
     char base[TS_PATH], a1[TS_PATH], a2[TS_PATH], out[TS_PATH];
-    snprintf(base, sizeof base, "%s/hf/llama_gqa", fx);
-    snprintf(a1, sizeof a1, "%s/peft/llama/adapter", fx);
-    ts_path(a2, "adapter2");
+    snprintf(base, sizeof base, "%s/hf/%s", fx, hf);
+    snprintf(a1, sizeof a1, "%s/peft/%s/adapter", fx, peft);
+    ts_path(a2, "adapter2_%s", peft);
     model *m = NULL;
     lora_set *s1 = NULL, *s2 = NULL;
     CHECK_OK(checkpoint_load(&m, base));
@@ -112,8 +115,8 @@ static void test_cli(void) {
     };
     lora_set *sets[2] = {s1, s2};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        char name[64];
-        snprintf(name, sizeof name, "merged_%s", cases[c].method);
+        char name[96];
+        snprintf(name, sizeof name, "merged_%s_%s", peft, cases[c].method);
         ts_path(out, "%s", name);
         const char *args[32];
         int n = 0;
@@ -143,8 +146,8 @@ static void test_cli(void) {
         mergekit_options o = {cases[c].m, cases[c].w, dens, cases[c].l, 7};
         CHECK_OK(mergekit_merge(want, sets, 2, &o));
         double diff = ts_worst_model(got, want, NULL).diff;
-        CHECK_MSG(diff == 0, "%s: fedlora merge differs from mergekit_merge by %g", cases[c].method,
-                  diff);
+        CHECK_MSG(diff == 0, "%s %s: fedlora merge differs from mergekit_merge by %g", peft,
+                  cases[c].method, diff);
         if (cases[c].m == MERGEKIT_LINEAR || cases[c].m == MERGEKIT_TASK_ARITHMETIC) {
             /* Independently: W + f_1 τ_1 + f_2 τ_2, τ_k = s B_k A_k in double. */
             double sw = cases[c].w[0] + cases[c].w[1];
@@ -172,7 +175,8 @@ static void test_cli(void) {
                         worst = fmax(worst, fabs(e - wg[o2 * m1->in + j]));
                     }
             }
-            CHECK_MSG(worst < 1e-5, "%s: off the direct computation by %g", cases[c].method, worst);
+            CHECK_MSG(worst < 1e-5, "%s %s: off the direct computation by %g", peft,
+                      cases[c].method, worst);
         }
         /* The merge changed the adapted weights and nothing else. */
         model_param *emb = model_find_param(got, "model.embed_tokens.weight");
@@ -182,6 +186,7 @@ static void test_cli(void) {
         model_free(want);
     }
 
+    if (!usage) goto done;
     /* Usage errors. */
     ts_path(out, "merged_bad");
     int rc = ts_run("bad1", "merge", "--method", "linear", "--density", "0.5", "--model", base,
@@ -194,6 +199,7 @@ static void test_cli(void) {
     CHECK_RUN_FAILS(rc, "bad3", "--weights gives more than the 2 values");
     rc = ts_run("bad4", "merge", "--method", "ties", "--model", base, "--out", out, NULL);
     CHECK(rc == 2);
+done:
     lora_free(s1);
     lora_free(s2);
     model_free(m);
@@ -202,6 +208,9 @@ static void test_cli(void) {
 int main(void) {
     test_hand();
     test_dare_stats();
-    test_cli();
+    test_cli("llama_gqa", "llama", 1);
+    /* Apertus: QK-norm weights and xIELU's scalars (0-dimensional buffers)
+     * stream through the merge unchanged */
+    test_cli("apertus", "apertus", 0);
     return check_finish();
 }

@@ -2,6 +2,7 @@
  * 5 write them), transformers' defaults, refusals by name, save -> parse
  * round trips and the presets. */
 #include "model/config.h"
+#include "model/model.h"
 #include "tests/check.h"
 #include "tests/support/ts.h"
 #include "util/err.h"
@@ -217,19 +218,118 @@ static void test_refusals(void) {
 
 /* What we write, we read back identically; transformers' own loading of it
  * is checked by the fixtures' tests. */
+/* Qwen3, OLMo 2, Apertus: the block options, their configuration_*.py
+ * defaults, and what is refused. */
+static void test_newer_families(void) {
+    model_config c;
+    /* Qwen3's defaults: head_dim 128 and 32 kv heads whatever the sizes */
+    CHECK_OK(parse(&c, "{\"model_type\": \"qwen3\", \"vocab_size\": 320, \"hidden_size\": 64, "
+                       "\"intermediate_size\": 128, \"num_hidden_layers\": 2, "
+                       "\"num_attention_heads\": 32}"));
+    CHECK(c.family == MODEL_FAMILY_QWEN3 && c.block.qk_norm == MODEL_QK_NORM_HEAD);
+    CHECK(c.block.pre_norm && !c.block.post_norm && c.block.mlp == MODEL_MLP_GATED);
+    CHECK(c.head_dim == 128 && c.num_kv_heads == 32 && c.max_position == 32768);
+    CHECK(c.norm_eps == 1e-6 && c.bos_token_id == -1 && !c.qkv_bias && !c.tie_embeddings);
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"qwen3\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 64, \"intermediate_size\": 128, "
+                               "\"num_hidden_layers\": 4, \"num_attention_heads\": 4, "
+                               "\"head_dim\": 16, \"num_key_value_heads\": 2, "
+                               "\"use_sliding_window\": true, \"max_window_layers\": 2}"),
+                     "2 of 4 layers use a sliding window");
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"qwen3\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 64, \"intermediate_size\": 128, "
+                               "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+                               "\"num_key_value_heads\": 4, \"hidden_act\": \"gelu\"}"),
+                     "hidden_act 'gelu' is not supported for qwen3 (only 'silu')");
+    /* an architecture of another graph under a model_type */
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"qwen3\", \"architectures\": "
+                               "[\"LlamaForCausalLM\"], \"vocab_size\": 320, \"hidden_size\": 64, "
+                               "\"intermediate_size\": 128, \"num_hidden_layers\": 2, "
+                               "\"num_attention_heads\": 4, \"num_key_value_heads\": 4}"),
+                     "architecture 'LlamaForCausalLM' does not match model_type 'qwen3'");
+
+    /* OLMo 2: norms after the sublayers, QK-norm over the projections */
+    CHECK_OK(parse(&c, "{\"architectures\": [\"Olmo2ForCausalLM\"], \"vocab_size\": 320, "
+                       "\"hidden_size\": 64, \"intermediate_size\": 128, "
+                       "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+                       "\"attention_bias\": true}"));
+    CHECK(c.family == MODEL_FAMILY_OLMO2 && c.block.qk_norm == MODEL_QK_NORM_PROJ);
+    CHECK(!c.block.pre_norm && c.block.post_norm && c.qkv_bias && c.o_bias && !c.mlp_bias);
+    CHECK(c.norm_eps == 1e-5 && c.bos_token_id == -1 && c.eos_token_id == 50279);
+    CHECK(c.head_dim == 16 && c.num_kv_heads == 4 && c.max_position == 2048);
+
+    /* Apertus: xIELU, plain MLP, llama3 RoPE of theta 1.2e7 by default */
+    const char *apertus = "{\"model_type\": \"apertus\", \"vocab_size\": 320, \"hidden_size\": "
+                          "64, \"intermediate_size\": 256, \"num_hidden_layers\": 2, "
+                          "\"num_attention_heads\": 4, \"num_key_value_heads\": 2}";
+    CHECK_OK(parse(&c, apertus));
+    CHECK(c.family == MODEL_FAMILY_APERTUS && c.block.act == MODEL_ACT_XIELU);
+    CHECK(c.block.mlp == MODEL_MLP_PLAIN && c.block.qk_norm == MODEL_QK_NORM_HEAD);
+    CHECK(c.rope_llama3 && c.rope_theta == 12000000.0 && c.rope_factor == 8);
+    CHECK(c.rope_original_max_position == 8192 && c.max_position == 65536);
+    CHECK(c.bos_token_id == 1 && c.eos_token_id == 2 && c.norm_eps == 1e-5);
+    /* per layer: 2 norms 2C, q/k norms 2D, q,o C·C, k,v C·C/2, up and down 2·C·F,
+     * alpha_p and alpha_n (beta and eps are buffers) */
+    CHECK(model_config_num_params(&c) ==
+          2 * 320 * 64 + 64 + 2 * (2 * 64 + 2 * 16 + 3 * 64 * 64 + 2 * 64 * 256 + 2));
+    CHECK_OK(parse(&c, "{\"model_type\": \"apertus\", \"vocab_size\": 320, \"hidden_size\": "
+                       "64, \"intermediate_size\": 256, \"num_hidden_layers\": 2, "
+                       "\"num_attention_heads\": 4, \"rope_scaling\": null, \"rope_theta\": "
+                       "12000000.0}"));
+    CHECK(c.rope_llama3 && c.rope_theta == 12000000.0);
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"apertus\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 64, \"intermediate_size\": 256, "
+                               "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+                               "\"rope_theta\": 500000.0}"),
+                     "rope_theta 500000 without rope_scaling: transformers 4 and 5 read this "
+                     "Apertus config differently");
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"apertus\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 64, \"intermediate_size\": 256, "
+                               "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+                               "\"hidden_act\": \"silu\"}"),
+                     "hidden_act 'silu' is not supported for apertus (only 'xielu')");
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"apertus\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 64, \"intermediate_size\": 256, "
+                               "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+                               "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4}}"),
+                     "rope type 'yarn' is not supported");
+    /* the block options are the family's, nothing else */
+    CHECK_OK(parse(&c, apertus));
+    c.block.act = MODEL_ACT_SILU;
+    CHECK_FAILS_WITH(model_config_check(&c, "x"), "are not those of apertus");
+}
+
 static void test_save_round_trip(void) {
-    const char *srcs[] = {llama_v5, gpt2_hub,
-                          "{\"model_type\": \"qwen2\", \"vocab_size\": 320, \"hidden_size\": 64, "
-                          "\"intermediate_size\": 128, \"num_hidden_layers\": 2, "
-                          "\"num_attention_heads\": 4, \"use_sliding_window\": true, "
-                          "\"sliding_window\": 16, \"max_window_layers\": 0, \"rms_norm_eps\": "
-                          "1e-5, \"initializer_range\": 0.1}",
-                          "{\"model_type\": \"mistral\", \"vocab_size\": 320, \"hidden_size\": 64, "
-                          "\"intermediate_size\": 128, \"num_hidden_layers\": 2, "
-                          "\"num_attention_heads\": 4, \"rope_scaling\": {\"rope_type\": "
-                          "\"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
-                          "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 64}, "
-                          "\"rope_theta\": 123456.789}"};
+    const char *srcs[] = {
+        llama_v5, gpt2_hub,
+        "{\"model_type\": \"qwen2\", \"vocab_size\": 320, \"hidden_size\": 64, "
+        "\"intermediate_size\": 128, \"num_hidden_layers\": 2, "
+        "\"num_attention_heads\": 4, \"use_sliding_window\": true, "
+        "\"sliding_window\": 16, \"max_window_layers\": 0, \"rms_norm_eps\": "
+        "1e-5, \"initializer_range\": 0.1}",
+        "{\"model_type\": \"mistral\", \"vocab_size\": 320, \"hidden_size\": 64, "
+        "\"intermediate_size\": 128, \"num_hidden_layers\": 2, "
+        "\"num_attention_heads\": 4, \"rope_scaling\": {\"rope_type\": "
+        "\"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
+        "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 64}, "
+        "\"rope_theta\": 123456.789}",
+        "{\"model_type\": \"qwen3\", \"vocab_size\": 320, \"hidden_size\": 64, "
+        "\"intermediate_size\": 128, \"num_hidden_layers\": 2, "
+        "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 32, "
+        "\"attention_bias\": true, \"use_sliding_window\": true, "
+        "\"sliding_window\": 16, \"max_window_layers\": 0}",
+        "{\"model_type\": \"olmo2\", \"vocab_size\": 320, \"hidden_size\": 64, "
+        "\"intermediate_size\": 128, \"num_hidden_layers\": 2, "
+        "\"num_attention_heads\": 4, \"eos_token_id\": 3}",
+        "{\"model_type\": \"apertus\", \"vocab_size\": 320, \"hidden_size\": "
+        "64, \"intermediate_size\": 256, \"num_hidden_layers\": 2, "
+        "\"num_attention_heads\": 4}",
+        /* Apertus with the default RoPE: written as rope_type default,
+         * since null would mean Apertus's llama3 */
+        "{\"model_type\": \"apertus\", \"vocab_size\": 320, \"hidden_size\": "
+        "64, \"intermediate_size\": 256, \"num_hidden_layers\": 2, "
+        "\"num_attention_heads\": 4, \"rope_parameters\": {\"rope_type\": "
+        "\"default\", \"rope_theta\": 10000.0}}"};
     for (size_t i = 0; i < sizeof srcs / sizeof srcs[0]; i++) {
         model_config a, b;
         CHECK_OK(parse(&a, srcs[i]));
@@ -274,7 +374,25 @@ static void test_presets(void) {
     CHECK_FAILS_WITH(model_config_preset(&c, "gpt2", "huge"),
                      "unknown preset 'huge' for gpt2 (valid: tiny, small, 124m)");
     CHECK_FAILS_WITH(model_config_preset(&c, "bert", "tiny"),
-                     "unknown architecture 'bert' (valid: llama, gpt2)");
+                     "unknown architecture 'bert' (valid: llama, mistral, qwen2, qwen3, olmo2, "
+                     "apertus, gpt2)");
+    /* every family has a tiny preset, with the family's block and a number of
+     * parameters that is the table's */
+    const char *const tiny[] = {"llama", "mistral", "qwen2", "qwen3", "olmo2", "apertus", "gpt2"};
+    for (size_t i = 0; i < sizeof tiny / sizeof tiny[0]; i++) {
+        CHECK_OK(model_config_preset(&c, tiny[i], "tiny"));
+        model *m = NULL;
+        CHECK_OK(model_create(&m, &c));
+        if (!m) continue;
+        long long table = 0;
+        for (int p = 0; p < m->n_params; p++)
+            if (!m->params[p].buffer && m->params[p].name[0]) table += m->params[p].numel;
+        CHECK_MSG(table == model_config_num_params(&c), "%s tiny: table %lld, formula %lld",
+                  tiny[i], table, model_config_num_params(&c));
+        model_free(m);
+    }
+    CHECK_FAILS_WITH(model_config_preset(&c, "qwen3", "small"),
+                     "unknown preset 'small' for qwen3 (valid: tiny)");
 }
 
 int main(void) {
@@ -282,6 +400,7 @@ int main(void) {
     test_mistral_qwen2();
     test_gpt2();
     test_refusals();
+    test_newer_families();
     test_save_round_trip();
     test_presets();
     return check_finish();

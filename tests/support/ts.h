@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -188,8 +189,9 @@ static inline char *ts_next_to_bin(char *out, const char *name) {
 
 /* Runs FEDLORA_BIN with the NULL-terminated args (args[0] is the program's
  * name), stdout and stderr into ts_dir()/<tag>.out and <tag>.err; returns
- * the exit status (128 + N after signal N), or -1 when it could not run. */
-static inline int ts_run_v(const char *tag, const char *const *args) {
+ * the exit status (128 + N after signal N), or -1 when it could not run.
+ * rss_kib (may be NULL): the run's peak resident memory (ru_maxrss). */
+static inline int ts_run_rss(const char *tag, const char *const *args, long *rss_kib) {
     char out[TS_PATH], err[TS_PATH];
     ts_path(out, "%s.out", tag);
     ts_path(err, "%s.err", tag);
@@ -208,8 +210,14 @@ static inline int ts_run_v(const char *tag, const char *const *args) {
         _exit(127);
     }
     int status;
-    if (waitpid(pid, &status, 0) != pid) return -1;
+    struct rusage ru;
+    if (wait4(pid, &status, 0, &ru) != pid) return -1;
+    if (rss_kib) *rss_kib = ru.ru_maxrss;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static inline int ts_run_v(const char *tag, const char *const *args) {
+    return ts_run_rss(tag, args, NULL);
 }
 
 #define TS_MAX_ARGS 64

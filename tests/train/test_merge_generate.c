@@ -1,7 +1,7 @@
 /* test_merge_generate — `fedlora merge-adapter` and `fedlora generate` as
  * real processes:
- *   - merge-adapter (tiny Llama and GPT-2, whose Conv1D weights are stored
- *     transposed): the merged model's logits equal base + adapter logits
+ *   - merge-adapter (tiny Llama, GPT-2, whose Conv1D weights are stored
+ *     transposed, Qwen3, OLMo 2 and Apertus): the merged model's logits equal base + adapter logits
  *     (max |diff| < 1e-5 in fp32) while the adapter does change them; the
  *     tokenizer comes along; a bf16 base gives a bf16 merged model; a used
  *     --out is refused;
@@ -180,8 +180,8 @@ static void test_generate(void) {
     if (!m) return;
     int C = m->cfg.hidden_size;
     for (int c = 0; c < C; c++) {
-        m->norm_f_w->data[c] = 0;
-        m->norm_f_b->data[c] = 10 * m->wte->data[256 * C + c];
+        m->norm_f.w->data[c] = 0;
+        m->norm_f.b->data[c] = 10 * m->wte->data[256 * C + c];
     }
     CHECK_OK(checkpoint_save(m, ts_path(eos_dir, "gpt2_eos"), "float32"));
     model_free(m);
@@ -204,6 +204,9 @@ int main(void) {
     free(text);
     test_merge("llama");
     test_merge("gpt2");
+    test_merge("qwen3");
+    test_merge("olmo2");
+    test_merge("apertus");
     test_merge_bf16();
     test_generate();
     return check_finish();

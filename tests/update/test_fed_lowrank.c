@@ -24,19 +24,6 @@
 
 #define LP (2 * TS_PATH + 128) /* a path made of an TS_PATH one and more */
 
-static uint64_t file_size(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
-}
-
-static int count_in(const char *path, const char *needle) {
-    char *t = ts_read(path, NULL);
-    int n = 0;
-    for (const char *p = t; p && (p = strstr(p, needle)); p += strlen(needle)) n++;
-    free(t);
-    return n;
-}
-
 /* The journal's publish record of a round: its version, and its update
  * object and size when it names one (uhex "" otherwise). 0 found, -1 not. */
 static int publish_record(const ft_fed *f, int round, char v[65], char uhex[65], uint64_t *size) {
@@ -59,24 +46,6 @@ static int publish_record(const ft_fed *f, int round, char v[65], char uhex[65],
     }
     free(text);
     return rc;
-}
-
-/* A node's metrics line for a round: its "sync" and "download_bytes". */
-static void node_sync_of(const ft_fed *f, int i, int round, char sync[16], uint64_t *bytes) {
-    char path[LP];
-    char *text = ts_read(ts_in(path, f->node[i].state, "metrics.jsonl"), NULL);
-    sync[0] = '\0';
-    *bytes = 0;
-    for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
-        json_t *j = json_loads(line, 0, NULL);
-        if (j && json_integer_value(json_object_get(j, "round")) == round) {
-            json_t *s = json_object_get(j, "sync");
-            snprintf(sync, 16, "%s", json_is_string(s) ? json_string_value(s) : "");
-            *bytes = (uint64_t)json_integer_value(json_object_get(j, "download_bytes"));
-        }
-        json_decref(j);
-    }
-    free(text);
 }
 
 static void store_model(const ft_fed *f, const char *hex, char out[LP]) {
@@ -119,7 +88,7 @@ static void lowrank_path(void) {
                   "round %d's publish record names no update", r);
         CHECK(strcmp(v[r], published) == 0);
         store_model(&f, v[r], path);
-        model_bytes = file_size(path);
+        model_bytes = ft_file_size(path);
         CHECK_MSG(usize[r] > 0 && usize[r] < model_bytes / 2, "update %llu bytes, model %llu",
                   (unsigned long long)usize[r], (unsigned long long)model_bytes);
         /* The object: named by its SHA-256, of the recorded size, from the
@@ -127,7 +96,7 @@ static void lowrank_path(void) {
         char obj[LP], got[65] = "";
         snprintf(obj, sizeof obj, "%s/objects/%s", f.agg_state, u[r]);
         CHECK(harness_hash_file(obj, got) == 0 && strcmp(got, u[r]) == 0);
-        CHECK(file_size(obj) == usize[r]);
+        CHECK(ft_file_size(obj) == usize[r]);
         round_base(&f, r, base);
         safetensors_file *sf;
         CHECK_OK(safetensors_open(&sf, obj));
@@ -159,16 +128,16 @@ static void lowrank_path(void) {
     /* Each node: round 1 downloaded in full, rounds 2 and 3 made from the
      * previous version and the update published with it. */
     for (int i = 0; i < f.n; i++) {
-        CHECK_MSG(count_in(f.node[i].log, "sync: low-rank update") == 2, "%s (see %s)",
+        CHECK_MSG(ft_count_in(f.node[i].log, "sync: low-rank update") == 2, "%s (see %s)",
                   f.node[i].name, f.node[i].log);
-        CHECK(count_in(f.node[i].log, "low-rank sync failed") == 0);
+        CHECK(ft_count_in(f.node[i].log, "low-rank sync failed") == 0);
         char sync[16];
         uint64_t bytes;
-        node_sync_of(&f, i, 1, sync, &bytes);
+        ft_node_sync(&f, i, 1, sync, &bytes);
         CHECK_MSG(!strcmp(sync, "full") && bytes == model_bytes, "%s round 1: %s, %llu bytes",
                   f.node[i].name, sync, (unsigned long long)bytes);
         for (int r = 2; r <= 3; r++) {
-            node_sync_of(&f, i, r, sync, &bytes);
+            ft_node_sync(&f, i, r, sync, &bytes);
             CHECK_MSG(!strcmp(sync, "lowrank") && bytes == usize[r - 1],
                       "%s round %d: %s, %llu bytes (update %llu)", f.node[i].name, r, sync,
                       (unsigned long long)bytes, (unsigned long long)usize[r - 1]);
@@ -234,13 +203,13 @@ static void fallbacks(void) {
             }
             snprintf(path, sizeof path, "%s/objects/%s", f.agg_state, uhex);
             if (g.round == 2) {
-                flip_byte(path, file_size(path) / 2); /* the aggregator serves corrupt bytes */
+                flip_byte(path, ft_file_size(path) / 2); /* the aggregator serves corrupt bytes */
             } else if (g.round == 3) {
                 /* Node 0's copy of the version the update starts from. */
                 char model[LP];
                 snprintf(model, sizeof model, "%s/versions/%s/model.safetensors", f.node[0].state,
                          fhex);
-                flip_byte(model, file_size(model) - 100);
+                flip_byte(model, ft_file_size(model) - 100);
             } else {
                 CHECK(unlink(path) == 0); /* the object is gone */
             }
@@ -258,23 +227,23 @@ static void fallbacks(void) {
     const char *corrupt = "low-rank sync failed (the update's bytes do not hash";
     const char *tampered = "not to the round's base); downloading the full version";
     const char *removed = "low-rank sync failed (the aggregator refused GET_MODEL";
-    CHECK_MSG(count_in(f.node[0].log, corrupt) == 1 && count_in(f.node[0].log, tampered) == 1 &&
-                  count_in(f.node[0].log, removed) == 1 &&
-                  count_in(f.node[0].log, "low-rank sync failed") == 3 &&
-                  count_in(f.node[0].log, "sync: low-rank update") == 0,
+    CHECK_MSG(ft_count_in(f.node[0].log, corrupt) == 1 && ft_count_in(f.node[0].log, tampered) == 1 &&
+                  ft_count_in(f.node[0].log, removed) == 1 &&
+                  ft_count_in(f.node[0].log, "low-rank sync failed") == 3 &&
+                  ft_count_in(f.node[0].log, "sync: low-rank update") == 0,
               "see %s", f.node[0].log);
-    CHECK_MSG(count_in(f.node[1].log, corrupt) == 1 && count_in(f.node[1].log, removed) == 1 &&
-                  count_in(f.node[1].log, "low-rank sync failed") == 2 &&
-                  count_in(f.node[1].log, "sync: low-rank update") == 1,
+    CHECK_MSG(ft_count_in(f.node[1].log, corrupt) == 1 && ft_count_in(f.node[1].log, removed) == 1 &&
+                  ft_count_in(f.node[1].log, "low-rank sync failed") == 2 &&
+                  ft_count_in(f.node[1].log, "sync: low-rank update") == 1,
               "see %s", f.node[1].log);
     char v[5][65], u[5][65], sync[16];
     uint64_t us[5], bytes, model_bytes;
     for (int r = 1; r <= 4; r++) CHECK_OK(publish_record(&f, r, v[r], u[r], &us[r]));
     store_model(&f, v[1], path);
-    model_bytes = file_size(path);
+    model_bytes = ft_file_size(path);
     for (int r = 2; r <= 4; r++)
         for (int i = 0; i < 2; i++) {
-            node_sync_of(&f, i, r, sync, &bytes);
+            ft_node_sync(&f, i, r, sync, &bytes);
             int lowrank = i == 1 && r == 3;
             /* The update's bytes (all of them, or none when it was gone)
              * count too when they were fetched before the fallback. */
@@ -340,7 +309,7 @@ static void policy_sync(const char *tag, const char *policy_text, const char *ru
     }
     json_decref(j);
     store_model(&f, v, path);
-    uint64_t model_bytes = file_size(path);
+    uint64_t model_bytes = ft_file_size(path);
     if (rank > 0) {
         /* The update: in the store, from round 1's base to its version, at
          * the merge's rank. */
@@ -348,7 +317,7 @@ static void policy_sync(const char *tag, const char *policy_text, const char *ru
         CHECK_MSG(strlen(u) == 64 && us > 0 && us < model_bytes / 2,
                   "%s: round 1 published update '%s' (%llu bytes)", tag, u, (unsigned long long)us);
         snprintf(obj, sizeof obj, "%s/objects/%s", f.agg_state, u);
-        CHECK(harness_hash_file(obj, got) == 0 && strcmp(got, u) == 0 && file_size(obj) == us);
+        CHECK(harness_hash_file(obj, got) == 0 && strcmp(got, u) == 0 && ft_file_size(obj) == us);
         round_base(&f, 1, base);
         snprintf(path, sizeof path, "%s/versions/%s", f.agg_state, base);
         model *m = NULL;
@@ -366,16 +335,16 @@ static void policy_sync(const char *tag, const char *policy_text, const char *ru
     }
     for (int i = 0; i < f.n; i++) {
         char sync[16];
-        node_sync_of(&f, i, 2, sync, &bytes);
+        ft_node_sync(&f, i, 2, sync, &bytes);
         if (rank > 0) {
             CHECK_MSG(!strcmp(sync, "lowrank") && bytes == us,
                       "%s: %s round 2: %s, %llu bytes (update %llu)", tag, f.node[i].name, sync,
                       (unsigned long long)bytes, (unsigned long long)us);
-            CHECK_MSG(count_in(f.node[i].log, "sync: low-rank update") == 1 &&
-                          count_in(f.node[i].log, "low-rank sync failed") == 0,
+            CHECK_MSG(ft_count_in(f.node[i].log, "sync: low-rank update") == 1 &&
+                          ft_count_in(f.node[i].log, "low-rank sync failed") == 0,
                       "%s: see %s", tag, f.node[i].log);
         } else {
-            CHECK(count_in(f.node[i].log, "low-rank") == 0);
+            CHECK(ft_count_in(f.node[i].log, "low-rank") == 0);
             CHECK_MSG(!strcmp(sync, "full") && bytes == model_bytes,
                       "%s: %s round 2: %s, %llu bytes", tag, f.node[i].name, sync,
                       (unsigned long long)bytes);

@@ -259,8 +259,29 @@ static void test_round_trips(void) {
     free(buf);
     m = sample_round();
     CHECK_OK(round_trip(&m, &out, &buf));
-    CHECK(!out.round.has_update);
+    CHECK(!out.round.has_update && !out.round.base_sharded);
+    size_t plain_len = 0;
+    uint8_t *plain = NULL;
+    CHECK_OK(msg_encode(&m, &plain, &plain_len));
     free(buf);
+    /* A sharded base: "base_sharded" true; false is not written, so a ROUND
+     * of a single-file base has the bytes it always had. */
+    m.round.base_sharded = true;
+    CHECK_OK(round_trip(&m, &out, &buf));
+    CHECK(out.round.base_sharded && !out.round.has_update);
+    free(buf);
+    uint8_t *sharded = NULL;
+    size_t sharded_len = 0;
+    CHECK_OK(msg_encode(&m, &sharded, &sharded_len));
+    CHECK(plain && sharded && sharded_len == plain_len + 14 &&
+          memmem(sharded, sharded_len,
+                 "\xac"
+                 "base_sharded"
+                 "\xc3",
+                 14) != NULL &&
+          memmem(plain, plain_len, "base_sharded", 12) == NULL);
+    free(plain);
+    free(sharded);
 
     /* STATUS and its answer, with and without a roster. */
     m = (struct msg){.type = MSG_STATUS};

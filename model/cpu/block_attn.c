@@ -1,0 +1,105 @@
+/* block_attn.c — a block's attention sublayer, forward and backward:
+ *
+ *   q, k, v = q_proj(h), k_proj(h), v_proj(h)     QKV_SEPARATE
+ *           = column thirds of c_attn(h)          QKV_FUSED (GPT-2)
+ *   q, k    = qk_norm(q), qk_norm(k)              QK-norm (before RoPE, as
+ *             Qwen3 / Apertus per head, OLMo 2 over the projection)
+ *   q, k    = rope(q), rope(k)                    POS_ROPE
+ *   y       = o(attn(q, k, v))
+ *
+ * Saved: q, k, v as attention reads them, the pre-norm q | k and the QK-norm
+ * statistics, the attention output and log-sum-exps (acts.h). */
+#include "model/cpu/acts.h"
+
+/* A layer's q, k and v inside its block of N·W values. QKV_SEPARATE: three
+ * contiguous matrices q (N, H·D), k and v (N, KV·D), the outputs of three
+ * linears. QKV_FUSED: one (N, 3C) matrix whose column thirds are q, k, v. */
+typedef struct {
+    real *q, *k, *v;
+    int ldq, ldk, ldv;
+} qkv_view;
+
+static qkv_view qkv_at(const model_acts *a, real *base) {
+    const model_config *c = &a->m->cfg;
+    int HD = c->num_heads * c->head_dim, KVD = c->num_kv_heads * c->head_dim;
+    if (c->block.qkv == MODEL_QKV_FUSED)
+        return (qkv_view){base, base + HD, base + 2 * HD, a->W, a->W, a->W};
+    return (qkv_view){base, base + (size_t)a->N * HD, base + (size_t)a->N * (HD + KVD), HD, KVD,
+                      KVD};
+}
+
+int block_attn_needs_input(const model_layer *L) {
+    if (L->qkv.w) return cpu_linear_needs_input(&L->qkv);
+    return cpu_linear_needs_input(&L->q) || cpu_linear_needs_input(&L->k) ||
+           cpu_linear_needs_input(&L->v);
+}
+
+int block_attn_forward(model_acts *a, int l, const real *h, real *y, int accumulate) {
+    const model *m = a->m;
+    const model_config *c = &m->cfg;
+    const model_layer *L = &m->layers[l];
+    int N = a->N, HD = c->num_heads * c->head_dim;
+    qkv_view qv = qkv_at(a, a->qkv + acts_layer_off(a, l, a->W));
+    real *att = a->att + acts_layer_off(a, l, HD);
+
+    if (c->block.qkv == MODEL_QKV_FUSED) {
+        TRY(cpu_linear_forward(m->precision, &L->qkv, h, qv.q, N, 0));
+    } else if (a->QK) {
+        /* the projections into qk_raw (kept), normalized into q and k */
+        real *q_raw = a->qk_raw + acts_layer_off(a, l, a->QK), *k_raw = q_raw + (size_t)N * HD;
+        TRY(cpu_linear_forward(m->precision, &L->q, h, q_raw, N, 0));
+        TRY(cpu_linear_forward(m->precision, &L->k, h, k_raw, N, 0));
+        TRY(cpu_linear_forward(m->precision, &L->v, h, qv.v, N, 0));
+        cpu_qk_norm_forward(c, L, qv.q, qv.k, q_raw, k_raw,
+                            a->qk_rstd + acts_layer_off(a, l, a->QKR), N);
+    } else {
+        TRY(cpu_linear_forward(m->precision, &L->q, h, qv.q, N, 0));
+        TRY(cpu_linear_forward(m->precision, &L->k, h, qv.k, N, 0));
+        TRY(cpu_linear_forward(m->precision, &L->v, h, qv.v, N, 0));
+    }
+    if (c->block.pos == MODEL_POS_ROPE) {
+        cpu_rope_apply(qv.q, qv.ldq, N, a->T, c->num_heads, c->head_dim, a->rope_cos, a->rope_sin,
+                       0);
+        cpu_rope_apply(qv.k, qv.ldk, N, a->T, c->num_kv_heads, c->head_dim, a->rope_cos,
+                       a->rope_sin, 0);
+    }
+    cpu_attention_forward(&a->attn, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att,
+                          a->att_lse + acts_layer_off(a, l, c->num_heads));
+    return cpu_linear_forward(m->precision, &L->o, att, y, N, accumulate);
+}
+
+int block_attn_backward(model_acts *a, int l, const real *h, const real *dy, real *dh,
+                        int accumulate_dh) {
+    const model *m = a->m;
+    const model_config *c = &m->cfg;
+    model_layer *L = &m->layers[l];
+    int N = a->N, HD = c->num_heads * c->head_dim;
+    qkv_view qv = qkv_at(a, a->qkv + acts_layer_off(a, l, a->W));
+    qkv_view dqv = qkv_at(a, a->dqkv);
+    real *att = a->att + acts_layer_off(a, l, HD);
+
+    TRY(cpu_linear_backward(m->precision, &L->o, att, dy, a->datt, N, 0));
+    cpu_attention_backward(&a->attn, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att, a->datt,
+                           a->att_lse + acts_layer_off(a, l, c->num_heads), dqv.q, dqv.k, dqv.v);
+    if (c->block.pos == MODEL_POS_ROPE) {
+        cpu_rope_apply(dqv.q, dqv.ldq, N, a->T, c->num_heads, c->head_dim, a->rope_cos, a->rope_sin,
+                       1);
+        cpu_rope_apply(dqv.k, dqv.ldk, N, a->T, c->num_kv_heads, c->head_dim, a->rope_cos,
+                       a->rope_sin, 1);
+    }
+    if (c->block.qkv == MODEL_QKV_FUSED)
+        return cpu_linear_backward(m->precision, &L->qkv, h, a->dqkv, dh, N, accumulate_dh);
+    real *dq = dqv.q, *dk = dqv.k;
+    if (a->QK) {
+        /* through the QK-norm: d(q_raw | k_raw) */
+        real *q_raw = a->qk_raw + acts_layer_off(a, l, a->QK), *k_raw = q_raw + (size_t)N * HD;
+        dq = a->dqk_raw;
+        dk = dq + (size_t)N * HD;
+        memset(dq, 0, (size_t)N * a->QK * sizeof(real));
+        cpu_qk_norm_backward(c, L, dq, dk, dqv.q, dqv.k, q_raw, k_raw,
+                             a->qk_rstd + acts_layer_off(a, l, a->QKR), N);
+    }
+    TRY(cpu_linear_backward(m->precision, &L->q, h, dq, dh, N, accumulate_dh));
+    TRY(cpu_linear_backward(m->precision, &L->k, h, dk, dh, N, 1));
+    return cpu_linear_backward(m->precision, &L->v, h, dqv.v, dh, N, 1);
+}
