@@ -398,8 +398,7 @@ static int run(demo *d) {
     /* Round 0: the base as the aggregator imported it (versions/latest
      * until round 1 publishes). */
     uint8_t h0[STORE_HASH_LEN];
-    if (store_latest(f->agg_state, h0) != 0 || evaluate(d, f->base, r0) != 0)
-        return -1;
+    if (store_latest(f->agg_state, h0) != 0 || evaluate(d, f->base, r0) != 0) return -1;
     hex_encode(h0, STORE_HASH_LEN, r0->version);
     d->n_hist = 1;
     print_header(d);

@@ -201,8 +201,7 @@ static inline int ft_count_in(const char *path, const char *needle) {
 
 /* Node i's metrics line for a round: how it synced the round's base
  * ("sync") and the bytes it fetched for that ("download_bytes"). */
-static inline void ft_node_sync(const ft_fed *f, int i, int round, char sync[16],
-                                uint64_t *bytes) {
+static inline void ft_node_sync(const ft_fed *f, int i, int round, char sync[16], uint64_t *bytes) {
     char path[TS_PATH];
     char *text = ts_read(ts_in(path, f->node[i].state, "metrics.jsonl"), NULL);
     sync[0] = '\0';
