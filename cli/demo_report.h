@@ -10,7 +10,7 @@
 /* One round as the demo watched it (round 0: the base model). */
 typedef struct {
     uint64_t round;
-    char version[65]; /* the version's SHA-256, hex */
+    char version[65];   /* the version's SHA-256, hex */
     double global_loss; /* NaN: not evaluated this round (--eval-every) */
     int n_domains;      /* evaluated: the held-out domains' losses */
     double domain_loss[DEMO_DOMAINS_MAX];
