@@ -244,61 +244,70 @@ static void round_view_free(round_view *v) {
     model_free(v->after);
 }
 
-static void test_fedavg(void) {
+/* A 3-round continued federation under `policy`; check(f, m, r, v) for
+ * rounds 1 and 2, each with the next round's start (m: round 1's base, for
+ * the adapters' shapes). */
+typedef void (*round_check)(const ft_fed *f, const model *m, int r, const round_view *v);
+
+static void continued_rounds(const char *tag, const char *policy, round_check check) {
     ft_fed f;
-    if (run_federation(&f, "fedavg",
-                       "merge = { mode = \"fedit\"; start = \"global\"; };\n"
-                       "rounds = { quorum = 3; deadline_s = 120; };\n",
-                       3, 2) != 0)
-        return;
+    if (run_federation(&f, tag, policy, 3, 2) != 0) return;
     model *m = load_version(&f, 1, 1);
     for (int r = 1; m && r < 3; r++) {
         round_view v;
-        if (round_view_load(&f, m, r, &v) != 0) {
-            round_view_free(&v);
-            continue;
-        }
-        lora_set *next = v.next, *g = v.g, *a[NODES] = {0};
-        char rel[64];
-        double p[NODES], psum = 0;
-        for (int i = 0; i < f.n; i++) {
-            char dir[TS_PATH];
-            snprintf(rel, sizeof rel, "rounds/%d/train", r);
-            node_file(&f, i, rel, dir);
-            CHECK_OK(peft_load(&a[i], m, dir));
-            psum += p[i] = weight_of(&f, r, f.node[i].name);
-        }
-        CHECK_NEAR(psum, 1, 1e-9);
-        /* A' = Σ p_i A_i and B' = Σ p_i B_i, in double here. */
-        double worst = 0;
-        for (int k = 0; next && a[NODES - 1] && k < next->n_modules; k++)
-            for (int t = 0; t < 2; t++) {
-                const model_param *got = t ? &next->modules[k].B : &next->modules[k].A;
-                for (int64_t j = 0; j < got->numel; j++) {
-                    double want = 0, mag = 0;
-                    for (int i = 0; i < f.n; i++) {
-                        const model_param *x = t ? &a[i]->modules[k].B : &a[i]->modules[k].A;
-                        want += p[i] * x->data[j];
-                        mag += fabs(p[i] * x->data[j]);
-                    }
-                    worst = fmax(worst, fabs(got->data[j] - want) / (mag + 1e-30));
-                }
-            }
-        CHECK_MSG(worst < 1e-6, "round %d's start is not Σ p_i (A_i, B_i): worst relative %g",
-                  r + 1, worst);
-        /* The version moved by s(B'A' − B0A0). */
-        for (int k = 0; k < g->n_modules; k++) {
-            double e = version_step_error(v.before, v.after, &g->modules[k], &next->modules[k]);
-            CHECK_MSG(e < 1e-4,
-                      "round %d, %s: the version moved by other than s(B'A' - B0A0) "
-                      "(relative %g)",
-                      r, g->modules[k].path, e);
-        }
-        for (int i = 0; i < NODES; i++) lora_free(a[i]);
+        if (round_view_load(&f, m, r, &v) == 0) check(&f, m, r, &v);
         round_view_free(&v);
     }
     model_free(m);
     ft_teardown(&f);
+}
+
+/* FedAvg continued: the next start is Σ p_i (A_i, B_i). */
+static void check_fedavg_round(const ft_fed *f, const model *m, int r, const round_view *v) {
+    lora_set *next = v->next, *g = v->g, *a[NODES] = {0};
+    char rel[64];
+    double p[NODES], psum = 0;
+    for (int i = 0; i < f->n; i++) {
+        char dir[TS_PATH];
+        snprintf(rel, sizeof rel, "rounds/%d/train", r);
+        node_file(f, i, rel, dir);
+        CHECK_OK(peft_load(&a[i], m, dir));
+        psum += p[i] = weight_of(f, r, f->node[i].name);
+    }
+    CHECK_NEAR(psum, 1, 1e-9);
+    /* A' = Σ p_i A_i and B' = Σ p_i B_i, in double here. */
+    double worst = 0;
+    for (int k = 0; next && a[NODES - 1] && k < next->n_modules; k++)
+        for (int t = 0; t < 2; t++) {
+            const model_param *got = t ? &next->modules[k].B : &next->modules[k].A;
+            for (int64_t j = 0; j < got->numel; j++) {
+                double want = 0, mag = 0;
+                for (int i = 0; i < f->n; i++) {
+                    const model_param *x = t ? &a[i]->modules[k].B : &a[i]->modules[k].A;
+                    want += p[i] * x->data[j];
+                    mag += fabs(p[i] * x->data[j]);
+                }
+                worst = fmax(worst, fabs(got->data[j] - want) / (mag + 1e-30));
+            }
+        }
+    CHECK_MSG(worst < 1e-6, "round %d's start is not Σ p_i (A_i, B_i): worst relative %g", r + 1,
+              worst);
+    /* The version moved by s(B'A' − B0A0). */
+    for (int k = 0; k < g->n_modules; k++) {
+        double e = version_step_error(v->before, v->after, &g->modules[k], &next->modules[k]);
+        CHECK_MSG(e < 1e-4,
+                  "round %d, %s: the version moved by other than s(B'A' - B0A0) "
+                  "(relative %g)",
+                  r, g->modules[k].path, e);
+    }
+    for (int i = 0; i < NODES; i++) lora_free(a[i]);
+}
+
+static void test_fedavg(void) {
+    continued_rounds("fedavg",
+                     "merge = { mode = \"fedit\"; start = \"global\"; };\n"
+                     "rounds = { quorum = 3; deadline_s = 120; };\n",
+                     check_fedavg_round);
 }
 
 /* The largest singular value of E (out, in), by power iteration on EᵀE. */
@@ -389,23 +398,19 @@ static void check_refactor(const lora_module *g0, const lora_module *g1, const m
     free(M);
 }
 
+/* exact continued: the next start is the truncated SVD of s·B0·A0 + ΔW. */
+static void check_exact_round(const ft_fed *f, const model *m, int r, const round_view *v) {
+    (void)f;
+    (void)m;
+    for (int k = 0; k < v->g->n_modules; k++)
+        check_refactor(&v->g->modules[k], &v->next->modules[k], v->before, v->after, r);
+}
+
 static void test_exact_global(void) {
-    ft_fed f;
-    if (run_federation(&f, "exactg",
-                       "merge = { mode = \"exact\"; start = \"global\"; svd_oversample = 64; };\n"
-                       "rounds = { quorum = 3; deadline_s = 120; };\n",
-                       3, 2) != 0)
-        return;
-    model *m = load_version(&f, 1, 1);
-    for (int r = 1; m && r < 3; r++) {
-        round_view v;
-        if (round_view_load(&f, m, r, &v) == 0)
-            for (int k = 0; k < v.g->n_modules; k++)
-                check_refactor(&v.g->modules[k], &v.next->modules[k], v.before, v.after, r);
-        round_view_free(&v);
-    }
-    model_free(m);
-    ft_teardown(&f);
+    continued_rounds("exactg",
+                     "merge = { mode = \"exact\"; start = \"global\"; svd_oversample = 64; };\n"
+                     "rounds = { quorum = 3; deadline_s = 120; };\n",
+                     check_exact_round);
 }
 
 int main(void) {
