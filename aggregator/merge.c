@@ -3,6 +3,7 @@
 
 #include "aggregator/store.h"
 #include "model/safetensors.h"
+#include "policies/handout.h"
 #include "policies/validate.h"
 #include "util/err.h"
 
@@ -130,6 +131,8 @@ int agg_update_build(const model *base, const uint8_t base_hash[32], uint64_t ro
     u->loss_before = d.loss_before;
     u->loss_after = d.loss_after;
     u->rank = d.rank;
+    u->has_start = d.has_start;
+    memcpy(u->start, d.start, sizeof u->start);
     rc = 0;
 done:
     payload_delta_free(&d);
@@ -276,15 +279,25 @@ void agg_change_free(agg_change *c) {
 
 /* The factors only: the version is written from them (update_write_version),
  * the one way the aggregator changes a base by a low-rank update. */
-int agg_merge_exact(void *arg, const model *base, const agg_update *u, int n, const double *w,
-                    agg_change *out) {
+int agg_merge_exact(void *arg, const model *base, const lora_set *start, const agg_update *u, int n,
+                    const double *w, agg_change *out) {
     (void)arg;
     memset(out, 0, sizeof *out);
-    lora_set **sets = malloc((size_t)n * sizeof *sets);
-    if (!sets) return err_set("out of memory merging %d updates", n);
-    for (int i = 0; i < n; i++) sets[i] = u[i].set;
-    int rc = update_build(&out->factors, base, sets, w, n);
+    int with_start = start && lora_has_product(start);
+    lora_set **sets = malloc((size_t)(n + 1) * sizeof *sets);
+    double *coef = malloc((size_t)(n + 1) * sizeof *coef);
+    if (!sets || !coef) {
+        free(sets);
+        free(coef);
+        return err_set("out of memory merging %d updates", n);
+    }
+    double sum = 0;
+    for (int i = 0; i < n; i++) sets[i] = u[i].set, coef[i] = w[i], sum += w[i];
+    sets[n] = (lora_set *)start;
+    coef[n] = -sum;
+    int rc = update_build(&out->factors, base, sets, coef, n + with_start);
     free(sets);
+    free(coef);
     return rc;
 }
 

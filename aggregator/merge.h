@@ -38,7 +38,9 @@ typedef struct {
     uint64_t tokens, examples;
     double loss_before, loss_after;
     uint32_t rank;
-    lora_set *set; /* on the round's base; values copied from the payload */
+    int has_start;     /* the DELTA names the start adapter it trained from: */
+    uint8_t start[32]; /* its SHA-256 (aggregator/handout.h) */
+    lora_set *set;     /* on the round's base; values copied from the payload */
 } agg_update;
 
 /* Decodes payload (len bytes, a DELTA) for `member` and builds its update on
@@ -98,9 +100,11 @@ typedef struct agg_policy {
     /* w[i] >= 0 for each of n updates. */
     int (*weights)(void *arg, const agg_update *u, int n, double *w);
     /* The round's change to base from the updates and their weights w
-     * (agg_change above); base is read only. */
-    int (*merge)(void *arg, const model *base, const agg_update *u, int n, const double *w,
-                 agg_change *out);
+     * (agg_change above); base is read only. start: the adapter every
+     * member started from (aggregator/handout.h), or NULL: with B0 != 0 a
+     * member's update is s·(B_i A_i − B0 A0) (policies/handout.h). */
+    int (*merge)(void *arg, const model *base, const lora_set *start, const agg_update *u, int n,
+                 const double *w, agg_change *out);
     void *arg;
 } agg_policy;
 
@@ -111,8 +115,9 @@ const agg_policy *agg_policy_default(void);
  * if they sum to less than 1, each gets its cap). */
 int agg_weights_tokens(void *arg, const agg_update *u, int n, double *w);
 /* W' = W + Σ_i w_i s_i B_i A_i as its factored update (update_build): always
- * low rank. */
-int agg_merge_exact(void *arg, const model *base, const agg_update *u, int n, const double *w,
-                    agg_change *out);
+ * low rank. With a start whose B0 != 0, the start's set is added once with
+ * coefficient −Σ_i w_i: W' = W + Σ_i w_i s (B_i A_i − B0 A0). */
+int agg_merge_exact(void *arg, const model *base, const lora_set *start, const agg_update *u, int n,
+                    const double *w, agg_change *out);
 
 #endif

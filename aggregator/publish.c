@@ -196,6 +196,7 @@ int agg_forget_key(const agg_config *c, uint64_t round) {
 
 void agg_result_free(round_result *r) {
     agg_change_free(&r->change);
+    lora_free(r->start);
     for (int i = 0; i < r->n; i++) agg_update_free(&r->u[i]);
     free(r->u);
     free(r->w);
@@ -248,6 +249,8 @@ int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *ke
     int rc = -1;
     agg_norms *norms = NULL; /* the base's weight norms, for the default bound */
     if (agg_norms_new(&norms, base) < 0) goto done;
+    agg_start started; /* where the round's members started (handout.h) */
+    if (agg_start_of(c, m, round, &started, &r->start) < 0) goto done;
     for (int i = 0; i < n; i++) {
         const accept_rec *a = order[i];
         char path[AGG_PATH_MAX], why[AGG_WHY_MAX];
@@ -304,6 +307,11 @@ int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *ke
             drop(r, round, a->member, why);
             continue;
         }
+        if (agg_start_check(&started, &r->u[r->n], why)) {
+            drop(r, round, a->member, why);
+            agg_update_free(&r->u[r->n]);
+            continue;
+        }
         if (pol->validate) {
             int v = pol->validate(pol->arg, m, &r->u[r->n], why);
             if (v < 0) goto done;
@@ -321,7 +329,7 @@ int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *ke
     }
     if (r->n > 0 && r->n >= quorum) {
         if (pol->weights(pol->arg, r->u, r->n, r->w) < 0 ||
-            pol->merge(pol->arg, m, r->u, r->n, r->w, &r->change) < 0)
+            pol->merge(pol->arg, m, r->start, r->u, r->n, r->w, &r->change) < 0)
             goto done;
         r->merged = 1;
     }
@@ -391,6 +399,14 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
         /* The policy rejected so many that the quorum is no longer met. */
         return unmerged(a, &r, r.n ? "below-quorum-after-validation" : "no-valid-delta", now,
                         t1 - t0);
+    }
+    /* The next round's start (merge.start "global"), named before the
+     * publish record like the version and its update. */
+    if (agg_start_publish_next(&a->cfg, a->model, a->round, r.start, r.u, r.n, r.w, &r.change) <
+        0) {
+        noise_free(noise);
+        agg_result_free(&r);
+        return -1;
     }
     char name[64], hex[STORE_HEX_LEN + 1];
     snprintf(name, sizeof name, "r%llu", (unsigned long long)a->round);

@@ -156,18 +156,13 @@ static int on_hello(agg *a, const agg_peer *peer, const struct msg_hello *h, uin
     r.round.base_sharded = store_is_sharded(a->cfg.state, a->base) == 1;
     /* Low-rank sync: a node that holds the previous version can make this
      * base from it and the update object (docs/protocol.md). */
-    /* The base's size bounds what a node's download of it may write. */
-    char path[AGG_PATH_MAX];
-    struct stat st;
-    r.round.has_base_size = store_model_path(a->cfg.state, a->base, path, sizeof path) == 0 &&
-                            stat(path, &st) == 0 && st.st_size > 0;
-    r.round.base_size = r.round.has_base_size ? (uint64_t)st.st_size : 0;
     r.round.has_update = a->has_update && memcmp(a->update_to, a->base, 32) == 0;
     if (r.round.has_update) {
         memcpy(r.round.update_from, a->update_from, 32);
         memcpy(r.round.update_hash, a->update_hash, 32);
         r.round.update_size = a->update_size;
     }
+    if (agg_start_round_fields(a, &r.round) < 0) return -1;
     return agg_encode(&r, out, len);
 }
 

@@ -21,6 +21,7 @@
 #define FL_AGGREGATOR_STATE_H
 
 #include "aggregator/agg.h"
+#include "aggregator/handout.h"
 #include "aggregator/hooks.h"
 #include "aggregator/journal.h"
 #include "aggregator/members.h"
@@ -104,6 +105,7 @@ struct agg {
     int has_update;
     uint8_t update_from[32], update_to[32], update_hash[32];
     uint64_t update_size;
+    agg_start start; /* the start adapter ROUND hands out (handout.h), once per round */
     /* Roster versions (0: the config's member list): the newest journaled,
      * the one in force when the current round opened (rounds.join = next:
      * who takes part), and when it closed (whose deltas count). */
@@ -165,6 +167,7 @@ typedef struct {
     char nonfinite[AGG_WHY_MAX];
     uint64_t tokens, examples, bytes;
     agg_change change; /* what the merge changes (merge.h): factors, or a dense change */
+    lora_set *start;   /* the round's start adapter (handout.h), or NULL */
 } round_result;
 
 /* Set from signal handlers (serve.c). */

@@ -462,6 +462,7 @@ static int step(node_ctx *n, said *s) {
         return k == SUBMIT_STOP ? STEP_STOP : k < 0 ? -1 : STEP_GO;
     }
     k = node_sync(n, r);
+    if (k == 0) k = node_start_fetch(n, r);
     if (k != 0) return k < 0 ? -1 : STEP_STOP;
     return node_train_and_seal(n, r);
 }

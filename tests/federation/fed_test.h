@@ -46,6 +46,7 @@ typedef harness_fed ft_fed;
 typedef struct {
     int rounds, quorum, deadline_s, steps, rank, seq, save_every, linger_s;
     const char *below_quorum; /* "wait" or "fail" */
+    const char *policy;       /* a policy file for the aggregator, or NULL */
     const char *arch;         /* the base model's family (init-model's tiny preset): "llama" */
     const char *targets;      /* LoRA targets as libconfig list items; NULL: q_proj, v_proj,
                                  down_proj */
@@ -86,6 +87,7 @@ static inline int ft_setup(ft_fed *f, const char *tag, int n, const ft_options *
     h.batch = 4;
     h.lr = 0.01;
     h.targets = o->targets ? o->targets : "\"q_proj\", \"v_proj\", \"down_proj\"";
+    h.policy = o->policy;
     h.node_poll_ms = 50;
     snprintf(h.node_extra, sizeof h.node_extra,
              "request_timeout_ms = 1000;\ngive_up_s = 120;\nsave_every = %d;\n", o->save_every);
