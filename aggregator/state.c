@@ -210,7 +210,7 @@ int agg_open(agg **out, const agg_config *c, uint64_t now) {
         err_set("out of memory");
         goto fail;
     }
-    if (check_config_against_base(a) < 0 || agg_status_open(a) < 0 ||
+    if (check_config_against_base(a) < 0 || agg_status_open(a) < 0 || agg_status_bind(a) < 0 ||
         agg_state_path(a, "journal", p, sizeof p) < 0 ||
         journal_open(&a->journal, p, 0, agg_replay_record, a) < 0 || agg_eval_open(a) < 0)
         goto fail;

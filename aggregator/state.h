@@ -312,8 +312,12 @@ int agg_on_get_model(agg *a, const struct msg_get_model *g, uint8_t **out, size_
 /* ---- status_track.c ------------------------------------------------------------ */
 int agg_status_open(agg *a);
 void agg_status_close(agg *a);
-/* Starts the status page (config "status"; nothing without it) and writes
- * its URL to STATE/status-url. */
+/* Binds the status page's port (config "status"; nothing without it): in
+ * agg_open, before the journal, so that a port in use refuses the start
+ * before any round is journaled. */
+int agg_status_bind(agg *a);
+/* Serves it (binding it if agg_status_bind was not called) and writes its
+ * URL to STATE/status-url. */
 int agg_status_serve(agg *a);
 /* The request being handled came on the connection with this ZeroMQ
  * routing id (NULL: none); the member known to use it counts as seen. */

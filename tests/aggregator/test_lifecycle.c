@@ -27,7 +27,10 @@
 #include "wire/roster.h"
 #include "wire/transport.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -320,6 +323,29 @@ static void test_bind_first(void) {
     transport_close(t);
 }
 
+/* The status page's port too is bound before the journal: with it in use,
+ * agg_open refuses and no round is journaled (a restart with the port free
+ * starts round 1 afresh, not on top of a half-started state). */
+static void test_status_bind_first(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(fd, 1) == 0 &&
+          getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
+    char more[128];
+    snprintf(more, sizeof more, "status = { bind = \"127.0.0.1:%d\"; };", ntohs(sa.sin_port));
+    agg_config *c = cfg_of("busystatus", "count = 1;", more);
+    agg *a;
+    CHECK_FAILS_WITH(agg_open(&a, c, T0), "status");
+    char journal[4200];
+    snprintf(journal, sizeof journal, "%s/journal", c->state);
+    CHECK_MSG(!fio_exists(journal), "%s was written before the status page's bind failed", journal);
+    close(fd);
+    /* With the port free the same state directory starts. */
+    CHECK_OK(agg_open(&a, c, T0));
+    agg_close(a);
+}
+
 static void test_linger(void) {
     char cfg[600], log[600], epf[700];
     fed_config(&F, "linger", cfg, sizeof cfg, "count = 1; quorum = 3; deadline = 600; linger = 6;",
@@ -401,6 +427,7 @@ int main(void) {
     test_empty_roster();
     if (bin && access(bin, X_OK) == 0) {
         test_bind_first();
+        test_status_bind_first();
         test_linger();
     } else {
         CHECK_MSG(0, "FEDLORA_BIN must name the fedlora binary");
