@@ -66,12 +66,26 @@ void agg_close(agg *a);
  * hooks.h, or agg_policy_default() without one). */
 void agg_set_policy(agg *a, const agg_policy *p);
 
-/* Handles one request (an encoded message) and makes the encoded reply
+/* Who sent a request, as the transport knows it: the connection it came on
+ * (the ROUTER's routing id), and, when the transport authenticated the
+ * connection's key (CURVE, docs/threat-model.md), whose key that is. A
+ * member's HELLO, verified, opens a session for its connection; only a
+ * session may upload (docs/protocol.md, "Uploads"). */
+typedef struct {
+    const void *id; /* the connection: 1..255 bytes */
+    size_t id_len;
+    int authenticated;       /* the key below was proven by the transport */
+    uint8_t fp[KEYS_FP_LEN]; /* its owner's identity fingerprint */
+} agg_peer;
+
+/* Handles one request (an encoded message) from peer (NULL: a connection
+ * with no id, which can ask but never upload) and makes the encoded reply
  * (*reply malloc'd). Bad input from a node never fails this call: it gets an
- * ERROR reply and a log line. -1 only when the aggregator cannot go on (a
- * journal or disk failure): the caller stops. */
-int agg_handle(agg *a, const void *req, size_t len, uint64_t now, uint8_t **reply,
-               size_t *reply_len);
+ * ERROR reply and a log line; a full disk refuses the upload it hits. -1
+ * only when the aggregator cannot go on (the journal cannot be written):
+ * the caller stops. */
+int agg_handle(agg *a, const agg_peer *peer, const void *req, size_t len, uint64_t now,
+               uint8_t **reply, size_t *reply_len);
 
 /* Moves the state machine on at time now: closes a round that is due,
  * aggregates, publishes, opens the next round. -1 on a failure that stops
@@ -85,12 +99,23 @@ void agg_current_base(const agg *a, uint8_t hash[32]);
 /* Deltas accepted for the current round. */
 int agg_accepted_count(const agg *a);
 
-/* Serves on the config's bind address until the federation is finished (and
- * its linger time has passed, or 2 s after every member was told), or SIGTERM/SIGINT
- * arrive: then the current request is finished, sockets are closed, and it
- * returns 0. The bound endpoint (with the real port) is written to
- * STATE/endpoint. */
-int agg_run(agg *a);
+/* The aggregator's socket, bound to the config's address: with CURVE (the
+ * default) keyed by the aggregator's identity, its ZAP handler (served by
+ * agg_run) admitting only the active members and observers of the roster
+ * in force. Bound before agg_open writes anything, so that a port in use
+ * fails before a new federation is journaled. */
+typedef struct agg_listener agg_listener;
+int agg_listen(agg_listener **out, const agg_config *c);
+void agg_listener_close(agg_listener *l);
+
+/* Serves on l until the federation is finished (and its linger time has
+ * passed, or 2 s after every member was told), or SIGTERM/SIGINT arrive:
+ * then the current request is finished and it returns 0. The bound
+ * endpoint (with the real port) is written to STATE/endpoint. With CURVE,
+ * a ZAP request is answered from the roster in force, each request carries
+ * its connection's proven key (agg_peer), and a roster change closes the
+ * connections of keys it no longer admits. */
+int agg_run(agg *a, agg_listener *l);
 /* Async-signal-safe: asks agg_run to stop after the current request. */
 void agg_request_stop(void);
 

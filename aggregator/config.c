@@ -14,7 +14,7 @@
 
 static const char *const top_keys[] = {"bind",   "keys",   "consortium", "members", "base_model",
                                        "state",  "rounds", "train",      "limits",  "policy",
-                                       "roster", "status", "eval"};
+                                       "roster", "status", "eval",       "curve"};
 static const char *const status_keys[] = {"bind", "token", "token_file", "refresh"};
 static const char *const eval_keys[] = {"data",  "tasks",   "tokenizer", "seq",
                                         "batch", "threads", "timeout"};
@@ -23,7 +23,7 @@ static const char *const rounds_keys[] = {"count",        "quorum", "deadline",
                                           "below_quorum", "linger", "join"};
 static const char *const roster_keys[] = {"file", "admin"};
 static const char *const train_keys[] = {"steps", "lr", "rank", "alpha", "targets", "batch", "seq"};
-static const char *const limits_keys[] = {"max_submission"};
+static const char *const limits_keys[] = {"max_submission", "max_update_ratio"};
 static const char *const member_keys[] = {"id", "max_weight"};
 #define N(a) (sizeof a / sizeof a[0])
 
@@ -434,6 +434,15 @@ int agg_config_load(agg_config *c, const char *path) {
         err_context("%s: 'consortium'", path);
         goto done;
     }
+    c->curve = 1;
+    config_setting_t *curve = config_lookup(&x.cf, "curve");
+    if (curve) {
+        if (config_setting_type(curve) != CONFIG_TYPE_BOOL) {
+            err_set("%s: 'curve' must be true or false", path);
+            goto done;
+        }
+        c->curve = config_setting_get_bool(curve);
+    }
     if (strncmp(c->bind, "tcp://", 6) != 0 && strncmp(c->bind, "ipc://", 6) != 0) {
         err_set("%s: 'bind' must be tcp://HOST:PORT (or ipc://PATH), got \"%s\"", path, c->bind);
         goto done;
@@ -477,6 +486,18 @@ int agg_config_load(agg_config *c, const char *path) {
             0)
         goto done;
     c->max_submission = (uint64_t)max_sub;
+    /* The default bound on a member's influence (docs/policies.md,
+     * "Default bounds"): no module's update may be larger than the weight
+     * it changes. */
+    c->max_update_ratio = AGG_MAX_UPDATE_RATIO_DEFAULT;
+    config_setting_t *ratio = config_lookup(&x.cf, "limits.max_update_ratio");
+    if (ratio && get_number(&x, ratio, "limits.max_update_ratio", &c->max_update_ratio) < 0)
+        goto done;
+    if (!(c->max_update_ratio >= 0 && c->max_update_ratio <= 1e6)) {
+        err_set("%s: 'limits.max_update_ratio' must be from 0 (no bound) to 10^6, got %g", path,
+                c->max_update_ratio);
+        goto done;
+    }
     if (config_lookup(&x.cf, "policy") && load_policy(&x, c) < 0) goto done;
     if (load_status(&x, c) < 0 || load_eval(&x, c) < 0) goto done;
     rc = 0;

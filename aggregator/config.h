@@ -17,6 +17,8 @@
 #define AGG_PATH_MAX 4096
 #define AGG_ENDPOINT_MAX 256
 #define AGG_MEMBERS_MAX 4096
+/* limits.max_update_ratio's default (docs/policies.md, "Default bounds"). */
+#define AGG_MAX_UPDATE_RATIO_DEFAULT 4.0
 #define AGG_STATUS_TOKEN_MAX 256 /* STATUS_TOKEN_MAX */
 #define AGG_EVAL_SETS_MAX 32     /* eval.data and eval.tasks, each */
 
@@ -26,8 +28,10 @@ typedef struct {
 } agg_member_config;
 
 typedef struct {
-    char file[AGG_PATH_MAX];           /* the config file, for messages */
-    char bind[AGG_ENDPOINT_MAX];       /* "bind": tcp://HOST:PORT (port * picks one) */
+    char file[AGG_PATH_MAX];     /* the config file, for messages */
+    char bind[AGG_ENDPOINT_MAX]; /* "bind": tcp://HOST:PORT (port * picks one) */
+    int curve; /* "curve": CURVE transport with the members' keys (1, the default), or in the
+                  clear (0; docs/threat-model.md, docs/onboarding.md "Moving to CURVE") */
     char keys_dir[AGG_PATH_MAX];       /* "keys.dir" */
     char keys_name[KEYS_NAME_MAX + 1]; /* "keys.name": DIR/NAME.{sign.pem,kx.pem,id} */
     char consortium_name[PAYLOAD_CONSORTIUM_NAME_MAX + 1]; /* "consortium" */
@@ -52,6 +56,8 @@ typedef struct {
                                 ("current", 1) or from the next round on ("next", 0, the default) */
     struct msg_train train;  /* "train": steps, lr, rank, alpha, targets, batch, seq */
     uint64_t max_submission; /* "limits.max_submission": bytes of one sealed delta */
+    double max_update_ratio; /* "limits.max_update_ratio": a module's update at most this many
+                                times the norm of the weight it changes (merge.h); 0: no bound */
     /* "policy": the consortium's policy file (docs/policies.md), or none
      * (has_policy 0: exact product merge, p_i ∝ tokens, members' max_weight).
      * With a file, its rounds group decides quorum, deadline and

@@ -107,9 +107,10 @@ static void dense_free(void *ctx) {
 /* w is what hook_weights gave; aggregate_prepare derives the same from the
  * members' counts (and zeroes those multi-Krum leaves out). A dense change
  * keeps the members (and the noise source) until the version is written. */
-static int hook_merge(void *arg, const model *base, const agg_update *u, int n, const double *w,
-                      agg_change *out) {
+static int hook_merge(void *arg, const model *base, const lora_set *start, const agg_update *u,
+                      int n, const double *w, agg_change *out) {
     agg_hooks *h = arg;
+    h->info.start = start;
     (void)w;
     memset(out, 0, sizeof *out);
     aggregate_dense_free(h->dense);
@@ -120,9 +121,10 @@ static int hook_merge(void *arg, const model *base, const agg_update *u, int n, 
     for (int i = 0; i < n; i++)
         h->members[i] = (aggregate_member){u[i].member, u[i].set, u[i].tokens, u[i].examples};
     aggregate_report_free(&h->rep);
-    if (aggregate_prepare(h->pol, base, h->members, n, &h->info, h->noise, NULL, &h->rep,
-                          &out->factors, &h->dense) != 0)
-        return -1;
+    int rc = aggregate_prepare(h->pol, base, h->members, n, &h->info, h->noise, NULL, &h->rep,
+                               &out->factors, &h->dense);
+    h->info.start = NULL; /* the caller's, for this merge only */
+    if (rc != 0) return -1;
     if (h->dense) {
         out->dense_touches = dense_touches;
         out->dense_apply = dense_apply;

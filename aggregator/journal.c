@@ -20,10 +20,20 @@
 
 struct agg_journal {
     int fd;
-    off_t size; /* bytes of good records */
-    int broken; /* a failed append could not be cut back: refuse further appends */
+    off_t size;                  /* bytes of good records */
+    int broken;                  /* a failed append could not be cut back: refuse further appends */
+    size_t cut_line, cut_offset; /* what open cut off the end (cut_line 0: nothing) */
+    int cut_complete;
     char path[4096];
 };
+
+int journal_cut(const agg_journal *j, size_t *line, size_t *offset, int *complete) {
+    if (!j || !j->cut_line) return 0;
+    *line = j->cut_line;
+    *offset = j->cut_offset;
+    *complete = j->cut_complete;
+    return 1;
+}
 
 static int checksum(const char *rec, size_t n, char hex[CHECK_HEX + 1]) {
     uint8_t h[CRYPTO_SHA256_LEN];
@@ -75,7 +85,8 @@ int journal_open(agg_journal **out, const char *path, int readonly, journal_reco
     } else if (readonly) {
         return err_set("journal %s does not exist (no round was ever run in this state dir)", path);
     }
-    size_t pos = 0, good_end = 0, line = 0;
+    size_t pos = 0, good_end = 0, line = 0, cut_line = 0;
+    int cut_complete = 0;
     char rec[LINE_MAX_BYTES];
     while (pos < len) {
         line++;
@@ -93,7 +104,10 @@ int journal_open(agg_journal **out, const char *path, int readonly, journal_reco
                 goto fail;
             }
             /* A torn last record: the crash came before its fsync returned,
-             * so no receipt or publication depended on it. */
+             * so no receipt or publication depended on it. A complete line
+             * that fails is damage instead: the caller is told. */
+            cut_line = line;
+            cut_complete = nl != NULL;
             break;
         }
         if (fn && fn(arg, rec, line) < 0) {
@@ -129,6 +143,9 @@ int journal_open(agg_journal **out, const char *path, int readonly, journal_reco
         return -1;
     }
     j->size = (off_t)good_end;
+    j->cut_line = cut_line;
+    j->cut_offset = good_end;
+    j->cut_complete = cut_complete;
     *out = j;
     return 0;
 fail:
@@ -162,6 +179,10 @@ int journal_append(agg_journal *j, const char *fmt, ...) {
     }
     j->size += len;
     return 0;
+}
+
+int journal_usable(const agg_journal *j) {
+    return j && !j->broken;
 }
 
 void journal_close(agg_journal *j) {

@@ -10,10 +10,12 @@
  * A crash can leave only the LAST record incomplete (a line without its
  * '\n', or with bytes the checksum refuses): on open such a torn tail is
  * ignored and cut off (ftruncate + fsync), and appending goes on after the
- * last good record. A bad record that is followed by other records cannot
- * come from a crash (records are appended one at a time, each made durable
- * before the next is written): it is corruption, and opening fails with the
- * line and offset, since guessing which decisions were made would be worse. */
+ * last good record; journal_cut tells the caller what was cut, and whether
+ * the line was complete (damage rather than a crash: then it is logged
+ * loudly and what it may have recorded is recovered, docs/protocol.md). A bad record that is
+ * followed by other records cannot come from a crash (records are appended one at a time, each made
+ * durable before the next is written): it is corruption, and opening fails with the line and
+ * offset, since guessing which decisions were made would be worse. */
 #ifndef FL_AGGREGATOR_JOURNAL_H
 #define FL_AGGREGATOR_JOURNAL_H
 
@@ -101,11 +103,22 @@ typedef int (*journal_record_fn)(void *arg, const char *rec, size_t line);
  * (no appends); otherwise *out is ready for journal_append. */
 int journal_open(agg_journal **out, const char *path, int readonly, journal_record_fn fn,
                  void *arg);
+/* What journal_open cut off the end, for the caller's log: 0 when nothing;
+ * else the 1-based line and byte offset of the cut record, and whether it
+ * was a complete line (ending in '\n') whose checksum failed: not the trace
+ * of a crash mid-append (that leaves a line without its '\n', or nothing)
+ * but damage after it was written, which the caller must say and may have
+ * to repair (a lost acceptance: aggregator/uploads.c recovers it). */
+int journal_cut(const agg_journal *j, size_t *line, size_t *offset, int *complete);
 /* Appends one record (printf-style) durably. */
 int journal_append(agg_journal *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends r (journal_record_encode) durably. */
 int journal_write(agg_journal *j, const journal_record *r);
 void journal_close(agg_journal *j);
+/* 0 once an append failed and could not be cut back (the file may hold a
+ * partial line): the aggregator must stop; 1 while appends can go on (a
+ * failed one, cut back, left the file as it was). */
+int journal_usable(const agg_journal *j);
 
 /* The line for one record, "<record> #<8 hex>\n", into out (cap >=
  * JOURNAL_RECORD_MAX + 12); its length, or -1 when rec breaks the rules. */

@@ -398,6 +398,15 @@ int agg_roster_find(const agg_roster *r, const uint8_t fp[KEYS_FP_LEN], agg_memb
     return 0;
 }
 
+int agg_roster_find_kx(const agg_roster *r, const uint8_t kx_pub[32], agg_member *m) {
+    for (int i = 0; i < r->n; i++)
+        if (r->m[i].active && memcmp(r->m[i].pub.kx_pub, kx_pub, 32) == 0) {
+            *m = r->m[i];
+            return 1;
+        }
+    return 0;
+}
+
 int agg_roster_find_name(const agg_roster *r, const char *name, agg_member *m) {
     const agg_member *x = by_name(r, name);
     if (!x || !x->active) return 0;
@@ -425,6 +434,13 @@ const char *agg_roster_key_status(const agg_roster *r, const uint8_t fp[KEYS_FP_
     const agg_member *cur = by_name(r, m.name);
     if (memcmp(cur->fp, fp, KEYS_FP_LEN) != 0) return "rotated";
     return m.observer ? "observer" : "active";
+}
+
+const char *agg_roster_kx_status(const agg_roster *r, const uint8_t kx_pub[32]) {
+    for (int i = 0; i < r->nkeys; i++)
+        if (memcmp(r->keys[i].pub.kx_pub, kx_pub, 32) == 0)
+            return agg_roster_key_status(r, r->keys[i].fp);
+    return "unknown";
 }
 
 int agg_roster_size(const agg_roster *r) {

@@ -73,12 +73,18 @@ int agg_roster_reload(agg_roster *r, int force, char *summary, size_t n);
 int agg_roster_find(const agg_roster *r, const uint8_t fp[KEYS_FP_LEN], agg_member *m);
 /* The same by name. */
 int agg_roster_find_name(const agg_roster *r, const char *name, agg_member *m);
+/* The same by the X25519 public key: the CURVE key a connection proves
+ * (wire/transport.h). */
+int agg_roster_find_kx(const agg_roster *r, const uint8_t kx_pub[32], agg_member *m);
 /* 1 and the member (its current entry, status included) that ever held key
  * fp; 0 when no version ever had that key. */
 int agg_roster_key_owner(const agg_roster *r, const uint8_t fp[KEYS_FP_LEN], agg_member *m);
 /* "active", "revoked", "rotated" (an old key of an active member) or
  * "unknown", for STATUS replies and refusals. */
 const char *agg_roster_key_status(const agg_roster *r, const uint8_t fp[KEYS_FP_LEN]);
+/* The same for a key history entry found by its X25519 key (the CURVE key
+ * a connection offered): for the log line of a refused connection. */
+const char *agg_roster_kx_status(const agg_roster *r, const uint8_t kx_pub[32]);
 /* Every entry of the version in force (revoked ones too), i in [0, size). */
 int agg_roster_size(const agg_roster *r);
 const agg_member *agg_roster_entry(const agg_roster *r, int i);

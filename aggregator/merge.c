@@ -2,6 +2,9 @@
 #include "aggregator/merge.h"
 
 #include "aggregator/store.h"
+#include "model/safetensors.h"
+#include "policies/handout.h"
+#include "policies/validate.h"
 #include "util/err.h"
 
 #include <math.h>
@@ -128,6 +131,8 @@ int agg_update_build(const model *base, const uint8_t base_hash[32], uint64_t ro
     u->loss_before = d.loss_before;
     u->loss_after = d.loss_after;
     u->rank = d.rank;
+    u->has_start = d.has_start;
+    memcpy(u->start, d.start, sizeof u->start);
     rc = 0;
 done:
     payload_delta_free(&d);
@@ -142,6 +147,98 @@ done:
 void agg_update_free(agg_update *u) {
     lora_free(u->set);
     u->set = NULL;
+}
+
+/* ---- the default bounds --------------------------------------------------------- */
+
+struct agg_norms {
+    uint8_t base[32];
+    int n, cap;
+    struct {
+        char name[MODEL_NAME_MAX + 8];
+        double norm;
+    } * w;
+};
+
+int agg_norms_new(agg_norms **out, const uint8_t base_hash[32]) {
+    *out = calloc(1, sizeof **out);
+    if (!*out) return err_set("out of memory for the base's weight norms");
+    memcpy((*out)->base, base_hash, 32);
+    return 0;
+}
+
+int agg_norms_for(const agg_norms *n, const uint8_t base_hash[32]) {
+    return n && memcmp(n->base, base_hash, 32) == 0;
+}
+
+void agg_norms_free(agg_norms *n) {
+    if (!n) return;
+    free(n->w);
+    free(n);
+}
+
+/* ‖W‖_F of the base weight named `name`, from the cache or computed. */
+static int weight_norm(agg_norms *c, const model *base, const char *name, double *out) {
+    for (int i = 0; c && i < c->n; i++)
+        if (!strcmp(c->w[i].name, name)) {
+            *out = c->w[i].norm;
+            return 0;
+        }
+    const model_param *p = model_find_param(base, name);
+    if (!p) return err_set("the base has no weight '%s' for an adapted module", name);
+    *out = sqrt(validate_sum_squares(p->dtype, p->values, p->numel));
+    /* Read once: a mapped base's pages go back (they fault in again from
+     * the file when the merge reads them), so the bound costs no memory. */
+    safetensors_dir_release(base->mapped, p->values, (size_t)p->numel * model_dtype_size(p->dtype));
+    if (!c) return 0;
+    if (c->n == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 64;
+        void *w = realloc(c->w, (size_t)cap * sizeof *c->w);
+        if (!w) return err_set("out of memory for the base's weight norms");
+        c->w = w;
+        c->cap = cap;
+    }
+    snprintf(c->w[c->n].name, sizeof c->w[c->n].name, "%s", name);
+    c->w[c->n++].norm = *out;
+    return 0;
+}
+
+int agg_update_bound(const agg_update *u, const model *base, agg_norms *cache, double max_ratio,
+                     char why[AGG_WHY_MAX]) {
+    if (max_ratio <= 0) return 0;
+    for (int i = 0; i < u->set->n_modules; i++) {
+        const lora_module *m = &u->set->modules[i];
+        char name[MODEL_NAME_MAX + 8];
+        snprintf(name, sizeof name, "%s.weight", m->path);
+        double w = 0, d = validate_module_norm(m);
+        if (weight_norm(cache, base, name, &w) < 0) return -1;
+        /* NaN compares false: a norm that is not a number is refused too. */
+        if (!(d <= max_ratio * w))
+            return refuse(why,
+                          "norm: the update of %s has norm %.4g, %.4g times the norm %.4g of the "
+                          "weight it changes; the limit is limits.max_update_ratio = %g",
+                          m->path, d, w > 0 ? d / w : INFINITY, w, max_ratio);
+    }
+    return 0;
+}
+
+int agg_model_finite(const model *m, char why[AGG_WHY_MAX]) {
+    /* 8 MiB at a time, and a mapped model's pages given back behind: a
+     * version read once takes no more memory than a chunk. */
+    const int64_t chunk_bytes = (int64_t)8 << 20;
+    for (int i = 0; i < m->n_params; i++) {
+        const model_param *p = &m->params[i];
+        size_t es = model_dtype_size(p->dtype);
+        int64_t step = chunk_bytes / (int64_t)es;
+        for (int64_t off = 0; p->values && off < p->numel; off += step) {
+            int64_t k = p->numel - off < step ? p->numel - off : step;
+            const unsigned char *v = (const unsigned char *)p->values + (size_t)off * es;
+            int bad = validate_finite(p->name, p->dtype, v, off, k, why, AGG_WHY_MAX);
+            safetensors_dir_release(m->mapped, v, (size_t)k * es);
+            if (bad) return 1;
+        }
+    }
+    return 0;
 }
 
 /* Water-filling: give every uncapped member its token share of what the
@@ -182,15 +279,25 @@ void agg_change_free(agg_change *c) {
 
 /* The factors only: the version is written from them (update_write_version),
  * the one way the aggregator changes a base by a low-rank update. */
-int agg_merge_exact(void *arg, const model *base, const agg_update *u, int n, const double *w,
-                    agg_change *out) {
+int agg_merge_exact(void *arg, const model *base, const lora_set *start, const agg_update *u, int n,
+                    const double *w, agg_change *out) {
     (void)arg;
     memset(out, 0, sizeof *out);
-    lora_set **sets = malloc((size_t)n * sizeof *sets);
-    if (!sets) return err_set("out of memory merging %d updates", n);
-    for (int i = 0; i < n; i++) sets[i] = u[i].set;
-    int rc = update_build(&out->factors, base, sets, w, n);
+    int with_start = start && lora_has_product(start);
+    lora_set **sets = malloc((size_t)(n + 1) * sizeof *sets);
+    double *coef = malloc((size_t)(n + 1) * sizeof *coef);
+    if (!sets || !coef) {
+        free(sets);
+        free(coef);
+        return err_set("out of memory merging %d updates", n);
+    }
+    double sum = 0;
+    for (int i = 0; i < n; i++) sets[i] = u[i].set, coef[i] = w[i], sum += w[i];
+    sets[n] = (lora_set *)start;
+    coef[n] = -sum;
+    int rc = update_build(&out->factors, base, sets, coef, n + with_start);
     free(sets);
+    free(coef);
     return rc;
 }
 

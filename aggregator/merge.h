@@ -38,7 +38,9 @@ typedef struct {
     uint64_t tokens, examples;
     double loss_before, loss_after;
     uint32_t rank;
-    lora_set *set; /* on the round's base; values copied from the payload */
+    int has_start;     /* the DELTA names the start adapter it trained from: */
+    uint8_t start[32]; /* its SHA-256 (aggregator/handout.h) */
+    lora_set *set;     /* on the round's base; values copied from the payload */
 } agg_update;
 
 /* Decodes payload (len bytes, a DELTA) for `member` and builds its update on
@@ -49,6 +51,30 @@ int agg_update_build(const model *base, const uint8_t base_hash[32], uint64_t ro
                      const char *member, double max_weight, const void *payload, size_t len,
                      agg_update *u, char why[AGG_WHY_MAX]);
 void agg_update_free(agg_update *u);
+
+/* ‖W‖_F of a base version's linear weights, computed once per weight and
+ * kept: what agg_update_bound measures members' updates against. */
+typedef struct agg_norms agg_norms;
+/* An empty cache for base version base_hash (*out NULL on failure). */
+int agg_norms_new(agg_norms **out, const uint8_t base_hash[32]);
+/* 1 when the cache is for base_hash. */
+int agg_norms_for(const agg_norms *n, const uint8_t base_hash[32]);
+void agg_norms_free(agg_norms *n);
+
+/* The default bound on a member's influence (docs/policies.md, "Default
+ * bounds"), with or without a policy file: every module's update, at the
+ * member's own scale, may be at most max_ratio times the base weight it
+ * changes, ‖s·B·A‖_F <= max_ratio · ‖W‖_F (validate_module_norm, in
+ * double: a delta scaled by 1e30 is measured, not overflowed). max_ratio 0:
+ * no bound. 0 within, 1 refused (why names the module and both norms), -1
+ * failure. cache (may be NULL) holds the base's norms between calls. */
+int agg_update_bound(const agg_update *u, const model *base, agg_norms *cache, double max_ratio,
+                     char why[AGG_WHY_MAX]);
+/* 0 when every value of every tensor of m is finite, 1 (why names the
+ * first bad one) when one is NaN or infinite. A round's new version is
+ * checked with it (mapped, as written) before it is published: a merge that
+ * made such a value publishes nothing. */
+int agg_model_finite(const model *m, char why[AGG_WHY_MAX]);
 
 /* What a round changes in its base: a low-rank update (factors, the
  * exact merge and every policy whose change is a product B·A), or a dense
@@ -74,9 +100,11 @@ typedef struct agg_policy {
     /* w[i] >= 0 for each of n updates. */
     int (*weights)(void *arg, const agg_update *u, int n, double *w);
     /* The round's change to base from the updates and their weights w
-     * (agg_change above); base is read only. */
-    int (*merge)(void *arg, const model *base, const agg_update *u, int n, const double *w,
-                 agg_change *out);
+     * (agg_change above); base is read only. start: the adapter every
+     * member started from (aggregator/handout.h), or NULL: with B0 != 0 a
+     * member's update is s·(B_i A_i − B0 A0) (policies/handout.h). */
+    int (*merge)(void *arg, const model *base, const lora_set *start, const agg_update *u, int n,
+                 const double *w, agg_change *out);
     void *arg;
 } agg_policy;
 
@@ -87,8 +115,9 @@ const agg_policy *agg_policy_default(void);
  * if they sum to less than 1, each gets its cap). */
 int agg_weights_tokens(void *arg, const agg_update *u, int n, double *w);
 /* W' = W + Σ_i w_i s_i B_i A_i as its factored update (update_build): always
- * low rank. */
-int agg_merge_exact(void *arg, const model *base, const agg_update *u, int n, const double *w,
-                    agg_change *out);
+ * low rank. With a start whose B0 != 0, the start's set is added once with
+ * coefficient −Σ_i w_i: W' = W + Σ_i w_i s (B_i A_i − B0 A0). */
+int agg_merge_exact(void *arg, const model *base, const lora_set *start, const agg_update *u, int n,
+                    const double *w, agg_change *out);
 
 #endif

@@ -152,6 +152,10 @@ int agg_metrics_round(agg *a, const char *status, const uint8_t *version, const 
     json_object_set_new(j, "members_accepted", acc);
     json_object_set_new(j, "members_rejected", rej);
     json_object_set_new(j, "submissions_refused", json_integer(a->refused));
+    json_t *why = json_array();
+    for (int i = 0; why && i < a->nrefusals; i++)
+        json_array_append_new(why, json_string(a->refusals[i]));
+    json_object_set_new(j, "refusals", why ? why : json_null());
     json_object_set_new(j, "tokens", json_integer(r ? (json_int_t)r->tokens : 0));
     json_object_set_new(j, "examples", json_integer(r ? (json_int_t)r->examples : 0));
     json_object_set_new(j, "member_tokens", tok);

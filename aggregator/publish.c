@@ -33,6 +33,10 @@
 int agg_load_version(const agg_config *c, const uint8_t hash[32], model **out) {
     char dir[AGG_PATH_MAX];
     if (store_version_dir(c->state, hash, dir, sizeof dir) < 0) return -1;
+    /* Re-hashed whenever it is loaded: what is merged on, and what a
+     * delta is checked against, is the version its name says (a flipped
+     * byte on disk would otherwise be built on and published). */
+    if (store_verify(c->state, hash) < 0) return -1;
     if (checkpoint_map(out, dir, MODEL_PRECISION_FP32) < 0)
         return err_context("loading model version %s", dir);
     return 0;
@@ -45,7 +49,32 @@ int agg_ensure_model(agg *a, const uint8_t hash[32]) {
     a->model = NULL;
     if (agg_load_version(&a->cfg, hash, &a->model) < 0) return -1;
     memcpy(a->model_version, hash, 32);
+    return agg_mark_verified(a, hash);
+}
+
+static int is_verified(const agg *a, const uint8_t hash[32]) {
+    for (int i = 0; i < a->nverified; i++)
+        if (memcmp(a->verified[i], hash, 32) == 0) return 1;
     return 0;
+}
+
+int agg_mark_verified(agg *a, const uint8_t hash[32]) {
+    if (is_verified(a, hash)) return 0;
+    if (a->nverified == a->verified_cap) {
+        int cap = a->verified_cap ? 2 * a->verified_cap : 16;
+        void *v = realloc(a->verified, (size_t)cap * sizeof *a->verified);
+        if (!v) return err_set("out of memory");
+        a->verified = v;
+        a->verified_cap = cap;
+    }
+    memcpy(a->verified[a->nverified++], hash, 32);
+    return 0;
+}
+
+int agg_verify_stored(agg *a, const uint8_t hash[32]) {
+    if (is_verified(a, hash)) return 0;
+    if (store_verify(a->cfg.state, hash) < 0) return -1;
+    return agg_mark_verified(a, hash);
 }
 
 int agg_publish_dir(const agg_card *card, const char *name, uint8_t hash[32]) {
@@ -167,6 +196,7 @@ int agg_forget_key(const agg_config *c, uint64_t round) {
 
 void agg_result_free(round_result *r) {
     agg_change_free(&r->change);
+    lora_free(r->start);
     for (int i = 0; i < r->n; i++) agg_update_free(&r->u[i]);
     free(r->u);
     free(r->w);
@@ -217,6 +247,10 @@ int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *ke
     envelope_expect x;
     agg_envelope_expect(c, roster, round, agg_lookup_any_key, &x);
     int rc = -1;
+    agg_norms *norms = NULL; /* the base's weight norms, for the default bound */
+    if (agg_norms_new(&norms, base) < 0) goto done;
+    agg_start started; /* where the round's members started (handout.h) */
+    if (agg_start_of(c, m, round, &started, &r->start) < 0) goto done;
     for (int i = 0; i < n; i++) {
         const accept_rec *a = order[i];
         char path[AGG_PATH_MAX], why[AGG_WHY_MAX];
@@ -266,9 +300,16 @@ int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *ke
         int b = agg_update_build(m, base, round, a->member, mem.max_weight, payload, plen,
                                  &r->u[r->n], why);
         free(payload);
+        if (b == 0 && (b = agg_update_bound(&r->u[r->n], m, norms, c->max_update_ratio, why)))
+            agg_update_free(&r->u[r->n]);
         if (b < 0) goto done;
         if (b > 0) {
             drop(r, round, a->member, why);
+            continue;
+        }
+        if (agg_start_check(&started, &r->u[r->n], why)) {
+            drop(r, round, a->member, why);
+            agg_update_free(&r->u[r->n]);
             continue;
         }
         if (pol->validate) {
@@ -288,15 +329,41 @@ int agg_aggregate(const agg_config *c, agg_roster *roster, const keys_secret *ke
     }
     if (r->n > 0 && r->n >= quorum) {
         if (pol->weights(pol->arg, r->u, r->n, r->w) < 0 ||
-            pol->merge(pol->arg, m, r->u, r->n, r->w, &r->change) < 0)
+            pol->merge(pol->arg, m, r->start, r->u, r->n, r->w, &r->change) < 0)
             goto done;
         r->merged = 1;
     }
     rc = 0;
 done:
+    agg_norms_free(norms);
     free(order);
     if (rc < 0) agg_result_free(r);
     return rc;
+}
+
+/* 0 when every value of the version written in dir is finite, 1 (why
+ * names the first that is not) when one is not, -1 failure. The version is
+ * mapped, not loaded: its pages are read once, a tensor at a time. */
+static int version_finite(const char *dir, char why[AGG_WHY_MAX]) {
+    model *m;
+    if (checkpoint_map(&m, dir, MODEL_PRECISION_FP32) < 0)
+        return err_context("reading back the version written in %s", dir);
+    int rc = agg_model_finite(m, why);
+    model_free(m);
+    return rc;
+}
+
+/* A closed round that publishes nothing (status: why): its metrics name
+ * the rejections only, and the round fails. */
+static int unmerged(agg *a, round_result *r, const char *why, uint64_t now, double aggregate_s) {
+    double open_t = (double)(a->deadline - a->cfg.deadline_s);
+    int kept = r->n;
+    r->n = 0; /* nothing was merged: the metrics list the rejections only */
+    int f = agg_metrics_round(a, why, NULL, r, (double)now - open_t, aggregate_s, 0);
+    r->n = kept;
+    agg_result_free(r);
+    if (f < 0) return -1;
+    return agg_fail_round(a, why, now);
 }
 
 int agg_aggregate_and_publish(agg *a, uint64_t now) {
@@ -330,14 +397,16 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
     if (!r.merged) {
         noise_free(noise);
         /* The policy rejected so many that the quorum is no longer met. */
-        int kept = r.n;
-        r.n = 0; /* nothing was merged: the metrics list the rejections only */
-        int f = agg_metrics_round(a, kept ? "below-quorum-after-validation" : "no-valid-delta",
-                                  NULL, &r, (double)now - open_t, t1 - t0, 0);
-        r.n = kept;
+        return unmerged(a, &r, r.n ? "below-quorum-after-validation" : "no-valid-delta", now,
+                        t1 - t0);
+    }
+    /* The next round's start (merge.start "global"), named before the
+     * publish record like the version and its update. */
+    if (agg_start_publish_next(&a->cfg, a->model, a->round, r.start, r.u, r.n, r.w, &r.change) <
+        0) {
+        noise_free(noise);
         agg_result_free(&r);
-        if (f < 0) return -1;
-        return agg_fail_round(a, kept ? "below-quorum-after-validation" : "no-valid-delta", now);
+        return -1;
     }
     char name[64], hex[STORE_HEX_LEN + 1];
     snprintf(name, sizeof name, "r%llu", (unsigned long long)a->round);
@@ -354,12 +423,29 @@ int agg_aggregate_and_publish(agg *a, uint64_t now) {
     /* The base's pages were given back as they were written: forget it. */
     model_free(a->model);
     a->model = NULL;
+    /* Nothing that is not a number is ever published: the version as
+     * written, mapped and read once more (issue 17, case 1). */
+    int fin = rc < 0 ? -1 : version_finite(tmp, r.nonfinite);
+    if (fin > 0) {
+        agg_say("round %llu: %s", (unsigned long long)a->round, r.nonfinite);
+        if (fio_remove_tree(tmp) < 0) {
+            agg_result_free(&r);
+            return -1;
+        }
+        return unmerged(a, &r, "non-finite-merge", now, clock_now_s() - t0);
+    }
+    if (fin < 0) rc = -1;
     update *f = r.change.factors;
     agg_card card = {.a = a, .round = a->round, .parent = a->base, .r = &r};
     if (rc < 0 || agg_publish_dir(&card, name, v) < 0 ||
         (f && publish_update(&a->cfg, f, a->round, a->base, v, uh, &usize) < 0)) {
         agg_result_free(&r);
         return err_context("round %llu: publishing", (unsigned long long)a->round);
+    }
+    /* Hashed as they were stored: served without hashing them again. */
+    if (agg_mark_verified(a, v) < 0 || (f && agg_mark_verified(a, uh) < 0)) {
+        agg_result_free(&r);
+        return -1;
     }
     agg_crash_point(a, "publish");
     double t2 = clock_now_s();

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define RETRY_JOINING 2000 /* ms a member added mid-round waits between HELLOs */
@@ -21,24 +22,41 @@ int agg_encode(const struct msg *m, uint8_t **out, size_t *len) {
     return 0;
 }
 
+/* A reason as the wire's text rule wants it (docs/protocol.md: printable
+ * ASCII): an ellipsis (U+2026, which messages from deeper layers may use)
+ * becomes "...", any other byte outside 0x20..0x7e '?', cut to fit. */
+static void ascii_reason(char *out, size_t cap, const char *in) {
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p && o + 1 < cap; p++) {
+        if (p[0] == 0xe2 && p[1] == 0x80 && p[2] == 0xa6) {
+            for (int k = 0; k < 3 && o + 1 < cap; k++) out[o++] = '.';
+            p += 2;
+        } else {
+            out[o++] = *p < 0x20 || *p >= 0x7f ? '?' : (char)*p;
+        }
+    }
+    out[o] = '\0';
+}
+
 /* An ERROR reply, logged. The reason is cut to MSG_REASON_MAX and stripped
  * of anything but printable ASCII (it may quote a peer's bytes). */
 int agg_reply_error(agg *a, enum msg_error_code code, int retry_ms, uint8_t **out, size_t *len,
                     const char *fmt, ...) {
     struct msg m = {.type = MSG_ERROR};
     m.error.code = code;
+    char raw[2 * MSG_REASON_MAX + 1];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(m.error.reason, sizeof m.error.reason, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
-    for (char *p = m.error.reason; *p; p++)
-        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f) *p = '?';
+    ascii_reason(m.error.reason, sizeof m.error.reason, raw);
     if (!m.error.reason[0]) snprintf(m.error.reason, sizeof m.error.reason, "error");
     m.error.has_retry_after = retry_ms >= 0;
     m.error.retry_after_ms = retry_ms >= 0 ? (uint32_t)retry_ms : 0;
     if (code != MSG_ERR_BUSY && !(code == MSG_ERR_WRONG_ROUND && retry_ms >= 0)) {
         agg_say("refused: %s", m.error.reason);
-        if (code != MSG_ERR_BAD_MESSAGE) a->refused++;
+        if (code != MSG_ERR_BAD_MESSAGE && a->refused++ < AGG_REFUSALS_KEPT)
+            snprintf(a->refusals[a->nrefusals++], sizeof a->refusals[0], "%s", m.error.reason);
         agg_status_refusal(a, m.error.reason);
     }
     return agg_encode(&m, out, len);
@@ -55,8 +73,16 @@ static void mark_told(agg *a, const char *name) {
     }
 }
 
-static int on_hello(agg *a, const struct msg_hello *h, uint64_t now, uint8_t **out, size_t *len) {
+static int on_hello(agg *a, const agg_peer *peer, const struct msg_hello *h, uint64_t now,
+                    uint8_t **out, size_t *len) {
     agg_member m;
+    /* On an authenticated connection only the key the transport proved may
+     * say HELLO: a HELLO captured elsewhere (it replays for HELLO_SKEW_MAX_S)
+     * opens no session here. */
+    if (peer && peer->authenticated && memcmp(peer->fp, h->fingerprint, KEYS_FP_LEN) != 0)
+        return agg_reply_error(a, MSG_ERR_REJECTED, -1, out, len,
+                               "HELLO names another identity than the key this connection "
+                               "authenticated with");
     int found = agg_roster_find(a->roster, h->fingerprint, &m);
     if (found < 0) return -1;
     char fp[17];
@@ -87,7 +113,9 @@ static int on_hello(agg *a, const struct msg_hello *h, uint64_t now, uint8_t **o
     /* The fingerprint is public: only the signature says the member asks. */
     if (hello_verify(h, a->cfg.consortium, &m.pub, now, HELLO_SKEW_MAX_S) < 0)
         return agg_reply_error(a, MSG_ERR_REJECTED, -1, out, len, "%s", err_msg());
-    /* Verified: this connection is m's (the status page's last contact). */
+    /* Verified: this connection may upload for m from now on (and is the
+     * status page's last contact). */
+    if (agg_session_open(a, peer, m.name) < 0) return -1;
     agg_status_member_seen(a, m.name, 0);
     if (a->state == AGG_FINISHED) {
         /* "final" says it (docs/protocol.md): the node is done and exits 0.
@@ -134,6 +162,7 @@ static int on_hello(agg *a, const struct msg_hello *h, uint64_t now, uint8_t **o
         memcpy(r.round.update_hash, a->update_hash, 32);
         r.round.update_size = a->update_size;
     }
+    if (agg_start_round_fields(a, &r.round) < 0) return -1;
     return agg_encode(&r, out, len);
 }
 
@@ -154,12 +183,13 @@ static int on_status(agg *a, const struct msg_status *q, uint64_t now, uint8_t *
         st = "unknown"; /* the key is someone else's */
     snprintf(i->member, sizeof i->member, "%s", st);
     i->has_roster = agg_roster_hash(a->roster, i->roster_hash, &i->roster_size) == 1;
+    i->has_aggregator = keys_fingerprint(&a->keys.pub, i->aggregator) == 0;
     i->roster_version = agg_roster_version(a->roster);
     return agg_encode(&m, out, len);
 }
 
-int agg_handle(agg *a, const void *req, size_t len, uint64_t now, uint8_t **reply,
-               size_t *reply_len) {
+int agg_handle(agg *a, const agg_peer *peer, const void *req, size_t len, uint64_t now,
+               uint8_t **reply, size_t *reply_len) {
     /* A roster written a moment ago is in force for this request already
      * (a stat when nothing changed): a member added is answered, a member
      * revoked is refused, from the very next message on. */
@@ -170,19 +200,22 @@ int agg_handle(agg *a, const void *req, size_t len, uint64_t now, uint8_t **repl
     int rc;
     switch (m.type) {
         case MSG_HELLO:
-            rc = on_hello(a, &m.hello, now, reply, reply_len);
+            rc = on_hello(a, peer, &m.hello, now, reply, reply_len);
             break;
         case MSG_GET_MODEL:
             rc = agg_on_get_model(a, &m.get_model, reply, reply_len);
             break;
         case MSG_SUBMIT_BEGIN:
-            rc = agg_on_submit_begin(a, &m.submit_begin, now, reply, reply_len);
+            rc = agg_on_submit_begin(a, agg_session_of(a, peer), &m.submit_begin, now, reply,
+                                     reply_len);
             break;
         case MSG_SUBMIT_CHUNK:
-            rc = agg_on_submit_chunk(a, &m.submit_chunk, now, reply, reply_len);
+            rc = agg_on_submit_chunk(a, agg_session_of(a, peer), &m.submit_chunk, now, reply,
+                                     reply_len);
             break;
         case MSG_SUBMIT_END:
-            rc = agg_on_submit_end(a, &m.submit_end, now, reply, reply_len);
+            rc =
+                agg_on_submit_end(a, agg_session_of(a, peer), &m.submit_end, now, reply, reply_len);
             break;
         case MSG_STATUS:
             rc = on_status(a, &m.status, now, reply, reply_len);

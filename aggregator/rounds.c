@@ -140,7 +140,7 @@ int agg_apply(agg *a, const journal_record *r) {
             agg_roster_free(a->open_view);
             a->open_view = NULL;
             a->bytes_received = a->bytes_served = 0;
-            a->refused = 0;
+            a->refused = a->nrefusals = 0;
             a->below_quorum_logged = 0;
             return 0;
         case JOURNAL_ACCEPT: {
@@ -193,7 +193,11 @@ int agg_apply(agg *a, const journal_record *r) {
 
 /* A live transition: the record is made durable, then applied. */
 int agg_commit(agg *a, const journal_record *r) {
-    if (journal_write(a->journal, r) < 0) return -1;
+    return agg_commit_try(a, r) == 0 ? 0 : -1;
+}
+
+int agg_commit_try(agg *a, const journal_record *r) {
+    if (journal_write(a->journal, r) < 0) return journal_usable(a->journal) ? 1 : -1;
     if (agg_apply(a, r) < 0)
         return err_context("the aggregator's own '%s' record does not apply (a bug; the "
                            "journal refuses it at the next start)",
@@ -255,6 +259,8 @@ int agg_roster_tick(agg *a) {
     }
     if (r == 0) return 0;
     if (agg_roster_journal(a) < 0) return -1;
+    /* A member revoked (or an old key) uploads nothing more. */
+    agg_sessions_prune(a);
     agg_say("roster %s (%d active members)", summary, agg_roster_count(a->roster));
     return 0;
 }
@@ -270,15 +276,22 @@ int agg_takes_part(agg *a, const agg_member *m) {
     return agg_roster_find_name(a->open_view, m->name, &then) == 1 && !then.observer;
 }
 
-/* 1 when every member taking part has a delta accepted this round. */
+/* 1 when every member taking part has a delta accepted this round, and
+ * they are at least the quorum. With nobody taking part (a roster with no
+ * member yet) that is not "everybody is in": the round waits for members
+ * (issue 17: it used to close at once with no delta, and every round after
+ * it, ending the federation). Nor does a round close early below the
+ * quorum: the deadline's rules (below_quorum) decide then. */
 static int all_in(agg *a) {
+    int taking = 0;
     for (int i = 0; i < agg_roster_size(a->roster); i++) {
         const agg_member *m = agg_roster_entry(a->roster, i);
         int t = agg_takes_part(a, m);
         if (t < 0) return -1;
         if (t && !agg_find_member(a, a->round, m->name)) return 0;
+        taking += t;
     }
-    return 1;
+    return taking > 0 && agg_accepted_count(a) >= (int)a->cfg.quorum;
 }
 
 int agg_round_accepts(const agg *a, uint64_t round, const accept_rec ***out, int *n) {

@@ -21,6 +21,7 @@
 #define FL_AGGREGATOR_STATE_H
 
 #include "aggregator/agg.h"
+#include "aggregator/handout.h"
 #include "aggregator/hooks.h"
 #include "aggregator/journal.h"
 #include "aggregator/members.h"
@@ -35,6 +36,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define AGG_REFUSALS_KEPT 32 /* refusal reasons a round's metrics line names */
+
 /* A delta the journal accepted. */
 typedef struct {
     uint64_t round;
@@ -45,9 +48,21 @@ typedef struct {
     uint64_t time;
 } accept_rec;
 
+#define AGG_UPLOADS_PER_MEMBER 2 /* a node that restarts mid-upload opens a second one */
+#define AGG_PEER_ID_MAX 255      /* bytes of a ROUTER routing id */
+
+/* A member's session: the connection its last verified HELLO came on. Only
+ * that connection uploads for it (agg.h, agg_peer). */
+typedef struct {
+    char member[KEYS_NAME_MAX + 1];
+    uint8_t peer[AGG_PEER_ID_MAX];
+    size_t peer_len;
+} agg_session;
+
 /* An upload in progress (SUBMIT_BEGIN until SUBMIT_END). */
 typedef struct {
     int used;
+    char member[KEYS_NAME_MAX + 1]; /* whose: the session that began it */
     uint8_t msgid[MSG_ID_LEN];
     uint64_t round;
     uint64_t size, received;
@@ -56,6 +71,7 @@ typedef struct {
     const accept_rec *accepted; /* the earlier acceptance of this msgid, or NULL */
     crypto_sha256_ctx *sha;
     uint64_t last_seen;
+    uint64_t begun; /* the order uploads began in (agg.uploads_begun) */
     char part[AGG_PATH_MAX];
 } upload;
 
@@ -89,6 +105,7 @@ struct agg {
     int has_update;
     uint8_t update_from[32], update_to[32], update_hash[32];
     uint64_t update_size;
+    agg_start start; /* the start adapter ROUND hands out (handout.h), once per round */
     /* Roster versions (0: the config's member list): the newest journaled,
      * the one in force when the current round opened (rounds.join = next:
      * who takes part), and when it closed (whose deltas count). */
@@ -96,14 +113,25 @@ struct agg {
 
     agg_roster *open_view; /* the roster of open_roster, when it is not the one in force */
     model *model;          /* the model of version model_version, loaded on demand */
+    agg_norms *norms;      /* its weights' norms, for the default bound (merge.h) */
     uint8_t model_version[32];
+    /* Versions and objects this process hashed (or wrote): agg_verify_stored. */
+    uint8_t (*verified)[32];
+    int nverified, verified_cap;
 
     upload *up;
     int nup;
+    uint64_t uploads_begun;
+    agg_session *sessions; /* at most one per member */
+    int nsessions, sessions_cap;
 
     /* Metrics of the current round as this process saw it. */
     uint64_t bytes_received, bytes_served;
     int refused;
+    /* The first AGG_REFUSALS_KEPT of them, as told to the node: named in
+     * the round's metrics line ("refusals"). */
+    char refusals[AGG_REFUSALS_KEPT][MSG_REASON_MAX + 1];
+    int nrefusals;
     int below_quorum_logged;
     uint64_t metrics_round; /* newest round with a line in metrics.jsonl */
 
@@ -134,8 +162,12 @@ typedef struct {
     dropped *drop;
     int ndrop;
     int merged; /* the n kept updates were merged (n >= the quorum) */
+    /* Not published although merged: the version written holds a value that is
+     * not finite (agg_model_finite says which); the round fails with it. */
+    char nonfinite[AGG_WHY_MAX];
     uint64_t tokens, examples, bytes;
     agg_change change; /* what the merge changes (merge.h): factors, or a dense change */
+    lora_set *start;   /* the round's start adapter (handout.h), or NULL */
 } round_result;
 
 /* Set from signal handlers (serve.c). */
@@ -159,6 +191,10 @@ int agg_inbox_path(const agg_config *c, uint64_t round, const char *member, char
 int agg_apply(agg *a, const journal_record *r);
 /* A live transition: the record appended durably, then applied. */
 int agg_commit(agg *a, const journal_record *r);
+/* The same, but 1 when the record could not be written and the journal is
+ * as it was (a full disk): nothing happened, the caller may refuse what
+ * needed the record instead of stopping. */
+int agg_commit_try(agg *a, const journal_record *r);
 /* journal_open's callback: decodes a record and applies it. */
 int agg_replay_record(void *arg, const char *text, size_t line);
 /* Carries a closed round through its aggregation and opens the next round
@@ -184,13 +220,26 @@ int agg_reply_error(agg *a, enum msg_error_code code, int retry_ms, uint8_t **ou
                     const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
 /* ---- uploads.c -------------------------------------------------------------- */
-int agg_on_submit_begin(agg *a, const struct msg_submit_begin *b, uint64_t now, uint8_t **out,
-                        size_t *len);
-int agg_on_submit_chunk(agg *a, const struct msg_submit_chunk *c, uint64_t now, uint8_t **out,
-                        size_t *len);
-int agg_on_submit_end(agg *a, const struct msg_submit_end *e, uint64_t now, uint8_t **out,
-                      size_t *len);
+/* The member whose session peer is (a verified HELLO on this connection),
+ * or NULL. */
+const agg_session *agg_session_of(const agg *a, const agg_peer *peer);
+/* Opens (or moves) member's session to peer's connection. */
+int agg_session_open(agg *a, const agg_peer *peer, const char *member);
+/* Drops the sessions and uploads of members that are no longer active
+ * submitters in the roster in force (after a roster change). */
+void agg_sessions_prune(agg *a);
+int agg_on_submit_begin(agg *a, const agg_session *s, const struct msg_submit_begin *b,
+                        uint64_t now, uint8_t **out, size_t *len);
+int agg_on_submit_chunk(agg *a, const agg_session *s, const struct msg_submit_chunk *c,
+                        uint64_t now, uint8_t **out, size_t *len);
+int agg_on_submit_end(agg *a, const agg_session *s, const struct msg_submit_end *e, uint64_t now,
+                      uint8_t **out, size_t *len);
 void agg_upload_drop(upload *u);
+/* After a damaged journal record was cut: every envelope of the open round
+ * in the inbox that the journal has no acceptance for is checked as at
+ * SUBMIT_END and accepted again (its journal record written anew, logged);
+ * one that does not pass is logged and left. */
+int agg_recover_inbox(agg *a, uint64_t now);
 /* What an accepted envelope of `round` must be (lookup: whose keys count). */
 void agg_envelope_expect(const agg_config *c, agg_roster *roster, uint64_t round,
                          envelope_lookup_fn lookup, envelope_expect *x);
@@ -199,10 +248,17 @@ int agg_lookup_any_key(void *arg, const uint8_t fp[KEYS_FP_LEN], keys_public *ou
 
 /* ---- publish.c -------------------------------------------------------------- */
 /* The model of version hash, mapped read-only (checkpoint_map): its
- * weights stay in the version's dtype and in the page cache. */
+ * weights stay in the version's dtype and in the page cache. The stored
+ * files are hashed first (store_verify): a damaged version is refused. */
 int agg_load_version(const agg_config *c, const uint8_t hash[32], model **out);
 /* The model of version hash in a->model (loaded unless it already is). */
 int agg_ensure_model(agg *a, const uint8_t hash[32]);
+/* The stored version or object hash checked against its name
+ * (store_verify) unless this process did so already, or stored it itself
+ * (agg_mark_verified): at start for what the journal is at, before anything
+ * is served. */
+int agg_verify_stored(agg *a, const uint8_t hash[32]);
+int agg_mark_verified(agg *a, const uint8_t hash[32]);
 /* Writes m as a new version (STATE/tmp/<name>, then into the store). */
 /* Writes the version `change` makes from base (the version base_hash,
  * mapped) into dir, a tensor at a time: update_write_version for factors,
@@ -256,8 +312,12 @@ int agg_on_get_model(agg *a, const struct msg_get_model *g, uint8_t **out, size_
 /* ---- status_track.c ------------------------------------------------------------ */
 int agg_status_open(agg *a);
 void agg_status_close(agg *a);
-/* Starts the status page (config "status"; nothing without it) and writes
- * its URL to STATE/status-url. */
+/* Binds the status page's port (config "status"; nothing without it): in
+ * agg_open, before the journal, so that a port in use refuses the start
+ * before any round is journaled. */
+int agg_status_bind(agg *a);
+/* Serves it (binding it if agg_status_bind was not called) and writes its
+ * URL to STATE/status-url. */
 int agg_status_serve(agg *a);
 /* The request being handled came on the connection with this ZeroMQ
  * routing id (NULL: none); the member known to use it counts as seen. */

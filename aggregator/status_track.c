@@ -70,6 +70,7 @@ struct agg_status {
     int dirty;
     double built_at;
     status_http *http;
+    char url[128]; /* where http listens */
 };
 
 static void outcome_clear(outcome *o) {
@@ -595,22 +596,30 @@ static void log_http(const char *msg) {
     agg_say("status page: %s", msg);
 }
 
+int agg_status_bind(agg *a) {
+    agg_status *t = a->status;
+    if (!t || !a->cfg.has_status || t->http) return 0;
+    if (status_http_start(&t->http, a->cfg.status_bind, a->cfg.status_token,
+                          a->cfg.status_refresh_s, log_http, t->url, sizeof t->url) != 0)
+        return err_context("%s: 'status'", a->cfg.file);
+    return 0;
+}
+
 int agg_status_serve(agg *a) {
     agg_status *t = a->status;
     if (!t || !a->cfg.has_status) return 0;
-    char url[128], p[AGG_PATH_MAX];
-    if (status_http_start(&t->http, a->cfg.status_bind, a->cfg.status_token,
-                          a->cfg.status_refresh_s, log_http, url, sizeof url) != 0)
-        return err_context("%s: 'status'", a->cfg.file);
+    if (agg_status_bind(a) < 0) return -1;
     /* Where it listens, for `fedlora status --config` (the port may have
      * been picked by the system). */
-    size_t ul = strlen(url);
-    url[ul] = '\n';
+    char line[sizeof t->url + 1], p[AGG_PATH_MAX];
+    size_t ul = strlen(t->url);
+    memcpy(line, t->url, ul);
+    line[ul] = '\n';
     if (agg_state_path(a, "status-url", p, sizeof p) < 0 ||
-        fio_write_atomic(p, url, ul + 1, 0644) < 0)
+        fio_write_atomic(p, line, ul + 1, 0644) < 0)
         return -1;
-    url[ul] = '\0';
-    agg_say("status page on %s%s", url, a->cfg.status_token[0] ? " (bearer token required)" : "");
+    agg_say("status page on %s%s", t->url,
+            a->cfg.status_token[0] ? " (bearer token required)" : "");
     t->dirty = 1;
     agg_status_tick(a);
     return 0;

@@ -62,6 +62,41 @@ int store_has_any(const char *state, const uint8_t hash[STORE_HASH_LEN]) {
     return fio_exists(p);
 }
 
+int store_verify(const char *state, const uint8_t hash[STORE_HASH_LEN]) {
+    char p[4096], hex[STORE_HEX_LEN + 1], why[ERR_MSG_MAX];
+    hex_encode(hash, STORE_HASH_LEN, hex);
+    int version = store_has(state, hash);
+    int rc = 0;
+    if (version) {
+        /* One file hashed, or the index and then each shard: streamed
+         * (crypto_sha256_file), never a whole version in memory. */
+        if (store_version_dir(state, hash, p, sizeof p) < 0) return -1;
+        rc = version_verify(p, hash);
+    } else {
+        uint8_t got[STORE_HASH_LEN];
+        if (store_object_path(state, hash, p, sizeof p) < 0) return -1;
+        if (!fio_exists(p))
+            return err_set("no stored version or object %.16s... in %s", hex, state);
+        if (crypto_sha256_file(p, got, NULL) < 0) {
+            rc = -1;
+        } else if (memcmp(got, hash, STORE_HASH_LEN) != 0) {
+            char got_hex[STORE_HEX_LEN + 1];
+            hex_encode(got, STORE_HASH_LEN, got_hex);
+            rc = err_set("%s hashes to %.16s...: the file was changed", p, got_hex);
+        }
+    }
+    if (rc == 0) return 0;
+    snprintf(why, sizeof why, "%s", err_msg());
+    return err_set("stored %s %.16s... does not hash to its name (%s). The state directory %s "
+                   "was damaged (a disk error, or a file edited by hand); nothing is built on "
+                   "it or served from it. Restore %s from a backup%s, then start the "
+                   "aggregator again",
+                   version ? "model version" : "object", hex, why, state, p,
+                   version ? ", or copy the directory of that version from a node that holds it "
+                             "(its state/versions/<hash>/, checked when it was downloaded)"
+                           : "");
+}
+
 int store_put_object(const char *state, const char *tmp, uint8_t hash[STORE_HASH_LEN],
                      uint64_t *size) {
     char dir[4096], p[4096];

@@ -48,6 +48,13 @@ int store_is_sharded(const char *state, const uint8_t hash[STORE_HASH_LEN]);
 int store_object_path(const char *state, const uint8_t hash[STORE_HASH_LEN], char *out, size_t n);
 /* 1 when a model version or an object with that hash is served, 0 when not. */
 int store_has_any(const char *state, const uint8_t hash[STORE_HASH_LEN]);
+/* Checks that the stored version or object named hash still hashes to
+ * it: a version with version_verify (its one file, or its index and every
+ * shard the index lists), an object of STATE/objects by its SHA-256; all
+ * streamed. The refusal names the file that differs, says that the state
+ * directory was damaged and what to restore (issue 17, case 6: a flipped
+ * byte in a stored base was merged on and served). */
+int store_verify(const char *state, const uint8_t hash[STORE_HASH_LEN]);
 /* Moves the file tmp (already durable: fio_write_atomic or fsync'd) into
  * STATE/objects under its SHA-256, returned in hash (and its size in
  * *size, when not NULL); an object already there is kept and tmp removed. */

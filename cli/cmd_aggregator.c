@@ -28,6 +28,9 @@ static const char *usage_text =
     "read-only status page (HTML, /status.json, Prometheus /metrics; see\n"
     "`fedlora status`); with an \"eval\" section it evaluates every published\n"
     "version with `fedlora eval` (docs/federation.md).\n"
+    "Connections are authenticated and encrypted with CURVE keyed by the\n"
+    "aggregator's and the members' identities; only the roster's members and\n"
+    "observers connect (curve = false: in the clear).\n"
     "\n"
     "  --config FILE     the aggregator's config (libconfig)\n"
     "  --recompute ROUND re-derive round ROUND's model offline from the state\n"
@@ -65,11 +68,15 @@ int cmd_aggregator(int argc, char **argv) {
     /* The config's "eval" section runs this very binary as `fedlora eval`. */
     ssize_t n = readlink("/proc/self/exe", c.eval_exe, sizeof c.eval_exe - 1);
     c.eval_exe[n > 0 ? n : 0] = '\0';
+    /* Bound first: a port in use (or a CURVE key that does not load) stops
+     * here, before anything is written to the state directory. */
     agg *a;
-    if (agg_open(&a, &c, (uint64_t)time(NULL)) == 0) {
-        if (agg_run(a) == 0) rc = 0;
+    agg_listener *l = NULL;
+    if (agg_listen(&l, &c) == 0 && agg_open(&a, &c, (uint64_t)time(NULL)) == 0) {
+        if (agg_run(a, l) == 0) rc = 0;
         agg_close(a);
     }
+    agg_listener_close(l);
     if (rc) {
         err_context("aggregator (config %s)", config);
         opts_fail();

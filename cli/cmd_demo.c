@@ -1,18 +1,20 @@
 /* fedlora demo — a whole federation on loopback (the README's main job): an
  * aggregator and N university nodes as separate processes of this very
  * binary, each node with its own private corpus from a distinct domain
- * (node/demo_corpus.h), a tiny base model made on the spot, R rounds. The
- * processes, their files and their logs are the loopback harness's
- * (cli/harness.h), which the federation tests drive too.
+ * (node/demo_corpus.h) or its share of a partition (--data, demo_data.h), a
+ * tiny base model made on the spot (or --base), R rounds. The processes,
+ * their files and their logs are the loopback harness's (cli/harness.h),
+ * which the federation tests drive too.
  *
  * The demo watches from outside, as an operator would: it reads the
  * aggregator's published versions and the nodes' receipts from their state
- * directories, and evaluates every version on the global held-out set (the
- * held-out lines of all the nodes' domains, which no node trains on). What it
- * prints, and writes to OUT/metrics.jsonl and OUT/report.svg (demo_report.h),
- * is documented in docs/federation.md. */
+ * directories, and evaluates versions on each domain's held-out text, which
+ * no node trains on; the global loss is the token-weighted mean over the
+ * domains. What it prints, and writes to OUT/metrics.jsonl and
+ * OUT/report.svg (demo_report.h), is documented in docs/federation.md. */
 #include "aggregator/store.h"
 #include "cli/commands.h"
+#include "cli/demo_data.h"
 #include "cli/demo_report.h"
 #include "cli/harness.h"
 #include "cli/opts.h"
@@ -34,8 +36,9 @@
 
 static const char *usage_text =
     "usage: fedlora demo [--rounds N] [--nodes N] [--out DIR] [--keep]\n"
-    "                    [--steps N] [--lr X] [--rank R] [--timeout S]\n"
-    "                    [--policy FILE] [--seed N]\n"
+    "                    [--steps N] [--lr X] [--rank R] [--batch B] [--seq T] [--timeout S]\n"
+    "                    [--policy FILE] [--seed N] [--data DIR] [--base DIR]\n"
+    "                    [--eval-every N] [--eval-fraction F] [--precision P]\n"
     "\n"
     "Runs a whole federation on this machine: an aggregator and N universities (separate\n"
     "processes of this binary, talking ZeroMQ over loopback), each training LoRA adapters\n"
@@ -46,19 +49,30 @@ static const char *usage_text =
     "DIR/model/ (the final merged model, a Hugging Face directory).\n"
     "\n"
     "  --rounds N     federated rounds (3)\n"
-    "  --nodes N      universities, 1 to 8 (3)\n"
+    "  --nodes N      universities, 1 to 8 (3; with --data: every university of DIR)\n"
     "  --out DIR      output directory, new or empty (fedlora-demo)\n"
     "  --keep         keep DIR/work: keys, configs, state directories and logs of every process\n"
     "  --steps N      local optimizer steps per round (15)\n"
     "  --lr X         local learning rate (0.01)\n"
     "  --rank R       LoRA rank (8)\n"
+    "  --batch B      sequences per local step (8)\n"
+    "  --seq T        tokens per sequence (64)\n"
     "  --timeout S    give up after S seconds (600)\n"
     "  --policy FILE  aggregate under this policy file (docs/policies.md): weighting,\n"
     "                 validation, robust rules, merge mode, DP; its 'rounds' group sets the\n"
     "                 quorum and deadline (without it: every node, 300 s, fail below quorum)\n"
     "  --seed N       seed of the base model made on the spot and of every node's training\n"
     "                 (its held-out split, adapters and data order); without it the model\n"
-    "                 comes from seed 1 and the nodes use their default seed, 0\n";
+    "                 comes from seed 1 and the nodes use their default seed, 0\n"
+    "  --data DIR     a partition made by bench/data/partition (docs/corpora.md):\n"
+    "                 universities DIR/uni-*/train.txt, judged on DIR/heldout/<domain>.txt\n"
+    "                 (default: the built-in toy corpora)\n"
+    "  --base DIR     start from this base model (config.json, model.safetensors,\n"
+    "                 tokenizer.json) instead of the tiny one made on the spot\n"
+    "  --eval-every N evaluate the merged model every N rounds and after the last (1)\n"
+    "  --eval-fraction F  share of each university's documents it holds out for its\n"
+    "                 local loss (0.2)\n"
+    "  --precision P  the nodes' training precision: auto, fp32 or bf16 (auto)\n";
 
 /* The domains in the order nodes get them: the README's three first. */
 static const char *const domain_order[] = {"astronomy", "medicine", "law",   "computing",
@@ -70,21 +84,20 @@ static const char *const domain_order[] = {"astronomy", "medicine", "law",   "co
  * within about ±1.3 whatever the adapters do (its rows have norm 0.02·√C and
  * the final RMSNorm fixes the hidden state's norm), so no adapter could bring
  * the loss much below ln V. */
-#define DEMO_SEQ 64
-#define DEMO_BATCH 8
 #define DEMO_CONSORTIUM "fedlora-demo"
 
 typedef struct {
-    long long rounds, nodes, steps, rank, timeout, seed;
-    double lr;
-    const char *out, *policy, *seed_text;
+    long long rounds, nodes, steps, rank, batch, seq, timeout, seed, eval_every;
+    double lr, eval_fraction;
+    const char *out, *policy, *seed_text, *data_dir, *base_dir, *precision, *nodes_text;
     int keep;
-    char work[HARNESS_PATH], eval[HARNESS_PATH], metrics[HARNESS_PATH];
+    char work[HARNESS_PATH], metrics[HARNESS_PATH];
     harness_fed fed;
+    demo_data data;   /* the universities' data and the held-out domains */
     demo_round *hist; /* rounds + 1 entries: 0 is the base */
     int n_hist;
-    /* The global evaluation: rows of the held-out mixture. */
-    dataset *eval_set;
+    /* The evaluation: each domain's held-out rows. */
+    dataset *eval_set[DEMO_DOMAINS_MAX];
     double t0;
 } demo;
 
@@ -117,15 +130,24 @@ static int node_round(const harness_node *n, uint64_t round, double *before, dou
     return 1;
 }
 
-static int global_loss(demo *d, const char *model_dir, double *loss) {
+/* The model's loss on each domain's held-out text, and their token-weighted
+ * mean (the global loss). */
+static int evaluate(demo *d, const char *model_dir, demo_round *r) {
     model *m = NULL;
     model_acts *acts = NULL;
-    int64_t n;
-    int B = 4, rc = -1;
+    int B = 4, rc = 0;
     if (checkpoint_load(&m, model_dir) != 0) return err_context("loading %s", model_dir);
-    if (model_acts_create(&acts, m, B, dataset_seq(d->eval_set)) == 0 &&
-        trainer_eval(m, acts, B, d->eval_set, DATASET_TRAIN, NULL, loss, &n) == 0)
-        rc = 0;
+    double sum = 0;
+    int64_t total = 0;
+    if (model_acts_create(&acts, m, B, (int)d->seq) != 0) rc = -1;
+    for (int k = 0; rc == 0 && k < d->data.n_domains; k++) {
+        int64_t n;
+        rc = trainer_eval(m, acts, B, d->eval_set[k], DATASET_TRAIN, NULL, &r->domain_loss[k], &n);
+        sum += r->domain_loss[k] * (double)n;
+        total += n;
+    }
+    r->n_domains = d->data.n_domains;
+    r->global_loss = rc == 0 && total > 0 ? sum / (double)total : NAN;
     model_acts_free(acts);
     model_free(m);
     return rc;
@@ -151,11 +173,11 @@ static void print_header(const demo *d) {
 }
 
 static int log_round(demo *d, const demo_round *r) {
-    json_t *nodes = json_array();
+    json_t *nodes = json_array(), *doms = json_object();
     for (long long i = 0; nodes && i < d->nodes && r->round > 0; i++) {
         const harness_node *n = &d->fed.node[i];
         json_t *o = json_pack(
-            "{s:s, s:s, s:o, s:o}", "name", n->name, "domain", n->domain->name, "loss_before",
+            "{s:s, s:s, s:o, s:o}", "name", n->name, "domain", d->data.label[i], "loss_before",
             isfinite(r->loss_before[i]) ? json_real(r->loss_before[i]) : json_null(), "loss_after",
             isfinite(r->loss_after[i]) ? json_real(r->loss_after[i]) : json_null());
         if (!o || json_array_append_new(nodes, o) != 0) {
@@ -163,10 +185,23 @@ static int log_round(demo *d, const demo_round *r) {
             nodes = NULL;
         }
     }
-    json_t *j = nodes ? json_pack("{s:I, s:s, s:f, s:o, s:I, s:f}", "round", (json_int_t)r->round,
-                                  "version", r->version, "global_loss", r->global_loss, "nodes",
-                                  nodes, "bytes", (json_int_t)r->bytes, "elapsed_s", r->elapsed)
-                      : NULL;
+    int evaluated = isfinite(r->global_loss);
+    for (int k = 0; doms && evaluated && k < r->n_domains; k++)
+        if (json_object_set_new(doms, d->data.domain[k], json_real(r->domain_loss[k])) != 0) {
+            json_decref(doms);
+            doms = NULL;
+        }
+    json_t *j =
+        nodes && doms
+            ? json_pack("{s:I, s:s, s:o, s:o, s:o, s:I, s:f}", "round", (json_int_t)r->round,
+                        "version", r->version, "global_loss",
+                        evaluated ? json_real(r->global_loss) : json_null(), "domains", doms,
+                        "nodes", nodes, "bytes", (json_int_t)r->bytes, "elapsed_s", r->elapsed)
+            : NULL;
+    if (!j) {
+        json_decref(nodes);
+        json_decref(doms);
+    }
     char *line = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (!line) return err_set("out of memory writing %s", d->metrics);
@@ -176,9 +211,10 @@ static int log_round(demo *d, const demo_round *r) {
     free(line);
     if (rc != 0) return err_errno("cannot append to %s", d->metrics);
 
-    char moved[32] = "", loss[32];
+    char moved[32] = "", loss[32] = "-";
     if (r->round > 0) human_bytes(r->bytes, moved, sizeof moved);
-    snprintf(loss, sizeof loss, "%.4f%s", r->global_loss, r->round == 0 ? " (base)" : "");
+    if (evaluated)
+        snprintf(loss, sizeof loss, "%.4f%s", r->global_loss, r->round == 0 ? " (base)" : "");
     printf("%-6llu %-13s", (unsigned long long)r->round, loss);
     for (long long i = 0; i < d->nodes; i++) {
         char cell[40] = "";
@@ -199,7 +235,7 @@ static int log_round(demo *d, const demo_round *r) {
  * receipt (a node's receipt is recorded a moment after the aggregator has
  * it, and the round may close in between); a node without one 5 s later did
  * not take part in the round. */
-static int try_round(demo *d, uint64_t round, double *last_t, double *seen, int *done) {
+static int try_round(demo *d, uint64_t round, double *seen, int *done) {
     *done = 0;
     json_t *m = harness_round_metrics(d->fed.agg_state, round);
     json_t *v = m ? json_object_get(m, "version") : NULL;
@@ -212,6 +248,11 @@ static int try_round(demo *d, uint64_t round, double *last_t, double *seen, int 
     memset(r, 0, sizeof *r);
     r->round = round;
     snprintf(r->version, sizeof r->version, "%s", json_string_value(v));
+    /* The round's wall time as the aggregator saw it: from its opening to
+     * its publication (so the demo's own evaluations do not count). */
+    r->elapsed = json_number_value(json_object_get(m, "collect_s")) +
+                 json_number_value(json_object_get(m, "aggregate_s")) +
+                 json_number_value(json_object_get(m, "publish_s"));
     json_decref(m);
     for (long long i = 0; i < d->nodes; i++) {
         uint64_t b = 0;
@@ -223,11 +264,10 @@ static int try_round(demo *d, uint64_t round, double *last_t, double *seen, int 
         r->bytes += b;
     }
     char dir[HARNESS_PATH];
-    if (version_dir(d, r->version, dir) != 0 || global_loss(d, dir, &r->global_loss) != 0)
+    r->global_loss = NAN;
+    if ((round % (uint64_t)d->eval_every == 0 || round == (uint64_t)d->rounds) &&
+        (version_dir(d, r->version, dir) != 0 || evaluate(d, dir, r) != 0))
         return -1;
-    double t = harness_now();
-    r->elapsed = t - *last_t;
-    *last_t = t;
     d->n_hist = (int)round + 1;
     *done = 1;
     return log_round(d, r);
@@ -250,14 +290,33 @@ static int check_processes(demo *d) {
 /* ---- the run ----------------------------------------------------------------------------------
  */
 
-static int run(demo *d) {
-    const demo_domain *domains[HARNESS_NODES_MAX];
+/* The toy corpora: the nodes' domains in domain_order, each one's training
+ * lines its university's data, its held-out lines written to work/heldout/. */
+static int toy_data(demo *d, const demo_domain **domains) {
+    demo_data *x = &d->data;
+    memset(x, 0, sizeof *x);
+    char dir[HARNESS_PATH];
+    if (harness_join(dir, d->work, "heldout") != 0 || fio_mkdirs(dir, 0700) != 0) return -1;
     for (long long i = 0; i < d->nodes; i++) {
         domains[i] = NULL;
         for (int k = 0; k < demo_num_domains; k++)
             if (strcmp(demo_domains[k].name, domain_order[i]) == 0) domains[i] = &demo_domains[k];
         if (!domains[i]) return err_set("the demo corpus has no domain '%s'", domain_order[i]);
+        char file[DEMO_LABEL_MAX + 8];
+        snprintf(x->label[i], sizeof x->label[i], "%s", domains[i]->name);
+        snprintf(x->domain[i], sizeof x->domain[i], "%s", domains[i]->name);
+        snprintf(file, sizeof file, "%s.txt", domains[i]->name);
+        if (harness_join(x->heldout[i], dir, file) != 0 ||
+            harness_write_text(x->heldout[i], domains[i]->heldout) != 0)
+            return -1;
     }
+    x->n = x->n_domains = (int)d->nodes;
+    return 0;
+}
+
+static int run(demo *d) {
+    const demo_domain *domains[HARNESS_NODES_MAX];
+    if (!d->data_dir && toy_data(d, domains) != 0) return -1;
     harness_options o;
     harness_options_default(&o);
     o.consortium = DEMO_CONSORTIUM;
@@ -266,48 +325,65 @@ static int run(demo *d) {
     o.steps = (int)d->steps;
     o.rank = (int)d->rank;
     o.lr = d->lr;
-    o.batch = DEMO_BATCH;
-    o.seq = DEMO_SEQ;
+    o.batch = (int)d->batch;
+    o.seq = (int)d->seq;
     o.policy = d->policy;
+    o.base_dir = d->base_dir;
+    o.eval_fraction = d->eval_fraction;
+    if (d->precision)
+        snprintf(o.node_extra, sizeof o.node_extra, "precision = \"%s\";\n", d->precision);
     if (d->seed_text) {
         o.model_seed = (uint64_t)d->seed;
         o.has_node_seed = 1;
         o.node_seed = (uint64_t)d->seed;
     }
     harness_fed *f = &d->fed;
-    if (harness_setup(f, d->work, (int)d->nodes, domains, &o) != 0) return -1;
-
-    char eval_text[1 << 16] = "", path[HARNESS_PATH], tok[HARNESS_PATH];
-    for (long long i = 0; i < d->nodes; i++) {
-        if (strlen(eval_text) + strlen(f->node[i].domain->heldout) >= sizeof eval_text)
-            return err_set("the held-out lines do not fit the demo's buffer");
-        strcat(eval_text, f->node[i].domain->heldout);
+    if (d->data_dir) {
+        const char *names[HARNESS_NODES_MAX], *files[HARNESS_NODES_MAX];
+        for (int i = 0; i < d->data.n; i++) names[i] = d->data.name[i], files[i] = d->data.train[i];
+        if (harness_setup_files(f, d->work, d->data.n, names, files, &o) != 0) return -1;
+    } else if (harness_setup(f, d->work, (int)d->nodes, domains, &o) != 0) {
+        return -1;
     }
+
+    char path[HARNESS_PATH], tok[HARNESS_PATH];
     model_config cfg;
     if (harness_join(path, f->base, "config.json") != 0 || model_config_load(&cfg, path) != 0 ||
-        harness_write_text(d->eval, eval_text) != 0 ||
         harness_join(tok, f->base, "tokenizer.json") != 0)
         return -1;
-    dataset_options dopt = {.path = d->eval,
-                            .tokenizer = tok,
-                            .seq = DEMO_SEQ,
-                            .eos_id = cfg.eos_token_id,
-                            .vocab_size = cfg.vocab_size};
-    if (dataset_open(&d->eval_set, &dopt) != 0) return err_context("the global held-out set");
+    size_t docs = 0;
+    for (int k = 0; k < d->data.n_domains; k++) {
+        dataset_options dopt = {.path = d->data.heldout[k],
+                                .tokenizer = tok,
+                                .seq = (int)d->seq,
+                                .eos_id = cfg.eos_token_id,
+                                .vocab_size = cfg.vocab_size};
+        if (dataset_open(&d->eval_set[k], &dopt) != 0)
+            return err_context("the held-out set of %s", d->data.domain[k]);
+        docs += dataset_num_docs(d->eval_set[k], DATASET_TRAIN);
+    }
 
     printf("fedlora demo: an aggregator and %lld universities on loopback, %lld rounds\n", d->nodes,
            d->rounds);
-    printf("  base model: tiny Llama (%lld parameters, byte-level tokenizer), made in %s\n",
-           model_config_num_params(&cfg), f->base);
-    printf("  local training per round: %lld steps, lr %g, LoRA rank %lld on every linear layer\n",
-           d->steps, d->lr, d->rank);
+    if (d->base_dir)
+        printf("  base model: %s (%lld parameters)\n", d->base_dir, model_config_num_params(&cfg));
+    else
+        printf("  base model: tiny Llama (%lld parameters, byte-level tokenizer), made in %s\n",
+               model_config_num_params(&cfg), f->base);
+    printf("  local training per round: %lld steps of %lld x %lld tokens, lr %g, LoRA rank %lld "
+           "on every linear layer\n",
+           d->steps, d->batch, d->seq, d->lr, d->rank);
     if (d->policy) printf("  aggregation under the policy file %s\n", d->policy);
     if (d->seed_text) printf("  seed %lld (the base model and every node's training)\n", d->seed);
-    for (long long i = 0; i < d->nodes; i++)
+    for (long long i = 0; i < d->nodes; i++) {
+        char *text = harness_read(f->node[i].data);
         printf("  %-17s trains on %s (%zu bytes of private text)\n", f->node[i].name,
-               f->node[i].domain->name, strlen(f->node[i].domain->train));
-    printf("  global held-out set: %zu lines of all %lld domains, never trained on\n",
-           dataset_num_docs(d->eval_set, DATASET_TRAIN), d->nodes);
+               d->data.label[i], text ? strlen(text) : 0);
+        free(text);
+    }
+    printf("  held-out sets: %zu documents of %d domains, never trained on%s\n", docs,
+           d->data.n_domains,
+           d->eval_every > 1 ? " (evaluated every few rounds: --eval-every)" : "");
     fflush(stdout);
 
     d->t0 = harness_now();
@@ -322,21 +398,20 @@ static int run(demo *d) {
     /* Round 0: the base as the aggregator imported it (versions/latest
      * until round 1 publishes). */
     uint8_t h0[STORE_HASH_LEN];
-    if (store_latest(f->agg_state, h0) != 0 || global_loss(d, f->base, &r0->global_loss) != 0)
-        return -1;
+    if (store_latest(f->agg_state, h0) != 0 || evaluate(d, f->base, r0) != 0) return -1;
     hex_encode(h0, STORE_HASH_LEN, r0->version);
     d->n_hist = 1;
     print_header(d);
     if (log_round(d, r0) != 0) return -1;
 
-    double last_t = d->t0, seen = 0;
+    double seen = 0;
     uint64_t next = 1;
     while (next <= (uint64_t)d->rounds) {
         if (demo_interrupted) return err_set("interrupted");
         if (harness_now() - d->t0 > (double)d->timeout)
             return err_set("the federation did not finish within %lld s (--timeout)", d->timeout);
         int done;
-        if (try_round(d, next, &last_t, &seen, &done) != 0) return -1;
+        if (try_round(d, next, &seen, &done) != 0) return -1;
         if (done) {
             next++;
             seen = 0;
@@ -378,7 +453,7 @@ static int run(demo *d) {
         .hist = d->hist, .n_hist = d->n_hist, .n_nodes = f->n, .rounds = (int)d->rounds};
     for (int i = 0; i < f->n; i++) {
         rep.names[i] = f->node[i].name;
-        rep.domains[i] = f->node[i].domain->name;
+        rep.domains[i] = d->data.label[i];
     }
     if (harness_join(path, d->out, "report.svg") != 0 || demo_report_svg(path, &rep) != 0)
         return -1;
@@ -398,27 +473,67 @@ static int run(demo *d) {
 }
 
 int cmd_demo(int argc, char **argv) {
-    const char *rounds = "3", *nodes = "3", *steps = "15", *lr = "0.01", *rank = "8",
-               *timeout = "600";
+    const char *rounds = "3", *steps = "15", *lr = "0.01", *rank = "8", *timeout = "600",
+               *batch = "8", *seq = "64", *eval_every = "1", *eval_fraction = "0.2";
     demo d;
     memset(&d, 0, sizeof d);
     d.out = "fedlora-demo";
-    opts_spec spec[] = {{"rounds", &rounds},     {"nodes", &nodes},     {"out", &d.out},
-                        {"keep", NULL, &d.keep}, {"steps", &steps},     {"lr", &lr},
-                        {"rank", &rank},         {"timeout", &timeout}, {"policy", &d.policy},
-                        {"seed", &d.seed_text}};
+    opts_spec spec[] = {{"rounds", &rounds},
+                        {"nodes", &d.nodes_text},
+                        {"out", &d.out},
+                        {"keep", NULL, &d.keep},
+                        {"steps", &steps},
+                        {"lr", &lr},
+                        {"rank", &rank},
+                        {"batch", &batch},
+                        {"seq", &seq},
+                        {"timeout", &timeout},
+                        {"policy", &d.policy},
+                        {"seed", &d.seed_text},
+                        {"data", &d.data_dir},
+                        {"base", &d.base_dir},
+                        {"eval-every", &eval_every},
+                        {"eval-fraction", &eval_fraction},
+                        {"precision", &d.precision}};
     int rc = opts_parse(argc, argv, spec, sizeof spec / sizeof spec[0], usage_text);
     if (rc >= 0) return rc;
-    if (opts_int(rounds, "--rounds", 1, 100, &d.rounds) != 0 ||
-        opts_int(nodes, "--nodes", 1, HARNESS_NODES_MAX, &d.nodes) != 0 ||
+    if (opts_int(rounds, "--rounds", 1, 100000, &d.rounds) != 0 ||
         opts_int(steps, "--steps", 1, 100000, &d.steps) != 0 ||
         opts_double(lr, "--lr", 1e-6, 1, &d.lr) != 0 ||
         opts_int(rank, "--rank", 1, 64, &d.rank) != 0 ||
-        opts_int(timeout, "--timeout", 1, 86400, &d.timeout) != 0 ||
+        opts_int(batch, "--batch", 1, 4096, &d.batch) != 0 ||
+        opts_int(seq, "--seq", 2, 65536, &d.seq) != 0 ||
+        opts_int(timeout, "--timeout", 1, 10000000, &d.timeout) != 0 ||
+        opts_int(eval_every, "--eval-every", 1, 100000, &d.eval_every) != 0 ||
+        opts_double(eval_fraction, "--eval-fraction", 1e-6, 0.9, &d.eval_fraction) != 0 ||
         (d.seed_text && opts_int(d.seed_text, "--seed", 0, (long long)1 << 62, &d.seed) != 0))
         return opts_fail();
+    if (d.precision && strcmp(d.precision, "auto") != 0 && strcmp(d.precision, "fp32") != 0 &&
+        strcmp(d.precision, "bf16") != 0) {
+        err_set("--precision %s: want auto, fp32 or bf16", d.precision);
+        return opts_fail();
+    }
     if (d.policy && !fio_exists(d.policy)) {
         err_set("--policy %s: no such file", d.policy);
+        return opts_fail();
+    }
+    if (d.base_dir && !fio_exists(d.base_dir)) {
+        err_set("--base %s: no such directory", d.base_dir);
+        return opts_fail();
+    }
+    if (d.data_dir) {
+        if (demo_data_partition(&d.data, d.data_dir) != 0) return opts_fail();
+        d.nodes = d.data.n;
+        long long want;
+        if (d.nodes_text && (opts_int(d.nodes_text, "--nodes", 1, HARNESS_NODES_MAX, &want) != 0 ||
+                             want != d.nodes)) {
+            err_set("--nodes %s: --data %s has %lld universities, and with --data all of them "
+                    "take part (make a partition with --nodes N for another count)",
+                    d.nodes_text, d.data_dir, d.nodes);
+            return opts_fail();
+        }
+    } else if (opts_int(d.nodes_text ? d.nodes_text : "3", "--nodes", 1, demo_num_domains,
+                        &d.nodes) != 0) {
         return opts_fail();
     }
     if (fio_exists(d.out) && !fio_dir_empty(d.out)) {
@@ -430,7 +545,6 @@ int cmd_demo(int argc, char **argv) {
     }
     d.hist = calloc((size_t)d.rounds + 1, sizeof *d.hist);
     if (!d.hist || harness_join(d.work, d.out, "work") != 0 ||
-        harness_join(d.eval, d.work, "global-heldout.txt") != 0 ||
         harness_join(d.metrics, d.out, "metrics.jsonl") != 0 || fio_mkdirs(d.work, 0700) != 0) {
         free(d.hist);
         return opts_fail();
@@ -455,7 +569,7 @@ int cmd_demo(int argc, char **argv) {
     } else if (!d.keep && harness_remove_tree(d.work) != 0) {
         fprintf(stderr, "fedlora demo: could not remove %s: %s\n", d.work, strerror(errno));
     }
-    dataset_free(d.eval_set);
+    for (int k = 0; k < DEMO_DOMAINS_MAX; k++) dataset_free(d.eval_set[k]);
     free(d.hist);
     return rc == 0 ? 0 : demo_interrupted ? 128 + demo_interrupted : 1;
 }

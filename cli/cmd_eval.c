@@ -37,7 +37,7 @@ static const char *usage_text =
     "on each --data and --task file (each option may be given several times).\n"
     "\n"
     "--data FILE: the mean next-token cross-entropy (nats) and the perplexity. FILE is\n"
-    "what fedlora train reads (docs/training.md): text (one document per non-empty line),\n"
+    "what fedlora train reads (docs/training.md): text (one document per non-blank line),\n"
     "JSON Lines of {\"text\"}, instruction or chat records (only response tokens count;\n"
     "chat records in the model's chat template unless --chat-format fedlora, and every\n"
     "token with --loss-on all: docs/chat.md), or a pre-tokenized corpus. Documents are\n"
@@ -199,6 +199,8 @@ int cmd_eval(int argc, char **argv) {
         err_context("loading adapter %s for model %s", adapter, dir);
         goto done;
     }
+    if (!seq_s && T > m->cfg.max_position) T = m->cfg.max_position;
+    if (model_config_seq_check(&m->cfg, T, "--seq") != 0) goto done;
     char tok_default[4096];
     if (!tok_path && fio_join(tok_default, sizeof tok_default, dir, "tokenizer.json") == 0 &&
         fio_exists(tok_default))

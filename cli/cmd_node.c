@@ -31,6 +31,9 @@ static const char *usage_text =
     "  data = \"private.jsonl\";\n"
     "  state = \"state\";\n"
     "\n"
+    "The connection is authenticated and encrypted with CURVE: the aggregator must prove it\n"
+    "holds the key of aggregator.identity, and admits only keys on its roster\n"
+    "(aggregator.curve = false only while a consortium moves to CURVE: docs/onboarding.md).\n"
     "All progress goes to stderr. SIGTERM or SIGINT stops it safely; run it again with the\n"
     "same config to go on where it stopped (a sealed delta is never trained or sent twice).\n"
     "Exit status: 0 when the federation is finished, 1 on an error, 128+N after signal N.\n";

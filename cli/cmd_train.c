@@ -12,15 +12,17 @@
 
 #include <math.h>
 #include <omp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *usage_text =
     "usage: fedlora train --model DIR --data FILE --out ADAPTER_DIR [options]\n"
     "\n"
     "Trains a LoRA adapter on FILE and writes it to ADAPTER_DIR as a PEFT adapter\n"
     "(adapter_config.json + adapter_model.safetensors), with metrics.jsonl and\n"
-    "checkpoint/ beside it. FILE is text (one document per non-empty line), JSON Lines\n"
+    "checkpoint/ beside it. FILE is text (one document per non-blank line), JSON Lines\n"
     "({\"text\"}, {\"instruction\", \"input\", \"output\"} or {\"messages\"} records) or a\n"
     "corpus from `fedlora tokenize` (docs/training.md). Chat records are rendered with the\n"
     "model's chat template, as transformers' apply_chat_template does (docs/chat.md).\n"
@@ -32,16 +34,16 @@ static const char *usage_text =
     "  --loss-on L          assistant (only the assistant's turns of chat records and the\n"
     "                       output of instruction records carry loss; default) or all\n"
     "  --rank R             LoRA rank (8)\n"
-    "  --alpha A            LoRA alpha (twice the rank); scale alpha/R\n"
+    "  --alpha A            LoRA alpha, above 0 (twice the rank); scale alpha/R\n"
     "  --rslora             scale alpha/sqrt(R) (rank-stabilized LoRA)\n"
     "  --targets LIST       modules to adapt, comma-separated, or all-linear (every linear\n"
     "                       but Mixtral's router, adapted only when named: gate)\n"
     "                       (PEFT's defaults: q_proj,v_proj for Llama and Mixtral,\n"
     "                       c_attn for GPT-2, query_key_value for BLOOM)\n"
     "  --dropout P          LoRA dropout (0)\n"
-    "  --steps N            optimizer steps (100)\n"
-    "  --lr X               peak learning rate (2e-4)\n"
-    "  --warmup W           linear warmup steps before the cosine decay (0)\n"
+    "  --steps N            optimizer steps, at least 1 (100)\n"
+    "  --lr X               peak learning rate, above 0 (2e-4)\n"
+    "  --warmup W           linear warmup steps before the cosine decay, at most --steps (0)\n"
     "  --weight-decay WD    AdamW's decoupled weight decay (0)\n"
     "  --clip C             global gradient-norm clipping, 0 for none (1.0)\n"
     "  --batch B            rows per micro-batch (4)\n"
@@ -69,6 +71,18 @@ typedef struct {
     chatdata_opts chat;
 } train_args;
 
+/* SIGINT / SIGTERM: the trainer finishes its step and saves a checkpoint
+ * (trainer_request_stop); a second signal stops at once. Only
+ * async-signal-safe calls here. */
+static void on_stop(int sig) {
+    if (trainer_stop_requested()) _exit(128 + sig);
+    trainer_request_stop(sig);
+    static const char msg[] = "\nfedlora train: stopping after this step and saving a checkpoint "
+                              "(signal again to stop at once)\n";
+    ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)ignored;
+}
+
 /* Numbers from the options into the trainer's and the adapter's settings. */
 static int parse_numbers(const train_args *a, trainer_options *t, lora_config *lc, long long *T,
                          double *eval_fraction) {
@@ -77,7 +91,7 @@ static int parse_numbers(const train_args *a, trainer_options *t, lora_config *l
     if (opts_int(a->rank, "--rank", 0, 1 << 20, &rank) != 0 ||
         (a->alpha && opts_double(a->alpha, "--alpha", -1e9, 1e9, &alpha) != 0) ||
         opts_double(a->dropout, "--dropout", 0, 1, &dropout) != 0 ||
-        opts_int(a->steps, "--steps", 0, 1LL << 40, &steps) != 0 ||
+        opts_int(a->steps, "--steps", 1, 1LL << 40, &steps) != 0 ||
         opts_double(a->lr, "--lr", 0, 1e3, &lr) != 0 ||
         opts_int(a->warmup, "--warmup", 0, 1LL << 40, &warmup) != 0 ||
         opts_double(a->wd, "--weight-decay", 0, 1e3, &wd) != 0 ||
@@ -91,6 +105,17 @@ static int parse_numbers(const train_args *a, trainer_options *t, lora_config *l
         opts_int(a->save_every, "--save-every", 0, 1LL << 40, &save) != 0 ||
         opts_int(a->log_every, "--log-every", 1, 1LL << 40, &logn) != 0)
         return -1;
+    /* Values the ranges above let through but that train nothing, or train
+     * something else than asked, without a word: refused instead. */
+    if (a->alpha && !(alpha > 0))
+        return err_set("--alpha must be above 0, got %g: the adapter's update is scaled by "
+                       "alpha/rank, so %s",
+                       alpha, alpha == 0 ? "0 makes it nothing" : "a negative one reverses it");
+    if (!(lr > 0)) return err_set("--lr must be above 0: with 0 no step changes the adapter");
+    if (warmup > steps)
+        return err_set("--warmup %lld is longer than --steps %lld: the learning rate would never "
+                       "reach --lr; use a warmup of at most the number of steps",
+                       warmup, steps);
     lc->rank = (int)rank;
     lc->alpha = a->alpha ? alpha : 2.0 * (double)rank;
     lc->use_rslora = a->rslora;
@@ -184,8 +209,9 @@ int cmd_train(int argc, char **argv) {
     rc = 1;
     if (parse_numbers(&a, &t, &lc, &T, &eval_fraction) != 0) goto done;
     if (trainer_load_base(&m, a.model, a.device, a.precision, NULL, 0) != 0) goto done;
-    /* The default row length fits the model; one asked for is taken as is. */
+    /* The default row length fits the model; one asked for must fit it. */
     if (!seq_given && T > m->cfg.max_position) T = m->cfg.max_position;
+    if (model_config_seq_check(&m->cfg, T, "--seq") != 0) goto done;
     const char *targets = a.targets                         ? a.targets
                           : m->cfg.arch == MODEL_ARCH_GPT2  ? "c_attn"
                           : m->cfg.arch == MODEL_ARCH_BLOOM ? "query_key_value"
@@ -222,7 +248,18 @@ int cmd_train(int argc, char **argv) {
     t.device = a.device;
     t.precision = a.precision;
     trainer_result res;
-    if (trainer_run(m, s, d, &t, &res) != 0) goto done;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0) {
+        err_errno("installing the SIGINT/SIGTERM handlers");
+        goto done;
+    }
+    if (trainer_run(m, s, d, &t, &res) != 0) {
+        if (res.stopped) rc = 128 + res.stopped;
+        goto done;
+    }
     if (res.rank != 0) { /* data parallel: rank 0 reports and writes */
         printf("rank %d: %lld steps done\n", res.rank, (long long)res.steps);
         rc = 0;

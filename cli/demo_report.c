@@ -60,7 +60,10 @@ int demo_report_svg(const char *path, const demo_report *d) {
             W - R, Y(v));
         OUT("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.2f</text>\n", L - 6, Y(v) + 4, v);
     }
-    for (int k = 0; k < d->n_hist; k++)
+    /* At most about 20 round labels, and the values on the points only when
+     * they have room. */
+    int every = nx > 20 ? (nx + 19) / 20 : 1, values = d->n_hist <= 25;
+    for (int k = 0; k < d->n_hist; k += every)
         OUT("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%d</text>\n", X(k), H - Bm + 18, k);
     OUT("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">round (0 = base model)</text>\n",
         (L + W - R) / 2, H - Bm + 40);
@@ -78,7 +81,7 @@ int demo_report_svg(const char *path, const demo_report *d) {
             }
             OUT("\"/>\n");
         }
-        for (int k = 1; k < d->n_hist; k++)
+        for (int k = 1; values && k < d->n_hist; k++)
             if (isfinite(d->hist[k].loss_after[i]))
                 OUT("<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", X(k),
                     Y(d->hist[k].loss_after[i]), c);
@@ -90,13 +93,16 @@ int demo_report_svg(const char *path, const demo_report *d) {
             d->domains[i]);
     }
     OUT("<polyline fill=\"none\" stroke=\"black\" stroke-width=\"3\" points=\"");
-    for (int k = 0; k < d->n_hist; k++) OUT("%.1f,%.1f ", X(k), Y(d->hist[k].global_loss));
+    for (int k = 0; k < d->n_hist; k++) /* not evaluated (--eval-every): no point */
+        if (isfinite(d->hist[k].global_loss)) OUT("%.1f,%.1f ", X(k), Y(d->hist[k].global_loss));
     OUT("\"/>\n");
     for (int k = 0; k < d->n_hist; k++)
-        OUT("<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"black\"/>\n"
-            "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-weight=\"bold\">%.3f</text>\n",
-            X(k), Y(d->hist[k].global_loss), X(k), Y(d->hist[k].global_loss) - 9,
-            d->hist[k].global_loss);
+        if (isfinite(d->hist[k].global_loss) && (values || k == d->n_hist - 1 || k == 0))
+            OUT("<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"black\"/>\n"
+                "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" "
+                "font-weight=\"bold\">%.3f</text>\n",
+                X(k), Y(d->hist[k].global_loss), X(k), Y(d->hist[k].global_loss) - 9,
+                d->hist[k].global_loss);
     OUT("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\" "
         "stroke-width=\"3\"/>\n<text x=\"%.1f\" y=\"%.1f\">merged model, global held-out</text>\n",
         W - R + 16, (double)T + 10, W - R + 40, (double)T + 10, W - R + 46, (double)T + 14);

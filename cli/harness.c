@@ -212,6 +212,7 @@ void harness_options_default(harness_options *o) {
                            .arch = "llama",
                            .model_seed = 1,
                            .init_range = 0.1,
+                           .eval_fraction = 0.2,
                            .node_poll_ms = 100};
 }
 
@@ -289,8 +290,24 @@ static int aggregator_config(harness_fed *f) {
     return harness_write_text(f->agg_config, text);
 }
 
-int harness_setup(harness_fed *f, const char *root, int n, const demo_domain *const *domains,
-                  const harness_options *o) {
+/* An absolute form of path into out (HARNESS_PATH bytes). */
+static int absolute(const char *path, char *out) {
+    if (path[0] == '/') return snprintf(out, HARNESS_PATH, "%s", path) < HARNESS_PATH ? 0 : -1;
+    char cwd[HARNESS_PATH];
+    if (!getcwd(cwd, sizeof cwd)) return err_errno("getcwd");
+    return harness_join(out, cwd, path);
+}
+
+static int link_to(const char *target, const char *link) {
+    char abs[HARNESS_PATH];
+    if (absolute(target, abs) != 0) return err_set("path %s is too long", target);
+    if (symlink(abs, link) != 0) return err_errno("cannot link %s to %s", link, abs);
+    return 0;
+}
+
+/* The federation's files; node i's data from domains[i] or data[i]. */
+static int setup(harness_fed *f, const char *root, int n, const demo_domain *const *domains,
+                 const char *const *names, const char *const *data, const harness_options *o) {
     memset(f, 0, sizeof *f);
     if (n < 1 || n > HARNESS_NODES_MAX)
         return err_set("a federation of %d nodes (1 to %d)", n, HARNESS_NODES_MAX);
@@ -305,21 +322,37 @@ int harness_setup(harness_fed *f, const char *root, int n, const demo_domain *co
         harness_join(f->agg_log, f->agg_dir, "aggregator.log") != 0 ||
         harness_join(nodes, root, "nodes") != 0 || fio_mkdirs(f->agg_dir, 0700) != 0)
         return -1;
-    if (make_base(f) != 0 || harness_keys(f->keys, "aggregator") != 0) return -1;
+    if ((o->base_dir ? link_to(o->base_dir, f->base) : make_base(f)) != 0 ||
+        harness_keys(f->keys, "aggregator") != 0)
+        return -1;
     for (int i = 0; i < n; i++) {
         harness_node *d = &f->node[i];
-        d->domain = domains[i];
-        snprintf(d->name, sizeof d->name, "uni-%s", d->domain->name);
+        d->domain = domains ? domains[i] : NULL;
+        if (domains)
+            snprintf(d->name, sizeof d->name, "uni-%s", d->domain->name);
+        else if (snprintf(d->name, sizeof d->name, "%s", names[i]) >= (int)sizeof d->name)
+            return err_set("node name %s is too long", names[i]);
         if (harness_join(d->dir, nodes, d->name) != 0 || fio_mkdirs(d->dir, 0700) != 0 ||
             harness_join(d->data, d->dir, "data.txt") != 0 ||
             harness_join(d->config, d->dir, "node.cfg") != 0 ||
             harness_join(d->state, d->dir, "state") != 0 ||
             harness_join(d->log, d->dir, "node.log") != 0 ||
-            harness_write_text(d->data, d->domain->train) != 0 ||
+            (domains ? harness_write_text(d->data, d->domain->train) : link_to(data[i], d->data)) !=
+                0 ||
             harness_keys(f->keys, d->name) != 0)
             return -1;
     }
     return aggregator_config(f);
+}
+
+int harness_setup(harness_fed *f, const char *root, int n, const demo_domain *const *domains,
+                  const harness_options *o) {
+    return setup(f, root, n, domains, NULL, NULL, o);
+}
+
+int harness_setup_files(harness_fed *f, const char *root, int n, const char *const *names,
+                        const char *const *data, const harness_options *o) {
+    return setup(f, root, n, NULL, names, data, o);
 }
 
 int harness_start_aggregator(harness_fed *f, const char *bin) {
@@ -349,22 +382,23 @@ int harness_node_config(harness_fed *f, int i, const char *endpoint, const char 
     char text[4096], seed[64] = "";
     if (f->o.has_node_seed)
         snprintf(seed, sizeof seed, "seed = %llu;\n", (unsigned long long)f->o.node_seed);
-    int len = snprintf(text, sizeof text,
-                       "%s%s%s"
-                       "keys = { dir = \"../../keys\"; name = \"%s\"; };\n"
-                       "consortium = \"%s\";\n"
-                       "aggregator = { endpoint = \"%s\"; identity = \"../../keys/aggregator.id\"; "
-                       "};\n"
-                       "base_model = \"../../base\";\n"
-                       "data = \"data.txt\";\n"
-                       "eval_fraction = 0.2;\n"
-                       "state = \"state\";\n"
-                       "threads = 1;\n"
-                       "poll_ms = %d;\n"
-                       "%s%s%s",
-                       f->o.header ? "# " : "", f->o.header ? f->o.header : "",
-                       f->o.header ? "\n" : "", d->name, f->o.consortium, endpoint,
-                       f->o.node_poll_ms, seed, f->o.node_extra, extra ? extra : "");
+    int len =
+        snprintf(text, sizeof text,
+                 "%s%s%s"
+                 "keys = { dir = \"../../keys\"; name = \"%s\"; };\n"
+                 "consortium = \"%s\";\n"
+                 "aggregator = { endpoint = \"%s\"; identity = \"../../keys/aggregator.id\"; "
+                 "};\n"
+                 "base_model = \"../../base\";\n"
+                 "data = \"data.txt\";\n"
+                 "eval_fraction = %.17g;\n"
+                 "state = \"state\";\n"
+                 "threads = 1;\n"
+                 "poll_ms = %d;\n"
+                 "%s%s%s",
+                 f->o.header ? "# " : "", f->o.header ? f->o.header : "", f->o.header ? "\n" : "",
+                 d->name, f->o.consortium, endpoint, f->o.eval_fraction, f->o.node_poll_ms, seed,
+                 f->o.node_extra, extra ? extra : "");
     if (len < 0 || (size_t)len >= sizeof text)
         return err_set("%s's config does not fit %zu bytes", d->name, sizeof text);
     return harness_write_text(d->config, text);

@@ -8,7 +8,8 @@
  * Layout under the root (docs/federation.md, "fedlora demo"):
  *
  *   base/                      the base model (config.json, model.safetensors,
- *                              tokenizer.json: the byte-level tokenizer)
+ *                              tokenizer.json: the byte-level tokenizer), or
+ *                              a symbolic link to the one given
  *   keys/                      aggregator.* and <node>.* identities
  *   aggregator/aggregator.cfg, aggregator/state/, aggregator/aggregator.log
  *   nodes/<name>/data.txt, node.cfg, state/, node.log
@@ -27,7 +28,7 @@
 #include <sys/types.h>
 
 #define HARNESS_PATH 4096
-#define HARNESS_NODES_MAX 8 /* the demo corpus has eight domains */
+#define HARNESS_NODES_MAX 16 /* universities of one federation (the demo corpus has eight) */
 
 /* ---- processes ------------------------------------------------------------------ */
 
@@ -101,6 +102,9 @@ typedef struct {
     const char *arch;     /* the base model's family: init-model's tiny preset of it ("llama") */
     uint64_t model_seed;  /* the base model's weights */
     double init_range;    /* the base model's initializer_range */
+    const char *base_dir; /* a base model directory to use instead (config.json,
+                             model.safetensors, tokenizer.json), or NULL */
+    double eval_fraction; /* the nodes' eval_fraction (0.2) */
     int has_node_seed;    /* write `seed = node_seed;` into every node's config */
     uint64_t node_seed;   /* (node/node.h: held-out split, adapters, data order) */
     int node_poll_ms;     /* the nodes' poll_ms */
@@ -111,7 +115,7 @@ typedef struct {
 
 typedef struct {
     char name[KEYS_NAME_MAX + 1];
-    const demo_domain *domain;
+    const demo_domain *domain; /* NULL when its data is a file (harness_setup_files) */
     char dir[HARNESS_PATH], config[HARNESS_PATH], state[HARNESS_PATH], log[HARNESS_PATH],
         data[HARNESS_PATH];
     harness_proc proc;
@@ -140,6 +144,10 @@ void harness_options_default(harness_options *o);
  * (harness_node_config), once the aggregator's endpoint is known. */
 int harness_setup(harness_fed *f, const char *root, int n, const demo_domain *const *domains,
                   const harness_options *o);
+/* The same with each node's data a file of its own: node i is named
+ * names[i] and its data.txt is a symbolic link to data[i] (made absolute). */
+int harness_setup_files(harness_fed *f, const char *root, int n, const char *const *names,
+                        const char *const *data, const harness_options *o);
 /* Starts `fedlora aggregator` (bin as in harness_spawn) and waits up to 30 s
  * for the endpoint it writes (STATE/endpoint) into f->endpoint. */
 int harness_start_aggregator(harness_fed *f, const char *bin);

@@ -314,9 +314,10 @@ static int parse_lines(builder *b, const char *path, char *buf, size_t len, int 
         char *next = p + n + 1;
         line++;
         if (n > 0 && p[n - 1] == '\r') n--;
+        /* One rule for train, eval and tokenize (docs/training.md): a line
+         * of nothing but spaces and tabs is blank, not a document. */
         size_t k = 0;
-        if (jsonl)
-            while (k < n && (p[k] == ' ' || p[k] == '\t')) k++;
+        while (k < n && (p[k] == ' ' || p[k] == '\t')) k++;
         if (k == n) { /* blank */
             p = next;
             continue;

@@ -298,7 +298,7 @@ static int put_f32(safetensors_writer *w, const real *v, int64_t n) {
 #endif
 }
 
-static int save_weights(const lora_set *s, const char *path) {
+int peft_save_weights(const lora_set *s, const char *path) {
     int n = 2 * s->n_modules;
     safetensors_entry *e = calloc((size_t)n, sizeof *e);
     if (!e) return err_set("out of memory writing %s", path);
@@ -333,7 +333,7 @@ int peft_save(const lora_set *s, const char *dir) {
     if (fio_mkdirs(dir, 0755) != 0 || fio_join(wpath, sizeof wpath, dir, PEFT_WEIGHTS_FILE) != 0 ||
         fio_join(cpath, sizeof cpath, dir, PEFT_CONFIG_FILE) != 0)
         return err_context("saving the adapter to %s", dir);
-    if (save_weights(s, wpath) != 0) return err_context("saving the adapter to %s", dir);
+    if (peft_save_weights(s, wpath) != 0) return err_context("saving the adapter to %s", dir);
     char *json;
     size_t len;
     if (peft_config_json(s, &json, &len) != 0) return -1;
@@ -537,6 +537,34 @@ static int load_tensor(model_param *p, const safetensors_tensor *t, const char *
 #endif
 }
 
+int peft_load_weights(lora_set *s, const safetensors_file *f, const char *where) {
+    for (int i = 0; i < s->n_modules; i++)
+        for (int k = 0; k < 2; k++) {
+            model_param *p = k ? &s->modules[i].B : &s->modules[i].A;
+            const safetensors_tensor *t = safetensors_find(f, p->name);
+            if (!t)
+                return err_set("%s has no tensor %s, which the adapter's config targets on this "
+                               "base: the adapter was made for another base or is incomplete",
+                               where, p->name);
+            if (load_tensor(p, t, where) != 0) return -1;
+        }
+    if (safetensors_count(f) != 2 * s->n_modules) {
+        for (int i = 0; i < safetensors_count(f); i++) {
+            const char *name = safetensors_tensor_at(f, i)->name;
+            int known = 0;
+            for (int j = 0; j < s->n_modules && !known; j++)
+                known = strcmp(name, s->modules[j].A.name) == 0 ||
+                        strcmp(name, s->modules[j].B.name) == 0;
+            if (!known)
+                return err_set("%s: tensor %s belongs to no module the config targets on this "
+                               "base model: the adapter was made for another base (or is not "
+                               "plain LoRA)",
+                               where, name);
+        }
+    }
+    return 0;
+}
+
 int peft_load(lora_set **out, const model *m, const char *dir) {
     *out = NULL;
     lora_config cfg;
@@ -557,34 +585,7 @@ int peft_load(lora_set **out, const model *m, const char *dir) {
                         : "");
         goto fail;
     }
-    if (safetensors_open(&f, path) != 0) goto fail;
-    for (int i = 0; i < s->n_modules; i++)
-        for (int k = 0; k < 2; k++) {
-            model_param *p = k ? &s->modules[i].B : &s->modules[i].A;
-            const safetensors_tensor *t = safetensors_find(f, p->name);
-            if (!t) {
-                err_set("%s has no tensor %s, which adapter_config.json targets on this base: "
-                        "the adapter was made for another base or is incomplete",
-                        path, p->name);
-                goto fail;
-            }
-            if (load_tensor(p, t, path) != 0) goto fail;
-        }
-    if (safetensors_count(f) != 2 * s->n_modules) {
-        for (int i = 0; i < safetensors_count(f); i++) {
-            const char *name = safetensors_tensor_at(f, i)->name;
-            int known = 0;
-            for (int j = 0; j < s->n_modules && !known; j++)
-                known = strcmp(name, s->modules[j].A.name) == 0 ||
-                        strcmp(name, s->modules[j].B.name) == 0;
-            if (!known) {
-                err_set("%s: tensor %s belongs to no module the config targets on this base "
-                        "model: the adapter was made for another base (or is not plain LoRA)",
-                        path, name);
-                goto fail;
-            }
-        }
-    }
+    if (safetensors_open(&f, path) != 0 || peft_load_weights(s, f, path) != 0) goto fail;
     safetensors_close(f);
     *out = s;
     return 0;

@@ -51,6 +51,16 @@ int peft_parse_config(lora_config *cfg, const char *json, size_t len, const char
 /* Reads DIR/adapter_config.json into cfg. */
 int peft_read_config(lora_config *cfg, const char *dir);
 
+/* The weights file alone: s's tensors as peft_save writes them to
+ * PEFT_WEIGHTS_FILE (the same adapter, the same bytes), durably. */
+int peft_save_weights(const lora_set *s, const char *path);
+/* Fills s (made by lora_create for the config the file belongs to) from a
+ * parsed weights file: every lora_A / lora_B of s must be there with s's
+ * shape (F32, F16, BF16 or F64), and nothing else; `where` names the file in
+ * messages. Values are not checked for finiteness. */
+struct safetensors_file;
+int peft_load_weights(lora_set *s, const struct safetensors_file *f, const char *where);
+
 /* Reads a PEFT LoRA directory made for base model m: the config resolved on
  * m, then every lora_A / lora_B from the safetensors file (F32, F16, BF16 or
  * F64), checked against m's shapes. Not attached. */

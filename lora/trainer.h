@@ -130,7 +130,16 @@ typedef struct {
     int64_t eval_tokens; /* targets it averaged */
     int rank;            /* this process's rank in a data-parallel run, else 0: rank 0 alone
                             evaluates and writes the files */
+    int stopped;         /* the signal a stop was asked with (trainer_request_stop), else 0 */
 } trainer_result;
+
+/* Asks a running trainer_run to stop after the step in progress:
+ * async-signal-safe, for a SIGINT/SIGTERM handler. The run then saves the
+ * steps since its last checkpoint as a checkpoint (whatever save_every
+ * says), sets res->stopped and fails with a message naming --resume. */
+void trainer_request_stop(int sig);
+/* The signal a stop was asked with, 0 when none. */
+int trainer_stop_requested(void);
 
 /* Trains the adapter s (created for m by lora_create; attached here and
  * detached on return) on d's training rows. The rows' length is the

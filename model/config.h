@@ -179,6 +179,10 @@ int model_config_preset(model_config *cfg, const char *arch, const char *preset)
 /* Internal consistency (H % KV, C == H·D for GPT-2, positive sizes, the block
  * options the family fixes …). */
 int model_config_check(const model_config *cfg, const char *where);
+/* 0 when rows of seq tokens fit the model's context (max_position: the
+ * positions it was trained for), else -1 with a message naming `what` (the
+ * option or key that set seq) and the limit. */
+int model_config_seq_check(const model_config *cfg, long long seq, const char *what);
 /* Number of parameters (tied embeddings counted once). */
 long long model_config_num_params(const model_config *cfg);
 

@@ -227,6 +227,14 @@ static int moe_check(const model_config *c, const char *where) {
     return 0;
 }
 
+int model_config_seq_check(const model_config *c, long long seq, const char *what) {
+    if (seq >= 1 && seq <= c->max_position) return 0;
+    return err_set("%s = %lld is outside the model's context of 1 to %d tokens "
+                   "(max_position_embeddings / n_positions in config.json): positions beyond it "
+                   "were never trained, and the activations grow with every token",
+                   what, seq, c->max_position);
+}
+
 int model_config_check(const model_config *c, const char *where) {
     int fi = model_config_family_index(c->family);
     if (fi < 0 || model_config_families[fi].arch != c->arch)

@@ -374,20 +374,24 @@ void model_init_random(model *m, uint64_t seed) {
         model_init_param(&m->cfg, &m->params[i], &s, m->params[i].data);
 }
 
+int model_param_writable(model_param *p) {
+    if (p->data) return 0;
+    real *d = malloc((size_t)p->numel * sizeof(real));
+    if (!d) return err_set("out of memory for the values of %s", p->name);
+    model_param_read(p, 0, p->numel, d);
+    free(p->owned);
+    p->owned = d;
+    p->data = d;
+    p->values = d;
+    p->dtype = MODEL_DTYPE_REAL;
+    return 0;
+}
+
 int model_param_want_grad(model_param *p) {
     if (p->grad) return 0;
-    if (!p->data) {
-        /* A weight held in its checkpoint's dtype becomes trainable: it needs
-         * writable `real` values (widened exactly). */
-        real *d = malloc((size_t)p->numel * sizeof(real));
-        if (!d) return err_set("out of memory for the values of %s", p->name);
-        model_param_read(p, 0, p->numel, d);
-        free(p->owned);
-        p->owned = d;
-        p->data = d;
-        p->values = d;
-        p->dtype = MODEL_DTYPE_REAL;
-    }
+    /* A weight held in its checkpoint's dtype becomes trainable: it needs
+     * writable `real` values (widened exactly). */
+    if (model_param_writable(p) != 0) return -1;
     p->grad = calloc((size_t)p->numel, sizeof(real));
     if (!p->grad) return err_set("out of memory for the gradient of %s", p->name);
     return 0;

@@ -204,6 +204,10 @@ void model_init_random(model *m, uint64_t seed);
  * values. v holds p's numel values, in memory layout. */
 uint64_t model_init_state(uint64_t seed);
 void model_init_param(const model_config *cfg, const model_param *p, uint64_t *s, real *v);
+/* Gives p writable `real` values (p->data): a param held only in another
+ * dtype (a frozen weight of a mapped checkpoint) gets a copy, widened
+ * exactly, which the model owns from then on. */
+int model_param_writable(model_param *p);
 /* Asks for the gradient of p (allocates a zeroed grad buffer). A param held
  * in another dtype first gets a writable `real` copy of its values. */
 int model_param_want_grad(model_param *p);

@@ -20,6 +20,7 @@ void node_config_init(node_config *c) {
     c->request_timeout_ms = 5000;
     c->give_up_s = 600;
     c->max_model_bytes = (uint64_t)64 << 30;
+    c->curve = 1;
 }
 
 /* The keys a node config may have; anything else is a typo worth an error. */
@@ -44,7 +45,7 @@ static const char *const top_keys[] = {
     "admin",
 };
 static const char *const keys_keys[] = {"dir", "name"};
-static const char *const aggregator_keys[] = {"endpoint", "identity"};
+static const char *const aggregator_keys[] = {"endpoint", "identity", "curve"};
 
 static int check_keys(const config_setting_t *group, const char *const *known, size_t n,
                       const char *where, const char *file) {
@@ -158,7 +159,7 @@ int node_config_load(node_config *c, const char *path) {
                 path);
         goto done;
     }
-    if (check_keys(agg, aggregator_keys, 2, "aggregator.", path) != 0 ||
+    if (check_keys(agg, aggregator_keys, 3, "aggregator.", path) != 0 ||
         check_keys(keys, keys_keys, 2, "keys.", path) != 0)
         goto done;
 
@@ -187,6 +188,17 @@ int node_config_load(node_config *c, const char *path) {
         get_int(&cf, "max_model_bytes", 1, (long long)1 << 50, &max_model, path) != 0 ||
         get_string(&cf, "admin", admin, sizeof admin, 0, path) != 0)
         goto done;
+    /* CURVE unless the consortium runs without it (docs/onboarding.md,
+     * "Moving to CURVE"): both sides must say the same. */
+    c->curve = 1;
+    config_setting_t *curve = config_lookup(&cf, "aggregator.curve");
+    if (curve) {
+        if (config_setting_type(curve) != CONFIG_TYPE_BOOL) {
+            err_set("%s: 'aggregator.curve' must be true or false", path);
+            goto done;
+        }
+        c->curve = config_setting_get_bool(curve);
+    }
     config_setting_t *efs = config_lookup(&cf, "eval_fraction");
     if (efs) {
         int t = config_setting_type(efs);

@@ -41,6 +41,10 @@ struct doc {
     keys_paths keys; /* this node's key files (set by check_keys before have_fp) */
     int have_fp;     /* fp is this node's identity (from its keys, or at least its .id) */
     uint8_t fp[KEYS_FP_LEN];
+    int have_secret; /* me holds this node's keys (CURVE needs them) */
+    keys_secret me;
+    int have_agg; /* agg is the aggregator's identity (aggregator.identity) */
+    keys_public agg;
     long long params;              /* the base model's parameter count, 0: unknown */
     char disk_path[NODE_PATH_MAX]; /* where the state lives (or its nearest existing parent) */
     client *cl;                    /* to the aggregator */
@@ -191,6 +195,8 @@ static void check_keys(struct doc *d) {
                  "%s", err_msg());
         } else {
             d->have_fp = keys_fingerprint(&k.pub, d->fp) == 0;
+            d->me = k;
+            d->have_secret = 1;
             keys_secret_wipe(&k);
         }
     }
@@ -217,6 +223,8 @@ static void check_aggregator_id(struct doc *d) {
              "%s", err_msg());
         return;
     }
+    d->agg = pub;
+    d->have_agg = 1;
     keys_fingerprint_text(fp, text);
     note(d, DOCTOR_OK, "aggregator-id",
          "compare this fingerprint with the consortium's operator by phone or video call",
@@ -433,7 +441,48 @@ static int connect_aggregator(struct doc *d) {
     o.timeout_ms = d->o->timeout_ms;
     o.give_up_s = 0;
     o.linger_ms = 0;
+    if (d->c.curve) {
+        /* CURVE: the aggregator must prove it holds aggregator.identity's
+         * key, and takes only a roster member's (docs/threat-model.md). */
+        if (!d->have_secret || !d->have_agg)
+            return err_set("CURVE needs this node's private keys and the aggregator's .id, and %s "
+                           "did not load (see above)",
+                           !d->have_secret ? "the keys" : "aggregator.identity");
+        o.curve_me = &d->me;
+        o.curve_server = d->agg.kx_pub;
+    }
     return client_open(&d->cl, d->c.endpoint, &o);
+}
+
+/* The aggregator's key, from the CURVE handshake or (in the clear) from
+ * what STATUS_INFO says; a FAIL when it is not aggregator.identity's. */
+static void check_aggregator_key(struct doc *d, const struct msg_status_info *info) {
+    if (!d->have_agg) return; /* aggregator-id said why */
+    char want[KEYS_FP_TEXT_LEN], got[KEYS_FP_TEXT_LEN];
+    uint8_t fp[KEYS_FP_LEN];
+    keys_fingerprint(&d->agg, fp);
+    keys_fingerprint_text(fp, want);
+    if (d->c.curve) {
+        note(d, DOCTOR_OK, "aggregator-key", NULL,
+             "the aggregator proved it holds the key of %s (CURVE)", d->c.aggregator_id);
+        return;
+    }
+    if (info && info->has_aggregator && memcmp(info->aggregator, fp, KEYS_FP_LEN) != 0) {
+        keys_fingerprint_text(info->aggregator, got);
+        note(d, DOCTOR_FAIL, "aggregator-key",
+             "get the aggregator's .id from its operator and compare the fingerprint by phone: "
+             "deltas sealed to the wrong key are refused at submission",
+             "the aggregator at %s runs as identity %s, aggregator.identity is %s", d->c.endpoint,
+             got, want);
+        return;
+    }
+    note(d, DOCTOR_WARN, "aggregator-key",
+         "run the consortium with CURVE (aggregator.curve = true, the default) so that the "
+         "aggregator proves its key",
+         info && info->has_aggregator
+             ? "aggregator.curve = false: the aggregator says it is %s, but nothing proves it"
+             : "aggregator.curve = false: nothing proves the aggregator holds %s",
+         want);
 }
 
 static void disconnect_aggregator(struct doc *d) {
@@ -594,6 +643,33 @@ static void check_aggregator(struct doc *d) {
     snprintf(req.status.name, sizeof req.status.name, "%s", d->c.name);
     if (d->have_fp) memcpy(req.status.fingerprint, d->fp, MSG_HASH_LEN);
     int rc = client_call(d->cl, &req, &rep);
+    if (rc == CLIENT_DENIED && client_denial(d->cl) == CLIENT_KEY_REFUSED) {
+        /* It answered the handshake as the holder of aggregator.identity's
+         * key, and refused ours: reachable, the right aggregator, not (or
+         * no longer) a member. */
+        char fp[KEYS_FP_TEXT_LEN], todo[DOCTOR_TEXT_MAX];
+        keys_fingerprint_text(d->fp, fp);
+        note(d, DOCTOR_OK, "reachability", NULL, "%s answers the CURVE handshake", d->c.endpoint);
+        check_aggregator_key(d, NULL);
+        text_fmt(todo,
+                 "not added yet: send %s to the consortium admin and compare the fingerprint by "
+                 "phone or video call; revoked or rotated: ask the consortium admin",
+                 d->keys.id);
+        note(d, DOCTOR_FAIL, "membership", todo,
+             "the aggregator refuses %s's key (fingerprint %s): its roster does not list it as an "
+             "active member or observer, so consortium, clock and roster cannot be checked yet",
+             d->c.name, fp);
+        disconnect_aggregator(d);
+        return;
+    }
+    if (rc == CLIENT_DENIED) {
+        note(d, DOCTOR_FAIL, "aggregator-key",
+             "check aggregator.identity with the consortium's operator (compare the fingerprint "
+             "by phone), and that both sides set curve the same",
+             "%s", err_msg());
+        disconnect_aggregator(d);
+        return;
+    }
     if (rc != CLIENT_OK) {
         if (rc == CLIENT_GARBLED)
             note(d, DOCTOR_FAIL, "reachability", "is aggregator.endpoint really the aggregator?",
@@ -620,6 +696,7 @@ static void check_aggregator(struct doc *d) {
     struct msg_status_info info = rep.status_info; /* no blobs: safe past the next call */
     note(d, DOCTOR_OK, "reachability", NULL, "%s answers: round %llu, state %s", d->c.endpoint,
          (unsigned long long)info.round, info.state);
+    check_aggregator_key(d, &info);
 
     if (strcmp(info.consortium, d->c.consortium_name) != 0)
         note(d, DOCTOR_FAIL, "consortium",
@@ -685,6 +762,7 @@ int doctor_run(const doctor_options *o, doctor_report *r) {
         check_aggregator(d);
     }
     int oom = d->oom;
+    keys_secret_wipe(&d->me);
     free(d);
     return oom ? err_set("out of memory for doctor's findings") : 0;
 }

@@ -18,8 +18,14 @@
  *   disk           free space there >= 3 × the base model (warn below)
  *   gpu            what the device setting and this machine's GPUs allow
  *   reachability   STATUS → STATUS_INFO from aggregator.endpoint within the timeout
+ *                  (with CURVE, over a connection keyed by this node's identity)
+ *   aggregator-key CURVE: the aggregator proved it holds aggregator.identity's
+ *                  key (FAIL when it cannot); in the clear: the identity its
+ *                  STATUS_INFO reports is aggregator.identity's (warn: unproven)
  *   consortium     the aggregator's consortium is the config's
- *   membership     the aggregator knows this identity as active
+ *   membership     the aggregator knows this identity as active (with CURVE a
+ *                  key it refuses at the handshake FAILs here, and the checks
+ *                  after it are not made)
  *   clock          |aggregator time − local time|: warn > 30 s, FAIL > 300 s
  *   roster         the roster it serves (GET_MODEL by its hash): size, SHA-256,
  *                  format, signed by the admin the config pins, lists this

@@ -18,6 +18,7 @@
 #ifndef FL_NODE_INTERNAL_H
 #define FL_NODE_INTERNAL_H
 
+#include "lora/lora.h"
 #include "node/node.h"
 #include "util/hex.h"
 #include "wire/client.h"
@@ -76,6 +77,10 @@ void node_log(const node_ctx *n, const char *fmt, ...) __attribute__((format(pri
 /* Sleeps ms milliseconds in short slices; returns 1 when a stop was asked. */
 int node_sleep(int ms);
 
+/* What a member refused with NOT_MEMBER should do, from the reason's first
+ * word ("revoked", "rotated", or not on the roster at all). */
+const char *node_not_member_hint(const char *reason);
+
 /* One request, one reply, through the client (wire/client.h): retried with
  * jittered backoff until a reply comes, a log line on the first failed
  * attempt and every tenth. *rep's blobs stay valid until the next call.
@@ -100,6 +105,35 @@ int node_version_dir(const node_ctx *n, const uint8_t version[MSG_HASH_LEN], cha
 int node_sync(node_ctx *n, const struct msg_round *r);
 /* Reads current.json (if any) into have_*. */
 int node_load_current(node_ctx *n);
+/* Fetches the object named hash (exactly `size` bytes) into the file part,
+ * GET_MODEL from part's size on (the bytes count as the round's download),
+ * and checks that the whole file hashes to it; a .part that holds something
+ * else is fetched again once. `what` names the object in messages. 0 part
+ * holds exactly the object, 1 stop asked, -1 error. */
+int node_fetch_object(node_ctx *n, const uint8_t hash[MSG_HASH_LEN], const char *part,
+                      uint64_t size, const char *what);
+
+/* ---- sync_choice.c --------------------------------------------------------- */
+/* Whether round r's base is cheaper to make from the low-rank update than to
+ * download: 1 unless the ROUND says both sizes and the update is not
+ * smaller than the version (an exact merge of many members has rank Σ r_i,
+ * and (out + in)·Σ r_i can pass out·in: docs/federation.md). A 0 is
+ * logged. */
+int node_sync_prefer_update(const node_ctx *n, const struct msg_round *r);
+
+/* ---- start.c --------------------------------------------------------------- */
+/* Round r's start adapter, when the ROUND hands one out: made from
+ * start_seed with lora_create on the round's base (synced already: its
+ * shapes) or fetched with GET_MODEL, its SHA-256 checked against start_hash
+ * either way, kept as rounds/<r>/start.safetensors. 0 ok (or none handed
+ * out), 1 stop asked, -1 error. */
+int node_start_fetch(node_ctx *n, const struct msg_round *r);
+/* Copies the fetched start into s (made by lora_create for the round on m)
+ * and offsets m's adapted weights by −s·B0·A0 where B0 != 0, so training
+ * starts from the round's base itself (docs/protocol.md, "Start
+ * adapters"). Nothing when the ROUND hands no start out (s keeps its own
+ * fresh values). 0 ok, -1 error. */
+int node_start_apply(node_ctx *n, const struct msg_round *r, model *m, lora_set *s);
 
 /* ---- round.c --------------------------------------------------------------- */
 /* Trains round r's adapter on its base (already synced), builds and seals the

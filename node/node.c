@@ -85,6 +85,18 @@ int node_call(node_ctx *n, const struct msg *req, struct msg *rep) {
  * it is busy or restarting, start over after its retry_after. */
 enum { SUBMIT_RECEIPTED = 0, SUBMIT_STOP, SUBMIT_DROPPED, SUBMIT_AGAIN, SUBMIT_LATER };
 
+const char *node_not_member_hint(const char *reason) {
+    /* A revoked member's name and keys can never come back (docs/onboarding.md),
+     * so asking to be added again would lead nowhere. */
+    if (!strncmp(reason, "revoked", 7))
+        return "the consortium revoked this membership; a revoked member's name and keys "
+               "cannot rejoin: ask the consortium admin";
+    if (!strncmp(reason, "rotated", 7))
+        return "the roster lists new keys for this member: set keys.dir and keys.name to them";
+    return "send this node's .id file to the consortium admin and compare the fingerprint by "
+           "phone or video call; fedlora doctor checks the setup";
+}
+
 /* What an ERROR during a submission means for it. */
 static int submit_refused(node_ctx *n, uint64_t round, const struct msg_error *e) {
     unsigned long long r = (unsigned long long)round;
@@ -103,7 +115,16 @@ static int submit_refused(node_ctx *n, uint64_t round, const struct msg_error *e
             if (node_sleep(e->has_retry_after ? (int)e->retry_after_ms : n->c->poll_ms))
                 return SUBMIT_STOP;
             return SUBMIT_AGAIN;
+        case MSG_ERR_NOT_MEMBER:
+            return err_set("round %llu: the aggregator does not admit this node: %s (%s)", r,
+                           e->reason, node_not_member_hint(e->reason));
         default:
+            if (!strncmp(e->reason, "sealed for another aggregator", 29))
+                return err_set("round %llu: the aggregator refused the submission: %s (code %d; "
+                               "aggregator.identity is not this aggregator's .id: get the right "
+                               "one from the consortium's operator, compare its fingerprint by "
+                               "phone, and run fedlora doctor)",
+                               r, e->reason, e->code);
             return err_set("round %llu: the aggregator refused the submission: %s (code %d)", r,
                            e->reason, e->code);
     }
@@ -141,9 +162,29 @@ static int submit_step(node_ctx *n, uint64_t round, const uint8_t msgid[MSG_ID_L
     return submit_refused(n, round, &rep->error);
 }
 
+static int hello(node_ctx *n, struct msg *rep);
+
+/* The aggregator takes an upload only on a connection that said a verified
+ * HELLO (docs/protocol.md, "Uploads"), so each attempt starts with one; its
+ * answer also says whether the round still takes deltas. 0, or a SUBMIT_*
+ * outcome, or -1. */
+static int hello_before_upload(node_ctx *n, uint64_t round) {
+    struct msg rep;
+    int k = hello(n, &rep);
+    if (k != 0) return k < 0 ? -1 : SUBMIT_STOP;
+    if (rep.type == MSG_ERROR) return submit_refused(n, round, &rep.error);
+    if (rep.round.round == round) return 0;
+    node_log(n,
+             "round %llu: the aggregator has moved on to round %llu; the sealed delta is dropped",
+             (unsigned long long)round, (unsigned long long)rep.round.round);
+    return SUBMIT_DROPPED;
+}
+
 /* Sends outbox/round-<r>.env in chunks until the RECEIPT, checking that it
  * acknowledges exactly this envelope. */
 static int submit_once(node_ctx *n, uint64_t round, node_round_record *rec, const char *env) {
+    int said = hello_before_upload(n, round);
+    if (said != 0) return said;
     int fd = open(env, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return err_errno("cannot open %s", env);
     uint8_t *chunk = malloc(MSG_CHUNK_MAX);
@@ -322,6 +363,10 @@ static int setup(node_ctx *n, const node_config *c) {
     o.stop = stop_asked;
     o.retrying = retrying;
     o.arg = n;
+    if (c->curve) {
+        o.curve_me = &n->me;
+        o.curve_server = n->agg.kx_pub;
+    }
     return client_open(&n->cl, c->endpoint, &o);
 }
 
@@ -375,9 +420,8 @@ static int step(node_ctx *n, said *s) {
     if (rep.type == MSG_ERROR) {
         const struct msg_error *e = &rep.error;
         if (e->code == MSG_ERR_NOT_MEMBER)
-            return err_set("the aggregator does not admit this node: %s (ask the consortium "
-                           "admin to add identity %s to the member list)",
-                           e->reason, n->me.pub.name);
+            return err_set("the aggregator does not admit this node: %s (%s)", e->reason,
+                           node_not_member_hint(e->reason));
         if (e->code == MSG_ERR_WRONG_ROUND && e->has_final) { /* the federation is over */
             node_log(n, "the federation is finished (%s)", e->reason);
             return drop_stale(n, UINT64_MAX) == 0 ? STEP_FINISHED : -1;
@@ -418,6 +462,7 @@ static int step(node_ctx *n, said *s) {
         return k == SUBMIT_STOP ? STEP_STOP : k < 0 ? -1 : STEP_GO;
     }
     k = node_sync(n, r);
+    if (k == 0) k = node_start_fetch(n, r);
     if (k != 0) return k < 0 ? -1 : STEP_STOP;
     return node_train_and_seal(n, r);
 }

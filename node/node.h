@@ -46,20 +46,22 @@ typedef struct {
     uint8_t consortium[ENVELOPE_CONSORTIUM_LEN]; /* "consortium": payload_consortium_id of it */
     char endpoint[NODE_ENDPOINT_MAX];            /* "aggregator.endpoint": tcp://host:port */
     char aggregator_id[NODE_PATH_MAX];           /* "aggregator.identity": its public .id file */
-    char base_model[NODE_PATH_MAX];              /* "base_model": config.json + tokenizer.json */
-    char data[NODE_PATH_MAX];                    /* "data": the local training data */
-    double eval_fraction;                        /* "eval_fraction": local held-out share (0.1) */
-    uint64_t seed;                 /* "seed": held-out split, adapters, data order (0) */
-    int batch;                     /* "batch": micro-batch override, 0: the round's */
-    int threads;                   /* "threads": OpenMP threads, 0: the default */
-    char device[16];               /* "device": "cpu" */
-    char precision[8];             /* "precision": "auto" (fp32, bf16; docs/federation.md) */
-    char state_dir[NODE_PATH_MAX]; /* "state": where everything durable goes */
-    int save_every;                /* "save_every": trainer checkpoint interval (steps) */
-    int poll_ms;                   /* "poll_ms": HELLO interval while waiting (1000) */
-    int request_timeout_ms;        /* "request_timeout_ms": one attempt (5000) */
-    int give_up_s;                 /* "give_up_s": no reply this long: fail (600) */
-    uint64_t max_model_bytes;      /* "max_model_bytes": refuse larger versions (64 GiB) */
+    int curve; /* "aggregator.curve": CURVE, the aggregator proving aggregator.identity's key
+                  and this node its own (1, the default), or in the clear (0) */
+    char base_model[NODE_PATH_MAX]; /* "base_model": config.json + tokenizer.json */
+    char data[NODE_PATH_MAX];       /* "data": the local training data */
+    double eval_fraction;           /* "eval_fraction": local held-out share (0.1) */
+    uint64_t seed;                  /* "seed": held-out split, adapters, data order (0) */
+    int batch;                      /* "batch": micro-batch override, 0: the round's */
+    int threads;                    /* "threads": OpenMP threads, 0: the default */
+    char device[16];                /* "device": "cpu" */
+    char precision[8];              /* "precision": "auto" (fp32, bf16; docs/federation.md) */
+    char state_dir[NODE_PATH_MAX];  /* "state": where everything durable goes */
+    int save_every;                 /* "save_every": trainer checkpoint interval (steps) */
+    int poll_ms;                    /* "poll_ms": HELLO interval while waiting (1000) */
+    int request_timeout_ms;         /* "request_timeout_ms": one attempt (5000) */
+    int give_up_s;                  /* "give_up_s": no reply this long: fail (600) */
+    uint64_t max_model_bytes;       /* "max_model_bytes": refuse larger versions (64 GiB) */
     /* "consortium" as written (the id above is derived from it). */
     char consortium_name[PAYLOAD_CONSORTIUM_NAME_MAX + 1];
     /* "admin": the consortium admin's identity fingerprint (64 hex digits,

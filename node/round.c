@@ -1,5 +1,6 @@
-/* node round: train a fresh adapter on the round's base with the round's
- * settings and the node's data, then build the DELTA payload (wire/payload.h)
+/* node round: train an adapter on the round's base with the round's
+ * settings and the node's data (a fresh one of its own, or the start
+ * adapter the round hands out: node/start.c), then build the DELTA payload (wire/payload.h)
  * and seal it to the aggregator (wire/envelope.h).
  *
  * Everything that decides the adapter is a function of the node config, the
@@ -241,6 +242,9 @@ int node_train_and_seal(node_ctx *n, const struct msg_round *r) {
         goto done;
     model_acts_free(acts);
     acts = NULL;
+    /* The round's start adapter, when one is handed out (node/start.c):
+     * after the base's own loss, since it offsets the base. */
+    if (node_start_apply(n, r, m, s) != 0) goto done;
 
     trainer_options to;
     trainer_options_init(&to);
@@ -296,6 +300,8 @@ int node_train_and_seal(node_ctx *n, const struct msg_round *r) {
                                .ntargets = tr->ntargets};
     memcpy(pd.base, r->base, MSG_HASH_LEN);
     memcpy(pd.targets, tr->targets, sizeof pd.targets);
+    pd.has_start = r->has_start;
+    memcpy(pd.start, r->start_hash, MSG_HASH_LEN);
     if (adapter_tensors(s, &tensors, &ntensors) != 0) goto done;
     pd.tensors = tensors;
     pd.ntensors = ntensors;

@@ -421,7 +421,8 @@ int node_sync(node_ctx *n, const struct msg_round *r) {
     if (fio_mkdirs(dir, 0755) != 0) return -1;
     /* A full download already under way (a .part) goes on as it is. */
     int made = 0;
-    if (r->has_update && !fio_exists(part) && !fio_exists(index_part)) {
+    if (r->has_update && !fio_exists(part) && !fio_exists(index_part) &&
+        node_sync_prefer_update(n, r)) {
         int k = lowrank(n, r, dir);
         if (k == 1) return 1;
         made = k == 0;
@@ -437,7 +438,8 @@ int node_sync(node_ctx *n, const struct msg_round *r) {
                  sharded ? " (sharded)" : "");
         snprintf(what, sizeof what, "version %.16s…", hex);
         int k = sharded ? fetch_sharded(n, version, dir, index_part)
-                        : fetch_verified(n, version, part, 0, n->c->max_model_bytes, what);
+                        : fetch_verified(n, version, part, r->has_base_size ? r->base_size : 0,
+                                         n->c->max_model_bytes, what);
         if (k != 0) return k;
     }
     char *text;
@@ -465,4 +467,9 @@ int node_sync(node_ctx *n, const struct msg_round *r) {
                  (unsigned long long)round, hex, (unsigned long long)size, mb(moved));
     if (write_current(n, round, version) != 0) return -1;
     return remove_other_versions(n, dir);
+}
+
+int node_fetch_object(node_ctx *n, const uint8_t hash[MSG_HASH_LEN], const char *part,
+                      uint64_t size, const char *what) {
+    return fetch_verified(n, hash, part, size, size, what);
 }

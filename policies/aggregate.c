@@ -2,6 +2,7 @@
 #include "policies/aggregate.h"
 
 #include "model/cpu/cpu.h"
+#include "policies/handout.h"
 #include "policies/robust.h"
 #include "policies/svd.h"
 #include "policies/validate.h"
@@ -90,6 +91,37 @@ static int concat_factors(const aggregate_member *mb, int K, int i, const double
         col += r;
     }
     *R_out = (int)R;
+    return 0;
+}
+
+/* The start's block of module i added once to the concatenated factors
+ * (handout.h): B gets the columns f·B0, A the rows A0, f = −(Σ_k coef_k
+ * clip_k)·s0 over the members the sum takes. */
+static int append_start(const lora_module *g, const double *coef, const double *clip, int K,
+                        real **Bc, real **Ac, int *R) {
+    double sum = 0;
+    for (int k = 0; k < K; k++) sum += coef[k] * clip[k];
+    int out = g->out, in = g->in, r = g->rank, R0 = *R, R1 = R0 + r;
+    real *B = malloc((size_t)out * (size_t)R1 * sizeof *B),
+         *A = malloc((size_t)R1 * in * sizeof *A);
+    if (!B || !A) {
+        free(B);
+        free(A);
+        return err_set("aggregate: out of memory for module %s (%d x %d factors)", g->path, out,
+                       R1);
+    }
+    real f = (real)(-sum * g->scale);
+    for (int o = 0; o < out; o++) {
+        if (R0) memcpy(B + (int64_t)o * R1, *Bc + (int64_t)o * R0, (size_t)R0 * sizeof *B);
+        for (int j = 0; j < r; j++) B[(int64_t)o * R1 + R0 + j] = f * g->B.data[(int64_t)o * r + j];
+    }
+    if (R0) memcpy(A, *Ac, (size_t)R0 * in * sizeof *A);
+    memcpy(A + (int64_t)R0 * in, g->A.data, (size_t)r * in * sizeof *A);
+    free(*Bc);
+    free(*Ac);
+    *Bc = B;
+    *Ac = A;
+    *R = R1;
     return 0;
 }
 
@@ -258,25 +290,9 @@ static int svd_module(const policy *pol, const svd_operator *op, uint64_t seed, 
 
 /* The global adapter: the members' modules at rank r with alpha = r (s = 1). */
 static int make_global(const policy *pol, const model *m, const lora_set *s0, lora_set **out) {
-    size_t len = 1;
-    for (int i = 0; i < s0->n_modules; i++) len += strlen(s0->modules[i].path) + 1;
-    char *list = malloc(len);
-    if (!list) return err_set("aggregate: out of memory");
-    list[0] = '\0';
-    for (int i = 0; i < s0->n_modules; i++) {
-        if (i) strcat(list, ",");
-        strcat(list, s0->modules[i].path);
-    }
-    lora_config cfg;
-    lora_config_init(&cfg);
-    int rc = lora_config_set_targets(&cfg, list);
-    free(list);
-    cfg.rank = pol->merge.svd_rank;
-    cfg.alpha = pol->merge.svd_rank;
-    if (rc == 0 && lora_create(out, m, &cfg) != 0)
-        rc = err_context("merge.svd_rank %d for the global adapter", pol->merge.svd_rank);
-    lora_config_free(&cfg);
-    return rc;
+    if (handout_set_like(m, s0, pol->merge.svd_rank, pol->merge.svd_rank, out) != 0)
+        return err_context("merge.svd_rank %d for the global adapter", pol->merge.svd_rank);
+    return 0;
 }
 
 static int report_alloc(aggregate_report *rep, int K) {
@@ -401,13 +417,32 @@ int aggregate_prepare(const policy *pol, const model *m, const aggregate_member 
     if (check_members(m, members, K) != 0) return -1;
     if (pol->dp.enabled && !noise)
         return err_set("aggregate: dp is enabled but no noise source was given (noise_open)");
-    aggregate_report rep;
-    if (report_alloc(&rep, K) != 0) return -1;
-    int rc = plan(pol, members, K, info, &rep);
-    lora_set *g = NULL;
     int svd = pol->merge.mode == POLICY_MERGE_SVD, fedit = pol->merge.mode == POLICY_MERGE_FEDIT;
     int coordinate =
         pol->robust.rule == POLICY_RULE_MEDIAN || pol->robust.rule == POLICY_RULE_TRIMMED_MEAN;
+    /* A start with B0 != 0: the rules see the difference adapters (handout.h). */
+    const lora_set *start =
+        info && info->start && lora_has_product(info->start) ? info->start : NULL;
+    if (start && !svd && (coordinate || pol->dp.enabled))
+        return err_set("aggregate: a round that started from a non-zero adapter needs a low-rank "
+                       "merge (policy_check refuses %s%s with merge.start \"global\")",
+                       policy_rule_name(pol->robust.rule), pol->dp.enabled ? " and dp" : "");
+    aggregate_member *diff = NULL;
+    if (start && !(diff = calloc((size_t)K, sizeof *diff)))
+        return err_set("aggregate: out of memory");
+    for (int k = 0; diff && k < K; k++) {
+        diff[k] = members[k];
+        if (handout_difference(m, members[k].set, start, (lora_set **)&diff[k].set) != 0) {
+            for (int j = 0; j < k; j++) lora_free((lora_set *)diff[j].set);
+            free(diff);
+            return err_context("aggregate: %s's update from the round's start", members[k].name);
+        }
+    }
+    const aggregate_member *rules = diff ? diff : members;
+    aggregate_report rep;
+    int rc = report_alloc(&rep, K);
+    if (rc == 0) rc = plan(pol, rules, K, info, &rep);
+    lora_set *g = NULL;
     /* Low rank: every module's ΔW is a product B·A (FedIT's, the truncated
      * SVD's, or the mean's / Krum's concatenated factors when no noise is
      * added), collected here as an update that the caller applies with the
@@ -437,14 +472,16 @@ int aggregate_prepare(const policy *pol, const model *m, const aggregate_member 
             !(D = calloc((size_t)out * (size_t)in, sizeof *D)))
             rc = err_set("aggregate: out of memory for module %s (%d x %d)", m0->path, out, in);
         if (rc == 0 && fedit) {
-            rc = fedit_module(members, K, i, rep.coef, &B, &A);
-            R = m0->rank;
+            rc = fedit_module(rules, K, i, rep.coef, &B, &A);
+            R = rules[0].set->modules[i].rank;
         } else if (rc == 0 && coordinate) {
-            rc = coordinate_module(pol, members, K, i, rep.clip, D, 0);
+            rc = coordinate_module(pol, rules, K, i, rep.clip, D, 0);
         } else if (rc == 0) {
             real *Bc, *Ac;
             int Rc;
             rc = concat_factors(members, K, i, rep.coef, rep.clip, &Bc, &Ac, &Rc);
+            if (rc == 0 && start)
+                rc = append_start(&start->modules[i], rep.coef, rep.clip, K, &Bc, &Ac, &Rc);
             if (rc == 0) {
                 if (pol->dp.enabled) { /* DP-FedAvg + svd: the noisy sum into D */
                     if (Rc > 0) cpu_gemm(0, 0, out, in, Rc, 1, Bc, Rc, Ac, in, 1, D, in);
@@ -510,6 +547,8 @@ int aggregate_prepare(const policy *pol, const model *m, const aggregate_member 
         *rep_out = rep;
     else
         aggregate_report_free(&rep);
+    for (int k = 0; diff && k < K; k++) lora_free((lora_set *)diff[k].set);
+    free(diff);
     return rc;
 }
 

@@ -18,7 +18,8 @@
  *              DP-FedAvg:     ΔW = Σ w_i c_i Δ_i / E + N(0, σ²), σ = z·C / E
  *                             (McMahan et al. 2018, fixed denominator)
  *   merge      exact: the mean/krum sum over the concatenated factors,
- *              B = [f_1 B_1 | …] (f_i = p_i c_i s_i), A = [A_1; …];
+ *              B = [f_1 B_1 | …] (f_i = p_i c_i s_i), A = [A_1; …]
+ *              (with a start adapter: and −(Σ p_i c_i) s B0 | A0, handout.h);
  *              fedit: ΔW = s·(Σ p_i B_i)(Σ p_i A_i) — FedIT's factor
  *              average, NOT the average of the products (kept to measure
  *              that error); needs one rank and one scale;
@@ -62,6 +63,13 @@ typedef struct {
 typedef struct {
     uint64_t round;  /* seeds the randomized SVD, so a replay gives the same bytes */
     int roster_size; /* DP: E = rounds.fraction × roster_size when dp.expected_weight is 0 */
+    /* The adapter every member started the round from (handout.h), or NULL
+     * (each started from B = 0). With a start whose B is not zero, member
+     * i's update is Δ_i = s·(B_i A_i − B0 A0), and every rule acts on that:
+     * norms, clipping and Krum on the difference adapters, fedit on their
+     * factors ([B̄ | −B0], [Ā; A0]), exact and svd on the concatenated
+     * factors with the start's block added once, coefficient −Σ_k f_k. */
+    const lora_set *start;
 } aggregate_round_info;
 
 typedef struct {

@@ -55,6 +55,25 @@ const char *policy_merge_name(policy_merge m) {
     return "?";
 }
 
+const char *policy_start_name(policy_start s) {
+    switch (s) {
+        case POLICY_START_AUTO:
+            return "auto";
+        case POLICY_START_OWN:
+            return "own";
+        case POLICY_START_SHARED:
+            return "shared";
+        case POLICY_START_GLOBAL:
+            return "global";
+    }
+    return "?";
+}
+
+policy_start policy_start_of(const policy *p) {
+    if (p->merge.start != POLICY_START_AUTO) return p->merge.start;
+    return p->merge.mode == POLICY_MERGE_FEDIT ? POLICY_START_SHARED : POLICY_START_DEFAULT_EXACT;
+}
+
 const char *policy_weight_name(policy_weight_by w) {
     switch (w) {
         case POLICY_WEIGHT_TOKENS:
@@ -100,6 +119,14 @@ int policy_check(const policy *p) {
         return err_set("merge.mode \"fedit\" averages A and B separately and only exists to be "
                        "compared with the exact merge: it takes robust.rule \"mean\" without "
                        "robust.clip_norm or dp");
+    if (policy_start_of(p) == POLICY_START_GLOBAL &&
+        (p->robust.rule == POLICY_RULE_MEDIAN || p->robust.rule == POLICY_RULE_TRIMMED_MEAN ||
+         (p->dp.enabled && p->merge.mode == POLICY_MERGE_EXACT)))
+        return err_set("merge.start \"global\" continues the global adapter, which is made from "
+                       "the round's low-rank update: it needs a low-rank merge (robust.rule "
+                       "\"mean\" or \"krum\", or merge.mode \"svd\"; with dp, merge.mode "
+                       "\"svd\"), not %s%s",
+                       policy_rule_name(p->robust.rule), p->dp.enabled ? " with dp" : "");
     if (p->rounds.quorum < 1)
         return err_set("rounds.quorum must be >= 1, got %d", p->rounds.quorum);
     if (!(isfinite(p->rounds.deadline_s) && p->rounds.deadline_s > 0))

@@ -42,6 +42,19 @@ typedef enum {
 } policy_rule;
 typedef enum { POLICY_MERGE_EXACT = 0, POLICY_MERGE_FEDIT, POLICY_MERGE_SVD } policy_merge;
 typedef enum { POLICY_BELOW_QUORUM_WAIT = 0, POLICY_BELOW_QUORUM_FAIL } policy_below_quorum;
+/* Where each member's training starts in a round (docs/policies.md, "Where
+ * a round starts"): auto (the merge mode's own: fedit shared, exact and svd
+ * policy_start_default), own (a fresh adapter each member draws itself),
+ * shared (one fresh adapter from the round's public seed, B = 0), global
+ * (the consortium's global adapter, continued from round to round). */
+typedef enum {
+    POLICY_START_AUTO = 0,
+    POLICY_START_OWN,
+    POLICY_START_SHARED,
+    POLICY_START_GLOBAL
+} policy_start;
+/* What merge.start "auto" means for the exact and svd merges. */
+#define POLICY_START_DEFAULT_EXACT POLICY_START_OWN
 
 typedef struct {
     /* "production" (default) or "test": only test mode may draw DP noise and
@@ -73,6 +86,7 @@ typedef struct {
         int svd_oversample;  /* randomized SVD: extra sample columns p (Halko et al.) */
         int svd_power_iters; /* randomized SVD: subspace iterations q */
         int64_t block_bytes; /* working memory for dense per-member blocks */
+        policy_start start;  /* where members start a round; resolve with policy_start_of */
     } merge;
 
     struct {
@@ -115,6 +129,11 @@ int policy_load(policy *p, const char *path);
 const char *policy_rule_name(policy_rule r);
 const char *policy_merge_name(policy_merge m);
 const char *policy_weight_name(policy_weight_by w);
+const char *policy_start_name(policy_start s);
+/* merge.start with "auto" resolved for the merge mode: fedit starts every
+ * member from the round's shared fresh adapter, as FedIT's authors run it;
+ * exact and svd from POLICY_START_DEFAULT_EXACT. */
+policy_start policy_start_of(const policy *p);
 
 /* ---- rounds ------------------------------------------------------------------ */
 

@@ -32,6 +32,7 @@ static const char *const weight_by[] = {"tokens", "examples", "equal", NULL};
 static const char *const rules[] = {"mean", "median", "trimmed_mean", "krum", NULL};
 static const char *const merges[] = {"exact", "fedit", "svd", NULL};
 static const char *const below[] = {"wait", "fail", NULL};
+static const char *const starts[] = {"auto", "own", "shared", "global", NULL};
 
 #define OFF(field) offsetof(policy, field)
 static const key_spec keys[] = {
@@ -51,6 +52,7 @@ static const key_spec keys[] = {
     {"merge", "svd_oversample", K_INT, 0, 1 << 12, NULL, OFF(merge.svd_oversample)},
     {"merge", "svd_power_iters", K_INT, 0, 64, NULL, OFF(merge.svd_power_iters)},
     {"merge", "block_bytes", K_INT64, 1 << 20, 9.2e18, NULL, OFF(merge.block_bytes)},
+    {"merge", "start", K_ENUM, 0, 0, starts, OFF(merge.start)},
     {"dp", "enabled", K_BOOL, 0, 0, NULL, OFF(dp.enabled)},
     {"dp", "clip", K_DOUBLE, 0, INFINITY, NULL, OFF(dp.clip)},
     {"dp", "noise_multiplier", K_DOUBLE, 0, INFINITY, NULL, OFF(dp.noise_multiplier)},

@@ -42,6 +42,59 @@ double validate_update_norm(const lora_set *s) {
     return sqrt(total);
 }
 
+double validate_module_norm(const lora_module *mod) {
+    int r = mod->rank;
+    double *g = calloc(2 * (size_t)r * (size_t)r, sizeof *g);
+    if (!g) return NAN;
+    double *gb = g, *ga = g + (size_t)r * r;
+    /* gb (r, r) = Bᵀ B over B (out, r); ga (r, r) = A Aᵀ over A (r, in). */
+    for (int o = 0; o < mod->out; o++) {
+        const real *row = mod->B.data + (size_t)o * r;
+        for (int a = 0; a < r; a++)
+            for (int b = 0; b < r; b++) gb[a * r + b] += (double)row[a] * (double)row[b];
+    }
+    for (int a = 0; a < r; a++)
+        for (int b = a; b < r; b++) {
+            const real *x = mod->A.data + (size_t)a * mod->in,
+                       *y = mod->A.data + (size_t)b * mod->in;
+            double sum = 0;
+            for (int j = 0; j < mod->in; j++) sum += (double)x[j] * (double)y[j];
+            ga[a * r + b] = ga[b * r + a] = sum;
+        }
+    double sum = 0;
+    for (size_t j = 0; j < (size_t)r * r; j++) sum += gb[j] * ga[j];
+    free(g);
+    /* fmax(NaN, 0) would hide a NaN: keep it. */
+    return isnan(sum) ? NAN : fabs(mod->scale) * sqrt(fmax(sum, 0));
+}
+
+double validate_sum_squares(model_dtype t, const void *values, int64_t n) {
+    real buf[1024];
+    size_t es = model_dtype_size(t);
+    double sum = 0;
+    for (int64_t off = 0; off < n; off += 1024) {
+        int64_t k = n - off < 1024 ? n - off : 1024;
+        model_values_widen(t, (const unsigned char *)values + (size_t)off * es, k, buf);
+        for (int64_t i = 0; i < k; i++) sum += (double)buf[i] * (double)buf[i];
+    }
+    return sum;
+}
+
+int validate_finite(const char *name, model_dtype t, const void *values, int64_t first, int64_t n,
+                    char *reason, size_t reason_cap) {
+    real buf[1024];
+    size_t es = model_dtype_size(t);
+    for (int64_t off = 0; off < n; off += 1024) {
+        int64_t k = n - off < 1024 ? n - off : 1024;
+        model_values_widen(t, (const unsigned char *)values + (size_t)off * es, k, buf);
+        for (int64_t i = 0; i < k; i++)
+            if (!isfinite(buf[i]))
+                return reject(reason, reason_cap, "finite: '%s' element %lld is %g after the merge",
+                              name, (long long)(first + off + i), (double)buf[i]);
+    }
+    return 0;
+}
+
 int validate_check(const policy *pol, int round_rank, const lora_set *s, const char *member,
                    char *reason, size_t reason_cap) {
     int max_rank = pol->validation.max_rank ? pol->validation.max_rank : round_rank;

@@ -68,4 +68,23 @@ int validate_check(const policy *pol, int round_rank, const lora_set *s, const c
  * ‖s B A‖_F² = s² · Σ_{a,b} (BᵀB)_{ab} (A Aᵀ)_{ab}. */
 double validate_update_norm(const lora_set *s);
 
+/* ---- the default bounds on a member's influence (docs/policies.md, "Default
+ * bounds"), which hold with or without a policy file ---------------------- */
+
+/* ‖s·B·A‖_F of one module, the same identity as validate_update_norm but
+ * summed in double from the factors' values, so that an update scaled to
+ * 1e30 gives its norm (≈1e30·…), not an overflow: the Gram matrices are
+ * (r, r), O((out + in)·r²). NaN when a value is not finite. */
+double validate_module_norm(const lora_module *mod);
+/* Σ v² of n values of dtype t, in double. A tensor may be fed in pieces
+ * (the sums add), as a streaming merge reads it. */
+double validate_sum_squares(model_dtype t, const void *values, int64_t n);
+/* 0 when each of the n values (dtype t) of tensor `name` is finite, else 1
+ * with `reason` naming the tensor, the first bad element and its value. For
+ * a tensor merged (or written) in pieces, `first` is the index of values[0]
+ * in the whole tensor, so the message names the element. A merge checks
+ * every tensor of a new version with it before anything is published. */
+int validate_finite(const char *name, model_dtype t, const void *values, int64_t first, int64_t n,
+                    char *reason, size_t reason_cap);
+
 #endif

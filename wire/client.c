@@ -3,8 +3,10 @@
 
 #include "util/clock.h"
 #include "util/err.h"
+#include "wire/crypto.h"
 #include "wire/transport.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,7 @@ struct client {
     char endpoint[512];
     transport *t;
     struct transport_opts topts;
+    transport_curve curve;
     struct transport_msg reply; /* the last reply; rep's blobs point into it */
     uint64_t rng;               /* backoff jitter */
 };
@@ -59,7 +62,15 @@ int client_open(client **out, const char *endpoint, const client_options *o) {
     c->topts.send_timeout_ms = o->timeout_ms;
     c->topts.recv_timeout_ms = o->timeout_ms;
     c->topts.linger_ms = o->linger_ms;
+    if (o->curve_me) {
+        memcpy(c->curve.secret_key, o->curve_me->kx_priv, 32);
+        memcpy(c->curve.public_key, o->curve_me->pub.kx_pub, 32);
+        memcpy(c->curve.server_key, o->curve_server, 32);
+        c->topts.curve = &c->curve;
+        c->o.curve_me = NULL; /* the keys are copied: nothing points at the caller's */
+    }
     if (transport_dealer(&c->t, endpoint, &c->topts) != 0) {
+        crypto_wipe(&c->curve, sizeof c->curve);
         free(c);
         return -1;
     }
@@ -71,7 +82,40 @@ void client_close(client *c) {
     if (!c) return;
     transport_msg_close(&c->reply);
     transport_close(c->t);
+    crypto_wipe(&c->curve, sizeof c->curve);
     free(c);
+}
+
+int client_denial(client *c) {
+    int hs = transport_handshake(c->t, NULL);
+    return hs == TRANSPORT_HS_REFUSED  ? CLIENT_KEY_REFUSED
+           : hs == TRANSPORT_HS_FAILED ? CLIENT_KEY_UNPROVEN
+                                       : 0;
+}
+
+/* After a failed attempt: 1 (err_msg set) when the CURVE handshake has
+ * settled it, so that waiting longer would not help. */
+static int denied(client *c) {
+    int detail = 0, hs = transport_handshake(c->t, &detail);
+    if (hs == TRANSPORT_HS_REFUSED) {
+        err_set("the aggregator at %s refused this node's key (CURVE, ZAP status %d): its roster "
+                "does not list this identity as an active member or observer (not added yet, "
+                "revoked, or rotated to new keys); fedlora doctor says which, the consortium "
+                "admin decides",
+                c->endpoint, detail);
+        return 1;
+    }
+    if (hs == TRANSPORT_HS_FAILED) {
+        err_set("no secure connection to %s: the CURVE handshake failed (%s): the aggregator "
+                "there does not hold the key of aggregator.identity (a wrong .id file, or not "
+                "the consortium's aggregator: compare fingerprints with its operator), or it "
+                "runs without CURVE (set curve the same on both sides)",
+                c->endpoint,
+                detail == EPIPE || detail == ECONNRESET ? "it hung up on our HELLO"
+                                                        : "the security mechanisms differ");
+        return 1;
+    }
+    return 0;
 }
 
 int client_call(client *c, const struct msg *req, struct msg *rep) {
@@ -106,6 +150,10 @@ int client_call(client *c, const struct msg *req, struct msg *rep) {
             } else {
                 rc = CLIENT_OK;
             }
+            break;
+        }
+        if (c->topts.curve && denied(c)) {
+            rc = CLIENT_DENIED;
             break;
         }
         if (c->o.give_up_s == 0) break; /* one attempt: the transport's reason stands */

@@ -17,6 +17,7 @@
 #ifndef FL_WIRE_CLIENT_H
 #define FL_WIRE_CLIENT_H
 
+#include "wire/keys.h"
 #include "wire/msg.h"
 
 #include <stddef.h>
@@ -30,6 +31,11 @@ typedef struct {
     int backoff_ms;     /* pause after the first failed attempt; doubles up to backoff_max_ms */
     int backoff_max_ms; /* (with jitter: transport_backoff_ms) */
     int linger_ms;      /* how long closing waits for unsent requests (ZMQ_LINGER) */
+    /* CURVE (docs/threat-model.md): this node's identity (its X25519 key is
+     * its CURVE key) and the aggregator's X25519 public key, which the
+     * aggregator must prove it holds. NULL: the connection is in the clear. */
+    const keys_secret *curve_me;
+    const uint8_t *curve_server; /* 32 bytes */
     /* Asked between attempts and between chunks: non-zero stops the call
      * (it returns CLIENT_STOPPED). NULL: never. */
     int (*stop)(void *arg);
@@ -45,6 +51,7 @@ enum {
     CLIENT_FAILED = -1,  /* no reply (within give_up_s), or the connection failed */
     CLIENT_GARBLED = -2, /* a reply came, but it is not one fedlora message */
     CLIENT_REFUSED = -3, /* client_download: the aggregator answered, but not with the object */
+    CLIENT_DENIED = -4,  /* CURVE: the aggregator refused this key, or did not prove its own */
 };
 
 /* 5 s per attempt, one attempt, pauses from 0.2 s up to 2 s, 1 s linger. */
@@ -55,11 +62,21 @@ void client_options_default(client_options *o);
 int client_open(client **out, const char *endpoint, const client_options *o);
 void client_close(client *c);
 
+/* After CLIENT_DENIED: CLIENT_KEY_REFUSED when the aggregator proved its key
+ * and refused ours (its roster does not admit it), CLIENT_KEY_UNPROVEN when
+ * no secure channel came up (it does not hold curve_server's key, or speaks
+ * no CURVE); 0 otherwise. */
+enum { CLIENT_KEY_REFUSED = 1, CLIENT_KEY_UNPROVEN = 2 };
+int client_denial(client *c);
+
 /* Sends req and decodes the reply into *rep. Blobs in *rep (a chunk's data)
  * point into the client and stay valid until the next call or
  * client_close. Returns CLIENT_OK, CLIENT_STOPPED, CLIENT_FAILED (err_msg:
  * "the aggregator at ... did not answer ... (give_up_s)", or the transport's
- * reason after a single attempt) or CLIENT_GARBLED (err_msg says what came). */
+ * reason after a single attempt), CLIENT_GARBLED (err_msg says what came) or,
+ * with CURVE, CLIENT_DENIED at once when the handshake says the aggregator
+ * refuses this key (its roster does not admit it) or does not hold the key
+ * it was given (err_msg says which, and what to do). */
 int client_call(client *c, const struct msg *req, struct msg *rep);
 
 /* Where client_download puts the bytes: called with each chunk, in order.

@@ -396,7 +396,7 @@ static int header_check(const envelope_expect *x, const uint8_t recipient_kx_pub
     }
     if (memcmp(rfp, h->recipient_fp, KEYS_FP_LEN) != 0)
         return refuse(st, ENVELOPE_ERECIPIENT,
-                      "sealed to recipient key %s…, this receiver's key is %s…: the sender "
+                      "sealed to recipient key %s..., this receiver's key is %s...: the sender "
                       "used another (or an old) aggregator key",
                       short_hex(h->recipient_fp, a), short_hex(rfp, b));
     int found = x->lookup(x->lookup_arg, h->sender_fp, sender);
@@ -407,7 +407,7 @@ static int header_check(const envelope_expect *x, const uint8_t recipient_kx_pub
     if (found == 0)
         return refuse(
             st, ENVELOPE_EUNKNOWN_SENDER,
-            "sender fingerprint %s… is not a known member (not in the roster, or revoked)",
+            "sender fingerprint %s... is not a known member (not in the roster, or revoked)",
             short_hex(h->sender_fp, a));
     uint8_t sfp[KEYS_FP_LEN];
     if (keys_fingerprint(sender, sfp) != 0) {
@@ -416,12 +416,12 @@ static int header_check(const envelope_expect *x, const uint8_t recipient_kx_pub
     }
     if (memcmp(sfp, h->sender_fp, KEYS_FP_LEN) != 0) {
         *st = ENVELOPE_EIO;
-        return err_set("sender lookup for %s… returned identity '%s' with another fingerprint",
+        return err_set("sender lookup for %s... returned identity '%s' with another fingerprint",
                        short_hex(h->sender_fp, a), sender->name);
     }
     if (x->expected_sender && memcmp(x->expected_sender, h->sender_fp, KEYS_FP_LEN) != 0)
         return refuse(st, ENVELOPE_ESENDER,
-                      "sealed by '%s' (%s…) but this session belongs to %s…: members may only "
+                      "sealed by '%s' (%s...) but this session belongs to %s...: members may only "
                       "submit their own updates",
                       sender->name, short_hex(h->sender_fp, a), short_hex(x->expected_sender, b));
     if (x->seen) {
@@ -432,7 +432,7 @@ static int header_check(const envelope_expect *x, const uint8_t recipient_kx_pub
         }
         if (seen)
             return refuse(st, ENVELOPE_EREPLAY,
-                          "message id %s… from '%s' was already accepted: a replay",
+                          "message id %s... from '%s' was already accepted: a replay",
                           short_hex(h->message_id, a), sender->name);
     }
     return 0;

@@ -398,6 +398,21 @@ static int decode_round(const struct fields *fs, struct msg_round *m) {
                 get_fixed(fs, "update_hash", m->update_hash, MSG_HASH_LEN) < 0 ||
                 get_u64(fs, "update_size", 1, MSG_SUBMIT_MAX, &m->update_size) < 0))
         return -1;
+    static const char *const start[] = {"start_hash", "start_size"};
+    if ((has = all_or_none(fs, start, 2)) < 0) return -1;
+    m->has_start = has;
+    if (has && (get_fixed(fs, "start_hash", m->start_hash, MSG_HASH_LEN) < 0 ||
+                get_u64(fs, "start_size", 1, MSG_SUBMIT_MAX, &m->start_size) < 0))
+        return -1;
+    m->has_start_seed = find(fs, "start_seed") != NULL;
+    if (m->has_start_seed && !m->has_start)
+        return err_set("%s: optional field 'start_seed' needs 'start_hash' and 'start_size'",
+                       fs->msg);
+    if (m->has_start_seed && get_u64(fs, "start_seed", 0, UINT64_MAX, &m->start_seed) < 0)
+        return -1;
+    m->has_base_size = find(fs, "base_size") != NULL;
+    if (m->has_base_size && get_u64(fs, "base_size", 1, MSG_BASE_SIZE_MAX, &m->base_size) < 0)
+        return -1;
     return 0;
 }
 
@@ -424,6 +439,10 @@ static int decode_status_info(const struct fields *fs, struct msg_status_info *m
                 get_fixed(fs, "roster_hash", m->roster_hash, MSG_HASH_LEN) < 0 ||
                 get_u64(fs, "roster_size", 1, MSG_SUBMIT_MAX, &m->roster_size) < 0))
         return -1;
+    static const char *const agg[] = {"aggregator"};
+    if ((has = all_or_none(fs, agg, 1)) < 0) return -1;
+    m->has_aggregator = has;
+    if (has && get_fixed(fs, "aggregator", m->aggregator, MSG_HASH_LEN) < 0) return -1;
     return 0;
 }
 
@@ -666,7 +685,9 @@ static void encode_body(struct enc *e, const struct msg *m) {
         case MSG_ROUND: {
             const struct msg_round *r = &m->round;
             const struct msg_train *c = &r->train;
-            put_header(e, m->type, (r->has_update ? 7 : 4) + r->base_sharded);
+            put_header(e, m->type,
+                       4 + r->base_sharded + 3 * r->has_update + 2 * r->has_start +
+                           r->has_start_seed + r->has_base_size);
             put_uint(e, "round", r->round);
             put_bin(e, "base", r->base, MSG_HASH_LEN);
             put_key(e, "train");
@@ -685,6 +706,12 @@ static void encode_body(struct enc *e, const struct msg *m) {
                 put_bin(e, "update_hash", r->update_hash, MSG_HASH_LEN);
                 put_uint(e, "update_size", r->update_size);
             }
+            if (r->has_start) {
+                put_bin(e, "start_hash", r->start_hash, MSG_HASH_LEN);
+                put_uint(e, "start_size", r->start_size);
+            }
+            if (r->has_start_seed) put_uint(e, "start_seed", r->start_seed);
+            if (r->has_base_size) put_uint(e, "base_size", r->base_size);
             break;
         }
         case MSG_GET_MODEL:
@@ -747,7 +774,7 @@ static void encode_body(struct enc *e, const struct msg *m) {
             break;
         case MSG_STATUS_INFO: {
             const struct msg_status_info *i = &m->status_info;
-            put_header(e, m->type, i->has_roster ? 9 : 6);
+            put_header(e, m->type, 6 + (i->has_roster ? 3 : 0) + (i->has_aggregator ? 1 : 0));
             put_uint(e, "time", i->time);
             put_str(e, "consortium", i->consortium, sizeof i->consortium);
             put_uint(e, "round", i->round);
@@ -759,6 +786,7 @@ static void encode_body(struct enc *e, const struct msg *m) {
                 put_bin(e, "roster_hash", i->roster_hash, MSG_HASH_LEN);
                 put_uint(e, "roster_size", i->roster_size);
             }
+            if (i->has_aggregator) put_bin(e, "aggregator", i->aggregator, MSG_HASH_LEN);
             break;
         }
     }

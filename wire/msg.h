@@ -35,8 +35,9 @@
 #define MSG_FIELDS_MAX 64                    /* entries of one map, unknown keys included */
 #define MSG_KEY_MAX 32                       /* bytes of one key */
 #define MSG_SUBMIT_MAX (1ull << 40)          /* bytes of one sealed submission (1 TiB) */
-#define MSG_DEPTH_MAX 8                      /* nesting; ROUND.train.targets[i] is at 3 */
-#define MSG_RETRY_AFTER_MAX 86400000u        /* ERROR retry_after, ms (one day) */
+#define MSG_BASE_SIZE_MAX (1ull << 50) /* bytes of a model version ROUND may announce (1 PiB) */
+#define MSG_DEPTH_MAX 8                /* nesting; ROUND.train.targets[i] is at 3 */
+#define MSG_RETRY_AFTER_MAX 86400000u  /* ERROR retry_after, ms (one day) */
 
 /* Tensor payloads (TENSORS): named blobs with a dtype and a shape. */
 #define MSG_TENSORS_MAX 16384   /* tensors in one payload */
@@ -116,6 +117,25 @@ struct msg_round {
     uint8_t update_from[MSG_HASH_LEN]; /* "update_from": the previous version */
     uint8_t update_hash[MSG_HASH_LEN]; /* "update_hash": SHA-256 of the factor file */
     uint64_t update_size;              /* "update_size": 1..MSG_SUBMIT_MAX bytes */
+    /* Optional, start_hash and start_size together: the adapter every member
+     * starts the round's training from (docs/protocol.md, "Start
+     * adapters"), a PEFT adapter_model.safetensors at the round's rank,
+     * alpha and targets, fetched with GET_MODEL by its SHA-256. Absent: each
+     * member draws its own fresh adapter. */
+    bool has_start;
+    uint8_t start_hash[MSG_HASH_LEN]; /* "start_hash": SHA-256 of the adapter file */
+    uint64_t start_size;              /* "start_size": 1..MSG_SUBMIT_MAX bytes */
+    /* Optional, only with start_hash: the adapter is the fresh one lora_create
+     * makes from this seed (A from the seed, B = 0), so a node can make it
+     * instead of fetching it (and still checks its hash). */
+    bool has_start_seed;
+    uint64_t start_seed; /* "start_seed" */
+    /* Optional: the bytes a full download of base moves (its one file, or
+     * its shards summed), so a node can tell whether the low-rank update is
+     * the cheaper way to it, and a download of a single-file version may not
+     * exceed it (a fake or broken server cannot make a node write more). */
+    bool has_base_size;
+    uint64_t base_size; /* "base_size": 1..MSG_BASE_SIZE_MAX */
 };
 
 /* GET_MODEL fetches any object the aggregator serves by its SHA-256: model
@@ -200,6 +220,12 @@ struct msg_status_info {
     uint64_t roster_version;             /* "roster_size": all or none (none: the */
     uint8_t roster_hash[MSG_HASH_LEN];   /* aggregator lists members in its config) */
     uint64_t roster_size;
+    /* Optional: the fingerprint of the identity the aggregator runs with
+     * (its keys' .id), which `fedlora doctor` compares with the .id it was
+     * given. Over CURVE the handshake proves the key; in the clear it is a
+     * check against a wrong file, not against a forger. */
+    bool has_aggregator;
+    uint8_t aggregator[MSG_HASH_LEN]; /* "aggregator" */
 };
 
 struct msg {

@@ -75,6 +75,14 @@ static int need(const struct fields *fs, const char *key, struct mp_reader *r) {
     return err_set("DELTA: missing required field '%s'", key);
 }
 
+/* 1 when an optional field is there. */
+static int has(const struct fields *fs, const char *key) {
+    size_t kl = strlen(key);
+    for (uint32_t i = 0; i < fs->n; i++)
+        if (fs->f[i].klen == kl && memcmp(fs->f[i].key, key, kl) == 0) return 1;
+    return 0;
+}
+
 static int get_uint(const struct fields *fs, const char *key, uint64_t min, uint64_t max,
                     uint64_t *v) {
     struct mp_reader r;
@@ -266,6 +274,15 @@ int payload_delta_decode(const void *buf, size_t len, uint64_t max_len, struct p
         get_bin(&fs, "tensors", &blob, &blob_len) < 0)
         return -1;
     d->rank = (uint32_t)rank;
+    if ((d->has_start = has(&fs, "start"))) {
+        const uint8_t *start;
+        uint32_t start_len;
+        if (get_bin(&fs, "start", &start, &start_len) < 0) return -1;
+        if (start_len != MSG_HASH_LEN)
+            return err_set("DELTA: field 'start' must be a blob of exactly %d bytes, got %u",
+                           MSG_HASH_LEN, start_len);
+        memcpy(d->start, start, MSG_HASH_LEN);
+    }
     if (msg_tensors_decode(blob, blob_len, NULL, &d->tensors, &d->ntensors) < 0)
         return err_context("DELTA: field 'tensors'");
     if (check_tensors(d) < 0) {
@@ -309,7 +326,7 @@ int payload_delta_encode(const struct payload_delta *d, uint8_t **out, size_t *l
     }
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    int bad = msgpack_pack_map(&pk, 13);
+    int bad = msgpack_pack_map(&pk, 13 + d->has_start);
     bad |= pk_str(&pk, "v") || msgpack_pack_uint64(&pk, PAYLOAD_VERSION);
     bad |= pk_str(&pk, "t") || pk_str(&pk, "DELTA");
     bad |= pk_str(&pk, "round") || msgpack_pack_uint64(&pk, d->round);
@@ -329,6 +346,9 @@ int payload_delta_encode(const struct payload_delta *d, uint8_t **out, size_t *l
     }
     bad |= pk_str(&pk, "tensors") || msgpack_pack_bin(&pk, blob_len) ||
            msgpack_pack_bin_body(&pk, blob, blob_len);
+    if (d->has_start)
+        bad |= pk_str(&pk, "start") || msgpack_pack_bin(&pk, MSG_HASH_LEN) ||
+               msgpack_pack_bin_body(&pk, d->start, MSG_HASH_LEN);
     free(blob);
     if (bad) {
         msgpack_sbuffer_destroy(&sb);

@@ -17,6 +17,9 @@
  *                 module, the PEFT tensors
  *                   base_model.model.<module path>.lora_A.weight  F32 (rank, in)
  *                   base_model.model.<module path>.lora_B.weight  F32 (out, rank)
+ *   "start"       optional 32-byte blob: the SHA-256 of the start adapter the
+ *                 training began from (ROUND's start_hash); absent: a fresh
+ *                 adapter of the member's own
  *
  * Decoding is schema-checked as msg.c does (mp_validate first, then typed
  * field getters naming the field in every error; unknown keys ignored,
@@ -53,6 +56,8 @@ struct payload_delta {
     bool rslora;
     uint32_t ntargets;
     char targets[MSG_TARGETS_MAX][MSG_TARGET_MAX + 1];
+    bool has_start;              /* "start", optional */
+    uint8_t start[MSG_HASH_LEN]; /* the start adapter's SHA-256 */
     /* Encode: the caller's array (any order; written sorted by name), data
      * F32 little-endian row-major. Decode: a malloc'd array whose data points
      * into the decoded buffer (keep it alive; unaligned: memcpy before use). */

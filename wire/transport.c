@@ -9,10 +9,12 @@
 
 #include "util/clock.h"
 #include "util/err.h"
+#include "util/rng.h"
 #include "wire/msg.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,9 +29,27 @@ _Static_assert(sizeof(zmq_msg_t) <= sizeof(struct transport_slot) &&
 /* Frame i of a received message, as libzmq's message. */
 #define FRAME(m, i) ((zmq_msg_t *)(void *)(m)->f[(i)].opaque)
 
+/* A connection a CURVE ROUTER received from: its ZAP User-Id, the fd
+ * libzmq reads it from (ZMQ_SRCFD) and the peer's address then, so that a
+ * later close hits that connection and no other that reused the fd. */
+typedef struct {
+    char user[TRANSPORT_ZAP_FIELD_MAX + 1];
+    int fd;
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+} seen_conn;
+
+#define SEEN_MAX 4096 /* connections remembered; the oldest are forgotten first */
+
 struct transport {
     void *ctx, *sock;
     int own_ctx; /* ctx is this transport's own, not the shared one */
+    void *zap;   /* a CURVE ROUTER's ZAP handler socket (REP), or NULL */
+    void *mon;   /* a CURVE DEALER's monitor (PAIR), or NULL */
+    int hs_state, hs_detail;
+    int hs_hangups;  /* handshakes in a row the server hung up on */
+    seen_conn *seen; /* a CURVE ROUTER's connections, SEEN_MAX at most */
+    int nseen;
 };
 
 static int zerr(const char *what) {
@@ -74,6 +94,7 @@ static int context_give(void *ctx, int own) {
 
 void transport_opts_default(struct transport_opts *o) {
     /* Peer identity (<= 255 bytes) + request id + one message frame. */
+    o->curve = NULL;
     o->lim.max_frames = 4;
     o->lim.max_frame = MSG_FRAME_MAX;
     o->lim.max_total = MSG_FRAME_MAX + 1024;
@@ -132,6 +153,89 @@ static int configure(void *s, const struct transport_opts *o) {
     return 0;
 }
 
+/* ---- CURVE ---------------------------------------------------------------- */
+
+static void remember(transport *t, struct transport_msg *m);
+
+#define ZAP_ENDPOINT "inproc://zeromq.zap.01" /* RFC 27: where libzmq asks */
+
+static int set_key(void *s, int opt, const char *name, const uint8_t key[32]) {
+    if (zmq_setsockopt(s, opt, key, 32) != 0) {
+        char what[64];
+        snprintf(what, sizeof what, "zmq_setsockopt(%s)", name);
+        return zerr(what);
+    }
+    return 0;
+}
+
+/* The keys a side brings: CURVE must be in this libzmq, and the secret must
+ * give the public key (an X25519 key pair is a Curve25519 one: libzmq's
+ * own derivation says so, or the identity is not what it claims). */
+static int curve_keys(void *s, const transport_curve *c, int server) {
+    char z_secret[41], z_public[41], z_derived[41];
+    if (!zmq_has("curve"))
+        return err_set("this libzmq was built without CURVE (zmq_has(\"curve\") is 0): install "
+                       "libzmq with libsodium, as scripts/install-deps.sh does");
+    if (!zmq_z85_encode(z_secret, c->secret_key, 32) ||
+        !zmq_z85_encode(z_public, c->public_key, 32) || zmq_curve_public(z_derived, z_secret) != 0)
+        return zerr("deriving the CURVE public key");
+    int same = memcmp(z_derived, z_public, 40) == 0;
+    memset(z_secret, 0, sizeof z_secret);
+    if (!same)
+        return err_set("CURVE: the X25519 private key does not give the identity's public key "
+                       "under libzmq's Curve25519; the identity's files do not belong together");
+    if (server)
+        return SET_INT(s, ZMQ_CURVE_SERVER, 1) < 0 ||
+                       set_key(s, ZMQ_CURVE_SECRETKEY, "ZMQ_CURVE_SECRETKEY", c->secret_key) < 0 ||
+                       set_key(s, ZMQ_CURVE_PUBLICKEY, "ZMQ_CURVE_PUBLICKEY", c->public_key) < 0
+                   ? -1
+                   : 0;
+    return set_key(s, ZMQ_CURVE_SERVERKEY, "ZMQ_CURVE_SERVERKEY", c->server_key) < 0 ||
+                   set_key(s, ZMQ_CURVE_PUBLICKEY, "ZMQ_CURVE_PUBLICKEY", c->public_key) < 0 ||
+                   set_key(s, ZMQ_CURVE_SECRETKEY, "ZMQ_CURVE_SECRETKEY", c->secret_key) < 0
+               ? -1
+               : 0;
+}
+
+/* The ZAP handler's socket, bound before the ROUTER binds: libzmq 4.3
+ * (without the draft ZMQ_ZAP_ENFORCE_DOMAIN) lets every CURVE client in
+ * when no handler is bound, so there must never be a moment without one. */
+static int zap_open(transport *t) {
+    t->zap = zmq_socket(t->ctx, ZMQ_REP);
+    if (!t->zap) return zerr("zmq_socket(ZAP handler)");
+    if (SET_INT(t->zap, ZMQ_LINGER, 0) < 0 || SET_INT(t->zap, ZMQ_RCVTIMEO, 0) < 0 ||
+        SET_INT(t->zap, ZMQ_SNDTIMEO, 1000) < 0)
+        return -1;
+    if (zmq_bind(t->zap, ZAP_ENDPOINT) != 0) return zerr("binding the ZAP handler " ZAP_ENDPOINT);
+    return 0;
+}
+
+/* A DEALER's handshake events (zmq_socket_monitor(3)) go to a PAIR socket
+ * transport_handshake reads. */
+static int monitor_open(transport *t) {
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://fedlora-monitor-%p", (void *)t);
+    int events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                 ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
+    if (zmq_socket_monitor(t->sock, ep, events) != 0) return zerr("zmq_socket_monitor");
+    t->mon = zmq_socket(t->ctx, ZMQ_PAIR);
+    if (!t->mon) return zerr("zmq_socket(monitor)");
+    if (SET_INT(t->mon, ZMQ_LINGER, 0) < 0) return -1;
+    if (zmq_connect(t->mon, ep) != 0) return zerr("connecting the socket monitor");
+    return 0;
+}
+
+/* Closes a transport's sockets (linger 0 for the helpers). */
+static void close_all(transport *t, int *rc) {
+    if (t->mon) {
+        zmq_socket_monitor(t->sock, NULL, 0);
+        zmq_close(t->mon);
+    }
+    if (t->zap) zmq_close(t->zap);
+    if (t->sock && zmq_close(t->sock) != 0 && rc && *rc == 0) *rc = zerr("zmq_close");
+    free(t->seen);
+}
+
 /* Creates a context with a socket of `type`, configures it, then binds or
  * connects: options other than a few (see zmq_setsockopt(3)) only apply to
  * later binds and connects. On failure everything is closed again. */
@@ -140,7 +244,8 @@ static int open_socket(int type, const char *endpoint, const struct transport_op
     *out = NULL;
     transport *t = calloc(1, sizeof *t);
     if (!t) return err_set("out of memory for a transport");
-    t->own_ctx = o->own_context;
+    /* One ZAP handler per context: a CURVE server has a context of its own. */
+    t->own_ctx = o->own_context || (o->curve && type == ZMQ_ROUTER);
     t->ctx = context_take(t->own_ctx);
     if (!t->ctx) {
         free(t);
@@ -150,6 +255,9 @@ static int open_socket(int type, const char *endpoint, const struct transport_op
     int rc = t->sock ? configure(t->sock, o) : zerr("zmq_socket");
     if (rc == 0 && type == ZMQ_ROUTER) rc = SET_INT(t->sock, ZMQ_ROUTER_MANDATORY, 1);
     if (rc == 0 && type == ZMQ_DEALER) rc = SET_INT(t->sock, ZMQ_IMMEDIATE, 1);
+    if (rc == 0 && o->curve) rc = curve_keys(t->sock, o->curve, type == ZMQ_ROUTER);
+    if (rc == 0 && o->curve && type == ZMQ_ROUTER) rc = zap_open(t);
+    if (rc == 0 && o->curve && type == ZMQ_DEALER) rc = monitor_open(t);
     if (rc == 0) {
         rc = type == ZMQ_ROUTER ? zmq_bind(t->sock, endpoint) : zmq_connect(t->sock, endpoint);
         if (rc != 0)
@@ -159,13 +267,13 @@ static int open_socket(int type, const char *endpoint, const struct transport_op
     if (rc != 0) {
         /* The error above is the one worth reporting; nothing was sent, so
          * nothing lingers. */
+        char why[ERR_MSG_MAX];
+        snprintf(why, sizeof why, "%s", err_msg());
         if (t->sock) {
             int zero = 0;
             zmq_setsockopt(t->sock, ZMQ_LINGER, &zero, sizeof zero);
-            zmq_close(t->sock);
         }
-        char why[ERR_MSG_MAX];
-        snprintf(why, sizeof why, "%s", err_msg());
+        close_all(t, NULL);
         context_give(t->ctx, t->own_ctx);
         free(t);
         return err_set("%s", why);
@@ -191,7 +299,8 @@ int transport_endpoint(transport *t, char *buf, size_t n) {
 
 int transport_close(transport *t) {
     if (!t) return 0;
-    int rc = zmq_close(t->sock) != 0 ? zerr("zmq_close") : 0;
+    int rc = 0;
+    close_all(t, &rc);
     if (context_give(t->ctx, t->own_ctx) != 0 && rc == 0) rc = -1;
     free(t);
     return rc;
@@ -380,24 +489,13 @@ int transport_recv(transport *t, const struct transport_limits *lim, struct tran
 
 /* ---- request/reply --------------------------------------------------------- */
 
-/* xorshift64 (Marsaglia 2003): jitter and request ids need spread, not
- * secrecy. */
-static uint64_t xorshift(uint64_t *s) {
-    uint64_t x = *s ? *s : 0x9e3779b97f4a7c15ull;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    *s = x;
-    return x;
-}
-
 int transport_backoff_ms(const struct transport_retry *rt, int attempt, uint64_t *rng) {
     int64_t d = rt->backoff_ms;
     for (int i = 0; i < attempt && d < rt->backoff_max_ms; i++) d *= 2;
     if (d > rt->backoff_max_ms) d = rt->backoff_max_ms;
     if (d <= 0) return 0;
     int64_t half = d / 2;
-    return (int)(d - half + (int64_t)(xorshift(rng) % (uint64_t)(half + 1)));
+    return (int)(d - half + (int64_t)(rng_next(rng) % (uint64_t)(half + 1)));
 }
 
 static void put_be64(uint8_t *p, uint64_t v) {
@@ -468,7 +566,7 @@ int transport_request(transport *dealer, const struct transport_limits *lim,
               (uint64_t)(uintptr_t)&rng;
     }
     uint8_t id[TRANSPORT_ID_LEN];
-    put_be64(id, xorshift(&rng));
+    put_be64(id, rng_next(&rng));
     struct transport_frame frames[TRANSPORT_FRAMES_MAX];
     frames[0] = (struct transport_frame){id, sizeof id};
     memcpy(frames + 1, f, n * sizeof *f);
@@ -493,6 +591,7 @@ int transport_serve_recv(transport *router, const struct transport_limits *lim,
                          struct transport_msg *req) {
     int rc = transport_recv(router, lim, req);
     if (rc != 0) return rc;
+    if (router->zap) remember(router, req);
     if (req->n < TRANSPORT_PAYLOAD + 1 || transport_size(req, 1) != TRANSPORT_ID_LEN) {
         size_t n = req->n;
         transport_msg_close(req);
@@ -514,4 +613,211 @@ int transport_serve_reply(transport *router, struct transport_msg *req,
     frames[1] = (struct transport_frame){transport_data(req, 1), transport_size(req, 1)};
     memcpy(frames + TRANSPORT_PAYLOAD, f, n * sizeof *f);
     return transport_send(router, frames, n + TRANSPORT_PAYLOAD);
+}
+
+/* ---- CURVE: ZAP, peers, handshakes ------------------------------------------ */
+
+/* Frame i as a string of at most max bytes, NUL-terminated into out. */
+static int zap_text(const struct transport_frame *f, size_t i, char *out, size_t max,
+                    const char *what) {
+    if (f[i].len > max)
+        return err_set("ZAP request: frame %zu (%s) has %zu bytes, at most %zu", i, what, f[i].len,
+                       max);
+    memcpy(out, f[i].data, f[i].len);
+    out[f[i].len] = '\0';
+    return 0;
+}
+
+int transport_zap_parse(const struct transport_frame *f, size_t n,
+                        struct transport_zap_request *q) {
+    memset(q, 0, sizeof *q);
+    /* RFC 27: version, request id, domain, address, identity, mechanism,
+     * credentials... (the delimiter is the REP socket's). */
+    if (n < 6) return err_set("ZAP request: %zu frames, at least 6 expected", n);
+    if (f[0].len != 3 || memcmp(f[0].data, "1.0", 3) != 0)
+        return err_set("ZAP request: version frame is not \"1.0\"");
+    if (f[1].len > TRANSPORT_ZAP_FIELD_MAX)
+        return err_set("ZAP request: a request id of %zu bytes", f[1].len);
+    memcpy(q->request_id, f[1].data, f[1].len);
+    q->request_id_len = f[1].len;
+    char domain[TRANSPORT_ZAP_FIELD_MAX + 1], identity[TRANSPORT_ZAP_FIELD_MAX + 1];
+    if (zap_text(f, 2, domain, TRANSPORT_ZAP_FIELD_MAX, "domain") < 0 ||
+        zap_text(f, 3, q->address, TRANSPORT_ZAP_FIELD_MAX, "address") < 0 ||
+        zap_text(f, 4, identity, TRANSPORT_ZAP_FIELD_MAX, "identity") < 0 ||
+        zap_text(f, 5, q->mechanism, sizeof q->mechanism - 1, "mechanism") < 0)
+        return -1;
+    for (char *c = q->address; *c; c++)
+        if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?'; /* for the log */
+    if (strcmp(q->mechanism, "CURVE") != 0) return 0; /* refused by the handler, not here */
+    if (n != 7 || f[6].len != 32)
+        return err_set("ZAP request: CURVE wants one 32-byte key as its credentials, got %zu "
+                       "frame(s)%s",
+                       n - 6, n == 7 ? " of another size" : "");
+    memcpy(q->client_key, f[6].data, 32);
+    return 0;
+}
+
+static int zap_send(transport *router, const uint8_t *id, size_t id_len, const char *code,
+                    const char *text, const char *user) {
+    struct transport_frame f[6] = {{"1.0", 3},           {id, id_len},         {code, strlen(code)},
+                                   {text, strlen(text)}, {user, strlen(user)}, {"", 0}};
+    return send_frames(router->zap, f, 6, false) < 0 ? err_context("answering a ZAP request") : 0;
+}
+
+int transport_zap_next(transport *router, struct transport_zap_request *q) {
+    if (!router->zap) return err_set("transport_zap_next: not a CURVE ROUTER");
+    struct transport_limits lim = {8, 512, 4096};
+    struct transport_msg m;
+    transport z = {.ctx = router->ctx, .sock = router->zap};
+    int rc = transport_recv(&z, &lim, &m);
+    if (rc != 0) {
+        /* An oversized request was drained; REP still owes an answer. */
+        if (rc < 0) zap_send(router, (const uint8_t *)"", 0, "500", "malformed request", "");
+        return rc < 0 ? 1 : 1;
+    }
+    struct transport_frame f[TRANSPORT_FRAMES_MAX];
+    for (size_t i = 0; i < m.n; i++)
+        f[i] = (struct transport_frame){transport_data(&m, i), transport_size(&m, i)};
+    rc = transport_zap_parse(f, m.n, q);
+    if (rc < 0) {
+        size_t idn = m.n > 1 && f[1].len <= TRANSPORT_ZAP_FIELD_MAX ? f[1].len : 0;
+        uint8_t id[TRANSPORT_ZAP_FIELD_MAX];
+        if (idn) memcpy(id, f[1].data, idn);
+        transport_msg_close(&m);
+        zap_send(router, id, idn, "500", "malformed request", "");
+        return 1;
+    }
+    transport_msg_close(&m);
+    return 0;
+}
+
+int transport_zap_reply(transport *router, const struct transport_zap_request *q, int ok,
+                        const char *user_id, const char *text) {
+    return zap_send(router, q->request_id, q->request_id_len, ok ? "200" : "400", text ? text : "",
+                    ok && user_id ? user_id : "");
+}
+
+int transport_serve_wait(transport *router, int timeout_ms, int *request, int *zap) {
+    zmq_pollitem_t items[2] = {{router->sock, 0, ZMQ_POLLIN, 0}, {router->zap, 0, ZMQ_POLLIN, 0}};
+    int n = router->zap ? 2 : 1, rc;
+    do rc = zmq_poll(items, n, timeout_ms);
+    while (rc < 0 && zmq_errno() == EINTR);
+    if (rc < 0) return zerr("zmq_poll");
+    *request = (items[0].revents & ZMQ_POLLIN) != 0;
+    *zap = n == 2 && (items[1].revents & ZMQ_POLLIN) != 0;
+    return 0;
+}
+
+int transport_msg_user(struct transport_msg *m, char *out, size_t n) {
+    /* Frame 1 came from the peer (frame 0 is the ROUTER's own prefix), so it
+     * carries the connection's metadata. */
+    const char *u = m->n > 1 ? zmq_msg_gets(FRAME(m, 1), "User-Id") : NULL;
+    if (!u || !*u || strlen(u) >= n) return 0;
+    memcpy(out, u, strlen(u) + 1);
+    return 1;
+}
+
+/* Remembers the connection m came on, with its User-Id (a CURVE ROUTER). */
+static void remember(transport *t, struct transport_msg *m) {
+    char user[TRANSPORT_ZAP_FIELD_MAX + 1];
+    int fd = m->n > 1 ? zmq_msg_get(FRAME(m, 1), ZMQ_SRCFD) : -1;
+    if (fd < 0 || !transport_msg_user(m, user, sizeof user)) return;
+    for (int i = 0; i < t->nseen; i++)
+        if (t->seen[i].fd == fd && !strcmp(t->seen[i].user, user)) return;
+    if (!t->seen && !(t->seen = calloc(SEEN_MAX, sizeof *t->seen))) return;
+    if (t->nseen == SEEN_MAX) memmove(t->seen, t->seen + 1, --t->nseen * sizeof *t->seen);
+    seen_conn *c = &t->seen[t->nseen];
+    c->peer_len = sizeof c->peer;
+    if (getpeername(fd, (struct sockaddr *)&c->peer, &c->peer_len) != 0) return;
+    snprintf(c->user, sizeof c->user, "%s", user);
+    c->fd = fd;
+    t->nseen++;
+}
+
+/* shutdown(2) of connection c, if fd c->fd is still that connection (the
+ * same peer address): libzmq's I/O thread sees the end and drops it. */
+static int close_conn(const seen_conn *c) {
+    struct sockaddr_storage now;
+    socklen_t len = sizeof now;
+    if (getpeername(c->fd, (struct sockaddr *)&now, &len) != 0 || len != c->peer_len ||
+        memcmp(&now, &c->peer, len) != 0)
+        return 0; /* gone already */
+    return shutdown(c->fd, SHUT_RDWR) == 0;
+}
+
+int transport_drop_users(transport *router, int (*keep)(void *arg, const char *user), void *arg) {
+    int dropped = 0;
+    for (int i = 0; i < router->nseen;) {
+        if (keep(arg, router->seen[i].user)) {
+            i++;
+            continue;
+        }
+        dropped += close_conn(&router->seen[i]);
+        router->seen[i] = router->seen[--router->nseen];
+    }
+    return dropped;
+}
+
+int transport_drop_sender(transport *router, struct transport_msg *m) {
+    int fd = m->n > 1 ? zmq_msg_get(FRAME(m, 1), ZMQ_SRCFD) : -1;
+    if (fd < 0) return 0;
+    seen_conn c = {.fd = fd, .peer_len = sizeof c.peer};
+    if (getpeername(fd, (struct sockaddr *)&c.peer, &c.peer_len) != 0) return 0;
+    for (int i = 0; i < router->nseen;)
+        if (router->seen[i].fd == fd)
+            router->seen[i] = router->seen[--router->nseen];
+        else
+            i++;
+    return close_conn(&c);
+}
+
+int transport_handshake(transport *t, int *detail) {
+    /* Each event is two frames: 6 bytes (u16 event, u32 value, host
+     * order) and the endpoint (zmq_socket_monitor(3)). */
+    while (t->mon) {
+        zmq_msg_t ev, ep;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, t->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            break;
+        }
+        int more = zmq_msg_more(&ev);
+        if (zmq_msg_size(&ev) == 6) {
+            uint16_t event;
+            uint32_t value;
+            memcpy(&event, zmq_msg_data(&ev), 2);
+            memcpy(&value, (uint8_t *)zmq_msg_data(&ev) + 2, 4);
+            /* What a client sees (libzmq 4.3.4, measured): ZAP's refusal
+             * arrives as FAILED_AUTH with the status (400); a server that
+             * cannot open our HELLO (it does not hold server_key) just hangs
+             * up: FAILED_NO_DETAIL with EPIPE or ECONNRESET; a server
+             * without CURVE: FAILED_PROTOCOL (mechanism mismatch). A hang-up
+             * also comes from a server killed mid-handshake, so only two in
+             * a row count; a timeout (a busy server) never does. */
+            if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+                t->hs_state = TRANSPORT_HS_OK;
+                t->hs_hangups = 0;
+            } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+                t->hs_state = TRANSPORT_HS_REFUSED;
+                t->hs_detail = (int)value;
+            } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+                t->hs_state = TRANSPORT_HS_FAILED;
+                t->hs_detail = (int)value;
+            } else if ((value == EPIPE || value == ECONNRESET) && ++t->hs_hangups >= 2) {
+                t->hs_state = TRANSPORT_HS_FAILED;
+                t->hs_detail = (int)value;
+            }
+        }
+        zmq_msg_close(&ev);
+        while (more) { /* the endpoint frame */
+            zmq_msg_init(&ep);
+            if (zmq_msg_recv(&ep, t->mon, ZMQ_DONTWAIT) < 0)
+                more = 0;
+            else
+                more = zmq_msg_more(&ep);
+            zmq_msg_close(&ep);
+        }
+    }
+    if (detail) *detail = t->hs_detail;
+    return t->hs_state;
 }

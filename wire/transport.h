@@ -40,8 +40,26 @@ struct transport_limits {
     size_t max_total;  /* bytes of all frames of one message */
 };
 
+/* CURVE (RFC 26, zmq_curve(7)): the connection is authenticated and
+ * encrypted with long-term Curve25519 keys. fedlora's are the identities'
+ * X25519 keys (wire/keys.h): the same curve and the same 32-byte encoding,
+ * so an identity's kx key IS its CURVE key pair (libsodium clamps the
+ * secret as RFC 7748 does; transport_router/dealer check that the secret
+ * gives the public key). docs/threat-model.md says what this adds. */
+typedef struct {
+    uint8_t secret_key[32]; /* this side's: the identity's X25519 private key */
+    uint8_t public_key[32]; /* and its public key */
+    uint8_t server_key[32]; /* a DEALER: the key the server must prove it holds */
+} transport_curve;
+
 struct transport_opts {
     struct transport_limits lim;
+    /* NULL: the connection is in the clear. Else CURVE with these keys: a
+     * ROUTER is the CURVE server and answers ZAP (RFC 27) requests itself
+     * (transport_zap_next), so it gets a context of its own; a DEALER
+     * connects only to a server holding server_key, and remembers how its
+     * last handshake went (transport_handshake). */
+    const transport_curve *curve;
     int linger_ms;            /* ZMQ_LINGER: how long close waits to flush */
     int send_timeout_ms;      /* ZMQ_SNDTIMEO: -1 blocks, 0 never waits */
     int recv_timeout_ms;      /* ZMQ_RCVTIMEO */
@@ -117,6 +135,61 @@ int transport_send_give(transport *t, const struct transport_frame *f, size_t n)
  * (the refused message has been drained and freed). */
 int transport_recv(transport *t, const struct transport_limits *lim, struct transport_msg *m);
 
+/* ---- CURVE: ZAP, peers, handshakes ----------------------------------------- */
+
+/* A ZAP request (RFC 27) as libzmq sends it for a connection in its CURVE
+ * handshake: the handler (the aggregator) decides whether the client's key
+ * may connect. */
+#define TRANSPORT_ZAP_FIELD_MAX 255
+struct transport_zap_request {
+    uint8_t request_id[TRANSPORT_ZAP_FIELD_MAX]; /* opaque, echoed in the reply */
+    size_t request_id_len;
+    char address[TRANSPORT_ZAP_FIELD_MAX + 1]; /* the peer's IP address, for the log */
+    char mechanism[32];                        /* "CURVE"; anything else is refused */
+    uint8_t client_key[32];                    /* the client's long-term public key */
+};
+
+/* Parses the n frames of a ZAP request (the REP socket has taken the
+ * delimiter): version "1.0", request id, domain, address, routing id,
+ * mechanism, and for CURVE exactly one credential of 32 bytes. Every
+ * length is checked; -1 with a message naming the frame otherwise. */
+int transport_zap_parse(const struct transport_frame *f, size_t n, struct transport_zap_request *q);
+/* Takes one pending ZAP request of a CURVE ROUTER without waiting: 0 with
+ * *q, 1 when none is pending, -1 on error. A malformed request is answered
+ * (status 500) here, and 1 returned. */
+int transport_zap_next(transport *router, struct transport_zap_request *q);
+/* Answers q: ok (status 200, the connection's User-Id is user_id, which each
+ * message from it then carries: transport_msg_user), or not (status 400;
+ * the client's handshake fails with ZMQ_EVENT_HANDSHAKE_FAILED_AUTH). */
+int transport_zap_reply(transport *router, const struct transport_zap_request *q, int ok,
+                        const char *user_id, const char *text);
+/* Waits up to timeout_ms (-1: for ever) until the ROUTER has a request
+ * (*request = 1) or, for a CURVE ROUTER, a ZAP request (*zap = 1); 0 on
+ * timeout or either, -1 on error. */
+int transport_serve_wait(transport *router, int timeout_ms, int *request, int *zap);
+/* The User-Id the ZAP handler gave the connection a ROUTER received m on,
+ * into out: 1 when it has one, 0 when not (no CURVE). */
+int transport_msg_user(struct transport_msg *m, char *out, size_t n);
+/* Closes the TCP connections of a CURVE ROUTER whose User-Id keep() refuses
+ * (a member revoked): those seen carrying a message so far. Closing makes
+ * libzmq drop the connection; the client's reconnection meets the ZAP
+ * handler again. Returns how many were closed. */
+int transport_drop_users(transport *router, int (*keep)(void *arg, const char *user), void *arg);
+/* Closes the TCP connection message m came on (a ROUTER's). */
+int transport_drop_sender(transport *router, struct transport_msg *m);
+
+/* How a CURVE DEALER's last handshake went. */
+enum {
+    TRANSPORT_HS_NONE = 0, /* none finished yet (or no CURVE) */
+    TRANSPORT_HS_OK,       /* the server proved its key, and took ours */
+    TRANSPORT_HS_REFUSED,  /* the server proved its key, and its ZAP handler refused ours */
+    TRANSPORT_HS_FAILED,   /* no secure channel: the server does not hold server_key, or
+                              speaks no CURVE */
+};
+/* The state (TRANSPORT_HS_*), and in *detail (may be NULL) libzmq's code:
+ * the ZAP status (400) or the ZMTP protocol error. */
+int transport_handshake(transport *dealer, int *detail);
+
 /* ---- request/reply with retries ------------------------------------------ */
 
 struct transport_retry {
@@ -131,7 +204,7 @@ void transport_retry_default(struct transport_retry *rt);
 /* The pause after failed attempt `attempt` (0-based): d = min(backoff_max,
  * backoff << attempt), then "equal jitter", uniform in [d/2, d], so that nodes
  * cut off together do not all come back in the same millisecond. rng is
- * xorshift state (any non-zero seed). */
+ * util/rng.h's SplitMix64 state (any seed). */
 int transport_backoff_ms(const struct transport_retry *rt, int attempt, uint64_t *rng);
 
 /* Sends payload frames f (n <= TRANSPORT_FRAMES_MAX - 1) on a DEALER and

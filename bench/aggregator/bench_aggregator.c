@@ -96,7 +96,8 @@ static void path(char *out, size_t n, const char *fmt, ...) {
     }
 }
 
-static client *cl; /* to the aggregator */
+static client *cl;       /* to the aggregator: the connection of the node speaking now */
+static client **node_cl; /* each node's own (CURVE: keyed by its identity) */
 
 /* Samples the aggregator's VmRSS every 5 ms while the round runs: the
  * memory of the round itself, apart from the start-up's import of the base
@@ -129,7 +130,10 @@ static void request(const struct msg *m, struct msg *r) {
     if (client_call(cl, m, r) != CLIENT_OK) die("request");
 }
 
+static keys_secret *members; /* the nodes' identities, for hello() to find its connection */
+
 static void hello(const keys_secret *k, struct msg *r) {
+    cl = node_cl[k - members]; /* the node speaks on its own connection from here on */
     struct msg m = {.type = MSG_HELLO};
     uint8_t consortium[32];
     snprintf(m.hello.name, sizeof m.hello.name, "%s", k->pub.name);
@@ -392,7 +396,14 @@ int main(int argc, char **argv) {
     client_options co;
     client_options_default(&co);
     co.timeout_ms = 600000; /* a merge of 16 may take long */
-    if (client_open(&cl, ep, &co) < 0) die("connect");
+    node_cl = calloc((size_t)nodes, sizeof *node_cl);
+    members = mem;
+    co.curve_server = agg.pub.kx_pub;
+    for (int i = 0; node_cl && i < nodes; i++) {
+        co.curve_me = &mem[i];
+        if (client_open(&node_cl[i], ep, &co) < 0) die("connect");
+    }
+    if (!node_cl) die("out of memory");
 
     /* Full-weights sync by the first node, into the version directory the
      * nodes hold (config.json is the federation's, from the base model). */
@@ -431,6 +442,8 @@ int main(int argc, char **argv) {
         double b = now_s();
         seal_s += b - a;
         env_total += elen;
+        hello(&mem[i], &r); /* an upload needs the member's verified HELLO first */
+        if (r.type != MSG_ROUND) die("HELLO before a submission");
         struct msg s = {.type = MSG_SUBMIT_BEGIN};
         s.submit_begin.round = 1;
         memcpy(s.submit_begin.id, hdr.message_id, 16);
@@ -509,7 +522,8 @@ int main(int argc, char **argv) {
     }
     if (ubytes != r2.update_size || full_bytes != total) die("object sizes");
 
-    client_close(cl);
+    for (int i = 0; i < nodes; i++) client_close(node_cl[i]);
+    free(node_cl);
     kill(pid, SIGTERM); /* round 2 is not played: the aggregator exits 0 on SIGTERM */
     int status;
     struct rusage ru;

@@ -24,7 +24,13 @@
  * Tiles that the causal mask (and the sliding window) hide entirely are
  * skipped. Shared tiles are fp32, transposed with a row stride of 33 floats
  * so that both the per-key and the per-dimension reads are free of bank
- * conflicts; head dims are padded to a multiple of 4 (DP) with zeros. */
+ * conflicts; head dims are padded to a multiple of 4 (DP) with zeros.
+ *
+ * Why one file of over 900 lines: the forward, the two backward kernels and
+ * the decode kernel are instantiated from the same device templates (tile
+ * loads, the soft-capped and windowed score, the online-softmax update, the
+ * shared-memory layout that gpu_attention_smem sizes); split, those would
+ * become a header of device code that every part must include identically. */
 #include "model/cuda/gpu_device.cuh"
 
 #include <math.h>

@@ -6,6 +6,7 @@
 #ifndef FL_TESTS_AGGREGATOR_AGG_TEST_H
 #define FL_TESTS_AGGREGATOR_AGG_TEST_H
 
+#include "aggregator/agg.h"
 #include "aggregator/config.h"
 #include "aggregator/journal.h"
 #include "cli/harness.h"
@@ -16,6 +17,7 @@
 #include "util/err.h"
 #include "util/fio.h"
 #include "wire/hello.h"
+#include "wire/crypto.h"
 #include "wire/envelope.h"
 #include "wire/keys.h"
 #include "wire/msg.h"
@@ -141,6 +143,7 @@ struct delta_opts {
     uint64_t tokens;
     float poison; /* when non-zero, written into one element of B */
     const char *targets;
+    float scale_a, scale_b; /* when non-zero, every value of A, of B, is multiplied by it */
 };
 
 /* A DELTA payload for member i, round r, trained "on" base version hash:
@@ -167,6 +170,8 @@ static inline uint8_t *fed_delta(const struct fed *f, uint64_t round, const uint
             m->B.data[k] = (float)((double)(x % 2001) / 1000.0 - 1.0) * 0.01f;
         }
         if (o && o->poison != 0 && i == s->n_modules - 1) m->B.data[m->B.numel / 2] = o->poison;
+        for (int64_t k = 0; o && o->scale_b != 0 && k < m->B.numel; k++) m->B.data[k] *= o->scale_b;
+        for (int64_t k = 0; o && o->scale_a != 0 && k < m->A.numel; k++) m->A.data[k] *= o->scale_a;
         model_param *p[2] = {&m->A, &m->B};
         for (int j = 0; j < 2; j++) {
             struct msg_tensor *e = &t[2 * i + j];
@@ -201,6 +206,37 @@ static inline uint8_t *fed_delta(const struct fed *f, uint64_t round, const uint
     return out;
 }
 
+/* The connection member i's node talks on (a routing id of its own), as
+ * agg_handle sees it; i == FED_MEMBERS + 1 and beyond: strangers. */
+static inline agg_peer fed_peer(int i) {
+    static uint8_t ids[16][8];
+    snprintf((char *)ids[i & 15], sizeof ids[0], "peer-%d", i & 15);
+    return (agg_peer){ids[i & 15], strlen((char *)ids[i & 15]), 0, {0}};
+}
+
+/* The member (index into fed_names) that sealed an envelope, from the
+ * sender fingerprint at bytes 48..79 of its header (docs/envelope.md);
+ * FED_MEMBERS (mallory) or -1 when none of ours. */
+static inline int fed_sender(const struct fed *f, const uint8_t *env, size_t len) {
+    for (int i = 0; len >= 80 && i <= FED_MEMBERS; i++) {
+        uint8_t fp[32];
+        keys_fingerprint(&f->m[i].pub, fp);
+        if (!memcmp(env + 48, fp, 32)) return i;
+    }
+    return -1;
+}
+
+/* 1 when r is an ERROR of code whose reason contains needle; else 0, and a
+ * line says what came instead. */
+static inline int fed_is_error(const struct msg *r, enum msg_error_code code, const char *needle) {
+    int ok = r->type == MSG_ERROR && r->error.code == code && strstr(r->error.reason, needle);
+    if (!ok)
+        fprintf(stderr, "  wanted ERROR %d containing '%s', got %s%s%s\n", code, needle,
+                msg_type_name(r->type), r->type == MSG_ERROR ? ": " : "",
+                r->type == MSG_ERROR ? r->error.reason : "");
+    return ok;
+}
+
 /* Seals payload from sender for the aggregator; *msgid gets its id. */
 static inline uint8_t *fed_seal(const struct fed *f, const keys_secret *sender,
                                 const char *consortium, uint64_t round, const uint8_t *payload,
@@ -218,4 +254,71 @@ static inline uint8_t *fed_seal(const struct fed *f, const keys_secret *sender,
     return env;
 }
 
+#endif
+
+#ifndef FL_TESTS_AGG_TEST_SUBMIT
+#define FL_TESTS_AGG_TEST_SUBMIT
+/* One request on connection p, the reply decoded into the returned msg
+ * (type 0 when agg_handle failed; blobs not kept). */
+static inline struct msg fed_ask(agg *a, agg_peer p, const struct msg *req, uint64_t now) {
+    uint8_t *buf, *rep;
+    size_t len, rlen;
+    struct msg r = {0};
+    if (msg_encode(req, &buf, &len) < 0) fed_die("msg_encode");
+    int rc = agg_handle(a, &p, buf, len, now, &rep, &rlen);
+    free(buf);
+    if (rc == 0 && msg_decode(rep, rlen, NULL, &r) < 0) r.type = 0;
+    if (r.type == MSG_MODEL_CHUNK) r.model_chunk.data = NULL;
+    if (rc == 0) free(rep);
+    return r;
+}
+
+/* Member i's node on its own connection: a signed HELLO, then its delta
+ * (seed) for the open round in one chunk. Returns the last reply (END's
+ * RECEIPT when all went well); the envelope is kept in *env_out (when not
+ * NULL; free() it). */
+static inline struct msg fed_submit(const struct fed *f, agg *a, int i, uint64_t seed, uint64_t now,
+                                    uint8_t **env_out, size_t *len_out) {
+    agg_peer p = fed_peer(i);
+    struct msg m = {.type = MSG_HELLO}, r;
+    snprintf(m.hello.name, sizeof m.hello.name, "%s", fed_names[i]);
+    keys_fingerprint(&f->m[i].pub, m.hello.fingerprint);
+    if (hello_sign(&m.hello, f->consortium, &f->m[i], now) < 0) fed_die("hello_sign");
+    r = fed_ask(a, p, &m, now);
+    uint8_t base[32], id[16];
+    agg_current_base(a, base);
+    size_t plen, len;
+    uint8_t *pl = fed_delta(f, agg_current_round(a), base, seed, NULL, &plen);
+    uint8_t *env =
+        fed_seal(f, &f->m[i], "test-consortium", agg_current_round(a), pl, plen, &len, id);
+    free(pl);
+    if (r.type == MSG_ROUND) {
+        m = (struct msg){.type = MSG_SUBMIT_BEGIN};
+        m.submit_begin.round = agg_current_round(a);
+        memcpy(m.submit_begin.id, id, 16);
+        m.submit_begin.size = len;
+        m.submit_begin.chunks = 1;
+        r = fed_ask(a, p, &m, now);
+    }
+    if (r.type == MSG_ACK) {
+        m = (struct msg){.type = MSG_SUBMIT_CHUNK};
+        memcpy(m.submit_chunk.id, id, 16);
+        m.submit_chunk.data = env;
+        m.submit_chunk.data_len = (uint32_t)len;
+        r = fed_ask(a, p, &m, now);
+    }
+    if (r.type == MSG_ACK) {
+        m = (struct msg){.type = MSG_SUBMIT_END};
+        memcpy(m.submit_end.id, id, 16);
+        crypto_sha256(env, len, m.submit_end.digest);
+        r = fed_ask(a, p, &m, now);
+    }
+    if (env_out) {
+        *env_out = env;
+        *len_out = len;
+    } else {
+        free(env);
+    }
+    return r;
+}
 #endif

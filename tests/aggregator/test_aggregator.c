@@ -9,6 +9,7 @@
 #include "tests/aggregator/agg_test.h"
 #include "wire/crypto.h"
 
+#include <dirent.h>
 #include <jansson.h>
 #include <sys/stat.h>
 
@@ -17,12 +18,16 @@ static const uint64_t T0 = 1800000000; /* "now" at the start of each scenario */
 
 /* ---- driving the handler ------------------------------------------------- */
 
+/* The connection requests come on: the node of the member that said HELLO
+ * last (hello(), submit_as()). */
+static agg_peer cur;
+
 /* One request; the reply decoded into *r (no blob fields kept). */
 static int ask(agg *a, const struct msg *req, uint64_t now, struct msg *r) {
     uint8_t *buf, *rep;
     size_t len, rlen;
     if (msg_encode(req, &buf, &len) < 0) fed_die("msg_encode");
-    int rc = agg_handle(a, buf, len, now, &rep, &rlen);
+    int rc = agg_handle(a, &cur, buf, len, now, &rep, &rlen);
     free(buf);
     if (rc < 0) return -1;
     if (msg_decode(rep, rlen, NULL, r) < 0) fed_die("decoding a reply");
@@ -34,6 +39,7 @@ static int ask(agg *a, const struct msg *req, uint64_t now, struct msg *r) {
 /* A HELLO as member's node sends it: signed at `now`. */
 static struct msg hello(agg *a, int member, uint64_t now) {
     struct msg m = {.type = MSG_HELLO}, r;
+    cur = fed_peer(member);
     snprintf(m.hello.name, sizeof m.hello.name, "%s", fed_names[member]);
     keys_fingerprint(&F.m[member].pub, m.hello.fingerprint);
     CHECK_OK(hello_sign(&m.hello, F.consortium, &F.m[member], now));
@@ -46,6 +52,10 @@ static struct msg hello(agg *a, int member, uint64_t now) {
 static struct msg submit_as(agg *a, const uint8_t *env, size_t len, const uint8_t id[16],
                             uint64_t round, size_t chunk, uint64_t now) {
     struct msg m = {.type = MSG_SUBMIT_BEGIN}, r;
+    /* Uploads come on a connection with a verified HELLO: the sealer's
+     * node's, or (an outsider's envelope) uni-b's, which uploads it. */
+    int who = fed_sender(&F, env, len);
+    hello(a, who >= 0 && who < FED_MEMBERS ? who : 1, now);
     m.submit_begin.round = round;
     memcpy(m.submit_begin.id, id, 16);
     m.submit_begin.size = len;
@@ -93,15 +103,6 @@ static struct sealed seal_delta(agg *a, int member, uint64_t round, uint64_t see
     s.env = fed_seal(&F, &F.m[member], "test-consortium", round, p, plen, &s.len, s.id);
     free(p);
     return s;
-}
-
-static int is_error(const struct msg *r, enum msg_error_code code, const char *needle) {
-    int ok = r->type == MSG_ERROR && r->error.code == code && strstr(r->error.reason, needle);
-    if (!ok)
-        fprintf(stderr, "  wanted ERROR %d containing '%s', got %s%s%s\n", code, needle,
-                msg_type_name(r->type), r->type == MSG_ERROR ? ": " : "",
-                r->type == MSG_ERROR ? r->error.reason : "");
-    return ok;
 }
 
 static agg *open_agg(const char *sub, const char *rounds, const char *more, agg_config *c,
@@ -379,13 +380,17 @@ static void test_round_and_refusals(void) {
     CHECK(r.type == MSG_ROUND && r.round.round == 1 && !memcmp(r.round.base, base1, 32) &&
           r.round.deadline == T0 + 100 && r.round.train.rank == FED_RANK &&
           r.round.train.ntargets == 2);
+    /* The base's size, which bounds a node's download of it (issue 17,
+     * case 8: a fake aggregator made a node write 2 GB). */
+    struct stat st;
+    CHECK(stat(mp, &st) == 0 && r.round.has_base_size && r.round.base_size == (uint64_t)st.st_size);
     r = hello(a, 3, T0);
-    CHECK(is_error(&r, MSG_ERR_NOT_MEMBER, "unknown node"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_MEMBER, "unknown node"));
     struct msg m = {.type = MSG_HELLO};
     snprintf(m.hello.name, sizeof m.hello.name, "uni-b"); /* uni-a's keys, uni-b's name */
     keys_fingerprint(&F.m[0].pub, m.hello.fingerprint);
     CHECK_OK(ask(a, &m, T0, &r));
-    CHECK(is_error(&r, MSG_ERR_NOT_MEMBER, "does not match"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_MEMBER, "does not match"));
     /* HELLO must be signed by the identity it names, for this consortium,
      * at about the aggregator's time. */
     m = (struct msg){.type = MSG_HELLO};
@@ -394,16 +399,16 @@ static void test_round_and_refusals(void) {
     CHECK_OK(hello_sign(&m.hello, F.consortium, &F.m[0], T0));
     m.hello.sig[5] ^= 1;
     CHECK_OK(ask(a, &m, T0, &r));
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "signature does not verify"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "signature does not verify"));
     uint8_t elsewhere[32];
     memcpy(elsewhere, F.consortium, 32);
     elsewhere[0] ^= 1;
     CHECK_OK(hello_sign(&m.hello, elsewhere, &F.m[0], T0));
     CHECK_OK(ask(a, &m, T0, &r));
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "signature does not verify"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "signature does not verify"));
     CHECK_OK(hello_sign(&m.hello, F.consortium, &F.m[0], T0 - HELLO_SKEW_MAX_S - 1));
     CHECK_OK(ask(a, &m, T0, &r));
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "behind the aggregator's"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "behind the aggregator's"));
     CHECK_FAILS_WITH(hello_sign(&m.hello, F.consortium, &F.m[1], T0), "another identity");
 
     /* GET_MODEL: the whole version in chunks, resumable at any offset. */
@@ -418,7 +423,7 @@ static void test_round_and_refusals(void) {
         m.get_model.offset = off;
         m.get_model.length = 100000;
         msg_encode(&m, &buf, &len);
-        CHECK_OK(agg_handle(a, buf, len, T0, &rep, &rlen));
+        CHECK_OK(agg_handle(a, &cur, buf, len, T0, &rep, &rlen));
         free(buf);
         CHECK_OK(msg_decode(rep, rlen, NULL, &r));
         CHECK(r.type == MSG_MODEL_CHUNK);
@@ -440,7 +445,7 @@ static void test_round_and_refusals(void) {
     m.get_model.version[0] = 0xee;
     m.get_model.length = 10;
     CHECK_OK(ask(a, &m, T0, &r));
-    CHECK(is_error(&r, MSG_ERR_NOT_FOUND, "unknown model version"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_FOUND, "unknown model version"));
 
     /* A good delta gets a receipt; the same envelope again (a node that
      * lost the answer) gets the same receipt and counts once. */
@@ -459,19 +464,19 @@ static void test_round_and_refusals(void) {
     memcpy(t, s.env, s.len);
     t[s.len / 2] ^= 0x40;
     r = submit(a, t, s.len, s.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "replay"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "replay"));
     free(t);
 
     /* A second, different delta from the same member for the same round. */
     struct sealed s2 = seal_delta(a, 0, 1, 2, NULL);
     r = submit(a, s2.env, s2.len, s2.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "already submitted"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "already submitted"));
 
     /* tampered envelope: a flipped ciphertext byte breaks the signature. */
     struct sealed sb = seal_delta(a, 1, 1, 3, NULL);
     sb.env[sb.len / 2] ^= 1;
     r = submit(a, sb.env, sb.len, sb.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "tampered envelope"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "tampered envelope"));
     /* a flipped header byte (the round field lives at offset 40) */
     free(sb.env);
     sb = seal_delta(a, 1, 1, 3, NULL);
@@ -483,7 +488,7 @@ static void test_round_and_refusals(void) {
     /* unknown node: an envelope signed by someone not on the member list. */
     struct sealed so = seal_delta(a, 3, 1, 4, NULL);
     r = submit(a, so.env, so.len, so.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_NOT_MEMBER, "unknown node"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_MEMBER, "unknown node"));
     free(so.env);
 
     /* wrong consortium */
@@ -495,12 +500,12 @@ static void test_round_and_refusals(void) {
     size_t elen;
     uint8_t *e = fed_seal(&F, &F.m[1], "other-consortium", 1, p, plen, &elen, id);
     r = submit(a, e, elen, id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "wrong consortium"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "wrong consortium"));
     free(e);
     /* stale round in the signed header while SUBMIT_BEGIN claims the open one */
     e = fed_seal(&F, &F.m[1], "test-consortium", 0, p, plen, &elen, id);
     r = submit(a, e, elen, id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
+    CHECK(fed_is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
     free(e);
     free(p);
 
@@ -511,7 +516,7 @@ static void test_round_and_refusals(void) {
     m.submit_begin.size = 200001;
     m.submit_begin.chunks = 1;
     CHECK_OK(ask(a, &m, T0 + 2, &r));
-    CHECK(is_error(&r, MSG_ERR_TOO_LARGE, "oversized submission"));
+    CHECK(fed_is_error(&r, MSG_ERR_TOO_LARGE, "oversized submission"));
     /* ... and more bytes than announced */
     struct sealed sc = seal_delta(a, 1, 1, 6, NULL);
     m.submit_begin.size = 10;
@@ -522,18 +527,18 @@ static void test_round_and_refusals(void) {
     m.submit_chunk.data = sc.env;
     m.submit_chunk.data_len = 11;
     CHECK_OK(ask(a, &m, T0 + 2, &r));
-    CHECK(is_error(&r, MSG_ERR_TOO_LARGE, "oversized submission"));
+    CHECK(fed_is_error(&r, MSG_ERR_TOO_LARGE, "oversized submission"));
 
     /* NaN / Inf in a delta */
     struct delta_opts o = {.poison = NAN};
     struct sealed sn = seal_delta(a, 1, 1, 7, &o);
     r = submit(a, sn.env, sn.len, sn.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "NaN or Inf"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "NaN or Inf"));
     free(sn.env);
     o.poison = INFINITY;
     sn = seal_delta(a, 1, 1, 7, &o);
     r = submit(a, sn.env, sn.len, sn.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "NaN or Inf"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "NaN or Inf"));
     free(sn.env);
 
     /* shapes that do not match the base: an adapter made for a wider model */
@@ -546,7 +551,7 @@ static void test_round_and_refusals(void) {
     o = (struct delta_opts){.shapes = other};
     struct sealed sw = seal_delta(a, 1, 1, 8, &o);
     r = submit(a, sw.env, sw.len, sw.id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "shapes do not match the base"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "shapes do not match the base"));
     free(sw.env);
     model_free(other);
 
@@ -556,7 +561,7 @@ static void test_round_and_refusals(void) {
     p = fed_delta(&F, 1, wrong, 9, NULL, &plen);
     e = fed_seal(&F, &F.m[1], "test-consortium", 1, p, plen, &elen, id);
     r = submit(a, e, elen, id, 1, T0 + 2);
-    CHECK(is_error(&r, MSG_ERR_REJECTED, "wrong base version"));
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "wrong base version"));
     free(e);
     free(p);
     CHECK(agg_accepted_count(a) == 1); /* none of the refusals counted */
@@ -645,7 +650,7 @@ static void test_round_and_refusals(void) {
     /* stale round: round 1's envelope arrives in round 2 (never accepted). */
     struct sealed late = seal_delta(a, 1, 1, 12, NULL);
     r = submit(a, late.env, late.len, late.id, 1, T0 + 5);
-    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
+    CHECK(fed_is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
     free(late.env);
     /* an accepted envelope of round 1 again: still the same receipt */
     r = submit(a, s.env, s.len, s.id, 1, T0 + 5);
@@ -661,7 +666,7 @@ static void test_round_and_refusals(void) {
     CHECK_OK(agg_tick(a, T0 + 6));
     CHECK(agg_get_state(a) == AGG_FINISHED);
     r = hello(a, 2, T0 + 7);
-    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "finished") && !r.error.has_retry_after);
+    CHECK(fed_is_error(&r, MSG_ERR_WRONG_ROUND, "finished") && !r.error.has_retry_after);
     uint8_t final[32];
     agg_current_base(a, final);
     /* The end of the federation is in the reply's "final" field (the node
@@ -697,6 +702,137 @@ static void test_round_and_refusals(void) {
     agg_config_free(&c);
 }
 
+/* ---- bounds on a member's influence (issue 17, case 1) ---------------------- */
+
+/* Every value of every tensor of version v is finite. */
+static int version_finite(const agg_config *c, const uint8_t v[32]) {
+    char dir[4300];
+    model *m = NULL;
+    store_version_dir(c->state, v, dir, sizeof dir);
+    if (checkpoint_load(&m, dir) < 0) return 0;
+    int ok = 1;
+    for (int i = 0; i < m->n_params && ok; i++)
+        for (int64_t k = 0; k < m->params[i].numel && ok; k++) ok = isfinite(m->params[i].data[k]);
+    model_free(m);
+    return ok;
+}
+
+/* 1 when the metrics line of round r lists a refusal containing needle. */
+static int refusal_listed(const agg_config *c, uint64_t round, const char *needle) {
+    json_t *j = fed_metrics_of(c, round), *list = j ? json_object_get(j, "refusals") : NULL;
+    int found = 0;
+    for (size_t i = 0; i < json_array_size(list); i++)
+        found |= strstr(json_string_value(json_array_get(list, i)), needle) != NULL;
+    json_decref(j);
+    return found;
+}
+
+static void test_influence_bounds(void) {
+    /* Without a policy file a delta scaled by 1e30 (finite, every value)
+     * used to be accepted, and the version published from it had every
+     * adapted weight infinite. The default bound refuses it at SUBMIT_END,
+     * saying why, and the round goes on with the others. */
+    agg_config c;
+    agg *a = open_agg("bounds", "count = 1; quorum = 3; deadline = 100;", NULL, &c, T0);
+    uint8_t base1[32];
+    agg_current_base(a, base1);
+    struct delta_opts big = {.scale_b = 1e30f};
+    struct sealed sp = seal_delta(a, 0, 1, 40, &big);
+    struct msg r = submit(a, sp.env, sp.len, sp.id, 1, T0 + 1);
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "uni-a's delta: norm: the update of model.layers."));
+    CHECK(r.type == MSG_ERROR && strstr(r.error.reason, "limits.max_update_ratio = 4"));
+    CHECK(agg_accepted_count(a) == 0);
+    free(sp.env);
+    struct sealed ok[3];
+    for (int i = 0; i < 3; i++) {
+        ok[i] = seal_delta(a, i, 1, 41 + (uint64_t)i, NULL);
+        r = submit(a, ok[i].env, ok[i].len, ok[i].id, 1, T0 + 2);
+        CHECK(r.type == MSG_RECEIPT);
+        free(ok[i].env);
+    }
+    CHECK_OK(agg_tick(a, T0 + 3));
+    uint8_t v[32];
+    agg_current_base(a, v);
+    CHECK(agg_get_state(a) == AGG_FINISHED && memcmp(v, base1, 32) != 0 && version_finite(&c, v));
+    CHECK(refusal_listed(&c, 1, "uni-a's delta: norm: "));
+    agg_close(a);
+    agg_config_free(&c);
+
+    /* The bound can be turned off (limits.max_update_ratio = 0); then a
+     * delta whose product overflows float is accepted, and the merge's
+     * check keeps its result from being published: the round fails, the
+     * next one trains on the same base. */
+    a = open_agg("bounds_off", "count = 2; quorum = 3; deadline = 100;",
+                 "limits = { max_update_ratio = 0; };\n", &c, T0);
+    agg_current_base(a, base1);
+    struct delta_opts huge = {.scale_a = 1e25f, .scale_b = 1e25f};
+    for (int i = 0; i < 3; i++) {
+        struct sealed s = seal_delta(a, i, 1, 50 + (uint64_t)i, i == 0 ? &huge : NULL);
+        r = submit(a, s.env, s.len, s.id, 1, T0 + 1);
+        CHECK(r.type == MSG_RECEIPT);
+        free(s.env);
+    }
+    CHECK_OK(agg_tick(a, T0 + 2));
+    agg_current_base(a, v);
+    CHECK_MSG(agg_current_round(a) == 2 && memcmp(v, base1, 32) == 0, "round %llu, base %s",
+              (unsigned long long)agg_current_round(a), memcmp(v, base1, 32) ? "changed" : "kept");
+    json_t *j = fed_metrics_of(&c, 1);
+    CHECK(j && !strcmp(json_string_value(json_object_get(j, "status")), "non-finite-merge") &&
+          json_is_null(json_object_get(j, "version")));
+    json_decref(j);
+    /* The version written was deleted: the store holds the imported base
+     * only, and nothing is left in tmp/. */
+    for (int k = 0; k < 2; k++) {
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/%s", c.state, k ? "tmp" : "versions");
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        int n = 0;
+        while (d && (e = readdir(d)))
+            n += e->d_name[0] != '.' && strcmp(e->d_name, STORE_LATEST) != 0;
+        if (d) closedir(d);
+        CHECK_MSG(d && n == 1 - k, "%s holds %d entries", dir, n);
+    }
+    agg_close(a);
+    agg_config_free(&c);
+
+    /* The key's values. */
+    char path[600];
+    const char *bad[] = {"limits = { max_update_ratio = -1; };\n",
+                         "limits = { max_update_ratio = \"big\"; };\n"};
+    for (int i = 0; i < 2; i++) {
+        fed_config(&F, "bounds_cfg", path, sizeof path, "count = 1;", bad[i]);
+        CHECK_FAILS_WITH(agg_config_load(&c, path), "max_update_ratio");
+    }
+}
+
+/* A refusal's reason is printable ASCII as the wire wants it: an ellipsis
+ * in a deeper layer's message is "...", not "???" (issue 17, case 10: a node
+ * with the wrong aggregator.id got "... this receiver's key is 0a1b???"). */
+static void test_ascii_reasons(void) {
+    agg_config c;
+    agg *a = open_agg("ascii", "count = 1; quorum = 3; deadline = 100;", NULL, &c, T0);
+    uint8_t base[32];
+    agg_current_base(a, base);
+    size_t plen, elen;
+    uint8_t *p = fed_delta(&F, 1, base, 60, NULL, &plen), *env;
+    envelope_params ep = {.round = 1, .payload_type = PAYLOAD_TYPE_DELTA, .payload_size = plen};
+    payload_consortium_id("test-consortium", ep.consortium);
+    envelope_header h;
+    /* sealed to another key than the aggregator's (mallory's, as a node
+     * with the wrong aggregator.id would) */
+    CHECK_OK(envelope_seal_mem(&ep, &F.m[0], F.m[3].pub.kx_pub, p, &env, &elen, &h));
+    struct msg r = submit(a, env, elen, h.message_id, 1, T0 + 1);
+    CHECK(fed_is_error(&r, MSG_ERR_REJECTED, "sealed for another aggregator"));
+    CHECK_MSG(r.type == MSG_ERROR && !strchr(r.error.reason, '?') &&
+                  strstr(r.error.reason, "..., this receiver's key is "),
+              "reason '%s'", r.type == MSG_ERROR ? r.error.reason : "");
+    free(env);
+    free(p);
+    agg_close(a);
+    agg_config_free(&c);
+}
+
 /* ---- quorum, deadline, below-quorum policy -------------------------------- */
 
 static void test_quorum_deadline(void) {
@@ -716,7 +852,7 @@ static void test_quorum_deadline(void) {
     CHECK(agg_current_round(a) == 2);
     /* The late member is refused with a clear reply. */
     r = submit(a, s2.env, s2.len, s2.id, 1, T0 + 62);
-    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
+    CHECK(fed_is_error(&r, MSG_ERR_WRONG_ROUND, "stale round"));
     json_t *j = fed_metrics_of(&c, 1);
     CHECK(j && json_array_size(json_object_get(j, "members_accepted")) == 2);
     json_decref(j);
@@ -745,9 +881,9 @@ static void test_quorum_deadline(void) {
     m.submit_chunk.data = s2.env;
     m.submit_chunk.data_len = (uint32_t)s2.len;
     CHECK_OK(ask(a, &m, T0 + 112, &r));
-    CHECK(is_error(&r, MSG_ERR_NOT_FOUND, "no upload"));
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_FOUND, "no upload"));
     r = submit(a, s2.env, s2.len, s2.id, 2, T0 + 112);
-    CHECK(is_error(&r, MSG_ERR_WRONG_ROUND, "finished"));
+    CHECK(fed_is_error(&r, MSG_ERR_WRONG_ROUND, "finished"));
     CHECK(!r.error.has_final); /* only HELLO's answer ends a node's run */
     agg_close(a);
     free(s0.env), free(s1.env), free(s2.env);
@@ -891,8 +1027,15 @@ static void test_config(void) {
     CHECK_OK(agg_config_load(&c, p));
     CHECK(c.quorum == 3 && c.deadline_s == 600 && c.n_members == 3 && c.train.rank == FED_RANK);
     CHECK(c.join_current == 0);
-    CHECK(strstr(c.state, "/cfg/state") != NULL); /* relative to the config file */
+    CHECK(strstr(c.state, "/cfg/state") != NULL);     /* relative to the config file */
+    CHECK(c.curve == 1 && c.max_update_ratio == 4.0); /* the defaults */
     agg_config_free(&c);
+    fed_config(&F, "cfg", p, sizeof p, "count = 2;", "curve = false;\n");
+    CHECK_OK(agg_config_load(&c, p));
+    CHECK(c.curve == 0);
+    agg_config_free(&c);
+    fed_config(&F, "cfg", p, sizeof p, "count = 2;", "curve = \"yes\";\n");
+    CHECK_FAILS_WITH(agg_config_load(&c, p), "'curve' must be true or false");
 }
 
 int main(void) {
@@ -905,6 +1048,8 @@ int main(void) {
     test_round_and_refusals();
     test_quorum_deadline();
     test_restart_determinism();
+    test_influence_bounds();
+    test_ascii_reasons();
     model_free(F.base);
     return check_finish();
 }

@@ -49,7 +49,7 @@ static void sleep_ms(int ms) {
 struct aggp {
     char cfg[600], state[600], log[600];
     pid_t pid;
-    client *cl;
+    client *cl[FED_MEMBERS]; /* one connection per member, as each node has its own */
     int starts, kills;
     const char *crash[3]; /* FEDLORA_CRASH_AT of the 1st, 2nd, 3rd start (NULL: none) */
 };
@@ -65,8 +65,10 @@ static void show_log(const struct aggp *p) {
 }
 
 static void disconnect(struct aggp *p) {
-    client_close(p->cl);
-    p->cl = NULL;
+    for (int i = 0; i < FED_MEMBERS; i++) {
+        client_close(p->cl[i]);
+        p->cl[i] = NULL;
+    }
 }
 
 /* Starts the aggregator and connects to the endpoint it writes. Returns 0,
@@ -112,7 +114,11 @@ static int start(struct aggp *p) {
             client_options_default(&o);
             o.timeout_ms = 2000;
             o.linger_ms = 0;
-            if (client_open(&p->cl, ep, &o) < 0) fed_die("client_open");
+            o.curve_server = F.agg.pub.kx_pub; /* CURVE, each node with its own key */
+            for (int m = 0; m < FED_MEMBERS; m++) {
+                o.curve_me = &F.m[m];
+                if (client_open(&p->cl[m], ep, &o) < 0) fed_die("client_open");
+            }
             free(ep);
             return 0;
         }
@@ -142,17 +148,17 @@ static void revive(struct aggp *p) {
     }
 }
 
-/* One request and its reply (decoded into *r, valid until the next request).
- * Retries through restarts of the aggregator. */
-static void request(struct aggp *p, const struct msg *m, struct msg *r) {
+/* One request of member's node and its reply (decoded into *r, valid until
+ * the next request). Retries through restarts of the aggregator. */
+static void request(struct aggp *p, int member, const struct msg *m, struct msg *r) {
     for (int attempt = 0;; attempt++) {
         if (attempt > 200) {
             show_log(p);
             fprintf(stderr, "no answer from the aggregator after 200 attempts\n");
             exit(1);
         }
-        if (!p->cl) revive(p);
-        int k = client_call(p->cl, m, r);
+        if (!p->cl[member]) revive(p);
+        int k = client_call(p->cl[member], m, r);
         if (k == CLIENT_GARBLED) fed_die("decoding a reply");
         if (k == CLIENT_OK) return;
         revive(p);
@@ -188,15 +194,21 @@ static void stop_and_restart(struct run *R) {
     revive(&R->p);
 }
 
+/* member's signed HELLO, on its connection. */
+static void say_hello(struct aggp *p, int member, struct msg *r) {
+    struct msg m = {.type = MSG_HELLO};
+    snprintf(m.hello.name, sizeof m.hello.name, "%s", fed_names[member]);
+    keys_fingerprint(&F.m[member].pub, m.hello.fingerprint);
+    if (hello_sign(&m.hello, F.consortium, &F.m[member], (uint64_t)time(NULL)) < 0)
+        fed_die("signing HELLO");
+    request(p, member, &m, r);
+}
+
 /* HELLO until round `round` is open; *base gets its base version. */
 static void wait_round(struct aggp *p, int member, uint64_t round, uint8_t base[32]) {
     for (;;) {
-        struct msg m = {.type = MSG_HELLO}, r;
-        snprintf(m.hello.name, sizeof m.hello.name, "%s", fed_names[member]);
-        keys_fingerprint(&F.m[member].pub, m.hello.fingerprint);
-        if (hello_sign(&m.hello, F.consortium, &F.m[member], (uint64_t)time(NULL)) < 0)
-            fed_die("signing HELLO");
-        request(p, &m, &r);
+        struct msg r;
+        say_hello(p, member, &r);
         if (r.type == MSG_ROUND && r.round.round == round) {
             memcpy(base, r.round.base, 32);
             return;
@@ -217,7 +229,7 @@ static void wait_round(struct aggp *p, int member, uint64_t round, uint8_t base[
 }
 
 /* Downloads a version and checks its hash, as a node's model sync does. */
-static void sync_model(struct aggp *p, const uint8_t version[32]) {
+static void sync_model(struct aggp *p, int member, const uint8_t version[32]) {
     crypto_sha256_ctx *sha;
     crypto_sha256_new(&sha);
     uint64_t off = 0;
@@ -226,7 +238,7 @@ static void sync_model(struct aggp *p, const uint8_t version[32]) {
         memcpy(m.get_model.version, version, 32);
         m.get_model.offset = off;
         m.get_model.length = MSG_CHUNK_MAX;
-        request(p, &m, &r);
+        request(p, member, &m, &r);
         CHECK(r.type == MSG_MODEL_CHUNK && r.model_chunk.offset == off);
         if (r.type != MSG_MODEL_CHUNK) exit(1);
         crypto_sha256_update(sha, r.model_chunk.data, r.model_chunk.data_len);
@@ -247,20 +259,23 @@ static void submit_until_receipt(struct run *R, int member, uint64_t round, cons
     crypto_sha256(env, len, digest);
     for (int attempt = 0; attempt < 100; attempt++) {
         struct msg m = {.type = MSG_SUBMIT_BEGIN}, r;
+        /* An upload needs a verified HELLO on its connection, as a node
+         * says before each attempt (a restart forgets it). */
+        int starts = R->p.starts;
+        say_hello(&R->p, member, &r);
         m.submit_begin.round = round;
         memcpy(m.submit_begin.id, id, 16);
         m.submit_begin.size = len;
         m.submit_begin.chunks = (uint32_t)((len + CHUNK - 1) / CHUNK);
-        int starts = R->p.starts;
-        request(&R->p, &m, &r);
-        int ok = r.type == MSG_ACK && r.ack.stored == 0;
+        request(&R->p, member, &m, &r);
+        int ok = r.type == MSG_ACK && r.ack.stored == 0 && R->p.starts == starts;
         for (uint32_t i = 0; ok && i < m.submit_begin.chunks; i++) {
             struct msg c = {.type = MSG_SUBMIT_CHUNK};
             memcpy(c.submit_chunk.id, id, 16);
             c.submit_chunk.index = i;
             c.submit_chunk.data = env + (size_t)i * CHUNK;
             c.submit_chunk.data_len = (uint32_t)(len - i * CHUNK < CHUNK ? len - i * CHUNK : CHUNK);
-            request(&R->p, &c, &r);
+            request(&R->p, member, &c, &r);
             ok = r.type == MSG_ACK &&
                  r.ack.stored == (uint64_t)i * CHUNK + c.submit_chunk.data_len &&
                  R->p.starts == starts;
@@ -269,7 +284,7 @@ static void submit_until_receipt(struct run *R, int member, uint64_t round, cons
             struct msg e = {.type = MSG_SUBMIT_END};
             memcpy(e.submit_end.id, id, 16);
             memcpy(e.submit_end.digest, digest, 32);
-            request(&R->p, &e, &r);
+            request(&R->p, member, &e, &r);
             if (r.type == MSG_RECEIPT && !memcmp(r.receipt.digest, digest, 32) &&
                 r.receipt.round == round) {
                 struct receipt *x = &R->rc[R->nrc++];
@@ -297,7 +312,7 @@ static void submit_until_receipt(struct run *R, int member, uint64_t round, cons
 /* A whole federation: ROUNDS rounds, three members, crashes as p.crash says. */
 static void run_federation(struct run *R, const char *sub) {
     char cfg[600];
-    fed_config(&F, sub, cfg, sizeof cfg, "count = 2; quorum = 3; deadline = 3600; linger = 60;",
+    fed_config(&F, sub, cfg, sizeof cfg, "count = 2; quorum = 3; deadline = 3600; linger = 2;",
                NULL);
     snprintf(R->p.cfg, sizeof R->p.cfg, "%s", cfg);
     fed_path(R->p.state, sizeof R->p.state, "%s/state", sub);
@@ -307,7 +322,7 @@ static void run_federation(struct run *R, const char *sub) {
         for (int i = 0; i < FED_MEMBERS; i++) {
             uint8_t base[32];
             wait_round(&R->p, i, round, base);
-            sync_model(&R->p, base);
+            sync_model(&R->p, i, base);
             /* The same delta in every run (seeded by member and round); the
              * envelope is sealed once and kept until its receipt. */
             size_t plen, len;
@@ -321,12 +336,8 @@ static void run_federation(struct run *R, const char *sub) {
     /* Each member hears "finished" with the final version. */
     for (int i = 0; i < FED_MEMBERS; i++) {
         for (;;) {
-            struct msg m = {.type = MSG_HELLO}, r;
-            snprintf(m.hello.name, sizeof m.hello.name, "%s", fed_names[i]);
-            keys_fingerprint(&F.m[i].pub, m.hello.fingerprint);
-            if (hello_sign(&m.hello, F.consortium, &F.m[i], (uint64_t)time(NULL)) < 0)
-                fed_die("signing HELLO");
-            request(&R->p, &m, &r);
+            struct msg r;
+            say_hello(&R->p, i, &r);
             if (r.type == MSG_ERROR && r.error.code == MSG_ERR_WRONG_ROUND && r.error.has_final) {
                 CHECK(!r.error.has_retry_after);
                 CHECK(strstr(r.error.reason, "finished") != NULL);

@@ -60,12 +60,14 @@ static void run_case(json_t *c, const char *base, const char *adapter) {
                   loss, n, w, targets);
         if (rc == 0) printf("%-22s loss %.6f  PEFT %.6f  (%lld targets)\n", tag, loss, w, n);
     }
-    /* the first training step's loss is the base model's: a new adapter's B is 0 */
+    /* the first training step's loss is the base model's: a new adapter's B
+     * is 0, and the loss is taken before the step's update (any --lr; 0 is
+     * refused since it trains nothing) */
     char out[TS_PATH], metrics[TS_PATH];
     snprintf(tag, sizeof tag, "train_%s", name);
     ts_path(out, tag);
     int rc = ts_run(tag, "train", "--model", base, "--data", data, "--out", out, "--steps", "1",
-                    "--lr", "0", "--batch", "1", "--seq", "1024", "--eval-fraction", "0",
+                    "--lr", "1e-3", "--batch", "1", "--seq", "1024", "--eval-fraction", "0",
                     "--save-every", "0", "--precision", "fp32", extra[0], extra[1], NULL);
     CHECK_RUN_OK(rc, tag);
     char *m = ts_read(ts_in(metrics, out, "metrics.jsonl"), NULL);

@@ -27,6 +27,7 @@
 #include "wire/transport.h"
 #include "wire/version.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <signal.h>
@@ -45,6 +46,7 @@ typedef harness_fed ft_fed;
 typedef struct {
     int rounds, quorum, deadline_s, steps, rank, seq, save_every, linger_s;
     const char *below_quorum; /* "wait" or "fail" */
+    const char *policy;       /* a policy file for the aggregator, or NULL */
     const char *arch;         /* the base model's family (init-model's tiny preset): "llama" */
     const char *targets;      /* LoRA targets as libconfig list items; NULL: q_proj, v_proj,
                                  down_proj */
@@ -86,6 +88,7 @@ static inline int ft_setup(ft_fed *f, const char *tag, int n, const ft_options *
     h.batch = 4;
     h.lr = 0.01;
     h.targets = o->targets ? o->targets : "\"q_proj\", \"v_proj\", \"down_proj\"";
+    h.policy = o->policy;
     h.node_poll_ms = 50;
     snprintf(h.node_extra, sizeof h.node_extra,
              "request_timeout_ms = 1000;\ngive_up_s = 120;\nsave_every = %d;\n", o->save_every);
@@ -266,7 +269,15 @@ static inline void ft_check_recompute(ft_fed *f, int round) {
 /* ---- a proxy between the nodes and the aggregator --------------------------------
  * Nodes connect to the proxy's ROUTER; each node (peer) gets its own DEALER
  * to the aggregator, so the aggregator sees ordinary nodes. Every request and
- * reply is decoded and shown to a hook, which says whether to pass it on. */
+ * reply is decoded and shown to a hook, which says whether to pass it on.
+ *
+ * The federation runs with CURVE, so the proxy ends it on both sides: to the
+ * nodes it is a CURVE server with the aggregator's own keys (a test may hold
+ * them; an attacker cannot), and upstream each peer's DEALER speaks with the
+ * keys of the identity whose public key the node showed, found in the key
+ * directories the proxy knows (the federation's, and any added with
+ * ft_proxy_add_keys). A key the aggregator refuses upstream is refused to
+ * the node too, and its connection closed, as the aggregator would. */
 
 enum { FT_PASS = 0, FT_SWALLOW = 1 };
 
@@ -279,6 +290,7 @@ typedef struct {
     uint8_t id[256];
     size_t id_len;
     transport *back;
+    transport_curve keys; /* the node's, upstream */
     char name[KEYS_NAME_MAX + 1];
 } ft_peer;
 
@@ -288,23 +300,43 @@ struct ft_proxy {
     ft_peer peer[16];
     int npeers;
     struct transport_opts o;
+    transport_curve front_keys; /* the aggregator's */
+    char keys_dirs[4][TS_PATH];
+    int nkeys_dirs;
+    uint8_t denied[16][32]; /* keys the aggregator refused upstream */
+    int ndenied;
     ft_hook hook;
     void *arg;
     FILE *trace;
 };
 
-static inline int ft_proxy_open(ft_proxy *p, const char *upstream, ft_hook hook, void *arg) {
+/* Another directory of identities the proxy may speak for upstream. */
+static inline void ft_proxy_add_keys(ft_proxy *p, const char *dir) {
+    if (p->nkeys_dirs < 4) snprintf(p->keys_dirs[p->nkeys_dirs++], TS_PATH, "%s", dir);
+}
+
+static inline int ft_proxy_open(ft_proxy *p, const ft_fed *f, const char *upstream, ft_hook hook,
+                                void *arg) {
     memset(p, 0, sizeof *p);
     snprintf(p->upstream, sizeof p->upstream, "%s", upstream);
     p->hook = hook;
     p->arg = arg;
     p->trace = getenv("FT_TRACE") ? fopen(getenv("FT_TRACE"), "w") : NULL;
+    ft_proxy_add_keys(p, f->keys);
+    keys_secret agg;
+    if (keys_load_secret(f->keys, "aggregator", &agg) != 0) return -1;
+    memcpy(p->front_keys.secret_key, agg.kx_priv, 32);
+    memcpy(p->front_keys.public_key, agg.pub.kx_pub, 32);
+    keys_secret_wipe(&agg);
     transport_opts_default(&p->o);
     p->o.recv_timeout_ms = 0;
-    return transport_router(&p->front, "tcp://127.0.0.1:*", &p->o) == 0 &&
-                   transport_endpoint(p->front, p->endpoint, sizeof p->endpoint) == 0
-               ? 0
-               : -1;
+    p->o.curve = &p->front_keys;
+    int rc = transport_router(&p->front, "tcp://127.0.0.1:*", &p->o) == 0 &&
+                     transport_endpoint(p->front, p->endpoint, sizeof p->endpoint) == 0
+                 ? 0
+                 : -1;
+    p->o.curve = NULL; /* each peer's DEALER gets its own keys */
+    return rc;
 }
 
 static inline void ft_proxy_close(ft_proxy *p) {
@@ -313,15 +345,79 @@ static inline void ft_proxy_close(ft_proxy *p) {
     if (p->trace) fclose(p->trace);
 }
 
-static inline ft_peer *ft_proxy_peer(ft_proxy *p, const void *id, size_t len) {
+/* The identity (in the proxy's key directories) whose X25519 key is pub. */
+static inline int ft_proxy_find_key(ft_proxy *p, const uint8_t pub[32], keys_secret *out) {
+    for (int d = 0; d < p->nkeys_dirs; d++) {
+        DIR *dir = opendir(p->keys_dirs[d]);
+        for (struct dirent *e; dir && (e = readdir(dir));) {
+            size_t n = strlen(e->d_name);
+            if (n < 4 || strcmp(e->d_name + n - 3, ".id") != 0 || n - 3 > KEYS_NAME_MAX) continue;
+            char name[KEYS_NAME_MAX + 1];
+            snprintf(name, sizeof name, "%.*s", (int)(n - 3), e->d_name);
+            if (keys_load_secret(p->keys_dirs[d], name, out) == 0 &&
+                !memcmp(out->pub.kx_pub, pub, 32)) {
+                closedir(dir);
+                return 1;
+            }
+            keys_secret_wipe(out);
+        }
+        if (dir) closedir(dir);
+    }
+    return 0;
+}
+
+static inline int ft_proxy_denied(const ft_proxy *p, const uint8_t pub[32]) {
+    for (int i = 0; i < p->ndenied; i++)
+        if (!memcmp(p->denied[i], pub, 32)) return 1;
+    return 0;
+}
+
+/* The front's ZAP requests: a key the proxy can speak for upstream, and
+ * that the aggregator has not refused; its User-Id is the key in hex. */
+static inline void ft_proxy_zap(ft_proxy *p) {
+    struct transport_zap_request q;
+    while (transport_zap_next(p->front, &q) == 0) {
+        keys_secret k;
+        int ok = !strcmp(q.mechanism, "CURVE") && !ft_proxy_denied(p, q.client_key) &&
+                 ft_proxy_find_key(p, q.client_key, &k);
+        char user[65];
+        hex_encode(q.client_key, 32, user);
+        if (ok) keys_secret_wipe(&k);
+        transport_zap_reply(p->front, &q, ok, user, ok ? "OK" : "no");
+    }
+}
+
+static inline int ft_proxy_keep(void *arg, const char *user) {
+    uint8_t pub[32];
+    return hex_decode(user, pub, 32) != 0 || !ft_proxy_denied(arg, pub);
+}
+
+static inline ft_peer *ft_proxy_peer(ft_proxy *p, struct transport_msg *m) {
+    const void *id = transport_data(m, 0);
+    size_t len = transport_size(m, 0);
     for (int i = 0; i < p->npeers; i++)
         if (p->peer[i].id_len == len && memcmp(p->peer[i].id, id, len) == 0) return &p->peer[i];
-    if (p->npeers == 16 || len > sizeof p->peer[0].id) return NULL;
+    char user[80];
+    uint8_t pub[32];
+    keys_secret k;
+    if (p->npeers == 16 || len > sizeof p->peer[0].id ||
+        !transport_msg_user(m, user, sizeof user) || hex_decode(user, pub, 32) != 0 ||
+        !ft_proxy_find_key(p, pub, &k))
+        return NULL;
     ft_peer *q = &p->peer[p->npeers];
     memset(q, 0, sizeof *q);
     memcpy(q->id, id, len);
     q->id_len = len;
-    if (transport_dealer(&q->back, p->upstream, &p->o) != 0) return NULL;
+    memcpy(q->keys.secret_key, k.kx_priv, 32);
+    memcpy(q->keys.public_key, k.pub.kx_pub, 32);
+    keys_secret_wipe(&k);
+    keys_public agg;
+    char agg_id[TS_PATH];
+    if (keys_load_public(ts_in(agg_id, p->keys_dirs[0], "aggregator.id"), &agg) != 0) return NULL;
+    memcpy(q->keys.server_key, agg.kx_pub, 32);
+    struct transport_opts o = p->o;
+    o.curve = &q->keys;
+    if (transport_dealer(&q->back, p->upstream, &o) != 0) return NULL;
     p->npeers++;
     return q;
 }
@@ -334,11 +430,18 @@ static inline void ft_proxy_pump(ft_proxy *p, int ms) {
         int npeers = p->npeers; /* a new peer below is polled from the next round on */
         socks[0] = p->front;
         for (int i = 0; i < npeers; i++) socks[i + 1] = p->peer[i].back;
+        ft_proxy_zap(p);
+        /* A key the aggregator refused upstream is refused here too. */
+        for (int i = 0; i < npeers; i++)
+            if (transport_handshake(p->peer[i].back, NULL) == TRANSPORT_HS_REFUSED &&
+                !ft_proxy_denied(p, p->peer[i].keys.public_key) && p->ndenied < 16) {
+                memcpy(p->denied[p->ndenied++], p->peer[i].keys.public_key, 32);
+                transport_drop_users(p->front, ft_proxy_keep, p);
+            }
         if (transport_poll(socks, (size_t)npeers + 1, 10, ready) <= 0) continue;
         struct transport_msg m;
-        if (ready[0] && transport_recv(p->front, &p->o.lim, &m) == 0) {
-            ft_peer *q =
-                m.n == 3 ? ft_proxy_peer(p, transport_data(&m, 0), transport_size(&m, 0)) : NULL;
+        if (ready[0] && transport_serve_recv(p->front, &p->o.lim, &m) == 0) {
+            ft_peer *q = m.n == 3 ? ft_proxy_peer(p, &m) : NULL;
             struct msg req;
             if (q && msg_decode(transport_data(&m, 2), transport_size(&m, 2), NULL, &req) == 0) {
                 if (req.type == MSG_HELLO) snprintf(q->name, sizeof q->name, "%s", req.hello.name);

@@ -4,7 +4,10 @@
  * metrics lines, the SVG report, and a final model directory whose bytes are
  * the last published version. --keep, --nodes, --rounds are obeyed; --seed
  * makes the base model and the nodes' training (the same seed, the same
- * bytes; another seed, others); --policy aggregates under a policy file. */
+ * bytes; another seed, others; init-model --initializer-range 0.1 --seed N
+ * writes the same base); --policy aggregates under a policy file;
+ * --data runs the universities of a partition directory (docs/corpora.md)
+ * and judges every version per domain (--eval-every thins that out). */
 #include "tests/federation/fed_test.h"
 
 /* The version the last line of a demo's metrics.jsonl names ("" if none). */
@@ -41,6 +44,17 @@ static void test_seed(const char *root) {
     CHECK(strcmp(base[0], base[1]) == 0 && strcmp(base[0], base[2]) != 0);
     CHECK(ts_contains(ts_in(path, out[2], "work/nodes/uni-astronomy/node.cfg"), "seed = 8;"));
     CHECK(ts_contains(log, "seed 7 (the base model and every node's training)"));
+    /* The demo's base is init-model's tiny Llama at initializer_range 0.1
+     * (docs/federation.md): the same seed writes the same bytes, so the
+     * demo's experiments can be repeated with the plain commands. */
+    char made[TS_PATH], made_hash[65];
+    CHECK_MSG(ft_run(log, 60, "init-model", "--arch", "llama", "--preset", "tiny",
+                     "--initializer-range", "0.1", "--seed", "7", "--out",
+                     ts_in(made, root, "init-model-7"), NULL) == 0,
+              "fedlora init-model failed (see %s)", log);
+    CHECK_OK(harness_hash_file(ts_in(path, made, "model.safetensors"), made_hash));
+    CHECK_MSG(strcmp(made_hash, base[0]) == 0, "init-model --seed 7 gives %s, the demo's base %s",
+              made_hash, base[0]);
     /* Refused: a seed that is not a number. */
     char bad[TS_PATH];
     CHECK(ft_run(log, 30, "demo", "--out", ts_in(bad, root, "seed-bad"), "--seed", "-1", NULL) ==
@@ -79,6 +93,73 @@ static void test_policy(const char *root) {
     CHECK(ft_run(log, 30, "demo", "--out", ts_in(bad, root, "policy-bad"), "--policy",
                  ts_in(path, root, "no-such.policy"), NULL) == 1);
     CHECK(ts_contains(log, "no such file"));
+}
+
+/* --data DIR: the universities and held-out domains of a partition
+ * directory, as bench/data/partition lays it out (made here by hand); every
+ * evaluated round has each domain's loss, and the global loss is their
+ * token-weighted mean; --eval-every 2 leaves round 1 unevaluated. */
+static void test_data(const char *root) {
+    char dir[TS_PATH], path[TS_PATH], out[TS_PATH], log[TS_PATH];
+    ts_in(dir, root, "partition");
+    const char *unis[2] = {"uni-stars", "uni-law"}, *doms[2] = {"astronomy", "law"};
+    for (int i = 0; i < 2; i++) {
+        const demo_domain *d = NULL;
+        for (int k = 0; k < demo_num_domains; k++)
+            if (!strcmp(demo_domains[k].name, doms[i])) d = &demo_domains[k];
+        char rel[64];
+        snprintf(rel, sizeof rel, "%s/train.txt", unis[i]);
+        CHECK_OK(fio_mkdirs(ts_in(path, dir, unis[i]), 0755));
+        CHECK_OK(ts_write(ts_in(path, dir, rel), d->train));
+        snprintf(rel, sizeof rel, "heldout/%s.txt", doms[i]);
+        CHECK_OK(fio_mkdirs(ts_in(path, dir, "heldout"), 0755));
+        CHECK_OK(ts_write(ts_in(path, dir, rel), d->heldout));
+    }
+    CHECK_OK(ts_write(ts_in(path, dir, "PARTITION"),
+                      "university\tdomain\tdocuments\tbytes\tproportion\n"
+                      "uni-stars\tastronomy\t11\t1500\t1\nuni-stars\tlaw\t0\t0\t0\n"
+                      "uni-law\tastronomy\t0\t0\t0\nuni-law\tlaw\t11\t1500\t1\n"));
+    ts_in(out, root, "data");
+    ts_in(log, root, "data.log");
+    CHECK_MSG(ft_run(log, 120, "demo", "--out", out, "--data", dir, "--rounds", "2", "--steps", "2",
+                     "--eval-every", "2", NULL) == 0,
+              "fedlora demo --data failed (see %s)", log);
+    char *text = ts_read(ts_in(path, out, "metrics.jsonl"), NULL);
+    int lines = 0;
+    for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+        json_t *j = json_loads(line, 0, NULL), *doms_j = json_object_get(j, "domains"),
+               *g = json_object_get(j, "global_loss"), *nodes = json_object_get(j, "nodes");
+        if (lines == 1) {
+            CHECK_MSG(json_is_null(g) && json_object_size(doms_j) == 0,
+                      "round 1 was evaluated with --eval-every 2");
+        } else {
+            double a = json_number_value(json_object_get(doms_j, "astronomy")),
+                   l = json_number_value(json_object_get(doms_j, "law"));
+            CHECK_MSG(json_object_size(doms_j) == 2 && a > 0 && l > 0, "line %d", lines);
+            /* The global loss is a weighted mean of the two. */
+            CHECK(json_is_real(g) && json_real_value(g) >= fmin(a, l) - 1e-12 &&
+                  json_real_value(g) <= fmax(a, l) + 1e-12);
+        }
+        if (lines > 0) {
+            CHECK(json_array_size(nodes) == 2);
+            json_t *n0 = json_array_get(nodes, 0);
+            const char *name = json_string_value(json_object_get(n0, "name")),
+                       *domain = json_string_value(json_object_get(n0, "domain"));
+            CHECK_MSG(name && domain && !strcmp(name, "uni-law") && !strcmp(domain, "law"),
+                      "the first node is %s (%s)", name ? name : "?", domain ? domain : "?");
+        }
+        lines++;
+        json_decref(j);
+    }
+    free(text);
+    CHECK_MSG(lines == 3, "%d metrics lines", lines);
+    /* A directory that is not a partition, and --nodes against it. */
+    char bad[TS_PATH];
+    CHECK(ft_run(log, 30, "demo", "--out", ts_in(bad, root, "data-bad"), "--data", root, NULL) ==
+          1);
+    CHECK(ts_contains(log, "no held-out files"));
+    CHECK(ft_run(log, 30, "demo", "--out", bad, "--data", dir, "--nodes", "3", NULL) == 1);
+    CHECK(ts_contains(log, "has 2 universities"));
 }
 
 int main(void) {
@@ -162,5 +243,6 @@ int main(void) {
 
     test_seed(root);
     test_policy(root);
+    test_data(root);
     return check_finish();
 }

@@ -39,7 +39,19 @@ static void run_exact(const char *arch, const char *targets, int outsider) {
                  f.endpoint);
         CHECK_OK(ts_write(ts_in(cfg, dir, "node.cfg"), text));
         CHECK(ft_run(ts_in(log, dir, "node.log"), 30, "node", "--config", cfg, NULL) == 1);
-        CHECK(ts_contains(log, "does not admit this node: unknown node"));
+        CHECK(ts_contains(log, "refused this node's key (CURVE, ZAP status 400)"));
+        /* A member whose aggregator.identity is not the aggregator's key (a
+         * wrong file, or a fake aggregator at that address): no secure
+         * channel, so no byte of a model or of a delta goes either way. */
+        snprintf(text, sizeof text,
+                 "keys = { dir = \"../keys\"; name = \"%s\"; };\n"
+                 "consortium = \"fed-test\";\n"
+                 "aggregator = { endpoint = \"%s\"; identity = \"../keys/uni-outsider.id\"; };\n"
+                 "base_model = \"../base\"; data = \"none.txt\"; state = \"state2\";\n",
+                 f.node[0].name, f.endpoint);
+        CHECK_OK(ts_write(ts_in(cfg, dir, "wrong-agg.cfg"), text));
+        CHECK(ft_run(ts_in(log, dir, "wrong-agg.log"), 30, "node", "--config", cfg, NULL) == 1);
+        CHECK(ts_contains(log, "does not hold the key of aggregator.identity"));
     }
     for (int i = 0; i < f.n; i++) {
         /* The first node trains the round's batch of 4 as 2 micro-batches of

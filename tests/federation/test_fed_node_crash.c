@@ -84,7 +84,7 @@ int main(void) {
     struct ctl c = {.f = &f};
     CHECK_OK(ft_setup(&f, "crash", 3, &o));
     CHECK_OK(ft_start_aggregator(&f));
-    CHECK_OK(ft_proxy_open(&p, f.endpoint, hook, &c));
+    CHECK_OK(ft_proxy_open(&p, &f, f.endpoint, hook, &c));
     for (int i = 0; i < 3; i++) {
         CHECK_OK(ft_node_config(&f, i, p.endpoint, ""));
         CHECK_OK(ft_start_node(&f, i));

@@ -47,7 +47,7 @@ static void quorum_at_deadline(void) {
     CHECK_OK(ft_setup(&f, "quorum", 3, &o));
     CHECK_OK(ft_start_aggregator(&f));
     l.late_node = f.node[2].name;
-    CHECK_OK(ft_proxy_open(&p, f.endpoint, late_hook, &l));
+    CHECK_OK(ft_proxy_open(&p, &f, f.endpoint, late_hook, &l));
     for (int i = 0; i < 3; i++) {
         CHECK_OK(ft_node_config(&f, i, i == 2 ? p.endpoint : f.endpoint, ""));
         CHECK_OK(ft_start_node(&f, i));

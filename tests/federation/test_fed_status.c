@@ -198,7 +198,7 @@ static void test_status(void) {
     /* Round 1 with the third node's upload held back. */
     ft_proxy p;
     struct hold hold = {f.node[2].name, 0};
-    CHECK_OK(ft_proxy_open(&p, f.endpoint, hold_hook, &hold));
+    CHECK_OK(ft_proxy_open(&p, &f, f.endpoint, hold_hook, &hold));
     for (int i = 0; i < 3; i++) {
         CHECK_OK(ft_node_config(&f, i, i == 2 ? p.endpoint : f.endpoint, ""));
         CHECK_OK(ft_start_node(&f, i));

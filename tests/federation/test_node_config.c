@@ -87,6 +87,13 @@ int main(void) {
     CHECK_FAILS_WITH(load_with(minimal, NULL, "poll_ms = 1;\n", &c), "'poll_ms' must be from");
     CHECK_FAILS_WITH(load_with(minimal, NULL, "state = ;\n", &c), "node.cfg:7");
     CHECK_FAILS_WITH(load_with(minimal, "\"c1\"", "\"\"", &c), "consortium");
+    /* CURVE unless the consortium says otherwise (docs/onboarding.md). */
+    CHECK_OK(load_with(minimal, NULL, NULL, &c));
+    CHECK(c.curve == 1);
+    CHECK_OK(load_with(minimal, "identity = ", "curve = false; identity = ", &c));
+    CHECK(c.curve == 0);
+    CHECK_FAILS_WITH(load_with(minimal, "identity = ", "curve = 1; identity = ", &c),
+                     "'aggregator.curve' must be true or false");
     char missing[TS_PATH];
     CHECK_FAILS_WITH(node_config_load(&c, ts_in(missing, dir, "none.cfg")),
                      "cannot read node config");

@@ -135,7 +135,7 @@ int main(void) {
     free(cfg);
     CHECK_OK(ts_write(f.agg_config, text));
     CHECK_OK(ft_start_aggregator(&f));
-    CHECK_OK(ft_proxy_open(&p, f.endpoint, hook, &c));
+    CHECK_OK(ft_proxy_open(&p, &f, f.endpoint, hook, &c));
     for (int i = 0; i < N; i++) CHECK_OK(ft_node_config(&f, i, p.endpoint, ""));
     for (int i = 0; i < 3; i++) CHECK_OK(ft_start_node(&f, i));
 
@@ -220,6 +220,7 @@ int main(void) {
     char keys2[TS_PATH], newid[2 * TS_PATH];
     ts_in(keys2, f.root, "keys2");
     CHECK_OK(fio_mkdirs(keys2, 0700));
+    ft_proxy_add_keys(&p, keys2); /* the proxy speaks for the new keys upstream */
     for (int i = 0; i < 3; i += 2) {
         CHECK_OK(harness_keys(keys2, f.node[i].name));
         snprintf(newid, sizeof newid, "%s/%s.id", keys2, f.node[i].name);
@@ -252,10 +253,19 @@ int main(void) {
             !harness_running(&f.node[3].proc))
             break;
     }
-    CHECK_MSG(restarted0 && exit0 != 0 && ts_contains(f.node[0].log, "rotated"),
+    /* With CURVE both are refused at the handshake, which tells a node only
+     * that its key is not admitted; the aggregator's log says why. */
+    CHECK_MSG(restarted0 && exit0 != 0 && ts_contains(f.node[0].log, "refused this node's key"),
               "uni-0 with its old keys: exit %d (see %s)", exit0, f.node[0].log);
-    CHECK_MSG(exit1 != 0 && ts_contains(f.node[1].log, "revoked"),
+    CHECK_MSG(exit1 != 0 && ts_contains(f.node[1].log, "refused this node's key"),
               "uni-1 after its revocation: exit %d (see %s)", exit1, f.node[1].log);
+    CHECK_MSG(ts_contains(f.agg_log, "is rotated on the roster") &&
+                  ts_contains(f.agg_log, "is revoked on the roster"),
+              "the aggregator's log does not say why it refused them (%s)", f.agg_log);
+    /* Their open connections were closed when the roster changed, not left
+     * to carry requests (issue 17: a revoked member's connection stayed). */
+    CHECK_MSG(ts_contains(f.agg_log, "connection(s) of keys the roster no longer admits"),
+              "no connection was closed on the revocation (%s)", f.agg_log);
     for (int i = 0; i < N; i += 1 + (i == 0))
         CHECK_MSG(harness_wait(&f.node[i].proc, 5) == 0, "%s (see %s)", f.node[i].name,
                   f.node[i].log);

@@ -36,6 +36,7 @@
 
 typedef struct {
     transport *sock;
+    transport_curve curve; /* the aggregator's keys */
     char endpoint[256];
     pthread_t thread;
     pthread_mutex_t lock;
@@ -75,8 +76,16 @@ static void *fake_run(void *arg) {
         int stop = f->stop;
         pthread_mutex_unlock(&f->lock);
         if (stop) break;
+        /* It speaks CURVE with the aggregator's keys and lets every key in:
+         * the doctor's checks past the handshake are what is tested here
+         * (the real aggregator's ZAP is test_real_aggregator's). */
+        int has_req = 0, has_zap = 0;
+        if (transport_serve_wait(f->sock, 50, &has_req, &has_zap) != 0) continue;
+        struct transport_zap_request q;
+        while (has_zap && transport_zap_next(f->sock, &q) == 0)
+            transport_zap_reply(f->sock, &q, 1, "anyone", "OK");
         struct transport_msg req;
-        if (transport_serve_recv(f->sock, &o.lim, &req) != 0) continue; /* timeout */
+        if (!has_req || transport_serve_recv(f->sock, &o.lim, &req) != 0) continue;
         struct msg m, rep;
         memset(&rep, 0, sizeof rep);
         if (msg_decode(transport_data(&req, TRANSPORT_PAYLOAD),
@@ -101,6 +110,13 @@ static void *fake_run(void *arg) {
                 memcpy(i->roster_hash, f->roster_hash, 32);
                 i->roster_size = f->roster_len;
             }
+        } else if (m.type == MSG_HELLO) {
+            /* What an aggregator in the clear tells a revoked member. */
+            rep.type = MSG_ERROR;
+            rep.error.code = MSG_ERR_NOT_MEMBER;
+            snprintf(rep.error.reason, sizeof rep.error.reason,
+                     "revoked: '%s' (identity 0123...) was revoked from consortium '%s'",
+                     m.hello.name, f->consortium);
         } else if (m.type == MSG_GET_MODEL && f->roster &&
                    !memcmp(m.get_model.version, f->roster_hash, 32) &&
                    m.get_model.offset < f->roster_len) {
@@ -125,15 +141,21 @@ static void *fake_run(void *arg) {
     return NULL;
 }
 
-static int fake_start(fake_agg *f) {
+static int fake_start(fake_agg *f, const char *keys_dir) {
     memset(f, 0, sizeof *f);
     pthread_mutex_init(&f->lock, NULL);
     snprintf(f->consortium, sizeof f->consortium, CONSORTIUM);
     snprintf(f->member, sizeof f->member, "active");
+    keys_secret k;
+    if (keys_load_secret(keys_dir, "aggregator", &k) != 0) return -1;
+    memcpy(f->curve.secret_key, k.kx_priv, 32);
+    memcpy(f->curve.public_key, k.pub.kx_pub, 32);
+    keys_secret_wipe(&k);
     struct transport_opts o;
     transport_opts_default(&o);
     o.recv_timeout_ms = 50;
     o.linger_ms = 0;
+    o.curve = &f->curve;
     if (transport_router(&f->sock, "tcp://127.0.0.1:*", &o) != 0 ||
         transport_endpoint(f->sock, f->endpoint, sizeof f->endpoint) != 0)
         return -1;
@@ -444,8 +466,8 @@ static void test_init_cli(const char *endpoint) {
 /* ---- doctor ---------------------------------------------------------------------------- */
 
 static const char *const all_checks[] = {
-    "config", "keys",         "aggregator-id", "base-model", "data",  "state", "disk",
-    "gpu",    "reachability", "consortium",    "membership", "clock", "roster"};
+    "config", "keys",         "aggregator-id",  "base-model", "data",       "state", "disk",
+    "gpu",    "reachability", "aggregator-key", "consortium", "membership", "clock", "roster"};
 #define N_CHECKS (sizeof all_checks / sizeof all_checks[0])
 
 static void test_doctor(fake_agg *f) {
@@ -483,6 +505,27 @@ static void test_doctor(fake_agg *f) {
     CHECK(ts_contains(log, "ok    keys: ") && ts_contains(log, "ok    roster: "));
     CHECK(ts_contains(log, "0 warn, 0 FAIL"));
 
+    /* The wrong aggregator.identity (issue 17, case 10: doctor used to pass,
+     * and the node failed at its first submission): the aggregator cannot
+     * prove that key, aggregator-key FAILs and nothing past it is judged. */
+    char wrong_id[TS_PATH + 32];
+    snprintf(wrong_id, sizeof wrong_id, "identity = \"%s\"", other_id);
+    CHECK_OK(config_variant(node_cfg, ts_in(variant, node_dir, "wrong-agg.cfg"),
+                            "identity = \"aggregator.id\"", wrong_id));
+    doctor(variant, 3000, &r);
+    CHECK_STATUS(&r, "aggregator-key", DOCTOR_FAIL);
+    CHECK(strstr(found(&r, "aggregator-key", DOCTOR_FAIL), "does not hold the key") != NULL);
+    CHECK(doctor_status_of(&r, "membership") == -1 && doctor_status_of(&r, "roster") == -1);
+    rc = run_fedlora(log, "doctor", "--config", variant, "--timeout", "3", NULL);
+    CHECK(rc == 1 && ts_contains(log, "FAIL  aggregator-key: "));
+
+    /* A revoked member's node is not told to ask to be added again (issue
+     * 17, case 10): a revoked name and key can never come back. */
+    rc = run_fedlora(log, "node", "--config", node_cfg, NULL);
+    CHECK_MSG(rc == 1 && ts_contains(log, "revoked: 'uni-x'") &&
+                  ts_contains(log, "cannot rejoin") && !ts_contains(log, "to add"),
+              "exit %d (see %s)", rc, log);
+
     /* A private key others can read: FAIL, saying chmod 600. */
     char sign[TS_PATH], want[TS_PATH + 16];
     ts_in(sign, node_dir, "keys/uni-x.sign.pem");
@@ -491,7 +534,10 @@ static void test_doctor(fake_agg *f) {
     CHECK_STATUS(&r, "keys", DOCTOR_FAIL);
     snprintf(want, sizeof want, "chmod 600 %s", sign);
     CHECK(strstr(todo(&r, "keys", DOCTOR_FAIL), want) != NULL);
-    CHECK_STATUS(&r, "membership", DOCTOR_OK); /* the .id still says who we are */
+    /* Without its private key the node cannot authenticate (CURVE): said
+     * once, under reachability. */
+    CHECK_STATUS(&r, "reachability", DOCTOR_FAIL);
+    CHECK(strstr(found(&r, "reachability", DOCTOR_FAIL), "CURVE needs this node's private keys"));
     rc = run_fedlora(log, "doctor", "--config", node_cfg, "--timeout", "5", NULL);
     CHECK(rc == 1);
     CHECK(ts_contains(log, "FAIL  keys: ") && ts_contains(log, want));
@@ -629,11 +675,13 @@ static void test_real_aggregator(void) {
     doctor_report r = {0};
     doctor(cfg, 5000, &r);
     CHECK_STATUS(&r, "reachability", DOCTOR_OK);
-    CHECK_STATUS(&r, "consortium", DOCTOR_OK);
-    CHECK_STATUS(&r, "clock", DOCTOR_OK);
-    CHECK_STATUS(&r, "membership", DOCTOR_FAIL); /* not on the roster yet */
-    CHECK_STATUS(&r, "roster", DOCTOR_FAIL);
-    CHECK(strstr(found(&r, "roster", DOCTOR_FAIL), "does not list") != NULL);
+    /* Not on the roster yet: with CURVE the aggregator proves its key and
+     * refuses ours at the handshake, so nothing past it can be asked. */
+    CHECK_STATUS(&r, "aggregator-key", DOCTOR_OK);
+    CHECK_STATUS(&r, "membership", DOCTOR_FAIL);
+    CHECK(strstr(found(&r, "membership", DOCTOR_FAIL), "refuses uni-new's key") != NULL);
+    CHECK(strstr(todo(&r, "membership", DOCTOR_FAIL), "uni-new.id") != NULL);
+    CHECK(doctor_count(&r, DOCTOR_FAIL) == 1);
 
     /* The admin adds it; the running aggregator takes the new version. */
     CHECK(run_fedlora(log, "roster", "add", "--roster", roster, "--admin", adm, "--member",
@@ -672,7 +720,7 @@ int main(void) {
     ts_in(node_id, node_dir, "keys/uni-x.id");
 
     fake_agg f;
-    CHECK_OK(fake_start(&f));
+    CHECK_OK(fake_start(&f, aggkeys));
     test_init_library();
     test_init_cli(f.endpoint);
     if (fio_exists(node_cfg)) test_doctor(&f);

@@ -23,7 +23,7 @@ static void test_file(void) {
     CHECK(p.validation.max_rank == 64);
     CHECK(p.robust.rule == POLICY_RULE_MEAN && p.robust.krum_f == 1);
     CHECK(p.merge.mode == POLICY_MERGE_EXACT && p.merge.svd_rank == 16);
-    CHECK(p.merge.block_bytes == 268435456);
+    CHECK(p.merge.block_bytes == 268435456 && p.merge.start == POLICY_START_AUTO);
     CHECK(!p.dp.enabled && p.dp.delta == 1e-5);
     CHECK(p.rounds.quorum == 3 && p.rounds.below_quorum == POLICY_BELOW_QUORUM_WAIT);
 
@@ -46,6 +46,27 @@ static void test_file(void) {
     CHECK(p.rounds.below_quorum == POLICY_BELOW_QUORUM_FAIL);
     CHECK(p.weighting.by == POLICY_WEIGHT_EQUAL && p.merge.mode == POLICY_MERGE_SVD);
     CHECK(p.merge.svd_rank == 4 && p.dp.delta == 1e-6);
+
+    /* merge.start: auto resolves by the mode (FedIT's shared start for
+     * fedit); a start that continues the global adapter needs a low-rank
+     * merge. */
+    CHECK(p.merge.start == POLICY_START_AUTO && policy_start_of(&p) == POLICY_START_DEFAULT_EXACT);
+    CHECK_OK(parse(&p, "merge = { mode = \"fedit\"; };"));
+    CHECK(policy_start_of(&p) == POLICY_START_SHARED);
+    CHECK_OK(parse(&p, "merge = { mode = \"fedit\"; start = \"own\"; };"));
+    CHECK(policy_start_of(&p) == POLICY_START_OWN);
+    CHECK_OK(parse(&p, "merge = { start = \"global\"; };"));
+    CHECK(policy_start_of(&p) == POLICY_START_GLOBAL &&
+          !strcmp(policy_start_name(p.merge.start), "global"));
+    CHECK_FAILS_WITH(parse(&p, "merge = { start = \"fresh\"; };"), "merge.start must be one of");
+    CHECK_FAILS_WITH(
+        parse(&p, "merge = { start = \"global\"; };\nrobust = { rule = \"median\"; };"),
+        "needs a low-rank merge");
+    CHECK_FAILS_WITH(parse(&p, "merge = { start = \"global\"; };\n"
+                               "dp = { enabled = true; };\nweighting = { by = \"equal\"; };"),
+                     "needs a low-rank merge");
+    CHECK_OK(parse(&p, "merge = { mode = \"svd\"; start = \"global\"; };\n"
+                       "dp = { enabled = true; };\nweighting = { by = \"equal\"; };"));
 
     /* Errors name the key (and the line). */
     CHECK_FAILS_WITH(parse(&p, "weighting = { cpa = 0.5; };"), "unknown key 'weighting.cpa'");

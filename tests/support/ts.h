@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define TS_PATH 4096
@@ -166,6 +167,21 @@ static inline int ts_contains(const char *path, const char *needle) {
     int found = t && strstr(t, needle) != NULL;
     free(t);
     return found;
+}
+
+/* ---- time ------------------------------------------------------------------------------ */
+
+/* Monotonic seconds, and a sleep that a signal does not cut short. */
+static inline double ts_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static inline void ts_sleep_ms(int ms) {
+    struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&t, &t) != 0) {
+    }
 }
 
 /* ---- the fedlora binary ----------------------------------------------------------------- */

@@ -12,11 +12,18 @@
  *     module, rank 0 and rank above the layer's dimension, --device cuda in a
  *     build without it, an adapter made for another base, a checkpoint from
  *     another configuration (options, data), a directory that is not a
- *     checkpoint, and a fresh run into a used --out. */
+ *     checkpoint, and a fresh run into a used --out;
+ *   - values that trained nothing without a word (issue 17): --alpha -4 and
+ *     0, --lr 0, --steps 0, --warmup above --steps, --seq above the
+ *     context (train and eval);
+ *   - SIGINT and SIGTERM: a checkpoint of the last step, exit 128 + N, the
+ *     leftovers of an interrupted save removed, --resume goes on from it;
+ *   - whitespace-only lines: no document for train/eval, as for tokenize. */
 #include "tests/support/ts_model.h"
 
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 
 static char base[TS_PATH], data[TS_PATH];
 
@@ -148,6 +155,137 @@ static void test_bad_inputs(void) {
     CHECK_RUN_FAILS(rc, "fresh_used", "already holds a training run");
 }
 
+/* Values that used to train nothing, or something else than asked, without
+ * a word (issue 17, case 10): each refused before the model is touched,
+ * naming the option. */
+static void test_silent_cases(void) {
+    char out[TS_PATH];
+    struct {
+        const char *tag, *opt, *value, *want;
+    } cases[] = {
+        {"alpha_neg", "--alpha", "-4", "--alpha must be above 0"},
+        {"alpha_zero", "--alpha", "0", "--alpha must be above 0"},
+        {"lr_zero", "--lr", "0", "--lr must be above 0"},
+        {"steps_zero", "--steps", "0", "--steps must be an integer from 1"},
+        {"seq_huge", "--seq", "100000", "--seq = 100000 is outside the model's context"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = ts_run(cases[i].tag, "train", "--model", base, "--data", data, "--out",
+                        ts_path(out, "o_%s", cases[i].tag), cases[i].opt, cases[i].value, NULL);
+        CHECK_RUN_FAILS(rc, cases[i].tag, cases[i].want);
+        CHECK_MSG(!fio_exists(out), "%s: %s was made", cases[i].tag, out);
+    }
+    int rc = ts_run("warmup_long", "train", "--model", base, "--data", data, "--out",
+                    ts_path(out, "o_warmup"), "--steps", "5", "--warmup", "6", NULL);
+    CHECK_RUN_FAILS(rc, "warmup_long", "--warmup 6 is longer than --steps 5");
+    rc = ts_run("eval_seq", "eval", "--model", base, "--data", data, "--seq", "100000", NULL);
+    CHECK_RUN_FAILS(rc, "eval_seq", "--seq = 100000 is outside the model's context");
+}
+
+/* Steps of OUT/metrics.jsonl's loss lines so far. */
+static int steps_logged(const char *out) {
+    char path[TS_PATH];
+    char *text = ts_read(ts_in(path, out, "metrics.jsonl"), NULL);
+    int n = 0;
+    for (char *p = text; p && (p = strstr(p, "\"loss\"")); p++) n++;
+    free(text);
+    return n;
+}
+
+/* SIGINT and SIGTERM stop after the step in progress with a checkpoint of
+ * it, whatever --save-every says, and leave no leftovers (issue 17, case
+ * 10: they used to lose every step since the last checkpoint and leave
+ * checkpoint/latest.tmp.* behind); --resume goes on from there. */
+static void test_signal_checkpoint(int sig, const char *tag) {
+    char out[TS_PATH], ck[TS_PATH], path[TS_PATH], latest_tmp[TS_PATH], step_tmp[TS_PATH];
+    ts_path(out, "sig_%s", tag);
+    ts_in(ck, out, "checkpoint");
+    ts_in(latest_tmp, ck, "latest.tmp.4242");
+    ts_in(step_tmp, ck, "step-00000001.tmp");
+    char errlog[TS_PATH];
+    ts_path(errlog, "sig_%s.err", tag);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(errlog, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0 || dup2(fd, 2) < 0 || dup2(fd, 1) < 0) _exit(126);
+        setenv("OMP_WAIT_POLICY", "passive", 0);
+        execl(ts_bin(), ts_bin(), "train", "--model", base, "--data", data, "--out", out, "--steps",
+              "2000", "--seq", "32", "--batch", "2", "--save-every", "1000", "--lr", "1e-3",
+              (char *)NULL);
+        _exit(127);
+    }
+    CHECK(pid > 0);
+    /* A few steps, then leftovers of an interrupted save (as a kill -9
+     * during one leaves them), then the signal. */
+    for (double t0 = ts_now(); steps_logged(out) < 3 && ts_now() - t0 < 120;) ts_sleep_ms(20);
+    CHECK(fio_mkdirs(ck, 0755) == 0 && ts_write(latest_tmp, "step-00000001\n") == 0 &&
+          fio_mkdirs(step_tmp, 0755) == 0);
+    kill(pid, sig);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    int done = steps_logged(out);
+    char *err = ts_read(errlog, NULL);
+    CHECK_MSG(rc == 128 + sig && err && strstr(err, "its checkpoint is saved: go on with --resume"),
+              "exit %d, stderr '%s'", rc, err ? err : "");
+    free(err);
+    char *latest = ts_read(ts_in(path, ck, "latest"), NULL);
+    char want[32];
+    snprintf(want, sizeof want, "step-%08d\n", done);
+    CHECK_MSG(latest && done >= 3 && !strcmp(latest, want), "latest '%s', %d steps logged",
+              latest ? latest : "(none)", done);
+    free(latest);
+    CHECK_MSG(!fio_exists(latest_tmp) && !fio_exists(step_tmp), "leftovers of a save stayed");
+    /* Resuming goes on from the step the signal saved. */
+    char rtag[64];
+    snprintf(rtag, sizeof rtag, "sig_%s_resume", tag);
+    rc = ts_run(rtag, "train", "--model", base, "--data", data, "--out", out, "--steps", "2000",
+                "--seq", "32", "--batch", "2", "--save-every", "1000", "--lr", "1e-3", "--resume",
+                ck, NULL);
+    CHECK_RUN_OK(rc, rtag);
+    char *o = ts_output(rtag, "err");
+    char at[64];
+    snprintf(at, sizeof at, "at step %d", done);
+    CHECK_MSG(o && strstr(o, at), "resume did not start at step %d: '%s'", done, o ? o : "");
+    free(o);
+}
+
+/* One rule for blank lines (issue 17, case 10): a line of spaces and tabs
+ * is no document for train and eval, as for tokenize: eval on the text and
+ * on its tokenized corpus sees the same tokens, and train counts the
+ * documents tokenize counts. */
+static void test_blank_lines(void) {
+    char text[TS_PATH], corpus[TS_PATH], tok[TS_PATH], out[TS_PATH];
+    ts_path(text, "blank.txt");
+    CHECK_OK(ts_write(text, "first document here\n   \n\t\n \t \nsecond document here\n\n"));
+    ts_in(tok, base, "tokenizer.json");
+    int rc = ts_run("blank_tok", "tokenize", "--tokenizer", tok, "--data", text, "--out",
+                    ts_path(corpus, "blank.tokens"), NULL);
+    CHECK_RUN_OK(rc, "blank_tok");
+    char *said = ts_output("blank_tok", "err");
+    CHECK_MSG(said && strstr(said, ", 2 documents,"), "tokenize: '%s'", said ? said : "");
+    free(said);
+    rc = ts_run("blank_eval_text", "eval", "--model", base, "--data", text, "--seq", "8", NULL);
+    CHECK_RUN_OK(rc, "blank_eval_text");
+    rc = ts_run("blank_eval_tokens", "eval", "--model", base, "--data", corpus, "--seq", "8", NULL);
+    CHECK_RUN_OK(rc, "blank_eval_tokens");
+    char *a = ts_output("blank_eval_text", "out"), *b = ts_output("blank_eval_tokens", "out");
+    /* "loss L  perplexity P  (N tokens predicted, R rows of T, S s)": all but the time. */
+    char *ta = a ? strstr(a, " rows of ") : NULL, *tb = b ? strstr(b, " rows of ") : NULL;
+    CHECK_MSG(ta && tb && ta - a == tb - b && !strncmp(a, b, (size_t)(ta - a)),
+              "eval on the text: '%s', on its corpus: '%s'", a ? a : "", b ? b : "");
+    free(a);
+    free(b);
+    rc = ts_run("blank_train", "train", "--model", base, "--data", text, "--out",
+                ts_path(out, "o_blank"), "--steps", "1", "--seq", "8", "--eval-fraction", "0",
+                "--save-every", "0", NULL);
+    CHECK_RUN_OK(rc, "blank_train");
+    said = ts_output("blank_train", "out");
+    CHECK_MSG(said && strstr(said, "(text): 2 documents"), "train: '%s'", said ? said : "");
+    free(said);
+}
+
 int main(void) {
     CHECK_OK(ts_model_dir(ts_path(base, "base"), "llama", 0.1, 1, NULL));
     /* The three topic files as one training file. */
@@ -173,5 +311,9 @@ int main(void) {
     free(all);
     test_learns();
     test_bad_inputs();
+    test_silent_cases();
+    test_signal_checkpoint(SIGINT, "int");
+    test_signal_checkpoint(SIGTERM, "term");
+    test_blank_lines();
     return check_finish();
 }

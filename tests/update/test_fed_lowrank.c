@@ -188,7 +188,7 @@ static void fallbacks(void) {
     struct gate g = {0};
     CHECK_OK(ft_setup(&f, "fallback", 2, &o));
     CHECK_OK(ft_start_aggregator(&f));
-    CHECK_OK(ft_proxy_open(&p, f.endpoint, gate_hook, &g));
+    CHECK_OK(ft_proxy_open(&p, &f, f.endpoint, gate_hook, &g));
     for (int i = 0; i < f.n; i++) {
         CHECK_OK(ft_node_config(&f, i, p.endpoint, ""));
         CHECK_OK(ft_start_node(&f, i));
@@ -227,12 +227,14 @@ static void fallbacks(void) {
     const char *corrupt = "low-rank sync failed (the update's bytes do not hash";
     const char *tampered = "not to the round's base); downloading the full version";
     const char *removed = "low-rank sync failed (the aggregator refused GET_MODEL";
-    CHECK_MSG(ft_count_in(f.node[0].log, corrupt) == 1 && ft_count_in(f.node[0].log, tampered) == 1 &&
+    CHECK_MSG(ft_count_in(f.node[0].log, corrupt) == 1 &&
+                  ft_count_in(f.node[0].log, tampered) == 1 &&
                   ft_count_in(f.node[0].log, removed) == 1 &&
                   ft_count_in(f.node[0].log, "low-rank sync failed") == 3 &&
                   ft_count_in(f.node[0].log, "sync: low-rank update") == 0,
               "see %s", f.node[0].log);
-    CHECK_MSG(ft_count_in(f.node[1].log, corrupt) == 1 && ft_count_in(f.node[1].log, removed) == 1 &&
+    CHECK_MSG(ft_count_in(f.node[1].log, corrupt) == 1 &&
+                  ft_count_in(f.node[1].log, removed) == 1 &&
                   ft_count_in(f.node[1].log, "low-rank sync failed") == 2 &&
                   ft_count_in(f.node[1].log, "sync: low-rank update") == 1,
               "see %s", f.node[1].log);
