@@ -3,7 +3,9 @@
  * as their PyTorch + PEFT references (bench/hf_presets.py, ref_*.py): the
  * config's model with random weights (model_init_random, seed 1) and, for
  * rank > 0, a LoRA adapter of that rank with alpha = 2·rank on every linear
- * layer of the blocks (PEFT's target_modules="all-linear"). */
+ * layer of the blocks (PEFT's target_modules="all-linear"; a mixture of
+ * experts' router included by name, as the reference adapts it through
+ * target_parameters, where fedlora's all-linear leaves it frozen). */
 #ifndef FL_BENCH_BENCH_LORA_MODEL_H
 #define FL_BENCH_BENCH_LORA_MODEL_H
 
@@ -23,7 +25,10 @@ static inline int bench_lora_adapter(const model_config *cfg, int rank, model **
     lora_config_init(&lc);
     lc.rank = rank;
     lc.alpha = 2.0 * rank;
-    int rc = lora_config_set_targets(&lc, "all-linear") != 0 || lora_create(s, *m, &lc) != 0;
+    const char *targets = cfg->block.mlp == MODEL_MLP_MOE
+                              ? "q_proj,k_proj,v_proj,o_proj,gate,w1,w2,w3"
+                              : "all-linear";
+    int rc = lora_config_set_targets(&lc, targets) != 0 || lora_create(s, *m, &lc) != 0;
     lora_config_free(&lc);
     if (rc) {
         model_free(*m);

@@ -26,8 +26,9 @@ static const char *usage_text =
     "--dtype defaults to the config's torch_dtype (float32 for a preset).\n"
     "\n"
     "Presets: llama tiny|small|100m, gpt2 tiny|small|124m, and tiny for mistral, qwen2,\n"
-    "qwen3, olmo2, apertus, gemma2, gemma3_text and phi3 (2 layers, hidden 64, byte-level\n"
-    "vocabulary; Gemma's: a sliding layer then a global one).\n";
+    "qwen3, olmo2, apertus, gemma2, gemma3_text, phi3, bloom and mixtral (2 layers, hidden\n"
+    "64, byte-level vocabulary; Gemma's: a sliding layer then a global one; mixtral: 4\n"
+    "experts, top-2).\n";
 
 typedef struct {
     const model_config *cfg;

@@ -36,8 +36,10 @@ static const char *usage_text =
     "  --rank R             LoRA rank (8)\n"
     "  --alpha A            LoRA alpha, above 0 (twice the rank); scale alpha/R\n"
     "  --rslora             scale alpha/sqrt(R) (rank-stabilized LoRA)\n"
-    "  --targets LIST       modules to adapt, comma-separated, or all-linear\n"
-    "                       (PEFT's defaults: q_proj,v_proj for Llama, c_attn for GPT-2)\n"
+    "  --targets LIST       modules to adapt, comma-separated, or all-linear (every linear\n"
+    "                       but Mixtral's router, adapted only when named: gate)\n"
+    "                       (PEFT's defaults: q_proj,v_proj for Llama and Mixtral,\n"
+    "                       c_attn for GPT-2, query_key_value for BLOOM)\n"
     "  --dropout P          LoRA dropout (0)\n"
     "  --steps N            optimizer steps, at least 1 (100)\n"
     "  --lr X               peak learning rate, above 0 (2e-4)\n"
@@ -210,9 +212,10 @@ int cmd_train(int argc, char **argv) {
     /* The default row length fits the model; one asked for must fit it. */
     if (!seq_given && T > m->cfg.max_position) T = m->cfg.max_position;
     if (model_config_seq_check(&m->cfg, T, "--seq") != 0) goto done;
-    const char *targets = a.targets                        ? a.targets
-                          : m->cfg.arch == MODEL_ARCH_GPT2 ? "c_attn"
-                                                           : "q_proj,v_proj";
+    const char *targets = a.targets                         ? a.targets
+                          : m->cfg.arch == MODEL_ARCH_GPT2  ? "c_attn"
+                          : m->cfg.arch == MODEL_ARCH_BLOOM ? "query_key_value"
+                                                            : "q_proj,v_proj";
     if (lora_config_set_targets(&lc, targets) != 0 ||
         lora_config_set_base_model(&lc, a.model) != 0 || lora_create(&s, m, &lc) != 0)
         goto done;

@@ -314,13 +314,6 @@ static int pattern_value(const lora_pattern *p, int n, const char *path, const c
 
 /* ---- the model's linear layers -------------------------------------------------- */
 
-/* Linears of a block in model order; Llama leaves qkv empty, GPT-2 q, k, v, gate. */
-static model_linear *block_linear(model_layer *L, int j) {
-    model_linear *all[] = {&L->q, &L->k, &L->v, &L->qkv, &L->o, &L->gate, &L->up, &L->down};
-    return j < 8 ? all[j] : NULL;
-}
-#define LORA_BLOCK_LINEARS 8
-
 /* The module path of a linear: its weight's name without ".weight". */
 static int linear_path(const model_linear *l, char *path, size_t n) {
     const char *name = l->w->name;
@@ -337,14 +330,15 @@ static const char *last_component(const char *path) {
     return d ? d + 1 : path;
 }
 
-/* "q_proj, k_proj, …": the module names this architecture offers, for errors. */
+/* "q_proj, k_proj, …": the module names this architecture offers, for errors
+ * (a block's linears in model order, model_layer_linear). */
 static void module_names(const model *m, char *out, size_t n) {
     out[0] = '\0';
     if (m->cfg.num_layers == 0) return;
     model_layer *L = &m->layers[0];
     size_t used = 0;
-    for (int j = 0; j < LORA_BLOCK_LINEARS; j++) {
-        model_linear *l = block_linear(L, j);
+    for (int j = 0; j < model_layer_n_linears(L); j++) {
+        model_linear *l = model_layer_linear(L, j);
         char path[LORA_PATH_MAX];
         if (!l->w || linear_path(l, path, sizeof path) != 0) continue;
         const char *name = last_component(path);
@@ -423,9 +417,14 @@ static void lora_forward(void *ctx, const real *x, real *y, int N) {
     lora_module *mod = ctx;
     lora_set *s = mod->set;
     int in = mod->in, out = mod->out, r = mod->rank, cap = s->cap_rows;
-    if (N <= 0) return;
+    /* A forward counts even with no rows (an expert no token chose), so every
+     * module's counter stays the set's (lora_dropout_counter). */
     mod->u_dropout = s->training && s->cfg.dropout > 0;
     if (s->training) mod->u_counter = mod->counter++;
+    if (N <= 0) {
+        mod->u_rows = 0;
+        return;
+    }
     uint64_t key = dropout_key(mod, mod->u_counter);
     int save = N <= cap;
     for (int r0 = 0; r0 < N; r0 += cap) {
@@ -542,8 +541,13 @@ static int check_config(const lora_config *c) {
     return 0;
 }
 
-/* Fills one module for linear l (its shapes, rank, alpha, names). */
-static int setup_module(lora_module *mod, const lora_config *c, const model_linear *l, int layer) {
+/* Fills one module for linear l (its shapes, rank, alpha, names). A rank
+ * above min(in, out) is refused (it adds nothing), except on a mixture of
+ * experts' router, whose E outputs are fewer than a usual rank: transformers
+ * 4's PEFT adapts it with the config's rank under all-linear, and such
+ * adapters (which list "gate" by name) must load. */
+static int setup_module(lora_module *mod, const lora_config *c, const model_linear *l, int layer,
+                        int router) {
     if (linear_path(l, mod->path, sizeof mod->path) != 0) return -1;
     mod->layer = layer;
     mod->in = l->in;
@@ -556,7 +560,7 @@ static int setup_module(lora_module *mod, const lora_config *c, const model_line
                       &alpha) != 0)
         return -1;
     int lim = l->in < l->out ? l->in : l->out;
-    if (rank > lim)
+    if (rank > lim && !router)
         return err_set("LoRA rank %g for %s is above min(in %d, out %d) = %d: a larger rank adds "
                        "nothing; use a rank <= %d",
                        rank, mod->path, l->in, l->out, lim, lim);
@@ -599,7 +603,8 @@ int lora_create(lora_set **out, const model *m, const lora_config *cfg) {
         qsort(s->cfg.alpha_pattern, (size_t)s->cfg.n_alpha_pattern, sizeof *s->cfg.alpha_pattern,
               cmp_pattern_key);
     int *used = cfg->n_targets ? calloc((size_t)cfg->n_targets, sizeof *used) : NULL;
-    int cap = m->cfg.num_layers * LORA_BLOCK_LINEARS;
+    int cap = 0;
+    for (int l = 0; l < m->cfg.num_layers; l++) cap += model_layer_n_linears(&m->layers[l]);
     s->modules = calloc(cap > 0 ? (size_t)cap : 1, sizeof *s->modules);
     if (!s->modules || (cfg->n_targets && !used)) {
         free(used);
@@ -607,8 +612,8 @@ int lora_create(lora_set **out, const model *m, const lora_config *cfg) {
         return err_set("out of memory creating the LoRA adapter");
     }
     for (int l = 0; l < m->cfg.num_layers; l++)
-        for (int j = 0; j < LORA_BLOCK_LINEARS; j++) {
-            model_linear *lin = block_linear(&m->layers[l], j);
+        for (int j = 0; j < model_layer_n_linears(&m->layers[l]); j++) {
+            model_linear *lin = model_layer_linear(&m->layers[l], j);
             if (!lin->w) continue;
             char path[LORA_PATH_MAX];
             int hit;
@@ -617,9 +622,13 @@ int lora_create(lora_set **out, const model *m, const lora_config *cfg) {
             /* A name is in use when it names some linear, even one that
              * exclude_modules or layers_to_transform then leave out. */
             for (int i = 0; i < cfg->n_targets; i++) used[i] |= suffix_match(path, cfg->targets[i]);
-            if (!hit) continue;
+            int router = lin == &m->layers[l].moe.router;
+            /* A mixture of experts' router stays frozen unless named (by
+             * "gate", its path or a regular expression): all-linear means
+             * the layers that compute, not the routing decision. */
+            if (!hit || (router && is_all_linear(cfg))) continue;
             lora_module *mod = &s->modules[s->n_modules];
-            if (setup_module(mod, &s->cfg, lin, l) != 0) goto fail;
+            if (setup_module(mod, &s->cfg, lin, l, router) != 0) goto fail;
             mod->index = s->n_modules++;
             mod->set = s;
             mod->u_rows = -1;
@@ -631,7 +640,10 @@ int lora_create(lora_set **out, const model *m, const lora_config *cfg) {
             if (!used[i]) {
                 err_set("LoRA target module \"%s\" matches no linear layer of this %s model "
                         "(its targetable modules: %s)",
-                        cfg->targets[i], m->cfg.arch == MODEL_ARCH_GPT2 ? "GPT-2" : "Llama-family",
+                        cfg->targets[i],
+                        m->cfg.arch == MODEL_ARCH_GPT2    ? "GPT-2"
+                        : m->cfg.arch == MODEL_ARCH_BLOOM ? "BLOOM"
+                                                          : "Llama-family",
                         names);
                 goto fail;
             }
@@ -691,8 +703,9 @@ void lora_free(lora_set *s) {
 /* The linear of m at a module's path, or NULL. */
 static model_linear *find_linear(model *m, const lora_module *mod) {
     if (mod->layer >= m->cfg.num_layers) return NULL;
-    for (int j = 0; j < LORA_BLOCK_LINEARS; j++) {
-        model_linear *l = block_linear(&m->layers[mod->layer], j);
+    model_layer *L = &m->layers[mod->layer];
+    for (int j = 0; j < model_layer_n_linears(L); j++) {
+        model_linear *l = model_layer_linear(L, j);
         char path[LORA_PATH_MAX];
         if (l->w && linear_path(l, path, sizeof path) == 0 && strcmp(path, mod->path) == 0)
             return l;

@@ -24,7 +24,10 @@
  *   - a single regular expression: a path matches when the whole path does
  *     (re.fullmatch; PCRE2, which agrees with Python's re on PEFT's patterns);
  *   - "all-linear": every linear layer of the blocks (PEFT excludes the output
- *     head; lm_head is not targetable here at all);
+ *     head; lm_head is not targetable here at all), except a mixture of
+ *     experts' router (Mixtral's block_sparse_moe.gate), which stays frozen
+ *     unless a list names it ("gate" or its path) or a regular expression
+ *     matches it;
  *   - layers_to_transform restricts the names of a list that match as a
  *     suffix (not a name equal to the whole path) to those layer indices; it
  *     cannot be combined with a string target (PEFT refuses that too);
@@ -37,7 +40,9 @@
  *
  * Strictness beyond PEFT, so that mistakes are errors rather than silent
  * no-ops: every name of a target list must match at least one module; a rank
- * must be in [1, min(in, out)] for each module it applies to.
+ * must be in [1, min(in, out)] for each module it applies to (a mixture of
+ * experts' router excepted: transformers 4's PEFT gives it the config's rank
+ * under all-linear).
  *
  * Training: the set plugs into the model through model_linear's adapter hook
  * (lora_attach). Frozen base weights keep grad == NULL, so model_backward
@@ -94,7 +99,8 @@ void lora_config_init(lora_config *c);
 void lora_config_free(lora_config *c);
 int lora_config_copy(lora_config *dst, const lora_config *src);
 /* target_modules from a comma-separated list ("q_proj,v_proj"), or
- * "all-linear". Empty names are an error. */
+ * "all-linear" (a mixture of experts' router left out). Empty names are an
+ * error. */
 int lora_config_set_targets(lora_config *c, const char *comma_list);
 /* target_modules as one regular expression (PEFT's string form). */
 int lora_config_set_target_regex(lora_config *c, const char *regex);

@@ -41,12 +41,15 @@ json_t *trainer_config_json(const model *m, const lora_set *s, const dataset *d,
          * (a bf16 copy when bf16 precision converted an fp32 one). */
         h = dataset_fnv1a64(h, p->values, (size_t)p->numel * model_dtype_size(p->dtype));
     }
-    json_t *base = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:o}", "arch",
-                             c->arch == MODEL_ARCH_GPT2 ? "gpt2" : "llama", "vocab_size",
-                             c->vocab_size, "hidden_size", c->hidden_size, "intermediate_size",
-                             c->intermediate_size, "num_layers", c->num_layers, "num_heads",
-                             c->num_heads, "num_kv_heads", c->num_kv_heads, "head_dim", c->head_dim,
-                             "max_position", c->max_position, "weights_fnv1a64", hex64(h));
+    json_t *base =
+        json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:o}", "arch",
+                  c->arch == MODEL_ARCH_GPT2    ? "gpt2"
+                  : c->arch == MODEL_ARCH_BLOOM ? "bloom"
+                                                : "llama",
+                  "vocab_size", c->vocab_size, "hidden_size", c->hidden_size, "intermediate_size",
+                  c->intermediate_size, "num_layers", c->num_layers, "num_heads", c->num_heads,
+                  "num_kv_heads", c->num_kv_heads, "head_dim", c->head_dim, "max_position",
+                  c->max_position, "weights_fnv1a64", hex64(h));
     json_t *mods = json_array();
     for (int i = 0; mods && i < s->n_modules; i++) {
         const lora_module *mod = &s->modules[i];

@@ -17,7 +17,14 @@
 #define to_real safetensors_to_float
 #endif
 
+/* GPT-2 and BLOOM checkpoints saved from the base model (GPT2Model,
+ * BloomModel: bigscience's own BLOOM files) name their tensors without the
+ * causal LM's "transformer." prefix. */
 #define GPT2_PREFIX "transformer."
+
+static int bare_names_allowed(const model *m) {
+    return m->cfg.arch == MODEL_ARCH_GPT2 || m->cfg.arch == MODEL_ARCH_BLOOM;
+}
 
 static int ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
@@ -38,11 +45,11 @@ static void format_shape(char *buf, size_t n, const int64_t *shape, int ndim) {
 
 /* ---- loading ------------------------------------------------------------------------ */
 
-/* The parameter a file tensor holds, or NULL. GPT-2 names may lack the
- * "transformer." prefix. */
+/* The parameter a file tensor holds, or NULL. GPT-2 and BLOOM names may
+ * lack the "transformer." prefix. */
 static model_param *param_for(const model *m, const char *name) {
     model_param *p = model_find_param(m, name);
-    if (p || m->cfg.arch != MODEL_ARCH_GPT2 || has_gpt2_prefix(name)) return p;
+    if (p || !bare_names_allowed(m) || has_gpt2_prefix(name)) return p;
     char full[MODEL_NAME_MAX];
     if (snprintf(full, sizeof full, GPT2_PREFIX "%s", name) >= (int)sizeof full) return NULL;
     return model_find_param(m, full);
@@ -62,7 +69,7 @@ static int skippable(const model *m, const char *name) {
 static int find_tensor(const model *m, const safetensors_dir *d, const model_param *p,
                        const char *dir, const safetensors_tensor **out) {
     const safetensors_tensor *t = safetensors_dir_find(d, p->name), *bare = NULL;
-    if (m->cfg.arch == MODEL_ARCH_GPT2 && has_gpt2_prefix(p->name))
+    if (bare_names_allowed(m) && has_gpt2_prefix(p->name))
         bare = safetensors_dir_find(d, p->name + strlen(GPT2_PREFIX));
     if (t && bare)
         return err_set("%s: both '%s' and '%s' are present; keep one of them", dir, t->name,

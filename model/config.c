@@ -92,12 +92,13 @@ static int parse_qwen2_window(model_config *c, const src *s) {
 
 /* The defaults of each family's configuration_*.py where they differ
  * between families (kv 0: num_attention_heads; head_dim 0: hidden_size /
- * num_attention_heads; bos/eos −1: none). */
+ * num_attention_heads; bos/eos −1: none; theta 0: 10000). */
 static const struct {
     model_family family;
     int max_pos, bos, eos, kv, head_dim;
     double eps;
     const char *act;
+    double theta;
 } LLAMA_DEFAULTS[] = {
     {MODEL_FAMILY_LLAMA, 2048, 1, 2, 0, 0, 1e-6, "silu"},
     {MODEL_FAMILY_MISTRAL, 131072, 1, 2, 0, 0, 1e-6, "silu"},
@@ -105,6 +106,7 @@ static const struct {
     {MODEL_FAMILY_QWEN3, 32768, -1, -1, 32, 128, 1e-6, "silu"},
     {MODEL_FAMILY_OLMO2, 2048, -1, 50279, 0, 0, 1e-5, "silu"},
     {MODEL_FAMILY_APERTUS, 65536, 1, 2, 0, 0, 1e-5, "xielu"},
+    {MODEL_FAMILY_MIXTRAL, 131072, 1, 2, 8, 0, 1e-5, "silu", 1e6},
     {MODEL_FAMILY_GEMMA2, 8192, 2, 1, 4, 256, 1e-6, "gelu_pytorch_tanh"},
     {MODEL_FAMILY_GEMMA3, 131072, 2, 1, 4, 256, 1e-6, "gelu_pytorch_tanh"},
     {MODEL_FAMILY_PHI3, 4096, 1, 32000, 0, 0, 1e-5, "silu"},
@@ -131,6 +133,49 @@ static int apertus_default_rope(model_config *c, const src *s, int *done) {
                        "\"rope_parameters\") explicitly",
                        s->where, theta);
     model_config_apertus_rope(c);
+    return 0;
+}
+
+/* An int that config.json may spell two ways (an attribute_map alias):
+ * either name, both only when they agree. */
+static int get_int_alias(const src *s, const char *key, const char *alias, int required, int def,
+                         int lo, int hi, int *out) {
+    int a, b;
+    int has_a = get(s, key) != NULL, has_b = get(s, alias) != NULL;
+    if (!has_b) return get_int(s, key, required, def, lo, hi, out);
+    if (get_int(s, alias, 1, 0, lo, hi, &b) != 0) return -1;
+    if (has_a) {
+        if (get_int(s, key, 1, 0, lo, hi, &a) != 0) return -1;
+        if (a != b)
+            return err_set("%s: \"%s\" = %d and its alias \"%s\" = %d disagree", s->where, key, a,
+                           alias, b);
+    }
+    *out = b;
+    return 0;
+}
+
+/* MixtralConfig: the experts (num_local_experts decides tensor shapes, so
+ * it is required), routing, the auxiliary loss, a window (absent: none). */
+static int parse_mixtral(model_config *c, const src *s) {
+    double jitter;
+    json_t *w = json_object_get(s->obj, "sliding_window");
+    if (get_int_alias(s, "num_local_experts", "num_experts", 1, 0, 1, MAX_EXPERTS,
+                      &c->num_experts) != 0 ||
+        get_int(s, "num_experts_per_tok", 0, 2, 1, MAX_EXPERTS_PER_TOK, &c->experts_per_tok) != 0 ||
+        get_bool(s, "output_router_logits", 0, &c->router_aux_loss) != 0 ||
+        get_double(s, "router_aux_loss_coef", 0, 0.001, &c->router_aux_loss_coef) != 0 ||
+        get_double(s, "router_jitter_noise", 0, 0.0, &jitter) != 0 ||
+        get_int(s, "sliding_window", 0, 0, 0, MAX_POSITIONS, &c->sliding_window) != 0)
+        return -1;
+    if (json_is_null(w)) c->sliding_window = 0;
+    if (c->experts_per_tok > c->num_experts)
+        return err_set("%s: num_experts_per_tok %d is more than num_local_experts %d", s->where,
+                       c->experts_per_tok, c->num_experts);
+    /* transformers multiplies the MoE input by U(1 - j, 1 + j) noise in training */
+    if (jitter != 0.0)
+        return err_set("%s: router_jitter_noise %g is not supported (random noise on the "
+                       "experts' input in training); set it to 0",
+                       s->where, jitter);
     return 0;
 }
 
@@ -173,7 +218,8 @@ static int parse_llama(model_config *c, const src *s) {
                        want_act);
     int rope_done = 0;
     if (c->family == MODEL_FAMILY_APERTUS && apertus_default_rope(c, s, &rope_done) != 0) return -1;
-    if (!rope_done && model_config_parse_rope(c, s) != 0) return -1;
+    double theta = LLAMA_DEFAULTS[d].theta > 0 ? LLAMA_DEFAULTS[d].theta : 10000.0;
+    if (!rope_done && model_config_parse_rope(c, s, theta) != 0) return -1;
     switch (c->family) {
         case MODEL_FAMILY_LLAMA:
             if (get_bool(s, "attention_bias", 0, &c->qkv_bias) != 0 ||
@@ -198,6 +244,9 @@ static int parse_llama(model_config *c, const src *s) {
         case MODEL_FAMILY_APERTUS:
             if (get_bool(s, "attention_bias", 0, &c->qkv_bias) != 0) return -1;
             c->o_bias = c->qkv_bias;
+            break;
+        case MODEL_FAMILY_MIXTRAL:
+            if (parse_mixtral(c, s) != 0) return -1;
             break;
         case MODEL_FAMILY_GEMMA2:
         case MODEL_FAMILY_GEMMA3:
@@ -256,6 +305,46 @@ static int parse_gpt2(model_config *c, const src *s) {
     return 0;
 }
 
+/* BloomConfig (configuration_bloom.py); its attribute_map lets config.json
+ * say n_layer or num_hidden_layers, n_head or num_attention_heads, and old
+ * checkpoints say n_embed for hidden_size. ALiBi sets no context limit;
+ * max_position_embeddings (not a BloomConfig field, kept by transformers
+ * and written by model_config_save) bounds generation, by default BLOOM's
+ * and Poro's training length, 2048. */
+static int parse_bloom(model_config *c, const src *s) {
+    int post_ln;
+    if (get_int(s, "vocab_size", 1, 0, 1, MAX_VOCAB, &c->vocab_size) != 0 ||
+        get_int_alias(s, "hidden_size", "n_embed", 1, 0, 1, MAX_HIDDEN, &c->hidden_size) != 0 ||
+        get_int_alias(s, "n_layer", "num_hidden_layers", 1, 0, 1, MAX_LAYERS, &c->num_layers) !=
+            0 ||
+        get_int_alias(s, "n_head", "num_attention_heads", 1, 0, 1, MAX_HEADS, &c->num_heads) != 0 ||
+        get_int(s, "max_position_embeddings", 0, 2048, 1, MAX_POSITIONS, &c->max_position) != 0 ||
+        get_double(s, "layer_norm_epsilon", 0, 1e-5, &c->norm_eps) != 0 ||
+        get_double(s, "initializer_range", 0, 0.02, &c->initializer_range) != 0 ||
+        get_bool(s, "tie_word_embeddings", 1, &c->tie_embeddings) != 0 ||
+        get_bool(s, "apply_residual_connection_post_layernorm", 0, &post_ln) != 0 ||
+        get_token(s, "bos_token_id", 1, &c->bos_token_id) != 0 ||
+        get_token(s, "eos_token_id", 2, &c->eos_token_id) != 0)
+        return -1;
+    if (c->hidden_size % c->num_heads != 0)
+        return err_set("%s: hidden_size %d is not a multiple of n_head %d", s->where,
+                       c->hidden_size, c->num_heads);
+    if (post_ln)
+        return err_set("%s: apply_residual_connection_post_layernorm true is not supported (the "
+                       "residual taken after the norm)",
+                       s->where);
+    if (c->hidden_size > MAX_FFN / 4)
+        return err_set("%s: hidden_size %d is too large (its MLP, 4 * hidden_size, exceeds %d)",
+                       s->where, c->hidden_size, MAX_FFN);
+    /* pretraining_tp and slow_but_exact change only the order of one sum
+     * (dense and dense_4h_to_h summed in tp slices): accepted as is. */
+    c->num_kv_heads = c->num_heads;
+    c->head_dim = c->hidden_size / c->num_heads;
+    c->intermediate_size = 4 * c->hidden_size;
+    c->qkv_bias = c->o_bias = c->mlp_bias = 1;
+    return 0;
+}
+
 /* "dtype" (transformers >= 5) or "torch_dtype" (older). */
 static int parse_dtype(model_config *c, const src *s) {
     const char *d;
@@ -281,7 +370,10 @@ int model_config_parse(model_config *cfg, const char *json, size_t len, const ch
         goto out;
     }
     if (parse_family(cfg, &s) != 0 || parse_dtype(cfg, &s) != 0) goto out;
-    if ((cfg->arch == MODEL_ARCH_GPT2 ? parse_gpt2(cfg, &s) : parse_llama(cfg, &s)) != 0) goto out;
+    if ((cfg->arch == MODEL_ARCH_GPT2    ? parse_gpt2(cfg, &s)
+         : cfg->arch == MODEL_ARCH_BLOOM ? parse_bloom(cfg, &s)
+                                         : parse_llama(cfg, &s)) != 0)
+        goto out;
     rc = model_config_check(cfg, where);
 out:
     json_decref(root);
@@ -356,6 +448,17 @@ int model_config_save(const model_config *c, const char *path) {
         SET(o, "scale_attn_weights", json_true());
         SET(o, "scale_attn_by_inverse_layer_idx", json_false());
         SET(o, "reorder_and_upcast_attn", json_false());
+    } else if (!bad && c->arch == MODEL_ARCH_BLOOM) {
+        SET(o, "hidden_size", json_integer(c->hidden_size));
+        SET(o, "n_layer", json_integer(c->num_layers));
+        SET(o, "n_head", json_integer(c->num_heads));
+        SET(o, "max_position_embeddings", json_integer(c->max_position));
+        SET(o, "layer_norm_epsilon", json_real(c->norm_eps));
+        SET(o, "apply_residual_connection_post_layernorm", json_false());
+        SET(o, "hidden_dropout", json_real(0.0));
+        SET(o, "attention_dropout", json_real(0.0));
+        SET(o, "pretraining_tp", json_integer(1));
+        SET(o, "slow_but_exact", json_false());
     } else if (!bad) {
         SET(o, "hidden_size", json_integer(c->hidden_size));
         SET(o, "intermediate_size", json_integer(c->intermediate_size));
@@ -376,7 +479,16 @@ int model_config_save(const model_config *c, const char *path) {
             f == MODEL_FAMILY_APERTUS)
             SET(o, "attention_bias", json_boolean(c->qkv_bias));
         if (f == MODEL_FAMILY_LLAMA) SET(o, "mlp_bias", json_boolean(c->mlp_bias));
-        if (f == MODEL_FAMILY_MISTRAL || f == MODEL_FAMILY_QWEN2 || f == MODEL_FAMILY_QWEN3)
+        if (f == MODEL_FAMILY_MIXTRAL) {
+            SET(o, "num_local_experts", json_integer(c->num_experts));
+            SET(o, "num_experts_per_tok", json_integer(c->experts_per_tok));
+            SET(o, "output_router_logits", json_boolean(c->router_aux_loss));
+            SET(o, "router_aux_loss_coef", json_real(c->router_aux_loss_coef));
+            SET(o, "router_jitter_noise", json_real(0.0));
+            reals[n_reals++] = c->router_aux_loss_coef;
+        }
+        if (f == MODEL_FAMILY_MISTRAL || f == MODEL_FAMILY_QWEN2 || f == MODEL_FAMILY_QWEN3 ||
+            f == MODEL_FAMILY_MIXTRAL)
             SET(o, "sliding_window",
                 c->sliding_window ? json_integer(c->sliding_window) : json_null());
         if (f == MODEL_FAMILY_PHI3)

@@ -1,8 +1,9 @@
 /* config — what a Hugging Face config.json says about the network's shape.
  *
  * Supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
- * Qwen3ForCausalLM, Olmo2ForCausalLM, ApertusForCausalLM, Gemma2ForCausalLM,
- * Gemma3ForCausalLM (gemma3_text), Phi3ForCausalLM and GPT2LMHeadModel.
+ * Qwen3ForCausalLM, Olmo2ForCausalLM, ApertusForCausalLM, MixtralForCausalLM,
+ * BloomForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM (gemma3_text),
+ * Phi3ForCausalLM and GPT2LMHeadModel.
  * A family is a set of block options (model_block: which norm, where, QK-norm,
  * MLP kind, activation, positions) plus its tensor names (model.c); the
  * kernels read the options, never the family (docs/adding-a-family.md).
@@ -13,8 +14,9 @@
 #include <stddef.h>
 
 /* The layout of the tensors: LLAMA "model.layers.N.…" nn.Linear modules (every
- * family but GPT-2), GPT2 "transformer.h.N.…" Conv1D modules stored (in, out). */
-typedef enum { MODEL_ARCH_LLAMA = 1, MODEL_ARCH_GPT2 = 2 } model_arch;
+ * family but GPT-2 and BLOOM), GPT2 "transformer.h.N.…" Conv1D modules stored
+ * (in, out), BLOOM "transformer.h.N.self_attention.…" nn.Linear modules. */
+typedef enum { MODEL_ARCH_LLAMA = 1, MODEL_ARCH_GPT2 = 2, MODEL_ARCH_BLOOM = 3 } model_arch;
 
 /* Which config.json family it came from; decides names read and written. */
 typedef enum {
@@ -28,6 +30,10 @@ typedef enum {
     MODEL_FAMILY_GEMMA2 = 8,
     MODEL_FAMILY_GEMMA3 = 9, /* gemma3_text: Gemma 3's language model alone */
     MODEL_FAMILY_PHI3 = 10,
+    /* Numbered apart from the families added beside them (Gemma, Phi-3), so
+     * that merging both sets of rows cannot give two families one value. */
+    MODEL_FAMILY_BLOOM = 20,
+    MODEL_FAMILY_MIXTRAL = 21,
 } model_family;
 
 /* Bounds of the per-layer and per-frequency arrays of model_config. */
@@ -43,13 +49,16 @@ typedef enum {
  * sqrt(var + eps) + b, or Gemma's RMSNorm y = x̂ · (1 + w), x̂ = x / sqrt(mean(x²)
  * + eps) (RMS_1P: the weight is stored as an offset from one, initialised to 0). */
 typedef enum { MODEL_NORM_RMS = 1, MODEL_NORM_LAYER = 2, MODEL_NORM_RMS_1P = 3 } model_norm_kind;
-/* Positions: rotary embeddings on q and k, or a learned table added to the
- * embedding (GPT-2's wpe). */
-typedef enum { MODEL_POS_ROPE = 1, MODEL_POS_LEARNED = 2 } model_pos_kind;
-/* q, k, v from three linears (q_proj, k_proj, v_proj), or from one whose
- * output columns are q (H·D) | k (KV·D) | v (KV·D) (GPT-2's c_attn, Phi-3's
- * qkv_proj). */
-typedef enum { MODEL_QKV_SEPARATE = 1, MODEL_QKV_FUSED = 2 } model_qkv_kind;
+/* Positions: rotary embeddings on q and k, a learned table added to the
+ * embedding (GPT-2's wpe), or ALiBi (Press et al. 2022, BLOOM): a per-head
+ * slope times the key's position added to the attention scores
+ * (model/cpu/alibi.c). */
+typedef enum { MODEL_POS_ROPE = 1, MODEL_POS_LEARNED = 2, MODEL_POS_ALIBI = 3 } model_pos_kind;
+/* q, k, v from three linears (q_proj, k_proj, v_proj), from one whose output
+ * columns are q (H·D) | k (KV·D) | v (KV·D) (GPT-2's c_attn, Phi-3's
+ * qkv_proj), or from one whose output columns are, head by head,
+ * q_h | k_h | v_h (BLOOM's query_key_value, viewed as (H, 3, D)). */
+typedef enum { MODEL_QKV_SEPARATE = 1, MODEL_QKV_FUSED = 2, MODEL_QKV_HEADS = 3 } model_qkv_kind;
 /* QK-norm, an RMSNorm of the projected q and k before RoPE: none; HEAD over
  * each head's D values with a (D) weight shared by the heads (Qwen3, Apertus,
  * Gemma 3); PROJ over the whole (H·D) q and (KV·D) k rows with (H·D) and
@@ -59,10 +68,18 @@ typedef enum {
     MODEL_QK_NORM_HEAD = 1,
     MODEL_QK_NORM_PROJ = 2
 } model_qk_norm;
-/* MLP: down(act(gate(x)) · up(x)) (GATED), down(act(up(x))) (PLAIN), or
- * GATED with gate and up as one linear whose output columns are gate (F) |
- * up (F) (GATED_FUSED: Phi-3's gate_up_proj, held in model_layer.up). */
-typedef enum { MODEL_MLP_GATED = 1, MODEL_MLP_PLAIN = 2, MODEL_MLP_GATED_FUSED = 3 } model_mlp_kind;
+/* MLP: down(act(gate(x)) · up(x)) (GATED), down(act(up(x))) (PLAIN), GATED
+ * with gate and up as one linear whose output columns are gate (F) | up (F)
+ * (GATED_FUSED: Phi-3's gate_up_proj, held in model_layer.up), or a sparse
+ * mixture of gated experts (MOE, Mixtral): a router picks each token's top-k
+ * experts, whose outputs are summed with the router's renormalized
+ * probabilities (model/cpu/moe.c). */
+typedef enum {
+    MODEL_MLP_GATED = 1,
+    MODEL_MLP_PLAIN = 2,
+    MODEL_MLP_GATED_FUSED = 3,
+    MODEL_MLP_MOE = 4
+} model_mlp_kind;
 /* SiLU x·sigmoid(x); GELU's tanh form (gelu_new, gelu_pytorch_tanh; gated:
  * GeGLU, Gemma); xIELU
  * (Huang 2024, Apertus) with per-layer trained alpha_p, alpha_n and stored
@@ -79,6 +96,8 @@ typedef struct {
     model_mlp_kind mlp;
     model_act_kind act;
     int embed_scale; /* the token embedding is multiplied by √C, rounded to fp32 (Gemma) */
+    int embed_norm;  /* the embedding is normalized before the first block (BLOOM's
+                        word_embeddings_layernorm) */
 } model_block;
 
 typedef struct {
@@ -133,6 +152,13 @@ typedef struct {
     int o_bias;         /* o_proj has a bias (Llama attention_bias) */
     int mlp_bias;       /* Llama mlp_bias */
     int bos_token_id, eos_token_id; /* -1 when absent */
+    /* MLP_MOE (Mixtral): E experts, k of them per token; with router_aux_loss
+     * (output_router_logits) the loss adds router_aux_loss_coef times the
+     * load-balancing loss of transformers' load_balancing_loss_func. */
+    int num_experts;     /* E: num_local_experts */
+    int experts_per_tok; /* k: num_experts_per_tok */
+    int router_aux_loss;
+    double router_aux_loss_coef;
     double initializer_range;
     char torch_dtype[16]; /* "float32", "bfloat16", "float16" ("float32" if absent) */
 } model_config;
@@ -147,8 +173,8 @@ int model_config_load(model_config *cfg, const char *path);
 /* Writes a config.json that transformers loads (architectures, model_type, …). */
 int model_config_save(const model_config *cfg, const char *path);
 /* Fills cfg for `fedlora init-model`: arch "llama"|"gpt2" with preset
- * "tiny"|"small"|"100m"|"124m", or "mistral"|"qwen2"|"qwen3"|"olmo2"|"apertus"
- * with preset "tiny". */
+ * "tiny"|"small"|"100m"|"124m", "mixtral" with "tiny"|"400m", or
+ * "mistral"|"qwen2"|"qwen3"|"olmo2"|"apertus"|"bloom" with preset "tiny". */
 int model_config_preset(model_config *cfg, const char *arch, const char *preset);
 /* Internal consistency (H % KV, C == H·D for GPT-2, positive sizes, the block
  * options the family fixes …). */

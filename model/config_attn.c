@@ -169,7 +169,7 @@ static int gemma3_rope(model_config *c, const src *s) {
     return 0;
 }
 
-int model_config_parse_rope(model_config *c, const src *s) {
+int model_config_parse_rope(model_config *c, const src *s, double default_theta) {
     if (c->family == MODEL_FAMILY_GEMMA3)
         return rope_partial(c, s, NULL, "rope_parameters") != 0 ? -1 : gemma3_rope(c, s);
     json_t *r;
@@ -183,7 +183,7 @@ int model_config_parse_rope(model_config *c, const src *s) {
                            key);
     }
     double top_theta;
-    if (get_double(s, "rope_theta", 0, 10000.0, &top_theta) != 0 ||
+    if (get_double(s, "rope_theta", 0, default_theta, &top_theta) != 0 ||
         rope_partial(c, s, r, name) != 0)
         return -1;
     return rope_params(c, s, r, name, top_theta);

@@ -74,6 +74,24 @@ const model_config_family_info model_config_families[] = {
      MODEL_ARCH_LLAMA,
      {MODEL_NORM_RMS, 1, 0, MODEL_POS_ROPE, MODEL_QKV_FUSED, MODEL_QK_NORM_NONE,
       MODEL_MLP_GATED_FUSED, MODEL_ACT_SILU}},
+    /* Mixtral: Mistral's attention, a sparse mixture of SwiGLU experts as
+     * the MLP (modeling_mixtral.py). */
+    {"mixtral",
+     "MixtralForCausalLM",
+     MODEL_FAMILY_MIXTRAL,
+     MODEL_ARCH_LLAMA,
+     {MODEL_NORM_RMS, 1, 0, MODEL_POS_ROPE, MODEL_QKV_SEPARATE, MODEL_QK_NORM_NONE, MODEL_MLP_MOE,
+      MODEL_ACT_SILU}},
+    /* BLOOM (and Poro): LayerNorm, ALiBi, query_key_value interleaved by
+     * head, a LayerNorm on the embedding, GELU-tanh (bloom_gelu_forward's
+     * constants are sqrt(2/pi) and 3·0.044715·sqrt(2/pi) to 1e-9, the same
+     * fp32 numbers) in a plain MLP (modeling_bloom.py). */
+    {"bloom",
+     "BloomForCausalLM",
+     MODEL_FAMILY_BLOOM,
+     MODEL_ARCH_BLOOM,
+     {MODEL_NORM_LAYER, 1, 0, MODEL_POS_ALIBI, MODEL_QKV_HEADS, MODEL_QK_NORM_NONE, MODEL_MLP_PLAIN,
+      MODEL_ACT_GELU_TANH, 0, 1}},
 };
 const int model_config_n_families =
     (int)(sizeof model_config_families / sizeof model_config_families[0]);
@@ -87,7 +105,7 @@ int model_config_family_index(model_family f) {
 int model_config_same_block(const model_block *a, const model_block *b) {
     return a->norm == b->norm && a->pre_norm == b->pre_norm && a->post_norm == b->post_norm &&
            a->pos == b->pos && a->qkv == b->qkv && a->qk_norm == b->qk_norm && a->mlp == b->mlp &&
-           a->act == b->act && a->embed_scale == b->embed_scale;
+           a->act == b->act && a->embed_scale == b->embed_scale && a->embed_norm == b->embed_norm;
 }
 
 double model_config_attn_scale(const model_config *c) {
@@ -192,6 +210,23 @@ static int check_rope_options(const model_config *c, const char *where) {
     return 0;
 }
 
+/* The experts: only MLP_MOE has them, 1 <= k <= E. */
+static int moe_check(const model_config *c, const char *where) {
+    if (c->block.mlp != MODEL_MLP_MOE) {
+        if (c->num_experts || c->experts_per_tok || c->router_aux_loss)
+            return err_set("%s: experts are set but the MLP is not a mixture of experts", where);
+        return 0;
+    }
+    if (c->num_experts < 1 || c->num_experts > MAX_EXPERTS || c->experts_per_tok < 1 ||
+        c->experts_per_tok > c->num_experts || c->experts_per_tok > MAX_EXPERTS_PER_TOK)
+        return err_set("%s: %d experts with %d per token: need 1 <= num_experts_per_tok <= "
+                       "num_local_experts <= %d and num_experts_per_tok <= %d",
+                       where, c->num_experts, c->experts_per_tok, MAX_EXPERTS, MAX_EXPERTS_PER_TOK);
+    if (!isfinite(c->router_aux_loss_coef) || c->router_aux_loss_coef < 0)
+        return err_set("%s: router_aux_loss_coef must be a finite number >= 0", where);
+    return 0;
+}
+
 int model_config_seq_check(const model_config *c, long long seq, const char *what) {
     if (seq >= 1 && seq <= c->max_position) return 0;
     return err_set("%s = %lld is outside the model's context of 1 to %d tokens "
@@ -225,6 +260,7 @@ int model_config_check(const model_config *c, const char *where) {
     if (c->bos_token_id < -1 || c->eos_token_id < -1)
         return err_set("%s: invalid bos/eos token id", where);
     if (c->sliding_window < 0) return err_set("%s: sliding_window must be >= 0", where);
+    if (moe_check(c, where) != 0) return -1;
     if (strcmp(c->torch_dtype, "float32") != 0 && strcmp(c->torch_dtype, "bfloat16") != 0 &&
         strcmp(c->torch_dtype, "float16") != 0)
         return err_set("%s: torch_dtype '%s' is not float32, bfloat16 or float16", where,
@@ -237,6 +273,20 @@ int model_config_check(const model_config *c, const char *where) {
         if (c->sliding_window || c->rope_llama3 || c->rope_linear || c->rope_longrope ||
             c->rope_local_theta || c->rope_dim)
             return err_set("%s: GPT-2 has no sliding window or RoPE scaling", where);
+        return 0;
+    }
+    if (c->arch == MODEL_ARCH_BLOOM) {
+        /* BloomAttention: KV = H, D = C / H; every linear has a bias. */
+        if (c->num_kv_heads != c->num_heads || c->head_dim * c->num_heads != c->hidden_size)
+            return err_set("%s: BLOOM needs KV = H and D = C / H", where);
+        if (c->intermediate_size != 4 * c->hidden_size)
+            return err_set("%s: BLOOM's MLP is 4 * hidden_size wide (dense_h_to_4h)", where);
+        if (!c->qkv_bias || !c->o_bias || !c->mlp_bias)
+            return err_set("%s: every BLOOM linear has a bias", where);
+        if (c->sliding_window || c->rope_llama3 || c->rope_linear || c->rope_longrope ||
+            c->rope_local_theta || c->rope_dim)
+            return err_set("%s: BLOOM has no sliding window or RoPE scaling (ALiBi positions)",
+                           where);
         return 0;
     }
     if (c->head_dim % 2 != 0)
@@ -265,6 +315,10 @@ int model_config_check(const model_config *c, const char *where) {
         case MODEL_FAMILY_QWEN2:
             if (!c->qkv_bias || c->o_bias || c->mlp_bias)
                 return err_set("%s: Qwen2 has q/k/v biases and no other", where);
+            break;
+        case MODEL_FAMILY_MIXTRAL:
+            if (c->qkv_bias || c->o_bias || c->mlp_bias)
+                return err_set("%s: Mixtral has no linear biases", where);
             break;
         case MODEL_FAMILY_PHI3:
             if (c->qkv_bias || c->o_bias || c->mlp_bias)
@@ -297,10 +351,18 @@ long long model_config_num_params(const model_config *c) {
         /* wte, wpe; per layer ln_1, c_attn, attn.c_proj, ln_2, c_fc, mlp.c_proj; ln_f */
         return V * C + T * C +
                L * (2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + C * F + F + F * C + C) + 2 * C;
+    if (c->arch == MODEL_ARCH_BLOOM)
+        /* word_embeddings (and an untied lm_head), its LayerNorm; per layer
+         * input_layernorm, query_key_value, dense, post_attention_layernorm,
+         * dense_h_to_4h, dense_4h_to_h; ln_f */
+        return V * C * (c->tie_embeddings ? 1 : 2) + 2 * C +
+               L * (2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + C * F + F + F * C + C) + 2 * C;
     const model_block *b = &c->block;
     long long D = c->head_dim, Q = (long long)c->num_heads * D, K = (long long)c->num_kv_heads * D;
     int gated = b->mlp == MODEL_MLP_GATED || b->mlp == MODEL_MLP_GATED_FUSED;
     long long layer = C * Q + 2 * C * K + Q * C + (gated ? 3 : 2) * C * F;
+    if (b->mlp == MODEL_MLP_MOE) /* the router (E, C) and E experts' w1, w2, w3 */
+        layer = C * Q + 2 * C * K + Q * C + (long long)c->num_experts * (C + 3 * C * F);
     layer += (b->pre_norm + b->post_norm) * 2 * C;
     if (b->qk_norm) layer += b->qk_norm == MODEL_QK_NORM_HEAD ? 2 * D : Q + K;
     if (b->act == MODEL_ACT_XIELU) layer += 2; /* alpha_p, alpha_n (beta, eps are buffers) */
@@ -313,13 +375,17 @@ long long model_config_num_params(const model_config *c) {
 typedef struct {
     const char *arch, *name;
     int V, C, F, L, H, KV, T, tied;
+    int E, k; /* experts (Mixtral) */
 } preset;
 
 /* tiny and small use a byte-level vocabulary (256 bytes + specials) so tests
  * and demos need no large tokenizer; 124m is GPT-2 small's shape, 100m a
  * Llama of about 100M parameters with the Llama-2 vocabulary. F for gated
  * MLPs is about 8C/3 (SwiGLU keeps the MLP's parameter count near GPT-2's
- * 8C²); Apertus's plain MLP is 4C as GPT-2's. Every family has a tiny. */
+ * 8C²); Apertus's plain MLP is 4C as GPT-2's, BLOOM's always 4C. Every
+ * family has a tiny; mixtral 400m is the shape of the MoE benchmark (8
+ * experts, top-2, 402M parameters; 122M of them multiply each token: the
+ * attention, the router, 2 of 8 experts and the head). */
 static const preset presets[] = {
     {"llama", "tiny", 320, 64, 176, 2, 4, 2, 256, 0},
     {"llama", "small", 320, 384, 1024, 6, 6, 2, 1024, 1},
@@ -335,6 +401,9 @@ static const preset presets[] = {
     {"gemma2", "tiny", 320, 64, 176, 2, 4, 2, 256, 1},
     {"gemma3_text", "tiny", 320, 64, 176, 2, 4, 2, 256, 1},
     {"phi3", "tiny", 320, 64, 176, 2, 4, 2, 256, 0},
+    {"mixtral", "tiny", 320, 64, 128, 2, 4, 2, 256, 0, 4, 2},
+    {"mixtral", "400m", 32000, 768, 2304, 8, 12, 4, 4096, 0, 8, 2},
+    {"bloom", "tiny", 320, 64, 256, 2, 4, 4, 256, 1},
 };
 
 /* Gemma's attention in a tiny preset: a sliding layer then a global one
@@ -383,7 +452,15 @@ int model_config_preset(model_config *cfg, const char *arch, const char *name) {
     cfg->norm_eps = 1e-5;
     cfg->rope_theta = gpt2 ? 0.0 : 10000.0;
     cfg->tie_embeddings = p->tied;
-    cfg->qkv_bias = cfg->o_bias = cfg->mlp_bias = gpt2; /* GPT-2 Conv1D biases */
+    int bloom = cfg->arch == MODEL_ARCH_BLOOM;
+    cfg->qkv_bias = cfg->o_bias = cfg->mlp_bias = gpt2 || bloom; /* GPT-2, BLOOM: every bias */
+    if (bloom) cfg->rope_theta = 0.0;
+    cfg->num_experts = p->E;
+    cfg->experts_per_tok = p->k;
+    if (p->E) {
+        cfg->router_aux_loss_coef = 0.001; /* MixtralConfig's defaults */
+        cfg->rope_theta = 1e6;
+    }
     if (cfg->family == MODEL_FAMILY_QWEN2) cfg->qkv_bias = 1;
     if (cfg->family == MODEL_FAMILY_APERTUS) model_config_apertus_rope(cfg);
     if (is_gemma(cfg)) gemma_preset(cfg);

@@ -121,8 +121,11 @@ CONFIG_JSON_FN int get_window(const src *s, int def, int *out) {
  * config.json has none. */
 int model_config_layer_types(const src *s, int L, unsigned char *sliding, int *given);
 
-/* The RoPE of a Llama-layout config (every spelling transformers reads). */
-int model_config_parse_rope(model_config *c, const src *s);
+/* The RoPE of a Llama-layout config (every spelling transformers reads);
+ * default_theta is the family's rope_theta when config.json gives none
+ * (default_theta in its configuration_*.py: 1e4, Mixtral's 1e6). Gemma 3's
+ * own default (1e6) is applied inside. */
+int model_config_parse_rope(model_config *c, const src *s, double default_theta);
 /* Gemma 2 and 3: attention_bias, query_pre_attn_scalar, soft-capping, the
  * sliding window and the layers' types. */
 int model_config_parse_gemma(model_config *c, const src *s);

@@ -14,6 +14,8 @@
 #define MAX_HEADS 1024
 #define MAX_HEAD_DIM 1024
 #define MAX_POSITIONS (1 << 24)
+#define MAX_EXPERTS 1024       /* Mixtral has 8; the largest published MoEs a few hundred */
+#define MAX_EXPERTS_PER_TOK 64 /* Mixtral 2, the largest published MoEs 8 */
 
 /* One supported family: its names in config.json, its tensor layout and
  * the block options it fixes. */
@@ -28,11 +30,12 @@ extern const model_config_family_info model_config_families[];
 extern const int model_config_n_families;
 
 #define MODEL_CONFIG_TYPES                                                                         \
-    "llama, mistral, qwen2, qwen3, olmo2, apertus, gemma2, gemma3_text, phi3, gpt2"
+    "llama, mistral, qwen2, qwen3, olmo2, apertus, gemma2, gemma3_text, phi3, mixtral, bloom, "    \
+    "gpt2"
 #define MODEL_CONFIG_ARCHS                                                                         \
     "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "                   \
     "Olmo2ForCausalLM, ApertusForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, "                 \
-    "Phi3ForCausalLM, GPT2LMHeadModel"
+    "Phi3ForCausalLM, MixtralForCausalLM, BloomForCausalLM, GPT2LMHeadModel"
 
 /* The family's row, or -1. */
 int model_config_family_index(model_family f);

@@ -84,8 +84,30 @@ static model_norm norm(table *t, const char *prefix, const char *name, int C) {
     return n;
 }
 
-/* Every family but GPT-2: "model.layers.N.…" with nn.Linear projections. */
-static void build_llama(table *t) {
+/* Mixtral's block_sparse_moe: the router and E experts' w1, w2, w3, in the
+ * order of the checkpoint's (transformers 4's) modules. */
+static int build_moe(table *t, model_layer *L, const char *blk) {
+    const model_config *c = &t->m->cfg;
+    int C = c->hidden_size, F = c->intermediate_size, E = c->num_experts;
+    char pre[128];
+    L->moe.n_experts = E;
+    L->moe.experts = calloc((size_t)3 * E, sizeof *L->moe.experts);
+    if (!L->moe.experts) return -1;
+    snprintf(pre, sizeof pre, "%s.block_sparse_moe.gate", blk);
+    L->moe.router = linear(t, 0, C, E, 0, pre);
+    for (int e = 0; e < E; e++) {
+        static const char *const names[3] = {"w1", "w2", "w3"};
+        for (int j = 0; j < 3; j++) {
+            snprintf(pre, sizeof pre, "%s.block_sparse_moe.experts.%d.%s", blk, e, names[j]);
+            L->moe.experts[3 * e + j] =
+                j == 1 ? linear(t, 0, F, C, 0, pre) : linear(t, 0, C, F, 0, pre);
+        }
+    }
+    return 0;
+}
+
+/* Every family but GPT-2 and BLOOM: "model.layers.N.…" with nn.Linear projections. */
+static int build_llama(table *t) {
     model *m = t->m;
     const model_config *c = &m->cfg;
     const model_block *bk = &c->block;
@@ -120,6 +142,10 @@ static void build_llama(table *t) {
         }
         if (bk->post_norm) L->attn_out = norm(t, blk, nn.attn_out, C);
         if (bk->pre_norm) L->mlp_in = norm(t, blk, nn.mlp_in, C);
+        if (bk->mlp == MODEL_MLP_MOE) {
+            if (build_moe(t, L, blk) != 0) return -1;
+            continue;
+        }
         if (bk->mlp == MODEL_MLP_GATED) {
             snprintf(pre, sizeof pre, "%s.mlp.gate_proj", blk);
             L->gate = linear(t, 0, C, F, c->mlp_bias, pre);
@@ -145,33 +171,57 @@ static void build_llama(table *t) {
     }
     m->norm_f = norm(t, "model", "norm", C);
     m->lm_head = c->tie_embeddings ? m->wte : add(t, 0, c->vocab_size, C, "lm_head.weight");
+    return 0;
 }
 
-static void build_gpt2(table *t) {
+/* The "transformer.h.N.…" layout of GPT-2 (Conv1D modules, learned
+ * positions, always tied) and BLOOM (nn.Linear modules, a LayerNorm on the
+ * embedding, modeling_bloom.py), by their module names. */
+typedef struct {
+    const char *wte, *wpe, *embed_norm;                 /* under "transformer." (NULL: none) */
+    const char *attn_in, *qkv, *o, *mlp_in, *up, *down; /* under "transformer.h.N." */
+    int conv1d;
+} h_names;
+
+static const h_names GPT2_NAMES = {"wte",         "wpe",  NULL,       "ln_1",       "attn.c_attn",
+                                   "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj", 1};
+static const h_names BLOOM_NAMES = {"word_embeddings",
+                                    NULL,
+                                    "word_embeddings_layernorm",
+                                    "input_layernorm",
+                                    "self_attention.query_key_value",
+                                    "self_attention.dense",
+                                    "post_attention_layernorm",
+                                    "mlp.dense_h_to_4h",
+                                    "mlp.dense_4h_to_h",
+                                    0};
+
+static int build_h(table *t, const h_names *nm) {
     model *m = t->m;
     const model_config *c = &m->cfg;
-    int C = c->hidden_size, F = c->intermediate_size;
-    m->wte = add(t, 0, c->vocab_size, C, "transformer.wte.weight");
-    m->wpe = add(t, 0, c->max_position, C, "transformer.wpe.weight");
+    int C = c->hidden_size, F = c->intermediate_size, cv = nm->conv1d;
+    m->wte = add(t, 0, c->vocab_size, C, "transformer.%s.weight", nm->wte);
+    if (nm->wpe) m->wpe = add(t, 0, c->max_position, C, "transformer.%s.weight", nm->wpe);
+    if (nm->embed_norm) m->embed_norm = norm(t, "transformer", nm->embed_norm, C);
     for (int l = 0; l < c->num_layers; l++) {
         model_layer *L = &m->layers[l];
-        char pre[96];
-        char blk[64];
+        char blk[64], pre[128];
         snprintf(blk, sizeof blk, "transformer.h.%d", l);
-        L->attn_in = norm(t, blk, "ln_1", C);
-        snprintf(pre, sizeof pre, "transformer.h.%d.attn.c_attn", l);
-        L->qkv = linear(t, 1, C, 3 * C, 1, pre);
-        snprintf(pre, sizeof pre, "transformer.h.%d.attn.c_proj", l);
-        L->o = linear(t, 1, C, C, 1, pre);
-        L->mlp_in = norm(t, blk, "ln_2", C);
-        snprintf(pre, sizeof pre, "transformer.h.%d.mlp.c_fc", l);
-        L->up = linear(t, 1, C, F, 1, pre);
-        snprintf(pre, sizeof pre, "transformer.h.%d.mlp.c_proj", l);
-        L->down = linear(t, 1, F, C, 1, pre);
+        L->attn_in = norm(t, blk, nm->attn_in, C);
+        snprintf(pre, sizeof pre, "%s.%s", blk, nm->qkv);
+        L->qkv = linear(t, cv, C, 3 * C, 1, pre);
+        snprintf(pre, sizeof pre, "%s.%s", blk, nm->o);
+        L->o = linear(t, cv, C, C, 1, pre);
+        L->mlp_in = norm(t, blk, nm->mlp_in, C);
+        snprintf(pre, sizeof pre, "%s.%s", blk, nm->up);
+        L->up = linear(t, cv, C, F, 1, pre);
+        snprintf(pre, sizeof pre, "%s.%s", blk, nm->down);
+        L->down = linear(t, cv, F, C, 1, pre);
     }
     m->norm_f = norm(t, "transformer", "ln_f", C);
-    /* GPT2LMHeadModel always ties lm_head to wte. */
-    m->lm_head = m->wte;
+    /* GPT2LMHeadModel always ties lm_head to wte (model_config_check). */
+    m->lm_head = c->tie_embeddings ? m->wte : add(t, 0, c->vocab_size, C, "lm_head.weight");
+    return 0;
 }
 
 /* The table for cfg, with no values. */
@@ -181,7 +231,8 @@ static int create_table(model **out, const model_config *cfg) {
     model *m = calloc(1, sizeof *m);
     if (!m) return err_set("out of memory creating the model");
     m->cfg = *cfg;
-    int cap = 8 + cfg->num_layers * 32;
+    /* params per layer: at most 32, plus a router and 3 per expert */
+    int cap = 8 + cfg->num_layers * (32 + 1 + 3 * cfg->num_experts);
     m->params = calloc((size_t)cap, sizeof *m->params);
     m->layers = calloc((size_t)cfg->num_layers, sizeof *m->layers);
     if (!m->params || !m->layers) {
@@ -189,10 +240,13 @@ static int create_table(model **out, const model_config *cfg) {
         return err_set("out of memory creating the model");
     }
     table t = {m};
-    if (cfg->arch == MODEL_ARCH_GPT2)
-        build_gpt2(&t);
-    else
-        build_llama(&t);
+    int rc = cfg->arch == MODEL_ARCH_GPT2    ? build_h(&t, &GPT2_NAMES)
+             : cfg->arch == MODEL_ARCH_BLOOM ? build_h(&t, &BLOOM_NAMES)
+                                             : build_llama(&t);
+    if (rc != 0) {
+        model_free(m);
+        return err_set("out of memory creating the model");
+    }
     *out = m;
     return 0;
 }
@@ -231,10 +285,23 @@ void model_free(model *m) {
             free(m->params[i].owned);
         }
     free(m->params);
+    if (m->layers)
+        for (int l = 0; l < m->cfg.num_layers; l++) free(m->layers[l].moe.experts);
     free(m->layers);
     free(m->storage);
     safetensors_dir_close(m->mapped);
     free(m);
+}
+
+int model_layer_n_linears(const model_layer *L) {
+    return 8 + (L->moe.experts ? 1 + 3 * L->moe.n_experts : 0);
+}
+
+model_linear *model_layer_linear(model_layer *L, int j) {
+    model_linear *fixed[] = {&L->q, &L->k, &L->v, &L->qkv, &L->o, &L->gate, &L->up, &L->down};
+    if (j < 0 || j >= model_layer_n_linears(L)) return NULL;
+    if (j < 8) return fixed[j];
+    return j == 8 ? &L->moe.router : &L->moe.experts[j - 9];
 }
 
 model_param *model_find_param(const model *m, const char *name) {

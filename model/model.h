@@ -99,12 +99,22 @@ typedef struct {
     model_param *alpha_p, *alpha_n, *beta, *eps;
 } model_xielu;
 
+/* MLP_MOE's sublayer (Mixtral's block_sparse_moe): the router gate (E, C)
+ * and E experts, each a gated MLP w2(silu(w1 x) · w3 x) with w1, w3 (F, C)
+ * and w2 (C, F); experts[3e + 0, 1, 2] are expert e's w1, w2, w3. */
+typedef struct {
+    model_linear router;
+    int n_experts;
+    model_linear *experts;
+} model_moe;
+
 /* One block, in the order it computes (model/config.h's model_block says
  * which pieces a family has). */
 typedef struct {
     model_norm attn_in;   /* pre_norm: input_layernorm / ln_1 / attention_layernorm */
     model_linear q, k, v; /* QKV_SEPARATE: q (H·D, C), k and v (KV·D, C) */
-    model_linear qkv;     /* QKV_FUSED: GPT-2 c_attn (3C, C), Phi-3 qkv_proj ((H + 2KV)·D, C) */
+    model_linear qkv;     /* QKV_FUSED: GPT-2 c_attn (3C, C), Phi-3 qkv_proj ((H + 2KV)·D, C);
+                             QKV_HEADS, BLOOM's query_key_value: (3C, C) with rows (H, 3, D) */
     model_norm q_norm;    /* QK-norm: (D) per head, or (H·D) over the projection */
     model_norm k_norm;    /*          (D), or (KV·D) */
     model_linear o;       /* o_proj (C, H·D) / attn.c_proj (C, C) */
@@ -114,19 +124,27 @@ typedef struct {
     model_linear up;      /* up_proj (F, C) / GPT-2 c_fc (F, C) / Phi-3 gate_up_proj (2F, C) */
     model_linear down;    /* down_proj (C, F) / mlp.c_proj (C, F) */
     model_xielu xielu;    /* ACT_XIELU */
+    model_moe moe;        /* MLP_MOE (then gate, up, down are absent) */
     model_norm mlp_out;   /* post_norm: OLMo 2 post_feedforward_layernorm */
 } model_layer;
+
+/* The linears of a block in module order, the ones lora/ and the CUDA
+ * backend walk: q, k, v, qkv, o, gate, up, down (w == NULL where the family
+ * has none), then for MLP_MOE the router and each expert's w1, w2, w3. */
+int model_layer_n_linears(const model_layer *L);
+model_linear *model_layer_linear(model_layer *L, int j);
 
 typedef struct model {
     model_config cfg;
     int n_params;
     model_param *params;
-    model_param *wte;     /* (V, C) token embedding */
-    model_param *wpe;     /* (max_position, C), GPT-2 only */
-    model_norm norm_f;    /* model.norm / transformer.ln_f */
-    model_param *lm_head; /* (V, C); the same param as wte when tied */
-    model_layer *layers;  /* L of them */
-    real *storage;        /* one block holding every `real` param's data, or NULL */
+    model_param *wte;      /* (V, C) token embedding */
+    model_param *wpe;      /* (max_position, C), GPT-2 only */
+    model_norm embed_norm; /* block.embed_norm: BLOOM's word_embeddings_layernorm */
+    model_norm norm_f;     /* model.norm / transformer.ln_f */
+    model_param *lm_head;  /* (V, C); the same param as wte when tied */
+    model_layer *layers;   /* L of them */
+    real *storage;         /* one block holding every `real` param's data, or NULL */
     model_precision precision;
     struct safetensors_dir *mapped; /* the checkpoint the values point into, or NULL */
 } model;
@@ -239,6 +257,14 @@ const real *model_acts_resid_grad(const model_acts *a, int point);
  * stream at that point, right after it is computed; point −1 stops it.
  * A finite-difference probe of model_acts_resid_grad. */
 int model_acts_set_probe(model_acts *a, int point, int64_t index, double delta);
+/* Mixture of experts: the smallest gap, over the rows of every layer of the
+ * last forward, between the k-th and the (k+1)-th router probability (+inf
+ * without experts, or when every expert is chosen). The routing is
+ * piecewise constant: a finite-difference step that moves no probability
+ * by more than half this gap measures the derivative of one piece. */
+double model_acts_router_margin(const model_acts *a);
+/* The rows the last forward sent to expert e of layer l (0 without experts). */
+int model_acts_expert_rows(const model_acts *a, int l, int e);
 
 /* ---- incremental decoding (model/cpu/decode.c) -----------------------------------
  * Generation appends tokens one step at a time. model_decode runs only the new

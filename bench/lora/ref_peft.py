@@ -11,6 +11,16 @@ model in bf16 (as from_pretrained(torch_dtype=torch.bfloat16) loads it; the
 LoRA weights stay fp32, PEFT's autocast_adapter_dtype default), and the
 forward and backward under torch.autocast("cpu", dtype=torch.bfloat16).
 
+Mixtral: transformers 5 holds the router and the experts as parameters,
+not nn.Linear modules, so "all-linear" would adapt the attention only; the
+router and the experts take adapters through PEFT's target_parameters
+(gate.weight, the fused experts' gate_up_proj and down_proj, rank r per
+expert), as a PEFT user adapts them. fedlora (bench_lora_model.h: q, k, v,
+o, gate, w1, w2, w3 by name, as its all-linear leaves the router frozen)
+adapts the same weights with rank r on each of an expert's w1, w3 and w2:
+on w1 | w3 that is A (2r, C) and a block-diagonal B against PEFT's A (r, C),
+B (2F, r), so fedlora trains 10% more numbers (both print theirs).
+
     python3 bench/lora/ref_peft.py --arch gpt2 --preset 124m --batch 4 --seq 256 --threads 2
 """
 import argparse
@@ -45,8 +55,12 @@ def main():
     base.config.use_cache = False
     if bf16:
         base = base.to(torch.bfloat16)
-    lcfg = peft.LoraConfig(r=a.rank, lora_alpha=2 * a.rank, target_modules="all-linear",
-                           lora_dropout=0.0, task_type="CAUSAL_LM")
+    targets = dict(target_modules="all-linear")
+    if a.arch == "mixtral":
+        targets = dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                       target_parameters=["gate.weight", "gate_up_proj", "down_proj"])
+    lcfg = peft.LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0, task_type="CAUSAL_LM",
+                           **targets)
     model = peft.get_peft_model(base, lcfg)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -5,6 +5,7 @@
 #include "util/err.h"
 
 #include <limits.h>
+#include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,8 +29,9 @@ static size_t acts_layout(model_acts *a) {
     size_t N = (size_t)a->N, C = (size_t)c->hidden_size, L = (size_t)c->num_layers;
     size_t F = (size_t)c->intermediate_size, V = (size_t)c->vocab_size;
     size_t HD = (size_t)c->num_heads * c->head_dim, W = (size_t)a->W, P = 2 * L + 1;
-    size_t S = ACTS_NORMS * L + 1; /* norm slots */
+    size_t S = ACTS_NORMS * L + 1 + (size_t)bk->embed_norm; /* norm slots */
     int rope = bk->pos == MODEL_POS_ROPE, gated = model_block_gated(bk);
+    int dense = bk->mlp != MODEL_MLP_MOE; /* MoE's buffers are moe.c's */
     int local = rope && c->rope_local_theta > 0;
     size_t rope_n = (size_t)a->T * (size_t)(model_config_rope_dim(c) / 2);
     size_t used = 0;
@@ -37,6 +39,8 @@ static size_t acts_layout(model_acts *a) {
     a->rope_sin = carve_if(rope, a, &used, rope_n);
     a->rope_lcos = carve_if(local, a, &used, rope_n);
     a->rope_lsin = carve_if(local, a, &used, rope_n);
+    a->alibi = carve_if(bk->pos == MODEL_POS_ALIBI, a, &used, (size_t)c->num_heads);
+    a->emb = carve_if(bk->embed_norm, a, &used, N * C);
     a->resid = carve(a, &used, P * N * C);
     a->norm_mean = carve_if(bk->norm == MODEL_NORM_LAYER, a, &used, S * N);
     a->norm_rstd = carve(a, &used, S * N);
@@ -46,10 +50,10 @@ static size_t acts_layout(model_acts *a) {
     a->att_lse = carve(a, &used, L * N * c->num_heads);
     a->att = carve(a, &used, L * N * HD);
     a->sub_out = carve_if(bk->post_norm, a, &used, L * 2 * N * C);
-    a->fc_a = carve(a, &used, L * N * F);
+    a->fc_a = carve_if(dense, a, &used, L * N * F);
     a->fc_b = carve_if(gated, a, &used, L * N * F);
     a->fc_fused = carve_if(bk->mlp == MODEL_MLP_GATED_FUSED, a, &used, N * 2 * F);
-    a->act = carve(a, &used, N * F);
+    a->act = carve_if(dense, a, &used, N * F);
     a->xf = carve(a, &used, N * C);
     a->logits = carve(a, &used, N * V);
     a->nbuf = carve(a, &used, N * C);
@@ -59,7 +63,7 @@ static size_t acts_layout(model_acts *a) {
     a->dqkv = carve(a, &used, N * W);
     a->dqk_raw = carve_if(a->QK > 0, a, &used, N * a->QK);
     a->datt = carve(a, &used, N * HD);
-    a->dfa = carve(a, &used, N * F);
+    a->dfa = carve_if(dense, a, &used, N * F);
     a->dfb = carve_if(gated, a, &used, N * F);
     a->attn.scratch = carve(a, &used, (size_t)a->attn.threads * CPU_ATTN_SCRATCH(a->T));
     return used;
@@ -111,8 +115,9 @@ int model_acts_create(model_acts **out, const model *m, int B, int T) {
     a->lse = malloc((size_t)a->N * sizeof *a->lse);
     a->row_loss = malloc((size_t)a->N * sizeof *a->row_loss);
     if (c->block.act == MODEL_ACT_XIELU) a->act_sums = malloc((size_t)a->N * 2 * sizeof(double));
+    int moe_fail = c->block.mlp == MODEL_MLP_MOE && cpu_moe_create(&a->moe, c, a->N, c->num_layers);
     if (!a->block || !a->tokens || !a->targets || !a->lse || !a->row_loss ||
-        (c->block.act == MODEL_ACT_XIELU && !a->act_sums)) {
+        (c->block.act == MODEL_ACT_XIELU && !a->act_sums) || moe_fail) {
         model_acts_free(a);
         return err_set("out of memory: activations for batch %d x sequence %d need %.2f GB; "
                        "use a smaller --batch or --seq",
@@ -120,6 +125,8 @@ int model_acts_create(model_acts **out, const model *m, int B, int T) {
     }
     acts_layout(a);
     if (a->rope_cos) cpu_rope_table(a->rope_cos, a->rope_sin, c, T);
+    if (a->alibi) cpu_alibi_slopes(a->alibi, c->num_heads);
+    a->attn.alibi = a->alibi;
     if (a->rope_lcos) cpu_rope_table_for(a->rope_lcos, a->rope_lsin, c, T, 1, 0);
     *out = a;
     return 0;
@@ -134,6 +141,7 @@ void model_acts_free(model_acts *a) {
     free(a->row_loss);
     free(a->act_sums);
     free(a->resid_grads);
+    cpu_moe_free(a->moe);
     free(a);
 }
 
@@ -167,4 +175,12 @@ int model_acts_set_probe(model_acts *a, int point, int64_t index, double delta) 
     a->probe_index = index;
     a->probe_delta = delta;
     return 0;
+}
+
+double model_acts_router_margin(const model_acts *a) {
+    return a->moe ? cpu_moe_margin(a->moe) : INFINITY;
+}
+
+int model_acts_expert_rows(const model_acts *a, int l, int e) {
+    return a->moe ? cpu_moe_expert_rows(a->moe, l, e) : 0;
 }

@@ -7,11 +7,13 @@
  * point 2l + 1 is after its attention sublayer, point 2L enters the final
  * norm. A block has up to four norms (model_layer's attn_in, attn_out,
  * mlp_in, mlp_out); norm slot 4l + k (ACTS_NORM_*) keeps the row statistics
- * of block l's norm k, slot 4L the final norm's. */
+ * of block l's norm k, slot 4L the final norm's, slot 4L + 1 the embedding
+ * norm's (block.embed_norm). */
 #ifndef FL_MODEL_CPU_ACTS_H
 #define FL_MODEL_CPU_ACTS_H
 
 #include "model/cpu/cpu.h"
+#include "model/cpu/moe.h"
 
 /* What the activations hold: nothing yet, a forward's, or a finished backward's. */
 enum { ACTS_FRESH, ACTS_FORWARD, ACTS_BACKWARD };
@@ -56,6 +58,11 @@ struct model_acts {
     real *datt;                  /* (N, H·D) */
     real *dfa, *dfb;             /* (N, F) */
     real *resid_grads;           /* (2L+1, N, C) when kept, else NULL */
+    real *alibi;                 /* (H) ALiBi slopes (POS_ALIBI) */
+    real *emb;                   /* (N, C) the embedding before its norm (embed_norm) */
+    cpu_moe *moe;                /* MLP_MOE: the routing and experts' buffers (moe.h) */
+    int64_t n_targets;           /* the last forward's, for the router's auxiliary loss */
+    double aux_grad;             /* backward: d(objective)/d(aux loss), 0 without it */
     int probe_point;             /* −1: none */
     int64_t probe_index;
     double probe_delta;

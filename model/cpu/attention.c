@@ -5,7 +5,8 @@
  * window, from its first row's window start), so the masked upper triangle
  * is mostly never computed. Scores S = scale · Q Kᵀ and the weighted sum
  * P V are single-threaded GEMMs on the block, with the OpenMP threads spread
- * over (batch, head).
+ * over (batch, head). With ALiBi (at->alibi) each score of head h gets
+ * slope_h · j for its key j added before the softmax (alibi.c).
  *
  * The (T, T) probabilities are not kept: forward saves each row's
  * log-sum-exp, and backward recomputes P = exp(S − lse) one block at a time
@@ -37,11 +38,12 @@ static int first_key(const cpu_attn *at, int i) {
     return at->window > 0 && i - at->window + 1 > 0 ? i - at->window + 1 : 0;
 }
 
-/* S (rows × nc, row stride nc) holds scaled scores on entry. Forward
- * (lse_out != NULL): turns each row into its softmax and stores the row's
- * log-sum-exp. Backward (lse_out == NULL): turns each row into
- * exp(S − lse_in[row]). Masked entries become 0 either way. */
-static void block_softmax(const cpu_attn *at, const attn_block *bl, real *S, real *lse_out,
+/* S (rows × nc, row stride nc) holds scaled scores on entry; head h's
+ * ALiBi bias is added to the visible ones. Forward (lse_out != NULL): turns
+ * each row into its softmax and stores the row's log-sum-exp. Backward
+ * (lse_out == NULL): turns each row into exp(S − lse_in[row]). Masked
+ * entries become 0 either way. */
+static void block_softmax(const cpu_attn *at, const attn_block *bl, int h, real *S, real *lse_out,
                           const real *lse_in) {
     int nc = bl->c1 - bl->c0;
     for (int i = bl->r0; i < bl->r1; i++) {
@@ -49,6 +51,10 @@ static void block_softmax(const cpu_attn *at, const attn_block *bl, real *S, rea
         int lo = first_key(at, i) - bl->c0, hi = i - bl->c0 + 1; /* visible: [lo, hi) */
         for (int j = 0; j < lo; j++) row[j] = 0;
         for (int j = hi; j < nc; j++) row[j] = 0;
+        if (at->alibi) {
+            real slope = at->alibi[h];
+            for (int j = lo; j < hi; j++) row[j] += cpu_alibi_bias(slope, bl->c0 + j);
+        }
         if (lse_out) {
             if (at->softcap) cpu_softcap_forward(row + lo, hi - lo, at->softcap);
             real mx = cpu_row_max(row + lo, hi - lo);
@@ -99,7 +105,7 @@ void cpu_attention_forward(const cpu_attn *at, const real *q, int ldq, const rea
             int rb = bl.r1 - bl.r0, nc = bl.c1 - bl.c0;
             real_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, rb, nc, D, at->scale,
                       Q + (int64_t)r0 * ldq, ldq, K + (int64_t)bl.c0 * ldk, ldk, 0, S, nc);
-            block_softmax(at, &bl, S, L, NULL);
+            block_softmax(at, &bl, h, S, L, NULL);
             real_gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rb, D, nc, 1, S, nc,
                       V + (int64_t)bl.c0 * ldv, ldv, 0, O + (int64_t)r0 * ldo, ldo);
         }
@@ -138,7 +144,7 @@ void cpu_attention_backward(const cpu_attn *at, const real *q, int ldq, const re
                 const real *Kb = K + (int64_t)bl.c0 * ldk, *Vb = V + (int64_t)bl.c0 * ldv;
                 real_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, rb, nc, D, at->scale, Qb, ldq,
                           Kb, ldk, 0, P, nc);
-                if (!at->softcap) block_softmax(at, &bl, P, NULL, L);
+                if (!at->softcap) block_softmax(at, &bl, h, P, NULL, L);
                 real_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, rb, nc, D, 1, dOb, ldo, Vb, ldv,
                           0, dP, nc);
                 /* rowsum(P ⊙ dP) = dO_i · O_i, since O_i = Σ_j P_ij V_j. */

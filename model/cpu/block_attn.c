@@ -2,9 +2,12 @@
  *
  *   q, k, v = q_proj(h), k_proj(h), v_proj(h)     QKV_SEPARATE
  *           = column thirds of c_attn(h)          QKV_FUSED (GPT-2)
+ *           = query_key_value(h) viewed (H, 3, D) QKV_HEADS (BLOOM): moved into
+ *             the fused layout (alibi.c's cpu_qkv_heads)
  *   q, k    = qk_norm(q), qk_norm(k)              QK-norm (before RoPE, as
  *             Qwen3 / Apertus per head, OLMo 2 over the projection)
- *   q, k    = rope(q), rope(k)                    POS_ROPE
+ *   q, k    = rope(q), rope(k)                    POS_ROPE (POS_ALIBI: a bias
+ *             in the attention's scores, attention.c)
  *   y       = o(attn(q, k, v))
  *
  * Saved: q, k, v as attention reads them, the pre-norm q | k and the QK-norm
@@ -13,8 +16,9 @@
 
 /* A layer's q, k and v inside its block of N·W values. QKV_SEPARATE: three
  * contiguous matrices q (N, H·D), k and v (N, KV·D), the outputs of three
- * linears. QKV_FUSED: one (N, W) matrix whose columns are q (H·D) | k (KV·D)
- * | v (KV·D) (GPT-2's thirds, Phi-3's qkv_proj). */
+ * linears. QKV_FUSED (and QKV_HEADS, once moved): one (N, W) matrix whose
+ * columns are q (H·D) | k (KV·D) | v (KV·D) (GPT-2's thirds, Phi-3's
+ * qkv_proj). */
 typedef struct {
     real *q, *k, *v;
     int ldq, ldk, ldv;
@@ -23,7 +27,7 @@ typedef struct {
 static qkv_view qkv_at(const model_acts *a, real *base) {
     const model_config *c = &a->m->cfg;
     int HD = c->num_heads * c->head_dim, KVD = c->num_kv_heads * c->head_dim;
-    if (c->block.qkv == MODEL_QKV_FUSED)
+    if (c->block.qkv == MODEL_QKV_FUSED || c->block.qkv == MODEL_QKV_HEADS)
         return (qkv_view){base, base + HD, base + HD + KVD, a->W, a->W, a->W};
     return (qkv_view){base, base + (size_t)a->N * HD, base + (size_t)a->N * (HD + KVD), HD, KVD,
                       KVD};
@@ -39,7 +43,7 @@ static void layer_rope(const model_acts *a, int l, const qkv_view *v, int invers
 }
 
 int block_attn_needs_input(const model_layer *L) {
-    if (L->qkv.w) return cpu_linear_needs_input(&L->qkv);
+    if (L->qkv.w) return cpu_linear_needs_input(&L->qkv); /* QKV_FUSED, QKV_HEADS */
     return cpu_linear_needs_input(&L->q) || cpu_linear_needs_input(&L->k) ||
            cpu_linear_needs_input(&L->v);
 }
@@ -54,6 +58,11 @@ int block_attn_forward(model_acts *a, int l, const real *h, real *y, int accumul
 
     if (c->block.qkv == MODEL_QKV_FUSED) {
         TRY(cpu_linear_forward(m->precision, &L->qkv, h, qv.q, N, 0));
+    } else if (c->block.qkv == MODEL_QKV_HEADS) {
+        /* query_key_value's (H, 3, D) rows into dqkv (backward's scratch),
+         * then into the fused layout */
+        TRY(cpu_linear_forward(m->precision, &L->qkv, h, a->dqkv, N, 0));
+        cpu_qkv_heads(qv.q, a->dqkv, N, c->num_heads, c->head_dim, 0);
     } else if (a->QK) {
         /* the projections into qk_raw (kept), normalized into q and k */
         real *q_raw = a->qk_raw + acts_layer_off(a, l, a->QK), *k_raw = q_raw + (size_t)N * HD;
@@ -91,6 +100,12 @@ int block_attn_backward(model_acts *a, int l, const real *h, const real *dy, rea
     if (c->block.pos == MODEL_POS_ROPE) layer_rope(a, l, &dqv, 1);
     if (c->block.qkv == MODEL_QKV_FUSED)
         return cpu_linear_backward(m->precision, &L->qkv, h, a->dqkv, dh, N, accumulate_dh);
+    if (c->block.qkv == MODEL_QKV_HEADS) {
+        /* d(q|k|v) back to query_key_value's (H, 3, D) rows, into the layer's
+         * q|k|v block (read for the last time by the attention's backward) */
+        cpu_qkv_heads(qv.q, a->dqkv, N, c->num_heads, c->head_dim, 1);
+        return cpu_linear_backward(m->precision, &L->qkv, h, qv.q, dh, N, accumulate_dh);
+    }
     real *dq = dqv.q, *dk = dqv.k;
     if (a->QK) {
         /* through the QK-norm: d(q_raw | k_raw) */

@@ -4,7 +4,9 @@
  *                                        gelu_tanh: GeGLU, Gemma)
  *   g | u = gate_up(h), y = down(silu(g) · u)   MLP_GATED_FUSED (Phi-3)
  *   y = down(act(up(h)))                 MLP_PLAIN: gelu_new (GPT-2's c_fc,
- *                                        c_proj), xIELU (Apertus)
+ *                                        c_proj, BLOOM's dense_h_to_4h,
+ *                                        dense_4h_to_h), xIELU (Apertus)
+ *   y = Σ_top-k w_e · expert_e(h)        MLP_MOE (Mixtral): moe.c
  *
  * Saved: the pre-activations (gate and up, or up); down's input is
  * recomputed from them when its backward needs it (act.c). */
@@ -30,6 +32,7 @@ static void split_halves(real *fused, real *a, real *b, int N, int F, int join) 
 }
 
 int block_mlp_needs_input(const model_layer *L) {
+    if (L->moe.experts) return cpu_moe_needs_input(L);
     return (L->gate.w && cpu_linear_needs_input(&L->gate)) || cpu_linear_needs_input(&L->up);
 }
 
@@ -40,6 +43,8 @@ int block_mlp_forward(model_acts *a, int l, const real *h, real *y, int accumula
     int N = a->N, F = c->intermediate_size;
     real *fa = a->fc_a + acts_layer_off(a, l, F);
     real *fb = a->fc_b ? a->fc_b + acts_layer_off(a, l, F) : NULL;
+    if (c->block.mlp == MODEL_MLP_MOE)
+        return cpu_moe_forward(a->moe, m->precision, L, l, h, y, N, accumulate);
     if (c->block.mlp == MODEL_MLP_GATED_FUSED) {
         TRY(cpu_linear_forward(m->precision, &L->up, h, a->fc_fused, N, 0));
         split_halves(a->fc_fused, fa, fb, N, F, 0);
@@ -61,6 +66,9 @@ int block_mlp_backward(model_acts *a, int l, const real *h, const real *dy, real
     int N = a->N, F = c->intermediate_size;
     real *fa = a->fc_a + acts_layer_off(a, l, F);
     real *fb = a->fc_b ? a->fc_b + acts_layer_off(a, l, F) : NULL;
+    if (c->block.mlp == MODEL_MLP_MOE)
+        return cpu_moe_backward(a->moe, m->precision, L, l, h, dy, dh, N, accumulate_dh,
+                                a->aux_grad);
     if (cpu_linear_needs_input(&L->down))
         cpu_mlp_act_forward(&c->block, &L->xielu, a->act, fa, fb, (int64_t)N * F);
     TRY(cpu_linear_backward(m->precision, &L->down, a->act, dy, a->dfa, N, 0));

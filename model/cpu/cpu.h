@@ -309,15 +309,30 @@ void cpu_rope_table_for(real *cos_t, real *sin_t, const model_config *cfg, int T
 void cpu_rope_apply(real *x, int ld, int N, int T, int nheads, int D, int R, const real *cos_t,
                     const real *sin_t, int inverse);
 
+/* ---- ALiBi and BLOOM's q|k|v layout (alibi.c) ---- */
+
+/* slopes (H): transformers' _get_alibi_slopes, fp32 values (alibi.c says
+ * where they may differ from torch's by an ulp). */
+void cpu_alibi_slopes(real *slopes, int H);
+/* The bias of a score against the key at position j (slope · j, rounded to
+ * the build's precision as transformers' alibi tensor). */
+static inline real cpu_alibi_bias(real slope, int j) {
+    return slope * (real)j;
+}
+/* dst (N, 3·H·D) = src's rows from the fused layout (3, H, D) to BLOOM's
+ * (H, 3, D) (to_heads), or back; dst and src do not overlap. */
+void cpu_qkv_heads(real *dst, const real *src, int N, int H, int D, int to_heads);
+
 /* ---- causal self-attention (attention.c) ---- */
 
 typedef struct {
     int B, T, H, KV, D;
     int window; /* sliding window (0 = none): key j is visible to query i iff i − window < j ≤ i */
-    real scale;    /* 1/sqrt(D), or query_pre_attn_scalar^(−½) */
-    real softcap;  /* scores s become softcap · tanh(s / softcap) before the mask; 0 = none */
-    int threads;   /* scratch was sized for this many threads */
-    real *scratch; /* threads · CPU_ATTN_SCRATCH(T) values */
+    const real *alibi; /* ALiBi: (H) slopes, score(i, j) += slope_h · j; NULL: none */
+    real scale;        /* 1/sqrt(D), or query_pre_attn_scalar^(−½) */
+    real softcap;      /* scores s become softcap · tanh(s / softcap) before the mask; 0 = none */
+    int threads;       /* scratch was sized for this many threads */
+    real *scratch;     /* threads · CPU_ATTN_SCRATCH(T) values */
 } cpu_attn;
 
 #define CPU_ATTN_BLOCK 64

@@ -9,7 +9,7 @@
  * the keys (after RoPE) and values of every earlier position, and computes
  * for its n new rows exactly the graph of model_cpu.c:
  *
- *   x = embed[tok] (+ wpe[p] for GPT-2, p = len … len + n − 1)
+ *   x = embed[tok] (+ wpe[p] for GPT-2, p = len … len + n − 1; BLOOM: norm(x))
  *   per layer: k, v of the new rows → cache rows [len, len + n);
  *              x += post(o(attn(q, cache keys and values [0, len + n))))
  *              x += post(mlp(pre(x)))
@@ -22,7 +22,8 @@
  *
  * Positions: RoPE rotates each key once, at its own position, before it is
  * cached (the cache holds rotated keys, as transformers' DynamicCache);
- * GPT-2's learned positions are added at the embedding. Sliding window:
+ * GPT-2's learned positions are added at the embedding; ALiBi adds slope ·
+ * (key position) to the scores, as attention.c. Sliding window:
  * query p sees keys (p − window, p], the mask of attention.c; the cache still
  * keeps all positions (a ring buffer would bound it to the window, but batch-1
  * generation of at most max_T tokens does not need it). Adapters: every
@@ -34,6 +35,7 @@
  * rows: each chunk appends its keys and values before the next one attends
  * to them, so scratch memory does not grow with the prompt. */
 #include "model/cpu/cpu.h"
+#include "model/cpu/moe.h"
 
 #include "util/err.h"
 
@@ -67,6 +69,8 @@ struct model_kv_cache {
     real *fa, *fb;     /* (CHUNK, F) gate / up output, then down's input in place; up (GATED) */
     real *mean, *rstd; /* (CHUNK) norm row statistics */
     real *scores;      /* threads · CHUNK · max_T attention probabilities */
+    real *alibi;       /* (H) ALiBi slopes */
+    cpu_moe *moe;      /* MLP_MOE: routing and experts' buffers for CHUNK rows */
 };
 
 /* ---- buffers ------------------------------------------------------------------ */
@@ -85,7 +89,8 @@ static size_t decode_layout(model_kv_cache *c) {
     size_t HD = (size_t)g->num_heads * g->head_dim, T = (size_t)c->max_T;
     size_t LTK = (size_t)g->num_layers * T * c->KVD;
     const model_block *bk = &g->block;
-    int rope = bk->pos == MODEL_POS_ROPE, fused = bk->qkv == MODEL_QKV_FUSED;
+    int rope = bk->pos == MODEL_POS_ROPE, fused = bk->qkv != MODEL_QKV_SEPARATE;
+    int dense = bk->mlp != MODEL_MLP_MOE;
     int local = rope && g->rope_local_theta > 0, longrope = rope && g->rope_longrope;
     size_t W = HD + 2 * (size_t)c->KVD, RT = T * (size_t)(model_config_rope_dim(g) / 2);
     size_t used = 0;
@@ -104,8 +109,9 @@ static size_t decode_layout(model_kv_cache *c) {
     c->qk_rstd = bk->qk_norm ? decode_carve(c, &used, (size_t)cpu_qk_norm_rows(g, (int)R)) : NULL;
     c->att = decode_carve(c, &used, R * HD);
     c->sub = bk->post_norm ? decode_carve(c, &used, R * C) : NULL;
-    c->fa = decode_carve(c, &used, R * F);
+    c->fa = dense ? decode_carve(c, &used, R * F) : NULL;
     c->fb = model_block_gated(bk) ? decode_carve(c, &used, R * F) : NULL;
+    c->alibi = bk->pos == MODEL_POS_ALIBI ? decode_carve(c, &used, (size_t)g->num_heads) : NULL;
     c->mean = decode_carve(c, &used, R);
     c->rstd = decode_carve(c, &used, R);
     c->scores = decode_carve(c, &used, (size_t)c->threads * R * T);
@@ -148,6 +154,11 @@ int model_kv_cache_create(model_kv_cache **out, const model *m, int max_T) {
     if (c->rope_cos) cpu_rope_table_for(c->rope_cos, c->rope_sin, g, max_T, 0, 0);
     if (c->rope_lcos) cpu_rope_table_for(c->rope_lcos, c->rope_lsin, g, max_T, 1, 0);
     if (c->rope_long_cos) cpu_rope_table_for(c->rope_long_cos, c->rope_long_sin, g, max_T, 0, 1);
+    if (c->alibi) cpu_alibi_slopes(c->alibi, g->num_heads);
+    if (g->block.mlp == MODEL_MLP_MOE && cpu_moe_create(&c->moe, g, DECODE_CHUNK, 1) != 0) {
+        model_kv_cache_free(c);
+        return -1;
+    }
     *out = c;
     return 0;
 }
@@ -155,6 +166,7 @@ int model_kv_cache_create(model_kv_cache **out, const model *m, int max_T) {
 void model_kv_cache_free(model_kv_cache *c) {
     if (!c) return;
     free(c->block);
+    cpu_moe_free(c->moe);
     free(c);
 }
 
@@ -175,6 +187,11 @@ int model_kv_cache_capacity(const model_kv_cache *c) {
 /* First key visible to the query at position p (attention.c's mask). */
 static int decode_first_key(int window, int p) {
     return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+}
+
+/* ALiBi: row[j] += slope · (j0 + j), the keys at positions j0 … j0 + n − 1. */
+static void alibi_row(real *row, real slope, int j0, int n) {
+    for (int j = 0; j < n; j++) row[j] += cpu_alibi_bias(slope, j0 + j);
 }
 
 /* The same for one query (n == 1, every generation step) with grouped-query
@@ -200,6 +217,7 @@ static void decode_attention_one(const model_kv_cache *c, int l, const real *q, 
                   S, nc);
         for (int i = 0; i < group; i++) {
             real *row = S + (int64_t)i * nc;
+            if (c->alibi) alibi_row(row, c->alibi[kvh * group + i], c0, nc);
             if (cap) cpu_softcap_forward(row, nc, cap);
             real mx = cpu_row_max(row, nc);
             double sum = cpu_row_sum_exp(row, row, nc, mx);
@@ -239,6 +257,7 @@ static void decode_attention(const model_kv_cache *c, int l, const real *q, int 
             int p = p0 + i, lo = decode_first_key(window, p) - c0, hi = p - c0 + 1;
             for (int j = 0; j < lo; j++) row[j] = 0;
             for (int j = hi; j < nc; j++) row[j] = 0;
+            if (c->alibi) alibi_row(row + lo, c->alibi[h], c0 + lo, hi - lo);
             if (cap) cpu_softcap_forward(row + lo, hi - lo, cap);
             real mx = cpu_row_max(row + lo, hi - lo);
             double sum = cpu_row_sum_exp(row + lo, row + lo, hi - lo, mx);
@@ -281,6 +300,22 @@ static int decode_qkv(model_kv_cache *c, int l, const model_layer *L, const real
             const real *row = c->qkv + (size_t)i * W;
             memcpy(Kn + (size_t)i * KVD, row + HD, (size_t)KVD * sizeof(real));
             memcpy(Vn + (size_t)i * KVD, row + HD + KVD, (size_t)KVD * sizeof(real));
+        }
+        *ldq = W;
+    } else if (g->block.qkv == MODEL_QKV_HEADS) {
+        /* query_key_value (n, W = 3C) of rows (H, 3, D): each head's k and v go
+         * to the cache, its q moves forward to column h·D of its row (a
+         * head's q never lands on a part of the row not yet read) */
+        TRY(cpu_linear_forward(prec, &L->qkv, h, c->qkv, n, 0));
+        for (int i = 0; i < n; i++) {
+            real *row = c->qkv + (size_t)i * W;
+            for (int hd = 0; hd < g->num_heads; hd++) {
+                const real *src = row + (size_t)hd * 3 * D;
+                memcpy(Kn + (size_t)i * KVD + (size_t)hd * D, src + D, (size_t)D * sizeof(real));
+                memcpy(Vn + (size_t)i * KVD + (size_t)hd * D, src + 2 * D,
+                       (size_t)D * sizeof(real));
+                memmove(row + (size_t)hd * D, src, (size_t)D * sizeof(real));
+            }
         }
         *ldq = W;
     } else {
@@ -329,13 +364,27 @@ static int decode_mlp_in(model_kv_cache *c, const model_layer *L, const real *h,
     return cpu_linear_forward(prec, &L->up, h, c->fa, n, 0);
 }
 
+/* y (n, C) = the MLP of the n rows h (+= when accumulate): block_mlp.c's
+ * forward, or the experts' (moe.c). */
+static int decode_mlp(model_kv_cache *c, const model_layer *L, const real *h, real *y, int n,
+                      int accumulate) {
+    const model_config *g = &c->m->cfg;
+    model_precision prec = c->m->precision;
+    if (g->block.mlp == MODEL_MLP_MOE)
+        return cpu_moe_forward(c->moe, prec, L, 0, h, y, n, accumulate);
+    TRY(decode_mlp_in(c, L, h, n));
+    cpu_mlp_act_forward(&g->block, &L->xielu, c->fa, c->fa, c->fb,
+                        (int64_t)n * g->intermediate_size);
+    return cpu_linear_forward(prec, &L->down, c->fa, y, n, accumulate);
+}
+
 /* Layer l for the n rows in c->x, at positions p0 …; appends their keys and
  * values to the layer's cache rows [p0, p0 + n). */
 static int decode_layer(model_kv_cache *c, int l, int p0, int n) {
     const model_config *g = &c->m->cfg;
     const model_layer *L = &c->m->layers[l];
     model_precision prec = c->m->precision;
-    int F = g->intermediate_size, KVD = c->KVD, ldq;
+    int KVD = c->KVD, ldq;
     size_t layer = (size_t)l * c->max_T * KVD;
     real *K = c->k + layer, *V = c->v + layer;
     real *Kn = K + (size_t)p0 * KVD, *Vn = V + (size_t)p0 * KVD; /* the new rows */
@@ -365,14 +414,12 @@ static int decode_layer(model_kv_cache *c, int l, int p0, int n) {
         decode_norm(c, &L->mlp_in, c->nbuf, c->x, n);
         h = c->nbuf;
     }
-    TRY(decode_mlp_in(c, L, h, n));
-    cpu_mlp_act_forward(&g->block, &L->xielu, c->fa, c->fa, c->fb, (int64_t)n * F);
     if (L->mlp_out.w) {
-        TRY(cpu_linear_forward(prec, &L->down, c->fa, c->sub, n, 0));
+        TRY(decode_mlp(c, L, h, c->sub, n, 0));
         decode_residual(c, &L->mlp_out, c->sub, n);
         return 0;
     }
-    return cpu_linear_forward(prec, &L->down, c->fa, c->x, n, 1);
+    return decode_mlp(c, L, h, c->x, n, 1);
 }
 
 /* ---- the step ---------------------------------------------------------------------- */
@@ -403,6 +450,10 @@ int model_decode(const model *m, model_kv_cache *c, const int32_t *tokens, int n
         int p0 = c->len;
         /* Row i of the chunk is at position p0 + i. */
         cpu_embed_forward(c->x, tokens + s, m->wte, m->wpe, p0, rows, rows, C);
+        if (g->block.embed_norm) {
+            decode_norm(c, &m->embed_norm, c->nbuf, c->x, rows);
+            memcpy(c->x, c->nbuf, (size_t)rows * C * sizeof(real));
+        }
         if (g->block.embed_scale)
             for (int64_t i = 0; i < (int64_t)rows * C; i++) c->x[i] *= escale;
         for (int l = 0; l < g->num_layers; l++)

@@ -1,11 +1,13 @@
 /* model_cpu.c — the transformer's forward and backward on the CPU, as Hugging
  * Face transformers computes them (modeling_llama.py, which Mistral and Qwen2
- * share, modeling_qwen3.py, modeling_olmo2.py, modeling_apertus.py and
- * modeling_gpt2.py, modeling_gemma2.py, modeling_gemma3.py, modeling_phi3.py).
+ * share, modeling_qwen3.py, modeling_olmo2.py, modeling_apertus.py,
+ * modeling_gpt2.py, modeling_gemma2.py, modeling_gemma3.py, modeling_phi3.py,
+ * modeling_mixtral.py and modeling_bloom.py).
  * One graph, shaped by the block options of the config (model/config.h,
  * model_block):
  *
- *   x = embed[tok] (+ wpe[t], POS_LEARNED) (· √C, embed_scale)
+ *   x = embed[tok] (+ wpe[t], POS_LEARNED) (· √C, embed_scale), then norm(x)
+ *       with embed_norm
  *   per block, for sublayer f in (attention, MLP):
  *       x = x + post(f(pre(x)))      pre: the input norm (pre_norm), post: the
  *                                    output norm (post_norm), else identity
@@ -13,8 +15,11 @@
  *                                    cap · tanh(logits / cap) with final_softcap)
  *
  * Llama: pre RMSNorm, no post; GPT-2: pre LayerNorm; OLMo 2: post RMSNorm
- * only; Gemma: both, RMSNorm with (1 + w). The sublayers are block_attn.c and
- * block_mlp.c.
+ * only; Gemma: both, RMSNorm with (1 + w); BLOOM: pre LayerNorm and a
+ * LayerNorm on the embedding. The sublayers are block_attn.c and
+ * block_mlp.c. With a mixture of experts and output_router_logits the loss
+ * adds router_aux_loss_coef · aux (moe.c) to the mean cross-entropy, as
+ * transformers' MixtralForCausalLM does: loss_sum gets coef · aux · n_targets.
  *
  * Saved for backward, per layer: the residual stream entering and in the
  * middle of the layer, every norm's row statistics, the sublayers' outputs
@@ -161,6 +166,39 @@ static int layer_forward(model_acts *a, int l) {
     return 0;
 }
 
+/* The embedding norm's statistics follow the final norm's. */
+static int embed_slot(const model_acts *a) {
+    return ACTS_NORMS * a->m->cfg.num_layers + 1;
+}
+
+/* Point 0 of the stream: the embedding, through its norm where the block
+ * has one (BLOOM's word_embeddings_layernorm). */
+static void embed_forward(model_acts *a) {
+    const model *m = a->m;
+    const model_config *c = &m->cfg;
+    real *x0 = acts_resid(a, 0);
+    real *e = c->block.embed_norm ? a->emb : x0;
+    cpu_embed_forward(e, a->tokens, m->wte, m->wpe, 0, a->N, a->T, c->hidden_size);
+    if (c->block.embed_scale) scale_rows(e, (int64_t)a->N * c->hidden_size, c);
+    if (c->block.embed_norm) norm_forward(a, embed_slot(a), &m->embed_norm, a->emb, x0);
+}
+
+/* dresid holds d/d(point 0): the embedding's gradients. */
+static void embed_backward(model_acts *a) {
+    const model *m = a->m;
+    const model_config *c = &m->cfg;
+    real *de = a->dresid;
+    if (c->block.embed_norm) {
+        memset(a->dnorm, 0, (size_t)a->N * c->hidden_size * sizeof(real));
+        norm_backward(a, embed_slot(a), &m->embed_norm, a->emb, a->dresid, a->dnorm);
+        de = a->dnorm;
+    }
+    /* through the embedding's scale (Gemma): d(wte[tok]) = s · d(stream) */
+    if (c->block.embed_scale) scale_rows(de, (int64_t)a->N * c->hidden_size, c);
+    cpu_embed_backward(m->wte->grad, m->wpe ? m->wpe->grad : NULL, de, a->tokens, a->N, a->T,
+                       c->hidden_size);
+}
+
 static model_linear lm_head_linear(const model *m) {
     return (model_linear){.w = m->lm_head, .in = m->cfg.hidden_size, .out = m->cfg.vocab_size};
 }
@@ -185,8 +223,7 @@ int model_forward(const model *m, model_acts *a, const int32_t *tokens, const in
     if (targets) memcpy(a->targets, targets, (size_t)N * sizeof *targets);
 
     a->state = ACTS_FRESH;
-    cpu_embed_forward(acts_resid(a, 0), a->tokens, m->wte, m->wpe, 0, N, a->T, c->hidden_size);
-    if (c->block.embed_scale) scale_rows(acts_resid(a, 0), (int64_t)N * c->hidden_size, c);
+    embed_forward(a);
     probe(a, 0);
     for (int l = 0; l < Lyr; l++) TRY(layer_forward(a, l));
     norm_forward(a, ACTS_NORMS * Lyr, &m->norm_f, acts_resid(a, 2 * Lyr), a->xf);
@@ -204,7 +241,10 @@ int model_forward(const model *m, model_acts *a, const int32_t *tokens, const in
             sum += a->row_loss[n];
             count++;
         }
+        if (c->block.mlp == MODEL_MLP_MOE && c->router_aux_loss)
+            sum += c->router_aux_loss_coef * cpu_moe_aux_loss(a->moe) * (double)count;
     }
+    a->n_targets = count;
     if (loss_sum) *loss_sum = sum;
     if (n_targets) *n_targets = count;
     a->state = ACTS_FORWARD;
@@ -232,6 +272,10 @@ int model_backward(model *m, model_acts *a, double scale) {
     if (!a->has_targets)
         return err_set("model_backward: the last forward had no targets, so there is no loss");
     a->state = ACTS_BACKWARD;
+    /* d(scale · loss_sum)/d aux, loss_sum holding coef · aux · n_targets */
+    a->aux_grad = c->block.mlp == MODEL_MLP_MOE && c->router_aux_loss
+                      ? scale * c->router_aux_loss_coef * (double)a->n_targets
+                      : 0;
 
     if (c->final_softcap)
         cpu_xent_softcap_backward(a->logits, a->lse, a->targets, N, c->vocab_size, scale,
@@ -244,9 +288,6 @@ int model_backward(model *m, model_acts *a, double scale) {
     norm_backward(a, ACTS_NORMS * Lyr, &m->norm_f, acts_resid(a, 2 * Lyr), a->dnorm, a->dresid);
     keep_grad(a, 2 * Lyr);
     for (int l = Lyr - 1; l >= 0; l--) TRY(layer_backward(a, l));
-    /* through the embedding's scale (Gemma): d(wte[tok]) = s · d(stream) */
-    if (c->block.embed_scale) scale_rows(a->dresid, (int64_t)N * c->hidden_size, c);
-    cpu_embed_backward(m->wte->grad, m->wpe ? m->wpe->grad : NULL, a->dresid, a->tokens, N, a->T,
-                       c->hidden_size);
+    embed_backward(a);
     return 0;
 }

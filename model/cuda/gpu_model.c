@@ -384,9 +384,28 @@ static int upload(gpu_model *g, const model *m, const lora_set *s) {
     return 0;
 }
 
+/* Running a model with an option the kernels ignore would silently compute
+ * another model (docs/gpu.md, "What lives on the GPU"). */
+int gpu_config_check(const model_config *c) {
+    const char *what = NULL;
+    if (c->block.pos == MODEL_POS_ALIBI)
+        what = "ALiBi position biases (BLOOM)";
+    else if (c->block.qkv == MODEL_QKV_HEADS)
+        what = "a head-interleaved query_key_value (BLOOM)";
+    else if (c->block.embed_norm)
+        what = "a LayerNorm on the embedding (BLOOM's word_embeddings_layernorm)";
+    else if (c->block.mlp == MODEL_MLP_MOE)
+        what = "a mixture of experts (Mixtral's block_sparse_moe)";
+    if (!what) return 0;
+    return err_set("this model uses %s, which the CUDA backend does not compute yet; "
+                   "use --device cpu",
+                   what);
+}
+
 int gpu_model_upload(gpu_model **out, const model *m, const lora_set *s, const gpu_options *o) {
     *out = NULL;
     const model_config *c = &m->cfg;
+    if (gpu_config_check(c) != 0) return -1;
     int n_dev = gpu_available();
     if (n_dev == 0) return err_set("no CUDA device is available (use --device cpu)");
     if (o->device < 0 || o->device >= n_dev)

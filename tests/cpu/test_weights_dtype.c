@@ -171,6 +171,11 @@ static tiny_case grown(tiny_case tc) {
     tc.cfg.head_dim = tc.cfg.arch == MODEL_ARCH_GPT2 ? 32 : tc.cfg.head_dim * 2;
     if (tc.cfg.arch != MODEL_ARCH_GPT2 && tc.cfg.num_heads * tc.cfg.head_dim > 128)
         tc.cfg.head_dim = 128 / tc.cfg.num_heads;
+    if (tc.cfg.arch == MODEL_ARCH_BLOOM) { /* C = H·D and F = 4C */
+        tc.cfg.hidden_size = tc.cfg.num_heads * 8;
+        tc.cfg.head_dim = 8;
+        tc.cfg.intermediate_size = 4 * tc.cfg.hidden_size;
+    }
     tc.B = 4;
     tc.T = tc.cfg.max_position < 40 ? tc.cfg.max_position : 40;
     return tc;

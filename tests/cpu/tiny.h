@@ -9,6 +9,7 @@
 #include "util/rng.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 typedef struct {
@@ -43,7 +44,10 @@ static inline model_config tiny_llama(void) {
  * Mistral sliding window shorter than T; GPT-2; Qwen3's per-head QK-norm;
  * OLMo 2's post-norms and projection QK-norm; Apertus's xIELU; Gemma 2's
  * soft-capping, GeGLU and per-layer windows; Gemma 3's local and global
- * RoPE; Phi-3's fused linears and partial LongRoPE. */
+ * RoPE; Phi-3's fused linears and partial LongRoPE; BLOOM's ALiBi (6 heads:
+ * the slopes' non-power-of-two rule), head-interleaved query_key_value and
+ * embedding LayerNorm; Mixtral's experts (top-2 of 4 with a sliding window;
+ * top-1 of 4 with the load-balancing loss). */
 static inline int tiny_cases(tiny_case *out) {
     int n = 0;
     tiny_case *t;
@@ -184,10 +188,54 @@ static inline int tiny_cases(tiny_case *out) {
     t->cfg.sliding_window = 5;
     t->cfg.tie_embeddings = 0;
     t->B = 2, t->T = 8;
+
+    /* BLOOM: ALiBi over 6 heads (4 powers of 2^-2, then 2^-1, 2^-3),
+     * query_key_value by head, LayerNorm on the embedding, biases. */
+    t = &out[n++];
+    t->name = "bloom_alibi";
+    memset(&t->cfg, 0, sizeof t->cfg);
+    model_config_family(&t->cfg, MODEL_FAMILY_BLOOM);
+    t->cfg.vocab_size = 32;
+    t->cfg.hidden_size = 24;
+    t->cfg.intermediate_size = 96;
+    t->cfg.num_layers = 2;
+    t->cfg.num_heads = t->cfg.num_kv_heads = 6;
+    t->cfg.head_dim = 4;
+    t->cfg.max_position = 64;
+    t->cfg.norm_eps = 1e-5;
+    t->cfg.tie_embeddings = 1;
+    t->cfg.qkv_bias = t->cfg.o_bias = t->cfg.mlp_bias = 1;
+    t->cfg.bos_token_id = t->cfg.eos_token_id = -1;
+    t->cfg.initializer_range = 0.3;
+    strcpy(t->cfg.torch_dtype, "float32");
+    t->B = 2, t->T = 7;
+
+    /* Mixtral: top-2 of 4 experts, Mistral's window (3 < T). */
+    t = &out[n++];
+    t->name = "mixtral_moe";
+    t->cfg = tiny_llama();
+    model_config_family(&t->cfg, MODEL_FAMILY_MIXTRAL);
+    t->cfg.num_experts = 4;
+    t->cfg.experts_per_tok = 2;
+    t->cfg.sliding_window = 3;
+    t->cfg.tie_embeddings = 0;
+    t->B = 2, t->T = 8;
+
+    /* Mixtral with one expert per token: its weight is 1, so the router
+     * learns only through the load-balancing loss, here in the objective. */
+    t = &out[n++];
+    t->name = "mixtral_top1";
+    t->cfg = tiny_llama();
+    model_config_family(&t->cfg, MODEL_FAMILY_MIXTRAL);
+    t->cfg.num_experts = 4;
+    t->cfg.experts_per_tok = 1;
+    t->cfg.router_aux_loss = 1;
+    t->cfg.router_aux_loss_coef = 0.1;
+    t->B = 2, t->T = 12;
     return n;
 }
 
-#define TINY_MAX_CASES 12
+#define TINY_MAX_CASES 14
 
 /* Uniform in [-1, 1). */
 static inline double tiny_uniform(uint64_t *s) {
@@ -219,6 +267,17 @@ static inline model *tiny_model(const model_config *cfg, uint64_t seed) {
     CHECK_MSG(model_create(&m, cfg) == 0, "tiny_model: %s", err_msg());
     if (m) tiny_weights(m, seed);
     return m;
+}
+
+/* Whether the tensor named `name` (a model param, or a LoRA tensor of one)
+ * belongs to an expert that the last forward of a sent no row to: its
+ * gradient is then exactly zero. */
+static inline int ts_unused_expert(const model_acts *a, const char *name) {
+    const char *p = a ? strstr(name, "model.layers.") : NULL;
+    int l, e, used;
+    if (!p || sscanf(p, "model.layers.%d.block_sparse_moe.experts.%d.%n", &l, &e, &used) != 2)
+        return 0;
+    return model_acts_expert_rows(a, l, e) == 0;
 }
 
 /* Random tokens; targets random too, with every third one ignored. */

@@ -63,14 +63,15 @@ static inline void ft_options_init(ft_options *o) {
                       .save_every = 2,
                       .linger_s = 3,
                       .below_quorum = "wait",
-                      .arch = "llama"};
+                      .arch = "llama",
+                      .targets = "\"q_proj\", \"v_proj\", \"down_proj\""};
 }
 
 /* A federation of n nodes named uni-<domain> (the demo corpus's domains in
  * name order), in ts_dir()/<tag>: the demo's base model, keys, data, and
- * the aggregator's config (consortium "fed-test", targets q_proj, v_proj,
- * down_proj, batch 4, lr 0.01). Nodes poll every 50 ms, give up after 120 s
- * and time a request out after 1 s. */
+ * the aggregator's config (consortium "fed-test", targets o->targets: by
+ * default q_proj, v_proj, down_proj; batch 4, lr 0.01). Nodes poll every
+ * 50 ms, give up after 120 s and time a request out after 1 s. */
 static inline int ft_setup(ft_fed *f, const char *tag, int n, const ft_options *o) {
     harness_options h;
     harness_options_default(&h);

@@ -7,18 +7,18 @@
  * and Apertus (QK-norm weights, xIELU's parameters and 0-dimensional buffers
  * in the base, carried through the versions by name like every tensor),
  * Gemma 2, Gemma 3 and Phi-3 (the fused qkv_proj and gate_up_proj as
- * targets). */
+ * targets), BLOOM (query_key_value, dense_4h_to_h) and Mixtral (q, v and
+ * every expert's w2, the experts' adapters merged into their own weights). */
 #include "aggregator/agg.h"
 #include "aggregator/config.h"
 #include "tests/federation/fed_test.h"
 
-static void run_exact(const char *arch, int outsider) {
+static void run_exact(const char *arch, const char *targets, int outsider) {
     ft_options o;
     ft_options_init(&o);
     o.rounds = 2;
     o.arch = arch;
-    /* Phi-3's attention input and MLP are fused modules */
-    if (strcmp(arch, "phi3") == 0) o.targets = "\"qkv_proj\", \"gate_up_proj\", \"down_proj\"";
+    if (targets) o.targets = targets;
     ft_fed f;
     char tag[32];
     snprintf(tag, sizeof tag, "exact_%s", arch);
@@ -115,11 +115,14 @@ static void run_exact(const char *arch, int outsider) {
 }
 
 int main(void) {
-    run_exact("llama", 1);
-    run_exact("qwen3", 0);
-    run_exact("apertus", 0);
-    run_exact("gemma2", 0);
-    run_exact("gemma3_text", 0);
-    run_exact("phi3", 0);
+    run_exact("llama", NULL, 1);
+    run_exact("qwen3", NULL, 0);
+    run_exact("apertus", NULL, 0);
+    run_exact("gemma2", NULL, 0);
+    run_exact("gemma3_text", NULL, 0);
+    /* Phi-3's attention input and MLP are fused modules */
+    run_exact("phi3", "\"qkv_proj\", \"gate_up_proj\", \"down_proj\"", 0);
+    run_exact("bloom", "\"query_key_value\", \"dense_4h_to_h\"", 0);
+    run_exact("mixtral", "\"q_proj\", \"v_proj\", \"w2\"", 0);
     return check_finish();
 }

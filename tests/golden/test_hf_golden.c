@@ -1,7 +1,7 @@
 /* test_hf_golden — the transformer core against Hugging Face transformers.
  *
  * tests/fixtures/make_hf_golden.py saved tiny random Llama, Mistral, Qwen2,
- * Qwen3, OLMo 2, Apertus, Gemma 2, Gemma 3, Phi-3 and GPT-2 models with
+ * Qwen3, OLMo 2, Apertus, Gemma 2, Gemma 3, Phi-3, Mixtral, BLOOM and GPT-2 models with
  * save_pretrained and recorded what transformers computes for a fixed batch:
  * logits, the mean causal-LM loss and the gradient of every parameter, and
  * for Gemma and Phi-3 the logits of generating with its KV cache
@@ -15,8 +15,12 @@
  * with a float64 reference (f64.* entries) must agree to 1e-9: there rounding
  * is ~1e-15, so any larger gap is a formula that differs from transformers',
  * which fp32 noise could hide. Cases without a float64 reference (bf16
- * checkpoints, qwen2) keep the fp32 bounds in both builds. */
+ * checkpoints, qwen2) keep the fp32 bounds in both builds. The bloom case
+ * also holds transformers' ALiBi slopes for many head counts, which
+ * cpu_alibi_slopes must give (alibi.c says where torch's pow may differ by
+ * an ulp). */
 #include "model/checkpoint.h"
+#include "model/cpu/cpu.h"
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "tests/check.h"
@@ -29,9 +33,9 @@
 #include <string.h>
 
 static const char *const CASES[] = {
-    "llama_gqa", "llama_bias", "llama3_rope", "mistral", "qwen2",
-    "gpt2",      "gpt2_bf16",  "llama_bf16",  "qwen3",   "olmo2",
-    "apertus",   "gemma2",     "gemma3",      "phi3",    "phi3_short",
+    "llama_gqa",  "llama_bias", "llama3_rope", "mistral", "qwen2",      "gpt2",   "gpt2_bf16",
+    "llama_bf16", "qwen3",      "olmo2",       "apertus", "gemma2",     "gemma3", "phi3",
+    "phi3_short", "mixtral",    "mixtral_aux", "bloom",   "bloom_bf16",
 };
 
 typedef struct {
@@ -268,10 +272,51 @@ done:
     model_free(m);
 }
 
+/* The ALiBi slopes against transformers' (alibi_slopes.<H> of the bloom
+ * case): equal for H < 32 and 64 <= H < 128, within one fp32 ulp (torch's
+ * CPU pow) elsewhere. */
+static void check_slopes(const char *fixtures) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/hf/bloom/expected.safetensors", fixtures);
+    safetensors_file *exp = NULL;
+    CHECK_OK(safetensors_open(&exp, path));
+    if (!exp) return;
+    int n = 0, off_by_ulp = 0;
+    for (int i = 0; i < safetensors_count(exp); i++) {
+        const safetensors_tensor *t = safetensors_tensor_at(exp, i);
+        int H;
+        if (sscanf(t->name, "alibi_slopes.%d", &H) != 1 || t->numel != H) continue;
+        double *ref = expected_read(exp, t->name, H);
+        real mine[256];
+        if (!ref || H > 256) {
+            free(ref);
+            continue;
+        }
+        cpu_alibi_slopes(mine, H);
+        int exact = H < 32 || (H >= 64 && H < 128);
+        for (int h = 0; h < H; h++) {
+            float want = (float)ref[h], got = (float)mine[h];
+            CHECK_MSG(got == (real)mine[h], "slope %d of %d heads is not an fp32 value", h, H);
+            if (got == want) continue;
+            off_by_ulp++;
+            CHECK_MSG(!exact && (nextafterf(want, 0) == got || nextafterf(want, 1) == got),
+                      "ALiBi slope %d of %d heads: %a, transformers %a", h, H, (double)got,
+                      (double)want);
+        }
+        n++;
+        free(ref);
+    }
+    CHECK_MSG(n == 70, "the bloom case holds %d sets of slopes, 70 expected", n);
+    printf("ALiBi slopes of %d head counts: %d of their values one ulp from torch's pow\n", n,
+           off_by_ulp);
+    safetensors_close(exp);
+}
+
 int main(void) {
     const char *fixtures = getenv("FEDLORA_FIXTURES");
     CHECK_MSG(fixtures != NULL, "FEDLORA_FIXTURES is not set (run through ctest)");
     if (!fixtures) return check_finish();
     for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) run_case(fixtures, CASES[i]);
+    check_slopes(fixtures);
     return check_finish();
 }

@@ -12,7 +12,8 @@
 #      --device cuda` smoke run (fp32 and bf16) next to the same run on the
 #      CPU, and the same for the qwen3, olmo2, apertus, gemma2, gemma3_text
 #      and phi3 tiny presets (QK-norm, post-norms, xIELU, soft-capping,
-#      per-layer windows and RoPE bases, fused linears);
+#      per-layer windows and RoPE bases, fused linears); bloom and mixtral
+#      refused on cuda;
 #   5. the benchmark (GPT-2 124M and Qwen2.5-0.5B shapes) next to PyTorch +
 #      PEFT (bf16, SDPA) when torch is importable;
 #   6. a short table, printed last.
@@ -221,6 +222,24 @@ if [ $have_gpu = 1 ]; then
     row "family smoke" "FAIL ($(tail -1 "$out/smoke_families.log" | cut -c1-120); see smoke_families.log)"
     status=1
   fi
+  # BLOOM (ALiBi) and Mixtral (experts) are CPU-only: --device cuda must
+  # refuse them by name (exit 1, nothing written), not compute another model.
+  log "fedlora train --device cuda, bloom / mixtral: refused"
+  dir="$build/smoke-refused" verdict=PASS
+  rm -rf "$dir" && mkdir -p "$dir"
+  for spec in "bloom:ALiBi position biases" "mixtral:a mixture of experts"; do
+    arch=${spec%%:*}
+    "$build/fedlora" init-model --arch "$arch" --preset tiny --seed 1 --out "$dir/$arch" >/dev/null
+    msg=$("$build/fedlora" train --model "$dir/$arch" --data "$root/examples/corpus/mixed.txt" \
+      --out "$dir/$arch-out" --steps 2 --seq 32 --batch 2 --device cuda 2>&1)
+    rc=$?
+    echo "== $arch: rc $rc: $msg" >>"$out/smoke_families.log"
+    if [ $rc != 1 ] || ! grep -q "${spec#*:}" <<<"$msg" || [ -e "$dir/$arch-out/adapter_model.safetensors" ]; then
+      verdict="FAIL ($arch: rc $rc, see smoke_families.log)"
+      status=1
+    fi
+  done
+  row "cpu-only" "$verdict: bloom and mixtral refused on cuda"
 else
   row "train smoke" "SKIPPED (no CUDA device)"
 fi

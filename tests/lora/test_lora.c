@@ -1,7 +1,8 @@
 /* test_lora — unit tests of the adapter core (fp32): target resolution as
- * PEFT matches module names, PEFT's initialisation, attach/detach, dropout,
- * chunked forward/backward, AdamW and its schedule, clipping and state
- * files, dense and product deltas, and adapter_config.json. */
+ * PEFT matches module names (Mixtral's router only when named), PEFT's
+ * initialisation, attach/detach, dropout, chunked forward/backward, AdamW
+ * and its schedule, clipping and state files, dense and product deltas, and
+ * adapter_config.json. */
 #include "lora/adamw.h"
 #include "lora/delta.h"
 #include "lora/lora.h"
@@ -752,8 +753,63 @@ done:
     model_free(m);
 }
 
+/* Mixtral's router (block_sparse_moe.gate) is frozen unless named (issue
+ * 16): all-linear adapts q, k, v, o and every expert's w1, w2, w3 and writes
+ * that list into adapter_config.json; "gate", the router's path or a regular
+ * expression adds it. */
+static void test_router_targets(void) {
+    model_config mc;
+    CHECK_OK(model_config_preset(&mc, "mixtral", "tiny"));
+    model *mx = tiny_model(&mc, 3);
+    if (!mx) return;
+    int L = mc.num_layers, E = mc.num_experts;
+    lora_set *s = resolve(mx, "all-linear", 2);
+    CHECK_MSG(s && s->n_modules == (4 + 3 * E) * L, "all-linear: %d modules, want %d",
+              s ? s->n_modules : -1, (4 + 3 * E) * L);
+    if (s) {
+        for (int i = 0; i < s->n_modules; i++)
+            CHECK_MSG(!strstr(s->modules[i].path, "block_sparse_moe.gate"),
+                      "all-linear adapts the router %s", s->modules[i].path);
+        char *json = NULL;
+        size_t len;
+        CHECK_OK(peft_config_json(s, &json, &len));
+        CHECK(json && strstr(json, "\"w1\"") && !strstr(json, "\"gate\""));
+        free(json);
+    }
+    lora_free(s);
+    /* named: one router per layer, (E, C) */
+    s = resolve(mx, "q_proj,k_proj,v_proj,o_proj,gate,w1,w2,w3", 2);
+    CHECK(s && s->n_modules == (5 + 3 * E) * L);
+    int routers = 0;
+    for (int i = 0; s && i < s->n_modules; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "model.layers.%d.block_sparse_moe.gate", s->modules[i].layer);
+        if (strcmp(s->modules[i].path, want) != 0) continue;
+        routers++;
+        CHECK(s->modules[i].out == E && s->modules[i].in == mc.hidden_size);
+    }
+    CHECK_MSG(routers == L, "%d routers adapted by name, want %d", routers, L);
+    lora_free(s);
+    s = resolve(mx, "gate", 2);
+    CHECK(s && s->n_modules == L);
+    lora_free(s);
+    s = resolve(mx, "model.layers.1.block_sparse_moe.gate", 2);
+    CHECK(s && s->n_modules == 1 && s->modules[0].layer == 1);
+    lora_free(s);
+    lora_config c;
+    lora_config_init(&c);
+    c.rank = 2;
+    CHECK_OK(lora_config_set_target_regex(&c, ".*\\.block_sparse_moe\\.gate"));
+    CHECK_OK(lora_create(&s, mx, &c));
+    CHECK(s && s->n_modules == L);
+    lora_free(s);
+    lora_config_free(&c);
+    model_free(mx);
+}
+
 int main(void) {
     test_targets();
+    test_router_targets();
     test_init();
     test_dropout();
     test_chunks();

@@ -2,7 +2,8 @@
  * differences, in double precision (fl_lora_f64 on fl_model_f64).
  *
  * Every tiny config of the CPU backend's tests (tests/cpu/tiny.h: Llama with
- * GQA, with every bias, llama3 RoPE, a Mistral window, GPT-2) gets adapters
+ * GQA, with every bias, llama3 RoPE, a Mistral window, GPT-2, Qwen3, OLMo 2,
+ * Apertus, BLOOM, Mixtral's experts and router) gets adapters
  * on all of its linear layers, with B drawn at random (PEFT's B = 0 would
  * hide A's gradient), per-module ranks and alphas (rank_pattern,
  * alpha_pattern), rsLoRA on some cases and dropout 0.25 in training mode on
@@ -52,6 +53,7 @@ static void err_add(gc_err *e, double g, double fd) {
 }
 
 static double worst_rel;
+static const model_acts *report_acts; /* the run being checked (experts' rows) */
 
 static void report(const char *what, const char *name, const gc_err *e) {
     double den = fmax(e->maxg, e->maxfd);
@@ -59,6 +61,11 @@ static void report(const char *what, const char *name, const gc_err *e) {
     worst_rel = fmax(worst_rel, rel);
     CHECK_MSG(rel < FD_TOL, "%s: %s: relative error %.3g (max |g| %.3g, max |g - fd| %.3g)", what,
               name, rel, e->maxg, e->maxdiff);
+    if (ts_unused_expert(report_acts, name)) { /* no row reached it: exactly zero */
+        CHECK_MSG(e->maxg == 0 && e->maxfd == 0, "%s: %s: an expert no row chose has a gradient",
+                  what, name);
+        return;
+    }
     CHECK_MSG(e->maxg > 1e-8, "%s: %s: gradient is zero", what, name);
 }
 
@@ -81,26 +88,50 @@ static double fd_probe(gc_run *r, int point, int64_t j) {
     return (fp - fm) / (2 * FD_EPS);
 }
 
+/* A case's seed, from its name (FNV-1a) rather than its index, so that
+ * cases added to tiny_cases do not reseed the others (a reseeded MoE case may
+ * route a row within FD_EPS of a tie). */
+static uint64_t case_seed(const tiny_case *tc) {
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *p = tc->name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return h % 1000;
+}
+
 /* The adapter config of case i: all targets, and a variation per case. */
 static void case_config(lora_config *c, const tiny_case *tc, int i) {
     lora_config_init(c);
-    c->seed = 100 + (uint64_t)i;
+    c->seed = 100 + case_seed(tc);
     c->rank = 2;
     c->alpha = 3;
     int gpt2 = tc->cfg.arch == MODEL_ARCH_GPT2, gated = tc->cfg.block.mlp == MODEL_MLP_GATED;
+    int bloom = tc->cfg.arch == MODEL_ARCH_BLOOM, moe = tc->cfg.block.mlp == MODEL_MLP_MOE;
     int phi3 = tc->cfg.family == MODEL_FAMILY_PHI3; /* fused qkv_proj, gate_up_proj */
-    CHECK_OK(lora_config_set_targets(c, gpt2    ? "c_attn,c_proj,c_fc"
-                                        : phi3  ? "qkv_proj,o_proj,gate_up_proj,down_proj"
-                                        : gated ? "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
-                                                  "down_proj"
-                                                : "q_proj,k_proj,v_proj,o_proj,up_proj,down_proj"));
-    CHECK_OK(lora_config_add_rank_pattern(c, gpt2 ? "c_fc" : phi3 ? "qkv_proj" : "k_proj", 1));
+    CHECK_OK(lora_config_set_targets(
+        c, gpt2    ? "c_attn,c_proj,c_fc"
+           : bloom ? "query_key_value,dense,dense_h_to_4h,dense_4h_to_h"
+           : moe   ? "q_proj,k_proj,v_proj,o_proj,gate,w1,w2,w3"
+           : phi3  ? "qkv_proj,o_proj,gate_up_proj,down_proj"
+           : gated ? "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+                   : "q_proj,k_proj,v_proj,o_proj,up_proj,down_proj"));
     CHECK_OK(lora_config_add_rank_pattern(c,
-                                          gpt2   ? "h\\.1\\.attn\\.c_attn"
-                                          : phi3 ? "layers.1.mlp.gate_up_proj"
-                                                 : "layers.1.mlp.up_proj",
+                                          gpt2    ? "c_fc"
+                                          : bloom ? "dense"
+                                          : phi3  ? "qkv_proj"
+                                                  : "k_proj",
+                                          1));
+    CHECK_OK(lora_config_add_rank_pattern(c,
+                                          gpt2    ? "h\\.1\\.attn\\.c_attn"
+                                          : bloom ? "h.1.mlp.dense_h_to_4h"
+                                          : moe   ? "layers.1.block_sparse_moe.experts.1.w1"
+                                          : phi3  ? "layers.1.mlp.gate_up_proj"
+                                                  : "layers.1.mlp.up_proj",
                                           3));
-    CHECK_OK(lora_config_add_alpha_pattern(c, gpt2 ? "mlp.c_proj" : "down_proj", 5));
+    CHECK_OK(lora_config_add_alpha_pattern(c,
+                                           gpt2    ? "mlp.c_proj"
+                                           : bloom ? "dense_4h_to_h"
+                                           : moe   ? "w2"
+                                                   : "down_proj",
+                                           5));
     c->use_rslora = i % 2;
     c->dropout = i % 2 == 0 ? 0.25 : 0;
 }
@@ -114,15 +145,16 @@ static void run_case(const tiny_case *tc, int i) {
     r.tokens = malloc((size_t)N * sizeof *r.tokens);
     r.targets = malloc((size_t)N * sizeof *r.targets);
     if (!r.m || !r.tokens || !r.targets) goto done;
-    tiny_weights(r.m, 7 + (uint64_t)i);
-    tiny_batch(r.tokens, r.targets, N, tc->cfg.vocab_size, 99 + (uint64_t)i);
+    uint64_t sd = case_seed(tc);
+    tiny_weights(r.m, 7 + sd);
+    tiny_batch(r.tokens, r.targets, N, tc->cfg.vocab_size, 99 + sd);
     int64_t n_targets = 0;
     for (int n = 0; n < N; n++) n_targets += r.targets[n] != MODEL_IGNORE_INDEX;
     r.scale = 1.0 / (double)n_targets;
 
     CHECK_OK(lora_create(&r.s, r.m, &cfg));
     if (!r.s) goto done;
-    uint64_t seed = 1234 + (uint64_t)i;
+    uint64_t seed = 1234 + sd;
     for (int k = 0; k < r.s->n_modules; k++) {
         lora_module *mod = &r.s->modules[k];
         for (int64_t j = 0; j < mod->B.numel; j++) mod->B.data[j] = 0.5 * tiny_uniform(&seed);
@@ -143,6 +175,11 @@ static void run_case(const tiny_case *tc, int i) {
 
     lora_zero_grads(r.s);
     objective(&r);
+    /* Finite differences of size FD_EPS must not change the routing. */
+    double margin = model_acts_router_margin(r.a);
+    CHECK_MSG(margin > 1e-4, "%s: a row is routed within %.3g of a tie; pick another seed",
+              tc->name, margin);
+    report_acts = r.a;
     CHECK_OK(model_backward(r.m, r.a, r.scale));
     int base_grads = 0;
     for (int k = 0; k < r.m->n_params; k++) base_grads += r.m->params[k].grad != NULL;

@@ -2,9 +2,11 @@
  *
  * tests/fixtures/make_peft_fixtures.py made a PEFT LoRA (r 4, alpha 8, every
  * linear of the blocks) for the tiny Llama, GPT-2, Qwen3, OLMo 2, Apertus,
- * Gemma 2, Gemma 3 and Phi-3 checkpoints of tests/fixtures/hf (Apertus's and
- * Phi-3's by "all-linear", which PEFT writes as the list of module paths it
- * resolved: for Phi-3 the fused qkv_proj and gate_up_proj),
+ * Gemma 2, Gemma 3, Phi-3, BLOOM and Mixtral checkpoints of tests/fixtures/hf
+ * (Apertus's and Phi-3's by "all-linear", which PEFT writes as the list of
+ * module paths it resolved: for Phi-3 the fused qkv_proj and gate_up_proj;
+ * Mixtral's on the router and every expert's w1, w2, w3, the per-expert
+ * format PEFT converts to transformers 5's fused experts on load),
  * saved it with save_pretrained, and recorded what PEFT computes (layout in
  * the script's docstring). For each case this test
  *   - loads the PEFT-written adapter with peft_load and checks PEFT's logits
@@ -42,20 +44,24 @@ typedef struct {
     const char *base;  /* base model under hf/ */
     const char *other; /* a base of the same family with other shapes */
     int per_layer;     /* modules per block */
+    const char *one;   /* a module name of the family */
 } peft_case;
 
 static const peft_case CASES[] = {
-    {"llama", "llama_gqa", "llama_bias", 7},
-    {"gpt2", "gpt2", "gpt2_bf16", 4},
+    {"llama", "llama_gqa", "llama_bias", 7, "q_proj"},
+    {"gpt2", "gpt2", "gpt2_bf16", 4, "c_attn"},
     /* llama_bias: the same module names, other k/v (and head) shapes */
-    {"qwen3", "qwen3", "llama_bias", 7},
-    {"olmo2", "olmo2", "llama_bias", 7},
-    {"apertus", "apertus", "llama_bias", 6}, /* "all-linear": no gate_proj */
-    {"gemma2", "gemma2", "llama_bias", 7},
-    {"gemma3", "gemma3", "llama_bias", 7},
+    {"qwen3", "qwen3", "llama_bias", 7, "q_proj"},
+    {"olmo2", "olmo2", "llama_bias", 7, "q_proj"},
+    {"apertus", "apertus", "llama_bias", 6, "q_proj"}, /* "all-linear": no gate_proj */
+    {"gemma2", "gemma2", "llama_bias", 7, "q_proj"},
+    {"gemma3", "gemma3", "llama_bias", 7, "q_proj"},
     /* "all-linear": qkv_proj, o_proj, gate_up_proj, down_proj; phi3_short has
      * four kv heads (another qkv_proj) */
-    {"phi3", "phi3", "phi3_short", 4},
+    {"phi3", "phi3", "phi3_short", 4, "qkv_proj"},
+    {"bloom", "bloom", "bloom_bf16", 4, "query_key_value"},
+    /* q, k, v, o, the router, 4 experts' w1, w2, w3; mixtral_aux: other k, v */
+    {"mixtral", "mixtral", "mixtral_aux", 17, "w2"},
 };
 
 #define OUT_DIR "peft_out"
@@ -294,11 +300,7 @@ static void bad_inputs(const peft_case *c, const char *fixtures, const model *m,
     lora_config cfg;
     lora_config_init(&cfg);
     cfg.rank = 4;
-    int gpt2 = m->cfg.arch == MODEL_ARCH_GPT2;
-    /* the attention's input projection(s) by PEFT's name: GPT-2's c_attn,
-     * Phi-3's fused qkv_proj, q_proj elsewhere */
-    const char *q = gpt2 ? "c_attn" : m->cfg.block.qkv == MODEL_QKV_FUSED ? "qkv_proj" : "q_proj";
-    CHECK_OK(lora_config_set_targets(&cfg, q));
+    CHECK_OK(lora_config_set_targets(&cfg, c->one));
     lora_set *one = NULL;
     CHECK_OK(lora_create(&one, m, &cfg));
     if (one) {
@@ -323,13 +325,12 @@ static void bad_inputs(const peft_case *c, const char *fixtures, const model *m,
     }
 
     /* Targets that match nothing, rank 0, rank above the layer's size. */
-    char targets[64];
-    snprintf(targets, sizeof targets, "%s,%s", q, gpt2 ? "attn" : "qproj");
-    CHECK_OK(lora_config_set_targets(&cfg, targets));
-    const char *nomatch =
-        gpt2 ? "\"attn\" matches no linear layer" : "\"qproj\" matches no linear layer";
+    char list[128], nomatch[128];
+    snprintf(list, sizeof list, "%s,%.3s", c->one, c->one + 1); /* "q_proj,_pr" */
+    snprintf(nomatch, sizeof nomatch, "\"%.3s\" matches no linear layer", c->one + 1);
+    CHECK_OK(lora_config_set_targets(&cfg, list));
     CHECK_FAILS_WITH(lora_create(&s, m, &cfg), nomatch);
-    CHECK_OK(lora_config_set_targets(&cfg, q));
+    CHECK_OK(lora_config_set_targets(&cfg, c->one));
     cfg.rank = 0;
     CHECK_FAILS_WITH(lora_create(&s, m, &cfg), "the rank must be at least 1");
     cfg.rank = m->cfg.hidden_size + 1;

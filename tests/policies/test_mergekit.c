@@ -1,7 +1,7 @@
 /* test_mergekit — mergekit's methods on hand-computed task vectors, DARE's
  * drop statistics, and `fedlora merge` end to end on two PEFT adapters of
- * the llama and the apertus fixture bases (tests/fixtures/peft/<case> and a
- * changed copy),
+ * the llama, apertus, phi3, bloom and mixtral fixture bases
+ * (tests/fixtures/peft/<case> and a changed copy),
  * each method's output model checked against a direct computation. */
 #include "lora/delta.h"
 #include "lora/peft.h"
@@ -179,7 +179,7 @@ static void test_cli(const char *hf, const char *peft, int usage) {
                       cases[c].method, worst);
         }
         /* The merge changed the adapted weights and nothing else. */
-        model_param *emb = model_find_param(got, "model.embed_tokens.weight");
+        model_param *emb = model_find_param(got, m->wte->name);
         CHECK(emb && memcmp(emb->data, m->wte->data, (size_t)emb->numel * sizeof(real)) == 0);
         CHECK(ts_worst_model(got, m, NULL).diff > 1e-4);
         model_free(got);
@@ -212,6 +212,9 @@ int main(void) {
     /* Apertus: QK-norm weights and xIELU's scalars (0-dimensional buffers)
      * stream through the merge unchanged */
     test_cli("apertus", "apertus", 0);
+    /* BLOOM's fused query_key_value; Mixtral's router and experts */
+    test_cli("bloom", "bloom", 0);
+    test_cli("mixtral", "mixtral", 0);
     /* Phi-3: the fused qkv_proj and gate_up_proj merged as one module each */
     test_cli("phi3", "phi3", 0);
     return check_finish();

@@ -154,8 +154,7 @@ static void test_refusals(void) {
     CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"llama\", \"architectures\": "
                                "[\"LlamaForSequenceClassification\"]}"),
                      "unsupported architecture 'LlamaForSequenceClassification'");
-    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"mixtral\"}"),
-                     "unsupported model_type 'mixtral'");
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"falcon\"}"), "unsupported model_type 'falcon'");
     CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"gpt2\", \"architectures\": "
                                "[\"LlamaForCausalLM\"]}"),
                      "does not match model_type 'gpt2'");
@@ -303,6 +302,110 @@ static void test_newer_families(void) {
     CHECK_FAILS_WITH(model_config_check(&c, "x"), "are not those of apertus");
 }
 
+/* Mixtral and BLOOM: the options, MixtralConfig's and BloomConfig's
+ * defaults and spellings, and what is refused. */
+static void test_mixtral_bloom(void) {
+    model_config c;
+    const char *mixtral = "{\"model_type\": \"mixtral\", \"vocab_size\": 320, \"hidden_size\": 64, "
+                          "\"intermediate_size\": 96, \"num_hidden_layers\": 2, "
+                          "\"num_attention_heads\": 8, \"num_local_experts\": 4}";
+    CHECK_OK(parse(&c, mixtral));
+    CHECK(c.family == MODEL_FAMILY_MIXTRAL && c.arch == MODEL_ARCH_LLAMA);
+    CHECK(c.block.mlp == MODEL_MLP_MOE && c.block.act == MODEL_ACT_SILU && c.block.pre_norm);
+    /* MixtralConfig: 8 kv heads, top-2, no aux loss (coef 0.001), theta 1e6, no window */
+    CHECK(c.num_experts == 4 && c.experts_per_tok == 2 && !c.router_aux_loss);
+    CHECK(c.router_aux_loss_coef == 0.001 && c.num_kv_heads == 8 && c.rope_theta == 1e6);
+    CHECK(c.sliding_window == 0 && c.max_position == 131072 && c.norm_eps == 1e-5);
+    CHECK(c.bos_token_id == 1 && c.eos_token_id == 2 && !c.tie_embeddings && !c.qkv_bias);
+    /* per layer: 2 norms, q and o C·C, k and v C·8·8, the router E·C, E experts 3·C·F */
+    CHECK(model_config_num_params(&c) ==
+          2 * 320 * 64 + 64 + 2 * (2 * 64 + 2 * 64 * 64 + 2 * 64 * 64 + 4 * 64 + 4 * 3 * 64 * 96));
+    CHECK_OK(parse(&c, "{\"model_type\": \"mixtral\", \"vocab_size\": 320, \"hidden_size\": 64, "
+                       "\"intermediate_size\": 96, \"num_hidden_layers\": 2, "
+                       "\"num_attention_heads\": 8, \"num_experts\": 8, \"num_experts_per_tok\": "
+                       "3, \"output_router_logits\": true, \"router_aux_loss_coef\": 0.02, "
+                       "\"sliding_window\": 4096, \"rope_theta\": 500000.0}"));
+    CHECK(c.num_experts == 8 && c.experts_per_tok == 3 && c.router_aux_loss);
+    CHECK(c.router_aux_loss_coef == 0.02 && c.sliding_window == 4096 && c.rope_theta == 5e5);
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"mixtral\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 64, \"intermediate_size\": 96, "
+                               "\"num_hidden_layers\": 2, \"num_attention_heads\": 8}"),
+                     "required field \"num_local_experts\" is missing");
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"mixtral\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 64, \"intermediate_size\": 96, "
+                               "\"num_hidden_layers\": 2, \"num_attention_heads\": 8, "
+                               "\"num_local_experts\": 4, \"num_experts_per_tok\": 5}"),
+                     "num_experts_per_tok 5 is more than num_local_experts 4");
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"mixtral\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 64, \"intermediate_size\": 96, "
+                               "\"num_hidden_layers\": 2, \"num_attention_heads\": 8, "
+                               "\"num_local_experts\": 4, \"router_jitter_noise\": 0.01}"),
+                     "router_jitter_noise 0.01 is not supported");
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"mixtral\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 64, \"intermediate_size\": 96, "
+                               "\"num_hidden_layers\": 2, \"num_attention_heads\": 8, "
+                               "\"num_local_experts\": 4, \"num_experts\": 6}"),
+                     "\"num_local_experts\" = 4 and its alias \"num_experts\" = 6 disagree");
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"mixtral\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 64, \"intermediate_size\": 96, "
+                               "\"num_hidden_layers\": 2, \"num_attention_heads\": 8, "
+                               "\"num_local_experts\": 4, \"hidden_act\": \"gelu\"}"),
+                     "hidden_act 'gelu' is not supported for mixtral (only 'silu')");
+    /* experts on a family without them, a dense MLP under mixtral */
+    CHECK_OK(parse(&c, mixtral));
+    c.experts_per_tok = 0;
+    CHECK_FAILS_WITH(model_config_check(&c, "x"), "need 1 <= num_experts_per_tok");
+    CHECK_OK(parse(&c, llama_v5));
+    c.num_experts = 4;
+    CHECK_FAILS_WITH(model_config_check(&c, "x"), "experts are set but the MLP is not");
+
+    /* BLOOM: n_layer / n_head (or their aliases), 4C MLP, every bias, tied */
+    const char *bloom = "{\"architectures\": [\"BloomForCausalLM\"], \"model_type\": \"bloom\", "
+                        "\"vocab_size\": 320, \"hidden_size\": 48, \"n_layer\": 2, \"n_head\": "
+                        "6, \"pretraining_tp\": 4, \"slow_but_exact\": false, "
+                        "\"offset_alibi\": 100, \"n_inner\": null}";
+    CHECK_OK(parse(&c, bloom));
+    CHECK(c.family == MODEL_FAMILY_BLOOM && c.arch == MODEL_ARCH_BLOOM);
+    CHECK(c.block.pos == MODEL_POS_ALIBI && c.block.qkv == MODEL_QKV_HEADS);
+    CHECK(c.block.embed_norm && c.block.norm == MODEL_NORM_LAYER && c.block.pre_norm);
+    CHECK(c.block.mlp == MODEL_MLP_PLAIN && c.block.act == MODEL_ACT_GELU_TANH);
+    CHECK(c.num_heads == 6 && c.num_kv_heads == 6 && c.head_dim == 8);
+    CHECK(c.intermediate_size == 192 && c.qkv_bias && c.o_bias && c.mlp_bias);
+    CHECK(c.tie_embeddings && c.bos_token_id == 1 && c.eos_token_id == 2);
+    CHECK(c.norm_eps == 1e-5 && c.max_position == 2048);
+    /* word_embeddings, its LayerNorm; per layer two LayerNorms, query_key_value,
+     * dense, dense_h_to_4h, dense_4h_to_h with biases; ln_f */
+    CHECK(model_config_num_params(&c) ==
+          320 * 48 + 2 * 48 +
+              2 * (4 * 48 + 3 * 48 * 48 + 3 * 48 + 48 * 48 + 48 + 2 * 48 * 192 + 192 + 48) +
+              2 * 48);
+    /* the aliases of BloomConfig's attribute_map and old checkpoints' n_embed */
+    CHECK_OK(parse(&c, "{\"model_type\": \"bloom\", \"vocab_size\": 320, \"n_embed\": 48, "
+                       "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, "
+                       "\"tie_word_embeddings\": false}"));
+    CHECK(c.hidden_size == 48 && c.num_layers == 3 && c.num_heads == 4 && !c.tie_embeddings);
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"bloom\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 48, \"n_layer\": 2, \"n_head\": 6, "
+                               "\"apply_residual_connection_post_layernorm\": true}"),
+                     "apply_residual_connection_post_layernorm true is not supported");
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"bloom\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 48, \"n_layer\": 2, \"n_head\": 5}"),
+                     "hidden_size 48 is not a multiple of n_head 5");
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"bloom\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 48, \"n_head\": 6}"),
+                     "required field \"n_layer\" is missing");
+    CHECK_FAILS_WITH(parse(&c, "{\"model_type\": \"bloom\", \"vocab_size\": 320, "
+                               "\"hidden_size\": 48, \"n_layer\": 2, \"n_head\": 6, "
+                               "\"num_hidden_layers\": 3}"),
+                     "\"n_layer\" = 2 and its alias \"num_hidden_layers\" = 3 disagree");
+    CHECK_OK(parse(&c, bloom));
+    c.mlp_bias = 0;
+    CHECK_FAILS_WITH(model_config_check(&c, "x"), "every BLOOM linear has a bias");
+    CHECK_OK(parse(&c, bloom));
+    c.block.embed_norm = 0;
+    CHECK_FAILS_WITH(model_config_check(&c, "x"), "are not those of bloom");
+}
+
 static void test_save_round_trip(void) {
     const char *srcs[] = {
         llama_v5, gpt2_hub,
@@ -333,7 +436,15 @@ static void test_save_round_trip(void) {
         "{\"model_type\": \"apertus\", \"vocab_size\": 320, \"hidden_size\": "
         "64, \"intermediate_size\": 256, \"num_hidden_layers\": 2, "
         "\"num_attention_heads\": 4, \"rope_parameters\": {\"rope_type\": "
-        "\"default\", \"rope_theta\": 10000.0}}"};
+        "\"default\", \"rope_theta\": 10000.0}}",
+        "{\"model_type\": \"mixtral\", \"vocab_size\": 320, \"hidden_size\": 64, "
+        "\"intermediate_size\": 96, \"num_hidden_layers\": 2, \"num_attention_heads\": 8, "
+        "\"num_key_value_heads\": 2, \"num_local_experts\": 6, \"num_experts_per_tok\": 3, "
+        "\"output_router_logits\": true, \"router_aux_loss_coef\": 0.015, "
+        "\"sliding_window\": 64}",
+        "{\"model_type\": \"bloom\", \"vocab_size\": 320, \"hidden_size\": 56, \"n_layer\": 2, "
+        "\"n_head\": 7, \"layer_norm_epsilon\": 1e-6, \"max_position_embeddings\": 4096, "
+        "\"tie_word_embeddings\": false, \"bos_token_id\": 0, \"eos_token_id\": null}"};
     for (size_t i = 0; i < sizeof srcs / sizeof srcs[0]; i++) ts_config_round_trip(srcs[i], i);
     /* Readable numbers and the fields transformers needs. */
     model_config c;
@@ -357,6 +468,9 @@ static void test_presets(void) {
     CHECK_OK(model_config_preset(&c, "llama", "100m"));
     long long n = model_config_num_params(&c);
     CHECK_MSG(n > 95000000 && n < 105000000, "llama 100m has %lld params", n);
+    CHECK_OK(model_config_preset(&c, "mixtral", "400m"));
+    n = model_config_num_params(&c);
+    CHECK_MSG(n > 380000000 && n < 420000000, "mixtral 400m has %lld params", n);
     CHECK_OK(model_config_preset(&c, "llama", "small"));
     n = model_config_num_params(&c);
     CHECK_MSG(n > 8000000 && n < 12000000, "llama small has %lld params", n);
@@ -372,10 +486,11 @@ static void test_presets(void) {
                      "unknown preset 'huge' for gpt2 (valid: tiny, small, 124m)");
     CHECK_FAILS_WITH(model_config_preset(&c, "bert", "tiny"),
                      "unknown architecture 'bert' (valid: llama, mistral, qwen2, qwen3, olmo2, "
-                     "apertus, gemma2, gemma3_text, phi3, gpt2)");
+                     "apertus, gemma2, gemma3_text, phi3, mixtral, bloom, gpt2)");
     /* every family has a tiny preset, with the family's block and a number of
      * parameters that is the table's */
-    const char *const tiny[] = {"llama", "mistral", "qwen2", "qwen3", "olmo2", "apertus", "gpt2"};
+    const char *const tiny[] = {"llama",   "mistral", "qwen2",   "qwen3", "olmo2",
+                                "apertus", "gpt2",    "mixtral", "bloom"};
     for (size_t i = 0; i < sizeof tiny / sizeof tiny[0]; i++)
         model_free(ts_preset_counted(tiny[i]));
     CHECK_FAILS_WITH(model_config_preset(&c, "qwen3", "small"),
@@ -388,6 +503,7 @@ int main(void) {
     test_gpt2();
     test_refusals();
     test_newer_families();
+    test_mixtral_bloom();
     test_save_round_trip();
     test_presets();
     return check_finish();
