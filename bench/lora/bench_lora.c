@@ -85,9 +85,15 @@ static double gemm_peak(int bf16, int M, int C) {
  * head (the embedding is a lookup). */
 static double frozen_matmul_params(const model *m) {
     double n = 0;
+    /* A mixture of experts multiplies each token by k of its E experts:
+     * an expert's weights count k / E of theirs (the router counts whole). */
+    double expert_share = m->cfg.num_experts > 0
+                              ? (double)m->cfg.experts_per_tok / (double)m->cfg.num_experts
+                              : 1.0;
     for (int i = 0; i < m->n_params; i++)
         if (m->params[i].ndim == 2 && &m->params[i] != m->wte && &m->params[i] != m->wpe)
-            n += (double)m->params[i].numel;
+            n += (double)m->params[i].numel *
+                 (strstr(m->params[i].name, ".experts.") ? expert_share : 1.0);
     if (m->lm_head == m->wte) n += (double)m->wte->numel;
     return n;
 }
