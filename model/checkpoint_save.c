@@ -30,7 +30,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SAVE_CHUNK 65536             /* values converted per write */
+#define SAVE_CHUNK 65536            /* values converted per write */
 #define RAW_CHUNK ((size_t)8 << 20) /* bytes copied per write when nothing changes */
 
 static int dtype_from_name(const char *s, safetensors_dtype *out) {

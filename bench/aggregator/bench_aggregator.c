@@ -171,7 +171,8 @@ static int to_file(void *arg, const uint8_t *data, size_t len) {
 /* GET_MODEL of the whole object `hash` into path (written, fsync'd; NULL:
  * received and hashed only), its SHA-256 checked, as a node's download
  * does; returns its size. */
-static uint64_t fetch_head(const uint8_t hash[32], const char *path, char **head, size_t *head_len) {
+static uint64_t fetch_head(const uint8_t hash[32], const char *path, char **head,
+                           size_t *head_len) {
     fetch_sink f = {path ? open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1, path, NULL,
                     malloc(VERSION_INDEX_MAX), 0};
     if ((path && f.fd < 0) || !f.head) die(path ? path : "memory");
@@ -422,7 +423,8 @@ int main(int argc, char **argv) {
     if (scale) { /* the node's copy: the stored version's files themselves */
         char hex[65];
         hex_encode(base, 32, hex);
-        path(p, sizeof p, "cp -al --remove-destination '%s/state/versions/%s/.' '%s/'", run, hex, held);
+        path(p, sizeof p, "cp -al --remove-destination '%s/state/versions/%s/.' '%s/'", run, hex,
+             held);
         if (system(p) != 0) die("linking the held version");
     }
 

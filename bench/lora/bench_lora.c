@@ -87,9 +87,8 @@ static double frozen_matmul_params(const model *m) {
     double n = 0;
     /* A mixture of experts multiplies each token by k of its E experts:
      * an expert's weights count k / E of theirs (the router counts whole). */
-    double expert_share = m->cfg.num_experts > 0
-                              ? (double)m->cfg.experts_per_tok / (double)m->cfg.num_experts
-                              : 1.0;
+    double expert_share =
+        m->cfg.num_experts > 0 ? (double)m->cfg.experts_per_tok / (double)m->cfg.num_experts : 1.0;
     for (int i = 0; i < m->n_params; i++)
         if (m->params[i].ndim == 2 && &m->params[i] != m->wte && &m->params[i] != m->wpe)
             n += (double)m->params[i].numel *
