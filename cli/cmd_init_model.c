@@ -28,7 +28,7 @@ static const char *usage_text =
     "Presets: llama tiny|small|100m, gpt2 tiny|small|124m, and tiny for mistral, qwen2,\n"
     "qwen3, olmo2, apertus, gemma2, gemma3_text, phi3, bloom and mixtral (2 layers, hidden\n"
     "64, byte-level vocabulary; Gemma's: a sliding layer then a global one; mixtral: 4\n"
-    "experts, top-2).\n";
+    "experts, top-2); mixtral 400m is the MoE benchmark's shape (8 experts, top-2).\n";
 
 typedef struct {
     const model_config *cfg;
