@@ -46,4 +46,41 @@ static inline unsigned gpu_grid(int64_t n, int threads) {
     return (unsigned)b;
 }
 
+/* ---- attention's masks and soft-capping (gpu_attention.cu, gpu_attention_decode.cu) ---- */
+
+/* The first key row i sees under a sliding window of `window` (0: none). */
+__device__ __forceinline__ int first_key(int i, int window) {
+    return window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+}
+
+__device__ __forceinline__ bool visible(int i, int j, int T, int window) {
+    return i < T && j <= i && (window == 0 || j > i - window);
+}
+
+/* Soft-capping of a scaled score (Gemma 2; model/cpu/softcap.c): cap ·
+ * tanh(x / cap), or x when cap is 0. */
+__device__ __forceinline__ float cap_score(float x, float cap) {
+    return cap > 0 ? tanhf(x / cap) * cap : x;
+}
+
+/* d cap_score / dx at the capped value y: 1 − (y / cap)², or 1. */
+__device__ __forceinline__ float cap_grad(float y, float cap) {
+    float t = cap > 0 ? y / cap : 0.0f;
+    return 1.0f - t * t;
+}
+
+/* Launches kernel with `smem` bytes of dynamic shared memory, raising the
+ * kernel's limit first where it needs more than the default 48 KiB. */
+template <typename K, typename... Args>
+static inline cudaError_t gpu_launch(K kernel, dim3 grid, int threads, size_t smem,
+                                     cudaStream_t stream, Args... args) {
+    if (smem > 48 * 1024) {
+        cudaError_t e =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return e;
+    }
+    kernel<<<grid, threads, smem, stream>>>(args...);
+    return cudaGetLastError();
+}
+
 #endif
