@@ -27,14 +27,21 @@
 #include <math.h>
 
 struct hold {
-    const char *name; /* whose SUBMIT_BEGIN is held back */
-    int release;
+    const char *name; /* whose SUBMIT_BEGIN is held back in round 1 */
+    int release;      /* round 1: let it through */
+    int passed;       /* SUBMIT_BEGINs let through */
+    int open2;        /* round 2: let the uploads through (held until the test saw it open) */
 };
 
+/* Every node talks through the proxy, so that what the page shows at each
+ * step is not a race with the nodes: round 1's uploads pass except the held
+ * member's until release; round 2's (any after round 1's three) wait until
+ * the test has read the page at round 2's opening. */
 static int hold_hook(ft_proxy *p, const char *name, int is_reply, const struct msg *m) {
     struct hold *h = p->arg;
-    if (!is_reply && !h->release && !strcmp(name, h->name) && m->type == MSG_SUBMIT_BEGIN)
-        return FT_SWALLOW;
+    if (is_reply || m->type != MSG_SUBMIT_BEGIN) return FT_PASS;
+    if (h->passed < 3 ? !h->release && !strcmp(name, h->name) : !h->open2) return FT_SWALLOW;
+    h->passed++;
     return FT_PASS;
 }
 
@@ -197,10 +204,10 @@ static void test_status(void) {
 
     /* Round 1 with the third node's upload held back. */
     ft_proxy p;
-    struct hold hold = {f.node[2].name, 0};
+    struct hold hold = {f.node[2].name, 0, 0, 0};
     CHECK_OK(ft_proxy_open(&p, &f, f.endpoint, hold_hook, &hold));
     for (int i = 0; i < 3; i++) {
-        CHECK_OK(ft_node_config(&f, i, i == 2 ? p.endpoint : f.endpoint, ""));
+        CHECK_OK(ft_node_config(&f, i, p.endpoint, ""));
         CHECK_OK(ft_start_node(&f, i));
     }
     int seen = 0;
@@ -255,6 +262,7 @@ static void test_status(void) {
         status_free(v);
     }
     CHECK_MSG(round2, "round 2 never opened");
+    hold.open2 = 1;
 
     /* The rest of the federation. */
     int done = 0;
