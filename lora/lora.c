@@ -1,16 +1,9 @@
-/* lora.c — LoRA adapters: target resolution, PEFT initialisation, and the
- * forward/backward that model_linear's adapter hook calls (see lora.h).
- *
- * Per adapted linear, rows n of a chunk (N = B·T tokens):
- *   forward    x̃ = dropout(x)             (N, in)
- *              u = x̃ Aᵀ                  (N, r)    kept for backward
- *              y += s · u Bᵀ              (N, out)
- *   backward   du = s · dy B              (N, r)
- *              dB += s · dyᵀ u            (out, r)
- *              dA += duᵀ x̃               (r, in)
- *              dx += mask/(1−p) ⊙ du A    (N, in)
- * Every product is one GEMM. */
+/* lora.c — LoRA adapters: target resolution, PEFT initialisation, building,
+ * attaching and detaching the set (see lora.h). The forward and backward
+ * that model_linear's adapter hook calls are in lora_hook.c. */
 #include "lora/lora.h"
+
+#include "lora/lora_hook.h"
 
 #include "model/cpu/cpu.h"
 #include "util/err.h"
@@ -20,7 +13,6 @@
 #include <pcre2.h>
 
 #include <math.h>
-#include <omp.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -373,148 +365,12 @@ static void init_module(lora_module *mod, uint64_t seed) {
     memset(mod->B.data, 0, (size_t)mod->B.numel * sizeof(real));
 }
 
-/* The key of one module's dropout mask in one training forward. */
-static uint64_t dropout_key(const lora_module *mod, uint64_t counter) {
-    return rng_mix64(rng_mix64(mod->set->cfg.seed ^ 0xD1B54A32D192ED03ull) ^
-                     rng_mix64(((uint64_t)mod->index << 40) ^ counter));
-}
-
-/* Element e of the mask (e = global row · in + column) is kept with
- * probability 1 − p. */
-static inline int dropout_keep(uint64_t key, int64_t e, double p) {
-    return rng_unit0(rng_mix64(key + (uint64_t)e * 0x9E3779B97F4A7C15ull)) >= p;
-}
-
-/* out (n, in) = x (n, in) · mask / (1 − p), rows r0… of the whole batch. */
-static void dropout_apply(real *out, const real *x, int n, int in, int64_t r0, uint64_t key,
-                          double p) {
-    real keep_scale = (real)(1.0 / (1.0 - p));
-#pragma omp parallel for if ((int64_t)n * in > 65536)
-    for (int i = 0; i < n; i++) {
-        int64_t base = (r0 + i) * in;
-        for (int j = 0; j < in; j++)
-            out[(int64_t)i * in + j] =
-                dropout_keep(key, base + j, p) ? x[(int64_t)i * in + j] * keep_scale : 0;
-    }
-}
-
-/* dx (n, in) += t (n, in) · mask / (1 − p). */
-static void dropout_accumulate(real *dx, const real *t, int n, int in, int64_t r0, uint64_t key,
-                               double p) {
-    real keep_scale = (real)(1.0 / (1.0 - p));
-#pragma omp parallel for if ((int64_t)n * in > 65536)
-    for (int i = 0; i < n; i++) {
-        int64_t base = (r0 + i) * in;
-        for (int j = 0; j < in; j++)
-            if (dropout_keep(key, base + j, p))
-                dx[(int64_t)i * in + j] += t[(int64_t)i * in + j] * keep_scale;
-    }
-}
-
-/* ---- the adapter hook ---------------------------------------------------------- */
-
-static void lora_forward(void *ctx, const real *x, real *y, int N) {
-    lora_module *mod = ctx;
-    lora_set *s = mod->set;
-    int in = mod->in, out = mod->out, r = mod->rank, cap = s->cap_rows;
-    /* A forward counts even with no rows (an expert no token chose), so every
-     * module's counter stays the set's (lora_dropout_counter). */
-    mod->u_dropout = s->training && s->cfg.dropout > 0;
-    if (s->training) mod->u_counter = mod->counter++;
-    if (N <= 0) {
-        mod->u_rows = 0;
-        return;
-    }
-    uint64_t key = dropout_key(mod, mod->u_counter);
-    int save = N <= cap;
-    for (int r0 = 0; r0 < N; r0 += cap) {
-        int n = N - r0 < cap ? N - r0 : cap;
-        const real *xin = x + (int64_t)r0 * in;
-        if (mod->u_dropout) {
-            dropout_apply(s->scratch_x, xin, n, in, r0, key, s->cfg.dropout);
-            xin = s->scratch_x;
-        }
-        real *u = save ? mod->u : s->scratch_u;
-        /* u (n, r) = x̃ (n, in) · Aᵀ;  y (n, out) += s · u · Bᵀ */
-        cpu_gemm(0, 1, n, r, in, 1, xin, in, mod->A.data, in, 0, u, r);
-        cpu_gemm(0, 1, n, out, r, (real)mod->scale, u, r, mod->B.data, r, 1, y + (int64_t)r0 * out,
-                 out);
-    }
-    mod->u_rows = save ? N : -1;
-}
-
-static void lora_backward(void *ctx, const real *x, const real *dy, real *dx, int N) {
-    lora_module *mod = ctx;
-    lora_set *s = mod->set;
-    int in = mod->in, out = mod->out, r = mod->rank, cap = s->cap_rows;
-    real scale = (real)mod->scale;
-    if (N <= 0) return;
-    int saved = mod->u_rows == N;
-    uint64_t key = dropout_key(mod, mod->u_counter);
-    double p = s->cfg.dropout;
-    for (int r0 = 0; r0 < N; r0 += cap) {
-        int n = N - r0 < cap ? N - r0 : cap;
-        const real *xin = x + (int64_t)r0 * in;
-        const real *dyc = dy + (int64_t)r0 * out;
-        real *dxc = dx + (int64_t)r0 * in;
-        if (mod->u_dropout) {
-            dropout_apply(s->scratch_x, xin, n, in, r0, key, p);
-            xin = s->scratch_x;
-        }
-        const real *u = mod->u + (int64_t)r0 * r;
-        if (!saved) {
-            cpu_gemm(0, 1, n, r, in, 1, xin, in, mod->A.data, in, 0, s->scratch_u, r);
-            u = s->scratch_u;
-        }
-        real *du = s->scratch_du;
-        /* du (n, r) = s · dy (n, out) · B (out, r) */
-        cpu_gemm(0, 0, n, r, out, scale, dyc, out, mod->B.data, r, 0, du, r);
-        /* dB (out, r) += s · dyᵀ · u */
-        if (mod->B.grad) cpu_gemm(1, 0, out, r, n, scale, dyc, out, u, r, 1, mod->B.grad, r);
-        /* dA (r, in) += duᵀ · x̃ */
-        if (mod->A.grad) cpu_gemm(1, 0, r, in, n, 1, du, r, xin, in, 1, mod->A.grad, in);
-        /* dx (n, in) += du · A, through the dropout mask */
-        if (mod->u_dropout) {
-            cpu_gemm(0, 0, n, in, r, 1, du, r, mod->A.data, in, 0, s->scratch_x, in);
-            dropout_accumulate(dxc, s->scratch_x, n, in, r0, key, p);
-        } else {
-            cpu_gemm(0, 0, n, in, r, 1, du, r, mod->A.data, in, 1, dxc, in);
-        }
-    }
-}
-
-static const model_adapter_ops lora_ops = {lora_forward, lora_backward};
-
 /* ---- building the set ---------------------------------------------------------- */
-
-/* Sizes u and the scratch buffers for chunks of rows. */
-static int alloc_rows(lora_set *s, int rows) {
-    for (int i = 0; i < s->n_modules; i++) {
-        lora_module *mod = &s->modules[i];
-        real *u = realloc(mod->u, (size_t)rows * mod->rank * sizeof(real));
-        if (!u) return err_set("out of memory for LoRA activations (%d rows)", rows);
-        mod->u = u;
-        mod->u_rows = -1;
-    }
-    size_t nr = (size_t)rows * s->max_rank;
-    real *su = realloc(s->scratch_u, nr * sizeof(real));
-    if (su) s->scratch_u = su;
-    real *sdu = su ? realloc(s->scratch_du, nr * sizeof(real)) : NULL;
-    if (sdu) s->scratch_du = sdu;
-    if (!su || !sdu) return err_set("out of memory for LoRA scratch (%d rows)", rows);
-    if (s->cfg.dropout > 0) {
-        real *sx = realloc(s->scratch_x, (size_t)rows * s->max_in * sizeof(real));
-        if (!sx) return err_set("out of memory for LoRA dropout scratch (%d rows)", rows);
-        s->scratch_x = sx;
-    }
-    s->cap_rows = rows;
-    return 0;
-}
 
 int lora_reserve(lora_set *s, int rows) {
     if (rows <= 0) return err_set("lora_reserve: rows must be positive, got %d", rows);
     if (rows <= s->cap_rows) return 0;
-    return alloc_rows(s, rows);
+    return lora_hook_alloc_rows(s, rows);
 }
 
 /* Checks the config's own values, before any module is looked at. */
@@ -632,6 +488,7 @@ int lora_create(lora_set **out, const model *m, const lora_config *cfg) {
             mod->index = s->n_modules++;
             mod->set = s;
             mod->u_rows = -1;
+            mod->group = -1;
         }
     char names[256];
     module_names(m, names, sizeof names);
@@ -677,7 +534,7 @@ int lora_create(lora_set **out, const model *m, const lora_config *cfg) {
         p += mod->B.numel;
         init_module(mod, cfg->seed);
     }
-    if (alloc_rows(s, LORA_DEFAULT_ROWS) != 0) goto fail;
+    if (lora_hook_alloc_rows(s, LORA_DEFAULT_ROWS) != 0) goto fail;
     *out = s;
     return 0;
 fail:
@@ -689,13 +546,10 @@ fail:
 void lora_free(lora_set *s) {
     if (!s) return;
     lora_detach(s);
-    for (int i = 0; i < s->n_modules; i++) free(s->modules[i].u);
+    lora_hook_free(s);
     free(s->modules);
     free(s->storage);
     free(s->grad_storage);
-    free(s->scratch_x);
-    free(s->scratch_u);
-    free(s->scratch_du);
     lora_config_free(&s->cfg);
     free(s);
 }
@@ -727,16 +581,21 @@ int lora_attach(lora_set *s, model *m) {
     for (int i = 0; i < s->n_modules; i++) {
         lora_module *mod = &s->modules[i];
         mod->linear = find_linear(m, mod);
-        mod->linear->adapter = &lora_ops;
+        mod->linear->adapter = &lora_hook_ops;
         mod->linear->adapter_ctx = mod;
         mod->u_rows = -1;
     }
     s->attached = m;
+    if (lora_hook_attach(s, m) != 0) {
+        lora_detach(s);
+        return -1;
+    }
     return 0;
 }
 
 void lora_detach(lora_set *s) {
     if (!s->attached) return;
+    lora_hook_detach(s);
     for (int i = 0; i < s->n_modules; i++) {
         lora_module *mod = &s->modules[i];
         if (mod->linear && mod->linear->adapter_ctx == mod) {

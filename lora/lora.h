@@ -126,15 +126,33 @@ typedef struct {
     model_param B; /* (out, rank) */
     /* Set by lora_attach: the linear this module feeds. */
     model_linear *linear;
-    /* Private to lora.c: what backward needs from the last forward. */
+    /* Private to lora.c and lora_hook.c: what backward needs from the last
+     * forward. */
     lora_set *set;
-    int index;          /* position in the set, part of the dropout key */
-    real *u;            /* (cap_rows, rank): x̃ Aᵀ of the last forward */
-    int u_rows;         /* rows the last forward saved in u; −1 when it did not */
-    int u_dropout;      /* the last forward applied dropout … */
-    uint64_t u_counter; /* … with this counter */
-    uint64_t counter;   /* training forwards so far */
+    int index;            /* position in the set, part of the dropout key */
+    real *u;              /* (cap_rows, rank): x̃ Aᵀ of the last forward */
+    int u_rows;           /* rows the last forward saved in u; −1 when it did not */
+    int u_dropout;        /* the last forward applied dropout … */
+    uint64_t u_counter;   /* … with this counter */
+    uint64_t counter;     /* training forwards so far */
+    int group, group_pos; /* its input group (lora_hook.c) and place in it; group −1: none */
 } lora_module;
+
+/* Adapted linears of one block that take the same input (q, k, v; gate,
+ * up): lora_hook.c computes their A products as one (model.h, "Linears that
+ * share an input"). Private to lora.c and lora_hook.c. */
+typedef struct {
+    int first, n;      /* modules[first … first + n − 1], in call order */
+    int in, rank_sum;  /* their input size; Σ rank */
+    const real *fwd_x; /* the forward that made every member's u: its input, */
+    int fwd_n;         /* rows */
+    uint64_t fwd_call; /* and call number */
+    const real *bwd_x; /* the backward in progress: its input, */
+    real *bwd_dx;      /* input gradient, */
+    int bwd_n;         /* rows, */
+    uint64_t bwd_call; /* first member's call number */
+    int bwd_joined;    /* and members whose du waits in scratch_gdu (0: none) */
+} lora_group;
 
 struct lora_set {
     lora_config cfg; /* as given (patterns resolved into each module) */
@@ -143,13 +161,20 @@ struct lora_set {
     lora_module *modules; /* in model order: by layer, then q, k, v / c_attn, o, gate, up, down */
     model *attached;      /* the model whose linears hold this set, or NULL */
     int training;         /* dropout active */
-    /* Private to lora.c. */
+    /* Private to lora.c and lora_hook.c. */
     real *storage;                /* every A and B value */
     real *grad_storage;           /* every A and B gradient, after lora_want_grads */
     int cap_rows;                 /* rows one forward/backward chunk may have */
     int max_in, max_rank;         /* scratch sizing */
     real *scratch_x;              /* (cap_rows, max_in) the dropped-out input; dropout only */
     real *scratch_u, *scratch_du; /* (cap_rows, max_rank) */
+    lora_group *groups;           /* set by lora_attach */
+    int n_groups;
+    int max_rank_sum;               /* the largest group's Σ rank */
+    real *scratch_gA, *scratch_gdA; /* (max_rank_sum, max_in): the A's side by side; dA */
+    real *scratch_gu, *scratch_gdu; /* (cap_rows, max_rank_sum) */
+    lora_group *pending;            /* a group whose backward waits for members, or NULL */
+    uint64_t calls;                 /* forward and backward calls so far */
 };
 
 /* Builds the adapter for model m: resolves targets, per-module rank and

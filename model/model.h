@@ -110,6 +110,12 @@ typedef struct {
 
 /* One block, in the order it computes (model/config.h's model_block says
  * which pieces a family has). */
+/* Linears that share an input. A block's q, k and v, and its gate and up,
+ * read the same input. Every CPU path (model/cpu: training, evaluation,
+ * decoding) runs each such set one after another, forward (q, k, v; gate,
+ * up) on the same x and N, and backward in the same order on the same x, N
+ * and dx, with no other linear in between; an adapter may rely on that to
+ * share work between them (LoRA's A products, lora/lora_hook.c). */
 typedef struct {
     model_norm attn_in;   /* pre_norm: input_layernorm / ln_1 / attention_layernorm */
     model_linear q, k, v; /* QKV_SEPARATE: q (H·D, C), k and v (KV·D, C) */
