@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # LoRA training (r=16, all linear layers) tokens/s and peak memory, fedlora's
-# CPU backend vs PyTorch + PEFT, same shapes, same threads, one run, in fp32
+# CPU backend vs PyTorch + PEFT, same shapes, same threads, in fp32
 # (both sides fp32) and bf16 (fedlora --precision bf16 on a bf16 checkpoint
 # vs PyTorch + PEFT with the base in bf16 under torch.autocast("cpu",
 # dtype=torch.bfloat16)); bf16 rows only where oneDNN multiplies bf16.
 # mixtral 400m is #16's MoE shape (8 experts, top-2, 402M parameters).
-# Usage: bench/lora/run.sh [--quick] [BUILD_DIR] [THREADS]
-# --quick: the tiny presets, r=2, one sequence of 16 tokens, 2 steps; the
-# reference only where torch, transformers and peft are installed.
+# Usage: [REPEAT=N] bench/lora/run.sh [--quick] [BUILD_DIR] [THREADS]
+# Each pair runs REPEAT times (default 3), the two sides alternating, and
+# the ratios are of the medians: one run of either side moves by up to
+# ±15 % on the shared development machine (docs/benchmarks.md).
+# --quick: the tiny presets, r=2, one sequence of 16 tokens, 2 steps, one
+# repeat; the reference only where torch, transformers and peft are
+# installed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=bench/lib.sh
@@ -22,21 +26,31 @@ if [ "$quick" = 1 ]; then
   specs=("gpt2 tiny" "llama tiny" "mixtral tiny") shape=(--rank 2 --batch 1 --seq 16 --steps 2)
   have_python torch transformers peft || reference=0
 fi
+repeat=${REPEAT:-3}
+[ "$quick" = 1 ] && repeat=1
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 for precision in fp32 bf16; do
   for spec in "${specs[@]}"; do
     # shellcheck disable=SC2086 # "arch preset": two words on purpose
     set -- $spec
-    if ! f=$("$build/bench/lora/bench_lora" --arch "$1" --preset "$2" "${shape[@]}" \
-             --precision "$precision"); then
-      echo "$1-$2 $precision: not run here"; continue
-    fi
-    echo "$f"
+    ours=() theirs=() f="" p=""
+    for ((i = 0; i < repeat; i++)); do
+      if ! f=$("$build/bench/lora/bench_lora" --arch "$1" --preset "$2" "${shape[@]}" \
+               --precision "$precision"); then
+        echo "$1-$2 $precision: not run here"; continue 2
+      fi
+      echo "$f"
+      ours+=("$(field tokens/s "$f")")
+      [ "$reference" = 1 ] || continue
+      p=$(python3 "$here/ref_peft.py" --arch "$1" --preset "$2" "${shape[@]}" \
+            --threads "$threads" --precision "$precision" 2>/dev/null)
+      echo "$p"
+      theirs+=("$(field tokens/s "$p")")
+    done
     [ "$reference" = 1 ] || continue
-    p=$(python3 "$here/ref_peft.py" --arch "$1" --preset "$2" "${shape[@]}" \
-          --threads "$threads" --precision "$precision" 2>/dev/null)
-    echo "$p"
-    awk -v a="$(field tokens/s "$f")" -v b="$(field tokens/s "$p")" \
-        -v c="$(field peak_rss_mib "$f")" -v d="$(field peak_rss_mib "$p")" -v n="$1-$2 $precision" \
-        'BEGIN { printf "%s: speed fedlora/pytorch+peft = %.2fx, memory = %.2fx\n", n, a / b, c / d }'
+    a=$(printf '%s\n' "${ours[@]}" | median) b=$(printf '%s\n' "${theirs[@]}" | median)
+    awk -v a="$a" -v b="$b" -v c="$(field peak_rss_mib "$f")" -v d="$(field peak_rss_mib "$p")" \
+        -v n="$1-$2 $precision" -v k="$repeat" \
+        'BEGIN { printf "%s: median of %d: fedlora %.1f, pytorch+peft %.1f tokens/s; speed fedlora/pytorch+peft = %.2fx, memory = %.2fx\n", n, k, a, b, a / b, c / d }'
   done
 done
