@@ -4,7 +4,7 @@
 #ifndef FL_CLI_CHATDATA_H
 #define FL_CLI_CHATDATA_H
 
-#include "lora/dataset.h"
+#include "data/dataset.h"
 #include "model/chat/chat.h"
 
 #include <stddef.h>

@@ -1,16 +1,16 @@
 /* fedlora eval — a model, with or without a LoRA adapter, on evaluation
  * sets: the mean next-token loss and perplexity on text files, acc and
- * acc_norm on multiple-choice tasks (lora/mctask.h); with --json, the scores
+ * acc_norm on multiple-choice tasks (data/mctask.h); with --json, the scores
  * as one JSON object (what the aggregator's evaluation of each version
  * reads, docs/federation.md). */
 #include "cli/chatdata.h"
 #include "cli/commands.h"
 #include "cli/opts.h"
-#include "lora/dataset.h"
+#include "data/dataset.h"
 #include "lora/lora.h"
-#include "lora/mctask.h"
+#include "data/mctask.h"
 #include "lora/peft.h"
-#include "lora/trainer.h"
+#include "train/trainer.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "util/clock.h"

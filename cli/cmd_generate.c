@@ -4,7 +4,7 @@
  * 0; otherwise softmax(logits / temperature), cut to the nucleus (Holtzman
  * et al. 2020: the smallest set of most likely tokens whose probability
  * reaches top_p), renormalised and sampled with a SplitMix64 stream from the
- * seed (lora/sampler.h). Generation stops at an end-of-turn id (the
+ * seed (generate/sampler.h). Generation stops at an end-of-turn id (the
  * eos_token_id of generation_config.json and config.json, each an id or a
  * list), after max_tokens, or when the context is full. With --chat the
  * prompt is the conversation rendered with the model's chat template and its
@@ -13,16 +13,16 @@
  * The prompt goes through the model once (a prefill), then each new token
  * once: a KV cache keeps every earlier position's keys and values, sized for
  * the prompt plus --max-tokens (at most the context), on the CPU or, with
- * --device cuda, on a GPU (lora/decoder.h). The adapter applies at every
+ * --device cuda, on a GPU (generate/decoder.h). The adapter applies at every
  * step, with its dropout off. */
 #include "cli/chatdata.h"
 #include "cli/commands.h"
 #include "cli/opts.h"
-#include "lora/decoder.h"
+#include "generate/decoder.h"
 #include "lora/lora.h"
 #include "lora/peft.h"
-#include "lora/sampler.h"
-#include "lora/trainer.h"
+#include "generate/sampler.h"
+#include "train/trainer.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "model/tokenizer/tokenizer.h"

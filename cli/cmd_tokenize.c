@@ -3,7 +3,7 @@
  *
  * Input, streamed line by line so that its size does not matter:
  *   text   each non-blank line is one document, as fedlora train and eval
- *          read text files (lib lora/dataset.h); a line's final "\r" is
+ *          read text files (lib data/dataset.h); a line's final "\r" is
  *          dropped, so CRLF files read the same as LF files.
  *   jsonl  one JSON object per line with a "text" string; blank lines are
  *          skipped; each record is one document.

@@ -1,11 +1,11 @@
 /* fedlora train — LoRA fine-tuning of a Hugging Face model on a data file
- * (lora/trainer.h does the work; docs/training.md describes it all). */
+ * (train/trainer.h does the work; docs/training.md describes it all). */
 #include "cli/chatdata.h"
 #include "cli/commands.h"
 #include "cli/opts.h"
-#include "lora/dataset.h"
+#include "data/dataset.h"
 #include "lora/lora.h"
-#include "lora/trainer.h"
+#include "train/trainer.h"
 #include "model/checkpoint.h"
 #include "util/err.h"
 #include "util/fio.h"

@@ -1,5 +1,5 @@
 /* tokens — the byte-level tokenizer that `fedlora init-model` writes next to
- * a fresh model. (Data files become token rows in lora/dataset.h.) */
+ * a fresh model. (Data files become token rows in data/dataset.h.) */
 #ifndef FL_CLI_TOKENS_H
 #define FL_CLI_TOKENS_H
 

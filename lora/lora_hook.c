@@ -33,23 +33,17 @@
  * forward drops what waits: the backward that left it was abandoned). */
 #include "lora/lora_hook.h"
 
+#include "lora/lora_dropout.h"
+
 #include "model/cpu/cpu.h"
 #include "util/err.h"
-#include "util/rng.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 /* The key of one module's dropout mask in one training forward. */
 static uint64_t dropout_key(const lora_module *mod, uint64_t counter) {
-    return rng_mix64(rng_mix64(mod->set->cfg.seed ^ 0xD1B54A32D192ED03ull) ^
-                     rng_mix64(((uint64_t)mod->index << 40) ^ counter));
-}
-
-/* Element e of the mask (e = global row · in + column) is kept with
- * probability 1 − p. */
-static inline int dropout_keep(uint64_t key, int64_t e, double p) {
-    return rng_unit0(rng_mix64(key + (uint64_t)e * 0x9E3779B97F4A7C15ull)) >= p;
+    return lora_dropout_key(mod->set->cfg.seed, mod->index, counter);
 }
 
 /* out (n, in) = x (n, in) · mask / (1 − p), rows r0… of the whole batch. */
@@ -61,7 +55,7 @@ static void dropout_apply(real *out, const real *x, int n, int in, int64_t r0, u
         int64_t base = (r0 + i) * in;
         for (int j = 0; j < in; j++)
             out[(int64_t)i * in + j] =
-                dropout_keep(key, base + j, p) ? x[(int64_t)i * in + j] * keep_scale : 0;
+                lora_dropout_keep(key, base + j, p) ? x[(int64_t)i * in + j] * keep_scale : 0;
     }
 }
 
@@ -73,7 +67,7 @@ static void dropout_accumulate(real *dx, const real *t, int n, int in, int64_t r
     for (int i = 0; i < n; i++) {
         int64_t base = (r0 + i) * in;
         for (int j = 0; j < in; j++)
-            if (dropout_keep(key, base + j, p))
+            if (lora_dropout_keep(key, base + j, p))
                 dx[(int64_t)i * in + j] += t[(int64_t)i * in + j] * keep_scale;
     }
 }

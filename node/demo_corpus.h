@@ -3,7 +3,7 @@
  * each with training lines (examples/corpus/<domain>.txt) and held-out lines
  * (examples/corpus/heldout/<domain>.txt) that are disjoint from them; the
  * held-out lines of all the demo's domains together are its global eval set.
- * Every line is one document (plain-text data, lora/dataset.h). */
+ * Every line is one document (plain-text data, data/dataset.h). */
 #ifndef FL_NODE_DEMO_CORPUS_H
 #define FL_NODE_DEMO_CORPUS_H
 

@@ -1,7 +1,7 @@
 /* doctor: a node's setup, checked (node/doctor.h lists the checks). */
 #include "node/doctor.h"
 
-#include "lora/gpu_load.h"
+#include "gpu/gpu_load.h"
 #include "model/config.h"
 #include "node/node.h"
 #include "util/err.h"
@@ -388,7 +388,7 @@ static void check_disk(struct doc *d) {
              d->disk_path, DISK_FACTOR, m);
 }
 
-/* device "cuda" needs the CUDA backend module (lora/gpu_load.h: loading it
+/* device "cuda" needs the CUDA backend module (gpu/gpu_load.h: loading it
  * here is the check) and a GPU the runtime sees; with device "cpu", a GPU
  * that sits unused is worth a hint. (node_config_check_device decides which
  * devices a config may name.) */

@@ -10,7 +10,7 @@
  *             SHA-256 is the base's; otherwise GET_MODEL chunks into
  *             STATE/versions/<hex>/model.safetensors.part, resumed from its
  *             size, SHA-256 checked, then renamed
- *         ──▶ train a fresh adapter on the local data (lora/trainer.h; its
+ *         ──▶ train a fresh adapter on the local data (train/trainer.h; its
  *             checkpoints make a killed training go on where it was), local
  *             held-out loss before and after
  *         ──▶ DELTA payload (wire/payload.h), sealed to the aggregator

@@ -7,12 +7,12 @@
  * round number and the base version: the held-out split comes from `seed`
  * (the same documents every round), the adapter's initialisation and the data
  * order from (seed, name, round), so a training killed midway resumes from
- * its checkpoint (lora/trainer.h) into the adapter an uninterrupted run makes. */
+ * its checkpoint (train/trainer.h) into the adapter an uninterrupted run makes. */
 #include "node/internal.h"
 
-#include "lora/dataset.h"
+#include "data/dataset.h"
 #include "lora/lora.h"
-#include "lora/trainer.h"
+#include "train/trainer.h"
 #include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"
@@ -37,7 +37,7 @@ static uint64_t round_seed(const node_config *c, uint64_t round) {
 }
 
 /* Target tokens the trainer consumed: the steps visit positions
- * 0 .. steps·K·B - 1 of the data order (lora/trainer.h), and each row's
+ * 0 .. steps·K·B - 1 of the data order (train/trainer.h), and each row's
  * targets that carry loss are counted. */
 static int count_tokens(const dataset *d, uint64_t seed, uint64_t examples, uint64_t *tokens) {
     size_t rows = dataset_num_rows(d, DATASET_TRAIN);

@@ -2,7 +2,8 @@
 # The dependency direction of docs/architecture.md, checked over the sources
 # and the build files:
 #
-#   cli → node / aggregator → policies / lora / wire → model → util
+#   cli → node / aggregator → generate → train → gpu
+#       → lora / data / policies / wire → model → util
 #
 # (tests/ and bench/ sit above all of them.) An edge is a folder's
 #   - #include "X/..." of another folder's header, in its .c, .h and .cu files;
@@ -25,23 +26,19 @@ set -euo pipefail
 # Known edges against the direction, with why they exist. Each entry is
 # "SOURCE -> TARGET" as printed below. Keep it short: an entry is a debt.
 allowed=(
-  # The CUDA backend's trainer state (model/cuda/gpu.h) carries lora/'s adapter
-  # and AdamW types, and fl_model_cuda links the LoRA core. The GPU layer is
-  # moving above lora/ (or behind the adapter hook): issue 20, item 4, the
-  # lead's. Remove these three lines with that change.
-  "model/cuda/gpu.h -> lora/adamw.h"
-  "model/cuda/gpu.h -> lora/lora.h"
-  "link model/cuda/CMakeLists.txt: fl_model_cuda -> fl_lora_core (lora)"
 )
 
 layer_of() {
   case "$1" in
     util) echo 0 ;;
     model) echo 1 ;;
-    lora | policies | wire) echo 2 ;;
-    node | aggregator) echo 3 ;;
-    cli) echo 4 ;;
-    tests | bench) echo 5 ;;
+    lora | data | policies | wire) echo 2 ;;
+    gpu) echo 3 ;;
+    train) echo 4 ;;
+    generate) echo 5 ;;
+    node | aggregator) echo 6 ;;
+    cli) echo 7 ;;
+    tests | bench) echo 8 ;;
     *) echo -1 ;;
   esac
 }
@@ -55,7 +52,7 @@ is_allowed() {
 check() {
   local root=$1 bad=0 known=0
   cd "$root"
-  local folders=(util model lora policies wire node aggregator cli)
+  local folders=(util model lora data policies wire gpu train generate node aggregator cli)
   declare -A pair=()
   report() { # $1 edge text, $2 kind ("upward" or "cycle")
     if is_allowed "$1"; then
@@ -133,7 +130,7 @@ check() {
              "${folders[@]}" tests bench 2>/dev/null | sort || true)
 
   if [ "$bad" -gt 0 ]; then
-    echo "dependency direction: $bad edge(s) against cli -> node/aggregator -> policies/lora/wire -> model -> util (docs/architecture.md)"
+    echo "dependency direction: $bad edge(s) against cli -> node/aggregator -> generate -> train -> gpu -> lora/data/policies/wire -> model -> util (docs/architecture.md)"
     return 1
   fi
   echo "dependency direction: ok ($known known edge(s) allow-listed in scripts/check_layers.sh)"

@@ -1,5 +1,5 @@
 /* bench_generate — text generation speed (what `fedlora generate` does) of
- * the decoder (lora/decoder.h): a prompt's prefill, then greedy decoding one
+ * the decoder (generate/decoder.h): a prompt's prefill, then greedy decoding one
  * token at a time from the KV cache, with a LoRA adapter attached unmerged.
  *
  *   bench_generate --arch gpt2|llama --preset 124m|100m [--prompt P --new G --rank R
@@ -9,7 +9,7 @@
  * Random weights (model_init_random) and a random prompt of P tokens (128);
  * G new tokens (128) chosen by argmax, as `fedlora generate --temperature 0`
  * (no sampling cost on either side, no early stop at EOS; --temperature and
- * --top-p sample instead, through lora/sampler.h); an adapter of
+ * --top-p sample instead, through generate/sampler.h); an adapter of
  * rank R (16, 0 for none) on every linear layer of the blocks (PEFT's
  * "all-linear"), as `generate --adapter` runs it. Reported: the prefill's
  * time and tokens/s, the decode rate over the G − 1 single-token steps
@@ -19,9 +19,9 @@
  * transformers' generate(). */
 #include "bench/bench.h"
 #include "bench/bench_lora_model.h"
-#include "lora/decoder.h"
+#include "generate/decoder.h"
 #include "lora/lora.h"
-#include "lora/sampler.h"
+#include "generate/sampler.h"
 #include "model/model.h"
 #include "util/err.h"
 

@@ -1,5 +1,5 @@
 /* bench_sampler — the time `fedlora generate` spends choosing a token with
- * nucleus sampling (lora/sampler.h: a heap over the vocabulary), against the
+ * nucleus sampling (generate/sampler.h: a heap over the vocabulary), against the
  * definition computed the direct way (a full sort of the candidates, what
  * generate did before), in the same run.
  *
@@ -12,8 +12,8 @@
  * microseconds per token for both and their ratio, and checks that both
  * pick the same tokens. */
 #include "bench/bench.h"
-#include "lora/dataset.h"
-#include "lora/sampler.h"
+#include "data/dataset.h"
+#include "generate/sampler.h"
 #include "tests/decode/sampler_sort.h"
 #include "util/err.h"
 #include "util/rng.h"

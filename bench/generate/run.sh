@@ -34,5 +34,5 @@ for spec in "${specs[@]}"; do
       'BEGIN { printf "%s: prefill speed fedlora/hf = %.2fx, decode speed = %.2fx\n", n, b / a, c / d }'
 done
 # Choosing a token by nucleus sampling (temperature 0.7, top_p 0.9): the
-# heap of lora/sampler.c against a full sort, GPT-2's and Llama's vocabularies.
+# heap of generate/sampler.c against a full sort, GPT-2's and Llama's vocabularies.
 for v in "${vocabs[@]}"; do "$build/bench/generate/bench_sampler" --vocab "$v" "${draws[@]}"; done

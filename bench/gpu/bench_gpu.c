@@ -20,7 +20,7 @@
  *   bench_gpu --model gpt2-124m --batch 8 --seq 1024 --rank 16 --steps 10 */
 #include "bench/bench.h"
 #include "bench/bench_lora_model.h"
-#include "model/cuda/gpu.h"
+#include "gpu/gpu.h"
 #include "util/err.h"
 
 #include <stdio.h>

@@ -7,7 +7,7 @@
  * a user holds a bf16 checkpoint (mapped, 2 bytes a weight) and the frozen
  * GEMMs in bf16 with fp32 sums (oneDNN), the rest in fp32.
  *
- * One step is what lora/trainer.c does per optimizer step: zero the adapter's
+ * One step is what train/trainer.c does per optimizer step: zero the adapter's
  * gradients, forward and backward with the adapters attached (no gradient
  * for the frozen base weights), AdamW with clipping. Adapters of rank R (16)
  * on every linear layer of the blocks (PEFT's "all-linear"), alpha 2R,

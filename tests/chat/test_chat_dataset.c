@@ -1,4 +1,4 @@
-/* test_chat_dataset — chat records in training data (lora/dataset.c) with the
+/* test_chat_dataset — chat records in training data (data/dataset.c) with the
  * model's chat template: the token stream is apply_chat_template's ids of
  * each conversation, one after the other (no EOS between: the template ends
  * its turns), and the targets that carry loss are exactly the tokens of
@@ -6,7 +6,7 @@
  * Then the errors: a template the prefix rule cannot mask, a conversation
  * with no assistant message, tools in fedlora's own format, each naming the
  * file and line. */
-#include "lora/dataset.h"
+#include "data/dataset.h"
 #include "model/chat/chat.h"
 #include "model/model.h"
 #include "tests/check.h"

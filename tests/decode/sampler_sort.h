@@ -1,5 +1,5 @@
 /* sampler_sort.h — the nucleus-sampling definition computed the direct way,
- * as the independent reference for lora/sampler.h (tests/decode/
+ * as the independent reference for generate/sampler.h (tests/decode/
  * test_sampler.c checks the picks, bench/generate/bench_sampler.c times
  * both): every candidate's probability exp((logit − max) / T) in double, a
  * full sort by probability then id, the shortest prefix whose mass reaches
@@ -8,7 +8,7 @@
 #ifndef FL_TESTS_DECODE_SAMPLER_SORT_H
 #define FL_TESTS_DECODE_SAMPLER_SORT_H
 
-#include "lora/dataset.h"
+#include "data/dataset.h"
 #include "model/real.h"
 #include "util/rng.h"
 

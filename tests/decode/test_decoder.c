@@ -1,4 +1,4 @@
-/* test_decoder — lora/decoder.h, the device-independent generation forward
+/* test_decoder — generate/decoder.h, the device-independent generation forward
  * that `fedlora generate` uses, on the CPU (its GPU path is checked by
  * tests/gpu: gpu_parity's decode cases and gpu_device_cli):
  *   - with an adapter, a prefill and single steps give model_forward's
@@ -9,7 +9,7 @@
  *     (the sequence unchanged: the next step still works), bad device and
  *     precision names, and --device cuda where this machine has no GPU or
  *     no backend module (a message that says to use --device cpu). */
-#include "lora/decoder.h"
+#include "generate/decoder.h"
 #include "tests/check.h"
 #include "tests/cpu/tiny_lora.h"
 #include "util/err.h"

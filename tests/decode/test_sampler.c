@@ -1,4 +1,4 @@
-/* test_sampler — lora/sampler.h against an independent reference: the
+/* test_sampler — generate/sampler.h against an independent reference: the
  * definition written the direct way (tests/decode/sampler_sort.h: every
  * candidate's probability, a full sort by probability then id, the shortest
  * prefix reaching top_p of the total, one SplitMix64 draw walked down it),
@@ -11,8 +11,8 @@
  * Greedy takes the lowest id on ties. Sampling frequencies over a small
  * vocabulary match the nucleus's renormalised probabilities. Bad settings
  * and non-finite logits are refused. */
-#include "lora/dataset.h"
-#include "lora/sampler.h"
+#include "data/dataset.h"
+#include "generate/sampler.h"
 #include "tests/check.h"
 #include "tests/decode/sampler_sort.h"
 #include "util/err.h"

@@ -1,4 +1,4 @@
-/* test_mctask — multiple-choice tasks (lora/mctask.h) against
+/* test_mctask — multiple-choice tasks (data/mctask.h) against
  * lm-evaluation-harness itself: tests/fixtures/mc/ holds a tiny GPT-2, its
  * BPE tokenizer, a task file and what the harness computed for it
  * (tests/fixtures/make_mc_fixtures.py): every choice's context and
@@ -6,7 +6,7 @@
  * greediness, each question's prediction and the task's acc and acc_norm.
  * Also: the task file's rules (each refusal names the line and the field),
  * Python's whitespace and code points, and `fedlora eval --task/--json`. */
-#include "lora/mctask.h"
+#include "data/mctask.h"
 #include "model/checkpoint.h"
 #include "tests/check.h"
 #include "tests/support/ts.h"

@@ -1,4 +1,4 @@
-/* fuzz_dataset — training data files from untrusted bytes (lora/dataset.c):
+/* fuzz_dataset — training data files from untrusted bytes (data/dataset.c):
  * JSONL records of every kind, text, and anything starting with the
  * pre-tokenized corpus magic. Opening must succeed or fail with a message,
  * never crash, leak or hang; a dataset that opens must give every row of
@@ -7,7 +7,7 @@
  * Input: byte 0 picks the file name's extension (bit 0: ".jsonl", else
  * ".txt") and the held-out fraction (bit 1: 0.3, else 0); the rest is the
  * file. The tokenizer is the byte-level one (ids 0..255, EOS 256). */
-#include "lora/dataset.h"
+#include "data/dataset.h"
 #include "model/model.h"
 #include "model/tokenizer/tokenizer.h"
 #include "util/fio.h"

@@ -1,11 +1,11 @@
 /* fuzz_mctask — multiple-choice task files from untrusted bytes
- * (lora/mctask.c): parsing must succeed or fail with a message, never
+ * (data/mctask.c): parsing must succeed or fail with a message, never
  * crash, leak or hang. A file that parses must hold what the rules promise
  * (2 to 64 non-empty choices, gold among them, strings without NUL), and
  * every choice's request, built with the byte-level tokenizer for a model
  * that reads 16 tokens, must fit those 16 tokens and score at least one
  * continuation token (or fail with a message). */
-#include "lora/mctask.h"
+#include "data/mctask.h"
 #include "model/tokenizer/tokenizer.h"
 #include "util/fio.h"
 

@@ -13,8 +13,8 @@
 #ifndef FL_TESTS_GPU_GPU_TEST_H
 #define FL_TESTS_GPU_GPU_TEST_H
 
-#include "model/cuda/gpu.h"
-#include "model/cuda/gpu_kernels.h"
+#include "gpu/gpu.h"
+#include "gpu/gpu_kernels.h"
 #include "tests/gpu/gpu_measure.h"
 #include "tests/check.h"
 #include "util/err.h"

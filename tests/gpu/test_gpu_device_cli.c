@@ -2,7 +2,7 @@
  * --precision, as real processes, in whatever this build and machine have.
  * It runs everywhere and is never skipped. What happens is decided at run
  * time, by whether the CUDA backend module (libfedlora_cuda.so, next to the
- * fedlora binary; lora/gpu_load.h) loads and what it sees:
+ * fedlora binary; gpu/gpu_load.h) loads and what it sees:
  *   - no module (a build without the CUDA backend): --device cuda fails
  *     (exit 1) with "CUDA backend module ... not found ... use --device cpu";
  *     a build that made the module must load it;
@@ -15,7 +15,7 @@
  *     GPU is hidden and the error above names that variable;
  * and in every build: bad --device / --precision values are errors, and
  * --device cpu --precision fp32 trains as before. */
-#include "lora/gpu_load.h"
+#include "gpu/gpu_load.h"
 #include "tests/support/ts_model.h"
 
 static char base[TS_PATH], data[TS_PATH];

@@ -9,7 +9,7 @@
 #include "gpu_test.h"
 
 #include "model/cpu/cpu.h"
-#include "model/cuda/gpu_gemm.h"
+#include "gpu/gpu_gemm.h"
 
 #include <omp.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /* test_gpu_module — the CUDA backend is a module loaded at run time
- * (model/cuda/gpu_api.h, lora/gpu_load.h), never linked into fedlora.
+ * (gpu/gpu_api.h, gpu/gpu_load.h), never linked into fedlora.
  * Runs in every build and is never skipped:
  *   - the fedlora binary (FEDLORA_BIN) has no DT_NEEDED entry for cudart,
  *     cuBLAS(Lt) or NCCL: read from its ELF dynamic section, which must
@@ -17,7 +17,7 @@
  *     the binary's directory.
  * GPU_MODULE_BUILT (tests/gpu/CMakeLists.txt) is 1 where the build made
  * libfedlora_cuda.so; it is then next to the fedlora binary. */
-#include "lora/gpu_load.h"
+#include "gpu/gpu_load.h"
 #include "tests/support/ts_model.h"
 
 #include <dlfcn.h>

@@ -1,4 +1,4 @@
-/* test_gpu_trainer — trainer_run (lora/trainer.c) on the GPU against the
+/* test_gpu_trainer — trainer_run (train/trainer.c) on the GPU against the
  * CPU: the product's training loop, its files and its resume, with
  * --device cuda.
  *
@@ -26,15 +26,15 @@
  * without a GPU.
  *
  * The backend is reached as the product reaches it: trainer_run loads the
- * module (lora/gpu_load.h), here the libfedlora_cuda.so next to FEDLORA_BIN
+ * module (gpu/gpu_load.h), here the libfedlora_cuda.so next to FEDLORA_BIN
  * (named in FEDLORA_CUDA_MODULE unless that is set); this program links no
  * CUDA library. */
 #include "lora/adamw.h"
-#include "lora/dataset.h"
-#include "lora/gpu_load.h"
+#include "data/dataset.h"
+#include "gpu/gpu_load.h"
 #include "lora/lora.h"
 #include "lora/peft.h"
-#include "lora/trainer.h"
+#include "train/trainer.h"
 #include "tests/gpu/gpu_measure.h"
 #include "tests/support/ts_model.h"
 

@@ -3,7 +3,7 @@
  * order.
  *
  * Three members start from the same adapter (A0, B0), each trains one real
- * step (lora/trainer.h, AdamW: the first step moves every factor by about
+ * step (train/trainer.h, AdamW: the first step moves every factor by about
  * lr, whatever the gradient's scale) on its own text, on the base offset by
  * −s·B0·A0 as a node trains it (lora/offset.h). With δ_i = (A_i − A0, B_i −
  * B0) of order lr,
@@ -17,9 +17,9 @@
  * start (B0 = 0), where one step cannot move A at all. The updates come from
  * aggregate_compute with the start in aggregate_round_info, as the
  * aggregator merges them. */
-#include "lora/dataset.h"
+#include "data/dataset.h"
 #include "lora/offset.h"
-#include "lora/trainer.h"
+#include "train/trainer.h"
 #include "model/checkpoint.h"
 #include "policies/aggregate.h"
 #include "policies/handout.h"

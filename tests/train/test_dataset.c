@@ -1,11 +1,11 @@
-/* test_dataset — lora/dataset.c: formats and templates, loss only on the
+/* test_dataset — data/dataset.c: formats and templates, loss only on the
  * response tokens of instruction and chat records, packing with EOS between
  * documents, the pre-tokenized corpus giving the same rows as its text, the
  * held-out split and the data order, and clear errors for bad files.
  *
  * The byte-level tokenizer makes expectations readable: id b is byte b,
  * 256 is EOS, so the targets that carry loss can be spelled out as text. */
-#include "lora/dataset.h"
+#include "data/dataset.h"
 #include "model/tokenizer/tokcorpus.h"
 #include "tests/support/ts_model.h"
 

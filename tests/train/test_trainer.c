@@ -1,4 +1,4 @@
-/* test_trainer — lora/trainer.c in process:
+/* test_trainer — train/trainer.c in process:
  *   - gradient accumulation: B=4 K=1, B=2 K=2 and B=1 K=4 take the same rows
  *     and give the same losses, gradient norms and adapter, on instruction
  *     data whose micro-batches have very different numbers of response
@@ -8,9 +8,9 @@
  *     from the last checkpoint redoes only the final eval; a resume with
  *     another configuration is refused, naming the difference. */
 #include "lora/adamw.h"
-#include "lora/dataset.h"
+#include "data/dataset.h"
 #include "lora/lora.h"
-#include "lora/trainer.h"
+#include "train/trainer.h"
 #include "tests/support/ts_model.h"
 
 #include <jansson.h>
