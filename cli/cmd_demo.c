@@ -19,10 +19,10 @@
 #include "cli/harness.h"
 #include "cli/opts.h"
 #include "data/dataset.h"
-#include "train/trainer.h"
 #include "model/checkpoint.h"
 #include "model/model.h"
 #include "node/demo_corpus.h"
+#include "train/trainer.h"
 #include "util/err.h"
 #include "util/fio.h"
 

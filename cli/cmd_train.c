@@ -5,8 +5,8 @@
 #include "cli/opts.h"
 #include "data/dataset.h"
 #include "lora/lora.h"
-#include "train/trainer.h"
 #include "model/checkpoint.h"
+#include "train/trainer.h"
 #include "util/err.h"
 #include "util/fio.h"
 

@@ -4,11 +4,11 @@
  * loads when --device cuda asks for it (docs/gpu.md). */
 #include "train/trainer.h"
 
-#include "train/trainer_checkpoint.h"
 #include "gpu/gpu_load.h"
 #include "lora/peft.h"
 #include "model/checkpoint.h"
 #include "model/cpu/cpu.h"
+#include "train/trainer_checkpoint.h"
 #include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"

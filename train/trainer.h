@@ -50,10 +50,10 @@
 #ifndef FL_TRAIN_TRAINER_H
 #define FL_TRAIN_TRAINER_H
 
-#include "lora/adamw.h"
 #include "data/dataset.h"
-#include "lora/lora.h"
 #include "gpu/gpu_api.h"
+#include "lora/adamw.h"
+#include "lora/lora.h"
 #include "model/model.h"
 
 #include <stdint.h>

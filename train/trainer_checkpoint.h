@@ -8,11 +8,11 @@
 #ifndef FL_TRAIN_TRAINER_CHECKPOINT_H
 #define FL_TRAIN_TRAINER_CHECKPOINT_H
 
-#include "lora/adamw.h"
 #include "data/dataset.h"
+#include "lora/adamw.h"
 #include "lora/lora.h"
-#include "train/trainer.h"
 #include "model/model.h"
+#include "train/trainer.h"
 
 #include <jansson.h>
 #include <stdint.h>

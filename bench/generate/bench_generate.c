@@ -20,8 +20,8 @@
 #include "bench/bench.h"
 #include "bench/bench_lora_model.h"
 #include "generate/decoder.h"
-#include "lora/lora.h"
 #include "generate/sampler.h"
+#include "lora/lora.h"
 #include "model/model.h"
 #include "util/err.h"
 

@@ -15,8 +15,8 @@
 
 #include "gpu/gpu.h"
 #include "gpu/gpu_kernels.h"
-#include "tests/gpu/gpu_measure.h"
 #include "tests/check.h"
+#include "tests/gpu/gpu_measure.h"
 #include "util/err.h"
 #include "util/rng.h"
 

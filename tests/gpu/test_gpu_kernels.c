@@ -8,8 +8,8 @@
  * both sides of 0 and of eps (and at eps). */
 #include "gpu_test.h"
 
-#include "model/cpu/cpu.h"
 #include "gpu/gpu_gemm.h"
+#include "model/cpu/cpu.h"
 
 #include <omp.h>
 #include <string.h>

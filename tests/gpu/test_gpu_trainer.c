@@ -29,14 +29,14 @@
  * module (gpu/gpu_load.h), here the libfedlora_cuda.so next to FEDLORA_BIN
  * (named in FEDLORA_CUDA_MODULE unless that is set); this program links no
  * CUDA library. */
-#include "lora/adamw.h"
 #include "data/dataset.h"
 #include "gpu/gpu_load.h"
+#include "lora/adamw.h"
 #include "lora/lora.h"
 #include "lora/peft.h"
-#include "train/trainer.h"
 #include "tests/gpu/gpu_measure.h"
 #include "tests/support/ts_model.h"
+#include "train/trainer.h"
 
 #include <jansson.h>
 #include <math.h>

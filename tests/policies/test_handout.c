@@ -19,12 +19,12 @@
  * aggregator merges them. */
 #include "data/dataset.h"
 #include "lora/offset.h"
-#include "train/trainer.h"
 #include "model/checkpoint.h"
 #include "policies/aggregate.h"
 #include "policies/handout.h"
 #include "tests/policies/pol_test.h"
 #include "tests/support/ts.h"
+#include "train/trainer.h"
 
 #define K 3
 #define TARGETS "q_proj,v_proj,down_proj"

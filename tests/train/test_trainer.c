@@ -7,11 +7,11 @@
  *   - checkpoints: the files, `latest`, one step directory kept; a resume
  *     from the last checkpoint redoes only the final eval; a resume with
  *     another configuration is refused, naming the difference. */
-#include "lora/adamw.h"
 #include "data/dataset.h"
+#include "lora/adamw.h"
 #include "lora/lora.h"
-#include "train/trainer.h"
 #include "tests/support/ts_model.h"
+#include "train/trainer.h"
 
 #include <jansson.h>
 #include <math.h>
