@@ -9,7 +9,13 @@
  *   decode(ids_special, skip_special)    == HF decode
  *   decode(encode(text)) == text         for the byte-level variants
  * and for invalid UTF-8: encode refuses it, and after tokenizer_utf8_repair
- * the ids equal HF's for Python's errors="replace" text. */
+ * the ids equal HF's for Python's errors="replace" text.
+ *
+ * The "phi4" variant is Phi-4-mini's pipeline (o200k's split); its vocabulary
+ * has merges across o200k's piece boundaries, so the same vocabulary split
+ * with Llama 3's pattern ("phi4_llama3_split") gives other ids. The test checks
+ * that the recorded ids of the two differ on the o200k-specific texts, so
+ * passing "phi4" means fedlora splits as o200k does, not as Llama 3 does. */
 #include "model/tokenizer/tokenizer.h"
 #include "tests/check.h"
 #include "util/err.h"
@@ -115,10 +121,36 @@ static int roundtrips(const char *name) {
                                   "gpt2_split_inverted",
                                   "gpt2_split_string",
                                   "llama3",
-                                  "llama3_merges"};
+                                  "llama3_merges",
+                                  "phi4",
+                                  "phi4_llama3_split"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(name, names[i])) return 1;
     return 0;
+}
+
+static json_t *variant_named(json_t *variants, const char *name) {
+    size_t i;
+    json_t *v;
+    json_array_foreach(variants, i, v) {
+        if (!strcmp(json_string_value(json_object_get(v, "name")), name)) return v;
+    }
+    return NULL;
+}
+
+/* Texts whose recorded ids differ between o200k's split and Llama 3's on
+ * the same vocabulary (both variants hold the same texts in the same order). */
+static size_t phi4_distinct_cases(json_t *variants) {
+    json_t *a = json_object_get(variant_named(variants, "phi4"), "cases");
+    json_t *b = json_object_get(variant_named(variants, "phi4_llama3_split"), "cases");
+    size_t n = 0;
+    if (!a || !b || json_array_size(a) != json_array_size(b)) return 0;
+    for (size_t i = 0; i < json_array_size(a); i++) {
+        json_t *ca = json_array_get(a, i), *cb = json_array_get(b, i);
+        if (!json_equal(json_object_get(ca, "text"), json_object_get(cb, "text"))) return 0;
+        if (!json_equal(json_object_get(ca, "ids"), json_object_get(cb, "ids"))) n++;
+    }
+    return n;
 }
 
 int main(void) {
@@ -130,6 +162,9 @@ int main(void) {
     json_t *variants = json_object_get(root, "variants"), *v;
     size_t vi, n_cases = 0;
     CHECK(json_array_size(variants) >= 15);
+    size_t n_distinct = phi4_distinct_cases(variants);
+    CHECK_MSG(n_distinct >= 11, "phi4: only %zu texts tell o200k's split from Llama 3's",
+              n_distinct);
     json_array_foreach(variants, vi, v) {
         const char *name = json_string_value(json_object_get(v, "name"));
         tokenizer *t = load_variant(v);
