@@ -8,7 +8,8 @@ pkgs=(build-essential cmake pkg-config git ca-certificates
       libzmq3-dev libmsgpack-dev libssl-dev openssl libopenblas-dev libdnnl-dev libjansson-dev libconfig-dev libpcre2-dev
       libmicrohttpd-dev
       clang libclang-rt-dev
-      man-db groff-base bsdextrautils)  # tests/corpora renders man pages (make_corpora.sh)
+      man-db groff-base bsdextrautils   # tests/corpora renders man pages (make_corpora.sh)
+      time bc iproute2 procps)          # bench/scale/federation.sh: GNU time, ss, pgrep
 if [ "${1:-}" = "--browser" ]; then pkgs+=(chromium); fi
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -11,6 +11,11 @@
 #     publishes the bf16 version; a node's low-rank sync of it is made and
 #     checked (its peak memory measured). The members' deltas are random (no
 #     training: the training's memory is the row above).
+# The same round with real nodes (the CLI's aggregator and three `fedlora
+# node` processes that train, round 2 synced low-rank) is
+# bench/scale/federation.sh, a command of its own: it makes its own base,
+# since this script's round consumes the one made here, and two 16 GB bases
+# at once would not fit the disk the two are measured on.
 # Not in CI: it writes 16 GB files and needs ~50 GB free; the base is deleted
 # by the round (run init again for another pass).
 # Usage: bench/scale/run.sh [BUILD_DIR] [WORK_DIR] [PRECISION]
@@ -35,7 +40,7 @@ if [ ! -f "$model/config.json" ]; then
 fi
 bytes=$(du -cb "$model"/*.safetensors | tail -1 | cut -f1)
 printf 'checkpoint %.0f MiB (%s shards)\n' "$(echo "$bytes / 1048576" | bc -l)" \
-  "$(ls "$model"/*.safetensors | wc -l)"
+  "$(find "$model" -maxdepth 1 -name '*.safetensors' | wc -l)"
 # 40 short documents: a few rows of 128 byte-level tokens
 head -n 40 "$here/../../examples/corpus/mixed.txt" >"$data"
 measure eval "$fl" eval --model "$model" --data "$data" --seq 128 --batch 1 --precision "$precision"
