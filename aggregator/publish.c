@@ -21,6 +21,7 @@
 #include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"
+#include "wire/version.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -58,7 +59,11 @@ static int is_verified(const agg *a, const uint8_t hash[32]) {
     return 0;
 }
 
-int agg_mark_verified(agg *a, const uint8_t hash[32]) {
+int agg_is_verified(const agg *a, const uint8_t hash[32]) {
+    return is_verified(a, hash);
+}
+
+static int add_verified(agg *a, const uint8_t hash[32]) {
     if (is_verified(a, hash)) return 0;
     if (a->nverified == a->verified_cap) {
         int cap = a->verified_cap ? 2 * a->verified_cap : 16;
@@ -69,6 +74,33 @@ int agg_mark_verified(agg *a, const uint8_t hash[32]) {
     }
     memcpy(a->verified[a->nverified++], hash, 32);
     return 0;
+}
+
+/* A sharded version's shards are served as objects under their own
+ * SHA-256s (GET_MODEL names each one), so when the version counts as
+ * checked its shards do too: the index lists their hashes, and the index is
+ * part of what the version's hash covers. Without this the first download
+ * of each shard hashed it again, inside the request: 5 GB shards of an 8B
+ * model took longer than a node's request timeout, and the node retried
+ * (bench/scale/federation.sh, 2026-12-07). */
+static int add_shards(agg *a, const uint8_t hash[32]) {
+    if (store_is_sharded(a->cfg.state, hash) != 1) return 0;
+    char path[AGG_PATH_MAX];
+    if (store_version_dir(a->cfg.state, hash, path, sizeof path) < 0) return -1;
+    if (strlen(path) + sizeof "/" VERSION_INDEX_FILE > sizeof path)
+        return err_set("state path too long");
+    strcat(path, "/" VERSION_INDEX_FILE);
+    version_index *x = NULL;
+    int rc = version_index_read(&x, path, NULL);
+    for (int i = 0; rc == 0 && i < x->n_shards; i++) rc = add_verified(a, x->shards[i].hash);
+    version_index_free(x);
+    return rc;
+}
+
+int agg_mark_verified(agg *a, const uint8_t hash[32]) {
+    if (is_verified(a, hash)) return 0;
+    if (add_verified(a, hash) < 0) return -1;
+    return add_shards(a, hash);
 }
 
 int agg_verify_stored(agg *a, const uint8_t hash[32]) {

@@ -258,7 +258,11 @@ int agg_ensure_model(agg *a, const uint8_t hash[32]);
  * (agg_mark_verified): at start for what the journal is at, before anything
  * is served. */
 int agg_verify_stored(agg *a, const uint8_t hash[32]);
+/* Counts hash as checked (this process hashed or wrote it); a sharded
+ * version's shards with it. */
 int agg_mark_verified(agg *a, const uint8_t hash[32]);
+/* 1 when hash counts as checked in this process. */
+int agg_is_verified(const agg *a, const uint8_t hash[32]);
 /* Writes m as a new version (STATE/tmp/<name>, then into the store). */
 /* Writes the version `change` makes from base (the version base_hash,
  * mapped) into dir, a tensor at a time: update_write_version for factors,

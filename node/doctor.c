@@ -46,6 +46,8 @@ struct doc {
     int have_agg; /* agg is the aggregator's identity (aggregator.identity) */
     keys_public agg;
     long long params;              /* the base model's parameter count, 0: unknown */
+    int param_bytes;               /* bytes of one parameter in its torch_dtype */
+    char dtype[16];                /* config.json's torch_dtype */
     char disk_path[NODE_PATH_MAX]; /* where the state lives (or its nearest existing parent) */
     client *cl;                    /* to the aggregator */
 };
@@ -243,6 +245,11 @@ static void check_base_model(struct doc *d) {
         return;
     }
     d->params = model_config_num_params(&mc);
+    /* A version is written in the base's dtype (docs/formats.md), so a bf16
+     * base takes 2 bytes a parameter on disk, not fp32's 4. */
+    snprintf(d->dtype, sizeof d->dtype, "%s", mc.torch_dtype);
+    d->param_bytes =
+        !strcmp(mc.torch_dtype, "bfloat16") || !strcmp(mc.torch_dtype, "float16") ? 2 : 4;
     if (fio_join(p, sizeof p, d->c.base_model, "tokenizer.json") != 0 || !fio_exists(p)) {
         note(d, DOCTOR_FAIL, "base-model",
              "copy the federation's tokenizer.json into the base model directory",
@@ -329,8 +336,9 @@ static void check_state(struct doc *d) {
 }
 
 /* The base model's size: its *.safetensors files when there are any, else
- * the parameter count × 4 bytes (fp32). 0 when neither is known. */
-static double model_bytes(struct doc *d, const char **how) {
+ * the parameter count × the bytes of its torch_dtype (how says which, in
+ * how[how_len]). 0 when neither is known. */
+static double model_bytes(struct doc *d, char *how, size_t how_len) {
     DIR *dir = opendir(d->c.base_model);
     double sum = 0;
     if (dir) {
@@ -347,11 +355,11 @@ static double model_bytes(struct doc *d, const char **how) {
         closedir(dir);
     }
     if (sum > 0) {
-        *how = "its safetensors files";
+        snprintf(how, how_len, "its safetensors files");
         return sum;
     }
-    *how = "its parameter count x 4 bytes";
-    return (double)d->params * 4.0;
+    snprintf(how, how_len, "its parameter count x %d bytes, %s", d->param_bytes, d->dtype);
+    return (double)d->params * d->param_bytes;
 }
 
 static void check_disk(struct doc *d) {
@@ -364,8 +372,8 @@ static void check_disk(struct doc *d) {
         return;
     }
     double free_b = (double)vfs.f_bavail * (double)vfs.f_frsize;
-    const char *how;
-    double model = model_bytes(d, &how);
+    char how[64];
+    double model = model_bytes(d, how, sizeof how);
     char f[32], m[32], need[32];
     fmt_bytes(free_b, f);
     if (model <= 0) {
@@ -384,8 +392,8 @@ static void check_disk(struct doc *d) {
              "%s free in %s, less than %d x the base model's %s (%s) = %s", f, d->disk_path,
              DISK_FACTOR, m, how, need);
     else
-        note(d, DOCTOR_OK, "disk", NULL, "%s free in %s, at least %d x the base model's %s", f,
-             d->disk_path, DISK_FACTOR, m);
+        note(d, DOCTOR_OK, "disk", NULL, "%s free in %s, at least %d x the base model's %s (%s)", f,
+             d->disk_path, DISK_FACTOR, m, how);
 }
 
 /* device "cuda" needs the CUDA backend module (gpu/gpu_load.h: loading it

@@ -10,8 +10,10 @@
  *      the file, says that it does not hash to its name and what to do;
  *      with the byte put back, the aggregator starts and publishes the same
  *      version the undamaged run did;
- *   2. sharded (FEDLORA_SHARD_BYTES): a byte flipped in one shard is
- *      refused at the restart, naming that shard;
+ *   2. sharded (FEDLORA_SHARD_BYTES): the shards of the version this
+ *      process published count as checked with it (served without being
+ *      hashed again); a byte flipped in one shard is refused at the
+ *      restart, naming that shard;
  *   3. the round's low-rank update object (STATE/objects) damaged: refused
  *      at the restart;
  *   4. serving: an older version that the start does not check (the
@@ -19,6 +21,7 @@
  *      gets INTERNAL, the aggregator keeps running and serves what is
  *      intact. */
 #include "aggregator/agg.h"
+#include "aggregator/state.h"
 #include "aggregator/store.h"
 #include "tests/aggregator/agg_test.h"
 #include "wire/crypto.h"
@@ -117,11 +120,28 @@ static void sharded(void) {
     agg_config c;
     uint8_t v1[32];
     agg *a = first_round("sharded", &c, "count = 2; quorum = 3; deadline = 100;", v1);
-    agg_close(a);
-    unsetenv("FEDLORA_SHARD_BYTES");
     CHECK(store_is_sharded(c.state, v1) == 1);
     char dir[4300], shard[4700];
     CHECK_OK(store_version_dir(c.state, v1, dir, sizeof dir));
+    /* The shards of the version this process published count as checked
+     * with it: GET_MODEL serves each one (under its own hash) without
+     * hashing it again, as it serves the version (an 8B model's 5 GB shard
+     * was hashed inside the first request, past the node's timeout). */
+    {
+        char index[4400];
+        version_index *x = NULL;
+        snprintf(index, sizeof index, "%s/model.safetensors.index.json", dir);
+        CHECK_OK(version_index_read(&x, index, NULL));
+        CHECK(agg_is_verified(a, v1));
+        for (int i = 0; x && i < x->n_shards; i++)
+            CHECK_MSG(agg_is_verified(a, x->shards[i].hash),
+                      "shard %s of the version just published would be hashed again when served",
+                      x->shards[i].name);
+        CHECK(x && x->n_shards >= 2);
+        version_index_free(x);
+    }
+    agg_close(a);
+    unsetenv("FEDLORA_SHARD_BYTES");
     snprintf(shard, sizeof shard, "%s/model-00002-of-", dir);
     /* The second shard, whatever the count: found by its prefix. */
     DIR *d = opendir(dir);

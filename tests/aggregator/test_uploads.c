@@ -10,6 +10,8 @@
  *     restart nor feed nor end a member's upload by its message id;
  *   - on a connection authenticated as one key (CURVE), a HELLO naming
  *     another identity opens no session;
+ *   - SUBMIT_END sent again after its envelope was accepted gets the same
+ *     receipt, on its member's connection and with its digest only;
  *   - SUBMIT_END checks the stored upload streaming: 48 MiB of garbage are
  *     refused on their header without the aggregator's peak memory growing
  *     by the upload (it used to read it whole first).
@@ -259,6 +261,42 @@ static void test_cancel_from_elsewhere(void) {
     agg_config_free(&c);
 }
 
+/* SUBMIT_END sent again after the first was accepted (the node's request
+ * timed out while the aggregator checked the delta on a new base): the same
+ * receipt, not a refusal that made the node upload the whole envelope once
+ * more (seen at 8B: bench/scale/federation.sh). Only for its member and its
+ * digest: another member's connection, or another digest, get no receipt. */
+static void test_end_again(void) {
+    agg_config c;
+    agg *a = open_agg("end-again", NULL, &c);
+    size_t len;
+    uint8_t id[16], d[32], other[32];
+    uint8_t *env = sealed(a, 0, 92, &len, id);
+    CHECK(hello_on(a, fed_peer(0), 0, T0).type == MSG_ROUND);
+    CHECK(hello_on(a, fed_peer(1), 1, T0).type == MSG_ROUND);
+    struct msg first = upload_on(a, fed_peer(0), env, len, id);
+    CHECK_MSG(first.type == MSG_RECEIPT, "uni-a: %s",
+              first.type == MSG_ERROR ? first.error.reason : msg_type_name(first.type));
+    crypto_sha256(env, len, d);
+    struct msg again = end_on(a, fed_peer(0), id, d);
+    CHECK_MSG(again.type == MSG_RECEIPT, "SUBMIT_END again: %s",
+              again.type == MSG_ERROR ? again.error.reason : msg_type_name(again.type));
+    CHECK(again.type == MSG_RECEIPT && again.receipt.round == first.receipt.round &&
+          memcmp(again.receipt.id, id, 16) == 0 && memcmp(again.receipt.digest, d, 32) == 0 &&
+          again.receipt.time == first.receipt.time);
+    memcpy(other, d, 32);
+    other[0] ^= 1;
+    struct msg r = end_on(a, fed_peer(0), id, other);
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
+    r = end_on(a, fed_peer(1), id, d);
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
+    r = end_on(a, fed_peer(12), id, d);
+    CHECK(fed_is_error(&r, MSG_ERR_NOT_FOUND, "no upload in progress"));
+    free(env);
+    agg_close(a);
+    agg_config_free(&c);
+}
+
 /* The peak resident memory (VmHWM), in bytes; after reset, from now on. */
 static long long peak_rss(int reset) {
     if (reset) {
@@ -313,6 +351,7 @@ int main(void) {
     test_no_session_no_upload();
     test_member_slots();
     test_cancel_from_elsewhere();
+    test_end_again();
     test_streaming_end();
     model_free(F.base);
     return check_finish();

@@ -497,6 +497,36 @@ static void test_doctor(fake_agg *f) {
     CHECK(!memcmp(f->last_status.fingerprint, fp, 32)); /* STATUS names these keys */
     pthread_mutex_unlock(&f->lock);
 
+    /* A bf16 base shipped without weights (config.json and tokenizer.json
+     * only, as a node's base_model is): sized at 2 bytes a parameter, as its
+     * versions are written, not fp32's 4 (it asked 3 x 29.9 GiB for an 8B
+     * bf16 model whose versions are 15 GiB). */
+    {
+        char bare[TS_PATH], cfg_path[TS_PATH], tok[TS_PATH], from[TS_PATH], real[PATH_MAX];
+        ts_in(bare, root, "base-bf16-no-weights");
+        CHECK_OK(fio_mkdirs(bare, 0755));
+        char *cfg_text = ts_read(ts_in(from, base, "config.json"), NULL);
+        char *tok_text = ts_read(ts_in(from, base, "tokenizer.json"), NULL);
+        char *at = cfg_text ? strstr(cfg_text, "\"float32\"") : NULL;
+        CHECK_MSG(at != NULL, "the test base's config.json names no float32 dtype");
+        if (at && tok_text && realpath(base, real)) {
+            char *bf = malloc(strlen(cfg_text) + 8);
+            sprintf(bf, "%.*s\"bfloat16\"%s", (int)(at - cfg_text), cfg_text,
+                    at + strlen("\"float32\""));
+            CHECK_OK(ts_write(ts_in(cfg_path, bare, "config.json"), bf));
+            CHECK_OK(ts_write(ts_in(tok, bare, "tokenizer.json"), tok_text));
+            free(bf);
+            CHECK_OK(
+                config_variant(node_cfg, ts_in(variant, node_dir, "bf16-base.cfg"), real, bare));
+            doctor(variant, 3000, &r);
+            const char *disk = found(&r, "disk", DOCTOR_OK);
+            CHECK_MSG(strstr(disk, "x 2 bytes, bfloat16") != NULL,
+                      "doctor sizes a bf16 base without weights as: %s", disk);
+        }
+        free(cfg_text);
+        free(tok_text);
+    }
+
     /* The same through the binary: exit 0, one line per finding. */
     char log[TS_PATH];
     ts_in(log, root, "doctor.log");
