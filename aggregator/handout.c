@@ -227,12 +227,7 @@ static uint64_t version_bytes(const char *state, const uint8_t hash[32]) {
     struct stat st;
     if (store_is_sharded(state, hash) == 1) {
         version_index *x = NULL;
-        uint64_t bytes = 0;
-        if (store_version_dir(state, hash, path, sizeof path) == 0 &&
-            strlen(path) + sizeof "/" VERSION_INDEX_FILE <= sizeof path) {
-            strcat(path, "/" VERSION_INDEX_FILE);
-            if (version_index_read(&x, path, NULL) == 0) bytes = x->bytes;
-        }
+        uint64_t bytes = store_version_index(state, hash, &x) == 0 && x ? x->bytes : 0;
         version_index_free(x);
         return bytes;
     }

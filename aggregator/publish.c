@@ -21,7 +21,6 @@
 #include "util/clock.h"
 #include "util/err.h"
 #include "util/fio.h"
-#include "wire/version.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -84,15 +83,9 @@ static int add_verified(agg *a, const uint8_t hash[32]) {
  * model took longer than a node's request timeout, and the node retried
  * (bench/scale/federation.sh, 2026-12-07). */
 static int add_shards(agg *a, const uint8_t hash[32]) {
-    if (store_is_sharded(a->cfg.state, hash) != 1) return 0;
-    char path[AGG_PATH_MAX];
-    if (store_version_dir(a->cfg.state, hash, path, sizeof path) < 0) return -1;
-    if (strlen(path) + sizeof "/" VERSION_INDEX_FILE > sizeof path)
-        return err_set("state path too long");
-    strcat(path, "/" VERSION_INDEX_FILE);
     version_index *x = NULL;
-    int rc = version_index_read(&x, path, NULL);
-    for (int i = 0; rc == 0 && i < x->n_shards; i++) rc = add_verified(a, x->shards[i].hash);
+    int rc = store_version_index(a->cfg.state, hash, &x);
+    for (int i = 0; rc == 0 && x && i < x->n_shards; i++) rc = add_verified(a, x->shards[i].hash);
     version_index_free(x);
     return rc;
 }

@@ -51,6 +51,15 @@ int store_is_sharded(const char *state, const uint8_t hash[STORE_HASH_LEN]) {
     return index_path(state, hash, p, sizeof p) == 0 && fio_exists(p);
 }
 
+int store_version_index(const char *state, const uint8_t hash[STORE_HASH_LEN],
+                        version_index **out) {
+    *out = NULL;
+    char p[4096];
+    if (index_path(state, hash, p, sizeof p) < 0) return -1;
+    if (!fio_exists(p)) return 0;
+    return version_index_read(out, p, NULL);
+}
+
 int store_object_path(const char *state, const uint8_t hash[STORE_HASH_LEN], char *out, size_t n) {
     return hash_path(state, "objects", hash, "", out, n);
 }

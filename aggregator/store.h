@@ -27,6 +27,7 @@
 #define FL_AGGREGATOR_STORE_H
 
 #include "util/hex.h"
+#include "wire/version.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -44,6 +45,10 @@ int store_has(const char *state, const uint8_t hash[STORE_HASH_LEN]);
 /* 1 when that version is sharded (its directory holds the index), 0 when
  * not. */
 int store_is_sharded(const char *state, const uint8_t hash[STORE_HASH_LEN]);
+/* *out: the index of that stored version when it is sharded (checked by
+ * version_index_read; free with version_index_free), NULL when it is one
+ * file. Returns 0, or -1 with the error set. */
+int store_version_index(const char *state, const uint8_t hash[STORE_HASH_LEN], version_index **out);
 /* STATE/objects/<hex>. */
 int store_object_path(const char *state, const uint8_t hash[STORE_HASH_LEN], char *out, size_t n);
 /* 1 when a model version or an object with that hash is served, 0 when not. */

@@ -46,29 +46,24 @@ static uint64_t dropout_key(const lora_module *mod, uint64_t counter) {
     return lora_dropout_key(mod->set->cfg.seed, mod->index, counter);
 }
 
-/* out (n, in) = x (n, in) · mask / (1 − p), rows r0… of the whole batch. */
-static void dropout_apply(real *out, const real *x, int n, int in, int64_t r0, uint64_t key,
-                          double p) {
+/* out (n, in) = x (n, in) · mask / (1 − p) for rows r0… of the whole batch,
+ * or out += that (accumulate: the backward's dx, where a dropped element
+ * adds nothing), as gpu/'s dropout kernel. */
+static void dropout_mask(real *out, const real *x, int n, int in, int64_t r0, uint64_t key,
+                         double p, int accumulate) {
     real keep_scale = (real)(1.0 / (1.0 - p));
 #pragma omp parallel for if ((int64_t)n * in > 65536)
     for (int i = 0; i < n; i++) {
         int64_t base = (r0 + i) * in;
-        for (int j = 0; j < in; j++)
-            out[(int64_t)i * in + j] =
-                lora_dropout_keep(key, base + j, p) ? x[(int64_t)i * in + j] * keep_scale : 0;
-    }
-}
-
-/* dx (n, in) += t (n, in) · mask / (1 − p). */
-static void dropout_accumulate(real *dx, const real *t, int n, int in, int64_t r0, uint64_t key,
-                               double p) {
-    real keep_scale = (real)(1.0 / (1.0 - p));
-#pragma omp parallel for if ((int64_t)n * in > 65536)
-    for (int i = 0; i < n; i++) {
-        int64_t base = (r0 + i) * in;
-        for (int j = 0; j < in; j++)
-            if (lora_dropout_keep(key, base + j, p))
-                dx[(int64_t)i * in + j] += t[(int64_t)i * in + j] * keep_scale;
+        for (int j = 0; j < in; j++) {
+            int64_t e = (int64_t)i * in + j;
+            int keep = lora_dropout_keep(key, base + j, p);
+            if (accumulate) {
+                if (keep) out[e] += x[e] * keep_scale;
+            } else {
+                out[e] = keep ? x[e] * keep_scale : 0;
+            }
+        }
     }
 }
 
@@ -186,7 +181,7 @@ static void lora_forward(void *ctx, const real *x, real *y, int N) {
         int n = N - r0 < cap ? N - r0 : cap;
         const real *xin = x + (int64_t)r0 * in;
         if (mod->u_dropout) {
-            dropout_apply(s->scratch_x, xin, n, in, r0, key, s->cfg.dropout);
+            dropout_mask(s->scratch_x, xin, n, in, r0, key, s->cfg.dropout, 0);
             xin = s->scratch_x;
         }
         real *u = save ? mod->u : s->scratch_u;
@@ -252,7 +247,7 @@ static void lora_backward(void *ctx, const real *x, const real *dy, real *dx, in
         const real *dyc = dy + (int64_t)r0 * out;
         real *dxc = dx + (int64_t)r0 * in;
         if (mod->u_dropout) {
-            dropout_apply(s->scratch_x, xin, n, in, r0, key, p);
+            dropout_mask(s->scratch_x, xin, n, in, r0, key, p, 0);
             xin = s->scratch_x;
         }
         const real *u = mod->u + (int64_t)r0 * r;
@@ -270,7 +265,7 @@ static void lora_backward(void *ctx, const real *x, const real *dy, real *dx, in
         /* dx (n, in) += du · A, through the dropout mask */
         if (mod->u_dropout) {
             cpu_gemm(0, 0, n, in, r, 1, du, r, mod->A.data, in, 0, s->scratch_x, in);
-            dropout_accumulate(dxc, s->scratch_x, n, in, r0, key, p);
+            dropout_mask(dxc, s->scratch_x, n, in, r0, key, p, 1);
         } else {
             cpu_gemm(0, 0, n, in, r, 1, du, r, mod->A.data, in, 1, dxc, in);
         }
