@@ -15,7 +15,9 @@
  *      round and at its best evaluated round, the per-round bytes (round 1,
  *      and the mean of the later rounds) and wall time;
  *   2. curves: the global loss at every evaluated round (mean ± sd);
- *   3. domains: each domain's held-out loss at the last round.
+ *   3. domains: each domain's held-out loss at the last round;
+ *   4. domain curves: each domain's held-out loss at every evaluated round
+ *      (mean ± sd), one table per setting with a row per domain and rule.
  *
  * Every column is filled in every row ("-" only where a figure has no
  * meaning: the sd of one seed); run.sh --quick checks that. */
@@ -40,6 +42,7 @@ typedef struct {
     int n_domains;
     char domain[MAX_DOMAINS][KEY_MAX];
     double last_domain[MAX_DOMAINS]; /* at the last evaluated round */
+    double *dom;                     /* (MAX_ROUNDS, MAX_DOMAINS) per round, NaN: not evaluated */
 } run;
 
 static run runs[MAX_RUNS];
@@ -70,6 +73,16 @@ static int read_run_file(const char *dir, run *r) {
     return 0;
 }
 
+/* The column of domain `name` in r, added at its first sight; -1 past
+ * MAX_DOMAINS. */
+static int domain_index(run *r, const char *name) {
+    for (int d = 0; d < r->n_domains; d++)
+        if (!strcmp(r->domain[d], name)) return d;
+    if (r->n_domains == MAX_DOMAINS) return -1;
+    snprintf(r->domain[r->n_domains], KEY_MAX, "%s", name);
+    return r->n_domains++;
+}
+
 static int read_metrics(const char *dir, run *r) {
     char path[4096];
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
@@ -81,6 +94,13 @@ static int read_metrics(const char *dir, run *r) {
     char *line = NULL;
     size_t cap = 0;
     for (int k = 0; k < MAX_ROUNDS; k++) r->global[k] = NAN;
+    r->dom = malloc(sizeof(double) * MAX_ROUNDS * MAX_DOMAINS);
+    if (!r->dom) {
+        fprintf(stderr, "bench_federated: out of memory\n");
+        fclose(f);
+        return -1;
+    }
+    for (size_t k = 0; k < (size_t)MAX_ROUNDS * MAX_DOMAINS; k++) r->dom[k] = NAN;
     while (getline(&line, &cap, f) > 0) {
         json_t *j = json_loads(line, 0, NULL);
         json_t *rd = json_object_get(j, "round");
@@ -98,11 +118,11 @@ static int read_metrics(const char *dir, run *r) {
         if (json_is_number(g) && json_object_size(doms) > 0) {
             const char *name;
             json_t *v;
-            r->n_domains = 0;
             json_object_foreach(doms, name, v) {
-                if (r->n_domains == MAX_DOMAINS) break;
-                snprintf(r->domain[r->n_domains], KEY_MAX, "%s", name);
-                r->last_domain[r->n_domains++] = json_number_value(v);
+                int d = domain_index(r, name);
+                if (d < 0) continue;
+                r->last_domain[d] = json_number_value(v);
+                r->dom[(size_t)k * MAX_DOMAINS + d] = json_number_value(v);
             }
         }
         if (k + 1 > r->n_rounds) r->n_rounds = k + 1;
@@ -213,43 +233,60 @@ static int eval_rounds(int i, const int *idx, int n, int *at) {
     return m;
 }
 
-static void curves(void) {
+/* Whether groups i and g are of the same setting (a table's rows). */
+static int same_setting(int i, int g) {
+    return !strcmp(runs[g].horizon, runs[i].horizon) &&
+           !strcmp(runs[g].partition, runs[i].partition) && runs[g].nodes == runs[i].nodes &&
+           runs[g].n_rounds == runs[i].n_rounds;
+}
+
+/* Run r's held-out loss after round t: the global one (domain NULL) or the
+ * named domain's; NaN where not evaluated. */
+static double loss_at(run *r, int t, const char *domain) {
+    if (!domain) return r->global[t];
+    int c = domain_index(r, domain);
+    return c < 0 ? NAN : r->dom[(size_t)t * MAX_DOMAINS + c];
+}
+
+/* One table per setting (horizon, partition, universities), a column per
+ * evaluated round: with per_domain, a row per domain and rule, else a row
+ * per rule with the global loss. */
+static void curve_tables(int per_domain) {
     int idx[MAX_RUNS], at[MAX_ROUNDS];
     for (int i = 0; i < n_runs; i++) {
         if (!first_of_group(i)) continue;
-        /* One table per (horizon, partition, universities): its rules as rows. */
         int head = 1;
-        for (int j = 0; j < i && head; j++)
-            head = !(!strcmp(runs[j].horizon, runs[i].horizon) &&
-                     !strcmp(runs[j].partition, runs[i].partition) &&
-                     runs[j].nodes == runs[i].nodes && runs[j].n_rounds == runs[i].n_rounds);
+        for (int j = 0; j < i && head; j++) head = !same_setting(j, i);
         if (!head) continue;
         int n = group_of(i, idx), m = eval_rounds(i, idx, n, at);
-        printf("\n%s, %s, %d universities: global held-out loss after round (mean ± sd over "
-               "seeds)\n\n| rule |",
-               runs[i].horizon, runs[i].partition, runs[i].nodes);
+        printf("\n%s, %s, %d universities: %s held-out loss after round (mean ± sd over "
+               "seeds)\n\n|%s rule |",
+               runs[i].horizon, runs[i].partition, runs[i].nodes,
+               per_domain ? "each domain's" : "global", per_domain ? " domain |" : "");
         for (int t = 0; t < m; t++) printf(" %d |", at[t]);
-        printf("\n| --- |");
+        printf("\n|%s --- |", per_domain ? " --- |" : "");
         for (int t = 0; t < m; t++) printf(" ---: |");
         printf("\n");
-        for (int g = i; g < n_runs; g++) {
-            if (!first_of_group(g) || strcmp(runs[g].horizon, runs[i].horizon) ||
-                strcmp(runs[g].partition, runs[i].partition) || runs[g].nodes != runs[i].nodes ||
-                runs[g].n_rounds != runs[i].n_rounds)
-                continue;
-            int gi[MAX_RUNS], gn = group_of(g, gi);
-            printf("| %s |", runs[g].rule);
-            for (int t = 0; t < m; t++) {
-                double v[MAX_RUNS];
-                int ok = 1;
-                for (int k = 0; k < gn; k++) ok &= isfinite(v[k] = runs[gi[k]].global[at[t]]);
-                if (ok)
-                    print_ms(v, gn, 3);
-                else
-                    printf(" - |");
+        int rows = per_domain ? runs[i].n_domains : 1;
+        for (int d = 0; d < rows; d++)
+            for (int g = i; g < n_runs; g++) {
+                if (!first_of_group(g) || !same_setting(i, g)) continue;
+                const char *domain = per_domain ? runs[i].domain[d] : NULL;
+                int gi[MAX_RUNS], gn = group_of(g, gi);
+                if (domain) printf("| %s ", domain);
+                printf("| %s |", runs[g].rule);
+                for (int t = 0; t < m; t++) {
+                    double v[MAX_RUNS];
+                    int ok = 1;
+                    for (int k = 0; k < gn; k++)
+                        ok &= isfinite(v[k] = loss_at(&runs[gi[k]], at[t], domain));
+                    if (ok)
+                        print_ms(v, gn, 3);
+                    else
+                        printf(" - |");
+                }
+                printf("\n");
             }
-            printf("\n");
-        }
     }
 }
 
@@ -264,7 +301,8 @@ static void domains(void) {
                runs[i].rule);
         for (int d = 0; d < runs[i].n_domains; d++) {
             double s = 0;
-            for (int k = 0; k < n; k++) s += runs[idx[k]].last_domain[d];
+            for (int k = 0; k < n; k++)
+                s += runs[idx[k]].last_domain[domain_index(&runs[idx[k]], runs[i].domain[d])];
             printf("%s %s %.3f", d ? "," : "", runs[i].domain[d], s / n);
         }
         printf(" |\n");
@@ -289,7 +327,9 @@ int main(int argc, char **argv) {
         n_runs++;
     }
     summary();
-    curves();
+    curve_tables(0);
     domains();
+    curve_tables(1);
+    for (int i = 0; i < n_runs; i++) free(runs[i].dom);
     return 0;
 }

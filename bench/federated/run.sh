@@ -100,7 +100,10 @@ check_table() { # every cell of every table filled; the summary's 11 columns the
     s && /^\| ---/ {next}
     s && /^\|/ {if (NF != 13) {print "want 11 columns: " $0; bad = 1}; sum++; next}
     {s = 0}
-    END {if (!sum || rows < 3) {print "no summary rows"; bad = 1}; exit bad}' "$1"
+    /each domain.s held-out loss after round/ {dc = 1}
+    dc && /^\| [^-]/ && !/^\| domain \|/ {dcrows++}
+    END {if (!sum || rows < 3) {print "no summary rows"; bad = 1}
+      if (!dcrows) {print "no per-domain curves"; bad = 1}; exit bad}' "$1"
 }
 
 rules_all=exact,exact-cont,fedit,fedit-own,fedavg-cont,svd,svd-cont

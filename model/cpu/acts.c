@@ -141,8 +141,23 @@ void model_acts_free(model_acts *a) {
     free(a->row_loss);
     free(a->act_sums);
     free(a->resid_grads);
+    free(a->attn_bf16);
     cpu_moe_free(a->moe);
     free(a);
+}
+
+int acts_attn_bf16(model_acts *a, cpu_attn *at) {
+    if (!a->attn_bf16) {
+        size_t n = cpu_attention_bf16_bytes(&a->attn);
+        if (posix_memalign(&a->attn_bf16, 64, n) != 0) {
+            a->attn_bf16 = NULL;
+            return err_set("out of memory: bf16 attention for batch %d x sequence %d needs %.2f "
+                           "GB; use a smaller --batch or --seq",
+                           a->B, a->T, (double)n / 1e9);
+        }
+    }
+    at->bf16 = a->attn_bf16;
+    return 0;
 }
 
 const real *model_acts_logits(const model_acts *a) {

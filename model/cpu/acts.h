@@ -32,6 +32,7 @@ struct model_acts {
     double *lse, *row_loss;    /* (N) loss log-sum-exp and per-row loss */
     double *act_sums;          /* (2N) xIELU: per-row sums for its parameters' gradients */
     cpu_attn attn;
+    void *attn_bf16;             /* cpu_attention_bf16_bytes for the bf16 path, or NULL */
     real *block;                 /* one allocation holding every buffer below */
     real *rope_cos, *rope_sin;   /* (T, R/2), RoPE positions (R: the rotated dims) */
     real *rope_lcos, *rope_lsin; /* (T, R/2) Gemma 3's local RoPE (sliding layers), or NULL */
@@ -82,6 +83,10 @@ static inline cpu_attn acts_attn(const model_acts *a, int l) {
     at.window = model_config_window(&a->m->cfg, l);
     return at;
 }
+
+/* Points at->bf16 at the bf16 attention's buffers, allocated at the first
+ * bf16 forward (a model's precision may be set after its activations). */
+int acts_attn_bf16(model_acts *a, cpu_attn *at);
 
 /* The row statistics of norm slot s. */
 static inline real *acts_norm_mean(const model_acts *a, int s) {

@@ -1,4 +1,5 @@
-/* bf16.c — frozen-weight GEMMs in bf16 through oneDNN's matmul.
+/* bf16.c — GEMMs in bf16 through oneDNN's matmul: frozen weights
+ * (cpu_bf16_gemm) and attention's batched products (cpu_bf16_matmul).
  *
  * C (M, N) = bf16(A) · op(W) (+ C), with W a bf16 weight read in place and
  * the products summed in fp32 (oneDNN's matmul with bf16 sources and an f32
@@ -12,7 +13,9 @@
  * kernel), so primitives are cached by everything their creation depends
  * on: shape, layout of W, strides, accumulation, and the OpenMP thread
  * count of the moment (oneDNN partitions the work at creation). A training
- * run uses a handful of shapes; generation one per prompt length. The
+ * run's linears use a handful of shapes, its attention 7 per query block;
+ * generation one per prompt length. Both entry points are one 2- to
+ * 5-dimensional matmul of strided operands, cached alike. The
  * cache, the stream and the activations' bf16 buffer are shared, so calls
  * are serialized by a mutex (they come from one thread in practice; oneDNN
  * parallelizes each one over the OpenMP team itself). */
@@ -42,6 +45,10 @@ int cpu_bf16_gemm(int transW, int M, int N, int K, const real *A, int lda, const
                   real beta, real *C, int ldc) {
     return cpu_bf16_check();
 }
+int cpu_bf16_matmul(const cpu_bf16_md *a, const uint16_t *A, const cpu_bf16_md *b,
+                    const uint16_t *B, const cpu_bf16_md *c, real *C, int accumulate) {
+    return cpu_bf16_check();
+}
 uint64_t cpu_bf16_gemm_count(void) {
     return 0;
 }
@@ -50,10 +57,15 @@ const char *cpu_bf16_last_impl(void) {
 }
 #else
 
-#define BF16_CACHE 64
+/* Primitives kept: a training run's linears use a handful of shapes, and
+ * attention 7 per query block of CPU_ATTN_BLOCK rows (a 4096-token sequence
+ * needs 448). */
+#define BF16_CACHE 512
 
+/* A cached matmul: its operands' descriptions are the key. */
 typedef struct {
-    int M, N, K, transW, accumulate, ldc, threads;
+    cpu_bf16_md a, b, c;
+    int accumulate, threads;
     dnnl_primitive_t prim;
     dnnl_memory_t src, wei, dst;
     char impl[64];
@@ -68,10 +80,10 @@ static struct {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
     dnnl_cpu_isa_t isa;
-    bf16_prim cache[BF16_CACHE];
+    bf16_prim *cache; /* BF16_CACHE entries, allocated at first use */
     int n_cached;
     uint64_t tick, count;
-    uint16_t *abuf; /* A rounded to bf16, (M, K) */
+    uint16_t *abuf; /* cpu_bf16_gemm's A rounded to bf16, (M, K) */
     size_t abuf_cap;
     char last_impl[64];
 } bf = {.once = PTHREAD_ONCE_INIT, .lock = PTHREAD_MUTEX_INITIALIZER};
@@ -89,6 +101,13 @@ static int dnnl_fail(dnnl_status_t s, const char *call) {
         if (s_ != dnnl_success) return dnnl_fail(s_, #call);                                       \
     } while (0)
 
+static int md_init(dnnl_memory_desc_t *md, const cpu_bf16_md *d, dnnl_data_type_t dt) {
+    dnnl_dims_t dims, strides;
+    for (int i = 0; i < d->ndims; i++) dims[i] = d->dims[i], strides[i] = d->strides[i];
+    DN(dnnl_memory_desc_init_by_strides(md, d->ndims, dims, dt, strides));
+    return 0;
+}
+
 static void prim_free(bf16_prim *p) {
     dnnl_primitive_destroy(p->prim);
     dnnl_memory_destroy(p->src);
@@ -101,15 +120,9 @@ static void prim_free(bf16_prim *p) {
  * call). */
 static int prim_create(bf16_prim *p) {
     dnnl_memory_desc_t smd, wmd, dmd;
-    dnnl_dims_t sd = {p->M, p->K}, ss = {p->K, 1};
-    dnnl_dims_t wd = {p->K, p->N};
-    /* W (N, K) row-major read as op(W) = Wᵀ (K, N) has strides {1, K};
-     * W (K, N) row-major, {N, 1}. */
-    dnnl_dims_t ws_t = {1, p->K}, ws_n = {p->N, 1};
-    dnnl_dims_t dd = {p->M, p->N}, ds = {p->ldc, 1};
-    DN(dnnl_memory_desc_init_by_strides(&smd, 2, sd, dnnl_bf16, ss));
-    DN(dnnl_memory_desc_init_by_strides(&wmd, 2, wd, dnnl_bf16, p->transW ? ws_t : ws_n));
-    DN(dnnl_memory_desc_init_by_strides(&dmd, 2, dd, dnnl_f32, ds));
+    TRY(md_init(&smd, &p->a, dnnl_bf16));
+    TRY(md_init(&wmd, &p->b, dnnl_bf16));
+    TRY(md_init(&dmd, &p->c, dnnl_f32));
     dnnl_matmul_desc_t md;
     DN(dnnl_matmul_desc_init(&md, &smd, &wmd, NULL, &dmd));
     dnnl_primitive_attr_t attr = NULL;
@@ -144,14 +157,22 @@ static int prim_create(bf16_prim *p) {
     return 0;
 }
 
-/* The cached primitive for a key, creating it (and evicting the least
- * recently used one when the cache is full). */
-static bf16_prim *prim_get(int transW, int M, int N, int K, int accumulate, int ldc) {
+/* The cached primitive for these operands, creating it (and evicting the
+ * least recently used one when the cache is full). The key includes the
+ * OpenMP thread count of the moment: oneDNN partitions the work at
+ * creation. Descriptions compare as bytes (cpu_bf16_md_make zeroes what
+ * ndims leaves unused). */
+static bf16_prim *prim_get(const cpu_bf16_md *a, const cpu_bf16_md *b, const cpu_bf16_md *c,
+                           int accumulate) {
+    if (!bf.cache && !(bf.cache = calloc(BF16_CACHE, sizeof *bf.cache))) {
+        err_set("out of memory for the bf16 matmul cache");
+        return NULL;
+    }
     int threads = omp_get_max_threads();
     for (int i = 0; i < bf.n_cached; i++) {
         bf16_prim *p = &bf.cache[i];
-        if (p->M == M && p->N == N && p->K == K && p->transW == transW &&
-            p->accumulate == accumulate && p->ldc == ldc && p->threads == threads) {
+        if (p->accumulate == accumulate && p->threads == threads && !memcmp(&p->a, a, sizeof *a) &&
+            !memcmp(&p->b, b, sizeof *b) && !memcmp(&p->c, c, sizeof *c)) {
             p->last_use = ++bf.tick;
             return p;
         }
@@ -165,13 +186,7 @@ static bf16_prim *prim_get(int transW, int M, int N, int K, int accumulate, int 
             if (bf.cache[i].last_use < p->last_use) p = &bf.cache[i];
         prim_free(p);
     }
-    *p = (bf16_prim){.M = M,
-                     .N = N,
-                     .K = K,
-                     .transW = transW,
-                     .accumulate = accumulate,
-                     .ldc = ldc,
-                     .threads = threads};
+    *p = (bf16_prim){.a = *a, .b = *b, .c = *c, .accumulate = accumulate, .threads = threads};
     if (prim_create(p) != 0) {
         *p = bf.cache[--bf.n_cached]; /* drop the empty slot */
         return NULL;
@@ -180,7 +195,25 @@ static bf16_prim *prim_get(int transW, int M, int N, int K, int accumulate, int 
     return p;
 }
 
-static int exec_locked(int transW, int M, int N, int K, const real *A, int lda, const uint16_t *W,
+static int matmul_locked(const cpu_bf16_md *a, const uint16_t *A, const cpu_bf16_md *b,
+                         const uint16_t *B, const cpu_bf16_md *c, real *C, int accumulate) {
+    bf16_prim *p = prim_get(a, b, c, accumulate);
+    if (!p) return -1;
+    DN(dnnl_memory_set_data_handle(p->src, (void *)A));
+    DN(dnnl_memory_set_data_handle(p->wei, (void *)B));
+    DN(dnnl_memory_set_data_handle(p->dst, C));
+    dnnl_exec_arg_t args[3] = {
+        {DNNL_ARG_SRC, p->src}, {DNNL_ARG_WEIGHTS, p->wei}, {DNNL_ARG_DST, p->dst}};
+    DN(dnnl_primitive_execute(p->prim, bf.stream, 3, args));
+    DN(dnnl_stream_wait(bf.stream));
+    bf.count++;
+    memcpy(bf.last_impl, p->impl, sizeof bf.last_impl);
+    return 0;
+}
+
+/* cpu_bf16_gemm as a 2-D matmul: A rounded into abuf (M, K), W (N, K) read
+ * as op(W) = Wᵀ (K, N) with strides {1, K}, or W (K, N) with {N, 1}. */
+static int gemm_locked(int transW, int M, int N, int K, const real *A, int lda, const uint16_t *W,
                        real beta, real *C, int ldc) {
     size_t need = (size_t)M * (size_t)K;
     if (need > bf.abuf_cap) {
@@ -194,18 +227,11 @@ static int exec_locked(int transW, int M, int N, int K, const real *A, int lda, 
 #pragma omp parallel for if (need > 65536)
     for (int i = 0; i < M; i++)
         model_values_to_bf16(A + (size_t)i * lda, K, bf.abuf + (size_t)i * K);
-    bf16_prim *p = prim_get(transW, M, N, K, beta != 0, ldc);
-    if (!p) return -1;
-    DN(dnnl_memory_set_data_handle(p->src, bf.abuf));
-    DN(dnnl_memory_set_data_handle(p->wei, (void *)W));
-    DN(dnnl_memory_set_data_handle(p->dst, C));
-    dnnl_exec_arg_t args[3] = {
-        {DNNL_ARG_SRC, p->src}, {DNNL_ARG_WEIGHTS, p->wei}, {DNNL_ARG_DST, p->dst}};
-    DN(dnnl_primitive_execute(p->prim, bf.stream, 3, args));
-    DN(dnnl_stream_wait(bf.stream));
-    bf.count++;
-    memcpy(bf.last_impl, p->impl, sizeof bf.last_impl);
-    return 0;
+    cpu_bf16_md a = cpu_bf16_md_make(2, (int64_t[]){M, K}, (int64_t[]){K, 1});
+    cpu_bf16_md b =
+        cpu_bf16_md_make(2, (int64_t[]){K, N}, transW ? (int64_t[]){1, K} : (int64_t[]){N, 1});
+    cpu_bf16_md c = cpu_bf16_md_make(2, (int64_t[]){M, N}, (int64_t[]){ldc, 1});
+    return matmul_locked(&a, bf.abuf, &b, W, &c, C, beta != 0);
 }
 
 /* The engine and stream, and one small product to learn whether oneDNN
@@ -224,7 +250,7 @@ static void bf16_init(void) {
     static real a[M * K], c[M * N];
     static uint16_t w[K * N];
     pthread_mutex_lock(&bf.lock);
-    int rc = exec_locked(1, M, N, K, a, K, w, 0, c, N);
+    int rc = gemm_locked(1, M, N, K, a, K, w, 0, c, N);
     bf.count = 0;
     pthread_mutex_unlock(&bf.lock);
     if (rc != 0) {
@@ -260,7 +286,21 @@ int cpu_bf16_gemm(int transW, int M, int N, int K, const real *A, int lda, const
     if (beta != 0 && beta != 1) return err_set("cpu_bf16_gemm: beta must be 0 or 1 (got %g)", beta);
     if (M <= 0 || N <= 0) return 0;
     pthread_mutex_lock(&bf.lock);
-    int rc = exec_locked(transW, M, N, K, A, lda, W, beta, C, ldc);
+    int rc = gemm_locked(transW, M, N, K, A, lda, W, beta, C, ldc);
+    pthread_mutex_unlock(&bf.lock);
+    return rc;
+}
+
+int cpu_bf16_matmul(const cpu_bf16_md *a, const uint16_t *A, const cpu_bf16_md *b,
+                    const uint16_t *B, const cpu_bf16_md *c, real *C, int accumulate) {
+    if (cpu_bf16_check() != 0) return -1;
+    if (a->ndims < 2 || a->ndims > CPU_BF16_MD_MAX || b->ndims != a->ndims || c->ndims != a->ndims)
+        return err_set("cpu_bf16_matmul: operands of %d, %d and %d dimensions (2 to %d, all equal)",
+                       a->ndims, b->ndims, c->ndims, CPU_BF16_MD_MAX);
+    for (int i = 0; i < c->ndims; i++)
+        if (c->dims[i] <= 0) return 0;
+    pthread_mutex_lock(&bf.lock);
+    int rc = matmul_locked(a, A, b, B, c, C, accumulate);
     pthread_mutex_unlock(&bf.lock);
     return rc;
 }

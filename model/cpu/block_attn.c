@@ -78,8 +78,13 @@ int block_attn_forward(model_acts *a, int l, const real *h, real *y, int accumul
     }
     if (c->block.pos == MODEL_POS_ROPE) layer_rope(a, l, &qv, 0);
     cpu_attn at = acts_attn(a, l);
-    cpu_attention_forward(&at, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att,
-                          a->att_lse + acts_layer_off(a, l, c->num_heads));
+    real *lse = a->att_lse + acts_layer_off(a, l, c->num_heads);
+    if (m->precision == MODEL_PRECISION_BF16) {
+        TRY(acts_attn_bf16(a, &at));
+        TRY(cpu_attention_bf16_forward(&at, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att, lse));
+    } else {
+        cpu_attention_forward(&at, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att, lse);
+    }
     return cpu_linear_forward(m->precision, &L->o, att, y, N, accumulate);
 }
 
@@ -95,8 +100,15 @@ int block_attn_backward(model_acts *a, int l, const real *h, const real *dy, rea
 
     TRY(cpu_linear_backward(m->precision, &L->o, att, dy, a->datt, N, 0));
     cpu_attn at = acts_attn(a, l);
-    cpu_attention_backward(&at, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att, a->datt,
-                           a->att_lse + acts_layer_off(a, l, c->num_heads), dqv.q, dqv.k, dqv.v);
+    const real *lse = a->att_lse + acts_layer_off(a, l, c->num_heads);
+    if (m->precision == MODEL_PRECISION_BF16) {
+        TRY(acts_attn_bf16(a, &at));
+        TRY(cpu_attention_bf16_backward(&at, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att, a->datt,
+                                        lse, dqv.q, dqv.k, dqv.v));
+    } else {
+        cpu_attention_backward(&at, qv.q, qv.ldq, qv.k, qv.ldk, qv.v, qv.ldv, att, a->datt, lse,
+                               dqv.q, dqv.k, dqv.v);
+    }
     if (c->block.pos == MODEL_POS_ROPE) layer_rope(a, l, &dqv, 1);
     if (c->block.qkv == MODEL_QKV_FUSED)
         return cpu_linear_backward(m->precision, &L->qkv, h, a->dqkv, dh, N, accumulate_dh);

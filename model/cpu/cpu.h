@@ -158,6 +158,31 @@ const char *cpu_bf16_isa(void);
  * bf16 (N, K) when transW, else (K, N); beta 0 or 1. */
 int cpu_bf16_gemm(int transW, int M, int N, int K, const real *A, int lda, const uint16_t *W,
                   real beta, real *C, int ldc);
+/* A strided operand of cpu_bf16_matmul: dims (batch…, rows, cols) and the
+ * element strides of each. */
+#define CPU_BF16_MD_MAX 5
+typedef struct {
+    int ndims;
+    int64_t dims[CPU_BF16_MD_MAX], strides[CPU_BF16_MD_MAX];
+} cpu_bf16_md;
+static inline cpu_bf16_md cpu_bf16_md_make(int ndims, const int64_t *dims, const int64_t *strides) {
+    cpu_bf16_md d;
+    memset(&d, 0, sizeof d); /* the cache compares descriptions as bytes */
+    d.ndims = ndims;
+    for (int i = 0; i < ndims && i < CPU_BF16_MD_MAX; i++) {
+        d.dims[i] = dims[i];
+        d.strides[i] = strides[i];
+    }
+    return d;
+}
+/* Batched C (…, M, N) = A (…, M, K) · B (…, K, N), or C += that when
+ * accumulate: A and B bf16, C fp32, summed in fp32 (oneDNN's matmul). The
+ * three have the same number of dimensions (2 to CPU_BF16_MD_MAX); a batch
+ * dimension of 1 in A or B is broadcast (oneDNN's implicit broadcast, "Matrix
+ * Multiplication"). Any strides: a transposed operand is its strides
+ * swapped. Counted with cpu_bf16_gemm's products. */
+int cpu_bf16_matmul(const cpu_bf16_md *a, const uint16_t *A, const cpu_bf16_md *b,
+                    const uint16_t *B, const cpu_bf16_md *c, real *C, int accumulate);
 /* Products computed so far, and the implementation oneDNN chose last (for
  * tests that must see the bf16 kernel run, not a fallback). */
 uint64_t cpu_bf16_gemm_count(void);
@@ -333,6 +358,7 @@ typedef struct {
     real softcap;      /* scores s become softcap · tanh(s / softcap) before the mask; 0 = none */
     int threads;       /* scratch was sized for this many threads */
     real *scratch;     /* threads · CPU_ATTN_SCRATCH(T) values */
+    void *bf16;        /* the bf16 path's cpu_attention_bf16_bytes, 64-byte aligned, or NULL */
 } cpu_attn;
 
 #define CPU_ATTN_BLOCK 64
@@ -347,6 +373,17 @@ void cpu_attention_forward(const cpu_attn *at, const real *q, int ldq, const rea
 void cpu_attention_backward(const cpu_attn *at, const real *q, int ldq, const real *k, int ldk,
                             const real *v, int ldv, const real *out, const real *dout,
                             const real *lse, real *dq, real *dk, real *dv);
+
+/* The same under bf16 precision (attention.c says how): the products in
+ * bf16 through oneDNN with fp32 sums, all heads of a query block at once;
+ * at->bf16 holds cpu_attention_bf16_bytes(at) of buffers. -1 with a message
+ * when oneDNN fails. */
+size_t cpu_attention_bf16_bytes(const cpu_attn *at);
+int cpu_attention_bf16_forward(const cpu_attn *at, const real *q, int ldq, const real *k, int ldk,
+                               const real *v, int ldv, real *out, real *lse);
+int cpu_attention_bf16_backward(const cpu_attn *at, const real *q, int ldq, const real *k, int ldk,
+                                const real *v, int ldv, const real *out, const real *dout,
+                                const real *lse, real *dq, real *dk, real *dv);
 
 /* ---- soft-capping (softcap.c): cap · tanh(x / cap), Gemma ---- */
 
