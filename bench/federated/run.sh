@@ -161,7 +161,7 @@ partition() { # NAME: makes $OUT/partitions/NAME once
   case "$n" in
     3) domains=$DOMAINS3 ;;
     6) domains=$DOMAINS6 ;;
-    *) domains=$(cut -f1 "$CORPORA/MANIFEST" | grep -v '^#' | sort -u | paste -sd, -) ;;
+    *) domains=$(awk -F'\t' '!/^#/ && $1 != "domain" {print $1}' "$CORPORA/MANIFEST" | sort -u | paste -sd, -) ;;
   esac
   rm -rf "$dir" "$dir.tmp"
   "$build/bench/data/partition" --corpora "$CORPORA" --out "$dir.tmp" --nodes "$n" --mode "$mode" \

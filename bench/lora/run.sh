@@ -5,7 +5,9 @@
 # vs PyTorch + PEFT with the base in bf16 under torch.autocast("cpu",
 # dtype=torch.bfloat16)); bf16 rows only where oneDNN multiplies bf16.
 # mixtral 400m is #16's MoE shape (8 experts, top-2, 402M parameters).
-# Usage: [REPEAT=N] bench/lora/run.sh [--quick] [BUILD_DIR] [THREADS]
+# Usage: [REPEAT=N] [PRECISIONS="fp32 bf16"] [SHAPES="gpt2 llama mixtral"]
+#        bench/lora/run.sh [--quick] [BUILD_DIR] [THREADS]
+# PRECISIONS and SHAPES (architectures) choose a subset of the rows.
 # Each pair runs REPEAT times (default 3), the two sides alternating, and
 # the ratios are of the medians: one run of either side moves by up to
 # ±15 % on the shared development machine (docs/benchmarks.md).
@@ -29,10 +31,11 @@ fi
 repeat=${REPEAT:-3}
 [ "$quick" = 1 ] && repeat=1
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-for precision in fp32 bf16; do
+for precision in ${PRECISIONS:-fp32 bf16}; do
   for spec in "${specs[@]}"; do
     # shellcheck disable=SC2086 # "arch preset": two words on purpose
     set -- $spec
+    [[ " ${SHAPES:-gpt2 llama mixtral} " == *" $1 "* ]] || continue
     ours=() theirs=() f="" p=""
     for ((i = 0; i < repeat; i++)); do
       if ! f=$("$build/bench/lora/bench_lora" --arch "$1" --preset "$2" "${shape[@]}" \
