@@ -71,14 +71,17 @@ static void block_softmax(const cpu_attn *at, const attn_block *bl, int h, real 
     }
 }
 
-/* Row i of a block with soft-capped scores (cpu_softcap_attn_row_backward):
- * S (raw, scaled) in p and dO·Vᵀ in dp become P and d(raw S); the masked
- * entries 0 in both. */
-static void softcap_row_backward(const cpu_attn *at, const attn_block *bl, int i, real *p, real *dp,
-                                 real lse, real dot) {
+/* Row i of head h's block with soft-capped scores
+ * (cpu_softcap_attn_row_backward): S (raw, scaled) in p and dO·Vᵀ in dp
+ * become P and d(S + bias); the masked entries 0 in both. The ALiBi bias is
+ * added first, as block_softmax's forward adds it before the cap. */
+static void softcap_row_backward(const cpu_attn *at, const attn_block *bl, int h, int i, real *p,
+                                 real *dp, real lse, real dot) {
     int nc = bl->c1 - bl->c0, lo = first_key(at, i) - bl->c0, hi = i - bl->c0 + 1;
     for (int j = 0; j < lo; j++) p[j] = dp[j] = 0;
     for (int j = hi; j < nc; j++) p[j] = dp[j] = 0;
+    if (at->alibi)
+        for (int j = lo; j < hi; j++) p[j] += cpu_alibi_bias(at->alibi[h], bl->c0 + j);
     cpu_softcap_attn_row_backward(p + lo, dp + lo, hi - lo, at->softcap, lse, dot);
 }
 
@@ -86,14 +89,14 @@ static void softcap_row_backward(const cpu_attn *at, const attn_block *bl, int i
  * its P (pr; softcap: the raw scaled scores), its O and dO rows (D values)
  * and log-sum-exp: dS = P ⊙ (dP − rowsum(P ⊙ dP)), where rowsum(P ⊙ dP) =
  * dO_i · O_i since O_i = Σ_j P_ij V_j. */
-static void row_ds(const cpu_attn *at, const attn_block *bl, int i, real *pr, real *dr,
+static void row_ds(const cpu_attn *at, const attn_block *bl, int h, int i, real *pr, real *dr,
                    const real *o, const real *g, real lse) {
     int nc = bl->c1 - bl->c0;
     double dot = 0;
 #pragma omp simd reduction(+ : dot)
     for (int d = 0; d < at->D; d++) dot += (double)o[d] * g[d];
     if (at->softcap) {
-        softcap_row_backward(at, bl, i, pr, dr, lse, (real)dot);
+        softcap_row_backward(at, bl, h, i, pr, dr, lse, (real)dot);
         return;
     }
 #pragma omp simd
@@ -168,7 +171,7 @@ void cpu_attention_backward(const cpu_attn *at, const real *q, int ldq, const re
                 real_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, rb, nc, D, 1, dOb, ldo, Vb, ldv,
                           0, dP, nc);
                 for (int i = 0; i < rb; i++)
-                    row_ds(at, &bl, r0 + i, P + (int64_t)i * nc, dP + (int64_t)i * nc,
+                    row_ds(at, &bl, h, r0 + i, P + (int64_t)i * nc, dP + (int64_t)i * nc,
                            O + (int64_t)(r0 + i) * ldo, dOb + (int64_t)i * ldo, L[r0 + i]);
                 real_gemm(CblasRowMajor, CblasTrans, CblasNoTrans, nc, D, rb, 1, P, nc, dOb, ldo, 1,
                           dV + (int64_t)bl.c0 * ldv, ldv);
@@ -359,7 +362,8 @@ int cpu_attention_bf16_backward(const cpu_attn *at, const real *q, int ldq, cons
             for (int i = 0; i < rb; i++) {
                 int64_t row = ((int64_t)b * T + r0 + i) * ldo + (int64_t)h * D;
                 real *dr = dP + (int64_t)i * nc;
-                row_ds(at, &bl, r0 + i, P + (int64_t)i * nc, dr, out + row, dout + row, L[r0 + i]);
+                row_ds(at, &bl, h, r0 + i, P + (int64_t)i * nc, dr, out + row, dout + row,
+                       L[r0 + i]);
 #pragma omp simd
                 for (int j = 0; j < nc; j++) dr[j] *= at->scale;
             }

@@ -230,7 +230,8 @@ int main(void) {
     const attn_case cases[] = {
         {"mha", 2, 150, 4, 4, 16, 0, 0, 0},       {"gqa", 2, 150, 6, 2, 32, 0, 0, 0},
         {"window", 2, 150, 6, 2, 16, 40, 0, 0},   {"alibi", 1, 150, 6, 6, 16, 0, 1, 0},
-        {"softcap", 2, 130, 4, 2, 16, 0, 0, 2.0}, {"one_block", 3, 20, 4, 1, 8, 0, 0, 0},
+        {"softcap", 2, 130, 4, 2, 16, 0, 0, 2.0}, {"alibi_cap", 1, 150, 6, 3, 16, 0, 1, 3.0},
+        {"one_block", 3, 20, 4, 1, 8, 0, 0, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(&cases[i]);
     return check_finish();

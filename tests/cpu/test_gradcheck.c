@@ -6,6 +6,7 @@
  * residual stream, every element at every point (model_acts_set_probe
  * perturbs it inside the forward). Error of a tensor: max |g − fd| divided by
  * max(max |g|, max |fd|) over that tensor; it must stay below 1e-6. */
+#include "model/cpu/cpu.h"
 #include "model/model.h"
 #include "tests/check.h"
 #include "tests/cpu/tiny.h"
@@ -303,6 +304,51 @@ static void case_adapter(const tiny_case *tc) {
     teardown(&r);
 }
 
+/* The attention alone with ALiBi under soft-capped scores, by finite
+ * differences of L = Σ dO ⊙ O in q, k and v. No family has both (a model
+ * with the cap outside Gemma 2 is refused), but the attention function
+ * takes any combination, and its backward must add the bias before the cap
+ * as its forward does. */
+static void attention_alibi_softcap(void) {
+    enum { B = 1, T = 70, H = 2, KV = 1, D = 4, W = (H + 2 * KV) * D };
+    real qkv[B * T * W], dout[B * T * H * D], out[B * T * H * D], lse[B * H * T];
+    real dqkv[B * T * W], slopes[H];
+    static real scratch[CPU_ATTN_SCRATCH(T)];
+    uint64_t s = 5;
+    for (int i = 0; i < B * T * W; i++) qkv[i] = (real)(2 * tiny_uniform(&s));
+    for (int i = 0; i < B * T * H * D; i++) dout[i] = (real)tiny_uniform(&s);
+    cpu_alibi_slopes(slopes, H);
+    cpu_attn at = {.B = B,
+                   .T = T,
+                   .H = H,
+                   .KV = KV,
+                   .D = D,
+                   .alibi = slopes,
+                   .scale = (real)0.5,
+                   .softcap = (real)3.0,
+                   .threads = 1,
+                   .scratch = scratch};
+    const real *q = qkv, *k = qkv + H * D, *v = qkv + (H + KV) * D;
+    cpu_attention_forward(&at, q, W, k, W, v, W, out, lse);
+    cpu_attention_backward(&at, q, W, k, W, v, W, out, dout, lse, dqkv, dqkv + H * D,
+                           dqkv + (H + KV) * D);
+    gc_err e = {0};
+    for (int i = 0; i < B * T * W; i += 7) {
+        real keep = qkv[i], eps = (real)1e-5;
+        double l[2];
+        for (int side = 0; side < 2; side++) {
+            qkv[i] = keep + (side ? -eps : eps);
+            cpu_attention_forward(&at, q, W, k, W, v, W, out, lse);
+            l[side] = 0;
+            for (int j = 0; j < B * T * H * D; j++) l[side] += (double)dout[j] * out[j];
+        }
+        qkv[i] = keep;
+        err_add(&e, dqkv[i], (l[0] - l[1]) / (2 * (double)eps));
+    }
+    report_acts = NULL;
+    report("attention", "alibi+softcap dq, dk, dv", &e);
+}
+
 int main(void) {
     clock_t t0 = clock();
     tiny_case cases[TINY_MAX_CASES];
@@ -323,6 +369,8 @@ int main(void) {
                                  "model.layers.1.block_sparse_moe.experts.2.w3.weight",
                                  "model.layers.0.input_layernorm.weight", NULL};
     case_partial(&cases[12], mixtral_sel);
+
+    attention_alibi_softcap();
 
     case_adapter(&cases[0]);
     case_adapter(&cases[4]);
