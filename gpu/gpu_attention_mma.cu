@@ -119,6 +119,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
     const int g = lane >> 2, t = lane & 3;
     const int64_t base = (int64_t)b * T_;
     const int qi0 = q0 + w * 16 + g, qi1 = qi0 + 8;
+    const float slope = alibi_slope(s, h);
 
     mma_load<D>(Qs, LS, q, base, ldq, h * D, q0, MMA_ROWS, T_, false);
     __syncthreads();
@@ -153,11 +154,13 @@ __global__ void __launch_bounds__(MMA_THREADS)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 int j = kt * MMA_KT + n * 8 + 2 * t + e;
-                sc[n][e] = visible(qi0, j, T_, s.window) ? cap_score(sc[n][e] * s.scale, s.softcap)
-                                                         : -INFINITY;
-                sc[n][2 + e] = visible(qi1, j, T_, s.window)
-                                   ? cap_score(sc[n][2 + e] * s.scale, s.softcap)
-                                   : -INFINITY;
+                sc[n][e] = visible(qi0, j, T_, s.window)
+                               ? cap_score(alibi_add(sc[n][e] * s.scale, slope, j), s.softcap)
+                               : -INFINITY;
+                sc[n][2 + e] =
+                    visible(qi1, j, T_, s.window)
+                        ? cap_score(alibi_add(sc[n][2 + e] * s.scale, slope, j), s.softcap)
+                        : -INFINITY;
                 mx0 = fmaxf(mx0, sc[n][e]);
                 mx1 = fmaxf(mx1, sc[n][2 + e]);
             }
@@ -233,6 +236,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
     const int64_t r0 = ((int64_t)b * H + h) * T_;
     const float L0 = qi0 < T_ ? lse[r0 + qi0] : 0.0f, L1 = qi1 < T_ ? lse[r0 + qi1] : 0.0f;
     const float D0 = qi0 < T_ ? delta[r0 + qi0] : 0.0f, D1 = qi1 < T_ ? delta[r0 + qi1] : 0.0f;
+    const float slope = alibi_slope(s, h);
 
     mma_load<D>(Qs, LS, q, base, ldq, h * D, q0, MMA_ROWS, T_, false);
     mma_load<D>(dOs, LS, dout, base, HD, h * D, q0, MMA_ROWS, T_, false);
@@ -272,8 +276,8 @@ __global__ void __launch_bounds__(MMA_THREADS)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 int j = kt * MMA_KT + n * 8 + 2 * t + e;
-                float y0 = cap_score(sc[n][e] * s.scale, s.softcap);
-                float y1 = cap_score(sc[n][2 + e] * s.scale, s.softcap);
+                float y0 = cap_score(alibi_add(sc[n][e] * s.scale, slope, j), s.softcap);
+                float y1 = cap_score(alibi_add(sc[n][2 + e] * s.scale, slope, j), s.softcap);
                 float p0 = visible(qi0, j, T_, s.window) ? expf(y0 - L0) : 0.0f;
                 float p1 = visible(qi1, j, T_, s.window) ? expf(y1 - L1) : 0.0f;
                 sc[n][e] = p0 * (dp[n][e] - D0) * cap_grad(y0, s.softcap); /* dS */
@@ -337,6 +341,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
     int qt0 = k0 / MMA_QT, qt1 = (qend - 1) / MMA_QT;
     for (int h = kvh * group; h < (kvh + 1) * group; h++) {
         const int64_t r0 = ((int64_t)b * H + h) * T_;
+        const float slope = alibi_slope(s, h);
         for (int qt = qt0; qt <= qt1; qt++) {
             int qb = qt * MMA_QT;
             __syncthreads();
@@ -376,8 +381,8 @@ __global__ void __launch_bounds__(MMA_THREADS)
                 for (int e = 0; e < 2; e++) {
                     int jq = n * 8 + 2 * t + e, qi = qb + jq;
                     float Lq = Ls[jq], Dq = Ds[jq];
-                    float y0 = cap_score(st[n][e] * s.scale, s.softcap);
-                    float y1 = cap_score(st[n][2 + e] * s.scale, s.softcap);
+                    float y0 = cap_score(alibi_add(st[n][e] * s.scale, slope, kj0), s.softcap);
+                    float y1 = cap_score(alibi_add(st[n][2 + e] * s.scale, slope, kj1), s.softcap);
                     float p0 = visible(qi, kj0, T_, s.window) ? expf(y0 - Lq) : 0.0f;
                     float p1 = visible(qi, kj1, T_, s.window) ? expf(y1 - Lq) : 0.0f;
                     st[n][e] = p0; /* Pᵀ */

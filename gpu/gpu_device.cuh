@@ -46,7 +46,7 @@ static inline unsigned gpu_grid(int64_t n, int threads) {
     return (unsigned)b;
 }
 
-/* ---- attention's masks and soft-capping (gpu_attention.cu, gpu_attention_decode.cu) ---- */
+/* ---- attention's masks, soft-capping and ALiBi (gpu_attention*.cu) ---- */
 
 /* The first key row i sees under a sliding window of `window` (0: none). */
 __device__ __forceinline__ int first_key(int i, int window) {
@@ -67,6 +67,20 @@ __device__ __forceinline__ float cap_score(float x, float cap) {
 __device__ __forceinline__ float cap_grad(float y, float cap) {
     float t = cap > 0 ? y / cap : 0.0f;
     return 1.0f - t * t;
+}
+
+/* ALiBi (BLOOM; model/cpu/alibi.c): head h's slope, 0 without ALiBi. */
+__device__ __forceinline__ float alibi_slope(const gpu_attn_shape &s, int h) {
+    return s.alibi ? s.alibi[h] : 0.0f;
+}
+
+/* A scaled score plus ALiBi's bias for key position j: slope · j rounded to
+ * fp32 (transformers' fp32 alibi tensor), then added, as the CPU's
+ * row[j] += slope · j. The _rn intrinsics keep nvcc from fusing the two
+ * into one multiply-add, which would round differently; a slope of 0 leaves
+ * the score as it is. */
+__device__ __forceinline__ float alibi_add(float x, float slope, int j) {
+    return __fadd_rn(x, __fmul_rn(slope, (float)j));
 }
 
 /* Launches kernel with `smem` bytes of dynamic shared memory, raising the

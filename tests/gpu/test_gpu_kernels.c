@@ -4,8 +4,9 @@
  * rounding of the outputs). Shapes are chosen to hit the kernels' edges:
  * row widths that are not multiples of 32, several attention tiles with the
  * causal mask and a sliding window across them, head dims of 4 to 128
- * (including 80, not a multiple of 32), GQA, strided q/k/v; xIELU's inputs on
- * both sides of 0 and of eps (and at eps). */
+ * (including 80, not a multiple of 32), GQA, strided q/k/v, ALiBi's biases
+ * (each case checked to be far from the result without them); xIELU's
+ * inputs on both sides of 0 and of eps (and at eps); BLOOM's q|k|v layout. */
 #include "gpu_test.h"
 
 #include "gpu/gpu_gemm.h"
@@ -399,6 +400,7 @@ static void test_xent(gpu_dtype t) {
 typedef struct {
     int B, T, H, KV, D, window, pad;
     float softcap; /* Gemma 2's soft-capping of the scores, 0: none */
+    int alibi;     /* BLOOM's ALiBi biases (cpu_alibi_slopes of H heads) */
 } attn_case;
 
 static const char *impl_name(gpu_dtype t, gpu_attn_impl impl) {
@@ -417,6 +419,9 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
     float *dqkv = calloc(nq, 4), *gdqkv = calloc(nq, 4);
     int threads = omp_get_max_threads();
     float *scratch = malloc((size_t)threads * CPU_ATTN_SCRATCH(T) * sizeof(float));
+    float *slopes = malloc((size_t)H * sizeof *slopes), *d_slopes = NULL;
+    cpu_alibi_slopes(slopes, H);
+    if (ac->alibi) d_slopes = gt_put(slopes, (size_t)H, GPU_F32);
     cpu_attn at = {.B = B,
                    .T = T,
                    .H = H,
@@ -425,6 +430,7 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
                    .window = ac->window,
                    .scale = (float)(1.0 / sqrt((double)D)),
                    .softcap = ac->softcap,
+                   .alibi = ac->alibi ? slopes : NULL,
                    .threads = threads,
                    .scratch = scratch};
     gpu_attn_shape gs = {.B = B,
@@ -435,7 +441,8 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
                          .window = ac->window,
                          .scale = at.scale,
                          .softcap = ac->softcap,
-                         .impl = impl};
+                         .impl = impl,
+                         .alibi = d_slopes};
     const float *q = qkv, *k = qkv + HD, *v = qkv + HD + KV * D;
     cpu_attention_forward(&at, q, ld, k, ld, v, ld, out, lse);
     void *d_qkv = gt_put(qkv, nq, t), *d_out = gt_put(out, no, t), *d_dout = gt_put(dout, no, t);
@@ -447,13 +454,27 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
                                   d_lse, t, 0));
     gt_get(gout, d_out, no, t);
     gt_get(glse, d_lse, nl, GPU_F32);
-    char what[96];
-    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d cap%g: out (%s)", B, T, H, KV,
-             D, ac->window, ac->softcap, impl_name(t, impl));
-    GT_CLOSE(what, gout, out, no, t == GPU_BF16 ? 2e-2 : 1e-5);
-    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d cap%g: lse (%s)", B, T, H, KV,
-             D, ac->window, ac->softcap, impl_name(t, impl));
+    char what[128], name[80];
+    snprintf(name, sizeof name, "attention B%d T%d H%d KV%d D%d w%d cap%g%s", B, T, H, KV, D,
+             ac->window, ac->softcap, ac->alibi ? " alibi" : "");
+    double tol_out = t == GPU_BF16 ? 2e-2 : 1e-5, tol_d = t == GPU_BF16 ? 3e-2 : 1e-4;
+    snprintf(what, sizeof what, "%s: out (%s)", name, impl_name(t, impl));
+    GT_CLOSE(what, gout, out, no, tol_out);
+    snprintf(what, sizeof what, "%s: lse (%s)", name, impl_name(t, impl));
     GT_CLOSE(what, glse, lse, nl, 1e-5);
+    if (ac->alibi) {
+        /* the biases matter here: without them the CPU's output and
+         * log-sum-exps lie far outside the tolerances just met */
+        cpu_attn plain = at;
+        plain.alibi = NULL;
+        float *out0 = calloc(no, 4), *lse0 = calloc(nl, 4);
+        cpu_attention_forward(&plain, q, ld, k, ld, v, ld, out0, lse0);
+        double e_out = gt_rel_max(out0, out, no, 1e-30), e_lse = gt_rel_max(lse0, lse, nl, 1e-30);
+        printf("  %s: without ALiBi out %.2e, lse %.2e off\n", name, e_out, e_lse);
+        CHECK_MSG(e_out > 5 * tol_out && e_lse > 100 * 1e-5, "%s: ALiBi changes out by %.2e only",
+                  name, e_out);
+        free(out0), free(lse0);
+    }
     /* Backward from the GPU's forward output (what the GPU backward reads too). */
     cpu_attention_backward(&at, q, ld, k, ld, v, ld, gout, dout, lse, dqkv, dqkv + HD,
                            dqkv + HD + KV * D);
@@ -461,11 +482,23 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
                                    d_out, d_dout, d_lse, d_delta, bd, bd + HD * ts,
                                    bd + (HD + KV * D) * ts, t, 0));
     gt_get(gdqkv, d_dqkv, nq, t);
-    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d cap%g: dq|dk|dv (%s)", B, T, H,
-             KV, D, ac->window, ac->softcap, impl_name(t, impl));
-    GT_CLOSE(what, gdqkv, dqkv, nq, t == GPU_BF16 ? 3e-2 : 1e-4);
+    snprintf(what, sizeof what, "%s: dq|dk|dv (%s)", name, impl_name(t, impl));
+    GT_CLOSE(what, gdqkv, dqkv, nq, tol_d);
+    if (ac->alibi) {
+        /* the same backward without the biases (P recomputed without them) */
+        cpu_attn plain = at;
+        plain.alibi = NULL;
+        float *d0 = calloc(nq, 4);
+        cpu_attention_backward(&plain, q, ld, k, ld, v, ld, gout, dout, lse, d0, d0 + HD,
+                               d0 + HD + KV * D);
+        double e = gt_rel_l2(d0, dqkv, nq, 1e-30);
+        printf("  %s: backward without ALiBi %.2e off\n", name, e);
+        CHECK_MSG(e > 5 * tol_d, "%s: ALiBi changes dq|dk|dv by %.2e only", name, e);
+        free(d0);
+    }
     cudaFree(d_qkv), cudaFree(d_out), cudaFree(d_dout), cudaFree(d_dqkv), cudaFree(d_lse);
-    cudaFree(d_delta);
+    cudaFree(d_delta), cudaFree(d_slopes);
+    free(slopes);
     free(qkv), free(dout), free(out), free(lse), free(gout), free(glse), free(dqkv), free(gdqkv);
     free(scratch);
 }
@@ -488,6 +521,16 @@ static void test_attention(gpu_dtype t) {
         /* Gemma's head_dim 256: CUDA cores, 8 dimensions per lane */
         {1, 100, 2, 1, 256, 0, 0, 0},
         {2, 70, 4, 2, 256, 30, 8, 2.0f},
+        /* BLOOM's ALiBi: the tiny model's 6 heads of 4 (slopes of a
+         * non-power-of-two head count), several tiles at the tensor cores'
+         * head dims, with GQA (the dK/dV kernels' loop over a group's
+         * heads) and with a window. Not with soft-capping: no model has
+         * both, and the CPU's soft-capped backward leaves ALiBi out. */
+        {2, 7, 6, 6, 4, 0, 0, 0, 1},
+        {2, 150, 6, 6, 32, 0, 0, 0, 1},
+        {1, 130, 4, 2, 64, 0, 8, 0, 1},
+        {1, 200, 3, 3, 128, 0, 0, 0, 1},
+        {2, 100, 4, 2, 32, 40, 0, 0, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         attention_case(&cases[i], t, GPU_ATTN_SIMT);
@@ -503,6 +546,34 @@ static void test_attention(gpu_dtype t) {
         .B = 1, .T = 4, .H = 2, .KV = 1, .D = 80, .scale = 1, .impl = GPU_ATTN_MMA};
     CHECK(gpu_attention_forward(&odd, NULL, 0, NULL, 0, NULL, 0, NULL, NULL, t, 0) ==
           cudaErrorInvalidValue);
+}
+
+/* ---- BLOOM's query_key_value layout ---------------------------------------------------------- */
+
+/* (H, 3, D) rows to the fused (3, H, D) and back, against cpu_qkv_heads:
+ * a copy, so exact. */
+static void test_qkv_heads(gpu_dtype t) {
+    int N = 37, H = 6, D = 20;
+    size_t n = (size_t)N * 3 * H * D;
+    float *heads = gt_rand(n, 91, 1), *fused = malloc(n * 4), *got = malloc(n * 4);
+    if (t == GPU_BF16) gt_round_bf16(heads, n);
+    cpu_qkv_heads(fused, heads, N, H, D, 0);
+    /* a permutation that moves values: a kernel that copied would fail */
+    CHECK(memcmp(fused, heads, n * 4) != 0);
+    void *d_heads = gt_put(heads, n, t), *d_fused = gt_put(heads, n, t);
+    void *d_back = gt_put(fused, n, t);
+    CUDA_OK(gpu_qkv_heads(d_fused, d_heads, t, N, H, D, 0, 0));
+    gt_get(got, d_fused, n, t);
+    char what[64];
+    snprintf(what, sizeof what, "qkv (H, 3, D) -> (3, H, D) (%s)", tname(t));
+    GT_CLOSE(what, got, fused, n, 0);
+    CUDA_OK(gpu_qkv_heads(d_back, d_fused, t, N, H, D, 1, 0));
+    gt_get(got, d_back, n, t);
+    snprintf(what, sizeof what, "qkv (3, H, D) -> (H, 3, D), round trip (%s)", tname(t));
+    GT_CLOSE(what, got, heads, n, 0);
+    CHECK(gpu_qkv_heads(d_back, d_fused, t, N, 0, D, 1, 0) == cudaErrorInvalidValue);
+    cudaFree(d_heads), cudaFree(d_fused), cudaFree(d_back);
+    free(heads), free(fused), free(got);
 }
 
 /* ---- dropout ------------------------------------------------------------------------------------
@@ -637,6 +708,7 @@ int main(void) {
         test_embed_bias(dt);
         test_xent(dt);
         test_attention(dt);
+        test_qkv_heads(dt);
     }
     test_dropout();
     test_optimizer();
