@@ -5,7 +5,8 @@
  * row widths that are not multiples of 32, several attention tiles with the
  * causal mask and a sliding window across them, head dims of 4 to 128
  * (including 80, not a multiple of 32), GQA, strided q/k/v, ALiBi's biases
- * (each case checked to be far from the result without them); xIELU's
+ * (each case checked to be far from the result without them), the decode
+ * kernel against the forward's last rows; xIELU's
  * inputs on both sides of 0 and of eps (and at eps); BLOOM's q|k|v layout. */
 #include "gpu_test.h"
 
@@ -408,6 +409,49 @@ static const char *impl_name(gpu_dtype t, gpu_attn_impl impl) {
     return t == GPU_BF16 ? "bf16, CUDA cores" : "fp32";
 }
 
+/* A case's attention as the CPU and the GPU see it: their shapes, the CPU's
+ * scratch, ALiBi's slopes on both sides (the GPU's only with ac->alibi). */
+typedef struct {
+    cpu_attn at;
+    gpu_attn_shape gs;
+    float *slopes, *d_slopes;
+} attn_pair;
+
+static attn_pair attn_pair_make(const attn_case *ac, int B, gpu_attn_impl impl) {
+    attn_pair p;
+    int threads = omp_get_max_threads();
+    p.slopes = malloc((size_t)ac->H * sizeof *p.slopes);
+    cpu_alibi_slopes(p.slopes, ac->H);
+    p.d_slopes = ac->alibi ? gt_put(p.slopes, (size_t)ac->H, GPU_F32) : NULL;
+    p.at = (cpu_attn){.B = B,
+                      .T = ac->T,
+                      .H = ac->H,
+                      .KV = ac->KV,
+                      .D = ac->D,
+                      .window = ac->window,
+                      .scale = (float)(1.0 / sqrt((double)ac->D)),
+                      .softcap = ac->softcap,
+                      .alibi = ac->alibi ? p.slopes : NULL,
+                      .threads = threads,
+                      .scratch = malloc((size_t)threads * CPU_ATTN_SCRATCH(ac->T) * sizeof(float))};
+    p.gs = (gpu_attn_shape){.B = B,
+                            .T = ac->T,
+                            .H = ac->H,
+                            .KV = ac->KV,
+                            .D = ac->D,
+                            .window = ac->window,
+                            .scale = p.at.scale,
+                            .softcap = ac->softcap,
+                            .impl = impl,
+                            .alibi = p.d_slopes};
+    return p;
+}
+
+static void attn_pair_free(attn_pair *p) {
+    cudaFree(p->d_slopes);
+    free(p->slopes), free(p->at.scratch);
+}
+
 static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl) {
     int B = ac->B, T = ac->T, H = ac->H, KV = ac->KV, D = ac->D, N = B * T;
     /* q | k | v packed in one matrix of row stride ld, as GPT-2's c_attn output */
@@ -417,32 +461,9 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
     if (t == GPU_BF16) gt_round_bf16(qkv, nq), gt_round_bf16(dout, no);
     float *out = calloc(no, 4), *lse = calloc(nl, 4), *gout = calloc(no, 4), *glse = calloc(nl, 4);
     float *dqkv = calloc(nq, 4), *gdqkv = calloc(nq, 4);
-    int threads = omp_get_max_threads();
-    float *scratch = malloc((size_t)threads * CPU_ATTN_SCRATCH(T) * sizeof(float));
-    float *slopes = malloc((size_t)H * sizeof *slopes), *d_slopes = NULL;
-    cpu_alibi_slopes(slopes, H);
-    if (ac->alibi) d_slopes = gt_put(slopes, (size_t)H, GPU_F32);
-    cpu_attn at = {.B = B,
-                   .T = T,
-                   .H = H,
-                   .KV = KV,
-                   .D = D,
-                   .window = ac->window,
-                   .scale = (float)(1.0 / sqrt((double)D)),
-                   .softcap = ac->softcap,
-                   .alibi = ac->alibi ? slopes : NULL,
-                   .threads = threads,
-                   .scratch = scratch};
-    gpu_attn_shape gs = {.B = B,
-                         .T = T,
-                         .H = H,
-                         .KV = KV,
-                         .D = D,
-                         .window = ac->window,
-                         .scale = at.scale,
-                         .softcap = ac->softcap,
-                         .impl = impl,
-                         .alibi = d_slopes};
+    attn_pair ap = attn_pair_make(ac, B, impl);
+    const cpu_attn at = ap.at;
+    const gpu_attn_shape gs = ap.gs;
     const float *q = qkv, *k = qkv + HD, *v = qkv + HD + KV * D;
     cpu_attention_forward(&at, q, ld, k, ld, v, ld, out, lse);
     void *d_qkv = gt_put(qkv, nq, t), *d_out = gt_put(out, no, t), *d_dout = gt_put(dout, no, t);
@@ -497,10 +518,9 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
         free(d0);
     }
     cudaFree(d_qkv), cudaFree(d_out), cudaFree(d_dout), cudaFree(d_dqkv), cudaFree(d_lse);
-    cudaFree(d_delta), cudaFree(d_slopes);
-    free(slopes);
+    cudaFree(d_delta);
+    attn_pair_free(&ap);
     free(qkv), free(dout), free(out), free(lse), free(gout), free(glse), free(dqkv), free(gdqkv);
-    free(scratch);
 }
 
 /* fp32 and bf16 on CUDA cores for every case; bf16 on tensor cores for the
@@ -546,6 +566,65 @@ static void test_attention(gpu_dtype t) {
         .B = 1, .T = 4, .H = 2, .KV = 1, .D = 80, .scale = 1, .impl = GPU_ATTN_MMA};
     CHECK(gpu_attention_forward(&odd, NULL, 0, NULL, 0, NULL, 0, NULL, NULL, t, 0) ==
           cudaErrorInvalidValue);
+}
+
+/* Generation's kernel: n new rows at positions pos … pos + n − 1 against a
+ * cache of pos + n keys are the last n rows of the causal forward over
+ * T = pos + n positions (B = 1), so cpu_attention_forward is the reference;
+ * with ALiBi also checked to lie far from the result without it. */
+static void decode_case(const attn_case *ac, int n, gpu_dtype t) {
+    int T = ac->T, H = ac->H, KV = ac->KV, D = ac->D, pos = T - n;
+    int ld = (H + 2 * KV) * D + ac->pad, HD = H * D;
+    size_t nq = (size_t)T * ld, no = (size_t)T * HD, nl = (size_t)H * T;
+    float *qkv = gt_rand(nq, 161 + T, 1.5f);
+    if (t == GPU_BF16) gt_round_bf16(qkv, nq);
+    float *out = calloc(no, 4), *lse = calloc(nl, 4), *got = calloc((size_t)n * HD, 4);
+    attn_pair ap = attn_pair_make(ac, 1, GPU_ATTN_AUTO);
+    const cpu_attn at = ap.at;
+    const gpu_attn_shape gs = ap.gs;
+    const float *q = qkv, *k = qkv + HD, *v = qkv + HD + KV * D;
+    cpu_attention_forward(&at, q, ld, k, ld, v, ld, out, lse);
+    const float *want = out + (size_t)pos * HD; /* the last n rows */
+    void *d_qkv = gt_put(qkv, nq, t), *d_out = gt_put(got, (size_t)n * HD, t);
+    size_t ts = gpu_dtype_size(t);
+    char *bq = d_qkv;
+    CUDA_OK(gpu_attention_decode(&gs, n, pos, bq + (size_t)pos * ld * ts, ld, bq + HD * ts, ld,
+                                 bq + (HD + KV * D) * ts, ld, d_out, t, 0));
+    gt_get(got, d_out, (size_t)n * HD, t);
+    char what[128];
+    double tol = t == GPU_BF16 ? 2e-2 : 1e-5;
+    snprintf(what, sizeof what, "attention decode T%d H%d KV%d D%d w%d cap%g%s: %d rows at %d (%s)",
+             T, H, KV, D, ac->window, ac->softcap, ac->alibi ? " alibi" : "", n, pos, tname(t));
+    GT_CLOSE(what, got, want, (size_t)n * HD, tol);
+    if (ac->alibi) {
+        cpu_attn plain = at;
+        plain.alibi = NULL;
+        float *out0 = calloc(no, 4);
+        cpu_attention_forward(&plain, q, ld, k, ld, v, ld, out0, lse);
+        double e = gt_rel_max(out0 + (size_t)pos * HD, want, (size_t)n * HD, 1e-30);
+        printf("  %s: without ALiBi %.2e off\n", what, e);
+        CHECK_MSG(e > 5 * tol, "%s: ALiBi changes the rows by %.2e only", what, e);
+        free(out0);
+    }
+    cudaFree(d_qkv), cudaFree(d_out);
+    attn_pair_free(&ap);
+    free(qkv), free(out), free(lse), free(got);
+}
+
+/* One new row at the end of a context, and a few rows after a rewind. */
+static void test_attention_decode(gpu_dtype t) {
+    attn_case cases[] = {
+        {1, 70, 4, 2, 32, 0, 0, 0, 0},     /* GQA, two chunks of keys for the last row */
+        {1, 150, 3, 3, 80, 50, 8, 0, 0},   /* a window, strided rows */
+        {1, 40, 2, 1, 256, 0, 0, 2.0f, 0}, /* Gemma: head dim 256, soft-capped */
+        {1, 7, 6, 6, 4, 0, 0, 0, 1},       /* BLOOM's tiny heads, ALiBi */
+        {1, 200, 6, 6, 32, 0, 0, 0, 1},    /* ALiBi over two chunks of keys */
+        {1, 90, 4, 2, 64, 30, 0, 0, 1},    /* ALiBi with GQA and a window */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        decode_case(&cases[i], 1, t);
+        decode_case(&cases[i], cases[i].T < 3 ? cases[i].T : 3, t);
+    }
 }
 
 /* ---- BLOOM's query_key_value layout ---------------------------------------------------------- */
@@ -708,6 +787,7 @@ int main(void) {
         test_embed_bias(dt);
         test_xent(dt);
         test_attention(dt);
+        test_attention_decode(dt);
         test_qkv_heads(dt);
     }
     test_dropout();
