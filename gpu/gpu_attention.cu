@@ -120,12 +120,12 @@ __global__ void __launch_bounds__(ATT_THREADS)
             }
         }
         const int j = kt * ATT_BK + lane;
+        const float bias = alibi_bias(slope, j); /* the lane's key, every row */
 #pragma unroll
         for (int i = 0; i < ATT_ROWS; i++) {
             int qi = q0 + w * ATT_ROWS + i;
-            float x = visible(qi, j, T_, s.window)
-                          ? cap_score(alibi_add(sc[i], slope, j), s.softcap)
-                          : -INFINITY;
+            float x = visible(qi, j, T_, s.window) ? cap_score(alibi_add(sc[i], bias), s.softcap)
+                                                   : -INFINITY;
             float mn = fmaxf(m[i], warp_max(x));
             float p = mn == -INFINITY ? 0.0f : expf(x - mn);
             float corr = mn == -INFINITY ? 1.0f : expf(m[i] - mn);
@@ -245,10 +245,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
             }
         }
         const int j = kt * ATT_BK + lane;
+        const float bias = alibi_bias(slope, j); /* the lane's key, every row */
 #pragma unroll
         for (int i = 0; i < ATT_ROWS; i++) {
             int qi = q0 + w * ATT_ROWS + i;
-            float y = cap_score(alibi_add(sc[i], slope, j), s.softcap);
+            float y = cap_score(alibi_add(sc[i], bias), s.softcap);
             float p = visible(qi, j, T_, s.window) ? expf(y - L[i]) : 0.0f;
             P[i * ATT_BK + lane] = p * (dp[i] - Dl[i]) * cap_grad(y, s.softcap);
         }
@@ -319,7 +320,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
     int qend = s.window > 0 ? min(T_, k1 - 1 + s.window) : T_;
     int qt0 = k0 / ATT_BK, qt1 = (qend - 1) / ATT_BK;
     for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+        /* ALiBi: the biases of the warp's keys, for every query */
         const float slope = alibi_slope(s, h);
+        float bias[ATT_ROWS];
+#pragma unroll
+        for (int i = 0; i < ATT_ROWS; i++) bias[i] = alibi_bias(slope, k0 + w * ATT_ROWS + i);
         for (int qt = qt0; qt <= qt1; qt++) {
             int qb = qt * ATT_BK;
             __syncthreads();
@@ -353,7 +358,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
             for (int i = 0; i < ATT_ROWS; i++) {
                 int kj = k0 + w * ATT_ROWS + i;
-                float y = cap_score(alibi_add(sc[i], slope, kj), s.softcap);
+                float y = cap_score(alibi_add(sc[i], bias[i]), s.softcap);
                 float p = visible(qi, kj, T_, s.window) ? expf(y - Lq) : 0.0f;
                 P[i * ATT_BK + lane] = p;
                 G[i * ATT_BK + lane] = p * (dp[i] - Dq) * cap_grad(y, s.softcap);

@@ -48,7 +48,8 @@ __global__ void __launch_bounds__(DEC_THREADS)
             const int64_t kb = (int64_t)j * ldk + (int64_t)kvh * D;
             float dot = 0;
             for (int d = 0; d < D; d++) dot += qs[d] * ldf(k, kb + d);
-            x = cap_score(alibi_add(dot, slope, j), s.softcap); /* j: the key's position */
+            x = cap_score(alibi_add(dot, alibi_bias(slope, j)),
+                          s.softcap); /* j: the key's position */
         }
         float bm = warp_max(x);
         if (lane == 0) red[w] = bm;

@@ -74,13 +74,18 @@ __device__ __forceinline__ float alibi_slope(const gpu_attn_shape &s, int h) {
     return s.alibi ? s.alibi[h] : 0.0f;
 }
 
-/* A scaled score plus ALiBi's bias for key position j: slope · j rounded to
- * fp32 (transformers' fp32 alibi tensor), then added, as the CPU's
- * row[j] += slope · j. The _rn intrinsics keep nvcc from fusing the two
- * into one multiply-add, which would round differently; a slope of 0 leaves
- * the score as it is. */
-__device__ __forceinline__ float alibi_add(float x, float slope, int j) {
-    return __fadd_rn(x, __fmul_rn(slope, (float)j));
+/* ALiBi's bias of a score against key position j: slope · j rounded to
+ * fp32 (transformers' fp32 alibi tensor); 0 for a slope of 0. */
+__device__ __forceinline__ float alibi_bias(float slope, int j) {
+    return __fmul_rn(slope, (float)j);
+}
+
+/* A scaled score plus its bias, as the CPU's row[j] += bias: the _rn
+ * intrinsics keep nvcc from fusing the product and the sum into one
+ * multiply-add, which would round differently. A bias of 0 leaves the score
+ * as it is. */
+__device__ __forceinline__ float alibi_add(float x, float bias) {
+    return __fadd_rn(x, bias);
 }
 
 /* Launches kernel with `smem` bytes of dynamic shared memory, raising the
