@@ -6,9 +6,11 @@
  * backward recomputes P = exp(S − lse) tile by tile, with
  *   δ_i = dO_i · O_i,  dP = dO Vᵀ,  dS = P ⊙ (dP − δ),
  *   dQ = scale · dS K,  dK = scale · dSᵀ Q,  dV = Pᵀ dO,
- * the formulas of model/cpu/attention.c. With soft-capping (s.softcap) the
- * scores are cap · tanh(S / cap) before the mask, and dS is multiplied by
- * 1 − tanh².
+ * the formulas of model/cpu/attention.c. With ALiBi (s.alibi) each scaled
+ * score of head h against key j gets slope_h · j added first (P is
+ * recomputed with it; the backward formulas are unchanged). With
+ * soft-capping (s.softcap) the scores are cap · tanh(S / cap) before the
+ * mask, and dS is multiplied by 1 − tanh².
  *
  * Plain fp32 arithmetic in CUDA cores (no tensor cores): one code path for
  * both storage types, straightforward to check against the CPU.
@@ -29,8 +31,8 @@
  * These CUDA-core kernels and the launchers that choose an implementation
  * are here; the tensor-core versions (bf16 mma.sync, head dims 32/64/128)
  * are gpu_attention_mma.cu, the decode kernel (generation against a KV
- * cache) gpu_attention_decode.cu, and the masks and soft-capping all three
- * use gpu_device.cuh. */
+ * cache) gpu_attention_decode.cu, and the masks, soft-capping and ALiBi
+ * all three use gpu_device.cuh. */
 #include "gpu/gpu_attention_mma.cuh"
 #include "gpu/gpu_device.cuh"
 
@@ -86,6 +88,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int h = blockIdx.y, b = blockIdx.z, kvh = h / group;
     const int q0 = tile * ATT_BQ, w = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t base = (int64_t)b * T_;
+    const float slope = alibi_slope(s, h);
     float *P = Ps + w * ATT_ROWS * ATT_BK;
 
     load_rows(Qs, q, base, ldq, h * D, q0, ATT_BQ, T_, D, DP, s.scale);
@@ -117,10 +120,12 @@ __global__ void __launch_bounds__(ATT_THREADS)
             }
         }
         const int j = kt * ATT_BK + lane;
+        const float bias = alibi_bias(slope, j); /* the lane's key, every row */
 #pragma unroll
         for (int i = 0; i < ATT_ROWS; i++) {
             int qi = q0 + w * ATT_ROWS + i;
-            float x = visible(qi, j, T_, s.window) ? cap_score(sc[i], s.softcap) : -INFINITY;
+            float x = visible(qi, j, T_, s.window) ? cap_score(alibi_add(sc[i], bias), s.softcap)
+                                                   : -INFINITY;
             float mn = fmaxf(m[i], warp_max(x));
             float p = mn == -INFINITY ? 0.0f : expf(x - mn);
             float corr = mn == -INFINITY ? 1.0f : expf(m[i] - mn);
@@ -201,6 +206,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int q0 = tile * ATT_BQ, w = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t base = (int64_t)b * T_;
     const int HD = H * D;
+    const float slope = alibi_slope(s, h);
     float *P = Ps + w * ATT_ROWS * ATT_BK;
 
     load_rows(Qs, q, base, ldq, h * D, q0, ATT_BQ, T_, D, DP, s.scale);
@@ -239,10 +245,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
             }
         }
         const int j = kt * ATT_BK + lane;
+        const float bias = alibi_bias(slope, j); /* the lane's key, every row */
 #pragma unroll
         for (int i = 0; i < ATT_ROWS; i++) {
             int qi = q0 + w * ATT_ROWS + i;
-            float y = cap_score(sc[i], s.softcap);
+            float y = cap_score(alibi_add(sc[i], bias), s.softcap);
             float p = visible(qi, j, T_, s.window) ? expf(y - L[i]) : 0.0f;
             P[i * ATT_BK + lane] = p * (dp[i] - Dl[i]) * cap_grad(y, s.softcap);
         }
@@ -313,6 +320,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
     int qend = s.window > 0 ? min(T_, k1 - 1 + s.window) : T_;
     int qt0 = k0 / ATT_BK, qt1 = (qend - 1) / ATT_BK;
     for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+        /* ALiBi: the biases of the warp's keys, for every query */
+        const float slope = alibi_slope(s, h);
+        float bias[ATT_ROWS];
+#pragma unroll
+        for (int i = 0; i < ATT_ROWS; i++) bias[i] = alibi_bias(slope, k0 + w * ATT_ROWS + i);
         for (int qt = qt0; qt <= qt1; qt++) {
             int qb = qt * ATT_BK;
             __syncthreads();
@@ -346,7 +358,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
             for (int i = 0; i < ATT_ROWS; i++) {
                 int kj = k0 + w * ATT_ROWS + i;
-                float y = cap_score(sc[i], s.softcap);
+                float y = cap_score(alibi_add(sc[i], bias[i]), s.softcap);
                 float p = visible(qi, kj, T_, s.window) ? expf(y - Lq) : 0.0f;
                 P[i * ATT_BK + lane] = p;
                 G[i * ATT_BK + lane] = p * (dp[i] - Dq) * cap_grad(y, s.softcap);

@@ -1,8 +1,8 @@
 /* gpu_attention_decode.cu — attention of new query rows against a key/value
  * cache (generation), the decode half of the CUDA attention; the training
  * kernels (forward, backward, tensor cores) are gpu_attention.cu's. The
- * masks and soft-capping are gpu_device.cuh's, shared with them, so both
- * compute the same scores (checked by test_gpu_kernels against the CPU). */
+ * masks, soft-capping and ALiBi are gpu_device.cuh's, shared with them, so
+ * both compute the same scores (checked by test_gpu_kernels against the CPU). */
 #include "gpu/gpu_device.cuh"
 
 #include <math.h>
@@ -32,6 +32,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
     const int i = blockIdx.x, h = blockIdx.y, D = s.D, kvh = h / (s.H / s.KV);
     const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
     const int qi = pos + i; /* the row's absolute position */
+    const float slope = alibi_slope(s, h);
     for (int d = tid; d < D; d += DEC_THREADS)
         qs[d] = ldf(q, (int64_t)i * ldq + h * D + d) * s.scale;
     __syncthreads();
@@ -47,7 +48,8 @@ __global__ void __launch_bounds__(DEC_THREADS)
             const int64_t kb = (int64_t)j * ldk + (int64_t)kvh * D;
             float dot = 0;
             for (int d = 0; d < D; d++) dot += qs[d] * ldf(k, kb + d);
-            x = cap_score(dot, s.softcap);
+            x = cap_score(alibi_add(dot, alibi_bias(slope, j)),
+                          s.softcap); /* j: the key's position */
         }
         float bm = warp_max(x);
         if (lane == 0) red[w] = bm;

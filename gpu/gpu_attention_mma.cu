@@ -104,6 +104,31 @@ __device__ __forceinline__ float group_sum(float v) {
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+/* A tile of scores in accumulator layout (NC chunks of 8 keys; chunk n,
+ * element e and 2 + e: rows g and g + 8, key j0 + 8n + e with j0 the tile's
+ * first key plus 2t) times the score scale, then, with ALiBi, slope · j
+ * added (alibi_add). The condition is uniform over the block, so a model
+ * without ALiBi pays nothing for it. */
+template <int NC>
+__device__ __forceinline__ void scale_scores(float sc[NC][4], const gpu_attn_shape &s, float slope,
+                                             int j0) {
+#pragma unroll
+    for (int n = 0; n < NC; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) sc[n][e] *= s.scale;
+    if (s.alibi) {
+#pragma unroll
+        for (int n = 0; n < NC; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int j = j0 + n * 8 + e;
+                const float bias = alibi_bias(slope, j);
+                sc[n][e] = alibi_add(sc[n][e], bias);
+                sc[n][2 + e] = alibi_add(sc[n][2 + e], bias);
+            }
+    }
+}
+
 template <int D>
 __global__ void __launch_bounds__(MMA_THREADS)
     attn_fwd_mma(gpu_attn_shape s, const bf16 *q, int ldq, const bf16 *k, int ldk, const bf16 *v,
@@ -119,6 +144,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
     const int g = lane >> 2, t = lane & 3;
     const int64_t base = (int64_t)b * T_;
     const int qi0 = q0 + w * 16 + g, qi1 = qi0 + 8;
+    const float slope = alibi_slope(s, h);
 
     mma_load<D>(Qs, LS, q, base, ldq, h * D, q0, MMA_ROWS, T_, false);
     __syncthreads();
@@ -147,17 +173,17 @@ __global__ void __launch_bounds__(MMA_THREADS)
                 mma_bf16(sc[n], qf[kk], bf);
             }
         }
+        scale_scores<MMA_KT / 8>(sc, s, slope, kt * MMA_KT + 2 * t);
         float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
         for (int n = 0; n < MMA_KT / 8; n++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 int j = kt * MMA_KT + n * 8 + 2 * t + e;
-                sc[n][e] = visible(qi0, j, T_, s.window) ? cap_score(sc[n][e] * s.scale, s.softcap)
-                                                         : -INFINITY;
-                sc[n][2 + e] = visible(qi1, j, T_, s.window)
-                                   ? cap_score(sc[n][2 + e] * s.scale, s.softcap)
-                                   : -INFINITY;
+                sc[n][e] =
+                    visible(qi0, j, T_, s.window) ? cap_score(sc[n][e], s.softcap) : -INFINITY;
+                sc[n][2 + e] =
+                    visible(qi1, j, T_, s.window) ? cap_score(sc[n][2 + e], s.softcap) : -INFINITY;
                 mx0 = fmaxf(mx0, sc[n][e]);
                 mx1 = fmaxf(mx1, sc[n][2 + e]);
             }
@@ -233,6 +259,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
     const int64_t r0 = ((int64_t)b * H + h) * T_;
     const float L0 = qi0 < T_ ? lse[r0 + qi0] : 0.0f, L1 = qi1 < T_ ? lse[r0 + qi1] : 0.0f;
     const float D0 = qi0 < T_ ? delta[r0 + qi0] : 0.0f, D1 = qi1 < T_ ? delta[r0 + qi1] : 0.0f;
+    const float slope = alibi_slope(s, h);
 
     mma_load<D>(Qs, LS, q, base, ldq, h * D, q0, MMA_ROWS, T_, false);
     mma_load<D>(dOs, LS, dout, base, HD, h * D, q0, MMA_ROWS, T_, false);
@@ -267,13 +294,14 @@ __global__ void __launch_bounds__(MMA_THREADS)
                 mma_bf16(dp[n], ga, bv);
             }
         }
+        scale_scores<MMA_KT / 8>(sc, s, slope, kt * MMA_KT + 2 * t);
 #pragma unroll
         for (int n = 0; n < MMA_KT / 8; n++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 int j = kt * MMA_KT + n * 8 + 2 * t + e;
-                float y0 = cap_score(sc[n][e] * s.scale, s.softcap);
-                float y1 = cap_score(sc[n][2 + e] * s.scale, s.softcap);
+                float y0 = cap_score(sc[n][e], s.softcap);
+                float y1 = cap_score(sc[n][2 + e], s.softcap);
                 float p0 = visible(qi0, j, T_, s.window) ? expf(y0 - L0) : 0.0f;
                 float p1 = visible(qi1, j, T_, s.window) ? expf(y1 - L1) : 0.0f;
                 sc[n][e] = p0 * (dp[n][e] - D0) * cap_grad(y0, s.softcap); /* dS */
@@ -337,6 +365,9 @@ __global__ void __launch_bounds__(MMA_THREADS)
     int qt0 = k0 / MMA_QT, qt1 = (qend - 1) / MMA_QT;
     for (int h = kvh * group; h < (kvh + 1) * group; h++) {
         const int64_t r0 = ((int64_t)b * H + h) * T_;
+        /* ALiBi: the biases of the thread's two keys, for every query */
+        const float slope = alibi_slope(s, h);
+        const float bias0 = alibi_bias(slope, kj0), bias1 = alibi_bias(slope, kj1);
         for (int qt = qt0; qt <= qt1; qt++) {
             int qb = qt * MMA_QT;
             __syncthreads();
@@ -370,14 +401,28 @@ __global__ void __launch_bounds__(MMA_THREADS)
                     mma_bf16(dpt[n], va, bg);
                 }
             }
+            /* Sᵀ scaled; with ALiBi (uniform over the block) plus the keys' biases */
+#pragma unroll
+            for (int n = 0; n < MMA_QT / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) st[n][e] *= s.scale;
+            if (s.alibi) {
+#pragma unroll
+                for (int n = 0; n < MMA_QT / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        st[n][e] = alibi_add(st[n][e], bias0);
+                        st[n][2 + e] = alibi_add(st[n][2 + e], bias1);
+                    }
+            }
 #pragma unroll
             for (int n = 0; n < MMA_QT / 8; n++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     int jq = n * 8 + 2 * t + e, qi = qb + jq;
                     float Lq = Ls[jq], Dq = Ds[jq];
-                    float y0 = cap_score(st[n][e] * s.scale, s.softcap);
-                    float y1 = cap_score(st[n][2 + e] * s.scale, s.softcap);
+                    float y0 = cap_score(st[n][e], s.softcap);
+                    float y1 = cap_score(st[n][2 + e], s.softcap);
                     float p0 = visible(qi, kj0, T_, s.window) ? expf(y0 - Lq) : 0.0f;
                     float p1 = visible(qi, kj1, T_, s.window) ? expf(y1 - Lq) : 0.0f;
                     st[n][e] = p0; /* Pᵀ */

@@ -18,9 +18,9 @@
 /* ---- views ------------------------------------------------------------------------------ */
 
 /* A layer's q, k, v inside its N·W block: QKV_SEPARATE three contiguous
- * matrices, QKV_FUSED the columns q (H·D) | k (KV·D) | v (KV·D) of one
- * (N, W) matrix (model_cpu's block_attn.c). rows: the rows the block holds
- * (N, or T for decoding). */
+ * matrices, QKV_FUSED (and QKV_HEADS, once moved) the columns q (H·D) |
+ * k (KV·D) | v (KV·D) of one (N, W) matrix (model_cpu's block_attn.c).
+ * rows: the rows the block holds (N, or T for decoding). */
 typedef struct {
     void *q, *k, *v;
     int ldq, ldk, ldv;
@@ -29,7 +29,7 @@ typedef struct {
 static qkv_view qkv_at(const gpu_model *g, void *base, size_t rows) {
     const model_config *c = &g->cfg;
     int HD = c->num_heads * c->head_dim, KVD = c->num_kv_heads * c->head_dim;
-    if (c->block.qkv == MODEL_QKV_FUSED)
+    if (c->block.qkv == MODEL_QKV_FUSED || c->block.qkv == MODEL_QKV_HEADS)
         return (qkv_view){
             base, gpu_elem(g, base, HD), gpu_elem(g, base, (size_t)HD + KVD), g->W, g->W, g->W};
     return (qkv_view){
@@ -50,7 +50,7 @@ static size_t layer_off(const gpu_model *g, int l, size_t per_row) {
     return (size_t)l * g->N * per_row;
 }
 
-/* Layer l's attention: its window, the score scale and soft-capping. */
+/* Layer l's attention: its window, the score scale, soft-capping and ALiBi. */
 static gpu_attn_shape attn_shape(const gpu_model *g, int l) {
     const model_config *c = &g->cfg;
     return (gpu_attn_shape){.B = g->B,
@@ -61,7 +61,8 @@ static gpu_attn_shape attn_shape(const gpu_model *g, int l) {
                             .window = model_config_window(c, l),
                             .scale = (float)model_config_attn_scale(c),
                             .softcap = (float)c->attn_softcap,
-                            .impl = g->opt.simt_attention ? GPU_ATTN_SIMT : GPU_ATTN_AUTO};
+                            .impl = g->opt.simt_attention ? GPU_ATTN_SIMT : GPU_ATTN_AUTO,
+                            .alibi = g->alibi};
 }
 
 /* Layer l's RoPE tables (T, R/2): Gemma 3's local one on sliding layers,
@@ -140,6 +141,11 @@ int gpu_final_norm_backward(gpu_model *g) {
     return norm_backward(g, GPU_NORMS * L, &g->norm_f, gpu_resid(g, 2 * L), g->dnorm, g->dresid);
 }
 
+int gpu_embed_norm_forward(gpu_model *g) {
+    int L = g->cfg.num_layers;
+    return norm_forward(g, GPU_NORMS * L + 1, &g->embed_norm, g->emb, gpu_resid(g, 0), GPU_F32);
+}
+
 /* ---- QK-norm: RMSNorm rows of q (H heads) and k (KV heads), cpu_qk_norm_* ------------- */
 
 static void qk_rows(const gpu_model *g, int heads, int *rows, int *width) {
@@ -207,6 +213,12 @@ static int qkv_forward(gpu_model *g, int l, const void *h, const qkv_view *dst, 
     int N = g->N, R = model_config_rope_dim(c), half = R / 2;
     if (c->block.qkv == MODEL_QKV_FUSED) {
         OK(gpu_linear_forward(g, &L->qkv, h, dst->q, g->dt, 0));
+    } else if (c->block.qkv == MODEL_QKV_HEADS) {
+        /* query_key_value's (H, 3, D) rows into dqkv (backward's scratch,
+         * N·W, free in a forward), then into the fused layout at dst: the
+         * N rows of dst are contiguous (row stride W), also in the cache */
+        OK(gpu_linear_forward(g, &L->qkv, h, g->dqkv, g->dt, 0));
+        CU(gpu_qkv_heads(dst->q, g->dqkv, g->dt, N, c->num_heads, c->head_dim, 0, g->stream));
     } else if (g->QK) {
         float *q_raw = g->qk_raw + layer_off(g, l, g->QK);
         OK(gpu_linear_forward(g, &L->q, h, q_raw, GPU_F32, 0));
@@ -292,6 +304,13 @@ static int attn_backward(gpu_model *g, int l, const void *h, const void *dy, flo
     }
     if (c->block.qkv == MODEL_QKV_FUSED)
         return gpu_linear_backward(g, &L->qkv, h, g->dqkv, dh, GPU_F32, accumulate_dh);
+    if (c->block.qkv == MODEL_QKV_HEADS) {
+        /* d(q|k|v) back to query_key_value's (H, 3, D) rows, into the layer's
+         * q|k|v block (read for the last time by the attention's backward
+         * above), as block_attn.c does */
+        CU(gpu_qkv_heads(qv.q, g->dqkv, g->dt, N, c->num_heads, c->head_dim, 1, g->stream));
+        return gpu_linear_backward(g, &L->qkv, h, qv.q, dh, GPU_F32, accumulate_dh);
+    }
     void *dq = dqv.q, *dk = dqv.k;
     if (g->QK) {
         /* dq | dk are contiguous at the start of dqkv */

@@ -1,7 +1,8 @@
 /* gpu_block_kernels.cu — the kernels of the block options beyond Llama's and
  * GPT-2's (model/config.h, model_block): xIELU (model/cpu/act.c has the
- * formula), the residual add behind a post-norm, GeGLU (Gemma; ops.c) and
- * soft-capping (Gemma 2's logits; softcap.c). QK-norm and the post-norms
+ * formula), the residual add behind a post-norm, BLOOM's head-interleaved
+ * query_key_value layout (alibi.c), GeGLU (Gemma; ops.c) and soft-capping
+ * (Gemma 2's logits; softcap.c). QK-norm and the post-norms
  * themselves are gpu_rmsnorm_* over other rows (gpu_block.c); Gemma's
  * (1 + w) norms are those kernels over weights uploaded as 1 + w. */
 #include "gpu/gpu_device.cuh"
@@ -16,6 +17,45 @@ __global__ void add_f32_kernel(float *y, const float *x, int64_t n) {
 extern "C" cudaError_t gpu_add_f32(float *y, const float *x, int64_t n, cudaStream_t stream) {
     if (n <= 0) return cudaSuccess;
     add_f32_kernel<<<gpu_grid(n, 256), 256, 0, stream>>>(y, x, n);
+    return cudaGetLastError();
+}
+
+/* BLOOM's query_key_value layout (cpu_qkv_heads): element (n, h, j, d) of
+ * the (N, H, 3, D) view is element (n, j, h, d) of the fused (N, 3, H, D)
+ * one. One thread per element of dst, a plain copy of the storage type. */
+template <typename T>
+__global__ void qkv_heads_kernel(T *dst, const T *src, int64_t n, int H, int D, int to_heads) {
+    const int64_t W = (int64_t)3 * H * D;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t row = i / W;
+        const int64_t w = i % W, d = w % D;
+        int64_t h, j;
+        if (to_heads) { /* dst (H, 3, D) */
+            h = w / ((int64_t)3 * D);
+            j = (w / D) % 3;
+        } else { /* dst (3, H, D) */
+            j = w / ((int64_t)H * D);
+            h = (w / D) % H;
+        }
+        const int64_t from = to_heads ? (j * H + h) * D + d : (h * 3 + j) * D + d;
+        dst[i] = src[row * W + from];
+    }
+}
+
+extern "C" cudaError_t gpu_qkv_heads(void *dst, const void *src, gpu_dtype t, int N, int H, int D,
+                                     int to_heads, cudaStream_t stream) {
+    if (N < 0 || H < 1 || D < 1) return cudaErrorInvalidValue;
+    const int64_t n = (int64_t)N * 3 * H * D;
+    if (n == 0) return cudaSuccess;
+    unsigned b = gpu_grid(n, 256);
+    /* a copy: bf16 values move as their 16 bits */
+    if (t == GPU_BF16)
+        qkv_heads_kernel<<<b, 256, 0, stream>>>((uint16_t *)dst, (const uint16_t *)src, n, H, D,
+                                                to_heads);
+    else
+        qkv_heads_kernel<<<b, 256, 0, stream>>>((float *)dst, (const float *)src, n, H, D,
+                                                to_heads);
     return cudaGetLastError();
 }
 

@@ -46,7 +46,7 @@ static inline unsigned gpu_grid(int64_t n, int threads) {
     return (unsigned)b;
 }
 
-/* ---- attention's masks and soft-capping (gpu_attention.cu, gpu_attention_decode.cu) ---- */
+/* ---- attention's masks, soft-capping and ALiBi (gpu_attention*.cu) ---- */
 
 /* The first key row i sees under a sliding window of `window` (0: none). */
 __device__ __forceinline__ int first_key(int i, int window) {
@@ -67,6 +67,25 @@ __device__ __forceinline__ float cap_score(float x, float cap) {
 __device__ __forceinline__ float cap_grad(float y, float cap) {
     float t = cap > 0 ? y / cap : 0.0f;
     return 1.0f - t * t;
+}
+
+/* ALiBi (BLOOM; model/cpu/alibi.c): head h's slope, 0 without ALiBi. */
+__device__ __forceinline__ float alibi_slope(const gpu_attn_shape &s, int h) {
+    return s.alibi ? s.alibi[h] : 0.0f;
+}
+
+/* ALiBi's bias of a score against key position j: slope · j rounded to
+ * fp32 (transformers' fp32 alibi tensor); 0 for a slope of 0. */
+__device__ __forceinline__ float alibi_bias(float slope, int j) {
+    return __fmul_rn(slope, (float)j);
+}
+
+/* A scaled score plus its bias, as the CPU's row[j] += bias: the _rn
+ * intrinsics keep nvcc from fusing the product and the sum into one
+ * multiply-add, which would round differently. A bias of 0 leaves the score
+ * as it is. */
+__device__ __forceinline__ float alibi_add(float x, float bias) {
+    return __fadd_rn(x, bias);
 }
 
 /* Launches kernel with `smem` bytes of dynamic shared memory, raising the

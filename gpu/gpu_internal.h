@@ -49,7 +49,8 @@ typedef struct {
 } gpu_layer;
 
 /* Norm slots per layer (model/cpu/acts.h's ACTS_NORM_*): the statistics of
- * layer l's norm k are slot GPU_NORMS · l + k, the final norm's GPU_NORMS · L. */
+ * layer l's norm k are slot GPU_NORMS · l + k, the final norm's GPU_NORMS · L,
+ * the embedding norm's (block.embed_norm) GPU_NORMS · L + 1. */
 #define GPU_NORMS 4
 
 typedef struct {
@@ -78,11 +79,13 @@ struct gpu_model {
     /* frozen base */
     void *wte, *wpe, *lm_head; /* (V, C), (max_position, C) GPT-2 only, (V, C) maybe == wte */
     gpu_norm norm_f;
+    gpu_norm embed_norm; /* block.embed_norm: BLOOM's word_embeddings_layernorm */
     gpu_layer *layers;
     float *rope_cos, *rope_sin;           /* (T, R/2): the global RoPE (LongRoPE: short) */
     float *rope_long_cos, *rope_long_sin; /* (T, R/2) LongRoPE's long factors, or NULL */
     float *rope_lcos, *rope_lsin;         /* (T, R/2) Gemma 3's local RoPE, or NULL */
     int rope_long; /* this pass rotates with the long factors (by its length) */
+    float *alibi;  /* (H) ALiBi slopes (POS_ALIBI), cpu_alibi_slopes', or NULL */
 
     /* adapter: flat fp32 arrays in lora_tensor order (A0, B0, A1, B1, …) */
     int n_lora;
@@ -101,8 +104,9 @@ struct gpu_model {
     /* activations (see gpu_model.c) */
     int32_t *d_tokens, *d_targets;
     float *resid;      /* (2L+1, N, C) */
-    float *norm_mean;  /* (GPU_NORMS·L+1, N), LayerNorm only */
-    float *norm_rstd;  /* (GPU_NORMS·L+1, N) */
+    float *emb;        /* (N, C) the embedding before its norm (embed_norm), or NULL */
+    float *norm_mean;  /* (GPU_NORMS·L+1+embed_norm, N), LayerNorm only */
+    float *norm_rstd;  /* (GPU_NORMS·L+1+embed_norm, N) */
     void *qkv;         /* (L, N·W) */
     int QK, QKR;       /* QK-norm: q|k values and statistics per row (model/cpu/acts.h) */
     float *qk_raw;     /* (L, N·QK) q|k before QK-norm, fp32 */
@@ -171,6 +175,10 @@ int gpu_blocks_backward(gpu_model *g);
 /* The final norm: xf = norm_f(point 2L); backward dresid += from dnorm. */
 int gpu_final_norm_forward(gpu_model *g);
 int gpu_final_norm_backward(gpu_model *g);
+/* block.embed_norm: point 0 = embed_norm(emb) over g->N rows. No backward:
+ * the embedding and this norm are frozen and nothing below point 0 takes a
+ * gradient (gpu_model.c). */
+int gpu_embed_norm_forward(gpu_model *g);
 /* gpu_decode's blocks: the n = g->N new rows at positions pos … (B = 1),
  * their keys and values written into the cache rows of qkv (gpu_model.c's
  * "generation" section). */

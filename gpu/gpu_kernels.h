@@ -114,6 +114,11 @@ cudaError_t gpu_xielu_backward(void *dx, const void *dy, const void *x, gpu_dtyp
                                const gpu_xielu *k, cudaStream_t stream);
 /* y += x, n fp32 values (a post-norm's residual add). */
 cudaError_t gpu_add_f32(float *y, const float *x, int64_t n, cudaStream_t stream);
+/* BLOOM's query_key_value rows (N, 3·H·D) viewed (H, 3, D), moved to the
+ * fused layout q | k | v of (3, H, D) that the attention reads, or back
+ * (to_heads): cpu_qkv_heads, n rows of type t; dst and src do not overlap. */
+cudaError_t gpu_qkv_heads(void *dst, const void *src, gpu_dtype t, int N, int H, int D,
+                          int to_heads, cudaStream_t stream);
 /* GeGLU (Gemma): act = gelu_tanh(g) · u, n values of type t; backward as
  * gpu_swiglu_backward's (dg may be dact). cpu_geglu_forward/backward. */
 cudaError_t gpu_geglu_forward(void *act, const void *g, const void *u, gpu_dtype t, int64_t n,
@@ -162,6 +167,11 @@ typedef struct {
     float scale;
     float softcap;      /* scores s become softcap · tanh(s / softcap) before the mask; 0: none */
     gpu_attn_impl impl; /* GPU_ATTN_MMA where it does not apply: cudaErrorInvalidValue */
+    /* ALiBi (BLOOM): (H) slopes in device memory (cpu_alibi_slopes' values);
+     * the scaled score of query head h against key position j gets
+     * slope_h · j (rounded to fp32) added before soft-capping and the
+     * softmax, as cpu_attention_forward. NULL: none. */
+    const float *alibi;
 } gpu_attn_shape;
 
 #define GPU_ATTN_MAX_D 256 /* tensor cores: 32, 64, 128; CUDA cores: up to 256 (Gemma) */

@@ -13,7 +13,9 @@
  *     the head happens inside the forward's loop and the (N, V) logits never
  *     exist;
  *   - base weights are frozen: no weight gradient is ever computed, only the
- *     activation gradients and the adapter's.
+ *     activation gradients and the adapter's; the backward stops at point 0
+ *     of the stream, so BLOOM's embedding LayerNorm (embed_norm) runs
+ *     forward only (no adapter sits below it).
  *
  * LoRA (lora_hook.c's formulas, per adapted linear; u is kept from forward):
  *   forward   x̃ = dropout(x);  u = x̃ Aᵀ;  y += s · u Bᵀ
@@ -274,13 +276,14 @@ static int alloc_acts(gpu_model *g) {
     size_t N = (size_t)g->N, C = (size_t)c->hidden_size, L = (size_t)c->num_layers;
     size_t F = (size_t)c->intermediate_size, V = (size_t)c->vocab_size;
     size_t HD = (size_t)c->num_heads * c->head_dim, W = (size_t)g->W, P = 2 * L + 1;
-    size_t S = GPU_NORMS * L + 1; /* norm slots */
+    size_t S = GPU_NORMS * L + 1 + (size_t)bk->embed_norm; /* norm slots */
     size_t ts = gpu_dtype_size(g->dt), f4 = sizeof(float);
     size_t bht = (size_t)g->B * c->num_heads * g->T;
     int gated = model_block_gated(bk);
     OK(gpu_alloc(g, (void **)&g->d_tokens, N * sizeof(int32_t)));
     OK(gpu_alloc(g, (void **)&g->d_targets, N * sizeof(int32_t)));
     OK(gpu_alloc(g, (void **)&g->resid, P * N * C * f4));
+    if (bk->embed_norm) OK(gpu_alloc(g, (void **)&g->emb, N * C * f4));
     if (bk->norm == MODEL_NORM_LAYER) OK(gpu_alloc(g, (void **)&g->norm_mean, S * N * f4));
     OK(gpu_alloc(g, (void **)&g->norm_rstd, S * N * f4));
     OK(gpu_alloc(g, &g->qkv, L * N * W * ts));
@@ -353,6 +356,7 @@ static int upload(gpu_model *g, const model *m, const lora_set *s) {
     else
         OK(upload_param(g, &g->lm_head, m->lm_head, g->dt));
     OK(upload_norm(g, &g->norm_f, &m->norm_f));
+    if (c->block.embed_norm) OK(upload_norm(g, &g->embed_norm, &m->embed_norm));
     g->layers = calloc((size_t)c->num_layers, sizeof *g->layers);
     if (!g->layers) return err_set("out of memory for the GPU model's layers");
     for (int l = 0; l < c->num_layers; l++) {
@@ -378,6 +382,15 @@ static int upload(gpu_model *g, const model *m, const lora_set *s) {
         if (c->rope_longrope) OK(upload_rope(g, &g->rope_long_cos, &g->rope_long_sin, 0, 1));
         if (c->rope_local_theta > 0) OK(upload_rope(g, &g->rope_lcos, &g->rope_lsin, 1, 0));
     }
+    if (c->block.pos == MODEL_POS_ALIBI) {
+        /* the CPU's fp32 slopes (real is float here) */
+        float *slopes = malloc((size_t)c->num_heads * sizeof *slopes);
+        if (!slopes) return err_set("out of host memory for the ALiBi slopes");
+        cpu_alibi_slopes(slopes, c->num_heads);
+        int rc = upload_host(g, &g->alibi, slopes, (size_t)c->num_heads);
+        free(slopes);
+        if (rc != 0) return -1;
+    }
     OK(alloc_acts(g));
     if (s) OK(upload_lora(g, m, s));
     CU(cudaDeviceSynchronize());
@@ -387,19 +400,10 @@ static int upload(gpu_model *g, const model *m, const lora_set *s) {
 /* Running a model with an option the kernels ignore would silently compute
  * another model (docs/gpu.md, "What lives on the GPU"). */
 int gpu_config_check(const model_config *c) {
-    const char *what = NULL;
-    if (c->block.pos == MODEL_POS_ALIBI)
-        what = "ALiBi position biases (BLOOM)";
-    else if (c->block.qkv == MODEL_QKV_HEADS)
-        what = "a head-interleaved query_key_value (BLOOM)";
-    else if (c->block.embed_norm)
-        what = "a LayerNorm on the embedding (BLOOM's word_embeddings_layernorm)";
-    else if (c->block.mlp == MODEL_MLP_MOE)
-        what = "a mixture of experts (Mixtral's block_sparse_moe)";
-    if (!what) return 0;
+    if (c->block.mlp != MODEL_MLP_MOE) return 0;
     return err_set("this model uses %s, which the CUDA backend does not compute yet; "
                    "use --device cpu",
-                   what);
+                   "a mixture of experts (Mixtral's block_sparse_moe)");
 }
 
 int gpu_model_upload(gpu_model **out, const model *m, const lora_set *s, const gpu_options *o) {
@@ -438,6 +442,10 @@ int gpu_model_upload(gpu_model **out, const model *m, const lora_set *s, const g
     if (o->batch > 65535)
         return err_set("GPU batch %d: at most 65535 rows per micro-batch (use --grad-accum)",
                        o->batch);
+    if (c->block.qkv == MODEL_QKV_HEADS && c->num_kv_heads != c->num_heads)
+        return err_set("a head-interleaved query_key_value with %d heads over %d kv heads: the "
+                       "layout (H, 3, D) needs one kv head per head",
+                       c->num_heads, c->num_kv_heads);
     if (s && s->arch != c->arch)
         return err_set("the LoRA adapter was made for another architecture than this model");
     gpu_model *g = calloc(1, sizeof *g);
@@ -687,11 +695,18 @@ static int head_pass(gpu_model *g, int has_targets, int backward, float scale, f
     return 0;
 }
 
-/* Gemma: the n embedded rows times √C (cpu_embed_scale). */
-static int embed_scale(gpu_model *g, int n) {
-    if (g->cfg.block.embed_scale)
-        CU(gpu_scale_f32(gpu_resid(g, 0), (int64_t)n * g->cfg.hidden_size,
-                         (float)cpu_embed_scale(&g->cfg), g->stream));
+/* Point 0 of the stream for the n = g->N rows of d_tokens, at positions
+ * whose wpe rows start at wpe (T: rows per sequence; model_cpu.c's
+ * embed_forward): the embedding, times √C (Gemma, cpu_embed_scale), through
+ * its norm (BLOOM's word_embeddings_layernorm) into point 0. */
+static int embed_forward(gpu_model *g, const void *wpe, int T) {
+    const model_config *c = &g->cfg;
+    int n = g->N;
+    float *e = c->block.embed_norm ? g->emb : gpu_resid(g, 0);
+    CU(gpu_embed_forward(e, g->d_tokens, g->wte, wpe, g->dt, n, T, c->hidden_size, g->stream));
+    if (c->block.embed_scale)
+        CU(gpu_scale_f32(e, (int64_t)n * c->hidden_size, (float)cpu_embed_scale(c), g->stream));
+    if (c->block.embed_norm) OK(gpu_embed_norm_forward(g));
     return 0;
 }
 
@@ -720,9 +735,7 @@ static int pass(gpu_model *g, const int32_t *tokens, const int32_t *targets, int
     }
     if (g->training && g->n_lora) g->counter++;
 
-    CU(gpu_embed_forward(gpu_resid(g, 0), g->d_tokens, g->wte, g->wpe, g->dt, N, g->T,
-                         c->hidden_size, g->stream));
-    OK(embed_scale(g, N));
+    OK(embed_forward(g, g->wpe, g->T));
     g->rope_long = model_config_rope_long(c, g->T);
     OK(gpu_blocks_forward(g));
     OK(gpu_final_norm_forward(g));
@@ -773,8 +786,7 @@ static int decode_rows(gpu_model *g, int n, int pos, float *logits_out) {
     int C = c->hidden_size, V = c->vocab_size;
     /* GPT-2's positions pos … are wpe's rows from pos on (row % n below) */
     const void *wpe = g->wpe ? gpu_elem(g, g->wpe, (size_t)pos * C) : NULL;
-    CU(gpu_embed_forward(gpu_resid(g, 0), g->d_tokens, g->wte, wpe, g->dt, n, n, C, g->stream));
-    OK(embed_scale(g, n));
+    OK(embed_forward(g, wpe, n));
     /* LongRoPE: this call's length picks the factors (model_decode's rule) */
     g->rope_long = model_config_rope_long(c, pos + n);
     OK(gpu_blocks_decode(g, pos));

@@ -4,8 +4,10 @@
  * rounding of the outputs). Shapes are chosen to hit the kernels' edges:
  * row widths that are not multiples of 32, several attention tiles with the
  * causal mask and a sliding window across them, head dims of 4 to 128
- * (including 80, not a multiple of 32), GQA, strided q/k/v; xIELU's inputs on
- * both sides of 0 and of eps (and at eps). */
+ * (including 80, not a multiple of 32), GQA, strided q/k/v, ALiBi's biases
+ * (each case checked to be far from the result without them), the decode
+ * kernel against the forward's last rows; xIELU's
+ * inputs on both sides of 0 and of eps (and at eps); BLOOM's q|k|v layout. */
 #include "gpu_test.h"
 
 #include "gpu/gpu_gemm.h"
@@ -399,11 +401,55 @@ static void test_xent(gpu_dtype t) {
 typedef struct {
     int B, T, H, KV, D, window, pad;
     float softcap; /* Gemma 2's soft-capping of the scores, 0: none */
+    int alibi;     /* BLOOM's ALiBi biases (cpu_alibi_slopes of H heads) */
 } attn_case;
 
 static const char *impl_name(gpu_dtype t, gpu_attn_impl impl) {
     if (impl == GPU_ATTN_MMA) return "bf16, tensor cores";
     return t == GPU_BF16 ? "bf16, CUDA cores" : "fp32";
+}
+
+/* A case's attention as the CPU and the GPU see it: their shapes, the CPU's
+ * scratch, ALiBi's slopes on both sides (the GPU's only with ac->alibi). */
+typedef struct {
+    cpu_attn at;
+    gpu_attn_shape gs;
+    float *slopes, *d_slopes;
+} attn_pair;
+
+static attn_pair attn_pair_make(const attn_case *ac, int B, gpu_attn_impl impl) {
+    attn_pair p;
+    int threads = omp_get_max_threads();
+    p.slopes = malloc((size_t)ac->H * sizeof *p.slopes);
+    cpu_alibi_slopes(p.slopes, ac->H);
+    p.d_slopes = ac->alibi ? gt_put(p.slopes, (size_t)ac->H, GPU_F32) : NULL;
+    p.at = (cpu_attn){.B = B,
+                      .T = ac->T,
+                      .H = ac->H,
+                      .KV = ac->KV,
+                      .D = ac->D,
+                      .window = ac->window,
+                      .scale = (float)(1.0 / sqrt((double)ac->D)),
+                      .softcap = ac->softcap,
+                      .alibi = ac->alibi ? p.slopes : NULL,
+                      .threads = threads,
+                      .scratch = malloc((size_t)threads * CPU_ATTN_SCRATCH(ac->T) * sizeof(float))};
+    p.gs = (gpu_attn_shape){.B = B,
+                            .T = ac->T,
+                            .H = ac->H,
+                            .KV = ac->KV,
+                            .D = ac->D,
+                            .window = ac->window,
+                            .scale = p.at.scale,
+                            .softcap = ac->softcap,
+                            .impl = impl,
+                            .alibi = p.d_slopes};
+    return p;
+}
+
+static void attn_pair_free(attn_pair *p) {
+    cudaFree(p->d_slopes);
+    free(p->slopes), free(p->at.scratch);
 }
 
 static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl) {
@@ -415,27 +461,9 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
     if (t == GPU_BF16) gt_round_bf16(qkv, nq), gt_round_bf16(dout, no);
     float *out = calloc(no, 4), *lse = calloc(nl, 4), *gout = calloc(no, 4), *glse = calloc(nl, 4);
     float *dqkv = calloc(nq, 4), *gdqkv = calloc(nq, 4);
-    int threads = omp_get_max_threads();
-    float *scratch = malloc((size_t)threads * CPU_ATTN_SCRATCH(T) * sizeof(float));
-    cpu_attn at = {.B = B,
-                   .T = T,
-                   .H = H,
-                   .KV = KV,
-                   .D = D,
-                   .window = ac->window,
-                   .scale = (float)(1.0 / sqrt((double)D)),
-                   .softcap = ac->softcap,
-                   .threads = threads,
-                   .scratch = scratch};
-    gpu_attn_shape gs = {.B = B,
-                         .T = T,
-                         .H = H,
-                         .KV = KV,
-                         .D = D,
-                         .window = ac->window,
-                         .scale = at.scale,
-                         .softcap = ac->softcap,
-                         .impl = impl};
+    attn_pair ap = attn_pair_make(ac, B, impl);
+    const cpu_attn at = ap.at;
+    const gpu_attn_shape gs = ap.gs;
     const float *q = qkv, *k = qkv + HD, *v = qkv + HD + KV * D;
     cpu_attention_forward(&at, q, ld, k, ld, v, ld, out, lse);
     void *d_qkv = gt_put(qkv, nq, t), *d_out = gt_put(out, no, t), *d_dout = gt_put(dout, no, t);
@@ -447,13 +475,27 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
                                   d_lse, t, 0));
     gt_get(gout, d_out, no, t);
     gt_get(glse, d_lse, nl, GPU_F32);
-    char what[96];
-    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d cap%g: out (%s)", B, T, H, KV,
-             D, ac->window, ac->softcap, impl_name(t, impl));
-    GT_CLOSE(what, gout, out, no, t == GPU_BF16 ? 2e-2 : 1e-5);
-    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d cap%g: lse (%s)", B, T, H, KV,
-             D, ac->window, ac->softcap, impl_name(t, impl));
+    char what[128], name[80];
+    snprintf(name, sizeof name, "attention B%d T%d H%d KV%d D%d w%d cap%g%s", B, T, H, KV, D,
+             ac->window, ac->softcap, ac->alibi ? " alibi" : "");
+    double tol_out = t == GPU_BF16 ? 2e-2 : 1e-5, tol_d = t == GPU_BF16 ? 3e-2 : 1e-4;
+    snprintf(what, sizeof what, "%s: out (%s)", name, impl_name(t, impl));
+    GT_CLOSE(what, gout, out, no, tol_out);
+    snprintf(what, sizeof what, "%s: lse (%s)", name, impl_name(t, impl));
     GT_CLOSE(what, glse, lse, nl, 1e-5);
+    if (ac->alibi) {
+        /* the biases matter here: without them the CPU's output and
+         * log-sum-exps lie far outside the tolerances just met */
+        cpu_attn plain = at;
+        plain.alibi = NULL;
+        float *out0 = calloc(no, 4), *lse0 = calloc(nl, 4);
+        cpu_attention_forward(&plain, q, ld, k, ld, v, ld, out0, lse0);
+        double e_out = gt_rel_max(out0, out, no, 1e-30), e_lse = gt_rel_max(lse0, lse, nl, 1e-30);
+        printf("  %s: without ALiBi out %.2e, lse %.2e off\n", name, e_out, e_lse);
+        CHECK_MSG(e_out > 5 * tol_out && e_lse > 100 * 1e-5, "%s: ALiBi changes out by %.2e only",
+                  name, e_out);
+        free(out0), free(lse0);
+    }
     /* Backward from the GPU's forward output (what the GPU backward reads too). */
     cpu_attention_backward(&at, q, ld, k, ld, v, ld, gout, dout, lse, dqkv, dqkv + HD,
                            dqkv + HD + KV * D);
@@ -461,13 +503,24 @@ static void attention_case(const attn_case *ac, gpu_dtype t, gpu_attn_impl impl)
                                    d_out, d_dout, d_lse, d_delta, bd, bd + HD * ts,
                                    bd + (HD + KV * D) * ts, t, 0));
     gt_get(gdqkv, d_dqkv, nq, t);
-    snprintf(what, sizeof what, "attention B%d T%d H%d KV%d D%d w%d cap%g: dq|dk|dv (%s)", B, T, H,
-             KV, D, ac->window, ac->softcap, impl_name(t, impl));
-    GT_CLOSE(what, gdqkv, dqkv, nq, t == GPU_BF16 ? 3e-2 : 1e-4);
+    snprintf(what, sizeof what, "%s: dq|dk|dv (%s)", name, impl_name(t, impl));
+    GT_CLOSE(what, gdqkv, dqkv, nq, tol_d);
+    if (ac->alibi) {
+        /* the same backward without the biases (P recomputed without them) */
+        cpu_attn plain = at;
+        plain.alibi = NULL;
+        float *d0 = calloc(nq, 4);
+        cpu_attention_backward(&plain, q, ld, k, ld, v, ld, gout, dout, lse, d0, d0 + HD,
+                               d0 + HD + KV * D);
+        double e = gt_rel_l2(d0, dqkv, nq, 1e-30);
+        printf("  %s: backward without ALiBi %.2e off\n", name, e);
+        CHECK_MSG(e > 5 * tol_d, "%s: ALiBi changes dq|dk|dv by %.2e only", name, e);
+        free(d0);
+    }
     cudaFree(d_qkv), cudaFree(d_out), cudaFree(d_dout), cudaFree(d_dqkv), cudaFree(d_lse);
     cudaFree(d_delta);
+    attn_pair_free(&ap);
     free(qkv), free(dout), free(out), free(lse), free(gout), free(glse), free(dqkv), free(gdqkv);
-    free(scratch);
 }
 
 /* fp32 and bf16 on CUDA cores for every case; bf16 on tensor cores for the
@@ -488,6 +541,16 @@ static void test_attention(gpu_dtype t) {
         /* Gemma's head_dim 256: CUDA cores, 8 dimensions per lane */
         {1, 100, 2, 1, 256, 0, 0, 0},
         {2, 70, 4, 2, 256, 30, 8, 2.0f},
+        /* BLOOM's ALiBi: the tiny model's 6 heads of 4 (slopes of a
+         * non-power-of-two head count), several tiles at the tensor cores'
+         * head dims, with GQA (the dK/dV kernels' loop over a group's
+         * heads) and with a window. Not with soft-capping: no model has
+         * both, and the CPU's soft-capped backward leaves ALiBi out. */
+        {2, 7, 6, 6, 4, 0, 0, 0, 1},
+        {2, 150, 6, 6, 32, 0, 0, 0, 1},
+        {1, 130, 4, 2, 64, 0, 8, 0, 1},
+        {1, 200, 3, 3, 128, 0, 0, 0, 1},
+        {2, 100, 4, 2, 32, 40, 0, 0, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         attention_case(&cases[i], t, GPU_ATTN_SIMT);
@@ -503,6 +566,93 @@ static void test_attention(gpu_dtype t) {
         .B = 1, .T = 4, .H = 2, .KV = 1, .D = 80, .scale = 1, .impl = GPU_ATTN_MMA};
     CHECK(gpu_attention_forward(&odd, NULL, 0, NULL, 0, NULL, 0, NULL, NULL, t, 0) ==
           cudaErrorInvalidValue);
+}
+
+/* Generation's kernel: n new rows at positions pos … pos + n − 1 against a
+ * cache of pos + n keys are the last n rows of the causal forward over
+ * T = pos + n positions (B = 1), so cpu_attention_forward is the reference;
+ * with ALiBi also checked to lie far from the result without it. */
+static void decode_case(const attn_case *ac, int n, gpu_dtype t) {
+    int T = ac->T, H = ac->H, KV = ac->KV, D = ac->D, pos = T - n;
+    int ld = (H + 2 * KV) * D + ac->pad, HD = H * D;
+    size_t nq = (size_t)T * ld, no = (size_t)T * HD, nl = (size_t)H * T;
+    float *qkv = gt_rand(nq, 161 + T, 1.5f);
+    if (t == GPU_BF16) gt_round_bf16(qkv, nq);
+    float *out = calloc(no, 4), *lse = calloc(nl, 4), *got = calloc((size_t)n * HD, 4);
+    attn_pair ap = attn_pair_make(ac, 1, GPU_ATTN_AUTO);
+    const cpu_attn at = ap.at;
+    const gpu_attn_shape gs = ap.gs;
+    const float *q = qkv, *k = qkv + HD, *v = qkv + HD + KV * D;
+    cpu_attention_forward(&at, q, ld, k, ld, v, ld, out, lse);
+    const float *want = out + (size_t)pos * HD; /* the last n rows */
+    void *d_qkv = gt_put(qkv, nq, t), *d_out = gt_put(got, (size_t)n * HD, t);
+    size_t ts = gpu_dtype_size(t);
+    char *bq = d_qkv;
+    CUDA_OK(gpu_attention_decode(&gs, n, pos, bq + (size_t)pos * ld * ts, ld, bq + HD * ts, ld,
+                                 bq + (HD + KV * D) * ts, ld, d_out, t, 0));
+    gt_get(got, d_out, (size_t)n * HD, t);
+    char what[128];
+    double tol = t == GPU_BF16 ? 2e-2 : 1e-5;
+    snprintf(what, sizeof what, "attention decode T%d H%d KV%d D%d w%d cap%g%s: %d rows at %d (%s)",
+             T, H, KV, D, ac->window, ac->softcap, ac->alibi ? " alibi" : "", n, pos, tname(t));
+    GT_CLOSE(what, got, want, (size_t)n * HD, tol);
+    if (ac->alibi) {
+        cpu_attn plain = at;
+        plain.alibi = NULL;
+        float *out0 = calloc(no, 4);
+        cpu_attention_forward(&plain, q, ld, k, ld, v, ld, out0, lse);
+        double e = gt_rel_max(out0 + (size_t)pos * HD, want, (size_t)n * HD, 1e-30);
+        printf("  %s: without ALiBi %.2e off\n", what, e);
+        CHECK_MSG(e > 5 * tol, "%s: ALiBi changes the rows by %.2e only", what, e);
+        free(out0);
+    }
+    cudaFree(d_qkv), cudaFree(d_out);
+    attn_pair_free(&ap);
+    free(qkv), free(out), free(lse), free(got);
+}
+
+/* One new row at the end of a context, and a few rows after a rewind. */
+static void test_attention_decode(gpu_dtype t) {
+    attn_case cases[] = {
+        {1, 70, 4, 2, 32, 0, 0, 0, 0},     /* GQA, two chunks of keys for the last row */
+        {1, 150, 3, 3, 80, 50, 8, 0, 0},   /* a window, strided rows */
+        {1, 40, 2, 1, 256, 0, 0, 2.0f, 0}, /* Gemma: head dim 256, soft-capped */
+        {1, 7, 6, 6, 4, 0, 0, 0, 1},       /* BLOOM's tiny heads, ALiBi */
+        {1, 200, 6, 6, 32, 0, 0, 0, 1},    /* ALiBi over two chunks of keys */
+        {1, 90, 4, 2, 64, 30, 0, 0, 1},    /* ALiBi with GQA and a window */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        decode_case(&cases[i], 1, t);
+        decode_case(&cases[i], cases[i].T < 3 ? cases[i].T : 3, t);
+    }
+}
+
+/* ---- BLOOM's query_key_value layout ---------------------------------------------------------- */
+
+/* (H, 3, D) rows to the fused (3, H, D) and back, against cpu_qkv_heads:
+ * a copy, so exact. */
+static void test_qkv_heads(gpu_dtype t) {
+    int N = 37, H = 6, D = 20;
+    size_t n = (size_t)N * 3 * H * D;
+    float *heads = gt_rand(n, 91, 1), *fused = malloc(n * 4), *got = malloc(n * 4);
+    if (t == GPU_BF16) gt_round_bf16(heads, n);
+    cpu_qkv_heads(fused, heads, N, H, D, 0);
+    /* a permutation that moves values: a kernel that copied would fail */
+    CHECK(memcmp(fused, heads, n * 4) != 0);
+    void *d_heads = gt_put(heads, n, t), *d_fused = gt_put(heads, n, t);
+    void *d_back = gt_put(fused, n, t);
+    CUDA_OK(gpu_qkv_heads(d_fused, d_heads, t, N, H, D, 0, 0));
+    gt_get(got, d_fused, n, t);
+    char what[64];
+    snprintf(what, sizeof what, "qkv (H, 3, D) -> (3, H, D) (%s)", tname(t));
+    GT_CLOSE(what, got, fused, n, 0);
+    CUDA_OK(gpu_qkv_heads(d_back, d_fused, t, N, H, D, 1, 0));
+    gt_get(got, d_back, n, t);
+    snprintf(what, sizeof what, "qkv (3, H, D) -> (H, 3, D), round trip (%s)", tname(t));
+    GT_CLOSE(what, got, heads, n, 0);
+    CHECK(gpu_qkv_heads(d_back, d_fused, t, N, 0, D, 1, 0) == cudaErrorInvalidValue);
+    cudaFree(d_heads), cudaFree(d_fused), cudaFree(d_back);
+    free(heads), free(fused), free(got);
 }
 
 /* ---- dropout ------------------------------------------------------------------------------------
@@ -637,6 +787,8 @@ int main(void) {
         test_embed_bias(dt);
         test_xent(dt);
         test_attention(dt);
+        test_attention_decode(dt);
+        test_qkv_heads(dt);
     }
     test_dropout();
     test_optimizer();

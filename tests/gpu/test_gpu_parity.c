@@ -5,11 +5,15 @@
  * a Mistral sliding window; GPT-2; Qwen3's per-head QK-norm; OLMo 2's
  * post-norms and projection QK-norm; Apertus's xIELU MLP; Gemma 2's
  * soft-capping, GeGLU, (1 + w) norms and per-layer windows; Gemma 3's local
- * RoPE; Phi-3's fused linears and partial LongRoPE) and eight larger ones
- * whose sequences span several attention tiles and whose LM head runs in
- * several chunks (one of them partial), OLMo 2, Apertus, Gemma 2 and Phi-3
- * among them with head_dim 32 (tensor-core attention in bf16), Gemma 3 with
- * head_dim 256 (CUDA cores, 8 dimensions per lane). LoRA on every linear
+ * RoPE; Phi-3's fused linears and partial LongRoPE; BLOOM's ALiBi,
+ * head-interleaved query_key_value and embedding LayerNorm) and nine larger
+ * ones whose sequences span several attention tiles and whose LM head runs
+ * in several chunks (one of them partial), OLMo 2, Apertus, Gemma 2, Phi-3
+ * and BLOOM among them with head_dim 32 (tensor-core attention in bf16),
+ * Gemma 3 with head_dim 256 (CUDA cores, 8 dimensions per lane). BLOOM's
+ * three options are each checked, on the CPU, to move the logits and the
+ * gradients far past the tolerances, so a GPU that ignored one would fail
+ * (check_bloom_options, which needs no device). LoRA on every linear
  * (rank 4, B random so the adapter matters); one case with dropout, whose
  * masks must be the CPU's.
  *
@@ -63,12 +67,32 @@ static model_config mid_llama(void) {
     return c;
 }
 
+/* BLOOM at head_dim 32 (tensor cores in bf16): ALiBi over 6 heads (the
+ * slopes of a head count that is not a power of two) across several
+ * attention tiles, query_key_value by head, the embedding's LayerNorm. */
+static model_config mid_bloom(const tiny_case *tc, int nt) {
+    for (int i = 0; i < nt; i++)
+        if (!strcmp(tc[i].name, "bloom_alibi")) {
+            model_config c = tc[i].cfg;
+            c.vocab_size = 300;
+            c.num_heads = c.num_kv_heads = 6;
+            c.head_dim = 32;
+            c.hidden_size = 6 * 32; /* BLOOM: C = H·D, F = 4C */
+            c.intermediate_size = 4 * c.hidden_size;
+            c.max_position = 256;
+            return c;
+        }
+    fprintf(stderr, "no tiny case bloom_alibi\n");
+    exit(1);
+}
+
 static int parity_cases(pcase *out) {
     tiny_case tc[TINY_MAX_CASES];
     int nt = tiny_cases(tc), n = 0;
     for (int i = 0; i < nt; i++)
         if (gpu_config_check(&tc[i].cfg) == 0) /* check_refused covers the others */
             out[n++] = (pcase){tc[i].name, tc[i].cfg, tc[i].B, tc[i].T, 0, 0};
+    out[n++] = (pcase){"bloom_mid", mid_bloom(tc, nt), 2, 150, 64, 0};
     out[n++] = (pcase){"llama_gqa_dropout", tc[0].cfg, tc[0].B, tc[0].T, 0, 0.2};
     out[n++] = (pcase){"qwen_mid", mid_llama(), 2, 150, 64, 0};
     model_config w = mid_llama();
@@ -527,15 +551,15 @@ static int mode_runs(const gmode *md, const pcase *pc) {
     return !md->simt_attention || D == 32 || D == 64 || D == 128;
 }
 
-/* The tiny graphs whose options the CUDA backend does not compute are
- * refused by name, before a device is looked at: on any machine. */
+/* The tiny graphs whose options the CUDA backend does not compute (Mixtral's
+ * experts) are refused by name, before a device is looked at: on any
+ * machine. Every other graph, BLOOM's among them, is taken. */
 static void check_refused(void) {
     tiny_case tc[TINY_MAX_CASES];
-    int nt = tiny_cases(tc), refused = 0;
+    int nt = tiny_cases(tc), refused = 0, bloom = 0;
     for (int i = 0; i < nt; i++) {
-        const char *want = !strcmp(tc[i].name, "bloom_alibi")    ? "ALiBi position biases"
-                           : !strncmp(tc[i].name, "mixtral_", 8) ? "a mixture of experts"
-                                                                 : NULL;
+        const char *want = !strncmp(tc[i].name, "mixtral_", 8) ? "a mixture of experts" : NULL;
+        bloom += tc[i].cfg.arch == MODEL_ARCH_BLOOM;
         if (!want) {
             CHECK_OK(gpu_config_check(&tc[i].cfg));
             continue;
@@ -551,26 +575,91 @@ static void check_refused(void) {
         CHECK(g == NULL && strstr(err_msg(), "use --device cpu"));
         model_free(m);
     }
-    CHECK(refused == 3);
-    /* each of BLOOM's options alone */
-    model_config c = tc[11].cfg;
-    CHECK(!strcmp(tc[11].name, "bloom_alibi"));
-    c.block.pos = MODEL_POS_LEARNED;
-    CHECK_FAILS_WITH(gpu_config_check(&c), "head-interleaved query_key_value");
-    c.block.qkv = MODEL_QKV_FUSED;
-    CHECK_FAILS_WITH(gpu_config_check(&c), "word_embeddings_layernorm");
-    c.block.embed_norm = 0;
-    CHECK_OK(gpu_config_check(&c));
+    CHECK(refused == 2);
+    CHECK(bloom == 1);
+}
+
+/* The CPU's logits (N·V) and LoRA gradients of one batch of pc's model m
+ * (adapter s attached), as check_pass computes its reference. */
+static void cpu_reference(const pcase *pc, model *m, lora_set *s, const int32_t *tok,
+                          const int32_t *tg, float *logits, float *grads) {
+    int N = pc->B * pc->T;
+    model_acts *a = NULL;
+    double loss = 0;
+    int64_t nt = 0;
+    CHECK_OK(model_acts_create(&a, m, pc->B, pc->T));
+    if (!a) exit(check_finish());
+    lora_zero_grads(s);
+    CHECK_OK(model_forward(m, a, tok, tg, &loss, &nt));
+    memcpy(logits, model_acts_logits(a), (size_t)N * pc->cfg.vocab_size * 4);
+    CHECK_OK(model_backward(m, a, 1.0 / (double)nt));
+    float *g = flat(s, 1);
+    memcpy(grads, g, (size_t)lora_num_params(s) * sizeof *g);
+    free(g);
+    model_acts_free(a);
+}
+
+/* BLOOM's three options each matter in the parity cases: the CPU with one of
+ * them switched off (on the same weights: ALiBi → no position signal at all,
+ * the model has no wpe; query_key_value read as the fused q | k | v without
+ * the (H, 3, D) permutation; no embedding LayerNorm) gives logits and LoRA
+ * gradients far outside the bf16 bounds check_pass holds the GPU to, so a
+ * CUDA backend that ignored an option, forward or backward, would fail
+ * there. Runs on the CPU: no device needed. */
+static void check_bloom_options(const pcase *cases, int n) {
+    const double margin = 3; /* times the bf16 bounds */
+    int seen = 0;
+    for (int i = 0; i < n; i++) {
+        const pcase *pc = &cases[i];
+        if (pc->cfg.arch != MODEL_ARCH_BLOOM) continue;
+        seen++;
+        int N = pc->B * pc->T, V = pc->cfg.vocab_size;
+        model *m = make_model(&pc->cfg);
+        lora_set *s = make_lora(m, 0);
+        CHECK_OK(lora_attach(s, m));
+        CHECK_OK(lora_want_grads(s));
+        CHECK_OK(lora_reserve(s, N));
+        size_t nl = (size_t)N * V, np = (size_t)lora_num_params(s);
+        int32_t *tok = malloc((size_t)N * 4), *tg = malloc((size_t)N * 4);
+        float *logits = malloc(nl * 4), *grads = malloc(np * 4);
+        float *logits2 = malloc(nl * 4), *grads2 = malloc(np * 4);
+        tiny_batch(tok, tg, N, V, 1234);
+        cpu_reference(pc, m, s, tok, tg, logits, grads);
+        for (int opt = 0; opt < 3; opt++) {
+            model_block keep = m->cfg.block;
+            const char *what = opt == 0   ? "ALiBi"
+                               : opt == 1 ? "query_key_value by head"
+                                          : "word_embeddings_layernorm";
+            if (opt == 0) m->cfg.block.pos = MODEL_POS_LEARNED; /* m->wpe is NULL */
+            if (opt == 1) m->cfg.block.qkv = MODEL_QKV_FUSED;
+            if (opt == 2) m->cfg.block.embed_norm = 0;
+            cpu_reference(pc, m, s, tok, tg, logits2, grads2);
+            m->cfg.block = keep;
+            double e_l = gt_rel_max(logits2, logits, nl, 1e-30);
+            double e_g = gt_rel_l2(grads2, grads, np, 1e-30);
+            printf("  %-20s without %s: logits %.2e, grads %.2e off\n", pc->name, what, e_l, e_g);
+            CHECK_MSG(e_l > margin * TOL_BF16.logits, "%s: %s moves the logits by %.2e only",
+                      pc->name, what, e_l);
+            CHECK_MSG(e_g > margin * TOL_BF16.grads, "%s: %s moves the gradients by %.2e only",
+                      pc->name, what, e_g);
+        }
+        lora_detach(s);
+        lora_free(s);
+        model_free(m);
+        free(tok), free(tg), free(logits), free(grads), free(logits2), free(grads2);
+    }
+    CHECK(seen == 2);
 }
 
 int main(void) {
     check_refused();
-    if (gpu_available() == 0) {
-        printf("skipped: no CUDA device (the refusals were checked)\n");
-        return check_failed ? check_finish() : GPU_TEST_SKIP;
-    }
     pcase cases[32];
     int n = parity_cases(cases);
+    check_bloom_options(cases, n);
+    if (gpu_available() == 0) {
+        printf("skipped: no CUDA device (the refusals and BLOOM's options were checked)\n");
+        return check_failed ? check_finish() : GPU_TEST_SKIP;
+    }
     for (int mi = 0; mi < 3; mi++) {
         const gmode *md = &MODES[mi];
         printf("%s: one batch (rel_max logits, rel loss, rel_l2 gradients)\n", md->name);
@@ -585,6 +674,7 @@ int main(void) {
         check_trajectory(find_case(cases, n, "qwen_mid"), md);
         check_trajectory(find_case(cases, n, "gemma2_mid"), md);
         check_trajectory(find_case(cases, n, "phi3_mid"), md);
+        check_trajectory(find_case(cases, n, "bloom_mid"), md);
         if (md->prec == GPU_PRECISION_FP32) /* dropout masks */
             check_trajectory(find_case(cases, n, "llama_gqa_dropout"), md);
         printf("%s: generation (gpu_decode against model_decode)\n", md->name);
