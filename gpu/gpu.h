@@ -67,8 +67,8 @@ typedef struct gpu_model gpu_model;
 
 /* 0 when the CUDA backend computes every option of c; -1 (a message naming
  * the option and --device cpu) for BLOOM's ALiBi, head-interleaved
- * query_key_value and embedding LayerNorm, and Mixtral's mixture of experts,
- * which only the CPU backend computes. Needs no device. */
+ * query_key_value and embedding LayerNorm, which only the CPU backend
+ * computes. Needs no device. */
 int gpu_config_check(const model_config *c);
 
 /* Uploads model m and, when s is not NULL, the adapter s (created for m by

@@ -10,10 +10,10 @@
 #      processes (gpu_device_cli), the backend as a module that fedlora
 #      loads at run time and does not link (gpu_module), and a `fedlora train
 #      --device cuda` smoke run (fp32 and bf16) next to the same run on the
-#      CPU, and the same for the qwen3, olmo2, apertus, gemma2, gemma3_text
-#      and phi3 tiny presets (QK-norm, post-norms, xIELU, soft-capping,
-#      per-layer windows and RoPE bases, fused linears); bloom and mixtral
-#      refused on cuda;
+#      CPU, and the same for the qwen3, olmo2, apertus, gemma2, gemma3_text,
+#      phi3 and mixtral tiny presets (QK-norm, post-norms, xIELU,
+#      soft-capping, per-layer windows and RoPE bases, fused linears, a
+#      mixture of experts); bloom refused on cuda;
 #   5. the benchmark (GPT-2 124M and Qwen2.5-0.5B shapes) next to PyTorch +
 #      PEFT (bf16, SDPA) when torch is importable;
 #   6. a short table, printed last.
@@ -146,6 +146,10 @@ row families "${fam:-0} result lines of the qwen3/olmo2/apertus parity cases in 
 fam2=$(grep -cE '^  (gemma2_softcap|gemma3_local_rope|phi3_longrope|gemma2_mid|gemma3_mid|phi3_mid) ' \
   "$out/gpu_parity.log" 2>/dev/null)
 row "families 2" "${fam2:-0} result lines of the gemma2/gemma3/phi3 parity cases in gpu_parity.log"
+# Mixtral's experts: top 2 of 4, top 1 with the load-balancing loss, the
+# router adapted (its gradient checked alone), dropout over the experts' rows
+moe=$(grep -cE '^  mixtral_[a-z0-9_]+ ' "$out/gpu_parity.log" 2>/dev/null)
+row "experts" "${moe:-0} result lines of the mixtral parity cases in gpu_parity.log"
 run_test gpu_nccl 60
 run_test gpu_trainer 120
 run_test gpu_device_cli 90
@@ -170,13 +174,14 @@ smoke() {
   "$fb" eval --model "$dir/base" --adapter "$dir/cuda-bf16" --data "$data" --seq 64 --device cuda
 }
 # The same for each newer family's tiny preset (QK-norm, post-norms, xIELU,
-# Gemma's soft-capping and per-layer attention, Phi-3's fused linears on the
-# GPU as a user runs them): cpu fp32 against cuda fp32 and bf16, 20 steps.
+# Gemma's soft-capping and per-layer attention, Phi-3's fused linears,
+# Mixtral's experts on the GPU as a user runs them): cpu fp32 against cuda
+# fp32 and bf16, 20 steps.
 family_smoke() {
   local dir="$build/smoke-families" fb="$build/fedlora" data="$root/examples/corpus/mixed.txt"
   local arch run
   rm -rf "$dir" && mkdir -p "$dir"
-  for arch in qwen3 olmo2 apertus gemma2 gemma3_text phi3; do
+  for arch in qwen3 olmo2 apertus gemma2 gemma3_text phi3 mixtral; do
     "$fb" init-model --arch "$arch" --preset tiny --seed 1 --out "$dir/$arch" || return 1
     for run in cpu:fp32 cuda:fp32 cuda:bf16; do
       echo "== train $arch ${run%:*} ${run#*:}"
@@ -204,11 +209,11 @@ if [ $have_gpu = 1 ]; then
     row "train smoke" "FAIL ($(tail -1 "$out/smoke.log" | cut -c1-120); see smoke.log)"
     status=1
   fi
-  log "fedlora train --device cuda, qwen3 / olmo2 / apertus / gemma2 / gemma3_text / phi3"
+  log "fedlora train --device cuda, qwen3 / olmo2 / apertus / gemma2 / gemma3_text / phi3 / mixtral"
   export -f family_smoke
-  if timeout 300 bash -c family_smoke >"$out/smoke_families.log" 2>&1; then
+  if timeout 340 bash -c family_smoke >"$out/smoke_families.log" 2>&1; then
     line="" verdict=PASS
-    for arch in qwen3 olmo2 apertus gemma2 gemma3_text phi3; do
+    for arch in qwen3 olmo2 apertus gemma2 gemma3_text phi3 mixtral; do
       c=$(sed -n "/^== train $arch cpu fp32\$/,/^==/p" "$out/smoke_families.log" |
         sed -n 's/.*held-out loss \([0-9.]*\),.*/\1/p' | head -1)
       f=$(sed -n "/^== train $arch cuda fp32\$/,/^==/p" "$out/smoke_families.log" |
@@ -222,12 +227,12 @@ if [ $have_gpu = 1 ]; then
     row "family smoke" "FAIL ($(tail -1 "$out/smoke_families.log" | cut -c1-120); see smoke_families.log)"
     status=1
   fi
-  # BLOOM (ALiBi) and Mixtral (experts) are CPU-only: --device cuda must
-  # refuse them by name (exit 1, nothing written), not compute another model.
-  log "fedlora train --device cuda, bloom / mixtral: refused"
+  # BLOOM (ALiBi) is CPU-only: --device cuda must refuse it by name (exit 1,
+  # nothing written), not compute another model.
+  log "fedlora train --device cuda, bloom: refused"
   dir="$build/smoke-refused" verdict=PASS
   rm -rf "$dir" && mkdir -p "$dir"
-  for spec in "bloom:ALiBi position biases" "mixtral:a mixture of experts"; do
+  for spec in "bloom:ALiBi position biases"; do
     arch=${spec%%:*}
     "$build/fedlora" init-model --arch "$arch" --preset tiny --seed 1 --out "$dir/$arch" >/dev/null
     msg=$("$build/fedlora" train --model "$dir/$arch" --data "$root/examples/corpus/mixed.txt" \
@@ -239,7 +244,7 @@ if [ $have_gpu = 1 ]; then
       status=1
     fi
   done
-  row "cpu-only" "$verdict: bloom and mixtral refused on cuda"
+  row "cpu-only" "$verdict: bloom refused on cuda"
 else
   row "train smoke" "SKIPPED (no CUDA device)"
 fi
