@@ -65,17 +65,11 @@ void gpu_options_init(gpu_options *o);
 
 typedef struct gpu_model gpu_model;
 
-/* 0 when the CUDA backend computes every option of c; -1 (a message naming
- * the option and --device cpu) for Mixtral's mixture of experts, which only
- * the CPU backend computes. Needs no device. */
-int gpu_config_check(const model_config *c);
-
 /* Uploads model m and, when s is not NULL, the adapter s (created for m by
  * lora_create: its modules, ranks, scales, dropout and current A, B values);
  * allocates everything forward and backward need for batches of o->batch ×
  * o->seq tokens. Dropout is off (as lora_create leaves a set); the dropout
- * counter is s's. m and s are not referenced afterwards. A model that
- * gpu_config_check refuses is refused before any device is looked at. */
+ * counter is s's. m and s are not referenced afterwards. */
 int gpu_model_upload(gpu_model **out, const model *m, const lora_set *s, const gpu_options *o);
 void gpu_model_free(gpu_model *g);
 /* Device memory this gpu_model holds, bytes. */

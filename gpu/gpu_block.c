@@ -1,8 +1,8 @@
 /* gpu_block.c — the transformer blocks on the GPU, forward, backward and
  * decoding: model/cpu/model_cpu.c's graph (x = x + post(f(pre(x))) for f the
  * attention and the MLP sublayer, by the block options of the config) with
- * block_attn.c's and block_mlp.c's sublayers, over the buffers of
- * gpu_internal.h. Differences from the CPU:
+ * block_attn.c's and block_mlp.c's sublayers (a mixture of experts:
+ * gpu_moe.c), over the buffers of gpu_internal.h. Differences from the CPU:
  *   - in bf16 mode the GEMM operands are bf16: a sublayer's input (its
  *     pre-norm's output, or the stream itself without one) and the
  *     sublayer's d(output) are converted; the stream, every norm's input and
@@ -368,6 +368,7 @@ static int mlp_forward(gpu_model *g, int l, const void *h, void *y, gpu_dtype yt
     (void)pos;
     const model_config *c = &g->cfg;
     const gpu_layer *L = &g->layers[l];
+    if (c->block.mlp == MODEL_MLP_MOE) return gpu_moe_forward(g, l, h, y, yt, accumulate);
     int F = c->intermediate_size;
     void *fa = gpu_elem(g, g->fc_a, layer_off(g, l, F));
     void *fb = g->fc_b ? gpu_elem(g, g->fc_b, layer_off(g, l, F)) : NULL;
@@ -388,6 +389,7 @@ static int mlp_backward(gpu_model *g, int l, const void *h, const void *dy, floa
                         int accumulate_dh) {
     const model_config *c = &g->cfg;
     const gpu_layer *L = &g->layers[l];
+    if (c->block.mlp == MODEL_MLP_MOE) return gpu_moe_backward(g, l, h, dy, dh, accumulate_dh);
     int F = c->intermediate_size;
     int64_t n = (int64_t)g->N * F;
     void *fa = gpu_elem(g, g->fc_a, layer_off(g, l, F));
@@ -414,6 +416,7 @@ static int mlp_backward(gpu_model *g, int l, const void *h, const void *dy, floa
 }
 
 static int mlp_needs_input(const gpu_layer *L) {
+    if (L->experts) return gpu_moe_needs_input(L);
     return has_lora(&L->gate) || has_lora(&L->up);
 }
 

@@ -46,6 +46,11 @@ typedef struct {
     gpu_norm q_norm, k_norm;                     /* (D), or (H·D) and (KV·D) */
     gpu_linear q, k, v, qkv, o, gate, up, down;
     gpu_xielu xielu; /* ACT_XIELU */
+    /* MLP_MOE (model_moe): the router (E, C) and experts[3e + 0, 1, 2],
+     * expert e's w1, w2, w3 (host array, freed by gpu_model_free) */
+    gpu_linear router;
+    int n_experts;
+    gpu_linear *experts;
 } gpu_layer;
 
 /* Norm slots per layer (model/cpu/acts.h's ACTS_NORM_*): the statistics of
@@ -136,6 +141,10 @@ struct gpu_model {
     float *h_row_loss;         /* host (N) */
     int kv_len; /* gpu_decode: positions whose keys and values qkv holds (0 after a pass) */
 
+    /* mixture of experts (gpu_moe.c) */
+    struct gpu_moe *moe;
+    double aux_grad; /* d(backward's objective)/d(load-balancing loss), 0: not in it */
+
     /* optimizer */
     int adam_ready;
     adamw_config ocfg;
@@ -158,6 +167,33 @@ int gpu_linear_forward(gpu_model *g, const gpu_linear *l, const void *x, void *y
  * and gradients. The base weight is frozen: no dW, no db. */
 int gpu_linear_backward(gpu_model *g, const gpu_linear *l, const void *x, const void *dy, void *dx,
                         gpu_dtype dxt, int accumulate);
+
+/* The same over the first N rows of x and y (N may be 0: nothing to do),
+ * for the experts' blocks of rows (gpu_moe.c). */
+int gpu_linear_forward_rows(gpu_model *g, const gpu_linear *l, const void *x, void *y, gpu_dtype yt,
+                            int accumulate, int N);
+int gpu_linear_backward_rows(gpu_model *g, const gpu_linear *l, const void *x, const void *dy,
+                             void *dx, gpu_dtype dxt, int accumulate, int N);
+
+/* ---- gpu_moe.c: the mixture of experts' sublayer (model/cpu/moe.c) ---- */
+
+/* Its buffers for g->N rows and every layer (gpu_alloc'd); host parts freed
+ * by gpu_moe_free. */
+int gpu_moe_create(gpu_model *g);
+void gpu_moe_free(struct gpu_moe *mo);
+/* y (N, C) fp32 = the experts' weighted sum for h (N, C) of type g->dt (+=
+ * when accumulate); keeps layer l's routing and activations. Waits for the
+ * stream once (the experts' row counts decide the GEMMs' shapes). */
+int gpu_moe_forward(gpu_model *g, int l, const void *h, void *y, gpu_dtype yt, int accumulate);
+/* dh (N, C) fp32 = d/dh given dy (N, C) of type g->dt (+= when
+ * accumulate_dh), the adapters' gradients; the load-balancing loss's
+ * gradient weighted by g->aux_grad. h is read when gpu_moe_needs_input. */
+int gpu_moe_backward(gpu_model *g, int l, const void *h, const void *dy, float *dh,
+                     int accumulate_dh);
+int gpu_moe_needs_input(const gpu_layer *L);
+/* transformers' load_balancing_loss_func over the layers of the last
+ * forward (cpu_moe_aux_loss), from host copies: no device work. */
+double gpu_moe_aux_loss(const gpu_model *g);
 
 /* ---- gpu_block.c: the blocks (model/cpu/model_cpu.c's graph) ---- */
 

@@ -196,15 +196,12 @@ static int upload_linear(gpu_model *g, gpu_linear *d, const model_linear *l) {
     return upload_f32(g, &d->b, l->b);
 }
 
-/* Slot j of a block, in lora.c's module order. */
-static const model_linear *cpu_slot(const model_layer *L, int j) {
-    const model_linear *all[] = {&L->q, &L->k, &L->v, &L->qkv, &L->o, &L->gate, &L->up, &L->down};
-    return all[j];
-}
-
+/* Linear j of a block, in lora.c's module order (model_layer_linear's:
+ * the eight fixed ones, then a mixture of experts' router and experts). */
 static gpu_linear *gpu_slot(gpu_layer *L, int j) {
     gpu_linear *all[] = {&L->q, &L->k, &L->v, &L->qkv, &L->o, &L->gate, &L->up, &L->down};
-    return all[j];
+    if (j < GPU_BLOCK_LINEARS) return all[j];
+    return j == GPU_BLOCK_LINEARS ? &L->router : &L->experts[j - GPU_BLOCK_LINEARS - 1];
 }
 
 /* The module path of a CPU linear: its weight's name without ".weight". */
@@ -236,9 +233,11 @@ static int upload_lora(gpu_model *g, const model *m, const lora_set *s) {
         if (mod->rank > g->max_rank) g->max_rank = mod->rank;
         if (mod->in > g->max_in) g->max_in = mod->in;
         int found = 0;
-        if (mod->layer >= 0 && mod->layer < m->cfg.num_layers)
-            for (int j = 0; j < GPU_BLOCK_LINEARS && !found; j++) {
-                const model_linear *l = cpu_slot(&m->layers[mod->layer], j);
+        model_layer *ml =
+            mod->layer >= 0 && mod->layer < m->cfg.num_layers ? &m->layers[mod->layer] : NULL;
+        if (ml)
+            for (int j = 0; j < model_layer_n_linears(ml) && !found; j++) {
+                const model_linear *l = model_layer_linear(ml, j);
                 if (!same_path(l, mod->path)) continue;
                 if (l->in != mod->in || l->out != mod->out) break;
                 gpu_slot(&g->layers[mod->layer], j)->lora = i;
@@ -280,6 +279,7 @@ static int alloc_acts(gpu_model *g) {
     size_t ts = gpu_dtype_size(g->dt), f4 = sizeof(float);
     size_t bht = (size_t)g->B * c->num_heads * g->T;
     int gated = model_block_gated(bk);
+    int dense = bk->mlp != MODEL_MLP_MOE; /* the experts' buffers are gpu_moe.c's */
     OK(gpu_alloc(g, (void **)&g->d_tokens, N * sizeof(int32_t)));
     OK(gpu_alloc(g, (void **)&g->d_targets, N * sizeof(int32_t)));
     OK(gpu_alloc(g, (void **)&g->resid, P * N * C * f4));
@@ -305,10 +305,14 @@ static int alloc_acts(gpu_model *g) {
     OK(gpu_alloc(g, (void **)&g->att_lse, L * bht * f4));
     OK(gpu_alloc(g, (void **)&g->att_delta, bht * f4));
     OK(gpu_alloc(g, &g->att, L * N * HD * ts));
-    OK(gpu_alloc(g, &g->fc_a, L * N * F * ts));
-    if (gated) OK(gpu_alloc(g, &g->fc_b, L * N * F * ts));
-    if (bk->mlp == MODEL_MLP_GATED_FUSED) OK(gpu_alloc(g, &g->fc_fused, N * 2 * F * ts));
-    OK(gpu_alloc(g, &g->act, N * F * ts));
+    if (dense) {
+        OK(gpu_alloc(g, &g->fc_a, L * N * F * ts));
+        if (gated) OK(gpu_alloc(g, &g->fc_b, L * N * F * ts));
+        if (bk->mlp == MODEL_MLP_GATED_FUSED) OK(gpu_alloc(g, &g->fc_fused, N * 2 * F * ts));
+        OK(gpu_alloc(g, &g->act, N * F * ts));
+    } else {
+        OK(gpu_moe_create(g));
+    }
     OK(gpu_alloc(g, &g->nbuf, N * C * ts));
     OK(gpu_alloc(g, &g->xf, N * C * ts));
     int rows = g->opt.head_rows;
@@ -335,8 +339,8 @@ static int alloc_acts(gpu_model *g) {
         g->dy = g->dresid;
     OK(gpu_alloc(g, &g->datt, N * HD * ts));
     OK(gpu_alloc(g, &g->dqkv, N * W * ts));
-    OK(gpu_alloc(g, &g->dfa, N * F * ts));
-    if (gated) OK(gpu_alloc(g, &g->dfb, N * F * ts));
+    if (dense) OK(gpu_alloc(g, &g->dfa, N * F * ts));
+    if (dense && gated) OK(gpu_alloc(g, &g->dfb, N * F * ts));
     OK(gpu_alloc(g, (void **)&g->d_partials, GPU_SUMSQ_BLOCKS * sizeof(double)));
     g->h_row_loss = malloc(N * sizeof *g->h_row_loss);
     g->h_partials = malloc(GPU_SUMSQ_BLOCKS * sizeof *g->h_partials);
@@ -360,7 +364,7 @@ static int upload(gpu_model *g, const model *m, const lora_set *s) {
     g->layers = calloc((size_t)c->num_layers, sizeof *g->layers);
     if (!g->layers) return err_set("out of memory for the GPU model's layers");
     for (int l = 0; l < c->num_layers; l++) {
-        const model_layer *L = &m->layers[l];
+        model_layer *L = &m->layers[l]; /* model_layer_linear takes it writable */
         gpu_layer *G = &g->layers[l];
         OK(upload_norm(g, &G->attn_in, &L->attn_in));
         OK(upload_norm(g, &G->attn_out, &L->attn_out));
@@ -373,8 +377,13 @@ static int upload(gpu_model *g, const model *m, const lora_set *s) {
             cpu_xielu_values(&L->xielu, v);
             G->xielu = (gpu_xielu){v[0], v[1], v[2], v[3]};
         }
-        for (int j = 0; j < GPU_BLOCK_LINEARS; j++)
-            OK(upload_linear(g, gpu_slot(G, j), cpu_slot(L, j)));
+        if (L->moe.experts) {
+            G->n_experts = L->moe.n_experts;
+            G->experts = calloc((size_t)3 * G->n_experts, sizeof *G->experts);
+            if (!G->experts) return err_set("out of memory for the GPU model's experts");
+        }
+        for (int j = 0; j < model_layer_n_linears(L); j++)
+            OK(upload_linear(g, gpu_slot(G, j), model_layer_linear(L, j)));
     }
     if (c->block.pos == MODEL_POS_ROPE) {
         /* LongRoPE: both factor sets; a pass rotates with its length's */
@@ -397,19 +406,9 @@ static int upload(gpu_model *g, const model *m, const lora_set *s) {
     return 0;
 }
 
-/* Running a model with an option the kernels ignore would silently compute
- * another model (docs/gpu.md, "What lives on the GPU"). */
-int gpu_config_check(const model_config *c) {
-    if (c->block.mlp != MODEL_MLP_MOE) return 0;
-    return err_set("this model uses %s, which the CUDA backend does not compute yet; "
-                   "use --device cpu",
-                   "a mixture of experts (Mixtral's block_sparse_moe)");
-}
-
 int gpu_model_upload(gpu_model **out, const model *m, const lora_set *s, const gpu_options *o) {
     *out = NULL;
     const model_config *c = &m->cfg;
-    if (gpu_config_check(c) != 0) return -1;
     int n_dev = gpu_available();
     if (n_dev == 0) return err_set("no CUDA device is available (use --device cpu)");
     if (o->device < 0 || o->device >= n_dev)
@@ -480,6 +479,9 @@ void gpu_model_free(gpu_model *g) {
     for (int i = 0; i < g->n_allocs; i++) cudaFree(g->allocs[i]);
     if (g->stream) cudaStreamDestroy(g->stream);
     free(g->allocs);
+    gpu_moe_free(g->moe);
+    if (g->layers)
+        for (int l = 0; l < g->cfg.num_layers; l++) free(g->layers[l].experts);
     free(g->layers);
     free(g->lora);
     free(g->h_row_loss);
@@ -582,10 +584,9 @@ static void *lora_b(const gpu_model *g, const gpu_lora *l) {
     return (char *)g->lcast + (size_t)l->off_b * gpu_dtype_size(g->dt);
 }
 
-/* y (N, out) of type yt += s · dropout(x) Aᵀ Bᵀ; keeps u. */
-static int lora_forward(gpu_model *g, gpu_lora *l, const void *x, void *y, gpu_dtype yt) {
+/* y (N, out) of type yt += s · dropout(x) Aᵀ Bᵀ; keeps u. N > 0 rows. */
+static int lora_forward(gpu_model *g, gpu_lora *l, const void *x, void *y, gpu_dtype yt, int N) {
     gpu_dtype t = g->dt;
-    int N = g->N;
     const void *xin = x;
     if (l->dropped) {
         CU(gpu_dropout(g->lora_x, t, x, t, N, l->in, 0, l->key, g->dropout, keep_scale(g), 0,
@@ -598,11 +599,12 @@ static int lora_forward(gpu_model *g, gpu_lora *l, const void *x, void *y, gpu_d
                     l->rank, t, 1, y, l->out, yt);
 }
 
-/* The adapter's backward: its gradients, and dx (N, in) of type dxt += its term. */
+/* The adapter's backward: its gradients, and dx (N, in) of type dxt += its
+ * term. N > 0 rows. */
 static int lora_backward(gpu_model *g, gpu_lora *l, const void *x, const void *dy, void *dx,
-                         gpu_dtype dxt) {
+                         gpu_dtype dxt, int N) {
     gpu_dtype t = g->dt;
-    int N = g->N, r = l->rank;
+    int r = l->rank;
     const void *xin = x;
     if (l->dropped) {
         CU(gpu_dropout(g->lora_x, t, x, t, N, l->in, 0, l->key, g->dropout, keep_scale(g), 0,
@@ -630,25 +632,37 @@ static int lora_backward(gpu_model *g, gpu_lora *l, const void *x, const void *d
 
 /* ---- linears -------------------------------------------------------------------------- */
 
-int gpu_linear_forward(gpu_model *g, const gpu_linear *l, const void *x, void *y, gpu_dtype yt,
-                       int accumulate) {
+int gpu_linear_forward_rows(gpu_model *g, const gpu_linear *l, const void *x, void *y, gpu_dtype yt,
+                            int accumulate, int N) {
+    if (N <= 0) return 0;
     float beta = accumulate ? 1 : 0;
     if (l->b) {
-        CU(gpu_add_bias(y, yt, l->b, g->N, l->out, accumulate, g->stream));
+        CU(gpu_add_bias(y, yt, l->b, N, l->out, accumulate, g->stream));
         beta = 1;
     }
-    OK(gpu_gemm(g->blas, 0, 1, g->N, l->out, l->in, 1, x, l->in, l->w, l->in, g->dt, beta, y,
-                l->out, yt));
-    if (l->lora >= 0) OK(lora_forward(g, &g->lora[l->lora], x, y, yt));
+    OK(gpu_gemm(g->blas, 0, 1, N, l->out, l->in, 1, x, l->in, l->w, l->in, g->dt, beta, y, l->out,
+                yt));
+    if (l->lora >= 0) OK(lora_forward(g, &g->lora[l->lora], x, y, yt, N));
     return 0;
+}
+
+int gpu_linear_backward_rows(gpu_model *g, const gpu_linear *l, const void *x, const void *dy,
+                             void *dx, gpu_dtype dxt, int accumulate, int N) {
+    if (N <= 0) return 0;
+    OK(gpu_gemm(g->blas, 0, 0, N, l->in, l->out, 1, dy, l->out, l->w, l->in, g->dt,
+                accumulate ? 1 : 0, dx, l->in, dxt));
+    if (l->lora >= 0) OK(lora_backward(g, &g->lora[l->lora], x, dy, dx, dxt, N));
+    return 0;
+}
+
+int gpu_linear_forward(gpu_model *g, const gpu_linear *l, const void *x, void *y, gpu_dtype yt,
+                       int accumulate) {
+    return gpu_linear_forward_rows(g, l, x, y, yt, accumulate, g->N);
 }
 
 int gpu_linear_backward(gpu_model *g, const gpu_linear *l, const void *x, const void *dy, void *dx,
                         gpu_dtype dxt, int accumulate) {
-    OK(gpu_gemm(g->blas, 0, 0, g->N, l->in, l->out, 1, dy, l->out, l->w, l->in, g->dt,
-                accumulate ? 1 : 0, dx, l->in, dxt));
-    if (l->lora >= 0) OK(lora_backward(g, &g->lora[l->lora], x, dy, dx, dxt));
-    return 0;
+    return gpu_linear_backward_rows(g, l, x, dy, dx, dxt, accumulate, g->N);
 }
 
 /* Every id in range (model_forward's checks and messages). */
@@ -734,6 +748,13 @@ static int pass(gpu_model *g, const int32_t *tokens, const int32_t *targets, int
         if (g->training) g->lora[i].key = lora_dropout_key(g->lora_seed, i, g->counter);
     }
     if (g->training && g->n_lora) g->counter++;
+    /* The load-balancing loss is in the objective as coef · aux per target
+     * (model_cpu.c): its gradient's weight is known before the forward. */
+    int aux = c->block.mlp == MODEL_MLP_MOE && c->router_aux_loss && targets;
+    int64_t count = 0;
+    if (targets)
+        for (int n = 0; n < N; n++) count += targets[n] != MODEL_IGNORE_INDEX;
+    g->aux_grad = aux && backward ? scale * c->router_aux_loss_coef * (double)count : 0;
 
     OK(embed_forward(g, g->wpe, g->T));
     g->rope_long = model_config_rope_long(c, g->T);
@@ -752,12 +773,9 @@ static int pass(gpu_model *g, const int32_t *tokens, const int32_t *targets, int
     if (targets) {
         /* Summed in row order, in double, as the CPU does. */
         double sum = 0;
-        int64_t count = 0;
-        for (int n = 0; n < N; n++) {
-            if (targets[n] == MODEL_IGNORE_INDEX) continue;
-            sum += g->h_row_loss[n];
-            count++;
-        }
+        for (int n = 0; n < N; n++)
+            if (targets[n] != MODEL_IGNORE_INDEX) sum += g->h_row_loss[n];
+        if (aux) sum += c->router_aux_loss_coef * gpu_moe_aux_loss(g) * (double)count;
         if (loss_sum) *loss_sum = sum;
         if (n_targets) *n_targets = count;
     }
