@@ -137,13 +137,12 @@ HELDOUT_BYTES=${HELDOUT_BYTES:-4096}
 EVAL_FRACTION=${EVAL_FRACTION:-0.003}
 DOMAINS3=${DOMAINS3:-man-de,fortunes-en,sysadmin-de}
 DOMAINS6=${DOMAINS6:-man-de,man-en,fortunes-de,fortunes-en,bible-en,sysadmin-de}
-GRID=${GRID:-"mid:10x15/1 domain-3 exact,exact-cont,fedit,fedavg-cont,fedit-own,svd,svd-cont 1
-long:100x2/10 domain-3 exact,fedavg-cont,exact-cont,fedit 1
-mid:10x15/1 domain-3 exact,exact-cont,fedit,fedavg-cont,fedit-own,svd,svd-cont 2
-mid:10x15/1 iid-3 exact,exact-cont,fedit,fedavg-cont 1
-mid:10x15/1 domain-6 exact,exact-cont,fedit,fedavg-cont 1
+GRID=${GRID:-"mid:10x15/1 domain-3 exact,exact-cont,fedit,fedavg-cont,fedit-own,svd,svd-cont 1,2
+mid:10x15/1 domain-3 exact,exact-cont,fedit,fedavg-cont 3
+mid:10x15/1 iid-3 exact,exact-cont,fedit,fedavg-cont 1,2
+mid:10x15/1 domain-6 exact,exact-cont,fedit,fedavg-cont 1,2
 mid:10x15/1 iid-12 exact,exact-cont,fedit,fedavg-cont 1
-long:100x2/10 domain-3 exact,fedavg-cont,exact-cont,fedit 2"}
+long:100x2/10 domain-3 exact,exact-cont,fedit,fedavg-cont 1,2,3"}
 for f in "$CORPORA/MANIFEST" "$BASE/config.json" "$BASE/model.safetensors" "$BASE/tokenizer.json"; do
   [ -f "$f" ] || {
     echo "run.sh: $f is missing: make the corpora and the base first (docs/corpora.md)" >&2
