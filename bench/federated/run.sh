@@ -19,8 +19,11 @@
 #   OUT       where partitions and runs go (not committed) [/work/data/federated]
 #   GRID      lines "HORIZON PARTITION RULES SEEDS" [the grid below]:
 #             HORIZON   name:ROUNDSxSTEPS[/EVAL_EVERY], e.g. long:100x2/10
-#             PARTITION domain-N or iid-N (N universities; 3 and 6 take the
-#                       domains of DOMAINS3 / DOMAINS6, 12 all eight)
+#             PARTITION domain-N, iid-N or dirichlet-N (N universities; 3
+#                       and 6 take the domains of DOMAINS3 / DOMAINS6, any
+#                       other N all eight; dirichlet: each domain's
+#                       documents shared among the universities by
+#                       Dirichlet(ALPHA) [0.5], a non-IID mix of domains)
 #             RULES     comma list of the rules below
 #             SEEDS     comma list
 #   LR [0.002], RANK [8], BATCH [4], SEQ [64], TRAIN_BYTES [150000] (each
@@ -163,8 +166,10 @@ partition() { # NAME: makes $OUT/partitions/NAME once
     *) domains=$(awk -F'\t' '!/^#/ && $1 != "domain" {print $1}' "$CORPORA/MANIFEST" | sort -u | paste -sd, -) ;;
   esac
   rm -rf "$dir" "$dir.tmp"
+  local alpha=()
+  [ "$mode" = dirichlet ] && alpha=(--alpha "${ALPHA:-0.5}")
   "$build/bench/data/partition" --corpora "$CORPORA" --out "$dir.tmp" --nodes "$n" --mode "$mode" \
-    --domains "$domains" --heldout-bytes "$HELDOUT_BYTES" --seed 1 >/dev/null
+    "${alpha[@]}" --domains "$domains" --heldout-bytes "$HELDOUT_BYTES" --seed 1 >/dev/null
   # Each share cut to about TRAIN_BYTES: a seeded sample of its documents,
   # in their order (enough text that no horizon here sees a document twice
   # more than about twice, and cheap local evaluations).
