@@ -50,6 +50,11 @@
     } while (0)
 
 /* n values uniform in [−scale, scale). */
+/* A storage type's name in the tests' output. */
+static inline const char *gt_dtype_name(gpu_dtype t) {
+    return t == GPU_BF16 ? "bf16" : "fp32";
+}
+
 static inline float *gt_rand(size_t n, uint64_t seed, float scale) {
     float *x = malloc(n * sizeof *x);
     if (!x) abort();

@@ -17,7 +17,7 @@
 #   5. the benchmark (GPT-2 124M and Qwen2.5-0.5B shapes) next to PyTorch +
 #      PEFT (bf16, SDPA) when torch is importable;
 #   6. a short table, printed last.
-# Installs nothing. Full logs under OUT_DIR (at most 13 files). Without a GPU
+# Installs nothing. Full logs under OUT_DIR (at most 14 files). Without a GPU
 # (or driver) it still builds; the GPU tests then report SKIPPED, the device
 # test checks the "no CUDA device found" error, and the benchmark is skipped.
 #
@@ -106,7 +106,7 @@ printf '#!/bin/sh\nexec "$@" -Wno-error\n' >"$launcher" && chmod +x "$launcher"
 log "configure + build ($jobs jobs)"
 if ! { cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFEDLORA_CUDA=on -DFEDLORA_NET=OFF \
   -DFEDLORA_CUDA_WERROR=OFF -DCMAKE_C_COMPILER_LAUNCHER="$launcher" "${cmake_extra[@]}" &&
-  cmake --build "$build" -j"$jobs" --target gpu_kernels gpu_parity gpu_nccl gpu_trainer \
+  cmake --build "$build" -j"$jobs" --target gpu_kernels gpu_moe gpu_parity gpu_nccl gpu_trainer \
     gpu_device_cli gpu_module fedlora fedlora_cuda bench_gpu; } \
   >>"$out/build.log" 2>&1; then
   row build "FAIL (see build.log: $(grep -m1 -E 'error|Error' "$out/build.log" | cut -c1-150))"
@@ -137,6 +137,7 @@ run_test() {
 run_test gpu_kernels 120
 have_gpu=1
 grep -q '^skipped: no CUDA device' "$out/gpu_kernels.log" && have_gpu=0
+run_test gpu_moe 60
 run_test gpu_parity 240
 # The block options of Qwen3, OLMo 2, Apertus, Gemma 2, Gemma 3, Phi-3 and
 # BLOOM: their parity cases ran inside gpu_parity; name them in the summary.
