@@ -302,11 +302,16 @@ static void choice_totals(cpu_moe *mo) {
 /* mo->logits (N, E) = d/d(router logits) from dw (and the aux term). */
 static void router_backward(cpu_moe *mo, const moe_slot *s, int N, double aux) {
     int E = mo->E, k = mo->k;
+    /* The load-balancing term only when it is in the objective: with it off,
+     * ctot was never filled, and 0 · (whatever the heap left there) is NaN
+     * when those bytes are a NaN or an infinity. */
     double aux_unit = 0;
+    const double *ctot = NULL;
     if (aux != 0) {
         choice_totals(mo);
         double LN = (double)mo->used * N;
         aux_unit = aux * E / (LN * LN);
+        ctot = mo->ctot;
     }
 #pragma omp parallel for if ((int64_t)N * E > 8192)
     for (int n = 0; n < N; n++) {
@@ -319,7 +324,7 @@ static void router_backward(cpu_moe *mo, const moe_slot *s, int N, double aux) {
             top += p[ix[j]];
             dww += dw[j] * w[j];
         }
-        for (int e = 0; e < E; e++) dl[e] = (real)(aux_unit * mo->ctot[e]);
+        for (int e = 0; e < E; e++) dl[e] = ctot ? (real)(aux_unit * ctot[e]) : 0;
         for (int j = 0; j < k; j++) dl[ix[j]] += (real)((dw[j] - dww) / top);
         double dot = 0;
         for (int e = 0; e < E; e++) dot += (double)p[e] * dl[e];
