@@ -18,7 +18,7 @@
  * ASAN_OPTIONS from the environment still applies on top). Large buffers
  * come fresh from the kernel as zeros in a release build, so there the test
  * covers the small ones, which is where such a count lives. */
-#include "tests/cpu/tiny.h"
+#include "tests/cpu/tiny_lora.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -51,10 +51,37 @@ static int64_t first_non_finite(const real *x, int64_t n) {
     return -1;
 }
 
-static void run_case(const tiny_case *tc) {
+/* The first non-finite gradient of the model's params (s NULL) or of the
+ * adapter's tensors, reported. */
+static void check_grads(const char *name, int step, model *m, lora_set *s) {
+    int n = s ? lora_num_tensors(s) : m->n_params;
+    for (int i = 0; i < n; i++) {
+        const model_param *p = s ? lora_tensor(s, i) : &m->params[i];
+        if (!p->grad) continue;
+        int64_t at = first_non_finite(p->grad, p->numel);
+        CHECK_MSG(at < 0, "%s step %d: %s's gradient is %g at %lld of %lld", name, step, p->name,
+                  at < 0 ? 0.0 : (double)p->grad[at], (long long)at, (long long)p->numel);
+    }
+}
+
+/* dropout < 0: no adapter, every param's gradient. */
+static void run_case(const tiny_case *tc, double dropout) {
     model *m = tiny_model(&tc->cfg, 11);
     if (!m) return;
-    CHECK_OK(model_want_all_grads(m));
+    lora_set *s = NULL;
+    if (dropout < 0) {
+        CHECK_OK(model_want_all_grads(m));
+    } else {
+        s = tiny_adapter(m, 4, 8, dropout, 3, 0.05, 0);
+        CHECK_MSG(s != NULL, "%s: %s", tc->name, err_msg());
+        if (!s) {
+            model_free(m);
+            return;
+        }
+        CHECK_OK(lora_want_grads(s));
+        CHECK_OK(lora_attach(s, m));
+        lora_set_training(s, 1);
+    }
     int N = tc->B * tc->T;
     int32_t *tokens = malloc(sizeof(int32_t) * (size_t)N);
     int32_t *targets = malloc(sizeof(int32_t) * (size_t)N);
@@ -72,16 +99,13 @@ static void run_case(const tiny_case *tc) {
                   step, sum, (long long)count);
         poison_heap();
         CHECK_OK(model_backward(m, a, 1.0 / (double)(count > 0 ? count : 1)));
-        for (int i = 0; i < m->n_params; i++) {
-            const model_param *p = &m->params[i];
-            if (!p->grad) continue;
-            int64_t at = first_non_finite(p->grad, p->numel);
-            CHECK_MSG(at < 0, "%s step %d: %s's gradient is %g at %lld of %lld", tc->name, step,
-                      p->name, at < 0 ? 0.0 : (double)p->grad[at], (long long)at,
-                      (long long)p->numel);
-        }
+        check_grads(tc->name, step, m, s);
     }
     model_acts_free(a);
+    if (s) {
+        lora_detach(s);
+        lora_free(s);
+    }
     free(tokens);
     free(targets);
     model_free(m);
@@ -93,7 +117,9 @@ int main(void) {
     int moe_without_aux = 0;
     for (int i = 0; i < n; i++) {
         moe_without_aux += cases[i].cfg.num_experts > 0 && !cases[i].cfg.router_aux_loss;
-        run_case(&cases[i]);
+        run_case(&cases[i], -1);
+        run_case(&cases[i], 0);
+        run_case(&cases[i], 0.1);
     }
     /* the case the router's bug needed is among them */
     CHECK(moe_without_aux > 0);
