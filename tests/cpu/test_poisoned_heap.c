@@ -54,14 +54,16 @@ static int64_t first_non_finite(const real *x, int64_t n) {
 /* The first non-finite gradient of the model's params (s NULL) or of the
  * adapter's tensors, reported. */
 static void check_grads(const char *name, int step, model *m, lora_set *s) {
-    int n = s ? lora_num_tensors(s) : m->n_params;
+    int n = s ? lora_num_tensors(s) : m->n_params, checked = 0;
     for (int i = 0; i < n; i++) {
         const model_param *p = s ? lora_tensor(s, i) : &m->params[i];
         if (!p->grad) continue;
+        checked++;
         int64_t at = first_non_finite(p->grad, p->numel);
         CHECK_MSG(at < 0, "%s step %d: %s's gradient is %g at %lld of %lld", name, step, p->name,
                   at < 0 ? 0.0 : (double)p->grad[at], (long long)at, (long long)p->numel);
     }
+    CHECK_MSG(checked > 0, "%s step %d: no gradient to check", name, step);
 }
 
 /* dropout < 0: no adapter, every param's gradient. */
