@@ -144,9 +144,12 @@ GRID=${GRID:-"mid:10x15/1 domain-3 exact,exact-cont,fedit,fedavg-cont,fedit-own,
 mid:10x15/1 domain-3 exact,exact-cont,fedit,fedavg-cont 3
 mid:10x15/1 iid-3 exact,exact-cont,fedit,fedavg-cont 1,2
 mid:10x15/1 domain-6 exact,exact-cont,fedit,fedavg-cont 1,2
-mid:10x15/1 iid-6 exact,exact-cont,fedit,fedavg-cont 1
-mid:10x15/1 iid-12 exact,exact-cont,fedit,fedavg-cont 1
-mid:10x15/1 dirichlet-12 exact,exact-cont,fedit,fedavg-cont 1
+mid:10x15/1 iid-6 exact,exact-cont,fedit,fedavg-cont 1,2
+mid:10x15/1 iid-12 exact,exact-cont,fedit,fedavg-cont 1,2
+mid:10x15/1 dirichlet-12 exact,exact-cont,fedit,fedavg-cont 1,2
+mid:10x15/1 domain-6 svd,svd-cont,fedit-own 1
+mid:10x15/1 iid-6 svd,svd-cont,fedit-own 1
+mid:10x15/1 dirichlet-12 svd,svd-cont,fedit-own 1
 long:100x2/10 domain-3 exact,exact-cont,fedit,fedavg-cont 1,2,3"}
 for f in "$CORPORA/MANIFEST" "$BASE/config.json" "$BASE/model.safetensors" "$BASE/tokenizer.json"; do
   [ -f "$f" ] || {
